@@ -1,0 +1,2 @@
+"""gnocchi: single-packet port knocking."""
+__version__ = "0.1.0"

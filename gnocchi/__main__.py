@@ -1,0 +1,36 @@
+"""`python3 -m gnocchi COMMAND ...`: the admin commands, each in its own module."""
+import importlib
+import sys
+
+# command -> module whose main(argv) runs it; imported lazily so one broken
+# dependency does not take down unrelated commands.
+COMMANDS = {
+    "keygen": ("gnocchi.admin", "make a server or client key"),
+    "pubkey": ("gnocchi.admin", "print a client key's public key"),
+    "port": ("gnocchi.admin", "print the knock port of a server key"),
+    "setup": ("gnocchi.setup", "write gnocchi.socket's drop-in for the server key's port"),
+    "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
+    "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: gnocchi COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:8} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"gnocchi: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

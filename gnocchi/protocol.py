@@ -1,0 +1,149 @@
+"""gnocchi knock protocol v1, exactly as shared/PROTOCOL.md gives it.
+
+Trusts nothing in a packet. Pure: no I/O, no global state. open_packet()
+returns Accepted or Rejected(reason) and never raises on any input; the
+reasons are PROTOCOL.md's receiver steps, in that order (cheapest first).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from nacl.encoding import RawEncoder
+from nacl.exceptions import CryptoError
+from nacl.hash import blake2b
+from nacl.secret import SecretBox
+from nacl.signing import SigningKey, VerifyKey
+
+KEY_LEN = 32
+NONCE_LEN = 24
+MAC_LEN = 16
+MAGIC = bytes.fromhex("42f9708e2f1369d9")
+SIGNPUB_LEN = 32
+SIG_LEN = 64
+COUNTER_LEN = 14
+DATA_LEN_LEN = 2
+HEADER_LEN = len(MAGIC) + SIGNPUB_LEN + SIG_LEN + COUNTER_LEN + DATA_LEN_LEN  # 120
+MIN_PACKET = NONCE_LEN + MAC_LEN + HEADER_LEN  # 160
+MAX_PACKET = 1024
+MAX_BODY = MAX_PACKET - MIN_PACKET  # 864: DATA_PLUS_PADDING
+MAX_COUNTER = (1 << (8 * COUNTER_LEN)) - 1
+PAD_BLOCK = 16
+LOWEST_KNOCK_PORT = 1025
+
+# Rejection reasons, named as in vectors/knock-v1.json, in receiver order.
+SIZE, MAC, MAGIC_MISMATCH, UNKNOWN_CLIENT, REPLAY, SIGNATURE, DATA_LENGTH = (
+    "size", "mac", "magic", "unknown-client", "replay", "signature", "data-length")
+REASONS = (SIZE, MAC, MAGIC_MISMATCH, UNKNOWN_CLIENT, REPLAY, SIGNATURE, DATA_LENGTH)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    client_key: bytes  # Ed25519 public key, 32 bytes
+    counter: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    client_key: Optional[bytes] = None  # known only from step 5 on
+
+
+def knock_port(server_key: bytes) -> int:
+    """UDP port derived from the server key: last two bytes of BLAKE2b-256."""
+    h = blake2b(server_key, digest_size=32, encoder=RawEncoder)
+    return h[30] * 256 + h[31]
+
+
+def _signed_part(nonce: bytes, signpub: bytes, counter_and_body: bytes,
+                 server_key: bytes, server_ip: bytes) -> bytes:
+    return nonce + MAGIC + signpub + counter_and_body + server_key + server_ip
+
+
+def body_length(data_len: int, extra_blocks: int = 0) -> int:
+    """L for DATA_LEN bytes: rounded up to 16, plus extra 16-byte blocks, capped at MAX_BODY."""
+    rounded = -(-data_len // PAD_BLOCK) * PAD_BLOCK
+    return min(rounded + extra_blocks * PAD_BLOCK, MAX_BODY)
+
+
+def random_body_length(data_len: int) -> int:
+    """L with a uniformly random number of extra blocks, so length hides the request."""
+    spare_blocks = (MAX_BODY - body_length(data_len)) // PAD_BLOCK
+    return body_length(data_len, int.from_bytes(os.urandom(2), "big") % (spare_blocks + 1))
+
+
+def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: bytes,
+                 server_ipv4: bytes, body_len: Optional[int] = None,
+                 nonce: Optional[bytes] = None, padding: Optional[bytes] = None) -> bytes:
+    """Seal one knock. Defaults: random nonce, random L, random padding bytes."""
+    if len(server_key) != KEY_LEN or len(signing_seed) != KEY_LEN or len(server_ipv4) != 4:
+        raise ValueError("server key and signing seed are 32 bytes, the server address 4")
+    if not 0 <= counter <= MAX_COUNTER:
+        raise ValueError("counter must fit in 112 bits")
+    if len(data) > MAX_BODY:
+        raise ValueError(f"request is {len(data)} bytes; at most {MAX_BODY} fit in a knock")
+    if body_len is None:
+        body_len = random_body_length(len(data))
+    if not len(data) <= body_len <= MAX_BODY:
+        raise ValueError("body length must be between the data length and 864")
+    if padding is None:
+        padding = os.urandom(body_len - len(data))
+    if nonce is None:
+        nonce = os.urandom(NONCE_LEN)
+    signing_key = SigningKey(signing_seed)
+    signpub = bytes(signing_key.verify_key)
+    counter_and_body = (counter.to_bytes(COUNTER_LEN, "big") + len(data).to_bytes(2, "big")
+                        + data + padding[:body_len - len(data)])
+    sig = signing_key.sign(_signed_part(nonce, signpub, counter_and_body, server_key,
+                                        server_ipv4)).signature
+    plaintext = MAGIC + signpub + sig + counter_and_body
+    return bytes(SecretBox(server_key).encrypt(plaintext, nonce))
+
+
+def open_packet(packet: bytes, server_key: bytes,
+                last_counter: Callable[[bytes], Optional[int]],
+                server_ips: Iterable[bytes]) -> Accepted | Rejected:
+    """PROTOCOL.md's receiver steps 1-7. Changes no state: the caller stores the counter.
+
+    last_counter(client_key) is the highest counter accepted from that client
+    (0 if none), or None if the key is not a configured client.
+    server_ips: the 4-byte IPv4 addresses this server accepts as signed.
+    """
+    if not MIN_PACKET <= len(packet) <= MAX_PACKET:
+        return Rejected(SIZE)
+    try:
+        plaintext = SecretBox(server_key).decrypt(packet)
+    except CryptoError:
+        return Rejected(MAC)
+    if plaintext[:8] != MAGIC:
+        return Rejected(MAGIC_MISMATCH)
+    signpub = plaintext[8:40]
+    last = last_counter(signpub)
+    if last is None:
+        return Rejected(UNKNOWN_CLIENT)
+    sig = plaintext[40:104]
+    counter_and_body = plaintext[104:]
+    counter = int.from_bytes(counter_and_body[:COUNTER_LEN], "big")
+    if counter <= last:
+        return Rejected(REPLAY, signpub)
+    nonce = packet[:NONCE_LEN]
+    try:
+        verify_key = VerifyKey(signpub)
+    except CryptoError:
+        return Rejected(SIGNATURE, signpub)
+    for server_ip in server_ips:
+        try:
+            verify_key.verify(_signed_part(nonce, signpub, counter_and_body, server_key,
+                                           server_ip), sig)
+            break
+        except CryptoError:
+            continue
+    else:
+        return Rejected(SIGNATURE, signpub)
+    data_len = int.from_bytes(counter_and_body[COUNTER_LEN:COUNTER_LEN + 2], "big")
+    body = counter_and_body[COUNTER_LEN + 2:]
+    if data_len > len(body):
+        return Rejected(DATA_LENGTH, signpub)
+    return Accepted(signpub, counter, body[:data_len])

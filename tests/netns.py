@@ -1,0 +1,72 @@
+"""Test hosts in network namespaces of our own (never the root namespace).
+
+A Net is a pair of hosts, client and server, joined by a veth pair and
+addressed from 198.18.0.0/15. Everything is removed on exit, even when the
+test fails. Commands run inside with `net.server.run([...])`.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from dataclasses import dataclass
+
+_serial = itertools.count(1)
+
+
+def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
+
+
+@dataclass
+class Host:
+    name: str   # namespace name
+    ip: str     # IPv4 address on the veth
+    ip6: str    # IPv6 address on the veth
+
+    def argv(self, argv) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, argv, check=True, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(argv), check=check, text=True,
+                              capture_output=True, **kw)
+
+    def popen(self, argv, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(argv), **kw)
+
+    def nft(self, *args: str, check=True) -> subprocess.CompletedProcess:
+        return self.run(["nft", *args], check=check)
+
+
+class Net:
+    """Two namespaces, `client` and `server`, joined by one veth link."""
+
+    def __init__(self, tag: str = "t"):
+        n = (os.getpid() * 7 + next(_serial)) % 250 + 1
+        self.prefix = f"gn{tag}{os.getpid()}x{n}"
+        self.client = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
+        self.server = Host(f"{self.prefix}s", f"198.18.{n}.2", f"fd00:198:18:{n:x}::2")
+
+    def __enter__(self) -> "Net":
+        try:
+            for host in (self.client, self.server):
+                sh("ip", "netns", "add", host.name)
+                host.run(["ip", "link", "set", "lo", "up"])
+            sh("ip", "link", "add", "gveth0", "netns", self.client.name, "type", "veth",
+               "peer", "name", "gveth1", "netns", self.server.name)
+            for host, dev in ((self.client, "gveth0"), (self.server, "gveth1")):
+                host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", dev])
+                host.run(["ip", "-6", "addr", "add", f"{host.ip6}/64", "dev", dev, "nodad"])
+                host.run(["ip", "link", "set", dev, "up"])
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for host in (self.client, self.server):
+            # Killing what still runs inside lets the namespace go away for real.
+            pids = sh("ip", "netns", "pids", host.name, check=False).stdout.split()
+            for pid in pids:
+                sh("kill", "-9", pid, check=False)
+            sh("ip", "netns", "del", host.name, check=False)
