@@ -7,6 +7,7 @@ reasons are PROTOCOL.md's receiver steps, in that order (cheapest first).
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -71,7 +72,7 @@ def body_length(data_len: int, extra_blocks: int = 0) -> int:
 def random_body_length(data_len: int) -> int:
     """L with a uniformly random number of extra blocks, so length hides the request."""
     spare_blocks = (MAX_BODY - body_length(data_len)) // PAD_BLOCK
-    return body_length(data_len, int.from_bytes(os.urandom(2), "big") % (spare_blocks + 1))
+    return body_length(data_len, secrets.randbelow(spare_blocks + 1))
 
 
 def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: bytes,
@@ -90,6 +91,8 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
         raise ValueError("body length must be between the data length and 864")
     if padding is None:
         padding = os.urandom(body_len - len(data))
+    if len(padding) < body_len - len(data):
+        raise ValueError("padding is shorter than the body length leaves room for")
     if nonce is None:
         nonce = os.urandom(NONCE_LEN)
     signing_key = SigningKey(signing_seed)

@@ -1,0 +1,69 @@
+"""`gnocchi keygen|pubkey|port`: make and inspect key files.
+
+Trusts only its command line and the key files it is pointed at, read through
+gnocchi.keys (which checks format and permissions). Prints one value on
+stdout on success; on any error one line on stderr naming the file, exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gnocchi import keys
+from gnocchi.protocol import knock_port
+
+
+def keygen(args) -> str:
+    if args.server:
+        key = keys.new_server_key()
+        keys.write_secret(args.server, key)
+        return str(knock_port(key))
+    seed = keys.new_client_seed()
+    keys.write_secret(args.client, seed)
+    return keys.public_of(seed).hex()
+
+
+def pubkey(args) -> str:
+    return keys.public_of(keys.load_secret(args.file)).hex()
+
+
+def port(args) -> str:
+    return str(knock_port(keys.load_server_key(args.file)))
+
+
+def parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"gnocchi {command}")
+    if command == "keygen":
+        p.description = ("Make a new key file (mode 0600; an existing file is never replaced). "
+                         "A server key prints its knock port, a client key its public key.")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--server", metavar="FILE", help="make a server key")
+        which.add_argument("--client", metavar="FILE", help="make a client signing key")
+        p.set_defaults(run=keygen)
+    elif command == "pubkey":
+        p.description = "Print the public key of a client key, for the server's [clients] table."
+        p.add_argument("file", metavar="FILE", help="client key file")
+        p.set_defaults(run=pubkey)
+    else:
+        p.description = "Print the UDP knock port derived from a server key."
+        p.add_argument("file", metavar="FILE", help="server key file")
+        p.set_defaults(run=port)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("keygen", "pubkey", "port"):
+        print("usage: gnocchi keygen|pubkey|port ...", file=sys.stderr)
+        return 2
+    args = parser(argv[0]).parse_args(argv[1:])
+    try:
+        print(args.run(args))
+    except keys.KeyFileError as e:
+        print(f"gnocchi {argv[0]}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The server config (docs/contracts.md, "Server config"), parsed into frozen dataclasses.
+
+Trusts the config file's author, not the file's spelling: every key is checked,
+unknown keys are errors (a typo must not silently drop a restriction), and
+every ConfigError names the file and the key path, e.g.
+"/etc/gnocchi/gnocchi.toml: clients.alice.allow[1]: '22/sctp' is not PORT,
+PORT/tcp or PORT/udp". A Config that loads is consistent: every client's
+actions exist, its default request is one it is allowed, and no public key
+belongs to two clients.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Optional
+
+from gnocchi import requests
+from gnocchi.keys import parse_public_hex
+
+DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
+DEFAULTS = {
+    "server_key_file": "/etc/gnocchi/server.key",
+    "state_dir": "/var/lib/gnocchi",
+    "helper_socket": "/run/gnocchi/helper.sock",
+}
+# Names end up in logs and in actions' environment: keep them plain.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_ACTION_TIMEOUT = 600  # seconds; actions block the verifier's loop (docs/server.md)
+DEFAULT_ACTION_TIMEOUT = 10
+
+
+class ConfigError(Exception):
+    """str() is "FILE: KEY: what is wrong"."""
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    argv: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    public_key: bytes
+    allow: tuple[requests.Open, ...]
+    default: Optional[requests.Request]  # what an empty DATA means; None: refused
+    actions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    server_key_file: str
+    server_addresses: tuple[ipaddress.IPv4Address, ...]  # empty: each knock's destination
+    state_dir: str
+    helper_socket: str
+    clients: tuple[Client, ...]
+    actions: tuple[Action, ...]
+
+    def client_by_key(self) -> dict[bytes, Client]:
+        return {c.public_key: c for c in self.clients}
+
+    def action(self, name: str) -> Action:
+        return next(a for a in self.actions if a.name == name)
+
+
+class _Where:
+    """Builds errors that name the file and the key path."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}")
+
+    def table(self, value, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a table, not {_kind(value)}")
+        for k in value:
+            if k not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.error(_join(key, k), f"unknown key (known here: {known})")
+        for k in sorted(required):
+            if k not in value:
+                raise self.error(_join(key, k), "missing (required)")
+        return value
+
+    def entries(self, value, key: str) -> list:
+        """The (name, table) pairs of a table of named tables, such as [clients.NAME]."""
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a table of named tables, not {_kind(value)}")
+        return list(value.items())
+
+    def string(self, value, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"must be a non-empty string, not {_kind(value)}")
+        return value
+
+    def path_string(self, value, key: str) -> str:
+        text = self.string(value, key)
+        if not os.path.isabs(text):
+            raise self.error(key, f"{text!r} is not an absolute path")
+        return text
+
+    def string_list(self, value, key: str) -> list[str]:
+        if not isinstance(value, list):
+            raise self.error(key, f"must be a list of strings, not {_kind(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{key}[{i}]", f"must be a string, not {_kind(item)}")
+        return value
+
+    def name(self, value: str, key: str) -> str:
+        if not NAME.fullmatch(value):
+            raise self.error(key, f"{value!r} is not a name (letters, digits, _ . -; "
+                                  f"at most 64; starts with a letter or digit)")
+        return value
+
+
+def _kind(value) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _join(key: str, sub: str) -> str:
+    return f"{key}.{sub}" if key else sub
+
+
+def load(path: str = DEFAULT_PATH) -> Config:
+    where = _Where(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise where.error("", "no such file (the example is in docs/server.md)") from None
+    except OSError as e:
+        raise where.error("", f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise where.error("", f"not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise where.error("", "not valid UTF-8") from None
+    return parse(doc, where)
+
+
+def parse(doc: dict, where: _Where) -> Config:
+    where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
+                          "clients", "actions"})
+    paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
+    addresses = []
+    for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
+                                               "server_addresses")):
+        try:
+            addresses.append(ipaddress.IPv4Address(text))
+        except ValueError:
+            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IPv4 address "
+                              "(knocks sign the IPv4 address they were sent to)") from None
+    actions = tuple(_action(where, name, value)
+                    for name, value in where.entries(doc.get("actions", {}), "actions"))
+    action_names = {a.name for a in actions}
+    clients = []
+    seen_keys: dict[bytes, str] = {}
+    for name, value in where.entries(doc.get("clients", {}), "clients"):
+        client = _client(where, name, value, action_names)
+        if client.public_key in seen_keys:
+            raise where.error(f"clients.{name}.public_key",
+                              f"is also clients.{seen_keys[client.public_key]}'s key")
+        seen_keys[client.public_key] = name
+        clients.append(client)
+    return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
+                  paths["helper_socket"], tuple(clients), actions)
+
+
+def _action(where: _Where, name: str, value) -> Action:
+    key = f"actions.{name}"
+    where.name(name, key)
+    where.table(value, key, {"argv", "timeout"}, {"argv"})
+    argv = where.string_list(value["argv"], f"{key}.argv")
+    if not argv:
+        raise where.error(f"{key}.argv", "must name a program")
+    if not os.path.isabs(argv[0]):
+        raise where.error(f"{key}.argv[0]", f"{argv[0]!r} is not an absolute path "
+                          "(actions run without a shell or PATH search)")
+    timeout = value.get("timeout", DEFAULT_ACTION_TIMEOUT)
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= MAX_ACTION_TIMEOUT):
+        raise where.error(f"{key}.timeout", f"{timeout!r} is not a number of seconds "
+                          f"above 0 and at most {MAX_ACTION_TIMEOUT}")
+    return Action(name, tuple(argv), float(timeout))
+
+
+def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
+    key = f"clients.{name}"
+    where.name(name, key)
+    where.table(value, key, {"public_key", "allow", "default", "actions"}, {"public_key"})
+    try:
+        public_key = parse_public_hex(value["public_key"], f"{where.path}: {key}.public_key")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    allow = []
+    raw_allow = value.get("allow", [])
+    if not isinstance(raw_allow, list):
+        raise where.error(f"{key}.allow", f"must be a list, not {_kind(raw_allow)}")
+    for i, item in enumerate(raw_allow):
+        port = requests.parse_port(item) if isinstance(item, (str, int)) else None
+        if port is None:
+            raise where.error(f"{key}.allow[{i}]", f"{item!r} is not PORT, PORT/tcp or PORT/udp")
+        allow.append(port)
+    actions = where.string_list(value.get("actions", []), f"{key}.actions")
+    for i, action in enumerate(actions):
+        if action not in action_names:
+            raise where.error(f"{key}.actions[{i}]", f"{action!r} is not an [actions] entry")
+    client = Client(name, public_key, tuple(allow), None, tuple(actions))
+    if "default" in value:
+        text = where.string(value["default"], f"{key}.default")
+        default = requests.parse(text.encode())
+        if isinstance(default, requests.Bad):
+            raise where.error(f"{key}.default", f"{text!r}: {default.why}")
+        refusal = requests.authorise(client, default)
+        if refusal:
+            raise where.error(f"{key}.default", f"{text!r}: {refusal}")
+    else:
+        default = allow[0] if allow else None
+    return Client(name, public_key, tuple(allow), default, tuple(actions))

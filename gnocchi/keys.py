@@ -1,0 +1,172 @@
+"""Hex key files, as PROTOCOL.md gives them (its "Keys" table).
+
+Trusts nothing in a key file. A key file holds exactly 64 hex characters and
+at most one trailing newline, so the `tr </dev/urandom -dc 0-9a-f | head -c 64`
+form (with or without `; echo`) is a key file; anything else is a KeyFileError
+naming the file, what is wrong, and the fix. Secret key files are opened
+without following a symbolic link and refused when group or others may use
+them; new ones are created 0600 and never replace an existing file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+from nacl.signing import SigningKey
+
+from gnocchi.protocol import KEY_LEN, LOWEST_KNOCK_PORT, knock_port
+
+HEX_LEN = 2 * KEY_LEN
+_HEX = re.compile(rb"[0-9a-fA-F]{64}\n?")
+# Read a little more than the longest valid file, so trailing junk is seen
+# without reading an arbitrarily large file.
+_READ_LIMIT = HEX_LEN + 2
+
+
+class KeyFileError(Exception):
+    """A key file that cannot be used; str() names the file, the problem and the fix."""
+
+    def __init__(self, path, problem: str, fix: str = ""):
+        self.path = os.fspath(path)
+        self.problem = problem
+        self.fix = fix
+        text = f"{self.path}: {problem}"
+        super().__init__(f"{text}; fix: {fix}" if fix else text)
+
+
+def _describe(raw: bytes) -> str:
+    """Why raw is not a key, in words (called only when it is not)."""
+    body = raw[:-1] if raw.endswith(b"\n") else raw
+    bad = re.search(rb"[^0-9a-fA-F]", body[:HEX_LEN])
+    if bad:
+        char = bad.group().decode("latin-1")
+        return (f"character {bad.start() + 1} is {char!r}, not a hex digit "
+                f"(a key is {HEX_LEN} hex characters and a newline)")
+    if len(body) < HEX_LEN:
+        return f"holds {len(body)} hex characters, a key has {HEX_LEN}"
+    return (f"has more after the {HEX_LEN} hex characters of a key "
+            f"(only one trailing newline is allowed)")
+
+
+def _read_key(path, secret: bool) -> bytes:
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # a FIFO must not hang us
+    if secret:
+        flags |= os.O_NOFOLLOW
+    kind = "secret key" if secret else "public key"
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise KeyFileError(path, f"no such {kind} file",
+                           "check the path, or make a key with `gnocchi keygen`") from None
+    except PermissionError:
+        raise KeyFileError(path, "permission denied",
+                           "run as the key's owner, or check the file's owner and mode") from None
+    except OSError as e:
+        if secret and os.path.islink(path):
+            raise KeyFileError(path, "is a symbolic link; secret keys are not read through links",
+                               "give the path of the file itself") from None
+        raise KeyFileError(path, f"cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(path, "is not a regular file", "give the path of a key file")
+        if secret and st.st_mode & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            raise KeyFileError(path, f"secret key is open to group or others (mode {mode:04o})",
+                               f"chmod 600 {path}")
+        raw = b""
+        while len(raw) < _READ_LIMIT:
+            chunk = os.read(fd, _READ_LIMIT - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+    except OSError as e:
+        raise KeyFileError(path, f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if not _HEX.fullmatch(raw):
+        raise KeyFileError(path, _describe(raw),
+                           f"the file must hold exactly {HEX_LEN} hex characters and a newline")
+    return bytes.fromhex(raw[:HEX_LEN].decode("ascii"))
+
+
+def load_secret(path) -> bytes:
+    """The 32-byte server key or client seed in path (0600, not a link)."""
+    return _read_key(path, secret=True)
+
+
+def load_server_key(path) -> bytes:
+    """load_secret(), also refusing a key whose knock port is 1024 or lower (PROTOCOL.md)."""
+    key = load_secret(path)
+    port = knock_port(key)
+    if port < LOWEST_KNOCK_PORT:
+        raise KeyFileError(path, f"this server key's knock port {port} is 1024 or lower; "
+                           "gnocchi refuses such keys",
+                           "make a new one: gnocchi keygen --server FILE")
+    return key
+
+
+def load_public(path) -> bytes:
+    """The 32-byte public key in path; public, so its mode is not checked."""
+    return _read_key(path, secret=False)
+
+
+def parse_public_hex(text, what: str) -> bytes:
+    """A public key written as text (e.g. in TOML); ValueError naming `what` if it is not one."""
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        shown = repr(text) if len(repr(text)) <= 80 else repr(text)[:77] + "..."
+        raise ValueError(f"{what}: expected a public key of {HEX_LEN} hex characters "
+                         f"(as `gnocchi pubkey` prints it), got {shown}")
+    return bytes.fromhex(text)
+
+
+def write_secret(path, key: bytes) -> None:
+    """Create path 0600 holding key as hex and a newline; never replaces a file; fsynced."""
+    if len(key) != KEY_LEN:
+        raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        raise KeyFileError(path, "already exists; gnocchi never overwrites a key",
+                           "remove the old key first if you really mean to replace it, "
+                           "or choose another file name") from None
+    except OSError as e:
+        raise KeyFileError(path, f"cannot create: {e.strerror}",
+                           "check that the directory exists and is writable") from None
+    try:
+        os.fchmod(fd, 0o600)  # the creation mode went through the umask
+        data = (key.hex() + "\n").encode("ascii")
+        if os.write(fd, data) != len(data):
+            raise OSError("short write")
+        os.fsync(fd)
+    except OSError as e:
+        os.close(fd)
+        os.unlink(path)
+        raise KeyFileError(path, f"cannot write: {e}") from None
+    os.close(fd)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the new directory entry survives a crash too
+    finally:
+        os.close(dir_fd)
+
+
+def public_of(seed: bytes) -> bytes:
+    """The Ed25519 public key of a client seed."""
+    return bytes(SigningKey(seed).verify_key)
+
+
+def new_server_key() -> bytes:
+    """A random server key whose knock port is above 1024 (PROTOCOL.md: redraw otherwise)."""
+    for _ in range(1000):  # a draw fails with p = 1025/65536, so 1000 never all fail
+        key = os.urandom(KEY_LEN)
+        if knock_port(key) >= LOWEST_KNOCK_PORT:
+            return key
+    raise RuntimeError("no usable server key in 1000 draws: is os.urandom broken?")
+
+
+def new_client_seed() -> bytes:
+    """A random Ed25519 seed."""
+    return os.urandom(KEY_LEN)

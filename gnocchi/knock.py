@@ -1,0 +1,357 @@
+"""gnocchi-knock: send one knock (PROTOCOL.md v1), optionally then relay ssh's connection.
+
+Runs as the user, with the user's own keys and config; trusts its command
+line, profile file and key files only as far as their checked formats (keys
+through gnocchi.keys, profiles through gnocchi.profile). The server never
+answers, so the only input from the network is the TCP stream relayed in
+--proxy mode, which is copied byte for byte and never interpreted.
+
+Guarantees: a counter is used at most once per (server key, client key) on
+this machine. It is taken under an exclusive file lock, and the new value is
+written, fsynced and renamed into place before the packet is sent.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
+
+from gnocchi import keys, profile, protocol
+
+CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
+ATTEMPTS = 3
+RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refused at once
+_COUNTER_TEXT = re.compile(rb"[0-9]{1,34}\n")
+# PROTOCOL.md's requests, in the canonical forms the server parses (gnocchi/requests.py)
+_OPEN = re.compile(r"open ([1-9][0-9]{0,4})(/tcp|/udp)?")
+_RUN = re.compile(r"run [A-Za-z0-9][A-Za-z0-9_.-]{0,63}(\n.*)?", re.DOTALL)
+
+
+class KnockError(Exception):
+    """Anything that stops a knock; the message is one line for the user."""
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return Path(base) / "gnocchi"
+
+
+def clock_floor() -> int:
+    """Where a fresh state (none stored, e.g. lost) starts: the clock in nanoseconds.
+
+    Each knock takes far more than a nanosecond, so counters stepped by one
+    from there stay at or below the clock; a later fresh state starts above
+    every counter this key used before (on a clock that has not gone back), and
+    the client recovers without the server admin (docs/client.md). The clock
+    needs 64 bits until 2262; the counter has 112.
+    """
+    return time.time_ns()
+
+
+def counter_path(state_dir: Path, server_key: bytes, client_public: bytes) -> Path:
+    """One file per (server key, client key), named by a hash: the secret never appears."""
+    name = blake2b(server_key + client_public, digest_size=16, person=b"gnocchi-counter",
+                   encoder=RawEncoder).hex()
+    return Path(state_dir) / f"{name}.counter"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def take_counter(path: Path) -> int:
+    """Store and return the next counter: stored + 1, or the clock floor for a fresh state."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise KnockError(f"counter state {path.parent}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # held until the new value is durable
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(64)
+        except FileNotFoundError:
+            raw = None
+        if raw is None:
+            counter = clock_floor()
+        elif _COUNTER_TEXT.fullmatch(raw):
+            counter = int(raw) + 1
+        else:
+            raise KnockError(f"{path}: corrupt counter file; fix: remove it, the next knock "
+                             "then takes its counter from the clock (see docs/client.md)")
+        if counter > protocol.MAX_COUNTER:
+            raise KnockError(f"{path}: counter exhausted; fix: make a new client key")
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"%d\n" % counter)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise KnockError(f"{path}: cannot store the counter: {e.strerror}") from None
+    finally:
+        os.close(lock_fd)  # releases the lock
+    return counter
+
+
+def check_request(text: str) -> bytes:
+    """The request as PROTOCOL.md's DATA, or KnockError saying what a request looks like."""
+    open_port = _OPEN.fullmatch(text)
+    if not (text == "" or (open_port and int(open_port.group(1)) <= 65535)
+            or _RUN.fullmatch(text)):
+        raise KnockError(f"request {text[:60]!r} is not one of: open PORT, open PORT/tcp, "
+                         "open PORT/udp, run NAME (NAME: letters, digits, _ . -), "
+                         "or empty for the server's default")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise KnockError("the request is not UTF-8 text") from None
+    if len(data) > protocol.MAX_BODY:
+        raise KnockError(f"request is {len(data)} bytes; at most {protocol.MAX_BODY} fit "
+                         "in a knock")
+    return data
+
+
+def resolve(host: str, port: int, need_ipv4: bool) -> tuple[int, str]:
+    """(family, address) to send to: the first IPv4 address, else IPv6 if allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise KnockError(f"{host} does not resolve: {e.strerror}") from None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for fam, _, _, _, sockaddr in infos:
+            if fam == family and (family == socket.AF_INET or not need_ipv4):
+                return fam, sockaddr[0]
+    raise KnockError(f"{host} has no IPv4 address; knock protocol v1 signs the server's IPv4 "
+                     "address: give an IPv4 name or address, or --sign-ip with the server's "
+                     "IPv4 address")
+
+
+class Knock:
+    """Everything one knock needs, checked: keys loaded, request parsed."""
+
+    def __init__(self, host: str, server_key_file, client_key_file, state_dir,
+                 sign_ip: Optional[str], request: bytes):
+        self.server_key = keys.load_server_key(server_key_file)
+        self.seed = keys.load_secret(client_key_file)
+        self.port = protocol.knock_port(self.server_key)
+        self.family, self.address = resolve(host, self.port, need_ipv4=sign_ip is None)
+        self.sign_ip = socket.inet_aton(sign_ip or self.address)
+        self.counter_file = counter_path(state_dir, self.server_key, keys.public_of(self.seed))
+        self.request = request
+
+    def send(self) -> int:
+        """Take a counter, store it, then send; returns the counter."""
+        counter = take_counter(self.counter_file)
+        packet = protocol.build_packet(self.server_key, self.seed, counter, self.request,
+                                       self.sign_ip)
+        try:
+            with socket.socket(self.family, socket.SOCK_DGRAM) as s:
+                s.sendto(packet, (self.address, self.port))
+        except OSError as e:
+            raise KnockError(f"cannot send to {self.address} port {self.port}: "
+                             f"{e.strerror}") from None
+        return counter
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
+    """Copy fd_in -> conn and conn -> fd_out until the server side closes.
+
+    When fd_in ends (ssh closed our stdin) the write half is shut down and the
+    server's remaining output is still delivered.
+    """
+    conn.setblocking(True)
+    conn.settimeout(None)
+    inputs = [fd_in, conn]
+    while True:
+        readable, _, _ = select.select(inputs, [], [])
+        if fd_in in readable:
+            data = os.read(fd_in, 65536)
+            if data:
+                conn.sendall(data)
+            else:
+                conn.shutdown(socket.SHUT_WR)
+                inputs.remove(fd_in)
+        if conn in readable:
+            data = conn.recv(65536)
+            if not data:
+                return
+            _write_all(fd_out, data)
+
+
+def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
+    """Knock, connect to the knocked address, relay; knock again (new counter) if connect fails."""
+    for attempt in range(1, attempts + 1):
+        started = time.monotonic()
+        counter = knock.send()
+        say(f"knocked {knock.address} port {knock.port} (counter {counter}, "
+            f"attempt {attempt}/{attempts})")
+        try:
+            conn = socket.create_connection((knock.address, port), timeout=timeout)
+        except OSError as e:
+            say(f"connect to {knock.address} port {port} failed: {e.strerror or e}")
+            if attempt < attempts:  # give the server time before spending another counter
+                time.sleep(max(0.0, RETRY_PAUSE - (time.monotonic() - started)))
+            continue
+        with conn:
+            try:
+                relay(conn)
+            except OSError as e:
+                raise KnockError(f"connection to {knock.address} port {port} ended: "
+                                 f"{e.strerror or e}") from None
+        return
+    raise KnockError(f"no connection to {knock.address} port {port} after {attempts} knocks")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gnocchi-knock",
+        description="Send one gnocchi knock to HOST (or to a profile's host); see docs/client.md.")
+    p.add_argument("host", nargs="?", metavar="HOST",
+                   help="server name or address; also selects the profile of that name or host")
+    p.add_argument("--config", type=Path,
+                   help="profile file (default ~/.config/gnocchi/knock.toml)")
+    p.add_argument("--profile", metavar="NAME", help="use this profile from the config")
+    p.add_argument("--server-key-file", type=Path, metavar="FILE")
+    p.add_argument("--client-key-file", type=Path, metavar="FILE")
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="counter state (default ~/.local/state/gnocchi)")
+    p.add_argument("--sign-ip", metavar="A.B.C.D",
+                   help="the server's IPv4 address to sign (server behind NAT); "
+                        "default: the address HOST resolves to")
+    req = p.add_mutually_exclusive_group()
+    req.add_argument("--request", metavar="TEXT",
+                     help='"open PORT[/tcp|/udp]" or "run NAME"; default: the profile\'s, '
+                          "else empty (the server's default for this client)")
+    req.add_argument("--open", metavar="PORT[/PROTO]", help='shorthand for --request "open PORT"')
+    req.add_argument("--run", metavar="NAME", help='shorthand for --request "run NAME"')
+    p.add_argument("--payload", metavar="FILE",
+                   help="with --run: send FILE's contents (- for standard input) as the payload")
+    p.add_argument("--proxy", nargs=2, metavar=("HOST", "PORT"),
+                   help="for ssh's ProxyCommand: knock HOST, connect to PORT, relay stdin/stdout")
+    p.add_argument("--attempts", type=int, default=ATTEMPTS,
+                   help=f"--proxy: knocks before giving up (default {ATTEMPTS})")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                   help=f"--proxy: wait per connect (default {CONNECT_TIMEOUT:g})")
+    p.add_argument("-v", "--verbose", action="store_true", help="say what was sent, on stderr")
+    return p
+
+
+def _request_text(args, prof: Optional[profile.Profile]) -> str:
+    if args.payload is not None and args.run is None:
+        raise KnockError("--payload goes with --run NAME")
+    if args.open is not None:
+        return f"open {args.open}"
+    if args.run is not None:
+        if args.payload is None:
+            return f"run {args.run}"
+        try:
+            if args.payload == "-":
+                payload = sys.stdin.buffer.read(protocol.MAX_BODY + 1)
+            else:
+                with open(args.payload, "rb") as f:
+                    payload = f.read(protocol.MAX_BODY + 1)
+            text = payload.decode("utf-8")
+        except OSError as e:
+            raise KnockError(f"{args.payload}: cannot read the payload: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise KnockError(f"{args.payload}: the payload is not UTF-8 text") from None
+        return f"run {args.run}\n{text}" if text else f"run {args.run}"
+    if args.request is not None:
+        return args.request
+    return (prof.request if prof else None) or ""
+
+
+def build(args) -> Knock:
+    """Merge flags over the selected profile (flags win) into a checked Knock."""
+    host = args.proxy[0] if args.proxy else args.host
+    config = args.config or profile.default_config_path()
+    prof = None
+    if args.profile and not args.config and not config.exists():
+        raise profile.ProfileError(f"unknown profile {args.profile!r}: there is no {config}")
+    if args.config or args.profile or config.exists():
+        profiles, default = profile.load(config)
+        prof = profile.select(profiles, default, config, args.profile, host)
+    if prof and prof.host and (host is None or host == prof.name):
+        host = prof.host
+    server_key_file = args.server_key_file or (prof.server_key_file if prof else None)
+    client_key_file = args.client_key_file or (prof.client_key_file if prof else None)
+    if not host:
+        raise KnockError("no server: give HOST, or a profile with host = ... (docs/client.md)")
+    if not server_key_file:
+        raise KnockError("no server key: give --server-key-file FILE or a profile "
+                         "with server_key_file")
+    if not client_key_file:
+        raise KnockError("no client key: give --client-key-file FILE or a profile "
+                         "with client_key_file")
+    sign_ip = (profile.parse_sign_ip(args.sign_ip, "--sign-ip") if args.sign_ip
+               else prof.sign_ip if prof else None)
+    text = _request_text(args, prof)
+    try:
+        request = check_request(text)
+    except KnockError as e:
+        if prof and text == prof.request and args.request is None:
+            raise KnockError(f"{config}: [profiles.{prof.name}] request: {e}") from None
+        raise
+    return Knock(host, server_key_file, client_key_file, args.state_dir or default_state_dir(),
+                 sign_ip, request)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+
+    def say(text):
+        if args.verbose:
+            print(f"gnocchi-knock: {text}", file=sys.stderr)
+
+    try:
+        if args.proxy and args.host:
+            raise KnockError("give either HOST or --proxy HOST PORT, not both")
+        if args.proxy and not (args.proxy[1].isdigit() and 1 <= int(args.proxy[1]) <= 65535):
+            raise KnockError(f"--proxy port {args.proxy[1]!r} is not a port number")
+        if not 1 <= args.attempts <= 10:
+            raise KnockError("--attempts must be 1 to 10")
+        if not 0 < args.connect_timeout <= 60:
+            raise KnockError("--connect-timeout must be above 0 and at most 60 seconds")
+        if args.proxy and args.payload == "-":
+            raise KnockError("--payload - reads standard input, which --proxy relays: "
+                             "give the payload in a file")
+        knock = build(args)
+        if args.proxy:
+            proxy(knock, int(args.proxy[1]), args.attempts, args.connect_timeout, say)
+        else:
+            counter = knock.send()
+            say(f"knocked {knock.address} port {knock.port} (counter {counter})")
+    except (KnockError, keys.KeyFileError, profile.ProfileError) as e:
+        print(f"gnocchi-knock: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

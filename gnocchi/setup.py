@@ -1,0 +1,103 @@
+"""`gnocchi setup`: point gnocchi.socket at the server key's knock port.
+
+Trusts the admin's config file and the server key it names (read through
+gnocchi.config and gnocchi.keys, which check format and permissions).
+Guarantees: it writes exactly one file, the drop-in
+/etc/systemd/system/gnocchi.socket.d/port.conf, atomically (a crash leaves
+the old drop-in or the new one, never half of one), and prints what it wrote
+and what to run next. It changes nothing else: no unit is started, reloaded
+or enabled, and the firewall is not touched.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gnocchi import config as server_config
+from gnocchi import keys
+from gnocchi.protocol import knock_port
+
+UNIT_DIR = "/etc/systemd/system"
+DROP_IN = "gnocchi.socket.d/port.conf"
+
+
+def drop_in_text(port: int, key_file: str) -> str:
+    # The empty ListenDatagram= clears any earlier value, so the drop-in is
+    # the one place the port is set (docs/install.md).
+    return (f"# Written by `gnocchi setup`: the knock port of {key_file}.\n"
+            "# Run `gnocchi setup` again after changing the server key.\n"
+            "[Socket]\n"
+            "ListenDatagram=\n"
+            f"ListenDatagram={port}\n")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace path with text: temporary file, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)  # the creation mode went through the umask
+        data = text.encode("utf-8")
+        if os.write(fd, data) != len(data):
+            raise OSError(f"short write to {tmp}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def setup(config_path: str, unit_dir: str) -> str:
+    """Write the drop-in; returns what to tell the admin."""
+    cfg = server_config.load(config_path)
+    port = knock_port(keys.load_server_key(cfg.server_key_file))
+    path = os.path.join(unit_dir, DROP_IN)
+    text = drop_in_text(port, cfg.server_key_file)
+    try:
+        with open(path, encoding="utf-8") as f:
+            unchanged = f.read() == text
+    except FileNotFoundError:
+        unchanged = False
+    if unchanged:
+        return f"{path} already sets UDP port {port} (the knock port of {cfg.server_key_file})"
+    write_atomically(path, text)
+    return (f"wrote {path}: gnocchi.socket listens on UDP port {port}, "
+            f"the knock port of {cfg.server_key_file}\n"
+            "next, to arm the firewall and listen: "
+            "systemctl enable --now gnocchi-arm.service gnocchi-helper.socket gnocchi.socket\n"
+            "(if gnocchi.socket is already running: "
+            "systemctl daemon-reload && systemctl restart gnocchi.socket)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gnocchi setup",
+        description="Write gnocchi.socket's drop-in so that it listens on the knock port "
+                    "of the server key named in the config.")
+    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
+                   help=f"server config (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--unit-dir", default=UNIT_DIR, metavar="DIR",
+                   help=f"where the drop-in goes (default {UNIT_DIR}; for tests and images)")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    args = parser().parse_args(argv[1:])
+    try:
+        print(setup(args.config, args.unit_dir))
+    except (server_config.ConfigError, keys.KeyFileError) as e:
+        print(f"gnocchi setup: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gnocchi setup: cannot write the drop-in under {args.unit_dir}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,245 @@
+"""`gnocchi serve`: the verifier daemon behind gnocchi.service.
+
+Trusts its config, its server key and its counter store; trusts nothing in
+a packet. For each datagram: protocol.open_packet (PROTOCOL.md steps 1-7,
+cheapest first), then the counter is stored durably (step 8) before the
+request is even parsed, then the request is checked against that client's
+policy and carried out (helper for `open`, actions.run for `run`). It never
+sends a datagram (there is no send on the knock socket anywhere), catches
+no exception it does not expect (a bug crashes it and systemd restarts it),
+and holds no per-packet state: memory is bounded by the config. A counter
+store that cannot be read or written stops it (fail closed).
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import signal
+import socket
+import sys
+
+from gnocchi import actions, audit, config, counters, helper_client, keys, protocol, requests, sd
+
+IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
+IPV6_RECVPKTINFO = 49
+IPV6_PKTINFO = 50
+RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
+ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
+WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
+
+
+def unmap(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as the kernel gave it; ::ffff:a.b.c.d (dual-stack socket) becomes a.b.c.d."""
+    address = ipaddress.ip_address(text)
+    if address.version == 6 and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def destination(ancdata) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The datagram's destination address from IP_PKTINFO / IPV6_PKTINFO, unmapped."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return ipaddress.IPv4Address(data[8:12])  # in_pktinfo: ifindex, spec_dst, addr
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
+            return unmap(str(ipaddress.IPv6Address(data[:16])))  # in6_pktinfo: addr, ifindex
+    return None
+
+
+def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise sd.StartupError(f"--listen {text!r}: expected IP:PORT or [IPv6]:PORT") from None
+    return address, int(port)
+
+
+def listen(text: str, knock_port: int) -> socket.socket:
+    address, port = parse_listen(text)
+    if port != knock_port:
+        raise sd.StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
+                              f"port {knock_port}; clients knock on {knock_port}")
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((str(address), port))
+    except OSError as e:
+        sock.close()
+        raise sd.StartupError(f"--listen {text!r}: cannot bind: {e.strerror}") from None
+    return sock
+
+
+def enable_pktinfo(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        try:  # a dual-stack socket's IPv4 datagrams may come with IP_PKTINFO instead
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        except OSError:
+            pass  # an IPV6_V6ONLY socket sees no IPv4 datagrams anyway
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+class Verifier:
+    """Decides one datagram at a time; helper and run_action are injectable for unit tests."""
+
+    def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
+                 log: audit.Audit, helper=helper_client.request_open, run_action=actions.run):
+        self.cfg = cfg
+        self.key = server_key
+        self.store = store
+        self.log = log
+        self.clients = cfg.client_by_key()
+        self.helper = helper
+        self.run_action = run_action
+        self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
+
+    def last_counter(self, client_key: bytes) -> int | None:
+        return self.store.last(client_key) if client_key in self.clients else None
+
+    def server_ips(self, dest) -> tuple[bytes, ...]:
+        if self.fixed_ips:
+            return self.fixed_ips
+        return (dest.packed,) if dest is not None and dest.version == 4 else ()
+
+    def handle(self, packet: bytes, source, dest) -> None:
+        result = protocol.open_packet(packet, self.key, self.last_counter, self.server_ips(dest))
+        if isinstance(result, protocol.Rejected):
+            self.rejected(result, source)
+            return
+        client = self.clients[result.client_key]
+        # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
+        self.store.commit(result.client_key, result.counter)
+        common = dict(client=client.name, client_key=result.client_key.hex(),
+                      source_ip=source, counter=result.counter)
+        if result.data:
+            request = requests.parse(result.data)
+            shown = requests.show(result.data)
+        else:
+            request, shown = client.default, "(empty: the client's default)"
+        if request is None:
+            self.refuse(client, common, shown, "this client has no default request")
+        elif isinstance(request, requests.Bad):
+            self.refuse(client, common, shown, request.why)
+        elif why := requests.authorise(client, request):
+            self.refuse(client, common, str(request), why)
+        elif isinstance(request, requests.Open):
+            self.open(client, common, request, source)
+        else:
+            self.run(client, common, request, source)
+
+    def rejected(self, result: protocol.Rejected, source) -> None:
+        if result.client_key is None:
+            self.log.drop(result.reason)  # steps 1-4: nobody known to name; counted only
+            return
+        name = self.clients[result.client_key].name
+        common = dict(client=name, client_key=result.client_key.hex(), source_ip=source,
+                      reason=result.reason)
+        if result.reason == protocol.REPLAY:
+            self.log.limited("replay", f"replayed knock for client {name} from {source}: "
+                             "counter not above the last accepted", **common)
+        elif result.reason == protocol.SIGNATURE:
+            self.log.limited("signature", f"knock for client {name} from {source} has a bad "
+                             "signature (other client key or server address)", **common)
+        else:
+            self.log.limited("refused", f"knock for client {name} from {source} refused: "
+                             f"{result.reason}", **common)
+
+    def refuse(self, client, common: dict, shown: str, why: str) -> None:
+        self.log.event("refused", f"refused {shown!r} for client {client.name} from "
+                       f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
+
+    def open(self, client, common: dict, request: requests.Open, source) -> None:
+        try:
+            status = self.helper(self.cfg.helper_socket, source, request.port, request.proto)
+        except helper_client.HelperUnreachable as e:
+            self.log.event("helper-failed", f"{request} for client {client.name} from {source} "
+                           f"not opened: helper unreachable: {e}", request=str(request),
+                           helper_status="UNREACHABLE", reason=str(e), **common)
+            return
+        if status != "OK":
+            self.log.event("helper-failed", f"{request} for client {client.name} from {source} "
+                           f"not opened: helper answered {status}", request=str(request),
+                           helper_status=status, **common)
+            return
+        self.log.event("accepted", f"client {client.name} from {source}: {request}",
+                       request=str(request), helper_status=status, **common)
+
+    def run(self, client, common: dict, request: requests.Run, source) -> None:
+        action = self.cfg.action(request.name)
+        outcome = self.run_action(action, client.name, str(source), request.payload)
+        output = requests.show(outcome.output) if outcome.output else None
+        if outcome.ok:
+            self.log.event("action-run", f"client {client.name} from {source} ran {request}",
+                           request=str(request), action_output=output, **common)
+        else:
+            self.log.event("action-failed", f"client {client.name} from {source}: {request} "
+                           f"{outcome.problem}", request=str(request), reason=outcome.problem,
+                           action_output=output, **common)
+
+
+def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list) -> None:
+    sock.settimeout(WAKE)
+    while not stop:
+        log.tick()
+        try:
+            packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
+        except TimeoutError:
+            continue
+        verifier.handle(packet, unmap(source[0]), destination(ancdata))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gnocchi serve",
+                                     description="Run the verifier (normally gnocchi.socket "
+                                                 "starts it through gnocchi.service).")
+    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE")
+    parser.add_argument("--listen", metavar="ADDR",
+                        help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
+    parser.add_argument("--server-key-file", metavar="FILE",
+                        help="default: server_key_file from the config")
+    parser.add_argument("--summary-interval", type=float, default=audit.INTERVAL,
+                        metavar="SECONDS", help="seconds between dropped-packet summaries")
+    args = parser.parse_args(argv[1:])
+    log = audit.Audit(interval=args.summary_interval)
+    try:
+        cfg = config.load(args.config)
+        server_key = keys.load_server_key(args.server_key_file or cfg.server_key_file)
+        port = protocol.knock_port(server_key)
+        sock = sd.inherited_socket(port)
+        if sock is None and not args.listen:
+            raise sd.StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
+                                  f"IP:{port} ({port} is this server key's knock port)")
+        if sock is None:
+            sock = listen(args.listen, port)
+        enable_pktinfo(sock)
+        store = counters.Store(cfg.state_dir).load()
+    except counters.StoreError as e:
+        log.event("store-failed", str(e))
+        print(f"gnocchi serve: {e}", file=sys.stderr)
+        return 1
+    except (config.ConfigError, keys.KeyFileError, sd.StartupError) as e:
+        print(f"gnocchi serve: {e}", file=sys.stderr)
+        return 1
+    stop: list = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.append(True))
+    where = sock.getsockname()
+    log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
+              f"{len(cfg.clients)} clients", clients=len(cfg.clients))
+    sd.notify("READY=1")
+    try:
+        serve(sock, Verifier(cfg, server_key, store, log), log, stop)
+    except counters.StoreError as e:
+        log.flush()
+        log.event("store-failed", str(e))
+        print(f"gnocchi serve: {e}", file=sys.stderr)
+        return 1
+    sd.notify("STOPPING=1")
+    log.flush()
+    return 0

@@ -1,0 +1,115 @@
+"""gnocchi's root helper: one knocked-set element per good request, nothing else.
+
+`python3 /usr/lib/gnocchi/helper [--peer-user NAME] [--open-seconds N]`,
+socket-activated on one AF_UNIX SOCK_SEQPACKET socket; README.md here is the
+contract. Trusts systemd for that socket and the kernel for SO_PEERCRED and
+the live table; trusts nothing a peer sends. Guarantees: only the peer user
+is served, one status byte per connection, one log entry per decision, the
+helper's own timeout on every element, at most MAX_PER_MINUTE adds a minute.
+"""
+import argparse
+import collections
+import os
+import pwd
+import socket
+import struct
+import sys
+import time
+
+import nftables
+from systemd import daemon, journal
+
+import nft
+import request as rq
+
+RECV_SECONDS = 2.0   # a peer that connects and says nothing holds us this long
+MAX_PER_MINUTE = 60  # adds: a stolen verifier cannot churn the set faster
+MESSAGE_ID = "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013"
+PRIORITY = {rq.OK: journal.LOG_INFO, rq.NOT_PROTECTED: journal.LOG_WARNING,
+            rq.RATE_LIMITED: journal.LOG_WARNING, rq.NFT_FAILED: journal.LOG_ERR}
+
+
+def log(status: int, text: str, fields: dict) -> None:
+    """Journald if it runs (else one line on stderr); malformed is LOG_CRIT."""
+    fields = {f"GNOCCHI_HELPER_{k}": str(v) for k, v in fields.items()}
+    fields["GNOCCHI_HELPER_STATUS"] = name = rq.STATUSES[status]
+    if os.path.exists("/run/systemd/journal/socket"):
+        journal.send(f"{name}: {text}", MESSAGE_ID=MESSAGE_ID, SYSLOG_IDENTIFIER="gnocchi-helper",
+                     PRIORITY=PRIORITY.get(status, journal.LOG_CRIT), **fields)
+    else:
+        print(f"gnocchi-helper: {name}: {text}", *(f"{k}={v}" for k, v in fields.items()),
+              file=sys.stderr, flush=True)
+
+
+def decide(conn, peer_uid: int, ctx, open_seconds: int, recent) -> tuple[int, str, dict]:
+    """(status, text, log fields) for one connection."""
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    fields = {"PEER_UID": uid, "PEER_PID": pid}
+    try:
+        # Read even a stranger's message: closing on unread data resets the
+        # connection before the peer reads its status. SIZE + 1 shows a longer
+        # message and bounds the hex we log.
+        msg = conn.recv(rq.SIZE + 1)
+    except OSError:  # timed out or reset: an empty message
+        msg = b""
+    if uid != peer_uid:
+        return rq.BAD_PEER, f"uid {uid} is not the verifier's", dict(fields, REQUEST_HEX=msg.hex())
+    req = rq.parse(msg)
+    if isinstance(req, int):
+        return req, f"refused {len(msg)} bytes", dict(fields, REQUEST_HEX=msg.hex())
+    what = f"{req.address} {nft.PROTO_NAMES[req.proto]}/{req.port}"
+    fields.update(ADDRESS=req.address, PROTO=nft.PROTO_NAMES[req.proto], PORT=req.port)
+    protected, err = nft.is_protected(ctx, req.proto, req.port)
+    if protected is None:
+        return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
+    if not protected:
+        return rq.NOT_PROTECTED, f"{what}: not a protected port", fields
+    now = time.monotonic()
+    while recent and recent[0] < now - 60:
+        recent.popleft()
+    if len(recent) >= MAX_PER_MINUTE:
+        return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} adds in the last minute", fields
+    recent.append(now)
+    rc, err = nft.open_once(ctx, req, open_seconds)
+    if rc != 0:
+        return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
+    return rq.OK, f"{what} may start one connection within {open_seconds} s", dict(
+        fields, TIMEOUT=open_seconds)
+
+
+def seconds(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds in 1..3600")
+    return int(text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="gnocchi-helper", description=__doc__.splitlines()[0])
+    p.add_argument("--peer-user", default="gnocchi", help="the one user served (default gnocchi)")
+    p.add_argument("--open-seconds", type=seconds, default=30, help="knock timeout (default 30)")
+    args = p.parse_args()
+    try:
+        peer_uid = pwd.getpwnam(args.peer_user).pw_uid
+    except KeyError:
+        p.error(f"--peer-user {args.peer_user!r}: no such user")
+    fds = daemon.listen_fds()
+    if len(fds) != 1:
+        p.error(f"expected 1 socket from systemd (LISTEN_FDS), got {len(fds)}")
+    listener = socket.socket(fileno=fds[0])
+    if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
+        p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
+    ctx, recent = nftables.Nftables(), collections.deque()
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(RECV_SECONDS)
+            status, text, fields = decide(conn, peer_uid, ctx, args.open_seconds, recent)
+            try:
+                conn.send(bytes([status]))
+            except OSError:
+                fields["REPLY"] = "peer gone"
+            log(status, text, fields)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The helper's only parser of the verifier's bytes (docs/contracts.md).
+
+Trusts nothing: the verifier may be compromised. Any bytes give a Request of
+checked, typed values or the status byte that refuses them; never an
+exception. README.md here lists every check.
+"""
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+# version, family, proto, pad, port, address (IPv4: 4 bytes, then 12 zero bytes)
+FORMAT = struct.Struct("!BBBBH16s")
+SIZE = FORMAT.size  # 22
+VERSION, TCP, UDP = 1, 6, 17
+STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
+            "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED")
+(OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS,
+ NOT_PROTECTED, BAD_PROTO, RATE_LIMITED, NFT_FAILED) = range(len(STATUSES))
+THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
+
+
+@dataclass(frozen=True)
+class Request:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    proto: int  # TCP or UDP
+    port: int   # 1..65535
+
+
+def parse(msg: bytes) -> Request | int:
+    """A Request, or the status byte that refuses msg."""
+    if len(msg) != SIZE:
+        return BAD_LENGTH
+    version, family, proto, pad, port, raw = FORMAT.unpack(msg)
+    if version != VERSION or pad != 0:  # version 1 has a zero pad byte
+        return BAD_VERSION
+    if proto not in (TCP, UDP):
+        return BAD_PROTO
+    if family == 4 and raw[4:] == bytes(12):
+        address = ipaddress.ip_address(raw[:4])
+    elif family == 6:
+        address = ipaddress.ip_address(raw)
+    else:
+        return BAD_ADDRESS
+    if not knockable(address):
+        return BAD_ADDRESS
+    return Request(address, proto, port) if port else NOT_PROTECTED
+
+
+def knockable(a) -> bool:
+    """Unicast addresses a client can knock from, global or private (a LAN,
+    fd00::/8, the tests' 198.18.0.0/15). Not unspecified, multicast, loopback,
+    link-local, reserved (240/4 with the broadcast address, ::/8), 0/8,
+    site-local or IPv4-mapped."""
+    if a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved:
+        return False
+    if a.version == 4:
+        return a not in THIS_NETWORK
+    return not a.is_site_local and a.ipv4_mapped is None

@@ -1,0 +1,181 @@
+"""The real root helper against malformed, hostile and out-of-policy requests.
+
+Each refused request gets its status byte and leaves `nft -j list ruleset`
+byte for byte as it was; a good one adds exactly one element, with the
+helper's own timeout. The helper serves uid `nobody` here (--peer-user
+nobody, standing in for gnocchi); `daemon` plays a stranger.
+"""
+import socket
+import time
+
+import pytest
+
+from netns import Net
+from nslib import STATUS, Helper, elements, load_table, request, ruleset
+
+S = STATUS
+VALID = request("198.18.1.1", 22)
+
+# (name, message, expected status); the helper must refuse every one.
+HOSTILE = [
+    ("empty", b"", "BAD_LENGTH"),
+    ("one byte", b"\x01", "BAD_LENGTH"),
+    ("one byte short", VALID[:-1], "BAD_LENGTH"),
+    ("one byte extra", VALID + b"\x00", "BAD_LENGTH"),
+    ("two requests in one", VALID * 2, "BAD_LENGTH"),
+    ("oversized", VALID + bytes(4000), "BAD_LENGTH"),
+    ("version 0", request("198.18.1.1", 22, version=0), "BAD_VERSION"),
+    ("version 2", request("198.18.1.1", 22, version=2), "BAD_VERSION"),
+    ("version 255", request("198.18.1.1", 22, version=255), "BAD_VERSION"),
+    ("pad byte set", request("198.18.1.1", 22, pad=1), "BAD_VERSION"),
+    ("nft text", b"1.2.3.4 . 22 }; flush ruleset"[:22], "BAD_VERSION"),
+    ("nft text, padded", b"flush ruleset".ljust(22, b" "), "BAD_VERSION"),
+    ("nft text in the v4 address", VALID[:6] + b"1.2.3.4;flush ru", "BAD_ADDRESS"),
+    ("proto 0", request("198.18.1.1", 22, 0), "BAD_PROTO"),
+    ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
+    ("proto sctp", request("198.18.1.1", 22, 132), "BAD_PROTO"),
+    ("proto 255", request("198.18.1.1", 22, 255), "BAD_PROTO"),
+    ("family 0", request("198.18.1.1", 22, family=0), "BAD_ADDRESS"),
+    ("family AF_INET", request("198.18.1.1", 22, family=2), "BAD_ADDRESS"),
+    ("family AF_INET6", request("fd00::1", 22, family=10), "BAD_ADDRESS"),
+    ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
+    ("v6 bytes as v4", request("fd00::1", 22, family=4), "BAD_ADDRESS"),
+    ("v4 padding set", VALID[:-1] + b"\x01", "BAD_ADDRESS"),
+    ("0.0.0.0", request("0.0.0.0", 22), "BAD_ADDRESS"),
+    ("0.1.2.3", request("0.1.2.3", 22), "BAD_ADDRESS"),
+    ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
+    ("loopback 127.9", request("127.9.9.9", 22), "BAD_ADDRESS"),
+    ("multicast", request("224.0.0.1", 22), "BAD_ADDRESS"),
+    ("broadcast", request("255.255.255.255", 22), "BAD_ADDRESS"),
+    ("reserved 240/4", request("240.0.0.1", 22), "BAD_ADDRESS"),
+    ("link-local", request("169.254.1.1", 22), "BAD_ADDRESS"),
+    ("::", request("::", 22), "BAD_ADDRESS"),
+    ("::1", request("::1", 22), "BAD_ADDRESS"),
+    ("v6 multicast", request("ff02::1", 22), "BAD_ADDRESS"),
+    ("v6 link-local", request("fe80::1", 22), "BAD_ADDRESS"),
+    ("v6 site-local", request("fec0::1", 22), "BAD_ADDRESS"),
+    ("v4-mapped", request("::ffff:198.18.1.1", 22), "BAD_ADDRESS"),
+    ("v4-compatible", request("::198.18.1.1", 22), "BAD_ADDRESS"),
+    ("port 0", request("198.18.1.1", 0), "NOT_PROTECTED"),
+    ("unprotected tcp port", request("198.18.1.1", 23), "NOT_PROTECTED"),
+    ("unprotected port 65535", request("198.18.1.1", 65535), "NOT_PROTECTED"),
+    ("tcp-protected port over udp", request("198.18.1.1", 22, 17), "NOT_PROTECTED"),
+    ("udp-protected port over tcp", request("198.18.1.1", 60001, 6), "NOT_PROTECTED"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server namespace with the table (tcp 22, udp 60001) and the helper.
+    No test here may leave an element behind: the others compare rulesets."""
+    with Net("hr") as net:
+        load_table(net.server, tmp_path_factory.mktemp("helper"), udp_ports=(60001,))
+        helper = Helper(net.server)
+        try:
+            yield net.server, helper
+        finally:
+            helper.close()
+
+
+@pytest.mark.parametrize("name,message,expected", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_refused_and_ruleset_unchanged(server, name, message, expected):
+    host, helper = server
+    before = ruleset(host)
+    assert helper.send(message) == [S[expected]]
+    assert ruleset(host) == before
+
+
+def test_stranger_is_refused_even_with_a_valid_request(server):
+    host, helper = server
+    before = ruleset(host)
+    assert helper.send(VALID, request("fd00::7", 60001, 17), user="daemon") == [S["BAD_PEER"]] * 2
+    assert ruleset(host) == before
+    assert "BAD_PEER: uid 1 is not the verifier's" in helper.log_lines()[-1]
+
+
+def test_valid_requests_add_exactly_their_element(server):
+    host, helper = server
+    before = ruleset(host)
+    assert helper.send(VALID, request("fd00::7", 60001, 17)) == [S["OK"], S["OK"]]
+    assert elements(host, "knocked4") == [
+        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": pytest.approx(30, abs=2)}]
+    assert elements(host, "knocked6") == [
+        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": pytest.approx(30, abs=2)}]
+    for name in ("knocked4", "knocked6"):
+        host.nft("flush", "set", "inet", "gnocchi", name)
+    assert ruleset(host) == before  # nothing else changed
+
+
+def test_nft_text_as_ipv6_bytes_is_only_an_address(server):
+    # 16 bytes of nft syntax are a well-formed global IPv6 address; the helper
+    # adds that address as data and nothing in the ruleset is parsed from it.
+    host, helper = server
+    before = ruleset(host)
+    text = b"; flush ruleset "
+    assert helper.send(request("fd00::1", 22)[:6] + text) == [S["OK"]]
+    [elem] = elements(host, "knocked6")
+    assert elem["val"]["concat"] == [str(__import__("ipaddress").IPv6Address(text)), "tcp", 22]
+    host.nft("flush", "set", "inet", "gnocchi", "knocked6")
+    assert ruleset(host) == before
+
+
+def test_every_decision_is_logged_once_and_refusals_carry_the_bytes(server):
+    host, helper = server
+    start = len(helper.log_lines())
+    helper.send(request("127.0.0.1", 22), b"x" * 100, request("198.18.1.1", 23))
+    lines = helper.log_lines()[start:]
+    assert len(lines) == 3
+    assert "GNOCCHI_HELPER_STATUS=BAD_ADDRESS" in lines[0]
+    assert "GNOCCHI_HELPER_REQUEST_HEX=" + request("127.0.0.1", 22).hex() in lines[0]
+    assert "GNOCCHI_HELPER_REQUEST_HEX=" + "78" * 23 in lines[1]  # bounded: 23 of 100
+    assert "GNOCCHI_HELPER_PORT=23" in lines[2] and "NOT_PROTECTED" in lines[2]
+
+
+def test_silent_or_vanishing_peers_do_not_stop_the_helper(server):
+    host, helper = server
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # as root: not the peer user
+    s.connect(str(helper.path))
+    s.close()  # gone without a word
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    silent.connect(str(helper.path))
+    silent.settimeout(5)
+    t0 = time.monotonic()
+    assert silent.recv(2) == bytes([S["BAD_PEER"]])  # answered after its recv timeout
+    assert time.monotonic() - t0 < 4
+    silent.close()
+    assert helper.send(request("198.18.1.1", 23)) == [S["NOT_PROTECTED"]]  # still serving
+
+
+def test_without_the_table_nothing_is_created(tmp_path):
+    with Net("nt") as net:
+        helper = Helper(net.server)
+        try:
+            assert helper.send(VALID) == [S["NFT_FAILED"]]
+            assert "GNOCCHI_HELPER_NFT_ERROR=" in helper.log_lines()[-1]
+        finally:
+            helper.close()
+        assert net.server.nft("list", "ruleset").stdout == ""
+
+
+def test_rate_limit(tmp_path):
+    with Net("rt") as net:
+        load_table(net.server, tmp_path)
+        helper = Helper(net.server)
+        try:
+            statuses = helper.send(*[request(f"198.18.2.{i}", 22) for i in range(1, 62)])
+            assert statuses == [S["OK"]] * 60 + [S["RATE_LIMITED"]]
+            assert len(elements(net.server, "knocked4")) == 60
+            assert helper.send(request("198.18.1.1", 23)) == [S["NOT_PROTECTED"]]  # still checked
+        finally:
+            helper.close()
+
+
+def test_helper_refuses_bad_options():
+    import subprocess
+    from nslib import PYTHON, REPO
+    for args, text in ((["--open-seconds", "0"], "1..3600"), (["--open-seconds", "3601"], "1..3600"),
+                       (["--peer-user", "no-such-user-x"], "no such user"),
+                       (["--peer-user", "nobody"], "expected 1 socket")):
+        r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin"}, timeout=30)
+        assert r.returncode == 2 and text in r.stderr, (args, r.stderr)

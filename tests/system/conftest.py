@@ -1,0 +1,29 @@
+"""Fixtures for the system tests: the checkout on sys.path, and the .deb.
+
+The .deb is built once per session with packaging/build-deb (exactly the
+documented build), into a temporary directory. GNOCCHI_DEB=/path/to.deb
+tests an already-built package instead.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+for path in (REPO / "tests", REPO):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory) -> Path:
+    if os.environ.get("GNOCCHI_DEB"):
+        return Path(os.environ["GNOCCHI_DEB"])
+    out = tmp_path_factory.mktemp("deb")
+    proc = subprocess.run([str(REPO / "packaging" / "build-deb"), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"packaging/build-deb failed:\n{proc.stdout}\n{proc.stderr}")
+    return Path(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,168 @@
+"""A booted systemd in a container, on an overlay of this machine's root.
+
+The container's root is an overlay with the host's / as the read-only lower
+layer, so the host's files are never written; what the container writes
+(an installed package, keys, its journal) lands in the upper directory and
+survives a container reboot. The container lives in a network namespace the
+test made (tests/netns.py), so its firewall and network are that
+namespace's, never the host's. close() stops it, unmounts and deletes
+everything, also after a failure.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+# Units of the host image that have no business in the test container.
+MASK = ("postgresql.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+        "dpkg-db-backup.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
+        "man-db.timer", "systemd-timesyncd.service", "getty@tty1.service")
+ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root"]
+
+
+class Container:
+    def __init__(self, netns: str, name: str = "gnocchi-sys"):
+        self.netns = netns
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix="gnocchi-system-"))
+        self.root = self.dir / "root"
+        self.nspawn: subprocess.Popen | None = None
+        self.pid = 0  # the container's init, as the host sees it
+        self.boots = 0
+        for sub in ("upper", "work", "root"):
+            (self.dir / sub).mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir=/,upperdir={self.dir}/upper,workdir={self.dir}/work",
+                        str(self.root)], check=True, capture_output=True, text=True)
+        units = self.root / "etc/systemd/system"
+        for unit in MASK:
+            link = units / unit
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to("/dev/null")
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def boot(self, timeout: float = 90) -> None:
+        self.boots += 1
+        log = open(self.dir / f"boot{self.boots}.log", "wb")
+        # CAP_NET_ADMIN: nspawn keeps it only with a private network of its
+        # own making; the container's netns here is ours, so grant it.
+        self.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
+             "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
+             f"--network-namespace-path=/run/netns/{self.netns}",
+             "--boot", "systemd.firstboot=off"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        self.pid = 0
+        while time.monotonic() < deadline and self.nspawn.poll() is None:
+            self.pid = self.pid or self._find_init()
+            if self.pid:
+                state = self.run(["systemctl", "is-system-running"], check=False,
+                                 timeout=10).stdout.strip()
+                if state in ("running", "degraded"):
+                    return
+            time.sleep(0.3)
+        raise AssertionError(f"the container did not boot within {timeout} s "
+                             f"(log: {self.log_tail()})")
+
+    def _find_init(self) -> int:
+        """The process whose PID in its own namespace is 1, below nspawn."""
+        todo = [self.nspawn.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            nspid = next((line.split()[1:] for line in status.splitlines()
+                          if line.startswith("NSpid:")), [])
+            if pid != self.nspawn.pid and nspid[-1:] == ["1"] and len(nspid) > 1:
+                return pid
+            todo += [int(c) for c in children]
+        return 0
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        return self.nspawn.wait(timeout=timeout)
+
+    def reboot(self) -> None:
+        """`systemctl reboot` inside: nspawn exits; start it again on the same root."""
+        self.run(["systemctl", "reboot"], check=False)
+        self.wait_exit(60)
+        self.boot()
+
+    def close(self) -> None:
+        try:
+            self._stop()
+        finally:
+            self._remove()
+
+    def _stop(self) -> None:
+        if self.nspawn is None or self.nspawn.poll() is not None:
+            return
+        if self.pid:
+            self.run(["systemctl", "poweroff"], check=False, timeout=10)
+        try:
+            self.nspawn.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in (self.pid, self.nspawn.pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # init dies: its whole pid namespace dies
+                except ProcessLookupError:
+                    pass
+        self.nspawn.wait(timeout=10)
+
+    def _remove(self) -> None:
+        for _ in range(20):
+            if not os.path.ismount(self.root):
+                break
+            subprocess.run(["umount", str(self.root)], capture_output=True)
+            time.sleep(0.2)
+        if os.path.ismount(self.root):
+            subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
+        if os.path.ismount(self.root):  # never delete through a mounted overlay
+            raise AssertionError(f"{self.root} is still mounted; not deleting {self.dir}")
+        shutil.rmtree(self.dir)
+        # nspawn leaves this behind when /run is not a tmpfs, as on these VMs.
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
+
+    # ---- commands inside -------------------------------------------------
+
+    def run(self, argv, check=True, timeout=60, cwd="/", **kw) -> subprocess.CompletedProcess:
+        """Run argv in all of the container's namespaces, with a clean environment."""
+        proc = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "env", "-i", "-C", cwd, *ENV, *argv],
+                              text=True, capture_output=True, timeout=timeout, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"in the container: {' '.join(argv)}: rc {proc.returncode}\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def run_in_netns(self, netns: str, argv, check=True, timeout=60) -> subprocess.CompletedProcess:
+        """Run argv with the container's files and processes but another network namespace
+        (the client's): the packaged client, used from the client host."""
+        proc = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "-r", "-w",
+                               f"--net=/run/netns/{netns}", "env", "-i", *ENV, *argv],
+                              text=True, capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"in the container, netns {netns}: {' '.join(argv)}: "
+                                 f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.dir / f"boot{self.boots}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

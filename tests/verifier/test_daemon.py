@@ -1,0 +1,159 @@
+"""The real verifier, socket-activated in a server namespace, knocked from a client namespace."""
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+from conftest import knock, request_bytes, send, write_config
+
+pytestmark = pytest.mark.netns
+
+
+def start(daemons, net, k, tmp_path, helper, listen=None, extra="", clients=None, args=()):
+    cfg = write_config(tmp_path, k, helper.path, extra=extra, clients=clients)
+    listen = listen or f"{net.server.ip}:{k.port}"
+    return daemons(net, cfg, listen, "--summary-interval", "1", *args,
+                   stderr=tmp_path / "daemon.err")
+
+
+def client_address(net) -> bytes:
+    return ipaddress.IPv4Address(net.client.ip).packed
+
+
+def test_valid_knocks_reach_the_helper_and_nothing_comes_back(daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper)
+    packets = [knock(k, "alice", 1, b"open 22", net.server.ip),
+               knock(k, "alice", 2, b"open 60001/udp", net.server.ip),
+               knock(k, "bob", 7, b"", net.server.ip)]          # empty: bob's default
+    assert send(net, k.port, packets, wait=0.5) == 0
+    accepted = d.wait_events("accepted", 3)
+    src = client_address(net)
+    assert helper.messages == [request_bytes(proto=6, port=22, address=src),
+                               request_bytes(proto=17, port=60001, address=src),
+                               request_bytes(proto=6, port=443, address=src)]
+    assert [(e["GNOCCHI_CLIENT"], e["GNOCCHI_REQUEST"], e["GNOCCHI_COUNTER"]) for e in accepted] \
+        == [("alice", "open 22/tcp", "1"), ("alice", "open 60001/udp", "2"),
+            ("bob", "open 443/tcp", "7")]
+    first = accepted[0]
+    assert first["GNOCCHI_SOURCE_IP"] == net.client.ip
+    assert first["GNOCCHI_CLIENT_KEY"] == k.public("alice")
+    assert first["GNOCCHI_HELPER_STATUS"] == "OK"
+    assert first["MESSAGE_ID"] != d.of("started")[0]["MESSAGE_ID"]
+    store = (tmp_path / "state" / "counters").read_text().splitlines()
+    assert sorted(store[1:]) == sorted([f"{k.public('alice')} 2", f"{k.public('bob')} 7"])
+
+
+def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper)
+    other_key = bytes(range(32))
+    good = knock(k, "alice", 5, b"open 22", net.server.ip)
+    cases = [
+        good,                                                     # accepted (sets counter 5)
+        good,                                                     # replay: same packet
+        knock(k, "alice", 4, b"open 22", net.server.ip),          # replay: lower counter
+        knock(k, "alice", 9, b"open 22", "198.18.200.200"),       # other server address
+        knock(k, "alice", 10, b"open 22", net.server.ip, server_key=other_key),  # other key
+        knock(k, "mallory", 1, b"open 22", net.server.ip),        # unknown client
+        knock(k, "alice", 11, b"open 23", net.server.ip),         # port not allowed
+        knock(k, "alice", 12, b"open 22/udp", net.server.ip),     # proto not allowed
+        knock(k, "alice", 13, b"run reboot", net.server.ip),      # action not allowed
+        knock(k, "alice", 14, b"\xff\x00open 22\x1b[31m", net.server.ip),  # garbage request
+        b"\x00" * 200,                                            # garbage packet
+        b"\x01" * 100,                                            # too short
+    ]
+    assert send(net, k.port, cases, wait=0.5) == 0
+    d.wait_events("refused", 4)
+    d.wait_events("replay", 2)
+    d.wait_events("signature", 1)
+    src = client_address(net)
+    assert helper.messages == [request_bytes(port=22, address=src)]
+    refused = d.of("refused")
+    assert [e["GNOCCHI_COUNTER"] for e in refused] == ["11", "12", "13", "14"]
+    assert "23/tcp is not in this client's allow list" in refused[0]["GNOCCHI_REASON"]
+    assert "not in this client's actions" in refused[2]["GNOCCHI_REASON"]
+    # attacker-chosen bytes are escaped in MESSAGE and fields: no raw control characters
+    raw = (tmp_path / "daemon.err").read_bytes()
+    assert b"\x1b" not in raw and b"\\x1b" in raw
+    assert refused[3]["GNOCCHI_REQUEST"].startswith("\\xff\\x00open 22")
+    # counters of refused requests are consumed: the store holds the last one
+    assert f"{k.public('alice')} 14" in (tmp_path / "state" / "counters").read_text()
+    # the other-server-key packet, the unknown client and the garbage are only counted
+    summary = d.wait_events("dropped-summary", 1)[0]
+    assert summary["GNOCCHI_DROPPED_MAC"] == "2"   # other key + zero bytes
+    assert summary["GNOCCHI_DROPPED_UNKNOWN_CLIENT"] == "1"
+    assert summary["GNOCCHI_DROPPED_SIZE"] == "1"
+    signature = d.of("signature")[0]
+    assert signature["GNOCCHI_CLIENT"] == "alice" and signature["GNOCCHI_SOURCE_IP"] == net.client.ip
+    assert "GNOCCHI_COUNTER" not in signature
+
+
+def test_a_forged_high_counter_does_not_block_a_valid_lower_one(daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper)
+    forged = knock(k, "alice", 1000, b"open 22", "198.18.250.250")  # bad signature here
+    valid = knock(k, "alice", 3, b"open 22", net.server.ip)
+    send(net, k.port, [forged, valid])
+    d.wait_events("accepted", 1)
+    assert len(helper.messages) == 1
+    assert f"{k.public('alice')} 3" in (tmp_path / "state" / "counters").read_text()
+
+
+def test_server_addresses_for_a_server_behind_nat(daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper, extra='server_addresses = ["203.0.113.7"]')
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),    # own address: no
+                       knock(k, "alice", 2, b"open 22", "203.0.113.7")])   # public address
+    accepted = d.wait_events("accepted", 1)
+    assert accepted[0]["GNOCCHI_COUNTER"] == "2"
+    assert len(d.of("signature")) == 1
+
+
+def test_helper_failures_are_logged_and_serving_goes_on(daemons, net, k, tmp_path, helper):
+    helper.status = 5  # NOT_PROTECTED
+    d = start(daemons, net, k, tmp_path, helper)
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    failed = d.wait_events("helper-failed", 1)
+    assert failed[0]["GNOCCHI_HELPER_STATUS"] == "NOT_PROTECTED"
+    helper.close()  # now nobody listens on the helper socket
+    send(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
+    failed = d.wait_events("helper-failed", 2)
+    assert failed[1]["GNOCCHI_HELPER_STATUS"] == "UNREACHABLE"
+    send(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
+    d.wait_events("helper-failed", 3)
+    assert d.proc.poll() is None  # still serving
+
+
+def test_run_action_gets_payload_and_environment(daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper)
+    send(net, k.port, [knock(k, "alice", 1, b"run show\nhello\x00world", net.server.ip)])
+    ran = d.wait_events("action-run", 1)[0]
+    assert ran["GNOCCHI_REQUEST"] == "run show (11-byte payload)"
+    assert ran["GNOCCHI_ACTION_OUTPUT"] == "shown\\n"
+    seen = json.loads((tmp_path / "action.out").read_text())
+    assert bytes.fromhex(seen["payload"]) == b"hello\x00world"
+    assert seen["env"]["GNOCCHI_CLIENT"] == "alice"
+    assert seen["env"]["GNOCCHI_SOURCE_IP"] == net.client.ip
+    assert "LISTEN_FDS" not in seen["env"] and "PYTHONPATH" not in seen["env"]
+    assert seen["cwd"] == "/"
+    assert helper.messages == []
+
+
+def test_dual_stack_socket_unmaps_ipv4_addresses(daemons, net, k, tmp_path, helper):
+    # `-l PORT` makes what systemd makes for ListenDatagram=PORT: one AF_INET6 socket on
+    # [::] that also takes IPv4 (v4-mapped source and destination addresses).
+    d = start(daemons, net, k, tmp_path, helper, listen=str(k.port))
+    assert send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], wait=0.3) == 0
+    accepted = d.wait_events("accepted", 1)
+    assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip  # not ::ffff:198.18...
+    assert helper.messages == [request_bytes(port=22, address=client_address(net))]
+    assert "port" in d.of("started")[0]["MESSAGE"]
+
+
+def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, helper):
+    # v1 signs an IPv4 address, so a knock over IPv6 verifies against server_addresses.
+    d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}",
+              extra=f'server_addresses = ["{net.server.ip}"]')
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
+    accepted = d.wait_events("accepted", 1)
+    assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip6
+    addr6 = ipaddress.IPv6Address(net.client.ip6).packed
+    assert helper.messages == [request_bytes(family=6, port=22, address=addr6)]

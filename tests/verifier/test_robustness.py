@@ -1,0 +1,167 @@
+"""Floods, crashes and bad sockets: the verifier stays silent, bounded and replay-proof."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send, write_config
+from nacl.secret import SecretBox
+
+pytestmark = pytest.mark.netns
+
+
+def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path, helper):
+    cfg = write_config(tmp_path, k, helper.path)
+    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", "--summary-interval", "1",
+                stderr=tmp_path / "daemon.err")
+    rng = random.Random(1)
+    garbage = [rng.randbytes(rng.choice([0, 1, 159, 160, 500, 1024, 1025, 1400]))
+               for _ in range(1500)]
+    wrong_magic = [SecretBox(k.server).encrypt(rng.randbytes(300)) for _ in range(100)]
+    unknown = [knock(k, "mallory", i, b"open 22", net.server.ip) for i in range(1, 101)]
+    valid = knock(k, "alice", 1, b"open 22", net.server.ip)
+    replays = [valid] * 300
+    capture = tmp_path / "client.pcap"
+    dump = net.client.popen(["tcpdump", "-i", "gveth0", "-n", "-U", "-w", str(capture),
+                             f"ip src host {net.server.ip}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        dump.stderr.readline()  # "listening on gveth0 ...": capturing from here on
+        send(net, k.port, [valid])
+        d.wait_events("accepted", 1)  # started: from here the flood is read as fast as it comes
+        replies = send(net, k.port, garbage + wrong_magic + unknown + replays, wait=1.0)
+        summaries = d.wait_events("dropped-summary", 1, timeout=20)
+        d.wait_for(lambda _: sum(int(s["GNOCCHI_DROPPED"]) for s in d.of("dropped-summary"))
+                   == 1700 and sum(int(s["GNOCCHI_SUPPRESSED"]) for s in d.of("dropped-summary"))
+                   + len(d.of("replay")) == 300, what="every packet counted", timeout=20)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(timeout=10)
+    assert replies == 0
+    seen = subprocess.run(["tcpdump", "-n", "-r", str(capture)], capture_output=True, text=True)
+    assert seen.returncode == 0 and seen.stdout == ""  # the server sent nothing at all
+    summaries = d.of("dropped-summary")
+    totals = {}
+    for s in summaries:
+        for key, value in s.items():
+            if key.startswith("GNOCCHI_DROPPED_"):
+                totals[key[16:]] = totals.get(key[16:], 0) + int(value)
+    assert totals["MAGIC"] == 100 and totals["UNKNOWN_CLIENT"] == 100
+    assert totals["SIZE"] + totals["MAC"] == 1500
+    events = d.events()
+    assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
+    # 2001 packets: started + accepted + at most 20 replay entries and one summary per second
+    assert len(events) <= 2 + (20 + 1) * len(summaries)
+    assert len(d.of("replay")) >= 20
+    assert d.proc.poll() is None
+
+
+def test_counters_survive_kill_9_and_are_never_accepted_twice(net, k, tmp_path, helper):
+    # Each counter c asks for port 2000+c, so the helper's log says which counters opened.
+    ports = ", ".join(f'"{2000 + c}"' for c in range(1, 121))
+    clients = f"""
+[clients.alice]
+public_key = "{k.public('alice')}"
+allow = [{ports}]
+"""
+    cfg = write_config(tmp_path, k, helper.path, clients=clients)
+    rng = random.Random(os.getpid())
+    sent: list[bytes] = []
+    counter = 0
+    for round_ in range(12):
+        fresh = []
+        for _ in range(rng.randint(3, 8)):
+            counter += 1
+            fresh.append(knock(k, "alice", counter, f"open {2000 + counter}".encode(),
+                               net.server.ip))
+        batch = fresh + sent  # new knocks, then every old one again (replays)
+        rng.shuffle(batch)
+        sent += fresh
+        d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / f"d{round_}.err")
+        sender = net.client.popen([PYTHON, UDP_CLIENT, net.server.ip, str(k.port), "0"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        sender.communicate("\n".join(p.hex() for p in batch), timeout=30)
+        time.sleep(rng.uniform(0.0, 0.4))  # the daemon starts, then dies at a random moment
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        d.stderr.close()
+        assert "corrupt" not in d.text() and "Traceback" not in d.text()
+    opened = [int.from_bytes(m[4:6], "big") - 2000 for m in helper.messages]
+    assert len(opened) == len(set(opened)), f"a counter was accepted twice: {sorted(opened)}"
+    # every counter that opened was stored first: the store is at least the highest opened
+    store = (tmp_path / "state" / "counters").read_text().split()
+    assert opened and int(store[-1]) >= max(opened)
+    # and a daemon started on the final store still works and still refuses replays
+    d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "final.err")
+    try:
+        send(net, k.port, sent[-3:] + [knock(k, "alice", counter + 1, b"open 2001",
+                                             net.server.ip)])
+        d.wait_events("accepted", 1)
+        time.sleep(0.3)
+        assert len(d.of("accepted")) == 1
+    finally:
+        d.stop()
+
+
+def test_store_that_cannot_be_written_fails_closed(daemons, net, k, tmp_path, helper):
+    cfg = write_config(tmp_path, k, helper.path)
+    (tmp_path / "state" / "counters.tmp").mkdir()  # a real fault: the write must fail
+    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    assert d.proc.wait(timeout=10) == 1
+    failed = d.of("store-failed")
+    assert failed and "cannot write" in failed[0]["MESSAGE"]
+    assert str(tmp_path / "state" / "counters") in failed[0]["MESSAGE"]
+    assert helper.messages == []
+
+
+def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k, tmp_path,
+                                                                helper):
+    cfg = write_config(tmp_path, k, helper.path)
+    store = tmp_path / "state" / "counters"
+    store.write_text("# gnocchi counters v1\n" + k.public("alice") + " 12x\n")
+    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
+    send(net, k.port, [knock(k, "alice", 13, b"open 22", net.server.ip)])
+    assert d.proc.wait(timeout=10) == 1
+    text = d.text()
+    assert f"{store}: corrupt counter store (line 2" in text
+    assert "gnocchi audit --counters" in text
+    assert helper.messages == []
+
+
+@pytest.mark.parametrize("listen_args, problem", [
+    (["-d", "-l", "{ip}:{wrong}"], "is on UDP port {wrong}, but this server key's knock port is"),
+    (["-d", "-l", "{ip}:{port}", "-l", "{ip}:{wrong}"], "systemd passed 2 sockets"),
+    (["-l", "{ip}:{port}"], "is not a UDP socket"),
+])
+def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, helper,
+                                                             listen_args, problem):
+    cfg = write_config(tmp_path, k, helper.path)
+    wrong = k.port + 1 if k.port < 65535 else k.port - 1
+    fill = dict(ip=net.server.ip, port=k.port, wrong=wrong)
+    argv = ["systemd-socket-activate", *[a.format(**fill) for a in listen_args],
+            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi", "serve", "--config", str(cfg)]
+    proc = net.server.popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        err = ""
+        deadline = time.monotonic() + 5
+        while "Listening on" not in err and time.monotonic() < deadline:
+            err += proc.stderr.readline()
+        if "-d" in listen_args:
+            send(net, wrong if "{wrong}" in listen_args[-1] else k.port, [b"x"])
+        else:  # a stream socket: activation comes with a connection
+            net.client.run([PYTHON, "-c", "import socket; socket.create_connection("
+                            f"('{net.server.ip}', {k.port}), timeout=3).close()"], check=False)
+        _, out = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err += out or ""
+    assert proc.returncode == 1, err
+    assert problem.format(**fill) in err
+    assert f"ListenDatagram={k.port}" in err
