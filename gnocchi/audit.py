@@ -114,8 +114,8 @@ class Audit:
             seconds = self.clock() - self._start
             fields = {f"dropped_{r.replace('-', '_')}": n for r, n in self._dropped.items()}
             fields |= {f"suppressed_{e.replace('-', '_')}": n for e, n in self._suppressed.items()}
-            self.event("dropped-summary",
-                       f"dropped {dropped} packets in the last {seconds:.0f} s: " + ", ".join(parts),
+            self.event("dropped-summary", f"dropped {dropped} packets in the last "
+                       f"{seconds:.0f} s: " + ", ".join(parts),
                        dropped=dropped, suppressed=suppressed, **fields)
         self._dropped.clear()
         self._suppressed.clear()
@@ -194,12 +194,18 @@ def counters_from(entries: Iterable[dict]) -> dict[bytes, int]:
     return highest
 
 
+# Matched on the unit, a field journald sets itself: any local user can write an
+# entry that claims SYSLOG_IDENTIFIER=gnocchi, and --counters must not trust one.
+UNITS = ("gnocchi.service", "gnocchi-helper.service")
+
+
 def read_journal(since: datetime.datetime | None, directory: str | None = None):
     from systemd import journal
     reader = journal.Reader(path=directory) if directory else journal.Reader()
-    reader.add_match(SYSLOG_IDENTIFIER=IDENTIFIER)
-    reader.add_disjunction()
-    reader.add_match(SYSLOG_IDENTIFIER="gnocchi-helper")
+    for i, unit in enumerate(UNITS):
+        if i:
+            reader.add_disjunction()
+        reader.add_match(_SYSTEMD_UNIT=unit)
     if since is not None:
         reader.seek_realtime(since)
     yield from reader

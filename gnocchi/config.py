@@ -137,7 +137,7 @@ def load(path: str = DEFAULT_PATH) -> Config:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except FileNotFoundError:
-        raise where.error("", "no such file (the example is in docs/server.md)") from None
+        raise where.error("", "no such file (the package installs a commented example there)") from None
     except OSError as e:
         raise where.error("", f"cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:

@@ -81,7 +81,7 @@ def authorise(client, request: Request) -> str | None:
     return None
 
 
-def show(data: bytes) -> str:
+def show(data: bytes, limit: int = SHOW_LIMIT) -> str:
     """DATA as printable ASCII (escaped, bounded): safe for any log field or MESSAGE."""
-    text = repr(data[:SHOW_LIMIT])[2:-1]  # b'...' -> escaped body
-    return text[:SHOW_LIMIT] + ("..." if len(data) > SHOW_LIMIT or len(text) > SHOW_LIMIT else "")
+    text = repr(data[:limit])[2:-1]  # b'...' -> escaped body
+    return text[:limit] + ("..." if len(data) > limit or len(text) > limit else "")

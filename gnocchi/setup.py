@@ -39,14 +39,18 @@ def write_atomically(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.fchmod(fd, 0o644)  # the creation mode went through the umask
-        data = text.encode("utf-8")
-        if os.write(fd, data) != len(data):
-            raise OSError(f"short write to {tmp}")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            os.fchmod(fd, 0o644)  # the creation mode went through the umask
+            data = text.encode("utf-8")
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {tmp}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)  # never leave a half-written file behind
+        raise
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -86,17 +86,15 @@ def enable_pktinfo(sock: socket.socket) -> None:
 
 
 class Verifier:
-    """Decides one datagram at a time; helper and run_action are injectable for unit tests."""
+    """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: audit.Audit, helper=helper_client.request_open, run_action=actions.run):
+                 log: audit.Audit):
         self.cfg = cfg
         self.key = server_key
         self.store = store
         self.log = log
         self.clients = cfg.client_by_key()
-        self.helper = helper
-        self.run_action = run_action
         self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
 
     def last_counter(self, client_key: bytes) -> int | None:
@@ -151,12 +149,13 @@ class Verifier:
                              f"{result.reason}", **common)
 
     def refuse(self, client, common: dict, shown: str, why: str) -> None:
-        self.log.event("refused", f"refused {shown!r} for client {client.name} from "
+        self.log.event("refused", f"refused '{shown}' for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
     def open(self, client, common: dict, request: requests.Open, source) -> None:
         try:
-            status = self.helper(self.cfg.helper_socket, source, request.port, request.proto)
+            status = helper_client.request_open(self.cfg.helper_socket, source, request.port,
+                                                request.proto)
         except helper_client.HelperUnreachable as e:
             self.log.event("helper-failed", f"{request} for client {client.name} from {source} "
                            f"not opened: helper unreachable: {e}", request=str(request),
@@ -172,8 +171,8 @@ class Verifier:
 
     def run(self, client, common: dict, request: requests.Run, source) -> None:
         action = self.cfg.action(request.name)
-        outcome = self.run_action(action, client.name, str(source), request.payload)
-        output = requests.show(outcome.output) if outcome.output else None
+        outcome = actions.run(action, client.name, str(source), request.payload)
+        output = requests.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
         if outcome.ok:
             self.log.event("action-run", f"client {client.name} from {source} ran {request}",
                            request=str(request), action_output=output, **common)
@@ -194,16 +193,27 @@ def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list)
         verifier.handle(packet, unmap(source[0]), destination(ancdata))
 
 
+def interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= 86400:  # a summary per packet would defeat its purpose
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 1..86400")
+    return seconds
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi serve",
                                      description="Run the verifier (normally gnocchi.socket "
                                                  "starts it through gnocchi.service).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE")
+    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
+                        help=f"default {config.DEFAULT_PATH}")
     parser.add_argument("--listen", metavar="ADDR",
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
     parser.add_argument("--server-key-file", metavar="FILE",
                         help="default: server_key_file from the config")
-    parser.add_argument("--summary-interval", type=float, default=audit.INTERVAL,
+    parser.add_argument("--summary-interval", type=interval, default=audit.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
     log = audit.Audit(interval=args.summary_interval)

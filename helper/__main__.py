@@ -104,11 +104,11 @@ def main() -> int:
         with conn:
             conn.settimeout(RECV_SECONDS)
             status, text, fields = decide(conn, peer_uid, ctx, args.open_seconds, recent)
+            log(status, text, fields)  # first: no answer goes out unlogged
             try:
                 conn.send(bytes([status]))
             except OSError:
-                fields["REPLY"] = "peer gone"
-            log(status, text, fields)
+                pass  # the peer left; the decision stands and is logged
 
 
 if __name__ == "__main__":

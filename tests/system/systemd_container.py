@@ -26,9 +26,9 @@ ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root"]
 
 
 class Container:
-    def __init__(self, netns: str, name: str = "gnocchi-sys"):
+    def __init__(self, netns: str):
         self.netns = netns
-        self.name = name
+        self.name = f"gnocchi-test-{os.getpid()}"  # nspawn's name for it
         self.dir = Path(tempfile.mkdtemp(prefix="gnocchi-system-"))
         self.root = self.dir / "root"
         self.nspawn: subprocess.Popen | None = None
@@ -36,9 +36,25 @@ class Container:
         self.boots = 0
         for sub in ("upper", "work", "root"):
             (self.dir / sub).mkdir()
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir=/,upperdir={self.dir}/upper,workdir={self.dir}/work",
-                        str(self.root)], check=True, capture_output=True, text=True)
+        mount = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                                f"lowerdir=/,upperdir={self.dir}/upper,workdir={self.dir}/work",
+                                str(self.root)], capture_output=True, text=True)
+        if mount.returncode != 0:
+            shutil.rmtree(self.dir)
+            raise AssertionError(f"cannot mount the overlay root: {mount.stderr}")
+        try:
+            self._prepare()
+        except BaseException:
+            self._remove()
+            raise
+
+    def _prepare(self) -> None:
+        # This machine's image comes from a Docker build, whose policy-rc.d
+        # forbids maintainer scripts to start or stop services; a real
+        # server has none, and the package's upgrade and removal need it gone.
+        policy = self.root / "usr/sbin/policy-rc.d"
+        if policy.exists():
+            policy.unlink()
         units = self.root / "etc/systemd/system"
         for unit in MASK:
             link = units / unit
@@ -142,8 +158,9 @@ class Container:
 
     def run(self, argv, check=True, timeout=60, cwd="/", **kw) -> subprocess.CompletedProcess:
         """Run argv in all of the container's namespaces, with a clean environment."""
-        proc = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "env", "-i", "-C", cwd, *ENV, *argv],
-                              text=True, capture_output=True, timeout=timeout, **kw)
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-a", "env", "-i", "-C", cwd, *ENV, *argv],
+            text=True, capture_output=True, timeout=timeout, **kw)
         if check and proc.returncode != 0:
             raise AssertionError(f"in the container: {' '.join(argv)}: rc {proc.returncode}\n"
                                  f"{proc.stdout}\n{proc.stderr}")

@@ -132,10 +132,12 @@ def net():
 class Daemon:
     """`systemd-socket-activate -d -l ADDR gnocchi serve ...` in the server namespace."""
 
-    def __init__(self, net: Net, config: Path, listen: str, *args: str, stderr: Path):
+    def __init__(self, net: Net, config: Path, listen: str, *args: str, stderr: Path,
+                 env: tuple[str, ...] = ()):
         self.stderr_path = stderr
         self.stderr = open(stderr, "wb")
         argv = ["systemd-socket-activate", "-d", "-l", listen, "-E", f"PYTHONPATH={REPO}",
+                *(f"-E{e}" for e in env),
                 PYTHON, "-m", "gnocchi", "serve", "--config", str(config), *args]
         self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr)

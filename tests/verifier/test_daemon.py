@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 
 import pytest
 from conftest import knock, request_bytes, send, write_config
@@ -10,11 +11,11 @@ from conftest import knock, request_bytes, send, write_config
 pytestmark = pytest.mark.netns
 
 
-def start(daemons, net, k, tmp_path, helper, listen=None, extra="", clients=None, args=()):
+def start(daemons, net, k, tmp_path, helper, listen=None, extra="", clients=None, env=()):
     cfg = write_config(tmp_path, k, helper.path, extra=extra, clients=clients)
     listen = listen or f"{net.server.ip}:{k.port}"
-    return daemons(net, cfg, listen, "--summary-interval", "1", *args,
-                   stderr=tmp_path / "daemon.err")
+    return daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "daemon.err",
+                   env=env)
 
 
 def client_address(net) -> bytes:
@@ -84,7 +85,8 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
     assert summary["GNOCCHI_DROPPED_UNKNOWN_CLIENT"] == "1"
     assert summary["GNOCCHI_DROPPED_SIZE"] == "1"
     signature = d.of("signature")[0]
-    assert signature["GNOCCHI_CLIENT"] == "alice" and signature["GNOCCHI_SOURCE_IP"] == net.client.ip
+    assert signature["GNOCCHI_CLIENT"] == "alice"
+    assert signature["GNOCCHI_SOURCE_IP"] == net.client.ip
     assert "GNOCCHI_COUNTER" not in signature
 
 
@@ -157,3 +159,15 @@ def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, help
     assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip6
     addr6 = ipaddress.IPv6Address(net.client.ip6).packed
     assert helper.messages == [request_bytes(family=6, port=22, address=addr6)]
+
+
+def test_readiness_and_stopping_are_told_to_systemd(daemons, net, k, tmp_path, helper):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(10)
+        d = start(daemons, net, k, tmp_path, helper, env=(f"NOTIFY_SOCKET={tmp_path}/notify",))
+        send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+        assert notify.recv(64) == b"READY=1"
+        d.wait_events("accepted", 1)  # the knock that started it was not lost
+        assert d.stop() == 0
+        assert notify.recv(64) == b"STOPPING=1"

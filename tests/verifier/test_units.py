@@ -338,14 +338,16 @@ def test_helper_client_maps_status_and_unreachable(tmp_path):
 # ---- actions ----------------------------------------------------------------
 
 def test_action_gets_payload_and_only_its_environment():
-    script = "import os,sys; d=sys.stdin.read(); print(d, os.environ['GNOCCHI_CLIENT'], len(os.environ))"
+    script = ("import os, sys; d = sys.stdin.read(); "
+              "print(d, os.environ['GNOCCHI_CLIENT'], len(os.environ))")
     out = actions.run(Action("t", (PYTHON, "-c", script), 10), "alice", "198.18.3.1", b"hi")
     assert out.ok and out.returncode == 0
     assert out.output == f"hi alice {len(actions.ENV) + 3}\n".encode()
 
 
 def test_action_timeout_kills_it_and_its_children():
-    script = "import subprocess,time; subprocess.Popen(['sleep','30']); print('x',flush=True); time.sleep(30)"
+    script = ("import subprocess, time; subprocess.Popen(['sleep', '30']); "
+              "print('x', flush=True); time.sleep(30)")
     out = actions.run(Action("t", (PYTHON, "-c", script), 0.5), "a", "198.18.3.1", b"")
     assert out.returncode is None and "killed after its timeout of 0.5 s" in out.problem
     assert out.output == b"x\n"
@@ -368,3 +370,59 @@ def test_nothing_in_the_verifier_sends_a_datagram():
         text = (REPO / "gnocchi" / f"{name}.py").read_text()
         assert "sendto" not in text and "sendmsg" not in text and ".send(" not in text.replace(
             "self.send(", "").replace("journal.send(", ""), name
+
+
+# ---- the whole decision, in-process, under arbitrary input ------------------
+
+def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
+    import ipaddress
+    import itertools
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from nacl.secret import SecretBox
+
+    from gnocchi import protocol, verifier
+
+    k = Keys(tmp_path)
+    cfg = load_text(tmp_path, f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
+                              f'[clients.alice]\npublic_key = "{k.public("alice")}"\n'
+                              'allow = ["22"]\n')
+    recorder = HelperRecorder(tmp_path / "h.sock")
+    sent: list[dict] = []
+    v = verifier.Verifier(cfg, k.server, counters.Store(str(tmp_path)).load(),
+                          audit.Audit(send=sent.append))
+    src, dst = ipaddress.IPv4Address("198.18.3.1"), ipaddress.IPv4Address("198.18.3.2")
+    counter = itertools.count(1)
+    valid = protocol.build_packet(k.server, k.seeds["alice"], 10**9, b"open 22", dst.packed)
+    opening = {b"", b"open 22", b"open 22/tcp"}
+    expected = []
+
+    def signed(data: bytes) -> bytes:
+        if data in opening:
+            expected.append(data)
+        return protocol.build_packet(k.server, k.seeds["alice"], next(counter), data, dst.packed)
+
+    sealed_garbage = st.binary(min_size=0, max_size=800).map(
+        lambda body: bytes(SecretBox(k.server).encrypt(
+            protocol.MAGIC + keys_public(k) + body)))
+    flipped = st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)).map(
+        lambda f: valid[:f[0]] + bytes([valid[f[0]] ^ f[1]]) + valid[f[0] + 1:])
+    requests_ = st.one_of(st.binary(max_size=120), st.sampled_from(
+        [b"open 22", b"open 22/tcp", b"", b"open 22/udp", b"open 23", b"run x", b"open 22\n"]))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(st.binary(max_size=1100), flipped, sealed_garbage, requests_.map(signed)))
+    def check(packet):
+        v.handle(packet, src, dst)
+
+    try:
+        check()
+        assert expected and len(recorder.messages) == len(expected)
+        assert {m[4:6] for m in recorder.messages} <= {(22).to_bytes(2, "big")}
+    finally:
+        recorder.close()
+
+
+def keys_public(k: Keys) -> bytes:
+    return bytes.fromhex(k.public("alice"))
