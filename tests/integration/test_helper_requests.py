@@ -5,13 +5,15 @@ byte for byte as it was; a good one adds exactly one element, with the
 helper's own timeout. The helper serves uid `nobody` here (--peer-user
 nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
+import ipaddress
 import socket
+import subprocess
 import time
 
 import pytest
 
 from netns import Net
-from nslib import STATUS, Helper, elements, load_table, request, ruleset
+from nslib import PYTHON, REPO, STATUS, TABLE_FILE, Helper, elements, load_table, request, ruleset
 
 S = STATUS
 VALID = request("198.18.1.1", 22)
@@ -114,7 +116,7 @@ def test_nft_text_as_ipv6_bytes_is_only_an_address(server):
     text = b"; flush ruleset "
     assert helper.send(request("fd00::1", 22)[:6] + text) == [S["OK"]]
     [elem] = elements(host, "knocked6")
-    assert elem["val"]["concat"] == [str(__import__("ipaddress").IPv6Address(text)), "tcp", 22]
+    assert elem["val"]["concat"] == [str(ipaddress.IPv6Address(text)), "tcp", 22]
     host.nft("flush", "set", "inet", "gnocchi", "knocked6")
     assert ruleset(host) == before
 
@@ -171,11 +173,31 @@ def test_rate_limit(tmp_path):
 
 
 def test_helper_refuses_bad_options():
-    import subprocess
-    from nslib import PYTHON, REPO
     for args, text in ((["--open-seconds", "0"], "1..3600"), (["--open-seconds", "3601"], "1..3600"),
                        (["--peer-user", "no-such-user-x"], "no such user"),
                        (["--peer-user", "nobody"], "expected 1 socket")):
         r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
                            env={"PATH": "/usr/bin:/bin"}, timeout=30)
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
+
+
+def test_protected_ports_are_read_live_from_the_kernel(tmp_path):
+    # An admin's set with ranges and comments, then edited at run time: the
+    # helper follows the kernel's set on every request, not a copy of its own.
+    text = TABLE_FILE.read_text().replace(
+        "type inet_service\n\t\telements = { 22 }",
+        'type inet_service\n\t\tflags interval\n\t\telements = { 22 comment "ssh", 8000-8100 }')
+    assert "8000-8100" in text
+    (tmp_path / "gnocchi.nft").write_text(text)
+    with Net("lv") as net:
+        net.server.nft("-f", str(tmp_path / "gnocchi.nft"))
+        helper = Helper(net.server)
+        try:
+            ok, no = S["OK"], S["NOT_PROTECTED"]
+            ports = (22, 8000, 8050, 8100, 7999, 8101, 2222)
+            assert helper.send(*[request("198.18.1.1", p) for p in ports]) == [ok] * 4 + [no] * 3
+            net.server.nft("add", "element", "inet", "gnocchi", "protected_tcp", "{ 2222 }")
+            net.server.nft("delete", "element", "inet", "gnocchi", "protected_tcp", "{ 22 }")
+            assert helper.send(request("198.18.1.1", 2222), request("198.18.1.1", 22)) == [ok, no]
+        finally:
+            helper.close()

@@ -55,13 +55,16 @@ class Stack:
             "[clients.alice]\n"
             f'public_key = "{public}"\n'
             'allow = ["22/tcp", "60001/udp"]\n')
+        # The verifier runs as nobody, who may not be able to read the checkout
+        # (a clone under /root): it gets its own copy of the package.
+        shutil.copytree(REPO / "gnocchi", d / "gnocchi", ignore=shutil.ignore_patterns("__pycache__"))
         self.verifier_log = d / "verifier.log"
         with open(self.verifier_log, "w") as log:
             self.verifier = net.server.popen(
                 ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                  PYTHON, "-m", "gnocchi", "serve", "--config", str(d / "gnocchi.toml"),
                  "--listen", f"{net.server.ip}:{self.knock_port}"],
-                cwd=REPO, stdout=log, stderr=log)
+                cwd=d, stdout=log, stderr=log)
         for _ in range(100):  # up to 10 s
             if "started" in self.verifier_log.read_text() or self.verifier.poll() is not None:
                 break

@@ -8,6 +8,7 @@ IPv4 and IPv6, everything else untouched. Knocks come from the real helper.
                                                           sink udp 60003 (never answers)
 """
 import socket
+import time
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_knock_expires_by_itself(stack):
     for _ in range(30):  # the kernel removes it; nobody else is running
         if not elements(net.server, "knocked4"):
             break
-        __import__("time").sleep(0.1)
+        time.sleep(0.1)
     assert elements(net.server, "knocked4") == []
     assert tcp_connect(net.client, net.server.ip, 22) is None
 
