@@ -8,6 +8,8 @@ touches the root namespace's network or firewall.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -166,7 +168,6 @@ def ruleset(host) -> str:
 
 def elements(host, set_name: str) -> list:
     """The knocked set's elements as libnftables' JSON gives them."""
-    import json
     out = json.loads(host.nft("-j", "list", "set", "inet", "gnocchi", set_name).stdout)
     return [e["elem"] for item in out["nftables"] for e in item.get("set", {}).get("elem", [])]
 
@@ -219,18 +220,22 @@ class Helper:
         return [l for l in self.log.read_text().splitlines() if l.startswith("gnocchi-helper:")]
 
     def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def request(ip: str, port: int, proto: int = 6, *, version=1, family=None, pad=0) -> bytes:
     """A helper request from typed values, as the verifier would build it."""
-    import ipaddress
     a = ipaddress.ip_address(ip)
     packed = a.packed + bytes(16 - len(a.packed))
     return REQUEST.pack(version, a.version if family is None else family, proto, pad, port, packed)

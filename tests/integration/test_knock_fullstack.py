@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from netns import Net
-from nslib import (PYTHON, REPO, EchoServices, Helper, echoes, elements, load_table,
+from nslib import (PYTHON, REPO, EchoServices, Helper, echoes, elements, load_table, stop,
                    tcp_connect, udp_socket)
 
 OPEN_SECONDS = 2
@@ -108,11 +108,7 @@ class Stack:
                     f"\n{self.helper.log.read_text()}")
 
     def close(self):
-        self.verifier.terminate()
-        try:
-            self.verifier.wait(5)
-        except subprocess.TimeoutExpired:
-            self.verifier.kill()
+        stop(self.verifier)
         self.helper.close()
 
 
