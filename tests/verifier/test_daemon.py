@@ -6,7 +6,7 @@ import json
 import socket
 
 import pytest
-from conftest import knock, request_bytes, send, write_config
+from vlib import knock, request_bytes, send, write_config
 
 pytestmark = pytest.mark.netns
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import PYTHON, REPO, knock, send, write_config
+from vlib import PYTHON, REPO, knock, send, write_config
 
 pytestmark = pytest.mark.netns
 

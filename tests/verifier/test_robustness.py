@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send, write_config
+from vlib import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send, write_config
 from nacl.secret import SecretBox
 
 pytestmark = pytest.mark.netns

@@ -7,7 +7,7 @@ import socket
 import subprocess
 
 import pytest
-from conftest import PYTHON, REPO, HelperRecorder, Keys, request_bytes
+from vlib import PYTHON, REPO, HelperRecorder, Keys, request_bytes
 
 from gnocchi import actions, audit, config, counters, helper_client, requests
 from gnocchi.config import Action
