@@ -123,7 +123,7 @@ class Verifier:
         if request is None:
             self.refuse(client, common, shown, "this client has no default request")
         elif isinstance(request, requests.Bad):
-            self.refuse(client, common, shown, request.why)
+            self.refuse(client, common, shown, request.why, said="a malformed request")
         elif why := requests.authorise(client, request):
             self.refuse(client, common, str(request), why)
         elif isinstance(request, requests.Open):
@@ -139,17 +139,21 @@ class Verifier:
         common = dict(client=name, client_key=result.client_key.hex(), source_ip=source,
                       reason=result.reason)
         if result.reason == protocol.REPLAY:
-            self.log.limited("replay", f"replayed knock for client {name} from {source}: "
+            # Not signature-checked (PROTOCOL.md step 5): the packet only claims the client.
+            self.log.limited("replay", f"replayed knock claiming client {name} from {source}: "
                              "counter not above the last accepted", **common)
         elif result.reason == protocol.SIGNATURE:
-            self.log.limited("signature", f"knock for client {name} from {source} has a bad "
-                             "signature (other client key or server address)", **common)
+            self.log.limited("signature", f"knock claiming client {name} from {source} has a "
+                             "bad signature (other client key or server address)", **common)
         else:
             self.log.limited("refused", f"knock for client {name} from {source} refused: "
                              f"{result.reason}", **common)
 
-    def refuse(self, client, common: dict, shown: str, why: str) -> None:
-        self.log.event("refused", f"refused '{shown}' for client {client.name} from "
+    def refuse(self, client, common: dict, shown: str, why: str, said: str = "") -> None:
+        # A client's own bytes (shown, escaped) go to GNOCCHI_REQUEST only: MESSAGE
+        # quotes a request only in the canonical form this code printed itself.
+        said = said or f"'{shown}'"
+        self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
     def open(self, client, common: dict, request: requests.Open, source) -> None:

@@ -156,3 +156,16 @@ def test_reload_replaces_the_table_and_leaves_others_alone(tmp_path):
             srv.nft("delete", "table", "inet", "gnocchi")  # disarmed: 22 reachable
             with tcp_connect(net.client, srv.ip, 22) as c:
                 assert c is not None and echoes(c)
+
+
+def test_arming_does_not_cut_a_connection_that_is_already_open(tmp_path):
+    # The admin arms gnocchi over the very ssh session it protects. In a fresh
+    # namespace conntrack is not tracking yet, so to the table that session's
+    # next packet looks like the first of a connection: it must not be dropped.
+    with Net("arm") as net, EchoServices(net.server, tcp_ports=(22,)):
+        session = tcp_connect(net.client, net.server.ip, 22)
+        assert session is not None and echoes(session)
+        load_table(net.server, tmp_path, tcp_ports=(22,))
+        assert echoes(session, b"still here after arming")
+        assert tcp_connect(net.client, net.server.ip, 22) is None  # new ones still need a knock
+        session.close()
