@@ -106,9 +106,10 @@ class Verifier:
         return (dest.packed,) if dest is not None and dest.version == 4 else ()
 
     def handle(self, packet: bytes, source, dest) -> None:
-        result = protocol.open_packet(packet, self.key, self.last_counter, self.server_ips(dest))
+        server_ips = self.server_ips(dest)
+        result = protocol.open_packet(packet, self.key, self.last_counter, server_ips)
         if isinstance(result, protocol.Rejected):
-            self.rejected(result, source)
+            self.rejected(result, source, server_ips)
             return
         client = self.clients[result.client_key]
         # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
@@ -131,7 +132,7 @@ class Verifier:
         else:
             self.run(client, common, request, source)
 
-    def rejected(self, result: protocol.Rejected, source) -> None:
+    def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
         if result.client_key is None:
             self.log.drop(result.reason)  # steps 1-4: nobody known to name; counted only
             return
@@ -142,6 +143,10 @@ class Verifier:
             # Not signature-checked (PROTOCOL.md step 5): the packet only claims the client.
             self.log.limited("replay", f"replayed knock claiming client {name} from {source}: "
                              "counter not above the last accepted", **common)
+        elif result.reason == protocol.SIGNATURE and not server_ips:
+            self.log.limited("signature", f"knock claiming client {name} from {source} came "
+                             "over IPv6, but a v1 knock signs an IPv4 address: set "
+                             "server_addresses in the config to accept it", **common)
         elif result.reason == protocol.SIGNATURE:
             self.log.limited("signature", f"knock claiming client {name} from {source} has a "
                              "bad signature (other client key or server address)", **common)

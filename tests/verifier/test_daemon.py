@@ -161,6 +161,14 @@ def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, help
     assert helper.messages == [request_bytes(family=6, port=22, address=addr6)]
 
 
+def test_ipv6_knock_without_server_addresses_says_what_to_set(daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}")
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
+    entry = d.wait_events("signature", 1)[0]
+    assert "server_addresses" in entry["MESSAGE"] and entry["GNOCCHI_CLIENT"] == "alice"
+    assert helper.messages == []
+
+
 def test_readiness_and_stopping_are_told_to_systemd(daemons, net, k, tmp_path, helper):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify"))
