@@ -11,8 +11,9 @@ interval. Entries for committed counters (a configured client's signed,
 fresh knock) are never suppressed: they are the audit trail, and
 `gnocchi audit --counters` rebuilds the counter store from them.
 
-Events go to journald when /run/systemd/journal/socket exists, else to
-stderr as one JSON object per line (development and tests).
+Events go to journald when systemd connected stderr to the journal (it then
+sets JOURNAL_STREAM, as for every unit), else to stderr as one JSON object per
+line (development, tests and the demo, even on a host that runs journald).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from collections import Counter
 from typing import Callable, Iterable
 
 IDENTIFIER = "gnocchi"
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # One MESSAGE_ID per event kind; gnocchi/gnocchi.catalog explains each.
 MESSAGE_IDS = {
     "started": "fcdd35da6a8f4b33a4743a2646e53116",
@@ -59,8 +59,18 @@ def stderr_sender(fields: dict) -> None:
     sys.stderr.flush()
 
 
+def stderr_is_journal() -> bool:
+    """True when systemd connected stderr to the journal: JOURNAL_STREAM names
+    stderr's device:inode (systemd.exec(5)); an inherited stale value does not."""
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
 def default_sender() -> Callable[[dict], None]:
-    return journal_sender if os.path.exists(JOURNAL_SOCKET) else stderr_sender
+    return journal_sender if stderr_is_journal() else stderr_sender
 
 
 class Audit:

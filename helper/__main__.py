@@ -30,10 +30,11 @@ PRIORITY = {rq.OK: journal.LOG_INFO, rq.NOT_PROTECTED: journal.LOG_WARNING,
 
 
 def log(status: int, text: str, fields: dict) -> None:
-    """Journald if it runs (else one line on stderr); malformed is LOG_CRIT."""
+    """Journald under systemd (else one line on stderr); malformed is LOG_CRIT."""
     fields = {f"GNOCCHI_HELPER_{k}": str(v) for k, v in fields.items()}
     fields["GNOCCHI_HELPER_STATUS"] = name = rq.STATUSES[status]
-    if os.path.exists("/run/systemd/journal/socket"):
+    st = os.fstat(2)  # systemd.exec(5): JOURNAL_STREAM is stderr's dev:ino in a unit
+    if os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}":
         journal.send(f"{name}: {text}", MESSAGE_ID=MESSAGE_ID, SYSLOG_IDENTIFIER="gnocchi-helper",
                      PRIORITY=PRIORITY.get(status, journal.LOG_CRIT), **fields)
     else:

@@ -169,6 +169,14 @@ def test_ipv6_knock_without_server_addresses_says_what_to_set(daemons, net, k, t
     assert helper.messages == []
 
 
+def test_an_inherited_journal_stream_does_not_divert_events(daemons, net, k, tmp_path, helper):
+    # JOURNAL_STREAM from a parent unit names another file: stderr is still what
+    # the operator reads (a test run or the demo inside a systemd service).
+    d = start(daemons, net, k, tmp_path, helper, env=("JOURNAL_STREAM=8:12345",))
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    assert d.wait_events("accepted", 1)[0]["GNOCCHI_CLIENT"] == "alice"
+
+
 def test_readiness_and_stopping_are_told_to_systemd(daemons, net, k, tmp_path, helper):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify"))
