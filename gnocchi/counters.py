@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 
+from gnocchi import durable
 from gnocchi.protocol import MAX_COUNTER
 
 FILE_NAME = "counters"
@@ -69,24 +70,8 @@ class Store:
             raise ValueError("counter out of range")
         new = dict(self.counters)
         new[client_key] = counter
-        tmp = self.path + ".tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
-            try:
-                data = render(new).encode("ascii")
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path)
-            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)  # the rename itself survives power loss
-            finally:
-                os.close(dir_fd)
+            durable.replace_file(self.path, render(new).encode("ascii"), 0o600)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot write: {e.strerror or e}; nothing was opened "
                              f"for this knock; fix the state directory {self.dir} "

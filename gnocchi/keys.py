@@ -15,6 +15,7 @@ import stat
 
 from nacl.signing import SigningKey
 
+from gnocchi import durable
 from gnocchi.protocol import KEY_LEN, LOWEST_KNOCK_PORT, knock_port
 
 HEX_LEN = 2 * KEY_LEN
@@ -146,11 +147,7 @@ def write_secret(path, key: bytes) -> None:
         os.unlink(path)
         raise KeyFileError(path, f"cannot write: {e}") from None
     os.close(fd)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)  # the new directory entry survives a crash too
-    finally:
-        os.close(dir_fd)
+    durable.fsync_dir(os.path.dirname(os.path.abspath(path)))  # the new entry survives a crash
 
 
 def public_of(seed: bytes) -> bytes:

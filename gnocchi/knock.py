@@ -26,7 +26,7 @@ from typing import Optional
 from nacl.encoding import RawEncoder
 from nacl.hash import blake2b
 
-from gnocchi import keys, profile, protocol
+from gnocchi import durable, keys, profile, protocol
 
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
@@ -66,14 +66,6 @@ def counter_path(state_dir: Path, server_key: bytes, client_public: bytes) -> Pa
     return Path(state_dir) / f"{name}.counter"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def take_counter(path: Path) -> int:
     """Store and return the next counter: stored + 1, or the clock floor for a fresh state."""
     try:
@@ -97,13 +89,7 @@ def take_counter(path: Path) -> int:
                              "then takes its counter from the clock (see docs/client.md)")
         if counter > protocol.MAX_COUNTER:
             raise KnockError(f"{path}: counter exhausted; fix: make a new client key")
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"%d\n" % counter)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        durable.replace_file(path, b"%d\n" % counter, 0o600)
     except OSError as e:
         raise KnockError(f"{path}: cannot store the counter: {e.strerror}") from None
     finally:

@@ -15,7 +15,7 @@ import os
 import sys
 
 from gnocchi import config as server_config
-from gnocchi import keys
+from gnocchi import durable, keys
 from gnocchi.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
@@ -32,32 +32,6 @@ def drop_in_text(port: int, key_file: str) -> str:
             f"ListenDatagram={port}\n")
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Replace path with text: temporary file, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)  # the creation mode went through the umask
-            data = text.encode("utf-8")
-            if os.write(fd, data) != len(data):
-                raise OSError(f"short write to {tmp}")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)  # never leave a half-written file behind
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def setup(config_path: str, unit_dir: str) -> str:
     """Write the drop-in; returns what to tell the admin."""
     cfg = server_config.load(config_path)
@@ -71,7 +45,8 @@ def setup(config_path: str, unit_dir: str) -> str:
         unchanged = False
     if unchanged:
         return f"{path} already sets UDP port {port} (the knock port of {cfg.server_key_file})"
-    write_atomically(path, text)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    durable.replace_file(path, text.encode("utf-8"), 0o644)
     return (f"wrote {path}: gnocchi.socket listens on UDP port {port}, "
             f"the knock port of {cfg.server_key_file}\n"
             "next, to arm the firewall and listen: "
