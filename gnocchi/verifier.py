@@ -28,21 +28,41 @@ ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pkt
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
 
 
-def unmap(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An address as the kernel gave it; ::ffff:a.b.c.d (dual-stack socket) becomes a.b.c.d."""
-    address = ipaddress.ip_address(text)
-    if address.version == 6 and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
+# IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
+# 4380, 6052): a knock that came over IPv6 from one of them is refused, never
+# translated, or it would open IPv4 for an address that sent nothing.
+EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
+    "::ffff:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
+THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 
-def destination(ancdata) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The datagram's destination address from IP_PKTINFO / IPV6_PKTINFO, unmapped."""
+def addresses(sockaddr, ancdata) -> tuple:
+    """(source, destination) of a datagram as it really arrived. A dual-stack
+    socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
+    show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
+    which the kernel adds to IPv4 datagrams alone, says the source is IPv4."""
+    source = ipaddress.ip_address(sockaddr[0])
+    dest = None
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            return ipaddress.IPv4Address(data[8:12])  # in_pktinfo: ifindex, spec_dst, addr
+            # in_pktinfo: ifindex, spec_dst, addr
+            if source.version == 6:
+                source = source.ipv4_mapped
+            return source, ipaddress.IPv4Address(data[8:12])
         if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
-            return unmap(str(ipaddress.IPv6Address(data[:16])))  # in6_pktinfo: addr, ifindex
+            dest = ipaddress.IPv6Address(data[:16])  # in6_pktinfo: addr, ifindex
+    return source, dest
+
+
+def unknockable(source) -> str | None:
+    """Why no knock is accepted from this source address, or None. The
+    helper refuses the same addresses (helper/request.py: knockable)."""
+    if source.version == 6 and any(source in net for net in EMBEDDING_IPV4):
+        return "an IPv6 address that embeds an IPv4 address (mapped, compatible, 6to4, Teredo or NAT64)"
+    if (source.is_unspecified or source.is_multicast or source.is_loopback
+            or source.is_link_local or source.is_reserved
+            or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)):
+        return "not a unicast address a client can knock from"
     return None
 
 
@@ -121,7 +141,9 @@ class Verifier:
             shown = requests.show(result.data)
         else:
             request, shown = client.default, "(empty: the client's default)"
-        if request is None:
+        if why := unknockable(source):
+            self.refuse(client, common, shown, f"the source {source} is {why}", said="a knock")
+        elif request is None:
             self.refuse(client, common, shown, "this client has no default request")
         elif isinstance(request, requests.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
@@ -199,7 +221,7 @@ def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list)
             packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
         except TimeoutError:
             continue
-        verifier.handle(packet, unmap(source[0]), destination(ancdata))
+        verifier.handle(packet, *addresses(source, ancdata))
 
 
 def interval(text: str) -> float:

@@ -17,6 +17,10 @@ STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
 (OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS,
  NOT_PROTECTED, BAD_PROTO, RATE_LIMITED, NFT_FAILED) = range(len(STATUSES))
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
+# IPv6 sources that embed an IPv4 address (mapped, compatible, 6to4, Teredo,
+# NAT64): an element for one would stand for an address that never knocked.
+EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
+    "::ffff:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,9 @@ def knockable(a) -> bool:
     """Unicast addresses a client can knock from, global or private (a LAN,
     fd00::/8, the tests' 198.18.0.0/15). Not unspecified, multicast, loopback,
     link-local, reserved (240/4 with the broadcast address, ::/8), 0/8,
-    site-local or IPv4-mapped."""
+    site-local, or an IPv6 address that embeds an IPv4 one."""
     if a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved:
         return False
     if a.version == 4:
         return a not in THIS_NETWORK
-    return not a.is_site_local and a.ipv4_mapped is None
+    return not a.is_site_local and not any(a in net for net in EMBEDDING_IPV4)
