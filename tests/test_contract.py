@@ -40,3 +40,27 @@ def test_both_sides_agree_on_the_bytes(fields, golden):
 def test_both_sides_name_the_status_bytes_alike():
     assert helper_client.STATUS_NAMES == helper_request.STATUSES
     assert helper_client.REQUEST.size == helper_request.SIZE == 22
+
+
+# The verifier refuses a knock from these sources before it asks the helper,
+# and the helper refuses them again: both lists must agree.
+SOURCES = [
+    ("198.51.100.7", True), ("198.18.40.77", True), ("10.1.2.3", True),
+    ("2001:db8::1", True), ("fd00::1", True),
+    ("::ffff:198.18.40.77", False),                     # IPv4-mapped
+    ("::198.18.40.77", False),                          # IPv4-compatible
+    ("2002:c612:284d::1", False),                       # 6to4
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),    # Teredo
+    ("64:ff9b::c612:284d", False), ("64:ff9b:1::c612:284d", False),  # NAT64
+    ("127.0.0.1", False), ("::1", False), ("0.1.2.3", False), ("0.0.0.0", False), ("::", False),
+    ("224.0.0.1", False), ("ff02::1", False), ("255.255.255.255", False), ("240.0.0.1", False),
+    ("169.254.1.1", False), ("fe80::1", False), ("fec0::1", False),
+]
+
+
+@pytest.mark.parametrize("address, knockable", SOURCES, ids=[s[0] for s in SOURCES])
+def test_both_sides_refuse_the_same_sources(address, knockable):
+    from gnocchi import verifier
+    a = ipaddress.ip_address(address)
+    assert (verifier.unknockable(a) is None) == knockable
+    assert helper_request.knockable(a) == knockable
