@@ -32,7 +32,7 @@ WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM
 # 4380, 6052): a knock that came over IPv6 from one of them is refused, never
 # translated, or it would open IPv4 for an address that sent nothing.
 EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::ffff:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
+    "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 

@@ -481,3 +481,80 @@ def test_one_knock_for_a_udp_port_admits_one_flow(net, services, table):
         assert not echoes(udp_socket(net.client, net.server.ip, 60001))
     finally:
         helper.close()
+
+
+def test_a_syn_conntrack_cannot_track_spends_no_knock(net, services, table):
+    # A SYN with a bad checksum is invalid to conntrack (and to TCP): the knock
+    # must survive it, for the client's real SYN.
+    helper = Helper(net.server)
+    try:
+        assert helper.send(request(net.client.ip, 22)) == [OK]
+        send_raw(net.client, [IP(src=net.client.ip, dst=net.server.ip)
+                              / TCP(sport=38000, dport=22, flags="S", chksum=0x1234)])
+        assert len(elements(net.server, "knocked4")) == 1
+        assert connects_from(net.client, net.client.ip, net.server.ip, 22, [38001]) == {38001}
+        assert connects_from(net.client, net.client.ip, net.server.ip, 22, [38002]) == set()
+    finally:
+        helper.close()
+
+
+NOTRACK = """
+table inet admin {
+    chain raw { type filter hook prerouting priority raw; policy accept; tcp dport 22 notrack; }
+}
+"""
+
+
+def test_a_port_conntrack_does_not_track_stays_closed(net, services, table):
+    # gnocchi needs conntrack on its ports (docs/firewall.md): with a notrack
+    # rule of the admin's, a knock opens nothing, and is not spent.
+    load_text(net.server, NOTRACK)
+    helper = Helper(net.server)
+    try:
+        assert helper.send(request(net.client.ip, 22)) == [OK]
+        assert connects_from(net.client, net.client.ip, net.server.ip, 22, [38100]) == set()
+        assert len(elements(net.server, "knocked4")) == 1
+        net.server.nft("flush", "set", "inet", "gnocchi", "knocked4")
+    finally:
+        helper.close()
+        net.server.nft("delete", "table", "inet", "admin")
+
+
+def test_a_one_way_udp_flow_conntrack_tracked_before_arming_goes_on(net, services, tmp_path):
+    load_text(net.server, TRACKING)
+    with inside(net.server):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind((net.server.ip, 60003))
+    sink.settimeout(0.5)
+    try:
+        flow = udp_socket(net.client, net.server.ip, 60003)
+        flow.send(b"before")
+        assert sink.recv(100) == b"before"          # never answered: not "established"
+        load_table(net.server, tmp_path, tcp_ports=(22,), udp_ports=(60003,))
+        flow.send(b"after arming")
+        assert sink.recv(100) == b"after arming"
+        udp_socket(net.client, net.server.ip, 60003).send(b"stranger")  # a new flow
+        with pytest.raises((TimeoutError, socket.timeout)):
+            sink.recv(100)
+    finally:
+        sink.close()
+        net.server.nft("delete", "table", "inet", "gnocchi")
+        net.server.nft("delete", "table", "inet", "admin")
+
+
+def test_a_connection_the_server_starts_from_a_protected_port_works(net, table):
+    # The peer's SYN-ACK comes to the protected port: it answers the server.
+    with inside(net.client):
+        listener = socket.create_server((net.client.ip, 39000))
+    listener.settimeout(2)
+    with inside(net.server):
+        out = socket.socket()
+    try:
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests' TIME_WAIT
+        out.bind((net.server.ip, ABORT_PORT))
+        out.settimeout(2)
+        out.connect((net.client.ip, 39000))
+        listener.accept()[0].close()
+    finally:
+        out.close()
+        listener.close()
