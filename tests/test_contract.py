@@ -48,6 +48,7 @@ SOURCES = [
     ("198.51.100.7", True), ("198.18.40.77", True), ("10.1.2.3", True),
     ("2001:db8::1", True), ("fd00::1", True),
     ("::ffff:198.18.40.77", False),                     # IPv4-mapped
+    ("::ffff:0:c612:284d", False),                      # IPv4-translated (SIIT)
     ("::198.18.40.77", False),                          # IPv4-compatible
     ("2002:c612:284d::1", False),                       # 6to4
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),    # Teredo
