@@ -11,12 +11,13 @@ COMMANDS = {
     "setup": ("gnocchi.setup", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),
+    "recover-counters": ("gnocchi.recover", "replace a lost counter store: every knock up to now is a replay"),
 }
 
 
 def usage() -> str:
     lines = ["usage: gnocchi COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:8} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:16} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 

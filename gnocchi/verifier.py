@@ -18,7 +18,8 @@ import signal
 import socket
 import sys
 
-from gnocchi import actions, audit, config, counters, helper_client, keys, protocol, requests, sd
+from gnocchi import (actions, audit, config, counters, helper_client, keys, protocol, requests,
+                     sd, strict)
 
 IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
 IPV6_RECVPKTINFO = 49
@@ -250,7 +251,10 @@ def main(argv: list[str]) -> int:
     log = audit.Audit(interval=args.summary_interval)
     try:
         cfg = config.load(args.config)
-        server_key = keys.load_server_key(args.server_key_file or cfg.server_key_file)
+        key_file = args.server_key_file or cfg.server_key_file
+        server_key = keys.load_server_key(key_file)
+        for path in (args.config, key_file):  # StrictModes: others must not write them
+            strict.check(path)
         port = protocol.knock_port(server_key)
         sock = sd.inherited_socket(port)
         if sock is None and not args.listen:
@@ -260,11 +264,12 @@ def main(argv: list[str]) -> int:
             sock = listen(args.listen, port)
         enable_pktinfo(sock)
         store = counters.Store(cfg.state_dir).load()
+        strict.check(store.path)
     except counters.StoreError as e:
         log.event("store-failed", str(e))
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
-    except (config.ConfigError, keys.KeyFileError, sd.StartupError) as e:
+    except (config.ConfigError, keys.KeyFileError, sd.StartupError, strict.StrictModeError) as e:
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
     stop: list = []

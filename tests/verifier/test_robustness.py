@@ -165,3 +165,49 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
     assert proc.returncode == 1, err
     assert problem.format(**fill) in err
     assert f"ListenDatagram={k.port}" in err
+
+
+def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_knock(
+        daemons, net, k, tmp_path, helper):
+    # Issue 10: deleting the store used to make every captured knock valid again.
+    cfg = write_config(tmp_path, k, helper.path)
+    listen = f"{net.server.ip}:{k.port}"
+    base = time.time_ns()  # counters as a client makes them: max(last + 1, clock)
+    captured = [knock(k, "alice", base + i, b"open 22", net.server.ip) for i in range(1, 38)]
+    d = daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "d1.err")
+    send(net, k.port, captured)
+    assert len(d.wait_events("accepted", 37)) == 37
+    d.stop()
+    os.unlink(tmp_path / "state" / "counters")  # the store is lost
+
+    d = daemons(net, cfg, listen, stderr=tmp_path / "d2.err")
+    send(net, k.port, captured[:1])
+    assert d.proc.wait(timeout=10) == 1
+    assert "counter store is missing" in d.text() and "gnocchi recover-counters" in d.text()
+
+    out = subprocess.run([PYTHON, "-m", "gnocchi", "recover-counters", "--config", str(cfg)],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "is now a replay" in out.stdout
+    helper.messages.clear()
+    d = daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "d3.err")
+    send(net, k.port, captured)                        # every captured knock: a replay
+    send(net, k.port, [knock(k, "alice", time.time_ns(), b"open 22", net.server.ip)])
+    assert len(d.wait_events("accepted", 1)) == 1      # the client's next knock: accepted
+    time.sleep(0.5)
+    assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
+    assert d.of("replay"), "the captured knocks were not even seen"
+
+
+@pytest.mark.parametrize("what", ["config", "state"])
+def test_files_others_can_write_stop_the_verifier_with_the_fix(daemons, net, k, tmp_path,
+                                                                helper, what):
+    cfg = write_config(tmp_path, k, helper.path)
+    target = cfg if what == "config" else tmp_path / "state"
+    os.chmod(target, 0o666 if what == "config" else 0o777)
+    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
+    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    assert d.proc.wait(timeout=10) == 1
+    assert f"{target} is writable by group or others" in d.text()
+    assert f"fix: chmod go-w {target}" in d.text()
+    assert helper.messages == []
