@@ -75,6 +75,12 @@ class Store:
     def last(self, client_key: bytes) -> int:
         return self.counters.get(client_key, self.floor)
 
+    def note(self, client_key: bytes, counter: int) -> None:
+        """Treat counter as used by this process without writing it: the next
+        commit stores it too. For knocks dropped unopened (over a rate limit)."""
+        if counter > self.last(client_key):
+            self.counters[client_key] = counter
+
     def commit(self, client_key: bytes, counter: int) -> None:
         """Store counter as client_key's highest, durably, before the caller acts."""
         if not 0 <= counter <= MAX_COUNTER:

@@ -13,13 +13,14 @@ store that cannot be read or written stops it (fail closed).
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
 import signal
 import socket
 import sys
 
-from gnocchi import (actions, audit, config, counters, helper_client, keys, protocol, requests,
-                     sd, strict)
+from gnocchi import (actions, audit, config, counters, helper_client, keys, protocol, ratelimit,
+                     requests, sd, strict)
 
 IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
 IPV6_RECVPKTINFO = 49
@@ -27,6 +28,13 @@ IPV6_PKTINFO = 50
 RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
+# A client knocks a few times for a login (ProxyCommand retries 3 times), a
+# script a few a minute: these limits never touch that, and keep one client,
+# or one address, from spending the disk, the journal and the helper for all.
+RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
+EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
+CLIENT_BURST, CLIENT_REFILL = 20, 1.0     # knocks at once, then one a second
+ADDRESS_BURST, ADDRESS_REFILL = 40, 0.5   # per source address (clients behind one NAT)
 
 
 # IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
@@ -110,7 +118,11 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: audit.Audit):
+                 log: audit.Audit, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+        self.now = now  # wall clock, for clients' expiry
+        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
+        self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
+        self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
         self.cfg = cfg
         self.key = server_key
         self.store = store
@@ -127,12 +139,36 @@ class Verifier:
         return (dest.packed,) if dest is not None and dest.version == 4 else ()
 
     def handle(self, packet: bytes, source, dest) -> None:
+        tag = packet[:protocol.NONCE_LEN + protocol.MAC_LEN]
+        if tag in self.recent:
+            # The very bytes of a packet already decided (a captured knock sent
+            # again and again): dropped without a second signature check.
+            self.log.drop("repeated")
+            return
         server_ips = self.server_ips(dest)
         result = protocol.open_packet(packet, self.key, self.last_counter, server_ips)
+        if not (isinstance(result, protocol.Rejected) and result.reason in EARLY):
+            self.recent[tag] = None
+            if len(self.recent) > RECENT:
+                del self.recent[next(iter(self.recent))]
         if isinstance(result, protocol.Rejected):
             self.rejected(result, source, server_ips)
             return
         client = self.clients[result.client_key]
+        if not (self.client_limit.allow(result.client_key) and self.address_limit.allow(source)):
+            # Over its limit: dropped before the disk or the helper, counted in the
+            # interval's summary; the counter is spent in memory, so the packet
+            # cannot be replayed while this verifier runs.
+            self.store.note(result.client_key, result.counter)
+            self.log.over_limit(client.name)
+            return
+        if why := client.refusal(source, self.now()):
+            # The client's own policy, before anything is stored: a stolen key used
+            # from elsewhere costs no write, and its entries share the budget.
+            self.log.limited("refused", f"knock for client {client.name} from {source} "
+                             f"refused: {why}; counter not stored", client=client.name,
+                             client_key=result.client_key.hex(), source_ip=source, reason=why)
+            return
         # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
         self.store.commit(result.client_key, result.counter)
         common = dict(client=client.name, client_key=result.client_key.hex(),
