@@ -26,10 +26,11 @@ DEFAULTS = {
     "server_key_file": "/etc/gnocchi/server.key",
     "state_dir": "/var/lib/gnocchi",
     "helper_socket": "/run/gnocchi/helper.sock",
+    "action_socket": "/run/gnocchi/action.sock",
 }
 # Names end up in logs and in actions' environment: keep them plain.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_ACTION_TIMEOUT = 600  # seconds; actions block the verifier's loop (docs/server.md)
+MAX_ACTION_TIMEOUT = 600  # seconds; gnocchi-action@.service's RuntimeMaxSec= is above it
 DEFAULT_ACTION_TIMEOUT = 10
 
 
@@ -72,6 +73,7 @@ class Config:
     helper_socket: str
     clients: tuple[Client, ...]
     actions: tuple[Action, ...]
+    action_socket: str = DEFAULTS["action_socket"]
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -160,7 +162,7 @@ def load(path: str = DEFAULT_PATH) -> Config:
 
 def parse(doc: dict, where: _Where) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "clients", "actions"})
+                          "action_socket", "clients", "actions"})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
@@ -183,7 +185,7 @@ def parse(doc: dict, where: _Where) -> Config:
         seen_keys[client.public_key] = name
         clients.append(client)
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
-                  paths["helper_socket"], tuple(clients), actions)
+                  paths["helper_socket"], tuple(clients), actions, paths["action_socket"])
 
 
 def _action(where: _Where, name: str, value) -> Action:

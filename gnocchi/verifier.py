@@ -4,23 +4,26 @@ Trusts its config, its server key and its counter store; trusts nothing in
 a packet. For each datagram: protocol.open_packet (PROTOCOL.md steps 1-7,
 cheapest first), then the counter is stored durably (step 8) before the
 request is even parsed, then the request is checked against that client's
-policy and carried out (helper for `open`, actions.run for `run`). It never
-sends a datagram (there is no send on the knock socket anywhere), catches
-no exception it does not expect (a bug crashes it and systemd restarts it),
-and holds no per-packet state: memory is bounded by the config. A counter
-store that cannot be read or written stops it (fail closed).
+policy and carried out (helper for `open`; for `run`, a request to the
+action socket, whose outcome the loop logs when it comes: the verifier
+never waits for an action). It never sends a datagram (there is no send on
+the knock socket anywhere), catches no exception it does not expect (a bug
+crashes it and systemd restarts it), and holds no per-packet state: memory
+is bounded by the config. A counter store that cannot be read or written
+stops it (fail closed).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import ipaddress
+import select
 import signal
 import socket
 import sys
 
-from gnocchi import (actions, audit, config, counters, helper_client, keys, protocol, ratelimit,
-                     requests, sd, strict)
+from gnocchi import (action_client, actions, audit, config, counters, helper_client, keys,
+                     protocol, ratelimit, requests, sd, strict)
 
 IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
 IPV6_RECVPKTINFO = 49
@@ -129,6 +132,7 @@ class Verifier:
         self.log = log
         self.clients = cfg.client_by_key()
         self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
+        self.runs = action_client.Runs(cfg.action_socket)
 
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
@@ -238,27 +242,47 @@ class Verifier:
                        request=str(request), helper_status=status, **common)
 
     def run(self, client, common: dict, request: requests.Run, source) -> None:
-        action = self.cfg.action(request.name)
-        outcome = actions.run(action, client.name, str(source), request.payload)
+        if why := self.runs.refusal(client.name):
+            self.refuse(client, common, str(request), why)
+            return
+        fields = dict(request=str(request), **common)
+        try:
+            self.runs.start(client.name, self.cfg.action(request.name), source,
+                            request.payload, fields)
+        except action_client.RunnerUnreachable as e:
+            self.ran(fields, actions.Outcome(None, b"", f"not started: {e}"))
+
+    def ran(self, fields: dict, outcome: actions.Outcome) -> None:
+        """A run's outcome, when the loop sees it (fields: its knock's, from run())."""
         output = requests.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
+        said = f"client {fields['client']} from {fields['source_ip']}"
         if outcome.ok:
-            self.log.event("action-run", f"client {client.name} from {source} ran {request}",
-                           request=str(request), action_output=output, **common)
+            self.log.event("action-run", f"{said} ran {fields['request']}",
+                           action_output=output, **fields)
         else:
-            self.log.event("action-failed", f"client {client.name} from {source}: {request} "
-                           f"{outcome.problem}", request=str(request), reason=outcome.problem,
-                           action_output=output, **common)
+            self.log.event("action-failed", f"{said}: {fields['request']} {outcome.problem}",
+                           reason=outcome.problem, action_output=output, **fields)
 
 
 def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list) -> None:
-    sock.settimeout(WAKE)
+    """Knocks and action outcomes, as they come: neither ever waits for the other."""
+    sock.setblocking(False)
+    runs = verifier.runs
     while not stop:
         log.tick()
-        try:
-            packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
-        except TimeoutError:
-            continue
-        verifier.handle(packet, *addresses(source, ancdata))
+        for fields, outcome in runs.overdue():
+            verifier.ran(fields, outcome)
+        ready, _, _ = select.select([sock, *runs.connections()], [], [], WAKE)
+        for conn in ready:
+            if conn is not sock:
+                if finished := runs.finish(conn):
+                    verifier.ran(*finished)
+                continue
+            try:
+                packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
+            except BlockingIOError:
+                continue  # e.g. a datagram with a bad checksum, dropped after select
+            verifier.handle(packet, *addresses(source, ancdata))
 
 
 def interval(text: str) -> float:

@@ -125,21 +125,6 @@ def test_helper_failures_are_logged_and_serving_goes_on(daemons, net, k, tmp_pat
     assert d.proc.poll() is None  # still serving
 
 
-def test_run_action_gets_payload_and_environment(daemons, net, k, tmp_path, helper):
-    d = start(daemons, net, k, tmp_path, helper)
-    send(net, k.port, [knock(k, "alice", 1, b"run show\nhello\x00world", net.server.ip)])
-    ran = d.wait_events("action-run", 1)[0]
-    assert ran["GNOCCHI_REQUEST"] == "run show (11-byte payload)"
-    assert ran["GNOCCHI_ACTION_OUTPUT"] == "shown\\n"
-    seen = json.loads((tmp_path / "action.out").read_text())
-    assert bytes.fromhex(seen["payload"]) == b"hello\x00world"
-    assert seen["env"]["GNOCCHI_CLIENT"] == "alice"
-    assert seen["env"]["GNOCCHI_SOURCE_IP"] == net.client.ip
-    assert "LISTEN_FDS" not in seen["env"] and "PYTHONPATH" not in seen["env"]
-    assert seen["cwd"] == "/"
-    assert helper.messages == []
-
-
 def test_dual_stack_socket_unmaps_ipv4_addresses(daemons, net, k, tmp_path, helper):
     # `-l PORT` makes what systemd makes for ListenDatagram=PORT: one AF_INET6 socket on
     # [::] that also takes IPv4 (v4-mapped source and destination addresses).
