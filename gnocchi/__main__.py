@@ -10,13 +10,15 @@ COMMANDS = {
     "port": ("gnocchi.admin", "print the knock port of a server key"),
     "setup": ("gnocchi.setup", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
+    "run-action": ("gnocchi.action_runner", "run one action (started by gnocchi-action.socket)"),
     "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),
+    "recover-counters": ("gnocchi.recover", "replace a lost counter store: every knock up to now is a replay"),
 }
 
 
 def usage() -> str:
     lines = ["usage: gnocchi COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:8} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:16} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -1,15 +1,15 @@
 """`run NAME`: run a configured action (docs/server.md, "Actions").
 
-Trusts the config for the program and its arguments; trusts nothing from the
-knock, whose only inputs are the payload (on stdin, never in argv) and the
-client's configured name and source address (in the environment). No shell,
-no PATH search, no inherited file descriptors, a fixed environment, cwd /.
-The action runs as the verifier's own user in the verifier's sandbox, in its
-own process group, and is killed (with its children) at its timeout; whatever it leaves running
-when it exits is killed too. Output
-is read up to OUTPUT_LIMIT bytes for the log and the rest discarded, so an
-action costs the verifier bounded time and memory. Actions are serialised:
-the verifier waits for each, at most its timeout.
+Runs in gnocchi-action@.service, under the runner (action_runner.py), never
+in the verifier. Trusts the config for the program and its arguments;
+trusts nothing from the knock, whose only inputs are the payload (on stdin,
+never in argv) and the client's configured name and source address (in the
+environment). No shell, no PATH search, no inherited file descriptors, a
+fixed environment, cwd /. The action runs in its own process group, which
+is killed at its timeout; it is done when its own process exits, and
+whatever it leaves running then (even in a new session) is killed with the
+unit's cgroup when the runner exits. Output is read up to OUTPUT_LIMIT
+bytes and the rest discarded, so the runner's memory is bounded.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class Outcome:
     returncode: Optional[int]  # None: it did not finish (timeout) or could not start
     output: bytes              # the first OUTPUT_LIMIT bytes of stdout and stderr
     problem: str = ""          # "" if it exited 0, else what went wrong, in words
+    timed_out: bool = False    # killed at its timeout (returncode None without it: not started)
 
     @property
     def ok(self) -> bool:
@@ -53,34 +54,62 @@ def run(action, client_name: str, source_ip: str, payload: bytes,
         proc.stdin.close()
     except BrokenPipeError:
         pass  # the action did not want its stdin
-    output = _read_bounded(proc, deadline, clock)
-    try:
-        returncode = proc.wait(timeout=max(0.0, deadline - clock()))
-    except subprocess.TimeoutExpired:
-        returncode = None
+    output, exited = _read_bounded(proc, deadline, clock)
+    returncode = proc.returncode if exited else None
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the group: on timeout, or what it left running
     except ProcessLookupError:
         pass
     if returncode is None:
         proc.wait()
-        return Outcome(None, output, f"killed after its timeout of {action.timeout:g} s")
+        return Outcome(None, output, f"killed after its timeout of {action.timeout:g} s", True)
+    if returncode < 0:
+        return Outcome(returncode, output, f"killed by signal {-returncode}")
     if returncode != 0:
         return Outcome(returncode, output, f"exited with status {returncode}")
     return Outcome(0, output)
 
 
-def _read_bounded(proc, deadline: float, clock) -> bytes:
+def _read_bounded(proc, deadline: float, clock) -> tuple[bytes, bool]:
+    """Output until the action's own process exits (True) or the deadline: a
+    child it left holding the pipe (a `setsid` daemon) cannot keep it going."""
     kept = bytearray()
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while clock() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - clock())):
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break  # EOF: the action (and anything it started) closed its output
-            kept += chunk[:OUTPUT_LIMIT - len(kept)]
-    proc.stdout.close()
-    return bytes(kept)
+    exited_in_time = False
+    out = proc.stdout.fileno()
+    exited = os.pidfd_open(proc.pid)
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            sel.register(exited, selectors.EVENT_READ)
+            while clock() < deadline:
+                ready = {key.fd for key, _ in sel.select(timeout=max(0.0, deadline - clock()))}
+                if out in ready:
+                    chunk = os.read(out, 65536)
+                    kept += chunk[:OUTPUT_LIMIT - len(kept)]
+                    if not chunk:
+                        sel.unregister(out)  # EOF; wait for the exit alone
+                if exited in ready:
+                    proc.wait()
+                    kept += _drain(out)[:OUTPUT_LIMIT - len(kept)]
+                    exited_in_time = True
+                    break
+    finally:
+        os.close(exited)
+        proc.stdout.close()
+    return bytes(kept), exited_in_time
+
+
+def _drain(fd: int) -> bytes:
+    """What the pipe already holds (written before the exit), without waiting."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    for _ in range(4):  # bounded: a child may still be writing
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 

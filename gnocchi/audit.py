@@ -84,6 +84,7 @@ class Audit:
         self._start = clock()
         self._dropped: Counter[str] = Counter()     # reason -> packets, no entry
         self._suppressed: Counter[str] = Counter()  # event -> entries over budget
+        self._over_limit: Counter[str] = Counter()  # client name -> knocks over a limit
         self._spent = 0
 
     def event(self, event: str, message: str, **fields) -> None:
@@ -110,6 +111,16 @@ class Audit:
         self._dropped[reason] += 1
         self.tick()
 
+    def over_limit(self, client: str) -> None:
+        """A signed knock over its client's or its address's rate: counted by client."""
+        self._over_limit[client] += 1
+        self.drop("rate-limited")
+
+    def _whose(self, reason: str) -> str:
+        if reason != "rate-limited":
+            return ""
+        return " (" + ", ".join(f"{name} {n}" for name, n in self._over_limit.most_common(10)) + ")"
+
     def tick(self) -> None:
         if self.clock() - self._start >= self.interval:
             self.flush()
@@ -118,7 +129,8 @@ class Audit:
         """Write the summary of this interval, if anything happened, and start the next."""
         dropped, suppressed = sum(self._dropped.values()), sum(self._suppressed.values())
         if dropped or suppressed:
-            parts = [f"{n} {reason}" for reason, n in sorted(self._dropped.items())]
+            parts = [f"{n} {reason}" + self._whose(reason)
+                     for reason, n in sorted(self._dropped.items())]
             parts += [f"{n} {event} entries suppressed" for event, n in
                       sorted(self._suppressed.items())]
             seconds = self.clock() - self._start
@@ -129,6 +141,7 @@ class Audit:
                        dropped=dropped, suppressed=suppressed, **fields)
         self._dropped.clear()
         self._suppressed.clear()
+        self._over_limit.clear()
         self._spent = 0
         self._start = self.clock()
 

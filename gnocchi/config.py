@@ -10,6 +10,7 @@ belongs to two clients.
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -25,10 +26,11 @@ DEFAULTS = {
     "server_key_file": "/etc/gnocchi/server.key",
     "state_dir": "/var/lib/gnocchi",
     "helper_socket": "/run/gnocchi/helper.sock",
+    "action_socket": "/run/gnocchi/action.sock",
 }
 # Names end up in logs and in actions' environment: keep them plain.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_ACTION_TIMEOUT = 600  # seconds; actions block the verifier's loop (docs/server.md)
+MAX_ACTION_TIMEOUT = 600  # seconds; gnocchi-action@.service's RuntimeMaxSec= is above it
 DEFAULT_ACTION_TIMEOUT = 10
 
 
@@ -50,6 +52,16 @@ class Client:
     allow: tuple[requests.Open, ...]
     default: Optional[requests.Request]  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
+    sources: tuple = ()                             # ip_networks; empty: any source
+    expires: Optional[datetime.datetime] = None     # aware; knocks from then on are refused
+
+    def refusal(self, source, now: datetime.datetime) -> Optional[str]:
+        """Why this client's knock from source at now is refused by its own policy, or None."""
+        if self.expires is not None and now >= self.expires:
+            return f"the client expired at {self.expires.isoformat()}"
+        if self.sources and not any(source in net for net in self.sources):
+            return f"{source} is not among the client's sources"
+        return None
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Config:
     helper_socket: str
     clients: tuple[Client, ...]
     actions: tuple[Action, ...]
+    action_socket: str = DEFAULTS["action_socket"]
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -149,7 +162,7 @@ def load(path: str = DEFAULT_PATH) -> Config:
 
 def parse(doc: dict, where: _Where) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "clients", "actions"})
+                          "action_socket", "clients", "actions"})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
@@ -172,7 +185,7 @@ def parse(doc: dict, where: _Where) -> Config:
         seen_keys[client.public_key] = name
         clients.append(client)
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
-                  paths["helper_socket"], tuple(clients), actions)
+                  paths["helper_socket"], tuple(clients), actions, paths["action_socket"])
 
 
 def _action(where: _Where, name: str, value) -> Action:
@@ -196,7 +209,8 @@ def _action(where: _Where, name: str, value) -> Action:
 def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     key = f"clients.{name}"
     where.name(name, key)
-    where.table(value, key, {"public_key", "allow", "default", "actions"}, {"public_key"})
+    where.table(value, key, {"public_key", "allow", "default", "actions", "sources", "expires"},
+                {"public_key"})
     try:
         public_key = parse_public_hex(value["public_key"], f"{where.path}: {key}.public_key")
     except ValueError as e:
@@ -214,6 +228,14 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     for i, action in enumerate(actions):
         if action not in action_names:
             raise where.error(f"{key}.actions[{i}]", f"{action!r} is not an [actions] entry")
+    sources = []
+    for i, text in enumerate(where.string_list(value.get("sources", []), f"{key}.sources")):
+        try:
+            sources.append(ipaddress.ip_network(text))
+        except ValueError:
+            raise where.error(f"{key}.sources[{i}]", f"{text!r} is not an address or a network "
+                              "such as 198.51.100.0/24 or 2001:db8::/48 (no host bits set)") from None
+    expires = _expiry(where, value.get("expires"), f"{key}.expires")
     client = Client(name, public_key, tuple(allow), None, tuple(actions))
     if "default" in value:
         text = where.string(value["default"], f"{key}.default")
@@ -225,4 +247,19 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
             raise where.error(f"{key}.default", f"{text!r}: {refusal}")
     else:
         default = allow[0] if allow else None
-    return Client(name, public_key, tuple(allow), default, tuple(actions))
+    return Client(name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires)
+
+
+def _expiry(where: _Where, value, key: str) -> Optional[datetime.datetime]:
+    """A TOML date (from 00:00 UTC that day) or an offset date-time; None if absent."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise where.error(key, f"{value.isoformat()} has no offset: write "
+                              f"{value.isoformat()}Z (UTC) or +HH:MM")
+        return value
+    if isinstance(value, datetime.date):
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+    raise where.error(key, f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
+                      f"with an offset, not {_kind(value)}")

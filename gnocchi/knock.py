@@ -48,13 +48,15 @@ def default_state_dir() -> Path:
 
 
 def clock_floor() -> int:
-    """Where a fresh state (none stored, e.g. lost) starts: the clock in nanoseconds.
+    """The lowest counter a knock may take: the clock in nanoseconds.
 
-    Each knock takes far more than a nanosecond, so counters stepped by one
-    from there stay at or below the clock; a later fresh state starts above
-    every counter this key used before (on a clock that has not gone back), and
-    the client recovers without the server admin (docs/client.md). The clock
-    needs 64 bits until 2262; the counter has 112.
+    Each counter is max(stored + 1, clock), so counters follow the clock and
+    stay above it only by the knocks sent within one nanosecond. A fresh
+    state (lost, new machine) starts above every counter this key used
+    before, and a server that recovered its lost store with a floor of "now"
+    (`gnocchi recover-counters`) accepts the next knock: both recover
+    without the other side's help (docs/client.md). The clock needs 64 bits
+    until 2262; the counter has 112.
     """
     return time.time_ns()
 
@@ -67,7 +69,7 @@ def counter_path(state_dir: Path, server_key: bytes, client_public: bytes) -> Pa
 
 
 def take_counter(path: Path) -> int:
-    """Store and return the next counter: stored + 1, or the clock floor for a fresh state."""
+    """Store and return the next counter: max(stored + 1, the clock floor)."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -83,7 +85,7 @@ def take_counter(path: Path) -> int:
         if raw is None:
             counter = clock_floor()
         elif _COUNTER_TEXT.fullmatch(raw):
-            counter = int(raw) + 1
+            counter = max(int(raw) + 1, clock_floor())
         else:
             raise KnockError(f"{path}: corrupt counter file; fix: remove it, the next knock "
                              "then takes its counter from the clock (see docs/client.md)")

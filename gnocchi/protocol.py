@@ -105,6 +105,23 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
     return bytes(SecretBox(server_key).encrypt(plaintext, nonce))
 
 
+def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
+            server_key: bytes, server_ips: Iterable[bytes]) -> bool:
+    """True if sig is signpub's over the packet for one of server_ips."""
+    try:
+        verify_key = VerifyKey(signpub)
+    except CryptoError:
+        return False
+    for server_ip in server_ips:
+        try:
+            verify_key.verify(_signed_part(nonce, signpub, counter_and_body, server_key,
+                                           server_ip), sig)
+            return True
+        except CryptoError:
+            continue
+    return False
+
+
 def open_packet(packet: bytes, server_key: bytes,
                 last_counter: Callable[[bytes], Optional[int]],
                 server_ips: Iterable[bytes]) -> Accepted | Rejected:
@@ -124,26 +141,19 @@ def open_packet(packet: bytes, server_key: bytes,
         return Rejected(MAGIC_MISMATCH)
     signpub = plaintext[8:40]
     last = last_counter(signpub)
-    if last is None:
-        return Rejected(UNKNOWN_CLIENT)
     sig = plaintext[40:104]
     counter_and_body = plaintext[104:]
     counter = int.from_bytes(counter_and_body[:COUNTER_LEN], "big")
+    # The signature is checked whatever steps 4 and 5 decide, and the reasons
+    # are still given in receiver order: a packet that claims a key costs the
+    # same whether that key is configured and whatever its stored counter, so
+    # no one holding the server key can learn either from the verifier's time.
+    signed = _verify(packet[:NONCE_LEN], signpub, sig, counter_and_body, server_key, server_ips)
+    if last is None:
+        return Rejected(UNKNOWN_CLIENT)
     if counter <= last:
         return Rejected(REPLAY, signpub)
-    nonce = packet[:NONCE_LEN]
-    try:
-        verify_key = VerifyKey(signpub)
-    except CryptoError:
-        return Rejected(SIGNATURE, signpub)
-    for server_ip in server_ips:
-        try:
-            verify_key.verify(_signed_part(nonce, signpub, counter_and_body, server_key,
-                                           server_ip), sig)
-            break
-        except CryptoError:
-            continue
-    else:
+    if not signed:
         return Rejected(SIGNATURE, signpub)
     data_len = int.from_bytes(counter_and_body[COUNTER_LEN:COUNTER_LEN + 2], "big")
     body = counter_and_body[COUNTER_LEN + 2:]

@@ -2,24 +2,27 @@
 
 Trusts the admin's config file and the server key it names (read through
 gnocchi.config and gnocchi.keys, which check format and permissions).
-Guarantees: it writes exactly one file, the drop-in
+Guarantees: it writes the drop-in
 /etc/systemd/system/gnocchi.socket.d/port.conf, atomically (a crash leaves
-the old drop-in or the new one, never half of one), and prints what it wrote
-and what to run next. It changes nothing else: no unit is started, reloaded
+the old drop-in or the new one, never half of one), creates the verifier's
+counter store if there is none (never touching an existing one), and prints
+what it wrote and what to run next. It changes nothing else: no unit is started, reloaded
 or enabled, and the firewall is not touched.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import sys
 
 from gnocchi import config as server_config
-from gnocchi import durable, keys
+from gnocchi import counters, durable, keys
 from gnocchi.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
 DROP_IN = "gnocchi.socket.d/port.conf"
+VERIFIER_USER = "gnocchi"
 
 
 def drop_in_text(port: int, key_file: str) -> str:
@@ -32,10 +35,26 @@ def drop_in_text(port: int, key_file: str) -> str:
             f"ListenDatagram={port}\n")
 
 
+def create_store(state_dir: str) -> str:
+    """The verifier's state directory and an empty counter store, owned by user
+    gnocchi (where it exists): a verifier refuses to start without a store."""
+    try:
+        user = pwd.getpwnam(VERIFIER_USER)
+        uid, gid = user.pw_uid, user.pw_gid
+    except KeyError:  # a development checkout: the caller's own
+        uid, gid = -1, -1
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    if not counters.create(state_dir, uid, gid):
+        return ""
+    os.chown(state_dir, uid, gid)
+    return f"created the counter store {os.path.join(state_dir, counters.FILE_NAME)}\n"
+
+
 def setup(config_path: str, unit_dir: str) -> str:
     """Write the drop-in; returns what to tell the admin."""
     cfg = server_config.load(config_path)
     port = knock_port(keys.load_server_key(cfg.server_key_file))
+    created = create_store(cfg.state_dir)
     path = os.path.join(unit_dir, DROP_IN)
     text = drop_in_text(port, cfg.server_key_file)
     try:
@@ -44,10 +63,11 @@ def setup(config_path: str, unit_dir: str) -> str:
     except FileNotFoundError:
         unchanged = False
     if unchanged:
-        return f"{path} already sets UDP port {port} (the knock port of {cfg.server_key_file})"
+        return (f"{created}{path} already sets UDP port {port} "
+                f"(the knock port of {cfg.server_key_file})")
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     durable.replace_file(path, text.encode("utf-8"), 0o644)
-    return (f"wrote {path}: gnocchi.socket listens on UDP port {port}, "
+    return (f"{created}wrote {path}: gnocchi.socket listens on UDP port {port}, "
             f"the knock port of {cfg.server_key_file}\n"
             "next, to arm the firewall and listen: "
             "systemctl enable --now gnocchi-arm.service gnocchi-helper.socket gnocchi.socket\n"
@@ -76,7 +96,7 @@ def main(argv=None) -> int:
         print(f"gnocchi setup: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"gnocchi setup: cannot write the drop-in under {args.unit_dir}: "
+        print(f"gnocchi setup: cannot write {e.filename or args.unit_dir}: "
               f"{e.strerror or e}", file=sys.stderr)
         return 1
     return 0

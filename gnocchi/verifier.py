@@ -4,21 +4,26 @@ Trusts its config, its server key and its counter store; trusts nothing in
 a packet. For each datagram: protocol.open_packet (PROTOCOL.md steps 1-7,
 cheapest first), then the counter is stored durably (step 8) before the
 request is even parsed, then the request is checked against that client's
-policy and carried out (helper for `open`, actions.run for `run`). It never
-sends a datagram (there is no send on the knock socket anywhere), catches
-no exception it does not expect (a bug crashes it and systemd restarts it),
-and holds no per-packet state: memory is bounded by the config. A counter
-store that cannot be read or written stops it (fail closed).
+policy and carried out (helper for `open`; for `run`, a request to the
+action socket, whose outcome the loop logs when it comes: the verifier
+never waits for an action). It never sends a datagram (there is no send on
+the knock socket anywhere), catches no exception it does not expect (a bug
+crashes it and systemd restarts it), and holds no per-packet state: memory
+is bounded by the config. A counter store that cannot be read or written
+stops it (fail closed).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
+import select
 import signal
 import socket
 import sys
 
-from gnocchi import actions, audit, config, counters, helper_client, keys, protocol, requests, sd
+from gnocchi import (action_client, actions, audit, config, counters, helper_client, keys,
+                     protocol, ratelimit, requests, sd, strict)
 
 IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
 IPV6_RECVPKTINFO = 49
@@ -26,6 +31,13 @@ IPV6_PKTINFO = 50
 RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
+# A client knocks a few times for a login (ProxyCommand retries 3 times), a
+# script a few a minute: these limits never touch that, and keep one client,
+# or one address, from spending the disk, the journal and the helper for all.
+RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
+EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
+CLIENT_BURST, CLIENT_REFILL = 20, 1.0     # knocks at once, then one a second
+ADDRESS_BURST, ADDRESS_REFILL = 40, 0.5   # per source address (clients behind one NAT)
 
 
 # IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
@@ -109,13 +121,18 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: audit.Audit):
+                 log: audit.Audit, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+        self.now = now  # wall clock, for clients' expiry
+        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
+        self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
+        self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
         self.cfg = cfg
         self.key = server_key
         self.store = store
         self.log = log
         self.clients = cfg.client_by_key()
         self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
+        self.runs = action_client.Runs(cfg.action_socket)
 
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
@@ -126,12 +143,36 @@ class Verifier:
         return (dest.packed,) if dest is not None and dest.version == 4 else ()
 
     def handle(self, packet: bytes, source, dest) -> None:
+        tag = packet[:protocol.NONCE_LEN + protocol.MAC_LEN]
+        if tag in self.recent:
+            # The very bytes of a packet already decided (a captured knock sent
+            # again and again): dropped without a second signature check.
+            self.log.drop("repeated")
+            return
         server_ips = self.server_ips(dest)
         result = protocol.open_packet(packet, self.key, self.last_counter, server_ips)
+        if not (isinstance(result, protocol.Rejected) and result.reason in EARLY):
+            self.recent[tag] = None
+            if len(self.recent) > RECENT:
+                del self.recent[next(iter(self.recent))]
         if isinstance(result, protocol.Rejected):
             self.rejected(result, source, server_ips)
             return
         client = self.clients[result.client_key]
+        if not (self.client_limit.allow(result.client_key) and self.address_limit.allow(source)):
+            # Over its limit: dropped before the disk or the helper, counted in the
+            # interval's summary; the counter is spent in memory, so the packet
+            # cannot be replayed while this verifier runs.
+            self.store.note(result.client_key, result.counter)
+            self.log.over_limit(client.name)
+            return
+        if why := client.refusal(source, self.now()):
+            # The client's own policy, before anything is stored: a stolen key used
+            # from elsewhere costs no write, and its entries share the budget.
+            self.log.limited("refused", f"knock for client {client.name} from {source} "
+                             f"refused: {why}; counter not stored", client=client.name,
+                             client_key=result.client_key.hex(), source_ip=source, reason=why)
+            return
         # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
         self.store.commit(result.client_key, result.counter)
         common = dict(client=client.name, client_key=result.client_key.hex(),
@@ -201,27 +242,47 @@ class Verifier:
                        request=str(request), helper_status=status, **common)
 
     def run(self, client, common: dict, request: requests.Run, source) -> None:
-        action = self.cfg.action(request.name)
-        outcome = actions.run(action, client.name, str(source), request.payload)
+        if why := self.runs.refusal(client.name):
+            self.refuse(client, common, str(request), why)
+            return
+        fields = dict(request=str(request), **common)
+        try:
+            self.runs.start(client.name, self.cfg.action(request.name), source,
+                            request.payload, fields)
+        except action_client.RunnerUnreachable as e:
+            self.ran(fields, actions.Outcome(None, b"", f"not started: {e}"))
+
+    def ran(self, fields: dict, outcome: actions.Outcome) -> None:
+        """A run's outcome, when the loop sees it (fields: its knock's, from run())."""
         output = requests.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
+        said = f"client {fields['client']} from {fields['source_ip']}"
         if outcome.ok:
-            self.log.event("action-run", f"client {client.name} from {source} ran {request}",
-                           request=str(request), action_output=output, **common)
+            self.log.event("action-run", f"{said} ran {fields['request']}",
+                           action_output=output, **fields)
         else:
-            self.log.event("action-failed", f"client {client.name} from {source}: {request} "
-                           f"{outcome.problem}", request=str(request), reason=outcome.problem,
-                           action_output=output, **common)
+            self.log.event("action-failed", f"{said}: {fields['request']} {outcome.problem}",
+                           reason=outcome.problem, action_output=output, **fields)
 
 
 def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list) -> None:
-    sock.settimeout(WAKE)
+    """Knocks and action outcomes, as they come: neither ever waits for the other."""
+    sock.setblocking(False)
+    runs = verifier.runs
     while not stop:
         log.tick()
-        try:
-            packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
-        except TimeoutError:
-            continue
-        verifier.handle(packet, *addresses(source, ancdata))
+        for fields, outcome in runs.overdue():
+            verifier.ran(fields, outcome)
+        ready, _, _ = select.select([sock, *runs.connections()], [], [], WAKE)
+        for conn in ready:
+            if conn is not sock:
+                if finished := runs.finish(conn):
+                    verifier.ran(*finished)
+                continue
+            try:
+                packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
+            except BlockingIOError:
+                continue  # e.g. a datagram with a bad checksum, dropped after select
+            verifier.handle(packet, *addresses(source, ancdata))
 
 
 def interval(text: str) -> float:
@@ -250,7 +311,10 @@ def main(argv: list[str]) -> int:
     log = audit.Audit(interval=args.summary_interval)
     try:
         cfg = config.load(args.config)
-        server_key = keys.load_server_key(args.server_key_file or cfg.server_key_file)
+        key_file = args.server_key_file or cfg.server_key_file
+        server_key = keys.load_server_key(key_file)
+        for path in (args.config, key_file):  # StrictModes: others must not write them
+            strict.check(path)
         port = protocol.knock_port(server_key)
         sock = sd.inherited_socket(port)
         if sock is None and not args.listen:
@@ -260,11 +324,12 @@ def main(argv: list[str]) -> int:
             sock = listen(args.listen, port)
         enable_pktinfo(sock)
         store = counters.Store(cfg.state_dir).load()
+        strict.check(store.path)
     except counters.StoreError as e:
         log.event("store-failed", str(e))
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
-    except (config.ConfigError, keys.KeyFileError, sd.StartupError) as e:
+    except (config.ConfigError, keys.KeyFileError, sd.StartupError, strict.StrictModeError) as e:
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
     stop: list = []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from gnocchi import counters
 from netns import Net
 from nslib import (PYTHON, REPO, EchoServices, Helper, echoes, elements, load_table, stop,
                    tcp_connect, udp_socket)
@@ -46,7 +47,8 @@ class Stack:
         public = gnocchi("pubkey", str(d / "client.key")).split()[-1]
         nobody = pwd.getpwnam("nobody")
         (d / "state").mkdir()
-        for path in (d / "state", d / "server.key"):  # the verifier's own files
+        counters.create(str(d / "state"))  # as `gnocchi setup` does
+        for path in (d / "state", d / "state" / "counters", d / "server.key"):  # the verifier's
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         (d / "gnocchi.toml").write_text(
             f'server_key_file = "{d}/server.key"\n'

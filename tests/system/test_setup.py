@@ -27,7 +27,7 @@ def server(tmp_path):
     key = tmp_path / "server.key"
     port = int(gnocchi("keygen", "--server", str(key)).stdout)
     config = tmp_path / "gnocchi.toml"
-    config.write_text(f'server_key_file = "{key}"\n')
+    config.write_text(f'server_key_file = "{key}"\nstate_dir = "{tmp_path}/state"\n')
     units = tmp_path / "units"
     return key, port, config, units
 
@@ -61,6 +61,19 @@ def test_second_run_changes_nothing_and_a_new_key_moves_the_port(server):
     out = gnocchi("setup", "--config", str(config), "--unit-dir", str(units)).stdout
     assert f"ListenDatagram={new_port}\n" in drop_in(units).read_text()
     assert "restart gnocchi.socket" in out
+
+
+def test_creates_the_counter_store_once_and_never_touches_it_again(server, tmp_path):
+    key, port, config, units = server
+    out = gnocchi("setup", "--config", str(config), "--unit-dir", str(units)).stdout
+    store = tmp_path / "state" / "counters"
+    assert f"created the counter store {store}" in out
+    assert store.read_text() == "# gnocchi counters v1\n"
+    assert store.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    store.write_text("# gnocchi counters v1\n" + "ab" * 32 + " 7\n")  # knocks happened
+    out = gnocchi("setup", "--config", str(config), "--unit-dir", str(units)).stdout
+    assert "created" not in out and store.read_text().endswith(" 7\n")
 
 
 def test_missing_config_is_named_and_nothing_is_written(tmp_path):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "units"
-LIMITS = {"gnocchi.service": 1.0, "gnocchi-helper.service": 2.0}
+LIMITS = {"gnocchi.service": 1.0, "gnocchi-helper.service": 2.0,
+          "gnocchi-action@.service": 1.0}  # issue 10: each action runs there
 
 
 def exposure(unit_file: Path) -> float:

@@ -125,15 +125,15 @@ def setup(tmp_path):
 
 # ---- the packet --------------------------------------------------------------------
 
-def test_captured_knocks_verify_step_by_one_and_pad_randomly(setup):
+def test_captured_knocks_verify_and_pad_randomly(setup):
     knocks = []
     for _ in range(6):
         result = setup.knock("--request", "open 22")
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"" and result.stderr == b""
         knocks.append(verify(setup.receive(), setup.server_key, LOOPBACK))
-    first = knocks[0].counter
-    assert [k.counter for k in knocks] == list(range(first, first + 6))
+    counters = [k.counter for k in knocks]
+    assert counters == sorted(set(counters)), "counters did not increase"
     assert all(k.client == setup.client_public and k.data == b"open 22" for k in knocks)
     assert all(k.body_len % 16 == 0 for k in knocks)
     assert len({k.body_len for k in knocks}) > 1, "padding length did not vary in 6 knocks"
@@ -146,7 +146,7 @@ def test_a_fresh_state_starts_from_the_clock_and_a_lost_one_recovers(setup):
     assert before <= first <= time.time_ns()
     assert setup.knock().returncode == 0
     second = verify(setup.receive(), setup.server_key, LOOPBACK).counter
-    assert second == first + 1
+    assert first < second <= time.time_ns()  # max(last + 1, clock): the clock
     for path in setup.state_dir.iterdir():  # the client loses its state
         path.unlink()
     assert setup.knock().returncode == 0
@@ -170,7 +170,7 @@ def test_counters_are_kept_apart_per_server_key(setup, tmp_path):
     # a knock for another server (on its own port, where nobody listens: UDP does not care)
     assert setup.knock("--server-key-file", other).returncode == 0
     assert setup.knock().returncode == 0
-    assert verify(setup.receive(), setup.server_key, LOOPBACK).counter == first + 1
+    assert verify(setup.receive(), setup.server_key, LOOPBACK).counter > first
     assert len(list(setup.state_dir.glob("*.counter"))) == 2
 
 
@@ -190,7 +190,17 @@ def test_concurrent_knocks_never_reuse_a_counter(setup):
             p.stderr.close()
     counters = sorted(verify(setup.receive(), setup.server_key, LOOPBACK).counter
                       for _ in range(n))
-    assert counters == list(range(counters[0], counters[0] + n))
+    assert len(set(counters)) == n
+
+
+def test_a_counter_ahead_of_the_clock_steps_by_one(setup):
+    assert setup.knock().returncode == 0
+    setup.receive()
+    [state] = setup.state_dir.glob("*.counter")
+    ahead = time.time_ns() + 10**18  # a clock that went back, or a counter from the future
+    state.write_text(f"{ahead}\n")
+    assert setup.knock().returncode == 0
+    assert verify(setup.receive(), setup.server_key, LOOPBACK).counter == ahead + 1
 
 
 def test_sign_ip_is_the_address_signed(setup):
@@ -438,7 +448,7 @@ def test_proxy_knocks_again_when_the_connect_fails(setup):
         assert proc.returncode == 0, err
         assert out == b"hello\nbye\n"
         second = verify(setup.receive(timeout=0), setup.server_key, LOOPBACK)
-        assert second.counter == first.counter + 1
+        assert second.counter > first.counter
     finally:
         proc.kill()
         proc.wait()
@@ -455,4 +465,4 @@ def test_proxy_gives_up_after_the_attempts(setup):
     assert result.returncode == 1
     assert result.stderr.endswith(b"after 2 knocks\n") and result.stderr.count(b"\n") == 1
     counters = [verify(setup.receive(), setup.server_key, LOOPBACK).counter for _ in range(2)]
-    assert counters[1] == counters[0] + 1 and setup.nothing_received()
+    assert counters[1] > counters[0] and setup.nothing_received()

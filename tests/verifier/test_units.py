@@ -164,7 +164,8 @@ def test_show_escapes_and_bounds_attacker_text():
 A, B = bytes.fromhex(KEY_A), bytes.fromhex(KEY_B)
 
 
-def test_store_round_trip_and_missing_file(tmp_path):
+def test_store_round_trip(tmp_path):
+    assert counters.create(str(tmp_path)) and not counters.create(str(tmp_path))
     store = counters.Store(str(tmp_path)).load()
     assert store.last(A) == 0
     store.commit(A, 5)
@@ -184,6 +185,7 @@ def test_store_round_trip_and_missing_file(tmp_path):
     ("# gnocchi counters v1\n" + KEY_A + " 5\n" + KEY_A + " 6\n", "line 3 repeats"),
     ("# gnocchi counters v1\n" + KEY_A + f" {2**112}\n", "line 2"),
     ("# gnocchi counters v1\n\n", "line 2"),
+    ("# gnocchi counters v1\n" + KEY_A + " 5\nfloor 3\n", "line 3"),  # the floor comes first
 ])
 def test_a_corrupt_store_names_the_file_and_the_way_back(tmp_path, text, why):
     (tmp_path / "counters").write_text(text)
@@ -191,6 +193,28 @@ def test_a_corrupt_store_names_the_file_and_the_way_back(tmp_path, text, why):
         counters.Store(str(tmp_path)).load()
     assert str(e.value).startswith(f"{tmp_path / 'counters'}: corrupt counter store")
     assert why in str(e.value) and "gnocchi audit --counters" in str(e.value)
+
+
+def test_a_missing_store_is_refused_with_the_way_out(tmp_path):
+    with pytest.raises(counters.StoreError) as e:
+        counters.Store(str(tmp_path)).load()
+    assert "counter store is missing" in str(e.value)
+    assert "gnocchi recover-counters" in str(e.value)
+
+
+def test_recovery_makes_every_counter_up_to_now_a_replay_for_any_key(tmp_path):
+    now = 1764230400123456789
+    assert "missing or unreadable" in counters.recover(str(tmp_path), now)
+    store = counters.Store(str(tmp_path)).load()
+    assert (store.floor, store.last(A), store.last(B)) == (now, now, now)
+    store.commit(A, now + 5)
+    again = counters.Store(str(tmp_path)).load()
+    assert (again.last(A), again.last(B)) == (now + 5, now)
+    assert (tmp_path / "counters").read_text() == (
+        f"# gnocchi counters v1\nfloor {now}\n{KEY_A} {now + 5}\n")
+    # Recovering again keeps what is above the new floor.
+    counters.recover(str(tmp_path), now + 2)
+    assert counters.Store(str(tmp_path)).load().last(A) == now + 5
 
 
 def test_an_empty_store_file_is_valid_and_a_directory_is_not(tmp_path):
@@ -274,7 +298,7 @@ def test_counters_rebuilt_from_entries_take_the_highest_per_key():
                {"GNOCCHI_CLIENT_KEY": KEY_B},                       # a replay entry: no counter
                {"GNOCCHI_CLIENT_KEY": "zz", "GNOCCHI_COUNTER": "99"}]
     rebuilt = counters.render(audit.counters_from(entries))
-    assert counters.parse(rebuilt.encode(), "x") == {A: 9, B: 1}
+    assert counters.parse(rebuilt.encode(), "x") == (0, {A: 9, B: 1})
 
 
 def test_parse_since():
@@ -390,6 +414,7 @@ def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
                               'allow = ["22"]\n')
     recorder = HelperRecorder(tmp_path / "h.sock")
     sent: list[dict] = []
+    counters.create(str(tmp_path))
     v = verifier.Verifier(cfg, k.server, counters.Store(str(tmp_path)).load(),
                           audit.Audit(send=sent.append))
     src, dst = ipaddress.IPv4Address("198.18.3.1"), ipaddress.IPv4Address("198.18.3.2")

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from gnocchi import keys, protocol  # noqa: E402
+from gnocchi import counters, keys, protocol  # noqa: E402
 from netns import Net  # noqa: E402
 
 PYTHON = sys.executable  # tests/run's venv sees the system's nacl/nftables/systemd
@@ -54,6 +54,7 @@ def write_config(tmp_path: Path, k: Keys, helper_socket: str, extra: str = "",
     """A config with alice (22/tcp, 60001/udp, action show) and bob (443, default open 443)."""
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
+    counters.create(str(state))  # as `gnocchi setup` does
     if clients is None:
         clients = f"""
 [clients.alice]

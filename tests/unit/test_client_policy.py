@@ -1,0 +1,132 @@
+"""Issue 10: per-client `sources` and `expires`, from the config to the verifier's
+decision. A refused knock costs no write: its counter is not stored, and its
+entry shares the budget of entries for packets whose counter was not stored."""
+import datetime
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT.parent), str(ROOT / "verifier")]
+from vlib import HelperRecorder, Keys  # noqa: E402
+
+from gnocchi import audit, config, counters, protocol, verifier  # noqa: E402
+
+UTC = datetime.timezone.utc
+
+
+def load(tmp_path, client_lines: str, key="ab" * 32) -> config.Config:
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
+                    f'[clients.alice]\npublic_key = "{key}"\nallow = ["22"]\n{client_lines}')
+    return config.load(str(path))
+
+
+def test_sources_and_expires_parse(tmp_path):
+    [alice] = load(tmp_path, 'sources = ["198.51.100.0/24", "2001:db8::/48", "203.0.113.7"]\n'
+                             'expires = 2026-12-31\n').clients
+    assert alice.sources == (ipaddress.ip_network("198.51.100.0/24"),
+                             ipaddress.ip_network("2001:db8::/48"),
+                             ipaddress.ip_network("203.0.113.7/32"))
+    assert alice.expires == datetime.datetime(2026, 12, 31, tzinfo=UTC)
+    [bob] = load(tmp_path, "expires = 2026-12-31T18:00:00+01:00\n").clients
+    assert bob.expires == datetime.datetime(2026, 12, 31, 17, tzinfo=UTC)
+    [carol] = load(tmp_path, "").clients
+    assert carol.sources == () and carol.expires is None
+
+
+@pytest.mark.parametrize("line, key, problem", [
+    ('sources = ["198.51.100.1/24"]', "clients.alice.sources[0]", "no host bits set"),
+    ('sources = ["here"]', "clients.alice.sources[0]", "is not an address or a network"),
+    ('sources = "198.51.100.0/24"', "clients.alice.sources", "must be a list"),
+    ('expires = "2026-12-31"', "clients.alice.expires", "no quotes"),
+    ("expires = 2026-12-31T18:00:00", "clients.alice.expires", "has no offset"),
+])
+def test_a_bad_policy_names_the_file_and_the_key(tmp_path, line, key, problem):
+    with pytest.raises(config.ConfigError) as e:
+        load(tmp_path, line + "\n")
+    assert str(e.value).startswith(f"{tmp_path / 'gnocchi.toml'}: {key}: ")
+    assert problem in str(e.value)
+
+
+class Stack:
+    """The real Verifier, in process, with a recording helper socket and a set clock."""
+
+    def __init__(self, tmp_path, policy: str):
+        self.k = Keys(tmp_path)
+        cfg = load(tmp_path, policy, key=self.k.public("alice"))
+        self.helper = HelperRecorder(tmp_path / "h.sock")
+        self.sent: list[dict] = []
+        counters.create(str(tmp_path))
+        self.store = counters.Store(str(tmp_path)).load()
+        self.clock = datetime.datetime(2026, 6, 1, tzinfo=UTC)
+        self.v = verifier.Verifier(cfg, self.k.server, self.store,
+                                   audit.Audit(send=self.sent.append), now=lambda: self.clock)
+        self.dst = ipaddress.IPv4Address("198.18.3.2")
+        self.counter = 0
+
+    def knock(self, source: str):
+        self.counter += 1
+        packet = protocol.build_packet(self.k.server, self.k.seeds["alice"], self.counter,
+                                       b"open 22", self.dst.packed)
+        self.v.handle(packet, ipaddress.ip_address(source), self.dst)
+        return self.sent[-1]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path, 'sources = ["198.51.100.0/24", "2001:db8::/48"]\nexpires = 2026-12-31\n')
+    yield s
+    s.helper.close()
+
+
+def test_a_knock_from_outside_the_sources_is_refused_and_not_stored(stack):
+    entry = stack.knock("203.0.113.9")
+    assert entry["GNOCCHI_EVENT"] == "refused" and "GNOCCHI_COUNTER" not in entry
+    assert "203.0.113.9 is not among the client's sources" in entry["MESSAGE"]
+    assert stack.store.last(bytes.fromhex(stack.k.public("alice"))) == 0
+    assert stack.helper.messages == []
+    assert stack.knock("198.51.100.20")["GNOCCHI_EVENT"] == "accepted"
+    assert stack.knock("2001:db8:0:1::5")["GNOCCHI_EVENT"] == "accepted"
+    assert len(stack.helper.messages) == 2
+
+
+def test_an_expired_client_is_refused_from_that_day_on(stack):
+    stack.clock = datetime.datetime(2026, 12, 30, 23, 59, tzinfo=UTC)
+    assert stack.knock("198.51.100.20")["GNOCCHI_EVENT"] == "accepted"
+    stack.clock = datetime.datetime(2026, 12, 31, 0, 0, tzinfo=UTC)
+    entry = stack.knock("198.51.100.20")
+    assert entry["GNOCCHI_EVENT"] == "refused" and "expired" in entry["MESSAGE"]
+    assert "GNOCCHI_COUNTER" not in entry
+    assert len(stack.helper.messages) == 1
+
+
+def test_policy_refusals_share_the_budget_of_unstored_entries(stack):
+    stack.v.client_limit.burst = stack.v.address_limit.burst = 10**6  # the budget alone
+    for _ in range(audit.BUDGET + 30):
+        stack.knock("203.0.113.9")
+    refused = [e for e in stack.sent if e["GNOCCHI_EVENT"] == "refused"]
+    assert len(refused) == audit.BUDGET
+
+
+def test_one_clients_flood_costs_it_alone(tmp_path):
+    s = Stack(tmp_path, "")
+    try:
+        alice = bytes.fromhex(s.k.public("alice"))
+        for _ in range(61):                    # 61 knocks at once: the issue's lockout
+            s.knock("198.51.100.20")
+        accepted = [e for e in s.sent if e["GNOCCHI_EVENT"] == "accepted"]
+        assert len(accepted) == verifier.CLIENT_BURST == len(s.helper.messages)
+        on_disk = counters.Store(str(tmp_path)).load()
+        assert on_disk.last(alice) == verifier.CLIENT_BURST   # one write per accepted knock
+        assert s.store.last(alice) == 61       # the dropped ones are spent all the same
+        s.v.log.flush()
+        [summary] = [e for e in s.sent if e["GNOCCHI_EVENT"] == "dropped-summary"]
+        assert summary["GNOCCHI_DROPPED_RATE_LIMITED"] == str(61 - verifier.CLIENT_BURST)
+        assert f"(alice {61 - verifier.CLIENT_BURST})" in summary["MESSAGE"]
+        assert len(s.sent) == verifier.CLIENT_BURST + 1
+    finally:
+        s.helper.close()

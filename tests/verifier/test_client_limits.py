@@ -1,0 +1,79 @@
+"""Issue 10: no client can hurt another. A client (a stolen key) floods the
+real verifier, which talks to the real helper and the real table; another
+client's knock still opens on its first try, and the flood costs a bounded
+number of journal entries and counter writes."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from test_real_helper import real_helper  # noqa: F401  (fixture)
+from vlib import PYTHON, knock, write_config
+
+from gnocchi import verifier
+
+pytestmark = pytest.mark.netns
+
+SEND_FROM = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0)); s.sendto(bytes.fromhex(sys.stdin.read()), (sys.argv[2], int(sys.argv[3])))
+"""
+# The issue's flood: 2,000 knocks a second (paced: 10 every 5 ms).
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i, line in enumerate(sys.stdin.read().split()):
+    s.sendto(bytes.fromhex(line), (sys.argv[1], int(sys.argv[2])))
+    if i % 10 == 9:
+        time.sleep(0.005)
+"""
+
+
+def test_a_flooding_client_does_not_keep_another_out(daemons, net, k, tmp_path, real_helper):
+    cfg = write_config(tmp_path, k, str(real_helper), clients=f"""
+[clients.alice]
+public_key = "{k.public('alice')}"
+allow = ["22"]
+
+[clients.bob]
+public_key = "{k.public('bob')}"
+allow = ["22"]
+""")
+    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", "--summary-interval", "1",
+                stderr=tmp_path / "daemon.err")
+    base = time.time_ns()
+    # Alice: 61 knocks for port 22, then 1500 for a port she may not open.
+    flood = [knock(k, "alice", base + i, b"open 22", net.server.ip) for i in range(61)]
+    flood += [knock(k, "alice", base + 100 + i, b"open 23", net.server.ip) for i in range(1500)]
+    bob_ip = net.client.ip.rsplit(".", 1)[0] + ".3"
+    net.client.run(["ip", "addr", "add", f"{bob_ip}/24", "dev", "gveth0"])
+    started = time.monotonic()
+    sender = net.client.popen([PYTHON, "-c", FLOOD, net.server.ip, str(k.port)],
+                              stdin=subprocess.PIPE, text=True)
+    sender.stdin.write("\n".join(p.hex() for p in flood))
+    sender.stdin.close()
+    time.sleep(0.3)
+    # Bob, from another address, while alice floods over her limit: opens at once.
+    net.client.run([PYTHON, "-c", SEND_FROM, bob_ip, net.server.ip, str(k.port)],
+                   input=knock(k, "bob", base, b"open 22", net.server.ip).hex())
+    assert sender.wait(timeout=30) == 0
+    d.wait_for(lambda _: any(e.get("GNOCCHI_CLIENT") == "bob" for e in d.of("accepted")),
+               what="bob's knock")
+    [bob] = [e for e in d.of("accepted") if e["GNOCCHI_CLIENT"] == "bob"]
+    assert bob["GNOCCHI_HELPER_STATUS"] == "OK" and bob["GNOCCHI_SOURCE_IP"] == bob_ip
+    listed = net.server.nft("list", "set", "inet", "gnocchi", "knocked4").stdout
+    assert f"{bob_ip} . tcp . 22" in listed
+    # Each of alice's knocks the verifier read is let in or counted, nothing else:
+    # one entry (and one counter write) per knock let in, at most the burst and
+    # one a second since.
+    seconds = time.monotonic() - started
+    alice = [e for e in d.events() if e.get("GNOCCHI_CLIENT") == "alice"]
+    assert verifier.CLIENT_BURST <= len(alice) <= verifier.CLIENT_BURST + seconds + 1
+    assert all(e["GNOCCHI_EVENT"] == "accepted" for e in alice)
+    d.wait_for(lambda _: sum(int(s.get("GNOCCHI_DROPPED_RATE_LIMITED", 0))
+                             for s in d.of("dropped-summary")) >= 500,
+               what="alice's excess counted")
+    assert all("alice" in s["MESSAGE"] for s in d.of("dropped-summary")
+               if "GNOCCHI_DROPPED_RATE_LIMITED" in s)
