@@ -4,19 +4,12 @@ import os
 import re
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
-from nacl.hash import blake2b
 from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
 from nacl.signing import SigningKey
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def gnocchi(*args):
-    return subprocess.run([sys.executable, "-m", "gnocchi", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+from support import gnocchi
 
 
 def port_of(key: bytes) -> int:

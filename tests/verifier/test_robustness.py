@@ -8,10 +8,9 @@ import subprocess
 import time
 
 import pytest
-from vlib import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send, write_config
 from nacl.secret import SecretBox
 
-pytestmark = pytest.mark.netns
+from support import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send_datagrams, write_config
 
 
 def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path, helper):
@@ -31,9 +30,9 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         dump.stderr.readline()  # "listening on gveth0 ...": capturing from here on
-        send(net, k.port, [valid])
+        send_datagrams(net, k.port, [valid])
         d.wait_events("accepted", 1)  # started: from here the flood is read as fast as it comes
-        replies = send(net, k.port, garbage + wrong_magic + unknown + replays, wait=1.0)
+        replies = send_datagrams(net, k.port, garbage + wrong_magic + unknown + replays, wait=1.0)
         summaries = d.wait_events("dropped-summary", 1, timeout=20)
         d.wait_for(lambda _: sum(int(s["GNOCCHI_DROPPED"]) for s in d.of("dropped-summary"))
                    == 1700 and sum(int(s["GNOCCHI_SUPPRESSED"]) for s in d.of("dropped-summary"))
@@ -99,7 +98,7 @@ allow = [{ports}]
     d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "final.err")
     try:
         used = sent[max(0, stored - 3):stored]  # sent[i] has counter i + 1
-        send(net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
+        send_datagrams(net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
         d.wait_events("accepted", 1)
         d.wait_events("replay", len(used))
         assert [e["GNOCCHI_COUNTER"] for e in d.of("accepted")] == [str(counter + 1)]
@@ -111,7 +110,7 @@ def test_store_that_cannot_be_written_fails_closed(daemons, net, k, tmp_path, he
     cfg = write_config(tmp_path, k, helper.path)
     (tmp_path / "state" / "counters.tmp").mkdir()  # a real fault: the write must fail
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
     assert d.proc.wait(timeout=10) == 1
     failed = d.of("store-failed")
     assert failed and "cannot write" in failed[0]["MESSAGE"]
@@ -125,7 +124,7 @@ def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k,
     store = tmp_path / "state" / "counters"
     store.write_text("# gnocchi counters v1\n" + k.public("alice") + " 12x\n")
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 13, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 13, b"open 22", net.server.ip)])
     assert d.proc.wait(timeout=10) == 1
     text = d.text()
     assert f"{store}: corrupt counter store (line 2" in text
@@ -152,7 +151,7 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
         while "Listening on" not in err and time.monotonic() < deadline:
             err += proc.stderr.readline()
         if "-d" in listen_args:
-            send(net, wrong if "{wrong}" in listen_args[-1] else k.port, [b"x"])
+            send_datagrams(net, wrong if "{wrong}" in listen_args[-1] else k.port, [b"x"])
         else:  # a stream socket: activation comes with a connection
             net.client.run([PYTHON, "-c", "import socket; socket.create_connection("
                             f"('{net.server.ip}', {k.port}), timeout=3).close()"], check=False)

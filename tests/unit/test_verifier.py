@@ -1,0 +1,88 @@
+"""gnocchi.verifier in-process and as `gnocchi serve`: startup refusals, silence by
+construction, and the whole decision under arbitrary input."""
+import ipaddress
+import itertools
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.secret import SecretBox
+
+from gnocchi import audit, config, counters, protocol, verifier
+from support import REPO, HelperRecorder, Keys, gnocchi
+
+CLIENT = '[clients.alice]\npublic_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n'
+
+
+def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(CLIENT + 'allow = ["22", "22/sctp"]\n')
+    out = gnocchi("serve", "--config", path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"gnocchi serve: {path}: clients.alice.allow[1]: '22/sctp' "
+                                  "is not PORT, PORT/tcp or PORT/udp")
+    missing = gnocchi("serve", "--config", tmp_path / "no")
+    assert missing.returncode == 1 and f"{tmp_path / 'no'}: no such file" in missing.stderr
+
+
+def test_serve_refuses_a_loose_server_key_and_a_missing_socket(tmp_path):
+    k = Keys(tmp_path)
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(f'server_key_file = "{k.server_file}"\nstate_dir = "{tmp_path}"\n')
+    out = gnocchi("serve", "--config", path)
+    assert out.returncode == 1 and f"give --listen IP:{k.port}" in out.stderr
+    out = gnocchi("serve", "--config", path, "--listen", f"198.18.0.1:{k.port - 1}")
+    assert out.returncode == 1 and f"is not this server key's knock port {k.port}" in out.stderr
+    os.chmod(k.server_file, 0o644)
+    out = gnocchi("serve", "--config", path)
+    assert out.returncode == 1 and f"{k.server_file}: secret key is open" in out.stderr
+
+
+def test_nothing_in_the_verifier_sends_a_datagram():
+    # Silence by construction too: no send call on a network socket in the daemon's modules.
+    for name in ("verifier", "sd", "audit", "requests", "counters", "config", "actions"):
+        text = (REPO / "gnocchi" / f"{name}.py").read_text()
+        assert "sendto" not in text and "sendmsg" not in text and ".send(" not in text.replace(
+            "self.send(", "").replace("journal.send(", ""), name
+
+
+def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
+    k = Keys(tmp_path)
+    (tmp_path / "gnocchi.toml").write_text(
+        f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
+        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n')
+    cfg = config.load(str(tmp_path / "gnocchi.toml"))
+    recorder = HelperRecorder(tmp_path / "h.sock")
+    sent: list[dict] = []
+    v = verifier.Verifier(cfg, k.server, counters.Store(str(tmp_path)).load(),
+                          audit.Audit(send=sent.append))
+    src, dst = ipaddress.IPv4Address("198.18.3.1"), ipaddress.IPv4Address("198.18.3.2")
+    counter = itertools.count(1)
+    valid = protocol.build_packet(k.server, k.seeds["alice"], 10**9, b"open 22", dst.packed)
+    opening = {b"", b"open 22", b"open 22/tcp"}
+    expected = []
+
+    def signed(data: bytes) -> bytes:
+        if data in opening:
+            expected.append(data)
+        return protocol.build_packet(k.server, k.seeds["alice"], next(counter), data, dst.packed)
+
+    sealed_garbage = st.binary(min_size=0, max_size=800).map(
+        lambda body: bytes(SecretBox(k.server).encrypt(
+            protocol.MAGIC + bytes.fromhex(k.public("alice")) + body)))
+    flipped = st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)).map(
+        lambda f: valid[:f[0]] + bytes([valid[f[0]] ^ f[1]]) + valid[f[0] + 1:])
+    requests_ = st.one_of(st.binary(max_size=120), st.sampled_from(
+        [b"open 22", b"open 22/tcp", b"", b"open 22/udp", b"open 23", b"run x", b"open 22\n"]))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(st.binary(max_size=1100), flipped, sealed_garbage, requests_.map(signed)))
+    def check(packet):
+        v.handle(packet, src, dst)
+
+    try:
+        check()
+        assert expected and len(recorder.messages) == len(expected)
+        assert {m[4:6] for m in recorder.messages} <= {(22).to_bytes(2, "big")}
+    finally:
+        recorder.close()
