@@ -5,10 +5,10 @@ import sys
 # command -> module whose main(argv) runs it; imported lazily so one broken
 # dependency does not take down unrelated commands.
 COMMANDS = {
-    "keygen": ("gnocchi.admin", "make a server or client key"),
-    "pubkey": ("gnocchi.admin", "print a client key's public key"),
-    "port": ("gnocchi.admin", "print the knock port of a server key"),
-    "setup": ("gnocchi.setup", "write gnocchi.socket's drop-in for the server key's port"),
+    "keygen": ("gnocchi.keytool", "make a server or client key"),
+    "pubkey": ("gnocchi.keytool", "print a client key's public key"),
+    "port": ("gnocchi.keytool", "print the knock port of a server key"),
+    "setup": ("gnocchi.dropin", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),
 }

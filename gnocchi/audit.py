@@ -1,7 +1,7 @@
 """The verifier's audit trail (journald events) and the `gnocchi audit` command.
 
 Trusts nothing it is given to log: values that came from a packet arrive
-here already escaped and bounded (requests.show, hex keys, ipaddress text),
+here already escaped and bounded (knock_request.show, hex keys, ipaddress text),
 and the stderr form is JSON, so no byte can forge a line or a field. Volume
 is bounded under any input: drops before a client is known (size, mac,
 magic, unknown-client) are only counted, and entries for packets whose

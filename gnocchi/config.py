@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Optional
 
-from gnocchi import requests
+from gnocchi import knock_request
 from gnocchi.keys import parse_public_hex
 
 DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
@@ -47,8 +47,8 @@ class Action:
 class Client:
     name: str
     public_key: bytes
-    allow: tuple[requests.Open, ...]
-    default: Optional[requests.Request]  # what an empty DATA means; None: refused
+    allow: tuple[knock_request.Open, ...]
+    default: Optional[knock_request.Request]  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
 
 
@@ -206,7 +206,7 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     if not isinstance(raw_allow, list):
         raise where.error(f"{key}.allow", f"must be a list, not {_kind(raw_allow)}")
     for i, item in enumerate(raw_allow):
-        port = requests.parse_port(item) if isinstance(item, (str, int)) else None
+        port = knock_request.parse_port(item) if isinstance(item, (str, int)) else None
         if port is None:
             raise where.error(f"{key}.allow[{i}]", f"{item!r} is not PORT, PORT/tcp or PORT/udp")
         allow.append(port)
@@ -217,10 +217,10 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     client = Client(name, public_key, tuple(allow), None, tuple(actions))
     if "default" in value:
         text = where.string(value["default"], f"{key}.default")
-        default = requests.parse(text.encode())
-        if isinstance(default, requests.Bad):
+        default = knock_request.parse(text.encode())
+        if isinstance(default, knock_request.Bad):
             raise where.error(f"{key}.default", f"{text!r}: {default.why}")
-        refusal = requests.authorise(client, default)
+        refusal = knock_request.authorise(client, default)
         if refusal:
             raise where.error(f"{key}.default", f"{text!r}: {refusal}")
     else:

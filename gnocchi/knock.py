@@ -32,7 +32,7 @@ CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
 RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refused at once
 _COUNTER_TEXT = re.compile(rb"[0-9]{1,34}\n")
-# PROTOCOL.md's requests, in the canonical forms the server parses (gnocchi/requests.py)
+# PROTOCOL.md's requests, in the canonical forms the server parses (gnocchi/knock_request.py)
 _OPEN = re.compile(r"open ([1-9][0-9]{0,4})(/tcp|/udp)?")
 _RUN = re.compile(r"run [A-Za-z0-9][A-Za-z0-9_.-]{0,63}(\n.*)?", re.DOTALL)
 

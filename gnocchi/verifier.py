@@ -18,7 +18,8 @@ import signal
 import socket
 import sys
 
-from gnocchi import actions, audit, config, counters, helper_client, keys, protocol, requests, sd
+from gnocchi import (actions, audit, config, counters, helper_client, keys, knock_request,
+                     knock_socket, protocol)
 
 IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
 IPV6_RECVPKTINFO = 49
@@ -75,14 +76,14 @@ def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError
     except ValueError:
-        raise sd.StartupError(f"--listen {text!r}: expected IP:PORT or [IPv6]:PORT") from None
+        raise knock_socket.StartupError(f"--listen {text!r}: expected IP:PORT or [IPv6]:PORT") from None
     return address, int(port)
 
 
 def listen(text: str, knock_port: int) -> socket.socket:
     address, port = parse_listen(text)
     if port != knock_port:
-        raise sd.StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
+        raise knock_socket.StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
                               f"port {knock_port}; clients knock on {knock_port}")
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -90,7 +91,7 @@ def listen(text: str, knock_port: int) -> socket.socket:
         sock.bind((str(address), port))
     except OSError as e:
         sock.close()
-        raise sd.StartupError(f"--listen {text!r}: cannot bind: {e.strerror}") from None
+        raise knock_socket.StartupError(f"--listen {text!r}: cannot bind: {e.strerror}") from None
     return sock
 
 
@@ -137,19 +138,19 @@ class Verifier:
         common = dict(client=client.name, client_key=result.client_key.hex(),
                       source_ip=source, counter=result.counter)
         if result.data:
-            request = requests.parse(result.data)
-            shown = requests.show(result.data)
+            request = knock_request.parse(result.data)
+            shown = knock_request.show(result.data)
         else:
             request, shown = client.default, "(empty: the client's default)"
         if why := unknockable(source):
             self.refuse(client, common, shown, f"the source {source} is {why}", said="a knock")
         elif request is None:
             self.refuse(client, common, shown, "this client has no default request")
-        elif isinstance(request, requests.Bad):
+        elif isinstance(request, knock_request.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
-        elif why := requests.authorise(client, request):
+        elif why := knock_request.authorise(client, request):
             self.refuse(client, common, str(request), why)
-        elif isinstance(request, requests.Open):
+        elif isinstance(request, knock_request.Open):
             self.open(client, common, request, source)
         else:
             self.run(client, common, request, source)
@@ -183,7 +184,7 @@ class Verifier:
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client, common: dict, request: requests.Open, source) -> None:
+    def open(self, client, common: dict, request: knock_request.Open, source) -> None:
         try:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.port,
                                                 request.proto)
@@ -200,10 +201,10 @@ class Verifier:
         self.log.event("accepted", f"client {client.name} from {source}: {request}",
                        request=str(request), helper_status=status, **common)
 
-    def run(self, client, common: dict, request: requests.Run, source) -> None:
+    def run(self, client, common: dict, request: knock_request.Run, source) -> None:
         action = self.cfg.action(request.name)
         outcome = actions.run(action, client.name, str(source), request.payload)
-        output = requests.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
+        output = knock_request.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
         if outcome.ok:
             self.log.event("action-run", f"client {client.name} from {source} ran {request}",
                            request=str(request), action_output=output, **common)
@@ -252,9 +253,9 @@ def main(argv: list[str]) -> int:
         cfg = config.load(args.config)
         server_key = keys.load_server_key(args.server_key_file or cfg.server_key_file)
         port = protocol.knock_port(server_key)
-        sock = sd.inherited_socket(port)
+        sock = knock_socket.inherited_socket(port)
         if sock is None and not args.listen:
-            raise sd.StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
+            raise knock_socket.StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
                                   f"IP:{port} ({port} is this server key's knock port)")
         if sock is None:
             sock = listen(args.listen, port)
@@ -264,7 +265,7 @@ def main(argv: list[str]) -> int:
         log.event("store-failed", str(e))
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
-    except (config.ConfigError, keys.KeyFileError, sd.StartupError) as e:
+    except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError) as e:
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
     stop: list = []
@@ -273,7 +274,7 @@ def main(argv: list[str]) -> int:
     where = sock.getsockname()
     log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
               f"{len(cfg.clients)} clients", clients=len(cfg.clients))
-    sd.notify("READY=1")
+    knock_socket.notify("READY=1")
     try:
         serve(sock, Verifier(cfg, server_key, store, log), log, stop)
     except counters.StoreError as e:
@@ -281,6 +282,6 @@ def main(argv: list[str]) -> int:
         log.event("store-failed", str(e))
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
-    sd.notify("STOPPING=1")
+    knock_socket.notify("STOPPING=1")
     log.flush()
     return 0

@@ -1,7 +1,7 @@
 """gnocchi.config: the contract's example loads, defaults, and every error names the file and the key."""
 import pytest
 
-from gnocchi import config, requests
+from gnocchi import config, knock_request
 from gnocchi.config import Action
 from support import REPO
 
@@ -32,8 +32,8 @@ timeout = 10
 """)
     alice = cfg.clients[0]
     assert alice.name == "alice" and alice.public_key == bytes.fromhex(KEY_A)
-    assert alice.allow == (requests.Open(22, "tcp"), requests.Open(60001, "udp"))
-    assert alice.default == requests.Open(22, "tcp") and alice.actions == ("motd",)
+    assert alice.allow == (knock_request.Open(22, "tcp"), knock_request.Open(60001, "udp"))
+    assert alice.default == knock_request.Open(22, "tcp") and alice.actions == ("motd",)
     assert cfg.action("motd") == Action("motd", ("/usr/local/bin/set-motd",), 10.0)
     assert cfg.server_addresses == ()
     packaged = config.load(str(REPO / "packaging" / "gnocchi.toml"))
@@ -44,7 +44,7 @@ def test_defaults(tmp_path):
     cfg = load_text(tmp_path, f'[clients.bob]\npublic_key = "{KEY_A}"\nallow = [443, "53/udp"]\n')
     assert (cfg.server_key_file, cfg.state_dir, cfg.helper_socket) == (
         "/etc/gnocchi/server.key", "/var/lib/gnocchi", "/run/gnocchi/helper.sock")
-    assert cfg.clients[0].default == requests.Open(443, "tcp")
+    assert cfg.clients[0].default == knock_request.Open(443, "tcp")
     cfg = load_text(tmp_path, f'[clients.bob]\npublic_key = "{KEY_A}"\n')
     assert cfg.clients[0].default is None and cfg.clients[0].allow == ()
 
