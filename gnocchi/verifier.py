@@ -13,7 +13,6 @@ store that cannot be read or written stops it (fail closed).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import socket
 import sys
@@ -21,89 +20,8 @@ import sys
 from gnocchi import (actions, audit, config, counters, helper_client, keys, knock_request,
                      knock_socket, protocol)
 
-IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
-IPV6_RECVPKTINFO = 49
-IPV6_PKTINFO = 50
 RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
-ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
-
-
-# IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
-# 4380, 6052): a knock that came over IPv6 from one of them is refused, never
-# translated, or it would open IPv4 for an address that sent nothing.
-EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::ffff:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
-THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
-
-
-def addresses(sockaddr, ancdata) -> tuple:
-    """(source, destination) of a datagram as it really arrived. A dual-stack
-    socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
-    show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
-    which the kernel adds to IPv4 datagrams alone, says the source is IPv4."""
-    source = ipaddress.ip_address(sockaddr[0])
-    dest = None
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            # in_pktinfo: ifindex, spec_dst, addr
-            if source.version == 6:
-                source = source.ipv4_mapped
-            return source, ipaddress.IPv4Address(data[8:12])
-        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
-            dest = ipaddress.IPv6Address(data[:16])  # in6_pktinfo: addr, ifindex
-    return source, dest
-
-
-def unknockable(source) -> str | None:
-    """Why no knock is accepted from this source address, or None. The
-    helper refuses the same addresses (helper/request.py: knockable)."""
-    if source.version == 6 and any(source in net for net in EMBEDDING_IPV4):
-        return "an IPv6 address that embeds an IPv4 address (mapped, compatible, 6to4, Teredo or NAT64)"
-    if (source.is_unspecified or source.is_multicast or source.is_loopback
-            or source.is_link_local or source.is_reserved
-            or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)):
-        return "not a unicast address a client can knock from"
-    return None
-
-
-def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError
-    except ValueError:
-        raise knock_socket.StartupError(f"--listen {text!r}: expected IP:PORT or [IPv6]:PORT") from None
-    return address, int(port)
-
-
-def listen(text: str, knock_port: int) -> socket.socket:
-    address, port = parse_listen(text)
-    if port != knock_port:
-        raise knock_socket.StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
-                              f"port {knock_port}; clients knock on {knock_port}")
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind((str(address), port))
-    except OSError as e:
-        sock.close()
-        raise knock_socket.StartupError(f"--listen {text!r}: cannot bind: {e.strerror}") from None
-    return sock
-
-
-def enable_pktinfo(sock: socket.socket) -> None:
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        try:  # a dual-stack socket's IPv4 datagrams may come with IP_PKTINFO instead
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        except OSError:
-            pass  # an IPV6_V6ONLY socket sees no IPv4 datagrams anyway
-    else:
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 
 
 class Verifier:
@@ -142,7 +60,7 @@ class Verifier:
             shown = knock_request.show(result.data)
         else:
             request, shown = client.default, "(empty: the client's default)"
-        if why := unknockable(source):
+        if why := knock_socket.unknockable(source):
             self.refuse(client, common, shown, f"the source {source} is {why}", said="a knock")
         elif request is None:
             self.refuse(client, common, shown, "this client has no default request")
@@ -219,10 +137,10 @@ def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list)
     while not stop:
         log.tick()
         try:
-            packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
+            packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, knock_socket.ANCILLARY)
         except TimeoutError:
             continue
-        verifier.handle(packet, *addresses(source, ancdata))
+        verifier.handle(packet, *knock_socket.addresses(source, ancdata))
 
 
 def interval(text: str) -> float:
@@ -252,32 +170,20 @@ def main(argv: list[str]) -> int:
     try:
         cfg = config.load(args.config)
         server_key = keys.load_server_key(args.server_key_file or cfg.server_key_file)
-        port = protocol.knock_port(server_key)
-        sock = knock_socket.inherited_socket(port)
-        if sock is None and not args.listen:
-            raise knock_socket.StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
-                                  f"IP:{port} ({port} is this server key's knock port)")
-        if sock is None:
-            sock = listen(args.listen, port)
-        enable_pktinfo(sock)
+        sock = knock_socket.take(args.listen, protocol.knock_port(server_key))
         store = counters.Store(cfg.state_dir).load()
-    except counters.StoreError as e:
-        log.event("store-failed", str(e))
-        print(f"gnocchi serve: {e}", file=sys.stderr)
-        return 1
+        stop: list = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.append(True))
+        where = sock.getsockname()
+        log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
+                  f"{len(cfg.clients)} clients", clients=len(cfg.clients))
+        knock_socket.notify("READY=1")
+        serve(sock, Verifier(cfg, server_key, store, log), log, stop)
     except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError) as e:
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
-    stop: list = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.append(True))
-    where = sock.getsockname()
-    log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
-              f"{len(cfg.clients)} clients", clients=len(cfg.clients))
-    knock_socket.notify("READY=1")
-    try:
-        serve(sock, Verifier(cfg, server_key, store, log), log, stop)
-    except counters.StoreError as e:
+    except counters.StoreError as e:  # at start or on a commit: fail closed
         log.flush()
         log.event("store-failed", str(e))
         print(f"gnocchi serve: {e}", file=sys.stderr)

@@ -1,12 +1,14 @@
-"""One request format, written twice: gnocchi/helper_client.py (the verifier's
-side) and helper/request.py (the root side, which imports nothing from
-gnocchi/). Golden bytes pin both to docs/contracts.md."""
+"""What the verifier and the root helper must agree on, written twice because
+helper/ imports nothing from gnocchi/: the request format (gnocchi/helper_client.py
+and helper/request.py, pinned to docs/contracts.md by golden bytes) and the
+source addresses no knock may open for."""
 import ipaddress
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import request as helper_request  # helper/request.py, by the name the helper imports it
-from gnocchi import helper_client
+from gnocchi import helper_client, knock_socket
 from support import STATUS, request
 
 GOLDEN = [
@@ -34,3 +36,15 @@ def test_both_sides_agree_on_the_bytes(fields, golden):
 def test_both_sides_name_the_status_bytes_alike():
     assert helper_client.STATUS_NAMES == helper_request.STATUSES == tuple(STATUS)
     assert helper_client.REQUEST.size == helper_request.SIZE == 22
+
+
+# The source addresses no knock may open for, also written twice:
+# gnocchi/knock_socket.py (unknockable) and helper/request.py (knockable).
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.ip_addresses(), st.sampled_from([
+    "0.1.2.3", "127.0.0.1", "224.0.0.1", "255.255.255.255", "240.0.0.1", "169.254.1.1",
+    "198.18.3.1", "::", "::1", "ff02::1", "fe80::1", "fec0::1", "fd00::1", "::ffff:198.18.3.1",
+    "::198.18.3.1", "2002:c612:301::1", "2001::1", "64:ff9b::1", "64:ff9b:1::1"]).map(
+    ipaddress.ip_address)))
+def test_both_sides_refuse_the_same_sources(address):
+    assert (knock_socket.unknockable(address) is None) == helper_request.knockable(address)
