@@ -51,6 +51,16 @@ class Client:
     default: Optional[knock_request.Request]  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
 
+    def why_not(self, request: knock_request.Request) -> str | None:
+        """None if this client may make request, else why not."""
+        if isinstance(request, knock_request.Open) and request not in self.allow:
+            allowed = ", ".join(f"{o.port}/{o.proto}" for o in self.allow) or "none"
+            return f"{request.port}/{request.proto} is not in this client's allow list ({allowed})"
+        if isinstance(request, knock_request.Run) and request.name not in self.actions:
+            allowed = ", ".join(self.actions) or "none"
+            return f"action {request.name!r} is not in this client's actions ({allowed})"
+        return None
+
 
 @dataclass(frozen=True)
 class Config:
@@ -220,7 +230,7 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
         default = knock_request.parse(text.encode())
         if isinstance(default, knock_request.Bad):
             raise where.error(f"{key}.default", f"{text!r}: {default.why}")
-        refusal = knock_request.authorise(client, default)
+        refusal = client.why_not(default)
         if refusal:
             raise where.error(f"{key}.default", f"{text!r}: {refusal}")
     else:

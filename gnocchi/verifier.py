@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 
-from gnocchi import (actions, audit, config, counters, helper_client, keys, knock_request,
+from gnocchi import (actions, config, counters, events, helper_client, keys, knock_request,
                      knock_socket, protocol)
 
 RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
@@ -28,7 +28,7 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: audit.Audit):
+                 log: events.EventLog):
         self.cfg = cfg
         self.key = server_key
         self.store = store
@@ -66,7 +66,7 @@ class Verifier:
             self.refuse(client, common, shown, "this client has no default request")
         elif isinstance(request, knock_request.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
-        elif why := knock_request.authorise(client, request):
+        elif why := client.why_not(request):
             self.refuse(client, common, str(request), why)
         elif isinstance(request, knock_request.Open):
             self.open(client, common, request, source)
@@ -132,7 +132,7 @@ class Verifier:
                            action_output=output, **common)
 
 
-def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list) -> None:
+def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: list) -> None:
     sock.settimeout(WAKE)
     while not stop:
         log.tick()
@@ -163,10 +163,10 @@ def main(argv: list[str]) -> int:
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
     parser.add_argument("--server-key-file", metavar="FILE",
                         help="default: server_key_file from the config")
-    parser.add_argument("--summary-interval", type=interval, default=audit.INTERVAL,
+    parser.add_argument("--summary-interval", type=interval, default=events.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
-    log = audit.Audit(interval=args.summary_interval)
+    log = events.EventLog(interval=args.summary_interval)
     try:
         cfg = config.load(args.config)
         server_key = keys.load_server_key(args.server_key_file or cfg.server_key_file)

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from support import (PYTHON, REPO, EchoServices, Helper, Net, echoes, elements, events, gnocchi,
-                     load_table, stop, tcp_connect, udp_socket)
+from support import (PYTHON, REPO, EchoServices, Helper, Net, echoes, elements, events,
+                     gnocchi_cli, load_table, stop, tcp_connect, udp_socket)
 
 OPEN_SECONDS = 2
 
 
 def cli(*args) -> str:
-    return gnocchi(*args, check=True).stdout.strip()
+    return gnocchi_cli(*args, check=True).stdout.strip()
 
 
 class Stack:

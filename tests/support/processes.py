@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"  # the distribution's interpreter and its nacl/nftables/systemd
 
 
-def gnocchi(*args, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+def gnocchi_cli(*args, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
     """`python3 -m gnocchi ARGS` from the checkout, as a user runs it."""
     return subprocess.run([PYTHON, "-m", "gnocchi", *map(str, args)], cwd=REPO, check=check,
                           capture_output=True, text=True, timeout=timeout)

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.secret import SecretBox
 
-from gnocchi import audit, config, counters, protocol, verifier
-from support import REPO, HelperRecorder, Keys, gnocchi
+from gnocchi import config, counters, events, protocol, verifier
+from support import REPO, HelperRecorder, Keys, gnocchi_cli
 
 CLIENT = '[clients.alice]\npublic_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n'
 
@@ -17,11 +17,11 @@ CLIENT = '[clients.alice]\npublic_key = "0abb31e99e8341f0a2195b9db07a819684e80e6
 def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
     path = tmp_path / "gnocchi.toml"
     path.write_text(CLIENT + 'allow = ["22", "22/sctp"]\n')
-    out = gnocchi("serve", "--config", path)
+    out = gnocchi_cli("serve", "--config", path)
     assert out.returncode == 1
     assert out.stderr.strip() == (f"gnocchi serve: {path}: clients.alice.allow[1]: '22/sctp' "
                                   "is not PORT, PORT/tcp or PORT/udp")
-    missing = gnocchi("serve", "--config", tmp_path / "no")
+    missing = gnocchi_cli("serve", "--config", tmp_path / "no")
     assert missing.returncode == 1 and f"{tmp_path / 'no'}: no such file" in missing.stderr
 
 
@@ -29,18 +29,18 @@ def test_serve_refuses_a_loose_server_key_and_a_missing_socket(tmp_path):
     k = Keys(tmp_path)
     path = tmp_path / "gnocchi.toml"
     path.write_text(f'server_key_file = "{k.server_file}"\nstate_dir = "{tmp_path}"\n')
-    out = gnocchi("serve", "--config", path)
+    out = gnocchi_cli("serve", "--config", path)
     assert out.returncode == 1 and f"give --listen IP:{k.port}" in out.stderr
-    out = gnocchi("serve", "--config", path, "--listen", f"198.18.0.1:{k.port - 1}")
+    out = gnocchi_cli("serve", "--config", path, "--listen", f"198.18.0.1:{k.port - 1}")
     assert out.returncode == 1 and f"is not this server key's knock port {k.port}" in out.stderr
     os.chmod(k.server_file, 0o644)
-    out = gnocchi("serve", "--config", path)
+    out = gnocchi_cli("serve", "--config", path)
     assert out.returncode == 1 and f"{k.server_file}: secret key is open" in out.stderr
 
 
 def test_nothing_in_the_verifier_sends_a_datagram():
     # Silence by construction too: no send call on a network socket in the daemon's modules.
-    for name in ("verifier", "knock_socket", "audit", "knock_request", "counters", "config", "actions"):
+    for name in ("verifier", "knock_socket", "events", "knock_request", "counters", "config", "actions"):
         text = (REPO / "gnocchi" / f"{name}.py").read_text()
         assert "sendto" not in text and "sendmsg" not in text and ".send(" not in text.replace(
             "self.send(", "").replace("journal.send(", ""), name
@@ -55,7 +55,7 @@ def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
     recorder = HelperRecorder(tmp_path / "h.sock")
     sent: list[dict] = []
     v = verifier.Verifier(cfg, k.server, counters.Store(str(tmp_path)).load(),
-                          audit.Audit(send=sent.append))
+                          events.EventLog(send=sent.append))
     src, dst = ipaddress.IPv4Address("198.18.3.1"), ipaddress.IPv4Address("198.18.3.2")
     counter = itertools.count(1)
     valid = protocol.build_packet(k.server, k.seeds["alice"], 10**9, b"open 22", dst.packed)
