@@ -3,8 +3,9 @@
 Trusts journald for _SYSTEMD_UNIT, a field it sets itself, and nothing else
 in an entry: any local user can write one that claims SYSLOG_IDENTIFIER=gnocchi,
 so entries are selected by unit, and values are printed escaped. --counters
-rebuilds the counter store only from entries that name a client key
-(GNOCCHI_CLIENT_KEY) with a committed counter (GNOCCHI_COUNTER).
+rebuilds the counter store only from entries that name a proven client key
+(GNOCCHI_CLIENT_KEY) with a committed counter (GNOCCHI_COUNTER); a key a
+packet only claimed (GNOCCHI_CLAIMED_CLIENT_KEY) never counts.
 """
 from __future__ import annotations
 
@@ -51,8 +52,13 @@ def format_entry(entry: dict) -> str:
     stamp = when.strftime("%Y-%m-%d %H:%M:%S") if isinstance(when, datetime.datetime) else "-"
     get = lambda key: _text(entry.get(key, ""))  # noqa: E731
     event = get("GNOCCHI_EVENT")
-    key = get("GNOCCHI_CLIENT_KEY")
-    who = get("GNOCCHI_CLIENT") or (key[:12] + "..." if key else "-")
+
+    def client(field: str) -> str:  # the config's name, else the start of the key
+        key = get(field + "_KEY")
+        return get(field) or (key[:12] + "..." if key else "")
+    # Replay and signature entries name a client the packet only claimed.
+    claimed = client("GNOCCHI_CLAIMED_CLIENT")
+    who = client("GNOCCHI_CLIENT") or (f"{claimed} (claimed)" if claimed else "-")
     source = get("GNOCCHI_SOURCE_IP") or "-"
     request, reason = get("GNOCCHI_REQUEST"), get("GNOCCHI_REASON")
     what = {

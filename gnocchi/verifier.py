@@ -74,26 +74,29 @@ class Verifier:
             self.run(client, common, request, source)
 
     def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
-        if result.client_key is None:
+        if result.claimed_key is None:
             self.log.drop(result.reason)  # steps 1-4: nobody known to name; counted only
             return
-        name = self.clients[result.client_key].name
-        common = dict(client=name, client_key=result.client_key.hex(), source_ip=source,
-                      reason=result.reason)
+        name, key = self.clients[result.claimed_key].name, result.claimed_key.hex()
+        if result.reason == protocol.DATA_LENGTH:  # after the signature: the client is proven
+            self.log.limited("refused", f"knock for client {name} from {source} refused: "
+                             f"{result.reason}", client=name, client_key=key, source_ip=source,
+                             reason=result.reason)
+            return
+        # Replay (step 5) and signature (step 6) rejections: no valid signature
+        # backs the key, the packet only claims it, and the fields say so.
+        claimed = dict(claimed_client=name, claimed_client_key=key, source_ip=source,
+                       reason=result.reason)
         if result.reason == protocol.REPLAY:
-            # Not signature-checked (PROTOCOL.md step 5): the packet only claims the client.
             self.log.limited("replay", f"replayed knock claiming client {name} from {source}: "
-                             "counter not above the last accepted", **common)
-        elif result.reason == protocol.SIGNATURE and not server_ips:
+                             "counter not above the last accepted", **claimed)
+        elif not server_ips:
             self.log.limited("signature", f"knock claiming client {name} from {source} came "
                              "over IPv6, but a v1 knock signs an IPv4 address: set "
-                             "server_addresses in the config to accept it", **common)
-        elif result.reason == protocol.SIGNATURE:
-            self.log.limited("signature", f"knock claiming client {name} from {source} has a "
-                             "bad signature (other client key or server address)", **common)
+                             "server_addresses in the config to accept it", **claimed)
         else:
-            self.log.limited("refused", f"knock for client {name} from {source} refused: "
-                             f"{result.reason}", **common)
+            self.log.limited("signature", f"knock claiming client {name} from {source} has a "
+                             "bad signature (other client key or server address)", **claimed)
 
     def refuse(self, client, common: dict, shown: str, why: str, said: str = "") -> None:
         # A client's own bytes (shown, escaped) go to GNOCCHI_REQUEST only: MESSAGE

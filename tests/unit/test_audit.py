@@ -24,6 +24,12 @@ def test_format_entry_says_who_from_where_and_what():
     assert "REFUSED run x: not allowed" in refused
     anonymous = audit.format_entry({"GNOCCHI_EVENT": "replay", "GNOCCHI_CLIENT_KEY": KEY_A})
     assert KEY_A[:12] in anonymous and "replayed" in anonymous
+    claimed = audit.format_entry({"GNOCCHI_EVENT": "replay", "GNOCCHI_CLAIMED_CLIENT": "alice",
+                                  "GNOCCHI_CLAIMED_CLIENT_KEY": KEY_A})
+    assert "alice (claimed)" in claimed and "replayed" in claimed
+    claimed_key = audit.format_entry({"GNOCCHI_EVENT": "signature",
+                                      "GNOCCHI_CLAIMED_CLIENT_KEY": KEY_A})
+    assert f"{KEY_A[:12]}... (claimed)" in claimed_key and "bad signature" in claimed_key
     summary = audit.format_entry({"GNOCCHI_EVENT": "dropped-summary",
                                   "MESSAGE": "dropped 5 packets in the last 60 s: 5 mac"})
     assert summary.endswith("dropped 5 packets in the last 60 s: 5 mac")
@@ -38,7 +44,8 @@ def test_counters_rebuilt_from_entries_take_the_highest_per_key():
                {"GNOCCHI_CLIENT_KEY": KEY_A, "GNOCCHI_COUNTER": "7"},
                {"GNOCCHI_CLIENT_KEY": KEY_B, "GNOCCHI_COUNTER": "1"},
                {"GNOCCHI_CLIENT_KEY": KEY_B},                       # a replay entry: no counter
-               {"GNOCCHI_CLIENT_KEY": "zz", "GNOCCHI_COUNTER": "99"}]
+               {"GNOCCHI_CLIENT_KEY": "zz", "GNOCCHI_COUNTER": "99"},
+               {"GNOCCHI_CLAIMED_CLIENT_KEY": KEY_B, "GNOCCHI_COUNTER": "50"}]  # only claimed
     rebuilt = counters.render(audit.counters_from(entries))
     assert counters.parse(rebuilt.encode(), "x") == {A: 9, B: 1}
 

@@ -2,13 +2,14 @@
 construction, and the whole decision under arbitrary input."""
 import ipaddress
 import itertools
+import json
 import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.secret import SecretBox
 
-from gnocchi import config, counters, events, protocol, verifier
+from gnocchi import audit, config, counters, events, protocol, verifier
 from support import REPO, HelperRecorder, Keys, gnocchi_cli
 
 CLIENT = '[clients.alice]\npublic_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n'
@@ -86,3 +87,33 @@ def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
         assert {m[4:6] for m in recorder.messages} <= {(22).to_bytes(2, "big")}
     finally:
         recorder.close()
+
+
+def test_a_key_the_packet_only_claims_is_logged_as_claimed(tmp_path):
+    # Replay (step 5) and signature (step 6) rejections come before or without
+    # a valid signature; data-length (step 7) comes after it.
+    vectors = json.loads((REPO / "tests" / "vectors" / "knock-v1.json").read_text())
+    by_name = {v["name"]: bytes.fromhex(v["packet"]) for v in vectors["vectors"]}
+    public = {name: c["public_key"] for name, c in vectors["clients"].items()}
+    (tmp_path / "gnocchi.toml").write_text(
+        f'state_dir = "{tmp_path}"\nserver_addresses = ["{vectors["server_ip"]}"]\n'
+        + "".join(f'[clients.{n}]\npublic_key = "{k}"\n' for n, k in public.items()))
+    store = counters.Store(str(tmp_path)).load()
+    store.commit(bytes.fromhex(public["a"]), 1)  # minimal-empty-data (a, counter 1) replays
+    sent: list[dict] = []
+    v = verifier.Verifier(config.load(str(tmp_path / "gnocchi.toml")),
+                          bytes.fromhex(vectors["server_key"]), store, events.EventLog(send=sent.append))
+    source = ipaddress.IPv4Address("198.18.3.1")
+    for name in ("minimal-empty-data", "signed-for-other-server-ip", "data-len-exceeds-body"):
+        v.handle(by_name[name], source, None)
+    replay, signature, data_length = sent
+    for entry, event in ((replay, "replay"), (signature, "signature")):
+        assert entry["GNOCCHI_EVENT"] == event
+        name = entry["GNOCCHI_CLAIMED_CLIENT"]
+        assert entry["GNOCCHI_CLAIMED_CLIENT_KEY"] == public[name]
+        assert "GNOCCHI_CLIENT" not in entry and "GNOCCHI_CLIENT_KEY" not in entry
+        assert "(claimed)" in audit.format_entry(entry)
+    assert (data_length["GNOCCHI_EVENT"], data_length["GNOCCHI_REASON"]) == ("refused", "data-length")
+    assert data_length["GNOCCHI_CLIENT_KEY"] == public[data_length["GNOCCHI_CLIENT"]]
+    assert not any(key.startswith("GNOCCHI_CLAIMED") for key in data_length)
+    assert audit.counters_from(sent) == {}  # nothing was committed

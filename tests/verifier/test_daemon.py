@@ -74,9 +74,12 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
     assert summary["GNOCCHI_DROPPED_UNKNOWN_CLIENT"] == "1"
     assert summary["GNOCCHI_DROPPED_SIZE"] == "1"
     signature = d.of("signature")[0]
-    assert signature["GNOCCHI_CLIENT"] == "alice"
+    assert signature["GNOCCHI_CLAIMED_CLIENT"] == "alice"  # only claimed: no valid signature
+    assert signature["GNOCCHI_CLAIMED_CLIENT_KEY"] == k.public("alice")
     assert signature["GNOCCHI_SOURCE_IP"] == net.client.ip
-    assert "GNOCCHI_COUNTER" not in signature
+    assert "GNOCCHI_COUNTER" not in signature and "GNOCCHI_CLIENT" not in signature
+    for replay in d.of("replay"):
+        assert replay["GNOCCHI_CLAIMED_CLIENT"] == "alice" and "GNOCCHI_CLIENT_KEY" not in replay
 
 
 def test_a_forged_high_counter_does_not_block_a_valid_lower_one(daemons, net, k, tmp_path, helper):
@@ -153,7 +156,7 @@ def test_ipv6_knock_without_server_addresses_says_what_to_set(daemons, net, k, t
     d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}")
     send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
     entry = d.wait_events("signature", 1)[0]
-    assert "server_addresses" in entry["MESSAGE"] and entry["GNOCCHI_CLIENT"] == "alice"
+    assert "server_addresses" in entry["MESSAGE"] and entry["GNOCCHI_CLAIMED_CLIENT"] == "alice"
     assert helper.messages == []
 
 
