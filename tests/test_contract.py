@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import request as helper_request  # helper/request.py, by the name the helper imports it
 from gnocchi import helper_client, knock_socket
-from support import STATUS, request
+from support import REQUEST, STATUS, request
 
 GOLDEN = [
     # (address, port, proto) -> the 22 bytes of docs/contracts.md
@@ -28,14 +28,21 @@ def test_both_sides_agree_on_the_bytes(fields, golden):
     wire = bytes.fromhex(golden)
     assert helper_client.encode(ipaddress.ip_address(address), port, proto) == wire
     assert request(address, port, {"tcp": 6, "udp": 17}[proto]) == wire  # the tests' own copy
-    parsed = helper_request.parse(wire)
-    assert parsed == helper_request.Request(ipaddress.ip_address(address),
-                                            {"tcp": 6, "udp": 17}[proto], port)
+    assert helper_request.parse(wire) == helper_request.Request(ipaddress.ip_address(address),
+                                                                proto, port)
 
 
 def test_both_sides_name_the_status_bytes_alike():
-    assert helper_client.STATUS_NAMES == helper_request.STATUSES == tuple(STATUS)
-    assert helper_client.REQUEST.size == helper_request.SIZE == 22
+    assert helper_client.STATUSES == helper_request.STATUSES == tuple(STATUS)
+
+
+@pytest.mark.parametrize("name", ["REQUEST", "VERSION", "PROTOCOLS"])
+def test_both_sides_give_the_format_the_same_names(name):
+    ours, theirs = getattr(helper_client, name), getattr(helper_request, name)
+    if name == "REQUEST":  # one spelling of the struct, also in the tests' copy
+        assert ours.format == theirs.format == REQUEST.format and ours.size == 22
+    else:
+        assert ours == theirs
 
 
 # The source addresses no knock may open for, also written twice:

@@ -9,14 +9,17 @@
     processes  REPO, PYTHON, stop,      the checkout's CLI, stopping a process, the JSON
                gnocchi_cli, events      events a verifier writes outside systemd
     helper     request, STATUS, Helper, the helper's request format, the real root helper,
-               HelperRecorder           a recording stand-in for the verifier's tests
+               HelperRecorder,          a recording stand-in for the verifier's tests, and
+               helper_main,             for the helper's unprivileged unit tests only: its
+               FakeNftables             __main__ module and a libnftables stand-in
     verifier   Keys, write_config,      keys, a config, knocks, the real verifier daemon
                knock, Daemon
 
 tests/conftest.py puts the checkout, helper/ and tests/ on sys.path, once. Nothing
 here touches the root namespace's network or firewall.
 """
-from support.helper import REQUEST, STATUS, Helper, HelperRecorder, request
+from support.helper import (REQUEST, STATUS, FakeNftables, Helper, HelperRecorder, helper_main,
+                            request)
 from support.netns import Host, Net, inside
 from support.processes import PYTHON, REPO, events, gnocchi_cli, stop
 from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, tcp_connect,
@@ -24,7 +27,8 @@ from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, t
 from support.table import TABLE_FILE, elements, load_table, ruleset
 from support.verifier import Daemon, Keys, knock, write_config
 
-__all__ = ["REQUEST", "STATUS", "Helper", "HelperRecorder", "request", "Host", "Net", "inside",
-           "PYTHON", "REPO", "events", "gnocchi_cli", "stop", "UDP_CLIENT", "EchoServices", "echoes",
-           "send_datagrams", "tcp_connect", "udp_socket", "TABLE_FILE", "elements", "load_table",
-           "ruleset", "Daemon", "Keys", "knock", "write_config"]
+__all__ = ["REQUEST", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
+           "request", "Host", "Net", "inside", "PYTHON", "REPO", "events", "gnocchi_cli", "stop",
+           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "tcp_connect", "udp_socket",
+           "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock",
+           "write_config"]

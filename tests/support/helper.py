@@ -1,9 +1,12 @@
 """The root helper in tests: its request format written out a third time
 (independent of gnocchi/helper_client.py and helper/request.py, which
 tests/test_contract.py pins to the same bytes), the real helper started as
-systemd starts it, and a stand-in that records what a verifier sends."""
+systemd starts it, a stand-in that records what a verifier sends, and, for
+the unprivileged tests of the helper's decision only, its __main__ module
+and a libnftables stand-in."""
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import shutil
@@ -118,3 +121,37 @@ class HelperRecorder:
         self._stop = True
         self.thread.join(timeout=2)
         self.sock.close()
+
+
+def helper_main():
+    """helper/__main__.py as a module, to call decide() in-process. It imports
+    its siblings as `nft` and `request`, as when it runs: tests/conftest.py
+    puts helper/ on sys.path, so they are the modules the tests import too."""
+    spec = importlib.util.spec_from_file_location("helper_main", REPO / "helper" / "__main__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeNftables:
+    """Stands in for nftables.Nftables() in the helper's unprivileged unit
+    tests only (tests/unit/test_helper_*.py): json_cmd answers as libnftables
+    does for a table whose protected set holds `protected`, or fails where
+    told, and records every command. Everywhere else the tests use the real
+    library and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
+
+    def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = ""):
+        self.protected = list(protected)
+        self.fail_list, self.fail_add = fail_list, fail_add
+        self.sent: list[dict] = []
+
+    def json_cmd(self, command: dict) -> tuple:
+        self.sent.append(command)
+        commands = command["nftables"][1:]  # after the metainfo
+        if commands and "list" in commands[0]:
+            if self.fail_list:
+                return -1, "", self.fail_list
+            listed = dict(commands[0]["list"]["set"], type="inet_service", handle=1,
+                          elem=self.protected)
+            return 0, {"nftables": [{"metainfo": {"json_schema_version": 1}}, {"set": listed}]}, ""
+        return (1, "", self.fail_add) if self.fail_add else (0, "", "")
