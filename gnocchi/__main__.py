@@ -1,4 +1,8 @@
-"""`python3 -m gnocchi COMMAND ...`: the admin commands, each in its own module."""
+"""`python3 -m gnocchi COMMAND ...`: the admin commands, each in its own module.
+
+Trusts its command line only to pick one of COMMANDS: that module alone is
+imported and runs with the arguments; any other word is a usage error.
+"""
 import importlib
 import sys
 
