@@ -94,8 +94,8 @@ def test_a_forged_high_counter_does_not_block_a_valid_lower_one(daemons, net, k,
 
 def test_server_addresses_for_a_server_behind_nat(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper, extra='server_addresses = ["203.0.113.7"]')
-    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),    # own address: no
-                       knock(k, "alice", 2, b"open 22", "203.0.113.7")])   # public address
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),  # own address: no
+                                 knock(k, "alice", 2, b"open 22", "203.0.113.7")])  # public address
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_COUNTER"] == "2"
     assert len(d.of("signature")) == 1
