@@ -10,7 +10,6 @@ dropped-summary entries), its CPU time, and how many log entries the flood
 cost. Bounded in time and count; everything is removed afterwards. Traffic
 stays between namespaces made here (198.18.0.0/15).
 """
-import json
 import os
 import subprocess
 import sys
@@ -22,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from gnocchi import keys, protocol  # noqa: E402
-from netns import Net  # noqa: E402
+from support import PYTHON, Net, events  # noqa: E402
 
-PY = "/usr/bin/python3"
 SENDER = r"""
 import os, socket, sys, time
 host, port, seconds, cap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
@@ -47,10 +45,7 @@ def main():
     cap = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     with tempfile.TemporaryDirectory() as d, Net("fl") as net:
         d = Path(d)
-        while True:
-            key = keys.new_server_key()
-            if protocol.knock_port(key) > 1024:
-                break
+        key = keys.new_server_key()  # its knock port is above 1024
         keys.write_secret(d / "server.key", key)
         port = protocol.knock_port(key)
         (d / "state").mkdir()
@@ -58,11 +53,11 @@ def main():
             f'server_key_file = "{d}/server.key"\nstate_dir = "{d}/state"\n'
             f'helper_socket = "{d}/helper.sock"\n')
         verifier = net.server.popen(
-            [PY, "-m", "gnocchi", "serve", "--config", str(d / "gnocchi.toml"),
+            [PYTHON, "-m", "gnocchi", "serve", "--config", str(d / "gnocchi.toml"),
              "--listen", f"{net.server.ip}:{port}", "--summary-interval", "1"],
             cwd=ROOT, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)
-        sent = int(net.client.run([PY, "-c", SENDER, net.server.ip, str(port), str(seconds),
+        sent = int(net.client.run([PYTHON, "-c", SENDER, net.server.ip, str(port), str(seconds),
                                    str(cap)], timeout=seconds + 30).stdout)
         time.sleep(2.5)  # the last summary
         cpu = Path(f"/proc/{verifier.pid}/stat").read_text().split()
@@ -70,7 +65,7 @@ def main():
         cpu_s = (int(cpu[13]) + int(cpu[14])) / os.sysconf("SC_CLK_TCK")
         verifier.terminate()
         _, err = verifier.communicate(timeout=10)
-    entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    entries = events(err)
     decided = sum(int(e.get("GNOCCHI_DROPPED", 0)) for e in entries)
     print(f"sent {sent} garbage datagrams in {seconds:g} s ({sent / seconds:.0f}/s)")
     print(f"verifier decided on {decided} ({decided / max(sent, 1):.1%}; the rest were lost "

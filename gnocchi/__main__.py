@@ -1,14 +1,18 @@
-"""`python3 -m gnocchi COMMAND ...`: the admin commands, each in its own module."""
+"""`python3 -m gnocchi COMMAND ...`: the admin commands, each in its own module.
+
+Trusts its command line only to pick one of COMMANDS: that module alone is
+imported and runs with the arguments; any other word is a usage error.
+"""
 import importlib
 import sys
 
 # command -> module whose main(argv) runs it; imported lazily so one broken
 # dependency does not take down unrelated commands.
 COMMANDS = {
-    "keygen": ("gnocchi.admin", "make a server or client key"),
-    "pubkey": ("gnocchi.admin", "print a client key's public key"),
-    "port": ("gnocchi.admin", "print the knock port of a server key"),
-    "setup": ("gnocchi.setup", "write gnocchi.socket's drop-in for the server key's port"),
+    "keygen": ("gnocchi.keytool", "make a server or client key"),
+    "pubkey": ("gnocchi.keytool", "print a client key's public key"),
+    "port": ("gnocchi.keytool", "print the knock port of a server key"),
+    "setup": ("gnocchi.dropin", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "run-action": ("gnocchi.action_runner", "run one action (started by gnocchi-action.socket)"),
     "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),

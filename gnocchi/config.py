@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Optional
 
-from gnocchi import requests
+from gnocchi import knock_request
 from gnocchi.keys import parse_public_hex
 
 DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
@@ -49,8 +49,8 @@ class Action:
 class Client:
     name: str
     public_key: bytes
-    allow: tuple[requests.Open, ...]
-    default: Optional[requests.Request]  # what an empty DATA means; None: refused
+    allow: tuple[knock_request.Open, ...]
+    default: Optional[knock_request.Request]  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
     sources: tuple = ()                             # ip_networks; empty: any source
     expires: Optional[datetime.datetime] = None     # aware; knocks from then on are refused
@@ -61,6 +61,16 @@ class Client:
             return f"the client expired at {self.expires.isoformat()}"
         if self.sources and not any(source in net for net in self.sources):
             return f"{source} is not among the client's sources"
+        return None
+
+    def why_not(self, request: knock_request.Request) -> str | None:
+        """None if this client may make request, else why not."""
+        if isinstance(request, knock_request.Open) and request not in self.allow:
+            allowed = ", ".join(f"{o.port}/{o.proto}" for o in self.allow) or "none"
+            return f"{request.port}/{request.proto} is not in this client's allow list ({allowed})"
+        if isinstance(request, knock_request.Run) and request.name not in self.actions:
+            allowed = ", ".join(self.actions) or "none"
+            return f"action {request.name!r} is not in this client's actions ({allowed})"
         return None
 
 
@@ -220,7 +230,7 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     if not isinstance(raw_allow, list):
         raise where.error(f"{key}.allow", f"must be a list, not {_kind(raw_allow)}")
     for i, item in enumerate(raw_allow):
-        port = requests.parse_port(item) if isinstance(item, (str, int)) else None
+        port = knock_request.parse_port(item) if isinstance(item, (str, int)) else None
         if port is None:
             raise where.error(f"{key}.allow[{i}]", f"{item!r} is not PORT, PORT/tcp or PORT/udp")
         allow.append(port)
@@ -239,10 +249,10 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     client = Client(name, public_key, tuple(allow), None, tuple(actions))
     if "default" in value:
         text = where.string(value["default"], f"{key}.default")
-        default = requests.parse(text.encode())
-        if isinstance(default, requests.Bad):
+        default = knock_request.parse(text.encode())
+        if isinstance(default, knock_request.Bad):
             raise where.error(f"{key}.default", f"{text!r}: {default.why}")
-        refusal = requests.authorise(client, default)
+        refusal = client.why_not(default)
         if refusal:
             raise where.error(f"{key}.default", f"{text!r}: {refusal}")
     else:

@@ -12,11 +12,12 @@ import ipaddress
 import socket
 import struct
 
-REQUEST = struct.Struct("!BBBxH16s")  # version, family, proto, pad, port, address
+# The format by the names helper/request.py gives it (docs/contracts.md).
+REQUEST = struct.Struct("!BBBBH16s")  # version, family, proto, pad, port, address: 22 bytes
 VERSION = 1
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}
-STATUS_NAMES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
-                "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED")
+PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
+STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
+            "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED")
 TIMEOUT = 3.0  # seconds for connect + send + reply; the helper does one nft transaction
 
 
@@ -29,7 +30,8 @@ def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, pr
         packed = address.packed + bytes(12)
     else:
         packed = address.packed
-    return REQUEST.pack(VERSION, address.version, PROTO_NUMBERS[proto], port, packed)
+    number = next(n for n, name in PROTOCOLS.items() if name == proto)
+    return REQUEST.pack(VERSION, address.version, number, 0, port, packed)
 
 
 def request_open(socket_path: str, address, port: int, proto: str,
@@ -49,4 +51,4 @@ def request_open(socket_path: str, address, port: int, proto: str,
     if len(reply) != 1:
         raise HelperUnreachable(f"{socket_path}: answered {len(reply)} bytes, not one status byte")
     status = reply[0]
-    return STATUS_NAMES[status] if status < len(STATUS_NAMES) else f"UNKNOWN_{status}"
+    return STATUSES[status] if status < len(STATUSES) else f"UNKNOWN_{status}"

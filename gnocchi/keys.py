@@ -50,21 +50,18 @@ def _describe(raw: bytes) -> str:
             f"(only one trailing newline is allowed)")
 
 
-def _read_key(path, secret: bool) -> bytes:
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # a FIFO must not hang us
-    if secret:
-        flags |= os.O_NOFOLLOW
-    kind = "secret key" if secret else "public key"
-    try:
-        fd = os.open(path, flags)
+def load_secret(path) -> bytes:
+    """The 32-byte server key or client seed in path (0600, not a link)."""
+    try:  # O_NONBLOCK: a FIFO must not hang us
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise KeyFileError(path, f"no such {kind} file",
+        raise KeyFileError(path, "no such secret key file",
                            "check the path, or make a key with `gnocchi keygen`") from None
     except PermissionError:
         raise KeyFileError(path, "permission denied",
                            "run as the key's owner, or check the file's owner and mode") from None
     except OSError as e:
-        if secret and os.path.islink(path):
+        if os.path.islink(path):
             raise KeyFileError(path, "is a symbolic link; secret keys are not read through links",
                                "give the path of the file itself") from None
         raise KeyFileError(path, f"cannot open: {e.strerror}") from None
@@ -72,7 +69,7 @@ def _read_key(path, secret: bool) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(path, "is not a regular file", "give the path of a key file")
-        if secret and st.st_mode & 0o077:
+        if st.st_mode & 0o077:
             mode = stat.S_IMODE(st.st_mode)
             raise KeyFileError(path, f"secret key is open to group or others (mode {mode:04o})",
                                f"chmod 600 {path}")
@@ -92,11 +89,6 @@ def _read_key(path, secret: bool) -> bytes:
     return bytes.fromhex(raw[:HEX_LEN].decode("ascii"))
 
 
-def load_secret(path) -> bytes:
-    """The 32-byte server key or client seed in path (0600, not a link)."""
-    return _read_key(path, secret=True)
-
-
 def load_server_key(path) -> bytes:
     """load_secret(), also refusing a key whose knock port is 1024 or lower (PROTOCOL.md)."""
     key = load_secret(path)
@@ -106,11 +98,6 @@ def load_server_key(path) -> bytes:
                            "gnocchi refuses such keys",
                            "make a new one: gnocchi keygen --server FILE")
     return key
-
-
-def load_public(path) -> bytes:
-    """The 32-byte public key in path; public, so its mode is not checked."""
-    return _read_key(path, secret=False)
 
 
 def parse_public_hex(text, what: str) -> bytes:

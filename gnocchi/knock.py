@@ -26,15 +26,12 @@ from typing import Optional
 from nacl.encoding import RawEncoder
 from nacl.hash import blake2b
 
-from gnocchi import durable, keys, profile, protocol
+from gnocchi import durable, keys, knock_request, profile, protocol
 
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
 RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refused at once
 _COUNTER_TEXT = re.compile(rb"[0-9]{1,34}\n")
-# PROTOCOL.md's requests, in the canonical forms the server parses (gnocchi/requests.py)
-_OPEN = re.compile(r"open ([1-9][0-9]{0,4})(/tcp|/udp)?")
-_RUN = re.compile(r"run [A-Za-z0-9][A-Za-z0-9_.-]{0,63}(\n.*)?", re.DOTALL)
 
 
 class KnockError(Exception):
@@ -101,9 +98,10 @@ def take_counter(path: Path) -> int:
 
 def check_request(text: str) -> bytes:
     """The request as PROTOCOL.md's DATA, or KnockError saying what a request looks like."""
-    open_port = _OPEN.fullmatch(text)
-    if not (text == "" or (open_port and int(open_port.group(1)) <= 65535)
-            or _RUN.fullmatch(text)):
+    # The server's own grammar; surrogatepass keeps argv's undecodable bytes
+    # as bytes here, so they are judged as the request line or the payload.
+    if text and isinstance(knock_request.parse(text.encode("utf-8", "surrogatepass")),
+                           knock_request.Bad):
         raise KnockError(f"request {text[:60]!r} is not one of: open PORT, open PORT/tcp, "
                          "open PORT/udp, run NAME (NAME: letters, digits, _ . -), "
                          "or empty for the server's default")

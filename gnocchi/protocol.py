@@ -25,7 +25,13 @@ SIGNPUB_LEN = 32
 SIG_LEN = 64
 COUNTER_LEN = 14
 DATA_LEN_LEN = 2
-HEADER_LEN = len(MAGIC) + SIGNPUB_LEN + SIG_LEN + COUNTER_LEN + DATA_LEN_LEN  # 120
+# Where each field starts in the plaintext: MAGIC, SIGNPUB, SIG, COUNTER,
+# DATA_LEN, then DATA and padding. The signature covers COUNTER_AT onwards.
+SIGNPUB_AT = len(MAGIC)                   # 8
+SIG_AT = SIGNPUB_AT + SIGNPUB_LEN         # 40
+COUNTER_AT = SIG_AT + SIG_LEN             # 104
+DATA_LEN_AT = COUNTER_AT + COUNTER_LEN    # 118
+HEADER_LEN = DATA_LEN_AT + DATA_LEN_LEN   # 120: DATA starts here
 MIN_PACKET = NONCE_LEN + MAC_LEN + HEADER_LEN  # 160
 MAX_PACKET = 1024
 MAX_BODY = MAX_PACKET - MIN_PACKET  # 864: DATA_PLUS_PADDING
@@ -49,7 +55,10 @@ class Accepted:
 @dataclass(frozen=True)
 class Rejected:
     reason: str
-    client_key: Optional[bytes] = None  # known only from step 5 on
+    # SIGNPUB, a configured client's key, from step 5 on. For REPLAY and
+    # SIGNATURE it is only what the packet claims; DATA_LENGTH comes after
+    # the signature, so there it is proven.
+    claimed_key: Optional[bytes] = None
 
 
 def knock_port(server_key: bytes) -> int:
@@ -97,8 +106,9 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
         nonce = os.urandom(NONCE_LEN)
     signing_key = SigningKey(signing_seed)
     signpub = bytes(signing_key.verify_key)
-    counter_and_body = (counter.to_bytes(COUNTER_LEN, "big") + len(data).to_bytes(2, "big")
-                        + data + padding[:body_len - len(data)])
+    counter_and_body = (counter.to_bytes(COUNTER_LEN, "big")
+                        + len(data).to_bytes(DATA_LEN_LEN, "big") + data
+                        + padding[:body_len - len(data)])
     sig = signing_key.sign(_signed_part(nonce, signpub, counter_and_body, server_key,
                                         server_ipv4)).signature
     plaintext = MAGIC + signpub + sig + counter_and_body
@@ -137,13 +147,13 @@ def open_packet(packet: bytes, server_key: bytes,
         plaintext = SecretBox(server_key).decrypt(packet)
     except CryptoError:
         return Rejected(MAC)
-    if plaintext[:8] != MAGIC:
+    if plaintext[:SIGNPUB_AT] != MAGIC:
         return Rejected(MAGIC_MISMATCH)
-    signpub = plaintext[8:40]
+    signpub = plaintext[SIGNPUB_AT:SIG_AT]
     last = last_counter(signpub)
-    sig = plaintext[40:104]
-    counter_and_body = plaintext[104:]
-    counter = int.from_bytes(counter_and_body[:COUNTER_LEN], "big")
+    sig = plaintext[SIG_AT:COUNTER_AT]
+    counter_and_body = plaintext[COUNTER_AT:]
+    counter = int.from_bytes(plaintext[COUNTER_AT:DATA_LEN_AT], "big")
     # The signature is checked whatever steps 4 and 5 decide, and the reasons
     # are still given in receiver order: a packet that claims a key costs the
     # same whether that key is configured and whatever its stored counter, so
@@ -155,8 +165,8 @@ def open_packet(packet: bytes, server_key: bytes,
         return Rejected(REPLAY, signpub)
     if not signed:
         return Rejected(SIGNATURE, signpub)
-    data_len = int.from_bytes(counter_and_body[COUNTER_LEN:COUNTER_LEN + 2], "big")
-    body = counter_and_body[COUNTER_LEN + 2:]
+    data_len = int.from_bytes(plaintext[DATA_LEN_AT:HEADER_LEN], "big")
+    body = plaintext[HEADER_LEN:]
     if data_len > len(body):
         return Rejected(DATA_LENGTH, signpub)
     return Accepted(signpub, counter, body[:data_len])

@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import ipaddress
 import select
 import signal
 import socket
 import sys
 
-from gnocchi import (action_client, actions, audit, config, counters, helper_client, keys,
-                     protocol, ratelimit, requests, sd, strict)
+from gnocchi import (action_client, actions, config, counters, events, helper_client, keys,
+                     knock_request, knock_socket, protocol, ratelimit, strict)
 
-IP_PKTINFO = 8          # Linux; Python 3.11's socket module lacks it
-IPV6_RECVPKTINFO = 49
-IPV6_PKTINFO = 50
 RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
-ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
 # A client knocks a few times for a login (ProxyCommand retries 3 times), a
 # script a few a minute: these limits never touch that, and keep one client,
@@ -40,88 +35,11 @@ CLIENT_BURST, CLIENT_REFILL = 20, 1.0     # knocks at once, then one a second
 ADDRESS_BURST, ADDRESS_REFILL = 40, 0.5   # per source address (clients behind one NAT)
 
 
-# IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
-# 4380, 6052): a knock that came over IPv6 from one of them is refused, never
-# translated, or it would open IPv4 for an address that sent nothing.
-EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
-THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
-
-
-def addresses(sockaddr, ancdata) -> tuple:
-    """(source, destination) of a datagram as it really arrived. A dual-stack
-    socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
-    show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
-    which the kernel adds to IPv4 datagrams alone, says the source is IPv4."""
-    source = ipaddress.ip_address(sockaddr[0])
-    dest = None
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            # in_pktinfo: ifindex, spec_dst, addr
-            if source.version == 6:
-                source = source.ipv4_mapped
-            return source, ipaddress.IPv4Address(data[8:12])
-        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
-            dest = ipaddress.IPv6Address(data[:16])  # in6_pktinfo: addr, ifindex
-    return source, dest
-
-
-def unknockable(source) -> str | None:
-    """Why no knock is accepted from this source address, or None. The
-    helper refuses the same addresses (helper/request.py: knockable)."""
-    if source.version == 6 and any(source in net for net in EMBEDDING_IPV4):
-        return "an IPv6 address that embeds an IPv4 address (mapped, compatible, 6to4, Teredo or NAT64)"
-    if (source.is_unspecified or source.is_multicast or source.is_loopback
-            or source.is_link_local or source.is_reserved
-            or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)):
-        return "not a unicast address a client can knock from"
-    return None
-
-
-def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError
-    except ValueError:
-        raise sd.StartupError(f"--listen {text!r}: expected IP:PORT or [IPv6]:PORT") from None
-    return address, int(port)
-
-
-def listen(text: str, knock_port: int) -> socket.socket:
-    address, port = parse_listen(text)
-    if port != knock_port:
-        raise sd.StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
-                              f"port {knock_port}; clients knock on {knock_port}")
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind((str(address), port))
-    except OSError as e:
-        sock.close()
-        raise sd.StartupError(f"--listen {text!r}: cannot bind: {e.strerror}") from None
-    return sock
-
-
-def enable_pktinfo(sock: socket.socket) -> None:
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        try:  # a dual-stack socket's IPv4 datagrams may come with IP_PKTINFO instead
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        except OSError:
-            pass  # an IPV6_V6ONLY socket sees no IPv4 datagrams anyway
-    else:
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-
-
 class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: audit.Audit, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+                 log: events.EventLog, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
         self.now = now  # wall clock, for clients' expiry
         self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
@@ -178,44 +96,47 @@ class Verifier:
         common = dict(client=client.name, client_key=result.client_key.hex(),
                       source_ip=source, counter=result.counter)
         if result.data:
-            request = requests.parse(result.data)
-            shown = requests.show(result.data)
+            request = knock_request.parse(result.data)
+            shown = knock_request.show(result.data)
         else:
             request, shown = client.default, "(empty: the client's default)"
-        if why := unknockable(source):
+        if why := knock_socket.unknockable(source):
             self.refuse(client, common, shown, f"the source {source} is {why}", said="a knock")
         elif request is None:
             self.refuse(client, common, shown, "this client has no default request")
-        elif isinstance(request, requests.Bad):
+        elif isinstance(request, knock_request.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
-        elif why := requests.authorise(client, request):
+        elif why := client.why_not(request):
             self.refuse(client, common, str(request), why)
-        elif isinstance(request, requests.Open):
+        elif isinstance(request, knock_request.Open):
             self.open(client, common, request, source)
         else:
             self.run(client, common, request, source)
 
     def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
-        if result.client_key is None:
+        if result.claimed_key is None:
             self.log.drop(result.reason)  # steps 1-4: nobody known to name; counted only
             return
-        name = self.clients[result.client_key].name
-        common = dict(client=name, client_key=result.client_key.hex(), source_ip=source,
-                      reason=result.reason)
+        name, key = self.clients[result.claimed_key].name, result.claimed_key.hex()
+        if result.reason == protocol.DATA_LENGTH:  # after the signature: the client is proven
+            self.log.limited("refused", f"knock for client {name} from {source} refused: "
+                             f"{result.reason}", client=name, client_key=key, source_ip=source,
+                             reason=result.reason)
+            return
+        # Replay (step 5) and signature (step 6) rejections: no valid signature
+        # backs the key, the packet only claims it, and the fields say so.
+        claimed = dict(claimed_client=name, claimed_client_key=key, source_ip=source,
+                       reason=result.reason)
         if result.reason == protocol.REPLAY:
-            # Not signature-checked (PROTOCOL.md step 5): the packet only claims the client.
             self.log.limited("replay", f"replayed knock claiming client {name} from {source}: "
-                             "counter not above the last accepted", **common)
-        elif result.reason == protocol.SIGNATURE and not server_ips:
+                             "counter not above the last accepted", **claimed)
+        elif not server_ips:
             self.log.limited("signature", f"knock claiming client {name} from {source} came "
                              "over IPv6, but a v1 knock signs an IPv4 address: set "
-                             "server_addresses in the config to accept it", **common)
-        elif result.reason == protocol.SIGNATURE:
-            self.log.limited("signature", f"knock claiming client {name} from {source} has a "
-                             "bad signature (other client key or server address)", **common)
+                             "server_addresses in the config to accept it", **claimed)
         else:
-            self.log.limited("refused", f"knock for client {name} from {source} refused: "
-                             f"{result.reason}", **common)
+            self.log.limited("signature", f"knock claiming client {name} from {source} has a "
+                             "bad signature (other client key or server address)", **claimed)
 
     def refuse(self, client, common: dict, shown: str, why: str, said: str = "") -> None:
         # A client's own bytes (shown, escaped) go to GNOCCHI_REQUEST only: MESSAGE
@@ -224,7 +145,7 @@ class Verifier:
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client, common: dict, request: requests.Open, source) -> None:
+    def open(self, client, common: dict, request: knock_request.Open, source) -> None:
         try:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.port,
                                                 request.proto)
@@ -241,7 +162,7 @@ class Verifier:
         self.log.event("accepted", f"client {client.name} from {source}: {request}",
                        request=str(request), helper_status=status, **common)
 
-    def run(self, client, common: dict, request: requests.Run, source) -> None:
+    def run(self, client, common: dict, request: knock_request.Run, source) -> None:
         if why := self.runs.refusal(client.name):
             self.refuse(client, common, str(request), why)
             return
@@ -254,7 +175,7 @@ class Verifier:
 
     def ran(self, fields: dict, outcome: actions.Outcome) -> None:
         """A run's outcome, when the loop sees it (fields: its knock's, from run())."""
-        output = requests.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
+        output = knock_request.show(outcome.output, 4 * actions.OUTPUT_LIMIT) or None
         said = f"client {fields['client']} from {fields['source_ip']}"
         if outcome.ok:
             self.log.event("action-run", f"{said} ran {fields['request']}",
@@ -264,7 +185,7 @@ class Verifier:
                            reason=outcome.problem, action_output=output, **fields)
 
 
-def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list) -> None:
+def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: list) -> None:
     """Knocks and action outcomes, as they come: neither ever waits for the other."""
     sock.setblocking(False)
     runs = verifier.runs
@@ -279,10 +200,10 @@ def serve(sock: socket.socket, verifier: Verifier, log: audit.Audit, stop: list)
                     verifier.ran(*finished)
                 continue
             try:
-                packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, ANCILLARY)
+                packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, knock_socket.ANCILLARY)
             except BlockingIOError:
                 continue  # e.g. a datagram with a bad checksum, dropped after select
-            verifier.handle(packet, *addresses(source, ancdata))
+            verifier.handle(packet, *knock_socket.addresses(source, ancdata))
 
 
 def interval(text: str) -> float:
@@ -305,47 +226,36 @@ def main(argv: list[str]) -> int:
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
     parser.add_argument("--server-key-file", metavar="FILE",
                         help="default: server_key_file from the config")
-    parser.add_argument("--summary-interval", type=interval, default=audit.INTERVAL,
+    parser.add_argument("--summary-interval", type=interval, default=events.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
-    log = audit.Audit(interval=args.summary_interval)
+    log = events.EventLog(interval=args.summary_interval)
     try:
         cfg = config.load(args.config)
         key_file = args.server_key_file or cfg.server_key_file
         server_key = keys.load_server_key(key_file)
         for path in (args.config, key_file):  # StrictModes: others must not write them
             strict.check(path)
-        port = protocol.knock_port(server_key)
-        sock = sd.inherited_socket(port)
-        if sock is None and not args.listen:
-            raise sd.StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
-                                  f"IP:{port} ({port} is this server key's knock port)")
-        if sock is None:
-            sock = listen(args.listen, port)
-        enable_pktinfo(sock)
+        sock = knock_socket.take(args.listen, protocol.knock_port(server_key))
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
-    except counters.StoreError as e:
-        log.event("store-failed", str(e))
-        print(f"gnocchi serve: {e}", file=sys.stderr)
-        return 1
-    except (config.ConfigError, keys.KeyFileError, sd.StartupError, strict.StrictModeError) as e:
-        print(f"gnocchi serve: {e}", file=sys.stderr)
-        return 1
-    stop: list = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.append(True))
-    where = sock.getsockname()
-    log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
-              f"{len(cfg.clients)} clients", clients=len(cfg.clients))
-    sd.notify("READY=1")
-    try:
+        stop: list = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.append(True))
+        where = sock.getsockname()
+        log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
+                  f"{len(cfg.clients)} clients", clients=len(cfg.clients))
+        knock_socket.notify("READY=1")
         serve(sock, Verifier(cfg, server_key, store, log), log, stop)
-    except counters.StoreError as e:
+    except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError,
+            strict.StrictModeError) as e:
+        print(f"gnocchi serve: {e}", file=sys.stderr)
+        return 1
+    except counters.StoreError as e:  # at start or on a commit: fail closed
         log.flush()
         log.event("store-failed", str(e))
         print(f"gnocchi serve: {e}", file=sys.stderr)
         return 1
-    sd.notify("STOPPING=1")
+    knock_socket.notify("STOPPING=1")
     log.flush()
     return 0

@@ -42,15 +42,15 @@ def log(status: int, text: str, fields: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def decide(conn, peer_uid: int, ctx, open_seconds: int, recent) -> tuple[int, str, dict]:
-    """(status, text, log fields) for one connection."""
+def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monotonic) -> tuple:
+    """(status, text, log fields) for one connection; ctx (libnftables) and clock are passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
     try:
         # Read even a stranger's message: closing on unread data resets the
-        # connection before the peer reads its status. SIZE + 1 shows a longer
+        # connection before the peer reads its status. One byte more shows a longer
         # message and bounds the hex we log.
-        msg = conn.recv(rq.SIZE + 1)
+        msg = conn.recv(rq.REQUEST.size + 1)
     except OSError:  # timed out or reset: an empty message
         msg = b""
     if uid != peer_uid:
@@ -58,21 +58,21 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent) -> tuple[int, st
     req = rq.parse(msg)
     if isinstance(req, int):
         return req, f"refused {len(msg)} bytes", dict(fields, REQUEST_HEX=msg.hex())
-    what = f"{req.address} {nft.PROTO_NAMES[req.proto]}/{req.port}"
-    fields.update(ADDRESS=req.address, PROTO=nft.PROTO_NAMES[req.proto], PORT=req.port)
-    protected, err = nft.is_protected(ctx, req.proto, req.port)
-    if protected is None:
+    what = f"{req.address} {req.proto}/{req.port}"
+    fields.update(ADDRESS=req.address, PROTO=req.proto, PORT=req.port)
+    listed, err = nft.apply(ctx, nft.list_protected(req.proto))
+    if err:
         return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
-    if not protected:
+    if not nft.protects(listed, req.port):
         return rq.NOT_PROTECTED, f"{what}: not a protected port", fields
-    now = time.monotonic()
+    now = clock()
     while recent and recent[0] < now - 60:
         recent.popleft()
     if len(recent) >= MAX_PER_MINUTE:
         return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} adds in the last minute", fields
     recent.append(now)
-    rc, err = nft.open_once(ctx, req, open_seconds)
-    if rc != 0:
+    _, err = nft.apply(ctx, nft.open_once(req, open_seconds))
+    if err:
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
     return rq.OK, f"{what} may start one connection within {open_seconds} s", dict(
         fields, TIMEOUT=open_seconds)

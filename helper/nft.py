@@ -1,22 +1,24 @@
 """The helper's only contact with the firewall: table inet gnocchi, JSON API.
 
 Trusts the live table (the kernel's copy of nft/gnocchi.nft) for which ports
-are protected. Writes only values request.parse checked, as JSON dicts, never
-nft command text; table, sets and timeout never come from a request.
+are protected. The builders are pure: they return libnftables JSON commands
+built from values request.parse checked, never nft command text, and table,
+sets and timeout never come from a request. apply() is the one call into
+libnftables: one transaction per call, its rc checked.
 """
 TABLE = {"family": "inet", "table": "gnocchi"}
-PROTECTED = {6: "protected_tcp", 17: "protected_udp"}
+PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
-PROTO_NAMES = {6: "tcp", 17: "udp"}
 
 
-def is_protected(ctx, proto: int, port: int) -> tuple[bool | None, str]:
-    """(True/False, "") from the live set, or (None, error) if it is unreadable."""
-    rc, out, err = ctx.json_cmd({"nftables": [{"list": {"set": {**TABLE, "name": PROTECTED[proto]}}}]})
-    if rc != 0:
-        return None, err
-    elems = [e for item in out["nftables"] for e in item.get("set", {}).get("elem", [])]
-    return any(_matches(e, port) for e in elems), ""
+def list_protected(proto: str) -> list:
+    return [{"list": {"set": {**TABLE, "name": PROTECTED[proto]}}}]
+
+
+def protects(listed: dict, port: int) -> bool:
+    """Whether the set that list_protected read holds port."""
+    elems = [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
+    return any(_matches(e, port) for e in elems)
 
 
 def _matches(elem, port: int) -> bool:
@@ -29,14 +31,16 @@ def _matches(elem, port: int) -> bool:
     return elem == port
 
 
-def open_once(ctx, req, timeout: int) -> tuple[int, str]:
-    """Add (address . proto . port) to the knocked set with `timeout` seconds:
-    (libnftables rc, error text)."""
+def open_once(req, timeout: int) -> list:
+    """Put (address . proto . port) in the knocked set with `timeout` seconds."""
     elem = {**TABLE, "name": KNOCKED[req.address.version], "elem": [{"elem": {
-        "val": {"concat": [str(req.address), PROTO_NAMES[req.proto], req.port]},
-        "timeout": timeout}}]}
+        "val": {"concat": [str(req.address), req.proto, req.port]}, "timeout": timeout}}]}
     # Before Linux 6.12 adding an existing element keeps its old timeout; add,
     # delete, add in one transaction re-arms a repeated knock with the full one.
-    cmds = [{"add": {"element": elem}}, {"delete": {"element": elem}}, {"add": {"element": elem}}]
-    rc, _, err = ctx.json_cmd({"nftables": cmds})
-    return rc, err
+    return [{"add": {"element": elem}}, {"delete": {"element": elem}}, {"add": {"element": elem}}]
+
+
+def apply(ctx, commands: list) -> tuple[dict, str]:
+    """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, error)."""
+    rc, out, err = ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
+    return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")

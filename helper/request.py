@@ -8,10 +8,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-# version, family, proto, pad, port, address (IPv4: 4 bytes, then 12 zero bytes)
-FORMAT = struct.Struct("!BBBBH16s")
-SIZE = FORMAT.size  # 22
-VERSION, TCP, UDP = 1, 6, 17
+# The format by the names gnocchi/helper_client.py gives it (docs/contracts.md).
+REQUEST = struct.Struct("!BBBBH16s")  # version, family, proto, pad, port, address: 22 bytes
+VERSION = 1
+PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
 STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
             "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED")
 (OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS,
@@ -26,18 +26,18 @@ EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
 @dataclass(frozen=True)
 class Request:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    proto: int  # TCP or UDP
+    proto: str  # "tcp" or "udp"
     port: int   # 1..65535
 
 
 def parse(msg: bytes) -> Request | int:
     """A Request, or the status byte that refuses msg."""
-    if len(msg) != SIZE:
+    if len(msg) != REQUEST.size:
         return BAD_LENGTH
-    version, family, proto, pad, port, raw = FORMAT.unpack(msg)
+    version, family, number, pad, port, raw = REQUEST.unpack(msg)
     if version != VERSION or pad != 0:  # version 1 has a zero pad byte
         return BAD_VERSION
-    if proto not in (TCP, UDP):
+    if number not in PROTOCOLS:
         return BAD_PROTO
     if family == 4 and raw[4:] == bytes(12):
         address = ipaddress.ip_address(raw[:4])
@@ -47,14 +47,12 @@ def parse(msg: bytes) -> Request | int:
         return BAD_ADDRESS
     if not knockable(address):
         return BAD_ADDRESS
-    return Request(address, proto, port) if port else NOT_PROTECTED
+    return Request(address, PROTOCOLS[number], port) if port else NOT_PROTECTED
 
 
 def knockable(a) -> bool:
     """Unicast addresses a client can knock from, global or private (a LAN,
-    fd00::/8, the tests' 198.18.0.0/15). Not unspecified, multicast, loopback,
-    link-local, reserved (240/4 with the broadcast address, ::/8), 0/8,
-    site-local, or an IPv6 address that embeds an IPv4 one."""
+    fd00::/8, the tests' 198.18.0.0/15); README.md here lists what is not."""
     if a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved:
         return False
     if a.version == 4:

@@ -27,9 +27,8 @@ from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, fragment6)
 
-from netns import Net
-from nslib import (STATUS, EchoServices, Helper, echoes, elements, inside, load_table,
-                   request, tcp_connect, udp_socket)
+from support import (STATUS, EchoServices, Helper, Net, echoes, elements, inside, load_table,
+                     request, tcp_connect, udp_socket)
 
 OK = STATUS["OK"]
 ABORT_PORT = 2222

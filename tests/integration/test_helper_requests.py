@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from netns import Net
-from nslib import PYTHON, REPO, STATUS, TABLE_FILE, Helper, elements, load_table, request, ruleset
+from support import (PYTHON, REPO, STATUS, TABLE_FILE, Helper, Net, elements, load_table, request,
+                     ruleset)
 
 S = STATUS
 VALID = request("198.18.1.1", 22)

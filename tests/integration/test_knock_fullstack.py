@@ -12,7 +12,6 @@
 The client signs 198.18.n.2 and the verifier reads it with IP_PKTINFO; the
 helper serves uid nobody as it would serve gnocchi.
 """
-import json
 import os
 import pwd
 import shutil
@@ -24,16 +23,14 @@ from pathlib import Path
 import pytest
 
 from gnocchi import counters
-from netns import Net
-from nslib import (PYTHON, REPO, EchoServices, Helper, echoes, elements, load_table, stop,
-                   tcp_connect, udp_socket)
+from support import (PYTHON, REPO, EchoServices, Helper, Net, echoes, elements, events,
+                     gnocchi_cli, load_table, stop, tcp_connect, udp_socket)
 
 OPEN_SECONDS = 2
 
 
-def gnocchi(*args: str) -> str:
-    return subprocess.run([PYTHON, "-m", "gnocchi", *args], cwd=REPO, check=True,
-                          capture_output=True, text=True, timeout=30).stdout.strip()
+def cli(*args) -> str:
+    return gnocchi_cli(*args, check=True).stdout.strip()
 
 
 class Stack:
@@ -41,10 +38,10 @@ class Stack:
         self.net, self.d = net, d
         load_table(net.server, d, udp_ports=(60001,))
         self.helper = Helper(net.server, open_seconds=OPEN_SECONDS)
-        gnocchi("keygen", "--server", str(d / "server.key"))
-        gnocchi("keygen", "--client", str(d / "client.key"))
-        self.knock_port = int(gnocchi("port", str(d / "server.key")).split()[-1])
-        public = gnocchi("pubkey", str(d / "client.key")).split()[-1]
+        cli("keygen", "--server", d / "server.key")
+        cli("keygen", "--client", d / "client.key")
+        self.knock_port = int(cli("port", d / "server.key").split()[-1])
+        public = cli("pubkey", d / "client.key").split()[-1]
         nobody = pwd.getpwnam("nobody")
         (d / "state").mkdir()
         counters.create(str(d / "state"))  # as `gnocchi setup` does
@@ -93,13 +90,12 @@ class Stack:
         """The verifier's accepted entry and the helper's OK line for this opening
         (both log just after the element is added: wait for them, bounded)."""
         def seen():
-            entries = [json.loads(l) for l in self.verifier_log.read_text().splitlines()
-                       if l.startswith("{")]
             verifier = any(
                 e.get("GNOCCHI_EVENT") == "accepted" and e.get("GNOCCHI_CLIENT") == "alice"
                 and e.get("GNOCCHI_SOURCE_IP") == self.net.client.ip
                 and e.get("GNOCCHI_REQUEST") == f"open {port}/{proto}"
-                and e.get("GNOCCHI_HELPER_STATUS") == "OK" for e in entries)
+                and e.get("GNOCCHI_HELPER_STATUS") == "OK"
+                for e in events(self.verifier_log.read_text()))
             want = f"OK: {self.net.client.ip} {proto}/{port} "
             return verifier and any(want in line for line in self.helper.log_lines())
         for _ in range(20):

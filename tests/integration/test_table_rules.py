@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from netns import Net
-from nslib import (STATUS, EchoServices, Helper, echoes, elements, inside, load_table,
-                   request, tcp_connect, udp_socket)
+from support import (STATUS, EchoServices, Helper, Net, echoes, elements, inside, load_table,
+                     request, tcp_connect, udp_socket)
 
 OK = STATUS["OK"]
 

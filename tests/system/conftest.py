@@ -1,4 +1,4 @@
-"""Fixtures for the system tests: the checkout on sys.path, and the .deb.
+"""Fixtures for the system tests: the .deb.
 
 The .deb is built once per session with packaging/build-deb (exactly the
 documented build), into a temporary directory. GNOCCHI_DEB=/path/to.deb
@@ -6,15 +6,11 @@ tests an already-built package instead.
 """
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-for path in (REPO / "tests", REPO):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 
 @pytest.fixture(scope="session")

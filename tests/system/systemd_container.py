@@ -4,7 +4,7 @@ The container's root is an overlay with the host's / as the read-only lower
 layer, so the host's files are never written; what the container writes
 (an installed package, keys, its journal) lands in the upper directory and
 survives a container reboot. The container lives in a network namespace the
-test made (tests/netns.py), so its firewall and network are that
+test made (tests/support/netns.py), so its firewall and network are that
 namespace's, never the host's. close() stops it, unmounts and deletes
 everything, also after a failure.
 """

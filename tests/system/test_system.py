@@ -2,7 +2,7 @@
 
 A real systemd boots in a container (tests/system/systemd_container.py) on
 an overlay of this machine's root, inside the server namespace of a
-tests/netns.py Net; the client namespace is the client host. The steps are
+tests/support/netns.py Net; the client namespace is the client host. The steps are
 docs/install.md's, run as an admin runs them: install the .deb, make the
 server key, add a client to the config, `gnocchi setup`, enable the units.
 A python listener started by systemd-run stands for sshd on the protected
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from netns import Net
+from support import Net
 from systemd_container import Container
 
 pytestmark = pytest.mark.system

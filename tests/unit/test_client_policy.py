@@ -3,17 +3,12 @@ decision. A refused knock costs no write: its counter is not stored, and its
 entry shares the budget of entries for packets whose counter was not stored."""
 import datetime
 import ipaddress
-import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT.parent), str(ROOT / "verifier")]
-from vlib import HelperRecorder, Keys  # noqa: E402
+from support import HelperRecorder, Keys
 
-from gnocchi import audit, config, counters, protocol, verifier  # noqa: E402
+from gnocchi import config, counters, events, protocol, verifier
 
 UTC = datetime.timezone.utc
 
@@ -64,7 +59,7 @@ class Stack:
         self.store = counters.Store(str(tmp_path)).load()
         self.clock = datetime.datetime(2026, 6, 1, tzinfo=UTC)
         self.v = verifier.Verifier(cfg, self.k.server, self.store,
-                                   audit.Audit(send=self.sent.append), now=lambda: self.clock)
+                                   events.EventLog(send=self.sent.append), now=lambda: self.clock)
         self.dst = ipaddress.IPv4Address("198.18.3.2")
         self.counter = 0
 
@@ -106,10 +101,10 @@ def test_an_expired_client_is_refused_from_that_day_on(stack):
 
 def test_policy_refusals_share_the_budget_of_unstored_entries(stack):
     stack.v.client_limit.burst = stack.v.address_limit.burst = 10**6  # the budget alone
-    for _ in range(audit.BUDGET + 30):
+    for _ in range(events.BUDGET + 30):
         stack.knock("203.0.113.9")
     refused = [e for e in stack.sent if e["GNOCCHI_EVENT"] == "refused"]
-    assert len(refused) == audit.BUDGET
+    assert len(refused) == events.BUDGET
 
 
 def test_one_clients_flood_costs_it_alone(tmp_path):

@@ -1,9 +1,5 @@
 """gnocchi/ratelimit.py: token buckets per key, with the clock injected."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from gnocchi.ratelimit import Limiter  # noqa: E402
+from gnocchi.ratelimit import Limiter
 
 
 class Clock:

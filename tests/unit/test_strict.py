@@ -1,13 +1,9 @@
 """gnocchi/strict.py: StrictModes for the verifier's config, key and state."""
 import os
 import pwd
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from gnocchi import strict  # noqa: E402
+from gnocchi import strict
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 

@@ -6,7 +6,7 @@ the runner (`gnocchi run-action`) sits behind `systemd-socket-activate
 with the connection on stdin, as gnocchi-action.socket starts
 gnocchi-action@.service. No systemd here, so no cgroup: what the unit adds
 (its user, its sandbox, the cgroup kill of a `setsid` child) is shown in
-tests/system/test_actions.py. The helper is the recording stand-in of vlib.
+tests/system/test_action_units.py. The helper is the recording stand-in of tests/support.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from vlib import PYTHON, REPO, knock, send, write_config
+from support import PYTHON, REPO, knock, send_datagrams, write_config
+from support.verifier import SHOW_ACTION as SHOW
 
 from gnocchi import action_client, action_runner, actions
 
 pytestmark = pytest.mark.netns
 
-SHOW = Path(__file__).with_name("show_action.py")
 # Writes its pid (so the test sees it is still running), then hangs.
 HANG = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 EXTRA_CLIENTS = ("carol", "dave", "erin", "frank")
@@ -114,10 +114,10 @@ def wait_until(probe, what: str, timeout: float = 10.0):
 
 def test_a_hanging_action_does_not_delay_another_clients_knock(stack, net, k, tmp_path, helper):
     d = stack
-    send(net, k.port, [knock(k, "alice", 1, b"run hang", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"run hang", net.server.ip)])
     wait_until(lambda: pid_alive(tmp_path / "hang.pid"), "the action runs")
     sent = time.monotonic()
-    send(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
     d.wait_events("accepted", 1)
     latency = time.monotonic() - sent
     # Behaviour, not a time target: bob got in while alice's action still ran.
@@ -134,27 +134,27 @@ def test_a_hanging_action_does_not_delay_another_clients_knock(stack, net, k, tm
 
 def test_one_run_at_a_time_per_client_and_a_bounded_number_in_all(stack, net, k, tmp_path):
     d = stack
-    send(net, k.port, [knock(k, "alice", 1, b"run hang", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"run hang", net.server.ip)])
     wait_until(lambda: pid_alive(tmp_path / "hang.pid"), "the action runs")
-    send(net, k.port, [knock(k, "alice", 2, b"run show", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 2, b"run show", net.server.ip)])
     refused = d.wait_events("refused", 1)[0]
     assert refused["GNOCCHI_CLIENT"] == "alice" and refused["GNOCCHI_REQUEST"] == "run show"
     assert "action 'hang' is still running" in refused["GNOCCHI_REASON"]
     assert not (tmp_path / "action.out").exists(), "the second run never started"
     # Three more clients fill the verifier's MAX_RUNS; a fourth is refused.
     assert action_client.MAX_RUNS == 4
-    send(net, k.port, [knock(k, name, 1, b"run hang", net.server.ip) for name in EXTRA_CLIENTS])
+    send_datagrams(net, k.port, [knock(k, name, 1, b"run hang", net.server.ip) for name in EXTRA_CLIENTS])
     refused = d.wait_events("refused", 2)[1]
     assert refused["GNOCCHI_CLIENT"] == "frank"
     assert refused["GNOCCHI_REASON"] == "4 actions are running, the most at once"
     # bob's knock still opens: refusing runs costs other clients nothing.
-    send(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
     d.wait_events("accepted", 1)
 
 
 def test_payload_on_stdin_and_the_outcome_in_the_audit_trail(stack, net, k, tmp_path):
     d = stack
-    send(net, k.port, [knock(k, "alice", 1, b"run show\nhello\x00world", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"run show\nhello\x00world", net.server.ip)])
     ran = d.wait_events("action-run", 1)[0]
     assert ran["GNOCCHI_REQUEST"] == "run show (11-byte payload)"
     assert ran["GNOCCHI_ACTION_OUTPUT"] == "shown\\n"
@@ -168,7 +168,7 @@ def test_payload_on_stdin_and_the_outcome_in_the_audit_trail(stack, net, k, tmp_
                                                    "GNOCCHI_ACTION", "LC_CTYPE"}
     assert seen["cwd"] == "/"
     # One run at a time: alice may run again once the first has reported.
-    send(net, k.port, [knock(k, "alice", 2, b"run fail", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 2, b"run fail", net.server.ip)])
     failed = d.wait_events("action-failed", 1)[0]
     assert failed["GNOCCHI_REASON"] == "exited with status 3"
     assert failed["GNOCCHI_ACTION_OUTPUT"] == "no\\n"
@@ -176,8 +176,8 @@ def test_payload_on_stdin_and_the_outcome_in_the_audit_trail(stack, net, k, tmp_
 
 def test_an_output_flood_is_bounded_and_ends_at_the_timeout(stack, net, k, tmp_path, helper):
     d = stack
-    send(net, k.port, [knock(k, "alice", 1, b"run flood", net.server.ip)])
-    send(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"run flood", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
     d.wait_events("accepted", 1)
     failed = d.wait_events("action-failed", 1)[0]
     assert failed["GNOCCHI_REASON"] == "killed after its timeout of 1 s"
@@ -190,12 +190,12 @@ def test_a_missing_runner_is_an_action_failure_and_serving_goes_on(daemons, net,
                                                                    helper):
     cfg = config(tmp_path, k)  # no runner behind action.sock
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 1, b"run show", net.server.ip),
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"run show", net.server.ip),
                        knock(k, "bob", 1, b"", net.server.ip)])
     failed = d.wait_events("action-failed", 1)[0]
     assert failed["GNOCCHI_REASON"].startswith(f"not started: {tmp_path / 'action.sock'}: ")
     d.wait_events("accepted", 1)
-    send(net, k.port, [knock(k, "alice", 2, b"run show", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 2, b"run show", net.server.ip)])
     d.wait_events("action-failed", 2)  # the failed start held no slot
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from test_real_helper import real_helper  # noqa: F401  (fixture)
-from vlib import PYTHON, knock, write_config
+from support import PYTHON, knock, write_config
 
 from gnocchi import verifier
 

@@ -1,13 +1,9 @@
 """The real verifier, socket-activated in a server namespace, knocked from a client namespace."""
 from __future__ import annotations
 
-import ipaddress
 import socket
 
-import pytest
-from vlib import knock, request_bytes, send, write_config
-
-pytestmark = pytest.mark.netns
+from support import knock, request, send_datagrams, write_config
 
 
 def start(daemons, net, k, tmp_path, helper, listen=None, extra="", clients=None, env=()):
@@ -17,21 +13,15 @@ def start(daemons, net, k, tmp_path, helper, listen=None, extra="", clients=None
                    env=env)
 
 
-def client_address(net) -> bytes:
-    return ipaddress.IPv4Address(net.client.ip).packed
-
-
 def test_valid_knocks_reach_the_helper_and_nothing_comes_back(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper)
     packets = [knock(k, "alice", 1, b"open 22", net.server.ip),
                knock(k, "alice", 2, b"open 60001/udp", net.server.ip),
                knock(k, "bob", 7, b"", net.server.ip)]          # empty: bob's default
-    assert send(net, k.port, packets, wait=0.5) == 0
+    assert send_datagrams(net, k.port, packets, wait=0.5) == 0
     accepted = d.wait_events("accepted", 3)
-    src = client_address(net)
-    assert helper.messages == [request_bytes(proto=6, port=22, address=src),
-                               request_bytes(proto=17, port=60001, address=src),
-                               request_bytes(proto=6, port=443, address=src)]
+    src = net.client.ip
+    assert helper.messages == [request(src, 22, 6), request(src, 60001, 17), request(src, 443, 6)]
     assert [(e["GNOCCHI_CLIENT"], e["GNOCCHI_REQUEST"], e["GNOCCHI_COUNTER"]) for e in accepted] \
         == [("alice", "open 22/tcp", "1"), ("alice", "open 60001/udp", "2"),
             ("bob", "open 443/tcp", "7")]
@@ -62,12 +52,11 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
         b"\x00" * 200,                                            # garbage packet
         b"\x01" * 100,                                            # too short
     ]
-    assert send(net, k.port, cases, wait=0.5) == 0
+    assert send_datagrams(net, k.port, cases, wait=0.5) == 0
     d.wait_events("refused", 4)
     d.wait_events("replay", 1)
     d.wait_events("signature", 1)
-    src = client_address(net)
-    assert helper.messages == [request_bytes(port=22, address=src)]
+    assert helper.messages == [request(net.client.ip, 22)]
     refused = d.of("refused")
     assert [e["GNOCCHI_COUNTER"] for e in refused] == ["11", "12", "13", "14"]
     assert "23/tcp is not in this client's allow list" in refused[0]["GNOCCHI_REASON"]
@@ -85,16 +74,19 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
     assert summary["GNOCCHI_DROPPED_SIZE"] == "1"
     assert summary["GNOCCHI_DROPPED_REPEATED"] == "1"
     signature = d.of("signature")[0]
-    assert signature["GNOCCHI_CLIENT"] == "alice"
+    assert signature["GNOCCHI_CLAIMED_CLIENT"] == "alice"  # only claimed: no valid signature
+    assert signature["GNOCCHI_CLAIMED_CLIENT_KEY"] == k.public("alice")
     assert signature["GNOCCHI_SOURCE_IP"] == net.client.ip
-    assert "GNOCCHI_COUNTER" not in signature
+    assert "GNOCCHI_COUNTER" not in signature and "GNOCCHI_CLIENT" not in signature
+    for replay in d.of("replay"):
+        assert replay["GNOCCHI_CLAIMED_CLIENT"] == "alice" and "GNOCCHI_CLIENT_KEY" not in replay
 
 
 def test_a_forged_high_counter_does_not_block_a_valid_lower_one(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper)
     forged = knock(k, "alice", 1000, b"open 22", "198.18.250.250")  # bad signature here
     valid = knock(k, "alice", 3, b"open 22", net.server.ip)
-    send(net, k.port, [forged, valid])
+    send_datagrams(net, k.port, [forged, valid])
     d.wait_events("accepted", 1)
     assert len(helper.messages) == 1
     assert f"{k.public('alice')} 3" in (tmp_path / "state" / "counters").read_text()
@@ -102,8 +94,8 @@ def test_a_forged_high_counter_does_not_block_a_valid_lower_one(daemons, net, k,
 
 def test_server_addresses_for_a_server_behind_nat(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper, extra='server_addresses = ["203.0.113.7"]')
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),    # own address: no
-                       knock(k, "alice", 2, b"open 22", "203.0.113.7")])   # public address
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),  # own address: no
+                                 knock(k, "alice", 2, b"open 22", "203.0.113.7")])  # public address
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_COUNTER"] == "2"
     assert len(d.of("signature")) == 1
@@ -112,14 +104,14 @@ def test_server_addresses_for_a_server_behind_nat(daemons, net, k, tmp_path, hel
 def test_helper_failures_are_logged_and_serving_goes_on(daemons, net, k, tmp_path, helper):
     helper.status = 5  # NOT_PROTECTED
     d = start(daemons, net, k, tmp_path, helper)
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
     failed = d.wait_events("helper-failed", 1)
     assert failed[0]["GNOCCHI_HELPER_STATUS"] == "NOT_PROTECTED"
     helper.close()  # now nobody listens on the helper socket
-    send(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
     failed = d.wait_events("helper-failed", 2)
     assert failed[1]["GNOCCHI_HELPER_STATUS"] == "UNREACHABLE"
-    send(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])
     d.wait_events("helper-failed", 3)
     assert d.proc.poll() is None  # still serving
 
@@ -128,10 +120,10 @@ def test_dual_stack_socket_unmaps_ipv4_addresses(daemons, net, k, tmp_path, help
     # `-l PORT` makes what systemd makes for ListenDatagram=PORT: one AF_INET6 socket on
     # [::] that also takes IPv4 (v4-mapped source and destination addresses).
     d = start(daemons, net, k, tmp_path, helper, listen=str(k.port))
-    assert send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], wait=0.3) == 0
+    assert send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], wait=0.3) == 0
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip  # not ::ffff:198.18...
-    assert helper.messages == [request_bytes(port=22, address=client_address(net))]
+    assert helper.messages == [request(net.client.ip, 22)]
     assert "port" in d.of("started")[0]["MESSAGE"]
 
 
@@ -139,18 +131,17 @@ def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, help
     # v1 signs an IPv4 address, so a knock over IPv6 verifies against server_addresses.
     d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}",
               extra=f'server_addresses = ["{net.server.ip}"]')
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip6
-    addr6 = ipaddress.IPv6Address(net.client.ip6).packed
-    assert helper.messages == [request_bytes(family=6, port=22, address=addr6)]
+    assert helper.messages == [request(net.client.ip6, 22)]
 
 
 def test_ipv6_knock_without_server_addresses_says_what_to_set(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}")
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
     entry = d.wait_events("signature", 1)[0]
-    assert "server_addresses" in entry["MESSAGE"] and entry["GNOCCHI_CLIENT"] == "alice"
+    assert "server_addresses" in entry["MESSAGE"] and entry["GNOCCHI_CLAIMED_CLIENT"] == "alice"
     assert helper.messages == []
 
 
@@ -158,7 +149,7 @@ def test_an_inherited_journal_stream_does_not_divert_events(daemons, net, k, tmp
     # JOURNAL_STREAM from a parent unit names another file: stderr is still what
     # the operator reads (a test run or the demo inside a systemd service).
     d = start(daemons, net, k, tmp_path, helper, env=("JOURNAL_STREAM=8:12345",))
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
     assert d.wait_events("accepted", 1)[0]["GNOCCHI_CLIENT"] == "alice"
 
 
@@ -167,7 +158,7 @@ def test_readiness_and_stopping_are_told_to_systemd(daemons, net, k, tmp_path, h
         notify.bind(str(tmp_path / "notify"))
         notify.settimeout(10)
         d = start(daemons, net, k, tmp_path, helper, env=(f"NOTIFY_SOCKET={tmp_path}/notify",))
-        send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+        send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
         assert notify.recv(64) == b"READY=1"
         d.wait_events("accepted", 1)  # the knock that started it was not lost
         assert d.stop() == 0

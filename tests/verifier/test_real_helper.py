@@ -6,44 +6,29 @@ user in this test) instead of gnocchi.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
-from vlib import PYTHON, REPO, knock, send, write_config
 
-pytestmark = pytest.mark.netns
+from support import Helper, knock, load_table, send_datagrams, write_config
 
 
 @pytest.fixture
 def real_helper(net, tmp_path):
-    net.server.nft("-f", str(REPO / "nft" / "gnocchi.nft"))  # protects tcp 22
-    path = tmp_path / "helper.sock"
-    log = open(tmp_path / "helper.log", "wb")
-    proc = net.server.popen(["systemd-socket-activate", "--seqpacket", "-l", str(path),
-                             PYTHON, str(REPO / "helper"), "--peer-user", "root",
-                             "--open-seconds", "30"], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 5
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert path.exists(), (tmp_path / "helper.log").read_text()
-        yield path
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+    load_table(net.server, tmp_path)  # protects tcp 22
+    helper = Helper(net.server, peer_user="root")
+    yield helper.path
+    helper.close()
 
 
 def test_a_knock_becomes_a_knocked_element_and_an_unprotected_port_is_refused(
         daemons, net, k, tmp_path, real_helper):
     cfg = write_config(tmp_path, k, str(real_helper))
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
     accepted = d.wait_events("accepted", 1)[0]
     assert accepted["GNOCCHI_HELPER_STATUS"] == "OK"
     listed = net.server.nft("list", "set", "inet", "gnocchi", "knocked4").stdout
     assert f"{net.client.ip} . tcp . 22" in listed
-    send(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])  # bob's default: open 443
+    send_datagrams(net, k.port, [knock(k, "bob", 1, b"", net.server.ip)])  # bob's default: open 443
     failed = d.wait_events("helper-failed", 1)[0]
     assert failed["GNOCCHI_HELPER_STATUS"] == "NOT_PROTECTED"
     assert "443" not in net.server.nft("list", "set", "inet", "gnocchi", "knocked4").stdout

@@ -8,10 +8,9 @@ import subprocess
 import time
 
 import pytest
-from vlib import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send, write_config
 from nacl.secret import SecretBox
 
-pytestmark = pytest.mark.netns
+from support import PYTHON, REPO, UDP_CLIENT, Daemon, knock, send_datagrams, write_config
 
 
 def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path, helper):
@@ -31,9 +30,9 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         dump.stderr.readline()  # "listening on gveth0 ...": capturing from here on
-        send(net, k.port, [valid])
+        send_datagrams(net, k.port, [valid])
         d.wait_events("accepted", 1)  # started: from here the flood is read as fast as it comes
-        replies = send(net, k.port, garbage + wrong_magic + unknown + replays, wait=1.0)
+        replies = send_datagrams(net, k.port, garbage + wrong_magic + unknown + replays, wait=1.0)
         summaries = d.wait_events("dropped-summary", 1, timeout=20)
         # The 300 copies of the accepted knock: each the very same bytes, so
         # each is counted as repeated without a signature check.
@@ -99,7 +98,7 @@ allow = [{ports}]
     d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "final.err")
     try:
         used = sent[max(0, stored - 3):stored]  # sent[i] has counter i + 1
-        send(net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
+        send_datagrams(net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
         d.wait_events("accepted", 1)
         d.wait_events("replay", len(used))
         assert [e["GNOCCHI_COUNTER"] for e in d.of("accepted")] == [str(counter + 1)]
@@ -111,7 +110,7 @@ def test_store_that_cannot_be_written_fails_closed(daemons, net, k, tmp_path, he
     cfg = write_config(tmp_path, k, helper.path)
     (tmp_path / "state" / "counters.tmp").mkdir()  # a real fault: the write must fail
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
     assert d.proc.wait(timeout=10) == 1
     failed = d.of("store-failed")
     assert failed and "cannot write" in failed[0]["MESSAGE"]
@@ -125,7 +124,7 @@ def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k,
     store = tmp_path / "state" / "counters"
     store.write_text("# gnocchi counters v1\n" + k.public("alice") + " 12x\n")
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 13, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 13, b"open 22", net.server.ip)])
     assert d.proc.wait(timeout=10) == 1
     text = d.text()
     assert f"{store}: corrupt counter store (line 2" in text
@@ -152,7 +151,7 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
         while "Listening on" not in err and time.monotonic() < deadline:
             err += proc.stderr.readline()
         if "-d" in listen_args:
-            send(net, wrong if "{wrong}" in listen_args[-1] else k.port, [b"x"])
+            send_datagrams(net, wrong if "{wrong}" in listen_args[-1] else k.port, [b"x"])
         else:  # a stream socket: activation comes with a connection
             net.client.run([PYTHON, "-c", "import socket; socket.create_connection("
                             f"('{net.server.ip}', {k.port}), timeout=3).close()"], check=False)
@@ -175,13 +174,13 @@ def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_kno
     base = time.time_ns()  # counters as a client makes them: max(last + 1, clock)
     captured = [knock(k, "alice", base + i, b"open 22", net.server.ip) for i in range(1, 16)]
     d = daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "d1.err")
-    send(net, k.port, captured)
+    send_datagrams(net, k.port, captured)
     assert len(d.wait_events("accepted", 15)) == 15
     d.stop()
     os.unlink(tmp_path / "state" / "counters")  # the store is lost
 
     d = daemons(net, cfg, listen, stderr=tmp_path / "d2.err")
-    send(net, k.port, captured[:1])
+    send_datagrams(net, k.port, captured[:1])
     assert d.proc.wait(timeout=10) == 1
     assert "counter store is missing" in d.text() and "gnocchi recover-counters" in d.text()
 
@@ -191,8 +190,8 @@ def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_kno
     assert "is now a replay" in out.stdout
     helper.messages.clear()
     d = daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "d3.err")
-    send(net, k.port, captured)                        # every captured knock: a replay
-    send(net, k.port, [knock(k, "alice", time.time_ns(), b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, captured)                        # every captured knock: a replay
+    send_datagrams(net, k.port, [knock(k, "alice", time.time_ns(), b"open 22", net.server.ip)])
     assert len(d.wait_events("accepted", 1)) == 1      # the client's next knock: accepted
     time.sleep(0.5)
     assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
@@ -206,7 +205,7 @@ def test_files_others_can_write_stop_the_verifier_with_the_fix(daemons, net, k, 
     target = cfg if what == "config" else tmp_path / "state"
     os.chmod(target, 0o666 if what == "config" else 0o777)
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
     assert d.proc.wait(timeout=10) == 1
     assert f"{target} is writable by group or others" in d.text()
     assert f"fix: chmod go-w {target}" in d.text()

@@ -9,9 +9,9 @@ import socket
 
 import pytest
 from test_daemon import start
-from vlib import PYTHON, knock, request_bytes, send
+from support import PYTHON, knock, request, send_datagrams
 
-from gnocchi import verifier
+from gnocchi import knock_socket
 
 pytestmark = pytest.mark.netns
 
@@ -46,24 +46,23 @@ def test_a_knock_from_an_ipv6_source_that_embeds_ipv4_is_refused_as_it_came(
     assert helper.messages == []
     assert "198.18.40.77" not in d.text()
     # An honest IPv4 knock still opens, for the address it came from.
-    send(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
+    send_datagrams(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
     [accepted] = d.wait_events("accepted", 1)
     assert accepted["GNOCCHI_SOURCE_IP"] == net.client.ip
-    v4 = ipaddress.IPv4Address(net.client.ip).packed
-    assert helper.messages == [request_bytes(port=22, address=v4)]
+    assert helper.messages == [request(net.client.ip, 22)]
 
 
 def test_addresses_reads_the_family_from_the_kernel_not_from_the_text():
-    v4_info = (socket.IPPROTO_IP, verifier.IP_PKTINFO,
+    v4_info = (socket.IPPROTO_IP, knock_socket.IP_PKTINFO,
                bytes(4) + bytes([198, 18, 0, 2]) + bytes([198, 18, 0, 2]))
-    v6_info = (socket.IPPROTO_IPV6, verifier.IPV6_PKTINFO,
+    v6_info = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
                ipaddress.IPv6Address("fd00::2").packed + bytes(4))
     mapped = ("::ffff:198.18.40.77", 4000, 0, 0)
     # An IPv4 datagram on a dual-stack socket: IP_PKTINFO came with it.
-    assert verifier.addresses(mapped, [v6_info, v4_info]) == (
+    assert knock_socket.addresses(mapped, [v6_info, v4_info]) == (
         ipaddress.ip_address("198.18.40.77"), ipaddress.ip_address("198.18.0.2"))
     # An IPv6 packet from ::ffff:198.18.40.77: it stays what it is.
-    assert verifier.addresses(mapped, [v6_info]) == (
+    assert knock_socket.addresses(mapped, [v6_info]) == (
         ipaddress.ip_address("::ffff:198.18.40.77"), ipaddress.ip_address("fd00::2"))
-    assert verifier.addresses(("198.18.1.1", 4000), [v4_info])[0] == \
+    assert knock_socket.addresses(("198.18.1.1", 4000), [v4_info])[0] == \
         ipaddress.ip_address("198.18.1.1")

@@ -4,19 +4,12 @@ import os
 import re
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
-from nacl.hash import blake2b
 from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
 from nacl.signing import SigningKey
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def gnocchi(*args):
-    return subprocess.run([sys.executable, "-m", "gnocchi", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+from support import gnocchi_cli
 
 
 def port_of(key: bytes) -> int:
@@ -25,48 +18,48 @@ def port_of(key: bytes) -> int:
 
 
 def test_keygen_server_prints_the_port_of_the_key_it_wrote(tmp_path):
-    result = gnocchi("keygen", "--server", tmp_path / "server.key")
+    result = gnocchi_cli("keygen", "--server", tmp_path / "server.key")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "server.key").read_text()
     assert re.fullmatch(r"[0-9a-f]{64}\n", text)
     assert stat.S_IMODE(os.stat(tmp_path / "server.key").st_mode) == 0o600
     port = port_of(bytes.fromhex(text))
     assert result.stdout == f"{port}\n" and port > 1024
-    assert gnocchi("port", tmp_path / "server.key").stdout == f"{port}\n"
+    assert gnocchi_cli("port", tmp_path / "server.key").stdout == f"{port}\n"
 
 
 def test_keygen_client_prints_the_public_key(tmp_path):
-    result = gnocchi("keygen", "--client", tmp_path / "client.key")
+    result = gnocchi_cli("keygen", "--client", tmp_path / "client.key")
     assert result.returncode == 0, result.stderr
     seed = bytes.fromhex((tmp_path / "client.key").read_text())
     public = bytes(SigningKey(seed).verify_key).hex()
     assert result.stdout == public + "\n"
-    assert gnocchi("pubkey", tmp_path / "client.key").stdout == public + "\n"
+    assert gnocchi_cli("pubkey", tmp_path / "client.key").stdout == public + "\n"
 
 
 def test_keygen_draws_different_keys(tmp_path):
     for name in "ab":
-        assert gnocchi("keygen", "--client", tmp_path / name).returncode == 0
+        assert gnocchi_cli("keygen", "--client", tmp_path / name).returncode == 0
     assert (tmp_path / "a").read_text() != (tmp_path / "b").read_text()
 
 
 def test_keygen_refuses_to_overwrite(tmp_path):
     (tmp_path / "server.key").write_text("precious\n")
-    result = gnocchi("keygen", "--server", tmp_path / "server.key")
+    result = gnocchi_cli("keygen", "--server", tmp_path / "server.key")
     assert result.returncode == 1 and result.stdout == ""
     assert f"{tmp_path / 'server.key'}: already exists" in result.stderr
     assert (tmp_path / "server.key").read_text() == "precious\n"
 
 
 def test_keygen_into_a_missing_directory(tmp_path):
-    result = gnocchi("keygen", "--client", tmp_path / "no" / "such" / "dir" / "k")
+    result = gnocchi_cli("keygen", "--client", tmp_path / "no" / "such" / "dir" / "k")
     assert result.returncode == 1
     assert "cannot create" in result.stderr and str(tmp_path / "no") in result.stderr
 
 
 def test_keygen_needs_exactly_one_kind(tmp_path):
-    assert gnocchi("keygen").returncode == 2
-    assert gnocchi("keygen", "--server", tmp_path / "a", "--client", tmp_path / "b").returncode == 2
+    assert gnocchi_cli("keygen").returncode == 2
+    assert gnocchi_cli("keygen", "--server", tmp_path / "a", "--client", tmp_path / "b").returncode == 2
     assert not (tmp_path / "a").exists()
 
 
@@ -74,7 +67,7 @@ def test_pubkey_of_a_tr_made_key(tmp_path):
     path = tmp_path / "client.key"
     subprocess.run(["sh", "-c", f"umask 077; tr </dev/urandom -dc 0-9a-f | head -c 64 > {path}"],
                    check=True)
-    result = gnocchi("pubkey", path)
+    result = gnocchi_cli("pubkey", path)
     assert result.returncode == 0, result.stderr
     seed = bytes.fromhex(path.read_text())
     assert result.stdout == bytes(SigningKey(seed).verify_key).hex() + "\n"
@@ -94,7 +87,7 @@ def test_errors_name_the_file_and_exit_1(tmp_path):
         (("port", tmp_path / "none"), f"gnocchi port: {tmp_path / 'none'}: no such"),
     ]
     for args, message in cases:
-        result = gnocchi(*args)
+        result = gnocchi_cli(*args)
         assert result.returncode == 1, args
         assert result.stdout == ""
         assert result.stderr.startswith(message), result.stderr
@@ -106,6 +99,6 @@ def test_port_refuses_a_key_with_a_low_port(tmp_path):
     path = tmp_path / "low.key"
     path.write_text(low.hex() + "\n")
     path.chmod(0o600)
-    result = gnocchi("port", path)
+    result = gnocchi_cli("port", path)
     assert result.returncode == 1
     assert f"knock port {port_of(low)} is 1024 or lower" in result.stderr

@@ -1,10 +1,12 @@
-"""A knock's DATA (PROTOCOL.md, "Request") -> Open | Run | Bad, and the client policy check.
+"""A knock's DATA (PROTOCOL.md, "Request") -> Open | Run | Bad: the one grammar
+the client writes (gnocchi.knock) and the server reads (verifier, config).
 
-Trusts nothing in DATA: it comes from a client that proved its key, but that
-client may only do what its config entry allows. Only the canonical forms
-parse ("open 22", "open 22/tcp", "open 22/udp", "run NAME", "run NAME\\nPAYLOAD");
-anything else is Bad(why). PAYLOAD is opaque bytes, handed only to an
-action's stdin. show() makes any DATA safe and short for a log field.
+Trusts nothing in DATA: on the server it comes from a client that proved its
+key, but may still be anything. Only the canonical forms parse ("open 22",
+"open 22/tcp", "open 22/udp", "run NAME", "run NAME\\nPAYLOAD"); anything else
+is Bad(why). PAYLOAD is opaque bytes, handed only to an action's stdin.
+Whether a client may make a request is the server's policy (config.Client).
+show() makes any DATA safe and short for a log field.
 """
 from __future__ import annotations
 
@@ -68,17 +70,6 @@ def parse(data: bytes) -> Open | Run | Bad:
     if verb == "run":
         return Bad("not run NAME (NAME: letters, digits, _ . -)")
     return Bad("unknown request (known: open, run)")
-
-
-def authorise(client, request: Request) -> str | None:
-    """None if client (a config.Client) may make request, else why not."""
-    if isinstance(request, Open) and request not in client.allow:
-        allowed = ", ".join(f"{o.port}/{o.proto}" for o in client.allow) or "none"
-        return f"{request.port}/{request.proto} is not in this client's allow list ({allowed})"
-    if isinstance(request, Run) and request.name not in client.actions:
-        allowed = ", ".join(client.actions) or "none"
-        return f"action {request.name!r} is not in this client's actions ({allowed})"
-    return None
 
 
 def show(data: bytes, limit: int = SHOW_LIMIT) -> str:

@@ -87,8 +87,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
+def main(argv: list[str]) -> int:
     args = parser().parse_args(argv[1:])
     try:
         print(setup(args.config, args.unit_dir))

@@ -51,11 +51,8 @@ def parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("keygen", "pubkey", "port"):
-        print("usage: gnocchi keygen|pubkey|port ...", file=sys.stderr)
-        return 2
+def main(argv: list[str]) -> int:
+    """argv: ["keygen"|"pubkey"|"port", ARGS...], as gnocchi/__main__.py passes it."""
     args = parser(argv[0]).parse_args(argv[1:])
     try:
         print(args.run(args))
@@ -64,6 +61,3 @@ def main(argv=None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,16 +2,21 @@
 
 A Net is a pair of hosts, client and server, joined by a veth pair and
 addressed from 198.18.0.0/15. Everything is removed on exit, even when the
-test fails. Commands run inside with `net.server.run([...])`.
+test fails. Commands run inside with `net.server.run([...])`; `inside(host)`
+makes sockets there from this process.
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 _serial = itertools.count(1)
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
 
 
 def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -70,3 +75,17 @@ class Net:
             for pid in pids:
                 sh("kill", "-9", pid, check=False)
             sh("ip", "netns", "del", host.name, check=False)
+
+
+@contextmanager
+def inside(host: Host):
+    """Run the block in host's network namespace (this thread only).
+    Sockets made in the block stay in that namespace after it ends."""
+    with open(f"/run/netns/{host.name}") as there, open("/proc/thread-self/ns/net") as home:
+        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {host.name}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from netns import Net
+from support import Net
 from systemd_container import Container
 from test_system import CONFIG, PROTECTED, Server, need
 

@@ -1,0 +1,144 @@
+"""The verifier's knock socket: taking it, and where each datagram came from.
+
+Trusts systemd's LISTEN_FDS/LISTEN_PID and NOTIFY_SOCKET, and the kernel's
+IP_PKTINFO, but not the unit file: a passed descriptor must be exactly one
+UDP socket on the knock port derived from the server key, or the verifier
+refuses to start with the ListenDatagram= line the unit needs (--listen
+binds one itself, on that port only). listen_fds() also removes LISTEN_*
+from the environment, so nothing the verifier starts inherits them.
+addresses() reports a datagram's source as it really arrived: an IPv6
+source is never turned into an IPv4 one.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from systemd import daemon
+
+IP_PKTINFO = 8  # Linux (struct in_pktinfo: ifindex, spec_dst, addr); Python 3.11's socket lacks it
+ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
+# IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
+# 4380, 6052): a knock that came over IPv6 from one of them is refused, never
+# translated, or it would open IPv4 for an address that sent nothing.
+EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
+    "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96",
+    "64:ff9b:1::/48"))
+THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+class StartupError(Exception):
+    """The verifier cannot start; str() says why and what to change."""
+
+
+def unit_hint(knock_port: int) -> str:
+    return (f"gnocchi.socket needs exactly one ListenDatagram={knock_port} "
+            f"(the knock port of the server key; `gnocchi setup` writes that drop-in)")
+
+
+def take(listen_text: str | None, knock_port: int) -> socket.socket:
+    """The socket systemd passed, else one bound to --listen; IP_PKTINFO on."""
+    sock = inherited_socket(knock_port)
+    if sock is None and not listen_text:
+        raise StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
+                           f"IP:{knock_port} ({knock_port} is this server key's knock port)")
+    if sock is None:
+        sock = listen(listen_text, knock_port)
+    enable_pktinfo(sock)
+    return sock
+
+
+def inherited_socket(knock_port: int) -> socket.socket | None:
+    """The UDP socket systemd passed, checked; None when started without socket activation."""
+    fds = daemon.listen_fds()
+    if not fds:
+        return None
+    if len(fds) != 1:
+        raise StartupError(f"systemd passed {len(fds)} sockets, not one; {unit_hint(knock_port)}")
+    fd = fds[0]
+    if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
+        raise StartupError(f"the socket systemd passed (fd {fd}) is not a UDP socket; "
+                           f"{unit_hint(knock_port)}")
+    sock = socket.socket(fileno=fd)
+    port = sock.getsockname()[1]
+    if port != knock_port:
+        sock.close()
+        raise StartupError(f"the socket systemd passed is on UDP port {port}, but this server "
+                           f"key's knock port is {knock_port}; {unit_hint(knock_port)}")
+    return sock
+
+
+def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise StartupError(f"--listen {text!r}: expected IP:PORT or [IPv6]:PORT") from None
+    return address, int(port)
+
+
+def listen(text: str, knock_port: int) -> socket.socket:
+    address, port = parse_listen(text)
+    if port != knock_port:
+        raise StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
+                           f"port {knock_port}; clients knock on {knock_port}")
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((str(address), port))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"--listen {text!r}: cannot bind: {e.strerror}") from None
+    return sock
+
+
+def enable_pktinfo(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        try:  # a dual-stack socket's IPv4 datagrams may come with IP_PKTINFO instead
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        except OSError:
+            pass  # an IPV6_V6ONLY socket sees no IPv4 datagrams anyway
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+def addresses(sockaddr, ancdata) -> tuple:
+    """(source, destination) of a datagram as it really arrived. A dual-stack
+    socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
+    show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
+    which the kernel adds to IPv4 datagrams alone, says the source is IPv4."""
+    source = ipaddress.ip_address(sockaddr[0])
+    dest = None
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # in_pktinfo: ifindex, spec_dst, addr
+            if source.version == 6:
+                source = source.ipv4_mapped
+            return source, ipaddress.IPv4Address(data[8:12])
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            dest = ipaddress.IPv6Address(data[:16])  # in6_pktinfo: addr, ifindex
+    return source, dest
+
+
+def unknockable(source) -> str | None:
+    """Why no knock is accepted from this source address, or None. The
+    helper refuses the same addresses (helper/request.py: knockable)."""
+    if source.version == 6 and any(source in net for net in EMBEDDING_IPV4):
+        return "an IPv6 address that embeds an IPv4 address (mapped, compatible, 6to4, Teredo or NAT64)"
+    if (source.is_unspecified or source.is_multicast or source.is_loopback
+            or source.is_link_local or source.is_reserved
+            or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)):
+        return "not a unicast address a client can knock from"
+    return None
+
+
+def notify(state: str) -> None:
+    """sd_notify(state) when systemd asked for it (Type=notify); otherwise nothing."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        daemon.notify(state)

@@ -1,0 +1,34 @@
+"""What the tests share, in one place: import any of it from `support`.
+
+    netns      Net, Host, inside        hosts in network namespaces of our own (198.18.0.0/15)
+    sockets    tcp_connect, echoes,     traffic between them; datagrams from the client
+               udp_socket, EchoServices,
+               send_datagrams
+    table      load_table, ruleset,     nft/gnocchi.nft in a namespace, and what the kernel holds
+               elements
+    processes  REPO, PYTHON, stop,      the checkout's CLI, stopping a process, the JSON
+               gnocchi_cli, events      events a verifier writes outside systemd
+    helper     request, STATUS, Helper, the helper's request format, the real root helper,
+               HelperRecorder,          a recording stand-in for the verifier's tests, and
+               helper_main,             for the helper's unprivileged unit tests only: its
+               FakeNftables             __main__ module and a libnftables stand-in
+    verifier   Keys, write_config,      keys, a config, knocks, the real verifier daemon
+               knock, Daemon
+
+tests/conftest.py puts the checkout, helper/ and tests/ on sys.path, once. Nothing
+here touches the root namespace's network or firewall.
+"""
+from support.helper import (REQUEST, STATUS, FakeNftables, Helper, HelperRecorder, helper_main,
+                            request)
+from support.netns import Host, Net, inside
+from support.processes import PYTHON, REPO, events, gnocchi_cli, stop
+from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, tcp_connect,
+                             udp_socket)
+from support.table import TABLE_FILE, elements, load_table, ruleset
+from support.verifier import Daemon, Keys, knock, write_config
+
+__all__ = ["REQUEST", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
+           "request", "Host", "Net", "inside", "PYTHON", "REPO", "events", "gnocchi_cli", "stop",
+           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "tcp_connect", "udp_socket",
+           "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock",
+           "write_config"]

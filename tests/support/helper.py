@@ -1,0 +1,157 @@
+"""The root helper in tests: its request format written out a third time
+(independent of gnocchi/helper_client.py and helper/request.py, which
+tests/test_contract.py pins to the same bytes), the real helper started as
+systemd starts it, a stand-in that records what a verifier sends, and, for
+the unprivileged tests of the helper's decision only, its __main__ module
+and a libnftables stand-in."""
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from support.netns import Host
+from support.processes import PYTHON, REPO, stop
+
+REQUEST = struct.Struct("!BBBBH16s")  # docs/contracts.md: version, family, proto, pad, port, address
+STATUS = {name: i for i, name in enumerate((
+    "OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
+    "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED"))}
+
+
+def request(ip: str, port: int, proto: int = 6, *, version=1, family=None, pad=0) -> bytes:
+    """A helper request from typed values, as the verifier would build it;
+    the keywords make the malformed ones."""
+    a = ipaddress.ip_address(ip)
+    packed = a.packed + bytes(16 - len(a.packed))
+    return REQUEST.pack(version, a.version if family is None else family, proto, pad, port, packed)
+
+
+class Helper:
+    """The real root helper (helper/ in the checkout) in host's namespace,
+    handed its socket by systemd-socket-activate exactly as systemd would."""
+
+    def __init__(self, host: Host, peer_user="nobody", open_seconds=30):
+        # Its own directory: pytest's tmp_path is root-only, and the peer
+        # (another user) must reach the socket.
+        self.dir = Path(tempfile.mkdtemp(prefix="gnocchi-helper-"))
+        os.chmod(self.dir, 0o755)
+        self.path = self.dir / "helper.sock"
+        self.log = self.dir / "helper.log"
+        with open(self.log, "w") as log:
+            self.proc = host.popen(
+                ["systemd-socket-activate", "--seqpacket", "-l", str(self.path),
+                 PYTHON, str(REPO / "helper"), "--peer-user", peer_user,
+                 "--open-seconds", str(open_seconds)],
+                stdout=log, stderr=log)
+        for _ in range(100):  # up to 5 s
+            if self.path.exists():
+                break
+            time.sleep(0.05)
+        else:
+            self.close()
+            raise RuntimeError(f"the helper's socket never appeared: {self.log.read_text()}")
+        # 0666, not gnocchi's 0660 root:gnocchi: the tests also connect as a
+        # stranger, to show the helper's own uid check refuses it.
+        os.chmod(self.path, 0o666)
+
+    def send(self, *messages: bytes, user: str = "nobody") -> list:
+        """Send each message on its own connection as user; their status bytes
+        (None where the helper closed without one)."""
+        group = {"nobody": "nogroup"}.get(user, user)
+        code = (
+            "import socket, sys\n"
+            "for m in sys.argv[2:]:\n"
+            "    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:\n"
+            "        s.settimeout(5); s.connect(sys.argv[1]); s.send(bytes.fromhex(m))\n"
+            "        r = s.recv(2); print(r[0] if len(r) == 1 else None)\n")
+        out = subprocess.run(
+            ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups",
+             PYTHON, "-c", code, str(self.path), *(m.hex() for m in messages)],
+            check=True, capture_output=True, text=True, timeout=60).stdout
+        return [None if v == "None" else int(v) for v in out.split()]
+
+    def log_lines(self) -> list[str]:
+        return [l for l in self.log.read_text().splitlines() if l.startswith("gnocchi-helper:")]
+
+    def close(self):
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class HelperRecorder:
+    """A stand-in helper socket for the verifier's tests: a real SOCK_SEQPACKET
+    server that records every message and answers `status`."""
+
+    def __init__(self, path: Path, status: int = 0):
+        self.path = str(path)
+        self.status = status
+        self.messages: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(self.path)
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.messages.append(conn.recv(64))
+                    conn.send(bytes([self.status]))
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop = True
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+def helper_main():
+    """helper/__main__.py as a module, to call decide() in-process. It imports
+    its siblings as `nft` and `request`, as when it runs: tests/conftest.py
+    puts helper/ on sys.path, so they are the modules the tests import too."""
+    spec = importlib.util.spec_from_file_location("helper_main", REPO / "helper" / "__main__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeNftables:
+    """Stands in for nftables.Nftables() in the helper's unprivileged unit
+    tests only (tests/unit/test_helper_*.py): json_cmd answers as libnftables
+    does for a table whose protected set holds `protected`, or fails where
+    told, and records every command. Everywhere else the tests use the real
+    library and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
+
+    def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = ""):
+        self.protected = list(protected)
+        self.fail_list, self.fail_add = fail_list, fail_add
+        self.sent: list[dict] = []
+
+    def json_cmd(self, command: dict) -> tuple:
+        self.sent.append(command)
+        commands = command["nftables"][1:]  # after the metainfo
+        if commands and "list" in commands[0]:
+            if self.fail_list:
+                return -1, "", self.fail_list
+            listed = dict(commands[0]["list"]["set"], type="inet_service", handle=1,
+                          elem=self.protected)
+            return 0, {"nftables": [{"metainfo": {"json_schema_version": 1}}, {"set": listed}]}, ""
+        return (1, "", self.fail_add) if self.fail_add else (0, "", "")

@@ -1,0 +1,90 @@
+"""gnocchi.config: the contract's example loads, defaults, and every error names the file and the key."""
+import pytest
+
+from gnocchi import config, knock_request
+from gnocchi.config import Action
+from support import REPO
+
+KEY_A = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"
+
+
+def load_text(tmp_path, text: str) -> config.Config:
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(text)
+    return config.load(str(path))
+
+
+def test_the_contract_example_and_the_packaged_example_load(tmp_path):
+    cfg = load_text(tmp_path, f"""
+server_key_file = "/etc/gnocchi/server.key"
+state_dir = "/var/lib/gnocchi"
+helper_socket = "/run/gnocchi/helper.sock"
+
+[clients.alice]
+public_key = "{KEY_A}"
+allow = ["22/tcp", "60001/udp"]
+default = "open 22"
+actions = ["motd"]
+
+[actions.motd]
+argv = ["/usr/local/bin/set-motd"]
+timeout = 10
+""")
+    alice = cfg.clients[0]
+    assert alice.name == "alice" and alice.public_key == bytes.fromhex(KEY_A)
+    assert alice.allow == (knock_request.Open(22, "tcp"), knock_request.Open(60001, "udp"))
+    assert alice.default == knock_request.Open(22, "tcp") and alice.actions == ("motd",)
+    assert cfg.action("motd") == Action("motd", ("/usr/local/bin/set-motd",), 10.0)
+    assert cfg.server_addresses == ()
+    packaged = config.load(str(REPO / "packaging" / "gnocchi.toml"))
+    assert packaged.state_dir == "/var/lib/gnocchi" and packaged.clients == ()
+
+
+def test_defaults(tmp_path):
+    cfg = load_text(tmp_path, f'[clients.bob]\npublic_key = "{KEY_A}"\nallow = [443, "53/udp"]\n')
+    assert (cfg.server_key_file, cfg.state_dir, cfg.helper_socket) == (
+        "/etc/gnocchi/server.key", "/var/lib/gnocchi", "/run/gnocchi/helper.sock")
+    assert cfg.clients[0].default == knock_request.Open(443, "tcp")
+    cfg = load_text(tmp_path, f'[clients.bob]\npublic_key = "{KEY_A}"\n')
+    assert cfg.clients[0].default is None and cfg.clients[0].allow == ()
+
+
+CLIENT = f'[clients.alice]\npublic_key = "{KEY_A}"\n'
+BAD_CONFIGS = [
+    ('server_kee_file = "/x"\n', "server_kee_file: unknown key"),
+    ('state_dir = "relative"\n', "state_dir: 'relative' is not an absolute path"),
+    ('helper_socket = 3\n', "helper_socket: must be a non-empty string, not an integer"),
+    ('server_addresses = ["::1"]\n', "server_addresses[0]: '::1' is not an IPv4 address"),
+    ('server_addresses = "1.2.3.4"\n', "server_addresses: must be a list of strings"),
+    ("clients = 3\n", "clients: must be a table of named tables"),
+    ('[clients.alice]\nallow = ["22"]\n', "clients.alice.public_key: missing (required)"),
+    ('[clients.alice]\npublic_key = "abc"\n', "clients.alice.public_key: expected a public key"),
+    (CLIENT + 'allow = ["22", "22/sctp"]\n',
+     "clients.alice.allow[1]: '22/sctp' is not PORT, PORT/tcp or PORT/udp"),
+    (CLIENT + 'allow = ["70000"]\n', "clients.alice.allow[0]: '70000' is not PORT"),
+    (CLIENT + 'allow = "22"\n', "clients.alice.allow: must be a list"),
+    (CLIENT + 'alow = ["22"]\n', "clients.alice.alow: unknown key"),
+    (CLIENT + 'allow = ["22"]\ndefault = "open 23"\n',
+     "clients.alice.default: 'open 23': 23/tcp is not in this client's allow list (22/tcp)"),
+    (CLIENT + 'default = "shut 22"\n', "clients.alice.default: 'shut 22': unknown request"),
+    (CLIENT + 'actions = ["motd"]\n', "clients.alice.actions[0]: 'motd' is not an [actions] entry"),
+    (f'[clients."a b"]\npublic_key = "{KEY_A}"\n', "clients.a b: 'a b' is not a name"),
+    (CLIENT + f'[clients.bob]\npublic_key = "{KEY_A}"\n',
+     "clients.bob.public_key: is also clients.alice's key"),
+    ('[actions.m]\ntimeout = 3\n', "actions.m.argv: missing (required)"),
+    ('[actions.m]\nargv = []\n', "actions.m.argv: must name a program"),
+    ('[actions.m]\nargv = ["set-motd"]\n', "actions.m.argv[0]: 'set-motd' is not an absolute path"),
+    ('[actions.m]\nargv = ["/bin/true", 3]\n', "actions.m.argv[1]: must be a string"),
+    ('[actions.m]\nargv = ["/bin/true"]\ntimeout = 0\n', "actions.m.timeout: 0 is not a number"),
+    ('[actions.m]\nargv = ["/bin/true"]\ntimeout = 601\n', "actions.m.timeout: 601 is not"),
+    ('[actions.m]\nargv = ["/bin/true"]\nshell = true\n', "actions.m.shell: unknown key"),
+    ('state_dir = "/x"\nstate_dir = "/y"\n', "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_CONFIGS)
+def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, text)
+    assert str(e.value).startswith(f"{tmp_path / 'gnocchi.toml'}: ")
+    assert message in str(e.value)

@@ -1,0 +1,72 @@
+"""gnocchi.counters: the durable store round-trips, and a corrupt one names the file and the way back."""
+import os
+
+import pytest
+
+from gnocchi import counters
+
+KEY_A = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"
+KEY_B = "1" * 64
+A, B = bytes.fromhex(KEY_A), bytes.fromhex(KEY_B)
+
+
+def test_store_round_trip(tmp_path):
+    assert counters.create(str(tmp_path)) and not counters.create(str(tmp_path))
+    store = counters.Store(str(tmp_path)).load()
+    assert store.last(A) == 0
+    store.commit(A, 5)
+    store.commit(B, 2**112 - 1)
+    store.commit(A, 6)
+    again = counters.Store(str(tmp_path)).load()
+    assert (again.last(A), again.last(B)) == (6, 2**112 - 1)
+    assert oct(os.stat(tmp_path / "counters").st_mode & 0o777) == "0o600"
+    assert not (tmp_path / "counters.tmp").exists()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "first line is not"),
+    ("# gnocchi counters v1\n" + KEY_A + " 5", "truncated"),
+    ("# gnocchi counters v1\n" + KEY_A + " 05\n", "line 2"),
+    ("# gnocchi counters v1\n" + KEY_A.upper() + " 5\n", "line 2"),
+    ("# gnocchi counters v1\n" + KEY_A + " 5\n" + KEY_A + " 6\n", "line 3 repeats"),
+    ("# gnocchi counters v1\n" + KEY_A + f" {2**112}\n", "line 2"),
+    ("# gnocchi counters v1\n\n", "line 2"),
+    ("# gnocchi counters v1\n" + KEY_A + " 5\nfloor 3\n", "line 3"),  # the floor comes first
+])
+def test_a_corrupt_store_names_the_file_and_the_way_back(tmp_path, text, why):
+    (tmp_path / "counters").write_text(text)
+    with pytest.raises(counters.StoreError) as e:
+        counters.Store(str(tmp_path)).load()
+    assert str(e.value).startswith(f"{tmp_path / 'counters'}: corrupt counter store")
+    assert why in str(e.value) and "gnocchi audit --counters" in str(e.value)
+
+
+def test_a_missing_store_is_refused_with_the_way_out(tmp_path):
+    with pytest.raises(counters.StoreError) as e:
+        counters.Store(str(tmp_path)).load()
+    assert "counter store is missing" in str(e.value)
+    assert "gnocchi recover-counters" in str(e.value)
+
+
+def test_recovery_makes_every_counter_up_to_now_a_replay_for_any_key(tmp_path):
+    now = 1764230400123456789
+    assert "missing or unreadable" in counters.recover(str(tmp_path), now)
+    store = counters.Store(str(tmp_path)).load()
+    assert (store.floor, store.last(A), store.last(B)) == (now, now, now)
+    store.commit(A, now + 5)
+    again = counters.Store(str(tmp_path)).load()
+    assert (again.last(A), again.last(B)) == (now + 5, now)
+    assert (tmp_path / "counters").read_text() == (
+        f"# gnocchi counters v1\nfloor {now}\n{KEY_A} {now + 5}\n")
+    # Recovering again keeps what is above the new floor.
+    counters.recover(str(tmp_path), now + 2)
+    assert counters.Store(str(tmp_path)).load().last(A) == now + 5
+
+
+def test_an_empty_store_file_is_valid_and_a_directory_is_not(tmp_path):
+    (tmp_path / "counters").write_text(counters.HEADER)
+    assert counters.Store(str(tmp_path)).load().counters == {}
+    (tmp_path / "counters").unlink()
+    (tmp_path / "counters").mkdir()
+    with pytest.raises(counters.StoreError, match="cannot read"):
+        counters.Store(str(tmp_path)).load()

@@ -1,0 +1,115 @@
+"""helper/__main__.py's decide(), every branch, without root: peer, length,
+version, protocol, address, not protected, rate, nft failure, and OK.
+
+The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
+is the kernel's answer (this process); the clock is a number the test moves.
+Only libnftables is a stand-in, FakeNftables (tests/support/helper.py), here
+and nowhere else: tests/integration/test_helper_requests.py drives the real
+helper, library and kernel, as root, in a namespace.
+"""
+import collections
+import os
+import socket
+
+import pytest
+
+import nft
+import request as rq  # helper/request.py, by the name the helper imports it
+from support import FakeNftables, helper_main, request
+
+main = helper_main()
+ME = os.getuid()
+VALID = request("198.18.1.1", 22)
+
+
+def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=False):
+    """decide() on a fresh connection that sent message (or nothing, if silent)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        ours.settimeout(0.2)  # the helper's RECV_SECONDS, shortened
+        if not silent:
+            theirs.send(message)
+        ctx = nft_ctx or FakeNftables()
+        return main.decide(ours, peer_uid, ctx, 30, collections.deque() if recent is None
+                           else recent, clock=lambda: now)
+
+
+@pytest.mark.parametrize("name, message, status", [
+    ("empty", b"", "BAD_LENGTH"),
+    ("short", VALID[:-1], "BAD_LENGTH"),
+    ("long", VALID + b"\0", "BAD_LENGTH"),
+    ("version 2", request("198.18.1.1", 22, version=2), "BAD_VERSION"),
+    ("pad byte set", request("198.18.1.1", 22, pad=1), "BAD_VERSION"),
+    ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
+    ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
+    ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
+    ("port 0", request("198.18.1.1", 0), "NOT_PROTECTED"),
+])
+def test_a_malformed_request_is_refused_with_its_bytes_and_nft_is_not_asked(name, message,
+                                                                            status):
+    ctx = FakeNftables()
+    code, _, fields = decide(message, nft_ctx=ctx)
+    assert rq.STATUSES[code] == status
+    assert fields["REQUEST_HEX"] == message.hex() and fields["PEER_UID"] == ME
+    assert ctx.sent == []
+
+
+def test_a_silent_peer_is_a_bad_length_after_the_timeout():
+    code, _, fields = decide(b"", silent=True)
+    assert (code, fields["REQUEST_HEX"]) == (rq.BAD_LENGTH, "")
+
+
+def test_a_peer_that_is_not_the_verifier_is_refused_even_with_a_valid_request():
+    ctx = FakeNftables()
+    code, text, fields = decide(VALID, peer_uid=ME + 1, nft_ctx=ctx)
+    assert code == rq.BAD_PEER and f"uid {ME} is not the verifier's" in text
+    assert fields["REQUEST_HEX"] == VALID.hex() and ctx.sent == []
+
+
+def test_an_unprotected_port_is_refused_after_reading_the_live_set():
+    ctx = FakeNftables(protected=(22, {"range": [8000, 8100]}))
+    code, text, fields = decide(request("198.18.1.1", 23), nft_ctx=ctx)
+    assert code == rq.NOT_PROTECTED and "not a protected port" in text
+    assert (str(fields["ADDRESS"]), fields["PROTO"], fields["PORT"]) == ("198.18.1.1", "tcp", 23)
+    assert len(ctx.sent) == 1 and "list" in ctx.sent[0]["nftables"][1]  # no add
+    assert decide(request("198.18.1.1", 8050), nft_ctx=ctx)[0] == rq.OK
+
+
+def test_an_unreadable_set_is_nft_failed_and_nothing_is_added():
+    ctx = FakeNftables(fail_list="Error: No such file or directory")
+    code, _, fields = decide(VALID, nft_ctx=ctx)
+    assert code == rq.NFT_FAILED and fields["NFT_ERROR"] == "Error: No such file or directory"
+    assert len(ctx.sent) == 1
+
+
+def test_a_refused_add_is_nft_failed_and_still_counts_against_the_rate():
+    ctx, recent = FakeNftables(fail_add="Error: Could not process rule"), collections.deque()
+    code, _, fields = decide(VALID, nft_ctx=ctx, recent=recent)
+    assert code == rq.NFT_FAILED and fields["NFT_ERROR"] == "Error: Could not process rule"
+    assert len(recent) == 1
+
+
+def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
+    ctx = FakeNftables(protected=(60001,))
+    code, text, fields = decide(request("fd00::7", 60001, 17), nft_ctx=ctx)
+    assert code == rq.OK and "may start one connection within 30 s" in text
+    assert (str(fields["ADDRESS"]), fields["PROTO"], fields["PORT"], fields["TIMEOUT"]) == (
+        "fd00::7", "udp", 60001, 30)
+    listing, adding = ctx.sent
+    assert listing["nftables"] == [{"metainfo": {"json_schema_version": 1}},
+                                   *nft.list_protected("udp")]
+    assert adding["nftables"][0] == {"metainfo": {"json_schema_version": 1}}
+    assert [list(c) for c in adding["nftables"][1:]] == [["add"], ["delete"], ["add"]]
+    assert adding["nftables"][1]["add"]["element"] == {
+        "family": "inet", "table": "gnocchi", "name": "knocked6",
+        "elem": [{"elem": {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30}}]}
+
+
+def test_at_most_sixty_adds_a_minute_by_the_injected_clock():
+    recent = collections.deque()
+    assert [decide(VALID, recent=recent, now=1000.0)[0] for _ in range(60)] == [rq.OK] * 60
+    code, text, _ = decide(VALID, recent=recent, now=1059.0)
+    assert code == rq.RATE_LIMITED and "60 adds in the last minute" in text
+    assert decide(request("198.18.1.1", 23), recent=recent, now=1059.0)[0] == rq.NOT_PROTECTED
+    assert decide(VALID, recent=recent, now=1060.5)[0] == rq.OK  # the first 60 are a minute old
+    assert len(recent) == 1

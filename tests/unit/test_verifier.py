@@ -1,0 +1,121 @@
+"""gnocchi.verifier in-process and as `gnocchi serve`: startup refusals, silence by
+construction, and the whole decision under arbitrary input."""
+import ipaddress
+import itertools
+import json
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.secret import SecretBox
+
+from gnocchi import audit, config, counters, events, protocol, verifier
+from support import REPO, HelperRecorder, Keys, gnocchi_cli
+
+CLIENT = '[clients.alice]\npublic_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n'
+
+
+def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(CLIENT + 'allow = ["22", "22/sctp"]\n')
+    out = gnocchi_cli("serve", "--config", path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"gnocchi serve: {path}: clients.alice.allow[1]: '22/sctp' "
+                                  "is not PORT, PORT/tcp or PORT/udp")
+    missing = gnocchi_cli("serve", "--config", tmp_path / "no")
+    assert missing.returncode == 1 and f"{tmp_path / 'no'}: no such file" in missing.stderr
+
+
+def test_serve_refuses_a_loose_server_key_and_a_missing_socket(tmp_path):
+    k = Keys(tmp_path)
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(f'server_key_file = "{k.server_file}"\nstate_dir = "{tmp_path}"\n')
+    out = gnocchi_cli("serve", "--config", path)
+    assert out.returncode == 1 and f"give --listen IP:{k.port}" in out.stderr
+    out = gnocchi_cli("serve", "--config", path, "--listen", f"198.18.0.1:{k.port - 1}")
+    assert out.returncode == 1 and f"is not this server key's knock port {k.port}" in out.stderr
+    os.chmod(k.server_file, 0o644)
+    out = gnocchi_cli("serve", "--config", path)
+    assert out.returncode == 1 and f"{k.server_file}: secret key is open" in out.stderr
+
+
+def test_nothing_in_the_verifier_sends_a_datagram():
+    # Silence by construction too: no send call on a network socket in the daemon's modules.
+    for name in ("verifier", "knock_socket", "events", "knock_request", "counters", "config", "actions"):
+        text = (REPO / "gnocchi" / f"{name}.py").read_text()
+        assert "sendto" not in text and "sendmsg" not in text and ".send(" not in text.replace(
+            "self.send(", "").replace("journal.send(", ""), name
+
+
+def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
+    k = Keys(tmp_path)
+    (tmp_path / "gnocchi.toml").write_text(
+        f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
+        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n')
+    cfg = config.load(str(tmp_path / "gnocchi.toml"))
+    recorder = HelperRecorder(tmp_path / "h.sock")
+    sent: list[dict] = []
+    counters.create(str(tmp_path))
+    v = verifier.Verifier(cfg, k.server, counters.Store(str(tmp_path)).load(),
+                          events.EventLog(send=sent.append))
+    src, dst = ipaddress.IPv4Address("198.18.3.1"), ipaddress.IPv4Address("198.18.3.2")
+    counter = itertools.count(1)
+    valid = protocol.build_packet(k.server, k.seeds["alice"], 10**9, b"open 22", dst.packed)
+    opening = {b"", b"open 22", b"open 22/tcp"}
+    expected = []
+
+    def signed(data: bytes) -> bytes:
+        if data in opening:
+            expected.append(data)
+        return protocol.build_packet(k.server, k.seeds["alice"], next(counter), data, dst.packed)
+
+    sealed_garbage = st.binary(min_size=0, max_size=800).map(
+        lambda body: bytes(SecretBox(k.server).encrypt(
+            protocol.MAGIC + bytes.fromhex(k.public("alice")) + body)))
+    flipped = st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)).map(
+        lambda f: valid[:f[0]] + bytes([valid[f[0]] ^ f[1]]) + valid[f[0] + 1:])
+    requests_ = st.one_of(st.binary(max_size=120), st.sampled_from(
+        [b"open 22", b"open 22/tcp", b"", b"open 22/udp", b"open 23", b"run x", b"open 22\n"]))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(st.binary(max_size=1100), flipped, sealed_garbage, requests_.map(signed)))
+    def check(packet):
+        v.handle(packet, src, dst)
+
+    try:
+        check()
+        assert expected and len(recorder.messages) == len(expected)
+        assert {m[4:6] for m in recorder.messages} <= {(22).to_bytes(2, "big")}
+    finally:
+        recorder.close()
+
+
+def test_a_key_the_packet_only_claims_is_logged_as_claimed(tmp_path):
+    # Replay (step 5) and signature (step 6) rejections come before or without
+    # a valid signature; data-length (step 7) comes after it.
+    vectors = json.loads((REPO / "tests" / "vectors" / "knock-v1.json").read_text())
+    by_name = {v["name"]: bytes.fromhex(v["packet"]) for v in vectors["vectors"]}
+    public = {name: c["public_key"] for name, c in vectors["clients"].items()}
+    (tmp_path / "gnocchi.toml").write_text(
+        f'state_dir = "{tmp_path}"\nserver_addresses = ["{vectors["server_ip"]}"]\n'
+        + "".join(f'[clients.{n}]\npublic_key = "{k}"\n' for n, k in public.items()))
+    counters.create(str(tmp_path))
+    store = counters.Store(str(tmp_path)).load()
+    store.commit(bytes.fromhex(public["a"]), 1)  # minimal-empty-data (a, counter 1) replays
+    sent: list[dict] = []
+    v = verifier.Verifier(config.load(str(tmp_path / "gnocchi.toml")),
+                          bytes.fromhex(vectors["server_key"]), store, events.EventLog(send=sent.append))
+    source = ipaddress.IPv4Address("198.18.3.1")
+    for name in ("minimal-empty-data", "signed-for-other-server-ip", "data-len-exceeds-body"):
+        v.handle(by_name[name], source, None)
+    replay, signature, data_length = sent
+    for entry, event in ((replay, "replay"), (signature, "signature")):
+        assert entry["GNOCCHI_EVENT"] == event
+        name = entry["GNOCCHI_CLAIMED_CLIENT"]
+        assert entry["GNOCCHI_CLAIMED_CLIENT_KEY"] == public[name]
+        assert "GNOCCHI_CLIENT" not in entry and "GNOCCHI_CLIENT_KEY" not in entry
+        assert "(claimed)" in audit.format_entry(entry)
+    assert (data_length["GNOCCHI_EVENT"], data_length["GNOCCHI_REASON"]) == ("refused", "data-length")
+    assert data_length["GNOCCHI_CLIENT_KEY"] == public[data_length["GNOCCHI_CLIENT"]]
+    assert not any(key.startswith("GNOCCHI_CLAIMED") for key in data_length)
+    assert audit.counters_from(sent) == {}  # nothing was committed
