@@ -11,6 +11,8 @@ COMMANDS = {
     "setup": ("gnocchi.setup", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),
+    "check": ("gnocchi.check", "check config, keys, knock port and table file; exit 0 if all is well"),
+    "table": ("gnocchi.arming", "load/unload table inet gnocchi (what gnocchi-arm.service runs)"),
 }
 
 
