@@ -66,7 +66,9 @@ def ready(config_path: str, unit_dir: str) -> str:
                  + "once `gnocchi check` passes, ")
     else:
         text += "next, "
-    return text + "to arm the firewall and listen: systemctl enable --now gnocchi.socket\n"
+    return text + ("to arm the firewall and listen: over ssh, `gnocchi arm --trial 300` (it "
+                   "disarms by itself unless you confirm), or at once: "
+                   "systemctl enable --now gnocchi.socket\n")
 
 
 def parser() -> argparse.ArgumentParser:

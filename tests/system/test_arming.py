@@ -216,3 +216,124 @@ def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
     b.file(TABLE).write_text(good)
     assert b.connect() == "hello", "the pending knock survived the refused reload"
     assert b.connect() == "timeout"
+
+
+# ---- status, and a table that stays armed (issue 11, item 2) -----------------
+
+def status(b: Box, env: tuple = ()) -> tuple[int, str]:
+    proc = b.run("env", *env, "gnocchi", "status", check=False)
+    return proc.returncode, proc.stdout
+
+
+def test_status_says_armed_with_port_clients_pending_and_decisions(b):
+    b.knock()
+    b.wait(lambda: "elements" in b.net.server.nft("list", "set", "inet", "gnocchi",
+                                                  "knocked4").stdout, "a pending knock")
+    rc, out = status(b)
+    port = b.run("gnocchi", "port", "/etc/gnocchi/server.key").stdout.strip()
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "gnocchi: ARMED: table inet gnocchi is loaded, protecting 22/tcp"
+    assert f"knock port: {port}/udp, listening (gnocchi.socket active)" in lines
+    assert "  alice: 22/tcp" in lines
+    assert any(l.startswith(f"  {b.net.client.ip} tcp/22, ") and l.endswith(" s left")
+               for l in lines), out
+    assert "last entries (journalctl -u gnocchi):" in lines
+    assert any(" accepted " in l and "alice" in l for l in lines), out
+    assert b.connect() == "hello"
+
+
+def test_nftables_service_flushes_are_rearmed_whatever_ran_them(b):
+    since = time.time()
+    # The first start while gnocchi is armed: the case PartOf= could not see.
+    for action in (["enable", "--now"], ["reload"], ["restart"], ["stop"], ["start"]):
+        b.run("systemctl", *action, "nftables.service")
+        assert b.armed(), f"after systemctl {' '.join(action)} nftables"
+        assert b.state("gnocchi.socket") == "active"
+    missing = b.events("table-missing", since)
+    assert len(missing) >= 5 and all(e["PRIORITY"] == "2" for e in missing)
+    assert all("nftables.service" in e["MESSAGE"] and "re-armed" in e["MESSAGE"]
+               for e in missing)
+    assert b.connect() == "timeout"
+    b.run("systemctl", "disable", "--now", "nftables.service")
+
+
+def test_a_flush_by_hand_is_rearmed_at_once_and_said_loudly(b):
+    since = time.time()
+    b.net.server.nft("flush", "ruleset")
+    b.wait(b.armed, "table inet gnocchi is back", timeout=5)
+    entry = b.wait(lambda: b.events("table-missing", since), "a table-missing entry")[-1]
+    assert entry["PRIORITY"] == "2" and "nft flush ruleset" in entry["MESSAGE"]
+    assert entry["_SYSTEMD_UNIT"] == "gnocchi-watch.service"
+
+
+def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
+    b.run("systemctl", "stop", "gnocchi-watch.service")  # so that nothing puts it back
+    b.net.server.nft("delete", "table", "inet", "gnocchi")
+    rc, out = status(b)
+    assert rc == 1
+    assert out.startswith("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi "
+                          "is meant to be armed"), out
+    assert "fix: systemctl reload gnocchi-arm" in out
+    b.run("systemctl", "start", "gnocchi-watch.service")  # looks first thing when it starts
+    b.wait(b.armed, "re-armed by the watch")
+    assert status(b)[0] == 0
+
+
+# ---- trial arming (issue 11, item 4) ------------------------------------------
+
+def test_disarm_is_the_console_switch_off(b):
+    out = b.run("gnocchi", "disarm").stdout
+    assert out.startswith("gnocchi: NOT ARMED: disarmed")
+    assert not b.armed() and b.state("gnocchi.socket", "is-enabled") == "disabled"
+    b.nothing_armed_or_listening()
+    rc, out = status(b)
+    assert rc == 3 and out.startswith("gnocchi: NOT ARMED (disarmed")
+
+
+def test_an_unconfirmed_trial_disarms_by_itself_even_with_gnocchi_killed(b):
+    start = time.monotonic()
+    out = b.run("gnocchi", "arm", "--trial", "12").stdout
+    assert "ARMED ON TRIAL" in out and "in 12 s" in out
+    assert b.armed() and b.state("gnocchi.socket") == "active"
+    assert b.state("gnocchi.socket", "is-enabled") == "disabled", "a reboot disarms too"
+    rc, out = status(b)
+    assert rc == 0 and "gnocchi: TRIAL: disarms by itself in " in out
+    b.knock()  # the verifier and the helper run; then everything of gnocchi's dies
+    b.wait(lambda: b.state("gnocchi-helper.service") == "active", "the helper runs")
+    for unit in ("gnocchi.service", "gnocchi-helper.service", "gnocchi-watch.service"):
+        b.run("systemctl", "kill", "--kill-who=main", "--signal=KILL", unit)
+    b.wait(lambda: not b.armed(), "the trial disarmed by itself", timeout=30)
+    assert 11 <= time.monotonic() - start <= 25
+    b.wait(lambda: b.state("gnocchi.socket") == "inactive", "gnocchi.socket stopped")
+    assert b.state("gnocchi.socket", "is-enabled") == "disabled"
+    assert any("NOT confirmed in time" in e["MESSAGE"] for e in b.events("trial"))
+    assert b.connect() == "hello", "open again, as without gnocchi"
+
+
+def test_confirm_needs_a_session_that_came_in_through_a_knock(b):
+    b.run("gnocchi", "arm", "--trial", "300")
+    stranger = b.net.client.ip.rsplit(".", 1)[0] + ".77"
+    proc = b.run("env", f"SSH_CONNECTION={stranger} 50000 {b.net.server.ip} 22",
+                 "gnocchi", "arm", "--confirm", check=False)
+    assert proc.returncode == 1 and "has not knocked in since the trial began" in proc.stderr
+    assert b.run("gnocchi", "status").stdout.count("TRIAL") == 1, "still on trial"
+
+
+def test_a_confirmed_arm_survives_a_reboot(b):
+    b.knock()  # the admin's client knocks, and logs in from its address:
+    b.wait(lambda: b.connect() == "hello", "the knock let the client in", timeout=10)
+    out = b.run("env", f"SSH_CONNECTION={b.net.client.ip} 50000 {b.net.server.ip} 22",
+                "gnocchi", "arm", "--confirm").stdout
+    assert "confirmed" in out
+    assert b.state("gnocchi.socket", "is-enabled") == "enabled"
+    assert "TRIAL" not in b.run("gnocchi", "status").stdout
+    assert any("confirmed" in e["MESSAGE"] for e in b.events("trial"))
+    b.box.reboot()
+    assert b.armed()
+    rc, out = status(b)
+    assert rc == 0 and "TRIAL" not in out
+    b.box.run(["systemd-run", "--unit=protected-service", "--quiet", "/usr/bin/python3", "-c",
+               LISTENER])
+    time.sleep(0.5)
+    assert b.connect() == "timeout"

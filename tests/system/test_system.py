@@ -146,7 +146,7 @@ def install(s: Server, deb) -> Server:
 
 
 UNITS = ("gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket", "gnocchi-helper.service",
-         "gnocchi-arm.service")
+         "gnocchi-arm.service", "gnocchi-watch.service")
 
 
 def state(box, unit: str, what: str = "is-active") -> str:
@@ -158,7 +158,7 @@ def assert_nothing_enabled_or_running(s: Server) -> None:
     assert "gnocchi" not in s.net.server.nft("list", "tables").stdout
     assert state(s.box, "gnocchi.socket", "is-enabled") == "disabled"
     # The others have no [Install]: gnocchi.socket is the one switch.
-    for unit in ("gnocchi-helper.socket", "gnocchi-arm.service"):
+    for unit in ("gnocchi-helper.socket", "gnocchi-arm.service", "gnocchi-watch.service"):
         assert state(s.box, unit, "is-enabled") == "static"
     for unit in UNITS:
         assert state(s.box, unit) in ("inactive", "failed"), unit
@@ -176,7 +176,8 @@ def listening(s: Server) -> str:
 def test_the_one_switch_armed_everything_in_order(server):
     box = server.box
     server.table()
-    for unit in ("gnocchi-arm.service", "gnocchi-helper.socket", "gnocchi.socket"):
+    for unit in ("gnocchi-arm.service", "gnocchi-watch.service", "gnocchi-helper.socket",
+                 "gnocchi.socket"):
         assert state(box, unit) == "active", unit
     assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
     assert f":{server.port}" in listening(server) and "helper.sock" in listening(server)
@@ -192,7 +193,7 @@ def test_the_one_switch_armed_everything_in_order(server):
 def test_installed_units_verify_clean_and_score(server):
     box = server.box
     units = ["gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket",
-             "gnocchi-helper.service", "gnocchi-arm.service"]
+             "gnocchi-helper.service", "gnocchi-arm.service", "gnocchi-watch.service"]
     proc = box.run(["systemd-analyze", "verify", *units], check=False)
     assert proc.returncode == 0 and not proc.stderr.strip() and not proc.stdout.strip(), \
         f"systemd-analyze verify:\n{proc.stdout}{proc.stderr}"
