@@ -101,10 +101,20 @@ def unload() -> int:
     except table.TableError as e:
         log("disarmed", f"disarming failed: {e}", priority=2)
         return 1
-    log("disarmed", "disarmed: table inet gnocchi removed; the protected ports are as open "
-        "as your own rules make them" if was else
-        "disarmed: table inet gnocchi was not loaded")
+    if was:  # after a refused first arming there was nothing to remove, nothing to say
+        log("disarmed", "disarmed: table inet gnocchi removed; the protected ports are as "
+            "open as your own rules make them")
     return 0
+
+
+def stop() -> int:
+    """gnocchi-arm.service's ExecStopPost=: unload, unless this is the stop half of a
+    restart that went well so far (the start half then reloads, keeping pending knocks;
+    if that start is refused, this runs again with SERVICE_RESULT set and unloads)."""
+    jobs = systemctl("list-jobs", "--no-legend", ARM_UNIT).stdout.split()
+    if "restart" in jobs and os.environ.get("SERVICE_RESULT", "success") == "success":
+        return 0
+    return unload()
 
 
 def meant_to_be_armed() -> bool:
@@ -176,9 +186,10 @@ def table_main(argv: list[str]) -> int:
         prog="gnocchi table",
         description="Load or unload table inet gnocchi (what gnocchi-arm.service runs; "
                     "to arm and disarm use systemctl on gnocchi.socket).")
-    p.add_argument("action", choices=("load", "unload", "rearm", "watch"),
+    p.add_argument("action", choices=("load", "unload", "stop", "rearm", "watch"),
                    help="load: check, then load the table keeping pending knocks; "
-                        "unload: remove it; rearm: load it if gnocchi-arm.service is "
+                        "unload: remove it; stop: unload unless gnocchi-arm.service is "
+                        "restarting; rearm: load it if gnocchi-arm.service is "
                         "active and the table is missing; watch: rearm whenever the "
                         "table goes (gnocchi-watch.service)")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
@@ -192,6 +203,8 @@ def table_main(argv: list[str]) -> int:
         return rearm(args.config, args.table, args.by)
     if args.action == "watch":
         return watch(args.config, args.table)
+    if args.action == "stop":
+        return stop()
     return unload()
 
 

@@ -337,3 +337,23 @@ def test_a_confirmed_arm_survives_a_reboot(b):
                LISTENER])
     time.sleep(0.5)
     assert b.connect() == "timeout"
+
+
+def test_a_verifier_that_keeps_failing_never_disarms(b):
+    """gnocchi fails closed: the verifier hitting its start limit fails gnocchi.socket,
+    and the table stays (a remote crash must not switch the firewall off); status says
+    that nobody can knock in."""
+    good = b.file(CONFIG).read_text()
+    b.file(CONFIG).write_text(good + "typo = 1\n")
+    for _ in range(25):
+        b.run("systemctl", "restart", "gnocchi.service", check=False)
+        if b.state("gnocchi.socket") == "failed":
+            break
+    assert b.state("gnocchi.socket") == "failed"
+    assert b.armed() and b.state("gnocchi-arm.service") == "active"
+    rc, out = status(b)
+    assert rc == 1 and "NOBODY CAN KNOCK IN" in out, out
+    b.file(CONFIG).write_text(good)
+    b.run("systemctl", "reset-failed", "gnocchi.service", "gnocchi.socket")
+    b.run("systemctl", "start", "gnocchi.socket")
+    assert status(b)[0] == 0

@@ -270,6 +270,29 @@ def test_a_knock_while_the_verifier_restarts_is_not_lost(server):
     assert server.connect() == "hello from the protected port"
 
 
+def test_restarts_of_the_verifier_the_helper_and_their_sockets_leave_the_table_alone(server):
+    """Issue 14: restarting any of them never disarms and never drops a pending knock;
+    nor does restarting the arming unit itself (its stop half keeps the table)."""
+    box, net = server.box, server.net
+    before = len(server.accepted())
+    server.knock()
+    server.wait_accepted(before + 1)  # pending in the kernel set now
+    monitor = net.server.popen(["nft", "monitor", "tables"], stdout=subprocess.PIPE, text=True)
+    try:
+        for unit in ("gnocchi.service", "gnocchi-helper.service", "gnocchi.socket",
+                     "gnocchi-helper.socket", "gnocchi-arm.service"):
+            box.run(["systemctl", "restart", unit])
+            server.table()
+        time.sleep(0.5)
+    finally:
+        monitor.terminate()
+    events, _ = monitor.communicate(timeout=10)
+    assert events.strip() == "", f"table events during the restarts:\n{events}"
+    assert state(box, "gnocchi-arm.service") == "active"
+    assert server.connect() == "hello from the protected port", "the pending knock survived"
+    assert server.connect() == "timeout"
+
+
 def test_an_ipv6_knock_reaches_the_dual_stack_socket(server):
     """ListenDatagram=PORT is one socket for both families (docs/install.md, step 6)."""
     net, box = server.net, server.box
