@@ -268,14 +268,18 @@ def test_a_flush_by_hand_is_rearmed_at_once_and_said_loudly(b):
 
 
 def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
-    b.run("systemctl", "stop", "gnocchi-watch.service")  # so that nothing puts it back
+    # Freeze the watch, so that nothing puts the table back. (Stopping it does not
+    # work: gnocchi-arm.service upholds it, and systemd starts it again at once.)
+    b.run("systemctl", "stop", "gnocchi-watch.service")
+    assert b.wait(lambda: b.state("gnocchi-watch.service") == "active", "upheld")
+    b.run("systemctl", "kill", "--kill-who=main", "--signal=STOP", "gnocchi-watch.service")
     b.net.server.nft("delete", "table", "inet", "gnocchi")
     rc, out = status(b)
     assert rc == 1
     assert out.startswith("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi "
                           "is meant to be armed"), out
     assert "fix: systemctl reload gnocchi-arm" in out
-    b.run("systemctl", "start", "gnocchi-watch.service")  # looks first thing when it starts
+    b.run("systemctl", "kill", "--kill-who=main", "--signal=CONT", "gnocchi-watch.service")
     b.wait(b.armed, "re-armed by the watch")
     assert status(b)[0] == 0
 

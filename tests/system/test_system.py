@@ -395,6 +395,26 @@ def test_an_upgrade_keeps_a_pending_knock_and_the_port_closed_to_others(server, 
     assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
 
 
+def test_an_upgrade_from_the_three_unit_install_moves_to_the_one_switch(server, deb):
+    """The first packages' README enabled gnocchi-arm.service and gnocchi-helper.socket
+    too; an upgrade removes those links (gnocchi.socket's stays), and the watch runs
+    (gnocchi-arm.service upholds it)."""
+    box = server.box
+    etc = box.root / "etc/systemd/system"
+    old = {"sysinit.target.wants/gnocchi-arm.service": "gnocchi-arm.service",
+           "nftables.service.wants/gnocchi-arm.service": "gnocchi-arm.service",
+           "sockets.target.wants/gnocchi-helper.socket": "gnocchi-helper.socket"}
+    for link, unit in old.items():
+        (etc / link).parent.mkdir(exist_ok=True)
+        (etc / link).symlink_to(f"/lib/systemd/system/{unit}")
+    box.run(["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"], cwd="/root",
+            timeout=180)
+    assert not [link for link in old if (etc / link).is_symlink()]
+    assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
+    assert state(box, "gnocchi-watch.service") == "active"
+    server.table()
+
+
 def test_disable_now_is_the_one_switch_off(server):
     box = server.box
     box.run(["systemctl", "disable", "--now", "gnocchi.socket"])
