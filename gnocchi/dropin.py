@@ -63,16 +63,31 @@ def setup(config_path: str, unit_dir: str) -> str:
     except FileNotFoundError:
         unchanged = False
     if unchanged:
-        return (f"{created}{path} already sets UDP port {port} "
-                f"(the knock port of {cfg.server_key_file})")
+        return (f"{created}{path} already sets UDP port {port} (the knock port of "
+                f"{cfg.server_key_file})\n" + ready(config_path, unit_dir).rstrip("\n"))
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     durable.replace_file(path, text.encode("utf-8"), 0o644)
     return (f"{created}wrote {path}: gnocchi.socket listens on UDP port {port}, "
-            f"the knock port of {cfg.server_key_file}\n"
-            "next, to arm the firewall and listen: "
-            "systemctl enable --now gnocchi-arm.service gnocchi-helper.socket gnocchi.socket\n"
+            f"the knock port of {cfg.server_key_file}\n" + ready(config_path, unit_dir) +
             "(if gnocchi.socket is already running: "
             "systemctl daemon-reload && systemctl restart gnocchi.socket)")
+
+
+def ready(config_path: str, unit_dir: str) -> str:
+    """What to run next, after `gnocchi check`'s problems if it has any (issue 11:
+    no silent "arm now" when arming would be refused or lock everyone out)."""
+    from gnocchi import check  # noqa: PLC0415 (setup works without it)
+    report = check.run(config_path, unit_dir=unit_dir)
+    text = "".join(f"warning: {w}\n" for w in report.warnings)
+    if not report.ok:
+        text += ("not ready to arm yet; `gnocchi check` says:\n"
+                 + "".join(f"  - {p}\n" for p in report.problems)
+                 + "once `gnocchi check` passes, ")
+    else:
+        text += "next, "
+    return text + ("to arm the firewall and listen: over ssh, `gnocchi arm --trial 300` (it "
+                   "disarms by itself unless you confirm), or at once: "
+                   "systemctl enable --now gnocchi.socket\n")
 
 
 def parser() -> argparse.ArgumentParser:

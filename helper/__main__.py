@@ -35,8 +35,10 @@ def log(status: int, text: str, fields: dict) -> None:
     fields["GNOCCHI_HELPER_STATUS"] = name = rq.STATUSES[status]
     st = os.fstat(2)  # systemd.exec(5): JOURNAL_STREAM is stderr's dev:ino in a unit
     if os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}":
+        # OBJECT_SYSTEMD_UNIT: `journalctl -u gnocchi` shows it too (a root sender may).
         journal.send(f"{name}: {text}", MESSAGE_ID=MESSAGE_ID, SYSLOG_IDENTIFIER="gnocchi-helper",
-                     PRIORITY=PRIORITY.get(status, journal.LOG_CRIT), **fields)
+                     PRIORITY=PRIORITY.get(status, journal.LOG_CRIT),
+                     OBJECT_SYSTEMD_UNIT="gnocchi.service", **fields)
     else:
         print(f"gnocchi-helper: {name}: {text}", *(f"{k}={v}" for k, v in fields.items()),
               file=sys.stderr, flush=True)

@@ -4,13 +4,15 @@ A real systemd boots in a container (tests/system/systemd_container.py) on
 an overlay of this machine's root, inside the server namespace of a
 tests/support/netns.py Net; the client namespace is the client host. The steps are
 docs/install.md's, run as an admin runs them: install the .deb, make the
-server key, add a client to the config, `gnocchi setup`, enable the units.
+server key, add a client to the config, `gnocchi setup`, and
+`systemctl enable --now gnocchi.socket`: nothing else (issue 14).
 A python listener started by systemd-run stands for sshd on the protected
 port 22 (the table's default).
 
 The tests share one container and run in order: knock, audit, a knock while
-the verifier is stopped, an IPv6 knock, a container reboot, an upgrade,
-disarming, and removing the package.
+the verifier is stopped, an IPv6 knock, a container reboot, an upgrade that
+keeps a pending knock, `systemctl disable --now gnocchi.socket`, and
+removing, purging and reinstalling the package.
 """
 from __future__ import annotations
 
@@ -124,11 +126,7 @@ def install(s: Server, deb) -> Server:
     shutil.copy(deb, box.root / "root" / deb.name)
     box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root", timeout=180)
 
-    # Installing armed nothing and started nothing.
-    assert "gnocchi" not in s.net.server.nft("list", "tables").stdout
-    for unit in ("gnocchi.socket", "gnocchi-helper.socket", "gnocchi-arm.service"):
-        assert box.run(["systemctl", "is-enabled", unit], check=False).stdout.strip() == "disabled"
-        assert box.run(["systemctl", "is-active", unit], check=False).stdout.strip() == "inactive"
+    assert_nothing_enabled_or_running(s)
 
     # The admin: server key, then the client's public key in the config.
     s.port = int(box.run(["gnocchi", "keygen", "--server", "/etc/gnocchi/server.key"]).stdout)
@@ -142,16 +140,60 @@ def install(s: Server, deb) -> Server:
 
     out = box.run(["gnocchi", "setup"]).stdout
     assert f"UDP port {s.port}" in out, out
-    box.run(["systemctl", "enable", "--now",
-             "gnocchi-arm.service", "gnocchi-helper.socket", "gnocchi.socket"])
+    box.run(["systemctl", "enable", "--now", "gnocchi.socket"])
     s.start_listener()
     return s
+
+
+UNITS = ("gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket", "gnocchi-helper.service",
+         "gnocchi-arm.service", "gnocchi-watch.service")
+
+
+def state(box, unit: str, what: str = "is-active") -> str:
+    return box.run(["systemctl", what, unit], check=False).stdout.strip()
+
+
+def assert_nothing_enabled_or_running(s: Server) -> None:
+    """What installing, disabling and purging leave: no table, no unit enabled or active."""
+    assert "gnocchi" not in s.net.server.nft("list", "tables").stdout
+    assert state(s.box, "gnocchi.socket", "is-enabled") == "disabled"
+    # The others have no [Install]: gnocchi.socket is the one switch.
+    for unit in ("gnocchi-helper.socket", "gnocchi-arm.service", "gnocchi-watch.service"):
+        assert state(s.box, unit, "is-enabled") == "static"
+    for unit in UNITS:
+        assert state(s.box, unit) in ("inactive", "failed"), unit
+    wants = s.box.root / "etc/systemd/system"
+    assert not [str(p) for p in wants.glob("*/gnocchi*")], "no enablement symlink left"
+
+
+def listening(s: Server) -> str:
+    """gnocchi's sockets in the container: the UDP knock port and the helper's."""
+    udp = s.box.run(["ss", "-Huln", f"sport = :{s.port}"]).stdout.strip()
+    unix = s.box.run(["ss", "-Hxl", "src", "/run/gnocchi/helper.sock"]).stdout.strip()
+    return (udp + "\n" + unix).strip()
+
+
+def test_the_one_switch_armed_everything_in_order(server):
+    box = server.box
+    server.table()
+    for unit in ("gnocchi-arm.service", "gnocchi-watch.service", "gnocchi-helper.socket",
+                 "gnocchi.socket"):
+        assert state(box, unit) == "active", unit
+    assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
+    assert f":{server.port}" in listening(server) and "helper.sock" in listening(server)
+    # The table first, then the helper's socket, then the knock port.
+    start = {u: int(box.run(["systemctl", "show", "-P", "ActiveEnterTimestampMonotonic",
+                             u]).stdout) for u in ("gnocchi-arm.service",
+                                                   "gnocchi-helper.socket", "gnocchi.socket")}
+    assert start["gnocchi-arm.service"] <= start["gnocchi-helper.socket"] <= start["gnocchi.socket"]
+    armed = [e for e in server.journal("-u", "gnocchi") if e.get("GNOCCHI_EVENT") == "armed"]
+    assert armed and "protecting 22/tcp" in armed[-1]["MESSAGE"], "journalctl -u gnocchi says so"
 
 
 def test_installed_units_verify_clean_and_score(server):
     box = server.box
     units = ["gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket",
-             "gnocchi-helper.service", "gnocchi-arm.service"]
+             "gnocchi-helper.service", "gnocchi-arm.service", "gnocchi-watch.service"]
     proc = box.run(["systemd-analyze", "verify", *units], check=False)
     assert proc.returncode == 0 and not proc.stderr.strip() and not proc.stdout.strip(), \
         f"systemd-analyze verify:\n{proc.stdout}{proc.stderr}"
@@ -179,9 +221,12 @@ def test_knock_opens_one_connection_and_the_journal_names_the_client(server):
     explained = server.box.run(["journalctl", "--no-pager", "-x", "-u", "gnocchi"]).stdout
     assert f"gnocchi knock accepted: open {PROTECTED}/tcp for alice" in explained
 
-    helper = [e for e in server.journal("-u", "gnocchi-helper")
-              if e.get("GNOCCHI_HELPER_STATUS") == "OK"]
+    # The helper's decision is in `journalctl -u gnocchi` too: one command is the audit trail.
+    helper = [e for e in server.journal("-u", "gnocchi")
+              if e.get("GNOCCHI_HELPER_STATUS") == "OK" and "GNOCCHI_HELPER_ADDRESS" in e]
     assert helper and helper[-1]["GNOCCHI_HELPER_ADDRESS"] == net.client.ip
+    assert helper[-1]["_SYSTEMD_UNIT"] == "gnocchi-helper.service"
+    assert helper[-1]["GNOCCHI_HELPER_TIMEOUT"] == "30"
 
 
 def test_the_verifier_runs_unprivileged_without_network(server):
@@ -225,6 +270,29 @@ def test_a_knock_while_the_verifier_restarts_is_not_lost(server):
     assert server.connect() == "hello from the protected port"
 
 
+def test_restarts_of_the_verifier_the_helper_and_their_sockets_leave_the_table_alone(server):
+    """Issue 14: restarting any of them never disarms and never drops a pending knock;
+    nor does restarting the arming unit itself (its stop half keeps the table)."""
+    box, net = server.box, server.net
+    before = len(server.accepted())
+    server.knock()
+    server.wait_accepted(before + 1)  # pending in the kernel set now
+    monitor = net.server.popen(["nft", "monitor", "tables"], stdout=subprocess.PIPE, text=True)
+    try:
+        for unit in ("gnocchi.service", "gnocchi-helper.service", "gnocchi.socket",
+                     "gnocchi-helper.socket", "gnocchi-arm.service"):
+            box.run(["systemctl", "restart", unit])
+            server.table()
+        time.sleep(0.5)
+    finally:
+        monitor.terminate()
+    events, _ = monitor.communicate(timeout=10)
+    assert events.strip() == "", f"table events during the restarts:\n{events}"
+    assert state(box, "gnocchi-arm.service") == "active"
+    assert server.connect() == "hello from the protected port", "the pending knock survived"
+    assert server.connect() == "timeout"
+
+
 def test_an_ipv6_knock_reaches_the_dual_stack_socket(server):
     """ListenDatagram=PORT is one socket for both families (docs/install.md, step 6)."""
     net, box = server.net, server.box
@@ -245,6 +313,8 @@ def test_after_a_reboot_the_table_is_armed_and_a_knock_works(server):
     before = len(server.accepted())
     server.box.reboot()
     server.table()  # armed at boot, before anyone knocked
+    for unit in ("gnocchi-arm.service", "gnocchi-helper.socket", "gnocchi.socket"):
+        assert state(server.box, unit) == "active", unit
     server.start_listener()
     assert server.connect() == "timeout"
     server.knock()
@@ -253,33 +323,132 @@ def test_after_a_reboot_the_table_is_armed_and_a_knock_works(server):
     assert server.connect() == "hello from the protected port"
 
 
-def test_an_upgrade_keeps_the_table_armed_and_restarts_the_verifier(server, deb):
+class Prober:
+    """SYNs to the protected port from another host (a second address on the client's
+    link) every 10 ms while the block runs; counts those that got a connection."""
+
+    CODE = ("import os, select, socket, sys, time\n"
+            "src, dst, stop = sys.argv[1:4]\n"
+            "tries = opened = 0\n"
+            "pending = []\n"
+            "while not os.path.exists(stop):\n"
+            "    s = socket.socket(); s.setblocking(False); s.bind((src, 0))\n"
+            "    s.connect_ex((dst, 22)); tries += 1\n"
+            "    pending.append((time.monotonic(), s))\n"
+            "    _, ready, _ = select.select([], [p for _, p in pending], [], 0.01)\n"
+            "    for p in ready:\n"
+            "        if p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0: opened += 1\n"
+            "    old = [(t, p) for t, p in pending if p in ready or time.monotonic() - t > 0.5]\n"
+            "    for t, p in old: pending.remove((t, p)); p.close()\n"
+            "print(tries, opened)\n")
+
+    def __init__(self, server: Server):
+        self.server = server
+        net = server.net
+        self.source = net.client.ip.rsplit(".", 1)[0] + ".3"
+        net.client.run(["ip", "addr", "replace", f"{self.source}/24", "dev", "gveth0"])
+        self.stop = server.box.dir / "probe.stop"
+        self.tries = self.opened = 0
+
+    def __enter__(self) -> "Prober":
+        self.stop.unlink(missing_ok=True)
+        self.proc = self.server.net.client.popen(
+            [sys.executable, "-c", self.CODE, self.source, self.server.net.server.ip,
+             str(self.stop)], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.touch()
+        out, _ = self.proc.communicate(timeout=30)
+        self.tries, self.opened = map(int, out.split())
+
+
+def test_an_upgrade_keeps_a_pending_knock_and_the_port_closed_to_others(server, deb):
+    """Upgrade = the package's postinst: try-restart the verifier and the helper, then
+    reload the table, keeping pending knocks (issue 14)."""
     box = server.box
 
     def pid():
         return box.run(["systemctl", "show", "-P", "MainPID", "gnocchi.service"]).stdout.strip()
+    # New rules that are not loaded yet, as after an upgrade brings a new table file:
+    # the upgrade's reload must then replace the table and carry the pending knock.
+    nft_file = box.root / "etc/gnocchi/gnocchi.nft"
+    nft_file.write_text(nft_file.read_text().replace("\t\tdrop\n", "\t\tcounter drop\n"))
     before = pid()
     assert before != "0"
+    accepted = len(server.accepted())
+    server.knock()
+    server.wait_accepted(accepted + 1)  # a knock pending in the kernel set
+    with Prober(server) as probe:
+        box.run(["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"],
+                cwd="/root", timeout=180)
+    assert probe.tries > 100 and probe.opened == 0, \
+        f"{probe.opened} of {probe.tries} connections from another host got through"
+    assert pid() != before, "the running verifier was restarted with the new code"
+    admit = server.net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
+    assert "counter packets" in admit, "the new rules are loaded"
+    armed = [e for e in server.journal("-u", "gnocchi") if e.get("GNOCCHI_EVENT") == "armed"]
+    assert armed[-1]["GNOCCHI_HOW"] == "replaced" and armed[-1]["GNOCCHI_PENDING"] == "1"
+    assert server.connect() == "hello from the protected port", "the pending knock still works"
+    assert server.connect() == "timeout", "once"
+    assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
+
+
+def test_an_upgrade_from_the_three_unit_install_moves_to_the_one_switch(server, deb):
+    """The first packages' README enabled gnocchi-arm.service and gnocchi-helper.socket
+    too; an upgrade removes those links (gnocchi.socket's stays), and the watch runs
+    (gnocchi-arm.service upholds it)."""
+    box = server.box
+    etc = box.root / "etc/systemd/system"
+    old = {"sysinit.target.wants/gnocchi-arm.service": "gnocchi-arm.service",
+           "nftables.service.wants/gnocchi-arm.service": "gnocchi-arm.service",
+           "sockets.target.wants/gnocchi-helper.socket": "gnocchi-helper.socket"}
+    for link, unit in old.items():
+        (etc / link).parent.mkdir(exist_ok=True)
+        (etc / link).symlink_to(f"/lib/systemd/system/{unit}")
     box.run(["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"], cwd="/root",
             timeout=180)
+    assert not [link for link in old if (etc / link).is_symlink()]
+    assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
+    assert state(box, "gnocchi-watch.service") == "active"
     server.table()
-    assert pid() != before, "the running verifier was restarted with the new code"
-    assert box.run(["systemctl", "is-enabled", "gnocchi-arm.service"]).stdout.strip() == "enabled"
 
 
-def test_stopping_the_arming_unit_disarms(server):
-    server.box.run(["systemctl", "stop", "gnocchi-arm.service"])
-    assert server.table(check=False).returncode != 0, "table inet gnocchi is gone"
-    assert server.connect() == "hello from the protected port", "port 22 no longer guarded"
-
-
-def test_removing_the_package_stops_everything_and_leaves_no_table(server):
+def test_disable_now_is_the_one_switch_off(server):
     box = server.box
-    box.run(["systemctl", "start", "gnocchi-arm.service"])
+    box.run(["systemctl", "disable", "--now", "gnocchi.socket"])
+    # gnocchi-arm.service started first, so it stops last, just after the command returns.
+    server.wait(lambda: server.table(check=False).returncode != 0, "table inet gnocchi is gone",
+                timeout=10)
+    server.wait(lambda: all(state(box, u) != "deactivating" for u in UNITS), "units stopped")
+    assert listening(server) == "", "nothing listens"
+    assert_nothing_enabled_or_running(server)
+    assert server.connect() == "hello from the protected port", "port 22 no longer guarded"
+    disarmed = [e for e in server.journal("-u", "gnocchi") if e.get("GNOCCHI_EVENT") == "disarmed"]
+    assert disarmed and "table inet gnocchi removed" in disarmed[-1]["MESSAGE"]
+
+
+def test_remove_purge_and_reinstall_leave_nothing_enabled(server, deb):
+    box = server.box
+    box.run(["systemctl", "enable", "--now", "gnocchi.socket"])
     server.table()
     box.run(["apt-get", "remove", "-y", "-q", "gnocchi-knock"], timeout=180)
     assert server.table(check=False).returncode != 0, "no table left without its verifier"
-    for unit in ("gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket",
-                 "gnocchi-helper.service"):
-        assert box.run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active"
+    for unit in UNITS:
+        assert state(box, unit) != "active", unit
     assert server.connect() == "hello from the protected port"
+
+    box.run(["apt-get", "purge", "-y", "-q", "gnocchi-knock"], timeout=180)
+    etc = box.root / "etc"
+    assert not [str(p) for p in (etc / "systemd/system").rglob("*gnocchi*")], \
+        "purge leaves no enablement link and no drop-in"
+    # What purge leaves, all named in docs/install.md ("Uninstall"): the server key
+    # and the counter store (kept so that old knocks stay replay-proof if you
+    # reinstall with that key), and the user gnocchi.
+    assert sorted(p.name for p in (etc / "gnocchi").iterdir()) == ["server.key"]
+    assert box.run(["test", "-f", "/var/lib/gnocchi/counters"], check=False).returncode == 0
+    assert box.run(["id", "gnocchi"], check=False).returncode == 0
+
+    box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root", timeout=180)
+    assert_nothing_enabled_or_running(server)

@@ -1,0 +1,426 @@
+"""Arming: what gnocchi-arm.service runs, and its journal entries.
+
+`gnocchi table load` (ExecStart=, ExecReload=) runs `gnocchi check` first
+and refuses to arm, loudly, when the verifier could not run or nobody could
+knock in; otherwise it loads /etc/gnocchi/gnocchi.nft keeping pending knocks
+(gnocchi/table.py). `gnocchi table unload` (ExecStop=) removes the table. `gnocchi table rearm`
+(nftables.service's drop-in, after its "flush ruleset") loads it again when
+gnocchi is meant to be armed (gnocchi-arm.service active) and it is missing.
+`gnocchi table watch` (gnocchi-watch.service, bound to gnocchi-arm.service)
+follows `nft monitor` and does the same at once after any other flush.
+
+`gnocchi arm --trial SECONDS` arms (starts gnocchi.socket) and schedules
+the one switch off (`systemctl disable --now gnocchi.socket`) as a transient
+systemd timer: PID 1 runs it, so it disarms even if every gnocchi process is
+dead, unless `gnocchi arm --confirm` (from a session that came in through a
+knock) cancels it and enables gnocchi.socket for good. `gnocchi disarm` is
+the one switch off, for the console.
+
+Trusts the admin's files (through gnocchi.check), nft and systemd.
+Guarantees: a refusal changes nothing; every outcome is one journal entry that
+`journalctl -u gnocchi` shows too (OBJECT_SYSTEMD_UNIT=gnocchi.service: a
+root process may attach its entries to another unit), so the verifier's
+journal is the whole audit trail.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+
+from gnocchi import events, table
+
+IDENTIFIER = "gnocchi-arm"
+VERIFIER_UNIT = "gnocchi.service"
+# One MESSAGE_ID per event; gnocchi/gnocchi.catalog explains each.
+MESSAGE_IDS = {
+    "armed": "3ffefbb5713e4e14888b87b6c05ecff8",
+    "arming-refused": "f85d972a5f49413b8f5ba9717fa1b455",
+    "disarmed": "fb5d91cca0504cacae22fb89f1ea4e0b",
+    "table-missing": "5ff01fba9beb452d9d8c6738974f507e",
+    "trial": "00e03de13dbd4ef0952d56e4149d903f",
+}
+PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2, "trial": 4}
+ARM_UNIT = "gnocchi-arm.service"
+DEFAULT_CONFIG = "/etc/gnocchi/gnocchi.toml"  # gnocchi.config's, without importing it
+
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def log(event: str, message: str, priority: int | None = None, cli: bool = False,
+        **fields) -> None:
+    """One entry: to the journal when run by a unit, else one line on stderr. A
+    command the admin runs (cli=True) prints its own text, and writes the entry to
+    the journal whenever there is one: arming by hand belongs in the audit trail."""
+    if not (events.stderr_is_journal() or (cli and os.path.exists(JOURNAL_SOCKET))):
+        if not cli:
+            print(f"gnocchi: {message}", file=sys.stderr, flush=True)
+        return
+    from systemd import journal
+    extra = {f"GNOCCHI_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
+    journal.send(message, MESSAGE_ID=MESSAGE_IDS[event], SYSLOG_IDENTIFIER=IDENTIFIER,
+                 PRIORITY=str(PRIORITY[event] if priority is None else priority),
+                 OBJECT_SYSTEMD_UNIT=VERIFIER_UNIT, GNOCCHI_EVENT=event, **extra)
+
+
+def refuse(problems: list[str]) -> int:
+    for problem in problems:
+        log("arming-refused", f"arming refused: {problem}", priority=3, reason=problem)
+    log("arming-refused", f"NOT ARMED: refused to load table inet gnocchi: "
+        f"{len(problems)} problem{'s' if len(problems) != 1 else ''} (above; "
+        "`gnocchi check` shows them); the table was left as it was",
+        reason="; ".join(problems))
+    return 1
+
+
+def load(config_path: str, table_path: str) -> int:
+    from gnocchi import check  # not on rearm's path: it loads nacl, and time is open ports
+    report = check.run(config_path, table_path)
+    for warning in report.warnings:
+        log("armed", f"warning: {warning}", priority=4)
+    if not report.ok:
+        return refuse(report.problems)
+    try:
+        loaded = table.load(table_path)
+    except table.TableError as e:
+        return refuse([str(e)])
+    log("armed", loaded.describe(table_path), how=loaded.how, pending=loaded.kept,
+        protected=table.show_ports(loaded.table.protected()), knock_port=report.port)
+    return 0
+
+
+def unload() -> int:
+    try:
+        was = table.unload()
+    except table.TableError as e:
+        log("disarmed", f"disarming failed: {e}", priority=2)
+        return 1
+    if was:  # after a refused first arming there was nothing to remove, nothing to say
+        log("disarmed", "disarmed: table inet gnocchi removed; the protected ports are as "
+            "open as your own rules make them")
+    return 0
+
+
+def stop() -> int:
+    """gnocchi-arm.service's ExecStopPost=: unload, unless this is the stop half of a
+    restart that went well so far (the start half then reloads, keeping pending knocks;
+    if that start is refused, this runs again with SERVICE_RESULT set and unloads)."""
+    jobs = systemctl("list-jobs", "--no-legend", ARM_UNIT).stdout.split()
+    if "restart" in jobs and os.environ.get("SERVICE_RESULT", "success") == "success":
+        return 0
+    return unload()
+
+
+def meant_to_be_armed() -> bool:
+    """gnocchi-arm.service is active: gnocchi is armed by intent, whatever the kernel has."""
+    return subprocess.run(["systemctl", "is-active", "--quiet", ARM_UNIT],
+                          timeout=30).returncode == 0
+
+
+def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False) -> int:
+    """Load the table again if gnocchi is meant to be armed and it is missing."""
+    if not intent_known and not meant_to_be_armed():
+        return 0
+    try:
+        if table.live() is not None:
+            return 0
+    except table.TableError as e:
+        log("table-missing", f"cannot read table inet gnocchi after {by}: {e}")
+        return 1
+    # Load first, log after: every millisecond here the protected ports are open.
+    # No `gnocchi check`: this restores what was armed a moment ago.
+    proc = table.nft("-f", table_path)
+    if proc.returncode != 0:
+        log("table-missing", f"table inet gnocchi is MISSING while gnocchi is armed (removed by "
+            f"{by}) and could not be loaded again: {proc.stderr.strip()}; the protected ports "
+            "are OPEN", by=by)
+        return 1
+    log("table-missing", f"table inet gnocchi was MISSING while gnocchi is armed (removed by "
+        f"{by}): the protected ports were open; re-armed from {table_path}", by=by)
+    return 0
+
+
+WATCH_PERIOD = 30.0  # seconds between checks when nft monitor says nothing
+
+
+def watch(config_path: str, table_path: str) -> int:
+    """Follow the kernel's table events; put table inet gnocchi back whenever it goes.
+    Runs only while gnocchi-arm.service is active (gnocchi-watch.service is bound to it
+    and stops before it), so a missing table here always means "meant to be armed"."""
+    monitor = subprocess.Popen([table.NFT, "monitor", "tables"], stdout=subprocess.PIPE)
+    by = "a ruleset flush outside gnocchi: `nft flush ruleset` or a firewall tool"
+    rearm(config_path, table_path, by, intent_known=True)  # also what happened while down
+    fd = monitor.stdout.fileno()
+    while True:
+        # Any table event (they are rare), or the period: look at the kernel itself
+        # rather than parse monitor text. Our own reloads delete and add the table
+        # in one transaction, so after them it is there and nothing happens.
+        if select.select([fd], [], [], WATCH_PERIOD)[0] and not os.read(fd, 65536):
+            log("table-missing", "nft monitor ended; gnocchi-watch stops (systemd restarts "
+                "it)", priority=3)
+            return 1
+        if table.live() is None:
+            let_nftables_rearm()
+        rearm(config_path, table_path, by, intent_known=True)
+
+
+def let_nftables_rearm(patience: float = 3.0) -> None:
+    """When nftables.service is starting, reloading or stopping, its own drop-in puts
+    the table back (and the journal then names it): give it a moment, not a race."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        state = systemctl("is-active", "nftables.service").stdout.strip()
+        if state not in ("activating", "deactivating", "reloading") or table.live() is not None:
+            return
+        time.sleep(0.05)
+
+
+def table_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="gnocchi table",
+        description="Load or unload table inet gnocchi (what gnocchi-arm.service runs; "
+                    "to arm and disarm use systemctl on gnocchi.socket).")
+    p.add_argument("action", choices=("load", "unload", "stop", "rearm", "watch"),
+                   help="load: check, then load the table keeping pending knocks; "
+                        "unload: remove it; stop: unload unless gnocchi-arm.service is "
+                        "restarting; rearm: load it if gnocchi-arm.service is "
+                        "active and the table is missing; watch: rearm whenever the "
+                        "table goes (gnocchi-watch.service)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
+    p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--by", default="a ruleset flush", metavar="WHAT",
+                   help="rearm: what removed the table, for the journal")
+    args = p.parse_args(argv[1:])
+    if args.action == "load":
+        return load(args.config, args.table)
+    if args.action == "rearm":
+        return rearm(args.config, args.table, args.by)
+    if args.action == "watch":
+        return watch(args.config, args.table)
+    if args.action == "stop":
+        return stop()
+    return unload()
+
+
+# ---- trial arming (issue 11, item 4) -------------------------------------------
+
+SOCKET = "gnocchi.socket"
+TRIAL = "gnocchi-trial-disarm"  # the transient .timer and .service
+MIN_TRIAL, MAX_TRIAL = 10, 86400
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=120)
+
+
+def trial_deadline() -> float | None:
+    """When the pending automatic disarm fires (time.time() seconds), or None."""
+    proc = systemctl("list-timers", "--all", "--output=json", f"{TRIAL}.timer")
+    try:
+        timers = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return None
+    for timer in timers:
+        if timer.get("unit") == f"{TRIAL}.timer" and timer.get("next"):
+            return timer["next"] / 1e6
+    return None
+
+
+def trial_seconds_left() -> int | None:
+    deadline = trial_deadline()
+    return None if deadline is None else max(0, round(deadline - time.time()))
+
+
+def cancel_trial() -> bool:
+    """Stop the automatic disarm; True if one was pending."""
+    pending = trial_deadline() is not None
+    systemctl("stop", f"{TRIAL}.timer", f"{TRIAL}.service")
+    systemctl("reset-failed", f"{TRIAL}.timer", f"{TRIAL}.service")
+    return pending
+
+
+def arm_trial(seconds: int) -> int:
+    cancel_trial()
+    # The disarm is scheduled before anything is armed: whatever happens to this
+    # process from here on, PID 1 disarms in `seconds`. No gnocchi code is needed
+    # for it (the ExecStartPre only writes the journal entry, and may fail).
+    proc = subprocess.run(
+        ["systemd-run", f"--unit={TRIAL}", f"--on-active={seconds}",
+         "--timer-property=AccuracySec=1s",
+         f"--description=gnocchi trial arming: disarm unless `gnocchi arm --confirm`",
+         "-p", "ExecStartPre=-/usr/bin/gnocchi arm --expired",
+         "/bin/systemctl", "disable", "--now", SOCKET],
+        capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        print(f"gnocchi arm: cannot schedule the automatic disarm, so nothing was armed: "
+              f"{proc.stderr.strip()}", file=sys.stderr)
+        return 1
+    start = systemctl("start", SOCKET)
+    if start.returncode != 0:
+        cancel_trial()
+        print(f"gnocchi arm: arming refused, nothing was armed:\n{start.stderr.strip()}\n"
+              "`gnocchi check` (or `journalctl -u gnocchi`) says why.", file=sys.stderr)
+        return 1
+    deadline = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
+    log("trial", f"armed on trial: disarms by itself at {deadline} (in {seconds} s) unless "
+        "`gnocchi arm --confirm` runs first", cli=True, seconds=seconds)
+    print(f"gnocchi: ARMED ON TRIAL: the protected ports now need a knock.\n"
+          f"It disarms by itself at {deadline} (in {seconds} s), even if gnocchi dies.\n"
+          "Keep this session open. From your client, knock and log in again in a NEW\n"
+          "session; from that session run `gnocchi arm --confirm` to stay armed\n"
+          "(at every boot, too). `gnocchi disarm` disarms now.")
+    return 0
+
+
+def knocked_in_from(address: str, since: float) -> bool:
+    """An accepted knock from address since `since` (time.time()) is in the journal."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return False
+    reader = journal.Reader()
+    reader.add_match(_SYSTEMD_UNIT=VERIFIER_UNIT, GNOCCHI_EVENT="accepted",
+                     GNOCCHI_SOURCE_IP=address)
+    reader.seek_realtime(since)
+    return reader.get_next() != {}
+
+
+def session_address() -> str | None:
+    """The client address of this ssh session, if it is one (SSH_CONNECTION)."""
+    parts = os.environ.get("SSH_CONNECTION", "").split()
+    if not parts:
+        return None
+    try:
+        address = ipaddress.ip_address(parts[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def confirm(force: bool) -> int:
+    deadline = trial_deadline()
+    if deadline is None:
+        if systemctl("is-enabled", "--quiet", SOCKET).returncode == 0:
+            print("gnocchi arm: nothing to confirm: gnocchi.socket is already enabled "
+                  "(armed for good)")
+            return 0
+        print("gnocchi arm: no trial arming to confirm; start one with "
+              "`gnocchi arm --trial SECONDS`", file=sys.stderr)
+        return 1
+    if table.live() is None or systemctl("is-active", "--quiet", SOCKET).returncode != 0:
+        print("gnocchi arm: NOT confirming: gnocchi is not armed and listening right now "
+              "(`gnocchi status` says why)", file=sys.stderr)
+        return 1
+    address = session_address()
+    if address and not force and not knocked_in_from(address, trial_started()):
+        print(f"gnocchi arm: NOT confirming: this session comes from {address}, which has "
+              "not knocked in since the trial began, so it proves nothing about a knock "
+              "working. From your client, knock and log in again, then confirm from that "
+              "session (or add --force).", file=sys.stderr)
+        return 1
+    cancel_trial()
+    enable = systemctl("enable", SOCKET)
+    if enable.returncode != 0:
+        print(f"gnocchi arm: the automatic disarm is cancelled but enabling failed: "
+              f"{enable.stderr.strip()}; gnocchi stays armed until the next boot",
+              file=sys.stderr)
+        return 1
+    log("trial", "trial arming confirmed" + (f" from a session from {address}" if address
+                                               else "") + ": armed for good (at every boot)",
+        cli=True)
+    print("gnocchi: ARMED: confirmed; the automatic disarm is cancelled and gnocchi.socket "
+          "is enabled (armed at every boot). Disarm with `gnocchi disarm`.")
+    return 0
+
+
+def trial_started() -> float:
+    """When the pending trial began (its timer's activation), time.time() seconds;
+    0 when systemd cannot say (then any accepted knock from the session counts)."""
+    proc = systemctl("show", "-P", "ActiveEnterTimestamp", "--timestamp=unix", f"{TRIAL}.timer")
+    try:
+        return float(proc.stdout.strip().lstrip("@"))
+    except ValueError:
+        return 0.0
+
+
+def expired() -> int:
+    """ExecStartPre of the automatic disarm: only the journal entry."""
+    log("trial", "trial arming NOT confirmed in time: disarming now "
+        "(systemctl disable --now gnocchi.socket)", priority=3)
+    return 0
+
+
+def disarm() -> int:
+    cancel_trial()
+    proc = systemctl("disable", "--now", SOCKET)
+    if proc.returncode != 0:
+        print(f"gnocchi disarm: {proc.stderr.strip()}", file=sys.stderr)
+        return 1
+    # gnocchi-arm.service was started first, so it stops just after the socket.
+    for _ in range(100):
+        if table.live() is None and systemctl("is-active", "--quiet",
+                                              ARM_UNIT).returncode != 0:
+            print("gnocchi: NOT ARMED: disarmed; table inet gnocchi is removed and nothing "
+                  "listens. To arm again: gnocchi arm --trial SECONDS")
+            return 0
+        time.sleep(0.1)
+    print("gnocchi disarm: gnocchi.socket is stopped and disabled, but table inet gnocchi "
+          "is still loaded; `systemctl status gnocchi-arm` says why", file=sys.stderr)
+    return 1
+
+
+def trial_seconds(text: str) -> int:
+    if not text.isdigit() or not MIN_TRIAL <= int(text) <= MAX_TRIAL:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in "
+                                         f"{MIN_TRIAL}..{MAX_TRIAL}")
+    return int(text)
+
+
+def arm_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="gnocchi arm",
+        description="Arm safely: --trial SECONDS arms with an automatic disarm run by systemd "
+                    "(no gnocchi process needs to live); --confirm, from a session that came "
+                    "in through a knock, keeps it armed for good. (`systemctl enable --now "
+                    "gnocchi.socket` arms for good at once.)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--trial", type=trial_seconds, metavar="SECONDS",
+                      help=f"arm now, disarm by itself after SECONDS ({MIN_TRIAL}..{MAX_TRIAL})")
+    what.add_argument("--confirm", action="store_true",
+                      help="cancel the automatic disarm and enable gnocchi.socket")
+    what.add_argument("--expired", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true",
+                   help="--confirm even from an ssh session that did not knock in")
+    args = p.parse_args(argv[1:])
+    if os.geteuid() != 0:
+        print("gnocchi arm: run as root", file=sys.stderr)
+        return 1
+    if args.expired:
+        return expired()
+    if args.confirm:
+        return confirm(args.force)
+    return arm_trial(args.trial)
+
+
+def disarm_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="gnocchi disarm",
+        description="Disarm now and for good: systemctl disable --now gnocchi.socket, and "
+                    "cancel a trial's automatic disarm. Waits until the table is gone.")
+    p.parse_args(argv[1:])
+    if os.geteuid() != 0:
+        print("gnocchi disarm: run as root", file=sys.stderr)
+        return 1
+    return disarm()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    return {"table": table_main, "arm": arm_main, "disarm": disarm_main}[argv[0]](argv)

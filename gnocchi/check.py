@@ -1,0 +1,214 @@
+"""`gnocchi check`: would gnocchi work as configured? (like `sshd -t`, `nginx -t`)
+
+Trusts nothing it reads and changes nothing: it loads the config, the server
+key, the table file (into a throwaway namespace, see gnocchi/table.py) and
+asks systemd which port gnocchi.socket would listen on. Guarantees: exit 0
+only when the verifier could run and a configured client could open a
+protected port; otherwise every problem is named, each with its fix. The
+arming unit runs the same checks before it loads or reloads the table
+(gnocchi/arming.py), so a server is never armed when nobody could knock in.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from gnocchi import config as server_config
+from gnocchi import counters, keys, table
+from gnocchi.protocol import knock_port
+
+UNIT_DIR = "/etc/systemd/system"
+DROP_IN = "gnocchi.socket.d/port.conf"
+SOCKET = "gnocchi.socket"
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    port: int | None = None             # the server key's knock port
+    clients: int = 0
+    protected: dict | None = None        # from the table file
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, config_path: str) -> str:
+        ports = table.show_ports(self.protected) if self.protected else "?"
+        return (f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
+                f"knock port {self.port}/udp (gnocchi.socket); protects {ports}")
+
+
+def loose_mode(path: str) -> str | None:
+    """Why root should not trust path (a file anyone but root may change), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the loader names a missing file
+    if st.st_mode & 0o022 or st.st_uid != 0:
+        mode = stat.S_IMODE(st.st_mode)
+        return (f"{path}: may be changed by others than root (owner uid {st.st_uid}, "
+                f"mode {mode:04o}); fix: chown root:root {path} && chmod go-w {path}")
+    return None
+
+
+def systemd_running() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+def listen_ports_loaded() -> tuple[str, list[int]]:
+    """(LoadState, datagram ports) of gnocchi.socket as systemd has it loaded."""
+    proc = subprocess.run(["systemctl", "show", "-p", "LoadState", "-p", "Listen", SOCKET],
+                          capture_output=True, text=True, timeout=30)
+    state, ports = "", []
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key == "LoadState":
+            state = value
+        elif key == "Listen" and value.endswith("(Datagram)"):
+            address = value.rsplit(" ", 1)[0]
+            ports.append(int(address.rsplit(":", 1)[1]))
+    return state, ports
+
+
+def drop_in_ports(unit_dir: str) -> list[int] | None:
+    """The ListenDatagram= ports `gnocchi setup`'s drop-in sets, or None without one."""
+    path = os.path.join(unit_dir, DROP_IN)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    ports: list[int] = []
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "ListenDatagram":
+            value = value.strip()
+            if not value:
+                ports = []  # an empty assignment resets the list, as in systemd
+            else:
+                tail = value.rsplit(":", 1)[-1]
+                ports.append(int(tail) if tail.isdigit() else -1)
+    return ports
+
+
+def check_socket(report: Report, port: int | None, unit_dir: str | None) -> None:
+    """gnocchi.socket listens on the key's port (port None: the key is unusable,
+    so only a missing port is reported)."""
+    setup = "run `gnocchi setup`"
+    if unit_dir is None and systemd_running():
+        state, ports = listen_ports_loaded()
+        on_disk = drop_in_ports(UNIT_DIR)
+        if state != "loaded" or not ports:
+            fix = (f"run `systemctl daemon-reload` ({UNIT_DIR}/{DROP_IN} sets it)"
+                   if on_disk == [port] else setup)
+            report.problems.append(f"{SOCKET} has no knock port (LoadState={state or '?'}), so "
+                                   f"nothing would receive knocks; fix: {fix}")
+        elif port is not None and ports != [port]:
+            fix = ("run `systemctl daemon-reload`, then `systemctl restart gnocchi.socket`"
+                   if on_disk == [port] else f"{setup}, then `systemctl restart gnocchi.socket`")
+            shown = ", ".join(map(str, ports))
+            report.problems.append(f"{SOCKET} listens on UDP {shown}, but the server key's "
+                                   f"knock port is {port}; fix: {fix}")
+        return
+    ports = drop_in_ports(unit_dir or UNIT_DIR)
+    path = os.path.join(unit_dir or UNIT_DIR, DROP_IN)
+    if ports is None:
+        report.problems.append(f"{path} is missing, so {SOCKET} has no knock port; fix: {setup}")
+    elif port is not None and ports != [port]:
+        report.problems.append(f"{path} sets UDP {', '.join(map(str, ports)) or 'nothing'}, "
+                               f"but the server key's knock port is {port}; fix: {setup}")
+
+
+def check_clients(report: Report, cfg: server_config.Config) -> None:
+    report.clients = len(cfg.clients)
+    if not cfg.clients:
+        report.problems.append(f"{cfg.path}: no [clients.NAME] configured: nobody could knock, "
+                               "so arming would shut everyone out of the protected ports; "
+                               "fix: add a client (docs/install.md, step 5)")
+        return
+    if report.protected is None:
+        return  # the table file's own problem is reported
+    usable = []
+    for client in cfg.clients:
+        for allowed in client.allow:
+            if table.covers(report.protected.get(allowed.proto, []), allowed.port):
+                usable.append(client.name)
+            else:
+                report.warnings.append(f"{cfg.path}: clients.{client.name}.allow: "
+                                       f"{allowed.port}/{allowed.proto} is "
+                                       "not a protected port; the helper will refuse to open it")
+    if not usable:
+        report.problems.append(f"{cfg.path}: no client may open a protected port "
+                               f"({table.show_ports(report.protected)}), so arming would shut "
+                               "everyone out; fix: add one to a client's allow list")
+
+
+def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = table.DEFAULT_FILE,
+        unit_dir: str | None = None) -> Report:
+    report = Report()
+    for path in (config_path, table_path):
+        if problem := loose_mode(path):
+            report.problems.append(problem)
+    try:
+        report.protected = table.test_load(table_path).protected()
+    except table.TableError as e:
+        report.problems.append(str(e))
+    try:
+        cfg = server_config.load(config_path)
+    except server_config.ConfigError as e:
+        report.problems.append(f"{e} (the verifier would refuse to start)")
+        return report
+    try:
+        report.port = knock_port(keys.load_server_key(cfg.server_key_file))
+    except keys.KeyFileError as e:
+        report.problems.append(f"{e} (the verifier would refuse to start)")
+    check_clients(report, cfg)
+    check_socket(report, report.port, unit_dir)
+    # The counter store: readable only with the verifier's or root's full rights;
+    # where it is not (the arming unit has no CAP_DAC_*), the verifier checks it itself.
+    if os.access(cfg.state_dir, os.R_OK | os.X_OK):
+        try:
+            counters.Store(cfg.state_dir).load()
+        except counters.StoreError as e:
+            report.problems.append(f"{e} (the verifier would refuse to start)")
+    return report
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gnocchi check",
+        description="Check the config, the keys, gnocchi.socket's port and the table file; "
+                    "exit 0 only when gnocchi would work. Changes nothing.")
+    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
+                   help=f"server config (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE",
+                   help=f"the table file (default {table.DEFAULT_FILE})")
+    p.add_argument("--unit-dir", metavar="DIR",
+                   help="read gnocchi.socket's drop-in from DIR instead of asking systemd "
+                        "(for tests and images)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    args = parser().parse_args(argv[1:])
+    report = run(args.config, args.table, args.unit_dir)
+    for warning in report.warnings:
+        print(f"gnocchi check: warning: {warning}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"gnocchi check: {problem}", file=sys.stderr)
+    if not report.ok:
+        print(f"gnocchi check: {len(report.problems)} problem"
+              f"{'s' if len(report.problems) != 1 else ''}: gnocchi would not work; "
+              "nothing was changed", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"gnocchi check: ok: {report.summary(args.config)}")
+    return 0

@@ -1,0 +1,189 @@
+"""`gnocchi status`: is this server protected right now?
+
+Trusts the kernel, not a unit's state: ARMED means table inet gnocchi is
+loaded (nft -j), listening means a UDP socket is bound to the knock port
+(/proc/net/udp*). systemd's view is only used to say whether gnocchi is
+*meant* to be armed, so that a table that went missing (a `flush ruleset`)
+is called out loudly instead of looking like a deliberate disarm. Reads
+only; needs root (nft, the server key). Exit status: 0 armed and listening,
+1 not protected although meant to be (or armed with nothing listening: a
+lockout), 3 disarmed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from gnocchi import table
+
+HELPER_SOCKET = "/run/gnocchi/helper.sock"
+DECISIONS = 5
+SO_ACCEPTCON = 0x10000  # /proc/net/unix Flags of a listening socket
+
+
+def udp_bound(port: int) -> bool:
+    """A UDP socket (IPv4 or IPv6) is bound to port, in this network namespace."""
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path, encoding="ascii") as f:
+                next(f)
+                for line in f:
+                    local = line.split()[1]
+                    if int(local.rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def unix_listening(path: str) -> bool:
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & SO_ACCEPTCON:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def unit(name: str, what: str = "is-active") -> str:
+    try:
+        return subprocess.run(["systemctl", what, name], capture_output=True, text=True,
+                              timeout=30).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def last_decisions(count: int = DECISIONS) -> list[str]:
+    """The newest entries that `journalctl -u gnocchi` shows with a GNOCCHI_EVENT."""
+    try:
+        from systemd import journal
+
+        from gnocchi import audit
+    except ImportError:
+        return []
+    reader = journal.Reader()
+    reader.add_match(_SYSTEMD_UNIT="gnocchi.service")
+    reader.add_disjunction()
+    reader.add_match(OBJECT_SYSTEMD_UNIT="gnocchi.service")
+    reader.seek_tail()
+    found = []
+    for _ in range(2000):  # bounded: a flood of other entries does not hang status
+        entry = reader.get_previous()
+        if not entry:
+            break
+        if entry.get("GNOCCHI_EVENT") or entry.get("GNOCCHI_HELPER_STATUS"):
+            found.append(audit.format_entry(entry))
+            if len(found) == count:
+                break
+    return found[::-1]
+
+
+def knock_port(config_path: str) -> tuple[int | None, list[str], list[str]]:
+    """(port, client lines, problems) from the config and the server key."""
+    from gnocchi import config as server_config
+    from gnocchi import keys
+    from gnocchi.protocol import knock_port as port_of
+    try:
+        cfg = server_config.load(config_path)
+    except server_config.ConfigError as e:
+        return None, [], [f"config: {e}"]
+    clients = [f"{c.name}: " + (", ".join(f"{o.port}/{o.proto}" for o in c.allow) or "nothing")
+               + (f"; actions {', '.join(c.actions)}" if c.actions else "")
+               for c in cfg.clients]
+    try:
+        return port_of(keys.load_server_key(cfg.server_key_file)), clients, []
+    except keys.KeyFileError as e:
+        return None, clients, [f"server key: {e}"]
+
+
+def report(config_path: str) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    try:
+        live = table.live()
+    except table.TableError as e:
+        return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
+    arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
+    meant = arm == "active" or sock == "active"
+    port, clients, problems = knock_port(config_path)
+    listening = port is not None and udp_bound(port)
+    if live is None and meant:
+        status = 1
+        lines.append("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi is "
+                     f"meant to be armed (gnocchi-arm.service {arm}, gnocchi.socket {sock}): "
+                     "the protected ports are as open as your own rules make them. Something "
+                     "flushed the ruleset; fix: systemctl reload gnocchi-arm")
+    elif live is None:
+        status = 3
+        lines.append(f"gnocchi: NOT ARMED (disarmed: gnocchi.socket {sock}, "
+                     f"{unit('gnocchi.socket', 'is-enabled')}); to arm: "
+                     "systemctl enable --now gnocchi.socket")
+    else:
+        status = 0
+        ports = table.show_ports(live.protected())
+        lines.append(f"gnocchi: ARMED: table inet gnocchi is loaded, protecting {ports}"
+                     + ("" if arm == "active" else
+                        f" (but gnocchi-arm.service is {arm}: loaded by hand?)"))
+        if not listening:
+            status = 1
+            lines.append("gnocchi: NOBODY CAN KNOCK IN: nothing listens on the knock port, so "
+                         "no knock can open a protected port; see systemctl status gnocchi.socket")
+    lines += [f"gnocchi: {p}" for p in problems]
+    if port is not None:
+        lines.append(f"knock port: {port}/udp, " + ("listening" if listening else
+                                                     "NOT listening") + f" (gnocchi.socket {sock})")
+    lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
+                                                 else "not listening")
+                 + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
+    lines.append(f"clients: {len(clients)}" + "".join(f"\n  {c}" for c in clients))
+    pending = live.pending() if live is not None else []
+    lines.append(f"pending openings: {len(pending)}" + "".join(
+        f"\n  {p.address} {p.proto}/{p.port}, {p.expires} s left" for p in pending))
+    decisions = last_decisions()
+    if decisions:
+        lines.append("last entries (journalctl -u gnocchi):"
+                     + "".join(f"\n  {d}" for d in decisions))
+    if trial := trial_line():
+        lines.insert(1, trial)
+    return status, lines
+
+
+def trial_line() -> str | None:
+    """A pending automatic disarm (`gnocchi arm --trial`), if one is scheduled."""
+    try:
+        from gnocchi import arming
+    except ImportError:
+        return None
+    left = arming.trial_seconds_left()
+    if left is None:
+        return None
+    return (f"gnocchi: TRIAL: disarms by itself in {left} s unless `gnocchi arm --confirm` "
+            "runs first (from a session that came in through a knock)")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    p = argparse.ArgumentParser(
+        prog="gnocchi status",
+        description="Is this server protected right now? ARMED or NOT ARMED from the live "
+                    "kernel table, the knock port, the helper, clients, pending openings and "
+                    "the last decisions. Exit 0 armed, 1 not protected although meant to be, "
+                    "3 disarmed.")
+    p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
+    args = p.parse_args(argv[1:])
+    if os.geteuid() != 0:
+        print("gnocchi status: run as root (it reads the kernel's table and the server key)",
+              file=sys.stderr)
+        return 4
+    status, lines = report(args.config)
+    print("\n".join(lines))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

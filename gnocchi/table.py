@@ -1,0 +1,293 @@
+"""table inet gnocchi seen from the admin's side: test-load, load, unload, read.
+
+Trusts the admin's table file (/etc/gnocchi/gnocchi.nft) and nft(8). Reads
+the live table only through `nft -j` (JSON, parsed into typed values), and
+writes only what the file says plus elements rebuilt from typed values.
+Guarantees:
+- every change to the live table is one nft transaction: a packet meets the
+  old table or the new one, never none (no unprotected window);
+- a (re)load keeps the knocks pending in knocked4/knocked6. When only the
+  protected ports changed (or nothing did), the knocked sets are not touched
+  at all. When the rules changed (an upgrade, an edited chain), the pending
+  elements are carried into the new table with their remaining time, and the
+  same transaction first deletes each carried element from the old table, so
+  one that was used or expired meanwhile makes the transaction fail (and the
+  load is retried) rather than come back to life;
+- the file is first loaded into a throwaway user+network namespace, so a
+  broken or foreign file is refused before the live table is touched.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+
+DEFAULT_FILE = "/etc/gnocchi/gnocchi.nft"
+NFT = "nft"  # found on PATH: /usr/sbin in units and root's shell
+FAMILY, NAME = "inet", "gnocchi"
+PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
+KNOCKED = {4: "knocked4", 6: "knocked6"}
+KNOCKED_TYPES = {"knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
+                 "knocked6": ["ipv6_addr", "inet_proto", "inet_service"]}
+_REFUSED = 3  # test_load's exit status when nft refuses the file
+_COUNTERS = re.compile(r'"counter": \{[^{}]*\}')
+RETRIES = 5  # a carried element used between our read and our write: read again
+
+
+class TableError(Exception):
+    """The table file or nft refused; str() says which and why."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One knock waiting in a knocked set: (address . proto . port) and its seconds left."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    proto: str
+    port: int
+    expires: int   # whole seconds left, as nft -j shows them (rounded down)
+    timeout: int   # the helper's timeout for it
+
+    def nft_value(self) -> str:
+        return f"{self.address} . {self.proto} . {self.port}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table inet gnocchi as nft -j lists it (from the kernel or a scratch load)."""
+    objects: tuple  # the JSON objects: table, sets, chains, rules
+
+    def sets(self) -> dict[str, dict]:
+        return {o["set"]["name"]: o["set"] for o in self.objects if "set" in o}
+
+    def protected(self) -> dict[str, list]:
+        """{"tcp": [22, [8000, 8100]], "udp": []}: ports, and ranges as [low, high]."""
+        sets = self.sets()
+        return {proto: [_port_or_range(e) for e in sets.get(name, {}).get("elem", [])]
+                for proto, name in PROTECTED.items()}
+
+    def pending(self) -> list[Pending]:
+        found = []
+        for name in KNOCKED.values():
+            for elem in self.sets().get(name, {}).get("elem", []):
+                pending = _pending(elem)
+                if pending is not None:
+                    found.append(pending)
+        return found
+
+    def skeleton(self) -> list[str]:
+        """Everything but handles and set elements, comparable across listings."""
+        out = []
+        for obj in self.objects:
+            (kind, body), = obj.items()
+            body = {k: v for k, v in body.items()
+                    if k != "handle" and not (kind == "set" and k == "elem")}
+            # A rule's counter values are state, not definition.
+            out.append(_COUNTERS.sub('"counter": null', json.dumps({kind: body}, sort_keys=True)))
+        return sorted(out)
+
+
+def _port_or_range(elem):
+    if isinstance(elem, dict) and "elem" in elem:
+        elem = elem["elem"]["val"]
+    if isinstance(elem, dict) and "range" in elem:
+        return list(elem["range"])
+    return elem
+
+
+def _pending(elem) -> Pending | None:
+    """A knocked element from nft -j, or None if it is not one gnocchi's helper makes."""
+    try:
+        inner = elem["elem"]
+        address, proto, port = inner["val"]["concat"]
+        address = ipaddress.ip_address(address)
+        if proto not in PROTECTED or not isinstance(port, int) or not 0 < port < 65536:
+            return None
+        timeout = int(inner.get("timeout", 0))
+        return Pending(address, proto, port, int(inner.get("expires", 0)), timeout)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def covers(ports: list, port: int) -> bool:
+    return any(p == port if isinstance(p, int) else p[0] <= port <= p[1] for p in ports)
+
+
+def show_ports(protected: dict[str, list]) -> str:
+    parts = [f"{p if isinstance(p, int) else f'{p[0]}-{p[1]}'}/{proto}"
+             for proto, ports in protected.items() for p in ports]
+    return ", ".join(parts) or "no ports"
+
+
+# ---- nft ---------------------------------------------------------------------
+
+def nft(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([NFT, *args], input=input, capture_output=True, text=True,
+                              timeout=60)
+    except FileNotFoundError:
+        raise TableError("nft not found (Debian package nftables)") from None
+
+
+def _objects(listing: str) -> tuple:
+    return tuple(o for o in json.loads(listing)["nftables"] if "metainfo" not in o)
+
+
+def live() -> Table | None:
+    """The kernel's table inet gnocchi, or None when it is not loaded (not armed)."""
+    proc = nft("-j", "list", "table", FAMILY, NAME)
+    if proc.returncode != 0:
+        if "No such file or directory" in proc.stderr:
+            return None
+        raise TableError(f"nft list table {FAMILY} {NAME}: {proc.stderr.strip()}")
+    return Table(_objects(proc.stdout))
+
+
+def test_load(path: str = DEFAULT_FILE) -> Table:
+    """Load path into an empty scratch user+network namespace and list what it made.
+    Refuses a file that nft rejects or that makes anything but a usable gnocchi table."""
+    # No uid map (mapping uid 0 needs CAP_SETFCAP since Linux 5.12, which the
+    # arming unit lacks): --keep-caps keeps the new namespace's capabilities.
+    try:
+        proc = subprocess.run(
+            ["unshare", "--user", "--net", "--keep-caps", "--", "sh", "-c",
+             f'{NFT} -f "$1" || exit {_REFUSED}; exec {NFT} -j list ruleset', "sh", path],
+            capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise TableError("unshare not found (Debian package util-linux)") from None
+    if proc.returncode == _REFUSED:
+        raise TableError(f"{path}: nft refuses it:\n{proc.stderr.strip()}")
+    if proc.returncode != 0:
+        raise TableError(f"cannot test-load {path} in a scratch namespace: "
+                         f"{proc.stderr.strip()}")
+    objects = _objects(proc.stdout)
+    _validate(objects, path)
+    return Table(objects)
+
+
+def _validate(objects: tuple, path: str) -> None:
+    tables = [(o["table"]["family"], o["table"]["name"]) for o in objects if "table" in o]
+    if tables != [(FAMILY, NAME)]:
+        shown = ", ".join(f"table {f} {n}" for f, n in tables) or "no table"
+        raise TableError(f"{path}: must make exactly table {FAMILY} {NAME}, makes {shown}")
+    sets = Table(objects).sets()
+    for name in PROTECTED.values():
+        if name not in sets:
+            raise TableError(f"{path}: set {name} is missing (the helper reads the "
+                             "protected ports from it)")
+        if sets[name].get("type") != "inet_service":
+            raise TableError(f"{path}: set {name} must be of type inet_service")
+    for name, kind in KNOCKED_TYPES.items():
+        if name not in sets:
+            raise TableError(f"{path}: set {name} is missing (the helper adds knocks to it)")
+        if sets[name].get("type") != kind or "timeout" not in sets[name].get("flags", []):
+            raise TableError(f"{path}: set {name} must be `type {' . '.join(kind)}` "
+                             "with `flags timeout`")
+    hooks = [o["chain"] for o in objects if "chain" in o and o["chain"].get("hook") == "input"]
+    if not hooks:
+        raise TableError(f"{path}: no chain hooks input, so nothing would be protected")
+
+
+# ---- loading -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Loaded:
+    how: str          # "armed" (was not loaded), "unchanged", "ports" or "replaced"
+    table: Table      # what was loaded (from the scratch load)
+    kept: int         # pending knocks kept in place or carried over
+    dropped: int = 0  # pending knocks the new table has no set for
+
+    def describe(self, path: str) -> str:
+        ports = show_ports(self.table.protected())
+        return {
+            "armed": f"armed: loaded table {FAMILY} {NAME} from {path}, protecting {ports}",
+            "unchanged": f"armed: table {FAMILY} {NAME} already matches {path} "
+                         f"(protecting {ports}; {self.kept} pending knocks untouched)",
+            "ports": f"armed: protected ports now {ports} from {path}; the rules and "
+                     f"{self.kept} pending knocks were not touched",
+            "replaced": f"armed: table {FAMILY} {NAME} replaced from {path} in one "
+                        f"transaction, protecting {ports}; {self.kept} pending knocks "
+                        f"carried over" + (f", {self.dropped} dropped (no set for them in "
+                                           f"the new table)" if self.dropped else ""),
+        }[self.how]
+
+
+def ports_only(new: Table, old: Table) -> list[dict] | None:
+    """The JSON commands that turn old into new when only protected elements differ
+    ([] when nothing does), or None when anything else differs."""
+    if new.skeleton() != old.skeleton():
+        return None
+    commands = []
+    new_sets, old_sets = new.sets(), old.sets()
+    for name in PROTECTED.values():
+        want = new_sets[name].get("elem", [])
+        if want == old_sets[name].get("elem", []):
+            continue
+        ref = {"family": FAMILY, "table": NAME, "name": name}
+        commands.append({"flush": {"set": ref}})
+        if want:
+            commands.append({"add": {"element": dict(ref, elem=want)}})
+    return commands
+
+
+def replacement(text: str, new: Table, carried: list[Pending]) -> tuple[str, int]:
+    """nft script: delete each carried element (a guard: fails if one is gone), the
+    file, then the carried elements with their remaining time. (script, dropped)."""
+    sets, dropped = new.sets(), 0
+    guard, add = [], []
+    for p in carried:
+        name = KNOCKED[p.address.version]
+        guard.append(f"delete element {FAMILY} {NAME} {name} {{ {p.nft_value()} }}")
+        if sets.get(name, {}).get("type") != KNOCKED_TYPES[name]:
+            dropped += 1
+            continue
+        # nft -j rounds down: +1 s so a knock never loses time, within its own timeout.
+        seconds = max(1, min(p.expires + 1, p.timeout or p.expires + 1))
+        add.append(f"add element {FAMILY} {NAME} {name} {{ {p.nft_value()} timeout {seconds}s }}")
+    return "\n".join(guard + [text] + add) + "\n", dropped
+
+
+def load(path: str = DEFAULT_FILE) -> Loaded:
+    """Load path as the live table, keeping pending knocks (see the module docstring)."""
+    new = test_load(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TableError(f"{path}: cannot read: {e}") from None
+    for _ in range(RETRIES):
+        old = live()
+        if old is None:
+            proc = nft("-f", path)
+            if proc.returncode != 0:
+                raise TableError(f"nft -f {path}: {proc.stderr.strip()}")
+            return Loaded("armed", new, 0)
+        commands = ports_only(new, old)
+        if commands == []:
+            return Loaded("unchanged", new, len(old.pending()))
+        if commands is not None:
+            proc = nft("-j", "-f", "-", input=json.dumps({"nftables": commands}))
+            if proc.returncode == 0:
+                return Loaded("ports", new, len(old.pending()))
+            raise TableError(f"nft: updating the protected ports failed: {proc.stderr.strip()}")
+        carried = old.pending()
+        script, dropped = replacement(text, new, carried)
+        proc = nft("-f", "-", input=script)
+        if proc.returncode == 0:
+            return Loaded("replaced", new, len(carried) - dropped, dropped)
+        if not carried:
+            raise TableError(f"nft -f {path}: {proc.stderr.strip()}")
+        # A carried knock was used or expired after we read it: read again.
+    raise TableError(f"could not replace table {FAMILY} {NAME}: pending knocks kept changing "
+                     f"during {RETRIES} attempts; try again")
+
+
+def unload() -> bool:
+    """Remove the live table (one transaction that also works when it is gone);
+    True if it was loaded."""
+    was = live() is not None
+    proc = nft(f"add table {FAMILY} {NAME}; delete table {FAMILY} {NAME}")
+    if proc.returncode != 0:
+        raise TableError(f"nft delete table {FAMILY} {NAME}: {proc.stderr.strip()}")
+    return was

@@ -1,0 +1,179 @@
+"""gnocchi/table.py in a real kernel: loading and reloading table inet gnocchi
+never opens a window and never forgets, or revives, a pending knock (issue 14).
+
+Runs table.load()/unload() inside the server namespace of a tests/netns.py Net
+(subprocesses such as nft inherit that namespace); knocks are elements added
+the way the helper adds them, and a client connection proves one still works.
+"""
+import shutil
+import subprocess
+
+import pytest
+
+from gnocchi import table
+from support import TABLE_FILE, EchoServices, Net, inside, tcp_connect
+
+KNOCK_SECONDS = 30
+
+
+@pytest.fixture
+def net():
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare")
+    with Net("tl") as net:
+        with EchoServices(net.server, tcp_ports=(22, 2222)):
+            yield net
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def knock(net, ip=None, port=22):
+    """An element as the helper adds it (helper/nft.py: one add with its timeout)."""
+    ip = ip or net.client.ip
+    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
+                   f"{{ {ip} . tcp . {port} timeout {KNOCK_SECONDS}s }}")
+
+
+def pending(net) -> list:
+    with inside(net.server):
+        live = table.live()
+    return [] if live is None else live.pending()
+
+
+def load(net, path: str) -> table.Loaded:
+    with inside(net.server):
+        return table.load(path)
+
+
+def handles(net) -> str:
+    """The rules with their kernel handles: equal only if no rule was replaced."""
+    return net.server.nft("-a", "list", "chain", "inet", "gnocchi", "admit").stdout
+
+
+def test_first_load_arms_and_a_second_changes_nothing(net):
+    loaded = load(net, str(TABLE_FILE))
+    assert loaded.how == "armed" and loaded.table.protected() == {"tcp": [22], "udp": []}
+    assert tcp_connect(net.client, net.server.ip, 22) is None, "armed: no knock, no connection"
+    knock(net)
+    before = handles(net)
+    again = load(net, str(TABLE_FILE))
+    assert (again.how, again.kept) == ("unchanged", 1)
+    assert handles(net) == before
+    assert tcp_connect(net.client, net.server.ip, 22) is not None, "the pending knock still works"
+    assert tcp_connect(net.client, net.server.ip, 22) is None, "and only once"
+
+
+def test_changing_the_protected_ports_touches_nothing_else(net, tmp_path):
+    load(net, str(TABLE_FILE))
+    knock(net)
+    before = handles(net)
+    edited = write(tmp_path, "ports.nft", TABLE_FILE.read_text().replace(
+        "elements = { 22 }", "elements = { 22, 2222 }"))
+    loaded = load(net, edited)
+    assert (loaded.how, loaded.kept) == ("ports", 1)
+    assert loaded.table.protected() == {"tcp": [22, 2222], "udp": []}
+    assert handles(net) == before, "the rules were not reloaded"
+    assert [(p.address.exploded, p.port) for p in pending(net)] == [(net.client.ip, 22)]
+    assert tcp_connect(net.client, net.server.ip, 2222) is None, "2222 is protected now"
+    assert tcp_connect(net.client, net.server.ip, 22) is not None
+
+
+def test_new_rules_replace_the_table_and_carry_pending_knocks(net, tmp_path):
+    load(net, str(TABLE_FILE))
+    knock(net)
+    knock(net, ip="198.18.0.99")
+    left = {p.address.exploded: p.expires for p in pending(net)}
+    changed = write(tmp_path, "rules.nft", TABLE_FILE.read_text().replace(
+        "\t\tdrop\n", "\t\tcounter drop\n"))
+    loaded = load(net, changed)
+    assert (loaded.how, loaded.kept) == ("replaced", 2)
+    assert "counter packets" in net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
+    carried = {p.address.exploded: p for p in pending(net)}
+    assert set(carried) == set(left)
+    for address, p in carried.items():
+        # Never less time than it had, never more than the helper gave it.
+        assert left[address] <= p.expires + 1 and p.timeout <= KNOCK_SECONDS
+    assert tcp_connect(net.client, net.server.ip, 22) is not None
+    assert tcp_connect(net.client, net.server.ip, 22) is None
+    # Loading the same file again is recognised as unchanged (counters are state).
+    assert load(net, changed).how == "unchanged"
+
+
+def test_a_knock_used_while_the_table_is_replaced_is_not_revived(net, tmp_path, monkeypatch):
+    load(net, str(TABLE_FILE))
+    knock(net)
+    with inside(net.server):
+        stale = table.live()
+    assert len(stale.pending()) == 1
+    # The knock is used (its element deleted by the first SYN) after the loader read it.
+    assert tcp_connect(net.client, net.server.ip, 22) is not None
+    assert pending(net) == []
+    reads = []
+    real_live = table.live
+
+    def live_first_stale():
+        reads.append(1)
+        return stale if len(reads) == 1 else real_live()
+    monkeypatch.setattr(table, "live", live_first_stale)
+    changed = write(tmp_path, "rules.nft", TABLE_FILE.read_text().replace(
+        "\t\tdrop\n", "\t\tcounter drop\n"))
+    loaded = load(net, changed)
+    assert len(reads) == 2, "the first transaction failed on its guard and was retried"
+    assert (loaded.how, loaded.kept) == ("replaced", 0)
+    assert pending(net) == []
+    assert tcp_connect(net.client, net.server.ip, 22) is None, "no second connection"
+
+
+def test_a_broken_file_is_refused_and_the_live_table_stays(net, tmp_path):
+    load(net, str(TABLE_FILE))
+    knock(net)
+    before = net.server.nft("list", "table", "inet", "gnocchi").stdout
+    broken = write(tmp_path, "broken.nft", TABLE_FILE.read_text().replace(
+        "elements = { 22 }", "elements = { 22 x }"))
+    with pytest.raises(table.TableError, match="nft refuses it"):
+        load(net, broken)
+    after = net.server.nft("list", "table", "inet", "gnocchi").stdout
+    strip = lambda text: [l for l in text.splitlines() if "expires" not in l]  # noqa: E731
+    assert strip(after) == strip(before) and len(pending(net)) == 1
+
+
+def test_unload_removes_the_table_and_may_run_twice(net):
+    load(net, str(TABLE_FILE))
+    with inside(net.server):
+        assert table.unload() is True
+        assert table.live() is None
+        assert table.unload() is False
+    assert tcp_connect(net.client, net.server.ip, 22) is not None, "disarmed: open again"
+
+
+def test_the_replacement_script_guards_each_carried_knock():
+    old = table.Table(())
+    new = table.Table((
+        {"set": {"name": "knocked4", "type": ["ipv4_addr", "inet_proto", "inet_service"]}},))
+    p4 = table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
+                                  "timeout": 30, "expires": 29}})
+    p6 = table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
+                                  "timeout": 30, "expires": 0}})
+    script, dropped = table.replacement("FILE", new, [p4, p6])
+    assert script.splitlines() == [
+        "delete element inet gnocchi knocked4 { 198.18.0.1 . tcp . 22 }",
+        "delete element inet gnocchi knocked6 { fd00::1 . udp . 53 }",
+        "FILE",
+        "add element inet gnocchi knocked4 { 198.18.0.1 . tcp . 22 timeout 30s }",
+    ]
+    assert dropped == 1  # the new table has no knocked6 of that type
+    assert old.pending() == []
+    # Not what the helper makes: ignored, never carried.
+    assert table._pending({"elem": {"val": {"concat": ["x", "tcp", 22]}}}) is None
+    assert table._pending({"elem": {"val": {"concat": ["198.18.0.1", "sctp", 22]}}}) is None
+
+
+def test_the_test_load_needs_no_firewall_of_ours():
+    """It runs in a scratch namespace: the caller's ruleset is never touched."""
+    loaded = table.test_load(str(TABLE_FILE))
+    assert set(loaded.sets()) == {"protected_tcp", "protected_udp", "knocked4", "knocked6"}
+    assert subprocess.run(["unshare", "--user", "--net", "--keep-caps", "true"]).returncode == 0

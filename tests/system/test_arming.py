@@ -1,0 +1,363 @@
+"""Never locked out, never silently open (issue 11), on a booted systemd.
+
+The package is installed in a container (tests/system/systemd_container.py)
+in the server namespace of a tests/netns.py Net. The tests share it and run
+in order, as an admin's mistakes would come: arming before `gnocchi setup`,
+with no client, with a broken config; then a good setup; reloads that check
+first; ruleset flushes by nftables.service and by hand; `gnocchi status`;
+trial arming.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support import Net
+from systemd_container import Container
+
+pytestmark = pytest.mark.system
+
+CONFIG = "/etc/gnocchi/gnocchi.toml"
+TABLE = "/etc/gnocchi/gnocchi.nft"
+CLIENT_DIR = "/root/alice"
+CONNECT = ("import socket, sys\n"
+           "try:\n"
+           "    c = socket.create_connection((sys.argv[1], 22), timeout=1.5)\n"
+           "    print(c.recv(100).decode().strip())\n"
+           "except socket.timeout:\n"
+           "    print('timeout')\n"
+           "except OSError as e:\n"
+           "    print('error', e)\n")
+LISTENER = ("import socket\n"
+            "s = socket.create_server(('', 22), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept()\n"
+            "    c.sendall(b'hello\\n')\n"
+            "    c.close()\n")
+
+
+class Box:
+    def __init__(self, net: Net, box: Container):
+        self.net, self.box = net, box
+        self.public = ""
+
+    def run(self, *argv, check=True, **kw):
+        return self.box.run(list(argv), check=check, **kw)
+
+    def file(self, path: str):
+        return self.box.root / path.lstrip("/")
+
+    def state(self, unit: str, what: str = "is-active") -> str:
+        return self.run("systemctl", what, unit, check=False).stdout.strip()
+
+    def armed(self) -> bool:
+        return self.net.server.nft("list", "table", "inet", "gnocchi", check=False).returncode == 0
+
+    def journal(self, *args) -> list[dict]:
+        out = self.run("journalctl", "--no-pager", "-o", "json", *args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def events(self, event: str, since: float = 0) -> list[dict]:
+        return [e for e in self.journal("-u", "gnocchi") if e.get("GNOCCHI_EVENT") == event
+                and int(e["__REALTIME_TIMESTAMP"]) / 1e6 >= since]
+
+    def write_config(self, clients: str, extra: str = "") -> None:
+        self.file(CONFIG).write_text(f'server_key_file = "/etc/gnocchi/server.key"\n{extra}\n'
+                                     f"{clients}")
+
+    def alice(self, allow='["22/tcp"]') -> str:
+        return f'[clients.alice]\npublic_key = "{self.public}"\nallow = {allow}\n'
+
+    def knock(self) -> None:
+        self.box.run_in_netns(self.net.client.name, [
+            "gnocchi-knock", "--server-key-file", f"{CLIENT_DIR}/server.key",
+            "--client-key-file", f"{CLIENT_DIR}/client.key", "--state-dir",
+            f"{CLIENT_DIR}/state", self.net.server.ip])
+
+    def connect(self) -> str:
+        return self.net.client.run([sys.executable, "-c", CONNECT, self.net.server.ip],
+                                   timeout=30).stdout.strip()
+
+    def wait(self, probe, what: str, timeout: float = 20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = probe()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting until: {what}\n"
+                             + self.run("journalctl", "--no-pager", "-n", "30", "-u", "gnocchi*",
+                                        check=False).stdout)
+
+    def nothing_armed_or_listening(self) -> None:
+        assert not self.armed()
+        for unit in ("gnocchi.socket", "gnocchi-helper.socket", "gnocchi.service"):
+            assert self.state(unit) != "active", unit
+
+
+@pytest.fixture(scope="module")
+def b(deb):
+    for tool in ("systemd-nspawn", "nsenter", "nft"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    with Net("a") as net:
+        box = Container(net.server.name)
+        try:
+            box.boot()
+            shutil.copy(deb, box.root / "root" / deb.name)
+            box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root",
+                    timeout=180)
+            b = Box(net, box)
+            b.run("mkdir", "-m", "0700", CLIENT_DIR)
+            b.public = b.run("gnocchi", "keygen", "--client",
+                             f"{CLIENT_DIR}/client.key").stdout.strip()
+            box.run(["systemd-run", "--unit=protected-service", "--quiet",
+                     "/usr/bin/python3", "-c", LISTENER])
+            yield b
+        finally:
+            box.close()
+
+
+# ---- arming refused (issue 11, item 1) --------------------------------------
+
+def test_without_a_knock_port_nothing_arms(b):
+    proc = b.run("systemctl", "enable", "--now", "gnocchi.socket", check=False)
+    assert proc.returncode != 0
+    assert "gnocchi.socket has a bad unit file setting" in proc.stderr
+    b.nothing_armed_or_listening()
+    # The arming unit alone (the old way to arm) refuses too, and says why.
+    b.run("gnocchi", "keygen", "--server", "/etc/gnocchi/server.key")
+    b.run("install", "-m", "0600", "/etc/gnocchi/server.key", f"{CLIENT_DIR}/server.key")
+    b.write_config(b.alice())
+    since = time.time()
+    assert b.run("systemctl", "start", "gnocchi-arm.service", check=False).returncode != 0
+    assert not b.armed()
+    refused = b.events("arming-refused", since)
+    assert any("gnocchi.socket has no knock port" in e["MESSAGE"]
+               and "run `gnocchi setup`" in e["MESSAGE"] for e in refused), refused
+    assert any(e["MESSAGE"].startswith("NOT ARMED") for e in refused)
+    assert b.state("gnocchi-arm.service") == "failed"
+    status = b.run("systemctl", "status", "gnocchi-arm.service", check=False).stdout
+    assert "gnocchi.socket has no knock port" in status
+
+
+def test_with_no_client_nothing_arms(b):
+    b.write_config("")
+    out = b.run("gnocchi", "setup").stdout
+    assert "not ready to arm yet" in out and "no [clients.NAME] configured" in out
+    check = b.run("gnocchi", "check", check=False)
+    assert check.returncode == 1 and "no [clients.NAME] configured" in check.stderr
+    since = time.time()
+    proc = b.run("systemctl", "enable", "--now", "gnocchi.socket", check=False)
+    assert proc.returncode != 0 and "A dependency job for gnocchi.socket failed" in proc.stderr
+    b.nothing_armed_or_listening()
+    assert any("no [clients.NAME] configured" in e["MESSAGE"]
+               for e in b.events("arming-refused", since))
+
+
+def test_with_a_broken_config_nothing_arms(b):
+    b.write_config(b.alice() + 'alow = ["22"]\n')
+    since = time.time()
+    assert b.run("systemctl", "start", "gnocchi.socket", check=False).returncode != 0
+    b.nothing_armed_or_listening()
+    assert any(f"{CONFIG}: clients.alice.alow: unknown key" in e["MESSAGE"]
+               for e in b.events("arming-refused", since))
+    # The verifier was never started: no restart loop, no start limit hit.
+    assert b.state("gnocchi.service") == "inactive"
+
+
+def test_once_check_passes_the_same_command_arms(b):
+    b.write_config(b.alice())
+    assert b.run("gnocchi", "check").stdout.startswith("gnocchi check: ok:")
+    b.run("systemctl", "start", "gnocchi.socket")  # enabled by the refused attempt before
+    assert b.armed()
+    assert b.state("gnocchi.socket", "is-enabled") == "enabled"
+    assert b.connect() == "timeout"
+    b.knock()
+    b.wait(lambda: b.events("accepted"), "an accepted knock")
+    assert b.connect() == "hello"
+
+
+def test_reloading_a_broken_config_keeps_the_running_verifier(b):
+    b.knock()
+    b.wait(lambda: b.state("gnocchi.service") == "active", "the verifier runs")
+    pid = b.run("systemctl", "show", "-P", "MainPID", "gnocchi.service").stdout.strip()
+    good = b.file(CONFIG).read_text()
+    b.file(CONFIG).write_text(good + "typo = 1\n")
+    proc = b.run("systemctl", "reload", "gnocchi", check=False)
+    assert proc.returncode != 0
+    assert b.run("systemctl", "show", "-P", "MainPID", "gnocchi.service").stdout.strip() == pid
+    status = b.run("systemctl", "status", "gnocchi", check=False).stdout
+    assert "clients.alice.typo: unknown key" in status
+    # A good config: the verifier exits, and the next knock starts it with the new one.
+    b.file(CONFIG).write_text(good)
+    b.run("systemctl", "reload", "gnocchi")
+    b.wait(lambda: b.state("gnocchi.service") == "inactive", "the old verifier exited")
+    assert b.state("gnocchi.socket") == "active" and b.armed()
+
+
+def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
+    b.knock()
+    b.wait(lambda: "elements" in b.net.server.nft("list", "set", "inet", "gnocchi",
+                                                  "knocked4").stdout, "a pending knock")
+    before = b.net.server.nft("list", "chain", "inet", "gnocchi", "input").stdout
+    good = b.file(TABLE).read_text()
+    b.file(TABLE).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
+    since = time.time()
+    assert b.run("systemctl", "reload", "gnocchi-arm", check=False).returncode != 0
+    assert any("nft refuses it" in e["MESSAGE"] for e in b.events("arming-refused", since))
+    assert b.net.server.nft("list", "chain", "inet", "gnocchi", "input").stdout == before
+    assert b.state("gnocchi-arm.service") == "active", "still armed"
+    b.file(TABLE).write_text(good)
+    assert b.connect() == "hello", "the pending knock survived the refused reload"
+    assert b.connect() == "timeout"
+
+
+# ---- status, and a table that stays armed (issue 11, item 2) -----------------
+
+def status(b: Box, env: tuple = ()) -> tuple[int, str]:
+    proc = b.run("env", *env, "gnocchi", "status", check=False)
+    return proc.returncode, proc.stdout
+
+
+def test_status_says_armed_with_port_clients_pending_and_decisions(b):
+    b.knock()
+    b.wait(lambda: "elements" in b.net.server.nft("list", "set", "inet", "gnocchi",
+                                                  "knocked4").stdout, "a pending knock")
+    rc, out = status(b)
+    port = b.run("gnocchi", "port", "/etc/gnocchi/server.key").stdout.strip()
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "gnocchi: ARMED: table inet gnocchi is loaded, protecting 22/tcp"
+    assert f"knock port: {port}/udp, listening (gnocchi.socket active)" in lines
+    assert "  alice: 22/tcp" in lines
+    assert any(l.startswith(f"  {b.net.client.ip} tcp/22, ") and l.endswith(" s left")
+               for l in lines), out
+    assert "last entries (journalctl -u gnocchi):" in lines
+    assert any(" accepted " in l and "alice" in l for l in lines), out
+    assert b.connect() == "hello"
+
+
+def test_nftables_service_flushes_are_rearmed_whatever_ran_them(b):
+    since = time.time()
+    # The first start while gnocchi is armed: the case PartOf= could not see.
+    for action in (["enable", "--now"], ["reload"], ["restart"], ["stop"], ["start"]):
+        b.run("systemctl", *action, "nftables.service")
+        assert b.armed(), f"after systemctl {' '.join(action)} nftables"
+        assert b.state("gnocchi.socket") == "active"
+    missing = b.events("table-missing", since)
+    assert len(missing) >= 5 and all(e["PRIORITY"] == "2" for e in missing)
+    assert all("nftables.service" in e["MESSAGE"] and "re-armed" in e["MESSAGE"]
+               for e in missing)
+    assert b.connect() == "timeout"
+    b.run("systemctl", "disable", "--now", "nftables.service")
+
+
+def test_a_flush_by_hand_is_rearmed_at_once_and_said_loudly(b):
+    since = time.time()
+    b.net.server.nft("flush", "ruleset")
+    b.wait(b.armed, "table inet gnocchi is back", timeout=5)
+    entry = b.wait(lambda: b.events("table-missing", since), "a table-missing entry")[-1]
+    assert entry["PRIORITY"] == "2" and "nft flush ruleset" in entry["MESSAGE"]
+    assert entry["_SYSTEMD_UNIT"] == "gnocchi-watch.service"
+
+
+def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
+    # Freeze the watch, so that nothing puts the table back. (Stopping it does not
+    # work: gnocchi-arm.service upholds it, and systemd starts it again at once.)
+    b.run("systemctl", "stop", "gnocchi-watch.service")
+    assert b.wait(lambda: b.state("gnocchi-watch.service") == "active", "upheld")
+    b.run("systemctl", "kill", "--kill-who=main", "--signal=STOP", "gnocchi-watch.service")
+    b.net.server.nft("delete", "table", "inet", "gnocchi")
+    rc, out = status(b)
+    assert rc == 1
+    assert out.startswith("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi "
+                          "is meant to be armed"), out
+    assert "fix: systemctl reload gnocchi-arm" in out
+    b.run("systemctl", "kill", "--kill-who=main", "--signal=CONT", "gnocchi-watch.service")
+    b.wait(b.armed, "re-armed by the watch")
+    assert status(b)[0] == 0
+
+
+# ---- trial arming (issue 11, item 4) ------------------------------------------
+
+def test_disarm_is_the_console_switch_off(b):
+    out = b.run("gnocchi", "disarm").stdout
+    assert out.startswith("gnocchi: NOT ARMED: disarmed")
+    assert not b.armed() and b.state("gnocchi.socket", "is-enabled") == "disabled"
+    b.nothing_armed_or_listening()
+    rc, out = status(b)
+    assert rc == 3 and out.startswith("gnocchi: NOT ARMED (disarmed")
+
+
+def test_an_unconfirmed_trial_disarms_by_itself_even_with_gnocchi_killed(b):
+    start = time.monotonic()
+    out = b.run("gnocchi", "arm", "--trial", "12").stdout
+    assert "ARMED ON TRIAL" in out and "in 12 s" in out
+    assert b.armed() and b.state("gnocchi.socket") == "active"
+    assert b.state("gnocchi.socket", "is-enabled") == "disabled", "a reboot disarms too"
+    rc, out = status(b)
+    assert rc == 0 and "gnocchi: TRIAL: disarms by itself in " in out
+    b.knock()  # the verifier and the helper run; then everything of gnocchi's dies
+    b.wait(lambda: b.state("gnocchi-helper.service") == "active", "the helper runs")
+    for unit in ("gnocchi.service", "gnocchi-helper.service", "gnocchi-watch.service"):
+        b.run("systemctl", "kill", "--kill-who=main", "--signal=KILL", unit)
+    b.wait(lambda: not b.armed(), "the trial disarmed by itself", timeout=30)
+    assert 11 <= time.monotonic() - start <= 25
+    b.wait(lambda: b.state("gnocchi.socket") == "inactive", "gnocchi.socket stopped")
+    assert b.state("gnocchi.socket", "is-enabled") == "disabled"
+    assert any("NOT confirmed in time" in e["MESSAGE"] for e in b.events("trial"))
+    assert b.connect() == "hello", "open again, as without gnocchi"
+
+
+def test_confirm_needs_a_session_that_came_in_through_a_knock(b):
+    b.run("gnocchi", "arm", "--trial", "300")
+    stranger = b.net.client.ip.rsplit(".", 1)[0] + ".77"
+    proc = b.run("env", f"SSH_CONNECTION={stranger} 50000 {b.net.server.ip} 22",
+                 "gnocchi", "arm", "--confirm", check=False)
+    assert proc.returncode == 1 and "has not knocked in since the trial began" in proc.stderr
+    assert b.run("gnocchi", "status").stdout.count("TRIAL") == 1, "still on trial"
+
+
+def test_a_confirmed_arm_survives_a_reboot(b):
+    b.knock()  # the admin's client knocks, and logs in from its address:
+    b.wait(lambda: b.connect() == "hello", "the knock let the client in", timeout=10)
+    out = b.run("env", f"SSH_CONNECTION={b.net.client.ip} 50000 {b.net.server.ip} 22",
+                "gnocchi", "arm", "--confirm").stdout
+    assert "confirmed" in out
+    assert b.state("gnocchi.socket", "is-enabled") == "enabled"
+    assert "TRIAL" not in b.run("gnocchi", "status").stdout
+    assert any("confirmed" in e["MESSAGE"] for e in b.events("trial"))
+    b.box.reboot()
+    assert b.armed()
+    rc, out = status(b)
+    assert rc == 0 and "TRIAL" not in out
+    b.box.run(["systemd-run", "--unit=protected-service", "--quiet", "/usr/bin/python3", "-c",
+               LISTENER])
+    time.sleep(0.5)
+    assert b.connect() == "timeout"
+
+
+def test_a_verifier_that_keeps_failing_never_disarms(b):
+    """gnocchi fails closed: the verifier hitting its start limit fails gnocchi.socket,
+    and the table stays (a remote crash must not switch the firewall off); status says
+    that nobody can knock in."""
+    good = b.file(CONFIG).read_text()
+    b.file(CONFIG).write_text(good + "typo = 1\n")
+    for _ in range(25):
+        b.run("systemctl", "restart", "gnocchi.service", check=False)
+        if b.state("gnocchi.socket") == "failed":
+            break
+    assert b.state("gnocchi.socket") == "failed"
+    assert b.armed() and b.state("gnocchi-arm.service") == "active"
+    rc, out = status(b)
+    assert rc == 1 and "NOBODY CAN KNOCK IN" in out, out
+    b.file(CONFIG).write_text(good)
+    b.run("systemctl", "reset-failed", "gnocchi.service", "gnocchi.socket")
+    b.run("systemctl", "start", "gnocchi.socket")
+    assert status(b)[0] == 0

@@ -1,0 +1,173 @@
+"""`gnocchi check` as an admin runs it: a subprocess, exit code, stdout and stderr.
+
+--unit-dir points it at a drop-in directory instead of a running systemd
+(tests/system/test_arming.py runs it against a booted one). The table file
+is test-loaded into a throwaway user+network namespace, so this needs no
+systemd, only nft and unshare (and touches no firewall).
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE = REPO / "nft" / "gnocchi.nft"
+
+
+def gnocchi(*args):
+    return subprocess.run([sys.executable, "-m", "gnocchi", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+class Server:
+    """A config, a server key, a table file and a drop-in directory in tmp_path."""
+
+    def __init__(self, tmp: Path):
+        if shutil.which("nft") is None or shutil.which("unshare") is None:
+            pytest.skip("needs nft and unshare")
+        self.tmp = tmp
+        self.key = tmp / "server.key"
+        self.port = int(gnocchi("keygen", "--server", self.key).stdout)
+        self.client = gnocchi("keygen", "--client", tmp / "client.key").stdout.strip()
+        self.config = tmp / "gnocchi.toml"
+        self.table = tmp / "gnocchi.nft"
+        shutil.copy(TABLE, self.table)
+        os.chmod(self.table, 0o644)
+        self.units = tmp / "units"
+        self.write_config()
+        self.write_drop_in(self.port)
+
+    def write_config(self, clients=None, extra=""):
+        if clients is None:
+            clients = f'[clients.alice]\npublic_key = "{self.client}"\nallow = ["22/tcp"]\n'
+        self.config.write_text(f'server_key_file = "{self.key}"\n'
+                               f'state_dir = "{self.tmp / "state"}"\n{extra}\n{clients}')
+        os.chmod(self.config, 0o644)
+
+    def write_drop_in(self, *ports):
+        (self.units / "gnocchi.socket.d").mkdir(parents=True, exist_ok=True)
+        lines = "".join(f"ListenDatagram={p}\n" for p in ports)
+        (self.units / "gnocchi.socket.d" / "port.conf").write_text(
+            f"[Socket]\nListenDatagram=\n{lines}")
+
+    def check(self):
+        return gnocchi("check", "--config", self.config, "--table", self.table,
+                       "--unit-dir", self.units)
+
+
+@pytest.fixture
+def s(tmp_path) -> Server:
+    return Server(tmp_path)
+
+
+def refused(s: Server, *expected: str) -> str:
+    proc = s.check()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert "gnocchi would not work; nothing was changed" in proc.stderr
+    return proc.stderr
+
+
+def test_a_good_setup_passes_and_says_what_it_found(s):
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"gnocchi check: ok: {s.config}: 1 client; knock port {s.port}/udp "
+                           "(gnocchi.socket); protects 22/tcp\n")
+    assert proc.stderr == ""
+    quiet = gnocchi("check", "--quiet", "--config", s.config, "--table", s.table,
+                    "--unit-dir", s.units)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_no_drop_in_means_no_knock_port(s):
+    shutil.rmtree(s.units)
+    refused(s, f"{s.units}/gnocchi.socket.d/port.conf is missing, so gnocchi.socket has no "
+               "knock port; fix: run `gnocchi setup`")
+
+
+def test_a_drop_in_for_another_key(s):
+    s.write_drop_in(s.port + 1 if s.port < 65535 else 2000)
+    refused(s, f"but the server key's knock port is {s.port}; fix: run `gnocchi setup`")
+
+
+def test_a_config_that_does_not_parse_is_named_with_file_and_key(s):
+    s.write_config(extra='alow = ["22"]\n')
+    refused(s, f"{s.config}: alow: unknown key", "(the verifier would refuse to start)")
+
+
+def test_no_client(s):
+    s.write_config(clients="")
+    refused(s, f"{s.config}: no [clients.NAME] configured: nobody could knock, so arming "
+               "would shut everyone out")
+
+
+def test_no_client_may_open_a_protected_port(s):
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["2222/tcp"]\n')
+    err = refused(s, "no client may open a protected port (22/tcp)")
+    assert "warning: " in err and "2222/tcp is not a protected port" in err
+
+
+def test_an_unprotected_allow_entry_is_only_a_warning(s):
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\n'
+                           'allow = ["22/tcp", "60001/udp"]\n')
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert ("warning: " + f"{s.config}: clients.alice.allow: 60001/udp is not a protected port; "
+            "the helper will refuse to open it") in proc.stderr
+
+
+def test_a_loose_server_key_is_refused_with_the_fix(s):
+    os.chmod(s.key, 0o640)
+    refused(s, f"chmod 600 {s.key}")
+
+
+def test_a_config_others_may_change(s):
+    os.chmod(s.config, 0o666)
+    refused(s, f"{s.config}: may be changed by others than root", f"chmod go-w {s.config}")
+
+
+def test_a_table_file_nft_refuses(s):
+    s.table.write_text(TABLE.read_text().replace("elements = { 22 }", "elements = { 22 x }"))
+    refused(s, f"{s.table}: nft refuses it:", "syntax error")
+
+
+def test_a_table_file_without_the_knocked_sets(s):
+    text = TABLE.read_text()
+    s.table.write_text(text.replace("\t\tip6 saddr", "\t\t#ip6 saddr").replace(
+        "set knocked6 {", "set knocked6_old {"))
+    refused(s, f"{s.table}: set knocked6 is missing (the helper adds knocks to it)")
+
+
+def test_a_table_file_that_makes_another_table(s):
+    s.table.write_text(TABLE.read_text() + "\ntable ip other {}\n")
+    refused(s, f"{s.table}: must make exactly table inet gnocchi, makes table inet gnocchi, "
+               "table ip other")
+
+
+def test_a_corrupt_counter_store(s):
+    (s.tmp / "state").mkdir()
+    (s.tmp / "state" / "counters").write_text("not a store\n")
+    refused(s, f"{s.tmp / 'state' / 'counters'}", "to recover:")
+
+
+def test_every_problem_is_listed_not_just_the_first(s):
+    os.chmod(s.key, 0o644)
+    shutil.rmtree(s.units)
+    s.table.write_text("table inet gnocchi { oops }\n")
+    err = refused(s)
+    assert err.count("gnocchi check: ") == 3 + 1, err  # 3 problems and the summary
+    assert "3 problems" in err
+
+
+def test_setup_names_what_check_would_refuse(s):
+    """`gnocchi setup` no longer says "next, arm" when arming would be refused (issue 11)."""
+    s.write_config(clients="")
+    out = gnocchi("setup", "--config", s.config, "--unit-dir", s.units).stdout
+    assert "not ready to arm yet; `gnocchi check` says:" in out
+    assert "no [clients.NAME] configured" in out
+    assert "systemctl enable --now gnocchi.socket" in out
