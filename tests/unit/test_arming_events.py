@@ -3,7 +3,7 @@ explained in the installed catalog, and a priority. tests/system/ shows them in
 `journalctl -u gnocchi` on a booted systemd."""
 from pathlib import Path
 
-from gnocchi import arming, audit
+from gnocchi import arming, events
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -12,7 +12,7 @@ def test_every_arming_event_has_its_own_message_id_and_a_catalog_entry():
     catalog = (REPO / "gnocchi" / "gnocchi.catalog").read_text()
     ids = list(arming.MESSAGE_IDS.values())
     assert len(set(ids)) == len(ids)
-    assert not set(ids) & set(audit.MESSAGE_IDS.values()), "not shared with the verifier's"
+    assert not set(ids) & set(events.MESSAGE_IDS.values()), "not shared with the verifier's"
     for event, message_id in arming.MESSAGE_IDS.items():
         assert f"-- {message_id}\n" in catalog, event
         assert event in arming.PRIORITY

@@ -138,7 +138,8 @@ def test_a_table_file_nft_refuses(s):
 
 def test_a_table_file_without_the_knocked_sets(s):
     text = TABLE.read_text()
-    s.table.write_text(text.replace("\t\tip6 saddr", "\t\t#ip6 saddr").replace(
+    rule = "\t\tct state new,established,related ip6 saddr"
+    s.table.write_text(text.replace(rule, "\t\t#ip6 saddr").replace(
         "set knocked6 {", "set knocked6_old {"))
     refused(s, f"{s.table}: set knocked6 is missing (the helper adds knocks to it)")
 
