@@ -150,8 +150,8 @@ class Verifier:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.port,
                                                 request.proto)
         except helper_client.HelperUnreachable as e:
-            self.log.event("helper-failed", f"{request} for client {client.name} from {source} "
-                           f"not opened: helper unreachable: {e}", request=str(request),
+            self.log.event("helper-failed", f"{request} for client {client.name} from {source}: "
+                           f"helper: {e}", request=str(request),
                            helper_status="UNREACHABLE", reason=str(e), **common)
             return
         if status != "OK":

@@ -9,13 +9,16 @@ import struct
 from dataclasses import dataclass
 
 # The format by the names gnocchi/helper_client.py gives it (docs/contracts.md).
-REQUEST = struct.Struct("!BBBBH16s")  # version, family, proto, pad, port, address: 22 bytes
-VERSION = 1
+# version, family, proto, pad, port, address, deadline: 30 bytes. The deadline is
+# CLOCK_MONOTONIC in milliseconds: past it the verifier no longer waits, so the
+# helper must not act (the audit would say one thing and the table another).
+REQUEST = struct.Struct("!BBBBH16sQ")
+VERSION = 2
 PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
 STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
-            "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED")
+            "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED")
 (OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS,
- NOT_PROTECTED, BAD_PROTO, RATE_LIMITED, NFT_FAILED) = range(len(STATUSES))
+ NOT_PROTECTED, BAD_PROTO, RATE_LIMITED, NFT_FAILED, EXPIRED) = range(len(STATUSES))
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
 # IPv6 sources that embed an IPv4 address (mapped, compatible, 6to4, Teredo,
 # NAT64): an element for one would stand for an address that never knocked.
@@ -28,14 +31,15 @@ class Request:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     proto: str  # "tcp" or "udp"
     port: int   # 1..65535
+    deadline_ms: int  # CLOCK_MONOTONIC: act only before it
 
 
 def parse(msg: bytes) -> Request | int:
     """A Request, or the status byte that refuses msg."""
     if len(msg) != REQUEST.size:
         return BAD_LENGTH
-    version, family, number, pad, port, raw = REQUEST.unpack(msg)
-    if version != VERSION or pad != 0:  # version 1 has a zero pad byte
+    version, family, number, pad, port, raw, deadline_ms = REQUEST.unpack(msg)
+    if version != VERSION or pad != 0:  # version 2 has a zero pad byte
         return BAD_VERSION
     if number not in PROTOCOLS:
         return BAD_PROTO
@@ -47,7 +51,7 @@ def parse(msg: bytes) -> Request | int:
         return BAD_ADDRESS
     if not knockable(address):
         return BAD_ADDRESS
-    return Request(address, PROTOCOLS[number], port) if port else NOT_PROTECTED
+    return Request(address, PROTOCOLS[number], port, deadline_ms) if port else NOT_PROTECTED
 
 
 def knockable(a) -> bool:

@@ -12,24 +12,24 @@ from gnocchi import helper_client, knock_socket
 from support import REQUEST, STATUS, request
 
 GOLDEN = [
-    # (address, port, proto) -> the 22 bytes of docs/contracts.md
-    (("198.51.100.7", 22, "tcp"),
-     "01" "04" "06" "00" "0016" "c6336407" + "00" * 12),
-    (("203.0.113.9", 60001, "udp"),
-     "01" "04" "11" "00" "ea61" "cb007109" + "00" * 12),
-    (("2001:db8::1", 443, "tcp"),
-     "01" "06" "06" "00" "01bb" "20010db8000000000000000000000001"),
+    # (address, port, proto, deadline in ms) -> the 30 bytes of docs/contracts.md
+    (("198.51.100.7", 22, "tcp", 123456789),
+     "02" "04" "06" "00" "0016" "c6336407" + "00" * 12 + "00000000075bcd15"),
+    (("203.0.113.9", 60001, "udp", 1),
+     "02" "04" "11" "00" "ea61" "cb007109" + "00" * 12 + "0000000000000001"),
+    (("2001:db8::1", 443, "tcp", 2**64 - 1),
+     "02" "06" "06" "00" "01bb" "20010db8000000000000000000000001" + "ff" * 8),
 ]
 
 
 @pytest.mark.parametrize("fields, golden", GOLDEN, ids=[g[0][0] for g in GOLDEN])
 def test_both_sides_agree_on_the_bytes(fields, golden):
-    address, port, proto = fields
+    address, port, proto, deadline = fields
     wire = bytes.fromhex(golden)
-    assert helper_client.encode(ipaddress.ip_address(address), port, proto) == wire
-    assert request(address, port, {"tcp": 6, "udp": 17}[proto]) == wire  # the tests' own copy
+    assert helper_client.encode(ipaddress.ip_address(address), port, proto, deadline) == wire
+    assert request(address, port, {"tcp": 6, "udp": 17}[proto], deadline_ms=deadline) == wire
     assert helper_request.parse(wire) == helper_request.Request(ipaddress.ip_address(address),
-                                                                proto, port)
+                                                                proto, port, deadline)
 
 
 def test_both_sides_name_the_status_bytes_alike():
@@ -40,7 +40,7 @@ def test_both_sides_name_the_status_bytes_alike():
 def test_both_sides_give_the_format_the_same_names(name):
     ours, theirs = getattr(helper_client, name), getattr(helper_request, name)
     if name == "REQUEST":  # one spelling of the struct, also in the tests' copy
-        assert ours.format == theirs.format == REQUEST.format and ours.size == 22
+        assert ours.format == theirs.format == REQUEST.format and ours.size == 30
     else:
         assert ours == theirs
 

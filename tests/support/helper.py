@@ -21,18 +21,22 @@ from pathlib import Path
 from support.netns import Host
 from support.processes import PYTHON, REPO, stop
 
-REQUEST = struct.Struct("!BBBBH16s")  # docs/contracts.md: version, family, proto, pad, port, address
+# docs/contracts.md: version, family, proto, pad, port, address, deadline (ms)
+REQUEST = struct.Struct("!BBBBH16sQ")
 STATUS = {name: i for i, name in enumerate((
     "OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
-    "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED"))}
+    "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED"))}
+NO_DEADLINE = (1 << 64) - 1  # the tests' requests wait as long as they like
 
 
-def request(ip: str, port: int, proto: int = 6, *, version=1, family=None, pad=0) -> bytes:
+def request(ip: str, port: int, proto: int = 6, *, version=2, family=None, pad=0,
+            deadline_ms=NO_DEADLINE) -> bytes:
     """A helper request from typed values, as the verifier would build it;
     the keywords make the malformed ones."""
     a = ipaddress.ip_address(ip)
     packed = a.packed + bytes(16 - len(a.packed))
-    return REQUEST.pack(version, a.version if family is None else family, proto, pad, port, packed)
+    return REQUEST.pack(version, a.version if family is None else family, proto, pad, port, packed,
+                        deadline_ms)
 
 
 class Helper:

@@ -1,5 +1,6 @@
 """helper/__main__.py's decide(), every branch, without root: peer, length,
-version, protocol, address, not protected, rate, nft failure, and OK.
+version, protocol, address, not protected, rate, past the deadline, nft
+failure, and OK.
 
 The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
 is the kernel's answer (this process); the clock is a number the test moves.
@@ -7,7 +8,7 @@ Only libnftables is a stand-in, FakeNftables (tests/support/helper.py), here
 and nowhere else: tests/integration/test_helper_requests.py drives the real
 helper, library and kernel, as root, in a namespace.
 """
-import collections
+import ipaddress
 import os
 import socket
 
@@ -20,6 +21,7 @@ from support import FakeNftables, helper_main, request
 main = helper_main()
 ME = os.getuid()
 VALID = request("198.18.1.1", 22)
+VALID_ADDRESS = ipaddress.ip_address("198.18.1.1")
 
 
 def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=False):
@@ -30,15 +32,15 @@ def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=F
         if not silent:
             theirs.send(message)
         ctx = nft_ctx or FakeNftables()
-        return main.decide(ours, peer_uid, ctx, 30, collections.deque() if recent is None
-                           else recent, clock=lambda: now)
+        return main.decide(ours, peer_uid, ctx, 30, {} if recent is None else recent,
+                           clock=lambda: now)
 
 
 @pytest.mark.parametrize("name, message, status", [
     ("empty", b"", "BAD_LENGTH"),
     ("short", VALID[:-1], "BAD_LENGTH"),
     ("long", VALID + b"\0", "BAD_LENGTH"),
-    ("version 2", request("198.18.1.1", 22, version=2), "BAD_VERSION"),
+    ("version 1", request("198.18.1.1", 22, version=1), "BAD_VERSION"),
     ("pad byte set", request("198.18.1.1", 22, pad=1), "BAD_VERSION"),
     ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
     ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
@@ -83,10 +85,10 @@ def test_an_unreadable_set_is_nft_failed_and_nothing_is_added():
 
 
 def test_a_refused_add_is_nft_failed_and_still_counts_against_the_rate():
-    ctx, recent = FakeNftables(fail_add="Error: Could not process rule"), collections.deque()
+    ctx, recent = FakeNftables(fail_add="Error: Could not process rule"), {}
     code, _, fields = decide(VALID, nft_ctx=ctx, recent=recent)
     assert code == rq.NFT_FAILED and fields["NFT_ERROR"] == "Error: Could not process rule"
-    assert len(recent) == 1
+    assert len(recent[fields["ADDRESS"]]) == 1
 
 
 def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
@@ -105,11 +107,26 @@ def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
         "elem": [{"elem": {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30}}]}
 
 
-def test_at_most_sixty_adds_a_minute_by_the_injected_clock():
-    recent = collections.deque()
-    assert [decide(VALID, recent=recent, now=1000.0)[0] for _ in range(60)] == [rq.OK] * 60
+def test_at_most_so_many_adds_a_minute_per_address_by_the_injected_clock():
+    recent, n = {}, main.MAX_PER_MINUTE
+    assert [decide(VALID, recent=recent, now=1000.0)[0] for _ in range(n)] == [rq.OK] * n
     code, text, _ = decide(VALID, recent=recent, now=1059.0)
-    assert code == rq.RATE_LIMITED and "60 adds in the last minute" in text
+    assert code == rq.RATE_LIMITED and f"{n} adds for it in the last minute" in text
+    assert decide(request("198.18.1.2", 22), recent=recent, now=1059.0)[0] == rq.OK  # another
     assert decide(request("198.18.1.1", 23), recent=recent, now=1059.0)[0] == rq.NOT_PROTECTED
-    assert decide(VALID, recent=recent, now=1060.5)[0] == rq.OK  # the first 60 are a minute old
-    assert len(recent) == 1
+    assert decide(VALID, recent=recent, now=1060.5)[0] == rq.OK  # the first are a minute old
+    assert len(recent[VALID_ADDRESS]) == 1
+    decide(request("198.18.1.3", 22), recent=recent, now=1200.0)
+    assert list(recent) == [ipaddress.ip_address("198.18.1.3")]  # idle addresses forgotten
+
+
+def test_a_request_past_its_deadline_is_not_carried_out():
+    # The verifier stops waiting at its deadline: the helper must not open
+    # later what the verifier has logged as unanswered.
+    ctx = FakeNftables()
+    late = request("198.18.1.1", 22, deadline_ms=999_999)      # now is 1000.0 s
+    code, text, _ = decide(late, nft_ctx=ctx, now=1000.0)
+    assert code == rq.EXPIRED and "past its deadline" in text
+    assert len(ctx.sent) == 1                                   # listed, never added
+    in_time = request("198.18.1.1", 22, deadline_ms=1_000_001)
+    assert decide(in_time, now=1000.0)[0] == rq.OK

@@ -6,6 +6,9 @@ user in this test) instead of gnocchi.
 """
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from support import Helper, knock, load_table, send_datagrams, write_config
@@ -33,3 +36,31 @@ def test_a_knock_becomes_a_knocked_element_and_an_unprotected_port_is_refused(
     assert failed["GNOCCHI_HELPER_STATUS"] == "NOT_PROTECTED"
     assert "443" not in net.server.nft("list", "set", "inet", "gnocchi", "knocked4").stdout
     assert d.proc.poll() is None
+
+
+def test_a_request_the_verifier_gave_up_on_is_never_carried_out(daemons, net, k, tmp_path,
+                                                                real_helper):
+    # Issue 10: a slow helper (here: three idle connections from the served
+    # user, 2 s each) used to open the port a second after the verifier had
+    # logged "not opened". Now the request's deadline (3 s) has passed when the
+    # helper gets to it: nothing is opened, and the audit says nothing false.
+    cfg = write_config(tmp_path, k, str(real_helper))
+    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
+    idle = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(str(real_helper))
+        idle.append(s)
+    try:
+        send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+        [failed] = d.wait_events("helper-failed", 1, timeout=15)
+        assert "not opened" not in failed["MESSAGE"] or failed["GNOCCHI_HELPER_STATUS"] == "EXPIRED"
+        time.sleep(3)  # the helper has now reached the request, long past its deadline
+    finally:
+        for s in idle:
+            s.close()
+    assert f"{net.client.ip} . tcp . 22" not in net.server.nft(
+        "list", "set", "inet", "gnocchi", "knocked4").stdout
+    helper_log = (real_helper.parent / "helper.log").read_text()
+    assert "EXPIRED: 198.18." in helper_log and "past its deadline" in helper_log
+    assert not d.of("accepted")
