@@ -16,9 +16,7 @@ config file's directory. Example (see docs/client.md):
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -48,6 +46,7 @@ def default_config_path() -> Path:
 
 def parse_sign_ip(text: str, what: str) -> str:
     """A dotted IPv4 address, canonical; ProfileError naming `what` if not one."""
+    import ipaddress  # only for --sign-ip / sign_ip: a plain knock does not pay for it
     try:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
@@ -79,6 +78,7 @@ def _profile(path: Path, name: str, table) -> Profile:
 
 def load(path: Path) -> tuple[dict[str, Profile], Optional[str]]:
     """Profiles by name, and the name of the default profile (or None)."""
+    import tomllib  # only when there is a profile file: a knock with flags alone skips it
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)

@@ -1,0 +1,97 @@
+"""A UDP flood at C speed: sendmmsg(2) through ctypes, paced or flat out.
+
+    python3 bench/blast.py SRC_IP DST_IP PORT POOL_FILE PPS MAX_SECONDS
+
+Sends the datagrams of POOL_FILE (each a 2-byte big-endian length and the
+bytes, see write_pool) round and round from SRC_IP to DST_IP:PORT, at PPS
+datagrams a second (0: as fast as the kernel takes them), until SIGTERM or
+MAX_SECONDS, then prints the number sent. Python's socket module has no
+sendmmsg, and one send() a datagram tops out far below 100k a second here;
+one sendmmsg call hands the kernel a batch of up to 256.
+
+Run by bench/compare.py inside the client namespace only.
+"""
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import struct
+import sys
+import time
+
+BATCH = 256
+
+
+class iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def write_pool(path, datagrams) -> None:
+    with open(path, "wb") as f:
+        for d in datagrams:
+            f.write(struct.pack("!H", len(d)) + d)
+
+
+def read_pool(path) -> list[bytes]:
+    data, out, i = open(path, "rb").read(), [], 0
+    while i < len(data):
+        (n,) = struct.unpack_from("!H", data, i)
+        out.append(data[i + 2:i + 2 + n])
+        i += 2 + n
+    return out
+
+
+def main() -> int:
+    src, dst, port, pool_file, pps, max_seconds = sys.argv[1:7]
+    pps, max_seconds = float(pps), float(max_seconds)
+    pool = read_pool(pool_file)
+    libc = ctypes.CDLL(None, use_errno=True)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.connect((dst, int(port)))
+    # The pool twice over, so any window of BATCH messages is contiguous.
+    n = len(pool)
+    buffers = [ctypes.create_string_buffer(d, len(d)) for d in pool]
+    iovs = (iovec * n)(*[iovec(ctypes.cast(b, ctypes.c_void_p), len(d))
+                         for b, d in zip(buffers, pool)])
+    msgs = (mmsghdr * (2 * n))()
+    for i in range(2 * n):
+        msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i % n])
+        msgs[i].msg_hdr.msg_iovlen = 1
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    batch = BATCH if not pps else max(1, min(BATCH, int(pps / 2000)))  # ~2000 calls/s paced
+    size = ctypes.sizeof(mmsghdr)
+    base = ctypes.addressof(msgs)
+    sent, start = 0, time.monotonic()
+    while not stop:
+        now = time.monotonic() - start
+        if now >= max_seconds:
+            break
+        if pps and sent > pps * now:
+            time.sleep(min(0.001, sent / pps - now))
+            continue
+        first = sent % n
+        r = libc.sendmmsg(s.fileno(), ctypes.c_void_p(base + first * size), batch, 0)
+        if r > 0:
+            sent += r
+        elif ctypes.get_errno() not in (11, 105, 111):  # EAGAIN, ENOBUFS, ECONNREFUSED
+            raise OSError(ctypes.get_errno(), "sendmmsg")
+    print(sent, time.monotonic() - start, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""gnocchi beside fwknopd on this machine, side by side: one command.
+
+    /usr/bin/python3 bench/compare.py [--reps N] [--phases LIST] [--client-checkout DIR]
+
+Run as root from a checkout; installs what it needs from Debian (fwknop-server,
+fwknop-client, iptables, ...). Builds two network namespaces (bench/lab.py),
+runs gnocchi (socket-activated verifier as nobody, root helper, nft/gnocchi.nft)
+and fwknopd 2.6.10 (UDP server mode, iptables backend, packaged defaults; and
+again with RULES_CHECK_THRESHOLD 0) against the same protected TCP port 22,
+one armed at a time, alternating the order from one repetition to the next,
+and prints one Markdown table: medians with min..max, the gnocchi/fwknopd
+ratio, issue 9's target and whether gnocchi meets it.
+
+Phases (--phases, comma-separated; default all):
+  client     client launch -> knock datagram received (sink in the client namespace)
+  connect    knock -> TCP connect works: a raw packet sent by the bench; the real client
+  sustained  valid knocks decided per second, closed loop (the store on this disk)
+  floods     random garbage at 100k pps and flat out; the costliest packets that open
+             nothing at 10k pps and flat out: CPU per datagram, share read, and knocks
+             sent mid-flood from the client's address (opened, tries, latency)
+  cold       gnocchi's first knock through socket activation (verifier not running)
+Resident memory is read at the end. Bounded: a few minutes on 2 cores; every
+loop has a count and a deadline. Everything is removed afterwards, also on
+Ctrl-C or failure (namespaces, processes in them, the work directory).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blast  # noqa: E402
+from lab import (Lab, Prober, RulesetWatch, Service, cpu_seconds, fs_type,  # noqa: E402
+                 memory_kib, summary)
+
+PACKAGES = ["fwknop-server", "fwknop-client", "iptables", "nftables", "iproute2", "systemd",
+            "util-linux", "python3-nacl", "python3-nftables", "python3-systemd"]
+PHASES = ("client", "connect", "sustained", "floods", "cold")
+PY = "/usr/bin/python3"
+TRY_SECONDS = 0.5      # a mid-flood knock not open by then is sent again (fresh)
+TRIES = 3              # as many as `gnocchi-knock --proxy` sends by default
+FLOOD_SECONDS = 3.0
+FLOODS = (("garbage", 100_000), ("garbage", 0), ("costly", 10_000), ("costly", 0))
+FLOOR = ("import socket, sys, nacl.bindings\n"
+         "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', (sys.argv[1], int(sys.argv[2])))")
+
+
+def ensure_packages() -> None:
+    """apt-get install what is missing (nothing when all is there)."""
+    status = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n",
+                             *PACKAGES], capture_output=True, text=True).stdout
+    have = {line.split()[-1] for line in status.splitlines() if line.startswith("ii")}
+    missing = [p for p in PACKAGES if p not in have]
+    if missing:
+        print(f"installing {' '.join(missing)}", file=sys.stderr)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+
+
+def work_directory() -> Path:
+    """A fresh directory on a real disk: the counter store's fsyncs must cost
+    what they cost in production, not a tmpfs's nothing."""
+    for base in (tempfile.gettempdir(), "/var/tmp", str(Path(__file__).resolve().parent)):
+        if fs_type(base) not in ("tmpfs", "ramfs"):
+            d = Path(tempfile.mkdtemp(prefix="gnocchi-bench-", dir=base))
+            os.chmod(d, 0o755)
+            return d
+    raise SystemExit("compare.py: no directory on a real disk for the counter store")
+
+
+class Bench:
+    def __init__(self, lab: Lab, work: Path, reps: int, client_checkouts: list[Path]):
+        from systems import Fwknopd, Gnocchi  # imports gnocchi from this checkout
+        self.lab, self.work, self.reps = lab, work, reps
+        self.client_checkouts = client_checkouts
+        self.g = Gnocchi(lab, work)
+        self.f = Fwknopd(lab, work)
+        self.f0 = Fwknopd(lab, work, rules_check_threshold=0)
+        self.fwknopd = None  # the one running: they share port and chain
+        self.results = defaultdict(lambda: defaultdict(list))  # metric -> system -> values
+        self.memory: dict[str, tuple[int, int]] = {}
+        self.service = Service(lab.server)
+        self.watch = RulesetWatch(lab.server)
+        self.prober = Prober(lab, self.watch)
+        self.out = lab.client.socket()
+        self.out.bind((lab.client.ip, 0))
+        self.g.start()
+
+    def close(self) -> None:
+        for system in (self.g, self.f, self.f0):
+            system.stop()
+        self.service.close()
+        self.watch.close()
+        self.out.close()
+
+    # -- plumbing
+
+    def use(self, system) -> None:
+        if system is self.g or system is self.fwknopd:
+            return
+        if self.fwknopd is not None:
+            self.memory[self.fwknopd.name] = memory_kib(self.fwknopd.proc.pid)
+            self.fwknopd.stop()
+        system.start()
+        self.fwknopd = system
+
+    @contextmanager
+    def armed(self, system):
+        self.use(system)
+        system.arm()
+        try:
+            system.reset()
+            if not self.prober.closed():
+                raise RuntimeError(f"{system.name}: TCP port 22 answers while armed")
+            yield
+        finally:
+            system.disarm()
+
+    def order(self, rep: int, systems: list) -> list:
+        """ABC, CBA, BCA, ...: each system first, last and between in turn."""
+        rotated = systems[rep % len(systems):] + systems[:rep % len(systems)]
+        return rotated[::-1] if rep % 2 else rotated
+
+    def launch(self, argv, env=None) -> subprocess.Popen:
+        """A process in the client namespace, forked from a thread that is
+        already there: no `ip netns exec` in the measured time."""
+        with self.lab.client.inside():
+            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def send(self, system, packet: bytes) -> None:
+        self.out.sendto(packet, (self.lab.server.ip, system.port))
+
+    def record(self, metric: str, system, value) -> None:
+        self.results[metric][system.name].append(value)
+
+    # -- phases
+
+    def phase_client(self) -> None:
+        """Launch -> the knock datagram at a sink on the client's own host.
+        The clients take turns, sample by sample, so load from elsewhere on
+        the machine falls on all of them alike."""
+        clients = [("gnocchi", self.g, self.g.client_argv(self.lab.sink_ip)),
+                   ("fwknopd", self.f, self.f.client_argv(self.lab.sink_ip))]
+        for checkout in self.client_checkouts:
+            clients.append((f"gnocchi {checkout}", self.g,
+                            self.g.client_argv(self.lab.sink_ip, checkout)))
+        # What any Python client with PyNaCl pays before its own code runs.
+        clients.append(("floor", self.g, [PY, "-I", "-c", FLOOR, self.lab.sink_ip,
+                                          str(self.g.port)]))
+        sinks = {}
+        try:
+            for _, system, _ in clients:
+                if system.port not in sinks:
+                    sinks[system.port] = self.lab.client.socket()
+                    sinks[system.port].bind((self.lab.sink_ip, system.port))
+                    sinks[system.port].settimeout(5)
+            for i in range(1 + 10 * self.reps):  # the first round warms the caches
+                for name, system, argv in clients:
+                    t0 = time.monotonic()
+                    proc = self.launch(argv, system.env())
+                    try:
+                        sinks[system.port].recv(2048)
+                    except TimeoutError:
+                        proc.kill()
+                    elapsed = time.monotonic() - t0
+                    _, err = proc.communicate(timeout=10)
+                    if proc.returncode:
+                        raise RuntimeError(f"{name} client failed: {err.decode()}")
+                    if i:
+                        self.results["client_start"][name].append(elapsed * 1000)
+        finally:
+            for sink in sinks.values():
+                sink.close()
+
+    def fresh_helper(self, uncapped=False) -> None:
+        """A new helper process: its cap (60 adds in any minute) starts with a
+        full minute, so the cap (measured in its own row) limits no other row."""
+        self.g.start_helper(uncapped)
+        self.g.wake()
+
+    def phase_connect(self) -> None:
+        n = 8
+        for rep in range(self.reps):
+            self.fresh_helper()
+            for system in self.order(rep, [self.g, self.f, self.f0]):
+                with self.armed(system):
+                    packets = system.fresh_knocks(n)
+                    for packet in packets:
+                        system.reset()
+                        self.watch.drain()
+                        t0 = time.monotonic()
+                        self.send(system, packet)
+                        self.record("connect_raw", system, self._ms(self.prober.until_open(t0, 3)))
+                    for _ in range(n):
+                        system.reset()
+                        self.watch.drain()
+                        t0 = time.monotonic()
+                        proc = self.launch(system.client_argv(self.lab.server.ip),
+                                           system.env())
+                        self.record("connect_client", system,
+                                    self._ms(self.prober.until_open(t0, 5)))
+                        _, err = proc.communicate(timeout=10)
+                        if proc.returncode:
+                            raise RuntimeError(f"{system.name} client failed: {err.decode()}")
+
+    def phase_sustained(self) -> None:
+        """Closed loop: a few knocks outstanding at most (sent, not yet in the
+        daemon's log), so no queue overflows; valid knocks decided per second,
+        each a fresh counter (gnocchi: a durable commit on this disk)."""
+        variants = [("capped", self.g), ("uncapped", self.g), ("", self.f), ("", self.f0)]
+        for rep in range(self.reps):
+            for variant, system in self.order(rep, variants):
+                if system is self.g:
+                    self.fresh_helper(uncapped=variant == "uncapped")
+                with self.armed(system):
+                    packets = system.fresh_knocks(1500 if system is self.g else 400)
+                    rate, opened = self._closed_loop(system, packets)
+                name = system.name + (f" ({variant})" if variant else "")
+                self.results["sustained"][name].append(rate)
+                if opened is not None:
+                    self.results["sustained_opened"][name].append(opened)
+
+    def _closed_loop(self, system, packets, window=8, seconds=2.5):
+        d0, o0 = system.decided(), system.opened()
+        sent, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < seconds and sent < len(packets):
+            while sent - (system.decided() - d0) < window and sent < len(packets):
+                self.send(system, packets[sent])
+                sent += 1
+            system.log.wait_for("decided", d0 + sent - window + 1, 0.05)
+        system.log.wait_for("decided", d0 + sent, 5)  # the ones in flight
+        decided = system.decided() - d0
+        elapsed = system.log.last.get("decided", t0) - t0
+        opened = None if o0 is None else system.opened() - o0
+        return decided / elapsed if elapsed > 0 else 0.0, opened
+
+    def phase_floods(self) -> None:
+        for kind, pps in FLOODS:
+            pools = {}
+            for system in (self.g, self.f, self.f0):
+                pools[system.name] = self.work / f"pool-{system.name.replace(' ', '-')}-{kind}"
+                blast.write_pool(pools[system.name], getattr(system, kind)())
+            for rep in range(self.reps):
+                self.fresh_helper()
+                for system in self.order(rep, [self.g, self.f, self.f0]):
+                    with self.armed(system):
+                        self._flood(system, kind, pps, pools[system.name])
+
+    def _flood(self, system, kind: str, pps: int, pool: Path) -> None:
+        key = f"{kind}@{pps // 1000}k" if pps else f"{kind}@max"
+        packets = system.fresh_knocks(TRIES * 3)  # made before the flood, not during it
+        pids = system.pids()
+        pid = pids.get("verifier", pids.get("fwknopd"))
+        udp0, cpu0 = self.lab.server.udp_counters(), cpu_seconds(pid)
+        flood = subprocess.Popen(
+            self.lab.client.argv([PY, str(Path(blast.__file__).resolve()), self.lab.flood_ip,
+                                  self.lab.server.ip, str(system.port), str(pool), str(pps),
+                                  str(FLOOD_SECONDS + TRIES * 3 * TRY_SECONDS + 2)]),
+            stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        try:
+            time.sleep(0.5)  # the flood at full strength
+            for k in range(3):
+                self.record(f"{key}:knock", system,
+                            self._knock_until_open(system, packets[k * TRIES:(k + 1) * TRIES]))
+                time.sleep(0.2)
+            time.sleep(max(0.0, started + FLOOD_SECONDS - time.monotonic()))
+        finally:
+            flood.send_signal(signal.SIGTERM)
+            out, _ = flood.communicate(timeout=10)
+        sent, seconds = int(out.split()[0]), float(out.split()[1])
+        time.sleep(0.5)  # the queue drains
+        udp1, cpu1 = self.lab.server.udp_counters(), cpu_seconds(pid)
+        read = udp1["InDatagrams"] - udp0["InDatagrams"]
+        self.record(f"{key}:sent_pps", system, sent / seconds)
+        self.record(f"{key}:share", system, 100.0 * min(read, sent) / max(sent, 1))
+        self.record(f"{key}:per_cpu_s", system, read / max(cpu1 - cpu0, 1e-9))
+
+    def _knock_until_open(self, system, packets) -> tuple[int | None, float | None]:
+        """(tries, seconds from the first knock) until a connect worked; (None, None)
+        if TRIES fresh knocks, TRY_SECONDS apart, all failed."""
+        system.reset()
+        first = None
+        for tries, packet in enumerate(packets, 1):
+            self.watch.drain()
+            t = time.monotonic()
+            first = first or t
+            self.send(system, packet)
+            if self.prober.until_open(t, TRY_SECONDS) is not None:
+                return tries, time.monotonic() - first
+        return None, None
+
+    def phase_cold(self) -> None:
+        """The verifier not running; socket activation starts it on the knock."""
+        self.fresh_helper()
+        for _ in range(3 * self.reps):
+            self.g.start_verifier()
+            packet = self.g.fresh_knocks(1)[0]
+            with self.armed(self.g):
+                self.watch.drain()
+                t0 = time.monotonic()
+                self.send(self.g, packet)
+                self.record("cold", self.g, self._ms(self.prober.until_open(t0, 15)))
+        self.g.log.wait_for("started", 1, 5)
+
+    def read_memory(self) -> None:
+        for role, pid in self.g.pids().items():
+            self.memory[f"gnocchi {role}"] = memory_kib(pid)
+        if self.fwknopd is not None:
+            self.memory[self.fwknopd.name] = memory_kib(self.fwknopd.proc.pid)
+
+    @staticmethod
+    def _ms(seconds):
+        return None if seconds is None else seconds * 1000
+
+
+# ---- the table --------------------------------------------------------------------------
+
+def fmt(values, digits=1, scale=1.0, suffix="") -> str:
+    s = summary(values)
+    if s is None:
+        return "—" if not values else f"none of {len(values)}"
+    med, lo, hi = (v * scale for v in s)
+    failed = sum(v is None for v in values)
+    text = f"{med:,.{digits}f}{suffix} ({lo:,.{digits}f}..{hi:,.{digits}f})"
+    return text + (f", {failed} of {len(values)} never" if failed else "")
+
+
+def ratio(a, b) -> str:
+    sa, sb = summary(a), summary(b)
+    if not sa or not sb or not sb[0]:
+        return "—"
+    return f"{sa[0] / sb[0]:.2g}"
+
+
+def rows(bench: Bench):
+    r = bench.results
+    G, F, F0 = "gnocchi", "fwknopd", "fwknopd RCT0"
+
+    def row(label, metric, target=None, met=None, digits=1, names=(G, F, F0), suffix=""):
+        cells = [fmt(r[metric].get(n, []), digits, suffix=suffix) for n in names]
+        g, f, f0 = (r[metric].get(n, []) for n in names)
+        verdict = "—" if met is None or not summary(g) else ("yes" if met(summary(g)[0]) else "no")
+        return [label, *cells, ratio(g, f), ratio(g, f0), target or "—", verdict]
+
+    out = [
+        row("client launch → knock on the wire, ms", "client_start", "≤ 35",
+            lambda v: v <= 35, names=(G, F, "-")),
+        *[row(f"  same, {name}", "client_start", "≤ 35", lambda v: v <= 35, names=(name, F, "-"))
+          for name in r["client_start"] if name.startswith("gnocchi ")],
+        row("  floor: python3 -I importing PyNaCl, sending one datagram", "client_start",
+            names=("floor", "-", "-")),
+        row("knock → TCP connect works, raw packet, ms", "connect_raw", "p50 ≤ 1",
+            lambda v: v <= 1, digits=2),
+        row("knock → TCP connect works, real client, ms", "connect_client", "≤ 35",
+            lambda v: v <= 35),
+        row("valid knocks decided/s, sustained (packaged helper)", "sustained", "≥ 1,000",
+            lambda v: v >= 1000, digits=0, names=(G + " (capped)", F, F0)),
+        row("  of which opened (the helper caps at 60 a minute)", "sustained_opened", digits=0,
+            names=(G + " (capped)", F, F0)),
+        row("valid knocks decided/s, sustained (helper cap lifted)", "sustained", "≥ 1,000",
+            lambda v: v >= 1000, digits=0, names=(G + " (uncapped)", F, F0)),
+    ]
+    for kind, pps in FLOODS:
+        key = f"{kind}@{pps // 1000}k" if pps else f"{kind}@max"
+        what = {"garbage": "random garbage", "costly": "costliest packets that open nothing"}[kind]
+        rate = f"{pps // 1000}k pps" if pps else "flat out"
+        out.append(row(f"{what}, {rate}: sent pps", f"{key}:sent_pps", digits=0))
+        out.append(row(f"  share read, %", f"{key}:share",
+                       "100" if kind == "garbage" and pps else None,
+                       (lambda v: v >= 99.9) if kind == "garbage" and pps else None))
+        out.append(row(f"  datagrams read per CPU-second", f"{key}:per_cpu_s",
+                       "≥ 300,000" if kind == "garbage" else None,
+                       (lambda v: v >= 300_000) if kind == "garbage" else None, digits=0))
+        out.append(knock_row(r[f"{key}:knock"], (G, F, F0)))
+    out.append(row("cold start: first knock → connect, socket activation, ms", "cold",
+                   names=(G, "-", "-")))
+    mb = lambda name: (f"{bench.memory[name][0] / 1024:.1f} (peak {bench.memory[name][1] / 1024:.1f})"
+                       if name in bench.memory else "—")
+    rss = bench.memory.get("gnocchi verifier")
+    out.append(["resident memory, MB: verifier / fwknopd", mb("gnocchi verifier"), mb(F), mb(F0),
+                _ratio_mem(bench, "gnocchi verifier", F), _ratio_mem(bench, "gnocchi verifier", F0),
+                "≤ 20", "—" if not rss else ("yes" if rss[0] <= 20 * 1024 else "no")])
+    out.append(["resident memory, MB: helper", mb("gnocchi helper"), "—", "—", "—", "—", "—", "—"])
+    return out
+
+
+def _ratio_mem(bench, a, b):
+    if a in bench.memory and b in bench.memory:
+        return f"{bench.memory[a][0] / bench.memory[b][0]:.2g}"
+    return "—"
+
+
+def knock_row(results: dict, names) -> list:
+    """Knocks sent mid-flood: opened on the first try within 100 ms, of all;
+    then the tries and latency of those that opened at all."""
+    cells, good = [], None
+    for name in names:
+        values = results.get(name, [])
+        if not values:
+            cells.append("—")
+            continue
+        first = sum(1 for tries, t in values if tries == 1 and t <= 0.1)
+        opened = [(tries, t) for tries, t in values if tries]
+        text = f"{first}/{len(values)} first try ≤ 100 ms; opened {len(opened)}/{len(values)}"
+        if opened:
+            text += (f", tries ≤ {max(t for t, _ in opened)}, "
+                     f"{fmt([t for _, t in opened], 0, 1000)} ms")
+        cells.append(text)
+        if name == names[0]:
+            good = first == len(values)
+    return ["  knocks sent mid-flood from the client's address", *cells, "—", "—",
+            "all first try ≤ 100 ms", "—" if good is None else ("yes" if good else "no")]
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}"
+
+
+def render(bench: Bench, seconds: float, work_fs: str, load: str) -> str:
+    head = ["figure", "gnocchi", "fwknopd", "fwknopd RCT0", "g/f", "g/f RCT0", "target", "met?"]
+    lines = [f"machine: {machine()}; counter store on {work_fs}; {bench.reps} repetitions "
+             f"in {seconds:.0f} s; load average before: {load}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows(bench)]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each phase (default 3)")
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--client-checkout", type=Path, metavar="DIR", action="append", default=[],
+                   help="also time DIR's gnocchi-knock in the client phase, in turn with this "
+                        "checkout's (before/after); may be repeated")
+    args = p.parse_args()
+    phases = args.phases.split(",")
+    if unknown := set(phases) - set(PHASES):
+        p.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if not 1 <= args.reps <= 10:
+        p.error("--reps must be 1..10")
+    if os.geteuid() != 0:
+        p.error("run as root: it creates network namespaces")
+    ensure_packages()
+    # Ctrl-C, SIGTERM and SIGHUP unwind through every finally below.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
+    started = time.monotonic()
+    load = " ".join(open("/proc/loadavg").read().split()[:3])  # others' load makes noise
+    work = work_directory()
+    lab = Lab()
+    bench = None
+    try:
+        lab.open()
+        bench = Bench(lab, work, args.reps, args.client_checkout)
+        for phase in PHASES:
+            if phase in phases:
+                print(f"[{time.monotonic() - started:5.0f} s] {phase}", file=sys.stderr, flush=True)
+                getattr(bench, f"phase_{phase}")()
+        bench.read_memory()
+        print(render(bench, time.monotonic() - started, fs_type(str(work)), load))
+    except KeyboardInterrupt:
+        print("compare.py: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        if bench is not None:
+            try:
+                bench.close()
+            except Exception as e:  # cleanup below must still run
+                print(f"compare.py: while stopping daemons: {e}", file=sys.stderr)
+        lab.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""The two systems under test, behind one small interface the comparison drives:
+
+    start() / stop()       the daemons
+    arm() / disarm()       its firewall gates TCP port 22 (one system at a time)
+    fresh_knocks(n)        n valid, single-use knock packets for the client's address
+    client_argv(dest)      the real client sending one knock to dest
+    garbage() / costly()   flood pools: random bytes; the costliest packets that open nothing
+    pids()                 the processes whose CPU and memory count
+    log                    counts of the decisions each daemon logged
+
+gnocchi runs as deployed: the root helper socket-activated on its SEQPACKET
+socket, the verifier as an unprivileged user, socket-activated on a UDP socket
+made as gnocchi.socket makes it, the counter store on this machine's disk.
+fwknopd runs as Debian packages it (/etc/fwknop/fwknopd.conf untouched) with
+an override file for what the bench changes: the UDP server instead of pcap,
+its run directory, and optionally RULES_CHECK_THRESHOLD 0.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from lab import Lab, run
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from gnocchi import keys, protocol  # noqa: E402  (the bench seals knocks itself)
+from nacl.secret import SecretBox  # noqa: E402
+
+PY = "/usr/bin/python3"
+PORT = 22  # the protected TCP service
+GARBAGE_POOL = 1024
+# systemd's socket activation, for a socket the bench made: the descriptor
+# becomes fd 3 and LISTEN_PID names the process that execs the daemon.
+ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
+            'LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"')
+# gnocchi-knock as the package installs it (packaging/bin/gnocchi-knock):
+# `python3 -I`, the modules' directory put first on sys.path.
+LAUNCHER = "import sys; sys.path.insert(0, {!r}); from gnocchi.knock import main; sys.exit(main())"
+SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.__main__ import main; "
+                  "sys.exit(main())")  # packaging/bin/gnocchi
+# The helper with its adds-a-minute cap lifted, for the one row that measures
+# the rest of the path at full rate. Loads the helper's own files unchanged.
+UNCAPPED_HELPER = """
+import importlib.util, sys
+d = sys.argv.pop(1); sys.path.insert(0, d)
+spec = importlib.util.spec_from_file_location("gnocchi_helper", d + "/__main__.py")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+found = [mod for mod in (m, sys.modules.get("request"), sys.modules.get("nft"))
+         if mod is not None and hasattr(mod, "MAX_PER_MINUTE")]
+if not found:
+    sys.exit("bench: the helper has no MAX_PER_MINUTE to lift")
+for mod in found:
+    mod.MAX_PER_MINUTE = 10 ** 9
+sys.argv[0] = "gnocchi-helper"
+sys.exit(m.main())
+"""
+ED25519_L = 2 ** 252 + 27742317777372353535851937790883648493
+
+
+class LogTail:
+    """Follows a daemon's log file on a thread: counts what matters, keeps the
+    end. A file, not a pipe: a daemon logging a line per packet under a flood
+    must never wait for the bench to read (as it would not wait for syslog
+    or the journal much either)."""
+
+    def __init__(self, path: Path, classify):
+        self.counts: Counter[str] = Counter()
+        self.last: dict[str, float] = {}  # key -> time.monotonic() of its last count
+        self.lines: list[str] = []
+        self.classify = classify
+        self.changed = threading.Condition()
+        self.done = threading.Event()
+        self.file = open(path, encoding="utf-8", errors="replace")
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self):
+        partial = ""
+        while not self.done.is_set():
+            chunk = self.file.read(1 << 16)
+            if not chunk:
+                time.sleep(0.002)
+                continue
+            *whole, partial = (partial + chunk).split("\n")
+            with self.changed:
+                for line in whole:
+                    for key, n in self.classify(line):
+                        self.counts[key] += n
+                        self.last[key] = time.monotonic()
+                self.lines = (self.lines + whole)[-40:]
+                self.changed.notify_all()
+
+    def wait_for(self, key: str, at_least: int, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.counts[key] >= at_least, timeout)
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-15:])
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self.file.close()
+
+
+def log_file(directory: Path, name: str) -> Path:
+    """A new, empty log file for one run of a daemon."""
+    for i in range(1000):
+        path = directory / f"{name}-{i}.log"
+        if not path.exists():
+            path.touch()
+            return path
+    raise RuntimeError("too many log files")
+
+
+def stop(proc: subprocess.Popen | None, log: LogTail | None = None, timeout=5.0) -> None:
+    """SIGTERM (SIGKILL after timeout), then stop following its log."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if log is not None:
+        log.close()
+
+
+def random_garbage(count=GARBAGE_POOL) -> list[bytes]:
+    """Random datagrams of knock sizes (160..1024 bytes): what anyone can send."""
+    return [os.urandom(protocol.MIN_PACKET + secrets.randbelow(protocol.MAX_BODY + 1))
+            for _ in range(count)]
+
+
+# ---- gnocchi ----------------------------------------------------------------------------
+
+def _gnocchi_event(line: str):
+    if not line.startswith("{"):
+        return ()
+    entry = json.loads(line)
+    event = entry.get("GNOCCHI_EVENT", "")
+    out = [(event, 1)]
+    if event == "dropped-summary":
+        out.append(("dropped", int(entry.get("GNOCCHI_DROPPED", 0))))
+    if event in ("accepted", "helper-failed", "refused"):
+        out.append(("decided", 1))
+    return out
+
+
+def _helper_event(line: str):
+    m = re.match(r"gnocchi-helper: (\w+):", line)
+    return [(m.group(1), 1), ("answered", 1)] if m else ()
+
+
+class Gnocchi:
+    name = "gnocchi"
+
+    def __init__(self, lab: Lab, work: Path):
+        self.lab, self.work = lab, work / "gnocchi"
+        self.work.mkdir()
+        os.chmod(self.work, 0o755)  # the verifier (nobody) reads its config here
+        self.key = keys.new_server_key()
+        self.port = protocol.knock_port(self.key)
+        keys.write_secret(self.work / "server.key", self.key)
+        # Two clients: the bench's own sealed packets and the real client
+        # each keep their own counter.
+        self.seed = keys.new_client_seed()
+        self.public = keys.public_of(self.seed)
+        self.counter = time.time_ns()
+        keys.write_secret(self.work / "client.key", keys.new_client_seed())
+        self.client_public = keys.public_of(keys.load_secret(self.work / "client.key"))
+        nobody = pwd.getpwnam("nobody")
+        state = self.work / "state"
+        state.mkdir()
+        (state / "counters").write_text("# gnocchi counters v1\n")  # what `gnocchi setup` makes
+        for path in (state, state / "counters", self.work / "server.key"):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        self.helper_socket = self.work / "helper.sock"
+        (self.work / "home").mkdir()
+        (self.work / "gnocchi.toml").write_text(
+            f'server_key_file = "{self.work}/server.key"\n'
+            f'state_dir = "{state}"\n'
+            f'helper_socket = "{self.helper_socket}"\n'
+            f'[clients.bench]\npublic_key = "{self.public.hex()}"\nallow = ["{PORT}/tcp"]\n'
+            f'[clients.user]\npublic_key = "{self.client_public.hex()}"\nallow = ["{PORT}/tcp"]\n')
+        # nobody may not read the checkout (a clone under /root): its own copy.
+        shutil.copytree(REPO / "gnocchi", self.work / "gnocchi",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        self.knock_socket = self._knock_socket()
+        self.verifier = self.helper = None
+        self.log = self.helper_log = None
+
+    def _knock_socket(self) -> socket.socket:
+        """As units/gnocchi.socket makes it: ListenDatagram=PORT with
+        BindIPv6Only=both (one dual-stack socket), ReceiveBuffer=256K."""
+        s = self.lab.server.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        s.bind(("::", self.port))
+        return s
+
+    # -- daemons
+
+    def start(self) -> None:
+        self.start_helper()
+        self.start_verifier()
+        self.wake()
+
+    def start_helper(self, uncapped=False) -> None:
+        stop(self.helper, self.helper_log)
+        self.helper_socket.unlink(missing_ok=True)
+        # `python3 -I helper` as gnocchi-helper.service runs it
+        helper = ([PY, "-I", "-c", UNCAPPED_HELPER, str(REPO / "helper")] if uncapped
+                  else [PY, "-I", str(REPO / "helper")])
+        path = log_file(self.work, "helper")
+        with open(path, "w") as log:
+            self.helper = self.lab.server.popen(
+                ["systemd-socket-activate", "--seqpacket", "-l", str(self.helper_socket),
+                 *helper, "--peer-user", "nobody", "--open-seconds", "30"],
+                stdout=subprocess.DEVNULL, stderr=log)
+        self.helper_log = LogTail(path, _helper_event)
+        for _ in range(100):
+            if self.helper_socket.exists():
+                break
+            time.sleep(0.02)
+        else:
+            raise RuntimeError(f"the helper's socket never appeared:\n{self.helper_log.tail()}")
+        # SocketMode=0660, SocketGroup=gnocchi (here nogroup: the verifier runs as nobody)
+        os.chown(self.helper_socket, 0, pwd.getpwnam("nobody").pw_gid)
+        os.chmod(self.helper_socket, 0o660)
+
+    def start_verifier(self) -> None:
+        """Socket activation: the verifier starts when the first datagram arrives."""
+        stop(self.verifier, self.log)
+        fd = self.knock_socket.fileno()
+        path = log_file(self.work, "verifier")
+        with open(path, "w") as log:
+            self.verifier = self.lab.server.popen(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 "sh", "-c", ACTIVATE, "sh", str(fd),
+                 "systemd-socket-activate", "--datagram",
+                 PY, "-I", "-c", SERVE_LAUNCHER.format(str(self.work)), "serve",
+                 "--config", str(self.work / "gnocchi.toml"), "--summary-interval", "1"],
+                cwd=self.work, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=log)
+        self.log = LogTail(path, _gnocchi_event)
+
+    def wake(self) -> None:
+        """One datagram, so socket activation starts the verifier; and one
+        knock, so the helper is running too. Not measured."""
+        self.send(self.lab.client.ip, os.urandom(200))
+        if not self.log.wait_for("started", 1, 15):
+            raise RuntimeError(f"the verifier did not start:\n{self.log.tail()}")
+        answered = self.helper_log.counts["answered"]
+        self.send(self.lab.client.ip, self.fresh_knocks(1)[0])
+        if not self.helper_log.wait_for("answered", answered + 1, 15):
+            raise RuntimeError(f"the helper did not answer a first knock:\n{self.log.tail()}\n"
+                               f"{self.helper_log.tail()}")
+
+    def stop(self) -> None:
+        stop(self.verifier, self.log)
+        stop(self.helper, self.helper_log)
+        self.verifier = self.helper = self.log = self.helper_log = None
+
+    def pids(self) -> dict[str, int]:
+        return {"verifier": self.verifier.pid, "helper": self.helper.pid}
+
+    # -- firewall
+
+    def arm(self) -> None:
+        # The file replaces the table whole, so no knock of an earlier run is left.
+        self.lab.server.run("nft", "-f", str(REPO / "nft" / "gnocchi.nft"))
+
+    def disarm(self) -> None:
+        self.lab.server.run("nft", "delete", "table", "inet", "gnocchi", check=False)
+
+    def reset(self) -> None:
+        """No opening left from an earlier knock (one a trial did not use)."""
+        self.lab.server.run("nft", "flush", "set", "inet", "gnocchi", "knocked4")
+
+    # -- packets
+
+    def send(self, source: str, packet: bytes) -> None:
+        s = self.lab.client.socket()
+        with s:
+            s.bind((source, 0))
+            s.sendto(packet, (self.lab.server.ip, self.port))
+
+    def fresh_knocks(self, n: int) -> list[bytes]:
+        server_ip = socket.inet_aton(self.lab.server.ip)
+        out = []
+        for _ in range(n):
+            self.counter += 1
+            out.append(protocol.build_packet(self.key, self.seed, self.counter,
+                                             b"open %d" % PORT, server_ip))
+        return out
+
+    def env(self) -> dict:
+        """The real client's: a HOME of its own, so no profile of this machine's user."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+        return dict(env, HOME=str(self.work / "home"))
+
+    def client_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
+        return [PY, "-I", "-c", LAUNCHER.format(str(checkout)),
+                "--server-key-file", str(self.work / "server.key"),
+                "--client-key-file", str(self.work / "client.key"),
+                "--state-dir", str(self.work / "client-state"),
+                "--sign-ip", self.lab.server.ip, "--request", f"open {PORT}", dest]
+
+    def garbage(self) -> list[bytes]:
+        return random_garbage()
+
+    def costly(self) -> list[bytes]:
+        """Sealed with the real server key (every client holds it), claiming
+        a configured client with a fresh counter, carrying a well-formed
+        signature with a canonical S that does not verify: each costs the
+        verifier the MAC check and a full Ed25519 verification."""
+        box, out = SecretBox(self.key), []
+        for _ in range(GARBAGE_POOL):
+            r = os.urandom(32)
+            s = (secrets.randbelow(ED25519_L)).to_bytes(32, "little")
+            counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
+                protocol.COUNTER_LEN, "big")
+            data = b"open %d" % PORT
+            body_len = protocol.random_body_length(len(data))
+            plaintext = (protocol.MAGIC + self.public + r + s + counter
+                         + len(data).to_bytes(2, "big") + data
+                         + os.urandom(body_len - len(data)))
+            out.append(bytes(box.encrypt(plaintext, os.urandom(protocol.NONCE_LEN))))
+        return out
+
+    def decided(self) -> int:
+        """Valid knocks the verifier has decided (opened, or the helper refused)."""
+        return self.log.counts["decided"]
+
+    def opened(self) -> int:
+        return self.helper_log.counts["OK"]
+
+
+# ---- fwknopd ----------------------------------------------------------------------------
+
+FWKNOP_PORT = 62201  # fwknopd's default UDPSERV_PORT
+
+
+def _fwknopd_event(line: str):
+    if "Kicking off UDP server" in line:
+        return [("ready", 1)]
+    if line.startswith("Added access rule"):
+        return [("added", 1)]
+    if "Replay detected" in line:
+        return [("replay", 1)]
+    if "SPA Packet from IP" in line:
+        # Said for every packet from a configured source (valid or not),
+        # before its HMAC; a valid one whose rule already exists (one rule a
+        # second of expiry) says nothing more at the packaged verbosity.
+        return [("spa", 1), ("decided", 1)]
+    return [("other", 1)]
+
+
+class Fwknopd:
+    def __init__(self, lab: Lab, work: Path, rules_check_threshold: int | None = None):
+        self.lab = lab
+        self.rct = rules_check_threshold
+        self.name = "fwknopd" if rules_check_threshold is None else "fwknopd RCT0"
+        self.work = work / ("fwknopd" if rules_check_threshold is None else "fwknopd-rct0")
+        self.work.mkdir()
+        (self.work / "run").mkdir()
+        (self.work / "home").mkdir()
+        self.port = FWKNOP_PORT
+        out = run("fwknopd", "--key-gen").stdout
+        self.key = re.search(r"^KEY_BASE64:\s*(\S+)", out, re.M).group(1)
+        self.hmac = re.search(r"^HMAC_KEY_BASE64:\s*(\S+)", out, re.M).group(1)
+        self._write(self.work / "access.conf",
+                    # The bench's range only; the packaged stanza says ANY.
+                    f"SOURCE              198.18.0.0/15\n"
+                    f"OPEN_PORTS          tcp/{PORT}\n"
+                    f"KEY_BASE64          {self.key}\n"
+                    f"HMAC_KEY_BASE64     {self.hmac}\n")
+        override = (f"ENABLE_UDP_SERVER   Y;\n"
+                    f"PCAP_INTF           gb1;\n"
+                    f"FWKNOP_RUN_DIR      {self.work / 'run'};\n")
+        if rules_check_threshold is not None:
+            override += f"RULES_CHECK_THRESHOLD {rules_check_threshold};\n"
+        self._write(self.work / "override.conf", override)
+        self.proc = None
+        self.log = None
+        self.gates = False
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # fwknopd insists
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    def start(self) -> None:
+        run_dir = self.work / "run"
+        path = log_file(self.work, "fwknopd")
+        with open(path, "w") as log:
+            # -f: in the foreground, its log lines go to stderr instead of syslog
+            self.proc = self.lab.server.popen(
+                ["fwknopd", "-f", "-c", "/etc/fwknop/fwknopd.conf",
+                 "-O", str(self.work / "override.conf"), "-a", str(self.work / "access.conf"),
+                 "-d", str(run_dir / "digest.cache"), "-p", str(run_dir / "fwknopd.pid")],
+                stdout=subprocess.DEVNULL, stderr=log)
+        self.log = LogTail(path, _fwknopd_event)
+        if not self.log.wait_for("ready", 1, 15):
+            raise RuntimeError(f"fwknopd did not start:\n{self.log.tail()}")
+        time.sleep(0.1)  # "Kicking off" is said just before the bind
+        self.send(self.lab.client.ip, self.fresh_knocks(1)[0])
+        if not self.log.wait_for("added", 1, 10):
+            raise RuntimeError(f"fwknopd opened nothing for a first knock:\n{self.log.tail()}")
+
+    def stop(self) -> None:
+        stop(self.proc, self.log)  # it flushes its chains as it exits (FLUSH_IPT_AT_EXIT)
+        self.proc = self.log = None
+
+    def pids(self) -> dict[str, int]:
+        return {"fwknopd": self.proc.pid}
+
+    # -- firewall: fwknopd's own chain jumped to first, then the admin's rules
+
+    def arm(self) -> None:
+        srv = self.lab.server
+        if not self.gates:
+            srv.run("iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate",
+                    "ESTABLISHED,RELATED", "-j", "ACCEPT")
+            self.gates = True
+        srv.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "DROP")
+
+    def disarm(self) -> None:
+        self.lab.server.run("iptables", "-D", "INPUT", "-p", "tcp", "--dport", str(PORT),
+                            "-j", "DROP", check=False)
+
+    def reset(self) -> None:
+        """No opening left from an earlier knock: an fwknopd rule admits
+        every connection from the address until it expires (30 s)."""
+        self.lab.server.run("iptables", "-F", "FWKNOP_INPUT")
+
+    # -- packets
+
+    def send(self, source: str, packet: bytes) -> None:
+        s = self.lab.client.socket()
+        with s:
+            s.bind((source, 0))
+            s.sendto(packet, (self.lab.server.ip, self.port))
+
+    def _client(self, dest: str) -> list[str]:
+        return ["fwknop", "-A", f"tcp/{PORT}", "-a", self.lab.client.ip, "-D", dest,
+                "--use-hmac", "--key-base64-rijndael", self.key, "--key-base64-hmac", self.hmac]
+
+    def fresh_knocks(self, n: int) -> list[bytes]:
+        """n SPA packets from the real client (-T: built, not sent), each
+        single use; made just before use (fwknopd refuses those over 120 s old)."""
+        saved = self.work / "packets"
+        saved.unlink(missing_ok=True)
+        client = " ".join(map(_quote, self._client(self.lab.server.ip)))
+        self.lab.client.run("sh", "-c", f"for i in $(seq {n}); do {client} -T -B {saved} -b "
+                            ">/dev/null || exit 1; done", env=self.env())
+        packets = [line.encode() for line in saved.read_text().split()]
+        assert len(packets) == n, (len(packets), n)
+        return packets
+
+    def env(self) -> dict:
+        return dict(os.environ, HOME=str(self.work / "home"))  # its ~/.fwknoprc, ~/.fwknop.run
+
+    def client_argv(self, dest: str, checkout=None) -> list[str]:
+        return self._client(dest)
+
+    def garbage(self) -> list[bytes]:
+        return random_garbage()
+
+    def costly(self) -> list[bytes]:
+        """Shaped like SPA packets (base64 text of their length) so each
+        passes fwknopd's cheap checks and costs an HMAC-SHA256 and its log
+        lines. A packet with a valid HMAC needs the client's keys, which
+        open the port by themselves: there is no costlier packet that opens
+        nothing."""
+        out = []
+        for _ in range(GARBAGE_POOL):
+            n = 200 + secrets.randbelow(60)
+            out.append(base64.b64encode(os.urandom(n)).rstrip(b"=")[:n])
+        return out
+
+    def decided(self) -> int:
+        """SPA packets it began to decide (the bench sends it only valid ones then)."""
+        return self.log.counts["decided"]
+
+    def opened(self) -> int | None:
+        """Not comparable: one rule admits every connection from the address
+        for 30 s, and a valid knock whose rule exists adds none."""
+        return None
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"

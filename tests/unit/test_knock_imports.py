@@ -1,0 +1,106 @@
+"""gnocchi-knock loads only what a knock needs: nothing of the server side.
+
+The client runs in a subprocess as the installed launcher runs it (`python3
+-I`, the modules' directory first on sys.path), sends a real knock to a UDP
+socket on 127.0.0.1, and then lists every module it had loaded. A server-side
+import on the client's path (the verifier, its config, the counter store, the
+audit log, the helper's client, libnftables, systemd) shows up here on any
+machine, fast or slow: this test times nothing.
+"""
+import os
+import select
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nacl import bindings as sodium
+
+REPO = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+# The client's own modules; any other gnocchi module is server-side.
+CLIENT_MODULES = {"gnocchi", "gnocchi.knock", "gnocchi.profile", "gnocchi.keys",
+                  "gnocchi.protocol", "gnocchi.durable"}
+SERVER_LIBRARIES = ("nftables", "systemd")
+PROBE = (
+    "import sys\n"
+    "sys.path.insert(0, sys.argv.pop(1))\n"
+    "from gnocchi.knock import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print('\\n'.join(sorted(sys.modules)))\n"
+    "sys.exit(rc)\n")
+
+
+def knock_port(server_key: bytes) -> int:
+    h = sodium.crypto_generichash_blake2b_salt_personal(server_key, digest_size=32)
+    return h[30] * 256 + h[31]
+
+
+def write_key(path: Path, key: bytes) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, key.hex().encode() + b"\n")
+    os.close(fd)
+    return path
+
+
+@pytest.fixture
+def knock(tmp_path):
+    """Runs one knock with the given extra arguments; returns the modules it loaded."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(20):  # draw server keys until the knock port is free here
+        server_key = os.urandom(32)
+        if knock_port(server_key) <= 1024:
+            continue
+        try:
+            udp.bind((LOOPBACK, knock_port(server_key)))
+            break
+        except OSError:
+            continue
+    else:
+        pytest.fail("no free knock port in 20 draws")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "PYTHON"))}
+    env["HOME"] = str(home)
+    keys = ["--server-key-file", str(write_key(tmp_path / "server.key", server_key)),
+            "--client-key-file", str(write_key(tmp_path / "client.key", os.urandom(32))),
+            "--state-dir", str(tmp_path / "state")]
+
+    def run(*args: str) -> set[str]:
+        result = subprocess.run([sys.executable, "-I", "-c", PROBE, str(REPO), *keys, *args],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert select.select([udp], [], [], 5)[0], "no knock arrived"
+        udp.recv(2048)
+        return set(result.stdout.split())
+
+    try:
+        yield run, home
+    finally:
+        udp.close()
+
+
+def server_side(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules
+                  if (m.startswith("gnocchi.") and m not in CLIENT_MODULES)
+                  or m.split(".")[0] in SERVER_LIBRARIES)
+
+
+def test_a_knock_with_flags_loads_no_server_module_and_no_toml_parser(knock):
+    run, _ = knock
+    modules = run("--request", "open 22", LOOPBACK)
+    assert "gnocchi.knock" in modules and "gnocchi.protocol" in modules
+    assert server_side(modules) == []
+    assert "tomllib" not in modules  # no profile file: nothing to parse
+
+
+def test_a_knock_through_a_profile_loads_no_server_module(knock):
+    run, home = knock
+    config = home / ".config" / "gnocchi"
+    config.mkdir(parents=True)
+    (config / "knock.toml").write_text(
+        f'[profiles.here]\nhost = "{LOOPBACK}"\nsign_ip = "{LOOPBACK}"\nrequest = "open 22"\n')
+    modules = run("here")
+    assert "tomllib" in modules  # the profile was read
+    assert server_side(modules) == []
