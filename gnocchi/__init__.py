@@ -15,4 +15,4 @@ only shared ones, and no server module imports a client one. The root
 helper stands apart: helper/ imports nothing from gnocchi/.
 tests/test_roles.py holds every module to this table.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

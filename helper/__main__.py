@@ -75,7 +75,7 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
     now = clock()
     for address in [a for a, times in recent.items() if times[-1] < now - 60]:
         del recent[address]  # memory: only addresses with adds in the last minute
-    times = recent.setdefault(req.address, collections.deque())
+    times = recent.get(req.address, collections.deque())
     while times and times[0] < now - 60:
         times.popleft()
     if len(times) >= MAX_PER_MINUTE:
@@ -83,6 +83,7 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
     if now * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
     times.append(now)
+    recent[req.address] = times
     _, err = nft.apply(ctx, nft.open_once(req, open_seconds))
     if err:
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)

@@ -98,7 +98,11 @@ class HelperRecorder:
     def __init__(self, path: Path, status: int = 0):
         self.path = str(path)
         self.status = status
+        # Each request as received, but for its deadline (the clock's, so no
+        # test could write it down): that is kept apart, in deadlines, and the
+        # message says NO_DEADLINE, as request() does by default.
         self.messages: list[bytes] = []
+        self.deadlines: list[int] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.bind(self.path)
         self.sock.listen(16)
@@ -116,7 +120,11 @@ class HelperRecorder:
             with conn:
                 conn.settimeout(2)
                 try:
-                    self.messages.append(conn.recv(64))
+                    message = conn.recv(64)
+                    if len(message) == REQUEST.size:
+                        self.deadlines.append(int.from_bytes(message[-8:], "big"))
+                        message = message[:-8] + NO_DEADLINE.to_bytes(8, "big")
+                    self.messages.append(message)
                     conn.send(bytes([self.status]))
                 except OSError:
                     pass

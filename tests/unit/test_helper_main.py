@@ -129,4 +129,6 @@ def test_a_request_past_its_deadline_is_not_carried_out():
     assert code == rq.EXPIRED and "past its deadline" in text
     assert len(ctx.sent) == 1                                   # listed, never added
     in_time = request("198.18.1.1", 22, deadline_ms=1_000_001)
-    assert decide(in_time, now=1000.0)[0] == rq.OK
+    recent = {}
+    assert decide(late, recent=recent, now=1000.0)[0] == rq.EXPIRED
+    assert decide(in_time, recent=recent, now=1000.0)[0] == rq.OK  # the refusal left no trace

@@ -33,7 +33,7 @@ def test_protects_reads_every_element_form(elems, port, protected):
 @pytest.mark.parametrize("address, proto, name", [("198.18.1.1", "tcp", "knocked4"),
                                                   ("fd00::7", "udp", "knocked6")])
 def test_open_once_adds_deletes_and_adds_one_element_with_the_timeout(address, proto, name):
-    req = rq.Request(ipaddress.ip_address(address), proto, 22)
+    req = rq.Request(ipaddress.ip_address(address), proto, 22, deadline_ms=0)
     elem = {"family": "inet", "table": "gnocchi", "name": name,
             "elem": [{"elem": {"val": {"concat": [address, proto, 22]}, "timeout": 7}}]}
     assert nft.open_once(req, 7) == [{"add": {"element": elem}}, {"delete": {"element": elem}},
