@@ -10,11 +10,17 @@ subset that needs nothing running (what arming runs first).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
+import io
+import ipaddress
 import json
 import os
+import socket
 import stat
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from gnocchi import check, status, table
@@ -212,7 +218,64 @@ class Doctor:
             self.add(state == "active", f"{unit_name} is active", state,
                      f"systemctl status {unit_name}; to arm: gnocchi arm --trial 300")
 
-    def run(self) -> list[Finding]:
+    def self_knock(self, key_file: str | None, address: str | None) -> None:
+        """Knock this host's own address with a client key kept for this purpose, then
+        connect from here: the first connection must pass, the next one must not."""
+        what = "a self-knock opens the port once, then it is closed again"
+        if key_file is None:
+            self.add(False, what, "skipped: no --self-knock CLIENT_KEY_FILE (docs/install.md, "
+                     "\"gnocchi doctor\")", warn=True)
+            return
+        if self.cfg is None or self.server_key is None or self.live is None:
+            self.add(False, what, "skipped: fix the failures above first", warn=True)
+            return
+        from gnocchi import keys, knock, requests
+        try:
+            public = keys.public_of(keys.load_secret(key_file))
+        except keys.KeyFileError as e:
+            self.add(False, what, str(e), e.fix)
+            return
+        client = self.cfg.client_by_key().get(public)
+        if client is None or not isinstance(client.default, requests.Open) or \
+                client.default.proto != "tcp":
+            self.add(False, what, f"{key_file} is not the key of a configured client whose "
+                     "default request opens a TCP port", f"add a client with its public key "
+                     f"(`gnocchi pubkey {key_file}`) and allow = [\"PORT/tcp\"] of a protected "
+                     "port; keep that key for the self-knock only (its counter is its own)")
+            return
+        port = client.default.port
+        address = address or own_address()
+        if address is None:
+            self.add(False, what, "this host has no global IPv4 address to knock",
+                     "give one with --address")
+            return
+        if reaches(address, port):
+            self.add(False, what, f"{address} port {port}/tcp is reachable BEFORE the knock",
+                     "gnocchi status says whether it is armed")
+            return
+        since = time.time()
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            rc = knock.main(["--server-key-file", self.cfg.server_key_file,
+                             "--client-key-file", key_file, "--open", f"{port}/tcp", address])
+        if rc != 0:
+            self.add(False, what, f"gnocchi-knock failed: {err.getvalue().strip()}")
+            return
+        deadline = time.monotonic() + 3
+        while not reaches(address, port):
+            if time.monotonic() > deadline:
+                why = latest_refusal(since) or "no entry for it in journalctl -u gnocchi"
+                self.add(False, what, f"the knock by {client.name} did not open {port}/tcp on "
+                         f"{address}: {why}", "journalctl -u gnocchi says why")
+                return
+            time.sleep(0.2)
+        if reaches(address, port):
+            self.add(False, what, "a second connection passed: one knock opened more than one",
+                     "systemctl reload gnocchi-arm (the table may be an old copy)")
+            return
+        self.add(True, what, good=f"{client.name} knocked {address}; {port}/tcp let one "
+                 "connection in, then dropped the next")
+
+    def run(self, key_file: str | None = None, address: str | None = None) -> list[Finding]:
         self.files()
         self.clients()
         self.knock_socket()
@@ -220,7 +283,49 @@ class Doctor:
         self.armed()
         self.own_ruleset()
         self.units()
+        self.self_knock(key_file, address)
         return self.findings
+
+
+def reaches(address: str, port: int, timeout: float = 0.5) -> bool:
+    """A TCP connection from this host to address:port gets an answer (SYN-ACK or RST):
+    the SYN passed the gate. A drop times out."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def own_address() -> str | None:
+    proc = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                          capture_output=True, text=True, timeout=10)
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            text = fields[fields.index("inet") + 1].split("/")[0]
+            address = ipaddress.ip_address(text)
+            if not (address.is_loopback or address.is_link_local):
+                return text
+    return None
+
+
+def latest_refusal(since: float) -> str:
+    """The verifier's newest entry since `since` that is not an acceptance, if any."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return ""
+    reader = journal.Reader()
+    reader.add_match(_SYSTEMD_UNIT="gnocchi.service")
+    reader.seek_realtime(since)
+    last = ""
+    for entry in reader:
+        if entry.get("GNOCCHI_EVENT") not in (None, "accepted", "started"):
+            last = entry.get("MESSAGE", "")
+    return last
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -384,11 +489,17 @@ def main(argv=None) -> int:
                     "comes with its fix. Exit 0 only when all pass. Changes nothing.")
     p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
     p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--self-knock", metavar="CLIENT_KEY_FILE",
+                   help="knock this host's own address with this client key (one kept for "
+                        "this only) and check that one connection passes, then none")
+    p.add_argument("--address", metavar="A.B.C.D",
+                   help="the address to knock for --self-knock (default: this host's first "
+                        "global IPv4 address)")
     args = p.parse_args(argv[1:])
     if os.geteuid() != 0:
         print("gnocchi doctor: run as root (keys, the ruleset)", file=sys.stderr)
         return 2
-    findings = Doctor(args.config, args.table).run()
+    findings = Doctor(args.config, args.table).run(args.self_knock, args.address)
     for f in findings:
         mark = "ok  " if f.ok else ("??  " if f.warn else "FAIL")
         print(f"{mark} {f.what}" + (f": {f.detail}" if f.detail else ""))

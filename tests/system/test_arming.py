@@ -502,3 +502,26 @@ def test_doctor_names_a_server_that_is_not_armed(b):
               "FAIL something listens on UDP")
     b.run("systemctl", "enable", "--now", "gnocchi.socket")
     healthy(b)
+
+
+def test_doctor_self_knock_opens_once_and_names_a_knock_that_does_not(b):
+    self_pub = b.run("gnocchi", "keygen", "--client", "/etc/gnocchi/self.key").stdout.strip()
+    good = b.file(CONFIG).read_text()
+    with_self = good + f'[clients.self]\npublic_key = "{self_pub}"\nallow = ["22/tcp"]\n'
+    b.file(CONFIG).write_text(with_self)
+    b.run("systemctl", "restart", "gnocchi.service")
+    proc = b.run("gnocchi", "doctor", "--self-knock", "/etc/gnocchi/self.key", check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert (f"ok   a self-knock opens the port once, then it is closed again: self knocked "
+            f"{b.net.server.ip}; 22/tcp let one connection in, then dropped the next"
+            in proc.stdout), proc.stdout
+    # Signed for another address than the one it arrives on: only the knock shows it.
+    b.file(CONFIG).write_text('server_addresses = ["203.0.113.9"]\n' + with_self)
+    b.run("systemctl", "restart", "gnocchi.service")
+    proc = b.run("gnocchi", "doctor", "--self-knock", "/etc/gnocchi/self.key", check=False)
+    assert proc.returncode == 1
+    assert "FAIL a self-knock opens the port once, then it is closed again: the knock by self " \
+           f"did not open 22/tcp on {b.net.server.ip}: knock claiming client self from " \
+           f"{b.net.server.ip} has a bad signature" in proc.stdout, proc.stdout
+    b.file(CONFIG).write_text(good)
+    b.run("systemctl", "restart", "gnocchi.service")
