@@ -262,6 +262,9 @@ def arm_trial(seconds: int) -> int:
         print(f"gnocchi arm: cannot schedule the automatic disarm, so nothing was armed: "
               f"{proc.stderr.strip()}", file=sys.stderr)
         return 1
+    # Not enabled while on trial, so that a reboot disarms too (an earlier refused
+    # `systemctl enable --now gnocchi.socket` leaves it enabled): --confirm enables it.
+    systemctl("disable", SOCKET)
     start = systemctl("start", SOCKET)
     if start.returncode != 0:
         cancel_trial()
@@ -272,7 +275,8 @@ def arm_trial(seconds: int) -> int:
     log("trial", f"armed on trial: disarms by itself at {deadline} (in {seconds} s) unless "
         "`gnocchi arm --confirm` runs first", cli=True, seconds=seconds)
     print(f"gnocchi: ARMED ON TRIAL: the protected ports now need a knock.\n"
-          f"It disarms by itself at {deadline} (in {seconds} s), even if gnocchi dies.\n"
+          f"It disarms by itself at {deadline} (in {seconds} s), even if gnocchi dies,\n"
+          "and at a reboot (gnocchi.socket is not enabled while on trial).\n"
           "Keep this session open. From your client, knock and log in again in a NEW\n"
           "session; from that session run `gnocchi arm --confirm` to stay armed\n"
           "(at every boot, too). `gnocchi disarm` disarms now.")
