@@ -3,7 +3,7 @@
     client  knock profile
     server  verifier knock_socket config counters recover ratelimit strict
             action_client action_runner actions helper_client events audit
-            dropin keytool check table arming status __main__
+            dropin keytool check table arming status doctor __main__
     shared  protocol knock_request keys durable
 
 The client is gnocchi-knock (`python3 -m gnocchi.knock`), run by a user.

@@ -17,11 +17,12 @@ COMMANDS = {
     "run-action": ("gnocchi.action_runner", "run one action (started by gnocchi-action.socket)"),
     "audit": ("gnocchi.audit", "summarise the journal's gnocchi entries"),
     "recover-counters": ("gnocchi.recover", "replace a lost counter store: every knock up to now is a replay"),
-    "check": ("gnocchi.check", "check config, keys, knock port and table file; exit 0 if all is well"),
+    "check": ("gnocchi.check", "check config, keys, knock port, table file; 0 if all is well"),
     "table": ("gnocchi.arming", "load/unload table inet gnocchi (what gnocchi-arm.service runs)"),
-    "arm": ("gnocchi.arming", "arm safely: --trial SECONDS (disarms by itself), then --confirm"),
-    "disarm": ("gnocchi.arming", "disarm now and for good (systemctl disable --now gnocchi.socket)"),
-    "status": ("gnocchi.status", "ARMED or NOT ARMED, from the kernel; knock port, clients, pending"),
+    "arm": ("gnocchi.arming", "arm: --trial SECONDS (disarms by itself), then --confirm"),
+    "disarm": ("gnocchi.arming", "disarm now and for good (disable --now gnocchi.socket)"),
+    "doctor": ("gnocchi.doctor", "check everything a server needs; each failure with its fix"),
+    "status": ("gnocchi.status", "ARMED or NOT ARMED (from the kernel), port, clients, pending"),
 }
 
 

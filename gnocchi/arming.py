@@ -155,7 +155,7 @@ def watch(config_path: str, table_path: str) -> int:
     and stops before it), so a missing table here always means "meant to be armed"."""
     monitor = subprocess.Popen([table.NFT, "monitor", "tables"], stdout=subprocess.PIPE)
     by = "a ruleset flush outside gnocchi: `nft flush ruleset` or a firewall tool"
-    rearm(config_path, table_path, by, intent_known=True)  # also what happened while down
+    settle_then_rearm(config_path, table_path, by)  # also what happened while it was down
     fd = monitor.stdout.fileno()
     while True:
         # Any table event (they are rare), or the period: look at the kernel itself
@@ -165,18 +165,19 @@ def watch(config_path: str, table_path: str) -> int:
             log("table-missing", "nft monitor ended; gnocchi-watch stops (systemd restarts "
                 "it)", priority=3)
             return 1
-        if table.live() is None:
-            let_nftables_rearm()
-        rearm(config_path, table_path, by, intent_known=True)
+        settle_then_rearm(config_path, table_path, by)
 
 
-def let_nftables_rearm(patience: float = 3.0) -> None:
-    """When nftables.service is starting, reloading or stopping, its own drop-in puts
-    the table back (and the journal then names it): give it a moment, not a race."""
+def settle_then_rearm(config_path: str, table_path: str, by: str, patience: float = 3.0) -> None:
+    """Rearm, unless nftables.service is starting, reloading or stopping: its own drop-in
+    then puts the table back (and the journal names it), possibly after more than one
+    flush (a restart flushes twice), so wait until it is done, within reason."""
     deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
+    while table.live() is None:
         state = systemctl("is-active", "nftables.service").stdout.strip()
-        if state not in ("activating", "deactivating", "reloading") or table.live() is not None:
+        if state not in ("activating", "deactivating", "reloading") or \
+                time.monotonic() > deadline:
+            rearm(config_path, table_path, by, intent_known=True)
             return
         time.sleep(0.05)
 
@@ -261,6 +262,9 @@ def arm_trial(seconds: int) -> int:
         print(f"gnocchi arm: cannot schedule the automatic disarm, so nothing was armed: "
               f"{proc.stderr.strip()}", file=sys.stderr)
         return 1
+    # Not enabled while on trial, so that a reboot disarms too (an earlier refused
+    # `systemctl enable --now gnocchi.socket` leaves it enabled): --confirm enables it.
+    systemctl("disable", SOCKET)
     start = systemctl("start", SOCKET)
     if start.returncode != 0:
         cancel_trial()
@@ -271,7 +275,8 @@ def arm_trial(seconds: int) -> int:
     log("trial", f"armed on trial: disarms by itself at {deadline} (in {seconds} s) unless "
         "`gnocchi arm --confirm` runs first", cli=True, seconds=seconds)
     print(f"gnocchi: ARMED ON TRIAL: the protected ports now need a knock.\n"
-          f"It disarms by itself at {deadline} (in {seconds} s), even if gnocchi dies.\n"
+          f"It disarms by itself at {deadline} (in {seconds} s), even if gnocchi dies,\n"
+          "and at a reboot (gnocchi.socket is not enabled while on trial).\n"
           "Keep this session open. From your client, knock and log in again in a NEW\n"
           "session; from that session run `gnocchi arm --confirm` to stay armed\n"
           "(at every boot, too). `gnocchi disarm` disarms now.")

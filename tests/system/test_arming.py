@@ -79,6 +79,13 @@ class Box:
             "--client-key-file", f"{CLIENT_DIR}/client.key", "--state-dir",
             f"{CLIENT_DIR}/state", self.net.server.ip])
 
+    def knock_and_wait(self) -> None:
+        """Knock, and wait for the verifier's accepted entry for this very knock (an
+        element of an earlier knock may still be pending: waiting for one proves nothing)."""
+        before = len(self.events("accepted"))
+        self.knock()
+        self.wait(lambda: len(self.events("accepted")) > before, "the knock is accepted")
+
     def connect(self) -> str:
         return self.net.client.run([sys.executable, "-c", CONNECT, self.net.server.ip],
                                    timeout=30).stdout.strip()
@@ -184,8 +191,7 @@ def test_once_check_passes_the_same_command_arms(b):
 
 
 def test_reloading_a_broken_config_keeps_the_running_verifier(b):
-    b.knock()
-    b.wait(lambda: b.state("gnocchi.service") == "active", "the verifier runs")
+    b.knock_and_wait()  # the verifier runs
     pid = b.run("systemctl", "show", "-P", "MainPID", "gnocchi.service").stdout.strip()
     good = b.file(CONFIG).read_text()
     b.file(CONFIG).write_text(good + "typo = 1\n")
@@ -202,9 +208,7 @@ def test_reloading_a_broken_config_keeps_the_running_verifier(b):
 
 
 def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
-    b.knock()
-    b.wait(lambda: "elements" in b.net.server.nft("list", "set", "inet", "gnocchi",
-                                                  "knocked4").stdout, "a pending knock")
+    b.knock_and_wait()
     before = b.net.server.nft("list", "chain", "inet", "gnocchi", "input").stdout
     good = b.file(TABLE).read_text()
     b.file(TABLE).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
@@ -226,9 +230,7 @@ def status(b: Box, env: tuple = ()) -> tuple[int, str]:
 
 
 def test_status_says_armed_with_port_clients_pending_and_decisions(b):
-    b.knock()
-    b.wait(lambda: "elements" in b.net.server.nft("list", "set", "inet", "gnocchi",
-                                                  "knocked4").stdout, "a pending knock")
+    b.knock_and_wait()
     rc, out = status(b)
     port = b.run("gnocchi", "port", "/etc/gnocchi/server.key").stdout.strip()
     assert rc == 0, out
@@ -253,7 +255,8 @@ def test_nftables_service_flushes_are_rearmed_whatever_ran_them(b):
     missing = b.events("table-missing", since)
     assert len(missing) >= 5 and all(e["PRIORITY"] == "2" for e in missing)
     assert all("nftables.service" in e["MESSAGE"] and "re-armed" in e["MESSAGE"]
-               for e in missing)
+               for e in missing), "\n".join(e["_SYSTEMD_UNIT"] + ": " + e["MESSAGE"]
+                                            for e in missing)
     assert b.connect() == "timeout"
     b.run("systemctl", "disable", "--now", "nftables.service")
 
@@ -296,6 +299,7 @@ def test_disarm_is_the_console_switch_off(b):
 
 
 def test_an_unconfirmed_trial_disarms_by_itself_even_with_gnocchi_killed(b):
+    b.run("systemctl", "enable", "gnocchi.socket")  # as a refused `enable --now` leaves it
     start = time.monotonic()
     out = b.run("gnocchi", "arm", "--trial", "12").stdout
     assert "ARMED ON TRIAL" in out and "in 12 s" in out
@@ -361,3 +365,164 @@ def test_a_verifier_that_keeps_failing_never_disarms(b):
     b.run("systemctl", "reset-failed", "gnocchi.service", "gnocchi.socket")
     b.run("systemctl", "start", "gnocchi.socket")
     assert status(b)[0] == 0
+
+
+# ---- gnocchi doctor (issue 11, item 3) ----------------------------------------
+
+def doctor(b: Box) -> tuple[int, str]:
+    proc = b.run("gnocchi", "doctor", check=False)
+    return proc.returncode, proc.stdout
+
+
+def diagnosis(b: Box, *expected: str) -> str:
+    """doctor fails, and its output names the fault and the fix."""
+    rc, out = doctor(b)
+    assert rc == 1, out
+    for text in expected:
+        assert text in out, f"{text!r} not in:\n{out}"
+    return out
+
+
+def healthy(b: Box) -> None:
+    rc, out = doctor(b)
+    assert rc == 0 and out.splitlines()[-1].startswith("gnocchi doctor: 0 failed"), out
+
+
+def not_a_point_seed() -> str:
+    """A client's private key (seed) that is not also a valid public key (15 in 16 are not)."""
+    import os
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+    while True:
+        seed = os.urandom(32)
+        if not crypto_core_ed25519_is_valid_point(seed):
+            return seed.hex()
+
+
+def test_doctor_passes_a_good_setup(b):
+    healthy(b)
+
+
+def test_doctor_names_a_private_key_pasted_as_a_public_key(b):
+    good = b.file(CONFIG).read_text()
+    b.file(CONFIG).write_text(good + f'[clients.bob]\npublic_key = "{not_a_point_seed()}"\n'
+                              'allow = ["22/tcp"]\n')
+    diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is not an Ed25519 "
+                 "public key at all: most likely the client's PRIVATE key",
+              "fix: on bob's machine run `gnocchi pubkey CLIENT_KEY_FILE`")
+    server_key = b.file("/etc/gnocchi/server.key").read_text().strip()
+    b.file(CONFIG).write_text(good + f'[clients.bob]\npublic_key = "{server_key}"\n')
+    diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is the SERVER key")
+    b.file(CONFIG).write_text(good)
+    healthy(b)
+
+
+def test_doctor_names_loose_modes(b):
+    b.run("chmod", "0644", "/etc/gnocchi/server.key")
+    diagnosis(b, "FAIL the server key: secret key is open to group or others (mode 0644)",
+              "fix: chmod 600 /etc/gnocchi/server.key")
+    b.run("chmod", "0600", "/etc/gnocchi/server.key")
+    b.run("chmod", "0666", CONFIG)
+    diagnosis(b, f"FAIL {CONFIG} is root's alone", f"fix: chown root:root {CONFIG} && "
+                 f"chmod go-w {CONFIG}")
+    b.run("chmod", "0644", CONFIG)
+    healthy(b)
+
+
+def test_doctor_names_a_drop_in_for_another_key(b):
+    drop_in = b.file("/etc/systemd/system/gnocchi.socket.d/port.conf")
+    good = drop_in.read_text()
+    drop_in.write_text("[Socket]\nListenDatagram=\nListenDatagram=2999\n")
+    b.run("systemctl", "daemon-reload")
+    diagnosis(b, "FAIL gnocchi.socket's port is the key's: gnocchi.socket listens on UDP 2999",
+              "fix: run `gnocchi setup`")
+    drop_in.write_text(good)
+    b.run("systemctl", "daemon-reload")
+    # systemd closed the old port's socket at the first reload: only a restart opens
+    # the port again, as `gnocchi setup` says (doctor reports "nothing listens" until then).
+    diagnosis(b, "FAIL something listens on UDP")
+    b.run("systemctl", "restart", "gnocchi.socket")
+    healthy(b)
+
+
+def test_doctor_names_a_default_drop_chain_that_hides_the_knock_port_and_its_fix(b):
+    port = b.run("gnocchi", "port", "/etc/gnocchi/server.key").stdout.strip()
+    b.net.server.run(["nft", "-f", "-"], input=(
+        "table inet filter {\n chain input {\n  type filter hook input priority 0; "
+        "policy drop;\n  ct state established,related accept\n  iif lo accept\n"
+        "  tcp dport 22 accept\n }\n}\n"))
+    try:
+        out = diagnosis(b, f"FAIL inet filter input lets knocks to {port}/udp through: it "
+                           "drops them (the chain's policy is drop)",
+                        f"fix: nft insert rule inet filter input udp dport {port} accept",
+                        f"iptables -I INPUT -p udp --dport {port} -j ACCEPT",
+                        f"ufw allow {port}/udp")
+        fix = next(l for l in out.splitlines() if "fix: nft insert rule" in l)
+        b.net.server.run(fix.split("fix: ", 1)[1].split(" (")[0].split())  # as given
+        healthy(b)
+        b.net.server.nft("add", "rule", "inet", "filter", "input", "meta", "l4proto", "udp",
+                         "reject")
+        b.net.server.nft("flush", "chain", "inet", "filter", "input")
+        b.net.server.nft("add", "rule", "inet", "filter", "input", "meta", "l4proto", "udp",
+                         "reject")
+        diagnosis(b, "it drops them and answers them with ICMP")
+    finally:
+        b.net.server.nft("delete", "table", "inet", "filter")
+    healthy(b)
+
+
+def test_doctor_names_a_helper_socket_others_may_use(b):
+    b.run("chmod", "0666", "/run/gnocchi/helper.sock")
+    diagnosis(b, "FAIL /run/gnocchi/helper.sock is root:gnocchi 0660: it is uid 0, gid",
+              "mode 0666")
+    b.run("systemctl", "restart", "gnocchi-helper.socket")  # the fix doctor gives
+    healthy(b)
+
+
+def test_doctor_names_a_client_port_the_table_does_not_protect(b):
+    good = b.file(CONFIG).read_text()
+    b.file(CONFIG).write_text(good.replace('allow = ["22/tcp"]', 'allow = ["22/tcp", "2222"]'))
+    diagnosis(b, "FAIL clients.alice may open 2222/tcp: it is protected: not in the live "
+                 "table's protected set", "fix: add 2222 to set protected_tcp in "
+                 "/etc/gnocchi/gnocchi.nft, then systemctl reload gnocchi-arm")
+    b.file(CONFIG).write_text(good)
+    healthy(b)
+
+
+def test_doctor_names_a_broken_table_file(b):
+    good = b.file(TABLE).read_text()
+    b.file(TABLE).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
+    diagnosis(b, "FAIL the table file loads: /etc/gnocchi/gnocchi.nft: nft refuses it")
+    b.file(TABLE).write_text(good)
+    healthy(b)
+
+
+def test_doctor_names_a_server_that_is_not_armed(b):
+    b.run("gnocchi", "disarm")
+    diagnosis(b, "FAIL table inet gnocchi is loaded (armed): NOT ARMED",
+              "fix: gnocchi arm --trial 300", "FAIL gnocchi.socket is active: inactive",
+              "FAIL something listens on UDP")
+    b.run("systemctl", "enable", "--now", "gnocchi.socket")
+    healthy(b)
+
+
+def test_doctor_self_knock_opens_once_and_names_a_knock_that_does_not(b):
+    self_pub = b.run("gnocchi", "keygen", "--client", "/etc/gnocchi/self.key").stdout.strip()
+    good = b.file(CONFIG).read_text()
+    with_self = good + f'[clients.self]\npublic_key = "{self_pub}"\nallow = ["22/tcp"]\n'
+    b.file(CONFIG).write_text(with_self)
+    b.run("systemctl", "restart", "gnocchi.service")
+    proc = b.run("gnocchi", "doctor", "--self-knock", "/etc/gnocchi/self.key", check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert (f"ok   a self-knock opens the port once, then it is closed again: self knocked "
+            f"{b.net.server.ip}; 22/tcp let one connection in, then dropped the next"
+            in proc.stdout), proc.stdout
+    # Signed for another address than the one it arrives on: only the knock shows it.
+    b.file(CONFIG).write_text('server_addresses = ["203.0.113.9"]\n' + with_self)
+    b.run("systemctl", "restart", "gnocchi.service")
+    proc = b.run("gnocchi", "doctor", "--self-knock", "/etc/gnocchi/self.key", check=False)
+    assert proc.returncode == 1
+    assert "FAIL a self-knock opens the port once, then it is closed again: the knock by self " \
+           f"did not open 22/tcp on {b.net.server.ip}: knock claiming client self from " \
+           f"{b.net.server.ip} has a bad signature" in proc.stdout, proc.stdout
+    b.file(CONFIG).write_text(good)
+    b.run("systemctl", "restart", "gnocchi.service")

@@ -1,0 +1,515 @@
+"""`gnocchi doctor`: everything a working server needs, each failure with its fix.
+
+Trusts nothing it reads and changes nothing: files, systemd's view of the
+units, /proc for sockets, and the live ruleset (`nft -j list ruleset`),
+which it reads to see whether the admin's own chains let knocks reach the
+knock port. Guarantees: exit 0 only when every check passes; every failed
+check prints the exact command or edit that fixes it. `gnocchi check` is the
+subset that needs nothing running (what arming runs first).
+"""
+from __future__ import annotations
+
+import argparse
+import grp
+import ipaddress
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from gnocchi import check, status, table
+
+HELPER_DIR = "/run/gnocchi"
+
+
+@dataclass
+class Finding:
+    ok: bool
+    what: str
+    detail: str = ""
+    fix: str = ""
+    warn: bool = False  # cannot tell for sure: shown, but does not fail the run
+
+
+class Doctor:
+    def __init__(self, config_path: str, table_path: str):
+        self.config_path, self.table_path = config_path, table_path
+        self.findings: list[Finding] = []
+        self.cfg = None
+        self.port: int | None = None
+        self.server_key: bytes | None = None
+        self.live: table.Table | None = None
+
+    def add(self, ok: bool, what: str, bad: str = "", fix: str = "", good: str = "",
+            warn: bool = False) -> bool:
+        """One finding: `bad` and `fix` are shown when it fails, `good` when it passes."""
+        self.findings.append(Finding(ok, what, good if ok else bad, fix, warn))
+        return ok
+
+    # ---- the checks, in the order a setup is built ------------------------------
+
+    def files(self) -> None:
+        from gnocchi import config as server_config
+        from gnocchi import keys
+        for path in (self.config_path, self.table_path):
+            loose = check.loose_mode(path)
+            self.add(loose is None, f"{path} is root's alone", *(_split(loose) if loose else ()))
+        try:
+            self.cfg = server_config.load(self.config_path)
+            self.add(True, "the config loads", good=self.config_path)
+        except server_config.ConfigError as e:
+            self.add(False, "the config loads", str(e), f"edit {self.config_path}")
+            return
+        try:
+            self.server_key = keys.load_server_key(self.cfg.server_key_file)
+            from gnocchi.protocol import knock_port
+            self.port = knock_port(self.server_key)
+            self.add(True, "the server key", good=f"{self.cfg.server_key_file}: 0600, knock "
+                     f"port {self.port}/udp")
+        except keys.KeyFileError as e:
+            self.add(False, "the server key", e.problem, e.fix or "see docs/install.md, step 3")
+        try:
+            table.test_load(self.table_path)
+            self.add(True, "the table file loads", good=self.table_path)
+        except table.TableError as e:
+            self.add(False, "the table file loads", str(e),
+                     f"fix {self.table_path} (the original: /usr/share/gnocchi/gnocchi.nft)")
+        from gnocchi import counters
+        if os.access(self.cfg.state_dir, os.R_OK | os.X_OK):
+            try:
+                counters.Store(self.cfg.state_dir).load()
+                self.add(True, "the counter store reads", good=self.cfg.state_dir)
+            except counters.StoreError as e:
+                self.add(False, "the counter store reads", *str(e).split("; to recover: ", 1))
+
+    def clients(self) -> None:
+        if self.cfg is None:
+            return
+        from nacl.bindings import crypto_core_ed25519_is_valid_point
+        if not self.add(bool(self.cfg.clients), "at least one client",
+                        "no [clients.NAME] in the config",
+                        f"add one to {self.config_path} (docs/install.md, step 5)"):
+            return
+        for c in self.cfg.clients:
+            key = f"clients.{c.name}.public_key"
+            if self.server_key is not None and c.public_key == self.server_key:
+                self.add(False, f"{key} is a client's public key", "it is the SERVER key",
+                         f"on {c.name}'s machine run `gnocchi pubkey CLIENT_KEY_FILE` and put "
+                         f"its output in {key}")
+            elif not crypto_core_ed25519_is_valid_point(c.public_key):
+                # A real public key always is one; 15 in 16 random strings are not.
+                self.add(False, f"{key} is a client's public key",
+                         "it is not an Ed25519 public key at all: most likely the client's "
+                         "PRIVATE key (the contents of its client.key) was pasted",
+                         f"on {c.name}'s machine run `gnocchi pubkey CLIENT_KEY_FILE` and put "
+                         f"its output in {key}; if the private key left that machine, make "
+                         "a new one there (`gnocchi keygen --client`)")
+            else:
+                self.add(True, f"{key} is a client's public key", good="a valid Ed25519 key")
+
+    def knock_socket(self) -> None:
+        report = check.Report()
+        check.check_socket(report, self.port, None)
+        if report.problems:
+            for problem in report.problems:
+                self.add(False, "gnocchi.socket's port is the key's", *_split(problem))
+        elif self.port is not None:
+            self.add(True, "gnocchi.socket's port is the key's", good=f"{self.port}/udp")
+        if self.port is not None:
+            self.add(status.udp_bound(self.port), f"something listens on UDP {self.port}",
+                     "nothing does", "systemctl start gnocchi.socket (or `gnocchi arm "
+                     "--trial 300`); `systemctl status gnocchi.socket` says why it is down")
+
+    def helper_socket(self) -> None:
+        path = status.HELPER_SOCKET
+        try:
+            gid = grp.getgrnam("gnocchi").gr_gid
+        except KeyError:
+            self.add(False, "the group gnocchi exists", "", "reinstall the package "
+                     "(systemd-sysusers gnocchi-knock.conf makes it)")
+            return
+        for where, mode, kind in ((HELPER_DIR, 0o750, stat.S_ISDIR), (path, 0o660,
+                                                                      stat.S_ISSOCK)):
+            try:
+                st = os.stat(where)
+            except OSError:
+                self.add(False, f"{where} exists", "missing",
+                         "systemd-tmpfiles --create gnocchi-knock.conf" if where == HELPER_DIR
+                         else "systemctl start gnocchi.socket (it starts gnocchi-helper.socket)")
+                continue
+            good = kind(st.st_mode) and st.st_uid == 0 and st.st_gid == gid and \
+                stat.S_IMODE(st.st_mode) == mode
+            self.add(good, f"{where} is root:gnocchi {mode:04o}", "it is "
+                     f"uid {st.st_uid}, gid {st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o}",
+                     f"chown root:gnocchi {where} && chmod {mode:04o} {where}"
+                     + (" (systemctl restart gnocchi-helper.socket makes it anew)"
+                        if where == path else ""))
+        self.add(status.unix_listening(path), f"the helper's socket {path} listens",
+                 "it does not",
+                 "systemctl start gnocchi.socket (it starts gnocchi-helper.socket)")
+
+    def armed(self) -> None:
+        try:
+            self.live = table.live()
+        except table.TableError as e:
+            self.add(False, "table inet gnocchi is loaded", str(e))
+            return
+        if not self.add(self.live is not None, "table inet gnocchi is loaded (armed)",
+                        "NOT ARMED: the protected ports are as open as your own rules make them",
+                        "gnocchi arm --trial 300 (then `gnocchi arm --confirm` from a session "
+                        "that knocked in), or systemctl enable --now gnocchi.socket"):
+            return
+        protected = self.live.protected()
+        self.findings.pop()  # the line above, said again with what it protects
+        self.add(True, "table inet gnocchi is loaded (armed)",
+                 good=f"protecting {table.show_ports(protected)}")
+        if self.cfg is None:
+            return
+        for c in self.cfg.clients:
+            for o in c.allow:
+                self.add(table.covers(protected.get(o.proto, []), o.port),
+                         f"clients.{c.name} may open {o.port}/{o.proto}: it is protected",
+                         "not in the live table's protected set: the helper refuses it",
+                         f"add {o.port} to set protected_{o.proto} in {self.table_path}, then "
+                         f"systemctl reload gnocchi-arm; or remove it from clients.{c.name}"
+                         ".allow")
+
+    def own_ruleset(self) -> None:
+        if self.port is None:
+            return
+        proc = table.nft("-j", "list", "ruleset")
+        if proc.returncode != 0:
+            self.add(False, "the ruleset can be read", proc.stderr.strip(), "run as root")
+            return
+        objects = [o for o in json.loads(proc.stdout)["nftables"] if "metainfo" not in o]
+        chains = reach(objects, self.port)
+        if not chains:
+            self.add(True, "your own rules let knocks reach the knock port",
+                     good="no other table has an input chain")
+        for name, (verdict, note) in chains.items():
+            family, tbl, chain = name
+            where = f"{family} {tbl} {chain}"
+            if verdict == "accept":
+                self.add(True, f"{where} lets knocks to {self.port}/udp through", good=note)
+            elif verdict in ("drop", "reject"):
+                answer = (" and answers them with ICMP, which also shows a scanner the port "
+                          "is special" if verdict == "reject" else "")
+                self.add(False, f"{where} lets knocks to {self.port}/udp through",
+                         f"it drops them{answer} ({note}): no knock ever reaches gnocchi, and "
+                         "nothing is logged",
+                         f"nft insert rule {where} udp dport {self.port} accept (and add "
+                         f"`udp dport {self.port} accept` to that chain in /etc/nftables.conf); "
+                         f"iptables: iptables -I INPUT -p udp --dport {self.port} -j ACCEPT; "
+                         f"ufw: ufw allow {self.port}/udp")
+            else:
+                self.add(False, f"{where} lets knocks to {self.port}/udp through",
+                         f"cannot tell ({note})", f"make sure {where} accepts udp dport "
+                         f"{self.port} from anywhere", warn=True)
+
+    def units(self) -> None:
+        for unit_name in ("gnocchi-arm.service", "gnocchi-watch.service", "gnocchi.socket"):
+            state = status.unit(unit_name)
+            self.add(state == "active", f"{unit_name} is active", state,
+                     f"systemctl status {unit_name}; to arm: gnocchi arm --trial 300")
+
+    def self_knock(self, key_file: str | None, address: str | None) -> None:
+        """Knock this host's own address with a client key kept for this purpose, then
+        connect from here: the first connection must pass, the next one must not."""
+        what = "a self-knock opens the port once, then it is closed again"
+        if key_file is None:
+            self.add(False, what, "skipped: no --self-knock CLIENT_KEY_FILE (docs/install.md, "
+                     "\"gnocchi doctor\")", warn=True)
+            return
+        if self.cfg is None or self.server_key is None or self.live is None:
+            self.add(False, what, "skipped: fix the failures above first", warn=True)
+            return
+        from gnocchi import keys, knock_request
+        try:
+            public = keys.public_of(keys.load_secret(key_file))
+        except keys.KeyFileError as e:
+            self.add(False, what, str(e), e.fix)
+            return
+        client = self.cfg.client_by_key().get(public)
+        if client is None or not isinstance(client.default, knock_request.Open) or \
+                client.default.proto != "tcp":
+            self.add(False, what, f"{key_file} is not the key of a configured client whose "
+                     "default request opens a TCP port", f"add a client with its public key "
+                     f"(`gnocchi pubkey {key_file}`) and allow = [\"PORT/tcp\"] of a protected "
+                     "port; keep that key for the self-knock only (its counter is its own)")
+            return
+        port = client.default.port
+        address = address or own_address()
+        if address is None:
+            self.add(False, what, "this host has no global IPv4 address to knock",
+                     "give one with --address")
+            return
+        if reaches(address, port):
+            self.add(False, what, f"{address} port {port}/tcp is reachable BEFORE the knock",
+                     "gnocchi status says whether it is armed")
+            return
+        since = time.time()
+        # The real client, as its launcher runs it: a server module imports no
+        # client one (gnocchi/__init__.py), and this is what a user's knock does.
+        client_run = subprocess.run(
+            [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+             "from gnocchi.knock import main; sys.exit(main(sys.argv[1:]))",
+             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+             "--server-key-file", self.cfg.server_key_file, "--client-key-file", key_file,
+             "--open", f"{port}/tcp", address], capture_output=True, text=True, timeout=30)
+        if client_run.returncode != 0:
+            self.add(False, what, f"gnocchi-knock failed: {client_run.stderr.strip()}")
+            return
+        deadline = time.monotonic() + 3
+        while not reaches(address, port):
+            if time.monotonic() > deadline:
+                why = latest_refusal(since) or "no entry for it in journalctl -u gnocchi"
+                self.add(False, what, f"the knock by {client.name} did not open {port}/tcp on "
+                         f"{address}: {why}", "journalctl -u gnocchi says why")
+                return
+            time.sleep(0.2)
+        if reaches(address, port):
+            self.add(False, what, "a second connection passed: one knock opened more than one",
+                     "systemctl reload gnocchi-arm (the table may be an old copy)")
+            return
+        self.add(True, what, good=f"{client.name} knocked {address}; {port}/tcp let one "
+                 "connection in, then dropped the next")
+
+    def run(self, key_file: str | None = None, address: str | None = None) -> list[Finding]:
+        self.files()
+        self.clients()
+        self.knock_socket()
+        self.helper_socket()
+        self.armed()
+        self.own_ruleset()
+        self.units()
+        self.self_knock(key_file, address)
+        return self.findings
+
+
+def reaches(address: str, port: int, timeout: float = 0.5) -> bool:
+    """A TCP connection from this host to address:port gets an answer (SYN-ACK or RST):
+    the SYN passed the gate. A drop times out."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def own_address() -> str | None:
+    proc = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                          capture_output=True, text=True, timeout=10)
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            text = fields[fields.index("inet") + 1].split("/")[0]
+            address = ipaddress.ip_address(text)
+            if not (address.is_loopback or address.is_link_local):
+                return text
+    return None
+
+
+def latest_refusal(since: float) -> str:
+    """The verifier's newest entry since `since` that is not an acceptance, if any."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return ""
+    reader = journal.Reader()
+    reader.add_match(_SYSTEMD_UNIT="gnocchi.service")
+    reader.seek_realtime(since)
+    last = ""
+    for entry in reader:
+        if entry.get("GNOCCHI_EVENT") not in (None, "accepted", "started"):
+            last = entry.get("MESSAGE", "")
+    return last
+
+
+def _split(text: str) -> tuple[str, str]:
+    """"problem; fix: command" -> (problem, command)."""
+    problem, _, fix = text.partition("; fix: ")
+    return problem, fix
+
+
+# ---- would a knock get through the admin's own chains? ------------------------------
+
+UNKNOWN = None
+
+
+def reach(objects: list[dict], port: int) -> dict[tuple, tuple[str, str]]:
+    """For each input base chain outside table inet gnocchi: ("accept" | "drop" |
+    "reject" | "unknown", why) for a new UDP datagram to port from anywhere else."""
+    chains: dict[tuple, dict] = {}
+    rules: dict[tuple, list] = {}
+    for o in objects:
+        if "chain" in o:
+            c = o["chain"]
+            chains[(c["family"], c["table"], c["name"])] = c
+        elif "rule" in o:
+            r = o["rule"]
+            rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
+    found = {}
+    for key, c in chains.items():
+        if c.get("hook") != "input" or (key[0], key[1]) == (table.FAMILY, table.NAME):
+            continue
+        if key[0] not in ("ip", "ip6", "inet"):
+            continue
+        verdict, why, _ = _walk(key, chains, rules, port, depth=0)
+        if verdict is None:
+            policy = c.get("policy", "accept")
+            verdict, why = policy, f"the chain's policy is {policy}" + (f"; {why}" if why else "")
+        found[key] = (verdict, why)
+    return found
+
+
+def _walk(key, chains, rules, port, depth) -> tuple[str | None, str, bool]:
+    """(verdict or None to fall through, why, certain)."""
+    maybe: list[str] = []
+    if depth > 16:
+        return "unknown", "chains nest too deep to follow", False
+    for rule in rules.get(key, []):
+        matched, verdict, target = _rule(rule["expr"], port)
+        handle = f"rule handle {rule.get('handle')}"
+        if matched is False or verdict is None:
+            continue
+        if verdict in ("jump", "goto"):
+            sub = (key[0], key[1], target)
+            v, why, certain = _walk(sub, chains, rules, port, depth + 1)
+            if v is not None and matched is True and certain:
+                return v, f"{why} (in chain {target})", True
+            if v is not None:
+                maybe.append(f"{handle} may {v} in chain {target}")
+            if verdict == "goto" and matched is True:
+                return None, "; ".join(maybe), not maybe
+            continue
+        if verdict == "return" and matched is True:
+            return None, "; ".join(maybe), not maybe
+        if matched is True:
+            if maybe and verdict == "accept":
+                return "unknown", "; ".join(maybe + [f"then {handle} accepts"]), False
+            return verdict, f"{handle}" + (f"; {'; '.join(maybe)}" if maybe else ""), not maybe
+        maybe.append(f"{handle} may {verdict} it, for some packets")
+    if maybe and depth == 0:
+        return "unknown", "; ".join(maybe), False
+    return None, "; ".join(maybe), not maybe
+
+
+def _rule(exprs: list, port: int):
+    """(True | False | None, verdict, jump target) for our datagram."""
+    matched = True
+    for e in exprs:
+        if "match" in e:
+            m = _match(e["match"], port)
+            if m is False:
+                return False, None, None
+            if m is UNKNOWN:
+                matched = UNKNOWN
+        elif "accept" in e:
+            return matched, "accept", None
+        elif "drop" in e:
+            return matched, "drop", None
+        elif "reject" in e:
+            return matched, "reject", None
+        elif "jump" in e or "goto" in e:
+            kind = "jump" if "jump" in e else "goto"
+            return matched, kind, e[kind]["target"]
+        elif "return" in e:
+            return matched, "return", None
+        elif not any(k in e for k in ("counter", "log", "mangle")):
+            # limit, quota, an iptables-nft match ("xt"), ...: may or may not match.
+            matched = UNKNOWN if matched is True else matched
+    return matched, None, None
+
+
+def _match(m: dict, port: int):
+    left, op, right = m.get("left"), m.get("op", "=="), m.get("right")
+    if not isinstance(left, dict):
+        return UNKNOWN
+    value = UNKNOWN
+    if "payload" in left:
+        proto, field = left["payload"].get("protocol"), left["payload"].get("field")
+        if proto in ("tcp", "sctp", "dccp", "icmp", "icmpv6", "igmp", "esp", "ah"):
+            return op == "!="  # a header our datagram does not have
+        if proto in ("udp", "th") and field == "dport":
+            value = port
+        elif proto in ("ip", "ip6") and field in ("protocol", "nexthdr"):
+            value = "udp"
+        else:
+            return UNKNOWN
+    elif "meta" in left:
+        key = left["meta"].get("key")
+        if key == "l4proto":
+            value = "udp"
+        elif key in ("iif", "iifname"):
+            if right == "lo":
+                return op == "!="
+            return UNKNOWN
+        else:
+            return UNKNOWN
+    elif "ct" in left and left["ct"].get("key") == "state":
+        value = "new"
+    else:
+        return UNKNOWN
+    hit = _contains(right, value)
+    if hit is UNKNOWN:
+        return UNKNOWN
+    return (not hit) if op == "!=" else hit
+
+
+def _contains(right, value):
+    if isinstance(right, dict) and "set" in right:
+        right = right["set"]
+    if isinstance(right, list):
+        hits = [_contains(r, value) for r in right]
+        return True if True in hits else (UNKNOWN if UNKNOWN in hits else False)
+    if isinstance(right, dict) and "range" in right:
+        low, high = right["range"]
+        return isinstance(value, int) and low <= value <= high
+    if isinstance(right, dict):
+        return UNKNOWN  # a named set (@name), a prefix, ...
+    if value == "udp" and right == 17:
+        return True
+    if isinstance(right, str) and right.startswith("@"):
+        return UNKNOWN
+    return right == value
+
+
+# ---- the command ----------------------------------------------------------------
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    p = argparse.ArgumentParser(
+        prog="gnocchi doctor",
+        description="Check everything a working gnocchi server needs: keys and modes, the "
+                    "knock port's drop-in, the sockets, the helper's socket, the table, every "
+                    "client key, and whether your own firewall lets knocks in. Each failure "
+                    "comes with its fix. Exit 0 only when all pass. Changes nothing.")
+    p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
+    p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--self-knock", metavar="CLIENT_KEY_FILE",
+                   help="knock this host's own address with this client key (one kept for "
+                        "this only) and check that one connection passes, then none")
+    p.add_argument("--address", metavar="A.B.C.D",
+                   help="the address to knock for --self-knock (default: this host's first "
+                        "global IPv4 address)")
+    args = p.parse_args(argv[1:])
+    if os.geteuid() != 0:
+        print("gnocchi doctor: run as root (keys, the ruleset)", file=sys.stderr)
+        return 2
+    findings = Doctor(args.config, args.table).run(args.self_knock, args.address)
+    for f in findings:
+        mark = "ok  " if f.ok else ("??  " if f.warn else "FAIL")
+        print(f"{mark} {f.what}" + (f": {f.detail}" if f.detail else ""))
+        if not f.ok and f.fix:
+            print(f"     fix: {f.fix}")
+    failed = [f for f in findings if not f.ok and not f.warn]
+    unsure = [f for f in findings if f.warn]
+    print(f"gnocchi doctor: {len(failed)} failed, {len(unsure)} unsure, "
+          f"{len(findings) - len(failed) - len(unsure)} ok")
+    return 1 if failed else 0
