@@ -43,6 +43,7 @@ PRIORITY = {"started": 6, "accepted": 5, "refused": 4, "replay": 4, "signature":
             "store-failed": 2}
 INTERVAL = 60.0  # seconds between summaries
 BUDGET = 20      # entries per interval for packets whose counter was not committed
+MAX_WHO = 100    # names kept per kind of drop and interval: memory bounded under a flood
 
 
 def journal_sender(fields: dict) -> None:
@@ -83,7 +84,9 @@ class EventLog:
         self._start = clock()
         self._dropped: Counter[str] = Counter()     # reason -> packets, no entry
         self._suppressed: Counter[str] = Counter()  # event -> entries over budget
-        self._over_limit: Counter[str] = Counter()  # client name -> knocks over a limit
+        # Who, for two kinds of drop, so an admin can tell them apart; each
+        # holds at most MAX_WHO names an interval (the rest count as "others").
+        self._who: dict[str, Counter[str]] = {"rate-limited": Counter(), "unknown-client": Counter()}
         self._spent = 0
 
     def event(self, event: str, message: str, **fields) -> None:
@@ -112,13 +115,23 @@ class EventLog:
 
     def over_limit(self, client: str) -> None:
         """A signed knock over its client's or its address's rate: counted by client."""
-        self._over_limit[client] += 1
-        self.drop("rate-limited")
+        self._count_who("rate-limited", client)
+
+    def unknown_key(self, key: bytes, source) -> None:
+        """A packet sealed with the server key that claims no configured client's key:
+        counted by key id (its first 8 bytes, as `gnocchi pubkey` starts) and source,
+        which is how an admin spots a client whose public key was pasted wrong."""
+        self._count_who("unknown-client", f"key {key[:8].hex()} from {source}")
+
+    def _count_who(self, reason: str, who: str) -> None:
+        names = self._who[reason]
+        names[who if who in names or len(names) < MAX_WHO else "others"] += 1
+        self.drop(reason)
 
     def _whose(self, reason: str) -> str:
-        if reason != "rate-limited":
+        if not self._who.get(reason):
             return ""
-        return " (" + ", ".join(f"{name} {n}" for name, n in self._over_limit.most_common(10)) + ")"
+        return " (" + ", ".join(f"{who} {n}" for who, n in self._who[reason].most_common(10)) + ")"
 
     def tick(self) -> None:
         if self.clock() - self._start >= self.interval:
@@ -140,6 +153,7 @@ class EventLog:
                        dropped=dropped, suppressed=suppressed, **fields)
         self._dropped.clear()
         self._suppressed.clear()
-        self._over_limit.clear()
+        for names in self._who.values():
+            names.clear()
         self._spent = 0
         self._start = self.clock()

@@ -2,7 +2,9 @@
 
 Trusts only its command line and the key files it is pointed at, read through
 gnocchi.keys (which checks format and permissions). Prints one value on
-stdout on success; on any error one line on stderr naming the file, exit 1.
+stdout on success (a server key's fingerprint goes to stderr, for the admin
+to compare with gnocchi-knock -v, so scripts still read one value); on any
+error one line on stderr naming the file, exit 1.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ def keygen(args) -> str:
     if args.server:
         key = keys.new_server_key()
         keys.write_secret(args.server, key)
+        say_fingerprint(key)
         return str(knock_port(key))
     seed = keys.new_client_seed()
     keys.write_secret(args.client, seed)
@@ -28,7 +31,13 @@ def pubkey(args) -> str:
 
 
 def port(args) -> str:
-    return str(knock_port(keys.load_server_key(args.file)))
+    key = keys.load_server_key(args.file)
+    say_fingerprint(key)
+    return str(knock_port(key))
+
+
+def say_fingerprint(server_key: bytes) -> None:
+    print(f"server key fingerprint {keys.fingerprint(server_key)}", file=sys.stderr)
 
 
 def parser(command: str) -> argparse.ArgumentParser:

@@ -193,7 +193,8 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
         counter = knock.send()
-        say(f"knocked {knock.address} port {knock.port} (counter {counter}, "
+        say(f"knocked {knock.address} port {knock.port} (server key "
+            f"{keys.fingerprint(knock.server_key)}, counter {counter}, "
             f"attempt {attempt}/{attempts})")
         try:
             conn = socket.create_connection((knock.address, port), timeout=timeout)
@@ -209,7 +210,14 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
                 raise KnockError(f"connection to {knock.address} port {port} ended: "
                                  f"{e.strerror or e}") from None
         return
-    raise KnockError(f"no connection to {knock.address} port {port} after {attempts} knocks")
+    raise KnockError(
+        f"no connection to {knock.address} port {port} after {attempts} knocks on UDP port "
+        f"{knock.port} (server key {keys.fingerprint(knock.server_key)}). Likely: the knocks "
+        f"do not arrive (a firewall on the way, or the server's own rules, drop UDP "
+        f"{knock.port}: `gnocchi doctor` on the server checks), the server has another server "
+        f"key (compare the fingerprint with `gnocchi status`), the server does not know your "
+        f"key or lets it open something else (`journalctl -u gnocchi` there says), or port "
+        f"{port} is not protected and closed. -v shows each try")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -330,7 +338,8 @@ def main(argv=None) -> int:
             proxy(knock, int(args.proxy[1]), args.attempts, args.connect_timeout, say)
         else:
             counter = knock.send()
-            say(f"knocked {knock.address} port {knock.port} (counter {counter})")
+            say(f"knocked {knock.address} port {knock.port} (server key "
+                f"{keys.fingerprint(knock.server_key)}, counter {counter})")
     except (KnockError, keys.KeyFileError, profile.ProfileError) as e:
         print(f"gnocchi-knock: {e}", file=sys.stderr)
         return 1

@@ -55,9 +55,9 @@ class Accepted:
 @dataclass(frozen=True)
 class Rejected:
     reason: str
-    # SIGNPUB, a configured client's key, from step 5 on. For REPLAY and
-    # SIGNATURE it is only what the packet claims; DATA_LENGTH comes after
-    # the signature, so there it is proven.
+    # SIGNPUB from step 4 on. For UNKNOWN_CLIENT it is no configured client's
+    # key; for REPLAY and SIGNATURE it is only what the packet claims;
+    # DATA_LENGTH comes after the signature, so there it is proven.
     claimed_key: Optional[bytes] = None
 
 
@@ -160,7 +160,7 @@ def open_packet(packet: bytes, server_key: bytes,
     # no one holding the server key can learn either from the verifier's time.
     signed = _verify(packet[:NONCE_LEN], signpub, sig, counter_and_body, server_key, server_ips)
     if last is None:
-        return Rejected(UNKNOWN_CLIENT)
+        return Rejected(UNKNOWN_CLIENT, signpub)
     if counter <= last:
         return Rejected(REPLAY, signpub)
     if not signed:

@@ -84,22 +84,23 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     return found[::-1]
 
 
-def knock_port(config_path: str) -> tuple[int | None, list[str], list[str]]:
-    """(port, client lines, problems) from the config and the server key."""
+def knock_port(config_path: str) -> tuple[int | None, str, list[str], list[str]]:
+    """(port, server key fingerprint, client lines, problems) from the config and the key."""
     from gnocchi import config as server_config
     from gnocchi import keys
     from gnocchi.protocol import knock_port as port_of
     try:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
-        return None, [], [f"config: {e}"]
+        return None, "", [], [f"config: {e}"]
     clients = [f"{c.name}: " + (", ".join(f"{o.port}/{o.proto}" for o in c.allow) or "nothing")
                + (f"; actions {', '.join(c.actions)}" if c.actions else "")
                for c in cfg.clients]
     try:
-        return port_of(keys.load_server_key(cfg.server_key_file)), clients, []
+        key = keys.load_server_key(cfg.server_key_file)
     except keys.KeyFileError as e:
-        return None, clients, [f"server key: {e}"]
+        return None, "", clients, [f"server key: {e}"]
+    return port_of(key), keys.fingerprint(key), clients, []
 
 
 def report(config_path: str) -> tuple[int, list[str]]:
@@ -110,7 +111,7 @@ def report(config_path: str) -> tuple[int, list[str]]:
         return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = arm == "active" or sock == "active"
-    port, clients, problems = knock_port(config_path)
+    port, fingerprint, clients, problems = knock_port(config_path)
     listening = port is not None and udp_bound(port)
     if live is None and meant:
         status = 1
@@ -136,7 +137,8 @@ def report(config_path: str) -> tuple[int, list[str]]:
     lines += [f"gnocchi: {p}" for p in problems]
     if port is not None:
         lines.append(f"knock port: {port}/udp, " + ("listening" if listening else
-                                                     "NOT listening") + f" (gnocchi.socket {sock})")
+                                                     "NOT listening") + f" (gnocchi.socket {sock})"
+                     + f"; server key fingerprint {fingerprint}")
     lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
                                                  else "not listening")
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")

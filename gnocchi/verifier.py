@@ -114,6 +114,9 @@ class Verifier:
             self.run(client, common, request, source)
 
     def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
+        if result.reason == protocol.UNKNOWN_CLIENT:  # counted by key id and source only
+            self.log.unknown_key(result.claimed_key, source)
+            return
         if result.claimed_key is None:
             self.log.drop(result.reason)  # steps 1-4: nobody known to name; counted only
             return

@@ -232,11 +232,13 @@ def status(b: Box, env: tuple = ()) -> tuple[int, str]:
 def test_status_says_armed_with_port_clients_pending_and_decisions(b):
     b.knock_and_wait()
     rc, out = status(b)
-    port = b.run("gnocchi", "port", "/etc/gnocchi/server.key").stdout.strip()
+    ported = b.run("gnocchi", "port", "/etc/gnocchi/server.key")
+    port, fingerprint = ported.stdout.strip(), ported.stderr.split()[-1]
     assert rc == 0, out
     lines = out.splitlines()
     assert lines[0] == "gnocchi: ARMED: table inet gnocchi is loaded, protecting 22/tcp"
-    assert f"knock port: {port}/udp, listening (gnocchi.socket active)" in lines
+    assert (f"knock port: {port}/udp, listening (gnocchi.socket active); "
+            f"server key fingerprint {fingerprint}") in lines
     assert "  alice: 22/tcp" in lines
     assert any(l.startswith(f"  {b.net.client.ip} tcp/22, ") and l.endswith(" s left")
                for l in lines), out

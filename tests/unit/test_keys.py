@@ -149,3 +149,10 @@ def test_public_of_matches_the_vectors():
     vectors = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
     for client in vectors["clients"].values():
         assert keys.public_of(bytes.fromhex(client["seed"])).hex() == client["public_key"]
+
+
+def test_a_server_keys_fingerprint_is_short_stable_and_its_own():
+    a, b = bytes(range(32)), bytes(range(1, 33))
+    assert keys.fingerprint(a) == keys.fingerprint(a)
+    assert keys.fingerprint(a) != keys.fingerprint(b)
+    assert len(keys.fingerprint(a)) == 19 and keys.fingerprint(a).count("-") == 3

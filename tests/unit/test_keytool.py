@@ -25,7 +25,11 @@ def test_keygen_server_prints_the_port_of_the_key_it_wrote(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "server.key").st_mode) == 0o600
     port = port_of(bytes.fromhex(text))
     assert result.stdout == f"{port}\n" and port > 1024
-    assert gnocchi_cli("port", tmp_path / "server.key").stdout == f"{port}\n"
+    ported = gnocchi_cli("port", tmp_path / "server.key")
+    assert ported.stdout == f"{port}\n"
+    # The fingerprint, for comparing with gnocchi-knock -v, on stderr: scripts read stdout.
+    assert re.fullmatch(r"server key fingerprint [0-9a-f]{4}(-[0-9a-f]{4}){3}\n", result.stderr)
+    assert ported.stderr == result.stderr
 
 
 def test_keygen_client_prints_the_public_key(tmp_path):

@@ -27,6 +27,13 @@ LOOPBACK = "127.0.0.1"
 MAGIC = bytes.fromhex("42f9708e2f1369d9")
 
 
+def fingerprint(server_key: bytes) -> str:
+    """The server key's short name both sides print: personalised BLAKE2b, 8 bytes."""
+    h = sodium.crypto_generichash_blake2b_salt_personal(
+        server_key, digest_size=8, person=b"gnocchi-fprint".ljust(16, b"\0")).hex()
+    return "-".join(h[i:i + 4] for i in range(0, 16, 4))
+
+
 def knock_port(server_key: bytes) -> int:
     # crypto_generichash with no key, salt or personalisation: plain BLAKE2b-256
     h = sodium.crypto_generichash_blake2b_salt_personal(server_key, digest_size=32)
@@ -439,6 +446,7 @@ def test_proxy_knocks_again_when_the_connect_fails(setup):
         line = proc.stderr.readline()  # "knocked ... attempt 1/3"
         line += proc.stderr.readline()
         assert b"attempt 1/3" in line and b"failed" in line, line
+        assert f"server key {fingerprint(setup.server_key)}".encode() in line  # as the server's
         listener.listen()
         log = []
         server = threading.Thread(target=echo_server, args=(listener, log), daemon=True)
@@ -463,6 +471,11 @@ def test_proxy_gives_up_after_the_attempts(setup):
         result = subprocess.run(proxy_argv(setup, closed.getsockname()[1], "--attempts", "2"),
                                 cwd=REPO, env=setup.env, capture_output=True, timeout=30)
     assert result.returncode == 1
-    assert result.stderr.endswith(b"after 2 knocks\n") and result.stderr.count(b"\n") == 1
+    err = result.stderr.decode()
+    assert err.count("\n") == 1
+    assert f"after 2 knocks on UDP port {knock_port(setup.server_key)}" in err
+    assert f"server key {fingerprint(setup.server_key)}" in err
+    for cause in ("drop UDP", "gnocchi doctor", "another server key", "journalctl -u gnocchi"):
+        assert cause in err
     counters = [verify(setup.receive(), setup.server_key, LOOPBACK).counter for _ in range(2)]
     assert counters[1] > counters[0] and setup.nothing_received()

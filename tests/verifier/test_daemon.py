@@ -71,6 +71,9 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
     summary = d.wait_events("dropped-summary", 1)[0]
     assert summary["GNOCCHI_DROPPED_MAC"] == "2"   # other key + zero bytes
     assert summary["GNOCCHI_DROPPED_UNKNOWN_CLIENT"] == "1"
+    # by key id and source, so an admin sees whose key is missing or pasted wrong
+    mallory = k.public("mallory")[:16]
+    assert f"1 unknown-client (key {mallory} from {net.client.ip} 1)" in summary["MESSAGE"]
     assert summary["GNOCCHI_DROPPED_SIZE"] == "1"
     assert summary["GNOCCHI_DROPPED_REPEATED"] == "1"
     signature = d.of("signature")[0]
