@@ -243,18 +243,15 @@ def test_fragments_and_extension_headers_do_not_hide_a_syn(net, services, table,
     assert connects_from(net.client, src, dst, 22, sports) == set()
 
 
-class FtpServer:
-    """Port 21 in the server: greets every connection with a PASV answer that
-    names the protected port 22, which conntrack's ftp helper (assigned by
-    the admin's own table) turns into an expectation: ct state related."""
+class TcpService:
+    """A listener in host, each connection handed to handle() on a thread of its own."""
 
-    def __init__(self, host):
-        a, b, c, d = (int(x) for x in host.ip.split("."))
-        self.line = f"227 Entering Passive Mode ({a},{b},{c},{d},0,22)\r\n".encode()
+    def __init__(self, host, address, handle):
         with inside(host):
-            self.listener = socket.create_server((host.ip, 21))
+            self.listener = socket.create_server(address, family=socket.AF_INET6,
+                                                 dualstack_ipv6=True)
         self.listener.settimeout(0.2)
-        self.stop = threading.Event()
+        self.handle, self.accepted, self.stop = handle, 0, threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
@@ -263,18 +260,31 @@ class FtpServer:
                 conn, _ = self.listener.accept()
             except (TimeoutError, OSError):
                 continue
-            with conn:
-                # The helper reads only lines that follow a newline it saw:
-                # a greeting first, then the PASV answer in its own segment.
-                conn.sendall(b"220 ready\r\n")
-                time.sleep(0.1)
-                conn.sendall(self.line)
-                time.sleep(0.5)
+            self.accepted += 1
+            self.handle(conn)
 
     def close(self):
         self.stop.set()
         time.sleep(0.3)
         self.listener.close()
+
+
+def ftp_server(host) -> TcpService:
+    """Port 21 in the server: greets every connection with a PASV answer that
+    names the protected port 22, which conntrack's ftp helper (assigned by
+    the admin's own table) turns into an expectation: ct state related."""
+    a, b, c, d = (int(x) for x in host.ip.split("."))
+    line = f"227 Entering Passive Mode ({a},{b},{c},{d},0,22)\r\n".encode()
+
+    def greet(conn):
+        with conn:
+            # The helper reads only lines that follow a newline it saw:
+            # a greeting first, then the PASV answer in its own segment.
+            conn.sendall(b"220 ready\r\n")
+            time.sleep(0.1)
+            conn.sendall(line)
+            time.sleep(0.5)
+    return TcpService(host, ("::", 21), greet)
 
 
 FTP_HELPER = """
@@ -295,7 +305,7 @@ def test_a_conntrack_helper_expectation_does_not_open_a_protected_port(net, serv
     else:
         load_text(srv, CONTROL_0_1)
     load_text(srv, FTP_HELPER)
-    ftp = FtpServer(srv)
+    ftp = ftp_server(srv)
     try:
         control = tcp_connect(net.client, srv.ip, 21)
         assert control is not None and control.recv(100).startswith(b"220")
@@ -310,40 +320,21 @@ def test_a_conntrack_helper_expectation_does_not_open_a_protected_port(net, serv
     assert got == (set() if table_kind == "current" else {33000})
 
 
-class AbortingService:
+def aborting_service(host, how: str) -> TcpService:
     """TCP ABORT_PORT in the server: accepts, then ends each connection with
-    a RST (abort) or a FIN (close); counts the connections it accepted."""
-
-    def __init__(self, host, how: str):
-        with inside(host):
-            self.listener = socket.create_server(("::", ABORT_PORT), family=socket.AF_INET6,
-                                                 dualstack_ipv6=True)
-        self.listener.settimeout(0.2)
-        self.how, self.accepted, self.stop = how, 0, threading.Event()
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.accepted += 1
-            if self.how == "rst":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-
-    def close(self):
-        self.stop.set()
-        time.sleep(0.3)
-        self.listener.close()
+    a RST (abort) or a FIN (close); .accepted counts the connections."""
+    def end(conn):
+        if how == "rst":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    return TcpService(host, ("::", ABORT_PORT), end)
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("how", ["rst", "fin"])
 def test_a_server_that_ends_the_connection_gives_no_second_one(net, table, how, v6):
     src, dst = addresses(net, v6)
-    service = AbortingService(net.server, how)
+    service = aborting_service(net.server, how)
     helper = Helper(net.server)
     try:
         assert helper.send(request(src, ABORT_PORT)) == [OK]
@@ -360,7 +351,7 @@ def test_a_server_that_ends_the_connection_gives_no_second_one(net, table, how, 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_control_a_server_rst_gives_a_second_connection_with_the_0_1_table(net, control, v6):
     src, dst = addresses(net, v6)
-    service = AbortingService(net.server, "rst")
+    service = aborting_service(net.server, "rst")
     helper = Helper(net.server)
     try:
         assert helper.send(request(src, ABORT_PORT)) == [OK]

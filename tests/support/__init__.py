@@ -22,8 +22,8 @@ from support.helper import (REQUEST, STATUS, FakeNftables, Helper, HelperRecorde
                             request)
 from support.netns import Host, Net, inside
 from support.processes import PYTHON, REPO, events, gnocchi_cli, stop
-from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, tcp_connect,
-                             udp_socket)
+from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, send_paced,
+                             tcp_connect, udp_socket)
 from support.table import TABLE_FILE, elements, load_table, ruleset
 from support.verifier import Daemon, Keys, knock, write_config
 

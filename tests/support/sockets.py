@@ -3,6 +3,7 @@ datagrams sent from a client namespace (udp_client.py there)."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -56,6 +57,29 @@ def send_datagrams(net: Net, port: int, packets: list[bytes], to: str | None = N
     out = net.client.run([PYTHON, UDP_CLIENT, to or net.server.ip, str(port), str(wait)],
                          input="\n".join(p.hex() or "-" for p in packets), timeout=60)
     return int(out.stdout.split()[-1])
+
+
+PACED_SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i, line in enumerate(sys.stdin.read().split()):
+    s.sendto(bytes.fromhex(line), (sys.argv[1], int(sys.argv[2])))
+    if i % 10 == 9:
+        time.sleep(0.005)
+"""
+
+
+def send_paced(host: Host, ip: str, port: int, packets: list[bytes], wait: bool = True):
+    """Send packets from host at about 2,000 a second (10 every 5 ms): a flood the
+    verifier reads whole, so a test can count what it decided. With wait=False
+    the sender runs on (returned: the test waits for it)."""
+    sender = host.popen([PYTHON, "-c", PACED_SENDER, ip, str(port)], stdin=subprocess.PIPE,
+                        text=True)
+    sender.stdin.write("\n".join(p.hex() for p in packets))
+    sender.stdin.close()
+    if wait:
+        assert sender.wait(timeout=60) == 0
+    return sender
 
 
 class EchoServices:

@@ -11,27 +11,14 @@ replay or unknown-key claim cost a fraction of a signature claim.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 from nacl.secret import SecretBox
 
 from gnocchi import protocol
-from support import PYTHON, knock, write_config
+from support import knock, send_paced, write_config
 
 PROBES = 3000
-# Paced (10 every 5 ms, about 2,000 a second) so no batch overflows the socket;
-# 3,000 take 1.5 s.
-SENDER = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i, line in enumerate(sys.stdin.read().split()):
-    s.sendto(bytes.fromhex(line), (sys.argv[1], int(sys.argv[2])))
-    if i % 10 == 9:
-        time.sleep(0.005)
-"""
-
-
 def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
     """Sealed with the server key, claiming `claimed`, with a signature that fails
     only after the whole Ed25519 check: its S is canonical (below the group order),
@@ -61,8 +48,7 @@ def test_claims_cost_the_same_whether_configured_and_whatever_the_counter(
         """Send packets, then one valid knock; once that is decided, so are they."""
         before, seen = cpu_ticks(d.proc.pid), len(d.of("accepted"))
         packets = packets + [knock(k, "alice", next(sync), b"open 22", net.server.ip)]
-        net.client.run([PYTHON, "-c", SENDER, net.server.ip, str(k.port)],
-                       input="\n".join(p.hex() for p in packets), timeout=60)
+        send_paced(net.client, net.server.ip, k.port, packets)  # read whole: none lost
         d.wait_events("accepted", seen + accepted)
         return cpu_ticks(d.proc.pid) - before
 
