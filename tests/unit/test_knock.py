@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from nacl import bindings as sodium
 
+from support.client import LOOPBACK, knock_catcher, knock_port, write_key
+
 REPO = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 
 
 # ---- an independent reading of PROTOCOL.md -------------------------------------------
@@ -34,10 +35,6 @@ def fingerprint(server_key: bytes) -> str:
     return "-".join(h[i:i + 4] for i in range(0, 16, 4))
 
 
-def knock_port(server_key: bytes) -> int:
-    # crypto_generichash with no key, salt or personalisation: plain BLAKE2b-256
-    h = sodium.crypto_generichash_blake2b_salt_personal(server_key, digest_size=32)
-    return h[30] * 256 + h[31]
 
 
 @dataclass
@@ -97,27 +94,11 @@ class Setup:
         return not select.select([self.udp], [], [], 0)[0]
 
 
-def write_key(path: Path, key: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, key.hex().encode() + b"\n")
-    os.close(fd)
-    return path
 
 
 @pytest.fixture
 def setup(tmp_path):
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for _ in range(20):  # draw server keys until the knock port is free here
-        server_key = os.urandom(32)
-        if knock_port(server_key) <= 1024:
-            continue
-        try:
-            udp.bind((LOOPBACK, knock_port(server_key)))
-            break
-        except OSError:
-            continue
-    else:
-        pytest.fail("no free knock port in 20 draws")
+    udp, server_key = knock_catcher()
     seed = os.urandom(32)
     public, _ = sodium.crypto_sign_seed_keypair(seed)
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}

@@ -9,16 +9,15 @@ machine, fast or slow: this test times nothing.
 """
 import os
 import select
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from nacl import bindings as sodium
+
+from support.client import LOOPBACK, knock_catcher, write_key
 
 REPO = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 # The client's modules and the shared ones it uses (the roles in
 # gnocchi/__init__.py); any other gnocchi module is server-side.
 CLIENT_MODULES = {"gnocchi", "gnocchi.knock", "gnocchi.profile", "gnocchi.keys",
@@ -33,33 +32,14 @@ PROBE = (
     "sys.exit(rc)\n")
 
 
-def knock_port(server_key: bytes) -> int:
-    h = sodium.crypto_generichash_blake2b_salt_personal(server_key, digest_size=32)
-    return h[30] * 256 + h[31]
 
 
-def write_key(path: Path, key: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, key.hex().encode() + b"\n")
-    os.close(fd)
-    return path
 
 
 @pytest.fixture
 def knock(tmp_path):
     """Runs one knock with the given extra arguments; returns the modules it loaded."""
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for _ in range(20):  # draw server keys until the knock port is free here
-        server_key = os.urandom(32)
-        if knock_port(server_key) <= 1024:
-            continue
-        try:
-            udp.bind((LOOPBACK, knock_port(server_key)))
-            break
-        except OSError:
-            continue
-    else:
-        pytest.fail("no free knock port in 20 draws")
+    udp, server_key = knock_catcher()
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "PYTHON"))}
