@@ -8,8 +8,9 @@ policy and carried out (helper for `open`; for `run`, a request to the
 action socket, whose outcome the loop logs when it comes: the verifier
 never waits for an action). It never sends a datagram (there is no send on
 the knock socket anywhere), catches no exception it does not expect (a bug
-crashes it and systemd restarts it), and holds no per-packet state: memory
-is bounded by the config. A counter store that cannot be read or written
+crashes it and systemd restarts it), and its state is bounded whatever
+arrives: the tags of the last RECENT packets it decided, and at most 4096
+rate buckets per kind. A counter store that cannot be read or written
 stops it (fail closed).
 """
 from __future__ import annotations
@@ -26,11 +27,11 @@ from gnocchi import (action_client, actions, config, counters, events, helper_cl
 
 RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
+RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
+EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
 # A client knocks a few times for a login (ProxyCommand retries 3 times), a
 # script a few a minute: these limits never touch that, and keep one client,
 # or one address, from spending the disk, the journal and the helper for all.
-RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
-EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
 CLIENT_BURST, CLIENT_REFILL = 20, 1.0     # knocks at once, then one a second
 ADDRESS_BURST, ADDRESS_REFILL = 40, 0.5   # per source address (clients behind one NAT)
 
