@@ -125,6 +125,22 @@ def check_socket(report: Report, port: int | None, unit_dir: str | None) -> None
                                f"but the server key's knock port is {port}; fix: {setup}")
 
 
+def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> None:
+    """SYN cookies always on let an ACK make a connection, and the gate judges SYNs
+    (docs/firewall.md, "SYN cookies"): a knocked client could replay its ACK, and
+    a stranger could guess a cookie. Debian's default, 1, is safe."""
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError:
+        return  # no IPv4 sysctls here: nothing to judge
+    if value == "2":
+        report.problems.append("net.ipv4.tcp_syncookies is 2 (SYN cookies always): a cookie "
+                               "connection starts with an ACK, which the gate does not judge; "
+                               "fix: sysctl -w net.ipv4.tcp_syncookies=1 (and in "
+                               "/etc/sysctl.d/, if you set 2 there)")
+
+
 def check_clients(report: Report, cfg: server_config.Config) -> None:
     report.clients = len(cfg.clients)
     if not cfg.clients:
@@ -170,6 +186,7 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = table.D
         report.problems.append(f"{e} (the verifier would refuse to start)")
     check_clients(report, cfg)
     check_socket(report, report.port, unit_dir)
+    check_syncookies(report)
     # The counter store: readable only with the verifier's or root's full rights;
     # where it is not (the arming unit has no CAP_DAC_*), the verifier checks it itself.
     if os.access(cfg.state_dir, os.R_OK | os.X_OK):
