@@ -86,8 +86,7 @@ def install(s: Server, deb) -> Server:
         text += f"\n[actions.{name}]\nargv = {json.dumps(argv)}\ntimeout = {ACTION_TIMEOUT}\n"
     config.write_text(text)
     box.run(["gnocchi", "setup"])
-    box.run(["systemctl", "enable", "--now",
-             "gnocchi-arm.service", "gnocchi-helper.socket", "gnocchi.socket"])
+    box.run(["systemctl", "enable", "--now", "gnocchi.socket"])  # the one switch
     s.start_listener()
     return s
 
