@@ -16,7 +16,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from support import Net
 
 # Units of the host image that have no business in the test container.
 MASK = ("postgresql.service", "apt-daily.timer", "apt-daily-upgrade.timer",
@@ -183,3 +186,19 @@ class Container:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+@contextmanager
+def installed(deb: Path, tag: str):
+    """(net, box): a booted container in the server namespace of a fresh Net,
+    with the .deb installed as an admin installs it; removed afterwards."""
+    with Net(tag) as net:
+        box = Container(net.server.name)
+        try:
+            box.boot()
+            shutil.copy(deb, box.root / "root" / deb.name)
+            box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root",
+                    timeout=180)
+            yield net, box
+        finally:
+            box.close()

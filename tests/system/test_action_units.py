@@ -14,13 +14,11 @@ store or the helper's socket.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
-from support import Net
-from systemd_container import Container
+from systemd_container import installed
 from test_system import CONFIG, PROTECTED, Server, need
 
 pytestmark = pytest.mark.system
@@ -57,19 +55,12 @@ ACTIONS = {
 @pytest.fixture(scope="module")
 def server(deb):
     need("systemd-nspawn", "nsenter", "nft")
-    with Net("a") as net:
-        box = Container(net.server.name)
-        try:
-            box.boot()
-            yield install(Server(net, box), deb)
-        finally:
-            box.close()
+    with installed(deb, "a") as (net, box):
+        yield install(Server(net, box))
 
 
-def install(s: Server, deb) -> Server:
+def install(s: Server) -> Server:
     box = s.box
-    shutil.copy(deb, box.root / "root" / deb.name)
-    box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root", timeout=180)
     s.port = int(box.run(["gnocchi", "keygen", "--server", "/etc/gnocchi/server.key"]).stdout)
     public = {}
     for name in ("alice", "bob"):

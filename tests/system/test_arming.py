@@ -10,7 +10,6 @@ trial arming.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ import time
 import pytest
 
 from support import Net
-from systemd_container import Container
+from systemd_container import Container, installed
+from test_system import need
 
 pytestmark = pytest.mark.system
 
@@ -109,25 +109,15 @@ class Box:
 
 @pytest.fixture(scope="module")
 def b(deb):
-    for tool in ("systemd-nspawn", "nsenter", "nft"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
-    with Net("a") as net:
-        box = Container(net.server.name)
-        try:
-            box.boot()
-            shutil.copy(deb, box.root / "root" / deb.name)
-            box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root",
-                    timeout=180)
-            b = Box(net, box)
-            b.run("mkdir", "-m", "0700", CLIENT_DIR)
-            b.public = b.run("gnocchi", "keygen", "--client",
-                             f"{CLIENT_DIR}/client.key").stdout.strip()
-            box.run(["systemd-run", "--unit=protected-service", "--quiet",
-                     "/usr/bin/python3", "-c", LISTENER])
-            yield b
-        finally:
-            box.close()
+    need("systemd-nspawn", "nsenter", "nft")
+    with installed(deb, "ar") as (net, box):
+        b = Box(net, box)
+        b.run("mkdir", "-m", "0700", CLIENT_DIR)
+        b.public = b.run("gnocchi", "keygen", "--client",
+                         f"{CLIENT_DIR}/client.key").stdout.strip()
+        box.run(["systemd-run", "--unit=protected-service", "--quiet",
+                 "/usr/bin/python3", "-c", LISTENER])
+        yield b
 
 
 # ---- arming refused (issue 11, item 1) --------------------------------------

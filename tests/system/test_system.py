@@ -25,7 +25,7 @@ import time
 import pytest
 
 from support import Net
-from systemd_container import Container
+from systemd_container import Container, installed
 
 pytestmark = pytest.mark.system
 
@@ -112,20 +112,12 @@ class Server:
 @pytest.fixture(scope="module")
 def server(deb):
     need("systemd-nspawn", "nsenter", "nft")
-    with Net("y") as net:
-        box = Container(net.server.name)
-        try:
-            box.boot()
-            yield install(Server(net, box), deb)
-        finally:
-            box.close()
+    with installed(deb, "y") as (net, box):
+        yield install(Server(net, box))
 
 
-def install(s: Server, deb) -> Server:
+def install(s: Server) -> Server:
     box = s.box
-    shutil.copy(deb, box.root / "root" / deb.name)
-    box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root", timeout=180)
-
     assert_nothing_enabled_or_running(s)
 
     # The admin: server key, then the client's public key in the config.
