@@ -1,5 +1,7 @@
 """gnocchi.actions: the payload on stdin, a fixed environment, bounded output, a timeout that kills the group."""
+import os
 import subprocess
+import time
 
 from gnocchi import actions
 from gnocchi.config import Action
@@ -15,12 +17,14 @@ def test_action_gets_payload_and_only_its_environment():
 
 
 def test_action_timeout_kills_it_and_its_children():
-    script = ("import subprocess, time; subprocess.Popen(['sleep', '30']); "
+    # A duration no other process uses, so pgrep below sees only this child.
+    marker = f"30.{os.getpid()}{time.monotonic_ns() % 100000}"
+    script = (f"import subprocess, time; subprocess.Popen(['sleep', '{marker}']); "
               "print('x', flush=True); time.sleep(30)")
     out = actions.run(Action("t", (PYTHON, "-c", script), 0.5), "a", "198.18.3.1", b"")
     assert out.returncode is None and "killed after its timeout of 0.5 s" in out.problem
     assert out.output == b"x\n"
-    leftover = subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-f", f"^sleep {marker}$"], capture_output=True, text=True)
     assert leftover.stdout == ""  # the child went with the group
 
 
