@@ -100,11 +100,12 @@ def check_request(text: str) -> bytes:
     """The request as PROTOCOL.md's DATA, or KnockError saying what a request looks like."""
     # The server's own grammar; surrogatepass keeps argv's undecodable bytes
     # as bytes here, so they are judged as the request line or the payload.
-    if text and isinstance(knock_request.parse(text.encode("utf-8", "surrogatepass")),
-                           knock_request.Bad):
-        raise KnockError(f"request {text[:60]!r} is not one of: open PORT, open PORT/tcp, "
-                         "open PORT/udp, run NAME (NAME: letters, digits, _ . -), "
-                         "or empty for the server's default")
+    request = knock_request.parse(text.encode("utf-8", "surrogatepass"))
+    if text and isinstance(request, knock_request.Bad):
+        raise KnockError(f"request {text[:60]!r} is not one of: open PORT[/tcp|/udp] (up to "
+                         f"{knock_request.MAX_PORTS} ports, one space apart, each once), "
+                         "run NAME (NAME: letters, digits, _ . -), or empty for the server's "
+                         f"default ({request.why})")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
@@ -113,6 +114,17 @@ def check_request(text: str) -> bytes:
         raise KnockError(f"request is {len(data)} bytes; at most {protocol.MAX_BODY} fit "
                          "in a knock")
     return data
+
+
+def check_proxy_port(data: bytes, port: int) -> None:
+    """--proxy connects to TCP port: a request that opens ports (one or several)
+    must open that one, or every knock would be spent on a connect that cannot
+    come up. An empty request is the server's default, which only it knows."""
+    request = knock_request.parse(data) if data else None
+    if (isinstance(request, (knock_request.Open, knock_request.OpenPorts))
+            and knock_request.Open(port, "tcp") not in request.opens):
+        raise KnockError(f"--proxy connects to TCP port {port}, but the request "
+                         f"'{request}' does not open it: add {port} to the request")
 
 
 def resolve(host: str, port: int, need_ipv4: bool) -> tuple[int, str]:
@@ -238,14 +250,17 @@ def parser() -> argparse.ArgumentParser:
                         "default: the address HOST resolves to")
     req = p.add_mutually_exclusive_group()
     req.add_argument("--request", metavar="TEXT",
-                     help='"open PORT[/tcp|/udp]" or "run NAME"; default: the profile\'s, '
-                          "else empty (the server's default for this client)")
-    req.add_argument("--open", metavar="PORT[/PROTO]", help='shorthand for --request "open PORT"')
+                     help='"open PORT[/tcp|/udp] ..." (up to 8 ports) or "run NAME"; default: '
+                          "the profile's, else empty (the server's default for this client)")
+    req.add_argument("--open", metavar="PORT[/PROTO]", action="append",
+                     help='shorthand for --request "open PORT"; repeated, one knock opens '
+                          'them all (--open 22 --open 60001/udp)')
     req.add_argument("--run", metavar="NAME", help='shorthand for --request "run NAME"')
     p.add_argument("--payload", metavar="FILE",
                    help="with --run: send FILE's contents (- for standard input) as the payload")
     p.add_argument("--proxy", nargs=2, metavar=("HOST", "PORT"),
-                   help="for ssh's ProxyCommand: knock HOST, connect to PORT, relay stdin/stdout")
+                   help="for ssh's ProxyCommand: knock HOST, connect to TCP PORT, relay "
+                        "stdin/stdout; a request that opens ports must open PORT/tcp among them")
     p.add_argument("--attempts", type=int, default=ATTEMPTS,
                    help=f"--proxy: knocks before giving up (default {ATTEMPTS})")
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
@@ -258,7 +273,7 @@ def _request_text(args, prof: Optional[profile.Profile]) -> str:
     if args.payload is not None and args.run is None:
         raise KnockError("--payload goes with --run NAME")
     if args.open is not None:
-        return f"open {args.open}"
+        return "open " + " ".join(args.open)
     if args.run is not None:
         if args.payload is None:
             return f"run {args.run}"
@@ -308,8 +323,10 @@ def build(args) -> Knock:
         request = check_request(text)
     except KnockError as e:
         if prof and text == prof.request and args.request is None:
-            raise KnockError(f"{config}: [profiles.{prof.name}] request: {e}") from None
+            raise KnockError(f"{config}: profiles.{prof.name}.request: {e}") from None
         raise
+    if args.proxy:
+        check_proxy_port(request, int(args.proxy[1]))
     return Knock(host, server_key_file, client_key_file, args.state_dir or default_state_dir(),
                  sign_ip, request)
 
