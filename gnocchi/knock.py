@@ -116,6 +116,14 @@ def check_request(text: str) -> bytes:
     return data
 
 
+def proxy_port(text: str) -> int:
+    """--proxy's PORT, read as the request grammar reads a port: 22 (or 22/tcp)."""
+    port = knock_request.parse_port(text)
+    if port is None or port.proto != "tcp":
+        raise KnockError(f"--proxy port {text!r} is not a TCP port number")
+    return port.port
+
+
 def check_proxy_port(data: bytes, port: int) -> None:
     """--proxy connects to TCP port: a request that opens ports (one or several)
     must open that one, or every knock would be spent on a connect that cannot
@@ -325,8 +333,6 @@ def build(args) -> Knock:
         if prof and text == prof.request and args.request is None:
             raise KnockError(f"{config}: profiles.{prof.name}.request: {e}") from None
         raise
-    if args.proxy:
-        check_proxy_port(request, int(args.proxy[1]))
     return Knock(host, server_key_file, client_key_file, args.state_dir or default_state_dir(),
                  sign_ip, request)
 
@@ -341,8 +347,7 @@ def main(argv=None) -> int:
     try:
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")
-        if args.proxy and not (args.proxy[1].isdigit() and 1 <= int(args.proxy[1]) <= 65535):
-            raise KnockError(f"--proxy port {args.proxy[1]!r} is not a port number")
+        port = proxy_port(args.proxy[1]) if args.proxy else None
         if not 1 <= args.attempts <= 10:
             raise KnockError("--attempts must be 1 to 10")
         if not 0 < args.connect_timeout <= 60:
@@ -351,8 +356,9 @@ def main(argv=None) -> int:
             raise KnockError("--payload - reads standard input, which --proxy relays: "
                              "give the payload in a file")
         knock = build(args)
-        if args.proxy:
-            proxy(knock, int(args.proxy[1]), args.attempts, args.connect_timeout, say)
+        if port is not None:
+            check_proxy_port(knock.request, port)  # before any counter is spent
+            proxy(knock, port, args.attempts, args.connect_timeout, say)
         else:
             counter = knock.send()
             say(f"knocked {knock.address} port {knock.port} (server key "

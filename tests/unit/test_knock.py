@@ -510,3 +510,13 @@ def test_proxy_refuses_a_request_that_does_not_open_its_port(setup, request_args
     assert "does not open it" in err and err.count("\n") == 1
     assert setup.nothing_received()
     assert not setup.state_dir.exists() or not list(setup.state_dir.glob("*.counter"))
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "ssh", "022", "22/udp"])
+def test_proxy_port_is_read_as_the_grammar_reads_a_tcp_port(setup, port):
+    result = subprocess.run(proxy_argv(setup, port), cwd=REPO, env=setup.env,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.decode() == (f"gnocchi-knock: --proxy port {port!r} is not a TCP port "
+                                      "number\n")
+    assert setup.nothing_received()
