@@ -102,10 +102,8 @@ def check_request(text: str) -> bytes:
     # as bytes here, so they are judged as the request line or the payload.
     request = knock_request.parse(text.encode("utf-8", "surrogatepass"))
     if text and isinstance(request, knock_request.Bad):
-        raise KnockError(f"request {text[:60]!r} is not one of: open PORT[/tcp|/udp] (up to "
-                         f"{knock_request.MAX_PORTS} ports, one space apart, each once), "
-                         "run NAME (NAME: letters, digits, _ . -), or empty for the server's "
-                         f"default ({request.why})")
+        # why is the grammar's own words, the same the server would log.
+        raise KnockError(f"request {text[:60]!r}: {request.why}")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:

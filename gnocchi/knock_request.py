@@ -82,7 +82,7 @@ def parse_open(ports: str) -> Open | OpenPorts | Bad:
     for item in items:
         port = parse_port(item)
         if port is None:
-            return Bad(f"not open PORT[/tcp|/udp] ... (PORT 1..65535, at most {MAX_PORTS}, "
+            return Bad(f"not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to {MAX_PORTS} ports, "
                        "one space apart)")
         if port in opens:
             return Bad(f"{port.port}/{port.proto} named twice")
@@ -101,7 +101,8 @@ def parse(data: bytes) -> Open | OpenPorts | Run | Bad:
     if verb == "open" and space and not newline:
         return parse_open(arg)
     if verb == "open":
-        return Bad("not open PORT[/tcp|/udp] ...")
+        return Bad(f"not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to {MAX_PORTS} ports, "
+                   "one space apart)")
     if verb == "run" and space and _NAME.fullmatch(arg):
         return Run(arg, payload)
     if verb == "run":

@@ -236,21 +236,22 @@ def test_payload_from_a_file(setup, tmp_path):
 
 
 @pytest.mark.parametrize("args, stdin, words", [
-    (("--request", "open 0"), None, "is not one of: open PORT"),
-    (("--request", "open 65536"), None, "is not one of"),
-    (("--request", "open 22/sctp"), None, "is not one of"),
-    (("--request", "open 022"), None, "is not one of"),
-    (("--request", "shutdown"), None, "is not one of"),
-    (("--open", "ssh"), None, "is not one of"),
-    (("--run", "../x"), None, "is not one of"),
-    (("--run", "motd now"), None, "is not one of"),
+    (("--request", "open 0"), None,
+     "request 'open 0': not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to 8 ports"),
+    (("--request", "open 65536"), None, "not open PORT"),
+    (("--request", "open 22/sctp"), None, "not open PORT"),
+    (("--request", "open 022"), None, "not open PORT"),
+    (("--request", "shutdown"), None, "request 'shutdown': unknown request (known: open, run)"),
+    (("--open", "ssh"), None, "request 'open ssh': not open PORT"),
+    (("--run", "../x"), None, "request 'run ../x': not run NAME (NAME: letters, digits, _ . -)"),
+    (("--run", "motd now"), None, "not run NAME"),
     (("--run", "motd", "--payload", "-"), b"x" * 900, "at most 864 fit"),
     (("--run", "motd", "--payload", "-"), b"\xff\xfe", "not UTF-8"),
     (("--payload", "-"), b"x", "--payload goes with --run"),
-    (("--request", "open 22 22/tcp"), None, "(22/tcp named twice)"),
-    (("--open", "22", "--open", "22"), None, "(22/tcp named twice)"),
-    (("--request", "open 22  60001/udp"), None, "is not one of: open PORT[/tcp|/udp] (up to 8"),
-    (("--request", "open " + " ".join(map(str, range(1, 10)))), None, "(more than 8 ports)"),
+    (("--request", "open 22 22/tcp"), None, "request 'open 22 22/tcp': 22/tcp named twice"),
+    (("--open", "22", "--open", "22"), None, "request 'open 22 22': 22/tcp named twice"),
+    (("--request", "open 22  60001/udp"), None, "1 to 8 ports, one space apart"),
+    (("--request", "open " + " ".join(map(str, range(1, 10)))), None, ": more than 8 ports"),
 ])
 def test_bad_requests_are_refused_before_anything_is_sent(setup, args, stdin, words):
     result = setup.knock(*args, stdin=stdin)
