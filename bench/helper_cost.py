@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 from gnocchi import helper_client  # noqa: E402
+from gnocchi.knock_request import Open  # noqa: E402
 from support import Helper, Net, load_table  # noqa: E402
 
 BATCH = 200  # addresses per batch, each knocked twice: 400 elements at most
@@ -40,7 +41,8 @@ def main() -> int:
         try:
             pid = helper.proc.pid
             assert "helper" in open(f"/proc/{pid}/cmdline").read(), "not the helper's pid"
-            helper_client.request_open(str(helper.path), ipaddress.ip_address("198.18.99.1"), 22, "tcp")
+            ssh = [Open(22, "tcp")]
+            helper_client.request_open(str(helper.path), ipaddress.ip_address("198.18.99.1"), ssh)
             times, statuses, cpu0 = [], {}, cpu_seconds(pid)
             for i in range(total):
                 if i % (2 * BATCH) == 0:
@@ -48,7 +50,7 @@ def main() -> int:
                 address = ipaddress.ip_address(int(ipaddress.ip_address("198.18.100.0"))
                                                + (i // (2 * BATCH)) * BATCH + i % BATCH)
                 t = time.perf_counter()
-                status = helper_client.request_open(str(helper.path), address, 22, "tcp")
+                status = helper_client.request_open(str(helper.path), address, ssh)
                 times.append(time.perf_counter() - t)
                 statuses[status] = statuses.get(status, 0) + 1
             cpu = cpu_seconds(pid) - cpu0

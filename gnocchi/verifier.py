@@ -151,8 +151,7 @@ class Verifier:
 
     def open(self, client, common: dict, request: knock_request.Open, source) -> None:
         try:
-            status = helper_client.request_open(self.cfg.helper_socket, source, request.port,
-                                                request.proto)
+            status = helper_client.request_open(self.cfg.helper_socket, source, [request])
         except helper_client.HelperUnreachable as e:
             self.log.event("helper-failed", f"{request} for client {client.name} from {source}: "
                            f"helper: {e}", request=str(request),
