@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gnocchi import knock_request, protocol
+from gnocchi import helper_client, knock_request, protocol
 
 VECTORS_DIR = Path(__file__).parent.parent / "vectors"
 REQUESTS = json.loads((VECTORS_DIR / "requests-v1.json").read_text())
@@ -15,8 +15,8 @@ KNOCK = json.loads((VECTORS_DIR / "knock-v1.json").read_text())  # keys, address
 BY_NAME = {r["name"]: r for r in REQUESTS["requests"]}
 
 
-def test_the_limit_is_the_grammars():
-    assert REQUESTS["max_ports"] == knock_request.MAX_PORTS
+def test_the_limit_is_the_grammars_and_the_helpers():
+    assert REQUESTS["max_ports"] == knock_request.MAX_PORTS == helper_client.MAX_PORTS
 
 
 @pytest.mark.parametrize("vector", REQUESTS["requests"], ids=lambda v: v["name"])
