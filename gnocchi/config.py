@@ -4,9 +4,10 @@ Trusts the config file's author, not the file's spelling: every key is checked,
 unknown keys are errors (a typo must not silently drop a restriction), and
 every ConfigError names the file and the key path, e.g.
 "/etc/gnocchi/gnocchi.toml: clients.alice.allow[1]: '22/sctp' is not PORT,
-PORT/tcp or PORT/udp". A Config that loads is consistent: every client's
-actions exist, its default request is one it is allowed, and no public key
-belongs to two clients.
+PORT/tcp or PORT/udp" (gnocchi.checked_toml, shared with the client's
+profiles). A Config that loads is consistent: every client's actions exist,
+its default request (one port or several) is one it is allowed, and no public
+key belongs to two clients.
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import datetime
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from typing import Optional
 
-from gnocchi import knock_request
+from gnocchi import checked_toml, knock_request
 from gnocchi.keys import parse_public_hex
 
 DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
@@ -65,9 +65,13 @@ class Client:
 
     def why_not(self, request: knock_request.Request) -> str | None:
         """None if this client may make request, else why not."""
-        if isinstance(request, knock_request.Open) and request not in self.allow:
-            allowed = ", ".join(f"{o.port}/{o.proto}" for o in self.allow) or "none"
-            return f"{request.port}/{request.proto} is not in this client's allow list ({allowed})"
+        if isinstance(request, (knock_request.Open, knock_request.OpenPorts)):
+            # Every port must be allowed: a request is opened whole or not at all.
+            refused = [f"{o.port}/{o.proto}" for o in request.opens if o not in self.allow]
+            if refused:
+                allowed = ", ".join(f"{o.port}/{o.proto}" for o in self.allow) or "none"
+                return (f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not in "
+                        f"this client's allow list ({allowed})")
         if isinstance(request, knock_request.Run) and request.name not in self.actions:
             allowed = ", ".join(self.actions) or "none"
             return f"action {request.name!r} is not in this client's actions ({allowed})"
@@ -92,51 +96,11 @@ class Config:
         return next(a for a in self.actions if a.name == name)
 
 
-class _Where:
-    """Builds errors that name the file and the key path."""
+class _Where(checked_toml.Where):
+    """Errors that name the file and the key path, and the config's own names."""
 
     def __init__(self, path: str):
-        self.path = path
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}")
-
-    def table(self, value, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a table, not {_kind(value)}")
-        for k in value:
-            if k not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(_join(key, k), f"unknown key (known here: {known})")
-        for k in sorted(required):
-            if k not in value:
-                raise self.error(_join(key, k), "missing (required)")
-        return value
-
-    def entries(self, value, key: str) -> list:
-        """The (name, table) pairs of a table of named tables, such as [clients.NAME]."""
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a table of named tables, not {_kind(value)}")
-        return list(value.items())
-
-    def string(self, value, key: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.error(key, f"must be a non-empty string, not {_kind(value)}")
-        return value
-
-    def path_string(self, value, key: str) -> str:
-        text = self.string(value, key)
-        if not os.path.isabs(text):
-            raise self.error(key, f"{text!r} is not an absolute path")
-        return text
-
-    def string_list(self, value, key: str) -> list[str]:
-        if not isinstance(value, list):
-            raise self.error(key, f"must be a list of strings, not {_kind(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.error(f"{key}[{i}]", f"must be a string, not {_kind(item)}")
-        return value
+        super().__init__(path, ConfigError)
 
     def name(self, value: str, key: str) -> str:
         if not NAME.fullmatch(value):
@@ -145,29 +109,10 @@ class _Where:
         return value
 
 
-def _kind(value) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _join(key: str, sub: str) -> str:
-    return f"{key}.{sub}" if key else sub
-
-
 def load(path: str = DEFAULT_PATH) -> Config:
     where = _Where(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise where.error("", "no such file (the package installs a commented example there)") from None
-    except OSError as e:
-        raise where.error("", f"cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise where.error("", f"not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise where.error("", "not valid UTF-8") from None
-    return parse(doc, where)
+    return parse(where.read(missing="no such file (the package installs a commented example "
+                                    "there)"), where)
 
 
 def parse(doc: dict, where: _Where) -> Config:
@@ -228,7 +173,7 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     allow = []
     raw_allow = value.get("allow", [])
     if not isinstance(raw_allow, list):
-        raise where.error(f"{key}.allow", f"must be a list, not {_kind(raw_allow)}")
+        raise where.error(f"{key}.allow", f"must be a list, not {checked_toml.kind(raw_allow)}")
     for i, item in enumerate(raw_allow):
         port = knock_request.parse_port(item) if isinstance(item, (str, int)) else None
         if port is None:
@@ -272,4 +217,4 @@ def _expiry(where: _Where, value, key: str) -> Optional[datetime.datetime]:
     if isinstance(value, datetime.date):
         return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
     raise where.error(key, f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
-                      f"with an offset, not {_kind(value)}")
+                      f"with an offset, not {checked_toml.kind(value)}")

@@ -1,11 +1,12 @@
 """The verifier's side of the helper request (docs/contracts.md; helper/request.py is the other).
 
-Trusts the helper only to answer one byte. Sends exactly one 30-byte request
-per connection on the helper's SOCK_SEQPACKET socket, with a deadline past
+Trusts the helper only to answer one byte. Sends exactly one request (one
+address, 1 to MAX_PORTS ports the helper opens all or none of) per connection
+on the helper's SOCK_SEQPACKET socket, with a deadline past
 which the helper acts on it no more, waits for the status byte until a little
 after that deadline, and reports either a status name or why there is none,
 saying whether anything can have been opened. Builds the request only from typed values (an
-ipaddress object, an int port, "tcp"/"udp"): never from packet bytes.
+ipaddress object, objects with an int .port and a .proto of "tcp"/"udp"): never from packet bytes.
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import struct
 import time
 
 # The format by the names helper/request.py gives it (docs/contracts.md).
-# version, family, proto, pad, port, address, deadline (CLOCK_MONOTONIC, ms): 30 bytes
-REQUEST = struct.Struct("!BBBBH16sQ")
-VERSION = 2
+# A header (version, family, count, pad, address, deadline: CLOCK_MONOTONIC, ms),
+# then `count` entries (proto, port).
+HEADER = struct.Struct("!BBBB16sQ")
+ENTRY = struct.Struct("!BH")
+VERSION = 3
+MAX_PORTS = 8
 PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
-STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
-            "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED")
+STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
+            "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE")
 DEADLINE = 3.0  # seconds: the helper acts on the request only before this
 GRACE = 1.0     # seconds more to wait for its answer: one nft transaction takes milliseconds
 
@@ -29,21 +33,27 @@ class HelperUnreachable(Exception):
     """The helper did not answer; str() says why (no socket, refused, timeout, ...)."""
 
 
-def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, proto: str,
+def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, opens,
            deadline_ms: int) -> bytes:
-    if address.version == 4:
-        packed = address.packed + bytes(12)
-    else:
-        packed = address.packed
-    number = next(n for n, name in PROTOCOLS.items() if name == proto)
-    return REQUEST.pack(VERSION, address.version, number, 0, port, packed, deadline_ms)
+    """The request for opens (each with .port and .proto); ValueError for what the
+    helper would refuse whole, so the caller keeps to 1..MAX_PORTS distinct ports."""
+    number = {name: n for n, name in PROTOCOLS.items()}
+    entries = [(number[o.proto], o.port) for o in opens]
+    if not 1 <= len(entries) <= MAX_PORTS:
+        raise ValueError(f"{len(entries)} ports in one request: the helper takes 1 to {MAX_PORTS}")
+    if len(set(entries)) != len(entries):
+        raise ValueError("a port twice in one request: the helper refuses it whole")
+    packed = address.packed + bytes(16 - len(address.packed))  # IPv4: then 12 zero bytes
+    return HEADER.pack(VERSION, address.version, len(entries), 0, packed, deadline_ms) + b"".join(
+        ENTRY.pack(*entry) for entry in entries)
 
 
-def request_open(socket_path: str, address, port: int, proto: str,
-                 deadline: float = DEADLINE, clock=time.monotonic) -> str:
-    """Ask the helper to open port/proto to address; returns its status name ("OK", ...)."""
+def request_open(socket_path: str, address, opens, deadline: float = DEADLINE,
+                 clock=time.monotonic) -> str:
+    """Ask the helper to open every one of opens (objects with .port, .proto) to
+    address, all or none; returns its status name ("OK", ...)."""
     start = clock()
-    message = encode(address, port, proto, int((start + deadline) * 1000))
+    message = encode(address, opens, int((start + deadline) * 1000))
     sent = False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:

@@ -100,11 +100,10 @@ def check_request(text: str) -> bytes:
     """The request as PROTOCOL.md's DATA, or KnockError saying what a request looks like."""
     # The server's own grammar; surrogatepass keeps argv's undecodable bytes
     # as bytes here, so they are judged as the request line or the payload.
-    if text and isinstance(knock_request.parse(text.encode("utf-8", "surrogatepass")),
-                           knock_request.Bad):
-        raise KnockError(f"request {text[:60]!r} is not one of: open PORT, open PORT/tcp, "
-                         "open PORT/udp, run NAME (NAME: letters, digits, _ . -), "
-                         "or empty for the server's default")
+    request = knock_request.parse(text.encode("utf-8", "surrogatepass"))
+    if text and isinstance(request, knock_request.Bad):
+        # why is the grammar's own words, the same the server would log.
+        raise KnockError(f"request {text[:60]!r}: {request.why}")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
@@ -113,6 +112,25 @@ def check_request(text: str) -> bytes:
         raise KnockError(f"request is {len(data)} bytes; at most {protocol.MAX_BODY} fit "
                          "in a knock")
     return data
+
+
+def proxy_port(text: str) -> int:
+    """--proxy's PORT, read as the request grammar reads a port: 22 (or 22/tcp)."""
+    port = knock_request.parse_port(text)
+    if port is None or port.proto != "tcp":
+        raise KnockError(f"--proxy port {text!r} is not a TCP port number")
+    return port.port
+
+
+def check_proxy_port(data: bytes, port: int) -> None:
+    """--proxy connects to TCP port: a request that opens ports (one or several)
+    must open that one, or every knock would be spent on a connect that cannot
+    come up. An empty request is the server's default, which only it knows."""
+    request = knock_request.parse(data) if data else None
+    if (isinstance(request, (knock_request.Open, knock_request.OpenPorts))
+            and knock_request.Open(port, "tcp") not in request.opens):
+        raise KnockError(f"--proxy connects to TCP port {port}, but the request "
+                         f"'{request}' does not open it: add {port} to the request")
 
 
 def resolve(host: str, port: int, need_ipv4: bool) -> tuple[int, str]:
@@ -238,14 +256,17 @@ def parser() -> argparse.ArgumentParser:
                         "default: the address HOST resolves to")
     req = p.add_mutually_exclusive_group()
     req.add_argument("--request", metavar="TEXT",
-                     help='"open PORT[/tcp|/udp]" or "run NAME"; default: the profile\'s, '
-                          "else empty (the server's default for this client)")
-    req.add_argument("--open", metavar="PORT[/PROTO]", help='shorthand for --request "open PORT"')
+                     help='"open PORT[/tcp|/udp] ..." (up to 8 ports) or "run NAME"; default: '
+                          "the profile's, else empty (the server's default for this client)")
+    req.add_argument("--open", metavar="PORT[/PROTO]", action="append",
+                     help='shorthand for --request "open PORT"; repeated, one knock opens '
+                          'them all (--open 22 --open 60001/udp)')
     req.add_argument("--run", metavar="NAME", help='shorthand for --request "run NAME"')
     p.add_argument("--payload", metavar="FILE",
                    help="with --run: send FILE's contents (- for standard input) as the payload")
     p.add_argument("--proxy", nargs=2, metavar=("HOST", "PORT"),
-                   help="for ssh's ProxyCommand: knock HOST, connect to PORT, relay stdin/stdout")
+                   help="for ssh's ProxyCommand: knock HOST, connect to TCP PORT, relay "
+                        "stdin/stdout; a request that opens ports must open PORT/tcp among them")
     p.add_argument("--attempts", type=int, default=ATTEMPTS,
                    help=f"--proxy: knocks before giving up (default {ATTEMPTS})")
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
@@ -258,7 +279,7 @@ def _request_text(args, prof: Optional[profile.Profile]) -> str:
     if args.payload is not None and args.run is None:
         raise KnockError("--payload goes with --run NAME")
     if args.open is not None:
-        return f"open {args.open}"
+        return "open " + " ".join(args.open)
     if args.run is not None:
         if args.payload is None:
             return f"run {args.run}"
@@ -308,7 +329,7 @@ def build(args) -> Knock:
         request = check_request(text)
     except KnockError as e:
         if prof and text == prof.request and args.request is None:
-            raise KnockError(f"{config}: [profiles.{prof.name}] request: {e}") from None
+            raise KnockError(f"{config}: profiles.{prof.name}.request: {e}") from None
         raise
     return Knock(host, server_key_file, client_key_file, args.state_dir or default_state_dir(),
                  sign_ip, request)
@@ -324,8 +345,7 @@ def main(argv=None) -> int:
     try:
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")
-        if args.proxy and not (args.proxy[1].isdigit() and 1 <= int(args.proxy[1]) <= 65535):
-            raise KnockError(f"--proxy port {args.proxy[1]!r} is not a port number")
+        port = proxy_port(args.proxy[1]) if args.proxy else None
         if not 1 <= args.attempts <= 10:
             raise KnockError("--attempts must be 1 to 10")
         if not 0 < args.connect_timeout <= 60:
@@ -334,8 +354,9 @@ def main(argv=None) -> int:
             raise KnockError("--payload - reads standard input, which --proxy relays: "
                              "give the payload in a file")
         knock = build(args)
-        if args.proxy:
-            proxy(knock, int(args.proxy[1]), args.attempts, args.connect_timeout, say)
+        if port is not None:
+            check_proxy_port(knock.request, port)  # before any counter is spent
+            proxy(knock, port, args.attempts, args.connect_timeout, say)
         else:
             counter = knock.send()
             say(f"knocked {knock.address} port {knock.port} (server key "

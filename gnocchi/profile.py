@@ -1,9 +1,11 @@
 """gnocchi-knock's profiles: `~/.config/gnocchi/knock.toml` -> Profile.
 
-Trusts the user's own config file only as far as its types: every key is
-checked, unknown keys are refused, and every error is a ProfileError naming
-the file and the key. Paths are expanded (`~`) and taken relative to the
-config file's directory. Example (see docs/client.md):
+Trusts the user's own config file only as far as its types: the file is read
+and every key checked as the server's config is (gnocchi.checked_toml):
+unknown keys are refused, a request is checked with the verifier's own
+grammar (gnocchi.knock_request), and every error is one ProfileError line,
+"FILE: profiles.NAME.key: problem". Paths are expanded (`~`) and taken
+relative to the config file's directory. Example (see docs/client.md):
 
     default = "work"                  # optional: the profile used without HOST
 
@@ -12,7 +14,7 @@ config file's directory. Example (see docs/client.md):
     server_key_file = "work-server.key"
     client_key_file = "client.key"
     sign_ip = "203.0.113.7"          # optional: the server's public IPv4 (NAT)
-    request = "open 22"               # optional: default request
+    request = "open 22 60001/udp"     # optional: default request (one port or several)
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from gnocchi import checked_toml, knock_request
 
 
 class ProfileError(Exception):
@@ -54,49 +58,34 @@ def parse_sign_ip(text: str, what: str) -> str:
                            "(knock protocol v1 signs an IPv4 address)") from None
 
 
-def _profile(path: Path, name: str, table) -> Profile:
-    where = f"{path}: [profiles.{name}]"
-    if not isinstance(table, dict):
-        raise ProfileError(f"{where} must be a table")
-    unknown = sorted(set(table) - set(_STRING_KEYS))
-    if unknown:
-        raise ProfileError(f"{where}: unknown key {unknown[0]!r} "
-                           f"(known: {', '.join(_STRING_KEYS)})")
-    values = {}
-    for key, value in table.items():
-        if not isinstance(value, str) or not value:
-            raise ProfileError(f"{where}: {key} must be a non-empty string")
-        values[key] = value
-    for key in ("server_key_file", "client_key_file"):
-        if key in values:
+def _profile(where: checked_toml.Where, name: str, table) -> Profile:
+    key = f"profiles.{name}"
+    where.table(table, key, set(_STRING_KEYS))
+    values = {k: where.string(v, f"{key}.{k}") for k, v in table.items()}
+    for k in ("server_key_file", "client_key_file"):
+        if k in values:
             # relative to the config file, so a profile works from any directory
-            values[key] = path.parent / Path(values[key]).expanduser()
+            values[k] = Path(where.path).parent / Path(values[k]).expanduser()
     if "sign_ip" in values:
-        values["sign_ip"] = parse_sign_ip(values["sign_ip"], f"{where} sign_ip")
+        values["sign_ip"] = parse_sign_ip(values["sign_ip"], f"{where.path}: {key}.sign_ip")
+    if "request" in values:
+        # The verifier's own grammar: a request the server would refuse as
+        # malformed never costs a counter.
+        request = knock_request.parse(values["request"].encode())
+        if isinstance(request, knock_request.Bad):
+            raise where.error(f"{key}.request", f"{values['request'][:60]!r}: {request.why}")
     return Profile(name=name, **values)
 
 
 def load(path: Path) -> tuple[dict[str, Profile], Optional[str]]:
     """Profiles by name, and the name of the default profile (or None)."""
-    import tomllib  # only when there is a profile file: a knock with flags alone skips it
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ProfileError(f"{path}: cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{path}: not valid TOML: {e}") from None
-    unknown = sorted(set(doc) - {"default", "profiles"})
-    if unknown:
-        raise ProfileError(f"{path}: unknown key {unknown[0]!r} "
-                           "(known: default, [profiles.NAME])")
-    tables = doc.get("profiles", {})
-    if not isinstance(tables, dict):
-        raise ProfileError(f"{path}: profiles must be tables, [profiles.NAME]")
-    profiles = {name: _profile(path, name, table) for name, table in tables.items()}
+    where = checked_toml.Where(path, ProfileError)
+    doc = where.table(where.read(), "", {"default", "profiles"})
+    profiles = {name: _profile(where, name, table)
+                for name, table in where.entries(doc.get("profiles", {}), "profiles")}
     default = doc.get("default")
     if default is not None and default not in profiles:
-        raise ProfileError(f"{path}: default = {default!r} names no [profiles.NAME] table")
+        raise where.error("default", f"{default!r} names no [profiles.NAME] table")
     return profiles, default
 
 

@@ -109,10 +109,10 @@ class Verifier:
             self.refuse(client, common, shown, request.why, said="a malformed request")
         elif why := client.why_not(request):
             self.refuse(client, common, str(request), why)
-        elif isinstance(request, knock_request.Open):
-            self.open(client, common, request, source)
-        else:
+        elif isinstance(request, knock_request.Run):
             self.run(client, common, request, source)
+        else:
+            self.open(client, common, request, source)
 
     def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
         if result.reason == protocol.UNKNOWN_CLIENT:  # counted by key id and source only
@@ -149,10 +149,12 @@ class Verifier:
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client, common: dict, request: knock_request.Open, source) -> None:
+    def open(self, client, common: dict, request: knock_request.Open | knock_request.OpenPorts,
+             source) -> None:
+        """An allowed Open or OpenPorts: one helper request, which opens every
+        port or none, and one entry that names them all."""
         try:
-            status = helper_client.request_open(self.cfg.helper_socket, source, request.port,
-                                                request.proto)
+            status = helper_client.request_open(self.cfg.helper_socket, source, request.opens)
         except helper_client.HelperUnreachable as e:
             self.log.event("helper-failed", f"{request} for client {client.name} from {source}: "
                            f"helper: {e}", request=str(request),

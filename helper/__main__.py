@@ -1,12 +1,12 @@
-"""gnocchi's root helper: one knocked-set element per good request, nothing else.
+"""gnocchi's root helper: a good request's knocked-set elements, all or none; nothing else.
 
 `python3 /usr/lib/gnocchi/helper [--peer-user NAME] [--open-seconds N]`,
 socket-activated on one AF_UNIX SOCK_SEQPACKET socket; README.md here is the
 contract. Trusts systemd for that socket and the kernel for SO_PEERCRED and
 the live table; trusts nothing a peer sends. Guarantees: only the peer user
 is served, one status byte per connection, one log entry per decision, the
-helper's own timeout on every element, at most MAX_PER_MINUTE adds a minute
-for one address, and nothing done for a request past its deadline.
+helper's own timeout on every element, at most MAX_PER_MINUTE requests a
+minute for one address, and nothing done for a request past its deadline.
 """
 import argparse
 import collections
@@ -24,14 +24,14 @@ import nft
 import request as rq
 
 RECV_SECONDS = 2.0   # a peer that connects and says nothing holds us this long
-# Adds per address: above what the verifier lets one address have (40 at once,
+# Requests per address: above what the verifier lets one address have (40 at once,
 # then two a second), so the helper never decides who gets in when the verifier
 # behaves; a stolen verifier still cannot churn one address's knocks faster.
 MAX_PER_MINUTE = 200
 MESSAGE_ID = "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013"
 PRIORITY = {rq.OK: journal.LOG_INFO, rq.NOT_PROTECTED: journal.LOG_WARNING,
             rq.RATE_LIMITED: journal.LOG_WARNING, rq.NFT_FAILED: journal.LOG_ERR,
-            rq.EXPIRED: journal.LOG_WARNING}
+            rq.EXPIRED: journal.LOG_WARNING}  # anything else (malformed, BAD_PEER): LOG_CRIT
 
 
 def log(status: int, text: str, fields: dict) -> None:
@@ -57,7 +57,7 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
         # Read even a stranger's message: closing on unread data resets the
         # connection before the peer reads its status. One byte more shows a longer
         # message and bounds the hex we log.
-        msg = conn.recv(rq.REQUEST.size + 1)
+        msg = conn.recv(rq.MAX_SIZE + 1)
     except OSError:  # timed out or reset: an empty message
         msg = b""
     if uid != peer_uid:
@@ -65,21 +65,26 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
     req = rq.parse(msg)
     if isinstance(req, int):
         return req, f"refused {len(msg)} bytes", dict(fields, REQUEST_HEX=msg.hex())
-    what = f"{req.address} {req.proto}/{req.port}"
-    fields.update(ADDRESS=req.address, PROTO=req.proto, PORT=req.port)
-    listed, err = nft.apply(ctx, nft.list_protected(req.proto))
-    if err:
-        return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
-    if not nft.protects(listed, req.port):
-        return rq.NOT_PROTECTED, f"{what}: not a protected port", fields
+    ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
+    what = f"{req.address} {ports}"
+    fields.update(ADDRESS=req.address, PORTS=ports)
+    unprotected = []
+    for proto in sorted({proto for proto, _ in req.opens}):  # one read per set
+        listed, err = nft.apply(ctx, nft.list_protected(proto))
+        if err:
+            return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
+        unprotected += [f"{proto}/{port}" for p, port in req.opens
+                        if p == proto and not nft.protects(listed, port)]
+    if unprotected:  # one is enough to refuse them all
+        return rq.NOT_PROTECTED, f"{what}: not protected: {' '.join(unprotected)}", fields
     now = clock()
     for address in [a for a, times in recent.items() if times[-1] < now - 60]:
-        del recent[address]  # memory: only addresses with adds in the last minute
+        del recent[address]  # memory: only addresses with requests in the last minute
     times = recent.get(req.address, collections.deque())
     while times and times[0] < now - 60:
         times.popleft()
     if len(times) >= MAX_PER_MINUTE:
-        return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} adds for it in the last minute", fields
+        return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} requests for it in a minute", fields
     if now * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
     times.append(now)
@@ -87,7 +92,7 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
     _, err = nft.apply(ctx, nft.open_once(req, open_seconds))
     if err:
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
-    return rq.OK, f"{what} may start one connection within {open_seconds} s", dict(
+    return rq.OK, f"{what} may start one connection each within {open_seconds} s", dict(
         fields, TIMEOUT=open_seconds)
 
 

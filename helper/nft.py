@@ -32,9 +32,11 @@ def _matches(elem, port: int) -> bool:
 
 
 def open_once(req, timeout: int) -> list:
-    """Put (address . proto . port) in the knocked set with `timeout` seconds."""
+    """Put (address . proto . port) for each of req.opens in the knocked set with
+    `timeout` seconds; one transaction, so all of them or none."""
     elem = {**TABLE, "name": KNOCKED[req.address.version], "elem": [{"elem": {
-        "val": {"concat": [str(req.address), req.proto, req.port]}, "timeout": timeout}}]}
+        "val": {"concat": [str(req.address), proto, port]}, "timeout": timeout}}
+        for proto, port in req.opens]}
     # Before Linux 6.12 adding an existing element keeps its old timeout; add,
     # delete, add in one transaction re-arms a repeated knock with the full one.
     return [{"add": {"element": elem}}, {"delete": {"element": elem}}, {"add": {"element": elem}}]

@@ -9,16 +9,20 @@ import struct
 from dataclasses import dataclass
 
 # The format by the names gnocchi/helper_client.py gives it (docs/contracts.md).
-# version, family, proto, pad, port, address, deadline: 30 bytes. The deadline is
+# A header (version, family, count, pad, address, deadline: 28 bytes), then
+# `count` entries (proto, port: 3 bytes each), nothing more. The deadline is
 # CLOCK_MONOTONIC in milliseconds: past it the verifier no longer waits, so the
 # helper must not act (the audit would say one thing and the table another).
-REQUEST = struct.Struct("!BBBBH16sQ")
-VERSION = 2
+HEADER = struct.Struct("!BBBB16sQ")
+ENTRY = struct.Struct("!BH")
+VERSION = 3
+MAX_PORTS = 8
 PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
-STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
-            "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED")
-(OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS,
- NOT_PROTECTED, BAD_PROTO, RATE_LIMITED, NFT_FAILED, EXPIRED) = range(len(STATUSES))
+STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
+            "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE")
+(OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS, NOT_PROTECTED,
+ BAD_PROTO, RATE_LIMITED, NFT_FAILED, EXPIRED, BAD_COUNT, BAD_DUPLICATE) = range(len(STATUSES))
+MAX_SIZE = HEADER.size + MAX_PORTS * ENTRY.size
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
 # IPv6 sources that embed an IPv4 address (mapped, compatible, 6to4, Teredo,
 # NAT64): an element for one would stand for an address that never knocked.
@@ -29,20 +33,26 @@ EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
 @dataclass(frozen=True)
 class Request:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    proto: str  # "tcp" or "udp"
-    port: int   # 1..65535
+    opens: tuple  # ((proto, port), ...): "tcp" or "udp", 1..65535; distinct, 1..MAX_PORTS of them
     deadline_ms: int  # CLOCK_MONOTONIC: act only before it
 
 
 def parse(msg: bytes) -> Request | int:
     """A Request, or the status byte that refuses msg."""
-    if len(msg) != REQUEST.size:
+    if len(msg) < HEADER.size:
         return BAD_LENGTH
-    version, family, number, pad, port, raw, deadline_ms = REQUEST.unpack(msg)
-    if version != VERSION or pad != 0:  # version 2 has a zero pad byte
+    version, family, count, pad, raw, deadline_ms = HEADER.unpack_from(msg)
+    if version != VERSION or pad != 0:  # version 3 has a zero pad byte
         return BAD_VERSION
-    if number not in PROTOCOLS:
+    if not 1 <= count <= MAX_PORTS:
+        return BAD_COUNT
+    if len(msg) != HEADER.size + count * ENTRY.size:
+        return BAD_LENGTH
+    entries = list(ENTRY.iter_unpack(msg[HEADER.size:]))
+    if any(number not in PROTOCOLS for number, _ in entries):
         return BAD_PROTO
+    if len(set(entries)) != count:
+        return BAD_DUPLICATE
     if family == 4 and raw[4:] == bytes(12):
         address = ipaddress.ip_address(raw[:4])
     elif family == 6:
@@ -51,7 +61,9 @@ def parse(msg: bytes) -> Request | int:
         return BAD_ADDRESS
     if not knockable(address):
         return BAD_ADDRESS
-    return Request(address, PROTOCOLS[number], port, deadline_ms) if port else NOT_PROTECTED
+    if any(port == 0 for _, port in entries):
+        return NOT_PROTECTED
+    return Request(address, tuple((PROTOCOLS[n], port) for n, port in entries), deadline_ms)
 
 
 def knockable(a) -> bool:

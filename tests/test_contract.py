@@ -9,40 +9,48 @@ from hypothesis import given, settings, strategies as st
 
 import request as helper_request  # helper/request.py, by the name the helper imports it
 from gnocchi import helper_client, knock_socket
-from support import REQUEST, STATUS, request
+from gnocchi.knock_request import Open
+from support import ENTRY, HEADER, STATUS, request
 
 GOLDEN = [
-    # (address, port, proto, deadline in ms) -> the 30 bytes of docs/contracts.md
-    (("198.51.100.7", 22, "tcp", 123456789),
-     "02" "04" "06" "00" "0016" "c6336407" + "00" * 12 + "00000000075bcd15"),
-    (("203.0.113.9", 60001, "udp", 1),
-     "02" "04" "11" "00" "ea61" "cb007109" + "00" * 12 + "0000000000000001"),
-    (("2001:db8::1", 443, "tcp", 2**64 - 1),
-     "02" "06" "06" "00" "01bb" "20010db8000000000000000000000001" + "ff" * 8),
+    # (address, [(port, proto), ...], deadline in ms) -> the bytes of docs/contracts.md
+    (("198.51.100.7", [(22, "tcp")], 123456789),
+     "03" "04" "01" "00" "c6336407" + "00" * 12 + "00000000075bcd15" + "06" "0016"),
+    (("203.0.113.9", [(60001, "udp"), (22, "tcp")], 1),
+     "03" "04" "02" "00" "cb007109" + "00" * 12 + "0000000000000001" + "11" "ea61" "06" "0016"),
+    (("2001:db8::1", [(443, "tcp"), (443, "udp"), (60001, "udp")], 2**64 - 1),
+     "03" "06" "03" "00" "20010db8000000000000000000000001" + "ff" * 8
+     + "06" "01bb" "11" "01bb" "11" "ea61"),
 ]
+NUMBER = {"tcp": 6, "udp": 17}
 
 
 @pytest.mark.parametrize("fields, golden", GOLDEN, ids=[g[0][0] for g in GOLDEN])
 def test_both_sides_agree_on_the_bytes(fields, golden):
-    address, port, proto, deadline = fields
+    address, opens, deadline = fields
     wire = bytes.fromhex(golden)
-    assert helper_client.encode(ipaddress.ip_address(address), port, proto, deadline) == wire
-    assert request(address, port, {"tcp": 6, "udp": 17}[proto], deadline_ms=deadline) == wire
-    assert helper_request.parse(wire) == helper_request.Request(ipaddress.ip_address(address),
-                                                                proto, port, deadline)
+    assert helper_client.encode(ipaddress.ip_address(address), [Open(*o) for o in opens],
+                                deadline) == wire
+    (port, proto), *more = [(port, NUMBER[proto]) for port, proto in opens]
+    assert request(address, port, proto, more=more, deadline_ms=deadline) == wire
+    assert helper_request.parse(wire) == helper_request.Request(
+        ipaddress.ip_address(address), tuple((proto, port) for port, proto in opens), deadline)
 
 
 def test_both_sides_name_the_status_bytes_alike():
     assert helper_client.STATUSES == helper_request.STATUSES == tuple(STATUS)
 
 
-@pytest.mark.parametrize("name", ["REQUEST", "VERSION", "PROTOCOLS"])
+@pytest.mark.parametrize("name", ["HEADER", "ENTRY", "VERSION", "PROTOCOLS", "MAX_PORTS"])
 def test_both_sides_give_the_format_the_same_names(name):
     ours, theirs = getattr(helper_client, name), getattr(helper_request, name)
-    if name == "REQUEST":  # one spelling of the struct, also in the tests' copy
-        assert ours.format == theirs.format == REQUEST.format and ours.size == 30
+    if name in ("HEADER", "ENTRY"):  # one spelling of each struct, also in the tests' copy
+        tests = {"HEADER": HEADER, "ENTRY": ENTRY}[name]
+        assert ours.format == theirs.format == tests.format
+        assert ours.size == {"HEADER": 28, "ENTRY": 3}[name]
     else:
         assert ours == theirs
+    assert helper_client.MAX_PORTS == 8  # docs/contracts.md
 
 
 # The source addresses no knock may open for, also written twice:

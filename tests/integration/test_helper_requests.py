@@ -1,8 +1,8 @@
 """The real root helper against malformed, hostile and out-of-policy requests.
 
 Each refused request gets its status byte and leaves `nft -j list ruleset`
-byte for byte as it was; a good one adds exactly one element, with the
-helper's own timeout. The helper serves uid `nobody` here (--peer-user
+byte for byte as it was; a good one adds exactly its elements, all in one
+transaction, with the helper's own timeout. The helper serves uid `nobody` here (--peer-user
 nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
 import ipaddress
@@ -29,13 +29,16 @@ HOSTILE = [
     ("version 0", request("198.18.1.1", 22, version=0), "BAD_VERSION"),
     ("version 1", request("198.18.1.1", 22, version=1), "BAD_VERSION"),
     ("version 1, 22 bytes", request("198.18.1.1", 22, version=1)[:22], "BAD_LENGTH"),
-    ("version 3", request("198.18.1.1", 22, version=3), "BAD_VERSION"),
+    ("version 2", request("198.18.1.1", 22, version=2), "BAD_VERSION"),
+    ("a version 2 request", bytes.fromhex("02040600" "0016" "c6120101" + "00" * 12 + "ff" * 8),
+     "BAD_VERSION"),
+    ("version 4", request("198.18.1.1", 22, version=4), "BAD_VERSION"),
     ("version 255", request("198.18.1.1", 22, version=255), "BAD_VERSION"),
     ("pad byte set", request("198.18.1.1", 22, pad=1), "BAD_VERSION"),
     ("nft text", b"1.2.3.4 . 22 }; flush ruleset".ljust(30, b";"), "BAD_VERSION"),
     ("nft text, padded", b"flush ruleset".ljust(30, b" "), "BAD_VERSION"),
     ("past its deadline", request("198.18.1.1", 22, deadline_ms=1), "EXPIRED"),
-    ("nft text in the v4 address", VALID[:6] + b"1.2.3.4;flush ru" + VALID[22:], "BAD_ADDRESS"),
+    ("nft text in the v4 address", VALID[:4] + b"1.2.3.4;flush ru" + VALID[20:], "BAD_ADDRESS"),
     ("proto 0", request("198.18.1.1", 22, 0), "BAD_PROTO"),
     ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
     ("proto sctp", request("198.18.1.1", 22, 132), "BAD_PROTO"),
@@ -45,7 +48,7 @@ HOSTILE = [
     ("family AF_INET6", request("fd00::1", 22, family=10), "BAD_ADDRESS"),
     ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
     ("v6 bytes as v4", request("fd00::1", 22, family=4), "BAD_ADDRESS"),
-    ("v4 padding set", VALID[:21] + b"\x01" + VALID[22:], "BAD_ADDRESS"),
+    ("v4 padding set", VALID[:19] + b"\x01" + VALID[20:], "BAD_ADDRESS"),
     ("0.0.0.0", request("0.0.0.0", 22), "BAD_ADDRESS"),
     ("0.1.2.3", request("0.1.2.3", 22), "BAD_ADDRESS"),
     ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
@@ -66,6 +69,23 @@ HOSTILE = [
     ("unprotected port 65535", request("198.18.1.1", 65535), "NOT_PROTECTED"),
     ("tcp-protected port over udp", request("198.18.1.1", 22, 17), "NOT_PROTECTED"),
     ("udp-protected port over tcp", request("198.18.1.1", 60001, 6), "NOT_PROTECTED"),
+    # Requests of several ports: each entry checked, and one bad entry refuses them all.
+    ("count 0", request("198.18.1.1", 22, count=0), "BAD_COUNT"),
+    ("count 0, header only", request("198.18.1.1", 22, count=0)[:28], "BAD_COUNT"),
+    ("count 9", request("198.18.1.1", 22, more=[(p, 6) for p in range(2, 10)]), "BAD_COUNT"),
+    ("count 255", request("198.18.1.1", 22, count=255), "BAD_COUNT"),
+    ("says 2, carries 1", request("198.18.1.1", 22, count=2), "BAD_LENGTH"),
+    ("says 1, carries 2", request("198.18.1.1", 22, more=[(60001, 17)], count=1), "BAD_LENGTH"),
+    ("half an entry more", request("198.18.1.1", 22, more=[(60001, 17)])[:-1], "BAD_LENGTH"),
+    ("22/tcp twice", request("198.18.1.1", 22, more=[(22, 6)]), "BAD_DUPLICATE"),
+    ("22/tcp twice of three", request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]),
+     "BAD_DUPLICATE"),
+    ("one bad proto", request("198.18.1.1", 22, more=[(60001, 132)]), "BAD_PROTO"),
+    ("one port 0", request("198.18.1.1", 22, more=[(0, 17)]), "NOT_PROTECTED"),
+    ("one unprotected of three", request("198.18.1.1", 22, more=[(23, 6), (60001, 17)]),
+     "NOT_PROTECTED"),
+    ("a protected port over the wrong protocol", request("198.18.1.1", 22, more=[(22, 17)]),
+     "NOT_PROTECTED"),
 ]
 
 
@@ -111,13 +131,26 @@ def test_valid_requests_add_exactly_their_element(server):
     assert ruleset(host) == before  # nothing else changed
 
 
+def test_a_request_of_two_ports_adds_both_and_logs_once(server):
+    host, helper = server
+    before, start = ruleset(host), len(helper.log_lines())
+    assert helper.send(request("198.18.1.1", 22, more=[(60001, 17)])) == [S["OK"]]
+    assert sorted(e["val"]["concat"][1:] for e in elements(host, "knocked4")) == [
+        ["tcp", 22], ["udp", 60001]]
+    [line] = helper.log_lines()[start:]
+    assert "OK: 198.18.1.1 tcp/22 udp/60001 may start one connection each" in line
+    assert "GNOCCHI_HELPER_PORTS=tcp/22 udp/60001" in line
+    host.nft("flush", "set", "inet", "gnocchi", "knocked4")
+    assert ruleset(host) == before
+
+
 def test_nft_text_as_ipv6_bytes_is_only_an_address(server):
     # 16 bytes of nft syntax are a well-formed global IPv6 address; the helper
     # adds that address as data and nothing in the ruleset is parsed from it.
     host, helper = server
     before = ruleset(host)
     text = b"; flush ruleset "
-    assert helper.send(request("fd00::1", 22)[:6] + text + request("fd00::1", 22)[22:]) == [S["OK"]]
+    assert helper.send(request("fd00::1", 22)[:4] + text + request("fd00::1", 22)[20:]) == [S["OK"]]
     [elem] = elements(host, "knocked6")
     assert elem["val"]["concat"] == [str(ipaddress.IPv6Address(text)), "tcp", 22]
     host.nft("flush", "set", "inet", "gnocchi", "knocked6")
@@ -132,8 +165,8 @@ def test_every_decision_is_logged_once_and_refusals_carry_the_bytes(server):
     assert len(lines) == 3
     assert "GNOCCHI_HELPER_STATUS=BAD_ADDRESS" in lines[0]
     assert "GNOCCHI_HELPER_REQUEST_HEX=" + request("127.0.0.1", 22).hex() in lines[0]
-    assert "GNOCCHI_HELPER_REQUEST_HEX=" + "78" * 31 in lines[1]  # bounded: 31 of 100
-    assert "GNOCCHI_HELPER_PORT=23" in lines[2] and "NOT_PROTECTED" in lines[2]
+    assert "GNOCCHI_HELPER_REQUEST_HEX=" + "78" * 53 + " " in lines[1]  # bounded: 53 of 100
+    assert "GNOCCHI_HELPER_PORTS=tcp/23" in lines[2] and "NOT_PROTECTED" in lines[2]
 
 
 def test_silent_or_vanishing_peers_do_not_stop_the_helper(server):
@@ -174,6 +207,29 @@ def test_rate_limit_is_per_address(tmp_path):
             assert helper.send(request("198.18.2.2", 22)) == [S["OK"]]
             assert len(elements(net.server, "knocked4")) == 2
             assert helper.send(request("198.18.1.1", 23)) == [S["NOT_PROTECTED"]]  # still checked
+        finally:
+            helper.close()
+
+
+def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
+    # knocked4 with room for three: two ports for one address fit, two more
+    # for another do not, and the kernel refuses that whole transaction. Added
+    # one by one, the first of them would have stayed.
+    text = TABLE_FILE.read_text().replace("size 4096", "size 3")
+    text = text.replace("# elements = { 51820 }", "elements = { 60001 }")
+    (tmp_path / "gnocchi.nft").write_text(text)
+    with Net("an") as net:
+        net.server.nft("-f", str(tmp_path / "gnocchi.nft"))
+        helper = Helper(net.server)
+        try:
+            two = [(60001, 17)]
+            assert helper.send(request("198.18.3.1", 22, more=two)) == [S["OK"]]
+            assert helper.send(request("198.18.3.2", 22, more=two)) == [S["NFT_FAILED"]]
+            assert "GNOCCHI_HELPER_NFT_ERROR=" in helper.log_lines()[-1]
+            assert sorted(e["val"]["concat"][0] for e in elements(net.server, "knocked4")) == [
+                "198.18.3.1", "198.18.3.1"]
+            assert helper.send(request("198.18.3.2", 22)) == [S["OK"]]  # room for one
+            assert len(elements(net.server, "knocked4")) == 3
         finally:
             helper.close()
 

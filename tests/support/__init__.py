@@ -18,8 +18,8 @@
 tests/conftest.py puts the checkout, helper/ and tests/ on sys.path, once. Nothing
 here touches the root namespace's network or firewall.
 """
-from support.helper import (REQUEST, STATUS, FakeNftables, Helper, HelperRecorder, helper_main,
-                            request)
+from support.helper import (ENTRY, HEADER, STATUS, FakeNftables, Helper, HelperRecorder,
+                            helper_main, request, requested_ports)
 from support.netns import Host, Net, inside
 from support.processes import PYTHON, REPO, events, gnocchi_cli, stop
 from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, send_paced,
@@ -27,8 +27,9 @@ from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, s
 from support.table import TABLE_FILE, elements, load_table, ruleset
 from support.verifier import Daemon, Keys, knock, write_config
 
-__all__ = ["REQUEST", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
-           "request", "Host", "Net", "inside", "PYTHON", "REPO", "events", "gnocchi_cli", "stop",
+__all__ = ["ENTRY", "HEADER", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
+           "request", "requested_ports", "Host", "Net", "inside", "PYTHON", "REPO", "events",
+           "gnocchi_cli", "stop",
            "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "tcp_connect", "udp_socket",
            "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock",
            "write_config"]

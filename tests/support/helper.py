@@ -21,22 +21,32 @@ from pathlib import Path
 from support.netns import Host
 from support.processes import PYTHON, REPO, stop
 
-# docs/contracts.md: version, family, proto, pad, port, address, deadline (ms)
-REQUEST = struct.Struct("!BBBBH16sQ")
+# docs/contracts.md: a header (version, family, count, pad, address, deadline in
+# ms), then `count` entries (proto, port)
+HEADER = struct.Struct("!BBBB16sQ")
+ENTRY = struct.Struct("!BH")
 STATUS = {name: i for i, name in enumerate((
-    "OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS",
-    "NOT_PROTECTED", "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED"))}
+    "OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
+    "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE"))}
 NO_DEADLINE = (1 << 64) - 1  # the tests' requests wait as long as they like
 
 
-def request(ip: str, port: int, proto: int = 6, *, version=2, family=None, pad=0,
-            deadline_ms=NO_DEADLINE) -> bytes:
-    """A helper request from typed values, as the verifier would build it;
-    the keywords make the malformed ones."""
+def request(ip: str, port: int, proto: int = 6, *, more=(), version=3, family=None, count=None,
+            pad=0, deadline_ms=NO_DEADLINE) -> bytes:
+    """A helper request from typed values, as the verifier would build it: port
+    and proto, then the (port, proto) pairs in `more`; the other keywords make
+    the malformed ones."""
     a = ipaddress.ip_address(ip)
+    entries = [(port, proto), *more]
     packed = a.packed + bytes(16 - len(a.packed))
-    return REQUEST.pack(version, a.version if family is None else family, proto, pad, port, packed,
-                        deadline_ms)
+    head = HEADER.pack(version, a.version if family is None else family,
+                       len(entries) if count is None else count, pad, packed, deadline_ms)
+    return head + b"".join(ENTRY.pack(number, p) for p, number in entries)
+
+
+def requested_ports(message: bytes) -> list[tuple[int, int]]:
+    """The (port, proto) pairs a well-formed request asks for."""
+    return [(p, number) for number, p in ENTRY.iter_unpack(message[HEADER.size:])]
 
 
 class Helper:
@@ -120,10 +130,10 @@ class HelperRecorder:
             with conn:
                 conn.settimeout(2)
                 try:
-                    message = conn.recv(64)
-                    if len(message) == REQUEST.size:
-                        self.deadlines.append(int.from_bytes(message[-8:], "big"))
-                        message = message[:-8] + NO_DEADLINE.to_bytes(8, "big")
+                    message = conn.recv(256)
+                    if len(message) >= HEADER.size:  # the deadline: the header's last 8 bytes
+                        self.deadlines.append(int.from_bytes(message[20:28], "big"))
+                        message = message[:20] + NO_DEADLINE.to_bytes(8, "big") + message[28:]
                     self.messages.append(message)
                     conn.send(bytes([self.status]))
                 except OSError:

@@ -13,10 +13,10 @@ from gnocchi import config, counters, events, protocol, verifier
 UTC = datetime.timezone.utc
 
 
-def load(tmp_path, client_lines: str, key="ab" * 32) -> config.Config:
+def load(tmp_path, client_lines: str, key="ab" * 32, allow='["22"]') -> config.Config:
     path = tmp_path / "gnocchi.toml"
     path.write_text(f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
-                    f'[clients.alice]\npublic_key = "{key}"\nallow = ["22"]\n{client_lines}')
+                    f'[clients.alice]\npublic_key = "{key}"\nallow = {allow}\n{client_lines}')
     return config.load(str(path))
 
 
@@ -50,9 +50,9 @@ def test_a_bad_policy_names_the_file_and_the_key(tmp_path, line, key, problem):
 class Stack:
     """The real Verifier, in process, with a recording helper socket and a set clock."""
 
-    def __init__(self, tmp_path, policy: str):
+    def __init__(self, tmp_path, policy: str, allow='["22"]'):
         self.k = Keys(tmp_path)
-        cfg = load(tmp_path, policy, key=self.k.public("alice"))
+        cfg = load(tmp_path, policy, key=self.k.public("alice"), allow=allow)
         self.helper = HelperRecorder(tmp_path / "h.sock")
         self.sent: list[dict] = []
         counters.create(str(tmp_path))
@@ -63,10 +63,10 @@ class Stack:
         self.dst = ipaddress.IPv4Address("198.18.3.2")
         self.counter = 0
 
-    def knock(self, source: str):
+    def knock(self, source: str, data: bytes = b"open 22"):
         self.counter += 1
         packet = protocol.build_packet(self.k.server, self.k.seeds["alice"], self.counter,
-                                       b"open 22", self.dst.packed)
+                                       data, self.dst.packed)
         self.v.handle(packet, ipaddress.ip_address(source), self.dst)
         return self.sent[-1]
 
@@ -123,5 +123,27 @@ def test_one_clients_flood_costs_it_alone(tmp_path):
         assert summary["GNOCCHI_DROPPED_RATE_LIMITED"] == str(61 - verifier.CLIENT_BURST)
         assert f"(alice {61 - verifier.CLIENT_BURST})" in summary["MESSAGE"]
         assert len(s.sent) == verifier.CLIENT_BURST + 1
+    finally:
+        s.helper.close()
+
+
+
+def test_several_ports_are_one_decision_and_one_helper_request(tmp_path):
+    """Issue 12: every port of an `open` must be allowed; then the verifier asks
+    the helper once for all of them and logs one entry naming them all."""
+    s = Stack(tmp_path, "", allow='["22", "60001/udp"]')
+    try:
+        refused = s.knock("198.51.100.20", b"open 22 60002/udp")
+        assert refused["GNOCCHI_EVENT"] == "refused"
+        assert refused["GNOCCHI_REQUEST"] == "open 22/tcp 60002/udp"
+        assert refused["GNOCCHI_REASON"] == ("60002/udp is not in this client's allow list "
+                                             "(22/tcp, 60001/udp)")
+        assert s.helper.messages == []                  # not even the allowed port
+        accepted = s.knock("198.51.100.20", b"open 22 60001/udp")
+        assert accepted["GNOCCHI_EVENT"] == "accepted"
+        assert accepted["GNOCCHI_REQUEST"] == "open 22/tcp 60001/udp"
+        assert "open 22/tcp 60001/udp" in accepted["MESSAGE"]
+        assert len(s.helper.messages) == 1              # one request for both ports
+        assert len(s.sent) == 2                         # one entry per knock
     finally:
         s.helper.close()

@@ -67,6 +67,15 @@ BAD_CONFIGS = [
     (CLIENT + 'allow = ["22"]\ndefault = "open 23"\n',
      "clients.alice.default: 'open 23': 23/tcp is not in this client's allow list (22/tcp)"),
     (CLIENT + 'default = "shut 22"\n', "clients.alice.default: 'shut 22': unknown request"),
+    (CLIENT + 'allow = ["22"]\ndefault = "open 22 60001/udp"\n',
+     "clients.alice.default: 'open 22 60001/udp': 60001/udp is not in this client's allow list "
+     "(22/tcp)"),
+    (CLIENT + 'allow = ["22"]\ndefault = "open 53/udp 22 60001/udp"\n',
+     "53/udp, 60001/udp are not in this client's allow list (22/tcp)"),
+    (CLIENT + 'allow = ["22"]\ndefault = "open 22 22"\n',
+     "clients.alice.default: 'open 22 22': 22/tcp named twice"),
+    (CLIENT + 'allow = ["22"]\ndefault = ""\n',
+     "clients.alice.default: must be a non-empty string, not an empty one"),
     (CLIENT + 'actions = ["motd"]\n', "clients.alice.actions[0]: 'motd' is not an [actions] entry"),
     (f'[clients."a b"]\npublic_key = "{KEY_A}"\n', "clients.a b: 'a b' is not a name"),
     (CLIENT + f'[clients.bob]\npublic_key = "{KEY_A}"\n',
@@ -88,3 +97,34 @@ def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):
         load_text(tmp_path, text)
     assert str(e.value).startswith(f"{tmp_path / 'gnocchi.toml'}: ")
     assert message in str(e.value)
+
+
+def test_a_default_may_open_several_ports(tmp_path):
+    cfg = load_text(tmp_path, CLIENT + 'allow = ["22", "60001/udp"]\n'
+                              'default = "open 22 60001/udp"\n')
+    default = cfg.clients[0].default
+    assert default.opens == (knock_request.Open(22, "tcp"), knock_request.Open(60001, "udp"))
+    assert cfg.clients[0].why_not(default) is None
+
+
+def test_every_port_of_a_request_must_be_allowed(tmp_path):
+    [alice] = load_text(tmp_path, CLIENT + 'allow = ["22", "60001/udp"]\n').clients
+    assert alice.why_not(knock_request.parse(b"open 60001/udp 22")) is None
+    assert alice.why_not(knock_request.parse(b"open 22 60002/udp")) == (
+        "60002/udp is not in this client's allow list (22/tcp, 60001/udp)")
+    assert alice.why_not(knock_request.parse(b"open 22/udp 60001/tcp")) == (
+        "22/udp, 60001/tcp are not in this client's allow list (22/tcp, 60001/udp)")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'state_dir = "/var/lib/gnocchi\xff"\n', "not valid UTF-8"),
+    (b"state_dir = \n", "not valid TOML"),
+    (None, "no such file (the package installs a commented example there)"),
+])
+def test_a_file_that_is_not_toml_is_one_error_naming_it(tmp_path, content, problem):
+    path = tmp_path / "gnocchi.toml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value).startswith(f"{path}: {problem}")

@@ -1,6 +1,6 @@
 """helper/__main__.py's decide(), every branch, without root: peer, length,
-version, protocol, address, not protected, rate, past the deadline, nft
-failure, and OK.
+version, count, protocol, duplicate, address, not protected, rate, past the
+deadline, nft failure, and OK.
 
 The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
 is the kernel's answer (this process); the clock is a number the test moves.
@@ -46,13 +46,19 @@ def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=F
     ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
     ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
     ("port 0", request("198.18.1.1", 0), "NOT_PROTECTED"),
+    ("count 0", request("198.18.1.1", 22, count=0), "BAD_COUNT"),
+    ("count 9", request("198.18.1.1", 1, more=[(p, 6) for p in range(2, 10)]), "BAD_COUNT"),
+    ("says 2, carries 1", request("198.18.1.1", 22, count=2), "BAD_LENGTH"),
+    ("22/tcp twice", request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]), "BAD_DUPLICATE"),
+    ("one bad proto of two", request("198.18.1.1", 22, more=[(22, 1)]), "BAD_PROTO"),
 ])
 def test_a_malformed_request_is_refused_with_its_bytes_and_nft_is_not_asked(name, message,
                                                                             status):
     ctx = FakeNftables()
     code, _, fields = decide(message, nft_ctx=ctx)
     assert rq.STATUSES[code] == status
-    assert fields["REQUEST_HEX"] == message.hex() and fields["PEER_UID"] == ME
+    # what was read, at most one byte past the longest request: the log is bounded
+    assert fields["REQUEST_HEX"] == message[:rq.MAX_SIZE + 1].hex() and fields["PEER_UID"] == ME
     assert ctx.sent == []
 
 
@@ -71,10 +77,19 @@ def test_a_peer_that_is_not_the_verifier_is_refused_even_with_a_valid_request():
 def test_an_unprotected_port_is_refused_after_reading_the_live_set():
     ctx = FakeNftables(protected=(22, {"range": [8000, 8100]}))
     code, text, fields = decide(request("198.18.1.1", 23), nft_ctx=ctx)
-    assert code == rq.NOT_PROTECTED and "not a protected port" in text
-    assert (str(fields["ADDRESS"]), fields["PROTO"], fields["PORT"]) == ("198.18.1.1", "tcp", 23)
+    assert code == rq.NOT_PROTECTED and "not protected: tcp/23" in text
+    assert (str(fields["ADDRESS"]), fields["PORTS"]) == ("198.18.1.1", "tcp/23")
     assert len(ctx.sent) == 1 and "list" in ctx.sent[0]["nftables"][1]  # no add
     assert decide(request("198.18.1.1", 8050), nft_ctx=ctx)[0] == rq.OK
+
+
+def test_one_unprotected_port_refuses_the_whole_request_and_adds_nothing():
+    ctx = FakeNftables(protected=(22, 2222))
+    code, text, fields = decide(request("198.18.1.1", 22, more=[(23, 6), (2222, 6), (24, 6)]),
+                                nft_ctx=ctx)
+    assert code == rq.NOT_PROTECTED and text.endswith("not protected: tcp/23 tcp/24")
+    assert fields["PORTS"] == "tcp/22 tcp/23 tcp/2222 tcp/24"
+    assert ["list" in c["nftables"][1] for c in ctx.sent] == [True]  # read once, no add
 
 
 def test_an_unreadable_set_is_nft_failed_and_nothing_is_added():
@@ -94,9 +109,9 @@ def test_a_refused_add_is_nft_failed_and_still_counts_against_the_rate():
 def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
     ctx = FakeNftables(protected=(60001,))
     code, text, fields = decide(request("fd00::7", 60001, 17), nft_ctx=ctx)
-    assert code == rq.OK and "may start one connection within 30 s" in text
-    assert (str(fields["ADDRESS"]), fields["PROTO"], fields["PORT"], fields["TIMEOUT"]) == (
-        "fd00::7", "udp", 60001, 30)
+    assert code == rq.OK and "may start one connection each within 30 s" in text
+    assert (str(fields["ADDRESS"]), fields["PORTS"], fields["TIMEOUT"]) == (
+        "fd00::7", "udp/60001", 30)
     listing, adding = ctx.sent
     assert listing["nftables"] == [{"metainfo": {"json_schema_version": 1}},
                                    *nft.list_protected("udp")]
@@ -107,11 +122,27 @@ def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
         "elem": [{"elem": {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30}}]}
 
 
+def test_every_port_of_a_request_is_added_in_the_one_transaction():
+    ctx = FakeNftables(protected=(22, 60001))  # the stand-in's sets: both protocols alike
+    code, text, fields = decide(request("198.18.1.1", 22, more=[(60001, 17), (60001, 6)]),
+                                nft_ctx=ctx)
+    assert code == rq.OK and text.startswith("198.18.1.1 tcp/22 udp/60001 tcp/60001 may start")
+    *listings, adding = ctx.sent
+    assert sorted(c["nftables"][1]["list"]["set"]["name"] for c in listings) == [
+        "protected_tcp", "protected_udp"]  # each set read once
+    added = adding["nftables"][1]["add"]["element"]["elem"]
+    assert [e["elem"]["val"]["concat"][1:] for e in added] == [
+        ["tcp", 22], ["udp", 60001], ["tcp", 60001]]
+
+
 def test_at_most_so_many_adds_a_minute_per_address_by_the_injected_clock():
     recent, n = {}, main.MAX_PER_MINUTE
-    assert [decide(VALID, recent=recent, now=1000.0)[0] for _ in range(n)] == [rq.OK] * n
+    assert [decide(VALID, recent=recent, now=1000.0)[0] for _ in range(n - 1)] == [rq.OK] * (n - 1)
+    two = request("198.18.1.1", 22, more=[(2222, 6)])  # a request counts once, whatever it opens
+    ctx = FakeNftables(protected=(22, 2222))
+    assert decide(two, nft_ctx=ctx, recent=recent, now=1000.0)[0] == rq.OK
     code, text, _ = decide(VALID, recent=recent, now=1059.0)
-    assert code == rq.RATE_LIMITED and f"{n} adds for it in the last minute" in text
+    assert code == rq.RATE_LIMITED and f"{n} requests for it in a minute" in text
     assert decide(request("198.18.1.2", 22), recent=recent, now=1059.0)[0] == rq.OK  # another
     assert decide(request("198.18.1.1", 23), recent=recent, now=1059.0)[0] == rq.NOT_PROTECTED
     assert decide(VALID, recent=recent, now=1060.5)[0] == rq.OK  # the first are a minute old

@@ -30,12 +30,14 @@ def test_protects_reads_every_element_form(elems, port, protected):
     assert nft.protects(listed, port) is protected
 
 
-@pytest.mark.parametrize("address, proto, name", [("198.18.1.1", "tcp", "knocked4"),
-                                                  ("fd00::7", "udp", "knocked6")])
-def test_open_once_adds_deletes_and_adds_one_element_with_the_timeout(address, proto, name):
-    req = rq.Request(ipaddress.ip_address(address), proto, 22, deadline_ms=0)
-    elem = {"family": "inet", "table": "gnocchi", "name": name,
-            "elem": [{"elem": {"val": {"concat": [address, proto, 22]}, "timeout": 7}}]}
+@pytest.mark.parametrize("address, opens, name", [
+    ("198.18.1.1", (("tcp", 22),), "knocked4"),
+    ("fd00::7", (("udp", 22), ("tcp", 22), ("udp", 60001)), "knocked6")])
+def test_open_once_adds_deletes_and_adds_every_element_with_the_timeout(address, opens, name):
+    req = rq.Request(ipaddress.ip_address(address), opens, deadline_ms=0)
+    elem = {"family": "inet", "table": "gnocchi", "name": name, "elem": [
+        {"elem": {"val": {"concat": [address, proto, port]}, "timeout": 7}}
+        for proto, port in opens]}
     assert nft.open_once(req, 7) == [{"add": {"element": elem}}, {"delete": {"element": elem}},
                                      {"add": {"element": elem}}]
 

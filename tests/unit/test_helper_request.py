@@ -3,19 +3,25 @@ returns a Request or a status and never raises, and what it accepts is the
 canonical encoding of exactly what it returns."""
 import ipaddress
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import request as rq  # helper/request.py, by the name the helper imports it
 from support import request
 
+NUMBER = {"tcp": 6, "udp": 17}
+
 
 def encode(r: rq.Request) -> bytes:
-    return request(str(r.address), r.port, {"tcp": 6, "udp": 17}[r.proto],
-                   deadline_ms=r.deadline_ms)
+    (port, proto), *more = [(port, NUMBER[proto]) for proto, port in r.opens]
+    return request(str(r.address), port, proto, more=more, deadline_ms=r.deadline_ms)
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.binary(max_size=64))
+@given(st.one_of(st.binary(max_size=64),
+                 # a v3 header, so the checks past the version see bytes too
+                 st.tuples(st.integers(0, 9), st.binary(max_size=40)).map(
+                     lambda t: bytes([3, 4, t[0], 0, 198, 18, 1, 1]) + bytes(20) + t[1])))
 def test_any_bytes_give_a_request_or_a_status(msg):
     out = rq.parse(msg)
     assert isinstance(out, rq.Request) or out in range(len(rq.STATUSES))
@@ -24,18 +30,53 @@ def test_any_bytes_give_a_request_or_a_status(msg):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.sampled_from([4, 6]), st.sampled_from([6, 17]), st.integers(0, 65535),
+@given(st.sampled_from([4, 6]), st.lists(st.tuples(st.sampled_from([6, 17]), st.integers(0, 65535)),
+                                         min_size=1, max_size=rq.MAX_PORTS),
        st.binary(min_size=16, max_size=16), st.integers(0, 2**64 - 1))
-def test_well_formed_requests(family, proto, port, raw, deadline):
+def test_well_formed_requests(family, entries, raw, deadline):
     if family == 4:
         raw = raw[:4] + bytes(12)
-    msg = rq.REQUEST.pack(2, family, proto, 0, port, raw, deadline)
+    msg = rq.HEADER.pack(3, family, len(entries), 0, raw, deadline) + b"".join(
+        rq.ENTRY.pack(*e) for e in entries)
     out = rq.parse(msg)
     address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
-    if not rq.knockable(address):
+    if len(set(entries)) != len(entries):
+        assert out == rq.BAD_DUPLICATE
+    elif not rq.knockable(address):
         assert out == rq.BAD_ADDRESS
-    elif port == 0:
+    elif any(port == 0 for _, port in entries):
         assert out == rq.NOT_PROTECTED
     else:
-        assert out == rq.Request(address, rq.PROTOCOLS[proto], port, deadline)
+        assert out == rq.Request(address, tuple((rq.PROTOCOLS[n], p) for n, p in entries),
+                                 deadline)
         assert encode(out) == msg
+
+
+TWO = request("198.18.1.1", 22, more=[(60001, 17)])
+
+
+@pytest.mark.parametrize("msg, status", [
+    (TWO, rq.OK),
+    (request("198.18.1.1", 22, count=0)[:28], rq.BAD_COUNT),          # no entry at all
+    (request("198.18.1.1", 22, count=0), rq.BAD_COUNT),               # count 0, one entry after
+    (request("198.18.1.1", 1, more=[(p, 6) for p in range(2, 10)]), rq.BAD_COUNT),  # 9
+    (request("198.18.1.1", 22, count=255), rq.BAD_COUNT),
+    (request("198.18.1.1", 22, count=2), rq.BAD_LENGTH),              # says 2, carries 1
+    (request("198.18.1.1", 22, more=[(23, 6)], count=1), rq.BAD_LENGTH),  # says 1, carries 2
+    (TWO[:-1], rq.BAD_LENGTH), (TWO + b"\0", rq.BAD_LENGTH), (TWO[:27], rq.BAD_LENGTH),
+    (request("198.18.1.1", 22, more=[(22, 6)]), rq.BAD_DUPLICATE),
+    (request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]), rq.BAD_DUPLICATE),
+    (request("198.18.1.1", 22, more=[(22, 17)]), rq.OK),              # 22/tcp and 22/udp: two
+    (request("198.18.1.1", 22, more=[(23, 1)]), rq.BAD_PROTO),         # one bad entry: all
+    (request("198.18.1.1", 22, more=[(0, 6)]), rq.NOT_PROTECTED),
+    (request("198.18.1.1", 22, version=2), rq.BAD_VERSION),
+    (request("198.18.1.1", 22, pad=1), rq.BAD_VERSION),
+])
+def test_the_count_the_length_and_each_entry_are_checked(msg, status):
+    out = rq.parse(msg)
+    assert (rq.OK if isinstance(out, rq.Request) else out) == status
+
+
+def test_a_version_2_request_is_a_bad_version_whatever_its_length():
+    v2 = bytes.fromhex("02040600" "0016" "c6120101" + "00" * 12 + "00000000075bcd15")  # 30 bytes
+    assert rq.parse(v2) == rq.BAD_VERSION

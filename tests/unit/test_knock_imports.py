@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 # The client's modules and the shared ones it uses (the roles in
 # gnocchi/__init__.py); any other gnocchi module is server-side.
 CLIENT_MODULES = {"gnocchi", "gnocchi.knock", "gnocchi.profile", "gnocchi.keys",
-                  "gnocchi.protocol", "gnocchi.durable", "gnocchi.knock_request"}
+                  "gnocchi.protocol", "gnocchi.durable", "gnocchi.knock_request",
+                  "gnocchi.checked_toml"}
 SERVER_LIBRARIES = ("nftables", "systemd")
 PROBE = (
     "import sys\n"
