@@ -258,6 +258,8 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     with inside(net.server):
         assert arming.load(str(config), str(table_path)) == 0
     assert live_knock_ports() == [k.port]
+    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
+                   f"{{ {net.client.ip} . tcp . 22 timeout 30s }}")  # a knock pending
 
     # A new server key, and `gnocchi setup` for it: the socket's drop-in moves on
     # at once; the loaded table still has the old port until it is loaded again.
@@ -277,6 +279,9 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     with inside(net.server):
         assert arming.load(str(config), str(table_path)) == 0  # systemctl reload gnocchi-arm
     assert live_knock_ports() == [protocol.knock_port(new)]
+    with inside(net.server):
+        assert [str(p.address) for p in table.live().pending()] == [net.client.ip], \
+            "only the knock port changed: the pending knock is kept"
 
     # A flush, and the re-arm after it (nftables.service's drop-in, gnocchi-watch).
     net.server.nft("flush", "ruleset")
@@ -287,3 +292,27 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
                            "--table", str(table_path), "--unit-dir", str(units)],
                           cwd=REPO, check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert said.returncode == 0 and "limits floods" not in said.stderr, said.stderr
+
+
+def test_doctor_and_status_say_when_the_table_limits_another_port(net, tmp_path):
+    from gnocchi import doctor, status
+    load_table(net.server, tmp_path, knock_port=40004)
+
+    def finding(port: int):
+        d = doctor.Doctor(str(tmp_path / "none.toml"), str(tmp_path / "gnocchi.nft"))
+        d.port = port
+        with inside(net.server):
+            d.armed()
+        [found] = [f for f in d.findings if f.what == "the table limits floods on the knock port"]
+        return found
+
+    assert finding(40004).ok
+    wrong = finding(40005)
+    assert not wrong.ok and "it limits UDP 40004, not the knock port 40005" in wrong.detail
+    assert wrong.fix.startswith("systemctl reload gnocchi-arm")
+    with inside(net.server):
+        live = table.live()
+    assert status.flood_line(live.knock_ports(), 40004).startswith("flood limit: on 40004/udp")
+    assert "on UDP 40004, NOT on the knock port 40005" in status.flood_line(live.knock_ports(),
+                                                                            40005)
+    assert "NONE" in status.flood_line(None, 40005)
