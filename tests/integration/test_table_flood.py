@@ -74,11 +74,13 @@ class Counting:
     receives by source address (a big buffer and a thread: it never overflows at
     the rates that pass the limit)."""
 
-    def __init__(self, net: Net, port: int):
+    def __init__(self, net: Net, port: int, ip: str | None = None):
+        ip = ip or net.server.ip
         with inside(net.server):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                                      socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        self.sock.bind((net.server.ip, port))
+        self.sock.bind((ip, port))
         self.sock.settimeout(0.2)
         self.by_source: Counter = Counter()
         self.done = threading.Event()
@@ -88,7 +90,7 @@ class Counting:
     def _read(self):
         while not self.done.is_set():
             try:
-                _, (ip, _) = self.sock.recvfrom(2048)
+                _, (ip, *_) = self.sock.recvfrom(2048)
                 self.by_source[ip] += 1
             except (TimeoutError, socket.timeout):
                 continue
@@ -107,13 +109,14 @@ class Counting:
         self.sock.close()
 
 
-def send_from(net: Net, ip: str, port: int, packets: list[bytes]) -> None:
+def send_from(net: Net, ip: str, port: int, packets: list[bytes], to: str | None = None) -> None:
+    to = to or (net.server.ip6 if ":" in ip else net.server.ip)
     with inside(net.client):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
     with s:
         s.bind((ip, 0))
         for p in packets:
-            s.sendto(p, (net.server.ip, port))
+            s.sendto(p, (to, port))
 
 
 @pytest.fixture
@@ -186,6 +189,30 @@ def test_a_full_source_set_lets_new_sources_through_to_the_verifier(net, tmp_pat
         counting.close()
     assert got[net.client.ip] == len(many), got
     assert got[first] <= BURST + 1 + RATE, got
+
+
+def test_an_ipv6_source_is_limited_per_64(net, tmp_path):
+    """One host owns a /64 and may send from any address in it: the limit is the /64's."""
+    port = 40005
+    load_table(net.server, tmp_path, knock_port=port)
+    same = net.client.ip6.replace("::1", "::3")
+    other_net = "fd00:198:99::"
+    other = other_net + "1"
+    net.client.run(["ip", "-6", "addr", "add", f"{same}/64", "dev", "gveth0", "nodad"])
+    net.client.run(["ip", "-6", "addr", "add", f"{other}/64", "dev", "gveth0", "nodad"])
+    net.server.run(["ip", "-6", "route", "add", f"{other_net}/64", "dev", "gveth1"])
+    counting = Counting(net, port, ip=net.server.ip6)
+    many = [b"x%d" % i for i in range(3 * BURST)]
+    try:
+        send_from(net, net.client.ip6, port, many)
+        send_from(net, same, port, many[:BURST])  # the same /64: its budget is spent
+        send_from(net, other, port, many[:BURST])  # another /64: a budget of its own
+        got = counting.settle()
+    finally:
+        counting.close()
+    assert BURST <= got[net.client.ip6] <= BURST + RATE, got
+    assert got[same] <= RATE, got
+    assert got[other] == BURST, got
 
 
 # ---- the whole stack: a MAC-valid flood (the server key leaked) from one address ---
