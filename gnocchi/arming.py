@@ -5,9 +5,11 @@ and refuses to arm, loudly, when the verifier could not run or nobody could
 knock in; otherwise it loads /etc/gnocchi/gnocchi.nft keeping pending knocks
 (gnocchi/table.py), with the knock port of the server key named in the config
 (the port `gnocchi check` has just found gnocchi.socket listening on) in the
-table's per-source flood limit, in the same transaction. `gnocchi table unload` (ExecStop=) removes the table. `gnocchi table rearm`
-(nftables.service's drop-in, after its "flush ruleset") loads it again when
-gnocchi is meant to be armed (gnocchi-arm.service active) and it is missing.
+table's per-source flood limit, in the same transaction. `gnocchi table
+unload` (ExecStop=) removes the table. `gnocchi table rearm` (nftables.service's
+drop-in, after its "flush ruleset") loads it again when gnocchi is meant to be
+armed (gnocchi-arm.service active) and it is missing, then fills in the knock
+port.
 `gnocchi table watch` (gnocchi-watch.service, bound to gnocchi-arm.service)
 follows `nft monitor` and does the same at once after any other flush.
 

@@ -32,7 +32,7 @@ NFT = "nft"  # found on PATH: /usr/sbin in units and root's shell
 FAMILY, NAME = "inet", "gnocchi"
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
-KNOCK_PORT = "knock_port"  # filled at load time, never from the file
+KNOCK_PORT = "knock_port"  # the flood limit's port: load() fills it from the server key
 KNOCKED_TYPES = {"knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
                  "knocked6": ["ipv6_addr", "inet_proto", "inet_service"]}
 _REFUSED = 3  # test_load's exit status when nft refuses the file

@@ -168,7 +168,8 @@ def run_case(sources: int, rate: float, limited: bool) -> str:
     achieved = int(sent) / float(seconds)
     return (f"{'one source' if sources == 1 else f'{sources} sources':>13}  "
             f"asked {('max' if not rate else int(rate)):>6}/s  sent {achieved:7.0f}/s  "
-            f"reached the socket {read / float(seconds):6.0f}/s (buffer full {full / float(seconds):6.0f}/s)  "
+            f"reached the socket {read / float(seconds):6.0f}/s "
+            f"(buffer full {full / float(seconds):6.0f}/s)  "
             f"first try <= 100 ms: {first}/{KNOCKS}  (ms to open: {shown})")
 
 

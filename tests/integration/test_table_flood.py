@@ -27,7 +27,8 @@ FLOOD_SECONDS = 3
 
 FLOOD = """
 import socket, sys, time
-src, dst, port, seconds, most = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+seconds, most = float(sys.argv[4]), int(sys.argv[5])
 pool = [bytes.fromhex(l) for l in open(sys.argv[6]).read().split()]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((src, 0)); s.connect((dst, port))
@@ -219,7 +220,8 @@ def test_an_ipv6_source_is_limited_per_64(net, tmp_path):
 
 def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
     """Sealed with the server key, claiming a configured client, with a canonical S that
-    does not verify: each costs the verifier a full Ed25519 check (tests/verifier/test_oracle.py)."""
+    does not verify: each costs the verifier a full Ed25519 check (as in
+    tests/verifier/test_oracle.py)."""
     sig = os.urandom(protocol.SIG_LEN - 1) + bytes([os.urandom(1)[0] & 0x0F])
     body = (protocol.MAGIC + claimed + sig + counter.to_bytes(protocol.COUNTER_LEN, "big")
             + (7).to_bytes(2, "big") + b"open 22" + os.urandom(9))
