@@ -30,7 +30,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 from nacl.secret import SecretBox  # noqa: E402
 
 from gnocchi import protocol  # noqa: E402
-from support import (PYTHON, Daemon, EchoServices, Helper, Keys, Net, inside, knock,  # noqa: E402
+from support import (PYTHON, REPO, Daemon, EchoServices, Helper, Keys, Net, inside, knock,  # noqa: E402
                      load_table, write_config)
 
 FLOOD_SECONDS, WARMUP, KNOCKS, FIRST_TRY = 6.0, 0.5, 9, 0.100
@@ -121,7 +121,12 @@ def send_knock(net: Net, k: Keys, src: str, counter: int) -> None:
         s.sendto(knock(k, "alice", counter, b"open 22", net.server.ip), (net.server.ip, k.port))
 
 
-def run_case(sources: int, rate: float, limited: bool) -> str:
+def write_pool(path: Path, datagrams: list[bytes]) -> None:
+    """bench/blast.py's pool file: each datagram after its 2-byte length."""
+    path.write_bytes(b"".join(len(d).to_bytes(2, "big") + d for d in datagrams))
+
+
+def run_case(sources: int, rate: float, limited: bool, blast: bool = False) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="gnocchi-flood-"))
     with Net("fm") as net:
         k = Keys(tmp)
@@ -149,9 +154,15 @@ def run_case(sources: int, rate: float, limited: bool) -> str:
                 random.shuffle(frames)
                 (tmp / "frames").write_text("\n".join(f.hex() for f in frames))
                 before = udp_counters(net)
-                sender = net.client.popen([PYTHON, "-c", SENDER, str(rate), str(FLOOD_SECONDS),
-                                           str(tmp / "frames"), net.server.ip],
-                                          stdout=subprocess.PIPE, text=True)
+                if blast:  # bench/blast.py: sendmmsg(2), from the client's own address
+                    write_pool(tmp / "pool", [f[28:] for f in frames])
+                    argv = [PYTHON, str(REPO / "bench" / "blast.py"), net.client.ip,
+                            net.server.ip, str(k.port), str(tmp / "pool"), str(rate),
+                            str(FLOOD_SECONDS)]
+                else:
+                    argv = [PYTHON, "-c", SENDER, str(rate), str(FLOOD_SECONDS),
+                            str(tmp / "frames"), net.server.ip]
+                sender = net.client.popen(argv, stdout=subprocess.PIPE, text=True)
                 time.sleep(WARMUP)
                 times = []
                 for i in range(KNOCKS):
@@ -166,7 +177,8 @@ def run_case(sources: int, rate: float, limited: bool) -> str:
     first = sum(1 for t in times if t is not None and t <= FIRST_TRY)
     shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in times)
     achieved = int(sent) / float(seconds)
-    return (f"{'one source' if sources == 1 else f'{sources} sources':>13}  "
+    return (f"{'one source' if sources == 1 else f'{sources} sources':>13}"
+            f"{' (blast.py)' if blast else ''}  "
             f"asked {('max' if not rate else int(rate)):>6}/s  sent {achieved:7.0f}/s  "
             f"reached the socket {read / float(seconds):6.0f}/s "
             f"(buffer full {full / float(seconds):6.0f}/s)  "
@@ -176,12 +188,16 @@ def run_case(sources: int, rate: float, limited: bool) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--no-limit", action="store_true", help="leave set knock_port empty")
+    p.add_argument("--blast", action="store_true",
+                   help="one source only: send with bench/blast.py (sendmmsg, faster)")
     p.add_argument("cases", nargs="*", default=CASES)
     args = p.parse_args()
     print(f"table: {'NO flood limit' if args.no_limit else 'flood limit on the knock port'}")
     for case in args.cases:
         sources, rate = case.split(":")
-        print(run_case(int(sources), float(rate), not args.no_limit), flush=True)
+        if args.blast and sources != "1":
+            p.error("--blast sends from one source only")
+        print(run_case(int(sources), float(rate), not args.no_limit, args.blast), flush=True)
     return 0
 
 
