@@ -3,9 +3,13 @@
 `gnocchi table load` (ExecStart=, ExecReload=) runs `gnocchi check` first
 and refuses to arm, loudly, when the verifier could not run or nobody could
 knock in; otherwise it loads /etc/gnocchi/gnocchi.nft keeping pending knocks
-(gnocchi/table.py). `gnocchi table unload` (ExecStop=) removes the table. `gnocchi table rearm`
-(nftables.service's drop-in, after its "flush ruleset") loads it again when
-gnocchi is meant to be armed (gnocchi-arm.service active) and it is missing.
+(gnocchi/table.py), with the knock port of the server key named in the config
+(the port `gnocchi check` has just found gnocchi.socket listening on) in the
+table's per-source flood limit, in the same transaction. `gnocchi table
+unload` (ExecStop=) removes the table. `gnocchi table rearm` (nftables.service's
+drop-in, after its "flush ruleset") loads it again when gnocchi is meant to be
+armed (gnocchi-arm.service active) and it is missing, then fills in the knock
+port.
 `gnocchi table watch` (gnocchi-watch.service, bound to gnocchi-arm.service)
 follows `nft monitor` and does the same at once after any other flush.
 
@@ -87,12 +91,31 @@ def load(config_path: str, table_path: str) -> int:
     if not report.ok:
         return refuse(report.problems)
     try:
-        loaded = table.load(table_path)
+        loaded = table.load(table_path, knock_port=report.port)
     except table.TableError as e:
         return refuse([str(e)])
-    log("armed", loaded.describe(table_path), how=loaded.how, pending=loaded.kept,
+    log("armed", loaded.describe(table_path) + flood_limit(loaded.table.knock_ports()),
+        how=loaded.how, pending=loaded.kept,
         protected=table.show_ports(loaded.table.protected()), knock_port=report.port)
     return 0
+
+
+def flood_limit(ports: list | None) -> str:
+    if not ports:
+        return ("; NO per-source flood limit: the table file has no set knock_port "
+                "(docs/firewall.md, \"Floods\")")
+    return f"; floods from one source to the knock port {ports[0]}/udp are limited"
+
+
+def configured_knock_port(config_path: str) -> tuple[int | None, str]:
+    """(the knock port of the server key the config names, which `gnocchi setup` gave
+    gnocchi.socket, or None; why not)."""
+    from gnocchi import config, keys  # loads nacl: called after the table is back
+    from gnocchi.protocol import knock_port
+    try:
+        return knock_port(keys.load_server_key(config.load(config_path).server_key_file)), ""
+    except (config.ConfigError, keys.KeyFileError) as e:
+        return None, str(e)
 
 
 def unload() -> int:
@@ -141,8 +164,13 @@ def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False
             f"{by}) and could not be loaded again: {proc.stderr.strip()}; the protected ports "
             "are OPEN", by=by)
         return 1
+    # The flood limit's port comes second: it guards the verifier, not the ports.
+    port, why = configured_knock_port(config_path)
+    limited = (flood_limit([port] if table.set_knock_port(port) else None) if port else
+               f"; NO per-source flood limit: cannot tell the knock port: {why}")
     log("table-missing", f"table inet gnocchi was MISSING while gnocchi is armed (removed by "
-        f"{by}): the protected ports were open; re-armed from {table_path}", by=by)
+        f"{by}): the protected ports were open; re-armed from {table_path}{limited}", by=by,
+        knock_port=port)
     return 0
 
 

@@ -33,6 +33,7 @@ class Report:
     port: int | None = None             # the server key's knock port
     clients: int = 0
     protected: dict | None = None        # from the table file
+    flood_limit: bool = True             # the table file has set knock_port
 
     @property
     def ok(self) -> bool:
@@ -125,6 +126,36 @@ def check_socket(report: Report, port: int | None, unit_dir: str | None) -> None
                                f"but the server key's knock port is {port}; fix: {setup}")
 
 
+def check_flood_limit(report: Report, table_path: str) -> None:
+    if not report.flood_limit:
+        report.warnings.append(f"{table_path} has no set knock_port, so a flood from one "
+                               "address reaches the verifier whole and can keep knocks out; "
+                               "fix: copy set knock_port, sets knock_sources4/6 and chain knock "
+                               "(and its jump) from /usr/share/gnocchi/gnocchi.nft, then "
+                               "systemctl reload gnocchi-arm")
+
+
+def check_live_knock_port(report: Report, table_path: str) -> None:
+    """The loaded table limits floods on the key's knock port (arming wrote it from
+    the key; a key changed since needs the table loaded again)."""
+    try:
+        live = table.live()
+    except table.TableError:
+        return  # not root, or no nft: `gnocchi status` says more
+    if live is None or report.port is None:
+        return
+    ports = live.knock_ports()
+    fix = "fix: systemctl reload gnocchi-arm (it loads the table with the key's port)"
+    if ports is None and report.flood_limit:
+        report.warnings.append(f"the loaded table inet gnocchi has no flood limit on the knock "
+                               f"port, but {table_path} has one; {fix}")
+    elif ports is not None and ports != [report.port]:
+        shown = ", ".join(map(str, ports)) or "no port"
+        report.warnings.append(f"the loaded table inet gnocchi limits floods on UDP {shown}, "
+                               f"but the server key's knock port is {report.port} (the key "
+                               f"changed since arming?), so floods to it are not limited; {fix}")
+
+
 def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> None:
     """SYN cookies always on let an ACK make a connection, and the gate judges SYNs
     (docs/firewall.md, "SYN cookies"): a knocked client could replay its ACK, and
@@ -166,13 +197,18 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
 
 
 def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = table.DEFAULT_FILE,
-        unit_dir: str | None = None) -> Report:
+        unit_dir: str | None = None, live: bool = False) -> Report:
+    """live: also compare with the loaded table (not when arming, which is about to
+    load it)."""
     report = Report()
     for path in (config_path, table_path):
         if problem := loose_mode(path):
             report.problems.append(problem)
     try:
-        report.protected = table.test_load(table_path).protected()
+        loaded = table.test_load(table_path)
+        report.protected = loaded.protected()
+        report.flood_limit = loaded.knock_ports() is not None
+        check_flood_limit(report, table_path)
     except table.TableError as e:
         report.problems.append(str(e))
     try:
@@ -187,6 +223,8 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = table.D
     check_clients(report, cfg)
     check_socket(report, report.port, unit_dir)
     check_syncookies(report)
+    if live:
+        check_live_knock_port(report, table_path)
     # The counter store: readable only with the verifier's or root's full rights;
     # where it is not (the arming unit has no CAP_DAC_*), the verifier checks it itself.
     if os.access(cfg.state_dir, os.R_OK | os.X_OK):
@@ -216,7 +254,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     args = parser().parse_args(argv[1:])
-    report = run(args.config, args.table, args.unit_dir)
+    report = run(args.config, args.table, args.unit_dir, live=True)
     for warning in report.warnings:
         print(f"gnocchi check: warning: {warning}", file=sys.stderr)
     for problem in report.problems:

@@ -167,6 +167,14 @@ class Doctor:
         self.findings.pop()  # the line above, said again with what it protects
         self.add(True, "table inet gnocchi is loaded (armed)",
                  good=f"protecting {table.show_ports(protected)}")
+        if self.port is not None:
+            limited = self.live.knock_ports()
+            self.add(limited == [self.port], "the table limits floods on the knock port",
+                     "it has no set knock_port" if limited is None else
+                     f"it limits UDP {', '.join(map(str, limited)) or 'no port'}, not the "
+                     f"knock port {self.port}: a flood from one address reaches the verifier",
+                     "systemctl reload gnocchi-arm (it writes the server key's port into "
+                     "the table)", good=f"{self.port}/udp, per source address", warn=True)
         if self.cfg is None:
             return
         for c in self.cfg.clients:

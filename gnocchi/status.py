@@ -139,6 +139,8 @@ def report(config_path: str) -> tuple[int, list[str]]:
         lines.append(f"knock port: {port}/udp, " + ("listening" if listening else
                                                      "NOT listening") + f" (gnocchi.socket {sock})"
                      + f"; server key fingerprint {fingerprint}")
+    if live is not None and port is not None:
+        lines.append(flood_line(live.knock_ports(), port))
     lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
                                                  else "not listening")
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
@@ -153,6 +155,17 @@ def report(config_path: str) -> tuple[int, list[str]]:
     if trial := trial_line():
         lines.insert(1, trial)
     return status, lines
+
+
+def flood_line(limited: list | None, port: int) -> str:
+    """What the table's per-source flood limit guards, against the key's knock port."""
+    if limited == [port]:
+        return f"flood limit: on {port}/udp, per source address (IPv6: per /64)"
+    shown = ", ".join(map(str, limited or [])) or "no port"
+    what = ("NONE: the loaded table has no set knock_port" if limited is None else
+            f"on UDP {shown}, NOT on the knock port {port}")
+    return (f"flood limit: {what}, so a flood from one address reaches the verifier whole; "
+            "fix: systemctl reload gnocchi-arm")
 
 
 def trial_line() -> str | None:

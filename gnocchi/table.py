@@ -14,7 +14,10 @@ Guarantees:
   one that was used or expired meanwhile makes the transaction fail (and the
   load is retried) rather than come back to life;
 - the file is first loaded into a throwaway user+network namespace, so a
-  broken or foreign file is refused before the live table is touched.
+  broken or foreign file is refused before the live table is touched;
+- set knock_port (the flood limit's port) holds the knock port the caller
+  gives, written in the same transaction as the file (docs/firewall.md,
+  "Floods"); a file without that set loads as it is.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ NFT = "nft"  # found on PATH: /usr/sbin in units and root's shell
 FAMILY, NAME = "inet", "gnocchi"
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
+KNOCK_PORT = "knock_port"  # the flood limit's port: load() fills it from the server key
 KNOCKED_TYPES = {"knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
                  "knocked6": ["ipv6_addr", "inet_proto", "inet_service"]}
 _REFUSED = 3  # test_load's exit status when nft refuses the file
@@ -66,6 +70,19 @@ class Table:
         sets = self.sets()
         return {proto: [_port_or_range(e) for e in sets.get(name, {}).get("elem", [])]
                 for proto, name in PROTECTED.items()}
+
+    def knock_ports(self) -> list[int] | None:
+        """The ports in set knock_port (the flood limit's), or None without that set."""
+        found = self.sets().get(KNOCK_PORT)
+        return None if found is None else [_port_or_range(e) for e in found.get("elem", [])]
+
+    def with_knock_port(self, port: int | None) -> "Table":
+        """This table as it is once load() has filled set knock_port with port."""
+        if port is None or self.knock_ports() is None:
+            return self
+        return Table(tuple({"set": dict(o["set"], elem=[port])}
+                           if o.get("set", {}).get("name") == KNOCK_PORT else o
+                           for o in self.objects))
 
     def pending(self) -> list[Pending]:
         found = []
@@ -184,6 +201,9 @@ def _validate(objects: tuple, path: str) -> None:
         if sets[name].get("type") != kind or "timeout" not in sets[name].get("flags", []):
             raise TableError(f"{path}: set {name} must be `type {' . '.join(kind)}` "
                              "with `flags timeout`")
+    if KNOCK_PORT in sets and sets[KNOCK_PORT].get("type") != "inet_service":
+        raise TableError(f"{path}: set {KNOCK_PORT} must be of type inet_service (gnocchi "
+                         "puts the knock port in it)")
     hooks = [o["chain"] for o in objects if "chain" in o and o["chain"].get("hook") == "input"]
     if not hooks:
         raise TableError(f"{path}: no chain hooks input, so nothing would be protected")
@@ -214,13 +234,13 @@ class Loaded:
 
 
 def ports_only(new: Table, old: Table) -> list[dict] | None:
-    """The JSON commands that turn old into new when only protected elements differ
-    ([] when nothing does), or None when anything else differs."""
+    """The JSON commands that turn old into new when only the elements of the protected
+    sets and of knock_port differ ([] when nothing does), or None when anything else does."""
     if new.skeleton() != old.skeleton():
         return None
     commands = []
     new_sets, old_sets = new.sets(), old.sets()
-    for name in PROTECTED.values():
+    for name in [*PROTECTED.values(), *([KNOCK_PORT] if KNOCK_PORT in new_sets else [])]:
         want = new_sets[name].get("elem", [])
         if want == old_sets[name].get("elem", []):
             continue
@@ -248,18 +268,28 @@ def replacement(text: str, new: Table, carried: list[Pending]) -> tuple[str, int
     return "\n".join(guard + [text] + add) + "\n", dropped
 
 
-def load(path: str = DEFAULT_FILE) -> Loaded:
-    """Load path as the live table, keeping pending knocks (see the module docstring)."""
-    new = test_load(path)
+def knock_port_script(new: Table) -> str:
+    """nft commands that fill set knock_port as new has it (after the file's own)."""
+    ports = new.knock_ports()
+    if not ports:
+        return ""
+    ref = f"{FAMILY} {NAME} {KNOCK_PORT}"
+    return f"flush set {ref}\nadd element {ref} {{ {', '.join(map(str, ports))} }}\n"
+
+
+def load(path: str = DEFAULT_FILE, knock_port: int | None = None) -> Loaded:
+    """Load path as the live table, keeping pending knocks (see the module docstring),
+    with knock_port in set knock_port (None: as the file has it)."""
+    new = test_load(path).with_knock_port(knock_port)
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read().rstrip("\n") + "\n" + knock_port_script(new)
     except (OSError, UnicodeDecodeError) as e:
         raise TableError(f"{path}: cannot read: {e}") from None
     for _ in range(RETRIES):
         old = live()
         if old is None:
-            proc = nft("-f", path)
+            proc = nft("-f", "-", input=text)
             if proc.returncode != 0:
                 raise TableError(f"nft -f {path}: {proc.stderr.strip()}")
             return Loaded("armed", new, 0)
@@ -281,6 +311,14 @@ def load(path: str = DEFAULT_FILE) -> Loaded:
         # A carried knock was used or expired after we read it: read again.
     raise TableError(f"could not replace table {FAMILY} {NAME}: pending knocks kept changing "
                      f"during {RETRIES} attempts; try again")
+
+
+def set_knock_port(port: int) -> bool:
+    """Fill the live table's set knock_port with port alone (one transaction); False
+    when the table or the set is not there."""
+    ref = f"{FAMILY} {NAME} {KNOCK_PORT}"
+    proc = nft(f"flush set {ref}; add element {ref} {{ {port} }}")
+    return proc.returncode == 0
 
 
 def unload() -> bool:

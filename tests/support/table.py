@@ -10,9 +10,11 @@ from support.processes import REPO
 TABLE_FILE = REPO / "nft" / "gnocchi.nft"
 
 
-def load_table(host: Host, directory: Path, udp_ports=(), tcp_ports=(22,)) -> Path:
+def load_table(host: Host, directory: Path, udp_ports=(), tcp_ports=(22,),
+               knock_port: int | None = None) -> Path:
     """Load nft/gnocchi.nft into host, edited as an admin would edit it:
-    the protected ports changed in the one place the file keeps them."""
+    the protected ports changed in the one place the file keeps them; with
+    knock_port, its flood limit set on that port as `gnocchi table load` does."""
     text = TABLE_FILE.read_text()
     tcp = "elements = { 22 }"
     udp = "# elements = { 51820 }"
@@ -23,6 +25,8 @@ def load_table(host: Host, directory: Path, udp_ports=(), tcp_ports=(22,)) -> Pa
     path = directory / "gnocchi.nft"
     path.write_text(text)
     host.nft("-f", str(path))
+    if knock_port is not None:
+        host.nft("add", "element", "inet", "gnocchi", "knock_port", f"{{ {knock_port} }}")
     return path
 
 

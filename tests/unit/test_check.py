@@ -172,3 +172,20 @@ def test_setup_names_what_check_would_refuse(s):
     assert "not ready to arm yet; `gnocchi check` says:" in out
     assert "no [clients.NAME] configured" in out
     assert "systemctl enable --now gnocchi.socket" in out
+
+
+def test_a_table_file_without_the_flood_limit_is_only_a_warning(s):
+    """An old /etc/gnocchi/gnocchi.nft (a conffile the admin edited) still arms."""
+    text = TABLE.read_text()
+    s.table.write_text(text.replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", "")
+                       .replace("set knock_port {", "set knock_port_old {"))
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: {s.table} has no set knock_port, so a flood from one address" in proc.stderr
+
+
+def test_a_knock_port_set_of_another_type_is_refused(s):
+    s.table.write_text(TABLE.read_text().replace(
+        "set knock_port {\n\t\ttype inet_service", "set knock_port {\n\t\ttype ipv4_addr")
+        .replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", ""))
+    refused(s, f"{s.table}: set knock_port must be of type inet_service")
