@@ -7,7 +7,7 @@ Mid-flood, a client on another address knocks once (KNOCKS times, each a
 fresh knock); a knock "opens on its first try" when a connection from that
 address to port 22 succeeds within 100 ms of sending it.
 
-    /usr/bin/python3 tests/integration/flood_measure.py [--no-limit] [CASE ...]
+    /usr/bin/python3 bench/flood_measure.py [--no-limit] [CASE ...]
 
 CASE is SOURCES:RATE (RATE 0: as fast as one Python sender goes), default
 the table in docs/firewall.md. Prints one line per case. As root; only
@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # gnocchi and the tests' scaffold
 
 from nacl.secret import SecretBox  # noqa: E402
 
