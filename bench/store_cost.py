@@ -26,11 +26,13 @@ def rate(label, seconds, step):
     while (elapsed := time.perf_counter() - start) < seconds:
         step(n)
         n += 1
-    print(f"{label:48} {n / elapsed:8.0f} /s  {elapsed / n * 1e6:7.0f} µs each  ({n} in {elapsed:.1f} s)")
+    print(f"{label:48} {n / elapsed:8.0f} /s  {elapsed / n * 1e6:7.0f} µs each  "
+          f"({n} in {elapsed:.1f} s)")
 
 
 def filesystem(path):
-    return subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["stat", "-f", "-c", "%T", path],
+                          capture_output=True, text=True).stdout.strip()
 
 
 def main():
