@@ -253,7 +253,7 @@ print(calls)
 """
 
 
-# text: as setup, recover, audit --counters and backups leave it; outgrown: the new line will not fit
+# text: as setup, recover, audit --counters and backups leave it; outgrown: the line will not fit
 @pytest.mark.parametrize("start", ["text", "slots", "outgrown"])
 def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_new(tmp_path,
                                                                                      start):
