@@ -4,24 +4,40 @@ Trusts only its own file, and not even that blindly: the file is parsed
 strictly, and anything unexpected is a StoreError naming the file and how to
 recover, so the verifier fails closed instead of forgetting counters (which
 would make every captured knock replayable). commit() returns only after the
-new value is on disk (write a temporary file, fsync, rename over the store,
-fsync the directory); only then may the verifier act on the knock.
+new value is on disk; only then may the verifier act on the knock.
 
 The store is created by `gnocchi setup`; a missing one is a StoreError too,
 since an empty store would accept every knock ever captured. The way out of
 a lost or corrupt store is recover(): a floor of "now" below which every
 counter, of every key, is a replay.
 
-File format (text, also what `gnocchi audit --counters` prints to rebuild it):
+The counters are text, v1, what setup, recover and `gnocchi audit --counters`
+write and what an admin may restore:
 
     # gnocchi counters v1
     floor <counter, decimal>          (optional: the last for any key not listed)
     <client public key, 64 lowercase hex> <highest accepted counter, decimal>
+
+The verifier's commits keep that text in one of two slots of the same file,
+each written in place by one O_DSYNC pwrite (docs/server.md, "Counter store"):
+
+    slot 0 at offset 0, slot 1 at offset capacity (the file is 2 x capacity
+    bytes, capacity a power of two of at least 4096): "gnocchi2", sequence
+    (8 bytes, big-endian), text length (4 bytes), blake2b-256 of those and
+    the text, the v1 text, zeros up to capacity
+
+A commit writes the slot not holding the newest state, so a torn write
+(its checksum fails) leaves the newest one whole; load takes the valid slot
+of highest sequence. A text file, or a state too big for its slot, is
+replaced whole instead (temporary file, fsync, rename, fsync the directory)
+by a file of two slots: the new state in slot 0, slot 1 blank.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import struct
 
 from gnocchi import durable
 from gnocchi.protocol import MAX_COUNTER
@@ -30,7 +46,13 @@ FILE_NAME = "counters"
 HEADER = "# gnocchi counters v1\n"
 _LINE = re.compile(r"([0-9a-f]{64}) (0|[1-9][0-9]{0,33})")
 _FLOOR = re.compile(r"floor (0|[1-9][0-9]{0,33})")
-MAX_FILE = 1 << 20  # far above any real client list; a larger file is not ours
+MAX_TEXT = 1 << 20  # far above any real client list; a larger text is not ours
+SLOT_MAGIC = b"gnocchi2"
+_SLOT_HEAD = struct.Struct(">8sQI")  # magic, sequence, text length; then the checksum
+_CHECKSUM = 32
+SLOT_HEAD = _SLOT_HEAD.size + _CHECKSUM
+BLOCK = 4096  # slots start on separate blocks: a torn write of one never touches the other
+MAX_CAPACITY = 2 << 20  # a slot for MAX_TEXT, rounded up to a power of two
 
 
 class StoreError(Exception):
@@ -51,6 +73,11 @@ class Store:
         self.path = os.path.join(state_dir, FILE_NAME)
         self.counters: dict[bytes, int] = {}
         self.floor = 0
+        self.sequence = 0  # of the newest slot; a text file counts as sequence 0
+        self.newest = 0    # the slot holding it
+        self.capacity = 0  # bytes per slot; 0 for a text file, which the first commit replaces
+        self._file_id: tuple[int, int] = (0, 0)  # (device, inode) of the file read
+        self._fd: int | None = None  # opened by the first in-place commit
 
     def load(self) -> "Store":
         """Read the store; a missing one is an error, not an empty store."""
@@ -65,11 +92,15 @@ class Store:
                              f"{recovery_hint(self.path)}") from None
         try:
             with os.fdopen(fd, "rb") as f:
-                raw = f.read(MAX_FILE + 1)
+                self._file_id = _file_id(os.fstat(f.fileno()))
+                raw = f.read(2 * MAX_CAPACITY + 1)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot read: {e.strerror}; "
                              f"{recovery_hint(self.path)}") from None
-        self.floor, self.counters = parse(raw, self.path)
+        text = raw
+        if not raw.startswith(HEADER.encode("ascii")):
+            self.sequence, self.newest, self.capacity, text = newest_slot(raw, self.path)
+        self.floor, self.counters = parse(text, self.path)
         return self
 
     def last(self, client_key: bytes) -> int:
@@ -87,13 +118,90 @@ class Store:
             raise ValueError("counter out of range")
         new = dict(self.counters)
         new[client_key] = counter
+        text = render(new, self.floor).encode("ascii")
+        if len(text) > MAX_TEXT:
+            raise StoreError(f"{self.path}: cannot write: more than {MAX_TEXT} bytes of "
+                             f"counters; nothing was opened for this knock")
+        slot = pack_slot(self.sequence + 1, text)
         try:
-            durable.replace_file(self.path, render(new, self.floor).encode("ascii"), 0o600)
+            if len(slot) <= self.capacity:
+                self._write_slot(1 - self.newest, slot)
+            else:
+                self._replace(slot)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot write: {e.strerror or e}; nothing was opened "
                              f"for this knock; fix the state directory {self.dir} "
                              f"(space, permissions) and restart gnocchi") from None
         self.counters = new
+        self.sequence += 1
+
+    def _write_slot(self, index: int, slot: bytes) -> None:
+        """The one synchronous write of a commit, into the slot not holding the newest state."""
+        if self._fd is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if _file_id(os.fstat(fd)) != self._file_id:
+                os.close(fd)
+                raise self._replaced()
+            self._fd = fd
+        if os.pwrite(self._fd, slot, index * self.capacity) != len(slot):
+            raise OSError("short write")
+        if os.fstat(self._fd).st_nlink == 0:  # the commit went to a file no longer there
+            raise self._replaced()
+        self.newest = index
+
+    def _replace(self, slot: bytes) -> None:
+        """A new file of two slots, the new state in slot 0: for a text file or a grown state."""
+        capacity = BLOCK
+        while capacity < len(slot):
+            capacity *= 2
+        durable.replace_file(self.path, slot.ljust(2 * capacity, b"\0"), 0o600)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._file_id = _file_id(os.stat(self.path))
+        self.newest, self.capacity = 0, capacity
+
+    def _replaced(self) -> StoreError:
+        return StoreError(f"{self.path}: was replaced while gnocchi ran (a restore, or "
+                          f"`gnocchi recover-counters`); nothing was opened for this knock; "
+                          f"restart gnocchi, which loads the new store")
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def pack_slot(sequence: int, text: bytes) -> bytes:
+    head = _SLOT_HEAD.pack(SLOT_MAGIC, sequence, len(text))
+    return head + hashlib.blake2b(head + text, digest_size=_CHECKSUM).digest() + text
+
+
+def unpack_slot(slot: bytes) -> tuple[int, bytes] | None:
+    """(sequence, text) of a slot written whole; None for a torn, blank or foreign one."""
+    if len(slot) < SLOT_HEAD:
+        return None
+    magic, sequence, length = _SLOT_HEAD.unpack_from(slot)
+    text = slot[SLOT_HEAD:SLOT_HEAD + length]
+    checksum = hashlib.blake2b(slot[:_SLOT_HEAD.size] + text, digest_size=_CHECKSUM).digest()
+    if magic != SLOT_MAGIC or len(text) != length or slot[_SLOT_HEAD.size:SLOT_HEAD] != checksum:
+        return None
+    return sequence, text
+
+
+def newest_slot(raw: bytes, path: str) -> tuple[int, int, int, bytes]:
+    """(sequence, slot index, capacity, text) of the newest whole slot of a store's bytes."""
+    capacity = len(raw) // 2
+    if len(raw) % (2 * BLOCK) or not 0 < capacity <= MAX_CAPACITY:
+        raise _corrupt(path, f"first line is not {HEADER.strip()!r}, and {len(raw)} bytes "
+                             f"are not two slots of a multiple of {BLOCK}")
+    whole = [(slot[0], index, slot[1]) for index in (0, 1)
+             if (slot := unpack_slot(raw[index * capacity:(index + 1) * capacity]))]
+    if not whole:
+        raise _corrupt(path, "neither of its two slots is whole")
+    if len(whole) == 2 and whole[0][0] == whole[1][0]:
+        raise _corrupt(path, f"both slots claim sequence {whole[0][0]}")
+    sequence, index, text = max(whole)
+    return sequence, index, capacity, text
 
 
 def render(counters: dict[bytes, int], floor: int = 0) -> str:
@@ -126,15 +234,19 @@ def recover(state_dir: str, now: int, uid: int = -1, gid: int = -1) -> str:
     return f"{path}: every counter up to {now} is now a replay ({was})"
 
 
-def parse(raw: bytes, path: str) -> tuple[int, dict[bytes, int]]:
-    """(floor, counters) from a store's bytes."""
-    def corrupt(why: str) -> StoreError:
-        return StoreError(f"{path}: corrupt counter store ({why}); gnocchi will not start "
-                          f"without it, because forgotten counters make old knocks replayable; "
-                          f"{recovery_hint(path)}")
+def _corrupt(path: str, why: str) -> StoreError:
+    return StoreError(f"{path}: corrupt counter store ({why}); gnocchi will not start "
+                      f"without it, because forgotten counters make old knocks replayable; "
+                      f"{recovery_hint(path)}")
 
-    if len(raw) > MAX_FILE:
-        raise corrupt(f"larger than {MAX_FILE} bytes")
+
+def parse(raw: bytes, path: str) -> tuple[int, dict[bytes, int]]:
+    """(floor, counters) from v1 text."""
+    def corrupt(why: str) -> StoreError:
+        return _corrupt(path, why)
+
+    if len(raw) > MAX_TEXT:
+        raise corrupt(f"larger than {MAX_TEXT} bytes")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
