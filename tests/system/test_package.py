@@ -169,20 +169,22 @@ def test_apt_upgrade_from_the_single_package_keeps_the_server_armed(debs, old_de
             verifier = box.run(["systemctl", "show", "-P", "MainPID", "gnocchi.service"]).stdout
 
             # The admin's apt upgrade, from a repository that now holds the split packages.
-            repo = root / "repo"
-            repo.mkdir()
+            repo = box.root / "srv/gnocchi-repo"  # readable by apt's sandbox user _apt
+            repo.mkdir(parents=True)
+            repo.chmod(0o755)
             for path in debs.values():
                 shutil.copy(path, repo)
-            box.run(["sh", "-c", "cd /root/repo && dpkg-scanpackages . > Packages"])
+            box.run(["sh", "-c", "cd /srv/gnocchi-repo && dpkg-scanpackages . > Packages"])
             sources = box.root / "etc/apt/gnocchi-test.list"
-            sources.write_text("deb [trusted=yes] file:/root/repo ./\n")
+            sources.write_text("deb [trusted=yes] file:/srv/gnocchi-repo ./\n")
             only_ours = ["-o", "Dir::Etc::SourceList=/etc/apt/gnocchi-test.list",
                          "-o", "Dir::Etc::SourceParts=-"]
             box.run(["apt-get", "update", "-q", *only_ours], timeout=120)
             # = `apt upgrade`; confold: a conffile the package changed keeps the admin's
-            box.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "upgrade", "-y", "-q",
-                     "--with-new-pkgs", "-o", "Dpkg::Options::=--force-confold", *only_ours],
-                    timeout=300)
+            upgrade = box.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "upgrade",
+                               "-y", "-q", "--with-new-pkgs", "-o",
+                               "Dpkg::Options::=--force-confold", *only_ours], timeout=300)
+            assert "taking over from gnocchi-knock 0.2.0" in upgrade.stdout, upgrade.stdout
 
             for package in PACKAGES:
                 status = box.run(["dpkg-query", "-W", "-f", "${Status} ${Version}", package])
