@@ -8,7 +8,8 @@ gnocchi.config's own loader, holding exactly the old clients plus (or
 minus) this one, before it durably replaces the old file with the same
 owner and mode. A running verifier is then reloaded (`systemctl reload
 gnocchi.service`: `gnocchi check`, then a restart that keeps the knocks
-queued in its socket). add-client prints what the client needs: a
+queued in its socket), and the command returns once the old verifier has
+exited, so a removed client is out when it says so. add-client prints what the client needs: a
 knock.toml profile and a ~/.ssh/config block, with the server key's
 fingerprint; never the server key itself.
 """
@@ -22,11 +23,13 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 from gnocchi import config as server_config
 from gnocchi import durable, keys, knock_request
 
 SERVICE = "gnocchi.service"
+RELOAD_WAIT = 15  # seconds for the old verifier to exit (it looks at SIGTERM every second)
 DEFAULT_ALLOW = "22/tcp"
 
 
@@ -180,12 +183,26 @@ def reload_verifier() -> str:
         return "no systemctl here: restart the verifier yourself to apply it"
     if not active:
         return f"{SERVICE} is not running; it reads the new config when it starts"
+    old_pid = main_pid()
     proc = subprocess.run(["systemctl", "reload", SERVICE], capture_output=True, text=True,
                           timeout=120)
     if proc.returncode != 0:
         raise EditError(f"the config is written, but `systemctl reload {SERVICE}` failed: "
                         f"{proc.stderr.strip()}; see `gnocchi check`")
+    # The reload only signals the old verifier, which still decides the knocks
+    # it reads until it exits (within a second): a removed client is out only then.
+    deadline = time.monotonic() + RELOAD_WAIT
+    while main_pid() == old_pid:
+        if time.monotonic() > deadline:
+            raise EditError(f"the config is written and {SERVICE} reloaded, but its old "
+                            f"verifier (pid {old_pid}) still runs after {RELOAD_WAIT} s")
+        time.sleep(0.1)
     return f"{SERVICE} reloaded"
+
+
+def main_pid() -> str:
+    return subprocess.run(["systemctl", "show", "-P", "MainPID", SERVICE], capture_output=True,
+                          text=True, timeout=30).stdout.strip()
 
 
 def client_files(cfg: server_config.Config, name: str, host: str) -> str:
