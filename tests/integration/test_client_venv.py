@@ -10,10 +10,8 @@ and installed from there, so the suite stays fast.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -45,10 +45,15 @@ def blocks(out: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def setup(deb):
     need("systemd-nspawn", "nsenter", "nft", "apt-get")
-    fetched = subprocess.run(["apt-get", "install", "-y", "-q", "--download-only",
-                              "openssh-server"], capture_output=True, text=True, timeout=300,
-                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                  "DEBIAN_FRONTEND": "noninteractive"})
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in ("cached lists", "fresh lists"):
+        if attempt == "fresh lists":  # a machine whose apt lists are missing or stale
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, env=env)
+        fetched = subprocess.run(["apt-get", "install", "-y", "-q", "--download-only",
+                                  "openssh-server"], capture_output=True, text=True,
+                                 timeout=300, env=env)
+        if fetched.returncode == 0:
+            break
     if fetched.returncode != 0:
         pytest.skip(f"cannot fetch openssh-server: {fetched.stderr.strip()[-300:]}")
     with installed(deb, "ob") as (net, box):
@@ -140,7 +145,8 @@ def test_a_second_client_in_two_commands_logs_in_with_ssh_and_is_removed_again(s
     # bob logs in with plain ssh: the printed ProxyCommand knocks for him.
     login = ssh(box, net)
     assert login.stdout.strip() == "bob", login.stderr
-    assert as_bob(box, net, "cat", f"{BOB}/.ssh/config").stdout == printed["append to ~/.ssh/config"]
+    ssh_config = as_bob(box, net, "cat", f"{BOB}/.ssh/config").stdout
+    assert ssh_config == printed["append to ~/.ssh/config"]
 
     # The admin removes bob: his knocks open nothing any more; alice still gets in.
     removed = box.run(["gnocchi", "remove-client", "bob"])

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 
 from support import REPO, Net
-from systemd_container import Container, server_debs
+from systemd_container import Container
 
 # The module roles, as tests/test_roles.py reads them from gnocchi/__init__.py.
-sys.path.insert(0, str(REPO / "tests"))
-from test_roles import ROLES  # noqa: E402
+from test_roles import ROLES  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 PACKAGES = ("gnocchi-client", "gnocchi-server", "gnocchi-knock")
 
