@@ -1,6 +1,7 @@
 """The client as a user without the Debian packages installs it: `pip install`
-from the checkout into a venv made without system site packages, with only
-PyNaCl (and what PyNaCl needs) from the package index. That venv's
+of an sdist made from the checkout, into a venv made without system site
+packages, with only PyNaCl (and what PyNaCl needs) from the package index
+(a stand-in for macOS or a BSD: nothing of Debian's is there). That venv's
 gnocchi-knock makes the client key and knocks a real verifier and the real
 helper in network namespaces, and the protected port opens.
 
@@ -44,8 +45,13 @@ def venv(tmp_path_factory) -> Path:
     shutil.copy(REPO / "README.md", src)
     shutil.copytree(REPO / "gnocchi", src / "gnocchi",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    # An sdist of them, as a release would ship it: what pip builds from it must be
+    # complete (pipx install of the checkout builds the same way, without the tarball).
+    code = "from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    sdist = d / "dist" / run([PYTHON, "-c", f"import sys; {code}", d / "dist"],
+                             cwd=src).stdout.split()[-1]
     run([PYTHON, "-m", "venv", d / "venv"])
-    run([d / "venv/bin/pip", "install", "--quiet", "--no-index", "--find-links", WHEELS, src])
+    run([d / "venv/bin/pip", "install", "--quiet", "--no-index", "--find-links", WHEELS, sdist])
     return d / "venv"
 
 
