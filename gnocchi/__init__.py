@@ -3,7 +3,8 @@
     client  knock profile
     server  verifier knock_socket config counters recover ratelimit strict
             action_client action_runner actions helper_client events audit
-            dropin keytool check table arming status doctor __main__
+            dropin keytool clients check table arming status doctor
+            __main__
     shared  protocol knock_request keys durable checked_toml
 
 The client is gnocchi-knock (`python3 -m gnocchi.knock`), run by a user.
@@ -16,4 +17,4 @@ only shared ones, and no server module imports a client one. The root
 helper stands apart: helper/ imports nothing from gnocchi/.
 tests/test_roles.py holds every module to this table.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -12,6 +12,8 @@ COMMANDS = {
     "keygen": ("gnocchi.keytool", "make a server or client key"),
     "pubkey": ("gnocchi.keytool", "print a client key's public key"),
     "port": ("gnocchi.keytool", "print the knock port of a server key"),
+    "add-client": ("gnocchi.clients", "add a client to gnocchi.toml; print its knock.toml and ssh config"),
+    "remove-client": ("gnocchi.clients", "remove a client from gnocchi.toml"),
     "setup": ("gnocchi.dropin", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "run-action": ("gnocchi.action_runner", "run one action (started by gnocchi-action.socket)"),

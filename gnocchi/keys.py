@@ -5,7 +5,8 @@ at most one trailing newline, so the `tr </dev/urandom -dc 0-9a-f | head -c 64`
 form (with or without `; echo`) is a key file; anything else is a KeyFileError
 naming the file, what is wrong, and the fix. Secret key files are opened
 without following a symbolic link and refused when group or others may use
-them; new ones are created 0600 and never replace an existing file.
+them; new ones are created 0600 and never replace an existing file, and a
+new client key's missing directories are created 0700.
 """
 from __future__ import annotations
 
@@ -137,6 +138,35 @@ def write_secret(path, key: bytes) -> None:
         raise KeyFileError(path, f"cannot write: {e}") from None
     os.close(fd)
     durable.fsync_dir(os.path.dirname(os.path.abspath(path)))  # the new entry survives a crash
+
+
+def make_private_dirs(directory) -> None:
+    """Create directory and any missing parents, each 0700 (whatever the umask);
+    directories that already exist are left as they are."""
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)  # the creation mode went through the umask
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise KeyFileError(path, "exists and is not a directory",
+                                   "choose another key path") from None
+        except OSError as e:
+            raise KeyFileError(path, f"cannot create the directory: {e.strerror}") from None
+
+
+def create_client_key(path) -> bytes:
+    """A new client key file at path (0600, never over an existing file; missing
+    directories made 0700); returns its public key."""
+    make_private_dirs(os.path.dirname(os.path.abspath(path)))
+    seed = new_client_seed()
+    write_secret(path, seed)
+    return public_of(seed)
 
 
 def fingerprint(server_key: bytes) -> str:

@@ -21,9 +21,7 @@ def keygen(args) -> str:
         keys.write_secret(args.server, key)
         say_fingerprint(key)
         return str(knock_port(key))
-    seed = keys.new_client_seed()
-    keys.write_secret(args.client, seed)
-    return keys.public_of(seed).hex()
+    return keys.create_client_key(args.client).hex()
 
 
 def pubkey(args) -> str:
@@ -44,7 +42,8 @@ def parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gnocchi {command}")
     if command == "keygen":
         p.description = ("Make a new key file (mode 0600; an existing file is never replaced). "
-                         "A server key prints its knock port, a client key its public key.")
+                         "A server key prints its knock port, a client key its public key "
+                         "(a client key's missing directories are made 0700).")
         which = p.add_mutually_exclusive_group(required=True)
         which.add_argument("--server", metavar="FILE", help="make a server key")
         which.add_argument("--client", metavar="FILE", help="make a client signing key")

@@ -13,7 +13,6 @@ written, fsynced and renamed into place before the packet is sent.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import re
 import select
@@ -73,7 +72,7 @@ def take_counter(path: Path) -> int:
     except OSError as e:
         raise KnockError(f"counter state {path.parent}: {e.strerror}") from None
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # held until the new value is durable
+        durable.lock_exclusive(lock_fd)  # held until the new value is durable
         try:
             with open(path, "rb") as f:
                 raw = f.read(64)
@@ -272,6 +271,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
                    help=f"--proxy: wait per connect (default {CONNECT_TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="say what was sent, on stderr")
+    p.add_argument("--keygen", nargs="?", const="", metavar="FILE",
+                   help="make a client key instead of knocking (default "
+                        "~/.config/gnocchi/client.key) and print its public key")
     return p
 
 
@@ -343,6 +345,12 @@ def main(argv=None) -> int:
             print(f"gnocchi-knock: {text}", file=sys.stderr)
 
     try:
+        if args.keygen is not None:  # the client's own keygen: no server package needed
+            path = args.keygen or profile.default_config_path().with_name("client.key")
+            print(keys.create_client_key(path).hex())
+            print(f"gnocchi-knock: made {path}; give the public key above to the server's admin "
+                  "(gnocchi add-client NAME PUBKEY)", file=sys.stderr)
+            return 0
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")
         port = proxy_port(args.proxy[1]) if args.proxy else None

@@ -1,8 +1,10 @@
-"""Fixtures for the system tests: the .deb.
+"""Fixtures for the system tests: the .debs.
 
-The .deb is built once per session with packaging/build-deb (exactly the
-documented build), into a temporary directory. GNOCCHI_DEB=/path/to.deb
-tests an already-built package instead.
+They are built once per session with packaging/build-deb (exactly the
+documented build), into a temporary directory; `deb` is gnocchi-server's,
+with gnocchi-client's and the transitional gnocchi-knock's beside it.
+GNOCCHI_DEB=/path/to/gnocchi-server_VERSION_all.deb tests already-built
+packages instead (the others in the same directory).
 """
 import os
 import subprocess

@@ -188,16 +188,26 @@ class Container:
             return "(no log)"
 
 
+def server_debs(deb: Path) -> list[Path]:
+    """What a server installs: gnocchi-server's .deb (the `deb` fixture) and the
+    gnocchi-client .deb of the same version beside it, which it depends on."""
+    client = deb.with_name(deb.name.replace("gnocchi-server_", "gnocchi-client_", 1))
+    return [client, deb] if client != deb else [deb]
+
+
 @contextmanager
 def installed(deb: Path, tag: str):
     """(net, box): a booted container in the server namespace of a fresh Net,
-    with the .deb installed as an admin installs it; removed afterwards."""
+    with gnocchi-server (and gnocchi-client) installed as an admin installs
+    them; removed afterwards."""
     with Net(tag) as net:
         box = Container(net.server.name)
         try:
             box.boot()
-            shutil.copy(deb, box.root / "root" / deb.name)
-            box.run(["apt-get", "install", "-y", "-q", f"./{deb.name}"], cwd="/root",
+            for path in server_debs(deb):
+                shutil.copy(path, box.root / "root" / path.name)
+            box.run(["apt-get", "install", "-y", "-q",
+                     *(f"./{path.name}" for path in server_debs(deb))], cwd="/root",
                     timeout=180)
             yield net, box
         finally:

@@ -426,13 +426,13 @@ def test_remove_purge_and_reinstall_leave_nothing_enabled(server, deb):
     box = server.box
     box.run(["systemctl", "enable", "--now", "gnocchi.socket"])
     server.table()
-    box.run(["apt-get", "remove", "-y", "-q", "gnocchi-knock"], timeout=180)
+    box.run(["apt-get", "remove", "-y", "-q", "gnocchi-server"], timeout=180)
     assert server.table(check=False).returncode != 0, "no table left without its verifier"
     for unit in UNITS:
         assert state(box, unit) != "active", unit
     assert server.connect() == "hello from the protected port"
 
-    box.run(["apt-get", "purge", "-y", "-q", "gnocchi-knock"], timeout=180)
+    box.run(["apt-get", "purge", "-y", "-q", "gnocchi-server"], timeout=180)
     etc = box.root / "etc"
     assert not [str(p) for p in (etc / "systemd/system").rglob("*gnocchi*")], \
         "purge leaves no enablement link and no drop-in"

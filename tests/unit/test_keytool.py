@@ -55,8 +55,19 @@ def test_keygen_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "server.key").read_text() == "precious\n"
 
 
-def test_keygen_into_a_missing_directory(tmp_path):
-    result = gnocchi_cli("keygen", "--client", tmp_path / "no" / "such" / "dir" / "k")
+def test_keygen_client_makes_missing_directories_0700(tmp_path):
+    """The Quick start's first command on a fresh account: ~/.config/gnocchi is missing."""
+    os.chmod(tmp_path, 0o755)
+    result = gnocchi_cli("keygen", "--client", tmp_path / "no" / "such" / "k")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"[0-9a-f]{64}\n", result.stdout)
+    for directory in (tmp_path / "no", tmp_path / "no" / "such"):
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory
+    assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o755, "an existing directory is left alone"
+
+
+def test_keygen_server_into_a_missing_directory(tmp_path):
+    result = gnocchi_cli("keygen", "--server", tmp_path / "no" / "such" / "dir" / "k")
     assert result.returncode == 1
     assert "cannot create" in result.stderr and str(tmp_path / "no") in result.stderr
 

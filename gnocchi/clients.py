@@ -1,0 +1,287 @@
+"""`gnocchi add-client NAME PUBKEY [--allow PORT...]` and `gnocchi remove-client NAME`.
+
+Trusts the admin's command line only after checking it (the name, the key,
+the ports, by the config's own rules) and the config file not at all: the
+edit is made on the text, so every other byte (comments, order, spacing)
+stays as the admin wrote it, and the whole new file must load with
+gnocchi.config's own loader, holding exactly the old clients plus (or
+minus) this one, before it durably replaces the old file with the same
+owner and mode. A running verifier is then reloaded (`systemctl reload
+gnocchi.service`: `gnocchi check`, then a restart that keeps the knocks
+queued in its socket), and the command returns once the old verifier has
+exited, so a removed client is out when it says so. add-client prints what the client needs: a
+knock.toml profile and a ~/.ssh/config block, with the server key's
+fingerprint; never the server key itself.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+from gnocchi import config as server_config
+from gnocchi import durable, keys, knock_request
+
+SERVICE = "gnocchi.service"
+RELOAD_WAIT = 15  # seconds for the old verifier to exit (it looks at SIGTERM every second)
+DEFAULT_ALLOW = "22/tcp"
+
+
+class EditError(Exception):
+    """The config was not changed; str() says why and what to do."""
+
+
+def header(name: str) -> re.Pattern:
+    """The line that opens [clients.NAME], however it is spaced or quoted."""
+    quoted = rf"(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')"
+    return re.compile(rf"^[ \t]*\[[ \t]*clients[ \t]*\.[ \t]*{quoted}[ \t]*\][ \t]*(?:#.*)?$")
+
+
+_ANY_HEADER = re.compile(r"^[ \t]*\[")
+_CONTENT = re.compile(r"^[ \t]*[^ \t#\r\n]")
+
+
+def added_text(text: str, name: str, public_hex: str, allow: list[str]) -> str:
+    """text with a [clients.NAME] table appended; nothing else changes."""
+    ports = ", ".join(f'"{p}"' for p in allow)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + f'\n[clients.{name}]\npublic_key = "{public_hex}"\nallow = [{ports}]\n'
+
+
+def removed_text(text: str, name: str) -> str:
+    """text without the [clients.NAME] table: its header, its keys, and the blank
+    line before it; comments and blank lines after its last key stay (they
+    may be about what follows). Undoes added_text exactly."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if header(name).match(line)]
+    if len(starts) != 1:
+        raise EditError(f"no [clients.{name}] table header in the file"
+                        if not starts else f"[clients.{name}] appears {len(starts)} times")
+    start = end = starts[0]
+    for i in range(start + 1, len(lines)):
+        if _ANY_HEADER.match(lines[i]):
+            break
+        if _CONTENT.match(lines[i]):
+            end = i
+    end += 1
+    if start > 0 and not lines[start - 1].strip() and (end == len(lines) or not lines[end].strip()):
+        start -= 1
+    return "".join(lines[:start] + lines[end:])
+
+
+def load_checked(path: str, shown: str) -> server_config.Config:
+    """The config at path, loaded as the verifier loads it; errors name `shown`."""
+    try:
+        return server_config.load(path)
+    except server_config.ConfigError as e:
+        raise EditError(str(e).replace(path, shown, 1)) from None
+
+
+def _same(a: server_config.Config, b: server_config.Config) -> bool:
+    """Everything but the clients (and the path it was read from) is the same."""
+    def rest(c):
+        return dataclasses.replace(c, path="", clients=())
+    return rest(a) == rest(b)
+
+
+def edit(path: str, change, expect) -> server_config.Config:
+    """Replace the config at path with change(old text), durably, same owner and mode,
+    if the result loads and expect(old config, new config) holds; returns the new config.
+    Holds a lock on the config's directory, so two edits never lose one another."""
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
+    lock = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        durable.lock_exclusive(lock)
+        old = load_checked(path, path)  # a broken config is the admin's to fix first
+        with open(path, "rb") as f:
+            raw = f.read()
+        st = os.stat(path)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EditError(f"{path}: not valid UTF-8") from None
+        new_text = change(text)
+        result = {}
+
+        def check(tmp: str) -> None:
+            new = load_checked(tmp, f"{path} (as it would be after the change)")
+            if not (_same(old, new) and expect(old, new)):
+                raise EditError(f"{path}: the edit would change more than that client "
+                                "(the file is written in a way this tool does not follow); "
+                                "edit it by hand, then `systemctl reload gnocchi`")
+            result["config"] = new
+
+        durable.replace_file(path, new_text.encode("utf-8"), stat.S_IMODE(st.st_mode),
+                             owner=(st.st_uid, st.st_gid), check=check)
+        return result["config"]
+    finally:
+        os.close(lock)
+
+
+def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_config.Config:
+    if not server_config.NAME.fullmatch(name):
+        raise EditError(f"client name {name!r}: use letters, digits, _ . - "
+                        "(at most 64, starting with a letter or digit)")
+    try:
+        public = keys.parse_public_hex(public_hex, "PUBKEY")
+    except ValueError as e:
+        raise EditError(f"{e} (on the client: gnocchi-knock --keygen)") from None
+    ports = []
+    for item in allow or [DEFAULT_ALLOW]:
+        port = knock_request.parse_port(item)
+        if port is None:
+            raise EditError(f"--allow {item!r} is not PORT, PORT/tcp or PORT/udp")
+        ports.append(f"{port.port}/{port.proto}")
+    current = load_checked(os.path.realpath(path), path)
+    for client in current.clients:
+        if client.name == name:
+            raise EditError(f"{path}: there is already a client {name}; "
+                            f"gnocchi remove-client {name} first to replace it")
+        if client.public_key == public:
+            raise EditError(f"{path}: this key is already client {client.name}'s")
+
+    def expect(old, new):
+        before = {c.name: c for c in old.clients}
+        after = {c.name: c for c in new.clients}
+        return (set(after) == set(before) | {name} and after[name].public_key == public
+                and all(after[n] == before[n] for n in before))
+
+    return edit(path, lambda text: added_text(text, name, public.hex(), ports), expect)
+
+
+def remove(path: str, name: str) -> server_config.Config:
+    current = load_checked(os.path.realpath(path), path)
+    if name not in {c.name for c in current.clients}:
+        known = ", ".join(c.name for c in current.clients) or "none"
+        raise EditError(f"{path}: no client {name} (clients: {known})")
+
+    def change(text):
+        try:
+            return removed_text(text, name)
+        except EditError as e:
+            raise EditError(f"{path}: {e}; edit it by hand") from None
+
+    def expect(old, new):
+        return {c.name: c for c in new.clients} == {c.name: c for c in old.clients
+                                                    if c.name != name}
+
+    return edit(path, change, expect)
+
+
+def reload_verifier() -> str:
+    """Reload a running verifier (it re-reads the config); what happened, in words."""
+    try:
+        active = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE],
+                                stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return "no systemctl here: restart the verifier yourself to apply it"
+    if not active:
+        return f"{SERVICE} is not running; it reads the new config when it starts"
+    old_pid = main_pid()
+    proc = subprocess.run(["systemctl", "reload", SERVICE], capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        raise EditError(f"the config is written, but `systemctl reload {SERVICE}` failed: "
+                        f"{proc.stderr.strip()}; see `gnocchi check`")
+    # The reload only signals the old verifier, which still decides the knocks
+    # it reads until it exits (within a second): a removed client is out only then.
+    deadline = time.monotonic() + RELOAD_WAIT
+    while main_pid() == old_pid:
+        if time.monotonic() > deadline:
+            raise EditError(f"the config is written and {SERVICE} reloaded, but its old "
+                            f"verifier (pid {old_pid}) still runs after {RELOAD_WAIT} s")
+        time.sleep(0.1)
+    return f"{SERVICE} reloaded"
+
+
+def main_pid() -> str:
+    return subprocess.run(["systemctl", "show", "-P", "MainPID", SERVICE], capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
+def client_files(cfg: server_config.Config, name: str, host: str) -> str:
+    """What the client puts in its files: a knock.toml profile, a ~/.ssh/config block, and
+    how to get the server key. Every line is a TOML and ssh_config comment or belongs to
+    the block it follows, so each block can be appended as it is."""
+    client = next(c for c in cfg.clients if c.name == name)
+    try:
+        fingerprint = keys.fingerprint(keys.load_server_key(cfg.server_key_file))
+    except keys.KeyFileError as e:
+        fingerprint = f"unknown ({e})"
+    server_key = f"{host}.server.key"
+    request = f"\nrequest = \"open {client.allow[0].port}/{client.allow[0].proto}\"" \
+        if client.allow else ""
+    sign_ip = (f"\nsign_ip = \"{cfg.server_addresses[0]}\"  # the address the server accepts"
+               if cfg.server_addresses else "")
+    return f"""\
+# ---- client {name}: append to ~/.config/gnocchi/knock.toml ----
+[profiles."{host}"]
+host = "{host}"
+server_key_file = "{server_key}"  # server key fingerprint {fingerprint}
+client_key_file = "client.key"{request}{sign_ip}
+# ---- client {name}: append to ~/.ssh/config ----
+Host {host}
+    ProxyCommand gnocchi-knock --proxy %h %p
+# ---- client {name}: the server key ----
+# Copy {cfg.server_key_file} from this server to ~/.config/gnocchi/{server_key}
+# (mode 0600) over a channel you trust: it is a secret every client shares.
+# `gnocchi-knock -v` must then show the fingerprint {fingerprint}.
+"""
+
+
+def host_name(text: str) -> str:
+    """A host name or address as it may appear in the printed files."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+    return text
+
+
+def parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"gnocchi {command}")
+    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
+                   help=f"the config to edit (default {server_config.DEFAULT_PATH})")
+    p.add_argument("name", metavar="NAME", help="the client's name, as the journal shows it")
+    if command == "add-client":
+        p.description = ("Add a client to gnocchi.toml (a [clients.NAME] table at the end; "
+                         "the rest of the file is kept as it is), reload a running verifier, "
+                         "and print the client's knock.toml profile and ~/.ssh/config block.")
+        p.add_argument("public_key", metavar="PUBKEY",
+                       help="the client's public key (gnocchi-knock --keygen prints it)")
+        p.add_argument("--allow", action="extend", nargs="+", metavar="PORT[/tcp|/udp]",
+                       help=f"what the client may open (default {DEFAULT_ALLOW})")
+        p.add_argument("--host", type=host_name, default=None,
+                       help="this server's name or address as the client reaches it "
+                            "(default: this host's name, as hostname prints it)")
+    else:
+        p.description = ("Remove a client's [clients.NAME] table from gnocchi.toml (nothing "
+                         "else changes) and reload a running verifier.")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """argv: ["add-client"|"remove-client", ARGS...], as gnocchi/__main__.py passes it."""
+    command = argv[0]
+    args = parser(command).parse_args(argv[1:])
+    try:
+        if command == "add-client":
+            host = args.host or socket.gethostname()
+            cfg = add(args.config, args.name, args.public_key, args.allow)
+            print(f"gnocchi {command}: added [clients.{args.name}] to {args.config}; "
+                  f"{reload_verifier()}", file=sys.stderr)
+            print(client_files(cfg, args.name, host), end="")
+        else:
+            remove(args.config, args.name)
+            print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}; "
+                  f"{reload_verifier()}", file=sys.stderr)
+    except (EditError, OSError, subprocess.SubprocessError) as e:
+        print(f"gnocchi {command}: {e}", file=sys.stderr)
+        return 1
+    return 0

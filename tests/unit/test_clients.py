@@ -1,0 +1,182 @@
+"""`gnocchi add-client` and `gnocchi remove-client` as an admin runs them (the
+checkout's CLI, as root, on a config in tmp_path; no systemd here, so nothing
+is reloaded): text-level edits that keep every other byte, refusals that
+change nothing, and printed client files that gnocchi-knock's own profile
+loader reads."""
+import os
+import re
+import stat
+import tomllib
+
+import pytest
+from nacl.signing import SigningKey
+
+from gnocchi import config, keys, profile
+from support import gnocchi_cli
+
+ADMIN_TEXT = """\
+# my server; keep these comments
+server_key_file = "{key}"
+
+[clients.alice]   # the laptop
+public_key = "{alice}"
+allow = [
+    "22",         # ssh
+]
+
+# bob's phone, added in May
+[clients.bob]
+public_key = "{bob}"
+allow = ["2222/tcp"]
+
+[actions.motd]
+argv = ["/bin/true"]
+"""
+
+
+def public() -> str:
+    return bytes(SigningKey.generate().verify_key).hex()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(config path, server key) for a config as an admin wrote it."""
+    key = keys.new_server_key()
+    keys.write_secret(tmp_path / "server.key", key)
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(ADMIN_TEXT.format(key=tmp_path / "server.key", alice=public(), bob=public()))
+    return path, key
+
+
+def add(path, *args):
+    return gnocchi_cli("add-client", "--config", path, *args)
+
+
+def remove(path, name):
+    return gnocchi_cli("remove-client", "--config", path, name)
+
+
+def blocks(out: str) -> dict[str, str]:
+    """The printed output split at its '# ---- client NAME: ... ----' lines."""
+    parts = re.split(r"^# ---- client \S+: (.*) ----\n", out, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_add_appends_one_table_and_prints_a_profile_gnocchi_knock_reads(server, tmp_path):
+    path, server_key = server
+    before = path.read_text()
+    carol = public()
+    result = add(path, "carol", carol, "--allow", "22", "60001/udp", "--host", "srv.example.org")
+    assert result.returncode == 0, result.stderr
+    assert path.read_text() == before + (f'\n[clients.carol]\npublic_key = "{carol}"\n'
+                                         'allow = ["22/tcp", "60001/udp"]\n')
+    cfg = config.load(str(path))
+    assert [c.name for c in cfg.clients] == ["alice", "bob", "carol"]
+    assert "added [clients.carol]" in result.stderr
+
+    printed = blocks(result.stdout)
+    fingerprint = keys.fingerprint(server_key)
+    home = tmp_path / "home" / ".config" / "gnocchi"
+    home.mkdir(parents=True)
+    (home / "knock.toml").write_text(printed["append to ~/.config/gnocchi/knock.toml"])
+    profiles, _ = profile.load(home / "knock.toml")
+    chosen = profile.select(profiles, None, home / "knock.toml", None, "srv.example.org")
+    assert chosen.host == "srv.example.org" and chosen.request == "open 22/tcp"
+    assert chosen.server_key_file == home / "srv.example.org.server.key"
+    assert chosen.client_key_file == home / "client.key"  # where gnocchi-knock --keygen puts it
+    assert fingerprint in printed["append to ~/.config/gnocchi/knock.toml"]
+    ssh = printed["append to ~/.ssh/config"]
+    assert ssh == "Host srv.example.org\n    ProxyCommand gnocchi-knock --proxy %h %p\n"
+    how = printed["the server key"]
+    assert f"Copy {tmp_path / 'server.key'}" in how and fingerprint in how
+    assert server_key.hex() not in result.stdout + result.stderr, "never the secret itself"
+
+
+def test_add_then_remove_gives_back_the_same_bytes(server):
+    path, _ = server
+    before = path.read_bytes()
+    assert add(path, "carol", public(), "--host", "h").returncode == 0
+    result = remove(path, "carol")
+    assert result.returncode == 0, result.stderr
+    assert "removed [clients.carol]" in result.stderr
+    assert path.read_bytes() == before
+
+
+def test_remove_takes_exactly_that_table_and_keeps_comments_about_the_next(server):
+    path, _ = server
+    before = path.read_text()
+    assert remove(path, "alice").returncode == 0
+    after = path.read_text()
+    start = before.index("[clients.alice]")
+    end = before.index("# bob's phone")
+    assert after == before[:start - 1] + before[end - 1:]
+    assert [c.name for c in config.load(str(path)).clients] == ["bob"]
+    assert "# bob's phone, added in May\n[clients.bob]" in after
+
+
+def test_a_file_without_a_final_newline_gets_one_before_the_table(server):
+    path, _ = server
+    path.write_text(path.read_text().rstrip("\n"))
+    assert add(path, "carol", public(), "--host", "h").returncode == 0
+    assert tomllib.loads(path.read_text())["actions"]["motd"]["argv"] == ["/bin/true"]
+    assert config.load(str(path)).clients[-1].name == "carol"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bob", "PUB"], "there is already a client bob; gnocchi remove-client bob first"),
+    (["carol", "ALICE"], "this key is already client alice's"),
+    (["carol", "0abb"], "PUBKEY: expected a public key of 64 hex characters"),
+    (["bad/name", "PUB"], "client name 'bad/name': use letters, digits"),
+    (["carol", "PUB", "--allow", "22/sctp"], "--allow '22/sctp' is not PORT, PORT/tcp or PORT/udp"),
+])
+def test_refusals_name_the_problem_and_change_nothing(server, args, words):
+    path, _ = server
+    before = path.read_bytes()
+    alice = config.load(str(path)).clients[0].public_key.hex()
+    args = [{"PUB": public(), "ALICE": alice.upper()}.get(a, a) for a in args]
+    result = add(path, *args, "--host", "h")
+    assert result.returncode != 0 and result.stdout == ""
+    assert words in result.stderr
+    assert path.read_bytes() == before
+    assert not path.with_name("gnocchi.toml.tmp").exists()
+
+
+def test_a_broken_config_is_named_and_left_alone(server):
+    path, _ = server
+    path.write_text(path.read_text().replace('allow = ["2222/tcp"]', 'allow = ["22/sctp"]'))
+    before = path.read_bytes()
+    for result in (add(path, "carol", public(), "--host", "h"), remove(path, "alice")):
+        assert result.returncode == 1
+        assert f"{path}: clients.bob.allow[0]: '22/sctp' is not PORT" in result.stderr
+        assert path.read_bytes() == before
+
+
+def test_remove_of_an_unknown_client_lists_the_known_ones(server):
+    path, _ = server
+    result = remove(path, "carol")
+    assert result.returncode == 1 and "no client carol (clients: alice, bob)" in result.stderr
+
+
+def test_a_client_written_another_way_is_left_to_the_admin(server):
+    """A client given as dotted keys has no [clients.NAME] header to remove: refused."""
+    path, _ = server
+    text = path.read_text() + f'\n[clients]\ndan.public_key = "{public()}"\n'
+    path.write_text(text)
+    result = remove(path, "dan")
+    assert result.returncode == 1
+    assert "no [clients.dan] table header in the file; edit it by hand" in result.stderr
+    assert path.read_text() == text
+
+
+def test_the_new_file_keeps_owner_and_mode(server):
+    path, _ = server
+    os.chown(path, 0, 4242)
+    os.chmod(path, 0o640)
+    assert add(path, "carol", public(), "--host", "h").returncode == 0
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 4242, 0o640)
+
+
+def test_the_command_is_listed():
+    usage = gnocchi_cli("--help").stdout
+    assert "add-client" in usage and "remove-client" in usage
