@@ -25,7 +25,6 @@ import sys
 from gnocchi import (action_client, actions, config, counters, events, helper_client, keys,
                      knock_request, knock_socket, protocol, ratelimit, strict)
 
-RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
 RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
 EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
@@ -193,6 +192,7 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
     """Knocks and action outcomes, as they come: neither ever waits for the other."""
     sock.setblocking(False)
     runs = verifier.runs
+    datagrams = knock_socket.Datagrams(sock)
     while not stop:
         log.tick()
         for fields, outcome in runs.overdue():
@@ -203,11 +203,15 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
                 continue
-            try:
-                packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, knock_socket.ANCILLARY)
-            except BlockingIOError:
-                continue  # e.g. a datagram with a bad checksum, dropped after select
-            verifier.handle(packet, *knock_socket.addresses(source, ancdata))
+            # None, when a datagram with a bad checksum was dropped after select.
+            for i in range(datagrams.read()):
+                # Steps 1 and 2 where the datagram lies: until its MAC holds, its bytes
+                # are anyone's, and nothing is made of them, not even its addresses.
+                if reason := protocol.unseal(datagrams.length(i), datagrams.nonces[i],
+                                             datagrams.boxes[i], datagrams.opened, verifier.key):
+                    log.drop(reason)
+                    continue
+                verifier.handle(datagrams.packet(i), *knock_socket.addresses(*datagrams.sender(i)))
 
 
 def interval(text: str) -> float:
