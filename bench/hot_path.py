@@ -81,8 +81,9 @@ def server(checkout: str, port_out) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     log.flush()
     decided = sum(int(e.get("GNOCCHI_DROPPED", 0)) for e in sent)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(json.dumps({"decided": decided, "cpu": cpu, **memory()}), flush=True)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    print(json.dumps({"decided": decided, "cpu": user + system, "user": user, "system": system,
+                      **memory()}), flush=True)
 
 
 def flood(checkout: str, pps: float, seconds: float) -> dict:
@@ -134,7 +135,9 @@ def main() -> int:
     print(f"  sent {r['sent']} ({r['sent_pps']:.0f}/s); read by the verifier "
           f"{100 * r['read'] / r['sent']:.1f} %; decided {r['decided']}")
     print(f"  decided per CPU-second: {r['decided'] / r['cpu']:.0f} "
-          f"({r['cpu']:.2f} s CPU, {1e6 * r['cpu'] / max(r['decided'], 1):.2f} us each)")
+          f"({r['cpu']:.2f} s CPU, {1e6 * r['cpu'] / max(r['decided'], 1):.2f} us each: "
+          f"{1e6 * r['user'] / max(r['decided'], 1):.2f} user, "
+          f"{1e6 * r['system'] / max(r['decided'], 1):.2f} system)")
     print(f"  verifier VmRSS {r['VmRSS']:.1f} MB, VmHWM {r['VmHWM']:.1f} MB")
     return 0
 
