@@ -1,7 +1,9 @@
 """`gnocchi serve`: the verifier daemon behind gnocchi.service.
 
 Trusts its config, its server key and its counter store; trusts nothing in
-a packet. For each datagram: protocol.open_packet (PROTOCOL.md steps 1-7,
+a packet. For each datagram: its size and seal, checked where it lies in the
+receive buffer (protocol.unseal, PROTOCOL.md steps 1 and 2: a flood's cost),
+then, for one that passes, protocol.open_packet on its bytes (steps 1-7,
 cheapest first), then the counter is stored durably (step 8) before the
 request is even parsed, then the request is checked against that client's
 policy and carried out (helper for `open`; for `run`, a request to the
@@ -203,7 +205,7 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
                 continue
-            # None, when a datagram with a bad checksum was dropped after select.
+            # Up to BATCH; none when the datagram select saw had a bad checksum.
             for i in range(datagrams.read()):
                 # Steps 1 and 2 where the datagram lies: until its MAC holds, its bytes
                 # are anyone's, and nothing is made of them, not even its addresses.
