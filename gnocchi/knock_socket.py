@@ -19,6 +19,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 
 from nacl._sodium import ffi
 from systemd import daemon
@@ -201,11 +202,11 @@ class Datagrams:
         """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""
         h = self._headers[i].msg_hdr
         name = self._names[i].raw[:h.msg_namelen]
-        (family,), (port,) = struct.unpack_from("=H", name), struct.unpack_from("!H", name, 2)
+        family = int.from_bytes(name[0:2], sys.byteorder)
+        port = int.from_bytes(name[2:4], "big")
         if family == socket.AF_INET6:  # sockaddr_in6: family, port, flowinfo, addr, scope_id
-            (flowinfo,), (scope_id,) = struct.unpack_from("!I", name, 4), struct.unpack_from(
-                "=I", name, 24)
-            sockaddr = (socket.inet_ntop(family, name[8:24]), port, flowinfo, scope_id)
+            sockaddr = (socket.inet_ntop(family, name[8:24]), port,
+                        int.from_bytes(name[4:8], "big"), int.from_bytes(name[24:28], sys.byteorder))
         else:  # sockaddr_in: family, port, addr
             sockaddr = (socket.inet_ntop(family, name[4:8]), port)
         return sockaddr, control_messages(self._controls[i].raw[:h.msg_controllen])
