@@ -205,8 +205,9 @@ class Datagrams:
         family = int.from_bytes(name[0:2], sys.byteorder)
         port = int.from_bytes(name[2:4], "big")
         if family == socket.AF_INET6:  # sockaddr_in6: family, port, flowinfo, addr, scope_id
-            sockaddr = (socket.inet_ntop(family, name[8:24]), port,
-                        int.from_bytes(name[4:8], "big"), int.from_bytes(name[24:28], sys.byteorder))
+            flowinfo = int.from_bytes(name[4:8], "big")
+            scope_id = int.from_bytes(name[24:28], sys.byteorder)
+            sockaddr = (socket.inet_ntop(family, name[8:24]), port, flowinfo, scope_id)
         else:  # sockaddr_in: family, port, addr
             sockaddr = (socket.inet_ntop(family, name[4:8]), port)
         return sockaddr, control_messages(self._controls[i].raw[:h.msg_controllen])

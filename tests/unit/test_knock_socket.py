@@ -1,6 +1,7 @@
 """gnocchi.knock_socket: --listen, a datagram's real addresses, the
-sources no knock is accepted from, and the batch reader on real sockets. (The socket systemd passes is tested with
-systemd-socket-activate in tests/verifier/.)"""
+sources no knock is accepted from, and the batch reader on real sockets.
+(The socket systemd passes is tested with systemd-socket-activate in
+tests/verifier/.)"""
 import ipaddress
 import os
 import select
