@@ -147,10 +147,12 @@ def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
     then the rest of the datagram (MAC, ciphertext), as crypto_secretbox_open
     wants it; opened: a cffi buffer as long as box (MAX_PACKET is enough).
     nonce and box may be bytes or cffi pointers into a receive buffer (so the
-    verifier's hot path checks a datagram where it lies):
-    this makes no Python object of the datagram and raises nothing, since
-    libsodium answers a bad MAC with -1, where PyNaCl raises CryptoError.
+    verifier's hot path checks a datagram where it lies): this makes no
+    Python object of the datagram and raises nothing for it, since libsodium
+    answers a bad MAC with -1, where PyNaCl raises CryptoError.
     """
+    if len(server_key) != KEY_LEN:  # libsodium reads KEY_LEN bytes, whatever it is given
+        raise ValueError("the server key is 32 bytes")
     if not MIN_PACKET <= length <= MAX_PACKET:
         return SIZE
     if lib.crypto_secretbox_open(opened, box, BOXZERO_LEN + length - NONCE_LEN, nonce,
