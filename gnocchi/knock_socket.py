@@ -6,19 +6,30 @@ UDP socket on the knock port derived from the server key, or the verifier
 refuses to start with the ListenDatagram= line the unit needs (--listen
 binds one itself, on that port only). listen_fds() also removes LISTEN_*
 from the environment, so nothing the verifier starts inherits them.
-addresses() reports a datagram's source as it really arrived: an IPv6
-source is never turned into an IPv4 one.
+Datagrams reads them in batches with recvmmsg(2), which Python's socket
+module lacks, through ctypes, into buffers made once. addresses() reports a
+datagram's source as it really arrived: an IPv6 source is never turned into
+an IPv4 one.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import ipaddress
 import os
 import socket
+import struct
+import sys
 
+from nacl._sodium import ffi
 from systemd import daemon
+
+from gnocchi import protocol
 
 IP_PKTINFO = 8  # Linux (struct in_pktinfo: ifindex, spec_dst, addr); Python 3.11's socket lacks it
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
+RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
+BATCH = 64  # datagrams per recvmmsg call
 # IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
 # 4380, 6052): a knock that came over IPv6 from one of them is refused, never
 # translated, or it would open IPv4 for an address that sent nothing.
@@ -106,6 +117,114 @@ def enable_pktinfo(sock: socket.socket) -> None:
             pass  # an IPV6_V6ONLY socket sees no IPv4 datagrams anyway
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+class _iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _msghdr), ("msg_len", ctypes.c_uint)]
+
+
+_recvmmsg = ctypes.CDLL(None, use_errno=True).recvmmsg
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_mmsghdr), ctypes.c_uint, ctypes.c_int,
+                      ctypes.c_void_p]
+_recvmmsg.restype = ctypes.c_int
+_SOCKADDR_LEN = 28  # struct sockaddr_in6, the larger of the two
+
+
+class Datagrams:
+    """The datagrams of one recvmmsg(2) call on a socket, BATCH at most.
+
+    The kernel scatters datagram i over two buffers: its first NONCE_LEN
+    bytes into nonces[i], the rest into boxes[i] after BOXZERO_LEN zero
+    bytes, which is the layout libsodium's secretbox open reads, so
+    protocol.unseal checks a datagram's MAC where it lies (nonces and boxes
+    are cffi views of the buffers, opened its plaintext's). A datagram
+    longer than MAX_PACKET is cut at RECV_BUFFER bytes, so it is seen as
+    oversize.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        tail = RECV_BUFFER - protocol.NONCE_LEN
+        self._nonces = [ctypes.create_string_buffer(protocol.NONCE_LEN) for _ in range(BATCH)]
+        self._boxes = [ctypes.create_string_buffer(protocol.BOXZERO_LEN + tail)
+                       for _ in range(BATCH)]
+        self._names = [ctypes.create_string_buffer(_SOCKADDR_LEN) for _ in range(BATCH)]
+        self._controls = [ctypes.create_string_buffer(ANCILLARY) for _ in range(BATCH)]
+        self._iovecs = (_iovec * (2 * BATCH))()
+        self._headers = (_mmsghdr * BATCH)()
+        for i in range(BATCH):
+            nonce, after = self._iovecs[2 * i], self._iovecs[2 * i + 1]
+            nonce.iov_base, nonce.iov_len = ctypes.addressof(self._nonces[i]), protocol.NONCE_LEN
+            after.iov_base = ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN
+            after.iov_len = tail
+            h = self._headers[i].msg_hdr
+            h.msg_name, h.msg_namelen = ctypes.addressof(self._names[i]), _SOCKADDR_LEN
+            h.msg_iov, h.msg_iovlen = ctypes.pointer(nonce), 2
+            h.msg_control, h.msg_controllen = ctypes.addressof(self._controls[i]), ANCILLARY
+        # recvmmsg writes lengths into the headers: each call starts from this copy.
+        self._fresh = bytes(self._headers)
+        self.nonces = [ffi.from_buffer(b) for b in self._nonces]
+        self.boxes = [ffi.from_buffer(b) for b in self._boxes]
+        self.opened = ffi.new("unsigned char[]", len(self._boxes[0]))
+
+    def read(self) -> int:
+        """How many datagrams arrived (0 if none was waiting, or on EINTR); never waits."""
+        ctypes.memmove(self._headers, self._fresh, len(self._fresh))
+        count = _recvmmsg(self.sock.fileno(), self._headers, BATCH, socket.MSG_DONTWAIT, None)
+        if count < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise OSError(code, os.strerror(code))
+        return count
+
+    def length(self, i: int) -> int:
+        """Datagram i's length, at most RECV_BUFFER (so more than MAX_PACKET: cut)."""
+        return self._headers[i].msg_len
+
+    def packet(self, i: int) -> bytes:
+        """Datagram i's bytes, as recvmsg would give them."""
+        tail = self._boxes[i].raw[protocol.BOXZERO_LEN:]
+        return (self._nonces[i].raw + tail)[:self.length(i)]
+
+    def sender(self, i: int) -> tuple:
+        """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""
+        h = self._headers[i].msg_hdr
+        name = self._names[i].raw[:h.msg_namelen]
+        family = int.from_bytes(name[0:2], sys.byteorder)
+        port = int.from_bytes(name[2:4], "big")
+        if family == socket.AF_INET6:  # sockaddr_in6: family, port, flowinfo, addr, scope_id
+            flowinfo = int.from_bytes(name[4:8], "big")
+            scope_id = int.from_bytes(name[24:28], sys.byteorder)
+            sockaddr = (socket.inet_ntop(family, name[8:24]), port, flowinfo, scope_id)
+        else:  # sockaddr_in: family, port, addr
+            sockaddr = (socket.inet_ntop(family, name[4:8]), port)
+        return sockaddr, control_messages(self._controls[i].raw[:h.msg_controllen])
+
+
+def control_messages(control: bytes) -> list[tuple[int, int, bytes]]:
+    """(level, type, data) of each message in a msg_control buffer: struct
+    cmsghdr (cmsg_len, cmsg_level, cmsg_type), then data up to cmsg_len, the
+    next one at the next CMSG_SPACE boundary. A truncated one ends the list."""
+    found, at, header = [], 0, socket.CMSG_LEN(0)
+    while at + header <= len(control):
+        length, level, kind = struct.unpack_from("@Nii", control, at)
+        if not header <= length <= len(control) - at:
+            break
+        found.append((level, kind, control[at + header:at + length]))
+        at += socket.CMSG_SPACE(length - header)
+    return found
 
 
 def addresses(sockaddr, ancdata) -> tuple:

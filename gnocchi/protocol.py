@@ -7,10 +7,10 @@ reasons are PROTOCOL.md's receiver steps, in that order (cheapest first).
 from __future__ import annotations
 
 import os
-import secrets
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from collections import namedtuple
+from collections.abc import Callable, Iterable
 
+from nacl._sodium import ffi, lib
 from nacl.encoding import RawEncoder
 from nacl.exceptions import CryptoError
 from nacl.hash import blake2b
@@ -36,6 +36,9 @@ MIN_PACKET = NONCE_LEN + MAC_LEN + HEADER_LEN  # 160
 MAX_PACKET = 1024
 MAX_BODY = MAX_PACKET - MIN_PACKET  # 864: DATA_PLUS_PADDING
 MAX_COUNTER = (1 << (8 * COUNTER_LEN)) - 1
+# NaCl's crypto_secretbox_open reads the box (MAC, ciphertext) after this many
+# zero bytes, and writes the plaintext after twice as many.
+BOXZERO_LEN = 16
 PAD_BLOCK = 16
 LOWEST_KNOCK_PORT = 1025
 
@@ -45,20 +48,13 @@ SIZE, MAC, MAGIC_MISMATCH, UNKNOWN_CLIENT, REPLAY, SIGNATURE, DATA_LENGTH = (
 REASONS = (SIZE, MAC, MAGIC_MISMATCH, UNKNOWN_CLIENT, REPLAY, SIGNATURE, DATA_LENGTH)
 
 
-@dataclass(frozen=True)
-class Accepted:
-    client_key: bytes  # Ed25519 public key, 32 bytes
-    counter: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Rejected:
-    reason: str
-    # SIGNPUB from step 4 on. For UNKNOWN_CLIENT it is no configured client's
-    # key; for REPLAY and SIGNATURE it is only what the packet claims;
-    # DATA_LENGTH comes after the signature, so there it is proven.
-    claimed_key: Optional[bytes] = None
+# (Named tuples, not dataclasses: importing dataclasses costs the client's
+# start several milliseconds.) client_key: the Ed25519 public key, 32 bytes.
+Accepted = namedtuple("Accepted", "client_key counter data")
+# claimed_key: SIGNPUB from step 4 on. For UNKNOWN_CLIENT it is no configured
+# client's key; for REPLAY and SIGNATURE it is only what the packet claims;
+# DATA_LENGTH comes after the signature, so there it is proven.
+Rejected = namedtuple("Rejected", "reason claimed_key", defaults=(None,))
 
 
 def knock_port(server_key: bytes) -> int:
@@ -81,12 +77,23 @@ def body_length(data_len: int, extra_blocks: int = 0) -> int:
 def random_body_length(data_len: int) -> int:
     """L with a uniformly random number of extra blocks, so length hides the request."""
     spare_blocks = (MAX_BODY - body_length(data_len)) // PAD_BLOCK
-    return body_length(data_len, secrets.randbelow(spare_blocks + 1))
+    return body_length(data_len, _uniform_below(spare_blocks + 1))
+
+
+def _uniform_below(n: int) -> int:
+    """A uniform integer in 0..n-1 (n at most 256) from os.urandom: the secrets
+    module would cost the client's start its hmac and hashlib imports."""
+    # Bytes at or above the largest multiple of n are drawn again, so each
+    # remainder is equally likely.
+    limit = 256 - 256 % n
+    while (byte := os.urandom(1)[0]) >= limit:
+        pass
+    return byte % n
 
 
 def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: bytes,
-                 server_ipv4: bytes, body_len: Optional[int] = None,
-                 nonce: Optional[bytes] = None, padding: Optional[bytes] = None) -> bytes:
+                 server_ipv4: bytes, body_len: int | None = None,
+                 nonce: bytes | None = None, padding: bytes | None = None) -> bytes:
     """Seal one knock. Defaults: random nonce, random L, random padding bytes."""
     if len(server_key) != KEY_LEN or len(signing_seed) != KEY_LEN or len(server_ipv4) != 4:
         raise ValueError("server key and signing seed are 32 bytes, the server address 4")
@@ -132,8 +139,30 @@ def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
     return False
 
 
+def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
+    """PROTOCOL.md steps 1 and 2: SIZE or MAC if a datagram of `length` bytes
+    fails them, else None, with its plaintext in opened[2 * BOXZERO_LEN:].
+
+    nonce: the datagram's first NONCE_LEN bytes; box: BOXZERO_LEN zero bytes,
+    then the rest of the datagram (MAC, ciphertext), as crypto_secretbox_open
+    wants it; opened: a cffi buffer as long as box (MAX_PACKET is enough).
+    nonce and box may be bytes or cffi pointers into a receive buffer (so the
+    verifier's hot path checks a datagram where it lies): this makes no
+    Python object of the datagram and raises nothing for it, since libsodium
+    answers a bad MAC with -1, where PyNaCl raises CryptoError.
+    """
+    if len(server_key) != KEY_LEN:  # libsodium reads KEY_LEN bytes, whatever it is given
+        raise ValueError("the server key is 32 bytes")
+    if not MIN_PACKET <= length <= MAX_PACKET:
+        return SIZE
+    if lib.crypto_secretbox_open(opened, box, BOXZERO_LEN + length - NONCE_LEN, nonce,
+                                 server_key) != 0:
+        return MAC
+    return None
+
+
 def open_packet(packet: bytes, server_key: bytes,
-                last_counter: Callable[[bytes], Optional[int]],
+                last_counter: Callable[[bytes], int | None],
                 server_ips: Iterable[bytes]) -> Accepted | Rejected:
     """PROTOCOL.md's receiver steps 1-7. Changes no state: the caller stores the counter.
 
@@ -141,12 +170,11 @@ def open_packet(packet: bytes, server_key: bytes,
     (0 if none), or None if the key is not a configured client.
     server_ips: the 4-byte IPv4 addresses this server accepts as signed.
     """
-    if not MIN_PACKET <= len(packet) <= MAX_PACKET:
-        return Rejected(SIZE)
-    try:
-        plaintext = SecretBox(server_key).decrypt(packet)
-    except CryptoError:
-        return Rejected(MAC)
+    box = bytes(BOXZERO_LEN) + packet[NONCE_LEN:]
+    opened = ffi.new("unsigned char[]", len(box))
+    if reason := unseal(len(packet), packet[:NONCE_LEN], box, opened, server_key):
+        return Rejected(reason)
+    plaintext = ffi.buffer(opened)[2 * BOXZERO_LEN:]
     if plaintext[:SIGNPUB_AT] != MAGIC:
         return Rejected(MAGIC_MISMATCH)
     signpub = plaintext[SIGNPUB_AT:SIG_AT]

@@ -1,7 +1,9 @@
 """`gnocchi serve`: the verifier daemon behind gnocchi.service.
 
 Trusts its config, its server key and its counter store; trusts nothing in
-a packet. For each datagram: protocol.open_packet (PROTOCOL.md steps 1-7,
+a packet. For each datagram: its size and seal, checked where it lies in the
+receive buffer (protocol.unseal, PROTOCOL.md steps 1 and 2: a flood's cost),
+then, for one that passes, protocol.open_packet on its bytes (steps 1-7,
 cheapest first), then the counter is stored durably (step 8) before the
 request is even parsed, then the request is checked against that client's
 policy and carried out (helper for `open`; for `run`, a request to the
@@ -25,7 +27,6 @@ import sys
 from gnocchi import (action_client, actions, config, counters, events, helper_client, keys,
                      knock_request, knock_socket, protocol, ratelimit, strict)
 
-RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
 RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
 EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
@@ -195,6 +196,7 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
     """Knocks and action outcomes, as they come: neither ever waits for the other."""
     sock.setblocking(False)
     runs = verifier.runs
+    datagrams = knock_socket.Datagrams(sock)
     while not stop:
         log.tick()
         for fields, outcome in runs.overdue():
@@ -205,11 +207,15 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
                 continue
-            try:
-                packet, ancdata, _flags, source = sock.recvmsg(RECV_BUFFER, knock_socket.ANCILLARY)
-            except BlockingIOError:
-                continue  # e.g. a datagram with a bad checksum, dropped after select
-            verifier.handle(packet, *knock_socket.addresses(source, ancdata))
+            # Up to BATCH; none when the datagram select saw had a bad checksum.
+            for i in range(datagrams.read()):
+                # Steps 1 and 2 where the datagram lies: until its MAC holds, its bytes
+                # are anyone's, and nothing is made of them, not even its addresses.
+                if reason := protocol.unseal(datagrams.length(i), datagrams.nonces[i],
+                                             datagrams.boxes[i], datagrams.opened, verifier.key):
+                    log.drop(reason)
+                    continue
+                verifier.handle(datagrams.packet(i), *knock_socket.addresses(*datagrams.sender(i)))
 
 
 def interval(text: str) -> float:

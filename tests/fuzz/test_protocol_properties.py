@@ -129,3 +129,33 @@ def test_arbitrary_plaintext_under_the_right_key_never_raises(nonce, rest, with_
     # never Accepted: nobody signed it (and counter 0 is a replay of "none yet")
     assert isinstance(result, protocol.Rejected)
     assert result.reason in (protocol.MAGIC_MISMATCH, protocol.SIGNATURE, protocol.REPLAY)
+
+
+def unseal_in_place(datagram: bytes):
+    """protocol.unseal as the verifier's serve loop calls it: on the datagram
+    laid out as recvmmsg leaves it (knock_socket.Datagrams), cut at
+    MAX_PACKET + 1 bytes as its receive buffers cut it."""
+    datagram = datagram[:protocol.MAX_PACKET + 1]
+    ffi = protocol.ffi
+    nonce = ffi.new("unsigned char[]", datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN))
+    box = ffi.new("unsigned char[]", bytes(protocol.BOXZERO_LEN)
+                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET + 1))
+    opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET)
+    return protocol.unseal(len(datagram), nonce, box, opened, SERVER_KEY)
+
+
+@moderate
+@given(st.one_of(
+    st.binary(max_size=1200),
+    st.builds(knock, counters, requests),
+    st.tuples(st.builds(knock, counters, requests), st.integers(0, 1023), st.integers(1, 255))
+    .map(lambda t: t[0][:t[1]] + bytes([t[0][t[1] % len(t[0])] ^ t[2]]) + t[0][t[1] + 1:]),
+    st.tuples(st.builds(knock, counters, requests, extra_blocks=st.just(54)), st.binary(
+        min_size=1, max_size=200)).map(lambda t: t[0] + t[1])))
+def test_the_serve_loop_pre_check_drops_exactly_what_open_packet_drops_at_steps_1_and_2(packet):
+    # The verifier drops a datagram on unseal's word before open_packet sees
+    # it: the two must agree, or a knock would be lost (or garbage let on).
+    result = receive(packet)
+    early = result.reason if isinstance(result, protocol.Rejected) and result.reason in (
+        protocol.SIZE, protocol.MAC) else None
+    assert unseal_in_place(packet) == early

@@ -1,13 +1,17 @@
-"""gnocchi.knock_socket: --listen, a datagram's real addresses, and the
-sources no knock is accepted from. (The socket systemd passes is tested with
-systemd-socket-activate in tests/verifier/.)"""
+"""gnocchi.knock_socket: --listen, a datagram's real addresses, the
+sources no knock is accepted from, and the batch reader on real sockets.
+(The socket systemd passes is tested with systemd-socket-activate in
+tests/verifier/.)"""
 import ipaddress
+import os
+import select
 import socket
 import struct
 
 import pytest
+from nacl.secret import SecretBox
 
-from gnocchi import knock_socket
+from gnocchi import knock_socket, protocol
 
 V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 
@@ -80,3 +84,122 @@ def test_parse_listen(text, parsed):
 def test_parse_listen_refuses_what_is_not_ip_port(text):
     with pytest.raises(knock_socket.StartupError, match="expected IP:PORT or \\[IPv6\\]:PORT"):
         knock_socket.parse_listen(text)
+
+
+# The batch reader (recvmmsg through ctypes), on real sockets over loopback.
+
+def dual_stack_socket() -> socket.socket:
+    """As gnocchi.socket makes it: [::]:PORT, IPv4 too, with IP_PKTINFO and IPV6_PKTINFO."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    knock_socket.enable_pktinfo(sock)
+    return sock
+
+
+def sender(family: int, loopback: str) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((loopback, 0))
+    return s
+
+
+def read_all(datagrams: knock_socket.Datagrams, sock: socket.socket, expected: int) -> list:
+    """(packet, length, sockaddr, ancdata) of `expected` datagrams, read in batches."""
+    found = []
+    while len(found) < expected:
+        assert select.select([sock], [], [], 5)[0], f"{len(found)} of {expected} arrived"
+        for i in range(datagrams.read()):
+            found.append((datagrams.packet(i), datagrams.length(i), *datagrams.sender(i)))
+    return found
+
+
+@pytest.mark.parametrize("family, loopback", [(socket.AF_INET, "127.0.0.1"),
+                                              (socket.AF_INET6, "::1")])
+def test_the_batch_reader_gives_what_recvmsg_gives(family, loopback):
+    # Each datagram is sent twice: socket.recvmsg reads the first copy, the
+    # batch reader the second; bytes, source and ancillary data must agree.
+    payloads = [b"", b"x", os.urandom(protocol.NONCE_LEN), os.urandom(protocol.MIN_PACKET),
+                os.urandom(protocol.MAX_PACKET)]
+    with dual_stack_socket() as server, sender(family, loopback) as client:
+        to = (loopback, server.getsockname()[1])
+        datagrams = knock_socket.Datagrams(server)
+        for payload in payloads:
+            client.sendto(payload, to)
+            assert select.select([server], [], [], 5)[0]
+            expected = server.recvmsg(knock_socket.RECV_BUFFER, knock_socket.ANCILLARY)
+            client.sendto(payload, to)
+            (packet, length, sockaddr, ancdata), = read_all(datagrams, server, 1)
+            assert packet == expected[0] == payload and length == len(payload)
+            assert sorted(ancdata) == sorted(expected[1])
+            assert sockaddr[:2] == expected[3][:2]
+            source = client.getsockname()
+            v4 = family == socket.AF_INET
+            assert sockaddr[:2] == ((f"::ffff:{source[0]}" if v4 else source[0]), source[1])
+            assert knock_socket.addresses(sockaddr, ancdata) == (
+                (V4(loopback), V4(loopback)) if v4 else (V6(loopback), V6(loopback)))
+        assert datagrams.read() == 0  # nothing waiting: EAGAIN, no exception
+
+
+def test_an_oversize_datagram_is_cut_and_seen_as_oversize():
+    key = os.urandom(protocol.KEY_LEN)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        knock_socket.enable_pktinfo(server)
+        big = os.urandom(protocol.MAX_PACKET + 500)
+        with sender(socket.AF_INET, "127.0.0.1") as client:
+            for d in (big, big[:protocol.MAX_PACKET]):
+                client.sendto(d, server.getsockname())
+        datagrams = knock_socket.Datagrams(server)
+        (cut, cut_len, _, _), (whole, whole_len, _, _) = read_all(datagrams, server, 2)
+        assert (cut, cut_len) == (big[:knock_socket.RECV_BUFFER], knock_socket.RECV_BUFFER)
+        assert (whole, whole_len) == (big[:protocol.MAX_PACKET], protocol.MAX_PACKET)
+        assert protocol.unseal(cut_len, datagrams.nonces[0], datagrams.boxes[0],
+                               datagrams.opened, key) == protocol.SIZE
+        assert protocol.unseal(whole_len, datagrams.nonces[1], datagrams.boxes[1],
+                               datagrams.opened, key) == protocol.MAC
+
+
+def test_unseal_checks_a_knock_where_it_lies_in_the_receive_buffer():
+    key, seed = os.urandom(protocol.KEY_LEN), os.urandom(protocol.KEY_LEN)
+    knock = protocol.build_packet(key, seed, 7, b"open 22", bytes([127, 0, 0, 1]))
+    flipped = knock[:-1] + bytes([knock[-1] ^ 1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        with sender(socket.AF_INET, "127.0.0.1") as client:
+            for d in (knock, flipped):
+                client.sendto(d, server.getsockname())
+        datagrams = knock_socket.Datagrams(server)
+        assert [r[0] for r in read_all(datagrams, server, 2)] == [knock, flipped]
+        assert protocol.unseal(datagrams.length(1), datagrams.nonces[1], datagrams.boxes[1],
+                               datagrams.opened, key) == protocol.MAC
+        assert protocol.unseal(datagrams.length(0), datagrams.nonces[0], datagrams.boxes[0],
+                               datagrams.opened, key) is None
+        plaintext = bytes(datagrams.opened[2 * protocol.BOXZERO_LEN:
+                                           protocol.BOXZERO_LEN + len(knock) - protocol.NONCE_LEN])
+        assert plaintext == SecretBox(key).decrypt(knock)
+
+
+def test_a_full_receive_queue_is_read_in_batches():
+    count = knock_socket.BATCH + 10
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        with sender(socket.AF_INET, "127.0.0.1") as client:
+            for i in range(count):
+                client.sendto(b"%d" % i, server.getsockname())
+        datagrams = knock_socket.Datagrams(server)
+        assert select.select([server], [], [], 5)[0]
+        assert datagrams.read() == knock_socket.BATCH  # the queue holds them all by now
+        first = [datagrams.packet(i) for i in range(knock_socket.BATCH)]
+        rest = [r[0] for r in read_all(datagrams, server, 10)]
+        assert first + rest == [b"%d" % i for i in range(count)]
+
+
+def test_control_messages_stop_at_a_truncated_one():
+    one = struct.pack("@Nii", socket.CMSG_LEN(12), socket.IPPROTO_IP, knock_socket.IP_PKTINFO)
+    data = bytes(range(12))
+    full = one + data + bytes(socket.CMSG_SPACE(12) - socket.CMSG_LEN(12))
+    assert knock_socket.control_messages(full) == [
+        (socket.IPPROTO_IP, knock_socket.IP_PKTINFO, data)]
+    assert knock_socket.control_messages(full + one + data[:5]) == [
+        (socket.IPPROTO_IP, knock_socket.IP_PKTINFO, data)]
+    assert knock_socket.control_messages(full[:-8]) == []

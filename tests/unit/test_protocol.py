@@ -136,3 +136,9 @@ def test_body_length_rounds_to_blocks_and_caps():
     for n in (0, 7, 100, 864):
         length = protocol.random_body_length(n)
         assert n <= length <= protocol.MAX_BODY and length % 16 == 0
+
+
+def test_a_server_key_of_another_length_is_refused_not_read_past():
+    # libsodium reads 32 bytes from whatever it is handed as the key
+    with pytest.raises(ValueError, match="32 bytes"):
+        protocol.open_packet(bytes(200), SERVER_KEY[:31], ServerState().last_counter, [SERVER_IP])
