@@ -192,8 +192,10 @@ class Verifier:
                            reason=outcome.problem, action_output=output, **fields)
 
 
-def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: list) -> None:
-    """Knocks and action outcomes, as they come: neither ever waits for the other."""
+def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: list,
+          woken: socket.socket | None = None) -> None:
+    """Knocks and action outcomes, as they come: neither ever waits for the other.
+    Returns once stop is set; a signal writes to woken, so that is at once."""
     sock.setblocking(False)
     runs = verifier.runs
     datagrams = knock_socket.Datagrams(sock)
@@ -201,8 +203,15 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
         log.tick()
         for fields, outcome in runs.overdue():
             verifier.ran(fields, outcome)
-        ready, _, _ = select.select([sock, *runs.connections()], [], [], WAKE)
+        ready, _, _ = select.select([sock, *runs.connections(), *([woken] if woken else [])],
+                                    [], [], WAKE)
         for conn in ready:
+            if stop:
+                # Stopping (a reload): knocks not yet read stay in systemd's socket
+                # for the next verifier and its new config.
+                break
+            if conn is woken:
+                continue
             if conn is not sock:
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
@@ -252,13 +261,18 @@ def main(argv: list[str]) -> int:
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
         stop: list = []
+        # A reload (SIGTERM) must not leave this config deciding knocks for up to
+        # WAKE seconds: the signal also writes a byte that wakes select.
+        woken, wake = socket.socketpair()
+        wake.setblocking(False)
+        signal.set_wakeup_fd(wake.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.append(True))
         where = sock.getsockname()
         log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
                   f"{len(cfg.clients)} clients", clients=len(cfg.clients))
         knock_socket.notify("READY=1")
-        serve(sock, Verifier(cfg, server_key, store, log), log, stop)
+        serve(sock, Verifier(cfg, server_key, store, log), log, stop, woken)
     except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError,
             strict.StrictModeError) as e:
         print(f"gnocchi serve: {e}", file=sys.stderr)

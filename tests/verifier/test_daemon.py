@@ -172,3 +172,15 @@ def test_readiness_and_stopping_are_told_to_systemd(daemons, net, k, tmp_path, h
         d.wait_events("accepted", 1)  # the knock that started it was not lost
         assert d.stop() == 0
         assert notify.recv(64) == b"STOPPING=1"
+
+
+def test_a_knock_after_sigterm_is_left_for_the_next_verifier(daemons, net, k, tmp_path, helper):
+    # A reload (`gnocchi remove-client`, a config edit) is SIGTERM: what arrives
+    # after it must not be decided under the old config, not even for a second.
+    d = start(daemons, net, k, tmp_path, helper)
+    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
+    d.wait_events("accepted", 1)
+    d.proc.terminate()
+    send_datagrams(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
+    assert d.proc.wait(timeout=10) == 0
+    assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
