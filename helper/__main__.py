@@ -49,8 +49,8 @@ def log(status: int, text: str, fields: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monotonic) -> tuple:
-    """(status, text, log fields) for one connection; ctx (libnftables) and clock are passed in."""
+def decide(conn, peer_uid: int, table, open_seconds: int, recent, clock=time.monotonic) -> tuple:
+    """(status, text, log fields) for one connection; table (nft.Table) and clock are passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
     try:
@@ -68,16 +68,13 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
     what = f"{req.address} {ports}"
     fields.update(ADDRESS=req.address, PORTS=ports)
-    unprotected = []
-    for proto in sorted({proto for proto, _ in req.opens}):  # one read per set
-        listed, err = nft.apply(ctx, nft.list_protected(proto))
-        if err:
-            return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
-        unprotected += [f"{proto}/{port}" for p, port in req.opens
-                        if p == proto and not nft.protects(listed, port)]
-    if unprotected:  # one is enough to refuse them all
-        return rq.NOT_PROTECTED, f"{what}: not protected: {' '.join(unprotected)}", fields
     now = clock()
+    missing, err = table.unprotected(req.opens, now)
+    if err:
+        return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
+    if missing:  # one is enough to refuse them all
+        unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
+        return rq.NOT_PROTECTED, f"{what}: not protected: {unprotected}", fields
     for address in [a for a, times in recent.items() if times[-1] < now - 60]:
         del recent[address]  # memory: only addresses with requests in the last minute
     times = recent.get(req.address, collections.deque())
@@ -89,7 +86,7 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
     times.append(now)
     recent[req.address] = times
-    _, err = nft.apply(ctx, nft.open_once(req, open_seconds))
+    err = table.add(req.address, req.opens, open_seconds)
     if err:
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
     return rq.OK, f"{what} may start one connection each within {open_seconds} s", dict(
@@ -117,12 +114,12 @@ def main() -> int:
     listener = socket.socket(fileno=fds[0])
     if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
         p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
-    ctx, recent = nftables.Nftables(), {}
+    table, recent = nft.Table(nftables.Nftables()), {}
     while True:
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(RECV_SECONDS)
-            status, text, fields = decide(conn, peer_uid, ctx, args.open_seconds, recent)
+            status, text, fields = decide(conn, peer_uid, table, args.open_seconds, recent)
             log(status, text, fields)  # first: no answer goes out unlogged
             try:
                 conn.send(bytes([status]))
