@@ -229,6 +229,14 @@ def test_at_most_so_many_adds_a_minute_per_address_by_the_injected_clock():
     assert list(recent) == [ipaddress.ip_address("198.18.1.3")]  # idle addresses forgotten
 
 
+def test_an_address_is_forgotten_a_minute_after_its_last_request_not_its_first():
+    recent, a, b = {}, request("198.18.1.1", 22), request("198.18.1.2", 22)
+    for message, now in ((a, 1000.0), (b, 1030.0), (a, 1050.0)):
+        assert decide(message, recent=recent, now=now)[0] == rq.OK
+    decide(request("198.18.1.3", 22), recent=recent, now=1091.0)  # b's last is 61 s old
+    assert [str(address) for address in recent] == ["198.18.1.1", "198.18.1.3"]
+
+
 def test_a_request_past_its_deadline_is_not_carried_out():
     # The verifier stops waiting at its deadline: the helper must not open
     # later what the verifier has logged as unanswered.
