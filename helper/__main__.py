@@ -113,6 +113,7 @@ def main() -> int:
     if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
         p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
     table, recent = nft.Table(nftables.Nftables()), {}
+    table.rearms = table.probe()  # once; None (no table yet): tried again on the first add
     while True:
         conn, _ = listener.accept()
         with conn:
