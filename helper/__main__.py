@@ -83,7 +83,7 @@ def decide(conn, peer_uid: int, table, open_seconds: int, recent, clock=time.mon
     times = [t for t in recent.get(req.address, []) if t > now - 60]
     if len(times) >= MAX_PER_MINUTE:
         return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} requests for it in a minute", fields
-    if now * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
+    if clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
     recent.pop(req.address, None)  # to be put back last
     recent[req.address] = times + [now]

@@ -66,6 +66,7 @@ class Table:
         """Whether an add with "expires" re-arms an element already there (Linux
         6.12 and later): PROBE added for 10 s, added with 1 s left, read back and
         deleted. None if that cannot be done (no table)."""
+        self.apply(command("delete", 4, PROBE))  # one left by a helper that died here
         errors = [self.apply(command("add", 4, PROBE, timeout=10))[1],
                   self.apply(command("add", 4, PROBE, timeout=10, expires=1))[1]]
         listed, error = self.apply({"list": {"set": {**TABLE, "name": KNOCKED[4]}}})

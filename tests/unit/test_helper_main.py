@@ -148,17 +148,18 @@ def test_the_first_add_probes_the_kernel_once_and_leaves_nothing(rearms):
     t = table(ctx, rearms=None)
     assert decide(VALID, on=t)[0] == rq.OK and t.rearms is rearms
     probe = {"val": {"concat": ["0.0.0.0", 0, 0]}}
-    assert ctx.commands()[1:5] == [["add"], ["add"], ["list"], ["delete"]]
-    assert [c["nftables"][1] for c in ctx.sent[1:5]] == [
+    assert ctx.commands()[1:6] == [["delete"], ["add"], ["add"], ["list"], ["delete"]]
+    assert [c["nftables"][1] for c in ctx.sent[1:6]] == [
+        {"delete": {"element": {**nft.TABLE, "name": "knocked4", "elem": [{"elem": probe}]}}},
         {"add": {"element": {**nft.TABLE, "name": "knocked4",
                              "elem": [{"elem": {**probe, "timeout": 10}}]}}},
         {"add": {"element": {**nft.TABLE, "name": "knocked4",
                              "elem": [{"elem": {**probe, "timeout": 10, "expires": 1}}]}}},
         {"list": {"set": {**nft.TABLE, "name": "knocked4"}}},
         {"delete": {"element": {**nft.TABLE, "name": "knocked4", "elem": [{"elem": probe}]}}}]
-    assert ctx.commands()[5] == (["add"] if rearms else ["add", "delete", "add"])
+    assert ctx.commands()[6] == (["add"] if rearms else ["add", "delete", "add"])
     assert decide(VALID, on=t, now=1000.5)[0] == rq.OK
-    assert len(ctx.sent) == 7  # the second: no probe, no read (the copy is fresh), one add
+    assert len(ctx.sent) == 8  # the second: no probe, no read (the copy is fresh), one add
 
 
 def test_without_a_table_to_probe_the_add_is_add_delete_add_and_the_next_probes_again():
