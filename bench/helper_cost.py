@@ -11,7 +11,9 @@ one), 200 addresses at a time, the knocked set flushed in between (it holds
 4096). Prints the round trip a verifier waits for (median, 90th percentile)
 and the helper's own CPU time per request (utime + stime from /proc, the
 steadier figure on a shared machine). Nothing runs outside the namespace but
-this process's connections to the helper's AF_UNIX socket.
+this process's connections to the helper's AF_UNIX socket. Then the
+libnftables calls alone, in-process in the namespace (helper/nft.py's Table):
+reading a protected set, one add that re-arms, add-delete-add.
 """
 import ipaddress
 import os
@@ -25,7 +27,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 from gnocchi import helper_client  # noqa: E402
 from gnocchi.knock_request import Open  # noqa: E402
-from support import Helper, Net, load_table  # noqa: E402
+from support import Helper, Net, inside, load_table  # noqa: E402
+
+sys.path.insert(0, os.path.join(HERE, "..", "helper"))
+import nft  # noqa: E402  (helper/nft.py)
+import nftables  # noqa: E402
 
 BATCH = 200  # addresses per batch, each knocked twice: 800 elements at most
 
@@ -54,6 +60,27 @@ def case(net, helper, opens, total: int) -> None:
           f"helper CPU {cpu / total * 1e3:.3f} ms a request")
 
 
+def calls(net, total: int) -> None:
+    """Each libnftables call the helper makes per request, timed in a loop."""
+    with inside(net.server):
+        table = nft.Table(nftables.Nftables())
+        listing = {"list": {"set": {**nft.TABLE, "name": "protected_tcp"}}}
+        cases = {"read protected_tcp": lambda i: table.apply(listing)}
+        for name, rearms in (("one add (re-arms)", True), ("add, delete, add", False)):
+            def add(i, rearms=rearms):
+                table.rearms = rearms
+                return table.add(ipaddress.ip_address(f"198.18.{100 + i % 4}.{i // 4 % 250 + 1}"),
+                                 [("tcp", 22)], 30)
+            cases[name] = add
+        for name, call in cases.items():
+            table.apply({"flush": {"set": {**nft.TABLE, "name": "knocked4"}}})
+            start = time.perf_counter()
+            for i in range(total):
+                call(i)
+            print(f"{name:20} {(time.perf_counter() - start) / total * 1e3:.3f} ms a call")
+        table.apply({"flush": {"set": {**nft.TABLE, "name": "knocked4"}}})
+
+
 def main() -> int:
     total = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     with Net("hc") as net, tempfile.TemporaryDirectory(prefix="gnocchi-bench-") as work:
@@ -67,6 +94,7 @@ def main() -> int:
             case(net, helper, [*ssh, Open(60001, "udp")], total)
         finally:
             helper.close()
+        calls(net, total)
     return 0
 
 
