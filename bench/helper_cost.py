@@ -1,15 +1,19 @@
 """How much one request costs the root helper: the real helper (helper/, as
 tests/support's Helper starts it) in a network namespace of its own with
-nft/gnocchi.nft loaded, asked by the verifier's own client code.
+nft/gnocchi.nft loaded (tcp 22 and udp 60001 protected), asked by the
+verifier's own client code.
 
     /usr/bin/python3 bench/helper_cost.py [REQUESTS]     (as root; default 1000)
 
-Each address is knocked twice (a new element, then a re-armed one), 200
-addresses at a time, the knocked set flushed in between (it holds 4096).
-Prints the round trip a verifier waits for (median, 90th percentile) and the
-helper's own CPU time per request (utime + stime from /proc). Nothing runs
-outside the namespace but this process's connections to the helper's
-AF_UNIX socket.
+Two cases, REQUESTS each: one port (22/tcp), and two (22/tcp and 60001/udp)
+in one request. Each address is knocked twice (a new element, then a re-armed
+one), 200 addresses at a time, the knocked set flushed in between (it holds
+4096). Prints the round trip a verifier waits for (median, 90th percentile)
+and the helper's own CPU time per request (utime + stime from /proc, the
+steadier figure on a shared machine). Nothing runs outside the namespace but
+this process's connections to the helper's AF_UNIX socket. Then the
+libnftables calls alone, in-process in the namespace (helper/nft.py's Table):
+reading a protected set, one add that re-arms, add-delete-add.
 """
 import ipaddress
 import os
@@ -23,14 +27,58 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 from gnocchi import helper_client  # noqa: E402
 from gnocchi.knock_request import Open  # noqa: E402
-from support import Helper, Net, load_table  # noqa: E402
+from support import Helper, Net, inside, load_table  # noqa: E402
 
-BATCH = 200  # addresses per batch, each knocked twice: 400 elements at most
+sys.path.insert(0, os.path.join(HERE, "..", "helper"))
+import nft  # noqa: E402  (helper/nft.py)
+import nftables  # noqa: E402
+
+BATCH = 200  # addresses per batch, each knocked twice: 800 elements at most
 
 
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def case(net, helper, opens, total: int) -> None:
+    first = int(ipaddress.ip_address("198.18.100.0"))
+    times, statuses, cpu0 = [], {}, cpu_seconds(helper.proc.pid)
+    for i in range(total):
+        if i % (2 * BATCH) == 0:
+            net.server.nft("flush", "set", "inet", "gnocchi", "knocked4")
+        address = ipaddress.ip_address(first + (i // (2 * BATCH)) * BATCH + i % BATCH)
+        t = time.perf_counter()
+        status = helper_client.request_open(str(helper.path), address, opens)
+        times.append(time.perf_counter() - t)
+        statuses[status] = statuses.get(status, 0) + 1
+    cpu = cpu_seconds(helper.proc.pid) - cpu0
+    times.sort()
+    print(f"{' + '.join(f'{o.port}/{o.proto}' for o in opens):20} {total} requests {statuses}: "
+          f"round trip median {statistics.median(times) * 1e3:.3f} ms, "
+          f"p90 {times[int(len(times) * 0.9)] * 1e3:.3f} ms; "
+          f"helper CPU {cpu / total * 1e3:.3f} ms a request")
+
+
+def calls(net, total: int) -> None:
+    """Each libnftables call the helper makes per request, timed in a loop."""
+    with inside(net.server):
+        table = nft.Table(nftables.Nftables())
+        listing = {"list": {"set": {**nft.TABLE, "name": "protected_tcp"}}}
+        cases = {"read protected_tcp": lambda i: table.apply(listing)}
+        for name, rearms in (("one add (re-arms)", True), ("add, delete, add", False)):
+            def add(i, rearms=rearms):
+                table.rearms = rearms
+                return table.add(ipaddress.ip_address(f"198.18.{100 + i % 4}.{i // 4 % 250 + 1}"),
+                                 [("tcp", 22)], 30)
+            cases[name] = add
+        for name, call in cases.items():
+            table.apply({"flush": {"set": {**nft.TABLE, "name": "knocked4"}}})
+            start = time.perf_counter()
+            for i in range(total):
+                call(i)
+            print(f"{name:20} {(time.perf_counter() - start) / total * 1e3:.3f} ms a call")
+        table.apply({"flush": {"set": {**nft.TABLE, "name": "knocked4"}}})
 
 
 def main() -> int:
@@ -39,28 +87,14 @@ def main() -> int:
         load_table(net.server, Path(work), udp_ports=(60001,))
         helper = Helper(net.server, peer_user="root")
         try:
-            pid = helper.proc.pid
-            assert "helper" in open(f"/proc/{pid}/cmdline").read(), "not the helper's pid"
+            assert "helper" in open(f"/proc/{helper.proc.pid}/cmdline").read(), "not the helper"
             ssh = [Open(22, "tcp")]
             helper_client.request_open(str(helper.path), ipaddress.ip_address("198.18.99.1"), ssh)
-            times, statuses, cpu0 = [], {}, cpu_seconds(pid)
-            for i in range(total):
-                if i % (2 * BATCH) == 0:
-                    net.server.nft("flush", "set", "inet", "gnocchi", "knocked4")
-                address = ipaddress.ip_address(int(ipaddress.ip_address("198.18.100.0"))
-                                               + (i // (2 * BATCH)) * BATCH + i % BATCH)
-                t = time.perf_counter()
-                status = helper_client.request_open(str(helper.path), address, ssh)
-                times.append(time.perf_counter() - t)
-                statuses[status] = statuses.get(status, 0) + 1
-            cpu = cpu_seconds(pid) - cpu0
+            case(net, helper, ssh, total)
+            case(net, helper, [*ssh, Open(60001, "udp")], total)
         finally:
             helper.close()
-    times.sort()
-    print(f"{total} requests {statuses}")
-    print(f"round trip   median {statistics.median(times) * 1e3:.3f} ms, "
-          f"p90 {times[int(len(times) * 0.9)] * 1e3:.3f} ms")
-    print(f"helper CPU   {cpu / total * 1e3:.3f} ms per request ({cpu:.2f} s in all)")
+        calls(net, total)
     return 0
 
 

@@ -9,7 +9,7 @@ helper's own timeout on every element, at most MAX_PER_MINUTE requests a
 minute for one address, and nothing done for a request past its deadline.
 """
 import argparse
-import collections
+import contextlib
 import os
 import pwd
 import socket
@@ -36,8 +36,8 @@ PRIORITY = {rq.OK: journal.LOG_INFO, rq.NOT_PROTECTED: journal.LOG_WARNING,
 
 def log(status: int, text: str, fields: dict) -> None:
     """Journald under systemd (else one line on stderr); malformed is LOG_CRIT."""
-    fields = {f"GNOCCHI_HELPER_{k}": str(v) for k, v in fields.items()}
-    fields["GNOCCHI_HELPER_STATUS"] = name = rq.STATUSES[status]
+    name = rq.STATUSES[status]
+    fields = {f"GNOCCHI_HELPER_{k}": str(v) for k, v in {**fields, "STATUS": name}.items()}
     st = os.fstat(2)  # systemd.exec(5): JOURNAL_STREAM is stderr's dev:ino in a unit
     if os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}":
         # OBJECT_SYSTEMD_UNIT: `journalctl -u gnocchi` shows it too (a root sender may).
@@ -49,8 +49,8 @@ def log(status: int, text: str, fields: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monotonic) -> tuple:
-    """(status, text, log fields) for one connection; ctx (libnftables) and clock are passed in."""
+def decide(conn, peer_uid: int, table, open_seconds: int, recent, clock=time.monotonic) -> tuple:
+    """(status, text, log fields) for one connection; table (nft.Table) and clock are passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
     try:
@@ -68,45 +68,40 @@ def decide(conn, peer_uid: int, ctx, open_seconds: int, recent, clock=time.monot
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
     what = f"{req.address} {ports}"
     fields.update(ADDRESS=req.address, PORTS=ports)
-    unprotected = []
-    for proto in sorted({proto for proto, _ in req.opens}):  # one read per set
-        listed, err = nft.apply(ctx, nft.list_protected(proto))
-        if err:
-            return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
-        unprotected += [f"{proto}/{port}" for p, port in req.opens
-                        if p == proto and not nft.protects(listed, port)]
-    if unprotected:  # one is enough to refuse them all
-        return rq.NOT_PROTECTED, f"{what}: not protected: {' '.join(unprotected)}", fields
     now = clock()
-    for address in [a for a, times in recent.items() if times[-1] < now - 60]:
-        del recent[address]  # memory: only addresses with requests in the last minute
-    times = recent.get(req.address, collections.deque())
-    while times and times[0] < now - 60:
-        times.popleft()
+    missing, err = table.unprotected(req.opens, now)
+    if err:
+        return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
+    if missing:  # one is enough to refuse them all
+        unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
+        return rq.NOT_PROTECTED, f"{what}: not protected: {unprotected}", fields
+    # Memory: only addresses with a request in the last minute. The dict is in
+    # the order of their last requests (each goes last when it is updated), so
+    # those a minute old are at its start.
+    while recent and next(iter(recent.values()))[-1] <= now - 60:
+        del recent[next(iter(recent))]
+    times = [t for t in recent.get(req.address, []) if t > now - 60]
     if len(times) >= MAX_PER_MINUTE:
         return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} requests for it in a minute", fields
-    if now * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
+    if clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
-    times.append(now)
-    recent[req.address] = times
-    _, err = nft.apply(ctx, nft.open_once(req, open_seconds))
+    recent.pop(req.address, None)  # to be put back last
+    recent[req.address] = times + [now]
+    err = table.add(req.address, req.opens, open_seconds)
     if err:
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
     return rq.OK, f"{what} may start one connection each within {open_seconds} s", dict(
         fields, TIMEOUT=open_seconds)
 
 
-def seconds(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds in 1..3600")
-    return int(text)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(prog="gnocchi-helper", description=__doc__.splitlines()[0])
     p.add_argument("--peer-user", default="gnocchi", help="the one user served (default gnocchi)")
-    p.add_argument("--open-seconds", type=seconds, default=30, help="knock timeout (default 30)")
+    p.add_argument("--open-seconds", type=int, default=30,
+                   help="knock timeout, 1..3600 (default 30)")
     args = p.parse_args()
+    if not 1 <= args.open_seconds <= 3600:
+        p.error(f"--open-seconds {args.open_seconds}: not in 1..3600")
     try:
         peer_uid = pwd.getpwnam(args.peer_user).pw_uid
     except KeyError:
@@ -117,17 +112,16 @@ def main() -> int:
     listener = socket.socket(fileno=fds[0])
     if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
         p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
-    ctx, recent = nftables.Nftables(), {}
+    table, recent = nft.Table(nftables.Nftables()), {}
+    table.rearms = table.probe()  # once; None (no table yet): tried again on the first add
     while True:
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(RECV_SECONDS)
-            status, text, fields = decide(conn, peer_uid, ctx, args.open_seconds, recent)
+            status, text, fields = decide(conn, peer_uid, table, args.open_seconds, recent)
             log(status, text, fields)  # first: no answer goes out unlogged
-            try:
+            with contextlib.suppress(OSError):  # the peer left; the decision stands, logged
                 conn.send(bytes([status]))
-            except OSError:
-                pass  # the peer left; the decision stands and is logged
 
 
 if __name__ == "__main__":

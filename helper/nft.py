@@ -1,48 +1,94 @@
 """The helper's only contact with the firewall: table inet gnocchi, JSON API.
 
 Trusts the live table (the kernel's copy of nft/gnocchi.nft) for which ports
-are protected. The builders are pure: they return libnftables JSON commands
-built from values request.parse checked, never nft command text, and table,
-sets and timeout never come from a request. apply() is the one call into
-libnftables: one transaction per call, its rc checked.
+are protected. Commands are libnftables JSON built from values request.parse
+checked, never nft command text; table, sets and timeout never come from a
+request. Table.apply is the one call into libnftables: one transaction per
+call, its rc checked.
 """
 TABLE = {"family": "inet", "table": "gnocchi"}
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
+FRESH = 1.0  # seconds a copy of a protected set answers for the ports it holds
+# The probe's element: no packet the gate judges (TCP or UDP, to a protected
+# port) has protocol 0, and request.parse never accepts source 0.0.0.0.
+PROBE = [{"val": {"concat": ["0.0.0.0", 0, 0]}}]
 
 
-def list_protected(proto: str) -> list:
-    return [{"list": {"set": {**TABLE, "name": PROTECTED[proto]}}}]
+class Table:
+    """One libnftables context, a copy of each protected set, and whether this
+    kernel re-arms an element already there on add (None: not known yet)."""
+
+    def __init__(self, ctx):
+        self.ctx, self.copies, self.rearms = ctx, {}, None
+
+    def apply(self, *commands) -> tuple[dict, str]:
+        """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, error)."""
+        rc, out, err = self.ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}},
+                                                       *commands]})
+        return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
+
+    def unprotected(self, opens, now: float) -> tuple[list, str]:
+        """The (proto, port) of opens that the live table does not protect, or
+        libnftables' error. A set is read again when its copy lacks a port (one
+        the admin adds works on its next knock) or is FRESH seconds old. A port
+        removed less than that ago passes: its element is inert, since the gate
+        consults the knocked sets only for packets to protected ports."""
+        missing = []
+        for proto, port in opens:
+            read_at, ports = self.copies.get(proto, (float("-inf"), []))
+            if now - read_at >= FRESH or not covers(ports, port):
+                listed, err = self.apply({"list": {"set": {**TABLE, "name": PROTECTED[proto]}}})
+                if err:
+                    return [], err
+                # An element is 22 or {"range": [8000, 8100]}, or either as {"elem": {"val": ...}}.
+                ports = [e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
+                         for e in listed_elements(listed)]
+                self.copies[proto] = (now, ports)
+            if not covers(ports, port):
+                missing.append((proto, port))
+        return missing, ""
+
+    def add(self, address, opens, timeout: int) -> str:
+        """Put (address . proto . port) for each of opens in the knocked set with
+        timeout seconds, all in one transaction (all or none); libnftables' error, or ""."""
+        if self.rearms is None:
+            self.rearms = self.probe()
+        elems = [{"val": {"concat": [str(address), proto, port]}} for proto, port in opens]
+        if self.rearms:  # one add; "expires" re-arms an element already there
+            return self.apply(command("add", address.version, elems, timeout=timeout,
+                                      expires=timeout))[1]
+        # An add keeps the old expiry of an element already there: add, delete, add.
+        add = command("add", address.version, elems, timeout=timeout)
+        return self.apply(add, command("delete", address.version, elems), add)[1]
+
+    def probe(self) -> bool | None:
+        """Whether an add with "expires" re-arms an element already there (Linux
+        6.12 and later): PROBE added for 10 s, added with 1 s left, read back and
+        deleted. None if that cannot be done (no table)."""
+        self.apply(command("delete", 4, PROBE))  # one left by a helper that died here
+        errors = [self.apply(command("add", 4, PROBE, timeout=10))[1],
+                  self.apply(command("add", 4, PROBE, timeout=10, expires=1))[1]]
+        listed, error = self.apply({"list": {"set": {**TABLE, "name": KNOCKED[4]}}})
+        self.apply(command("delete", 4, PROBE))
+        if any(errors) or error:
+            return None
+        # Each element of a knocked set has a timeout: {"elem": {"val": ..., "expires": ...}}.
+        left = [e["elem"].get("expires", 0) for e in listed_elements(listed)
+                if e["elem"]["val"]["concat"][0] == "0.0.0.0"]
+        return not left or left[0] < 5  # re-armed: 1 s left (or gone), else 9 or 10
 
 
-def protects(listed: dict, port: int) -> bool:
-    """Whether the set that list_protected read holds port."""
-    elems = [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
-    return any(_matches(e, port) for e in elems)
+def command(verb: str, version: int, elems: list, **times) -> dict:
+    """The libnftables command to "add" or "delete" elems, each with times, in knocked{version}."""
+    return {verb: {"element": {**TABLE, "name": KNOCKED[version],
+                               "elem": [{"elem": {**e, **times}} for e in elems]}}}
 
 
-def _matches(elem, port: int) -> bool:
-    # An element is 22, {"range": [8000, 8100]} (a set with flags interval),
-    # or either wrapped as {"elem": {"val": ..., "comment": ...}}.
-    if isinstance(elem, dict) and "elem" in elem:
-        elem = elem["elem"]["val"]
-    if isinstance(elem, dict) and "range" in elem:
-        return elem["range"][0] <= port <= elem["range"][1]
-    return elem == port
+def listed_elements(listed: dict) -> list:
+    return [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
 
 
-def open_once(req, timeout: int) -> list:
-    """Put (address . proto . port) for each of req.opens in the knocked set with
-    `timeout` seconds; one transaction, so all of them or none."""
-    elem = {**TABLE, "name": KNOCKED[req.address.version], "elem": [{"elem": {
-        "val": {"concat": [str(req.address), proto, port]}, "timeout": timeout}}
-        for proto, port in req.opens]}
-    # Before Linux 6.12 adding an existing element keeps its old timeout; add,
-    # delete, add in one transaction re-arms a repeated knock with the full one.
-    return [{"add": {"element": elem}}, {"delete": {"element": elem}}, {"add": {"element": elem}}]
-
-
-def apply(ctx, commands: list) -> tuple[dict, str]:
-    """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, error)."""
-    rc, out, err = ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
-    return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
+def covers(ports: list, port: int) -> bool:
+    return any(p["range"][0] <= port <= p["range"][1] if isinstance(p, dict) else p == port
+               for p in ports)

@@ -53,13 +53,8 @@ def parse(msg: bytes) -> Request | int:
         return BAD_PROTO
     if len(set(entries)) != count:
         return BAD_DUPLICATE
-    if family == 4 and raw[4:] == bytes(12):
-        address = ipaddress.ip_address(raw[:4])
-    elif family == 6:
-        address = ipaddress.ip_address(raw)
-    else:
-        return BAD_ADDRESS
-    if not knockable(address):
+    address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
+    if family not in (4, 6) or family == 4 and raw[4:] != bytes(12) or not knockable(address):
         return BAD_ADDRESS
     if any(port == 0 for _, port in entries):
         return NOT_PROTECTED

@@ -12,8 +12,11 @@ import time
 
 import pytest
 
-from support import (PYTHON, REPO, STATUS, TABLE_FILE, Helper, Net, elements, load_table, request,
-                     ruleset)
+import nftables
+
+import nft  # helper/nft.py, by the name the helper imports it
+from support import (PYTHON, REPO, STATUS, TABLE_FILE, Helper, Net, elements, inside, load_table,
+                     request, ruleset)
 
 S = STATUS
 VALID = request("198.18.1.1", 22)
@@ -245,7 +248,9 @@ def test_helper_refuses_bad_options():
 
 def test_protected_ports_are_read_live_from_the_kernel(tmp_path):
     # An admin's set with ranges and comments, then edited at run time: the
-    # helper follows the kernel's set on every request, not a copy of its own.
+    # helper follows the kernel's set, not a copy of its own that it keeps:
+    # a port added works on its next knock, a port removed is refused once
+    # the helper's copy is a second old (and until then its element is inert).
     text = TABLE_FILE.read_text().replace(
         "type inet_service\n\t\telements = { 22 }",
         'type inet_service\n\t\tflags interval\n\t\telements = { 22 comment "ssh", 8000-8100 }')
@@ -260,6 +265,52 @@ def test_protected_ports_are_read_live_from_the_kernel(tmp_path):
             assert helper.send(*[request("198.18.1.1", p) for p in ports]) == [ok] * 4 + [no] * 3
             net.server.nft("add", "element", "inet", "gnocchi", "protected_tcp", "{ 2222 }")
             net.server.nft("delete", "element", "inet", "gnocchi", "protected_tcp", "{ 22 }")
-            assert helper.send(request("198.18.1.1", 2222), request("198.18.1.1", 22)) == [ok, no]
+            assert helper.send(request("198.18.1.1", 2222)) == [ok]
+            time.sleep(1.1)  # past FRESH: the copy that still holds 22 is read again
+            assert helper.send(request("198.18.1.1", 22), request("198.18.1.1", 2222)) == [no, ok]
         finally:
             helper.close()
+
+
+def test_a_second_knock_re_arms_the_element_with_the_full_timeout(server):
+    host, helper = server
+    before = ruleset(host)
+    assert helper.send(VALID) == [S["OK"]]
+    time.sleep(2.2)
+    [elem] = elements(host, "knocked4")
+    assert elem["expires"] <= 28
+    assert helper.send(VALID) == [S["OK"]]
+    [elem] = elements(host, "knocked4")  # the same one element, and no probe left behind
+    assert elem["val"]["concat"] == ["198.18.1.1", "tcp", 22] and elem["expires"] >= 29
+    host.nft("flush", "set", "inet", "gnocchi", "knocked4")
+    assert ruleset(host) == before
+
+
+def test_both_ways_to_re_arm_work_on_this_kernel_and_the_probe_finds_the_one_it_has(tmp_path):
+    # The helper asks the kernel once whether one add re-arms an element with
+    # "expires" (Linux 6.12 and later); if not, it adds, deletes and adds.
+    # Both, on the real kernel, and what a plain add does: nothing.
+    with Net("ra") as net:
+        load_table(net.server, tmp_path)
+        before = ruleset(net.server)
+        with inside(net.server):
+            table = nft.Table(nftables.Nftables())
+            assert table.probe() is True  # 6.18 here: one add does it
+        assert ruleset(net.server) == before  # the probe left nothing
+        with inside(net.server):
+            ways = {"one add": True, "add, delete, add": False}
+            for (name, rearms), last in zip(ways.items(), (1, 2)):
+                table.rearms = rearms
+                assert table.add(ipaddress.ip_address(f"198.18.5.{last}"), [("tcp", 22)], 30) == ""
+            plain = nft.command("add", 4, [{"val": {"concat": ["198.18.5.3", "tcp", 22]}}],
+                                timeout=30)
+            assert table.apply(plain)[1] == ""
+        time.sleep(2.2)
+        with inside(net.server):
+            for (name, rearms), last in zip(ways.items(), (1, 2)):
+                table.rearms = rearms
+                assert table.add(ipaddress.ip_address(f"198.18.5.{last}"), [("tcp", 22)], 30) == ""
+            assert table.apply(plain)[1] == ""
+        left = {e["val"]["concat"][0]: e["expires"] for e in elements(net.server, "knocked4")}
+        assert left["198.18.5.1"] >= 29 and left["198.18.5.2"] >= 29  # re-armed, both ways
+        assert left["198.18.5.3"] <= 28  # a plain add keeps the old expiry

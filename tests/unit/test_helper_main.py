@@ -1,6 +1,7 @@
 """helper/__main__.py's decide(), every branch, without root: peer, length,
 version, count, protocol, duplicate, address, not protected, rate, past the
-deadline, nft failure, and OK.
+deadline, nft failure, and OK; and what nft.Table keeps between requests: its
+copies of the protected sets, and what its probe found.
 
 The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
 is the kernel's answer (this process); the clock is a number the test moves.
@@ -24,16 +25,23 @@ VALID = request("198.18.1.1", 22)
 VALID_ADDRESS = ipaddress.ip_address("198.18.1.1")
 
 
-def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=False):
-    """decide() on a fresh connection that sent message (or nothing, if silent)."""
+def table(ctx=None, rearms=True):
+    """An nft.Table on ctx, its probe's answer given (None: it probes on its first add)."""
+    t = nft.Table(ctx or FakeNftables())
+    t.rearms = rearms
+    return t
+
+
+def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=False, on=None):
+    """decide() on a fresh connection that sent message (or nothing, if
+    silent), with the table on (else a new one on nft_ctx, probed already)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
         ours.settimeout(0.2)  # the helper's RECV_SECONDS, shortened
         if not silent:
             theirs.send(message)
-        ctx = nft_ctx or FakeNftables()
-        return main.decide(ours, peer_uid, ctx, 30, {} if recent is None else recent,
-                           clock=lambda: now)
+        return main.decide(ours, peer_uid, on or table(nft_ctx), 30,
+                           {} if recent is None else recent, clock=lambda: now)
 
 
 @pytest.mark.parametrize("name, message, status", [
@@ -79,7 +87,7 @@ def test_an_unprotected_port_is_refused_after_reading_the_live_set():
     code, text, fields = decide(request("198.18.1.1", 23), nft_ctx=ctx)
     assert code == rq.NOT_PROTECTED and "not protected: tcp/23" in text
     assert (str(fields["ADDRESS"]), fields["PORTS"]) == ("198.18.1.1", "tcp/23")
-    assert len(ctx.sent) == 1 and "list" in ctx.sent[0]["nftables"][1]  # no add
+    assert ctx.commands() == [["list"]]  # no add
     assert decide(request("198.18.1.1", 8050), nft_ctx=ctx)[0] == rq.OK
 
 
@@ -89,14 +97,14 @@ def test_one_unprotected_port_refuses_the_whole_request_and_adds_nothing():
                                 nft_ctx=ctx)
     assert code == rq.NOT_PROTECTED and text.endswith("not protected: tcp/23 tcp/24")
     assert fields["PORTS"] == "tcp/22 tcp/23 tcp/2222 tcp/24"
-    assert ["list" in c["nftables"][1] for c in ctx.sent] == [True]  # read once, no add
+    assert {verb for call in ctx.commands() for verb in call} == {"list"}  # no add
 
 
 def test_an_unreadable_set_is_nft_failed_and_nothing_is_added():
     ctx = FakeNftables(fail_list="Error: No such file or directory")
     code, _, fields = decide(VALID, nft_ctx=ctx)
     assert code == rq.NFT_FAILED and fields["NFT_ERROR"] == "Error: No such file or directory"
-    assert len(ctx.sent) == 1
+    assert ctx.commands() == [["list"]]
 
 
 def test_a_refused_add_is_nft_failed_and_still_counts_against_the_rate():
@@ -106,6 +114,9 @@ def test_a_refused_add_is_nft_failed_and_still_counts_against_the_rate():
     assert len(recent[fields["ADDRESS"]]) == 1
 
 
+METAINFO = {"metainfo": {"json_schema_version": 1}}
+
+
 def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
     ctx = FakeNftables(protected=(60001,))
     code, text, fields = decide(request("fd00::7", 60001, 17), nft_ctx=ctx)
@@ -113,13 +124,81 @@ def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
     assert (str(fields["ADDRESS"]), fields["PORTS"], fields["TIMEOUT"]) == (
         "fd00::7", "udp/60001", 30)
     listing, adding = ctx.sent
-    assert listing["nftables"] == [{"metainfo": {"json_schema_version": 1}},
-                                   *nft.list_protected("udp")]
-    assert adding["nftables"][0] == {"metainfo": {"json_schema_version": 1}}
-    assert [list(c) for c in adding["nftables"][1:]] == [["add"], ["delete"], ["add"]]
-    assert adding["nftables"][1]["add"]["element"] == {
-        "family": "inet", "table": "gnocchi", "name": "knocked6",
-        "elem": [{"elem": {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30}}]}
+    assert listing["nftables"] == [METAINFO, {"list": {"set": {
+        "family": "inet", "table": "gnocchi", "name": "protected_udp"}}}]
+    # One add: this kernel re-arms an element already there when told when it expires.
+    assert adding["nftables"] == [METAINFO, {"add": {"element": {
+        "family": "inet", "table": "gnocchi", "name": "knocked6", "elem": [{"elem": {
+            "val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": 30}}]}}}]
+
+
+def test_on_a_kernel_that_does_not_re_arm_the_add_is_add_delete_add():
+    ctx = FakeNftables()
+    assert decide(VALID, on=table(ctx, rearms=False))[0] == rq.OK
+    add, delete, again = ctx.sent[-1]["nftables"][1:]
+    assert add == again and add["add"]["element"]["elem"] == [
+        {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30}}]
+    assert delete["delete"]["element"]["elem"] == [
+        {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}}}]
+
+
+@pytest.mark.parametrize("rearms", [True, False])
+def test_the_first_add_probes_the_kernel_once_and_leaves_nothing(rearms):
+    ctx = FakeNftables(rearms=rearms)
+    t = table(ctx, rearms=None)
+    assert decide(VALID, on=t)[0] == rq.OK and t.rearms is rearms
+    probe = {"val": {"concat": ["0.0.0.0", 0, 0]}}
+    assert ctx.commands()[1:6] == [["delete"], ["add"], ["add"], ["list"], ["delete"]]
+    assert [c["nftables"][1] for c in ctx.sent[1:6]] == [
+        {"delete": {"element": {**nft.TABLE, "name": "knocked4", "elem": [{"elem": probe}]}}},
+        {"add": {"element": {**nft.TABLE, "name": "knocked4",
+                             "elem": [{"elem": {**probe, "timeout": 10}}]}}},
+        {"add": {"element": {**nft.TABLE, "name": "knocked4",
+                             "elem": [{"elem": {**probe, "timeout": 10, "expires": 1}}]}}},
+        {"list": {"set": {**nft.TABLE, "name": "knocked4"}}},
+        {"delete": {"element": {**nft.TABLE, "name": "knocked4", "elem": [{"elem": probe}]}}}]
+    assert ctx.commands()[6] == (["add"] if rearms else ["add", "delete", "add"])
+    assert decide(VALID, on=t, now=1000.5)[0] == rq.OK
+    assert len(ctx.sent) == 8  # the second: no probe, no read (the copy is fresh), one add
+
+
+def test_without_a_table_to_probe_the_add_is_add_delete_add_and_the_next_probes_again():
+    ctx = FakeNftables(fail_add="Error: No such file or directory")
+    t = table(ctx, rearms=None)
+    assert decide(VALID, on=t)[0] == rq.NFT_FAILED and t.rearms is None
+    assert ctx.commands()[-1] == ["add", "delete", "add"]
+    ctx.fail_add = ""
+    assert decide(VALID, on=t, now=1000.5)[0] == rq.OK and t.rearms is True
+
+
+def test_a_copy_of_a_protected_set_answers_for_a_second():
+    ctx = FakeNftables(protected=(22,))
+    t = table(ctx)
+    assert [decide(VALID, on=t, now=n)[0] for n in (1000.0, 1000.5, 1000.99)] == [rq.OK] * 3
+    assert ctx.commands() == [["list"], ["add"], ["add"], ["add"]]
+    assert decide(VALID, on=t, now=1001.0)[0] == rq.OK
+    assert ctx.commands()[-2:] == [["list"], ["add"]]  # a second old: read again
+
+
+def test_a_port_the_admin_adds_works_on_its_next_knock():
+    ctx = FakeNftables(protected=(22,))
+    t = table(ctx)
+    assert decide(VALID, on=t, now=1000.0)[0] == rq.OK
+    ctx.protected.append(2222)
+    assert decide(request("198.18.1.1", 2222), on=t, now=1000.1)[0] == rq.OK
+    assert ctx.commands()[-2:] == [["list"], ["add"]]  # not in the copy: read again at once
+
+
+def test_a_port_the_admin_removes_is_refused_within_a_second():
+    # Until then its elements are inert: the gate consults the knocked sets
+    # only for packets to protected ports.
+    ctx = FakeNftables(protected=(22,))
+    t = table(ctx)
+    assert decide(VALID, on=t, now=1000.0)[0] == rq.OK
+    ctx.protected.remove(22)
+    assert decide(VALID, on=t, now=1000.5)[0] == rq.OK
+    code, text, _ = decide(VALID, on=t, now=1001.0)
+    assert code == rq.NOT_PROTECTED and "not protected: tcp/22" in text
 
 
 def test_every_port_of_a_request_is_added_in_the_one_transaction():
@@ -151,6 +230,14 @@ def test_at_most_so_many_adds_a_minute_per_address_by_the_injected_clock():
     assert list(recent) == [ipaddress.ip_address("198.18.1.3")]  # idle addresses forgotten
 
 
+def test_an_address_is_forgotten_a_minute_after_its_last_request_not_its_first():
+    recent, a, b = {}, request("198.18.1.1", 22), request("198.18.1.2", 22)
+    for message, now in ((a, 1000.0), (b, 1030.0), (a, 1050.0)):
+        assert decide(message, recent=recent, now=now)[0] == rq.OK
+    decide(request("198.18.1.3", 22), recent=recent, now=1091.0)  # b's last is 61 s old
+    assert [str(address) for address in recent] == ["198.18.1.1", "198.18.1.3"]
+
+
 def test_a_request_past_its_deadline_is_not_carried_out():
     # The verifier stops waiting at its deadline: the helper must not open
     # later what the verifier has logged as unanswered.
@@ -158,7 +245,7 @@ def test_a_request_past_its_deadline_is_not_carried_out():
     late = request("198.18.1.1", 22, deadline_ms=999_999)      # now is 1000.0 s
     code, text, _ = decide(late, nft_ctx=ctx, now=1000.0)
     assert code == rq.EXPIRED and "past its deadline" in text
-    assert len(ctx.sent) == 1                                   # listed, never added
+    assert ctx.commands() == [["list"]]                         # listed, never added
     in_time = request("198.18.1.1", 22, deadline_ms=1_000_001)
     recent = {}
     assert decide(late, recent=recent, now=1000.0)[0] == rq.EXPIRED
