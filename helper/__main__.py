@@ -112,8 +112,7 @@ def main() -> int:
     listener = socket.socket(fileno=fds[0])
     if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
         p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
-    table, recent = nft.Table(nftables.Nftables()), {}
-    table.rearms = table.probe()  # once; None (no table yet): tried again on the first add
+    table, recent = nft.Table(nftables.Nftables(), nft.rearms(os.uname().release)), {}
     while True:
         conn, _ = listener.accept()
         with conn:

@@ -6,21 +6,29 @@ checked, never nft command text; table, sets and timeout never come from a
 request. Table.apply is the one call into libnftables: one transaction per
 call, its rc checked.
 """
+import re
+
 TABLE = {"family": "inet", "table": "gnocchi"}
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
 FRESH = 1.0  # seconds a copy of a protected set answers for the ports it holds
-# The probe's element: no packet the gate judges (TCP or UDP, to a protected
-# port) has protocol 0, and request.parse never accepts source 0.0.0.0.
-PROBE = [{"val": {"concat": ["0.0.0.0", 0, 0]}}]
+
+
+def rearms(release: str) -> bool:
+    """Whether this kernel (os.uname().release) re-arms an element already in
+    a set when an add says when it expires: Linux 6.12 and later (commit
+    4201f3938914). Wrong either way, it fails closed: a slower add, or an
+    element that keeps its old, shorter expiry."""
+    version = re.match(r"(\d+)\.(\d+)", release)
+    return bool(version) and (int(version[1]), int(version[2])) >= (6, 12)
 
 
 class Table:
     """One libnftables context, a copy of each protected set, and whether this
-    kernel re-arms an element already there on add (None: not known yet)."""
+    kernel re-arms an element already there on add (rearms())."""
 
-    def __init__(self, ctx):
-        self.ctx, self.copies, self.rearms = ctx, {}, None
+    def __init__(self, ctx, rearms: bool):
+        self.ctx, self.copies, self.rearms = ctx, {}, rearms
 
     def apply(self, *commands) -> tuple[dict, str]:
         """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, error)."""
@@ -52,8 +60,6 @@ class Table:
     def add(self, address, opens, timeout: int) -> str:
         """Put (address . proto . port) for each of opens in the knocked set with
         timeout seconds, all in one transaction (all or none); libnftables' error, or ""."""
-        if self.rearms is None:
-            self.rearms = self.probe()
         elems = [{"val": {"concat": [str(address), proto, port]}} for proto, port in opens]
         if self.rearms:  # one add; "expires" re-arms an element already there
             return self.apply(command("add", address.version, elems, timeout=timeout,
@@ -61,22 +67,6 @@ class Table:
         # An add keeps the old expiry of an element already there: add, delete, add.
         add = command("add", address.version, elems, timeout=timeout)
         return self.apply(add, command("delete", address.version, elems), add)[1]
-
-    def probe(self) -> bool | None:
-        """Whether an add with "expires" re-arms an element already there (Linux
-        6.12 and later): PROBE added for 10 s, added with 1 s left, read back and
-        deleted. None if that cannot be done (no table)."""
-        self.apply(command("delete", 4, PROBE))  # one left by a helper that died here
-        errors = [self.apply(command("add", 4, PROBE, timeout=10))[1],
-                  self.apply(command("add", 4, PROBE, timeout=10, expires=1))[1]]
-        listed, error = self.apply({"list": {"set": {**TABLE, "name": KNOCKED[4]}}})
-        self.apply(command("delete", 4, PROBE))
-        if any(errors) or error:
-            return None
-        # Each element of a knocked set has a timeout: {"elem": {"val": ..., "expires": ...}}.
-        left = [e["elem"].get("expires", 0) for e in listed_elements(listed)
-                if e["elem"]["val"]["concat"][0] == "0.0.0.0"]
-        return not left or left[0] < 5  # re-armed: 1 s left (or gone), else 9 or 10
 
 
 def command(verb: str, version: int, elems: list, **times) -> dict:

@@ -158,14 +158,12 @@ def helper_main():
 class FakeNftables:
     """Stands in for nftables.Nftables() in the helper's unprivileged unit
     tests only (tests/unit/test_helper_*.py): json_cmd answers as libnftables
-    does for a table whose protected sets hold `protected`, on a kernel that
-    re-arms timeouts on add or not (what the helper's probe reads back), or
-    fails where told, and records every command. Everywhere else the tests use
+    does for a table whose protected sets hold `protected`, or fails where told, and records every command. Everywhere else the tests use
     the real library and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
 
-    def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = "", rearms=True):
+    def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = ""):
         self.protected = list(protected)
-        self.fail_list, self.fail_add, self.rearms = fail_list, fail_add, rearms
+        self.fail_list, self.fail_add = fail_list, fail_add
         self.sent: list[dict] = []
 
     def json_cmd(self, command: dict) -> tuple:
@@ -176,9 +174,6 @@ class FakeNftables:
                 return -1, "", self.fail_list
             listed = dict(commands[0]["list"]["set"], type="inet_service", handle=1,
                           elem=self.protected)
-            if listed["name"].startswith("knocked"):  # the probe's element, read back
-                listed["elem"] = [{"elem": {"val": {"concat": ["0.0.0.0", "ip", 0]},
-                                            "timeout": 10, "expires": 1 if self.rearms else 9}}]
             return 0, {"nftables": [{"metainfo": {"json_schema_version": 1}}, {"set": listed}]}, ""
         return (1, "", self.fail_add) if self.fail_add else (0, "", "")
 

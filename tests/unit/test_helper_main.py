@@ -1,7 +1,7 @@
 """helper/__main__.py's decide(), every branch, without root: peer, length,
 version, count, protocol, duplicate, address, not protected, rate, past the
 deadline, nft failure, and OK; and what nft.Table keeps between requests: its
-copies of the protected sets, and what its probe found.
+copies of the protected sets, and whether the kernel re-arms on add.
 
 The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
 is the kernel's answer (this process); the clock is a number the test moves.
@@ -26,15 +26,13 @@ VALID_ADDRESS = ipaddress.ip_address("198.18.1.1")
 
 
 def table(ctx=None, rearms=True):
-    """An nft.Table on ctx, its probe's answer given (None: it probes on its first add)."""
-    t = nft.Table(ctx or FakeNftables())
-    t.rearms = rearms
-    return t
+    """An nft.Table on ctx, for a kernel that re-arms on add (or not)."""
+    return nft.Table(ctx or FakeNftables(), rearms)
 
 
 def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=False, on=None):
     """decide() on a fresh connection that sent message (or nothing, if
-    silent), with the table on (else a new one on nft_ctx, probed already)."""
+    silent), with the table on (else a new one on nft_ctx)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
         ours.settimeout(0.2)  # the helper's RECV_SECONDS, shortened
@@ -140,35 +138,6 @@ def test_on_a_kernel_that_does_not_re_arm_the_add_is_add_delete_add():
         {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30}}]
     assert delete["delete"]["element"]["elem"] == [
         {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}}}]
-
-
-@pytest.mark.parametrize("rearms", [True, False])
-def test_the_first_add_probes_the_kernel_once_and_leaves_nothing(rearms):
-    ctx = FakeNftables(rearms=rearms)
-    t = table(ctx, rearms=None)
-    assert decide(VALID, on=t)[0] == rq.OK and t.rearms is rearms
-    probe = {"val": {"concat": ["0.0.0.0", 0, 0]}}
-    assert ctx.commands()[1:6] == [["delete"], ["add"], ["add"], ["list"], ["delete"]]
-    assert [c["nftables"][1] for c in ctx.sent[1:6]] == [
-        {"delete": {"element": {**nft.TABLE, "name": "knocked4", "elem": [{"elem": probe}]}}},
-        {"add": {"element": {**nft.TABLE, "name": "knocked4",
-                             "elem": [{"elem": {**probe, "timeout": 10}}]}}},
-        {"add": {"element": {**nft.TABLE, "name": "knocked4",
-                             "elem": [{"elem": {**probe, "timeout": 10, "expires": 1}}]}}},
-        {"list": {"set": {**nft.TABLE, "name": "knocked4"}}},
-        {"delete": {"element": {**nft.TABLE, "name": "knocked4", "elem": [{"elem": probe}]}}}]
-    assert ctx.commands()[6] == (["add"] if rearms else ["add", "delete", "add"])
-    assert decide(VALID, on=t, now=1000.5)[0] == rq.OK
-    assert len(ctx.sent) == 8  # the second: no probe, no read (the copy is fresh), one add
-
-
-def test_without_a_table_to_probe_the_add_is_add_delete_add_and_the_next_probes_again():
-    ctx = FakeNftables(fail_add="Error: No such file or directory")
-    t = table(ctx, rearms=None)
-    assert decide(VALID, on=t)[0] == rq.NFT_FAILED and t.rearms is None
-    assert ctx.commands()[-1] == ["add", "delete", "add"]
-    ctx.fail_add = ""
-    assert decide(VALID, on=t, now=1000.5)[0] == rq.OK and t.rearms is True
 
 
 def test_a_copy_of_a_protected_set_answers_for_a_second():

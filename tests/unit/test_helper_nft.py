@@ -1,6 +1,6 @@
 """helper/nft.py: the libnftables JSON it sends, apply() (metainfo first, rc
-checked), how it reads a protected set's elements, and what its probe
-concludes. FakeNftables stands in for libnftables here only; the real one
+checked), how it reads a protected set's elements, and on which kernels it
+adds once. FakeNftables stands in for libnftables here only; the real one
 runs in tests/integration/."""
 import ipaddress
 
@@ -20,7 +20,7 @@ METAINFO = {"metainfo": {"json_schema_version": 1}}
     ([{"elem": {"val": {"range": [8000, 8100]}, "comment": "web"}}], 8050, True),
 ])
 def test_every_element_form_of_a_protected_set_is_read(elems, port, protected):
-    table = nft.Table(FakeNftables(protected=elems))
+    table = nft.Table(FakeNftables(protected=elems), True)
     assert table.unprotected([("tcp", port)], 0.0) == ([] if protected else [("tcp", port)], "")
 
 
@@ -30,8 +30,7 @@ def test_every_element_form_of_a_protected_set_is_read(elems, port, protected):
 @pytest.mark.parametrize("rearms", [True, False])
 def test_add_puts_every_element_in_one_transaction_with_the_timeout(address, opens, name, rearms):
     ctx = FakeNftables()
-    table = nft.Table(ctx)
-    table.rearms = rearms
+    table = nft.Table(ctx, rearms)
     assert table.add(ipaddress.ip_address(address), opens, 7) == ""
     vals = [{"val": {"concat": [address, proto, port]}} for proto, port in opens]
     def element(**times):
@@ -44,29 +43,22 @@ def test_add_puts_every_element_in_one_transaction_with_the_timeout(address, ope
                                           {"delete": element()}, {"add": element(timeout=7)}]}]
 
 
-@pytest.mark.parametrize("expires, rearms", [(1, True), (0, True), (None, True), (9, False),
-                                             (10, False)])
-def test_the_probe_reads_how_long_its_element_has_left(expires, rearms):
-    class Kernel(FakeNftables):
-        def json_cmd(self, command):
-            rc, out, err = super().json_cmd(command)
-            if out and expires is None:  # gone already
-                out["nftables"][1]["set"]["elem"] = []
-            elif out:
-                out["nftables"][1]["set"]["elem"][0]["elem"]["expires"] = expires
-            return rc, out, err
-    assert nft.Table(Kernel()).probe() is rearms
+@pytest.mark.parametrize("release, rearms", [
+    ("6.12.0", True), ("6.18.3-amd64", True), ("7.0.1", True), ("6.11.9-1-cloud", False),
+    ("6.1.0-28-amd64", False), ("5.15.0", False), ("", False), ("x.y", False)])
+def test_one_add_only_on_kernels_that_re_arm(release, rearms):
+    assert nft.rearms(release) is rearms
 
 
 def test_apply_is_one_transaction_with_metainfo_first_and_checks_rc():
     ctx = FakeNftables(protected=(22,))
-    table = nft.Table(ctx)
+    table = nft.Table(ctx, True)
     listing = {"list": {"set": {"family": "inet", "table": "gnocchi", "name": "protected_tcp"}}}
     listed, err = table.apply(listing)
     assert err == "" and listed["nftables"][1]["set"]["elem"] == [22]
     assert ctx.sent == [{"nftables": [METAINFO, listing]}]
     assert table.apply() == ({"nftables": []}, "")  # rc 0, no output
-    failing = nft.Table(FakeNftables(fail_list="Error: No such file or directory"))
+    failing = nft.Table(FakeNftables(fail_list="Error: No such file or directory"), True)
     assert failing.apply(listing) == ({}, "Error: No such file or directory")
     assert failing.unprotected([("tcp", 22)], 0.0) == ([], "Error: No such file or directory")
 
@@ -75,4 +67,4 @@ def test_a_failure_without_error_text_still_reads_as_a_failure():
     class Silent:
         def json_cmd(self, command):
             return 1, "", ""
-    assert nft.Table(Silent()).apply() == ({}, "libnftables rc 1")
+    assert nft.Table(Silent(), True).apply() == ({}, "libnftables rc 1")
