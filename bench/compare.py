@@ -254,13 +254,19 @@ class Bench:
                     else:
                         packets = system.fresh_knocks(SUSTAINED_FWKNOPD)
                     with self.armed(system):
+                        cpu0 = sum(map(cpu_seconds, system.pids().values()))
+                        decided0 = system.decided()
                         rate, opened, undecided = self._closed_loop(system, packets)
+                        cpu = sum(map(cpu_seconds, system.pids().values())) - cpu0
+                        decided = system.decided() - decided0
                     self.record("sustained", system, rate)
+                    self.record("sustained_cpu", system, 1000 * cpu / max(decided, 1))
                     self.record("sustained_undecided", system, undecided)
                     if opened is not None:
                         self.record("sustained_opened", system, opened)
                     if system is self.g and opened is not None and opened < 100:
-                        said = {k: n for k, n in self.g.helper_log.counts.items() if k != "answered"}
+                        said = {k: n for k, n in self.g.helper_log.counts.items()
+                                if k != "answered"}
                         note(f"sustained: not all opened; the helper answered {said}; the "
                              f"verifier logged {dict(self.g.log.counts)}")
         finally:
@@ -396,7 +402,8 @@ def rows(bench: Bench):
     def row(label, metric, target=None, met=None, digits=1, names=(G, F, F0), suffix=""):
         cells = [fmt(r[metric].get(n, []), digits, suffix=suffix) for n in names]
         g, f, f0 = (r[metric].get(n, []) for n in names)
-        verdict = "—" if met is None or not summary(g) else ("yes" if met(summary(g)[0]) else "no")
+        judged = met is not None and summary(g)
+        verdict = ("yes" if met(summary(g)[0]) else "no") if judged else "—"
         return [label, *cells, ratio(g, f), ratio(g, f0), target or "—", verdict]
 
     out = [
@@ -413,6 +420,8 @@ def rows(bench: Bench):
         row(f"valid knocks decided/s, sustained ({MANY_CLIENTS} clients, {len(bench.sources)} "
             "addresses)", "sustained", "≥ 1,000", lambda v: v >= 1000, digits=0),
         row("  of which opened, %", "sustained_opened"),
+        row("  CPU per decided knock, ms (gnocchi: verifier + helper)", "sustained_cpu",
+            digits=2),
         row("  sent but never decided (over a limit, or lost)", "sustained_undecided",
             "0", lambda v: v == 0, digits=0),
     ]
@@ -434,13 +443,18 @@ def rows(bench: Bench):
         out.append(knock_row(r[f"{key}:knock"], (G, F, F0), judged=not pps))
     out.append(row("cold start: first knock → connect, socket activation, ms", "cold",
                    names=(G, "-", "-")))
-    mb = lambda name: (f"{bench.memory[name][0] / 1024:.1f} (peak {bench.memory[name][1] / 1024:.1f})"
-                       if name in bench.memory else "—")
+
+    def mb(name):
+        if name not in bench.memory:
+            return "—"
+        rss, peak = bench.memory[name]
+        return f"{rss / 1024:.1f} (peak {peak / 1024:.1f})"
+
     rss = bench.memory.get("gnocchi verifier")
     out.append(["resident memory, MB: verifier / fwknopd", mb("gnocchi verifier"), mb(F), mb(F0),
                 _ratio_mem(bench, "gnocchi verifier", F), _ratio_mem(bench, "gnocchi verifier", F0),
                 "≤ 20", "—" if not rss else ("yes" if rss[0] <= 20 * 1024 else "no")])
-    out.append(["resident memory, MB: helper", mb("gnocchi helper"), "—", "—", "—", "—", "—", "—"])
+    out.append(["resident memory, MB: helper", mb("gnocchi helper"), *["—"] * 6])
     return out
 
 
