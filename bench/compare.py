@@ -21,9 +21,10 @@ Phases (--phases, comma-separated; default all):
              datagrams read per CPU-second, share read and lost, and knocks sent
              mid-flood from another address (opened on the first try, tries, latency)
   cold       gnocchi's first knock through socket activation (verifier not running)
-Resident memory is read after the floods (or at the end). Bounded: a few
-minutes on 2 cores; every loop has a count and a deadline. Everything is removed afterwards, also on
-Ctrl-C or failure (namespaces, processes in them, the work directory).
+Resident memory is read after the floods (or at the end). Bounded: about 5
+minutes on 2 cores; every loop has a count and a deadline. Everything is
+removed afterwards, also on Ctrl-C or failure (namespaces, processes in them,
+the work directory).
 """
 from __future__ import annotations
 
