@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -204,16 +204,19 @@ class Bench:
             for sink in sinks.values():
                 sink.close()
 
-    def fresh_helper(self) -> None:
-        """A new helper process: its per-address cap (adds in the last minute)
-        starts empty, so knocks of an earlier repetition limit no later one."""
+    def fresh_gnocchi(self, many_clients=False) -> None:
+        """A new helper and a new verifier: the helper's per-address cap and
+        the verifier's per-client and per-address buckets start afresh, so
+        knocks of an earlier repetition limit no later one (one repetition
+        sends at most 17 knocks from one address, 9 from one client)."""
         self.g.start_helper()
+        self.g.start_verifier(many_clients)
         self.g.wake()
 
     def phase_connect(self) -> None:
         n = 8
         for rep in range(self.reps):
-            self.fresh_helper()
+            self.fresh_gnocchi()
             for system in self.order(rep, [self.g, self.f, self.f0]):
                 with self.armed(system):
                     packets = system.fresh_knocks(n)
@@ -248,15 +251,14 @@ class Bench:
             for rep in range(self.reps):
                 for system in self.order(rep, [self.g, self.f, self.f0]):
                     if system is self.g:
-                        self.g.start_helper()
-                        self.g.start_verifier(many_clients=True)
-                        self.g.wake()
+                        self.fresh_gnocchi(many_clients=True)
                         packets = self.g.many_knocks(MANY_CLIENTS * SPREAD_MAX)
                     else:
                         packets = system.fresh_knocks(SUSTAINED_FWKNOPD)
                     with self.armed(system):
                         cpu0 = sum(map(cpu_seconds, system.pids().values()))
                         decided0 = system.decided()
+                        said0 = Counter(self.g.helper_log.counts)
                         rate, opened, undecided = self._closed_loop(system, packets)
                         cpu = sum(map(cpu_seconds, system.pids().values())) - cpu0
                         decided = system.decided() - decided0
@@ -266,13 +268,11 @@ class Bench:
                     if opened is not None:
                         self.record("sustained_opened", system, opened)
                     if system is self.g and opened is not None and opened < 100:
-                        said = {k: n for k, n in self.g.helper_log.counts.items()
-                                if k != "answered"}
-                        note(f"sustained: not all opened; the helper answered {said}; the "
-                             f"verifier logged {dict(self.g.log.counts)}")
+                        said = Counter(self.g.helper_log.counts) - said0
+                        del said["answered"]
+                        note(f"sustained: not all opened; the helper answered {dict(said)}")
         finally:
-            self.g.start_verifier()  # the usual two-client config again
-            self.g.wake()
+            self.fresh_gnocchi()  # the usual two-client config again
 
     def _closed_loop(self, system, packets, window=WINDOW, seconds=SUSTAINED_SECONDS):
         """(decided per second, % of decided that opened or None, sent but never decided)."""
@@ -287,6 +287,8 @@ class Bench:
                 break  # nothing decided for a second: the rest were lost (reported)
         system.log.wait_for("decided", d0 + sent, 3)  # the ones in flight
         decided = system.decided() - d0
+        if o0 is not None:  # gnocchi: the helper's log is followed apart from the verifier's
+            system.helper_log.wait_for("OK", o0 + decided, 0.5)
         elapsed = system.log.last.get("decided", t0) - t0
         opened = None if o0 is None else 100.0 * (system.opened() - o0) / max(decided, 1)
         return decided / elapsed if elapsed > 0 else 0.0, opened, sent - decided
@@ -299,7 +301,7 @@ class Bench:
                 if not pools[system.name].exists():
                     blast.write_pool(pools[system.name], getattr(system, kind)())
             for rep in range(self.reps):
-                self.fresh_helper()
+                self.fresh_gnocchi()
                 for system in self.order(rep, [self.g, self.f, self.f0]):
                     with self.armed(system):
                         self._flood(system, flood_key(kind, pps, spoofed), pps,
@@ -354,7 +356,7 @@ class Bench:
 
     def phase_cold(self) -> None:
         """The verifier not running; socket activation starts it on the knock."""
-        self.fresh_helper()
+        self.fresh_gnocchi()
         for _ in range(3 * self.reps):
             self.g.start_verifier()
             packet = self.g.fresh_knocks(1)[0]
