@@ -152,8 +152,6 @@ def _gnocchi_event(line: str):
     out = [(event, 1)]
     if event == "dropped-summary":
         out.append(("dropped", int(entry.get("GNOCCHI_DROPPED", 0))))
-        # Signed knocks over their client's or address's limit: never a decision.
-        out.append(("rate-limited", int(entry.get("GNOCCHI_DROPPED_RATE_LIMITED", 0))))
     if event in ("accepted", "helper-failed", "refused"):
         out.append(("decided", 1))
     return out
