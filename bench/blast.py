@@ -1,19 +1,28 @@
 """A UDP flood at C speed: sendmmsg(2) through ctypes, paced or flat out.
 
     python3 bench/blast.py SRC_IP DST_IP PORT POOL_FILE PPS MAX_SECONDS
+    python3 bench/blast.py spoof:NETWORK DST_IP PORT POOL_FILE PPS MAX_SECONDS
 
 Sends the datagrams of POOL_FILE (each a 2-byte big-endian length and the
 bytes, see write_pool) round and round from SRC_IP to DST_IP:PORT, at PPS
 datagrams a second (0: as fast as the kernel takes them), until SIGTERM or
-MAX_SECONDS, then prints the number sent. Python's socket module has no
-sendmmsg, and one send() a datagram tops out far below 100k a second here;
-one sendmmsg call hands the kernel a batch of up to 256.
+MAX_SECONDS, then prints the number sent and the seconds taken. Python's
+socket module has no sendmmsg, and one send() a datagram tops out far below
+100k a second here; one sendmmsg call hands the kernel a batch of up to 256.
+
+With spoof:NETWORK (e.g. spoof:198.19.0.0/16) each datagram of the pool goes
+out through a raw socket with its own source address in NETWORK and its own
+source port, written in its IPv4 and UDP headers: a flood from as many
+addresses as the pool has datagrams, which no per-source limit can hold back.
+The source of datagram i is fixed (not random per send), so the server's
+conntrack holds one entry per pool datagram, not one per packet.
 
 Run by bench/compare.py inside the client namespace only.
 """
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import signal
 import socket
 import struct
@@ -53,14 +62,35 @@ def read_pool(path) -> list[bytes]:
     return out
 
 
+def spoofed(pool: list[bytes], network: str, dst: str, port: int) -> list[bytes]:
+    """Each datagram behind an IPv4 and a UDP header of its own: source
+    address i of network (cycling), source port 1024 + i, UDP checksum 0
+    (none, allowed for IPv4). The kernel fills in the IP checksum (raw(7))."""
+    net = ipaddress.IPv4Network(network)
+    hosts = net.num_addresses - 2
+    out = []
+    for i, payload in enumerate(pool):
+        src = (net[1 + i % hosts]).packed
+        udp = struct.pack("!HHHH", 1024 + i % 60000, port, 8 + len(payload), 0)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64,
+                         socket.IPPROTO_UDP, 0, src, socket.inet_aton(dst))
+        out.append(ip + udp + payload)
+    return out
+
+
 def main() -> int:
     src, dst, port, pool_file, pps, max_seconds = sys.argv[1:7]
     pps, max_seconds = float(pps), float(max_seconds)
     pool = read_pool(pool_file)
     libc = ctypes.CDLL(None, use_errno=True)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((src, 0))
-    s.connect((dst, int(port)))
+    if src.startswith("spoof:"):
+        pool = spoofed(pool, src[len("spoof:"):], dst, int(port))
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL
+        s.connect((dst, 0))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.connect((dst, int(port)))
     # The pool twice over, so any window of BATCH messages is contiguous.
     n = len(pool)
     buffers = [ctypes.create_string_buffer(d, len(d)) for d in pool]

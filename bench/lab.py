@@ -4,7 +4,9 @@ veth link, and the clocks, counters and probes the comparison reads.
     client namespace                       server namespace
     198.18.242.1  knocks, TCP connects     198.18.242.2  the daemons, the
     198.18.242.3  floods (another address) protected TCP port 22
-    198.18.242.4  a sink (client start)
+    198.18.242.4  a sink (client start)    route 198.18.0.0/15 on the link, so
+    198.18.243.1-240  sustained knocks     any source of the range arrives as
+    198.19.0.0/16  spoofed flood sources   from a neighbour (rp_filter or not)
 
 Nothing here touches the root namespace's network or firewall: every socket
 the bench opens is made inside one of these namespaces (setns on one thread),
@@ -28,6 +30,9 @@ NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7   # nf_tables ruleset change notifications
 PREFIX = "gnbench"
 SUBNET = "198.18.242"
+SOURCES_SUBNET = "198.18.243"  # the sustained row's source addresses, .1 up
+SOURCES = 240
+SPOOFED = "198.19.0.0/16"      # raw-socket floods' sources (bench/blast.py spoof:)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -99,6 +104,7 @@ class Lab:
         self.server = Host(f"{tag}s", f"{SUBNET}.2")
         self.flood_ip = f"{SUBNET}.3"
         self.sink_ip = f"{SUBNET}.4"
+        self.sources = [f"{SOURCES_SUBNET}.{i}" for i in range(1, SOURCES + 1)]
 
     def open(self) -> "Lab":
         remove_stale()
@@ -110,9 +116,12 @@ class Lab:
                 "peer", "name", "gb1", "netns", self.server.name)
             for ip in (self.client.ip, self.flood_ip, self.sink_ip):
                 self.client.run("ip", "addr", "add", f"{ip}/24", "dev", "gb0")
+            self.client.run("ip", "-batch", "-", input="".join(
+                f"addr add {ip}/32 dev gb0\n" for ip in self.sources))
             self.server.run("ip", "addr", "add", f"{self.server.ip}/24", "dev", "gb1")
             for host, dev in ((self.client, "gb0"), (self.server, "gb1")):
                 host.run("ip", "link", "set", dev, "up")
+            self.server.run("ip", "route", "add", "198.18.0.0/15", "dev", "gb1")
         except BaseException:
             self.close()
             raise

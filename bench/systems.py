@@ -3,6 +3,7 @@
     start() / stop()       the daemons
     arm() / disarm()       its firewall gates TCP port 22 (one system at a time)
     fresh_knocks(n)        n valid, single-use knock packets for the client's address
+    many_knocks(n)         n valid knocks spread over many clients (the sustained row)
     client_argv(dest)      the real client sending one knock to dest
     garbage() / costly()   flood pools: random bytes; the costliest packets that open nothing
     pids()                 the processes whose CPU and memory count
@@ -37,12 +38,22 @@ from lab import Lab, run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from gnocchi import keys, protocol  # noqa: E402  (the bench seals knocks itself)
+from gnocchi import counters, keys, protocol, verifier  # noqa: E402  (it seals knocks itself)
 from nacl.secret import SecretBox  # noqa: E402
 
 PY = "/usr/bin/python3"
+TABLE_FILE = REPO / "nft" / "gnocchi.nft"
+KNOCK_PORT_SET = re.compile(r"^\s*set knock_port\s*\{", re.M)
 PORT = 22  # the protected TCP service
-GARBAGE_POOL = 1024
+# Flood pools hold more datagrams than the verifier remembers as decided
+# (verifier.RECENT): a datagram seen again is dropped cheaply as a repeat, so a
+# smaller pool, sent round and round, would cost it less than a real flood.
+POOL = 8192
+# The sustained row: knocks spread over this many clients (and, in compare.py,
+# source addresses), at most SPREAD_MAX each, so no knock meets the verifier's
+# per-client limit (20 at once) or per-address limit (40 at once).
+MANY_CLIENTS = 240
+SPREAD_MAX = 16
 # systemd's socket activation, for a socket the bench made: the descriptor
 # becomes fd 3 and LISTEN_PID names the process that execs the daemon.
 ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
@@ -52,22 +63,7 @@ ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
 LAUNCHER = "import sys; sys.path.insert(0, {!r}); from gnocchi.knock import main; sys.exit(main())"
 SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.__main__ import main; "
                   "sys.exit(main())")  # packaging/bin/gnocchi
-# The helper with its adds-a-minute cap lifted, for the one row that measures
-# the rest of the path at full rate. Loads the helper's own files unchanged.
-UNCAPPED_HELPER = """
-import importlib.util, sys
-d = sys.argv.pop(1); sys.path.insert(0, d)
-spec = importlib.util.spec_from_file_location("gnocchi_helper", d + "/__main__.py")
-m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-found = [mod for mod in (m, sys.modules.get("request"), sys.modules.get("nft"))
-         if mod is not None and hasattr(mod, "MAX_PER_MINUTE")]
-if not found:
-    sys.exit("bench: the helper has no MAX_PER_MINUTE to lift")
-for mod in found:
-    mod.MAX_PER_MINUTE = 10 ** 9
-sys.argv[0] = "gnocchi-helper"
-sys.exit(m.main())
-"""
+assert getattr(verifier, "RECENT", 0) < POOL, "bench: make POOL larger than verifier.RECENT"
 ED25519_L = 2 ** 252 + 27742317777372353535851937790883648493
 
 
@@ -140,7 +136,7 @@ def stop(proc: subprocess.Popen | None, log: LogTail | None = None, timeout=5.0)
         log.close()
 
 
-def random_garbage(count=GARBAGE_POOL) -> list[bytes]:
+def random_garbage(count=POOL) -> list[bytes]:
     """Random datagrams of knock sizes (160..1024 bytes): what anyone can send."""
     return [os.urandom(protocol.MIN_PACKET + secrets.randbelow(protocol.MAX_BODY + 1))
             for _ in range(count)]
@@ -186,17 +182,23 @@ class Gnocchi:
         nobody = pwd.getpwnam("nobody")
         state = self.work / "state"
         state.mkdir()
-        (state / "counters").write_text("# gnocchi counters v1\n")  # what `gnocchi setup` makes
-        for path in (state, state / "counters", self.work / "server.key"):
+        counters.create(str(state), nobody.pw_uid, nobody.pw_gid)  # as `gnocchi setup` makes it
+        for path in (state, self.work / "server.key"):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         self.helper_socket = self.work / "helper.sock"
         (self.work / "home").mkdir()
-        (self.work / "gnocchi.toml").write_text(
-            f'server_key_file = "{self.work}/server.key"\n'
-            f'state_dir = "{state}"\n'
-            f'helper_socket = "{self.helper_socket}"\n'
-            f'[clients.bench]\npublic_key = "{self.public.hex()}"\nallow = ["{PORT}/tcp"]\n'
-            f'[clients.user]\npublic_key = "{self.client_public.hex()}"\nallow = ["{PORT}/tcp"]\n')
+        config = (f'server_key_file = "{self.work}/server.key"\n'
+                  f'state_dir = "{state}"\n'
+                  f'helper_socket = "{self.helper_socket}"\n'
+                  f'[clients.bench]\npublic_key = "{self.public.hex()}"\nallow = ["{PORT}/tcp"]\n'
+                  f'[clients.user]\npublic_key = "{self.client_public.hex()}"\n'
+                  f'allow = ["{PORT}/tcp"]\n')
+        (self.work / "gnocchi.toml").write_text(config)
+        # The sustained row's config: MANY_CLIENTS more, each knocking a few times.
+        self.many = [keys.new_client_seed() for _ in range(MANY_CLIENTS)]
+        (self.work / "gnocchi-many.toml").write_text(config + "".join(
+            f'[clients.s{i}]\npublic_key = "{keys.public_of(seed).hex()}"\n'
+            f'allow = ["{PORT}/tcp"]\n' for i, seed in enumerate(self.many)))
         # nobody may not read the checkout (a clone under /root): its own copy.
         shutil.copytree(REPO / "gnocchi", self.work / "gnocchi",
                         ignore=shutil.ignore_patterns("__pycache__"))
@@ -220,17 +222,15 @@ class Gnocchi:
         self.start_verifier()
         self.wake()
 
-    def start_helper(self, uncapped=False) -> None:
+    def start_helper(self) -> None:
         stop(self.helper, self.helper_log)
         self.helper_socket.unlink(missing_ok=True)
-        # `python3 -I helper` as gnocchi-helper.service runs it
-        helper = ([PY, "-I", "-c", UNCAPPED_HELPER, str(REPO / "helper")] if uncapped
-                  else [PY, "-I", str(REPO / "helper")])
         path = log_file(self.work, "helper")
         with open(path, "w") as log:
+            # `python3 -I helper` as gnocchi-helper.service runs it
             self.helper = self.lab.server.popen(
                 ["systemd-socket-activate", "--seqpacket", "-l", str(self.helper_socket),
-                 *helper, "--peer-user", "nobody", "--open-seconds", "30"],
+                 PY, "-I", str(REPO / "helper"), "--peer-user", "nobody", "--open-seconds", "30"],
                 stdout=subprocess.DEVNULL, stderr=log)
         self.helper_log = LogTail(path, _helper_event)
         for _ in range(100):
@@ -243,9 +243,11 @@ class Gnocchi:
         os.chown(self.helper_socket, 0, pwd.getpwnam("nobody").pw_gid)
         os.chmod(self.helper_socket, 0o660)
 
-    def start_verifier(self) -> None:
-        """Socket activation: the verifier starts when the first datagram arrives."""
+    def start_verifier(self, many_clients=False) -> None:
+        """Socket activation: the verifier starts when the first datagram arrives.
+        A new verifier also starts with empty rate-limit buckets."""
         stop(self.verifier, self.log)
+        config = self.work / ("gnocchi-many.toml" if many_clients else "gnocchi.toml")
         fd = self.knock_socket.fileno()
         path = log_file(self.work, "verifier")
         with open(path, "w") as log:
@@ -254,7 +256,7 @@ class Gnocchi:
                  "sh", "-c", ACTIVATE, "sh", str(fd),
                  "systemd-socket-activate", "--datagram",
                  PY, "-I", "-c", SERVE_LAUNCHER.format(str(self.work)), "serve",
-                 "--config", str(self.work / "gnocchi.toml"), "--summary-interval", "1"],
+                 "--config", str(config), "--summary-interval", "1"],
                 cwd=self.work, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=log)
         self.log = LogTail(path, _gnocchi_event)
 
@@ -264,9 +266,12 @@ class Gnocchi:
         self.send(self.lab.client.ip, os.urandom(200))
         if not self.log.wait_for("started", 1, 15):
             raise RuntimeError(f"the verifier did not start:\n{self.log.tail()}")
-        answered = self.helper_log.counts["answered"]
+        answered, decided = self.helper_log.counts["answered"], self.log.counts["decided"]
         self.send(self.lab.client.ip, self.fresh_knocks(1)[0])
-        if not self.helper_log.wait_for("answered", answered + 1, 15):
+        # Both ends logged it (the table may be unarmed: the helper then says
+        # NFT_FAILED), so no count a trial starts from still moves for it.
+        if not (self.helper_log.wait_for("answered", answered + 1, 15)
+                and self.log.wait_for("decided", decided + 1, 5)):
             raise RuntimeError(f"the helper did not answer a first knock:\n{self.log.tail()}\n"
                                f"{self.helper_log.tail()}")
 
@@ -282,7 +287,13 @@ class Gnocchi:
 
     def arm(self) -> None:
         # The file replaces the table whole, so no knock of an earlier run is left.
-        self.lab.server.run("nft", "-f", str(REPO / "nft" / "gnocchi.nft"))
+        # A table with a per-source limit on the knock port names that port in
+        # set knock_port, which `gnocchi table load` fills from the server key
+        # in the same transaction: so does this.
+        text = TABLE_FILE.read_text()
+        if KNOCK_PORT_SET.search(text):
+            text += f"\nadd element inet gnocchi knock_port {{ {self.port} }}\n"
+        self.lab.server.run("nft", "-f", "-", input=text)
 
     def disarm(self) -> None:
         self.lab.server.run("nft", "delete", "table", "inet", "gnocchi", check=False)
@@ -308,6 +319,19 @@ class Gnocchi:
                                              b"open %d" % PORT, server_ip))
         return out
 
+    def many_knocks(self, n: int) -> list[bytes]:
+        """n valid knocks for the many-clients config, knock i from client
+        i % MANY_CLIENTS, each client at most SPREAD_MAX times."""
+        if n > MANY_CLIENTS * SPREAD_MAX:
+            raise ValueError(f"at most {MANY_CLIENTS * SPREAD_MAX} knocks within the limits")
+        server_ip = socket.inet_aton(self.lab.server.ip)
+        out = []
+        for i in range(n):
+            self.counter += 1
+            out.append(protocol.build_packet(self.key, self.many[i % MANY_CLIENTS],
+                                             self.counter, b"open %d" % PORT, server_ip))
+        return out
+
     def env(self) -> dict:
         """The real client's: a HOME of its own, so no profile of this machine's user."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
@@ -329,7 +353,7 @@ class Gnocchi:
         signature with a canonical S that does not verify: each costs the
         verifier the MAC check and a full Ed25519 verification."""
         box, out = SecretBox(self.key), []
-        for _ in range(GARBAGE_POOL):
+        for _ in range(POOL):
             r = os.urandom(32)
             s = (secrets.randbelow(ED25519_L)).to_bytes(32, "little")
             counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
@@ -489,7 +513,7 @@ class Fwknopd:
         open the port by themselves: there is no costlier packet that opens
         nothing."""
         out = []
-        for _ in range(GARBAGE_POOL):
+        for _ in range(POOL):
             n = 200 + secrets.randbelow(60)
             out.append(base64.b64encode(os.urandom(n)).rstrip(b"=")[:n])
         return out
