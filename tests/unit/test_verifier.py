@@ -4,6 +4,8 @@ import ipaddress
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -119,3 +121,13 @@ def test_a_key_the_packet_only_claims_is_logged_as_claimed(tmp_path):
     assert data_length["GNOCCHI_CLIENT_KEY"] == public[data_length["GNOCCHI_CLIENT"]]
     assert not any(key.startswith("GNOCCHI_CLAIMED") for key in data_length)
     assert audit.counters_from(sent) == {}  # nothing was committed
+
+
+def test_the_verifier_does_not_load_openssl():
+    # hashlib loads OpenSSL, about 3.5 MB of the verifier's resident memory
+    # (issue 9's target is 20 MB); its one hash, the counter store's checksum,
+    # is libsodium's BLAKE2b. What is loaded, not how much: this times nothing.
+    probe = "import sys, gnocchi.verifier; print(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert "gnocchi.counters" in loaded and not {"hashlib", "_hashlib"} & set(loaded)
