@@ -34,11 +34,12 @@ SERVER_LIBRARIES = ("nftables", "systemd")
 # nacl._sodium); argparse imports shutil for the terminal width unless told
 # it; getaddrinfo encodes a host with the IDNA codec, an IP address too.
 NOT_FOR_A_KNOCK = ("secrets", "hmac", "hashlib", "_hashlib", "dataclasses", "inspect",
-                   "typing", "nacl.bindings", "nacl.encoding", "nacl.signing", "nacl.secret",
+                   "nacl.bindings", "nacl.encoding", "nacl.signing", "nacl.secret",
                    "nacl.public", "nacl.hash", "shutil", "encodings.idna")
-# pathlib brings urllib.parse and ipaddress: a knock's paths are strings, and
-# only a profile file (with tomllib, already slower) makes them Path objects.
-NOT_FOR_A_KNOCK_WITH_FLAGS = ("pathlib", "urllib.parse", "ipaddress")
+# Only a profile file needs these: tomllib imports typing, and the profile's
+# key files are Path objects (pathlib brings urllib.parse and ipaddress); a
+# knock with flags alone reads no file and its paths are strings.
+NOT_FOR_A_KNOCK_WITH_FLAGS = ("typing", "pathlib", "urllib.parse", "ipaddress")
 PROBE = (
     "import sys\n"
     "bare = set(sys.modules)\n"
