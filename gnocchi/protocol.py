@@ -140,6 +140,8 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
         raise ValueError("padding is shorter than the body length leaves room for")
     if nonce is None:
         nonce = os.urandom(NONCE_LEN)
+    if len(nonce) != NONCE_LEN:  # libsodium reads NONCE_LEN bytes, whatever it is given
+        raise ValueError(f"the nonce is {NONCE_LEN} bytes")
     signpub, secret = signing_keys(signing_seed)
     counter_and_body = (counter.to_bytes(COUNTER_LEN, "big")
                         + len(data).to_bytes(DATA_LEN_LEN, "big") + data
@@ -147,13 +149,13 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
     signed = _signed_part(nonce, signpub, counter_and_body, server_key, server_ipv4)
     # crypto_sign writes the signature, then the message: only the signature is kept.
     sig_and_signed = ffi.new("unsigned char[]", SIG_LEN + len(signed))
-    lib.crypto_sign(sig_and_signed, ffi.NULL, signed, len(signed), secret)
+    lib.crypto_sign(sig_and_signed, ffi.NULL, signed, len(signed), secret)  # cannot fail
     plaintext = MAGIC + signpub + ffi.buffer(sig_and_signed, SIG_LEN)[:] + counter_and_body
     # unseal()'s layout in reverse: the plaintext after 2 * BOXZERO_LEN zero
     # bytes in, the box (MAC, ciphertext) after BOXZERO_LEN zero bytes out.
     sealed = ffi.new("unsigned char[]", 2 * BOXZERO_LEN + len(plaintext))
     lib.crypto_secretbox(sealed, bytes(2 * BOXZERO_LEN) + plaintext, len(sealed), nonce,
-                         server_key)
+                         server_key)  # fails only for a message shorter than its zero bytes
     return nonce + ffi.buffer(sealed)[BOXZERO_LEN:]
 
 
@@ -165,6 +167,8 @@ def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
     signature, then the message, in one buffer; it need not copy the message
     out (NULL), and a forged or corrupt signature is its -1, not an exception.
     """
+    if len(signpub) != SIGNPUB_LEN:  # libsodium reads SIGNPUB_LEN bytes, whatever it is given
+        return False
     for server_ip in server_ips:
         signed = sig + _signed_part(nonce, signpub, counter_and_body, server_key, server_ip)
         if lib.crypto_sign_open(ffi.NULL, ffi.NULL, signed, len(signed), signpub) == 0:
