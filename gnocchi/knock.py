@@ -244,6 +244,11 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
         f"{port} is not protected and closed. -v shows each try")
 
 
+def path_argument(text: str) -> str:
+    """A path flag's value; an empty one is the current directory, as pathlib read it."""
+    return text or "."
+
+
 def help_formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's formatter at shutil.get_terminal_size()'s width, asked without
     shutil: argparse makes a formatter for each add_argument, and left to
@@ -266,12 +271,12 @@ def parser() -> argparse.ArgumentParser:
         description="Send one gnocchi knock to HOST (or to a profile's host); see docs/client.md.")
     p.add_argument("host", nargs="?", metavar="HOST",
                    help="server name or address; also selects the profile of that name or host")
-    p.add_argument("--config",
+    p.add_argument("--config", type=path_argument,
                    help="profile file (default ~/.config/gnocchi/knock.toml)")
     p.add_argument("--profile", metavar="NAME", help="use this profile from the config")
-    p.add_argument("--server-key-file", metavar="FILE")
-    p.add_argument("--client-key-file", metavar="FILE")
-    p.add_argument("--state-dir", metavar="DIR",
+    p.add_argument("--server-key-file", type=path_argument, metavar="FILE")
+    p.add_argument("--client-key-file", type=path_argument, metavar="FILE")
+    p.add_argument("--state-dir", type=path_argument, metavar="DIR",
                    help="counter state (default ~/.local/state/gnocchi)")
     p.add_argument("--sign-ip", metavar="A.B.C.D",
                    help="the server's IPv4 address to sign (server behind NAT); "
