@@ -46,9 +46,9 @@ def main() -> int:
         return subprocess.run(["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"',
                                "sh", sys.executable, *sys.argv], env=env).returncode
     sys.path.insert(0, args.checkouts[0])
-    from gnocchi import protocol
+    from gnocchi import keys, protocol
 
-    server_key = os.urandom(32)
+    server_key = keys.new_server_key()  # os.urandom's port is 1024 or lower 1 time in 64
     port = protocol.knock_port(server_key)
     with tempfile.TemporaryDirectory(dir=HERE) as work, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
