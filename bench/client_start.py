@@ -8,8 +8,10 @@ the client the way packaging/bin/gnocchi-knock does (`python3 -I`, the
 checkout first on sys.path, `--request "open 22"` with key files and a
 counter directory beside this file, so on this disk) and times Popen to the
 datagram's arrival. Checkouts (default: this one) take turns sample by
-sample, with a floor beside them: `python3 -I` importing PyNaCl and sending
-one datagram. Prints p50 (min..max) in ms, and the p50 of each run's CPU
+sample, with two floors beside them: `python3 -I` importing PyNaCl
+(nacl.secret, as bench/compare.py's floor) and sending one datagram, and the
+same loading only libsodium (nacl._sodium): all a knock imports of PyNaCl.
+Prints p50 (min..max) in ms, and the p50 of each run's CPU
 time (user + system: steadier than wall time when other work shares the
 machine).
 """
@@ -30,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 INSIDE = "GNOCCHI_CLIENT_START_NETNS"
 KNOCK = "import sys; sys.path.insert(0, sys.argv.pop(1)); from gnocchi.knock import main; " \
         "sys.exit(main())"
-FLOOR = "import sys, socket, nacl.secret; socket.socket(socket.AF_INET, " \
+FLOOR = "import sys, socket, {}; socket.socket(socket.AF_INET, " \
         "socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', int(sys.argv[1])))"
 
 
@@ -44,9 +46,9 @@ def main() -> int:
         return subprocess.run(["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"',
                                "sh", sys.executable, *sys.argv], env=env).returncode
     sys.path.insert(0, args.checkouts[0])
-    from gnocchi import protocol
+    from gnocchi import keys, protocol
 
-    server_key = os.urandom(32)
+    server_key = keys.new_server_key()  # os.urandom's port is 1024 or lower 1 time in 64
     port = protocol.knock_port(server_key)
     with tempfile.TemporaryDirectory(dir=HERE) as work, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
@@ -60,8 +62,9 @@ def main() -> int:
                       "open 22", "127.0.0.1"]
         commands = {c: [sys.executable, "-I", "-c", KNOCK, c, *knock_args]
                     for c in args.checkouts}
-        commands["floor: python3 -I, import nacl, send"] = [sys.executable, "-I", "-c", FLOOR,
-                                                            str(port)]
+        for module in ("nacl.secret", "nacl._sodium"):
+            commands[f"floor: python3 -I, import {module}, send"] = [
+                sys.executable, "-I", "-c", FLOOR.format(module), str(port)]
         env = {"PATH": os.environ["PATH"], "HOME": work}
         times: dict[str, list[float]] = {c: [] for c in commands}
         cpu: dict[str, list[float]] = {c: [] for c in commands}

@@ -14,12 +14,8 @@ import os
 import re
 import stat
 
-from nacl.encoding import RawEncoder
-from nacl.hash import blake2b
-from nacl.signing import SigningKey
-
 from gnocchi import durable
-from gnocchi.protocol import KEY_LEN, LOWEST_KNOCK_PORT, knock_port
+from gnocchi.protocol import KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, signing_keys
 
 HEX_LEN = 2 * KEY_LEN
 _HEX = re.compile(rb"[0-9a-fA-F]{64}\n?")
@@ -174,13 +170,13 @@ def fingerprint(server_key: bytes) -> str:
     admin's tools and gnocchi-knock -v print, so both sides can see they hold
     the same key. A hash of its own (personalised BLAKE2b): it tells nothing
     of the key, and is not the knock port's hash."""
-    h = blake2b(server_key, digest_size=8, person=b"gnocchi-fprint", encoder=RawEncoder).hex()
+    h = blake2b(server_key, 8, person=b"gnocchi-fprint").hex()
     return "-".join(h[i:i + 4] for i in range(0, 16, 4))
 
 
 def public_of(seed: bytes) -> bytes:
     """The Ed25519 public key of a client seed."""
-    return bytes(SigningKey(seed).verify_key)
+    return signing_keys(seed)[0]
 
 
 def new_server_key() -> bytes:

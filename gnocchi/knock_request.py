@@ -13,20 +13,23 @@ show() makes any DATA safe and short for a log field.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Union
+from collections import namedtuple
 
 _PORT = re.compile(r"([1-9][0-9]{0,4})(?:/(tcp|udp))?")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PORTS = 8  # ports one `open` may name: the helper opens them in one transaction
 SHOW_LIMIT = 80  # characters of attacker-chosen text a log field carries
 
+# Named tuples, not dataclasses: importing dataclasses costs the client's
+# start several milliseconds (as in gnocchi.protocol). Immutable, equal when
+# their fields are; no two kinds have fields of the same types, so an Open
+# never equals a Run, nor an OpenPorts a Bad.
 
-@dataclass(frozen=True)
-class Open:
+
+class Open(namedtuple("Open", "port proto")):
     """One port: the request "open PORT/PROTO", and one entry of a client's allow list."""
-    port: int
-    proto: str  # "tcp" or "udp"
+    __slots__ = ()
+    # port: int; proto: "tcp" or "udp"
 
     @property
     def opens(self) -> tuple[Open, ...]:
@@ -36,30 +39,29 @@ class Open:
         return f"open {self.port}/{self.proto}"
 
 
-@dataclass(frozen=True)
-class OpenPorts:
+class OpenPorts(namedtuple("OpenPorts", "opens")):
     """"open PORT/PROTO PORT/PROTO ...": 2 to MAX_PORTS ports, each once, all or none."""
-    opens: tuple[Open, ...]
+    __slots__ = ()
+    # opens: tuple[Open, ...]
 
     def __str__(self) -> str:
         return "open " + " ".join(f"{o.port}/{o.proto}" for o in self.opens)
 
 
-@dataclass(frozen=True)
-class Run:
-    name: str
-    payload: bytes = b""
+class Run(namedtuple("Run", "name payload", defaults=(b"",))):
+    __slots__ = ()
+    # name: str; payload: bytes
 
     def __str__(self) -> str:
         return f"run {self.name}" + (f" ({len(self.payload)}-byte payload)" if self.payload else "")
 
 
-@dataclass(frozen=True)
-class Bad:
-    why: str
+class Bad(namedtuple("Bad", "why")):
+    __slots__ = ()
+    # why: str
 
 
-Request = Union[Open, OpenPorts, Run]
+Request = Open | OpenPorts | Run
 
 
 def parse_port(item) -> Open | None:

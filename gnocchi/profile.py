@@ -19,9 +19,7 @@ relative to the config file's directory. Example (see docs/client.md):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from collections import namedtuple
 
 from gnocchi import checked_toml, knock_request
 
@@ -30,22 +28,19 @@ class ProfileError(Exception):
     """A config file or profile that cannot be used; the message names file and key."""
 
 
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    host: Optional[str] = None
-    server_key_file: Optional[Path] = None
-    client_key_file: Optional[Path] = None
-    sign_ip: Optional[str] = None
-    request: Optional[str] = None
+# A named tuple, not a dataclass: importing dataclasses costs the client's
+# start several milliseconds. name, host, sign_ip, request: str; the key
+# files: pathlib.Path; each but name None when the profile does not set it.
+Profile = namedtuple("Profile", "name host server_key_file client_key_file sign_ip request",
+                     defaults=(None,) * 5)
 
 
 _STRING_KEYS = ("host", "server_key_file", "client_key_file", "sign_ip", "request")
 
 
-def default_config_path() -> Path:
+def default_config_path() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "gnocchi" / "knock.toml"
+    return os.path.join(base, "gnocchi", "knock.toml")
 
 
 def parse_sign_ip(text: str, what: str) -> str:
@@ -62,6 +57,7 @@ def _profile(where: checked_toml.Where, name: str, table) -> Profile:
     key = f"profiles.{name}"
     where.table(table, key, set(_STRING_KEYS))
     values = {k: where.string(v, f"{key}.{k}") for k, v in table.items()}
+    from pathlib import Path  # only with a profile file: a knock with flags alone skips it
     for k in ("server_key_file", "client_key_file"):
         if k in values:
             # relative to the config file, so a profile works from any directory
@@ -77,7 +73,7 @@ def _profile(where: checked_toml.Where, name: str, table) -> Profile:
     return Profile(name=name, **values)
 
 
-def load(path: Path) -> tuple[dict[str, Profile], Optional[str]]:
+def load(path) -> tuple[dict[str, Profile], str | None]:
     """Profiles by name, and the name of the default profile (or None)."""
     where = checked_toml.Where(path, ProfileError)
     doc = where.table(where.read(), "", {"default", "profiles"})
@@ -89,8 +85,8 @@ def load(path: Path) -> tuple[dict[str, Profile], Optional[str]]:
     return profiles, default
 
 
-def select(profiles: dict[str, Profile], default: Optional[str], path: Path,
-           wanted: Optional[str], host: Optional[str]) -> Optional[Profile]:
+def select(profiles: dict[str, Profile], default: str | None, path,
+           wanted: str | None, host: str | None) -> Profile | None:
     """The profile for this knock: --profile NAME, else one named HOST or with host = HOST,
     else the default profile when no HOST is given; None means flags only."""
     if wanted is not None:

@@ -10,14 +10,14 @@ import os
 from collections import namedtuple
 from collections.abc import Callable, Iterable
 
+# libsodium as PyNaCl bundles it, called directly: PyNaCl's own modules
+# (nacl.signing, nacl.secret, nacl.hash) import every binding it has, and
+# nacl.encoding imports typing, which would cost the client's start ~5 ms.
+# Only functions PyNaCl 1.5 (Debian's) and PyPI's current one both declare.
 from nacl._sodium import ffi, lib
-from nacl.encoding import RawEncoder
-from nacl.exceptions import CryptoError
-from nacl.hash import blake2b
-from nacl.secret import SecretBox
-from nacl.signing import SigningKey, VerifyKey
 
 KEY_LEN = 32
+SECRET_KEY_LEN = 64  # libsodium's Ed25519 secret key: the seed, then the public key
 NONCE_LEN = 24
 MAC_LEN = 16
 MAGIC = bytes.fromhex("42f9708e2f1369d9")
@@ -41,6 +41,12 @@ MAX_COUNTER = (1 << (8 * COUNTER_LEN)) - 1
 BOXZERO_LEN = 16
 PAD_BLOCK = 16
 LOWEST_KNOCK_PORT = 1025
+PERSON_LEN = 16  # BLAKE2b's personalisation field, zero-padded
+
+# What importing nacl.bindings would have done: libsodium picks its
+# implementations and seeds its RNG once, before any other call.
+if lib.sodium_init() < 0:
+    raise RuntimeError("libsodium could not be initialised")
 
 # Rejection reasons, named as in vectors/knock-v1.json, in receiver order.
 SIZE, MAC, MAGIC_MISMATCH, UNKNOWN_CLIENT, REPLAY, SIGNATURE, DATA_LENGTH = (
@@ -57,9 +63,32 @@ Accepted = namedtuple("Accepted", "client_key counter data")
 Rejected = namedtuple("Rejected", "reason claimed_key", defaults=(None,))
 
 
+def blake2b(data: bytes, digest_size: int, person: bytes = b"") -> bytes:
+    """BLAKE2b of data, digest_size bytes, personalised (empty person: plain
+    BLAKE2b), as nacl.hash.blake2b(data, digest_size, person=person) computes it."""
+    if len(person) > PERSON_LEN:
+        raise ValueError(f"a BLAKE2b person is at most {PERSON_LEN} bytes")
+    digest = ffi.new("unsigned char[]", digest_size)
+    if lib.crypto_generichash_blake2b_salt_personal(
+            digest, digest_size, data, len(data), ffi.NULL, 0, bytes(PERSON_LEN),
+            person.ljust(PERSON_LEN, b"\0")) != 0:
+        raise ValueError(f"BLAKE2b has no {digest_size}-byte digest")
+    return ffi.buffer(digest)[:]
+
+
+def signing_keys(seed: bytes) -> tuple[bytes, bytes]:
+    """(public key, secret key) of the Ed25519 key whose seed is seed."""
+    if len(seed) != KEY_LEN:
+        raise ValueError(f"a signing seed is {KEY_LEN} bytes")
+    public = ffi.new("unsigned char[]", SIGNPUB_LEN)
+    secret = ffi.new("unsigned char[]", SECRET_KEY_LEN)
+    lib.crypto_sign_seed_keypair(public, secret, seed)  # cannot fail for 32 bytes
+    return ffi.buffer(public)[:], ffi.buffer(secret)[:]
+
+
 def knock_port(server_key: bytes) -> int:
     """UDP port derived from the server key: last two bytes of BLAKE2b-256."""
-    h = blake2b(server_key, digest_size=32, encoder=RawEncoder)
+    h = blake2b(server_key, 32)
     return h[30] * 256 + h[31]
 
 
@@ -111,31 +140,39 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
         raise ValueError("padding is shorter than the body length leaves room for")
     if nonce is None:
         nonce = os.urandom(NONCE_LEN)
-    signing_key = SigningKey(signing_seed)
-    signpub = bytes(signing_key.verify_key)
+    if len(nonce) != NONCE_LEN:  # libsodium reads NONCE_LEN bytes, whatever it is given
+        raise ValueError(f"the nonce is {NONCE_LEN} bytes")
+    signpub, secret = signing_keys(signing_seed)
     counter_and_body = (counter.to_bytes(COUNTER_LEN, "big")
                         + len(data).to_bytes(DATA_LEN_LEN, "big") + data
                         + padding[:body_len - len(data)])
-    sig = signing_key.sign(_signed_part(nonce, signpub, counter_and_body, server_key,
-                                        server_ipv4)).signature
-    plaintext = MAGIC + signpub + sig + counter_and_body
-    return bytes(SecretBox(server_key).encrypt(plaintext, nonce))
+    signed = _signed_part(nonce, signpub, counter_and_body, server_key, server_ipv4)
+    # crypto_sign writes the signature, then the message: only the signature is kept.
+    sig_and_signed = ffi.new("unsigned char[]", SIG_LEN + len(signed))
+    lib.crypto_sign(sig_and_signed, ffi.NULL, signed, len(signed), secret)  # cannot fail
+    plaintext = MAGIC + signpub + ffi.buffer(sig_and_signed, SIG_LEN)[:] + counter_and_body
+    # unseal()'s layout in reverse: the plaintext after 2 * BOXZERO_LEN zero
+    # bytes in, the box (MAC, ciphertext) after BOXZERO_LEN zero bytes out.
+    sealed = ffi.new("unsigned char[]", 2 * BOXZERO_LEN + len(plaintext))
+    lib.crypto_secretbox(sealed, bytes(2 * BOXZERO_LEN) + plaintext, len(sealed), nonce,
+                         server_key)  # fails only for a message shorter than its zero bytes
+    return nonce + ffi.buffer(sealed)[BOXZERO_LEN:]
 
 
 def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
             server_key: bytes, server_ips: Iterable[bytes]) -> bool:
-    """True if sig is signpub's over the packet for one of server_ips."""
-    try:
-        verify_key = VerifyKey(signpub)
-    except CryptoError:
+    """True if sig is signpub's over the packet for one of server_ips.
+
+    crypto_sign_open (what PyNaCl's VerifyKey.verify calls) checks the
+    signature, then the message, in one buffer; it need not copy the message
+    out (NULL), and a forged or corrupt signature is its -1, not an exception.
+    """
+    if len(signpub) != SIGNPUB_LEN:  # libsodium reads SIGNPUB_LEN bytes, whatever it is given
         return False
     for server_ip in server_ips:
-        try:
-            verify_key.verify(_signed_part(nonce, signpub, counter_and_body, server_key,
-                                           server_ip), sig)
+        signed = sig + _signed_part(nonce, signpub, counter_and_body, server_key, server_ip)
+        if lib.crypto_sign_open(ffi.NULL, ffi.NULL, signed, len(signed), signpub) == 0:
             return True
-        except CryptoError:
-            continue
     return False
 
 
