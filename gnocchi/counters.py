@@ -151,6 +151,8 @@ class Store:
 
     def _replace(self, slot: bytes) -> None:
         """A new file of two slots, the new state in slot 0: for a text file or a grown state."""
+        if _file_id(os.lstat(self.path)) != self._file_id:  # a restore, a recovery: theirs stands
+            raise self._replaced()
         capacity = BLOCK
         while capacity < len(slot):
             capacity *= 2
