@@ -227,7 +227,8 @@ def recover(state_dir: str, now: int, uid: int = -1, gid: int = -1) -> str:
     path = os.path.join(state_dir, FILE_NAME)
     kept: dict[bytes, int] = {}
     try:
-        kept = Store(state_dir).load().counters  # counters above now survive
+        old = Store(state_dir).load()
+        kept, now = old.counters, max(now, old.floor)  # above now survive; the floor never falls
         was = "kept the counters above it"
     except StoreError:
         was = "the old store was missing or unreadable"
