@@ -5,6 +5,8 @@ replacement stops the verifier at its next commit and the next start loads
 the new file; the slot-store case is tested in test_counter_crash.py, the
 text case was not: the first commit replaced the file whole with the
 verifier's old state, silently undoing the admin's floor."""
+import os
+
 import pytest
 
 from gnocchi import counters
@@ -47,3 +49,29 @@ def test_recovery_with_a_clock_behind_never_lowers_the_floor(tmp_path):
     counters.recover(str(tmp_path), 5000)
     store = counters.Store(str(tmp_path)).load()
     assert store.last(A) >= 9000  # a knock captured with counter 8000 stays a replay
+
+
+@pytest.mark.parametrize("start", ["text", "slots"])
+def test_a_store_replaced_twice_is_seen_even_when_its_inode_number_comes_back(tmp_path, start):
+    # Each replacement makes its temporary file while the old one still exists,
+    # so the first gets a new inode number, but the second may get the number
+    # the verifier read (ext4 hands freed numbers out again): (device, inode)
+    # alone does not tell the files apart.
+    counters.create(str(tmp_path))
+    if start == "slots":
+        first = counters.Store(str(tmp_path)).load()
+        first.commit(A, 1)
+        first.commit(A, 2)
+        os.close(first._fd)                             # that verifier has exited
+    running = counters.Store(str(tmp_path)).load()      # has not written yet
+    path = tmp_path / "counters"
+    inode = path.stat().st_ino
+    for floor in range(5000, 5064):                     # enough tries to meet the number again
+        counters.recover(str(tmp_path), floor)
+        if path.stat().st_ino == inode:
+            break
+    else:
+        pytest.skip("this file system gave no inode number back")
+    with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
+        running.commit(A, 10)
+    assert state(tmp_path)[0] == floor
