@@ -76,7 +76,7 @@ class Store:
         self.sequence = 0  # of the newest slot; a text file counts as sequence 0
         self.newest = 0    # the slot holding it
         self.capacity = 0  # bytes per slot; 0 for a text file, which the first commit replaces
-        self._file_id: tuple[int, int] = (0, 0)  # (device, inode) of the file read
+        self._file_id: tuple[int, int, int] = (0, 0, 0)  # of the file read or last written
         self._fd: int | None = None  # opened by the first in-place commit
 
     def load(self) -> "Store":
@@ -145,8 +145,10 @@ class Store:
             self._fd = fd
         if os.pwrite(self._fd, slot, index * self.capacity) != len(slot):
             raise OSError("short write")
-        if os.fstat(self._fd).st_nlink == 0:  # the commit went to a file no longer there
+        st = os.fstat(self._fd)
+        if st.st_nlink == 0:  # the commit went to a file no longer there
             raise self._replaced()
+        self._file_id = _file_id(st)
         self.newest = index
 
     def _replace(self, slot: bytes) -> None:
@@ -169,8 +171,10 @@ class Store:
                           f"restart gnocchi, which loads the new store")
 
 
-def _file_id(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    # With the change time: a file that replaced ours may get its inode number
+    # back once ours is freed (ext4 does), but not the time of our last change.
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def pack_slot(sequence: int, text: bytes) -> bytes:
