@@ -52,7 +52,8 @@ def added_text(text: str, name: str, public_hex: str, allow: list[str]) -> str:
     ports = ", ".join(f'"{p}"' for p in allow)
     if text and not text.endswith("\n"):
         text += "\n"
-    return text + f'\n[clients.{name}]\npublic_key = "{public_hex}"\nallow = [{ports}]\n'
+    key = f'"{name}"' if "." in name else name  # bare, a dot would nest tables (NAME has no quotes)
+    return text + f'\n[clients.{key}]\npublic_key = "{public_hex}"\nallow = [{ports}]\n'
 
 
 def removed_text(text: str, name: str) -> str:

@@ -78,7 +78,7 @@ class Store:
         self.sequence = 0  # of the newest slot; a text file counts as sequence 0
         self.newest = 0    # the slot holding it
         self.capacity = 0  # bytes per slot; 0 for a text file, which the first commit replaces
-        self._file_id: tuple[int, int] = (0, 0)  # (device, inode) of the file read
+        self._file_id: tuple[int, int, int] = (0, 0, 0)  # of the file read or last written
         self._fd: int | None = None  # opened by the first in-place commit
 
     def load(self) -> "Store":
@@ -147,12 +147,16 @@ class Store:
             self._fd = fd
         if os.pwrite(self._fd, slot, index * self.capacity) != len(slot):
             raise OSError("short write")
-        if os.fstat(self._fd).st_nlink == 0:  # the commit went to a file no longer there
+        st = os.fstat(self._fd)
+        if st.st_nlink == 0:  # the commit went to a file no longer there
             raise self._replaced()
+        self._file_id = _file_id(st)
         self.newest = index
 
     def _replace(self, slot: bytes) -> None:
         """A new file of two slots, the new state in slot 0: for a text file or a grown state."""
+        if _file_id(os.lstat(self.path)) != self._file_id:  # a restore, a recovery: theirs stands
+            raise self._replaced()
         capacity = BLOCK
         while capacity < len(slot):
             capacity *= 2
@@ -169,8 +173,10 @@ class Store:
                           f"restart gnocchi, which loads the new store")
 
 
-def _file_id(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    # With the change time: a file that replaced ours may get its inode number
+    # back once ours is freed (ext4 does), but not the time of our last change.
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def checksum(data: bytes) -> bytes:
@@ -233,7 +239,8 @@ def recover(state_dir: str, now: int, uid: int = -1, gid: int = -1) -> str:
     path = os.path.join(state_dir, FILE_NAME)
     kept: dict[bytes, int] = {}
     try:
-        kept = Store(state_dir).load().counters  # counters above now survive
+        old = Store(state_dir).load()
+        kept, now = old.counters, max(now, old.floor)  # above now survive; the floor never falls
         was = "kept the counters above it"
     except StoreError:
         was = "the old store was missing or unreadable"
