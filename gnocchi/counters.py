@@ -78,6 +78,7 @@ class Store:
         self.sequence = 0  # of the newest slot; a text file counts as sequence 0
         self.newest = 0    # the slot holding it
         self.capacity = 0  # bytes per slot; 0 for a text file, which the first commit replaces
+        self.fell_back = False  # a slot was not whole (a commit cut short, or damage)
         self._file_id: tuple[int, int, int] = (0, 0, 0)  # of the file read or last written
         self._fd: int | None = None  # opened by the first in-place commit
 
@@ -102,6 +103,7 @@ class Store:
         text = raw
         if not raw.startswith(HEADER.encode("ascii")):
             self.sequence, self.newest, self.capacity, text = newest_slot(raw, self.path)
+            self.fell_back = damaged_slot(raw, self.capacity)
         self.floor, self.counters = parse(text, self.path)
         return self
 
@@ -216,6 +218,13 @@ def newest_slot(raw: bytes, path: str) -> tuple[int, int, int, bytes]:
         raise _corrupt(path, f"both slots claim sequence {whole[0][0]}")
     sequence, index, text = max(whole)
     return sequence, index, capacity, text
+
+
+def damaged_slot(raw: bytes, capacity: int) -> bool:
+    """Whether a slot holds bytes but not a whole slot: a commit cut short, or
+    damage. A blank one (never written yet) is not."""
+    return any(not unpack_slot(slot) and slot.strip(b"\0")
+               for slot in (raw[:capacity], raw[capacity:2 * capacity]))
 
 
 def render(counters: dict[bytes, int], floor: int = 0) -> str:

@@ -260,6 +260,12 @@ def main(argv: list[str]) -> int:
         sock = knock_socket.take(args.listen, protocol.knock_port(server_key))
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
+        if store.fell_back:  # once: the next commit writes over the slot that was not whole
+            log.event("store-fell-back", f"{store.path}: one of its two slots is not whole, so "
+                      f"the other (sequence {store.sequence}) was loaded. After a crash during "
+                      "a commit nothing is lost; otherwise the disk damaged the newest slot, and "
+                      "the last knock committed before could be replayed once: compare with "
+                      "`gnocchi audit --counters` (docs/server.md, \"Counter store\")")
         stop: list = []
         # A reload (SIGTERM) must not leave this config deciding knocks for up to
         # WAKE seconds: the signal also writes a byte that wakes select.

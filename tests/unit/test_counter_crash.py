@@ -287,3 +287,20 @@ def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_
     assert landed_new == sorted(landed_new) and landed_new[-1]
     assert (d / "counters").stat().st_size == {"text": 2 * 4096, "slots": size,
                                                "outgrown": 2 * size}[start]
+
+
+def test_a_slot_that_is_not_whole_is_told_once_and_a_blank_one_never(tmp_path, monkeypatch):
+    # The verifier logs store-fell-back when this is set at start.
+    (tmp_path / "counters").write_text(f"# gnocchi counters v1\n{B.hex()} 90\n")
+    store = counters.Store(str(tmp_path)).load()
+    store.commit(A, 1)  # the text store becomes two slots, one of them blank
+    assert not counters.Store(str(tmp_path)).load().fell_back
+    store = counters.Store(str(tmp_path)).load()
+    store.commit(A, 2)
+    assert not counters.Store(str(tmp_path)).load().fell_back  # two whole slots
+    store = counters.Store(str(tmp_path)).load()
+    cut_commit(monkeypatch, store, A, 3, lambda fd, data, offset: REAL_PWRITE(fd, data[:99], offset))
+    store = counters.Store(str(tmp_path)).load()
+    assert store.fell_back and store.last(A) == 2
+    store.commit(A, 4)  # over the slot that was not whole
+    assert not counters.Store(str(tmp_path)).load().fell_back

@@ -184,3 +184,21 @@ def test_a_knock_after_sigterm_is_left_for_the_next_verifier(daemons, net, k, tm
     send_datagrams(net, k.port, [knock(k, "alice", 2, b"open 22", net.server.ip)])
     assert d.proc.wait(timeout=10) == 0
     assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
+
+
+def test_a_damaged_newest_store_slot_is_told_at_start_and_the_older_one_used(
+        daemons, net, k, tmp_path, helper):
+    d = start(daemons, net, k, tmp_path, helper)
+    send_datagrams(net, k.port, [knock(k, "alice", c, b"open 22", net.server.ip) for c in (5, 6)])
+    d.wait_events("accepted", 2)
+    assert d.stop() == 0
+    path = tmp_path / "state" / "counters"
+    store = counters.Store(str(path.parent)).load()
+    raw = bytearray(path.read_bytes())
+    raw[store.newest * store.capacity + 40] ^= 1  # the newest slot (counter 6) rots on disk
+    path.write_bytes(bytes(raw))
+    d = start(daemons, net, k, tmp_path, helper)  # socket-activated: the knock starts it
+    send_datagrams(net, k.port, [knock(k, "alice", 6, b"open 22", net.server.ip)])
+    [told] = d.wait_events("store-fell-back", 1)
+    assert "gnocchi audit --counters" in told["MESSAGE"]
+    d.wait_events("accepted", 1)  # counter 6 once more: the one commit the damage cost
