@@ -27,7 +27,7 @@ import sys
 from gnocchi import (action_client, actions, config, counters, events, helper_client, keys,
                      knock_request, knock_socket, protocol, ratelimit, strict)
 
-WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, SIGTERM)
+WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, overdue actions)
 RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
 EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
 # A client knocks a few times for a login (ProxyCommand retries 3 times), a
