@@ -29,7 +29,7 @@ from gnocchi import config as server_config
 from gnocchi import durable, keys, knock_request
 
 SERVICE = "gnocchi.service"
-RELOAD_WAIT = 15  # seconds for the old verifier to exit (it looks at SIGTERM every second)
+RELOAD_WAIT = 15  # seconds for the old verifier to exit (at once on SIGTERM; bounds a stuck one)
 DEFAULT_ALLOW = "22/tcp"
 
 
