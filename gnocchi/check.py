@@ -130,8 +130,9 @@ def check_flood_limit(report: Report, table_path: str) -> None:
     if not report.flood_limit:
         report.warnings.append(f"{table_path} has no set knock_port, so a flood from one "
                                "address reaches the verifier whole and can keep knocks out; "
-                               "fix: copy set knock_port, sets knock_sources4/6 and knock_sites6, chain knock "
-                               "(and its jump) from /usr/share/gnocchi/gnocchi.nft, then "
+                               "fix: copy set knock_port, sets knock_sources4/6 and "
+                               "knock_sites6, chain knock (and its jump) from "
+                               "/usr/share/gnocchi/gnocchi.nft, then "
                                "systemctl reload gnocchi-arm")
 
 
