@@ -63,7 +63,7 @@ def case(net, helper, opens, total: int) -> None:
 def calls(net, total: int) -> None:
     """Each libnftables call the helper makes per request, timed in a loop."""
     with inside(net.server):
-        table = nft.Table(nftables.Nftables())
+        table = nft.Table(nftables.Nftables(), True)
         listing = {"list": {"set": {**nft.TABLE, "name": "protected_tcp"}}}
         cases = {"read protected_tcp": lambda i: table.apply(listing)}
         for name, rearms in (("one add (re-arms)", True), ("add, delete, add", False)):

@@ -1,9 +1,6 @@
-"""gnocchi knock protocol v1, exactly as shared/PROTOCOL.md gives it.
-
-Trusts nothing in a packet. Pure: no I/O, no global state. open_packet()
-returns Accepted or Rejected(reason) and never raises on any input; the
-reasons are PROTOCOL.md's receiver steps, in that order (cheapest first).
-"""
+"""gnocchi knock protocol v1, exactly as PROTOCOL.md gives it. Trusts nothing in
+a packet; no I/O. open_packet() never raises on any input: it returns Accepted,
+or Rejected(reason) in PROTOCOL.md's receiver order (cheapest first)."""
 from __future__ import annotations
 
 import os
@@ -64,8 +61,7 @@ Rejected = namedtuple("Rejected", "reason claimed_key", defaults=(None,))
 
 
 def blake2b(data: bytes, digest_size: int, person: bytes = b"") -> bytes:
-    """BLAKE2b of data, digest_size bytes, personalised (empty person: plain
-    BLAKE2b), as nacl.hash.blake2b(data, digest_size, person=person) computes it."""
+    """BLAKE2b of data, as nacl.hash.blake2b(data, digest_size, person=person)."""
     if len(person) > PERSON_LEN:
         raise ValueError(f"a BLAKE2b person is at most {PERSON_LEN} bytes")
     digest = ffi.new("unsigned char[]", digest_size)
@@ -161,12 +157,9 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
 
 def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
             server_key: bytes, server_ips: Iterable[bytes]) -> bool:
-    """True if sig is signpub's over the packet for one of server_ips.
-
-    crypto_sign_open (what PyNaCl's VerifyKey.verify calls) checks the
-    signature, then the message, in one buffer; it need not copy the message
-    out (NULL), and a forged or corrupt signature is its -1, not an exception.
-    """
+    """True if sig is signpub's over the packet for one of server_ips."""
+    # crypto_sign_open (what PyNaCl's VerifyKey.verify calls) takes signature
+    # then message in one buffer; NULL: no copy out; a bad signature is its -1.
     if len(signpub) != SIGNPUB_LEN:  # libsodium reads SIGNPUB_LEN bytes, whatever it is given
         return False
     for server_ip in server_ips:
@@ -178,16 +171,12 @@ def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
 
 def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
     """PROTOCOL.md steps 1 and 2: SIZE or MAC if a datagram of `length` bytes
-    fails them, else None, with its plaintext in opened[2 * BOXZERO_LEN:].
-
-    nonce: the datagram's first NONCE_LEN bytes; box: BOXZERO_LEN zero bytes,
-    then the rest of the datagram (MAC, ciphertext), as crypto_secretbox_open
-    wants it; opened: a cffi buffer as long as box (MAX_PACKET is enough).
-    nonce and box may be bytes or cffi pointers into a receive buffer (so the
-    verifier's hot path checks a datagram where it lies): this makes no
-    Python object of the datagram and raises nothing for it, since libsodium
-    answers a bad MAC with -1, where PyNaCl raises CryptoError.
-    """
+    fails them, else None, with its plaintext in opened[2 * BOXZERO_LEN:]."""
+    # nonce: the datagram's first NONCE_LEN bytes; box: BOXZERO_LEN zero bytes,
+    # then the rest (MAC, ciphertext), as crypto_secretbox_open wants it;
+    # opened: a cffi buffer as long as box. Bytes or cffi pointers into a
+    # receive buffer alike: the hot path checks a datagram where it lies, makes
+    # no Python object of it, and a bad MAC is libsodium's -1, not an exception.
     if len(server_key) != KEY_LEN:  # libsodium reads KEY_LEN bytes, whatever it is given
         raise ValueError("the server key is 32 bytes")
     if not MIN_PACKET <= length <= MAX_PACKET:
@@ -201,12 +190,9 @@ def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
 def open_packet(packet: bytes, server_key: bytes,
                 last_counter: Callable[[bytes], int | None],
                 server_ips: Iterable[bytes]) -> Accepted | Rejected:
-    """PROTOCOL.md's receiver steps 1-7. Changes no state: the caller stores the counter.
-
-    last_counter(client_key) is the highest counter accepted from that client
-    (0 if none), or None if the key is not a configured client.
-    server_ips: the 4-byte IPv4 addresses this server accepts as signed.
-    """
+    """PROTOCOL.md's receiver steps 1-7; the caller stores the counter (step 8).
+    last_counter(key): the highest counter accepted (0 if none), None if the key
+    is no configured client's. server_ips: the 4-byte IPv4 addresses signed for."""
     box = bytes(BOXZERO_LEN) + packet[NONCE_LEN:]
     opened = ffi.new("unsigned char[]", len(box))
     if reason := unseal(len(packet), packet[:NONCE_LEN], box, opened, server_key):

@@ -1,19 +1,12 @@
 """`gnocchi serve`: the verifier daemon behind gnocchi.service.
 
-Trusts its config, its server key and its counter store; trusts nothing in
-a packet. For each datagram: its size and seal, checked where it lies in the
-receive buffer (protocol.unseal, PROTOCOL.md steps 1 and 2: a flood's cost),
-then, for one that passes, protocol.open_packet on its bytes (steps 1-7,
-cheapest first), then the counter is stored durably (step 8) before the
-request is even parsed, then the request is checked against that client's
-policy and carried out (helper for `open`; for `run`, a request to the
-action socket, whose outcome the loop logs when it comes: the verifier
-never waits for an action). It never sends a datagram (there is no send on
-the knock socket anywhere), catches no exception it does not expect (a bug
-crashes it and systemd restarts it), and its state is bounded whatever
-arrives: the tags of the last RECENT packets it decided, and at most 4096
-rate buckets per kind. A counter store that cannot be read or written
-stops it (fail closed).
+Trusts its config, server key and counter store; nothing in a packet. Each
+datagram: steps 1-2 where it lies (protocol.unseal), then open_packet, the
+counter stored durably (step 8) before the request is parsed, then the
+client's policy, and the helper (`open`) or the action socket (`run`, never
+waited for). It never sends a datagram, catches no exception it does not
+expect (systemd restarts it), keeps bounded state (RECENT tags, 4096 rate
+buckets per kind), and stops when its counter store fails (fail closed).
 """
 from __future__ import annotations
 
@@ -46,10 +39,7 @@ class Verifier:
         self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
         self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
-        self.cfg = cfg
-        self.key = server_key
-        self.store = store
-        self.log = log
+        self.cfg, self.key, self.store, self.log = cfg, server_key, store, log
         self.clients = cfg.client_by_key()
         self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
         self.runs = action_client.Runs(cfg.action_socket)
@@ -58,9 +48,7 @@ class Verifier:
         return self.store.last(client_key) if client_key in self.clients else None
 
     def server_ips(self, dest) -> tuple[bytes, ...]:
-        if self.fixed_ips:
-            return self.fixed_ips
-        return (dest.packed,) if dest is not None and dest.version == 4 else ()
+        return self.fixed_ips or ((dest.packed,) if dest is not None and dest.version == 4 else ())
 
     def handle(self, packet: bytes, source, dest) -> None:
         tag = packet[:protocol.NONCE_LEN + protocol.MAC_LEN]
@@ -152,8 +140,7 @@ class Verifier:
 
     def open(self, client, common: dict, request: knock_request.Open | knock_request.OpenPorts,
              source) -> None:
-        """An allowed Open or OpenPorts: one helper request, which opens every
-        port or none, and one entry that names them all."""
+        """One helper request (every port or none), one entry naming them all."""
         try:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.opens)
         except helper_client.HelperUnreachable as e:
@@ -194,8 +181,7 @@ class Verifier:
 
 def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: list,
           woken: socket.socket | None = None) -> None:
-    """Knocks and action outcomes, as they come: neither ever waits for the other.
-    Returns once stop is set; a signal writes to woken, so that is at once."""
+    """Knocks and action outcomes, as they come, until stop (woken: at once)."""
     sock.setblocking(False)
     runs = verifier.runs
     datagrams = knock_socket.Datagrams(sock)

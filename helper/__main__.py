@@ -1,12 +1,7 @@
 """gnocchi's root helper: a good request's knocked-set elements, all or none; nothing else.
 
-`python3 /usr/lib/gnocchi/helper [--peer-user NAME] [--open-seconds N]`,
-socket-activated on one AF_UNIX SOCK_SEQPACKET socket; README.md here is the
-contract. Trusts systemd for that socket and the kernel for SO_PEERCRED and
-the live table; trusts nothing a peer sends. Guarantees: only the peer user
-is served, one status byte per connection, one log entry per decision, the
-helper's own timeout on every element, at most MAX_PER_MINUTE requests a
-minute for one address, and nothing done for a request past its deadline.
+Socket-activated; README.md here is the contract: what it trusts (systemd's
+socket, SO_PEERCRED, the live table; nothing a peer sends) and guarantees.
 """
 import argparse
 import contextlib

@@ -1,11 +1,6 @@
-"""The helper's only contact with the firewall: table inet gnocchi, JSON API.
-
-Trusts the live table (the kernel's copy of nft/gnocchi.nft) for which ports
-are protected. Commands are libnftables JSON built from values request.parse
-checked, never nft command text; table, sets and timeout never come from a
-request. Table.apply is the one call into libnftables: one transaction per
-call, its rc checked.
-"""
+"""The helper's only contact with the firewall, table inet gnocchi: libnftables
+JSON built from values request.parse checked (never command text; table, sets
+and timeout never come from a request), through Table.apply alone."""
 import re
 
 TABLE = {"family": "inet", "table": "gnocchi"}
@@ -15,17 +10,15 @@ FRESH = 1.0  # seconds a copy of a protected set answers for the ports it holds
 
 
 def rearms(release: str) -> bool:
-    """Whether this kernel (os.uname().release) re-arms an element already in
-    a set when an add says when it expires: Linux 6.12 and later (commit
-    4201f3938914). Wrong either way, it fails closed: a slower add, or an
-    element that keeps its old, shorter expiry."""
+    # An add that says when an element expires re-arms one already there from
+    # Linux 6.12 (commit 4201f3938914). Wrong either way, this fails closed: a
+    # slower add, or an element that keeps its old, shorter expiry.
     version = re.match(r"(\d+)\.(\d+)", release)
     return bool(version) and (int(version[1]), int(version[2])) >= (6, 12)
 
 
 class Table:
-    """One libnftables context, a copy of each protected set, and whether this
-    kernel re-arms an element already there on add (rearms())."""
+    """A libnftables context, a copy of each protected set, and rearms()."""
 
     def __init__(self, ctx, rearms: bool):
         self.ctx, self.copies, self.rearms = ctx, {}, rearms
@@ -37,11 +30,11 @@ class Table:
         return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
 
     def unprotected(self, opens, now: float) -> tuple[list, str]:
-        """The (proto, port) of opens that the live table does not protect, or
-        libnftables' error. A set is read again when its copy lacks a port (one
-        the admin adds works on its next knock) or is FRESH seconds old. A port
-        removed less than that ago passes: its element is inert, since the gate
-        consults the knocked sets only for packets to protected ports."""
+        """The (proto, port) of opens the live table does not protect, or libnftables' error."""
+        # A set is read again when its copy lacks a port (one the admin adds
+        # works on its next knock) or is FRESH seconds old. A port removed less
+        # than that ago passes: its element is inert, since the gate consults
+        # the knocked sets only for packets to protected ports.
         missing = []
         for proto, port in opens:
             read_at, ports = self.copies.get(proto, (float("-inf"), []))
@@ -58,8 +51,7 @@ class Table:
         return missing, ""
 
     def add(self, address, opens, timeout: int) -> str:
-        """Put (address . proto . port) for each of opens in the knocked set with
-        timeout seconds, all in one transaction (all or none); libnftables' error, or ""."""
+        """(address . proto . port) for each of opens, in one transaction; libnftables' error or ""."""
         elems = [{"val": {"concat": [str(address), proto, port]}} for proto, port in opens]
         if self.rearms:  # one add; "expires" re-arms an element already there
             return self.apply(command("add", address.version, elems, timeout=timeout,

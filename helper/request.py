@@ -1,12 +1,9 @@
-"""The helper's only parser of the verifier's bytes (docs/contracts.md).
-
-Trusts nothing: the verifier may be compromised. Any bytes give a Request of
-checked, typed values or the status byte that refuses them; never an
-exception. README.md here lists every check.
-"""
+"""The helper's only parser of the verifier's bytes (docs/contracts.md): any
+bytes give a checked Request or the status byte that refuses them, never an
+exception (the verifier may be compromised; README.md lists every check)."""
 import ipaddress
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 
 # The format by the names gnocchi/helper_client.py gives it (docs/contracts.md).
 # A header (version, family, count, pad, address, deadline: 28 bytes), then
@@ -30,11 +27,9 @@ EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
     "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
-@dataclass(frozen=True)
-class Request:
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    opens: tuple  # ((proto, port), ...): "tcp" or "udp", 1..65535; distinct, 1..MAX_PORTS of them
-    deadline_ms: int  # CLOCK_MONOTONIC: act only before it
+# address: IPv4Address or IPv6Address; opens: ((proto, port), ...), "tcp" or "udp",
+# 1..65535, distinct, 1..MAX_PORTS of them; deadline_ms: CLOCK_MONOTONIC, act only before it.
+Request = namedtuple("Request", "address opens deadline_ms")
 
 
 def parse(msg: bytes) -> Request | int:
@@ -62,8 +57,7 @@ def parse(msg: bytes) -> Request | int:
 
 
 def knockable(a) -> bool:
-    """Unicast addresses a client can knock from, global or private (a LAN,
-    fd00::/8, the tests' 198.18.0.0/15); README.md here lists what is not."""
+    """Unicast, global or private; README.md here lists what is not."""
     if a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved:
         return False
     if a.version == 4:
