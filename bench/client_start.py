@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 INSIDE = "GNOCCHI_CLIENT_START_NETNS"
-KNOCK = "import sys; sys.path.insert(0, sys.argv.pop(1)); from gnocchi.knock import main; " \
+KNOCK = "import sys; sys.path.insert(0, sys.argv.pop(1)); from gnocchi.client.knock import main; " \
         "sys.exit(main())"
 FLOOR = "import sys, socket, {}; socket.socket(socket.AF_INET, " \
         "socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', int(sys.argv[1])))"
@@ -46,7 +46,7 @@ def main() -> int:
         return subprocess.run(["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"',
                                "sh", sys.executable, *sys.argv], env=env).returncode
     sys.path.insert(0, args.checkouts[0])
-    from gnocchi import keys, protocol
+    from gnocchi.shared import keys, protocol
 
     server_key = keys.new_server_key()  # os.urandom's port is 1024 or lower 1 time in 64
     port = protocol.knock_port(server_key)

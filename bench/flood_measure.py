@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # gnocchi and the tests' scaffo
 
 from nacl.secret import SecretBox  # noqa: E402
 
-from gnocchi import protocol  # noqa: E402
+from gnocchi.shared import protocol  # noqa: E402
 from support import (PYTHON, REPO, Daemon, EchoServices, Helper, Keys, Net, inside, knock,  # noqa: E402
                      load_table, write_config)
 

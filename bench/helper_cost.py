@@ -25,8 +25,8 @@ from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
-from gnocchi import helper_client  # noqa: E402
-from gnocchi.knock_request import Open  # noqa: E402
+from gnocchi.server import helper_client  # noqa: E402
+from gnocchi.shared.knock_request import Open  # noqa: E402
 from support import Helper, Net, inside, load_table  # noqa: E402
 
 sys.path.insert(0, os.path.join(HERE, "..", "helper"))

@@ -49,7 +49,8 @@ def server(checkout: str, port_out) -> None:
     sys.path.insert(0, checkout)
     import socket
 
-    from gnocchi import config, counters, events, knock_socket, protocol, verifier
+    from gnocchi.server import config, counters, events, knock_socket, verifier
+    from gnocchi.shared import protocol
 
     work = tempfile.mkdtemp()
     key = os.urandom(32)

@@ -21,7 +21,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gnocchi import counters, durable  # noqa: E402
+from gnocchi.server import counters
+from gnocchi.shared import durable  # noqa: E402
 
 
 def rate(seconds, step):

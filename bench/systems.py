@@ -38,7 +38,8 @@ from lab import Lab, run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from gnocchi import counters, keys, protocol, verifier  # noqa: E402  (it seals knocks itself)
+from gnocchi.server import counters, verifier
+from gnocchi.shared import keys, protocol  # noqa: E402  (it seals knocks itself)
 from nacl.secret import SecretBox  # noqa: E402
 
 PY = "/usr/bin/python3"
@@ -60,8 +61,8 @@ ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
             'LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"')
 # gnocchi-knock as the package installs it (packaging/bin/gnocchi-knock):
 # `python3 -I`, the modules' directory put first on sys.path.
-LAUNCHER = "import sys; sys.path.insert(0, {!r}); from gnocchi.knock import main; sys.exit(main())"
-SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.__main__ import main; "
+LAUNCHER = "import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; sys.exit(main())"
+SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.admin.__main__ import main; "
                   "sys.exit(main())")  # packaging/bin/gnocchi
 assert getattr(verifier, "RECENT", 0) < POOL, "bench: make POOL larger than verifier.RECENT"
 ED25519_L = 2 ** 252 + 27742317777372353535851937790883648493

@@ -14,7 +14,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gnocchi import counters, keys, protocol  # noqa: E402
+from gnocchi.server import counters
+from gnocchi.shared import keys, protocol  # noqa: E402
 
 SERVER_IP = bytes([198, 18, 0, 2])
 

@@ -5,7 +5,7 @@ import ipaddress
 import struct
 from collections import namedtuple
 
-# The format by the names gnocchi/helper_client.py gives it (docs/contracts.md).
+# The format by the names gnocchi/server/helper_client.py gives it (docs/contracts.md).
 # A header (version, family, count, pad, address, deadline: 28 bytes), then
 # `count` entries (proto, port: 3 bytes each), nothing more. The deadline is
 # CLOCK_MONOTONIC in milliseconds: past it the verifier no longer waits, so the

@@ -1,5 +1,5 @@
 """What the verifier and the root helper must agree on, written twice because
-helper/ imports nothing from gnocchi/: the request format (gnocchi/helper_client.py
+helper/ imports nothing from gnocchi/: the request format (gnocchi/server/helper_client.py
 and helper/request.py, pinned to docs/contracts.md by golden bytes) and the
 source addresses no knock may open for."""
 import ipaddress
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import request as helper_request  # helper/request.py, by the name the helper imports it
-from gnocchi import helper_client, knock_socket
-from gnocchi.knock_request import Open
+from gnocchi.server import helper_client, knock_socket
+from gnocchi.shared.knock_request import Open
 from support import ENTRY, HEADER, STATUS, request
 
 GOLDEN = [
@@ -54,7 +54,7 @@ def test_both_sides_give_the_format_the_same_names(name):
 
 
 # The source addresses no knock may open for, also written twice:
-# gnocchi/knock_socket.py (unknockable) and helper/request.py (knockable).
+# gnocchi/server/knock_socket.py (unknockable) and helper/request.py (knockable).
 @settings(max_examples=500, deadline=None)
 @given(st.one_of(st.ip_addresses(), st.sampled_from([
     "0.1.2.3", "127.0.0.1", "224.0.0.1", "255.255.255.255", "240.0.0.1", "169.254.1.1",

@@ -1,4 +1,4 @@
-"""Properties of gnocchi.protocol (hypothesis): every mutation of a valid knock is
+"""Properties of gnocchi.shared.protocol (hypothesis): every mutation of a valid knock is
 rejected, and nothing fed to open_packet raises.
 
 Keys come from the shared vectors so a failure can be replayed by hand.
@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 from nacl.secret import SecretBox
 
-from gnocchi import protocol
+from gnocchi.shared import protocol
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
 SERVER_KEY = bytes.fromhex(VECTORS["server_key"])

@@ -23,7 +23,7 @@ def test_syn_cookies_always_on_are_refused_with_the_fix(tmp_path):
     units = tmp_path / "units" / "gnocchi.socket.d"
     units.mkdir(parents=True)
     (units / "port.conf").write_text(f"[Socket]\nListenDatagram=\nListenDatagram={port}\n")
-    check = [PYTHON, "-m", "gnocchi", "check", "--config", str(config), "--table", str(table),
+    check = [PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config), "--table", str(table),
              "--unit-dir", str(tmp_path / "units")]
     with Net("sc") as net:
         assert net.server.run(check, check=False, cwd=REPO).returncode == 0

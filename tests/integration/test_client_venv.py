@@ -11,6 +11,7 @@ and installed from there, so the suite stays fast.
 """
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,11 +60,14 @@ def test_the_venv_holds_the_client_and_pynacl_only(venv):
     installed = run([venv / "bin/python", "-m", "pip", "list", "--format=freeze"]).stdout
     names = {line.split("==")[0].lower() for line in installed.split()}
     assert names - {"pip", "setuptools"} == {"gnocchi-knock", "pynacl", "cffi", "pycparser"}
-    code = ("import gnocchi.knock, importlib.util as u, sys\n"
-            "print(gnocchi.knock.__file__)\n"
-            "print([m for m in ('nftables', 'systemd') if u.find_spec(m)])\n")
+    code = ("import gnocchi.client.knock, importlib.util as u, os, sys\n"
+            "print(gnocchi.client.knock.__file__)\n"
+            "print([m for m in ('nftables', 'systemd') if u.find_spec(m)])\n"
+            "print(sorted(os.listdir(os.path.dirname(gnocchi.__file__))))\n")
     out = run([venv / "bin/python", "-c", code], cwd="/").stdout.split("\n")
     assert out[0].startswith(str(venv)) and out[1] == "[]", out
+    # The wheel is the client: the shared and client folders, no server or admin code.
+    assert set(ast.literal_eval(out[2])) - {"__pycache__"} == {"__init__.py", "shared", "client"}, out[2]
     assert not (venv / "bin" / "gnocchi").exists(), "the server command is the Debian package's"
 
 

@@ -1,4 +1,4 @@
-"""gnocchi doctor's reading of the admin's own rules (gnocchi/doctor.py: reach): would a
+"""gnocchi doctor's reading of the admin's own rules (gnocchi/admin/doctor.py: reach): would a
 knock, a new UDP datagram to the knock port from anywhere, get through each input chain
 that is not gnocchi's? Each ruleset is loaded into a real kernel (a test namespace) and
 read back with `nft -j`, exactly as doctor reads it.
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gnocchi import doctor
+from gnocchi.admin import doctor
 from support import TABLE_FILE, Net
 
 PORT = 40123

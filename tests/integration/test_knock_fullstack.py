@@ -1,7 +1,7 @@
 """Issue 4's "Done when": the whole stack, every part real.
 
     client ns 198.18.n.1                         server ns 198.18.n.2
-    python3 -m gnocchi.knock  --UDP knock-->     python3 -m gnocchi serve (user nobody)
+    python3 -m gnocchi.client.knock  --UDP knock-->     python3 -m gnocchi.admin serve (user nobody)
                                                    | SEQPACKET, helper.sock
                                                  python3 helper (root, socket-activated,
                                                    --open-seconds 2)
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gnocchi import counters
+from gnocchi.server import counters
 from support import (PYTHON, REPO, EchoServices, Helper, Net, echoes, elements, events,
                      gnocchi_cli, load_table, stop, tcp_connect, udp_socket)
 
@@ -61,7 +61,7 @@ class Stack:
         with open(self.verifier_log, "w") as log:
             self.verifier = net.server.popen(
                 ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                 PYTHON, "-m", "gnocchi", "serve", "--config", str(d / "gnocchi.toml"),
+                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(d / "gnocchi.toml"),
                  "--listen", f"{net.server.ip}:{self.knock_port}"],
                 cwd=d, stdout=log, stderr=log)
         for _ in range(100):  # up to 10 s
@@ -71,10 +71,10 @@ class Stack:
         assert "started" in self.verifier_log.read_text(), self.verifier_log.read_text()
 
     def knock(self, req: str) -> None:
-        """gnocchi.knock from the client, then wait (bounded) for its element."""
+        """gnocchi.client.knock from the client, then wait (bounded) for its element."""
         proto, port = ("udp", 60001) if "udp" in req else ("tcp", 22)
         subprocess.run(self.net.client.argv(
-            [PYTHON, "-m", "gnocchi.knock", "--server-key-file", str(self.d / "server.key"),
+            [PYTHON, "-m", "gnocchi.client.knock", "--server-key-file", str(self.d / "server.key"),
              "--client-key-file", str(self.d / "client.key"), "--state-dir", str(self.d / "client"),
              "--request", req, self.net.server.ip]), cwd=REPO, check=True, timeout=30)
         want = {"val": {"concat": [self.net.client.ip, proto, port]}, "timeout": OPEN_SECONDS}

@@ -18,7 +18,8 @@ from collections import Counter
 import pytest
 from nacl.secret import SecretBox
 
-from gnocchi import arming, check, keys, protocol, table
+from gnocchi.admin import arming, check, nft_table
+from gnocchi.shared import keys, protocol
 from support import (PYTHON, REPO, TABLE_FILE, Daemon, EchoServices, Helper, Keys, Net, inside,
                      knock, load_table, send_datagrams, write_config)
 
@@ -276,12 +277,12 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     monkeypatch.setattr(check, "UNIT_DIR", str(units))
 
     def setup():
-        subprocess.run([PYTHON, "-m", "gnocchi", "setup", "--config", str(config),
+        subprocess.run([PYTHON, "-m", "gnocchi.admin", "setup", "--config", str(config),
                         "--unit-dir", str(units)], cwd=REPO, check=True, capture_output=True)
 
     def live_knock_ports():
         with inside(net.server):
-            return table.live().knock_ports()
+            return nft_table.live().knock_ports()
 
     setup()
     with inside(net.server):
@@ -298,7 +299,7 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     os.unlink(k.server_file)
     keys.write_secret(k.server_file, new)
     setup()
-    said = net.server.run([PYTHON, "-m", "gnocchi", "check", "--config", str(config),
+    said = net.server.run([PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config),
                            "--table", str(table_path), "--unit-dir", str(units)],
                           cwd=REPO, check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert said.returncode == 0, said.stderr
@@ -309,7 +310,7 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
         assert arming.load(str(config), str(table_path)) == 0  # systemctl reload gnocchi-arm
     assert live_knock_ports() == [protocol.knock_port(new)]
     with inside(net.server):
-        assert [str(p.address) for p in table.live().pending()] == [net.client.ip], \
+        assert [str(p.address) for p in nft_table.live().pending()] == [net.client.ip], \
             "only the knock port changed: the pending knock is kept"
 
     # A flush, and the re-arm after it (nftables.service's drop-in, gnocchi-watch).
@@ -317,14 +318,14 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     with inside(net.server):
         assert arming.rearm(str(config), str(table_path), "a test's flush", intent_known=True) == 0
     assert live_knock_ports() == [protocol.knock_port(new)]
-    said = net.server.run([PYTHON, "-m", "gnocchi", "check", "--config", str(config),
+    said = net.server.run([PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config),
                            "--table", str(table_path), "--unit-dir", str(units)],
                           cwd=REPO, check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert said.returncode == 0 and "limits floods" not in said.stderr, said.stderr
 
 
 def test_doctor_and_status_say_when_the_table_limits_another_port(net, tmp_path):
-    from gnocchi import doctor, status
+    from gnocchi.admin import doctor, status
     load_table(net.server, tmp_path, knock_port=40004)
 
     def finding(port: int):
@@ -340,7 +341,7 @@ def test_doctor_and_status_say_when_the_table_limits_another_port(net, tmp_path)
     assert not wrong.ok and "it limits UDP 40004, not the knock port 40005" in wrong.detail
     assert wrong.fix.startswith("systemctl reload gnocchi-arm")
     with inside(net.server):
-        live = table.live()
+        live = nft_table.live()
     assert status.flood_line(live.knock_ports(), 40004).startswith("flood limit: on 40004/udp")
     assert "on UDP 40004, NOT on the knock port 40005" in status.flood_line(live.knock_ports(),
                                                                             40005)

@@ -1,7 +1,7 @@
-"""gnocchi/table.py in a real kernel: loading and reloading table inet gnocchi
+"""gnocchi/admin/nft_table.py in a real kernel: loading and reloading table inet gnocchi
 never opens a window and never forgets, or revives, a pending knock (issue 14).
 
-Runs table.load()/unload() inside the server namespace of a tests/netns.py Net
+Runs nft_table.load()/unload() inside the server namespace of a tests/netns.py Net
 (subprocesses such as nft inherit that namespace); knocks are elements added
 the way the helper adds them, and a client connection proves one still works.
 """
@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from gnocchi import table
+from gnocchi.admin import nft_table
 from support import TABLE_FILE, EchoServices, Net, inside, tcp_connect
 
 KNOCK_SECONDS = 30
@@ -40,13 +40,13 @@ def knock(net, ip=None, port=22):
 
 def pending(net) -> list:
     with inside(net.server):
-        live = table.live()
+        live = nft_table.live()
     return [] if live is None else live.pending()
 
 
-def load(net, path: str) -> table.Loaded:
+def load(net, path: str) -> nft_table.Loaded:
     with inside(net.server):
-        return table.load(path)
+        return nft_table.load(path)
 
 
 def handles(net) -> str:
@@ -107,13 +107,13 @@ def test_a_knock_used_while_the_table_is_replaced_is_not_revived(net, tmp_path, 
     load(net, str(TABLE_FILE))
     knock(net)
     with inside(net.server):
-        stale = table.live()
+        stale = nft_table.live()
     assert len(stale.pending()) == 1
     # The knock is used (its element deleted by the first SYN) after the loader read it.
     assert tcp_connect(net.client, net.server.ip, 22) is not None
     assert pending(net) == []
     reads = []
-    real_live = table.live
+    real_live = nft_table.live
 
     def live_first_stale():
         reads.append(1)
@@ -134,7 +134,7 @@ def test_a_broken_file_is_refused_and_the_live_table_stays(net, tmp_path):
     before = net.server.nft("list", "table", "inet", "gnocchi").stdout
     broken = write(tmp_path, "broken.nft", TABLE_FILE.read_text().replace(
         "elements = { 22 }", "elements = { 22 x }"))
-    with pytest.raises(table.TableError, match="nft refuses it"):
+    with pytest.raises(nft_table.TableError, match="nft refuses it"):
         load(net, broken)
     after = net.server.nft("list", "table", "inet", "gnocchi").stdout
     strip = lambda text: [l for l in text.splitlines() if "expires" not in l]  # noqa: E731
@@ -144,21 +144,21 @@ def test_a_broken_file_is_refused_and_the_live_table_stays(net, tmp_path):
 def test_unload_removes_the_table_and_may_run_twice(net):
     load(net, str(TABLE_FILE))
     with inside(net.server):
-        assert table.unload() is True
-        assert table.live() is None
-        assert table.unload() is False
+        assert nft_table.unload() is True
+        assert nft_table.live() is None
+        assert nft_table.unload() is False
     assert tcp_connect(net.client, net.server.ip, 22) is not None, "disarmed: open again"
 
 
 def test_the_replacement_script_guards_each_carried_knock():
-    old = table.Table(())
-    new = table.Table((
+    old = nft_table.Table(())
+    new = nft_table.Table((
         {"set": {"name": "knocked4", "type": ["ipv4_addr", "inet_proto", "inet_service"]}},))
     p4 = table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
                                   "timeout": 30, "expires": 29}})
     p6 = table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
                                   "timeout": 30, "expires": 0}})
-    script, dropped = table.replacement("FILE", new, [p4, p6])
+    script, dropped = nft_table.replacement("FILE", new, [p4, p6])
     assert script.splitlines() == [
         "delete element inet gnocchi knocked4 { 198.18.0.1 . tcp . 22 }",
         "delete element inet gnocchi knocked6 { fd00::1 . udp . 53 }",
@@ -174,7 +174,7 @@ def test_the_replacement_script_guards_each_carried_knock():
 
 def test_the_test_load_needs_no_firewall_of_ours():
     """It runs in a scratch namespace: the caller's ruleset is never touched."""
-    loaded = table.test_load(str(TABLE_FILE))
+    loaded = nft_table.test_load(str(TABLE_FILE))
     assert set(loaded.sets()) == {"protected_tcp", "protected_udp", "knocked4", "knocked6",
                                   "knock_port", "knock_sources4", "knock_sources6", "knock_sites6"}
     assert loaded.knock_ports() == [], "the file leaves the knock port to the loader"

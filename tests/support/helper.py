@@ -1,5 +1,5 @@
 """The root helper in tests: its request format written out a third time
-(independent of gnocchi/helper_client.py and helper/request.py, which
+(independent of gnocchi/server/helper_client.py and helper/request.py, which
 tests/test_contract.py pins to the same bytes), the real helper started as
 systemd starts it, a stand-in that records what a verifier sends, and, for
 the unprivileged tests of the helper's decision only, its __main__ module

@@ -1,5 +1,5 @@
 """Processes the tests start: the checkout's CLI, stopping, and the JSON
-events a verifier writes on stderr outside systemd (gnocchi/events.py)."""
+events a verifier writes on stderr outside systemd (gnocchi/server/events.py)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ PYTHON = "/usr/bin/python3"  # the distribution's interpreter and its nacl/nftab
 
 
 def gnocchi_cli(*args, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
-    """`python3 -m gnocchi ARGS` from the checkout, as a user runs it."""
-    return subprocess.run([PYTHON, "-m", "gnocchi", *map(str, args)], cwd=REPO, check=check,
+    """`python3 -m gnocchi.admin ARGS` from the checkout, as a user runs it."""
+    return subprocess.run([PYTHON, "-m", "gnocchi.admin", *map(str, args)], cwd=REPO, check=check,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,7 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from gnocchi import counters, keys, protocol
+from gnocchi.server import counters
+from gnocchi.shared import keys, protocol
 from support.netns import Net
 from support.processes import PYTHON, REPO, events, stop
 
@@ -84,7 +85,7 @@ class Daemon:
         self.stderr = open(stderr, "wb")
         argv = ["systemd-socket-activate", "-d", "-l", listen, "-E", f"PYTHONPATH={REPO}",
                 *(f"-E{e}" for e in env),
-                PYTHON, "-m", "gnocchi", "serve", "--config", str(config), *args]
+                PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(config), *args]
         self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr)
         self.wait_for(lambda text: "Listening on" in text, what="the activated socket")

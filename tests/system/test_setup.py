@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def gnocchi(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "gnocchi", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "gnocchi.admin", *args], cwd=ROOT,
                           text=True, capture_output=True, timeout=60)
     if check and proc.returncode != 0:
         raise AssertionError(f"gnocchi {args}: rc {proc.returncode}\n{proc.stderr}")

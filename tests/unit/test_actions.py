@@ -1,10 +1,10 @@
-"""gnocchi.actions: the payload on stdin, a fixed environment, bounded output, a timeout that kills the group."""
+"""gnocchi.server.actions: the payload on stdin, a fixed environment, bounded output, a timeout that kills the group."""
 import os
 import subprocess
 import time
 
-from gnocchi import actions
-from gnocchi.config import Action
+from gnocchi.server import actions
+from gnocchi.server.config import Action
 from support import PYTHON
 
 

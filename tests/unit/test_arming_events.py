@@ -1,9 +1,10 @@
-"""Arming's journal entries (gnocchi/arming.py): each kind has its own MESSAGE_ID,
+"""Arming's journal entries (gnocchi/admin/arming.py): each kind has its own MESSAGE_ID,
 explained in the installed catalog, and a priority. tests/system/ shows them in
 `journalctl -u gnocchi` on a booted systemd."""
 from pathlib import Path
 
-from gnocchi import arming, events
+from gnocchi.admin import arming
+from gnocchi.server import events
 
 REPO = Path(__file__).resolve().parents[2]
 

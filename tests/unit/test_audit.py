@@ -1,9 +1,10 @@
-"""gnocchi.audit: `gnocchi audit` reads the journal back: one line per entry, and the counter store rebuilt."""
+"""gnocchi.admin.audit: `gnocchi audit` reads the journal back: one line per entry, and the counter store rebuilt."""
 import datetime
 
 import pytest
 
-from gnocchi import audit, counters
+from gnocchi.admin import audit
+from gnocchi.server import counters
 from support import gnocchi_cli
 
 KEY_A = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"

@@ -18,7 +18,7 @@ TABLE = REPO / "nft" / "gnocchi.nft"
 
 
 def gnocchi(*args):
-    return subprocess.run([sys.executable, "-m", "gnocchi", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "gnocchi.admin", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

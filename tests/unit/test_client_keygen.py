@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 # path is held to POSIX os alone, so no Linux-only module sneaks in).
 NO_FCNTL = ("import sys\n"
             "sys.modules['fcntl'] = None  # import fcntl now raises ImportError\n"
-            "from gnocchi.knock import main\n"
+            "from gnocchi.client.knock import main\n"
             "sys.exit(main())\n")
 
 
@@ -30,7 +30,7 @@ def env_for(home: Path, **extra) -> dict:
 
 
 def knock_cli(*args, env, code=None):
-    argv = [sys.executable] + (["-c", code] if code else ["-m", "gnocchi.knock"])
+    argv = [sys.executable] + (["-c", code] if code else ["-m", "gnocchi.client.knock"])
     return subprocess.run(argv + [*map(str, args)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=30)
 
@@ -87,7 +87,7 @@ def test_the_client_knocks_without_the_fcntl_module(tmp_path):
             assert plain[8:40] == public
             counters.append(int.from_bytes(plain[104:118], "big"))
         assert counters[1] > counters[0]
-        hides = NO_FCNTL.replace("from gnocchi.knock", "import fcntl\nfrom gnocchi.knock")
+        hides = NO_FCNTL.replace("from gnocchi.client.knock", "import fcntl\nfrom gnocchi.client.knock")
         proof = knock_cli("--keygen", tmp_path / "k2", env=env_for(tmp_path), code=hides)
         assert "ImportError" in proof.stderr or "ModuleNotFoundError" in proof.stderr, \
             "the stand-in really hides fcntl"

@@ -8,7 +8,8 @@ import pytest
 
 from support import HelperRecorder, Keys
 
-from gnocchi import config, counters, events, protocol, verifier
+from gnocchi.server import config, counters, events, verifier
+from gnocchi.shared import protocol
 
 UTC = datetime.timezone.utc
 

@@ -11,7 +11,9 @@ import tomllib
 import pytest
 from nacl.signing import SigningKey
 
-from gnocchi import config, keys, profile
+from gnocchi.server import config
+from gnocchi.shared import keys
+from gnocchi.client import profile
 from support import gnocchi_cli
 
 ADMIN_TEXT = """\

@@ -1,8 +1,9 @@
-"""gnocchi.config: the contract's example loads, defaults, and every error names the file and the key."""
+"""gnocchi.server.config: the contract's example loads, defaults, and every error names the file and the key."""
 import pytest
 
-from gnocchi import config, knock_request
-from gnocchi.config import Action
+from gnocchi.server import config
+from gnocchi.shared import knock_request
+from gnocchi.server.config import Action
 from support import REPO
 
 KEY_A = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"

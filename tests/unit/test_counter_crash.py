@@ -1,4 +1,4 @@
-"""gnocchi.counters under crashes: at every step of a commit, the store loads
+"""gnocchi.server.counters under crashes: at every step of a commit, the store loads
 as the last state that was committed or as the new one, never less.
 
 A power cut cannot be caused in a test, so two stand-ins, each named where
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from gnocchi import counters
+from gnocchi.server import counters
 
 A = bytes.fromhex("0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f")
 B = b"\x11" * 32
@@ -230,7 +230,7 @@ def test_a_store_replaced_while_the_verifier_runs_is_not_written_behind_its_back
 CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from gnocchi import counters
+from gnocchi.server import counters
 step, calls = int(sys.argv[3]), 0
 def crash_at(name):
     real = getattr(os, name)

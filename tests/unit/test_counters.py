@@ -1,9 +1,9 @@
-"""gnocchi.counters: the durable store round-trips, and a corrupt one names the file and the way back."""
+"""gnocchi.server.counters: the durable store round-trips, and a corrupt one names the file and the way back."""
 import os
 
 import pytest
 
-from gnocchi import counters
+from gnocchi.server import counters
 
 KEY_A = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"
 KEY_B = "1" * 64

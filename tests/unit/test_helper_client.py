@@ -1,11 +1,11 @@
-"""gnocchi.helper_client: the request bytes of docs/contracts.md, and every way the helper answers or does not."""
+"""gnocchi.server.helper_client: the request bytes of docs/contracts.md, and every way the helper answers or does not."""
 import ipaddress
 import socket
 
 import pytest
 
-from gnocchi import helper_client
-from gnocchi.knock_request import Open
+from gnocchi.server import helper_client
+from gnocchi.shared.knock_request import Open
 from support import HelperRecorder, request
 
 SSH = [Open(22, "tcp")]

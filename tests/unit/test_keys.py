@@ -1,4 +1,4 @@
-"""gnocchi.keys: the key file format of PROTOCOL.md, permissions, and errors that
+"""gnocchi.shared.keys: the key file format of PROTOCOL.md, permissions, and errors that
 name the file and the fix."""
 import os
 import stat
@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from gnocchi import keys
-from gnocchi.protocol import knock_port
+from gnocchi.shared import keys
+from gnocchi.shared.protocol import knock_port
 
 HEX = "0123456789abcdef" * 4
 
@@ -117,8 +117,8 @@ def test_unreadable_file_for_another_user(tmp_path):
     path = put(tmp_path / "k", HEX.encode(), 0o600)
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
-         f"from gnocchi import keys; keys.load_secret({str(path)!r})"],
-        capture_output=True, text=True, cwd=os.path.dirname(keys.__file__) + "/..")
+         f"from gnocchi.shared import keys; keys.load_secret({str(path)!r})"],
+        capture_output=True, text=True, cwd=os.path.dirname(keys.__file__) + "/../..")
     assert result.returncode != 0
     assert f"{path}: permission denied" in result.stderr
 

@@ -1,6 +1,6 @@
-"""gnocchi-knock run as a user runs it (a subprocess of `python3 -m gnocchi.knock`),
+"""gnocchi-knock run as a user runs it (a subprocess of `python3 -m gnocchi.client.knock`),
 its packets captured on loopback and checked by an independent reading of
-PROTOCOL.md written here with nacl.bindings, not through gnocchi.protocol.
+PROTOCOL.md written here with nacl.bindings, not through gnocchi.shared.protocol.
 
 Every socket is on 127.0.0.1 and every file under tmp_path; HOME and XDG_*
 point into tmp_path so the user's real config and state are never read.
@@ -76,7 +76,7 @@ class Setup:
     env: dict
 
     def knock(self, *args, host=LOOPBACK, keyfiles=True, stdin=None, timeout=30):
-        argv = [sys.executable, "-m", "gnocchi.knock"]
+        argv = [sys.executable, "-m", "gnocchi.client.knock"]
         if keyfiles:
             argv += ["--server-key-file", str(self.server_key_file),
                      "--client-key-file", str(self.client_key_file),
@@ -164,7 +164,7 @@ def test_counters_are_kept_apart_per_server_key(setup, tmp_path):
 
 def test_concurrent_knocks_never_reuse_a_counter(setup):
     n = 20
-    argv = [sys.executable, "-m", "gnocchi.knock", "--server-key-file", setup.server_key_file,
+    argv = [sys.executable, "-m", "gnocchi.client.knock", "--server-key-file", setup.server_key_file,
             "--client-key-file", setup.client_key_file, "--state-dir", setup.state_dir, LOOPBACK]
     procs = [subprocess.Popen(argv, cwd=REPO, env=setup.env, stderr=subprocess.PIPE)
              for _ in range(n)]
@@ -412,7 +412,7 @@ def echo_server(listener: socket.socket, log: list):
 
 
 def proxy_argv(setup, port, *extra):
-    return [sys.executable, "-m", "gnocchi.knock", "--server-key-file", setup.server_key_file,
+    return [sys.executable, "-m", "gnocchi.client.knock", "--server-key-file", setup.server_key_file,
             "--client-key-file", setup.client_key_file, "--state-dir", setup.state_dir,
             *extra, "--proxy", LOOPBACK, str(port)]
 

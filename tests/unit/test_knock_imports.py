@@ -20,11 +20,9 @@ import pytest
 from support.client import LOOPBACK, knock_catcher, write_key
 
 REPO = Path(__file__).resolve().parents[2]
-# The client's modules and the shared ones it uses (the roles in
-# gnocchi/__init__.py); any other gnocchi module is server-side.
-CLIENT_MODULES = {"gnocchi", "gnocchi.knock", "gnocchi.profile", "gnocchi.keys",
-                  "gnocchi.protocol", "gnocchi.durable", "gnocchi.knock_request",
-                  "gnocchi.checked_toml"}
+# The client's folders (gnocchi/__init__.py): a module of server/ or admin/ is
+# server-side.
+CLIENT_PACKAGES = ("gnocchi.client", "gnocchi.shared")
 SERVER_LIBRARIES = ("nftables", "systemd")
 # What a knock never uses, each about a millisecond or more of the client's
 # start (bench/client_start.py): secrets (for one random number: os.urandom
@@ -44,7 +42,7 @@ PROBE = (
     "import sys\n"
     "bare = set(sys.modules)\n"
     "sys.path.insert(0, sys.argv.pop(1))\n"
-    "from gnocchi.knock import main\n"
+    "from gnocchi.client.knock import main\n"
     "rc = main(sys.argv[1:])\n"
     "print('\\n'.join(sorted(set(sys.modules) - bare)))\n"
     "sys.exit(rc)\n")
@@ -78,14 +76,14 @@ def knock(tmp_path):
 
 def server_side(modules: set[str]) -> list[str]:
     return sorted(m for m in modules
-                  if (m.startswith("gnocchi.") and m not in CLIENT_MODULES)
+                  if (m.startswith("gnocchi.") and not m.startswith(CLIENT_PACKAGES))
                   or m.split(".")[0] in SERVER_LIBRARIES)
 
 
 def test_a_knock_with_flags_loads_no_server_module_and_no_toml_parser(knock):
     run, _ = knock
     modules = run("--request", "open 22", LOOPBACK)
-    assert "gnocchi.knock" in modules and "gnocchi.protocol" in modules
+    assert "gnocchi.client.knock" in modules and "gnocchi.shared.protocol" in modules
     assert server_side(modules) == []
     assert "tomllib" not in modules  # no profile file: nothing to parse
     assert sorted(modules.intersection(NOT_FOR_A_KNOCK + NOT_FOR_A_KNOCK_WITH_FLAGS)) == []

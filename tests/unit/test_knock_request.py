@@ -1,7 +1,7 @@
-"""gnocchi.knock_request: only the canonical forms of a knock's DATA parse, and show() makes any DATA safe to log."""
+"""gnocchi.shared.knock_request: only the canonical forms of a knock's DATA parse, and show() makes any DATA safe to log."""
 import pytest
 
-from gnocchi import knock_request
+from gnocchi.shared import knock_request
 
 
 @pytest.mark.parametrize("data, parsed", [

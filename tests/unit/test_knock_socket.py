@@ -1,4 +1,4 @@
-"""gnocchi.knock_socket: --listen, a datagram's real addresses, the
+"""gnocchi.server.knock_socket: --listen, a datagram's real addresses, the
 sources no knock is accepted from, and the batch reader on real sockets.
 (The socket systemd passes is tested with systemd-socket-activate in
 tests/verifier/.)"""
@@ -11,7 +11,8 @@ import struct
 import pytest
 from nacl.secret import SecretBox
 
-from gnocchi import knock_socket, protocol
+from gnocchi.server import knock_socket
+from gnocchi.shared import protocol
 
 V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 

@@ -1,11 +1,13 @@
-"""gnocchi.profile: the client's knock.toml is read and checked as strictly as
-the server's config (gnocchi.checked_toml, one error format on both sides),
+"""gnocchi.client.profile: the client's knock.toml is read and checked as strictly as
+the server's config (gnocchi.shared.checked_toml, one error format on both sides),
 and a profile's request is checked with the verifier's own grammar."""
 from pathlib import Path
 
 import pytest
 
-from gnocchi import config, knock_request, profile
+from gnocchi.server import config
+from gnocchi.shared import knock_request
+from gnocchi.client import profile
 
 
 def load(tmp_path, text: str | bytes):

@@ -1,4 +1,4 @@
-"""gnocchi.protocol against tests/vectors/knock-v1.json (a copy of shared/vectors).
+"""gnocchi.shared.protocol against tests/vectors/knock-v1.json (a copy of shared/vectors).
 
 One case per vector, asserting the exact reason, counter, data and client, as
 age's test kit consumes CCTV; then the sequence against one server state.
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gnocchi import protocol
+from gnocchi.shared import protocol
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
 SERVER_KEY = bytes.fromhex(VECTORS["server_key"])

@@ -1,5 +1,5 @@
-"""gnocchi/ratelimit.py: token buckets per key, with the clock injected."""
-from gnocchi.ratelimit import Limiter
+"""gnocchi/server/ratelimit.py: token buckets per key, with the clock injected."""
+from gnocchi.server.ratelimit import Limiter
 
 
 class Clock:

@@ -1,13 +1,14 @@
-"""gnocchi.knock_request against tests/vectors/requests-v1.json: the request
+"""gnocchi.shared.knock_request against tests/vectors/requests-v1.json: the request
 grammar, several ports in one `open` included, as another implementation of
 PROTOCOL.md ("Request") would check it; and v1 packets that carry such a
-request, opened by gnocchi.protocol unchanged."""
+request, opened by gnocchi.shared.protocol unchanged."""
 import json
 from pathlib import Path
 
 import pytest
 
-from gnocchi import helper_client, knock_request, protocol
+from gnocchi.server import helper_client
+from gnocchi.shared import knock_request, protocol
 
 VECTORS_DIR = Path(__file__).parent.parent / "vectors"
 REQUESTS = json.loads((VECTORS_DIR / "requests-v1.json").read_text())

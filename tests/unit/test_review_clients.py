@@ -6,7 +6,8 @@ import tomllib
 
 from nacl.signing import SigningKey
 
-from gnocchi import config, keys
+from gnocchi.server import config
+from gnocchi.shared import keys
 from support import gnocchi_cli
 
 

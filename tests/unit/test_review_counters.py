@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from gnocchi import counters
+from gnocchi.server import counters
 
 A = bytes.fromhex("0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f")
 

@@ -1,9 +1,9 @@
-"""gnocchi/strict.py: StrictModes for the verifier's config, key and state."""
+"""gnocchi/server/strict.py: StrictModes for the verifier's config, key and state."""
 import os
 import pwd
 import pytest
 
-from gnocchi import strict
+from gnocchi.server import strict
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 

@@ -1,4 +1,4 @@
-"""gnocchi.verifier in-process and as `gnocchi serve`: startup refusals, silence by
+"""gnocchi.server.verifier in-process and as `gnocchi serve`: startup refusals, silence by
 construction, and the whole decision under arbitrary input."""
 import ipaddress
 import itertools
@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.secret import SecretBox
 
-from gnocchi import audit, config, counters, events, protocol, verifier
+from gnocchi.admin import audit
+from gnocchi.server import config, counters, events, verifier
+from gnocchi.shared import protocol
 from support import REPO, HelperRecorder, Keys, gnocchi_cli, requested_ports
 
 CLIENT = '[clients.alice]\npublic_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n'
@@ -43,7 +45,9 @@ def test_serve_refuses_a_loose_server_key_and_a_missing_socket(tmp_path):
 
 def test_nothing_in_the_verifier_sends_a_datagram():
     # Silence by construction too: no send call on a network socket in the daemon's modules.
-    for name in ("verifier", "knock_socket", "events", "knock_request", "counters", "config", "actions"):
+    # (helper_client and action_client send on Unix sockets of their own.)
+    for name in ("server/verifier", "server/knock_socket", "server/events",
+                 "shared/knock_request", "server/counters", "server/config", "server/actions"):
         text = (REPO / "gnocchi" / f"{name}.py").read_text()
         assert "sendto" not in text and "sendmsg" not in text and ".send(" not in text.replace(
             "self.send(", "").replace("journal.send(", ""), name
@@ -133,7 +137,7 @@ def test_the_verifier_does_not_load_openssl():
     # hashlib loads OpenSSL, about 3.5 MB of the verifier's resident memory
     # (issue 9's target is 20 MB); its one hash, the counter store's checksum,
     # is libsodium's BLAKE2b. What is loaded, not how much: this times nothing.
-    probe = "import sys, gnocchi.verifier; print(' '.join(sys.modules))"
+    probe = "import sys, gnocchi.server.verifier; print(' '.join(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
-    assert "gnocchi.counters" in loaded and not {"hashlib", "_hashlib"} & set(loaded)
+    assert "gnocchi.server.counters" in loaded and not {"hashlib", "_hashlib"} & set(loaded)

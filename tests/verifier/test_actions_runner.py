@@ -21,7 +21,7 @@ import pytest
 from support import PYTHON, REPO, knock, send_datagrams, write_config
 from support.verifier import SHOW_ACTION as SHOW
 
-from gnocchi import action_client, action_runner, actions
+from gnocchi.server import action_client, action_runner, actions
 
 pytestmark = pytest.mark.netns
 
@@ -38,7 +38,7 @@ class Runner:
         self.err = open(tmp_path / "runner.err", "wb")
         self.proc = net.server.popen(
             ["systemd-socket-activate", "--seqpacket", "--accept", "--inetd", "-l",
-             str(self.path), "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi", "run-action",
+             str(self.path), "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "run-action",
              "--config", str(config), "--peer-user", "root"],
             stdout=subprocess.DEVNULL, stderr=self.err)
         deadline = time.monotonic() + 10
@@ -244,7 +244,7 @@ def test_reply_round_trip_and_untrusted_replies():
 
 
 def test_an_action_is_done_when_its_process_exits_even_if_a_setsid_child_holds_the_pipe():
-    from gnocchi.config import Action
+    from gnocchi.server.config import Action
     script = ("import subprocess; p = subprocess.Popen(['setsid', 'sleep', '57']); "
               "print(p.pid, flush=True)")
     out = actions.run(Action("t", (PYTHON, "-c", script), 30), "a", "198.18.3.1", b"")

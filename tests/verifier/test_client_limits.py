@@ -11,7 +11,7 @@ import pytest
 from test_real_helper import real_helper  # noqa: F401  (fixture)
 from support import PYTHON, knock, send_paced, write_config
 
-from gnocchi import verifier
+from gnocchi.server import verifier
 
 pytestmark = pytest.mark.netns
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-from gnocchi import counters
+from gnocchi.server import counters
 from support import knock, request, send_datagrams, write_config
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
-from gnocchi import protocol
+from gnocchi.shared import protocol
 from support import knock, request, send_paced, write_config
 
 

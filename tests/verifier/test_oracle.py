@@ -15,7 +15,7 @@ import os
 import pytest
 from nacl.secret import SecretBox
 
-from gnocchi import protocol
+from gnocchi.shared import protocol
 from support import knock, send_paced, write_config
 
 PROBES = 3000

@@ -10,7 +10,7 @@ import time
 import pytest
 from nacl.secret import SecretBox
 
-from gnocchi import counters
+from gnocchi.server import counters
 from support import (PYTHON, REPO, UDP_CLIENT, Daemon, knock, requested_ports, send_datagrams,
                      write_config)
 
@@ -146,7 +146,7 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
     wrong = k.port + 1 if k.port < 65535 else k.port - 1
     fill = dict(ip=net.server.ip, port=k.port, wrong=wrong)
     argv = ["systemd-socket-activate", *[a.format(**fill) for a in listen_args],
-            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi", "serve", "--config", str(cfg)]
+            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(cfg)]
     proc = net.server.popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         err = ""
@@ -187,7 +187,7 @@ def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_kno
     assert d.proc.wait(timeout=10) == 1
     assert "counter store is missing" in d.text() and "gnocchi recover-counters" in d.text()
 
-    out = subprocess.run([PYTHON, "-m", "gnocchi", "recover-counters", "--config", str(cfg)],
+    out = subprocess.run([PYTHON, "-m", "gnocchi.admin", "recover-counters", "--config", str(cfg)],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "is now a replay" in out.stdout

@@ -11,7 +11,7 @@ import pytest
 from test_daemon import start
 from support import PYTHON, knock, request, send_datagrams
 
-from gnocchi import knock_socket
+from gnocchi.server import knock_socket
 
 pytestmark = pytest.mark.netns
 

@@ -1,4 +1,4 @@
-"""`python3 -m gnocchi keygen|pubkey|port` as a user runs them: subprocesses,
+"""`python3 -m gnocchi.admin keygen|pubkey|port` as a user runs them: subprocesses,
 asserting exit code, stdout and stderr."""
 import os
 import re

@@ -1,7 +1,7 @@
 """`gnocchi setup`: point gnocchi.socket at the server key's knock port.
 
 Trusts the admin's config file and the server key it names (read through
-gnocchi.config and gnocchi.keys, which check format and permissions).
+gnocchi.server.config and gnocchi.shared.keys, which check format and permissions).
 Guarantees: it writes the drop-in
 /etc/systemd/system/gnocchi.socket.d/port.conf, atomically (a crash leaves
 the old drop-in or the new one, never half of one), creates the verifier's
@@ -16,9 +16,10 @@ import os
 import pwd
 import sys
 
-from gnocchi import config as server_config
-from gnocchi import counters, durable, keys
-from gnocchi.protocol import knock_port
+from gnocchi.server import config as server_config
+from gnocchi.server import counters
+from gnocchi.shared import durable, keys
+from gnocchi.shared.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
 DROP_IN = "gnocchi.socket.d/port.conf"
@@ -76,7 +77,7 @@ def setup(config_path: str, unit_dir: str) -> str:
 def ready(config_path: str, unit_dir: str) -> str:
     """What to run next, after `gnocchi check`'s problems if it has any (issue 11:
     no silent "arm now" when arming would be refused or lock everyone out)."""
-    from gnocchi import check  # noqa: PLC0415 (setup works without it)
+    from gnocchi.admin import check  # noqa: PLC0415 (setup works without it)
     report = check.run(config_path, unit_dir=unit_dir)
     text = "".join(f"warning: {w}\n" for w in report.warnings)
     if not report.ok:

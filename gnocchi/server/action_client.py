@@ -1,4 +1,4 @@
-"""The verifier's side of `run NAME` (gnocchi/action_runner.py is the other).
+"""The verifier's side of `run NAME` (gnocchi/server/action_runner.py is the other).
 
 Trusts the runner for nothing but an outcome to log: its reply is parsed as
 untrusted bytes (exact header, at most OUTPUT_LIMIT bytes after it, escaped
@@ -17,7 +17,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from gnocchi import actions
+from gnocchi.server import actions
 
 REQUEST = struct.Struct("!BBBBH16s")  # version, family, name len, client len, payload len, address
 REPLY = struct.Struct("!BBi")         # version, kind, exit status; then output or why, bounded

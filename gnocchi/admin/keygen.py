@@ -1,7 +1,7 @@
 """`gnocchi keygen|pubkey|port`: make and inspect key files.
 
 Trusts only its command line and the key files it is pointed at, read through
-gnocchi.keys (which checks format and permissions). Prints one value on
+gnocchi.shared.keys (which checks format and permissions). Prints one value on
 stdout on success (a server key's fingerprint goes to stderr, for the admin
 to compare with gnocchi-knock -v, so scripts still read one value); on any
 error one line on stderr naming the file, exit 1.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gnocchi import keys
-from gnocchi.protocol import knock_port
+from gnocchi.shared import keys
+from gnocchi.shared.protocol import knock_port
 
 
 def keygen(args) -> str:
@@ -60,7 +60,7 @@ def parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """argv: ["keygen"|"pubkey"|"port", ARGS...], as gnocchi/__main__.py passes it."""
+    """argv: ["keygen"|"pubkey"|"port", ARGS...], as gnocchi/admin/__main__.py passes it."""
     args = parser(argv[0]).parse_args(argv[1:])
     try:
         print(args.run(args))

@@ -1,9 +1,9 @@
 """gnocchi-knock's profiles: `~/.config/gnocchi/knock.toml` -> Profile.
 
 Trusts the user's own config file only as far as its types: the file is read
-and every key checked as the server's config is (gnocchi.checked_toml):
+and every key checked as the server's config is (gnocchi.shared.checked_toml):
 unknown keys are refused, a request is checked with the verifier's own
-grammar (gnocchi.knock_request), and every error is one ProfileError line,
+grammar (gnocchi.shared.knock_request), and every error is one ProfileError line,
 "FILE: profiles.NAME.key: problem". Paths are expanded (`~`) and taken
 relative to the config file's directory. Example (see docs/client.md):
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from gnocchi import checked_toml, knock_request
+from gnocchi.shared import checked_toml, knock_request
 
 
 class ProfileError(Exception):

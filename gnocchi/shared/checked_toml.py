@@ -1,5 +1,5 @@
-"""A TOML file read strictly, for the server's config (gnocchi.config) and the
-client's profiles (gnocchi.profile): one way to read it and one error format,
+"""A TOML file read strictly, for the server's config (gnocchi.server.config) and the
+client's profiles (gnocchi.client.profile): one way to read it and one error format,
 "FILE: key.path: problem", on both sides.
 
 Trusts the file's author, not the file's spelling: a file that cannot be

@@ -17,8 +17,8 @@ import signal
 import socket
 import sys
 
-from gnocchi import (action_client, actions, config, counters, events, helper_client, keys,
-                     knock_request, knock_socket, protocol, ratelimit, strict)
+from gnocchi.server import action_client, actions, config, counters, events, helper_client, knock_socket, ratelimit, strict
+from gnocchi.shared import keys, knock_request, protocol
 
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, overdue actions)
 RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply

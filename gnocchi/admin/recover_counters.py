@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from gnocchi import config, counters
+from gnocchi.server import config, counters
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Iterable
 
-from gnocchi import counters
+from gnocchi.server import counters
 
 _RELATIVE = re.compile(r"-([0-9]+)([smhd])|([0-9]+) ?([smhd]) ago")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -4,7 +4,7 @@ Trusts the admin's command line only after checking it (the name, the key,
 the ports, by the config's own rules) and the config file not at all: the
 edit is made on the text, so every other byte (comments, order, spacing)
 stays as the admin wrote it, and the whole new file must load with
-gnocchi.config's own loader, holding exactly the old clients plus (or
+gnocchi.server.config's own loader, holding exactly the old clients plus (or
 minus) this one, before it durably replaces the old file with the same
 owner and mode. A running verifier is then reloaded (`systemctl reload
 gnocchi.service`: `gnocchi check`, then a restart that keeps the knocks
@@ -25,8 +25,8 @@ import subprocess
 import sys
 import time
 
-from gnocchi import config as server_config
-from gnocchi import durable, keys, knock_request
+from gnocchi.server import config as server_config
+from gnocchi.shared import durable, keys, knock_request
 
 SERVICE = "gnocchi.service"
 RELOAD_WAIT = 15  # seconds for the old verifier to exit (at once on SIGTERM; bounds a stuck one)
@@ -268,7 +268,7 @@ def parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """argv: ["add-client"|"remove-client", ARGS...], as gnocchi/__main__.py passes it."""
+    """argv: ["add-client"|"remove-client", ARGS...], as gnocchi/admin/__main__.py passes it."""
     command = argv[0]
     args = parser(command).parse_args(argv[1:])
     try:

@@ -1,5 +1,5 @@
 """A knock's DATA (PROTOCOL.md, "Request") -> Open | OpenPorts | Run | Bad: the
-one grammar the client writes (gnocchi.knock, gnocchi.profile) and the server
+one grammar the client writes (gnocchi.client.knock, gnocchi.client.profile) and the server
 reads (verifier, config).
 
 Trusts nothing in DATA: on the server it comes from a client that proved its
@@ -21,7 +21,7 @@ MAX_PORTS = 8  # ports one `open` may name: the helper opens them in one transac
 SHOW_LIMIT = 80  # characters of attacker-chosen text a log field carries
 
 # Named tuples, not dataclasses: importing dataclasses costs the client's
-# start several milliseconds (as in gnocchi.protocol). Immutable, equal when
+# start several milliseconds (as in gnocchi.shared.protocol). Immutable, equal when
 # their fields are; no two kinds have fields of the same types, so an Open
 # never equals a Run, nor an OpenPorts a Bad.
 

@@ -14,8 +14,8 @@ import os
 import re
 import stat
 
-from gnocchi import durable
-from gnocchi.protocol import KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, signing_keys
+from gnocchi.shared import durable
+from gnocchi.shared.protocol import KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, signing_keys
 
 HEX_LEN = 2 * KEY_LEN
 _HEX = re.compile(rb"[0-9a-fA-F]{64}\n?")

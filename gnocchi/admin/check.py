@@ -1,12 +1,12 @@
 """`gnocchi check`: would gnocchi work as configured? (like `sshd -t`, `nginx -t`)
 
 Trusts nothing it reads and changes nothing: it loads the config, the server
-key, the table file (into a throwaway namespace, see gnocchi/table.py) and
+key, the table file (into a throwaway namespace, see gnocchi/admin/nft_table.py) and
 asks systemd which port gnocchi.socket would listen on. Guarantees: exit 0
 only when the verifier could run and a configured client could open a
 protected port; otherwise every problem is named, each with its fix. The
 arming unit runs the same checks before it loads or reloads the table
-(gnocchi/arming.py), so a server is never armed when nobody could knock in.
+(gnocchi/admin/arming.py), so a server is never armed when nobody could knock in.
 """
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from gnocchi import config as server_config
-from gnocchi import counters, keys, table
-from gnocchi.protocol import knock_port
+from gnocchi.server import config as server_config
+from gnocchi.server import counters
+from gnocchi.shared import keys
+from gnocchi.admin import nft_table
+from gnocchi.shared.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
 DROP_IN = "gnocchi.socket.d/port.conf"
@@ -40,7 +42,7 @@ class Report:
         return not self.problems
 
     def summary(self, config_path: str) -> str:
-        ports = table.show_ports(self.protected) if self.protected else "?"
+        ports = nft_table.show_ports(self.protected) if self.protected else "?"
         return (f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
                 f"knock port {self.port}/udp (gnocchi.socket); protects {ports}")
 
@@ -140,8 +142,8 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
     """The loaded table limits floods on the key's knock port (arming wrote it from
     the key; a key changed since needs the table loaded again)."""
     try:
-        live = table.live()
-    except table.TableError:
+        live = nft_table.live()
+    except nft_table.TableError:
         return  # not root, or no nft: `gnocchi status` says more
     if live is None or report.port is None:
         return
@@ -185,7 +187,7 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
     usable = []
     for client in cfg.clients:
         for allowed in client.allow:
-            if table.covers(report.protected.get(allowed.proto, []), allowed.port):
+            if nft_table.covers(report.protected.get(allowed.proto, []), allowed.port):
                 usable.append(client.name)
             else:
                 report.warnings.append(f"{cfg.path}: clients.{client.name}.allow: "
@@ -193,11 +195,11 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                        "not a protected port; the helper will refuse to open it")
     if not usable:
         report.problems.append(f"{cfg.path}: no client may open a protected port "
-                               f"({table.show_ports(report.protected)}), so arming would shut "
+                               f"({nft_table.show_ports(report.protected)}), so arming would shut "
                                "everyone out; fix: add one to a client's allow list")
 
 
-def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = table.DEFAULT_FILE,
+def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_table.DEFAULT_FILE,
         unit_dir: str | None = None, live: bool = False) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
     load it)."""
@@ -206,11 +208,11 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = table.D
         if problem := loose_mode(path):
             report.problems.append(problem)
     try:
-        loaded = table.test_load(table_path)
+        loaded = nft_table.test_load(table_path)
         report.protected = loaded.protected()
         report.flood_limit = loaded.knock_ports() is not None
         check_flood_limit(report, table_path)
-    except table.TableError as e:
+    except nft_table.TableError as e:
         report.problems.append(str(e))
     try:
         cfg = server_config.load(config_path)
@@ -243,8 +245,8 @@ def parser() -> argparse.ArgumentParser:
                     "exit 0 only when gnocchi would work. Changes nothing.")
     p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
                    help=f"server config (default {server_config.DEFAULT_PATH})")
-    p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE",
-                   help=f"the table file (default {table.DEFAULT_FILE})")
+    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
+                   help=f"the table file (default {nft_table.DEFAULT_FILE})")
     p.add_argument("--unit-dir", metavar="DIR",
                    help="read gnocchi.socket's drop-in from DIR instead of asking systemd "
                         "(for tests and images)")

@@ -3,7 +3,7 @@
 `gnocchi table load` (ExecStart=, ExecReload=) runs `gnocchi check` first
 and refuses to arm, loudly, when the verifier could not run or nobody could
 knock in; otherwise it loads /etc/gnocchi/gnocchi.nft keeping pending knocks
-(gnocchi/table.py), with the knock port of the server key named in the config
+(gnocchi/admin/nft_table.py), with the knock port of the server key named in the config
 (the port `gnocchi check` has just found gnocchi.socket listening on) in the
 table's per-source flood limit, in the same transaction. `gnocchi table
 unload` (ExecStop=) removes the table. `gnocchi table rearm` (nftables.service's
@@ -20,7 +20,7 @@ dead, unless `gnocchi arm --confirm` (from a session that came in through a
 knock) cancels it and enables gnocchi.socket for good. `gnocchi disarm` is
 the one switch off, for the console.
 
-Trusts the admin's files (through gnocchi.check), nft and systemd.
+Trusts the admin's files (through gnocchi.admin.check), nft and systemd.
 Guarantees: a refusal changes nothing; every outcome is one journal entry that
 `journalctl -u gnocchi` shows too (OBJECT_SYSTEMD_UNIT=gnocchi.service: a
 root process may attach its entries to another unit), so the verifier's
@@ -37,7 +37,8 @@ import subprocess
 import sys
 import time
 
-from gnocchi import events, table
+from gnocchi.server import events
+from gnocchi.admin import nft_table
 
 IDENTIFIER = "gnocchi-arm"
 VERIFIER_UNIT = "gnocchi.service"
@@ -51,7 +52,7 @@ MESSAGE_IDS = {
 }
 PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2, "trial": 4}
 ARM_UNIT = "gnocchi-arm.service"
-DEFAULT_CONFIG = "/etc/gnocchi/gnocchi.toml"  # gnocchi.config's, without importing it
+DEFAULT_CONFIG = "/etc/gnocchi/gnocchi.toml"  # gnocchi.server.config's, without importing it
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -84,19 +85,19 @@ def refuse(problems: list[str]) -> int:
 
 
 def load(config_path: str, table_path: str) -> int:
-    from gnocchi import check  # not on rearm's path: it loads nacl, and time is open ports
+    from gnocchi.admin import check  # not on rearm's path: it loads nacl, and time is open ports
     report = check.run(config_path, table_path)
     for warning in report.warnings:
         log("armed", f"warning: {warning}", priority=4)
     if not report.ok:
         return refuse(report.problems)
     try:
-        loaded = table.load(table_path, knock_port=report.port)
-    except table.TableError as e:
+        loaded = nft_table.load(table_path, knock_port=report.port)
+    except nft_table.TableError as e:
         return refuse([str(e)])
     log("armed", loaded.describe(table_path) + flood_limit(loaded.table.knock_ports()),
         how=loaded.how, pending=loaded.kept,
-        protected=table.show_ports(loaded.table.protected()), knock_port=report.port)
+        protected=nft_table.show_ports(loaded.table.protected()), knock_port=report.port)
     return 0
 
 
@@ -110,8 +111,9 @@ def flood_limit(ports: list | None) -> str:
 def configured_knock_port(config_path: str) -> tuple[int | None, str]:
     """(the knock port of the server key the config names, which `gnocchi setup` gave
     gnocchi.socket, or None; why not)."""
-    from gnocchi import config, keys  # loads nacl: called after the table is back
-    from gnocchi.protocol import knock_port
+    from gnocchi.server import config
+    from gnocchi.shared import keys  # loads nacl: called after the table is back
+    from gnocchi.shared.protocol import knock_port
     try:
         return knock_port(keys.load_server_key(config.load(config_path).server_key_file)), ""
     except (config.ConfigError, keys.KeyFileError) as e:
@@ -120,8 +122,8 @@ def configured_knock_port(config_path: str) -> tuple[int | None, str]:
 
 def unload() -> int:
     try:
-        was = table.unload()
-    except table.TableError as e:
+        was = nft_table.unload()
+    except nft_table.TableError as e:
         log("disarmed", f"disarming failed: {e}", priority=2)
         return 1
     if was:  # after a refused first arming there was nothing to remove, nothing to say
@@ -151,14 +153,14 @@ def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False
     if not intent_known and not meant_to_be_armed():
         return 0
     try:
-        if table.live() is not None:
+        if nft_table.live() is not None:
             return 0
-    except table.TableError as e:
+    except nft_table.TableError as e:
         log("table-missing", f"cannot read table inet gnocchi after {by}: {e}")
         return 1
     # Load first, log after: every millisecond here the protected ports are open.
     # No `gnocchi check`: this restores what was armed a moment ago.
-    proc = table.nft("-f", table_path)
+    proc = nft_table.nft("-f", table_path)
     if proc.returncode != 0:
         log("table-missing", f"table inet gnocchi is MISSING while gnocchi is armed (removed by "
             f"{by}) and could not be loaded again: {proc.stderr.strip()}; the protected ports "
@@ -166,7 +168,7 @@ def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False
         return 1
     # The flood limit's port comes second: it guards the verifier, not the ports.
     port, why = configured_knock_port(config_path)
-    limited = (flood_limit([port] if table.set_knock_port(port) else None) if port else
+    limited = (flood_limit([port] if nft_table.set_knock_port(port) else None) if port else
                f"; NO per-source flood limit: cannot tell the knock port: {why}")
     log("table-missing", f"table inet gnocchi was MISSING while gnocchi is armed (removed by "
         f"{by}): the protected ports were open; re-armed from {table_path}{limited}", by=by,
@@ -181,7 +183,7 @@ def watch(config_path: str, table_path: str) -> int:
     """Follow the kernel's table events; put table inet gnocchi back whenever it goes.
     Runs only while gnocchi-arm.service is active (gnocchi-watch.service is bound to it
     and stops before it), so a missing table here always means "meant to be armed"."""
-    monitor = subprocess.Popen([table.NFT, "monitor", "tables"], stdout=subprocess.PIPE)
+    monitor = subprocess.Popen([nft_table.NFT, "monitor", "tables"], stdout=subprocess.PIPE)
     by = "a ruleset flush outside gnocchi: `nft flush ruleset` or a firewall tool"
     settle_then_rearm(config_path, table_path, by)  # also what happened while it was down
     fd = monitor.stdout.fileno()
@@ -201,7 +203,7 @@ def settle_then_rearm(config_path: str, table_path: str, by: str, patience: floa
     then puts the table back (and the journal names it), possibly after more than one
     flush (a restart flushes twice), so wait until it is done, within reason."""
     deadline = time.monotonic() + patience
-    while table.live() is None:
+    while nft_table.live() is None:
         state = systemctl("is-active", "nftables.service").stdout.strip()
         if state not in ("activating", "deactivating", "reloading") or \
                 time.monotonic() > deadline:
@@ -222,7 +224,7 @@ def table_main(argv: list[str]) -> int:
                         "active and the table is missing; watch: rearm whenever the "
                         "table goes (gnocchi-watch.service)")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
-    p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
     p.add_argument("--by", default="a ruleset flush", metavar="WHAT",
                    help="rearm: what removed the table, for the journal")
     args = p.parse_args(argv[1:])
@@ -347,7 +349,7 @@ def confirm(force: bool) -> int:
         print("gnocchi arm: no trial arming to confirm; start one with "
               "`gnocchi arm --trial SECONDS`", file=sys.stderr)
         return 1
-    if table.live() is None or systemctl("is-active", "--quiet", SOCKET).returncode != 0:
+    if nft_table.live() is None or systemctl("is-active", "--quiet", SOCKET).returncode != 0:
         print("gnocchi arm: NOT confirming: gnocchi is not armed and listening right now "
               "(`gnocchi status` says why)", file=sys.stderr)
         return 1
@@ -398,7 +400,7 @@ def disarm() -> int:
         return 1
     # gnocchi-arm.service was started first, so it stops just after the socket.
     for _ in range(100):
-        if table.live() is None and systemctl("is-active", "--quiet",
+        if nft_table.live() is None and systemctl("is-active", "--quiet",
                                               ARM_UNIT).returncode != 0:
             print("gnocchi: NOT ARMED: disarmed; table inet gnocchi is removed and nothing "
                   "listens. To arm again: gnocchi arm --trial SECONDS")

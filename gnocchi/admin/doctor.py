@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from gnocchi import check, status, table
+from gnocchi.admin import check, nft_table, status
 
 HELPER_DIR = "/run/gnocchi"
 
@@ -42,7 +42,7 @@ class Doctor:
         self.cfg = None
         self.port: int | None = None
         self.server_key: bytes | None = None
-        self.live: table.Table | None = None
+        self.live: nft_table.Table | None = None
 
     def add(self, ok: bool, what: str, bad: str = "", fix: str = "", good: str = "",
             warn: bool = False) -> bool:
@@ -53,8 +53,8 @@ class Doctor:
     # ---- the checks, in the order a setup is built ------------------------------
 
     def files(self) -> None:
-        from gnocchi import config as server_config
-        from gnocchi import keys
+        from gnocchi.server import config as server_config
+        from gnocchi.shared import keys
         for path in (self.config_path, self.table_path):
             loose = check.loose_mode(path)
             self.add(loose is None, f"{path} is root's alone", *(_split(loose) if loose else ()))
@@ -66,19 +66,19 @@ class Doctor:
             return
         try:
             self.server_key = keys.load_server_key(self.cfg.server_key_file)
-            from gnocchi.protocol import knock_port
+            from gnocchi.shared.protocol import knock_port
             self.port = knock_port(self.server_key)
             self.add(True, "the server key", good=f"{self.cfg.server_key_file}: 0600, knock "
                      f"port {self.port}/udp")
         except keys.KeyFileError as e:
             self.add(False, "the server key", e.problem, e.fix or "see docs/install.md, step 3")
         try:
-            table.test_load(self.table_path)
+            nft_table.test_load(self.table_path)
             self.add(True, "the table file loads", good=self.table_path)
-        except table.TableError as e:
+        except nft_table.TableError as e:
             self.add(False, "the table file loads", str(e),
                      f"fix {self.table_path} (the original: /usr/share/gnocchi/gnocchi.nft)")
-        from gnocchi import counters
+        from gnocchi.server import counters
         if os.access(self.cfg.state_dir, os.R_OK | os.X_OK):
             try:
                 counters.Store(self.cfg.state_dir).load()
@@ -154,8 +154,8 @@ class Doctor:
 
     def armed(self) -> None:
         try:
-            self.live = table.live()
-        except table.TableError as e:
+            self.live = nft_table.live()
+        except nft_table.TableError as e:
             self.add(False, "table inet gnocchi is loaded", str(e))
             return
         if not self.add(self.live is not None, "table inet gnocchi is loaded (armed)",
@@ -166,7 +166,7 @@ class Doctor:
         protected = self.live.protected()
         self.findings.pop()  # the line above, said again with what it protects
         self.add(True, "table inet gnocchi is loaded (armed)",
-                 good=f"protecting {table.show_ports(protected)}")
+                 good=f"protecting {nft_table.show_ports(protected)}")
         if self.port is not None:
             limited = self.live.knock_ports()
             self.add(limited == [self.port], "the table limits floods on the knock port",
@@ -179,7 +179,7 @@ class Doctor:
             return
         for c in self.cfg.clients:
             for o in c.allow:
-                self.add(table.covers(protected.get(o.proto, []), o.port),
+                self.add(nft_table.covers(protected.get(o.proto, []), o.port),
                          f"clients.{c.name} may open {o.port}/{o.proto}: it is protected",
                          "not in the live table's protected set: the helper refuses it",
                          f"add {o.port} to set protected_{o.proto} in {self.table_path}, then "
@@ -189,7 +189,7 @@ class Doctor:
     def own_ruleset(self) -> None:
         if self.port is None:
             return
-        proc = table.nft("-j", "list", "ruleset")
+        proc = nft_table.nft("-j", "list", "ruleset")
         if proc.returncode != 0:
             self.add(False, "the ruleset can be read", proc.stderr.strip(), "run as root")
             return
@@ -235,7 +235,7 @@ class Doctor:
         if self.cfg is None or self.server_key is None or self.live is None:
             self.add(False, what, "skipped: fix the failures above first", warn=True)
             return
-        from gnocchi import keys, knock_request
+        from gnocchi.shared import keys, knock_request
         try:
             public = keys.public_of(keys.load_secret(key_file))
         except keys.KeyFileError as e:
@@ -264,7 +264,7 @@ class Doctor:
         # client one (gnocchi/__init__.py), and this is what a user's knock does.
         client_run = subprocess.run(
             [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-             "from gnocchi.knock import main; sys.exit(main(sys.argv[1:]))",
+             "from gnocchi.client.knock import main; sys.exit(main(sys.argv[1:]))",
              os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
              "--server-key-file", self.cfg.server_key_file, "--client-key-file", key_file,
              "--open", f"{port}/tcp", address], capture_output=True, text=True, timeout=30)
@@ -364,7 +364,7 @@ def reach(objects: list[dict], port: int) -> dict[tuple, tuple[str, str]]:
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
     found = {}
     for key, c in chains.items():
-        if c.get("hook") != "input" or (key[0], key[1]) == (table.FAMILY, table.NAME):
+        if c.get("hook") != "input" or (key[0], key[1]) == (nft_table.FAMILY, nft_table.NAME):
             continue
         if key[0] not in ("ip", "ip6", "inet"):
             continue
@@ -499,7 +499,7 @@ def main(argv=None) -> int:
                     "client key, and whether your own firewall lets knocks in. Each failure "
                     "comes with its fix. Exit 0 only when all pass. Changes nothing.")
     p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
-    p.add_argument("--table", default=table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
     p.add_argument("--self-knock", metavar="CLIENT_KEY_FILE",
                    help="knock this host's own address with this client key (one kept for "
                         "this only) and check that one connection passes, then none")

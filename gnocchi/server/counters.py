@@ -41,8 +41,8 @@ import struct
 from nacl.encoding import RawEncoder
 from nacl.hash import blake2b
 
-from gnocchi import durable
-from gnocchi.protocol import MAX_COUNTER
+from gnocchi.shared import durable
+from gnocchi.shared.protocol import MAX_COUNTER
 
 FILE_NAME = "counters"
 HEADER = "# gnocchi counters v1\n"

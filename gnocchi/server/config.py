@@ -4,7 +4,7 @@ Trusts the config file's author, not the file's spelling: every key is checked,
 unknown keys are errors (a typo must not silently drop a restriction), and
 every ConfigError names the file and the key path, e.g.
 "/etc/gnocchi/gnocchi.toml: clients.alice.allow[1]: '22/sctp' is not PORT,
-PORT/tcp or PORT/udp" (gnocchi.checked_toml, shared with the client's
+PORT/tcp or PORT/udp" (gnocchi.shared.checked_toml, shared with the client's
 profiles). A Config that loads is consistent: every client's actions exist,
 its default request (one port or several) is one it is allowed, and no public
 key belongs to two clients.
@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from gnocchi import checked_toml, knock_request
-from gnocchi.keys import parse_public_hex
+from gnocchi.shared import checked_toml, knock_request
+from gnocchi.shared.keys import parse_public_hex
 
 DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
 DEFAULTS = {

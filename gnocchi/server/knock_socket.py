@@ -24,7 +24,7 @@ import sys
 from nacl._sodium import ffi
 from systemd import daemon
 
-from gnocchi import protocol
+from gnocchi.shared import protocol
 
 IP_PKTINFO = 8  # Linux (struct in_pktinfo: ifindex, spec_dst, addr); Python 3.11's socket lacks it
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from gnocchi import table
+from gnocchi.admin import nft_table
 
 HELPER_SOCKET = "/run/gnocchi/helper.sock"
 DECISIONS = 5
@@ -64,7 +64,7 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     try:
         from systemd import journal
 
-        from gnocchi import audit
+        from gnocchi.admin import audit
     except ImportError:
         return []
     reader = journal.Reader()
@@ -86,9 +86,9 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
 
 def knock_port(config_path: str) -> tuple[int | None, str, list[str], list[str]]:
     """(port, server key fingerprint, client lines, problems) from the config and the key."""
-    from gnocchi import config as server_config
-    from gnocchi import keys
-    from gnocchi.protocol import knock_port as port_of
+    from gnocchi.server import config as server_config
+    from gnocchi.shared import keys
+    from gnocchi.shared.protocol import knock_port as port_of
     try:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
@@ -106,8 +106,8 @@ def knock_port(config_path: str) -> tuple[int | None, str, list[str], list[str]]
 def report(config_path: str) -> tuple[int, list[str]]:
     lines: list[str] = []
     try:
-        live = table.live()
-    except table.TableError as e:
+        live = nft_table.live()
+    except nft_table.TableError as e:
         return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = arm == "active" or sock == "active"
@@ -126,7 +126,7 @@ def report(config_path: str) -> tuple[int, list[str]]:
                      "systemctl enable --now gnocchi.socket")
     else:
         status = 0
-        ports = table.show_ports(live.protected())
+        ports = nft_table.show_ports(live.protected())
         lines.append(f"gnocchi: ARMED: table inet gnocchi is loaded, protecting {ports}"
                      + ("" if arm == "active" else
                         f" (but gnocchi-arm.service is {arm}: loaded by hand?)"))
@@ -171,7 +171,7 @@ def flood_line(limited: list | None, port: int) -> str:
 def trial_line() -> str | None:
     """A pending automatic disarm (`gnocchi arm --trial`), if one is scheduled."""
     try:
-        from gnocchi import arming
+        from gnocchi.admin import arming
     except ImportError:
         return None
     left = arming.trial_seconds_left()

@@ -2,7 +2,7 @@
 
 Runs as the user, with the user's own keys and config; trusts its command
 line, profile file and key files only as far as their checked formats (keys
-through gnocchi.keys, profiles through gnocchi.profile). The server never
+through gnocchi.shared.keys, profiles through gnocchi.client.profile). The server never
 answers, so the only input from the network is the TCP stream relayed in
 --proxy mode, which is copied byte for byte and never interpreted.
 
@@ -20,7 +20,8 @@ import socket
 import sys
 import time
 
-from gnocchi import durable, keys, knock_request, profile, protocol
+from gnocchi.shared import durable, keys, knock_request, protocol
+from gnocchi.client import profile
 
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3

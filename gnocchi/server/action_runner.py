@@ -22,7 +22,8 @@ import struct
 import sys
 from dataclasses import dataclass
 
-from gnocchi import actions, config, protocol, strict
+from gnocchi.server import actions, config, strict
+from gnocchi.shared import protocol
 
 REQUEST = struct.Struct("!BBBBH16s")  # version, family, name len, client len, payload len, address
 REPLY = struct.Struct("!BBi")         # version, kind, exit status; then output or why, bounded
