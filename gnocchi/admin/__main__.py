@@ -20,9 +20,9 @@ COMMANDS = {
     "audit": ("gnocchi.admin.audit", "summarise the journal's gnocchi entries"),
     "recover-counters": ("gnocchi.admin.recover_counters", "replace a lost counter store: every knock up to now is a replay"),
     "check": ("gnocchi.admin.check", "check config, keys, knock port, table file; 0 if all is well"),
-    "table": ("gnocchi.admin.arming", "load/unload table inet gnocchi (what gnocchi-arm.service runs)"),
-    "arm": ("gnocchi.admin.arming", "arm: --trial SECONDS (disarms by itself), then --confirm"),
-    "disarm": ("gnocchi.admin.arming", "disarm now and for good (disable --now gnocchi.socket)"),
+    "table": ("gnocchi.admin.table", "load/unload table inet gnocchi (what gnocchi-arm.service runs)"),
+    "arm": ("gnocchi.admin.arm", "arm: --trial SECONDS (disarms by itself), then --confirm"),
+    "disarm": ("gnocchi.admin.arm", "disarm now and for good (disable --now gnocchi.socket)"),
     "doctor": ("gnocchi.admin.doctor", "check everything a server needs; each failure with its fix"),
     "status": ("gnocchi.admin.status", "ARMED or NOT ARMED (from the kernel), port, clients, pending"),
 }

@@ -6,7 +6,7 @@ asks systemd which port gnocchi.socket would listen on. Guarantees: exit 0
 only when the verifier could run and a configured client could open a
 protected port; otherwise every problem is named, each with its fix. The
 arming unit runs the same checks before it loads or reloads the table
-(gnocchi/admin/arming.py), so a server is never armed when nobody could knock in.
+(gnocchi/admin/table.py), so a server is never armed when nobody could knock in.
 """
 from __future__ import annotations
 

@@ -171,10 +171,10 @@ def flood_line(limited: list | None, port: int) -> str:
 def trial_line() -> str | None:
     """A pending automatic disarm (`gnocchi arm --trial`), if one is scheduled."""
     try:
-        from gnocchi.admin import arming
+        from gnocchi.admin import arm
     except ImportError:
         return None
-    left = arming.trial_seconds_left()
+    left = arm.trial_seconds_left()
     if left is None:
         return None
     return (f"gnocchi: TRIAL: disarms by itself in {left} s unless `gnocchi arm --confirm` "

@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 from nacl.secret import SecretBox
 
-from gnocchi.admin import arming, check, nft_table
+from gnocchi.admin import check, nft_table, table
 from gnocchi.shared import keys, protocol
 from support import (PYTHON, REPO, TABLE_FILE, Daemon, EchoServices, Helper, Keys, Net, inside,
                      knock, load_table, send_datagrams, write_config)
@@ -286,7 +286,7 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
 
     setup()
     with inside(net.server):
-        assert arming.load(str(config), str(table_path)) == 0
+        assert table.load(str(config), str(table_path)) == 0
     assert live_knock_ports() == [k.port]
     net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
                    f"{{ {net.client.ip} . tcp . 22 timeout 30s }}")  # a knock pending
@@ -307,7 +307,7 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
             f"key's knock port is {protocol.knock_port(new)}") in said.stderr
 
     with inside(net.server):
-        assert arming.load(str(config), str(table_path)) == 0  # systemctl reload gnocchi-arm
+        assert table.load(str(config), str(table_path)) == 0  # systemctl reload gnocchi-arm
     assert live_knock_ports() == [protocol.knock_port(new)]
     with inside(net.server):
         assert [str(p.address) for p in nft_table.live().pending()] == [net.client.ip], \
@@ -316,7 +316,7 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     # A flush, and the re-arm after it (nftables.service's drop-in, gnocchi-watch).
     net.server.nft("flush", "ruleset")
     with inside(net.server):
-        assert arming.rearm(str(config), str(table_path), "a test's flush", intent_known=True) == 0
+        assert table.rearm(str(config), str(table_path), "a test's flush", intent_known=True) == 0
     assert live_knock_ports() == [protocol.knock_port(new)]
     said = net.server.run([PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config),
                            "--table", str(table_path), "--unit-dir", str(units)],
