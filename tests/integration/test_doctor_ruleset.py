@@ -1,4 +1,4 @@
-"""gnocchi doctor's reading of the admin's own rules (gnocchi/admin/doctor.py: reach): would a
+"""gnocchi doctor's reading of the admin's own rules (gnocchi/admin/chains.py: reach): would a
 knock, a new UDP datagram to the knock port from anywhere, get through each input chain
 that is not gnocchi's? Each ruleset is loaded into a real kernel (a test namespace) and
 read back with `nft -j`, exactly as doctor reads it.
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gnocchi.admin import doctor
+from gnocchi.admin import chains
 from support import TABLE_FILE, Net
 
 PORT = 40123
@@ -28,7 +28,7 @@ def verdicts(host, rules: str) -> dict:
         for line in host.nft("list", "tables").stdout.splitlines():
             if line != "table inet gnocchi":
                 host.nft("delete", *line.split())
-    found = doctor.reach([o for o in listing if "metainfo" not in o], PORT)
+    found = chains.reach([o for o in listing if "metainfo" not in o], PORT)
     return {" ".join(k): v[0] for k, v in found.items()}
 
 
@@ -73,4 +73,4 @@ def test_reach(host, what, rules, expected):
 
 def test_no_chain_but_gnocchis_means_nothing_to_judge(host):
     listing = json.loads(host.nft("-j", "list", "ruleset").stdout)["nftables"]
-    assert doctor.reach([o for o in listing if "metainfo" not in o], PORT) == {}
+    assert chains.reach([o for o in listing if "metainfo" not in o], PORT) == {}
