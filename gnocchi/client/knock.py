@@ -7,91 +7,28 @@ answers, so the only input from the network is the TCP stream relayed in
 --proxy mode, which is copied byte for byte and never interpreted.
 
 Guarantees: a counter is used at most once per (server key, client key) on
-this machine. It is taken under an exclusive file lock, and the new value is
-written, fsynced and renamed into place before the packet is sent.
+this machine (client/counter.py stores it durably before the packet is sent).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import select
 import socket
 import sys
 import time
 
-from gnocchi.shared import durable, keys, knock_request, protocol
+from gnocchi.client import counter as client_counter
 from gnocchi.client import profile
+from gnocchi.shared import keys, knock_request, protocol
 
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
 RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refused at once
-_COUNTER_TEXT = re.compile(rb"[0-9]{1,34}\n")
 
 
 class KnockError(Exception):
     """Anything that stops a knock; the message is one line for the user."""
-
-
-# Paths are str and os.path, not pathlib: importing pathlib (with urllib.parse
-# and ipaddress) costs the client's start ~3 ms.
-def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "state")
-    return os.path.join(base, "gnocchi")
-
-
-def clock_floor() -> int:
-    """The lowest counter a knock may take: the clock in nanoseconds.
-
-    Each counter is max(stored + 1, clock), so counters follow the clock and
-    stay above it only by the knocks sent within one nanosecond. A fresh
-    state (lost, new machine) starts above every counter this key used
-    before, and a server that recovered its lost store with a floor of "now"
-    (`gnocchi recover-counters`) accepts the next knock: both recover
-    without the other side's help (docs/client.md). The clock needs 64 bits
-    until 2262; the counter has 112.
-    """
-    return time.time_ns()
-
-
-def counter_path(state_dir, server_key: bytes, client_public: bytes) -> str:
-    """One file per (server key, client key), named by a hash: the secret never appears."""
-    name = protocol.blake2b(server_key + client_public, 16, person=b"gnocchi-counter").hex()
-    return os.path.join(state_dir, f"{name}.counter")
-
-
-def take_counter(path: str) -> int:
-    """Store and return the next counter: max(stored + 1, the clock floor)."""
-    state_dir = os.path.dirname(path)
-    try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)  # the mode is the last one's only
-        lock_fd = os.open(os.path.splitext(path)[0] + ".lock",
-                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise KnockError(f"counter state {state_dir}: {e.strerror}") from None
-    try:
-        durable.lock_exclusive(lock_fd)  # held until the new value is durable
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(64)
-        except FileNotFoundError:
-            raw = None
-        if raw is None:
-            counter = clock_floor()
-        elif _COUNTER_TEXT.fullmatch(raw):
-            counter = max(int(raw) + 1, clock_floor())
-        else:
-            raise KnockError(f"{path}: corrupt counter file; fix: remove it, the next knock "
-                             "then takes its counter from the clock (see docs/client.md)")
-        if counter > protocol.MAX_COUNTER:
-            raise KnockError(f"{path}: counter exhausted; fix: make a new client key")
-        durable.replace_file(path, b"%d\n" % counter, 0o600)
-    except OSError as e:
-        raise KnockError(f"{path}: cannot store the counter: {e.strerror}") from None
-    finally:
-        os.close(lock_fd)  # releases the lock
-    return counter
 
 
 def check_request(text: str) -> bytes:
@@ -165,12 +102,13 @@ class Knock:
         self.port = protocol.knock_port(self.server_key)
         self.family, self.address = resolve(host, self.port, need_ipv4=sign_ip is None)
         self.sign_ip = socket.inet_aton(sign_ip or self.address)
-        self.counter_file = counter_path(state_dir, self.server_key, keys.public_of(self.seed))
+        self.counter_file = client_counter.counter_path(state_dir, self.server_key,
+                                                        keys.public_of(self.seed))
         self.request = request
 
     def send(self) -> int:
         """Take a counter, store it, then send; returns the counter."""
-        counter = take_counter(self.counter_file)
+        counter = client_counter.take_counter(self.counter_file)
         packet = protocol.build_packet(self.server_key, self.seed, counter, self.request,
                                        self.sign_ip)
         try:
@@ -362,7 +300,8 @@ def build(args) -> Knock:
         if prof and text == prof.request and args.request is None:
             raise KnockError(f"{config}: profiles.{prof.name}.request: {e}") from None
         raise
-    return Knock(host, server_key_file, client_key_file, args.state_dir or default_state_dir(),
+    state_dir = args.state_dir or client_counter.default_state_dir()
+    return Knock(host, server_key_file, client_key_file, state_dir,
                  sign_ip, request)
 
 
@@ -399,7 +338,8 @@ def main(argv=None) -> int:
             counter = knock.send()
             say(f"knocked {knock.address} port {knock.port} (server key "
                 f"{keys.fingerprint(knock.server_key)}, counter {counter})")
-    except (KnockError, keys.KeyFileError, profile.ProfileError) as e:
+    except (KnockError, client_counter.CounterError, keys.KeyFileError,
+            profile.ProfileError) as e:
         print(f"gnocchi-knock: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
