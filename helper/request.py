@@ -49,17 +49,17 @@ def parse(msg: bytes) -> Request | int:
     if len(set(entries)) != count:
         return BAD_DUPLICATE
     address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
-    if family not in (4, 6) or family == 4 and raw[4:] != bytes(12) or not knockable(address):
+    if family not in (4, 6) or family == 4 and raw[4:] != bytes(12) or unknockable(address):
         return BAD_ADDRESS
     if any(port == 0 for _, port in entries):
         return NOT_PROTECTED
     return Request(address, tuple((PROTOCOLS[n], port) for n, port in entries), deadline_ms)
 
 
-def knockable(a) -> bool:
-    """Unicast, global or private; README.md here lists what is not."""
-    if a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved:
-        return False
-    if a.version == 4:
-        return a not in THIS_NETWORK
-    return not a.is_site_local and not any(a in net for net in EMBEDDING_IPV4)
+def unknockable(a) -> str | None:
+    """Why no knock may open for a, or None: the verifier's rule (knock_socket.py), twin."""
+    if a.version == 6 and any(a in net for net in EMBEDDING_IPV4):
+        return "an IPv6 address that embeds an IPv4 address"
+    if (a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved
+            or (a.is_site_local if a.version == 6 else a in THIS_NETWORK)):
+        return "not a unicast address a client can knock from"

@@ -198,6 +198,18 @@ class Datagrams:
         tail = self._boxes[i].raw[protocol.BOXZERO_LEN:]
         return (self._nonces[i].raw + tail)[:self.length(i)]
 
+    def tag(self, i: int) -> bytes:
+        """Datagram i's NONCE and MAC: what tells one packet from another."""
+        mac = ctypes.string_at(ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN,
+                               protocol.MAC_LEN)
+        return self._nonces[i].raw + mac
+
+    def plaintext(self, i: int) -> bytes:
+        """What protocol.unseal last opened into `opened`: datagram i's, right after it."""
+        start = 2 * protocol.BOXZERO_LEN
+        return ffi.buffer(self.opened, start + self.length(i) - protocol.NONCE_LEN
+                          - protocol.MAC_LEN)[start:]
+
     def sender(self, i: int) -> tuple:
         """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""
         h = self._headers[i].msg_hdr
@@ -246,14 +258,16 @@ def addresses(sockaddr, ancdata) -> tuple:
 
 
 def unknockable(source) -> str | None:
-    """Why no knock is accepted from this source address, or None. The
-    helper refuses the same addresses (helper/request.py: knockable)."""
+    """Why no knock is accepted from this source address, or None: the one source
+    rule, before anything is stored. The helper refuses the same addresses
+    (helper/request.py: unknockable, its twin; tests/test_contract.py pins them)."""
     if source.version == 6 and any(source in net for net in EMBEDDING_IPV4):
-        return "an IPv6 address that embeds an IPv4 address (mapped, compatible, 6to4, Teredo or NAT64)"
+        return ("the source is an IPv6 address that embeds an IPv4 address (mapped, "
+                "compatible, 6to4, Teredo or NAT64)")
     if (source.is_unspecified or source.is_multicast or source.is_loopback
             or source.is_link_local or source.is_reserved
             or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)):
-        return "not a unicast address a client can knock from"
+        return "the source is not a unicast address a client can knock from"
     return None
 
 

@@ -1,12 +1,11 @@
 """`gnocchi serve`: the verifier daemon behind gnocchi.service.
 
 Trusts its config, server key and counter store; nothing in a packet. Each
-datagram: steps 1-2 where it lies (protocol.unseal), then open_packet, the
-counter stored durably (step 8) before the request is parsed, then the
-client's policy, and the helper (`open`) or the action socket (`run`, never
-waited for). It never sends a datagram, catches no exception it does not
-expect (systemd restarts it), keeps bounded state (RECENT tags, 4096 rate
-buckets per kind), and stops when its counter store fails (fail closed).
+datagram: steps 1-2 where it lies (protocol.unseal, once), steps 3-7, the
+source and client policy, the counter stored durably (step 8), the request,
+then the helper (`open`) or the action socket (`run`, never waited for). It
+never sends a datagram, catches no exception it does not expect (systemd
+restarts it), keeps bounded state, and stops when its store fails.
 """
 from __future__ import annotations
 
@@ -17,12 +16,12 @@ import signal
 import socket
 import sys
 
-from gnocchi.server import action_client, actions, config, counters, events, helper_client, knock_socket, ratelimit, strict
+from gnocchi.server import (action_client, actions, config, counters, events, helper_client,
+                            knock_socket, ratelimit, strict)
 from gnocchi.shared import keys, knock_request, protocol
 
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, overdue actions)
 RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
-EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
 # A client knocks a few times for a login (ProxyCommand retries 3 times), a
 # script a few a minute: these limits never touch that, and keep one client,
 # or one address, from spending the disk, the journal and the helper for all.
@@ -50,36 +49,38 @@ class Verifier:
     def server_ips(self, dest) -> tuple[bytes, ...]:
         return self.fixed_ips or ((dest.packed,) if dest is not None and dest.version == 4 else ())
 
-    def handle(self, packet: bytes, source, dest) -> None:
-        tag = packet[:protocol.NONCE_LEN + protocol.MAC_LEN]
+    def handle(self, tag: bytes, plaintext: bytes, source, dest) -> None:
+        # A datagram past steps 1-2: tag is its NONCE and MAC, plaintext what they sealed.
         if tag in self.recent:
             # The very bytes of a packet already decided (a captured knock sent
             # again and again): dropped without a second signature check.
             self.log.drop("repeated")
             return
+        self.recent[tag] = None
+        if len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
         server_ips = self.server_ips(dest)
-        result = protocol.open_packet(packet, self.key, self.last_counter, server_ips)
-        if not (isinstance(result, protocol.Rejected) and result.reason in EARLY):
-            self.recent[tag] = None
-            if len(self.recent) > RECENT:
-                del self.recent[next(iter(self.recent))]
+        result = protocol.open_plaintext(tag[:protocol.NONCE_LEN], plaintext, self.key,
+                                         self.last_counter, server_ips)
         if isinstance(result, protocol.Rejected):
             self.rejected(result, source, server_ips)
             return
         client = self.clients[result.client_key]
+        if why := knock_socket.unknockable(source) or client.refusal(source, self.now()):
+            # The source rule and the client's own policy, first: a stolen key used
+            # from elsewhere costs no write, spends nothing (not even in memory, so
+            # it cannot raise the real client's counter), and its entries share the
+            # log's budget.
+            self.log.limited("refused", f"knock for client {client.name} from {source} "
+                             f"refused: {why}; counter not stored", client=client.name,
+                             client_key=result.client_key.hex(), source_ip=source, reason=why)
+            return
         if not (self.client_limit.allow(result.client_key) and self.address_limit.allow(source)):
             # Over its limit: dropped before the disk or the helper, counted in the
             # interval's summary; the counter is spent in memory, so the packet
             # cannot be replayed while this verifier runs.
             self.store.note(result.client_key, result.counter)
             self.log.over_limit(client.name)
-            return
-        if why := client.refusal(source, self.now()):
-            # The client's own policy, before anything is stored: a stolen key used
-            # from elsewhere costs no write, and its entries share the budget.
-            self.log.limited("refused", f"knock for client {client.name} from {source} "
-                             f"refused: {why}; counter not stored", client=client.name,
-                             client_key=result.client_key.hex(), source_ip=source, reason=why)
             return
         # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
         self.store.commit(result.client_key, result.counter)
@@ -90,9 +91,7 @@ class Verifier:
             shown = knock_request.show(result.data)
         else:
             request, shown = client.default, "(empty: the client's default)"
-        if why := knock_socket.unknockable(source):
-            self.refuse(client, common, shown, f"the source {source} is {why}", said="a knock")
-        elif request is None:
+        if request is None:
             self.refuse(client, common, shown, "this client has no default request")
         elif isinstance(request, knock_request.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
@@ -210,7 +209,8 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                                              datagrams.boxes[i], datagrams.opened, verifier.key):
                     log.drop(reason)
                     continue
-                verifier.handle(datagrams.packet(i), *knock_socket.addresses(*datagrams.sender(i)))
+                verifier.handle(datagrams.tag(i), datagrams.plaintext(i),
+                                *knock_socket.addresses(*datagrams.sender(i)))
 
 
 def interval(text: str) -> float:

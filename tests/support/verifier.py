@@ -14,12 +14,27 @@ import subprocess
 import time
 from pathlib import Path
 
+from nacl._sodium import ffi
+
 from gnocchi.server import counters
 from gnocchi.shared import keys, protocol
 from support.netns import Net
 from support.processes import PYTHON, REPO, events, stop
 
 SHOW_ACTION = Path(__file__).with_name("show_action.py")
+
+
+def handle(verifier, packet: bytes, source, dest) -> None:
+    """One datagram's bytes through the verifier as serve() takes it: steps 1-2
+    (protocol.unseal, a drop counted on failure), then Verifier.handle."""
+    nonce = packet[:protocol.NONCE_LEN]
+    box = bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:]
+    opened = ffi.new("unsigned char[]", len(box))
+    if reason := protocol.unseal(len(packet), nonce, box, opened, verifier.key):
+        verifier.log.drop(reason)
+        return
+    plaintext = ffi.buffer(opened)[2 * protocol.BOXZERO_LEN:]
+    verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], plaintext, source, dest)
 
 
 class Keys:

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from support import HelperRecorder, Keys
+from support.verifier import handle
 
 from gnocchi.server import config, counters, events, verifier
 from gnocchi.shared import protocol
@@ -68,7 +69,7 @@ class Stack:
         self.counter += 1
         packet = protocol.build_packet(self.k.server, self.k.seeds["alice"], self.counter,
                                        data, self.dst.packed)
-        self.v.handle(packet, ipaddress.ip_address(source), self.dst)
+        handle(self.v, packet, ipaddress.ip_address(source), self.dst)
         return self.sent[-1]
 
 
@@ -88,6 +89,24 @@ def test_a_knock_from_outside_the_sources_is_refused_and_not_stored(stack):
     assert stack.knock("198.51.100.20")["GNOCCHI_EVENT"] == "accepted"
     assert stack.knock("2001:db8:0:1::5")["GNOCCHI_EVENT"] == "accepted"
     assert len(stack.helper.messages) == 2
+
+
+def test_a_knock_from_a_source_no_client_may_use_is_refused_before_anything_is_stored(tmp_path):
+    # The source rule (an IPv6 source embedding IPv4, loopback, multicast...) is the
+    # same check point as the client's own sources: no write, no helper request,
+    # and the real client's next knock (a lower counter) is not made a replay.
+    s = Stack(tmp_path, "")
+    try:
+        s.counter = 10
+        entry = s.knock("::ffff:198.51.100.7")
+        assert entry["GNOCCHI_EVENT"] == "refused" and "GNOCCHI_COUNTER" not in entry
+        assert "embeds an IPv4 address" in entry["MESSAGE"]
+        assert s.store.last(bytes.fromhex(s.k.public("alice"))) == 0
+        assert s.helper.messages == []
+        s.counter = 1
+        assert s.knock("198.51.100.7")["GNOCCHI_EVENT"] == "accepted"
+    finally:
+        s.helper.close()
 
 
 def test_an_expired_client_is_refused_from_that_day_on(stack):

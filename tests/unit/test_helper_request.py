@@ -42,7 +42,7 @@ def test_well_formed_requests(family, entries, raw, deadline):
     address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
     if len(set(entries)) != len(entries):
         assert out == rq.BAD_DUPLICATE
-    elif not rq.knockable(address):
+    elif rq.unknockable(address):
         assert out == rq.BAD_ADDRESS
     elif any(port == 0 for _, port in entries):
         assert out == rq.NOT_PROTECTED
