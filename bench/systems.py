@@ -39,8 +39,8 @@ from lab import Lab, run
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gnocchi.server import counters, verifier
-from gnocchi.shared import keys, protocol  # noqa: E402  (it seals knocks itself)
-from nacl.secret import SecretBox  # noqa: E402
+from gnocchi.shared import keys, protocol  # it seals knocks itself
+from nacl.secret import SecretBox
 
 PY = "/usr/bin/python3"
 TABLE_FILE = REPO / "nft" / "gnocchi.nft"
@@ -61,7 +61,8 @@ ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
             'LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"')
 # gnocchi-knock as the package installs it (packaging/bin/gnocchi-knock):
 # `python3 -I`, the modules' directory put first on sys.path.
-LAUNCHER = "import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; sys.exit(main())"
+LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; "
+            "sys.exit(main())")
 SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.admin.__main__ import main; "
                   "sys.exit(main())")  # packaging/bin/gnocchi
 assert getattr(verifier, "RECENT", 0) < POOL, "bench: make POOL larger than verifier.RECENT"
@@ -81,7 +82,7 @@ class LogTail:
         self.classify = classify
         self.changed = threading.Condition()
         self.done = threading.Event()
-        self.file = open(path, encoding="utf-8", errors="replace")
+        self.file = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (close())
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
 

@@ -98,7 +98,7 @@ class Runs:
             conn.connect(self.path)
             conn.send(message)
             conn.setblocking(False)
-        except socket.timeout:
+        except TimeoutError:
             conn.close()
             raise RunnerUnreachable(f"{self.path} took no request within {SEND_TIMEOUT:g} s") \
                 from None

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 OUTPUT_LIMIT = 2048
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -27,7 +26,7 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 @dataclass(frozen=True)
 class Outcome:
-    returncode: Optional[int]  # None: it did not finish (timeout) or could not start
+    returncode: int | None     # None: it did not finish (timeout) or could not start
     output: bytes              # the first OUTPUT_LIMIT bytes of stdout and stderr
     problem: str = ""          # "" if it exited 0, else what went wrong, in words
     timed_out: bool = False    # killed at its timeout (returncode None without it: not started)

@@ -16,7 +16,6 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from gnocchi.shared import checked_toml, knock_request
 from gnocchi.shared.keys import parse_public_hex
@@ -50,12 +49,12 @@ class Client:
     name: str
     public_key: bytes
     allow: tuple[knock_request.Open, ...]
-    default: Optional[knock_request.Request]  # what an empty DATA means; None: refused
+    default: knock_request.Request | None  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
-    sources: tuple = ()                             # ip_networks; empty: any source
-    expires: Optional[datetime.datetime] = None     # aware; knocks from then on are refused
+    sources: tuple = ()                       # ip_networks; empty: any source
+    expires: datetime.datetime | None = None  # aware; knocks from then on are refused
 
-    def refusal(self, source, now: datetime.datetime) -> Optional[str]:
+    def refusal(self, source, now: datetime.datetime) -> str | None:
         """Why this client's knock from source at now is refused by its own policy, or None."""
         if self.expires is not None and now >= self.expires:
             return f"the client expired at {self.expires.isoformat()}"
@@ -188,8 +187,9 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
         try:
             sources.append(ipaddress.ip_network(text))
         except ValueError:
-            raise where.error(f"{key}.sources[{i}]", f"{text!r} is not an address or a network "
-                              "such as 198.51.100.0/24 or 2001:db8::/48 (no host bits set)") from None
+            raise where.error(f"{key}.sources[{i}]", f"{text!r} is not an address or a "
+                              "network such as 198.51.100.0/24 or 2001:db8::/48 (no host bits "
+                              "set)") from None
     expires = _expiry(where, value.get("expires"), f"{key}.expires")
     client = Client(name, public_key, tuple(allow), None, tuple(actions))
     if "default" in value:
@@ -205,7 +205,7 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
     return Client(name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires)
 
 
-def _expiry(where: _Where, value, key: str) -> Optional[datetime.datetime]:
+def _expiry(where: _Where, value, key: str) -> datetime.datetime | None:
     """A TOML date (from 00:00 UTC that day) or an offset date-time; None if absent."""
     if value is None:
         return None
@@ -215,6 +215,6 @@ def _expiry(where: _Where, value, key: str) -> Optional[datetime.datetime]:
                               f"{value.isoformat()}Z (UTC) or +HH:MM")
         return value
     if isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC)
     raise where.error(key, f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
                       f"with an offset, not {checked_toml.kind(value)}")

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 IDENTIFIER = "gnocchi"
 # One MESSAGE_ID per event kind; gnocchi/gnocchi.catalog explains each.
@@ -87,7 +87,8 @@ class EventLog:
         self._suppressed: Counter[str] = Counter()  # event -> entries over budget
         # Who, for two kinds of drop, so an admin can tell them apart; each
         # holds at most MAX_WHO names an interval (the rest count as "others").
-        self._who: dict[str, Counter[str]] = {"rate-limited": Counter(), "unknown-client": Counter()}
+        self._who: dict[str, Counter[str]] = {"rate-limited": Counter(),
+                                              "unknown-client": Counter()}
         self._spent = 0
 
     def event(self, event: str, message: str, **fields) -> None:

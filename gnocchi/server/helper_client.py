@@ -63,7 +63,7 @@ def request_open(socket_path: str, address, opens, deadline: float = DEADLINE,
             sent = True
             sock.settimeout(max(0.0, start + deadline + GRACE - clock()))
             reply = sock.recv(2)  # one byte expected; two lets a longer reply be seen
-    except (socket.timeout, OSError) as e:
+    except (TimeoutError, OSError) as e:
         why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
         if not sent:
             raise HelperUnreachable(f"not opened: {socket_path}: {why}") from None

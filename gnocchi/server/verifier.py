@@ -33,9 +33,9 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: events.EventLog, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+                 log: events.EventLog, now=lambda: datetime.datetime.now(datetime.UTC)):
         self.now = now  # wall clock, for clients' expiry
-        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
+        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
         self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
         self.cfg, self.key, self.store, self.log = cfg, server_key, store, log

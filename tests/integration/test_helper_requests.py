@@ -126,10 +126,11 @@ def test_valid_requests_add_exactly_their_element(server):
     host, helper = server
     before = ruleset(host)
     assert helper.send(VALID, request("fd00::7", 60001, 17)) == [S["OK"], S["OK"]]
+    about_30 = pytest.approx(30, abs=2)
     assert elements(host, "knocked4") == [
-        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": pytest.approx(30, abs=2)}]
+        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": about_30}]
     assert elements(host, "knocked6") == [
-        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": pytest.approx(30, abs=2)}]
+        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": about_30}]
     for name in ("knocked4", "knocked6"):
         host.nft("flush", "set", "inet", "gnocchi", name)
     assert ruleset(host) == before  # nothing else changed
@@ -239,7 +240,8 @@ def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
 
 
 def test_helper_refuses_bad_options():
-    for args, text in ((["--open-seconds", "0"], "1..3600"), (["--open-seconds", "3601"], "1..3600"),
+    for args, text in ((["--open-seconds", "0"], "1..3600"),
+                       (["--open-seconds", "3601"], "1..3600"),
                        (["--peer-user", "no-such-user-x"], "no such user"),
                        (["--peer-user", "nobody"], "expected 1 socket")):
         r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,

@@ -94,7 +94,7 @@ class Counting:
             try:
                 _, (ip, *_) = self.sock.recvfrom(2048)
                 self.by_source[ip] += 1
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
 
     def settle(self) -> Counter:

@@ -30,6 +30,7 @@ from support.verifier import Daemon, Keys, knock, write_config
 __all__ = ["ENTRY", "HEADER", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
            "request", "requested_ports", "Host", "Net", "inside", "PYTHON", "REPO", "events",
            "gnocchi_cli", "stop",
-           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "tcp_connect", "udp_socket",
+           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "send_paced", "tcp_connect",
+           "udp_socket",
            "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock",
            "write_config"]

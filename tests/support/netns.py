@@ -52,7 +52,7 @@ class Net:
         self.client = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
         self.server = Host(f"{self.prefix}s", f"198.18.{n}.2", f"fd00:198:18:{n:x}::2")
 
-    def __enter__(self) -> "Net":
+    def __enter__(self) -> Net:
         try:
             for host in (self.client, self.server):
                 sh("ip", "netns", "add", host.name)

@@ -10,7 +10,6 @@ trial arming.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
@@ -230,10 +229,10 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
     assert (f"knock port: {port}/udp, listening (gnocchi.socket active); "
             f"server key fingerprint {fingerprint}") in lines
     assert "  alice: 22/tcp" in lines
-    assert any(l.startswith(f"  {b.net.client.ip} tcp/22, ") and l.endswith(" s left")
-               for l in lines), out
+    assert any(line.startswith(f"  {b.net.client.ip} tcp/22, ") and line.endswith(" s left")
+               for line in lines), out
     assert "last entries (journalctl -u gnocchi):" in lines
-    assert any(" accepted " in l and "alice" in l for l in lines), out
+    assert any(" accepted " in line and "alice" in line for line in lines), out
     assert b.connect() == "hello"
 
 
@@ -448,7 +447,7 @@ def test_doctor_names_a_default_drop_chain_that_hides_the_knock_port_and_its_fix
                         f"fix: nft insert rule inet filter input udp dport {port} accept",
                         f"iptables -I INPUT -p udp --dport {port} -j ACCEPT",
                         f"ufw allow {port}/udp")
-        fix = next(l for l in out.splitlines() if "fix: nft insert rule" in l)
+        fix = next(line for line in out.splitlines() if "fix: nft insert rule" in line)
         b.net.server.run(fix.split("fix: ", 1)[1].split(" (")[0].split())  # as given
         healthy(b)
         b.net.server.nft("add", "rule", "inet", "filter", "input", "meta", "l4proto", "udp",

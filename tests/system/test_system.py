@@ -342,7 +342,7 @@ class Prober:
         self.stop = server.box.dir / "probe.stop"
         self.tries = self.opened = 0
 
-    def __enter__(self) -> "Prober":
+    def __enter__(self) -> Prober:
         self.stop.unlink(missing_ok=True)
         self.proc = self.server.net.client.popen(
             [sys.executable, "-c", self.CODE, self.source, self.server.net.server.ip,

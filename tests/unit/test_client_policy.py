@@ -12,7 +12,7 @@ from support.verifier import handle
 from gnocchi.server import config, counters, events, verifier
 from gnocchi.shared import protocol
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def load(tmp_path, client_lines: str, key="ab" * 32, allow='["22"]') -> config.Config:

@@ -61,7 +61,7 @@ def remove(path, name):
 def blocks(out: str) -> dict[str, str]:
     """The printed output split at its '# ---- client NAME: ... ----' lines."""
     parts = re.split(r"^# ---- client \S+: (.*) ----\n", out, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_add_appends_one_table_and_prints_a_profile_gnocchi_knock_reads(server, tmp_path):

@@ -1,4 +1,5 @@
-"""gnocchi.server.config: the contract's example loads, defaults, and every error names the file and the key."""
+"""gnocchi.server.config: the contract's example loads, defaults, and every error
+names the file and the key."""
 import pytest
 
 from gnocchi.server import config

@@ -1,4 +1,5 @@
-"""gnocchi.server.counters: the durable store round-trips, and a corrupt one names the file and the way back."""
+"""gnocchi.server.counters: the durable store round-trips, and a corrupt one
+names the file and the way back."""
 import os
 
 import pytest

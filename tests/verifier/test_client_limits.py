@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_real_helper import real_helper  # noqa: F401  (fixture)
 from support import PYTHON, knock, send_paced, write_config
 
 from gnocchi.server import verifier

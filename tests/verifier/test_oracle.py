@@ -11,14 +11,16 @@ replay or unknown-key claim cost a fraction of a signature claim.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import pytest
 from nacl.secret import SecretBox
 
 from gnocchi.shared import protocol
 from support import knock, send_paced, write_config
 
 PROBES = 3000
+
+
 def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
     """Sealed with the server key, claiming `claimed`, with a signature that fails
     only after the whole Ed25519 check: its S is canonical (below the group order),
@@ -31,7 +33,7 @@ def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 

@@ -9,17 +9,8 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
 
-from support import Helper, knock, load_table, send_datagrams, write_config
-
-
-@pytest.fixture
-def real_helper(net, tmp_path):
-    load_table(net.server, tmp_path)  # protects tcp 22
-    helper = Helper(net.server, peer_user="root")
-    yield helper.path
-    helper.close()
+from support import knock, send_datagrams, write_config
 
 
 def test_a_knock_becomes_a_knocked_element_and_an_unprotected_port_is_refused(

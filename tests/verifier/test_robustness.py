@@ -101,7 +101,8 @@ allow = [{ports}]
     d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "final.err")
     try:
         used = sent[max(0, stored - 3):stored]  # sent[i] has counter i + 1
-        send_datagrams(net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
+        send_datagrams(net, k.port,
+                       used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
         d.wait_events("accepted", 1)
         d.wait_events("replay", len(used))
         assert [e["GNOCCHI_COUNTER"] for e in d.of("accepted")] == [str(counter + 1)]
@@ -146,7 +147,8 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
     wrong = k.port + 1 if k.port < 65535 else k.port - 1
     fill = dict(ip=net.server.ip, port=k.port, wrong=wrong)
     argv = ["systemd-socket-activate", *[a.format(**fill) for a in listen_args],
-            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(cfg)]
+            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve",
+            "--config", str(cfg)]
     proc = net.server.popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         err = ""

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.netns
 SEND_RAW = """
 import socket, sys
 from scapy.layers.inet6 import IPv6, UDP
-src, dst, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.stdin.read())
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = bytes.fromhex(sys.stdin.read())
 raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
 raw.sendto(bytes(IPv6(src=src, dst=dst) / UDP(sport=40000, dport=port) / payload), (dst, 0))
 """
