@@ -224,7 +224,9 @@ class Gnocchi:
         self.start_verifier()
         self.wake()
 
-    def start_helper(self) -> None:
+    def start_helper(self, peer_user: str = "nobody") -> None:
+        """The helper as gnocchi-helper.service runs it; it serves peer_user
+        (the verifier's user here; root when the bench itself asks)."""
         stop(self.helper, self.helper_log)
         self.helper_socket.unlink(missing_ok=True)
         path = log_file(self.work, "helper")
@@ -232,7 +234,7 @@ class Gnocchi:
             # `python3 -I helper` as gnocchi-helper.service runs it
             self.helper = self.lab.server.popen(
                 ["systemd-socket-activate", "--seqpacket", "-l", str(self.helper_socket),
-                 PY, "-I", str(REPO / "helper"), "--peer-user", "nobody", "--open-seconds", "30"],
+                 PY, "-I", str(REPO / "helper"), "--peer-user", peer_user, "--open-seconds", "30"],
                 stdout=subprocess.DEVNULL, stderr=log)
         self.helper_log = LogTail(path, _helper_event)
         for _ in range(100):
@@ -287,13 +289,13 @@ class Gnocchi:
 
     # -- firewall
 
-    def arm(self) -> None:
+    def arm(self, flood_limit: bool = True) -> None:
         # The file replaces the table whole, so no knock of an earlier run is left.
         # A table with a per-source limit on the knock port names that port in
         # set knock_port, which `gnocchi table load` fills from the server key
-        # in the same transaction: so does this.
+        # in the same transaction: so does this (unless told not to: no limit).
         text = TABLE_FILE.read_text()
-        if KNOCK_PORT_SET.search(text):
+        if flood_limit and KNOCK_PORT_SET.search(text):
             text += f"\nadd element inet gnocchi knock_port {{ {self.port} }}\n"
         self.lab.server.run("nft", "-f", "-", input=text)
 
