@@ -14,7 +14,7 @@ def rearms(release: str) -> bool:
     # Linux 6.12 (commit 4201f3938914). Wrong either way, this fails closed: a
     # slower add, or an element that keeps its old, shorter expiry.
     version = re.match(r"(\d+)\.(\d+)", release)
-    return bool(version) and (int(version[1]), int(version[2])) >= (6, 12)
+    return version is not None and (int(version[1]), int(version[2])) >= (6, 12)
 
 
 class Table:

@@ -53,6 +53,7 @@ def parse_request(message: bytes) -> Request | str:
         return "request lengths do not add up to its size"
     if payload_len > protocol.MAX_BODY:
         return f"payload of {payload_len} bytes"
+    source: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == 4 and not any(address[4:]):
         source = ipaddress.IPv4Address(address[:4])
     elif family == 6:
@@ -119,6 +120,7 @@ def main(argv: list[str]) -> int:
                 why = action
                 conn.send(refusal(why))
             else:
+                assert isinstance(request, Request)  # an action is found for a Request only
                 outcome = actions.run(action, request.client, str(request.source),
                                       request.payload)
                 conn.send(encode_reply(outcome))
@@ -134,4 +136,4 @@ def main(argv: list[str]) -> int:
 
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return int(struct.unpack("3i", creds)[1])
