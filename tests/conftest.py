@@ -19,6 +19,13 @@ for path in (TESTS.parent, TESTS.parent / "helper", TESTS):
 
 NETNS_DIRS = {"integration", "verifier"}
 
+if not os.access(TESTS.parent, os.W_OK):
+    # A checkout this user may not write (tests/run as an ordinary user): hypothesis
+    # keeps no example database rather than warning that it cannot.
+    from hypothesis import settings
+    settings.register_profile("read-only checkout", database=None)
+    settings.load_profile("read-only checkout")
+
 
 def pytest_collection_modifyitems(items):
     for item in items:

@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 from gnocchi.server import config
 from gnocchi.shared import keys
 from gnocchi.client import profile
-from support import gnocchi_cli
+from support import gnocchi_cli, root_only
 
 ADMIN_TEXT = """\
 # my server; keep these comments
@@ -170,6 +170,7 @@ def test_a_client_written_another_way_is_left_to_the_admin(server):
     assert path.read_text() == text
 
 
+@root_only("the config is given to root and another group first")
 def test_the_new_file_keeps_owner_and_mode(server):
     path, _ = server
     os.chown(path, 0, 4242)
