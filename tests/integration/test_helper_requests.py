@@ -6,6 +6,7 @@ transaction, with the helper's own timeout. The helper serves uid `nobody` here 
 nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -314,3 +315,28 @@ def test_add_delete_add_re_arms_and_one_add_does_where_the_kernel_says_it_does(t
         assert left["198.18.5.2"] >= 29  # add, delete, add: re-armed
         assert (left["198.18.5.1"] >= 29) is nft.rearms(os.uname().release)
         assert left["198.18.5.3"] <= 28  # a plain add keeps the old expiry
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    with Net("rh") as net:  # its own: it leaves an element behind
+        load_table(net.server, tmp_path)
+        yield net.server
+
+
+def test_a_standing_element_without_a_timeout_does_not_stop_the_helper(own_server):
+    # An element the admin added by hand without a timeout (a standing pass for
+    # one address) is listed by nft -j as a bare {"concat": [...]}, not as
+    # {"elem": {...}}: a helper that reads knocked4 must not die on it.
+    server = own_server
+    server.nft("add", "element", "inet", "gnocchi", "knocked4", "{ 198.18.7.7 . tcp . 22 }")
+    helper = Helper(server)
+    try:
+        assert helper.send(request("198.18.1.1", 22)) == [STATUS["OK"]], helper.log.read_text()
+        assert helper.send(request("198.18.1.1", 22)) == [STATUS["OK"]], helper.log.read_text()
+    finally:
+        helper.close()
+    listed = json.loads(server.nft("-j", "list", "set", "inet", "gnocchi", "knocked4").stdout)
+    elems = [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
+    assert {"concat": ["198.18.7.7", "tcp", 22]} in elems  # the admin's, untouched
+    assert [e["elem"]["val"]["concat"] for e in elems if "elem" in e] == [["198.18.1.1", "tcp", 22]]

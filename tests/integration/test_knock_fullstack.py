@@ -1,4 +1,4 @@
-"""Issue 4's "Done when": the whole stack, every part real.
+"""The whole stack, every part real.
 
     client ns 198.18.n.1                         server ns 198.18.n.2
     python3 -m gnocchi.client.knock  --UDP knock-->     python3 -m gnocchi.admin serve (user nobody)

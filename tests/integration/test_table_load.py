@@ -1,5 +1,5 @@
 """gnocchi/admin/nft_table.py in a real kernel: loading and reloading table inet gnocchi
-never opens a window and never forgets, or revives, a pending knock (issue 14).
+never opens a window and never forgets, or revives, a pending knock.
 
 Runs nft_table.load()/unload() inside the server namespace of a tests/netns.py Net
 (subprocesses such as nft inherit that namespace); knocks are elements added

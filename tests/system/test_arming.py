@@ -1,4 +1,4 @@
-"""Never locked out, never silently open (issue 11), on a booted systemd.
+"""Never locked out, never silently open, on a booted systemd.
 
 The package is installed in a container (tests/system/systemd_container.py)
 in the server namespace of a tests/netns.py Net. The tests share it and run
@@ -119,7 +119,7 @@ def b(deb):
         yield b
 
 
-# ---- arming refused (issue 11, item 1) --------------------------------------
+# ---- arming refused ---------------------------------------------------------
 
 def test_without_a_knock_port_nothing_arms(b):
     proc = b.run("systemctl", "enable", "--now", "gnocchi.socket", check=False)
@@ -211,7 +211,7 @@ def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
     assert b.connect() == "timeout"
 
 
-# ---- status, and a table that stays armed (issue 11, item 2) -----------------
+# ---- status, and a table that stays armed -----------------------------------
 
 def status(b: Box, env: tuple = ()) -> tuple[int, str]:
     proc = b.run("env", *env, "gnocchi", "status", check=False)
@@ -278,7 +278,7 @@ def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
     assert status(b)[0] == 0
 
 
-# ---- trial arming (issue 11, item 4) ------------------------------------------
+# ---- trial arming ------------------------------------------------------------
 
 def test_disarm_is_the_console_switch_off(b):
     out = b.run("gnocchi", "disarm").stdout
@@ -358,7 +358,7 @@ def test_a_verifier_that_keeps_failing_never_disarms(b):
     assert status(b)[0] == 0
 
 
-# ---- gnocchi doctor (issue 11, item 3) ----------------------------------------
+# ---- gnocchi doctor ----------------------------------------------------------
 
 def doctor(b: Box) -> tuple[int, str]:
     proc = b.run("gnocchi", "doctor", check=False)

@@ -173,7 +173,7 @@ def test_every_problem_is_listed_not_just_the_first(s):
 
 
 def test_setup_names_what_check_would_refuse(s):
-    """`gnocchi setup` no longer says "next, arm" when arming would be refused (issue 11)."""
+    """`gnocchi setup` does not say "next, arm" when arming would be refused."""
     s.write_config(clients="")
     out = gnocchi("setup", "--config", s.config, "--unit-dir", s.units).stdout
     assert "not ready to arm yet; `gnocchi check` says:" in out

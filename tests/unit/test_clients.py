@@ -183,3 +183,22 @@ def test_the_new_file_keeps_owner_and_mode(server):
 def test_the_command_is_listed():
     usage = gnocchi_cli("--help").stdout
     assert "add-client" in usage and "remove-client" in usage
+
+
+def test_a_client_name_with_a_dot_is_added_and_removed(tmp_path):
+    # A name the config allows (letters, digits, _ . -) may hold a dot, which a
+    # bare TOML key would read as a table inside a table ([clients.web.01] is
+    # "01" in "web"): the edit must quote it, and removing it must too.
+    keys.write_secret(tmp_path / "server.key", keys.new_server_key())
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(f'server_key_file = "{tmp_path / "server.key"}"\n')
+    before = path.read_bytes()
+    public = bytes(SigningKey.generate().verify_key).hex()
+    added = gnocchi_cli("add-client", "--config", path, "--host", "h", "web.01", public)
+    assert added.returncode == 0, added.stderr
+    assert [c.name for c in config.load(str(path)).clients] == ["web.01"]
+    profile = added.stdout.split("# ---- client web.01: append to ~/.ssh/config ----")[0]
+    assert tomllib.loads(profile)["profiles"]["h"]["host"] == "h"
+    removed = gnocchi_cli("remove-client", "--config", path, "web.01")
+    assert removed.returncode == 0, removed.stderr
+    assert path.read_bytes() == before

@@ -1,12 +1,11 @@
-"""Issue 10: no oracle. A client holds the server key, so it can seal packets
+"""No oracle. A client holds the server key, so it can seal packets
 that claim any public key with any counter. If a claim that is a replay (the
 counter is not above the stored one) or a claim of an unconfigured key cost
 the verifier less than a claim that needs the signature checked, a client
 could time its own knocks after such probes and learn whether another key is
 configured and how high its counter is. The probe, for real: three batches
 of such packets against the real verifier, and the CPU time it spends on
-each batch (/proc/PID/stat) must be the same within noise. Before the fix a
-replay or unknown-key claim cost a fraction of a signature claim.
+each batch (/proc/PID/stat) must be the same within noise.
 """
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
 
 def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_knock(
         daemons, net, k, tmp_path, helper):
-    # Issue 10: deleting the store used to make every captured knock valid again.
+    # Without the store every captured knock would be valid again.
     cfg = write_config(tmp_path, k, helper.path)
     listen = f"{net.server.ip}:{k.port}"
     base = time.time_ns()  # counters as a client makes them: max(last + 1, clock)
