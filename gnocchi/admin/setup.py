@@ -96,8 +96,8 @@ def parser() -> argparse.ArgumentParser:
         prog="gnocchi setup",
         description="Write gnocchi.socket's drop-in so that it listens on the knock port "
                     "of the server key named in the config.")
-    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
+                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("--unit-dir", default=UNIT_DIR, metavar="DIR",
                    help=f"where the drop-in goes (default {UNIT_DIR}; for tests and images)")
     return p

@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi run-action",
                                      description="Run one action for the verifier (started by "
                                                  "gnocchi-action.socket, connection on stdin).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE")
+    parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument("--peer-user", metavar="USER",
                         help="refuse a peer that is not this user (the unit: gnocchi)")
     args = parser.parse_args(argv[1:])

@@ -18,10 +18,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gnocchi.server import DEFAULT_CONFIG
 from gnocchi.shared import checked_toml, knock_request
 from gnocchi.shared.keys import parse_public_hex
 
-DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
 DEFAULTS = {
     "server_key_file": "/etc/gnocchi/server.key",
     "state_dir": "/var/lib/gnocchi",
@@ -118,7 +118,7 @@ class _Where(checked_toml.Where):
         return value
 
 
-def load(path: str = DEFAULT_PATH) -> Config:
+def load(path: str = DEFAULT_CONFIG) -> Config:
     where = _Where(path)
     return parse(where.read(missing="no such file (the package installs a commented example "
                                     "there)"), where)

@@ -222,8 +222,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi serve",
                                      description="Run the verifier (normally gnocchi.socket "
                                                  "starts it through gnocchi.service).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
-                        help=f"default {config.DEFAULT_PATH}")
+    parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE",
+                        help=f"default {config.DEFAULT_CONFIG}")
     parser.add_argument("--listen", metavar="ADDR",
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
     parser.add_argument("--server-key-file", metavar="FILE",
