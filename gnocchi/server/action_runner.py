@@ -23,12 +23,11 @@ import sys
 from dataclasses import dataclass
 
 from gnocchi.server import actions, config, strict
+# The action socket's format, written once: the verifier's side defines it.
+from gnocchi.server.action_client import (EXITED, NOT_STARTED, REFUSED, REPLY, REQUEST, TIMED_OUT,
+                                          VERSION)
 from gnocchi.shared import protocol
 
-REQUEST = struct.Struct("!BBBBH16s")  # version, family, name len, client len, payload len, address
-REPLY = struct.Struct("!BBi")         # version, kind, exit status; then output or why, bounded
-VERSION = 1
-EXITED, TIMED_OUT, NOT_STARTED, REFUSED = range(4)
 NAME_MAX = 64  # config.NAME
 MAX_REQUEST = REQUEST.size + 2 * NAME_MAX + protocol.MAX_BODY
 RECEIVE_TIMEOUT = 5.0  # the verifier sends its request right after connecting
