@@ -21,10 +21,9 @@ from gnocchi.server import config as server_config
 from gnocchi.server import counters
 from gnocchi.shared import keys
 from gnocchi.admin import nft_table
+from gnocchi.admin.setup import DROP_IN, UNIT_DIR  # what setup writes, check reads
 from gnocchi.shared.protocol import knock_port
 
-UNIT_DIR = "/etc/systemd/system"
-DROP_IN = "gnocchi.socket.d/port.conf"
 SOCKET = "gnocchi.socket"
 
 
@@ -199,7 +198,7 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                "everyone out; fix: add one to a client's allow list")
 
 
-def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_table.DEFAULT_FILE,
+def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_table.DEFAULT_FILE,
         unit_dir: str | None = None, live: bool = False) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
     load it)."""
@@ -243,8 +242,8 @@ def parser() -> argparse.ArgumentParser:
         prog="gnocchi check",
         description="Check the config, the keys, gnocchi.socket's port and the table file; "
                     "exit 0 only when gnocchi would work. Changes nothing.")
-    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
+                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
                    help=f"the table file (default {nft_table.DEFAULT_FILE})")
     p.add_argument("--unit-dir", metavar="DIR",

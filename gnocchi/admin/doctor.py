@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from gnocchi.admin import chains, check, nft_table, status
+from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_DIR = "/run/gnocchi"
 
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
                     "knock port's drop-in, the sockets, the helper's socket, the table, every "
                     "client key, and whether your own firewall lets knocks in. Each failure "
                     "comes with its fix. Exit 0 only when all pass. Changes nothing.")
-    p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
     p.add_argument("--self-knock", metavar="CLIENT_KEY_FILE",
                    help="knock this host's own address with this client key (one kept for "

@@ -76,7 +76,7 @@ class Table:
         found = self.sets().get(KNOCK_PORT)
         return None if found is None else [_port_or_range(e) for e in found.get("elem", [])]
 
-    def with_knock_port(self, port: int | None) -> "Table":
+    def with_knock_port(self, port: int | None) -> Table:
         """This table as it is once load() has filled set knock_port with port."""
         if port is None or self.knock_ports() is None:
             return self

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from gnocchi.admin import nft_table
+from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_SOCKET = "/run/gnocchi/helper.sock"
 DECISIONS = 5
@@ -84,11 +85,11 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     return found[::-1]
 
 
-def knock_port(config_path: str) -> tuple[int | None, str, list[str], list[str]]:
-    """(port, server key fingerprint, client lines, problems) from the config and the key."""
+def configured(config_path: str) -> tuple[int | None, str, list[str], list[str]]:
+    """(knock port, server key fingerprint, client lines, problems) from the config and its key."""
     from gnocchi.server import config as server_config
     from gnocchi.shared import keys
-    from gnocchi.shared.protocol import knock_port as port_of
+    from gnocchi.shared.protocol import knock_port
     try:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
@@ -100,7 +101,7 @@ def knock_port(config_path: str) -> tuple[int | None, str, list[str], list[str]]
         key = keys.load_server_key(cfg.server_key_file)
     except keys.KeyFileError as e:
         return None, "", clients, [f"server key: {e}"]
-    return port_of(key), keys.fingerprint(key), clients, []
+    return knock_port(key), keys.fingerprint(key), clients, []
 
 
 def report(config_path: str) -> tuple[int, list[str]]:
@@ -111,7 +112,7 @@ def report(config_path: str) -> tuple[int, list[str]]:
         return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = arm == "active" or sock == "active"
-    port, fingerprint, clients, problems = knock_port(config_path)
+    port, fingerprint, clients, problems = configured(config_path)
     listening = port is not None and udp_bound(port)
     if live is None and meant:
         status = 1
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
                     "kernel table, the knock port, the helper, clients, pending openings and "
                     "the last decisions. Exit 0 armed, 1 not protected although meant to be, "
                     "3 disarmed.")
-    p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
     args = p.parse_args(argv[1:])
     if os.geteuid() != 0:
         print("gnocchi status: run as root (it reads the kernel's table and the server key)",

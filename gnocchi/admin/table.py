@@ -31,7 +31,7 @@ import sys
 import time
 
 from gnocchi.admin import nft_table
-from gnocchi.server import events
+from gnocchi.server import DEFAULT_CONFIG, events
 
 IDENTIFIER = "gnocchi-arm"
 VERIFIER_UNIT = "gnocchi.service"
@@ -45,7 +45,6 @@ MESSAGE_IDS = {
 }
 PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2, "trial": 4}
 ARM_UNIT = "gnocchi-arm.service"
-DEFAULT_CONFIG = "/etc/gnocchi/gnocchi.toml"  # gnocchi.server.config's, without importing it
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

@@ -10,7 +10,6 @@ restarts it), keeps bounded state, and stops when its store fails.
 from __future__ import annotations
 
 import argparse
-import datetime
 import select
 import signal
 import socket
@@ -33,9 +32,9 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: events.EventLog, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+                 log: events.EventLog, now: config.Clock = config.utc_now):
         self.now = now  # wall clock, for clients' expiry
-        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
+        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
         self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
         self.cfg, self.key, self.store, self.log = cfg, server_key, store, log
@@ -46,10 +45,11 @@ class Verifier:
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
 
-    def server_ips(self, dest) -> tuple[bytes, ...]:
+    def server_ips(self, dest: knock_socket.Address | None) -> tuple[bytes, ...]:
         return self.fixed_ips or ((dest.packed,) if dest is not None and dest.version == 4 else ())
 
-    def handle(self, tag: bytes, plaintext: bytes, source, dest) -> None:
+    def handle(self, tag: bytes, plaintext: bytes, source: knock_socket.Address,
+               dest: knock_socket.Address | None) -> None:
         # A datagram past steps 1-2: tag is its NONCE and MAC, plaintext what they sealed.
         if tag in self.recent:
             # The very bytes of a packet already decided (a captured knock sent
@@ -86,6 +86,7 @@ class Verifier:
         self.store.commit(result.client_key, result.counter)
         common = dict(client=client.name, client_key=result.client_key.hex(),
                       source_ip=source, counter=result.counter)
+        request: knock_request.Request | knock_request.Bad | None
         if result.data:
             request = knock_request.parse(result.data)
             shown = knock_request.show(result.data)
@@ -102,7 +103,8 @@ class Verifier:
         else:
             self.open(client, common, request, source)
 
-    def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
+    def rejected(self, result: protocol.Rejected, source: knock_socket.Address,
+                 server_ips: tuple[bytes, ...]) -> None:
         if result.reason == protocol.UNKNOWN_CLIENT:  # counted by key id and source only
             self.log.unknown_key(result.claimed_key, source)
             return
@@ -130,15 +132,17 @@ class Verifier:
             self.log.limited("signature", f"knock claiming client {name} from {source} has a "
                              "bad signature (other client key or server address)", **claimed)
 
-    def refuse(self, client, common: dict, shown: str, why: str, said: str = "") -> None:
+    def refuse(self, client: config.Client, common: dict, shown: str, why: str,
+               said: str = "") -> None:
         # A client's own bytes (shown, escaped) go to GNOCCHI_REQUEST only: MESSAGE
         # quotes a request only in the canonical form this code printed itself.
         said = said or f"'{shown}'"
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client, common: dict, request: knock_request.Open | knock_request.OpenPorts,
-             source) -> None:
+    def open(self, client: config.Client, common: dict,
+             request: knock_request.Open | knock_request.OpenPorts,
+             source: knock_socket.Address) -> None:
         """One helper request (every port or none), one entry naming them all."""
         try:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.opens)
@@ -155,7 +159,8 @@ class Verifier:
         self.log.event("accepted", f"client {client.name} from {source}: {request}",
                        request=str(request), helper_status=status, **common)
 
-    def run(self, client, common: dict, request: knock_request.Run, source) -> None:
+    def run(self, client: config.Client, common: dict, request: knock_request.Run,
+            source: knock_socket.Address) -> None:
         if why := self.runs.refusal(client.name):
             self.refuse(client, common, str(request), why)
             return
@@ -213,27 +218,17 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                                 *knock_socket.addresses(*datagrams.sender(i)))
 
 
-def interval(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 1 <= seconds <= 86400:  # a summary per packet would defeat its purpose
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 1..86400")
-    return seconds
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi serve",
                                      description="Run the verifier (normally gnocchi.socket "
                                                  "starts it through gnocchi.service).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
-                        help=f"default {config.DEFAULT_PATH}")
+    parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE",
+                        help=f"default {config.DEFAULT_CONFIG}")
     parser.add_argument("--listen", metavar="ADDR",
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
     parser.add_argument("--server-key-file", metavar="FILE",
                         help="default: server_key_file from the config")
-    parser.add_argument("--summary-interval", type=interval, default=events.INTERVAL,
+    parser.add_argument("--summary-interval", type=events.interval, default=events.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
     log = events.EventLog(interval=args.summary_interval)

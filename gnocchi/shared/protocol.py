@@ -169,7 +169,8 @@ def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
     return False
 
 
-def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
+def unseal(length: int, nonce: object, box: object, opened: object,
+           server_key: bytes) -> str | None:
     """PROTOCOL.md steps 1 and 2: SIZE or MAC if a datagram of `length` bytes
     fails them, else None, with its plaintext in opened[2 * BOXZERO_LEN:]."""
     # nonce: the datagram's first NONCE_LEN bytes; box: BOXZERO_LEN zero bytes,
@@ -187,8 +188,7 @@ def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
     return None
 
 
-def open_packet(packet: bytes, server_key: bytes,
-                last_counter: Callable[[bytes], int | None],
+def open_packet(packet: bytes, server_key: bytes, last_counter: Callable[[bytes], int | None],
                 server_ips: Iterable[bytes]) -> Accepted | Rejected:
     """PROTOCOL.md's receiver steps 1-7; the caller stores the counter (step 8)."""
     box = bytes(BOXZERO_LEN) + packet[NONCE_LEN:]

@@ -1,5 +1,5 @@
 """gnocchi/admin/nft_table.py in a real kernel: loading and reloading table inet gnocchi
-never opens a window and never forgets, or revives, a pending knock (issue 14).
+never opens a window and never forgets, or revives, a pending knock.
 
 Runs nft_table.load()/unload() inside the server namespace of a tests/netns.py Net
 (subprocesses such as nft inherit that namespace); knocks are elements added
@@ -20,9 +20,8 @@ KNOCK_SECONDS = 30
 def net():
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare")
-    with Net("tl") as net:
-        with EchoServices(net.server, tcp_ports=(22, 2222)):
-            yield net
+    with Net("tl") as net, EchoServices(net.server, tcp_ports=(22, 2222)):
+        yield net
 
 
 def write(tmp_path, name: str, text: str):
@@ -137,7 +136,8 @@ def test_a_broken_file_is_refused_and_the_live_table_stays(net, tmp_path):
     with pytest.raises(nft_table.TableError, match="nft refuses it"):
         load(net, broken)
     after = net.server.nft("list", "table", "inet", "gnocchi").stdout
-    strip = lambda text: [l for l in text.splitlines() if "expires" not in l]  # noqa: E731
+    def strip(text):
+        return [line for line in text.splitlines() if "expires" not in line]
     assert strip(after) == strip(before) and len(pending(net)) == 1
 
 

@@ -97,12 +97,11 @@ class Daemon:
     def __init__(self, net: Net, config: Path, listen: str, *args: str, stderr: Path,
                  env: tuple[str, ...] = ()):
         self.stderr_path = stderr
-        self.stderr = open(stderr, "wb")
         argv = ["systemd-socket-activate", "-d", "-l", listen, "-E", f"PYTHONPATH={REPO}",
                 *(f"-E{e}" for e in env),
                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(config), *args]
-        self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr)
+        with open(stderr, "wb") as err:  # the daemon keeps its own copy
+            self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         self.wait_for(lambda text: "Listening on" in text, what="the activated socket")
 
     def text(self) -> str:
@@ -132,6 +131,4 @@ class Daemon:
         return self.of(event)
 
     def stop(self) -> int:
-        status = stop(self.proc)
-        self.stderr.close()
-        return status
+        return stop(self.proc)

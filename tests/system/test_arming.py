@@ -1,4 +1,4 @@
-"""Never locked out, never silently open (issue 11), on a booted systemd.
+"""Never locked out, never silently open, on a booted systemd.
 
 The package is installed in a container (tests/system/systemd_container.py)
 in the server namespace of a tests/netns.py Net. The tests share it and run
@@ -10,7 +10,6 @@ trial arming.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
@@ -120,7 +119,7 @@ def b(deb):
         yield b
 
 
-# ---- arming refused (issue 11, item 1) --------------------------------------
+# ---- arming refused ---------------------------------------------------------
 
 def test_without_a_knock_port_nothing_arms(b):
     proc = b.run("systemctl", "enable", "--now", "gnocchi.socket", check=False)
@@ -212,7 +211,7 @@ def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
     assert b.connect() == "timeout"
 
 
-# ---- status, and a table that stays armed (issue 11, item 2) -----------------
+# ---- status, and a table that stays armed -----------------------------------
 
 def status(b: Box, env: tuple = ()) -> tuple[int, str]:
     proc = b.run("env", *env, "gnocchi", "status", check=False)
@@ -230,10 +229,10 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
     assert (f"knock port: {port}/udp, listening (gnocchi.socket active); "
             f"server key fingerprint {fingerprint}") in lines
     assert "  alice: 22/tcp" in lines
-    assert any(l.startswith(f"  {b.net.client.ip} tcp/22, ") and l.endswith(" s left")
-               for l in lines), out
+    assert any(line.startswith(f"  {b.net.client.ip} tcp/22, ") and line.endswith(" s left")
+               for line in lines), out
     assert "last entries (journalctl -u gnocchi):" in lines
-    assert any(" accepted " in l and "alice" in l for l in lines), out
+    assert any(" accepted " in line and "alice" in line for line in lines), out
     assert b.connect() == "hello"
 
 
@@ -279,7 +278,7 @@ def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
     assert status(b)[0] == 0
 
 
-# ---- trial arming (issue 11, item 4) ------------------------------------------
+# ---- trial arming ------------------------------------------------------------
 
 def test_disarm_is_the_console_switch_off(b):
     out = b.run("gnocchi", "disarm").stdout
@@ -359,7 +358,7 @@ def test_a_verifier_that_keeps_failing_never_disarms(b):
     assert status(b)[0] == 0
 
 
-# ---- gnocchi doctor (issue 11, item 3) ----------------------------------------
+# ---- gnocchi doctor ----------------------------------------------------------
 
 def doctor(b: Box) -> tuple[int, str]:
     proc = b.run("gnocchi", "doctor", check=False)
@@ -448,7 +447,7 @@ def test_doctor_names_a_default_drop_chain_that_hides_the_knock_port_and_its_fix
                         f"fix: nft insert rule inet filter input udp dport {port} accept",
                         f"iptables -I INPUT -p udp --dport {port} -j ACCEPT",
                         f"ufw allow {port}/udp")
-        fix = next(l for l in out.splitlines() if "fix: nft insert rule" in l)
+        fix = next(line for line in out.splitlines() if "fix: nft insert rule" in line)
         b.net.server.run(fix.split("fix: ", 1)[1].split(" (")[0].split())  # as given
         healthy(b)
         b.net.server.nft("add", "rule", "inet", "filter", "input", "meta", "l4proto", "udp",
