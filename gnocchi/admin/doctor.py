@@ -272,7 +272,7 @@ class Doctor:
         client_run = subprocess.run(
             [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
              "from gnocchi.client.knock import main; sys.exit(main(sys.argv[1:]))",
-             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
              "--server-key-file", self.cfg.server_key_file, "--client-key-file", key_file,
              "--open", f"{port}/tcp", address], capture_output=True, text=True, timeout=30)
         if client_run.returncode != 0:
