@@ -264,8 +264,12 @@ class Watch:
             log("connections-cut", "connections that came in while the gate was gone cannot "
                 "be told from older ones (gnocchi-watch had not seen the gate whole yet): "
                 "none was cut; `ss -tn state established` lists them", priority=3)
-        self.handle = live.handle()
-        self.snapshot = cut.snapshot(live.protected())
+        # The snapshot first, then a second look: a stranger who came in between the
+        # first look and the snapshot must not be taken for an old session.
+        taken = cut.snapshot(live.protected())
+        again = nft_table.live()
+        if again is not None and again.handle() == live.handle() and not judge(again, reference):
+            self.handle, self.snapshot = live.handle(), taken
 
     def cut_strangers(self, live: nft_table.Table) -> None:
         done, failed = cut.cut(self.snapshot, live.protected())
@@ -306,9 +310,15 @@ def watch(config_path: str, table_path: str) -> int:
     changed table here always means "meant to be armed"."""
     monitor = subprocess.Popen([nft_table.NFT, "monitor"], stdout=subprocess.PIPE)
     state = Watch(config_path, table_path)
-    state.check()  # also what happened while it was down
     fd, pending = monitor.stdout.fileno(), b""
+    look = True  # at once: also what happened while it was down
     while True:
+        if look:
+            try:
+                state.check()
+            except (nft_table.TableError, OSError) as e:
+                log("table-changed", f"gnocchi-watch could not check table inet gnocchi: {e}",
+                    priority=3)
         # An event about table inet gnocchi, or the period: look at the kernel itself.
         # Our own reloads replace the table in one transaction: after them it is whole.
         if select.select([fd], [], [], WATCH_PERIOD)[0]:
@@ -318,13 +328,9 @@ def watch(config_path: str, table_path: str) -> int:
                     "restarts it)", priority=3)
                 return 1
             *lines, pending = (pending + data).split(b"\n")
-            if not any(OURS.match(line) for line in lines):
-                continue
-        try:
-            state.check()
-        except (nft_table.TableError, OSError) as e:
-            log("table-changed", f"gnocchi-watch could not check table inet gnocchi: {e}",
-                priority=3)
+            look = any(OURS.match(line) for line in lines)
+        else:
+            look = True
 
 
 def table_main(argv: list[str]) -> int:
