@@ -140,6 +140,28 @@ def test_a_changed_gate_is_put_back_at_once_and_said_loudly(watched, what):
     assert tcp_connect(net.client, net.server.ip, 22) is None, "a stranger got in after it"
 
 
+def test_an_edited_file_waits_for_its_reload_and_the_watch_keeps_what_was_armed(watched,
+                                                                                 tmp_path):
+    """The file changing is not the table changing: the watch does not load a file
+    nobody has checked or reloaded yet (and so does not drop pending knocks)."""
+    net, watch = watched
+    path = tmp_path / "gnocchi.nft"
+    path.write_text(path.read_text().replace("\t\tdrop\n", "\t\tcounter drop\n"))
+    changes = len(watch.entries("was (CHANGED|MISSING)"))
+    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
+                   f"{{ {net.client.ip} . tcp . 22 timeout 30s }}")  # an event for the watch
+    time.sleep(1.0)
+    admit = net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
+    assert "counter" not in admit, "the watch loaded an edited file nobody reloaded"
+    with inside(net.server):
+        assert len(nft_table.live().pending()) == 1
+        loaded = nft_table.load(str(path), knock_port=KNOCK_PORT)  # the reload
+    assert loaded.how == "replaced" and loaded.kept == 1
+    time.sleep(1.0)
+    assert "counter" in net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
+    assert len(watch.entries("was (CHANGED|MISSING)")) == changes, watch.lines[-1]
+
+
 def test_status_never_says_armed_over_an_emptied_gate(net, tmp_path):
     path = arm(net, tmp_path)
     with inside(net.server):

@@ -342,6 +342,9 @@ def test_a_stranger_who_came_in_during_a_flush_is_cut_and_a_knocked_session_stay
         assert talks(knocked), "the knocked session was cut"
     finally:
         b.run("systemctl", "stop", "echo-service", check=False)
+        b.run("systemctl", "reset-failed", "protected-service", check=False)
+        b.wait(lambda: b.run("systemctl", "show", "-P", "LoadState", "protected-service",
+                             check=False).stdout.strip() == "not-found", "the old unit is gone")
         b.box.run(["systemd-run", "--unit=protected-service", "--quiet", "/usr/bin/python3",
                    "-c", LISTENER])
 
