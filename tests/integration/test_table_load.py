@@ -118,7 +118,7 @@ def test_a_knock_used_while_the_table_is_replaced_is_not_revived(net, tmp_path, 
     def live_first_stale():
         reads.append(1)
         return stale if len(reads) == 1 else real_live()
-    monkeypatch.setattr(table, "live", live_first_stale)
+    monkeypatch.setattr(nft_table, "live", live_first_stale)
     changed = write(tmp_path, "rules.nft", TABLE_FILE.read_text().replace(
         "\t\tdrop\n", "\t\tcounter drop\n"))
     loaded = load(net, changed)
@@ -154,9 +154,9 @@ def test_the_replacement_script_guards_each_carried_knock():
     old = nft_table.Table(())
     new = nft_table.Table((
         {"set": {"name": "knocked4", "type": ["ipv4_addr", "inet_proto", "inet_service"]}},))
-    p4 = table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
+    p4 = nft_table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
                                   "timeout": 30, "expires": 29}})
-    p6 = table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
+    p6 = nft_table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
                                   "timeout": 30, "expires": 0}})
     script, dropped = nft_table.replacement("FILE", new, [p4, p6])
     assert script.splitlines() == [
@@ -168,8 +168,8 @@ def test_the_replacement_script_guards_each_carried_knock():
     assert dropped == 1  # the new table has no knocked6 of that type
     assert old.pending() == []
     # Not what the helper makes: ignored, never carried.
-    assert table._pending({"elem": {"val": {"concat": ["x", "tcp", 22]}}}) is None
-    assert table._pending({"elem": {"val": {"concat": ["198.18.0.1", "sctp", 22]}}}) is None
+    assert nft_table._pending({"elem": {"val": {"concat": ["x", "tcp", 22]}}}) is None
+    assert nft_table._pending({"elem": {"val": {"concat": ["198.18.0.1", "sctp", 22]}}}) is None
 
 
 def test_the_test_load_needs_no_firewall_of_ours():
