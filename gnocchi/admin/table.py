@@ -288,7 +288,8 @@ class Watch:
         taken = cut.snapshot(live.protected())
         again = nft_table.live()
         if again is not None and again.handle() == live.handle() and \
-                not self.problems(again, reference):
+                not gate.differences(again.objects, live.objects) and \
+                not gate.unguarded(again.objects):
             self.handle, self.snapshot, self.armed = live.handle(), taken, again
 
     def cut_strangers(self, live: nft_table.Table) -> None:
