@@ -158,6 +158,24 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
                                f"changed since arming?), so floods to it are not limited; {fix}")
 
 
+def check_live_gate(report: Report, table_path: str) -> None:
+    """The loaded table is the gate the file makes (a flushed chain, an edit by hand or
+    a firewall tool would show here); a warning: reloading fixes it."""
+    from gnocchi.admin import gate
+    try:
+        live, reference = nft_table.live(), nft_table.test_load(table_path)
+    except nft_table.TableError:
+        return  # not root, no nft, or the file's own problem is reported
+    if live is None:
+        return
+    found = gate.differences(live.objects, reference.objects)
+    if open_to := gate.unguarded(live.objects):
+        found.append(f"it lets in someone who never knocked: {gate.summary(open_to, 1)}")
+    if found:
+        report.warnings.append(f"the loaded table inet gnocchi is not what {table_path} makes: "
+                               f"{'; '.join(found)}; fix: systemctl reload gnocchi-arm")
+
+
 def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> None:
     """SYN cookies always on let an ACK make a connection, and the gate judges SYNs
     (docs/firewall.md, "SYN cookies"): a knocked client could replay its ACK, and
@@ -227,6 +245,7 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     check_syncookies(report)
     if live:
         check_live_knock_port(report, table_path)
+        check_live_gate(report, table_path)
     # The counter store: readable only with the verifier's or root's full rights;
     # where it is not (the arming unit has no CAP_DAC_*), the verifier checks it itself.
     if os.access(cfg.state_dir, os.R_OK | os.X_OK):

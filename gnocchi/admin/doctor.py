@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from gnocchi.admin import chains, check, nft_table, status
+from gnocchi.admin import chains, check, gate, nft_table, status
 from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_DIR = "/run/gnocchi"
@@ -168,6 +168,13 @@ class Doctor:
         self.findings.pop()  # the line above, said again with what it protects
         self.add(True, "table inet gnocchi is loaded (armed)",
                  good=f"protecting {nft_table.show_ports(protected)}")
+        open_to, differs, refused = status.gate_problems(self.live, self.table_path)
+        fix = "systemctl reload gnocchi-arm (gnocchi-watch does it at once while it runs)"
+        self.add(not open_to, "the live gate drops whoever did not knock",
+                 f"it lets them in: {gate.summary(open_to)}", fix, good="every probe dropped")
+        self.add(not differs and not refused, "the live table is what gnocchi loads",
+                 "; ".join(differs) or f"cannot tell: {refused}", fix,
+                 good=f"rules, chains and sets as {self.table_path} makes them")
         if self.port is not None:
             limited = self.live.knock_ports()
             self.add(limited == [self.port], "the table limits floods on the knock port",

@@ -1,7 +1,10 @@
 """`gnocchi status`: is this server protected right now?
 
 Trusts the kernel, not a unit's state: ARMED means table inet gnocchi is
-loaded (nft -j), listening means a UDP socket is bound to the knock port
+loaded (nft -j) and its gate is whole: its rules are those gnocchi loads from
+the table file (gnocchi/admin/gate.py compares them, and probes the live gate
+with packets from someone who never knocked), never just a table of that
+name over an emptied chain. Listening means a UDP socket is bound to the knock port
 (/proc/net/udp*). systemd's view is only used to say whether gnocchi is
 *meant* to be armed, so that a table that went missing (a `flush ruleset`)
 is called out loudly instead of looking like a deliberate disarm. Reads
@@ -16,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from gnocchi.admin import nft_table
+from gnocchi.admin import gate, nft_table
 from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_SOCKET = "/run/gnocchi/helper.sock"
@@ -104,7 +107,18 @@ def configured(config_path: str) -> tuple[int | None, str, list[str], list[str]]
     return knock_port(key), keys.fingerprint(key), clients, []
 
 
-def report(config_path: str) -> tuple[int, list[str]]:
+def gate_problems(live: nft_table.Table, table_path: str) -> tuple[list[str], list[str], str]:
+    """(who the live gate lets in, how it differs from what gnocchi loads, why it could
+    not be compared)."""
+    try:
+        reference, refused = nft_table.expected(table_path), ""
+    except nft_table.TableError as e:
+        reference, refused = None, str(e)
+    differs = gate.differences(live.objects, reference.objects) if reference else []
+    return gate.unguarded(live.objects), differs, refused
+
+
+def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[int, list[str]]:
     lines: list[str] = []
     try:
         live = nft_table.live()
@@ -125,12 +139,25 @@ def report(config_path: str) -> tuple[int, list[str]]:
         lines.append(f"gnocchi: NOT ARMED (disarmed: gnocchi.socket {sock}, "
                      f"{unit('gnocchi.socket', 'is-enabled')}); to arm: "
                      "systemctl enable --now gnocchi.socket")
+    elif (judged := gate_problems(live, table_path))[0]:
+        open_to, differs, _ = judged
+        status = 1
+        lines.append("gnocchi: NOT ARMED: table inet gnocchi is loaded but its gate is EMPTIED "
+                     f"or bypassed ({'; '.join(differs) or 'its rules'}): it lets in someone "
+                     f"who never knocked: {gate.summary(open_to, 2)}. gnocchi-watch puts it "
+                     "back at once while it runs; fix: systemctl reload gnocchi-arm")
     else:
+        _, differs, refused = judged
         status = 0
         ports = nft_table.show_ports(live.protected())
         lines.append(f"gnocchi: ARMED: table inet gnocchi is loaded, protecting {ports}"
                      + ("" if arm == "active" else
                         f" (but gnocchi-arm.service is {arm}: loaded by hand?)"))
+        if differs or refused:
+            status = 1
+            lines.append(f"gnocchi: CHANGED: table inet gnocchi is not what gnocchi loads from "
+                         f"{table_path}: " + ("; ".join(differs) or f"cannot tell: {refused}")
+                         + "; fix: systemctl reload gnocchi-arm")
         if not listening:
             status = 1
             lines.append("gnocchi: NOBODY CAN KNOCK IN: nothing listens on the knock port, so "
@@ -191,12 +218,13 @@ def main(argv=None) -> int:
                     "the last decisions. Exit 0 armed, 1 not protected although meant to be, "
                     "3 disarmed.")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
+    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
     args = p.parse_args(argv[1:])
     if os.geteuid() != 0:
         print("gnocchi status: run as root (it reads the kernel's table and the server key)",
               file=sys.stderr)
         return 4
-    status, lines = report(args.config)
+    status, lines = report(args.config, args.table)
     print("\n".join(lines))
     return status
 
