@@ -222,10 +222,12 @@ def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> 
     report.protected, report.ports = ports.protected, ports
     legacy = nft_table.legacy_file(config_path)
     if cfg.protect is None and os.path.exists(legacy):
+        listed = " ".join(f"{p}/{proto}" for proto, found in ports.protected.items()
+                          for p in found)
         report.warnings.append(f"the protected ports ({nft_table.show_ports(ports.protected)}) "
-                               f"come from {ports.source}; fix: gnocchi protect "
-                               + " ".join(f"{p}/{proto}" for proto, found in
-                                          ports.protected.items() for p in found))
+                               f"come from {ports.source}; fix: " + (
+                                   f"gnocchi protect {listed}" if listed else
+                                   f"add [protect] to {cfg.path} (docs/server.md)"))
     elif os.path.exists(legacy):
         report.warnings.append(f"{legacy} (the table file of gnocchi 0.3 and before) is not "
                                f"read any more: the ports are in [protect] in {cfg.path}; "

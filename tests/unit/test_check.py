@@ -199,3 +199,34 @@ def test_a_knock_port_set_of_another_type_is_refused(s):
         "set knock_port {\n\t\ttype inet_service", "set knock_port {\n\t\ttype ipv4_addr")
         .replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", ""))
     refused(s, f"{s.table}: set knock_port must be of type inet_service")
+
+
+def test_a_03_table_file_beside_a_config_without_protect_gives_the_ports_and_the_fix(s):
+    (s.tmp / "gnocchi.nft").write_text(TABLE.read_text().replace("elements = { 22 }",
+                                                                 "elements = { 22, 2222 }"))
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("protects 22/tcp, 2222/tcp\n")
+    assert (f"warning: the protected ports (22/tcp, 2222/tcp) come from {s.tmp / 'gnocchi.nft'} "
+            "(the table file of gnocchi 0.3 and before") in proc.stderr
+    assert "fix: gnocchi protect 22/tcp 2222/tcp" in proc.stderr
+    # Once the config has [protect], the old file is not read: remove it.
+    s.write_config(extra="[protect]\ntcp = [22]\n")
+    proc = s.check()
+    assert proc.returncode == 0 and proc.stdout.endswith("protects 22/tcp\n")
+    assert f"is not read any more: the ports are in [protect] in {s.config}; fix: rm " \
+        in proc.stderr
+
+
+def test_the_knock_port_is_never_protected(s):
+    s.write_config(extra=f"[protect]\ntcp = [22]\nudp = [{s.port}]\n")
+    refused(s, f"{s.config}: protect.udp: {s.port} is the knock port, so every knock would "
+               f"need a knock first; fix: gnocchi unprotect {s.port}/udp")
+
+
+def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):
+    from gnocchi.admin import last_good
+    assert last_good.record(str(s.config))[0]
+    s.write_config(extra='alow = ["22"]\n')
+    refused(s, f"{s.config}: alow: unknown key", "gnocchi goes on with the last good config, "
+               f"{s.tmp / 'gnocchi.last-good.toml'}: this file is not applied until it loads")
