@@ -414,8 +414,8 @@ def test_disable_now_returns_with_the_table_gone_and_status_not_armed(b):
     since = time.time()
     for _ in range(3):
         b.run("systemctl", "disable", "--now", "gnocchi.socket")
-        rc, out = status(b)  # at once: the command's return is the promise
-        assert not b.armed()
+        assert not b.armed(), "gone when the command returns"  # nft at once, from outside
+        rc, out = status(b)
         assert rc == 3 and out.startswith("gnocchi: NOT ARMED (disarmed"), out
         b.run("systemctl", "enable", "--now", "gnocchi.socket")
         assert b.armed()
