@@ -238,10 +238,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
                    help=f"--proxy: wait per connect (default {CONNECT_TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="say what was sent, on stderr")
-    p.add_argument("--keygen", nargs="?", const="", metavar="FILE",
-                   help="make a client key instead of knocking (default "
-                        "~/.config/gnocchi/client.key) and print its public key")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--keygen", nargs="?", const="", metavar="FILE",
+                     help="make a client key instead of knocking (default "
+                          "~/.config/gnocchi/client.key) and print its public key")
+    key.add_argument("--pubkey", nargs="?", const="", metavar="FILE",
+                     help="print the public key of a client key instead of knocking (default "
+                          "~/.config/gnocchi/client.key), for the server's admin")
     return p
+
+
+def default_client_key() -> str:
+    return os.path.join(os.path.dirname(profile.default_config_path()), "client.key")
 
 
 def _request_text(args, prof: profile.Profile | None) -> str:
@@ -314,11 +322,13 @@ def main(argv=None) -> int:
 
     try:
         if args.keygen is not None:  # the client's own keygen: no server package needed
-            path = args.keygen or os.path.join(os.path.dirname(profile.default_config_path()),
-                                               "client.key")
+            path = args.keygen or default_client_key()
             print(keys.create_client_key(path).hex())
             print(f"gnocchi-knock: made {path}; give the public key above to the server's admin "
                   "(gnocchi add-client NAME PUBKEY)", file=sys.stderr)
+            return 0
+        if args.pubkey is not None:  # the public key again, whenever the admin asks
+            print(keys.public_of(keys.load_secret(args.pubkey or default_client_key())).hex())
             return 0
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")

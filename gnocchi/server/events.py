@@ -125,7 +125,7 @@ class EventLog:
     def unknown_key(self, key: bytes,
                     source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         """A packet sealed with the server key that claims no configured client's key:
-        counted by key id (its first 8 bytes, as `gnocchi pubkey` starts) and source,
+        counted by key id (its first 8 bytes, as `gnocchi-knock --pubkey` starts) and source,
         which is how an admin spots a client whose public key was pasted wrong."""
         self._count_who("unknown-client", f"key {key[:8].hex()} from {source}")
 

@@ -630,11 +630,13 @@ def test_doctor_names_a_private_key_pasted_as_a_public_key(b):
     b.file(CONFIG).write_text(good + f'[clients.bob]\npublic_key = "{not_a_point_seed()}"\n'
                               'allow = ["22/tcp"]\n')
     diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is not an Ed25519 "
-                 "public key at all: most likely the client's PRIVATE key",
-              "fix: on bob's machine run `gnocchi pubkey CLIENT_KEY_FILE`")
+                 "public key (not a point of the curve's group, which every public key is): "
+                 "most likely a secret pasted by mistake",
+              "fix: on bob's machine run `gnocchi-knock --pubkey`")
     server_key = b.file("/etc/gnocchi/server.key").read_text().strip()
     b.file(CONFIG).write_text(good + f'[clients.bob]\npublic_key = "{server_key}"\n')
-    diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is the SERVER key")
+    diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is this server's own "
+                 "secret key")
     b.file(CONFIG).write_text(good)
     healthy(b)
 
