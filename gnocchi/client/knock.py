@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 
+from gnocchi import __version__
 from gnocchi.client import counter as client_counter
 from gnocchi.client import profile
 from gnocchi.shared import keys, knock_request, protocol
@@ -210,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
         description="Send one gnocchi knock to HOST (or to a profile's host); see docs/client.md.")
     p.add_argument("host", nargs="?", metavar="HOST",
                    help="server name or address; also selects the profile of that name or host")
-    p.add_argument("--config", type=path_argument,
+    p.add_argument("--config", type=path_argument, metavar="FILE",
                    help="profile file (default ~/.config/gnocchi/knock.toml)")
     p.add_argument("--profile", metavar="NAME", help="use this profile from the config")
     p.add_argument("--server-key-file", type=path_argument, metavar="FILE")
@@ -245,6 +246,7 @@ def parser() -> argparse.ArgumentParser:
     key.add_argument("--pubkey", nargs="?", const="", metavar="FILE",
                      help="print the public key of a client key instead of knocking (default "
                           "~/.config/gnocchi/client.key), for the server's admin")
+    p.add_argument("--version", action="version", version=f"gnocchi-knock {__version__}")
     return p
 
 
