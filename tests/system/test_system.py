@@ -236,10 +236,19 @@ def test_the_verifier_runs_unprivileged_without_network(server):
     assert own != box.run(["readlink", "/proc/1/ns/net"]).stdout, "PrivateNetwork=yes"
 
 
-def test_audit_lists_the_knock(server):
+def test_audit_lists_the_knock_and_the_arming(server):
     out = server.box.run(["gnocchi", "audit"]).stdout
     lines = [line for line in out.splitlines() if " accepted " in line]
     assert lines and "alice" in lines[-1] and server.net.client.ip in lines[-1], out
+    armed = [line for line in out.splitlines() if " armed " in line]
+    assert armed and "protecting 22/tcp" in armed[-1], out
+    # --since as journalctl takes it (the knock was the test before); a time after
+    # every entry lists none.
+    for since in (["--since", "5 min ago"], ["--since", "-5m"], ["--since=-1h"]):
+        recent = server.box.run(["gnocchi", "audit", *since]).stdout
+        assert lines[-1] in recent.splitlines(), (since, recent)
+    later = server.box.run(["gnocchi", "audit", "--since", "+1h"]).stdout
+    assert later.splitlines() == out.splitlines()[:1]
 
 
 # Paths are what the packages ship under /usr, /lib, /bin, /sbin, the conffile, and
