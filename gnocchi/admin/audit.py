@@ -84,7 +84,9 @@ def format_entry(entry: dict) -> str:
         "action-run": f"ran {request}",
         "action-failed": f"FAILED {request}: {reason}",
         "refused": f"REFUSED {request}: {reason}",
-        "replay": "REFUSED replayed knock (counter not above the last accepted)",
+        # The verifier's own words after "...from SOURCE: " (how far below, and why).
+        "replay": "REFUSED replayed knock: " + (get("MESSAGE").split(": ", 1)[1:] or [
+            "counter not above the last accepted"])[0],
         "signature": "REFUSED bad signature (wrong client key or server address)",
     }.get(event)
     if what is None:
