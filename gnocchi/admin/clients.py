@@ -137,7 +137,7 @@ def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_confi
     try:
         public = keys.parse_public_hex(public_hex, "PUBKEY")
     except ValueError as e:
-        raise EditError(f"{e} (on the client: gnocchi-knock --keygen)") from None
+        raise EditError(f"{e}; a new client makes its key with gnocchi-knock --keygen") from None
     ports = []
     for item in allow or [DEFAULT_ALLOW]:
         port = knock_request.parse_port(item)
@@ -151,6 +151,15 @@ def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_confi
                             f"gnocchi remove-client {name} first to replace it")
         if client.public_key == public:
             raise EditError(f"{path}: this key is already client {client.name}'s")
+    # Never write a secret into the config (world-readable): the key's kind first.
+    try:
+        server_key = keys.load_secret(current.server_key_file)
+    except keys.KeyFileError:
+        server_key = None  # unreadable here: `gnocchi check` names that
+    known = {c.public_key: c.name for c in current.clients}
+    if problem := keys.public_key_problem(public, server_key, known):
+        raise EditError(f"PUBKEY: {problem}; nothing was written; "
+                        f"fix: {keys.public_key_fix(name)}")
 
     def expect(old, new):
         before = {c.name: c for c in old.clients}
@@ -251,7 +260,8 @@ def parser(command: str) -> argparse.ArgumentParser:
                          "the rest of the file is kept as it is), reload a running verifier, "
                          "and print the client's knock.toml profile and ~/.ssh/config block.")
         p.add_argument("public_key", metavar="PUBKEY",
-                       help="the client's public key (gnocchi-knock --keygen prints it)")
+                       help=f"the client's public key (`{keys.PRINT_PUBKEY}` prints it on the "
+                            "client)")
         p.add_argument("--allow", action="extend", nargs="+", metavar="PORT[/tcp|/udp]",
                        help=f"what the client may open (default {DEFAULT_ALLOW})")
         p.add_argument("--host", type=host_name, default=None,
