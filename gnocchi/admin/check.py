@@ -24,6 +24,7 @@ from gnocchi.admin import nft_table
 from gnocchi.shared.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
+SHARE = 32  # openings the helper lets one client hold pending (helper/nft.py SHARE)
 DROP_IN = "gnocchi.socket.d/port.conf"
 SOCKET = "gnocchi.socket"
 
@@ -36,6 +37,7 @@ class Report:
     clients: int = 0
     protected: dict | None = None        # from the table file
     flood_limit: bool = True             # the table file has set knock_port
+    knocked_size: int | None = None      # the smaller knocked set's size in the table file
 
     @property
     def ok(self) -> bool:
@@ -211,6 +213,8 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_tab
         loaded = nft_table.test_load(table_path)
         report.protected = loaded.protected()
         report.flood_limit = loaded.knock_ports() is not None
+        report.knocked_size = min((loaded.sets()[n].get("size", 0) or 1 << 32)
+                                  for n in nft_table.KNOCKED.values())
         check_flood_limit(report, table_path)
     except nft_table.TableError as e:
         report.problems.append(str(e))
@@ -224,6 +228,14 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_tab
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
     check_clients(report, cfg)
+    if report.knocked_size and len(cfg.clients) * SHARE > report.knocked_size:
+        # Each client may hold SHARE openings pending: with more clients than the
+        # sets hold shares for, clients who knock at once (stolen keys) can fill them.
+        report.warnings.append(
+            f"{table_path}: sets knocked4/knocked6 hold {report.knocked_size} openings, "
+            f"the shares of {report.knocked_size // SHARE} clients, and {cfg.path} has "
+            f"{len(cfg.clients)}; fix: raise `size` in both sets to at least "
+            f"{len(cfg.clients) * SHARE} (docs/firewall.md, \"When a set is full\")")
     check_socket(report, report.port, unit_dir)
     check_syncookies(report)
     if live:
