@@ -177,6 +177,23 @@ def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncook
                                "/etc/sysctl.d/, if you set 2 there)")
 
 
+def check_liberal(report: Report,
+                  path: str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal") -> None:
+    """Conntrack that does not check TCP windows lets one forged ACK complete a
+    handshake, and so spend a client's knock (docs/firewall.md, "What a forger
+    can still do"): a lockout lever, not a way in, so a warning."""
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError:
+        return  # conntrack not loaded yet: it starts at 0
+    if value == "1":
+        report.warnings.append("net.netfilter.nf_conntrack_tcp_be_liberal is 1: conntrack takes "
+                               "any ACK as a completed handshake, so anyone who forges a "
+                               "client's address can spend its knocks; fix: sysctl -w "
+                               "net.netfilter.nf_conntrack_tcp_be_liberal=0")
+
+
 def check_clients(report: Report, cfg: server_config.Config) -> None:
     report.clients = len(cfg.clients)
     if not cfg.clients:
@@ -238,6 +255,7 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_tab
             f"{len(cfg.clients) * SHARE} (docs/firewall.md, \"When a set is full\")")
     check_socket(report, report.port, unit_dir)
     check_syncookies(report)
+    check_liberal(report)
     if live:
         check_live_knock_port(report, table_path)
     # The counter store: readable only with the verifier's or root's full rights;
