@@ -9,7 +9,10 @@ minus) this one, before it durably replaces the old file with the same
 owner and mode. A running verifier is then reloaded (`systemctl reload
 gnocchi.service`: `gnocchi check`, then a restart that keeps the knocks
 queued in its socket), and the command returns once the old verifier has
-exited, so a removed client is out when it says so. add-client prints what the client needs: a
+exited, so a removed client is out when it says so; remove-client then
+withdraws the openings its knocks left pending in the live table (the
+helper names each opening's client in its nft comment), so it cannot use one
+either. add-client prints what the client needs: a
 knock.toml profile and a ~/.ssh/config block, with the server key's
 fingerprint; never the server key itself.
 """
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import time
 
+from gnocchi.admin import nft_table
 from gnocchi.server import config as server_config
 from gnocchi.shared import durable, keys, knock_request
 
@@ -203,6 +207,24 @@ def reload_verifier() -> str:
     return f"{SERVICE} reloaded"
 
 
+def withdraw(name: str) -> str:
+    """Delete the openings pending for client name in the live table (knocks of its
+    that no connection used yet), in one transaction; what happened, in words."""
+    for _ in range(nft_table.RETRIES):
+        live = nft_table.live()
+        mine = [p for p in live.pending() if p.client == name] if live else []
+        if not mine:
+            return f"no opening pending for {name}" if live else "no table loaded: nothing pending"
+        script = "".join(f"delete element {nft_table.FAMILY} {nft_table.NAME} "
+                         f"{nft_table.KNOCKED[p.address.version]} {{ {p.nft_value()} }}\n"
+                         for p in mine)
+        if nft_table.nft("-f", "-", input=script).returncode == 0:
+            return f"withdrew the {len(mine)} opening{'s' * (len(mine) != 1)} pending for {name}"
+        # One was used or expired between the read and the delete: read again.
+    raise EditError(f"the config is written, but {name}'s pending openings kept changing during "
+                    f"{nft_table.RETRIES} attempts to withdraw them; run the command again")
+
+
 def main_pid() -> str:
     return subprocess.run(["systemctl", "show", "-P", "MainPID", SERVICE], capture_output=True,
                           text=True, timeout=30).stdout.strip()
@@ -281,7 +303,11 @@ def main(argv: list[str]) -> int:
         else:
             remove(args.config, args.name)
             print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}; "
-                  f"{reload_verifier()}", file=sys.stderr)
+                  f"{reload_verifier()}; {withdraw(args.name)}", file=sys.stderr)
+    except nft_table.TableError as e:
+        print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}, but its "
+              f"pending openings could not be withdrawn: {e}", file=sys.stderr)
+        return 1
     except (EditError, OSError, subprocess.SubprocessError) as e:
         print(f"gnocchi {command}: {e}", file=sys.stderr)
         return 1
