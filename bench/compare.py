@@ -207,10 +207,11 @@ class Bench:
                 sink.close()
 
     def fresh_gnocchi(self, many_clients=False) -> None:
-        """A new helper and a new verifier: the helper's per-address cap and
-        the verifier's per-client and per-address buckets start afresh, so
-        knocks of an earlier repetition limit no later one (one repetition
-        sends at most 17 knocks from one address, 9 from one client)."""
+        """A new helper and a new verifier: the verifier's per-client and
+        per-address buckets start afresh, so knocks of an earlier repetition
+        limit no later one (the connect phase sends 8 sealed knocks, and 16 from the
+        real client, 8 more for each --client-checkout, over the seconds the
+        fwknopd trials between them take: within a burst of 20 and one a second)."""
         self.g.start_helper()
         self.g.start_verifier(many_clients)
         self.g.wake()
