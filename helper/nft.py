@@ -70,10 +70,9 @@ class Table:
         add = {"add": {"element": {**ref, "elem": [
             {"elem": {**v, "timeout": timeout, "comment": req.client}} for v in vals]}}}
         delete = {"delete": {"element": {**ref, "elem": [{"elem": v} for v in vals]}}}
-        if err := self.apply(add, delete, add)[1]:
-            return err
-        self.pending.update({(req.address, *o): req.client for o in req.opens})
-        return ""
+        err = self.apply(add, delete, add)[1]
+        self.pending.update({} if err else {(req.address, *o): req.client for o in req.opens})
+        return err
 
 
 def prefix(address):  # a source as the bounds count it: an IPv4 address, an IPv6 /64 (a host's)

@@ -17,16 +17,17 @@ VERSION = 4
 MAX_PORTS = 8
 PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
 NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a client's name, as the config's
-STATUSES = tuple("OK BAD_PEER BAD_LENGTH BAD_VERSION BAD_ADDRESS NOT_PROTECTED BAD_PROTO TOO_MANY"
-                 " NFT_FAILED EXPIRED BAD_COUNT BAD_DUPLICATE BAD_NAME".split())
+STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
+            "BAD_PROTO", "TOO_MANY", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE",
+            "BAD_NAME")
 (OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS, NOT_PROTECTED, BAD_PROTO, TOO_MANY,
  NFT_FAILED, EXPIRED, BAD_COUNT, BAD_DUPLICATE, BAD_NAME) = range(len(STATUSES))
 MAX_SIZE = HEADER.size + MAX_PORTS * ENTRY.size + 64
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
 # IPv6 sources that embed an IPv4 address (mapped, compatible, 6to4, Teredo,
 # NAT64): an element for one would stand for an address that never knocked.
-EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
+EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96",
+    "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 # address: IPv4Address or IPv6Address; opens: ((proto, port), ...), "tcp" or "udp",
@@ -55,16 +56,16 @@ def parse(msg: bytes) -> Request | int:
     if len(set(entries)) != count:
         return BAD_DUPLICATE
     address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
-    if family not in (4, 6) or family == 4 and raw[4:] != bytes(12) or not knockable(address):
+    if family not in (4, 6) or family == 4 and raw[4:] != bytes(12) or unknockable(address):
         return BAD_ADDRESS
     return Request(address, tuple((PROTOCOLS[n], port) for n, port in entries), deadline_ms,
                    msg[end:].decode())
 
 
-def knockable(a) -> bool:
-    """Unicast, global or private; README.md here lists what is not."""
-    if a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved:
-        return False
-    if a.version == 4:
-        return a not in THIS_NETWORK
-    return not a.is_site_local and not any(a in net for net in EMBEDDING_IPV4)
+def unknockable(a) -> str | None:
+    """Why no knock may open for a, or None: the verifier's rule (knock_socket.py), twin."""
+    if a.version == 6 and any(a in net for net in EMBEDDING_IPV4):
+        return "an IPv6 address that embeds an IPv4 address"
+    if (a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved
+            or (a.is_site_local if a.version == 6 else a in THIS_NETWORK)):
+        return "not a unicast address a client can knock from"

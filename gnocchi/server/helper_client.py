@@ -15,6 +15,9 @@ import ipaddress
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterable
+
+from gnocchi.shared import knock_request
 
 # The format by the names helper/request.py gives it (docs/contracts.md).
 # A header (version, family, count, name length, address, deadline: CLOCK_MONOTONIC,
@@ -35,8 +38,8 @@ class HelperUnreachable(Exception):
     """The helper did not answer; str() says why (no socket, refused, timeout, ...)."""
 
 
-def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, opens, client: str,
-           deadline_ms: int) -> bytes:
+def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+           opens: Iterable[knock_request.Open], client: str, deadline_ms: int) -> bytes:
     """The request for opens (each with .port and .proto) for client (a configured
     name); ValueError for what the helper would refuse whole, so the caller keeps to
     1..MAX_PORTS distinct ports."""
@@ -52,8 +55,9 @@ def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, opens, client
                        deadline_ms) + b"".join(ENTRY.pack(*entry) for entry in entries) + name
 
 
-def request_open(socket_path: str, address, opens, client: str, deadline: float = DEADLINE,
-                 clock=time.monotonic) -> str:
+def request_open(socket_path: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 opens: Iterable[knock_request.Open], client: str, deadline: float = DEADLINE,
+                 clock: Callable[[], float] = time.monotonic) -> str:
     """Ask the helper to open every one of opens (objects with .port, .proto) to
     address for client, all or none; returns its status name ("OK", ...)."""
     start = clock()
@@ -67,7 +71,7 @@ def request_open(socket_path: str, address, opens, client: str, deadline: float 
             sent = True
             sock.settimeout(max(0.0, start + deadline + GRACE - clock()))
             reply = sock.recv(2)  # one byte expected; two lets a longer reply be seen
-    except (socket.timeout, OSError) as e:
+    except (TimeoutError, OSError) as e:
         why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
         if not sent:
             raise HelperUnreachable(f"not opened: {socket_path}: {why}") from None

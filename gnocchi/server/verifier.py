@@ -1,28 +1,26 @@
 """`gnocchi serve`: the verifier daemon behind gnocchi.service.
 
 Trusts its config, server key and counter store; nothing in a packet. Each
-datagram: steps 1-2 where it lies (protocol.unseal), then open_packet, the
-counter stored durably (step 8) before the request is parsed, then the
-client's policy, and the helper (`open`) or the action socket (`run`, never
-waited for). It never sends a datagram, catches no exception it does not
-expect (systemd restarts it), keeps bounded state (RECENT tags, 4096 rate
-buckets per kind), and stops when its counter store fails (fail closed).
+datagram: steps 1-2 where it lies (protocol.unseal, once), steps 3-7, the
+source and client policy, the counter stored durably (step 8), the request,
+then the helper (`open`) or the action socket (`run`, never waited for). It
+never sends a datagram, catches no exception it does not expect (systemd
+restarts it), keeps bounded state, and stops when its store fails.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import select
 import signal
 import socket
 import sys
 
-from gnocchi.server import action_client, actions, config, counters, events, helper_client, knock_socket, ratelimit, strict
+from gnocchi.server import (action_client, actions, config, counters, events, helper_client,
+                            knock_socket, ratelimit, strict)
 from gnocchi.shared import keys, knock_request, protocol
 
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, overdue actions)
 RECENT = 4096  # packets remembered as decided, to drop exact repeats cheaply
-EARLY = (protocol.SIZE, protocol.MAC)  # before these are passed, the bytes are anyone's
 # A client knocks a few times for a login (ProxyCommand retries 3 times), a
 # script a few a minute: these limits never touch that, and keep one client,
 # or one address, from spending the disk, the journal and the helper for all.
@@ -34,9 +32,9 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
-                 log: events.EventLog, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+                 log: events.EventLog, now: config.Clock = config.utc_now):
         self.now = now  # wall clock, for clients' expiry
-        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
+        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
         self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
         self.cfg, self.key, self.store, self.log = cfg, server_key, store, log
@@ -47,26 +45,36 @@ class Verifier:
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
 
-    def server_ips(self, dest) -> tuple[bytes, ...]:
+    def server_ips(self, dest: knock_socket.Address | None) -> tuple[bytes, ...]:
         return self.fixed_ips or ((dest.packed,) if dest is not None and dest.version == 4 else ())
 
-    def handle(self, packet: bytes, source, dest) -> None:
-        tag = packet[:protocol.NONCE_LEN + protocol.MAC_LEN]
+    def handle(self, tag: bytes, plaintext: bytes, source: knock_socket.Address,
+               dest: knock_socket.Address | None) -> None:
+        # A datagram past steps 1-2: tag is its NONCE and MAC, plaintext what they sealed.
         if tag in self.recent:
             # The very bytes of a packet already decided (a captured knock sent
             # again and again): dropped without a second signature check.
             self.log.drop("repeated")
             return
+        self.recent[tag] = None
+        if len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
         server_ips = self.server_ips(dest)
-        result = protocol.open_packet(packet, self.key, self.last_counter, server_ips)
-        if not (isinstance(result, protocol.Rejected) and result.reason in EARLY):
-            self.recent[tag] = None
-            if len(self.recent) > RECENT:
-                del self.recent[next(iter(self.recent))]
+        result = protocol.open_plaintext(tag[:protocol.NONCE_LEN], plaintext, self.key,
+                                         self.last_counter, server_ips)
         if isinstance(result, protocol.Rejected):
             self.rejected(result, source, server_ips)
             return
         client = self.clients[result.client_key]
+        if why := knock_socket.unknockable(source) or client.refusal(source, self.now()):
+            # The source rule and the client's own policy, first: a stolen key used
+            # from elsewhere costs no write, spends nothing (not even in memory, so
+            # it cannot raise the real client's counter), and its entries share the
+            # log's budget.
+            self.log.limited("refused", f"knock for client {client.name} from {source} "
+                             f"refused: {why}; counter not stored", client=client.name,
+                             client_key=result.client_key.hex(), source_ip=source, reason=why)
+            return
         if not (self.client_limit.allow(result.client_key) and self.address_limit.allow(source)):
             # Over its limit: dropped before the disk or the helper, counted in the
             # interval's summary; the counter is spent in memory, so the packet
@@ -74,25 +82,17 @@ class Verifier:
             self.store.note(result.client_key, result.counter)
             self.log.over_limit(client.name)
             return
-        if why := client.refusal(source, self.now()):
-            # The client's own policy, before anything is stored: a stolen key used
-            # from elsewhere costs no write, and its entries share the budget.
-            self.log.limited("refused", f"knock for client {client.name} from {source} "
-                             f"refused: {why}; counter not stored", client=client.name,
-                             client_key=result.client_key.hex(), source_ip=source, reason=why)
-            return
         # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
         self.store.commit(result.client_key, result.counter)
         common = dict(client=client.name, client_key=result.client_key.hex(),
                       source_ip=source, counter=result.counter)
+        request: knock_request.Request | knock_request.Bad | None
         if result.data:
             request = knock_request.parse(result.data)
             shown = knock_request.show(result.data)
         else:
             request, shown = client.default, "(empty: the client's default)"
-        if why := knock_socket.unknockable(source):
-            self.refuse(client, common, shown, f"the source {source} is {why}", said="a knock")
-        elif request is None:
+        if request is None:
             self.refuse(client, common, shown, "this client has no default request")
         elif isinstance(request, knock_request.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
@@ -103,7 +103,8 @@ class Verifier:
         else:
             self.open(client, common, request, source)
 
-    def rejected(self, result: protocol.Rejected, source, server_ips) -> None:
+    def rejected(self, result: protocol.Rejected, source: knock_socket.Address,
+                 server_ips: tuple[bytes, ...]) -> None:
         if result.reason == protocol.UNKNOWN_CLIENT:  # counted by key id and source only
             self.log.unknown_key(result.claimed_key, source)
             return
@@ -131,15 +132,17 @@ class Verifier:
             self.log.limited("signature", f"knock claiming client {name} from {source} has a "
                              "bad signature (other client key or server address)", **claimed)
 
-    def refuse(self, client, common: dict, shown: str, why: str, said: str = "") -> None:
+    def refuse(self, client: config.Client, common: dict, shown: str, why: str,
+               said: str = "") -> None:
         # A client's own bytes (shown, escaped) go to GNOCCHI_REQUEST only: MESSAGE
         # quotes a request only in the canonical form this code printed itself.
         said = said or f"'{shown}'"
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client, common: dict, request: knock_request.Open | knock_request.OpenPorts,
-             source) -> None:
+    def open(self, client: config.Client, common: dict,
+             request: knock_request.Open | knock_request.OpenPorts,
+             source: knock_socket.Address) -> None:
         """One helper request (every port or none), one entry naming them all."""
         try:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.opens,
@@ -157,7 +160,8 @@ class Verifier:
         self.log.event("accepted", f"client {client.name} from {source}: {request}",
                        request=str(request), helper_status=status, **common)
 
-    def run(self, client, common: dict, request: knock_request.Run, source) -> None:
+    def run(self, client: config.Client, common: dict, request: knock_request.Run,
+            source: knock_socket.Address) -> None:
         if why := self.runs.refusal(client.name):
             self.refuse(client, common, str(request), why)
             return
@@ -211,30 +215,21 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                                              datagrams.boxes[i], datagrams.opened, verifier.key):
                     log.drop(reason)
                     continue
-                verifier.handle(datagrams.packet(i), *knock_socket.addresses(*datagrams.sender(i)))
-
-
-def interval(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 1 <= seconds <= 86400:  # a summary per packet would defeat its purpose
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 1..86400")
-    return seconds
+                verifier.handle(datagrams.tag(i), datagrams.plaintext(i),
+                                *knock_socket.addresses(*datagrams.sender(i)))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi serve",
                                      description="Run the verifier (normally gnocchi.socket "
                                                  "starts it through gnocchi.service).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
-                        help=f"default {config.DEFAULT_PATH}")
+    parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE",
+                        help=f"default {config.DEFAULT_CONFIG}")
     parser.add_argument("--listen", metavar="ADDR",
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
     parser.add_argument("--server-key-file", metavar="FILE",
                         help="default: server_key_file from the config")
-    parser.add_argument("--summary-interval", type=interval, default=events.INTERVAL,
+    parser.add_argument("--summary-interval", type=events.interval, default=events.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
     log = events.EventLog(interval=args.summary_interval)

@@ -169,7 +169,8 @@ def _verify(nonce: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
     return False
 
 
-def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
+def unseal(length: int, nonce: object, box: object, opened: object,
+           server_key: bytes) -> str | None:
     """PROTOCOL.md steps 1 and 2: SIZE or MAC if a datagram of `length` bytes
     fails them, else None, with its plaintext in opened[2 * BOXZERO_LEN:]."""
     # nonce: the datagram's first NONCE_LEN bytes; box: BOXZERO_LEN zero bytes,
@@ -187,17 +188,22 @@ def unseal(length: int, nonce, box, opened, server_key: bytes) -> str | None:
     return None
 
 
-def open_packet(packet: bytes, server_key: bytes,
-                last_counter: Callable[[bytes], int | None],
+def open_packet(packet: bytes, server_key: bytes, last_counter: Callable[[bytes], int | None],
                 server_ips: Iterable[bytes]) -> Accepted | Rejected:
-    """PROTOCOL.md's receiver steps 1-7; the caller stores the counter (step 8).
-    last_counter(key): the highest counter accepted (0 if none), None if the key
-    is no configured client's. server_ips: the 4-byte IPv4 addresses signed for."""
+    """PROTOCOL.md's receiver steps 1-7; the caller stores the counter (step 8)."""
     box = bytes(BOXZERO_LEN) + packet[NONCE_LEN:]
     opened = ffi.new("unsigned char[]", len(box))
     if reason := unseal(len(packet), packet[:NONCE_LEN], box, opened, server_key):
         return Rejected(reason)
     plaintext = ffi.buffer(opened)[2 * BOXZERO_LEN:]
+    return open_plaintext(packet[:NONCE_LEN], plaintext, server_key, last_counter, server_ips)
+
+
+def open_plaintext(nonce: bytes, plaintext: bytes, server_key: bytes,
+                   last_counter: Callable[[bytes], int | None],
+                   server_ips: Iterable[bytes]) -> Accepted | Rejected:
+    """Steps 3-7 on what unseal() opened. last_counter(key): the highest counter accepted
+    (0 if none), None for no client's key; server_ips: the IPv4 addresses signed for."""
     if plaintext[:SIGNPUB_AT] != MAGIC:
         return Rejected(MAGIC_MISMATCH)
     signpub = plaintext[SIGNPUB_AT:SIG_AT]
@@ -209,7 +215,7 @@ def open_packet(packet: bytes, server_key: bytes,
     # are still given in receiver order: a packet that claims a key costs the
     # same whether that key is configured and whatever its stored counter, so
     # no one holding the server key can learn either from the verifier's time.
-    signed = _verify(packet[:NONCE_LEN], signpub, sig, counter_and_body, server_key, server_ips)
+    signed = _verify(nonce, signpub, sig, counter_and_body, server_key, server_ips)
     if last is None:
         return Rejected(UNKNOWN_CLIENT, signpub)
     if counter <= last:

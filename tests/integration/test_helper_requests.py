@@ -6,6 +6,7 @@ transaction, with the helper's own timeout. The helper serves uid `nobody` here 
 nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
 import ipaddress
+import json
 import socket
 import subprocess
 import time
@@ -259,7 +260,8 @@ def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
 
 
 def test_helper_refuses_bad_options():
-    for args, text in ((["--open-seconds", "0"], "1..3600"), (["--open-seconds", "3601"], "1..3600"),
+    for args, text in ((["--open-seconds", "0"], "1..3600"),
+                       (["--open-seconds", "3601"], "1..3600"),
                        (["--peer-user", "no-such-user-x"], "no such user"),
                        (["--peer-user", "nobody"], "expected 1 socket")):
         r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
@@ -331,3 +333,28 @@ def test_a_knock_again_re_arms_its_element_and_names_its_client_on_this_kernel(t
         left = {e["val"]["concat"][0]: e for e in elements(net.server, "knocked4")}
         assert left["198.18.5.1"]["expires"] >= 29 and left["198.18.5.1"]["comment"] == "bob"
         assert left["198.18.5.2"]["expires"] <= 28 and left["198.18.5.2"]["comment"] == "alice"
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    with Net("rh") as net:  # its own: it leaves an element behind
+        load_table(net.server, tmp_path)
+        yield net.server
+
+
+def test_a_standing_element_without_a_timeout_does_not_stop_the_helper(own_server):
+    # An element the admin added by hand without a timeout (a standing pass for
+    # one address) is listed by nft -j as a bare {"concat": [...]}, not as
+    # {"elem": {...}}: a helper that reads knocked4 must not die on it.
+    server = own_server
+    server.nft("add", "element", "inet", "gnocchi", "knocked4", "{ 198.18.7.7 . tcp . 22 }")
+    helper = Helper(server)
+    try:
+        assert helper.send(request("198.18.1.1", 22)) == [STATUS["OK"]], helper.log.read_text()
+        assert helper.send(request("198.18.1.1", 22)) == [STATUS["OK"]], helper.log.read_text()
+    finally:
+        helper.close()
+    listed = json.loads(server.nft("-j", "list", "set", "inet", "gnocchi", "knocked4").stdout)
+    elems = [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
+    assert {"concat": ["198.18.7.7", "tcp", 22]} in elems  # the admin's, untouched
+    assert [e["elem"]["val"]["concat"] for e in elems if "elem" in e] == [["198.18.1.1", "tcp", 22]]

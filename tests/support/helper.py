@@ -98,7 +98,8 @@ class Helper:
         return [None if v == "None" else int(v) for v in out.split()]
 
     def log_lines(self) -> list[str]:
-        return [l for l in self.log.read_text().splitlines() if l.startswith("gnocchi-helper:")]
+        return [line for line in self.log.read_text().splitlines()
+                if line.startswith("gnocchi-helper:")]
 
     def close(self):
         stop(self.proc)
@@ -129,7 +130,7 @@ class HelperRecorder:
         while not self._stop:
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with conn:
                 conn.settimeout(2)

@@ -14,12 +14,27 @@ import subprocess
 import time
 from pathlib import Path
 
+from nacl._sodium import ffi
+
 from gnocchi.server import counters
 from gnocchi.shared import keys, protocol
 from support.netns import Net
 from support.processes import PYTHON, REPO, events, stop
 
 SHOW_ACTION = Path(__file__).with_name("show_action.py")
+
+
+def handle(verifier, packet: bytes, source, dest) -> None:
+    """One datagram's bytes through the verifier as serve() takes it: steps 1-2
+    (protocol.unseal, a drop counted on failure), then Verifier.handle."""
+    nonce = packet[:protocol.NONCE_LEN]
+    box = bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:]
+    opened = ffi.new("unsigned char[]", len(box))
+    if reason := protocol.unseal(len(packet), nonce, box, opened, verifier.key):
+        verifier.log.drop(reason)
+        return
+    plaintext = ffi.buffer(opened)[2 * protocol.BOXZERO_LEN:]
+    verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], plaintext, source, dest)
 
 
 class Keys:
@@ -82,12 +97,11 @@ class Daemon:
     def __init__(self, net: Net, config: Path, listen: str, *args: str, stderr: Path,
                  env: tuple[str, ...] = ()):
         self.stderr_path = stderr
-        self.stderr = open(stderr, "wb")
         argv = ["systemd-socket-activate", "-d", "-l", listen, "-E", f"PYTHONPATH={REPO}",
                 *(f"-E{e}" for e in env),
                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(config), *args]
-        self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr)
+        with open(stderr, "wb") as err:  # the daemon keeps its own copy
+            self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         self.wait_for(lambda text: "Listening on" in text, what="the activated socket")
 
     def text(self) -> str:
@@ -117,6 +131,4 @@ class Daemon:
         return self.of(event)
 
     def stop(self) -> int:
-        status = stop(self.proc)
-        self.stderr.close()
-        return status
+        return stop(self.proc)
