@@ -10,7 +10,6 @@ import pwd
 import socket
 import struct
 import sys
-import time
 
 import nftables
 from systemd import daemon, journal
@@ -18,10 +17,9 @@ from systemd import daemon, journal
 import nft
 import request as rq
 
-RECV_SECONDS = 2.0   # a peer that connects and says nothing holds us this long
 MESSAGE_ID = "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013"
-PRIORITY = {rq.OK: journal.LOG_INFO, rq.NFT_FAILED: journal.LOG_ERR, **dict.fromkeys(
-    (rq.NOT_PROTECTED, rq.TOO_MANY, rq.EXPIRED), journal.LOG_WARNING)}  # else (malformed...): CRIT
+# syslog's: 6 info, 4 warning, 3 err; any other status (malformed, BAD_PEER) 2, crit
+PRIORITY = {rq.OK: 6, rq.NOT_PROTECTED: 4, rq.TOO_MANY: 4, rq.EXPIRED: 4, rq.NFT_FAILED: 3}
 
 
 def log(status: int, text: str, fields: dict) -> None:
@@ -39,8 +37,8 @@ def log(status: int, text: str, fields: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def decide(conn, peer_uid: int, table, open_seconds: int, clock=time.monotonic) -> tuple:
-    """(status, text, log fields) for one connection; table (nft.Table) and clock are passed in."""
+def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: int) -> tuple:
+    """(status, text, log fields) for one connection; the table (and its clock) passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
     try:
@@ -57,7 +55,7 @@ def decide(conn, peer_uid: int, table, open_seconds: int, clock=time.monotonic) 
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
     what = f"{req.address} {ports} for client {req.client}"
     fields.update(ADDRESS=req.address, PORTS=ports, CLIENT=req.client)
-    now = clock()
+    now = table.clock()
     if err := table.refresh(req.opens, now):
         return rq.NFT_FAILED, f"{what}: a set could not be read", dict(fields, NFT_ERROR=err)
     if missing := table.unprotected(req.opens):  # one is enough to refuse them all
@@ -67,7 +65,7 @@ def decide(conn, peer_uid: int, table, open_seconds: int, clock=time.monotonic) 
     # knocked set: openings pending, whatever the open time (README.md here).
     if crowded := table.crowded(req):
         return rq.TOO_MANY, f"{what}: {crowded} has {nft.SHARE} openings pending", fields
-    if clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
+    if table.clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
     if err := table.add(req, open_seconds):
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
@@ -86,16 +84,15 @@ def main() -> int:
     if peer_uid is None:
         p.error(f"--peer-user {args.peer_user!r}: no such user")
     fds = daemon.listen_fds()
-    if len(fds) != 1:
-        p.error(f"expected 1 socket from systemd (LISTEN_FDS), got {len(fds)}")
-    listener = socket.socket(fileno=fds[0])
-    if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
-        p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
+    listener = socket.socket(fileno=fds[0]) if len(fds) == 1 else None
+    if not listener or (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
+        p.error(f"expected 1 AF_UNIX SOCK_SEQPACKET socket from systemd (LISTEN_FDS), got "
+                f"{len(fds)}" + (" of another kind" if listener else ""))
     table = nft.Table(nftables.Nftables())
     while True:
         conn, _ = listener.accept()
         with conn:
-            conn.settimeout(RECV_SECONDS)
+            conn.settimeout(2.0)  # a peer that connects and says nothing holds us this long
             status, text, fields = decide(conn, peer_uid, table, args.open_seconds)
             log(status, text, fields)  # first: no answer goes out unlogged
             with contextlib.suppress(OSError):  # the peer left; the decision stands, logged

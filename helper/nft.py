@@ -2,6 +2,8 @@
 JSON built from values request.parse checked (never command text; table, sets
 and timeout never come from a request), through Table.apply alone."""
 import ipaddress
+import time
+from typing import Any  # a libnftables context (or a stand-in); a request.Request
 
 TABLE = {"family": "inet", "table": "gnocchi"}
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
@@ -13,18 +15,19 @@ SHARE = 32   # openings pending at most per client, and per source (IPv4 address
 class Table:
     """A libnftables context, and its copies of the protected sets and of the openings pending."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Any) -> None:
         # protected: proto -> [22, {"range": [8000, 8100]}, ...], as its set has them; pending:
         # (address, proto, port) -> client, as the kernel listed them at `read`, and added since.
-        self.ctx, self.protected, self.pending, self.read = ctx, {}, {}, float("-inf")
+        self.ctx, self.protected, self.pending, self.read, self.clock = (
+            ctx, dict[str, list](), dict[tuple, str](), float("-inf"), time.monotonic)
 
-    def apply(self, *commands) -> tuple[dict, str]:
+    def apply(self, *commands: dict) -> tuple[dict, str]:
         """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, err)."""
         rc, out, err = self.ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}},
                                                        *commands]})
         return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
 
-    def refresh(self, opens, now: float) -> str:
+    def refresh(self, opens: tuple, now: float) -> str:
         """Read the sets if the copies are old or lack a port of opens; libnftables' error or ""."""
         # Read again when FRESH seconds old, or when a copy lacks a port (one the admin adds
         # works on its next knock). A port removed less than FRESH ago still passes: its
@@ -47,13 +50,13 @@ class Table:
         self.read = now
         return ""
 
-    def unprotected(self, opens) -> list:
+    def unprotected(self, opens: tuple) -> list:
         """The (proto, port) of opens that the copies of the protected sets lack."""
         return [(p, port) for p, port in opens if not any(
             v["range"][0] <= port <= v["range"][1] if isinstance(v, dict) else v == port
             for v in self.protected.get(p, ()))]
 
-    def crowded(self, req) -> str:
+    def crowded(self, req: Any) -> str:
         """Who would pass its share with req's new openings: "client NAME", "source NET", or ""."""
         new = sum((req.address, *o) not in self.pending for o in req.opens)
         if list(self.pending.values()).count(req.client) + new > SHARE:
@@ -61,7 +64,7 @@ class Table:
         held = [prefix(address) for address, _, _ in self.pending].count(prefix(req.address))
         return f"source {prefix(req.address)}" if held + new > SHARE else ""
 
-    def add(self, req, timeout: int) -> str:
+    def add(self, req: Any, timeout: int) -> str:
         """req's openings, in one transaction; libnftables' error or ""."""
         # Add, delete, add: a knock again re-arms its element with the full timeout
         # (Linux before 6.12 keeps an element's expiry on add) and its client's name.
@@ -75,5 +78,5 @@ class Table:
         return err
 
 
-def prefix(address):  # a source as the bounds count it: an IPv4 address, an IPv6 /64 (a host's)
+def prefix(address: Any) -> Any:  # a source as the shares count it: IPv4 address, IPv6 /64
     return ipaddress.ip_network((address, 32 if address.version == 4 else 64), strict=False)

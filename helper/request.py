@@ -62,10 +62,10 @@ def parse(msg: bytes) -> Request | int:
                    msg[end:].decode())
 
 
-def unknockable(a) -> str | None:
+def unknockable(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why no knock may open for a, or None: the verifier's rule (knock_socket.py), twin."""
     if a.version == 6 and any(a in net for net in EMBEDDING_IPV4):
         return "an IPv6 address that embeds an IPv4 address"
-    if (a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved
-            or (a.is_site_local if a.version == 6 else a in THIS_NETWORK)):
-        return "not a unicast address a client can knock from"
+    bad = (a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local
+           or a.is_reserved or (a.is_site_local if a.version == 6 else a in THIS_NETWORK))
+    return "not a unicast address a client can knock from" if bad else None

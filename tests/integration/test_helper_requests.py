@@ -263,7 +263,7 @@ def test_helper_refuses_bad_options():
     for args, text in ((["--open-seconds", "0"], "1..3600"),
                        (["--open-seconds", "3601"], "1..3600"),
                        (["--peer-user", "no-such-user-x"], "no such user"),
-                       (["--peer-user", "nobody"], "expected 1 socket")):
+                       (["--peer-user", "nobody"], "expected 1 AF_UNIX SOCK_SEQPACKET socket")):
         r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
                            env={"PATH": "/usr/bin:/bin"}, timeout=30)
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)

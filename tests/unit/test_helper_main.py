@@ -33,10 +33,12 @@ def decide(message, peer_uid=ME, nft_ctx=None, now=1000.0, silent=False, on=None
     silent), with the table on (else a new one on nft_ctx)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
-        ours.settimeout(0.2)  # the helper's RECV_SECONDS, shortened
+        ours.settimeout(0.2)  # the helper's 2 s, shortened
         if not silent:
             theirs.send(message)
-        return main.decide(ours, peer_uid, on or table(nft_ctx), 30, clock=lambda: now)
+        t = on or table(nft_ctx)
+        t.clock = lambda: now
+        return main.decide(ours, peer_uid, t, 30)
 
 
 @pytest.mark.parametrize("name, message, status", [
