@@ -1,12 +1,14 @@
 """`gnocchi check`: would gnocchi work as configured? (like `sshd -t`, `nginx -t`)
 
 Trusts nothing it reads and changes nothing: it loads the config, the server
-key, the table file (into a throwaway namespace, see gnocchi/admin/nft_table.py) and
+key, the rules file (into a throwaway namespace, see gnocchi/admin/nft_table.py) and
 asks systemd which port gnocchi.socket would listen on. Guarantees: exit 0
 only when the verifier could run and a configured client could open a
 protected port; otherwise every problem is named, each with its fix. The
 arming unit runs the same checks before it loads or reloads the table
-(gnocchi/admin/table.py), so a server is never armed when nobody could knock in.
+(gnocchi/admin/table.py), so a server is never armed when nobody could knock in;
+`gnocchi reload` runs them before it applies a config. A config that does not
+load is named with what gnocchi runs instead (its last good copy, if any).
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     port: int | None = None             # the server key's knock port
     clients: int = 0
-    protected: dict | None = None        # from the table file
-    flood_limit: bool = True             # the table file has set knock_port
-    knocked_size: int | None = None      # the smaller knocked set's size in the table file
+    protected: dict | None = None        # from the config (nft_table.protected_ports)
+    flood_limit: bool = True             # the rules file has set knock_port
+    config_error: str | None = None      # the config does not load: why
+    cfg: server_config.Config | None = None  # what was checked: the file, or its last good copy
+    ports: nft_table.Ports | None = None     # the protected ports and where they come from
+    knocked_size: int | None = None      # the smaller knocked set's size in the rules file
 
     @property
     def ok(self) -> bool:
@@ -219,7 +224,7 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                "fix: add a client (docs/install.md, step 5)")
         return
     if report.protected is None:
-        return  # the table file's own problem is reported
+        return  # where the ports come from has its own problem
     usable = []
     for client in cfg.clients:
         for allowed in client.allow:
@@ -227,25 +232,69 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                 usable.append(client.name)
             else:
                 report.warnings.append(f"{cfg.path}: clients.{client.name}.allow: "
-                                       f"{allowed.port}/{allowed.proto} is "
-                                       "not a protected port; the helper will refuse to open it")
+                                       + unprotected(allowed.port, allowed.proto))
     if not usable:
         report.problems.append(f"{cfg.path}: no client may open a protected port "
                                f"({nft_table.show_ports(report.protected)}), so arming would shut "
-                               "everyone out; fix: add one to a client's allow list")
+                               "everyone out; fix: add one to a client's allow list, or protect "
+                               "a port a client may open (`gnocchi protect PORT[/udp]`)")
+
+
+def unprotected(port: int, proto: str) -> str:
+    """Why an allowed port that is not protected matters, and the one command that fixes it."""
+    return (f"{port}/{proto} is allowed but not protected: it is open to everyone without a "
+            f"knock, and the helper refuses to open it (a knock asking for it opens nothing); "
+            f"fix: gnocchi protect {port}/{proto}")
+
+
+def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> None:
+    """Where the protected ports come from ([protect], or 0.3's table file), and that
+    the knock port is not among them (knocks would then need a knock)."""
+    try:
+        ports = nft_table.protected_ports(cfg, config_path)
+    except nft_table.TableError as e:
+        report.problems.append(str(e))
+        return
+    report.protected, report.ports = ports.protected, ports
+    legacy = nft_table.legacy_file(config_path)
+    if cfg.protect is None and os.path.exists(legacy):
+        listed = " ".join(f"{p}/{proto}" for proto, found in ports.protected.items()
+                          for p in found)
+        report.warnings.append(f"the protected ports ({nft_table.show_ports(ports.protected)}) "
+                               f"come from {ports.source}; fix: " + (
+                                   f"gnocchi protect {listed}" if listed else
+                                   f"add [protect] to {cfg.path} (docs/server.md)"))
+    elif os.path.exists(legacy):
+        report.warnings.append(f"{legacy} (the table file of gnocchi 0.3 and before) is not "
+                               f"read any more: the ports are in [protect] in {cfg.path}; "
+                               f"fix: rm {legacy}")
+    if report.port is not None and report.port in ports.protected.get("udp", []):
+        report.problems.append(f"{cfg.path}: protect.udp: {report.port} is the knock port, so "
+                               "every knock would need a knock first; fix: gnocchi unprotect "
+                               f"{report.port}/udp")
+
+
+def broken(error: server_config.ConfigError, config_path: str) -> str:
+    """A config that does not load, and what gnocchi does about it."""
+    good = server_config.last_good_path(config_path)
+    if os.path.exists(good):
+        return (f"{error} (gnocchi goes on with the last good config, {good}: this file is "
+                "not applied until it loads)")
+    return f"{error} (the verifier would refuse to start)"
 
 
 def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_table.DEFAULT_FILE,
-        unit_dir: str | None = None, live: bool = False) -> Report:
+        unit_dir: str | None = None, live: bool = False, last_good: bool = False) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
-    load it)."""
+    load it). last_good: a config file that does not load is no problem when it has a
+    last good copy: that copy is checked instead, as gnocchi would run it (report.cfg
+    says which; report.config_error why the file was not)."""
     report = Report()
     for path in (config_path, table_path):
         if problem := loose_mode(path):
             report.problems.append(problem)
     try:
         loaded = nft_table.test_load(table_path)
-        report.protected = loaded.protected()
         report.flood_limit = loaded.knock_ports() is not None
         report.knocked_size = min((loaded.sets()[n].get("size", 0) or 1 << 32)
                                   for n in nft_table.KNOCKED.values())
@@ -255,12 +304,20 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     try:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
-        report.problems.append(f"{e} (the verifier would refuse to start)")
-        return report
+        report.config_error = str(e)
+        try:
+            if not last_good:
+                raise e
+            cfg = server_config.load_running(config_path)  # its last good copy, or e
+        except server_config.ConfigError:
+            report.problems.append(broken(e, config_path))
+            return report
+    report.cfg = cfg
     try:
         report.port = knock_port(keys.load_server_key(cfg.server_key_file))
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
+    check_ports(report, cfg, config_path)
     check_clients(report, cfg)
     if report.knocked_size and len(cfg.clients) * SHARE > report.knocked_size:
         # Each client may hold SHARE openings pending: with more clients than the
@@ -289,12 +346,12 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gnocchi check",
-        description="Check the config, the keys, gnocchi.socket's port and the table file; "
+        description="Check the config, the keys, gnocchi.socket's port and the rules file; "
                     "exit 0 only when gnocchi would work. Changes nothing.")
     p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
                    help=f"server config (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
-                   help=f"the table file (default {nft_table.DEFAULT_FILE})")
+                   help=f"the rules file (default {nft_table.DEFAULT_FILE})")
     p.add_argument("--unit-dir", metavar="DIR",
                    help="read gnocchi.socket's drop-in from DIR instead of asking systemd "
                         "(for tests and images)")

@@ -234,10 +234,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:])
     log = events.EventLog(interval=args.summary_interval)
     try:
-        cfg = config.load(args.config)
+        cfg = config.load_running(args.config, log.event)  # a broken file: its last good copy
         key_file = args.server_key_file or cfg.server_key_file
         server_key = keys.load_server_key(key_file)
-        for path in (args.config, key_file):  # StrictModes: others must not write them
+        for path in (cfg.path, key_file):  # StrictModes: others must not write them
             strict.check(path)
         sock = knock_socket.take(args.listen, protocol.knock_port(server_key))
         store = counters.Store(cfg.state_dir).load()
@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
             signal.signal(signum, lambda *_: stop.append(True))
         where = sock.getsockname()
         log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
-                  f"{len(cfg.clients)} clients", clients=len(cfg.clients))
+                  f"{len(cfg.clients)} clients of {cfg.path}", clients=len(cfg.clients))
         knock_socket.notify("READY=1")
         serve(sock, Verifier(cfg, server_key, store, log), log, stop, woken)
     except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError,
