@@ -212,14 +212,14 @@ def test_a_forger_sending_syns_from_the_clients_address_does_not_keep_it_out(net
                                                                              rate):
     stack = Stack(net, tmp_path)
     try:
-        forger = Paced(net.client, forged_syns(net.client.ip, net.server.ip), rate, 4,
+        forger = Paced(net.client, forged_syns(net.client.ip, net.server.ip), rate, 2.5,
                        tmp_path / "syns")
         time.sleep(0.5)
         result = stack.proxy()
         sent = forger.sent()
     finally:
         stack.close()
-    assert sent >= rate * 3, f"the forger sent {sent} SYNs"
+    assert sent >= rate * 2, f"the forger sent {sent} SYNs"
     assert result.returncode == 0 and result.stdout == BANNER.decode() + "hello", result.stderr
     assert knocks(result) == 1, "alice got in on her first knock"
 
@@ -229,8 +229,8 @@ def test_control_a_forger_at_2000_syns_a_second_spends_every_knock_a_syn_spends(
     stack = Stack(net, tmp_path, table_text=CONTROL_SYN_SPENDS.replace(
         "elements = { 22, 2222 }", "elements = { 22 }"))
     try:
-        forger = Paced(net.client, forged_syns(net.client.ip, net.server.ip), 2000, 8,
-                       tmp_path / "syns")
+        forger = Paced(net.client, forged_syns(net.client.ip, net.server.ip), 2000, 4.5,
+                       tmp_path / "syns")  # past the first knock's 3 s
         time.sleep(0.5)
         result = stack.proxy()
         forger.sent()
@@ -339,7 +339,7 @@ def test_a_neighbour_in_the_same_48_cannot_keep_a_client_out(net, tmp_path):
     try:
         flood = Paced(net.client, [IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000,
                                                                           dport=KNOCK_PORT) / b"x"
-                                   for ip in flooders], 32 * 15, 5, tmp_path / "flood")
+                                   for ip in flooders], 32 * 15, 4, tmp_path / "flood")
         time.sleep(1.5)  # the /48's burst is gone
         for _ in range(10):
             with inside(net.client):
@@ -355,7 +355,7 @@ def test_a_neighbour_in_the_same_48_cannot_keep_a_client_out(net, tmp_path):
         got = counting.settle()
     finally:
         counting.close()
-    assert sent >= 32 * 15 * 4
+    assert sent >= 32 * 15 * 3
     assert got[net.client.ip6] >= 9, got
     assert got[stranger] <= 2, f"control: the flood did not drain the /48's budget: {got}"
 
