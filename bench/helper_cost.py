@@ -7,13 +7,15 @@ the bench's server namespace (bench/lab.py) with nft/gnocchi.nft loaded (tcp
 
 Two cases, REQUESTS each: one port (22/tcp), and two (22/tcp and 60001/udp)
 in one request. Each address is knocked twice (a new element, then a re-armed
-one), 200 addresses at a time, the knocked set flushed in between (it holds
+one), 200 addresses at a time, each its own client (so no client passes its
+share of openings pending), the knocked set flushed in between (it holds
 4096). Prints the round trip a verifier waits for (median, 90th percentile)
 and the helper's own CPU time per request (utime + stime from /proc, the
 steadier figure on a shared machine). Nothing runs outside the namespaces but
 this process's connections to the helper's AF_UNIX socket. Then the
 libnftables calls alone, in-process in the namespace (helper/nft.py's Table):
-reading a protected set, one add that re-arms, add-delete-add.
+reading a protected set, reading all four sets (what the helper does at most
+once a second), the add (add, delete, add).
 """
 import ipaddress
 import os
@@ -33,6 +35,7 @@ from gnocchi.shared.knock_request import Open
 
 sys.path.insert(0, os.path.join(HERE, "..", "helper"))
 import nft  # helper/nft.py
+import request as rq  # helper/request.py
 import nftables
 
 BATCH = 200  # addresses per batch, each knocked twice: 800 elements at most
@@ -47,7 +50,7 @@ def case(g: Gnocchi, opens, total: int) -> None:
             g.reset()  # flush knocked4
         address = ipaddress.ip_address(first + (i // (2 * BATCH)) * BATCH + i % BATCH)
         t = time.perf_counter()
-        status = helper_client.request_open(str(g.helper_socket), address, opens)
+        status = helper_client.request_open(str(g.helper_socket), address, opens, f"c{i % BATCH}")
         times.append(time.perf_counter() - t)
         statuses[status] = statuses.get(status, 0) + 1
     cpu = cpu_seconds(pid) - cpu0
@@ -61,15 +64,15 @@ def case(g: Gnocchi, opens, total: int) -> None:
 def calls(lab: Lab, total: int) -> None:
     """Each libnftables call the helper makes per request, timed in a loop."""
     with lab.server.inside():
-        table = nft.Table(nftables.Nftables(), True)
+        table = nft.Table(nftables.Nftables())
         listing = {"list": {"set": {**nft.TABLE, "name": "protected_tcp"}}}
-        cases = {"read protected_tcp": lambda i: table.apply(listing)}
-        for name, rearms in (("one add (re-arms)", True), ("add, delete, add", False)):
-            def add(i, rearms=rearms):
-                table.rearms = rearms
-                return table.add(ipaddress.ip_address(f"198.18.{100 + i % 4}.{i // 4 % 250 + 1}"),
-                                 [("tcp", 22)], 30)
-            cases[name] = add
+
+        def add(i):
+            address = ipaddress.ip_address(f"198.18.{100 + i % 4}.{i // 4 % 250 + 1}")
+            return table.add(rq.Request(address, (("tcp", 22),), 0, "alice"), 30)
+        cases = {"read protected_tcp": lambda i: table.apply(listing),
+                 "read the four sets": lambda i: table.refresh([("tcp", 22)], i * nft.FRESH),
+                 "add, delete, add": add}
         for name, call in cases.items():
             table.apply({"flush": {"set": {**nft.TABLE, "name": "knocked4"}}})
             start = time.perf_counter()
@@ -93,7 +96,7 @@ def main() -> int:
             assert "helper" in read(f"/proc/{g.helper.pid}/cmdline"), "not the helper"
             ssh = [Open(22, "tcp")]
             helper_client.request_open(str(g.helper_socket), ipaddress.ip_address("198.18.99.1"),
-                                       ssh)
+                                       ssh, "warm")
             case(g, ssh, total)
             case(g, [*ssh, Open(60001, "udp")], total)
             g.stop()

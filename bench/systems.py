@@ -348,6 +348,15 @@ class Gnocchi:
                 "--state-dir", str(self.work / "client-state"),
                 "--sign-ip", self.lab.server.ip, "--request", f"open {PORT}", dest]
 
+    def proxy_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
+        """`gnocchi-knock --proxy DEST 22`, as ssh's ProxyCommand runs it."""
+        return [PY, "-I", "-c", LAUNCHER.format(str(checkout)),
+                "--server-key-file", str(self.work / "server.key"),
+                "--client-key-file", str(self.work / "client.key"),
+                "--state-dir", str(self.work / "client-state"),
+                "--sign-ip", self.lab.server.ip, "--request", f"open {PORT}",
+                "-v", "--proxy", dest, str(PORT)]
+
     def garbage(self) -> list[bytes]:
         return random_garbage()
 

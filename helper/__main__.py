@@ -10,7 +10,6 @@ import pwd
 import socket
 import struct
 import sys
-import time
 
 import nftables
 from systemd import daemon, journal
@@ -18,15 +17,9 @@ from systemd import daemon, journal
 import nft
 import request as rq
 
-RECV_SECONDS = 2.0   # a peer that connects and says nothing holds us this long
-# Requests per address: above what the verifier lets one address have (40 at once,
-# then two a second), so the helper never decides who gets in when the verifier
-# behaves; a stolen verifier still cannot churn one address's knocks faster.
-MAX_PER_MINUTE = 200
 MESSAGE_ID = "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013"
-PRIORITY = {rq.OK: journal.LOG_INFO, rq.NOT_PROTECTED: journal.LOG_WARNING,
-            rq.RATE_LIMITED: journal.LOG_WARNING, rq.NFT_FAILED: journal.LOG_ERR,
-            rq.EXPIRED: journal.LOG_WARNING}  # anything else (malformed, BAD_PEER): LOG_CRIT
+# syslog's: 6 info, 4 warning, 3 err; any other status (malformed, BAD_PEER) 2, crit
+PRIORITY = {rq.OK: 6, rq.NOT_PROTECTED: 4, rq.TOO_MANY: 4, rq.EXPIRED: 4, rq.NFT_FAILED: 3}
 
 
 def log(status: int, text: str, fields: dict) -> None:
@@ -44,8 +37,8 @@ def log(status: int, text: str, fields: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def decide(conn, peer_uid: int, table, open_seconds: int, recent, clock=time.monotonic) -> tuple:
-    """(status, text, log fields) for one connection; table (nft.Table) and clock are passed in."""
+def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: int) -> tuple:
+    """(status, text, log fields) for one connection; the table (and its clock) passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
     try:
@@ -55,35 +48,26 @@ def decide(conn, peer_uid: int, table, open_seconds: int, recent, clock=time.mon
         msg = conn.recv(rq.MAX_SIZE + 1)
     except OSError:  # timed out or reset: an empty message
         msg = b""
-    if uid != peer_uid:
-        return rq.BAD_PEER, f"uid {uid} is not the verifier's", dict(fields, REQUEST_HEX=msg.hex())
-    req = rq.parse(msg)
+    req = rq.parse(msg) if uid == peer_uid else rq.BAD_PEER
     if isinstance(req, int):
-        return req, f"refused {len(msg)} bytes", dict(fields, REQUEST_HEX=msg.hex())
+        why = f"uid {uid} is not the verifier's" if uid != peer_uid else f"refused {len(msg)} bytes"
+        return req, why, dict(fields, REQUEST_HEX=msg.hex())
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
-    what = f"{req.address} {ports}"
-    fields.update(ADDRESS=req.address, PORTS=ports)
-    now = clock()
-    missing, err = table.unprotected(req.opens, now)
-    if err:
-        return rq.NFT_FAILED, f"{what}: no protected set to read", dict(fields, NFT_ERROR=err)
-    if missing:  # one is enough to refuse them all
+    what = f"{req.address} {ports} for client {req.client}"
+    fields.update(ADDRESS=req.address, PORTS=ports, CLIENT=req.client)
+    now = table.clock()
+    if err := table.refresh(req.opens, now):
+        return rq.NFT_FAILED, f"{what}: a set could not be read", dict(fields, NFT_ERROR=err)
+    if missing := table.unprotected(req.opens):  # one is enough to refuse them all
         unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
         return rq.NOT_PROTECTED, f"{what}: not protected: {unprotected}", fields
-    # Memory: only addresses with a request in the last minute. The dict is in
-    # the order of their last requests (each goes last when it is updated), so
-    # those a minute old are at its start.
-    while recent and next(iter(recent.values()))[-1] <= now - 60:
-        del recent[next(iter(recent))]
-    times = [t for t in recent.get(req.address, []) if t > now - 60]
-    if len(times) >= MAX_PER_MINUTE:
-        return rq.RATE_LIMITED, f"{what}: {MAX_PER_MINUTE} requests for it in a minute", fields
-    if clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
+    # The bounds that keep one client (a stolen key), or one source, from filling a
+    # knocked set: openings pending, whatever the open time (README.md here).
+    if crowded := table.crowded(req):
+        return rq.TOO_MANY, f"{what}: {crowded} has {nft.SHARE} openings pending", fields
+    if table.clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields
-    recent.pop(req.address, None)  # to be put back last
-    recent[req.address] = times + [now]
-    err = table.add(req.address, req.opens, open_seconds)
-    if err:
+    if err := table.add(req, open_seconds):
         return rq.NFT_FAILED, f"{what}: libnftables refused the add", dict(fields, NFT_ERROR=err)
     return rq.OK, f"{what} may start one connection each within {open_seconds} s", dict(
         fields, TIMEOUT=open_seconds)
@@ -92,27 +76,24 @@ def decide(conn, peer_uid: int, table, open_seconds: int, recent, clock=time.mon
 def main() -> int:
     p = argparse.ArgumentParser(prog="gnocchi-helper", description=__doc__.splitlines()[0])
     p.add_argument("--peer-user", default="gnocchi", help="the one user served (default gnocchi)")
-    p.add_argument("--open-seconds", type=int, default=30,
-                   help="knock timeout, 1..3600 (default 30)")
+    p.add_argument("--open-seconds", type=int, default=30, help="1..3600 (default 30)")
     args = p.parse_args()
     if not 1 <= args.open_seconds <= 3600:
         p.error(f"--open-seconds {args.open_seconds}: not in 1..3600")
-    try:
-        peer_uid = pwd.getpwnam(args.peer_user).pw_uid
-    except KeyError:
+    peer_uid = next((u.pw_uid for u in pwd.getpwall() if u.pw_name == args.peer_user), None)
+    if peer_uid is None:
         p.error(f"--peer-user {args.peer_user!r}: no such user")
     fds = daemon.listen_fds()
-    if len(fds) != 1:
-        p.error(f"expected 1 socket from systemd (LISTEN_FDS), got {len(fds)}")
-    listener = socket.socket(fileno=fds[0])
-    if (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
-        p.error("the socket from systemd is not AF_UNIX SOCK_SEQPACKET")
-    table, recent = nft.Table(nftables.Nftables(), nft.rearms(os.uname().release)), {}
+    listener = socket.socket(fileno=fds[0]) if len(fds) == 1 else None
+    if not listener or (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
+        p.error(f"expected 1 AF_UNIX SOCK_SEQPACKET socket from systemd (LISTEN_FDS), got "
+                f"{len(fds)}" + (" of another kind" if listener else ""))
+    table = nft.Table(nftables.Nftables())
     while True:
         conn, _ = listener.accept()
         with conn:
-            conn.settimeout(RECV_SECONDS)
-            status, text, fields = decide(conn, peer_uid, table, args.open_seconds, recent)
+            conn.settimeout(2.0)  # a peer that connects and says nothing holds us this long
+            status, text, fields = decide(conn, peer_uid, table, args.open_seconds)
             log(status, text, fields)  # first: no answer goes out unlogged
             with contextlib.suppress(OSError):  # the peer left; the decision stands, logged
                 conn.send(bytes([status]))

@@ -1,76 +1,82 @@
 """The helper's only contact with the firewall, table inet gnocchi: libnftables
 JSON built from values request.parse checked (never command text; table, sets
 and timeout never come from a request), through Table.apply alone."""
-import re
+import ipaddress
+import time
+from typing import Any  # a libnftables context (or a stand-in); a request.Request
 
 TABLE = {"family": "inet", "table": "gnocchi"}
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
-FRESH = 1.0  # seconds a copy of a protected set answers for the ports it holds
-
-
-def rearms(release: str) -> bool:
-    # An add that says when an element expires re-arms one already there from
-    # Linux 6.12 (commit 4201f3938914). Wrong either way, this fails closed: a
-    # slower add, or an element that keeps its old, shorter expiry.
-    version = re.match(r"(\d+)\.(\d+)", release)
-    return version is not None and (int(version[1]), int(version[2])) >= (6, 12)
+FRESH = 1.0  # seconds a copy of the protected sets and of the openings pending answers for
+SHARE = 32   # openings pending at most per client, and per source (IPv4 address, IPv6 /64)
 
 
 class Table:
-    """A libnftables context, a copy of each protected set, and rearms()."""
+    """A libnftables context, and its copies of the protected sets and of the openings pending."""
 
-    def __init__(self, ctx, rearms: bool):
-        self.ctx, self.copies, self.rearms = ctx, {}, rearms
+    def __init__(self, ctx: Any) -> None:
+        # protected: proto -> [22, {"range": [8000, 8100]}, ...], as its set has them; pending:
+        # (address, proto, port) -> client, as the kernel listed them at `read`, and added since.
+        self.ctx, self.protected, self.pending, self.read, self.clock = (
+            ctx, dict[str, list](), dict[tuple, str](), float("-inf"), time.monotonic)
 
-    def apply(self, *commands) -> tuple[dict, str]:
+    def apply(self, *commands: dict) -> tuple[dict, str]:
         """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, err)."""
         rc, out, err = self.ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}},
                                                        *commands]})
         return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
 
-    def unprotected(self, opens, now: float) -> tuple[list, str]:
-        """The (proto, port) of opens the live table does not protect, or libnftables' error."""
-        # A set is read again when its copy lacks a port (one the admin adds
-        # works on its next knock) or is FRESH seconds old. A port removed less
-        # than that ago passes: its element is inert, since the gate consults
-        # the knocked sets only for packets to protected ports.
-        missing = []
-        for proto, port in opens:
-            read_at, ports = self.copies.get(proto, (float("-inf"), []))
-            if now - read_at >= FRESH or not covers(ports, port):
-                listed, err = self.apply({"list": {"set": {**TABLE, "name": PROTECTED[proto]}}})
-                if err:
-                    return [], err
-                # An element is 22 or {"range": [8000, 8100]}, or either as {"elem": {"val": ...}}.
-                ports = [e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-                         for e in listed_elements(listed)]
-                self.copies[proto] = (now, ports)
-            if not covers(ports, port):
-                missing.append((proto, port))
-        return missing, ""
+    def refresh(self, opens: tuple, now: float) -> str:
+        """Read the sets if the copies are old or lack a port of opens; libnftables' error or ""."""
+        # Read again when FRESH seconds old, or when a copy lacks a port (one the admin adds
+        # works on its next knock). A port removed less than FRESH ago still passes: its
+        # element is inert, the gate consults the knocked sets only for protected ports. An
+        # opening used or expired since the last read counts against its client and source
+        # until the next: at most FRESH seconds.
+        if now - self.read < FRESH and not self.unprotected(opens):
+            return ""
+        sets = {}
+        for name in (*PROTECTED.values(), *KNOCKED.values()):
+            out, err = self.apply({"list": {"set": {**TABLE, "name": name}}})
+            if err:
+                return err
+            # An element is a value, or {"elem": {"val": value, "timeout": ..., ...}}.
+            sets[name] = [e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e} for item
+                          in out["nftables"] for e in item.get("set", {}).get("elem", ())]
+        self.protected = {proto: [e["val"] for e in sets[n]] for proto, n in PROTECTED.items()}
+        self.pending = {(ipaddress.ip_address(e["val"]["concat"][0]), *e["val"]["concat"][1:]):
+                        e.get("comment", "") for name in KNOCKED.values() for e in sets[name]}
+        self.read = now
+        return ""
 
-    def add(self, address, opens, timeout: int) -> str:
-        """(address . proto . port) for each of opens, one transaction; libnftables' error or ""."""
-        elems = [{"val": {"concat": [str(address), proto, port]}} for proto, port in opens]
-        if self.rearms:  # one add; "expires" re-arms an element already there
-            return self.apply(command("add", address.version, elems, timeout=timeout,
-                                      expires=timeout))[1]
-        # An add keeps the old expiry of an element already there: add, delete, add.
-        add = command("add", address.version, elems, timeout=timeout)
-        return self.apply(add, command("delete", address.version, elems), add)[1]
+    def unprotected(self, opens: tuple) -> list:
+        """The (proto, port) of opens that the copies of the protected sets lack."""
+        return [(p, port) for p, port in opens if not any(
+            v["range"][0] <= port <= v["range"][1] if isinstance(v, dict) else v == port
+            for v in self.protected.get(p, ()))]
+
+    def crowded(self, req: Any) -> str:
+        """Who would pass its share with req's new openings: "client NAME", "source NET", or ""."""
+        new = sum((req.address, *o) not in self.pending for o in req.opens)
+        if list(self.pending.values()).count(req.client) + new > SHARE:
+            return f"client {req.client}"
+        held = [prefix(address) for address, _, _ in self.pending].count(prefix(req.address))
+        return f"source {prefix(req.address)}" if held + new > SHARE else ""
+
+    def add(self, req: Any, timeout: int) -> str:
+        """req's openings, in one transaction; libnftables' error or ""."""
+        # Add, delete, add: a knock again re-arms its element with the full timeout
+        # (Linux before 6.12 keeps an element's expiry on add) and its client's name.
+        ref = {**TABLE, "name": KNOCKED[req.address.version]}
+        vals = [{"val": {"concat": [str(req.address), proto, port]}} for proto, port in req.opens]
+        add = {"add": {"element": {**ref, "elem": [
+            {"elem": {**v, "timeout": timeout, "comment": req.client}} for v in vals]}}}
+        delete = {"delete": {"element": {**ref, "elem": [{"elem": v} for v in vals]}}}
+        err = self.apply(add, delete, add)[1]
+        self.pending.update({} if err else {(req.address, *o): req.client for o in req.opens})
+        return err
 
 
-def command(verb: str, version: int, elems: list, **times) -> dict:
-    """The libnftables command to "add" or "delete" elems, each with times, in knocked{version}."""
-    return {verb: {"element": {**TABLE, "name": KNOCKED[version],
-                               "elem": [{"elem": {**e, **times}} for e in elems]}}}
-
-
-def listed_elements(listed: dict) -> list:
-    return [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
-
-
-def covers(ports: list, port: int) -> bool:
-    return any(p["range"][0] <= port <= p["range"][1] if isinstance(p, dict) else p == port
-               for p in ports)
+def prefix(address: Any) -> Any:  # a source as the shares count it: IPv4 address, IPv6 /64
+    return ipaddress.ip_network((address, 32 if address.version == 4 else 64), strict=False)

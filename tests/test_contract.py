@@ -8,33 +8,41 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import request as helper_request  # helper/request.py, by the name the helper imports it
-from gnocchi.server import helper_client, knock_socket
+from gnocchi.server import config, helper_client, knock_socket
 from gnocchi.shared.knock_request import Open
 from support import ENTRY, HEADER, STATUS, request
 
 GOLDEN = [
-    # (address, [(port, proto), ...], deadline in ms) -> the bytes of docs/contracts.md
-    (("198.51.100.7", [(22, "tcp")], 123456789),
-     "03" "04" "01" "00" "c6336407" + "00" * 12 + "00000000075bcd15" + "06" "0016"),
-    (("203.0.113.9", [(60001, "udp"), (22, "tcp")], 1),
-     "03" "04" "02" "00" "cb007109" + "00" * 12 + "0000000000000001" + "11" "ea61" "06" "0016"),
-    (("2001:db8::1", [(443, "tcp"), (443, "udp"), (60001, "udp")], 2**64 - 1),
-     "03" "06" "03" "00" "20010db8000000000000000000000001" + "ff" * 8
-     + "06" "01bb" "11" "01bb" "11" "ea61"),
+    # (address, [(port, proto), ...], client, deadline in ms) -> the bytes of docs/contracts.md
+    (("198.51.100.7", [(22, "tcp")], "alice", 123456789),
+     "04" "04" "01" "05" "c6336407" + "00" * 12 + "00000000075bcd15" + "06" "0016"
+     + "616c696365"),
+    (("203.0.113.9", [(60001, "udp"), (22, "tcp")], "b", 1),
+     "04" "04" "02" "01" "cb007109" + "00" * 12 + "0000000000000001" + "11" "ea61" "06" "0016"
+     + "62"),
+    (("2001:db8::1", [(443, "tcp"), (443, "udp"), (60001, "udp")], "web-1.example", 2**64 - 1),
+     "04" "06" "03" "0d" "20010db8000000000000000000000001" + "ff" * 8
+     + "06" "01bb" "11" "01bb" "11" "ea61" + b"web-1.example".hex()),
 ]
 NUMBER = {"tcp": 6, "udp": 17}
 
 
 @pytest.mark.parametrize("fields, golden", GOLDEN, ids=[g[0][0] for g in GOLDEN])
 def test_both_sides_agree_on_the_bytes(fields, golden):
-    address, opens, deadline = fields
+    address, opens, client, deadline = fields
     wire = bytes.fromhex(golden)
     assert helper_client.encode(ipaddress.ip_address(address), [Open(*o) for o in opens],
-                                deadline) == wire
+                                client, deadline) == wire
     (port, proto), *more = [(port, NUMBER[proto]) for port, proto in opens]
-    assert request(address, port, proto, more=more, deadline_ms=deadline) == wire
+    assert request(address, port, proto, more=more, client=client, deadline_ms=deadline) == wire
     assert helper_request.parse(wire) == helper_request.Request(
-        ipaddress.ip_address(address), tuple((proto, port) for port, proto in opens), deadline)
+        ipaddress.ip_address(address), tuple((proto, port) for port, proto in opens), deadline,
+        client)
+
+
+def test_the_helper_takes_every_client_name_the_config_takes_and_no_other():
+    # The config's rule (gnocchi/server/config.py NAME) and the helper's, as bytes.
+    assert helper_request.NAME.pattern.decode() == config.NAME.pattern
 
 
 def test_both_sides_name_the_status_bytes_alike():
@@ -88,3 +96,10 @@ def test_both_sides_refuse_each_special_source(address, knockable):
     a = ipaddress.ip_address(address)
     assert (knock_socket.unknockable(a) is None) == knockable
     assert (helper_request.unknockable(a) is None) == knockable
+
+
+def test_gnocchi_check_knows_the_helpers_share():
+    # gnocchi check warns when the knocked sets cannot hold every client's share.
+    from gnocchi.admin import check
+    import nft  # helper/nft.py
+    assert check.SHARE == nft.SHARE

@@ -26,6 +26,7 @@ from gnocchi.admin import nft_table
 from gnocchi.admin.setup import DROP_IN, UNIT_DIR  # what setup writes, check reads
 from gnocchi.shared.protocol import knock_port
 
+SHARE = 32  # openings the helper lets one client hold pending (helper/nft.py SHARE)
 SOCKET = "gnocchi.socket"
 
 
@@ -40,6 +41,7 @@ class Report:
     config_error: str | None = None      # the config does not load: why
     cfg: server_config.Config | None = None  # what was checked: the file, or its last good copy
     ports: nft_table.Ports | None = None     # the protected ports and where they come from
+    knocked_size: int | None = None      # the smaller knocked set's size in the rules file
 
     @property
     def ok(self) -> bool:
@@ -197,6 +199,23 @@ def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncook
                                "/etc/sysctl.d/, if you set 2 there)")
 
 
+def check_liberal(report: Report,
+                  path: str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal") -> None:
+    """Conntrack that does not check TCP windows lets one forged ACK complete a
+    handshake, and so spend a client's knock (docs/firewall.md, "What a forger
+    can still do"): a lockout lever, not a way in, so a warning."""
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError:
+        return  # conntrack not loaded yet: it starts at 0
+    if value == "1":
+        report.warnings.append("net.netfilter.nf_conntrack_tcp_be_liberal is 1: conntrack takes "
+                               "any ACK as a completed handshake, so anyone who forges a "
+                               "client's address can spend its knocks; fix: sysctl -w "
+                               "net.netfilter.nf_conntrack_tcp_be_liberal=0")
+
+
 def check_clients(report: Report, cfg: server_config.Config) -> None:
     report.clients = len(cfg.clients)
     if not cfg.clients:
@@ -296,6 +315,8 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     try:
         loaded = nft_table.test_load(table_path)
         report.flood_limit = loaded.knock_ports() is not None
+        report.knocked_size = min((loaded.sets()[n].get("size", 0) or 1 << 32)
+                                  for n in nft_table.KNOCKED.values())
         check_flood_limit(report, table_path)
     except nft_table.TableError as e:
         report.problems.append(str(e))
@@ -320,8 +341,17 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     check_ports(report, cfg, config_path)
     check_clients(report, cfg)
     check_client_keys(report, cfg, server_key, starting=last_good)
+    if report.knocked_size and len(cfg.clients) * SHARE > report.knocked_size:
+        # Each client may hold SHARE openings pending: with more clients than the
+        # sets hold shares for, clients who knock at once (stolen keys) can fill them.
+        report.warnings.append(
+            f"{table_path}: sets knocked4/knocked6 hold {report.knocked_size} openings, "
+            f"the shares of {report.knocked_size // SHARE} clients, and {cfg.path} has "
+            f"{len(cfg.clients)}; fix: spread the clients over more servers (docs/firewall.md, "
+            "\"When a set is full\")")
     check_socket(report, report.port, unit_dir)
     check_syncookies(report)
+    check_liberal(report)
     if live:
         check_live_knock_port(report, table_path)
         check_live_gate(report, table_path)

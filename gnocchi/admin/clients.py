@@ -11,7 +11,9 @@ one (gnocchi/admin/reload.py: kept as the last good config, so that a broken
 edit later never brings a removed client back; the table reloaded if armed;
 a running verifier restarted, keeping the knocks queued in its socket), and
 the command returns once the old verifier has exited, so a removed client is
-out when it says so. add-client says which of the client's ports are not
+out when it says so; remove-client then withdraws the openings its knocks
+left pending in the live table (the helper names each opening's client in its
+nft comment), so it cannot use one either. add-client says which of the client's ports are not
 protected (open to everyone, and refused to the client), with the command
 that protects them, and prints what the client needs: a knock.toml profile
 whose request opens every port it was allowed, and a ~/.ssh/config block,
@@ -28,6 +30,7 @@ import stat
 import subprocess
 import sys
 
+from gnocchi.admin import nft_table
 from gnocchi.server import config as server_config
 from gnocchi.shared import durable, keys, knock_request
 
@@ -198,6 +201,24 @@ def applied(path: str) -> str:
         raise EditError(f"the config is written, but: {e}") from None
 
 
+def withdraw(name: str) -> str:
+    """Delete the openings pending for client name in the live table (knocks of its
+    that no connection used yet), in one transaction; what happened, in words."""
+    for _ in range(nft_table.RETRIES):
+        live = nft_table.live()
+        mine = [p for p in live.pending() if p.client == name] if live else []
+        if not mine:
+            return f"no opening pending for {name}" if live else "no table loaded: nothing pending"
+        script = "".join(f"delete element {nft_table.FAMILY} {nft_table.NAME} "
+                         f"{nft_table.KNOCKED[p.address.version]} {{ {p.nft_value()} }}\n"
+                         for p in mine)
+        if nft_table.nft("-f", "-", input=script).returncode == 0:
+            return f"withdrew the {len(mine)} opening{'s' * (len(mine) != 1)} pending for {name}"
+        # One was used or expired between the read and the delete: read again.
+    raise EditError(f"the config is written, but {name}'s pending openings kept changing during "
+                    f"{nft_table.RETRIES} attempts to withdraw them; run the command again")
+
+
 def unprotected(cfg: server_config.Config, path: str, name: str) -> list[str]:
     """Warnings for each port client name may open that is not protected."""
     from gnocchi.admin import check, nft_table
@@ -289,7 +310,11 @@ def main(argv: list[str]) -> int:
         else:
             remove(args.config, args.name)
             print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}; "
-                  f"{applied(args.config)}", file=sys.stderr)
+                  f"{applied(args.config)}; {withdraw(args.name)}", file=sys.stderr)
+    except nft_table.TableError as e:
+        print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}, but its "
+              f"pending openings could not be withdrawn: {e}", file=sys.stderr)
+        return 1
     except (EditError, OSError, subprocess.SubprocessError) as e:
         print(f"gnocchi {command}: {e}", file=sys.stderr)
         return 1

@@ -32,6 +32,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from gnocchi.server import config as server_config
+
 # The rules, as the package ships them (nft/gnocchi.nft in the checkout).
 DEFAULT_FILE = "/usr/share/gnocchi/gnocchi.nft"
 # gnocchi 0.3's table file, the admin's copy beside the config: read for its
@@ -55,15 +57,20 @@ class TableError(Exception):
 
 @dataclass(frozen=True)
 class Pending:
-    """One knock waiting in a knocked set: (address . proto . port) and its seconds left."""
+    """One knock waiting in a knocked set: (address . proto . port), its seconds left,
+    and the client whose knock it is (the element's comment, written by the helper)."""
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     proto: str
     port: int
     expires: int   # whole seconds left, as nft -j shows them (rounded down)
     timeout: int   # the helper's timeout for it
+    client: str = ""  # a client's name (server_config.NAME), or "" when it has none
 
     def nft_value(self) -> str:
         return f"{self.address} . {self.proto} . {self.port}"
+
+    def nft_comment(self) -> str:
+        return f' comment "{self.client}"' if self.client else ""
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,9 @@ def _pending(elem) -> Pending | None:
         if proto not in PROTECTED or not isinstance(port, int) or not 0 < port < 65536:
             return None
         timeout = int(inner.get("timeout", 0))
-        return Pending(address, proto, port, int(inner.get("expires", 0)), timeout)
+        client = inner.get("comment", "")  # quoted into nft text below: a client's name only
+        client = client if isinstance(client, str) and server_config.NAME.fullmatch(client) else ""
+        return Pending(address, proto, port, int(inner.get("expires", 0)), timeout, client)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -397,7 +406,8 @@ def replacement(text: str, new: Table, carried: list[Pending]) -> tuple[str, int
             continue
         # nft -j rounds down: +1 s so a knock never loses time, within its own timeout.
         seconds = max(1, min(p.expires + 1, p.timeout or p.expires + 1))
-        add.append(f"add element {FAMILY} {NAME} {name} {{ {p.nft_value()} timeout {seconds}s }}")
+        add.append(f"add element {FAMILY} {NAME} {name} "
+                   f"{{ {p.nft_value()} timeout {seconds}s{p.nft_comment()} }}")
     return "\n".join(guard + [text] + add) + "\n", dropped
 
 

@@ -12,9 +12,11 @@ this machine (client/counter.py stores it durably before the packet is sent).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import select
 import socket
+import struct
 import sys
 import time
 
@@ -26,6 +28,13 @@ from gnocchi.shared import keys, knock_request, protocol
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
 RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refused at once
+# --proxy's connects, in seconds after the knock. The server opens a few milliseconds
+# after the knock arrives, and drops a SYN that comes before (its kernel sends it
+# again only a second later): while none has connected, a new connect from a new
+# port follows, at doubling intervals. The first that connects is kept, the others
+# are reset. No second knock is spent: the gate spends a knock on the one
+# connection it lets in (docs/firewall.md).
+SYN_AT = (0.005, 0.015, 0.035, 0.075, 0.155, 0.315, 0.635)
 
 
 class KnockError(Exception):
@@ -152,6 +161,35 @@ def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
             _write_all(fd_out, data)
 
 
+def connect(family: int, address: str, port: int, timeout: float, sent: float,
+            clock=time.monotonic) -> socket.socket:
+    """A TCP connection to (address, port), tried at SYN_AT after `sent` (the knock's
+    clock()) until one connects, within timeout of it; OSError if none does."""
+    starts, deadline, tries = [sent + at for at in SYN_AT], sent + timeout, []
+    try:
+        while (now := clock()) < deadline:
+            if starts and now >= starts[0]:
+                starts.pop(0)
+                tries.append(socket.socket(family, socket.SOCK_STREAM))
+                tries[-1].setblocking(False)
+                if (err := tries[-1].connect_ex((address, port))) not in (0, errno.EINPROGRESS):
+                    raise OSError(err, os.strerror(err))
+                continue
+            wake = min(starts[0], deadline) if starts else deadline
+            _, done, _ = select.select([], tries, [], max(0.0, wake - now))
+            for conn in sorted(done, key=tries.index):  # the oldest: its handshake came first
+                tries.remove(conn)
+                if err := conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    conn.close()
+                    raise OSError(err, os.strerror(err))  # refused: the port answered
+                return conn
+        raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+    finally:
+        for conn in tries:  # reset: the server forgets a half-open one at once
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+
 def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
     """Knock, connect to the knocked address, relay; knock again (new counter) if connect fails."""
     for attempt in range(1, attempts + 1):
@@ -161,12 +199,14 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
             f"{keys.fingerprint(knock.server_key)}, counter {counter}, "
             f"attempt {attempt}/{attempts})")
         try:
-            conn = socket.create_connection((knock.address, port), timeout=timeout)
+            conn = connect(knock.family, knock.address, port, timeout, started)
         except OSError as e:
             say(f"connect to {knock.address} port {port} failed: {e.strerror or e}")
             if attempt < attempts:  # give the server time before spending another counter
                 time.sleep(max(0.0, RETRY_PAUSE - (time.monotonic() - started)))
             continue
+        say(f"connected to {knock.address} port {port} "
+            f"{(time.monotonic() - started) * 1000:.0f} ms after the knock")
         with conn:
             try:
                 relay(conn)

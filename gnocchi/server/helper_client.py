@@ -1,7 +1,8 @@
 """The verifier's side of the helper request (docs/contracts.md; helper/request.py is the other).
 
 Trusts the helper only to answer one byte. Sends exactly one request (one
-address, 1 to MAX_PORTS ports the helper opens all or none of) per connection
+address, 1 to MAX_PORTS ports the helper opens all or none of, and the client's
+name, which the helper writes on each opening and counts them by) per connection
 on the helper's SOCK_SEQPACKET socket, with a deadline past
 which the helper acts on it no more, waits for the status byte until a little
 after that deadline, and reports either a status name or why there is none,
@@ -19,15 +20,16 @@ from collections.abc import Callable, Iterable
 from gnocchi.shared import knock_request
 
 # The format by the names helper/request.py gives it (docs/contracts.md).
-# A header (version, family, count, pad, address, deadline: CLOCK_MONOTONIC, ms),
-# then `count` entries (proto, port).
+# A header (version, family, count, name length, address, deadline: CLOCK_MONOTONIC,
+# ms), then `count` entries (proto, port), then the client's name (config.NAME).
 HEADER = struct.Struct("!BBBB16sQ")
 ENTRY = struct.Struct("!BH")
-VERSION = 3
+VERSION = 4
 MAX_PORTS = 8
 PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
 STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
-            "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE")
+            "BAD_PROTO", "TOO_MANY", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE",
+            "BAD_NAME")
 DEADLINE = 3.0  # seconds: the helper acts on the request only before this
 GRACE = 1.0     # seconds more to wait for its answer: one nft transaction takes milliseconds
 
@@ -37,27 +39,29 @@ class HelperUnreachable(Exception):
 
 
 def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-           opens: Iterable[knock_request.Open], deadline_ms: int) -> bytes:
-    """The request for opens (each with .port and .proto); ValueError for what the
-    helper would refuse whole, so the caller keeps to 1..MAX_PORTS distinct ports."""
+           opens: Iterable[knock_request.Open], client: str, deadline_ms: int) -> bytes:
+    """The request for opens (each with .port and .proto) for client (a configured
+    name); ValueError for what the helper would refuse whole, so the caller keeps to
+    1..MAX_PORTS distinct ports."""
     number = {name: n for n, name in PROTOCOLS.items()}
     entries = [(number[o.proto], o.port) for o in opens]
     if not 1 <= len(entries) <= MAX_PORTS:
         raise ValueError(f"{len(entries)} ports in one request: the helper takes 1 to {MAX_PORTS}")
     if len(set(entries)) != len(entries):
         raise ValueError("a port twice in one request: the helper refuses it whole")
+    name = client.encode("ascii")  # config.NAME: 1..64 of [A-Za-z0-9_.-]
     packed = address.packed + bytes(16 - len(address.packed))  # IPv4: then 12 zero bytes
-    return HEADER.pack(VERSION, address.version, len(entries), 0, packed, deadline_ms) + b"".join(
-        ENTRY.pack(*entry) for entry in entries)
+    return HEADER.pack(VERSION, address.version, len(entries), len(name), packed,
+                       deadline_ms) + b"".join(ENTRY.pack(*entry) for entry in entries) + name
 
 
 def request_open(socket_path: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                 opens: Iterable[knock_request.Open], deadline: float = DEADLINE,
+                 opens: Iterable[knock_request.Open], client: str, deadline: float = DEADLINE,
                  clock: Callable[[], float] = time.monotonic) -> str:
     """Ask the helper to open every one of opens (objects with .port, .proto) to
-    address, all or none; returns its status name ("OK", ...)."""
+    address for client, all or none; returns its status name ("OK", ...)."""
     start = clock()
-    message = encode(address, opens, int((start + deadline) * 1000))
+    message = encode(address, opens, client, int((start + deadline) * 1000))
     sent = False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:

@@ -145,7 +145,8 @@ class Verifier:
              source: knock_socket.Address) -> None:
         """One helper request (every port or none), one entry naming them all."""
         try:
-            status = helper_client.request_open(self.cfg.helper_socket, source, request.opens)
+            status = helper_client.request_open(self.cfg.helper_socket, source, request.opens,
+                                                client.name)
         except helper_client.HelperUnreachable as e:
             self.log.event("helper-failed", f"{request} for client {client.name} from {source}: "
                            f"helper: {e}", request=str(request),

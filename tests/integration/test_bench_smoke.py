@@ -17,6 +17,7 @@ from support import REPO
 
 ROWS = ("knock → TCP connect works, raw packet, ms",
         "knock → TCP connect works, real client, ms",
+        "`gnocchi-knock --proxy` launch → connected, ms",
         "valid knocks decided/s, sustained",
         "cold start: first knock → connect, socket activation, ms",
         "resident memory, MB: verifier / fwknopd",

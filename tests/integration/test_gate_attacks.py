@@ -1,8 +1,10 @@
-"""Attacks on the gate, on the real kernel. An attacker who holds no
-key crafts packets to protected ports from an address that never knocked,
-then makes an ordinary connect() from the same address and port; a knocked
-client tries to turn one knock into several connections. Nothing may
-connect, and the table must come out of every attack unchanged.
+"""Attacks on the gate, on the real kernel. An attacker who holds no key
+crafts packets to protected ports from an address that never knocked, then
+makes an ordinary connect() from the same address and port; a knocked client
+tries to turn one knock into several connections; a forger who knows a
+client's address tries to spend that client's knock. Nothing may connect
+that no knock let in, a knock gives one connection, and the table must come
+out of every attack unchanged.
 
     client ns 198.18.n.1 / fd00::1   --veth--   server ns .2 / ::2
     raw sockets (packets built with scapy)       table inet gnocchi: tcp 22, 2222; udp 60001
@@ -11,11 +13,14 @@ connect, and the table must come out of every attack unchanged.
                                                            or closes (FIN)
                                                  tcp 21: an "FTP server" (conntrack's ftp helper)
 
-Each attack also runs against a control table (CONTROL, below) where it
-is known to get through: that proves the crafted packets really reach the
-kernel's conntrack, so a pass against today's table means something.
+Each attack also runs against a control table where it is known to get
+through (CONTROL, a gate that trusts conntrack's view of a flow, or
+CONTROL_SYN_SPENDS, one that spends a knock on the first SYN it lets in,
+below): that proves the crafted packets really reach the kernel's conntrack,
+so a pass against today's table means something.
 """
 import errno
+import json
 import os
 import selectors
 import socket
@@ -69,6 +74,40 @@ table inet gnocchi {
 """  # noqa: E501 (the rules as they were: an nft rule is one line)
 
 
+# A gate that spends the knock on the first SYN from the knocked address (0.3's),
+# whoever sent it, and lets a flow it admitted retransmit its SYN for as long as
+# the server stays silent.
+CONTROL_SYN_SPENDS = """
+table inet gnocchi {}
+delete table inet gnocchi
+table inet gnocchi {
+    set protected_tcp { type inet_service; elements = { 22, 2222 } }
+    set protected_udp { type inet_service; elements = { 60001 } }
+    set knocked4 { type ipv4_addr . inet_proto . inet_service; flags timeout; size 4096; }
+    set knocked6 { type ipv6_addr . inet_proto . inet_service; flags timeout; size 4096; }
+    chain input {
+        type filter hook input priority filter - 10; policy accept;
+        tcp dport @protected_tcp tcp flags & syn == syn jump tcp_syn
+        meta l4proto udp udp dport @protected_udp jump udp_datagram
+    }
+    chain tcp_syn {
+        ct direction reply accept
+        ct label 120 ct status ! seen-reply accept
+        goto admit
+    }
+    chain udp_datagram {
+        ct status confirmed accept
+        goto admit
+    }
+    chain admit {
+        ct state new,established,related ip saddr . meta l4proto . th dport @knocked4 ct label set 120 delete @knocked4 { ip saddr . meta l4proto . th dport } accept
+        ct state new,established,related ip6 saddr . meta l4proto . th dport @knocked6 ct label set 120 delete @knocked6 { ip6 saddr . meta l4proto . th dport } accept
+        drop
+    }
+}
+"""  # noqa: E501 (the rules as they were: an nft rule is one line)
+
+
 @pytest.fixture(scope="module")
 def net():
     with Net("ga") as net:
@@ -94,6 +133,18 @@ def control(net):
     net.server.nft("delete", "table", "inet", "gnocchi")
 
 
+@pytest.fixture(params=["current", "control-syn-spends"])
+def gate(request, net, tmp_path):
+    """Today's table, and as a control the one that spends a knock on a SYN, which the
+    forger's attacks get through."""
+    if request.param == "current":
+        load_table(net.server, tmp_path, tcp_ports=(22, ABORT_PORT), udp_ports=(60001,))
+    else:
+        load_text(net.server, CONTROL_SYN_SPENDS)
+    yield request.param
+    net.server.nft("delete", "table", "inet", "gnocchi")
+
+
 @pytest.fixture(scope="module")
 def services(net):
     with EchoServices(net.server, tcp_ports=(22, 8080), udp_ports=(60001,)):
@@ -105,7 +156,17 @@ def load_text(host, text: str) -> None:
 
 
 def listing(host) -> str:
-    return host.nft("-j", "list", "table", "inet", "gnocchi").stdout
+    """The table as nft -j lists it, but for the /64s that connected with a knock
+    (knockers6): a knocked IPv6 connection adds one there, and should."""
+    out = json.loads(host.nft("-j", "list", "table", "inet", "gnocchi").stdout)
+    for item in out["nftables"]:
+        if item.get("set", {}).get("name") == "knockers6":
+            item["set"].pop("elem", None)
+    return json.dumps(out)
+
+
+def knockers(host) -> list:
+    return elements(host, "knockers6")
 
 
 def addresses(net, v6: bool) -> tuple[str, str]:
@@ -195,14 +256,66 @@ def crafted_segments(src, dst, dport, first_sport):
     return segments
 
 
+class SynAcks:
+    """The client ports that got a SYN-ACK from the server while the block ran:
+    raw TCP sockets in the client's namespace see every segment that arrives."""
+
+    def __init__(self, host):
+        with inside(host):
+            self.socks = [socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP),
+                          socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)]
+        self.ports: set = set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.2)  # the server's answers to the last segments
+        for sock, skip_ip in zip(self.socks, (True, False), strict=True):
+            sock.setblocking(False)
+            while True:
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    break
+                segment = data[(data[0] & 0x0F) * 4:] if skip_ip else data  # v6: no IP header
+                flags = segment[13]
+                if flags & 0x12 == 0x12:  # SYN and ACK
+                    self.ports.add(struct.unpack("!H", segment[2:4])[0])
+            sock.close()
+
+
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_no_crafted_segment_lets_a_connection_through(net, services, table, v6):
-    # 256 flag combinations x 6 option sets, each from its own port, each
-    # followed by an ordinary connect() from that very port.
+def test_no_crafted_segment_is_answered_or_lets_a_connection_through(net, services, table, v6):
+    # 256 flag combinations x 6 option sets, each from its own port: none with
+    # SYN set draws a SYN-ACK (so none reached the service: SYN|ECE|CWR, what an
+    # ECN client sends, included), and an ordinary connect() from each port after
+    # gets nothing either. None marks its source as one that connected with a knock.
     src, dst = addresses(net, v6)
     segments = crafted_segments(src, dst, 22, 20000)
-    send_raw(net.client, segments)
+    with SynAcks(net.client) as answered:
+        send_raw(net.client, segments)
+    assert answered.ports == set()
     assert connects_from(net.client, src, dst, 22, [s[TCP].sport for s in segments]) == set()
+    assert knockers(net.server) == []
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_an_ecn_client_stays_out_without_a_knock_and_gets_in_with_one(net, services, table, v6):
+    # With net.ipv4.tcp_ecn=1 (it applies to IPv6 too) a client's SYN carries ECE
+    # and CWR: the gate judges it as any SYN.
+    src, dst = addresses(net, v6)
+    net.client.run(["sysctl", "-q", "-w", "net.ipv4.tcp_ecn=1"])
+    helper = Helper(net.server)
+    try:
+        with SynAcks(net.client) as answered:
+            assert connects_from(net.client, src, dst, 22, [20100]) == set()
+        assert answered.ports == set()
+        assert helper.send(request(src, 22)) == [OK]
+        assert connects_from(net.client, src, dst, 22, [20101]) == {20101}
+    finally:
+        helper.close()
+        net.client.run(["sysctl", "-q", "-w", "net.ipv4.tcp_ecn=2"])
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -335,15 +448,26 @@ def aborting_service(host, how: str) -> TcpService:
 @pytest.mark.parametrize("how", ["rst", "fin"])
 def test_a_server_that_ends_the_connection_gives_no_second_one(net, table, how, v6):
     src, dst = addresses(net, v6)
+    port = 34000 + 10 * (2 * v6 + (how == "fin"))  # each case its own ports
     service = aborting_service(net.server, how)
     helper = Helper(net.server)
     try:
         assert helper.send(request(src, ABORT_PORT)) == [OK]
-        assert connect_until_reset(net.client, src, dst, ABORT_PORT, 34000)
+        assert connect_until_reset(net.client, src, dst, ABORT_PORT, port)
         # Again from the very same address and port, and from others: nothing.
-        assert not connect_until_reset(net.client, src, dst, ABORT_PORT, 34000)
-        assert connects_from(net.client, src, dst, ABORT_PORT, [34000, 34001]) == set()
-        assert service.accepted == 1
+        assert not connect_until_reset(net.client, src, dst, ABORT_PORT, port)
+        assert connects_from(net.client, src, dst, ABORT_PORT, [port, port + 1]) == set()
+        # A new knock: the old flow's port reused at once (conntrack may still hold
+        # that flow, admitted and assured), then another port: one connection.
+        assert helper.send(request(src, ABORT_PORT)) == [OK]
+        reused = connect_until_reset(net.client, src, dst, ABORT_PORT, port)
+        other = connects_from(net.client, src, dst, ABORT_PORT, [port + 2])
+        assert reused + len(other) == 1
+        for _ in range(20):  # the service's thread accepts it a little later
+            if service.accepted == 2:
+                break
+            time.sleep(0.1)
+        assert service.accepted == 2
     finally:
         helper.close()
         service.close()
@@ -387,8 +511,8 @@ def test_a_client_that_aborts_gets_no_second_connection(net, services, table):
 def test_a_knocked_clients_retransmitted_syn_still_connects(net, table):
     # The service's accept queue is full, so the kernel drops the knocked
     # client's first SYN after the gate let it in (no SYN-ACK, even with
-    # syncookies). Once there is room, the client's retransmitted SYN, on the
-    # flow the gate admitted, gets in, though the knock was spent on the first.
+    # syncookies). Once there is room, the client's retransmitted SYN gets in:
+    # the knock waits for a handshake that completes, and is spent by it.
     helper = Helper(net.server)
     with inside(net.server):
         listener = socket.create_server((net.server.ip, ABORT_PORT), backlog=0)
@@ -403,13 +527,14 @@ def test_a_knocked_clients_retransmitted_syn_still_connects(net, table):
         late.setblocking(False)
         assert late.connect_ex((net.server.ip, ABORT_PORT)) == errno.EINPROGRESS
         time.sleep(0.5)                                      # the first SYN: dropped
-        assert elements(net.server, "knocked4") == []        # but the knock is spent
+        assert len(elements(net.server, "knocked4")) == 1   # and the knock still waits
         listener.accept()[0].close()                         # room for one more
         late.settimeout(3)
         late.setblocking(True)
         assert late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
         late.send(b"x")                                      # connected by the retransmission
         late.close()
+        assert elements(net.server, "knocked4") == []        # which spent the knock
     finally:
         listener.close()
         helper.close()
@@ -549,3 +674,118 @@ def test_a_connection_the_server_starts_from_a_protected_port_works(net, table):
     finally:
         out.close()
         listener.close()
+
+
+# ---- a knock is spent by the handshake that completes, not by the first SYN ---------
+
+NO_RST = """
+table inet norst {
+    chain out { type filter hook output priority 0; policy accept; tcp flags & rst == rst drop; }
+}
+"""
+
+
+def handshakes(net, src: str, dst: str, port: int, sports, complete=True) -> dict:
+    """Crafted SYNs from each of sports, then (complete) the right ACK for each
+    SYN-ACK: the handshakes a client makes when it sends its SYNs before any
+    completes. The client's kernel must not reset them meanwhile (NO_RST).
+    {sport: the server's sequence number} for the SYN-ACKs seen."""
+    with inside(net.client):
+        rx = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_RAW,
+                           socket.IPPROTO_TCP)
+    rx.settimeout(0.3)
+    send_raw(net.client, [ip_layer(src, dst) / TCP(sport=p, dport=port, flags="S", seq=1000)
+                          for p in sports])
+    seqs = {}
+    try:
+        while True:
+            data = rx.recv(4096)
+            segment = data if ":" in dst else data[(data[0] & 0x0F) * 4:]
+            sport, dport, seq = struct.unpack("!HHI", segment[:8])
+            if sport == port and dport in sports and segment[13] & 0x12 == 0x12:
+                seqs[dport] = seq
+    except TimeoutError:
+        pass
+    finally:
+        rx.close()
+    if complete:
+        send_raw(net.client, [ip_layer(src, dst) / TCP(sport=p, dport=port, flags="A", seq=1001,
+                                                       ack=seq + 1) for p, seq in seqs.items()])
+    return seqs
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_client_sending_many_syns_before_any_handshake_completes_gets_one_connection(
+        net, table, v6):
+    # A client that holds a key (a stolen one, say): 20 SYNs from 20 ports, all
+    # in before any handshake completes, then every handshake completed.
+    src, dst = addresses(net, v6)
+    load_text(net.client, NO_RST)
+    service = TcpService(net.server, ("::", ABORT_PORT), lambda conn: conn.close())
+    helper = Helper(net.server)
+    try:
+        assert helper.send(request(src, ABORT_PORT)) == [OK]
+        sports = list(range(39100 + 100 * v6, 39120 + 100 * v6))
+        assert len(handshakes(net, src, dst, ABORT_PORT, sports)) == 20  # all SYNs let in
+        time.sleep(0.5)
+        assert service.accepted == 1
+        assert elements(net.server, "knocked6" if v6 else "knocked4") == []
+    finally:
+        helper.close()
+        service.close()
+        net.client.nft("delete", "table", "inet", "norst")
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_forger_who_cannot_see_the_servers_answers_does_not_spend_a_knock(net, services, gate,
+                                                                             v6):
+    # The forger knows alice's address, not her packets: SYNs from her address,
+    # from many ports and with every option set; then on each flow an ACK of a
+    # guessed sequence number (one in 65,536 lands in conntrack's window), a
+    # FIN and a RST. Alice's own connect then still gets in, once.
+    src, dst = addresses(net, v6)
+    load_text(net.client, NO_RST)  # the forger's half-open flows stay open on the server
+    helper = Helper(net.server)
+    try:
+        assert helper.send(request(src, 22)) == [OK]
+        sports = list(range(40000, 40060))
+        seqs = handshakes(net, src, dst, 22, sports, complete=False)
+        def forged(flags):
+            return [ip_layer(src, dst) / TCP(sport=p, dport=22, flags=flags, seq=1001,
+                                             ack=(seqs.get(p, 0) + 70000 + 7919 * p) % 2**32)
+                    for p in sports]
+        syns = [ip_layer(src, dst) / TCP(sport=40100 + i, dport=22, flags="S", seq=1000,
+                                         options=options)
+                for i, options in enumerate(OPTIONS.values())]
+        send_raw(net.client, forged("A") + forged("PA") + forged("FA") + syns)
+        net.client.nft("delete", "table", "inet", "norst")  # which dropped RSTs, ours too
+        send_raw(net.client, forged("R"))
+        got = connects_from(net.client, src, dst, 22, [40200])
+        again = connects_from(net.client, src, dst, 22, [40201])
+    finally:
+        helper.close()
+        if "norst" in net.client.nft("list", "tables").stdout:
+            net.client.nft("delete", "table", "inet", "norst")
+    if gate == "current":
+        assert len(seqs) == len(sports)  # the forged SYNs passed, and were answered
+        assert (got, again) == ({40200}, set())  # alice's knock: one connection, hers
+    else:
+        assert got == set()  # the control: the first forged SYN spent it
+
+
+def test_a_parked_syn_does_not_connect_after_the_window(net, services, gate):
+    # A SYN that the server's stack drops silently (a TCP-MD5 option, no key)
+    # leaves a flow the gate let in and nobody answered. Once the knock's window
+    # is over, a SYN on that very flow gets nothing (the control let it in, the
+    # flow being labelled as admitted and never answered).
+    helper = Helper(net.server, open_seconds=1)
+    src, dst = net.client.ip, net.server.ip
+    try:
+        assert helper.send(request(src, 22)) == [OK]
+        send_raw(net.client, [IP(src=src, dst=dst) / TCP(sport=40300, dport=22, flags="S",
+                                                         seq=1000, options=OPTIONS["md5"])])
+        time.sleep(1.5)  # the window is over
+        got = connects_from(net.client, src, dst, 22, [40300])
+    finally:
+        helper.close()
+    assert got == (set() if gate == "current" else {40300})

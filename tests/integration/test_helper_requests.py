@@ -7,7 +7,7 @@ nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
 import ipaddress
 import json
-import os
+import re
 import socket
 import subprocess
 import time
@@ -17,6 +17,7 @@ import pytest
 import nftables
 
 import nft  # helper/nft.py, by the name the helper imports it
+import request as rq
 from support import (PYTHON, REPO, STATUS, TABLE_FILE, Helper, Net, elements, inside, load_table,
                      request, ruleset)
 
@@ -37,9 +38,15 @@ HOSTILE = [
     ("version 2", request("198.18.1.1", 22, version=2), "BAD_VERSION"),
     ("a version 2 request", bytes.fromhex("02040600" "0016" "c6120101" + "00" * 12 + "ff" * 8),
      "BAD_VERSION"),
-    ("version 4", request("198.18.1.1", 22, version=4), "BAD_VERSION"),
+    ("version 3", request("198.18.1.1", 22, version=3), "BAD_VERSION"),
+    ("version 5", request("198.18.1.1", 22, version=5), "BAD_VERSION"),
     ("version 255", request("198.18.1.1", 22, version=255), "BAD_VERSION"),
-    ("pad byte set", request("198.18.1.1", 22, pad=1), "BAD_VERSION"),
+    ("no name", request("198.18.1.1", 22, client=""), "BAD_NAME"),
+    ("a name of 65", request("198.18.1.1", 22, client="a" * 65), "BAD_NAME"),
+    ("nft text as a name", request("198.18.1.1", 22, client='a" }; flush ruleset'), "BAD_NAME"),
+    ("a name not ASCII", request("198.18.1.1", 22, client=b"\xff\xfe"), "BAD_NAME"),
+    ("a name not text", request("198.18.1.1", 22, client=b"al\x00ice"), "BAD_NAME"),
+    ("says a name byte more", request("198.18.1.1", 22, size=6), "BAD_LENGTH"),
     ("nft text", b"1.2.3.4 . 22 }; flush ruleset".ljust(30, b";"), "BAD_VERSION"),
     ("nft text, padded", b"flush ruleset".ljust(30, b" "), "BAD_VERSION"),
     ("past its deadline", request("198.18.1.1", 22, deadline_ms=1), "EXPIRED"),
@@ -127,11 +134,12 @@ def test_valid_requests_add_exactly_their_element(server):
     host, helper = server
     before = ruleset(host)
     assert helper.send(VALID, request("fd00::7", 60001, 17)) == [S["OK"], S["OK"]]
-    about_30 = pytest.approx(30, abs=2)
     assert elements(host, "knocked4") == [
-        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": about_30}]
+        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30,
+         "expires": pytest.approx(30, abs=2), "comment": "alice"}]
     assert elements(host, "knocked6") == [
-        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": about_30}]
+        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30,
+         "expires": pytest.approx(30, abs=2), "comment": "alice"}]
     for name in ("knocked4", "knocked6"):
         host.nft("flush", "set", "inet", "gnocchi", name)
     assert ruleset(host) == before  # nothing else changed
@@ -144,7 +152,7 @@ def test_a_request_of_two_ports_adds_both_and_logs_once(server):
     assert sorted(e["val"]["concat"][1:] for e in elements(host, "knocked4")) == [
         ["tcp", 22], ["udp", 60001]]
     [line] = helper.log_lines()[start:]
-    assert "OK: 198.18.1.1 tcp/22 udp/60001 may start one connection each" in line
+    assert "OK: 198.18.1.1 tcp/22 udp/60001 for client alice may start one connection each" in line
     assert "GNOCCHI_HELPER_PORTS=tcp/22 udp/60001" in line
     host.nft("flush", "set", "inet", "gnocchi", "knocked4")
     assert ruleset(host) == before
@@ -166,12 +174,12 @@ def test_nft_text_as_ipv6_bytes_is_only_an_address(server):
 def test_every_decision_is_logged_once_and_refusals_carry_the_bytes(server):
     host, helper = server
     start = len(helper.log_lines())
-    helper.send(request("127.0.0.1", 22), b"x" * 100, request("198.18.1.1", 23))
+    helper.send(request("127.0.0.1", 22), b"x" * 200, request("198.18.1.1", 23))
     lines = helper.log_lines()[start:]
     assert len(lines) == 3
     assert "GNOCCHI_HELPER_STATUS=BAD_ADDRESS" in lines[0]
     assert "GNOCCHI_HELPER_REQUEST_HEX=" + request("127.0.0.1", 22).hex() in lines[0]
-    assert "GNOCCHI_HELPER_REQUEST_HEX=" + "78" * 53 + " " in lines[1]  # bounded: 53 of 100
+    assert "GNOCCHI_HELPER_REQUEST_HEX=" + "78" * 117 + " " in lines[1]  # bounded: 117 of 200
     assert "GNOCCHI_HELPER_PORTS=tcp/23" in lines[2] and "NOT_PROTECTED" in lines[2]
 
 
@@ -201,18 +209,30 @@ def test_without_the_table_nothing_is_created(tmp_path):
         assert net.server.nft("list", "ruleset").stdout == ""
 
 
-def test_rate_limit_is_per_address(tmp_path):
-    # A backstop per address, above what the verifier lets one address have:
-    # one address over it does not keep another out.
-    with Net("rt") as net:
-        load_table(net.server, tmp_path)
-        helper = Helper(net.server)
+def test_a_client_and_a_source_hold_at_most_their_share_of_the_knocked_set(tmp_path):
+    # Whatever the open time: one client (a stolen key, from many addresses),
+    # or one source (many keys from one /64), gets SHARE openings pending and no
+    # more; the others are not touched, and used openings make room again.
+    share = nft.SHARE
+    ports = tuple(range(1000, 1000 + share + 1))
+    with Net("sh") as net:
+        load_table(net.server, tmp_path, tcp_ports=ports)
+        helper = Helper(net.server, open_seconds=3600)
         try:
-            statuses = helper.send(*[request("198.18.2.1", 22)] * 201)
-            assert statuses == [S["OK"]] * 200 + [S["RATE_LIMITED"]]
-            assert helper.send(request("198.18.2.2", 22)) == [S["OK"]]
-            assert len(elements(net.server, "knocked4")) == 2
-            assert helper.send(request("198.18.1.1", 23)) == [S["NOT_PROTECTED"]]  # still checked
+            stolen = [request(f"198.18.2.{i + 1}", ports[i]) for i in range(share + 1)]
+            assert helper.send(*stolen) == [S["OK"]] * share + [S["TOO_MANY"]]
+            assert "TOO_MANY: 198.18.2.33 tcp/1032 for client alice: client alice has 32 " \
+                   "openings pending" in helper.log_lines()[-1]
+            assert helper.send(request("198.18.3.1", 1000, client="bob")) == [S["OK"]]
+            one_64 = [request(f"fd00:5::{i + 1:x}", 1000, client=f"key{i}")
+                      for i in range(share + 1)]
+            assert helper.send(*one_64) == [S["OK"]] * share + [S["TOO_MANY"]]
+            assert "source fd00:5::/64 has 32" in helper.log_lines()[-1]
+            assert helper.send(request("fd00:5:0:1::1", 1000, client="carol")) == [S["OK"]]
+            # alice's openings used (the gate deletes them), a second later she knocks again.
+            net.server.nft("flush", "set", "inet", "gnocchi", "knocked4")
+            time.sleep(nft.FRESH + 0.1)
+            assert helper.send(stolen[-1]) == [S["OK"]]
         finally:
             helper.close()
 
@@ -221,7 +241,8 @@ def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
     # knocked4 with room for three: two ports for one address fit, two more
     # for another do not, and the kernel refuses that whole transaction. Added
     # one by one, the first of them would have stayed.
-    text = TABLE_FILE.read_text().replace("size 4096", "size 3")
+    text, sized = re.subn(r"(set knocked4 \{[^}]*?size )\d+", r"\g<1>3", TABLE_FILE.read_text())
+    assert sized == 1
     text = text.replace("# elements = { 51820 }", "elements = { 60001 }")
     (tmp_path / "gnocchi.nft").write_text(text)
     with Net("an") as net:
@@ -244,7 +265,7 @@ def test_helper_refuses_bad_options():
     for args, text in ((["--open-seconds", "0"], "1..3600"),
                        (["--open-seconds", "3601"], "1..3600"),
                        (["--peer-user", "no-such-user-x"], "no such user"),
-                       (["--peer-user", "nobody"], "expected 1 socket")):
+                       (["--peer-user", "nobody"], "expected 1 AF_UNIX SOCK_SEQPACKET socket")):
         r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
                            env={"PATH": "/usr/bin:/bin"}, timeout=30)
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
@@ -290,31 +311,30 @@ def test_a_second_knock_re_arms_the_element_with_the_full_timeout(server):
     assert ruleset(host) == before
 
 
-def test_add_delete_add_re_arms_and_one_add_does_where_the_kernel_says_it_does(tmp_path):
-    # The helper adds once, telling the kernel when the element expires, on
-    # Linux 6.12 and later (nft.rearms); below, it adds, deletes and adds. On the
-    # real kernel: the second way always re-arms, the first exactly where
-    # nft.rearms says so, and a plain add never does.
+def test_a_knock_again_re_arms_its_element_and_names_its_client_on_this_kernel(tmp_path):
+    # The helper adds, deletes and adds, on every kernel: the second knock gets
+    # the full timeout back and its own client's name. A plain add keeps the old
+    # expiry before Linux 6.12 (and here, without "expires") and the old name.
     with Net("ra") as net:
         load_table(net.server, tmp_path)
-        plain = nft.command("add", 4, [{"val": {"concat": ["198.18.5.3", "tcp", 22]}}],
-                            timeout=30)
-
-        def add_each_way():
-            with inside(net.server):
-                for rearms, last in ((True, 1), (False, 2)):
-                    table = nft.Table(nftables.Nftables(), rearms)
-                    assert table.add(ipaddress.ip_address(f"198.18.5.{last}"),
-                                     [("tcp", 22)], 30) == ""
-                assert table.apply(plain)[1] == ""
-
-        add_each_way()
-        time.sleep(2.2)
-        add_each_way()
-        left = {e["val"]["concat"][0]: e["expires"] for e in elements(net.server, "knocked4")}
-        assert left["198.18.5.2"] >= 29  # add, delete, add: re-armed
-        assert (left["198.18.5.1"] >= 29) is nft.rearms(os.uname().release)
-        assert left["198.18.5.3"] <= 28  # a plain add keeps the old expiry
+        with inside(net.server):
+            table = nft.Table(nftables.Nftables())
+            for client in ("alice", "bob"):
+                for last in (1, 2):
+                    r = rq.Request(ipaddress.ip_address(f"198.18.5.{last}"), (("tcp", 22),), 0,
+                                   client)
+                    if client == "alice" or last == 1:
+                        assert table.add(r, 30) == ""
+                    else:  # a plain add
+                        assert table.apply({"add": {"element": {
+                            **nft.TABLE, "name": "knocked4", "elem": [{"elem": {
+                                "val": {"concat": [str(r.address), "tcp", 22]}, "timeout": 30,
+                                "comment": client}}]}}})[1] == ""
+                if client == "alice":
+                    time.sleep(2.2)
+        left = {e["val"]["concat"][0]: e for e in elements(net.server, "knocked4")}
+        assert left["198.18.5.1"]["expires"] >= 29 and left["198.18.5.1"]["comment"] == "bob"
+        assert left["198.18.5.2"]["expires"] <= 28 and left["198.18.5.2"]["comment"] == "alice"
 
 
 @pytest.fixture

@@ -176,7 +176,8 @@ def test_the_test_load_needs_no_firewall_of_ours():
     """It runs in a scratch namespace: the caller's ruleset is never touched."""
     loaded = nft_table.test_load(str(TABLE_FILE))
     assert set(loaded.sets()) == {"protected_tcp", "protected_udp", "knocked4", "knocked6",
-                                  "knock_port", "knock_sources4", "knock_sources6", "knock_sites6"}
+                                  "knock_port", "knock_sources4", "knock_sources6", "knock_sites6",
+                                  "known_sites6", "knockers6"}
     assert loaded.knock_ports() == [], "the file leaves the knock port to the loader"
     assert subprocess.run(["unshare", "--user", "--net", "--keep-caps", "true"]).returncode == 0
 

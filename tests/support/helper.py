@@ -21,32 +21,36 @@ from pathlib import Path
 from support.netns import Host
 from support.processes import PYTHON, REPO, stop
 
-# docs/contracts.md: a header (version, family, count, pad, address, deadline in
-# ms), then `count` entries (proto, port)
+# docs/contracts.md: a header (version, family, count, name length, address,
+# deadline in ms), then `count` entries (proto, port), then the client's name
 HEADER = struct.Struct("!BBBB16sQ")
 ENTRY = struct.Struct("!BH")
 STATUS = {name: i for i, name in enumerate((
     "OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
-    "BAD_PROTO", "RATE_LIMITED", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE"))}
+    "BAD_PROTO", "TOO_MANY", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE",
+    "BAD_NAME"))}
 NO_DEADLINE = (1 << 64) - 1  # the tests' requests wait as long as they like
 
 
-def request(ip: str, port: int, proto: int = 6, *, more=(), version=3, family=None, count=None,
-            pad=0, deadline_ms=NO_DEADLINE) -> bytes:
+def request(ip: str, port: int, proto: int = 6, *, more=(), client="alice", version=4,
+            family=None, count=None, size=None, deadline_ms=NO_DEADLINE) -> bytes:
     """A helper request from typed values, as the verifier would build it: port
-    and proto, then the (port, proto) pairs in `more`; the other keywords make
-    the malformed ones."""
+    and proto, then the (port, proto) pairs in `more`, for client; the other
+    keywords (size: the name length the header says) make the malformed ones."""
     a = ipaddress.ip_address(ip)
     entries = [(port, proto), *more]
+    name = client.encode() if isinstance(client, str) else client
     packed = a.packed + bytes(16 - len(a.packed))
     head = HEADER.pack(version, a.version if family is None else family,
-                       len(entries) if count is None else count, pad, packed, deadline_ms)
-    return head + b"".join(ENTRY.pack(number, p) for p, number in entries)
+                       len(entries) if count is None else count,
+                       len(name) if size is None else size, packed, deadline_ms)
+    return head + b"".join(ENTRY.pack(number, p) for p, number in entries) + name
 
 
 def requested_ports(message: bytes) -> list[tuple[int, int]]:
     """The (port, proto) pairs a well-formed request asks for."""
-    return [(p, number) for number, p in ENTRY.iter_unpack(message[HEADER.size:])]
+    end = HEADER.size + ENTRY.size * message[2]
+    return [(p, number) for number, p in ENTRY.iter_unpack(message[HEADER.size:end])]
 
 
 class Helper:
@@ -159,12 +163,14 @@ def helper_main():
 class FakeNftables:
     """Stands in for nftables.Nftables() in the helper's unprivileged unit
     tests only (tests/unit/test_helper_*.py): json_cmd answers as libnftables
-    does for a table whose protected sets hold `protected`, or fails where
-    told, and records every command. Everywhere else the tests use the real
-    library and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
+    does for a table whose protected sets hold `protected` and whose knocked
+    sets hold `pending` (elements as nft -j lists them), or fails where told,
+    and records every command. Everywhere else the tests use the real library
+    and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
 
-    def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = ""):
+    def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = "", pending=()):
         self.protected = list(protected)
+        self.pending = list(pending)
         self.fail_list, self.fail_add = fail_list, fail_add
         self.sent: list[dict] = []
 
@@ -174,11 +180,22 @@ class FakeNftables:
         if commands and "list" in commands[0]:
             if self.fail_list:
                 return -1, "", self.fail_list
-            listed = dict(commands[0]["list"]["set"], type="inet_service", handle=1,
-                          elem=self.protected)
+            ref = commands[0]["list"]["set"]
+            if ref["name"].startswith("knocked"):
+                family = 4 if ref["name"] == "knocked4" else 6
+                elem = [e for e in self.pending if ipaddress.ip_address(
+                    e.get("elem", {"val": e})["val"]["concat"][0]).version == family]
+            else:
+                elem = self.protected
+            listed = dict(ref, type="inet_service", handle=1, elem=elem)
             return 0, {"nftables": [{"metainfo": {"json_schema_version": 1}}, {"set": listed}]}, ""
         return (1, "", self.fail_add) if self.fail_add else (0, "", "")
 
     def commands(self) -> list[list[str]]:
         """What was sent, each call as its commands' verbs (["add", "delete", "add"], ...)."""
         return [[verb for c in call["nftables"][1:] for verb in c] for call in self.sent]
+
+    def listed(self) -> list[str]:
+        """The sets listed, in order."""
+        return [c["list"]["set"]["name"] for call in self.sent for c in call["nftables"][1:]
+                if "list" in c]

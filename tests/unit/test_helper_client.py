@@ -13,13 +13,15 @@ SSH = [Open(22, "tcp")]
 
 
 def test_helper_request_bytes_match_the_contract():
-    v4 = helper_client.encode(ipaddress.IPv4Address("198.18.3.1"), SSH, 5000)
-    assert v4 == bytes.fromhex("03040100" "c6120301" + "00" * 12 + "0000000000001388" "060016")
+    v4 = helper_client.encode(ipaddress.IPv4Address("198.18.3.1"), SSH, "alice", 5000)
+    assert v4 == bytes.fromhex("04040105" "c6120301" + "00" * 12 + "0000000000001388" "060016"
+                               + b"alice".hex())
     assert v4 == request("198.18.3.1", 22, deadline_ms=5000)
-    v6 = helper_client.encode(ipaddress.IPv6Address("fd00::1"), [Open(60001, "udp"), *SSH], 1)
-    assert v6 == bytes.fromhex("03060200" "fd00" + "00" * 13 + "01" + "00" * 7 + "01"
-                               "11ea61" "060016")
-    assert (len(v4), len(v6)) == (31, 34)
+    v6 = helper_client.encode(ipaddress.IPv6Address("fd00::1"), [Open(60001, "udp"), *SSH],
+                              "b", 1)
+    assert v6 == bytes.fromhex("04060201" "fd00" + "00" * 13 + "01" + "00" * 7 + "01"
+                               "11ea61" "060016" "62")
+    assert (len(v4), len(v6)) == (36, 35)
 
 
 @pytest.mark.parametrize("opens, why", [
@@ -31,19 +33,21 @@ def test_what_the_helper_would_refuse_whole_is_never_sent(tmp_path, opens, why):
     recorder = HelperRecorder(tmp_path / "h.sock", status=0)
     try:
         with pytest.raises(ValueError, match=why):
-            helper_client.request_open(recorder.path, ipaddress.IPv4Address("198.18.3.1"), opens)
+            helper_client.request_open(recorder.path, ipaddress.IPv4Address("198.18.3.1"), opens,
+                                       "alice")
     finally:
         recorder.close()
     assert recorder.messages == []
     eight = [Open(p, "udp") for p in range(1, 9)]  # the most one request takes
-    assert len(helper_client.encode(ipaddress.IPv4Address("198.18.3.1"), eight, 0)) == 28 + 8 * 3
+    longest = helper_client.encode(ipaddress.IPv4Address("198.18.3.1"), eight, "a" * 64, 0)
+    assert len(longest) == 28 + 8 * 3 + 64
 
 
 def test_the_deadline_is_the_monotonic_clock_plus_three_seconds(tmp_path):
     recorder = HelperRecorder(tmp_path / "h.sock", status=0)
     try:
         helper_client.request_open(recorder.path, ipaddress.IPv4Address("198.18.3.1"), SSH,
-                                   clock=lambda: 1000.25)
+                                   "alice", clock=lambda: 1000.25)
     finally:
         recorder.close()
     assert recorder.deadlines == [1_003_250]
@@ -52,14 +56,14 @@ def test_the_deadline_is_the_monotonic_clock_plus_three_seconds(tmp_path):
 def test_helper_client_maps_status_and_unreachable(tmp_path):
     addr = ipaddress.IPv4Address("198.18.3.1")
     with pytest.raises(helper_client.HelperUnreachable, match="not opened: .*No such file"):
-        helper_client.request_open(str(tmp_path / "none.sock"), addr, SSH)
+        helper_client.request_open(str(tmp_path / "none.sock"), addr, SSH, "alice")
     recorder = HelperRecorder(tmp_path / "h.sock", status=7)
     try:
-        assert helper_client.request_open(recorder.path, addr, SSH) == "RATE_LIMITED"
+        assert helper_client.request_open(recorder.path, addr, SSH, "alice") == "TOO_MANY"
         recorder.status = 11
-        assert helper_client.request_open(recorder.path, addr, SSH) == "BAD_DUPLICATE"
+        assert helper_client.request_open(recorder.path, addr, SSH, "alice") == "BAD_DUPLICATE"
         recorder.status = 200
-        assert helper_client.request_open(recorder.path, addr, SSH) == "UNKNOWN_200"
+        assert helper_client.request_open(recorder.path, addr, SSH, "alice") == "UNKNOWN_200"
     finally:
         recorder.close()
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # accepts, never answers
@@ -68,7 +72,7 @@ def test_helper_client_maps_status_and_unreachable(tmp_path):
     try:
         # Sent, then silence: never "not opened", since the helper may have taken it.
         with pytest.raises(helper_client.HelperUnreachable) as e:
-            helper_client.request_open(str(tmp_path / "s.sock"), addr, SSH, deadline=0.2)
+            helper_client.request_open(str(tmp_path / "s.sock"), addr, SSH, "alice", deadline=0.2)
         assert "no answer within 1.2 s" in str(e.value) and "not opened" not in str(e.value)
         assert "opens nothing past the request's 0.2 s deadline" in str(e.value)
     finally:

@@ -1,7 +1,8 @@
 """helper/__main__.py's decide(), every branch, without root: peer, length,
-version, count, protocol, duplicate, address, not protected, rate, past the
-deadline, nft failure, and OK; and what nft.Table keeps between requests: its
-copies of the protected sets, and whether the kernel re-arms on add.
+version, count, name, protocol, duplicate, address, not protected, too many
+openings pending, past the deadline, nft failure, and OK; and what nft.Table
+keeps between requests: its copies of the protected sets and of the openings
+pending, read again at most once a second.
 
 The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
 is the kernel's answer (this process); the clock is a number the test moves.
@@ -9,7 +10,6 @@ Only libnftables is a stand-in, FakeNftables (tests/support/helper.py), here
 and nowhere else: tests/integration/test_helper_requests.py drives the real
 helper, library and kernel, as root, in a namespace.
 """
-import ipaddress
 import os
 import socket
 
@@ -22,24 +22,23 @@ from support import FakeNftables, helper_main, request
 main = helper_main()
 ME = os.getuid()
 VALID = request("198.18.1.1", 22)
-VALID_ADDRESS = ipaddress.ip_address("198.18.1.1")
 
 
-def table(ctx=None, rearms=True):
-    """An nft.Table on ctx, for a kernel that re-arms on add (or not)."""
-    return nft.Table(ctx or FakeNftables(), rearms)
+def table(ctx=None):
+    return nft.Table(ctx or FakeNftables())
 
 
-def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=False, on=None):
+def decide(message, peer_uid=ME, nft_ctx=None, now=1000.0, silent=False, on=None):
     """decide() on a fresh connection that sent message (or nothing, if
     silent), with the table on (else a new one on nft_ctx)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
-        ours.settimeout(0.2)  # the helper's RECV_SECONDS, shortened
+        ours.settimeout(0.2)  # the helper's 2 s, shortened
         if not silent:
             theirs.send(message)
-        return main.decide(ours, peer_uid, on or table(nft_ctx), 30,
-                           {} if recent is None else recent, clock=lambda: now)
+        t = on or table(nft_ctx)
+        t.clock = lambda: now
+        return main.decide(ours, peer_uid, t, 30)
 
 
 @pytest.mark.parametrize("name, message, status", [
@@ -47,11 +46,14 @@ def decide(message, peer_uid=ME, nft_ctx=None, recent=None, now=1000.0, silent=F
     ("short", VALID[:-1], "BAD_LENGTH"),
     ("long", VALID + b"\0", "BAD_LENGTH"),
     ("version 1", request("198.18.1.1", 22, version=1), "BAD_VERSION"),
-    ("pad byte set", request("198.18.1.1", 22, pad=1), "BAD_VERSION"),
+    ("version 3", request("198.18.1.1", 22, version=3), "BAD_VERSION"),
+    ("no name", request("198.18.1.1", 22, client=""), "BAD_NAME"),
+    ("name of 65", request("198.18.1.1", 22, client="a" * 65), "BAD_NAME"),
+    ("nft text as a name", request("198.18.1.1", 22, client='a" }; flush ruleset'), "BAD_NAME"),
+    ("says 6, carries 5", request("198.18.1.1", 22, client="alice", size=6), "BAD_LENGTH"),
     ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
     ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
     ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
-    ("port 0", request("198.18.1.1", 0), "NOT_PROTECTED"),
     ("count 0", request("198.18.1.1", 22, count=0), "BAD_COUNT"),
     ("count 9", request("198.18.1.1", 1, more=[(p, 6) for p in range(2, 10)]), "BAD_COUNT"),
     ("says 2, carries 1", request("198.18.1.1", 22, count=2), "BAD_LENGTH"),
@@ -85,8 +87,9 @@ def test_an_unprotected_port_is_refused_after_reading_the_live_set():
     code, text, fields = decide(request("198.18.1.1", 23), nft_ctx=ctx)
     assert code == rq.NOT_PROTECTED and "not protected: tcp/23" in text
     assert (str(fields["ADDRESS"]), fields["PORTS"]) == ("198.18.1.1", "tcp/23")
-    assert ctx.commands() == [["list"]]  # no add
+    assert {verb for call in ctx.commands() for verb in call} == {"list"}  # no add
     assert decide(request("198.18.1.1", 8050), nft_ctx=ctx)[0] == rq.OK
+    assert decide(request("198.18.1.1", 0), nft_ctx=ctx)[0] == rq.NOT_PROTECTED  # never a port
 
 
 def test_one_unprotected_port_refuses_the_whole_request_and_adds_nothing():
@@ -105,48 +108,46 @@ def test_an_unreadable_set_is_nft_failed_and_nothing_is_added():
     assert ctx.commands() == [["list"]]
 
 
-def test_a_refused_add_is_nft_failed_and_still_counts_against_the_rate():
-    ctx, recent = FakeNftables(fail_add="Error: Could not process rule"), {}
-    code, _, fields = decide(VALID, nft_ctx=ctx, recent=recent)
+def test_a_refused_add_is_nft_failed_and_leaves_nothing_pending():
+    ctx = FakeNftables(fail_add="Error: Could not process rule")
+    t = table(ctx)
+    code, _, fields = decide(VALID, on=t)
     assert code == rq.NFT_FAILED and fields["NFT_ERROR"] == "Error: Could not process rule"
-    assert len(recent[fields["ADDRESS"]]) == 1
+    assert t.pending == {}
 
 
 METAINFO = {"metainfo": {"json_schema_version": 1}}
 
 
-def test_ok_lists_the_set_then_adds_the_element_in_one_transaction():
+def test_ok_reads_the_sets_then_adds_delete_adds_the_element_with_its_client():
     ctx = FakeNftables(protected=(60001,))
-    code, text, fields = decide(request("fd00::7", 60001, 17), nft_ctx=ctx)
+    code, text, fields = decide(request("fd00::7", 60001, 17, client="bob"), nft_ctx=ctx)
     assert code == rq.OK and "may start one connection each within 30 s" in text
-    assert (str(fields["ADDRESS"]), fields["PORTS"], fields["TIMEOUT"]) == (
-        "fd00::7", "udp/60001", 30)
-    listing, adding = ctx.sent
-    assert listing["nftables"] == [METAINFO, {"list": {"set": {
-        "family": "inet", "table": "gnocchi", "name": "protected_udp"}}}]
-    # One add: this kernel re-arms an element already there when told when it expires.
-    assert adding["nftables"] == [METAINFO, {"add": {"element": {
-        "family": "inet", "table": "gnocchi", "name": "knocked6", "elem": [{"elem": {
-            "val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": 30}}]}}}]
-
-
-def test_on_a_kernel_that_does_not_re_arm_the_add_is_add_delete_add():
-    ctx = FakeNftables()
-    assert decide(VALID, on=table(ctx, rearms=False))[0] == rq.OK
-    add, delete, again = ctx.sent[-1]["nftables"][1:]
-    assert add == again and add["add"]["element"]["elem"] == [
-        {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30}}]
-    assert delete["delete"]["element"]["elem"] == [
-        {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}}}]
+    assert (str(fields["ADDRESS"]), fields["PORTS"], fields["CLIENT"], fields["TIMEOUT"]) == (
+        "fd00::7", "udp/60001", "bob", 30)
+    *listings, adding = ctx.sent
+    assert [c["nftables"] for c in listings] == [[METAINFO, {"list": {"set": {
+        "family": "inet", "table": "gnocchi", "name": name}}}]
+        for name in ("protected_tcp", "protected_udp", "knocked4", "knocked6")]
+    # Add, delete, add, on every kernel: a knock again gets the full timeout back
+    # (before 6.12 an add keeps the old expiry) and its client's name.
+    add, delete, again = adding["nftables"][1:]
+    val = {"val": {"concat": ["fd00::7", "udp", 60001]}}
+    assert add == again == {"add": {"element": {
+        "family": "inet", "table": "gnocchi", "name": "knocked6",
+        "elem": [{"elem": {**val, "timeout": 30, "comment": "bob"}}]}}}
+    assert delete == {"delete": {"element": {
+        "family": "inet", "table": "gnocchi", "name": "knocked6", "elem": [{"elem": val}]}}}
 
 
 def test_a_copy_of_a_protected_set_answers_for_a_second():
     ctx = FakeNftables(protected=(22,))
     t = table(ctx)
     assert [decide(VALID, on=t, now=n)[0] for n in (1000.0, 1000.5, 1000.99)] == [rq.OK] * 3
-    assert ctx.commands() == [["list"], ["add"], ["add"], ["add"]]
+    reads = [["list"]] * 4
+    assert ctx.commands() == reads + [["add", "delete", "add"]] * 3
     assert decide(VALID, on=t, now=1001.0)[0] == rq.OK
-    assert ctx.commands()[-2:] == [["list"], ["add"]]  # a second old: read again
+    assert ctx.commands()[-5:] == reads + [["add", "delete", "add"]]  # a second old: read again
 
 
 def test_a_port_the_admin_adds_works_on_its_next_knock():
@@ -155,7 +156,7 @@ def test_a_port_the_admin_adds_works_on_its_next_knock():
     assert decide(VALID, on=t, now=1000.0)[0] == rq.OK
     ctx.protected.append(2222)
     assert decide(request("198.18.1.1", 2222), on=t, now=1000.1)[0] == rq.OK
-    assert ctx.commands()[-2:] == [["list"], ["add"]]  # not in the copy: read again at once
+    assert ctx.commands()[-5:] == [["list"]] * 4 + [["add", "delete", "add"]]  # read at once
 
 
 def test_a_port_the_admin_removes_is_refused_within_a_second():
@@ -174,37 +175,84 @@ def test_every_port_of_a_request_is_added_in_the_one_transaction():
     ctx = FakeNftables(protected=(22, 60001))  # the stand-in's sets: both protocols alike
     code, text, fields = decide(request("198.18.1.1", 22, more=[(60001, 17), (60001, 6)]),
                                 nft_ctx=ctx)
-    assert code == rq.OK and text.startswith("198.18.1.1 tcp/22 udp/60001 tcp/60001 may start")
+    assert code == rq.OK and text.startswith(
+        "198.18.1.1 tcp/22 udp/60001 tcp/60001 for client alice may start")
     *listings, adding = ctx.sent
-    assert sorted(c["nftables"][1]["list"]["set"]["name"] for c in listings) == [
-        "protected_tcp", "protected_udp"]  # each set read once
+    assert ctx.listed() == ["protected_tcp", "protected_udp", "knocked4", "knocked6"]  # once each
     added = adding["nftables"][1]["add"]["element"]["elem"]
     assert [e["elem"]["val"]["concat"][1:] for e in added] == [
         ["tcp", 22], ["udp", 60001], ["tcp", 60001]]
 
 
-def test_at_most_so_many_adds_a_minute_per_address_by_the_injected_clock():
-    recent, n = {}, main.MAX_PER_MINUTE
-    assert [decide(VALID, recent=recent, now=1000.0)[0] for _ in range(n - 1)] == [rq.OK] * (n - 1)
-    two = request("198.18.1.1", 22, more=[(2222, 6)])  # a request counts once, whatever it opens
-    ctx = FakeNftables(protected=(22, 2222))
-    assert decide(two, nft_ctx=ctx, recent=recent, now=1000.0)[0] == rq.OK
-    code, text, _ = decide(VALID, recent=recent, now=1059.0)
-    assert code == rq.RATE_LIMITED and f"{n} requests for it in a minute" in text
-    assert decide(request("198.18.1.2", 22), recent=recent, now=1059.0)[0] == rq.OK  # another
-    assert decide(request("198.18.1.1", 23), recent=recent, now=1059.0)[0] == rq.NOT_PROTECTED
-    assert decide(VALID, recent=recent, now=1060.5)[0] == rq.OK  # the first are a minute old
-    assert len(recent[VALID_ADDRESS]) == 1
-    decide(request("198.18.1.3", 22), recent=recent, now=1200.0)
-    assert list(recent) == [ipaddress.ip_address("198.18.1.3")]  # idle addresses forgotten
+def pending(address: str, port: int, client: str, proto="tcp") -> dict:
+    """A knocked element as nft -j lists it."""
+    return {"elem": {"val": {"concat": [address, proto, port]}, "timeout": 30, "expires": 20,
+                     "comment": client}}
 
 
-def test_an_address_is_forgotten_a_minute_after_its_last_request_not_its_first():
-    recent, a, b = {}, request("198.18.1.1", 22), request("198.18.1.2", 22)
-    for message, now in ((a, 1000.0), (b, 1030.0), (a, 1050.0)):
-        assert decide(message, recent=recent, now=now)[0] == rq.OK
-    decide(request("198.18.1.3", 22), recent=recent, now=1091.0)  # b's last is 61 s old
-    assert [str(address) for address in recent] == ["198.18.1.1", "198.18.1.3"]
+PORTS = tuple(range(1000, 2001))  # protected, in the tests of the shares
+
+
+def eight(first: int) -> list:
+    return [(port, 6) for port in range(first + 1, first + 8)]
+
+
+def test_a_client_holds_at_most_its_share_of_openings_whatever_the_open_time():
+    ctx = FakeNftables(protected=PORTS)
+    t = table(ctx)
+    # Alice (a stolen key, say) knocks for eight ports at a time from addresses of her own.
+    knocks = [request(f"198.18.2.{i}", 1000 + 8 * i, more=eight(1000 + 8 * i))
+              for i in range(nft.SHARE // 8)]
+    assert [decide(k, on=t, now=1000.0)[0] for k in knocks] == [rq.OK] * (nft.SHARE // 8)
+    code, text, fields = decide(request("198.18.2.99", 1500), on=t, now=1000.5)
+    assert code == rq.TOO_MANY and f"client alice has {nft.SHARE} openings pending" in text
+    assert fields["CLIENT"] == "alice"
+    # A knock again for an opening she holds takes nothing more: it re-arms it.
+    assert decide(request("198.18.2.0", 1000), on=t, now=1000.5)[0] == rq.OK
+    # Bob, from another address, is not touched.
+    assert decide(request("198.18.3.1", 1000, client="bob"), on=t, now=1000.5)[0] == rq.OK
+
+
+def test_a_source_holds_at_most_its_share_of_openings_whoever_knocks():
+    ctx = FakeNftables(protected=PORTS)
+    t = table(ctx)
+    # Many clients (keys) from one IPv6 /64: the /64 is one source.
+    for i in range(nft.SHARE):
+        message = request(f"2001:db8:0:1::{i + 1:x}", 1000, client=f"c{i}")
+        assert decide(message, on=t, now=1000.0)[0] == rq.OK
+    code, text, _ = decide(request("2001:db8:0:1::ffff", 1000, client="bob"), on=t, now=1000.0)
+    assert code == rq.TOO_MANY and "source 2001:db8:0:1::/64 has" in text
+    # Another /64 of the same /48 is another source.
+    assert decide(request("2001:db8:0:2::1", 1000, client="bob"), on=t, now=1000.0)[0] == rq.OK
+    # An IPv4 address is a source of its own (a NAT's clients share its share).
+    for i in range(nft.SHARE):
+        assert decide(request("198.18.4.1", 1000 + i, client=f"c{i}"), on=t, now=1000.0)[0] == rq.OK
+    assert decide(request("198.18.4.1", 2000, client="bob"), on=t, now=1000.0)[0] == rq.TOO_MANY
+    assert decide(request("198.18.4.2", 2000, client="bob"), on=t, now=1000.0)[0] == rq.OK
+
+
+def test_openings_used_since_are_not_counted_once_the_sets_are_read_again():
+    ctx = FakeNftables(protected=PORTS)
+    t = table(ctx)
+    knocks = [request(f"198.18.2.{i}", 1000 + 8 * i, more=eight(1000 + 8 * i))
+              for i in range(nft.SHARE // 8)]
+    assert [decide(k, on=t, now=1000.0)[0] for k in knocks] == [rq.OK] * len(knocks)
+    assert decide(request("198.18.2.99", 1500), on=t, now=1000.9)[0] == rq.TOO_MANY
+    # The kernel deleted them as they were used (or they expired): a second
+    # after the last read, the helper asks it again.
+    assert decide(request("198.18.2.99", 1500), on=t, now=1001.0)[0] == rq.OK
+
+
+def test_openings_the_kernel_holds_count_after_a_restart_of_the_helper():
+    held = [pending(f"198.18.2.{i}", 1000 + i, "alice") for i in range(nft.SHARE)]
+    held.append({"elem": {"val": {"concat": ["fd00::9", "udp", 1000]}, "comment": "alice"}})
+    ctx = FakeNftables(protected=PORTS, pending=held)
+    code, text, _ = decide(request("198.18.2.99", 1500), nft_ctx=ctx)  # a fresh Table
+    assert code == rq.TOO_MANY and "client alice" in text
+    assert decide(request("198.18.2.99", 1500, client="bob"), nft_ctx=ctx)[0] == rq.OK
+    # An element listed without a client's name (one the admin added) counts for its source.
+    ctx.pending = [{"concat": ["198.18.5.1", "tcp", 1000 + i]} for i in range(nft.SHARE)]
+    assert decide(request("198.18.5.1", 1500, client="bob"), nft_ctx=ctx)[0] == rq.TOO_MANY
 
 
 def test_a_request_past_its_deadline_is_not_carried_out():
@@ -214,8 +262,9 @@ def test_a_request_past_its_deadline_is_not_carried_out():
     late = request("198.18.1.1", 22, deadline_ms=999_999)      # now is 1000.0 s
     code, text, _ = decide(late, nft_ctx=ctx, now=1000.0)
     assert code == rq.EXPIRED and "past its deadline" in text
-    assert ctx.commands() == [["list"]]                         # listed, never added
+    assert ctx.commands() == [["list"]] * 4                     # read, never added
     in_time = request("198.18.1.1", 22, deadline_ms=1_000_001)
-    recent = {}
-    assert decide(late, recent=recent, now=1000.0)[0] == rq.EXPIRED
-    assert decide(in_time, recent=recent, now=1000.0)[0] == rq.OK  # the refusal left no trace
+    t = table()
+    assert decide(late, on=t, now=1000.0)[0] == rq.EXPIRED
+    assert t.pending == {}                                      # the refusal left no trace
+    assert decide(in_time, on=t, now=1000.0)[0] == rq.OK

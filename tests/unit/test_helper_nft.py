@@ -1,15 +1,20 @@
 """helper/nft.py: the libnftables JSON it sends, apply() (metainfo first, rc
-checked), how it reads a protected set's elements, and on which kernels it
-adds once. FakeNftables stands in for libnftables here only; the real one
-runs in tests/integration/."""
+checked), how it reads the sets' elements, and its count of the openings
+pending. FakeNftables stands in for libnftables here only; the real one runs
+in tests/integration/."""
 import ipaddress
 
 import pytest
 
 import nft
+import request as rq
 from support import FakeNftables
 
 METAINFO = {"metainfo": {"json_schema_version": 1}}
+
+
+def req(address: str, opens, client="alice") -> rq.Request:
+    return rq.Request(ipaddress.ip_address(address), tuple(opens), 0, client)
 
 
 @pytest.mark.parametrize("elems, port, protected", [
@@ -20,51 +25,64 @@ METAINFO = {"metainfo": {"json_schema_version": 1}}
     ([{"elem": {"val": {"range": [8000, 8100]}, "comment": "web"}}], 8050, True),
 ])
 def test_every_element_form_of_a_protected_set_is_read(elems, port, protected):
-    table = nft.Table(FakeNftables(protected=elems), True)
-    assert table.unprotected([("tcp", port)], 0.0) == ([] if protected else [("tcp", port)], "")
+    table = nft.Table(FakeNftables(protected=elems))
+    assert table.refresh([("tcp", port)], 0.0) == ""
+    assert table.unprotected([("tcp", port)]) == ([] if protected else [("tcp", port)])
 
 
 @pytest.mark.parametrize("address, opens, name", [
     ("198.18.1.1", (("tcp", 22),), "knocked4"),
     ("fd00::7", (("udp", 22), ("tcp", 22), ("udp", 60001)), "knocked6")])
-@pytest.mark.parametrize("rearms", [True, False])
-def test_add_puts_every_element_in_one_transaction_with_the_timeout(address, opens, name, rearms):
+def test_add_puts_every_element_in_one_transaction_with_the_timeout_and_client(address, opens,
+                                                                               name):
     ctx = FakeNftables()
-    table = nft.Table(ctx, rearms)
-    assert table.add(ipaddress.ip_address(address), opens, 7) == ""
+    table = nft.Table(ctx)
+    assert table.add(req(address, opens, "bob"), 7) == ""
     vals = [{"val": {"concat": [address, proto, port]}} for proto, port in opens]
-    def element(**times):
+
+    def element(**extra):
         return {"element": {"family": "inet", "table": "gnocchi", "name": name,
-                            "elem": [{"elem": {**v, **times}} for v in vals]}}
-    if rearms:
-        assert ctx.sent == [{"nftables": [METAINFO, {"add": element(timeout=7, expires=7)}]}]
-    else:
-        assert ctx.sent == [{"nftables": [METAINFO, {"add": element(timeout=7)},
-                                          {"delete": element()}, {"add": element(timeout=7)}]}]
+                            "elem": [{"elem": {**v, **extra}} for v in vals]}}
+    add = {"add": element(timeout=7, comment="bob")}
+    assert ctx.sent == [{"nftables": [METAINFO, add, {"delete": element()}, add]}]
+    assert table.pending == {(ipaddress.ip_address(address), *o): "bob" for o in opens}
 
 
-@pytest.mark.parametrize("release, rearms", [
-    ("6.12.0", True), ("6.18.3-amd64", True), ("7.0.1", True), ("6.11.9-1-cloud", False),
-    ("6.1.0-28-amd64", False), ("5.15.0", False), ("", False), ("x.y", False)])
-def test_one_add_only_on_kernels_that_re_arm(release, rearms):
-    assert nft.rearms(release) is rearms
+def test_the_knocked_sets_are_read_with_their_clients_in_every_element_form():
+    ctx = FakeNftables(pending=[
+        {"elem": {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": 3,
+                  "comment": "alice"}},
+        {"elem": {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30}},
+        {"concat": ["198.18.1.2", "tcp", 22]}])
+    table = nft.Table(ctx)
+    assert table.refresh([("tcp", 22)], 0.0) == ""
+    assert table.pending == {
+        (ipaddress.ip_address("198.18.1.1"), "tcp", 22): "alice",
+        (ipaddress.ip_address("fd00::7"), "udp", 60001): "",
+        (ipaddress.ip_address("198.18.1.2"), "tcp", 22): ""}
+
+
+@pytest.mark.parametrize("address, source", [
+    ("198.18.1.1", "198.18.1.1/32"), ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64")])
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64(address, source):
+    assert str(nft.prefix(ipaddress.ip_address(address))) == source
 
 
 def test_apply_is_one_transaction_with_metainfo_first_and_checks_rc():
     ctx = FakeNftables(protected=(22,))
-    table = nft.Table(ctx, True)
+    table = nft.Table(ctx)
     listing = {"list": {"set": {"family": "inet", "table": "gnocchi", "name": "protected_tcp"}}}
     listed, err = table.apply(listing)
     assert err == "" and listed["nftables"][1]["set"]["elem"] == [22]
     assert ctx.sent == [{"nftables": [METAINFO, listing]}]
     assert table.apply() == ({"nftables": []}, "")  # rc 0, no output
-    failing = nft.Table(FakeNftables(fail_list="Error: No such file or directory"), True)
+    failing = nft.Table(FakeNftables(fail_list="Error: No such file or directory"))
     assert failing.apply(listing) == ({}, "Error: No such file or directory")
-    assert failing.unprotected([("tcp", 22)], 0.0) == ([], "Error: No such file or directory")
+    assert failing.refresh([("tcp", 22)], 0.0) == "Error: No such file or directory"
 
 
 def test_a_failure_without_error_text_still_reads_as_a_failure():
     class Silent:
         def json_cmd(self, command):
             return 1, "", ""
-    assert nft.Table(Silent(), True).apply() == ({}, "libnftables rc 1")
+    assert nft.Table(Silent()).apply() == ({}, "libnftables rc 1")

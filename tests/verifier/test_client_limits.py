@@ -70,3 +70,29 @@ allow = ["22"]
                what="alice's excess counted")
     assert all("alice" in s["MESSAGE"] for s in d.of("dropped-summary")
                if "GNOCCHI_DROPPED_RATE_LIMITED" in s)
+
+
+def test_one_address_gets_exactly_its_burst_whatever_the_keys_it_knocks_with(
+        daemons, net, k, tmp_path, helper):
+    # Three keys behind one address (clients behind one NAT, or stolen keys),
+    # each under its own client limit (19 of 20): the address's limit decides,
+    # and lets exactly its burst through (and one more each 2 s it lasts).
+    clients = "".join(f'[clients.{name}]\npublic_key = "{k.public(name)}"\nallow = ["22"]\n'
+                      for name in ("alice", "bob", "mallory"))
+    d = daemons(net, write_config(tmp_path, k, str(helper.path), clients=clients),
+                f"{net.server.ip}:{k.port}", "--summary-interval", "1",
+                stderr=tmp_path / "daemon.err")
+    base = time.time_ns()
+    packets = [knock(k, name, base + i, b"open 22", net.server.ip)
+               for i in range(19) for name in ("alice", "bob", "mallory")]
+    started = time.monotonic()
+    send_paced(net.client, net.server.ip, k.port, packets)
+
+    def dropped(_=None) -> int:
+        return sum(int(s.get("GNOCCHI_DROPPED_RATE_LIMITED", 0)) for s in d.of("dropped-summary"))
+    d.wait_for(lambda _: len(d.of("accepted")) + dropped() >= len(packets),
+               what="every knock decided or counted", timeout=20)
+    seconds = time.monotonic() - started
+    accepted = len(d.of("accepted"))
+    assert verifier.ADDRESS_BURST <= accepted <= verifier.ADDRESS_BURST + seconds / 2 + 1
+    assert accepted + dropped() == len(packets)

@@ -28,7 +28,8 @@ def test_valid_knocks_reach_the_helper_and_nothing_comes_back(daemons, net, k, t
     assert send_datagrams(net, k.port, packets, wait=0.5) == 0
     accepted = d.wait_events("accepted", 3)
     src = net.client.ip
-    assert helper.messages == [request(src, 22, 6), request(src, 60001, 17), request(src, 443, 6)]
+    assert helper.messages == [request(src, 22, 6), request(src, 60001, 17),
+                               request(src, 443, 6, client="bob")]
     assert [(e["GNOCCHI_CLIENT"], e["GNOCCHI_REQUEST"], e["GNOCCHI_COUNTER"]) for e in accepted] \
         == [("alice", "open 22/tcp", "1"), ("alice", "open 60001/udp", "2"),
             ("bob", "open 443/tcp", "7")]
