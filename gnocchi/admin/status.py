@@ -101,9 +101,8 @@ def configured(config_path: str) -> tuple[int | None, str, list[str], list[str]]
         cfg = server_config.load_running(config_path)
     except server_config.ConfigError as e:
         return None, "", [], [f"config: {e}"]
-    clients = [f"{c.name}: " + (", ".join(f"{o.port}/{o.proto}" for o in c.allow) or "nothing")
-               + (f"; actions {', '.join(c.actions)}" if c.actions else "")
-               for c in cfg.clients]
+    from gnocchi.admin.check import client_line
+    clients = [client_line(c) for c in cfg.clients]
     try:
         key = keys.load_server_key(cfg.server_key_file)
     except keys.KeyFileError as e:
