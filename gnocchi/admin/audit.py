@@ -98,13 +98,29 @@ def counters_from(entries: Iterable[dict]) -> dict[bytes, int]:
 UNITS = ("gnocchi.service", "gnocchi-helper.service")
 
 
-def read_journal(since: datetime.datetime | None, directory: str | None = None):
-    from systemd import journal
-    reader = journal.Reader(path=directory) if directory else journal.Reader()
+# Arming's entries (gnocchi/admin/table.py) come from its units, the nftables
+# drop-in or an admin's `gnocchi arm`, always root, and attach themselves to
+# gnocchi.service; only root's count (_UID, set by journald), as for journalctl -u.
+ARMING = {"_UID": "0", "OBJECT_SYSTEMD_UNIT": "gnocchi.service",
+          "SYSLOG_IDENTIFIER": "gnocchi-arm"}
+
+
+def match_gnocchi(reader, arming: bool = True) -> None:
+    """Make reader (a systemd.journal.Reader) yield gnocchi's entries only: the
+    verifier's and the helper's by their unit, and (arming) arming's."""
     for i, unit in enumerate(UNITS):
         if i:
             reader.add_disjunction()
         reader.add_match(_SYSTEMD_UNIT=unit)
+    if arming:
+        reader.add_disjunction()
+        reader.add_match(**ARMING)
+
+
+def read_journal(since: datetime.datetime | None, directory: str | None = None):
+    from systemd import journal
+    reader = journal.Reader(path=directory) if directory else journal.Reader()
+    match_gnocchi(reader, arming=False)
     if since is not None:
         reader.seek_realtime(since)
     yield from reader

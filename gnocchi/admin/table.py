@@ -265,7 +265,7 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     if proc.returncode != 0:
         log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}) and could not "
             f"be loaded again: {proc.stderr.strip()}; the protected ports are OPEN", by=by,
-            reason="; ".join(problems))
+            reason="; ".join(problems), how="not-loaded")
         return False
     try:
         still = judge(nft_table.live(), None)
@@ -280,7 +280,8 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     done = (f"re-armed from {table_path}" if not still else
             f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}")
     log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
-        f"ports were open; {done}{limited}", by=by, knock_port=port, reason="; ".join(problems))
+        f"ports were open; {done}{limited}", by=by, knock_port=port, reason="; ".join(problems),
+        how="not-whole" if still else "rearmed")
     return not still
 
 

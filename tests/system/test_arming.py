@@ -393,6 +393,17 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
                for line in lines), out
     assert "last entries (journalctl -u gnocchi):" in lines
     assert any(" accepted " in line and "alice" in line for line in lines), out
+    # The same facts for scripts: one JSON object, the same exit status.
+    proc = b.run("gnocchi", "status", "--json")
+    facts = json.loads(proc.stdout)
+    assert (facts["status"], facts["state"], facts["armed"], facts["listening"]) == (
+        0, "armed", True, True)
+    assert facts["knock_port"] == int(port) and facts["server_key"] == fingerprint
+    assert facts["clients"][0] == {"name": "alice", "allow": ["22/tcp"], "actions": [],
+                                   "file": "/etc/gnocchi/gnocchi.toml"}
+    assert {"address": b.net.client.ip, "proto": "tcp", "port": 22} in [
+        {k: v for k, v in p.items() if k != "seconds_left"} for p in facts["pending"]]
+    assert facts["elements"]["knocked4"] >= 1 and facts["report"] == lines
     assert b.connect() == "hello"
 
 
