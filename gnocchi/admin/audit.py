@@ -46,10 +46,13 @@ def _text(value) -> str:
     return str(value)
 
 
-def format_entry(entry: dict) -> str:
-    """One line for one journal entry (a dict as systemd.journal.Reader returns it)."""
+def format_entry(entry: dict, host: bool = False) -> str:
+    """One line for one journal entry (a dict as systemd.journal.Reader returns it);
+    host: after the time, the host that wrote it (_HOSTNAME, which journald sets)."""
     when = entry.get("__REALTIME_TIMESTAMP")
     stamp = when.strftime("%Y-%m-%d %H:%M:%S") if isinstance(when, datetime.datetime) else "-"
+    if host:
+        stamp += f"  {_text(entry.get('_HOSTNAME', '-')):<16}"
 
     def get(key: str) -> str:
         return _text(entry.get(key, ""))
@@ -117,10 +120,18 @@ def match_gnocchi(reader, arming: bool = True) -> None:
         reader.add_match(**ARMING)
 
 
-def read_journal(since: datetime.datetime | None, directory: str | None = None):
+def read_journal(since: datetime.datetime | None, directory: str | None = None,
+                 files: list[str] | None = None, host: str | None = None):
+    """gnocchi's entries of this machine's journal, of the journal files in directory
+    (such as a collector's /var/log/journal/remote) or of files; host: only those
+    _HOSTNAME says that host wrote."""
     from systemd import journal
-    reader = journal.Reader(path=directory) if directory else journal.Reader()
+    reader = (journal.Reader(path=directory) if directory else
+              journal.Reader(files=files) if files else journal.Reader())
     match_gnocchi(reader, arming=False)
+    if host:
+        reader.add_conjunction()
+        reader.add_match(_HOSTNAME=host)
     if since is not None:
         reader.seek_realtime(since)
     yield from reader
@@ -132,20 +143,36 @@ def main(argv: list[str]) -> int:
                                                  "run, and what was refused (from the journal).")
     parser.add_argument("--since", metavar="WHEN",
                         help="today, yesterday, '2h ago' (or --since=-2h), YYYY-MM-DD[ HH:MM[:SS]]")
-    parser.add_argument("--directory", metavar="DIR", help="read journal files from DIR")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--directory", metavar="DIR",
+                       help="read the journal files in DIR, such as a collector's "
+                            "/var/log/journal/remote (each line then names its host)")
+    where.add_argument("--file", metavar="FILE", action="append",
+                       help="read this journal file (repeat it for several)")
+    parser.add_argument("--host", metavar="NAME",
+                        help="only the entries host NAME wrote (_HOSTNAME)")
     parser.add_argument("--counters", action="store_true",
-                        help="print a counter store rebuilt from the journal (docs/server.md)")
+                        help="print a counter store rebuilt from the journal (docs/server.md); "
+                             "from a collector's journal, give --host")
     args = parser.parse_args(argv[1:])
     try:
         since = parse_since(args.since, datetime.datetime.now()) if args.since else None
     except ValueError as e:
         print(f"gnocchi audit: {e}", file=sys.stderr)
         return 2
-    entries = read_journal(since, args.directory)
+    entries = read_journal(since, args.directory, args.file, args.host)
     if args.counters:
+        entries = list(entries)
+        hosts = sorted({_text(e.get("_HOSTNAME", "")) for e in entries})
+        if len(hosts) > 1:  # counters are per server: never one store from several
+            print(f"gnocchi audit: --counters: these entries come from {len(hosts)} hosts "
+                  f"({', '.join(hosts)}); give --host NAME", file=sys.stderr)
+            return 2
         sys.stdout.write(counters.render(counters_from(entries)))
         return 0
-    print(f"{'TIME':<19}  {'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT")
+    collected = bool(args.directory or args.file)
+    print(f"{'TIME':<19}  " + (f"{'HOST':<16}  " if collected else "")
+          + f"{'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT")
     for entry in entries:
-        print(format_entry(entry))
+        print(format_entry(entry, host=collected))
     return 0
