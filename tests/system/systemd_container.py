@@ -38,6 +38,7 @@ class Container:
         self.name = name or f"gnocchi-test-{os.getpid()}"
         self.dir = Path(tempfile.mkdtemp(prefix="gnocchi-system-"))
         self.root = self.dir / "root"
+        self.named = name is not None
         self.nspawn: subprocess.Popen | None = None
         self.pid = 0  # the container's init, as the host sees it
         self.boots = 0
@@ -62,6 +63,8 @@ class Container:
         policy = self.root / "usr/sbin/policy-rc.d"
         if policy.exists():
             policy.unlink()
+        if self.named:  # its own host name (journald's _HOSTNAME), not this machine's
+            (self.root / "etc/hostname").write_text(f"{self.name}\n")
         units = self.root / "etc/systemd/system"
         for unit in MASK:
             link = units / unit
