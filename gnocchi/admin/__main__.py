@@ -6,6 +6,8 @@ imported and runs with the arguments; any other word is a usage error.
 import importlib
 import sys
 
+from gnocchi import __version__
+
 # command -> module whose main(argv) runs it; imported lazily so one broken
 # dependency does not take down unrelated commands.
 COMMANDS = {
@@ -43,7 +45,8 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: gnocchi COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: gnocchi COMMAND [ARGS...]", "       gnocchi --version", "",
+             "commands (`gnocchi COMMAND --help` for each):"]
     lines += [f"  {name:16} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -53,6 +56,9 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"gnocchi {__version__}")
+        return 0
     if argv[0] not in COMMANDS:
         print(f"gnocchi: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2

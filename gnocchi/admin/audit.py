@@ -1,9 +1,14 @@
-"""`gnocchi audit`: the verifier's and the helper's journal entries, read back.
+"""`gnocchi audit`: the verifier's, the helper's and arming's journal entries, read back.
 
-Trusts journald for _SYSTEMD_UNIT, a field it sets itself, and nothing else
-in an entry: any local user can write one that claims SYSLOG_IDENTIFIER=gnocchi,
-so entries are selected by unit, and values are printed escaped. --counters
-rebuilds the counter store only from entries that name a proven client key
+Trusts journald for the fields it sets itself (_SYSTEMD_UNIT, _UID) and
+nothing else in an entry: any local user can write one that claims
+SYSLOG_IDENTIFIER=gnocchi, so entries are selected by unit, arming's
+(SYSLOG_IDENTIFIER=gnocchi-arm, attached to gnocchi.service) only when root
+wrote them, as `journalctl -u gnocchi` does, and values are printed
+escaped. --since goes to systemd's own time parser (`systemd-analyze
+timestamp`, the parser `journalctl --since` uses), so it takes what
+journalctl takes. --counters rebuilds the counter store only from the
+verifier's and the helper's entries that name a proven client key
 (GNOCCHI_CLIENT_KEY) with a committed counter (GNOCCHI_COUNTER); a key a
 packet only claimed (GNOCCHI_CLAIMED_CLIENT_KEY) never counts.
 """
@@ -12,31 +17,41 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+import subprocess
 import sys
 from collections.abc import Iterable
 
 from gnocchi.server import counters
 
-_RELATIVE = re.compile(r"-([0-9]+)([smhd])|([0-9]+) ?([smhd]) ago")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIX_SECONDS = re.compile(r"^\s*UNIX seconds: @([0-9]+)(?:\.([0-9]{1,6}))?$", re.MULTILINE)
 
 
-def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
-    """journalctl-like WHEN: today, yesterday, -2h or '2h ago', YYYY-MM-DD[ HH:MM[:SS]]."""
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if text == "today":
-        return midnight
-    if text == "yesterday":
-        return midnight - datetime.timedelta(days=1)
-    m = _RELATIVE.fullmatch(text)
-    if m:
-        number, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-        return now - datetime.timedelta(seconds=int(number) * _UNITS[unit])
+def parse_since(text: str) -> float:
+    """WHEN as `journalctl --since` reads it, in seconds since the epoch: systemd's
+    parser itself (systemd.time(7): "5 min ago", -5m, today, 2026-11-27 08:00, ...)."""
     try:
-        return datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"--since {text!r}: not today, yesterday, -N[smhd], 'N[smhd] ago' "
-                         "or YYYY-MM-DD[ HH:MM[:SS]]") from None
+        proc = subprocess.run(["systemd-analyze", "timestamp", "--", text],
+                              capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        raise ValueError(f"--since {text!r}: cannot run systemd-analyze, which reads it "
+                         f"({e.strerror})") from None
+    m = _UNIX_SECONDS.search(proc.stdout) if proc.returncode == 0 else None
+    if m is None:
+        raise ValueError(f"--since {text!r}: not a time journalctl --since takes, such as "
+                         "'5 min ago', -5m, today, yesterday or '2026-11-27 08:00' "
+                         "(systemd.time(7))")
+    return int(m.group(1)) + int((m.group(2) or "0").ljust(6, "0")) / 1e6
+
+
+def since_argument(argv: list[str]) -> list[str]:
+    """argv with `--since -5m` made `--since=-5m`: argparse would take -5m for an option,
+    and journalctl takes it either way."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--since":
+            out[i:i + 2] = [f"--since={out[i + 1]}"]
+            break
+    return out
 
 
 def _text(value) -> str:
@@ -72,7 +87,9 @@ def format_entry(entry: dict, host: bool = False) -> str:
         "action-run": f"ran {request}",
         "action-failed": f"FAILED {request}: {reason}",
         "refused": f"REFUSED {request}: {reason}",
-        "replay": "REFUSED replayed knock (counter not above the last accepted)",
+        # The verifier's own words after "...from SOURCE: " (how far below, and why).
+        "replay": "REFUSED replayed knock: " + (get("MESSAGE").split(": ", 1)[1:] or [
+            "counter not above the last accepted"])[0],
         "signature": "REFUSED bad signature (wrong client key or server address)",
     }.get(event)
     if what is None:
@@ -99,8 +116,6 @@ def counters_from(entries: Iterable[dict]) -> dict[bytes, int]:
 # Matched on the unit, a field journald sets itself: any local user can write an
 # entry that claims SYSLOG_IDENTIFIER=gnocchi, and --counters must not trust one.
 UNITS = ("gnocchi.service", "gnocchi-helper.service")
-
-
 # Arming's entries (gnocchi/admin/table.py) come from its units, the nftables
 # drop-in or an admin's `gnocchi arm`, always root, and attach themselves to
 # gnocchi.service; only root's count (_UID, set by journald), as for journalctl -u.
@@ -120,15 +135,16 @@ def match_gnocchi(reader, arming: bool = True) -> None:
         reader.add_match(**ARMING)
 
 
-def read_journal(since: datetime.datetime | None, directory: str | None = None,
-                 files: list[str] | None = None, host: str | None = None):
+def read_journal(since: float | None, directory: str | None = None,
+                 files: list[str] | None = None, host: str | None = None,
+                 arming: bool = True):
     """gnocchi's entries of this machine's journal, of the journal files in directory
-    (such as a collector's /var/log/journal/remote) or of files; host: only those
-    _HOSTNAME says that host wrote."""
+    (such as a collector's /var/log/journal/remote) or of files; since: seconds since
+    the epoch, or None for all; host: only those _HOSTNAME says that host wrote."""
     from systemd import journal
     reader = (journal.Reader(path=directory) if directory else
               journal.Reader(files=files) if files else journal.Reader())
-    match_gnocchi(reader, arming=False)
+    match_gnocchi(reader, arming)
     if host:
         reader.add_conjunction()
         reader.add_match(_HOSTNAME=host)
@@ -140,9 +156,11 @@ def read_journal(since: datetime.datetime | None, directory: str | None = None,
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi audit",
                                      description="Who knocked, from where, what was opened or "
-                                                 "run, and what was refused (from the journal).")
+                                                 "run, what was refused, and when gnocchi was "
+                                                 "armed or disarmed (from the journal).")
     parser.add_argument("--since", metavar="WHEN",
-                        help="today, yesterday, '2h ago' (or --since=-2h), YYYY-MM-DD[ HH:MM[:SS]]")
+                        help="what journalctl --since takes: '5 min ago', -5m, today, "
+                             "yesterday, '2026-11-27 08:00' (systemd.time(7))")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--directory", metavar="DIR",
                        help="read the journal files in DIR, such as a collector's "
@@ -154,15 +172,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--counters", action="store_true",
                         help="print a counter store rebuilt from the journal (docs/server.md); "
                              "from a collector's journal, give --host")
-    args = parser.parse_args(argv[1:])
+    args = parser.parse_args(since_argument(argv[1:]))
     try:
-        since = parse_since(args.since, datetime.datetime.now()) if args.since else None
+        since = parse_since(args.since) if args.since else None
     except ValueError as e:
         print(f"gnocchi audit: {e}", file=sys.stderr)
         return 2
-    entries = read_journal(since, args.directory, args.file, args.host)
     if args.counters:
-        entries = list(entries)
+        entries = list(read_journal(since, args.directory, args.file, args.host, arming=False))
         hosts = sorted({_text(e.get("_HOSTNAME", "")) for e in entries})
         if len(hosts) > 1:  # counters are per server: never one store from several
             print(f"gnocchi audit: --counters: these entries come from {len(hosts)} hosts "
@@ -173,6 +190,6 @@ def main(argv: list[str]) -> int:
     collected = bool(args.directory or args.file)
     print(f"{'TIME':<19}  " + (f"{'HOST':<16}  " if collected else "")
           + f"{'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT")
-    for entry in entries:
+    for entry in read_journal(since, args.directory, args.file, args.host):
         print(format_entry(entry, host=collected))
     return 0

@@ -272,6 +272,25 @@ def broken(error: server_config.ConfigError, config_path: str) -> str:
     return f"{error} (the verifier would refuse to start)"
 
 
+def check_client_keys(report: Report, cfg: server_config.Config, server_key: bytes | None,
+                      starting: bool = False) -> None:
+    """Each clients.NAME.public_key may be a public key: not a secret pasted in its place
+    (gnocchi.shared.keys.public_key_problem, the rule add-client and doctor apply).
+    starting (arming at a start): only a warning. Such a key lets nobody in, while a
+    refused start would leave the protected ports open; `gnocchi check`, `gnocchi
+    reload` and doctor still fail on it."""
+    known = {c.public_key: c.name for c in cfg.clients}
+    for client in cfg.clients:
+        if problem := keys.public_key_problem(client.public_key, server_key, known):
+            text = (f"{cfg.path}: clients.{client.name}.public_key: {problem}; "
+                    f"fix: {keys.public_key_fix(client.name)}")
+            if starting:
+                report.warnings.append(text + " (armed all the same: no client holds such a "
+                                       "key, and the others must get in)")
+            else:
+                report.problems.append(text)
+
+
 def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_table.DEFAULT_FILE,
         unit_dir: str | None = None, live: bool = False, last_good: bool = False) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
@@ -300,12 +319,15 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
             report.problems.append(broken(e, config_path))
             return report
     report.cfg = cfg
+    server_key = None
     try:
-        report.port = knock_port(keys.load_server_key(cfg.server_key_file))
+        server_key = keys.load_server_key(cfg.server_key_file)
+        report.port = knock_port(server_key)
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
     check_ports(report, cfg, config_path)
     check_clients(report, cfg)
+    check_client_keys(report, cfg, server_key, starting=last_good)
     check_socket(report, report.port, unit_dir)
     check_syncookies(report)
     if live:

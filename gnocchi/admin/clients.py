@@ -147,7 +147,7 @@ def checked_client(path: str, name: str, public_hex: str,
     try:
         public = keys.parse_public_hex(public_hex, "PUBKEY")
     except ValueError as e:
-        raise EditError(f"{e} (on the client: gnocchi-knock --keygen)") from None
+        raise EditError(f"{e}; a new client makes its key with gnocchi-knock --keygen") from None
     ports = []
     for item in allow or [DEFAULT_ALLOW]:
         port = knock_request.parse_port(item)
@@ -162,6 +162,15 @@ def checked_client(path: str, name: str, public_hex: str,
                             f"gnocchi remove-client {name} first to replace it")
         if client.public_key == public:
             raise EditError(f"{where}: this key is already client {client.name}'s")
+    # Never write a secret into the config (world-readable): the key's kind first.
+    try:
+        server_key = keys.load_secret(current.server_key_file)
+    except keys.KeyFileError:
+        server_key = None  # unreadable here: `gnocchi check` names that
+    known = {c.public_key: c.name for c in current.clients}
+    if problem := keys.public_key_problem(public, server_key, known):
+        raise EditError(f"PUBKEY: {problem}; nothing was written; "
+                        f"fix: {keys.public_key_fix(name)}")
     return public, ports
 
 
@@ -334,7 +343,8 @@ def parser(command: str) -> argparse.ArgumentParser:
                        help="write the client to its own file, clients.d/NAME.toml beside the "
                             "config, rather than into the config")
         p.add_argument("public_key", metavar="PUBKEY",
-                       help="the client's public key (gnocchi-knock --keygen prints it)")
+                       help=f"the client's public key (`{keys.PRINT_PUBKEY}` prints it on the "
+                            "client)")
         p.add_argument("--allow", action="extend", nargs="+", metavar="PORT[/tcp|/udp]",
                        help=f"what the client may open (default {DEFAULT_ALLOW})")
         p.add_argument("--host", type=host_name, default=None,

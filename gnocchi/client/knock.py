@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 
+from gnocchi import __version__
 from gnocchi.client import counter as client_counter
 from gnocchi.client import profile
 from gnocchi.shared import keys, knock_request, protocol
@@ -210,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
         description="Send one gnocchi knock to HOST (or to a profile's host); see docs/client.md.")
     p.add_argument("host", nargs="?", metavar="HOST",
                    help="server name or address; also selects the profile of that name or host")
-    p.add_argument("--config", type=path_argument,
+    p.add_argument("--config", type=path_argument, metavar="FILE",
                    help="profile file (default ~/.config/gnocchi/knock.toml)")
     p.add_argument("--profile", metavar="NAME", help="use this profile from the config")
     p.add_argument("--server-key-file", type=path_argument, metavar="FILE")
@@ -238,10 +239,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
                    help=f"--proxy: wait per connect (default {CONNECT_TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="say what was sent, on stderr")
-    p.add_argument("--keygen", nargs="?", const="", metavar="FILE",
-                   help="make a client key instead of knocking (default "
-                        "~/.config/gnocchi/client.key) and print its public key")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--keygen", nargs="?", const="", metavar="FILE",
+                     help="make a client key instead of knocking (default "
+                          "~/.config/gnocchi/client.key) and print its public key")
+    key.add_argument("--pubkey", nargs="?", const="", metavar="FILE",
+                     help="print the public key of a client key instead of knocking (default "
+                          "~/.config/gnocchi/client.key), for the server's admin")
+    p.add_argument("--version", action="version", version=f"gnocchi-knock {__version__}")
     return p
+
+
+def default_client_key() -> str:
+    return os.path.join(os.path.dirname(profile.default_config_path()), "client.key")
 
 
 def _request_text(args, prof: profile.Profile | None) -> str:
@@ -314,11 +324,13 @@ def main(argv=None) -> int:
 
     try:
         if args.keygen is not None:  # the client's own keygen: no server package needed
-            path = args.keygen or os.path.join(os.path.dirname(profile.default_config_path()),
-                                               "client.key")
+            path = args.keygen or default_client_key()
             print(keys.create_client_key(path).hex())
             print(f"gnocchi-knock: made {path}; give the public key above to the server's admin "
                   "(gnocchi add-client NAME PUBKEY)", file=sys.stderr)
+            return 0
+        if args.pubkey is not None:  # the public key again, whenever the admin asks
+            print(keys.public_of(keys.load_secret(args.pubkey or default_client_key())).hex())
             return 0
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")

@@ -50,6 +50,24 @@ BUDGET = 20      # entries per interval for packets whose counter was not commit
 MAX_WHO = 100    # names kept per kind of drop and interval: memory bounded under a flood
 
 
+def replayed(name: str, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
+             behind: int) -> str:
+    """The replay entry's message; behind: the last accepted counter minus the packet's
+    (claimed, unsigned). Counters are clock nanoseconds (gnocchi/client/counter.py): a
+    client that lost its counter state knocks with its clock, so a counter seconds or
+    more below the last one is most likely that client with its clock now behind the
+    one it knocked with before, by at least the gap; or an old knock sent again."""
+    text = f"replayed knock claiming client {name} from {source}: counter not above the last "
+    if behind < 10**9:
+        return text + "accepted"
+    s = behind // 10**9
+    gap = " ".join(f"{n}{unit}" for n, unit in (
+        (s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "min"), (s % 60, "s")) if n)
+    return (text + f"accepted but {gap} below it: likely the client lost its counter state "
+            f"and its clock is now {gap} or more behind the one it knocked with before (it is "
+            "refused until that clock catches up; docs/client.md), or an old knock sent again")
+
+
 def journal_sender(fields: dict) -> None:
     from systemd import journal
     fields = dict(fields)
@@ -125,7 +143,7 @@ class EventLog:
     def unknown_key(self, key: bytes,
                     source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         """A packet sealed with the server key that claims no configured client's key:
-        counted by key id (its first 8 bytes, as `gnocchi pubkey` starts) and source,
+        counted by key id (its first 8 bytes, as `gnocchi-knock --pubkey` starts) and source,
         which is how an admin spots a client whose public key was pasted wrong."""
         self._count_who("unknown-client", f"key {key[:8].hex()} from {source}")
 

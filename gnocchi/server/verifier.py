@@ -121,9 +121,9 @@ class Verifier:
         # backs the key, the packet only claims it, and the fields say so.
         claimed = dict(claimed_client=name, claimed_client_key=key, source_ip=source,
                        reason=result.reason)
-        if result.reason == protocol.REPLAY:
-            self.log.limited("replay", f"replayed knock claiming client {name} from {source}: "
-                             "counter not above the last accepted", **claimed)
+        if result.reason == protocol.REPLAY:  # by how far: counters are clock nanoseconds
+            self.log.limited("replay", events.replayed(name, source, self.store.last(
+                result.claimed_key) - result.counter), **claimed)
         elif not server_ips:
             self.log.limited("signature", f"knock claiming client {name} from {source} came "
                              "over IPv6, but a v1 knock signs an IPv4 address: set "

@@ -7,12 +7,18 @@ naming the file, what is wrong, and the fix. Secret key files are opened
 without following a symbolic link and refused when group or others may use
 them; new ones are created 0600 and never replace an existing file, and a
 new client key's missing directories are created 0700.
+
+public_key_problem() is the one rule for 32 bytes given as a client's public
+key (add-client, check, doctor): what they most likely are when they are not
+one, said no more surely than 32 bytes allow.
 """
 from __future__ import annotations
 
 import os
 import re
 import stat
+
+from nacl._sodium import lib  # loaded by protocol already: no cost to a knock
 
 from gnocchi.shared import durable
 from gnocchi.shared.protocol import KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, signing_keys
@@ -55,7 +61,8 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise KeyFileError(path, "no such secret key file",
-                           "check the path, or make a key with `gnocchi keygen`") from None
+                           "check the path; a client makes its key with `gnocchi-knock "
+                           "--keygen`, a server with `gnocchi keygen --server`") from None
     except PermissionError:
         raise KeyFileError(path, "permission denied",
                            "run as the key's owner, or check the file's owner and mode") from None
@@ -99,13 +106,49 @@ def load_server_key(path: str | os.PathLike[str]) -> bytes:
     return key
 
 
+# The command that prints a client's public key, on any machine with gnocchi-client
+# (a server has it too); every message that says how to get a public key names it.
+PRINT_PUBKEY = "gnocchi-knock --pubkey"
+
+
 def parse_public_hex(text: object, what: str) -> bytes:
     """A public key written as text (e.g. in TOML); ValueError naming `what` if it is not one."""
     if not isinstance(text, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         shown = repr(text) if len(repr(text)) <= 80 else repr(text)[:77] + "..."
         raise ValueError(f"{what}: expected a public key of {HEX_LEN} hex characters "
-                         f"(as `gnocchi pubkey` prints it), got {shown}")
+                         f"(as `{PRINT_PUBKEY}` prints it on the client), got {shown}")
     return bytes.fromhex(text)
+
+
+def public_key_problem(public: bytes, server_key: bytes | None = None,
+                       clients: dict[bytes, str] | None = None) -> str | None:
+    """Why public, given as a client's public key, is not one, naming what it most
+    likely is; None if it may be one. server_key: this server's key; clients: the
+    configured public keys and their names.
+
+    Certain: the server key, and the private key of a configured client (its public
+    key is that client's). Otherwise only the curve can tell: every public key is a
+    point of Ed25519's prime-order group, and 15 in 16 random 32-byte strings (a
+    private key, a server key) are not, so the other 1 in 16 pass unnoticed; a
+    mistyped public key fails as often, and only the client can say which it was.
+    """
+    if server_key is not None and public == server_key:
+        return "it is this server's own secret key (server_key_file), not a client's public key"
+    own = public_of(public)  # its public key, were it a private key
+    if clients and own in clients:
+        return f"it is a PRIVATE key: the one whose public key is client {clients[own]}'s"
+    if not lib.crypto_core_ed25519_is_valid_point(public):
+        return ("it is not an Ed25519 public key (not a point of the curve's group, which "
+                "every public key is): most likely a secret pasted by mistake (a client's "
+                "private key, or a server key), or a public key mistyped")
+    return None
+
+
+def public_key_fix(name: str) -> str:
+    """What to do about a public_key_problem() of client name."""
+    return (f"on {name}'s machine run `{PRINT_PUBKEY}` (or `{PRINT_PUBKEY} KEY_FILE`) and use "
+            "what it prints; a private key that went where others could read it is spent: "
+            "make a new one there (`gnocchi-knock --keygen NEW_FILE`)")
 
 
 def write_secret(path: str | os.PathLike[str], key: bytes) -> None:

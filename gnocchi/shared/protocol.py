@@ -56,8 +56,9 @@ REASONS = (SIZE, MAC, MAGIC_MISMATCH, UNKNOWN_CLIENT, REPLAY, SIGNATURE, DATA_LE
 Accepted = namedtuple("Accepted", "client_key counter data")
 # claimed_key: SIGNPUB from step 4 on. For UNKNOWN_CLIENT it is no configured
 # client's key; for REPLAY and SIGNATURE it is only what the packet claims;
-# DATA_LENGTH comes after the signature, so there it is proven.
-Rejected = namedtuple("Rejected", "reason claimed_key", defaults=(None,))
+# DATA_LENGTH comes after the signature, so there it is proven. counter: for
+# REPLAY, the counter the packet claims (the admin is told how far below it is).
+Rejected = namedtuple("Rejected", "reason claimed_key counter", defaults=(None, None))
 
 
 def blake2b(data: bytes, digest_size: int, person: bytes = b"") -> bytes:
@@ -219,7 +220,7 @@ def open_plaintext(nonce: bytes, plaintext: bytes, server_key: bytes,
     if last is None:
         return Rejected(UNKNOWN_CLIENT, signpub)
     if counter <= last:
-        return Rejected(REPLAY, signpub)
+        return Rejected(REPLAY, signpub, counter)
     if not signed:
         return Rejected(SIGNATURE, signpub)
     data_len = int.from_bytes(plaintext[DATA_LEN_AT:HEADER_LEN], "big")

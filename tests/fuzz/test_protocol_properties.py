@@ -107,7 +107,7 @@ def test_a_known_client_key_signed_by_another_client_is_rejected(counter, data):
 def test_an_old_counter_is_a_replay(counter, data):
     packet = knock(counter, data)
     result = protocol.open_packet(packet, SERVER_KEY, lambda k: counter, [SERVER_IP])
-    assert result == protocol.Rejected(protocol.REPLAY, PUB_A)
+    assert result == protocol.Rejected(protocol.REPLAY, PUB_A, counter)
 
 
 @settings(max_examples=400, deadline=None)

@@ -588,6 +588,26 @@ def test_confirm_needs_a_session_that_came_in_through_a_knock(b):
     assert b.run("gnocchi", "status").stdout.count("TRIAL") == 1, "still on trial"
 
 
+def test_audit_shows_arming_as_root_wrote_it_and_no_forgery(b):
+    """gnocchi-arm's entries attach to gnocchi.service: audit shows them beside the knocks.
+    A user's entry that claims the same fields is not shown: journald's _UID says who
+    wrote it, as for `journalctl -u gnocchi`."""
+    b.run("runuser", "-u", "nobody", "--", "python3", "-c",
+          "from systemd import journal; journal.send('FORGED: armed by nobody', "
+          "SYSLOG_IDENTIFIER='gnocchi-arm', OBJECT_SYSTEMD_UNIT='gnocchi.service', "
+          "GNOCCHI_EVENT='armed')")
+    b.wait(lambda: "FORGED" in b.run("journalctl", "--no-pager", "-o", "cat",
+                                     "SYSLOG_IDENTIFIER=gnocchi-arm").stdout,
+           "the forged entry is in the journal")
+    out = b.run("gnocchi", "audit").stdout
+    events = {line.split()[2] for line in out.splitlines()[1:] if len(line.split()) > 2}
+    assert {"arming-refused", "armed", "table-missing", "trial", "disarmed"} <= events, out
+    for said in ("NOT ARMED: refused to load table inet gnocchi", "re-armed from",
+                 "armed on trial", "NOT confirmed in time", "disarmed: table inet gnocchi"):
+        assert said in out, f"{said!r} not in:\n{out}"
+    assert "FORGED" not in out
+
+
 def test_a_confirmed_arm_survives_a_reboot(b):
     b.knock()  # the admin's client knocks, and logs in from its address:
     b.wait(lambda: b.connect() == "hello", "the knock let the client in", timeout=10)
@@ -669,11 +689,13 @@ def test_doctor_names_a_private_key_pasted_as_a_public_key(b):
     b.file(CONFIG).write_text(good + f'[clients.bob]\npublic_key = "{not_a_point_seed()}"\n'
                               'allow = ["22/tcp"]\n')
     diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is not an Ed25519 "
-                 "public key at all: most likely the client's PRIVATE key",
-              "fix: on bob's machine run `gnocchi pubkey CLIENT_KEY_FILE`")
+                 "public key (not a point of the curve's group, which every public key is): "
+                 "most likely a secret pasted by mistake",
+              "fix: on bob's machine run `gnocchi-knock --pubkey`")
     server_key = b.file("/etc/gnocchi/server.key").read_text().strip()
     b.file(CONFIG).write_text(good + f'[clients.bob]\npublic_key = "{server_key}"\n')
-    diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is the SERVER key")
+    diagnosis(b, "FAIL clients.bob.public_key is a client's public key: it is this server's own "
+                 "secret key")
     b.file(CONFIG).write_text(good)
     healthy(b)
 

@@ -17,6 +17,7 @@ removing, purging and reinstalling the package.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 
 import pytest
 
-from support import Net
+from support import REPO, Net
 from systemd_container import Container, installed
 
 pytestmark = pytest.mark.system
@@ -235,10 +236,74 @@ def test_the_verifier_runs_unprivileged_without_network(server):
     assert own != box.run(["readlink", "/proc/1/ns/net"]).stdout, "PrivateNetwork=yes"
 
 
-def test_audit_lists_the_knock(server):
+def test_audit_lists_the_knock_and_the_arming(server):
     out = server.box.run(["gnocchi", "audit"]).stdout
     lines = [line for line in out.splitlines() if " accepted " in line]
     assert lines and "alice" in lines[-1] and server.net.client.ip in lines[-1], out
+    armed = [line for line in out.splitlines() if " armed " in line]
+    assert armed and "protecting 22/tcp" in armed[-1], out
+    # --since as journalctl takes it (the knock was the test before); a time after
+    # every entry lists none.
+    for since in (["--since", "5 min ago"], ["--since", "-5m"], ["--since=-1h"]):
+        recent = server.box.run(["gnocchi", "audit", *since]).stdout
+        assert lines[-1] in recent.splitlines(), (since, recent)
+    later = server.box.run(["gnocchi", "audit", "--since", "+1h"]).stdout
+    assert later.splitlines() == out.splitlines()[:1]
+
+
+# Paths are what the packages ship under /usr, /lib, /bin, /sbin, the conffile, and
+# man: pages; /usr/local and the rest of /etc are the admin's to make (or, as
+# /etc/gnocchi/gnocchi.nft now, an old version's, which the docs name as such).
+NAMED_PATHS = r"""
+import gzip, json, os, re, subprocess
+PATH = re.compile(r"(?<![\w.~$/-])(?:file://)?(/(?:usr|lib|bin|sbin)/[\w.@+/-]*[\w/]"
+                  r"|/etc/gnocchi/gnocchi\.toml\b)")
+MAN = re.compile(r"man:([\w.-]+)\((\d)\)")
+files = subprocess.run(["dpkg", "-L", "gnocchi-server", "gnocchi-client"], check=True,
+                       capture_output=True, text=True).stdout.split()
+named = {}
+for f in files:
+    if not os.path.isfile(f) or os.path.islink(f) or f.endswith(".pyc"):
+        continue
+    raw = open(f, "rb").read()
+    try:
+        text = (gzip.decompress(raw) if f.endswith(".gz") else raw).decode()
+    except (UnicodeDecodeError, OSError):
+        continue
+    paths = [p for p in PATH.findall(text) if not p.startswith("/usr/local/")]
+    paths += [f"/usr/share/man/man{n}/{page}.{n}.gz" for page, n in MAN.findall(text)]
+    for path in paths:
+        named.setdefault(path, [os.path.exists(path), []])[1].append(f)
+print(json.dumps(named))
+"""
+
+
+def test_every_path_the_shipped_files_and_man_pages_name_exists(server):
+    named = json.loads(server.box.run(["python3", "-c", NAMED_PATHS]).stdout)
+    missing = {path: named_in for path, (exists, named_in) in named.items() if not exists}
+    assert missing == {}, "paths named but not installed:\n" + "\n".join(
+        f"{path} (named in {', '.join(sorted(set(files)))})" for path, files in missing.items())
+    for known in ("/usr/share/doc/gnocchi-server/server.md", "/etc/gnocchi/gnocchi.toml",
+                  "/usr/share/man/man8/gnocchi.8.gz", "/usr/share/gnocchi/gnocchi.nft",
+                  "/usr/share/bash-completion/completions/gnocchi",
+                  "/usr/share/bash-completion/completions/gnocchi-knock"):
+        assert known in named, f"{known}: the search missed a path the files name"
+
+
+def test_the_installed_commands_say_their_version_and_complete_in_bash(server):
+    box = server.box
+    version = box.run(["dpkg-query", "-W", "-f", "${Version}", "gnocchi-server"]).stdout
+    assert box.run(["gnocchi", "--version"]).stdout == f"gnocchi {version}\n"
+    assert box.run(["gnocchi-knock", "--version"]).stdout == f"gnocchi-knock {version}\n"
+    # As bash-completion loads them: by the command's name, from the packages' files.
+    complete = ('source "/usr/share/bash-completion/completions/$1"; f=$2; shift 2; '
+                'COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); $f; echo "${COMPREPLY[@]}"')
+    offered = box.run(["bash", "-c", complete, "_", "gnocchi", "_gnocchi", "gnocchi",
+                       "add-client", "--"]).stdout.split()
+    assert offered == ["--help", "--config", "--allow", "--host"]
+    offered = box.run(["bash", "-c", complete, "_", "gnocchi-knock", "_gnocchi_knock",
+                       "gnocchi-knock", "--pu"]).stdout.split()
+    assert offered == ["--pubkey"]
 
 
 def test_a_knock_while_the_verifier_is_stopped_is_not_lost(server):
@@ -426,17 +491,27 @@ def test_disable_now_is_the_one_switch_off(server):
     assert disarmed and "table inet gnocchi removed" in disarmed[-1]["MESSAGE"]
 
 
+def documented(command: str) -> list[str]:
+    """docs/install.md's one `apt COMMAND PACKAGE...` command, as words."""
+    text = " ".join((REPO / "docs" / "install.md").read_text().split())
+    found = set(re.findall(rf"`(apt {command} [a-z0-9 .+-]+)`", text))
+    assert len(found) == 1, f"docs/install.md gives {len(found)} `apt {command}` commands"
+    return found.pop().split()
+
+
 def test_remove_purge_and_reinstall_leave_nothing_enabled(server, deb):
     box = server.box
     box.run(["systemctl", "enable", "--now", "gnocchi.socket"])
     server.table()
-    box.run(["apt-get", "remove", "-y", "-q", "gnocchi-server"], timeout=180)
+    remove = documented("remove")  # docs/install.md's command, as the admin runs it
+    box.run([*remove[:2], "-y", "-q", *remove[2:]], timeout=180)
     assert server.table(check=False).returncode != 0, "no table left without its verifier"
     for unit in UNITS:
         assert state(box, unit) != "active", unit
     assert server.connect() == "hello from the protected port"
 
-    box.run(["apt-get", "purge", "-y", "-q", "gnocchi-server"], timeout=180)
+    purge = documented("purge")
+    box.run([*purge[:2], "-y", "-q", *purge[2:]], timeout=180)
     etc = box.root / "etc"
     assert not [str(p) for p in (etc / "systemd/system").rglob("*gnocchi*")], \
         "purge leaves no enablement link and no drop-in"

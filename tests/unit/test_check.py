@@ -256,3 +256,37 @@ def test_check_lists_each_client_with_the_file_it_comes_from(s):
     # A broken drop-in is the config's problem, named with its own file and key.
     (drop_ins / "bob.toml").write_text(f'[clients.bob]\npublic_key = "{bob}"\nallow = [22.5]\n')
     refused(s, f"{drop_ins / 'bob.toml'}: clients.bob.allow[0]: 22.5 is not PORT")
+
+
+def test_a_secret_in_place_of_a_clients_public_key_is_refused_and_named(s):
+    """The server key, or a client's private key, pasted as a public key (by hand: add-client
+    refuses it) is a secret in a world-readable file: check fails, naming which it is."""
+    server_key = s.key.read_text().strip()
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
+                           f'[clients.bob]\npublic_key = "{server_key}"\nallow = ["22/tcp"]\n')
+    refused(s, f"{s.config}: clients.bob.public_key: it is this server's own secret key",
+            "fix: on bob's machine run `gnocchi-knock --pubkey`")
+    alice_seed = (s.tmp / "client.key").read_text().strip()
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
+                           f'[clients.bob]\npublic_key = "{alice_seed}"\nallow = ["22/tcp"]\n')
+    refused(s, f"{s.config}: clients.bob.public_key: it is a PRIVATE key: the one whose public "
+               "key is client alice's")
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+    seed = next(k for k in iter(lambda: os.urandom(32), None)
+                if not crypto_core_ed25519_is_valid_point(k))
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{seed.hex()}"\nallow = ["22/tcp"]\n')
+    refused(s, f"{s.config}: clients.alice.public_key: it is not an Ed25519 public key",
+            "most likely a secret pasted by mistake")
+
+
+def test_a_secret_in_place_of_a_public_key_never_stops_a_start_from_arming(s):
+    """At a start (boot), refusing to arm would leave the protected ports open to everyone,
+    while a key no client holds lets nobody in: arming goes on, and says so."""
+    from gnocchi.admin import check
+    server_key = s.key.read_text().strip()
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
+                           f'[clients.bob]\npublic_key = "{server_key}"\nallow = ["22/tcp"]\n')
+    report = check.run(str(s.config), str(s.table), str(s.units), last_good=True)
+    assert report.ok, report.problems
+    assert any("clients.bob.public_key: it is this server's own secret key" in w
+               and "armed all the same" in w for w in report.warnings), report.warnings

@@ -94,3 +94,21 @@ def test_the_client_knocks_without_the_fcntl_module(tmp_path):
             "the stand-in really hides fcntl"
     finally:
         udp.close()
+
+
+def test_pubkey_prints_the_public_key_again_and_names_a_missing_key(tmp_path):
+    """A client that lost the printed public key gets it back; --keygen would refuse the
+    existing file, and the server's `gnocchi pubkey` is not on a client."""
+    home = tmp_path / "home"
+    home.mkdir()
+    made = knock_cli("--keygen", env=env_for(home))
+    assert made.returncode == 0, made.stderr
+    again = knock_cli("--pubkey", env=env_for(home))
+    assert again.returncode == 0 and again.stdout == made.stdout, again.stderr
+    other = knock_cli("--keygen", tmp_path / "other.key", env=env_for(home))
+    assert knock_cli("--pubkey", tmp_path / "other.key", env=env_for(home)).stdout == other.stdout
+    missing = knock_cli("--pubkey", tmp_path / "nope.key", env=env_for(home))
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert (f"{tmp_path / 'nope.key'}: no such secret key file; fix: check the path; a client "
+            "makes its key with `gnocchi-knock --keygen`") in missing.stderr
+

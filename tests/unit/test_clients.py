@@ -266,3 +266,33 @@ def test_add_drop_in_leaves_nothing_when_the_drop_ins_are_not_trusted(server):
     assert result.returncode == 1
     assert "is writable by group or others" in result.stderr
     assert list((path.parent / "clients.d").iterdir()) == []
+
+
+def not_a_point() -> bytes:
+    """32 random bytes that are no Ed25519 public key: what 15 in 16 private keys are."""
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+    while True:
+        candidate = os.urandom(32)
+        if not crypto_core_ed25519_is_valid_point(candidate):
+            return candidate
+
+
+@pytest.mark.parametrize("pasted, words", [
+    ("SERVER_KEY", "PUBKEY: it is this server's own secret key"),
+    ("CAROLS_PRIVATE_KEY", "PUBKEY: it is a PRIVATE key: the one whose public key is client "
+                           "carol's"),
+    ("NOT_A_POINT", "PUBKEY: it is not an Ed25519 public key (not a point of the curve's group"),
+])
+def test_a_secret_given_as_the_public_key_is_refused_and_never_written(server, pasted, words):
+    path, server_key = server
+    carol = os.urandom(32)
+    assert add(path, "carol", keys.public_of(carol).hex(), "--host", "h").returncode == 0
+    before = path.read_bytes()
+    secret = {"SERVER_KEY": server_key, "CAROLS_PRIVATE_KEY": carol,
+              "NOT_A_POINT": not_a_point()}[pasted]
+    result = add(path, "dave", secret.hex(), "--host", "h")
+    assert result.returncode == 1 and result.stdout == ""
+    assert words in result.stderr and "nothing was written" in result.stderr
+    assert "fix: on dave's machine run `gnocchi-knock --pubkey`" in result.stderr
+    assert path.read_bytes() == before
+    assert secret.hex() not in path.read_text().lower()

@@ -158,3 +158,26 @@ def test_a_server_keys_fingerprint_is_short_stable_and_its_own():
     assert keys.fingerprint(a) == keys.fingerprint(a)
     assert keys.fingerprint(a) != keys.fingerprint(b)
     assert len(keys.fingerprint(a)) == 19 and keys.fingerprint(a).count("-") == 3
+
+
+def test_public_key_problem_names_what_a_pasted_key_most_likely_is():
+    """1. a real public key passes; 2. the server key is named for certain; 3. a configured
+    client's private key is named for certain, whether or not it happens to be a point;
+    4. bytes that are no point of the curve's group are called a likely secret (or typo)."""
+    server, alice_seed = keys.new_server_key(), os.urandom(32)
+    alice = keys.public_of(alice_seed)
+    known = {alice: "alice"}
+    assert keys.public_key_problem(alice, server, known) is None
+    assert "this server's own secret key" in keys.public_key_problem(server, server, known)
+    assert keys.public_key_problem(alice_seed, server, known) == (
+        "it is a PRIVATE key: the one whose public key is client alice's")
+    not_a_point = next(k for k in iter(lambda: os.urandom(32), None)
+                       if keys.public_key_problem(k) is not None)
+    assert "not an Ed25519 public key" in keys.public_key_problem(not_a_point, server, known)
+
+
+def test_a_random_secret_passes_as_a_public_key_about_one_time_in_sixteen():
+    """What the messages claim and no more: the curve check alone catches ~15 in 16 private
+    keys pasted as public keys, never all (docs/server.md says so)."""
+    passed = sum(keys.public_key_problem(os.urandom(32)) is None for _ in range(4000))
+    assert 4000 / 16 * 0.6 < passed < 4000 / 16 * 1.4, passed

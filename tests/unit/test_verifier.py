@@ -141,6 +141,35 @@ def test_a_key_the_packet_only_claims_is_logged_as_claimed(tmp_path):
     assert audit.counters_from(sent) == {}  # nothing was committed
 
 
+def test_a_replay_far_below_the_last_counter_says_how_far_and_what_it_likely_is(tmp_path):
+    """A client that lost its counter state knocks with its clock; a clock behind the one it
+    knocked with before gives a replay whose gap, counters being clock nanoseconds, is a
+    time the entry names (and audit shows). A replay of the very last counter says no more."""
+    k = Keys(tmp_path)
+    (tmp_path / "gnocchi.toml").write_text(
+        f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
+        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n')
+    counters.create(str(tmp_path))
+    store = counters.Store(str(tmp_path)).load()
+    last = 1_790_000_000 * 10**9  # the clock, in nanoseconds, at alice's last knock
+    store.commit(bytes.fromhex(k.public("alice")), last)
+    sent: list[dict] = []
+    v = verifier.Verifier(config.load(str(tmp_path / "gnocchi.toml")), k.server, store,
+                          events.EventLog(send=sent.append))
+    dst = ipaddress.IPv4Address("198.18.3.2")
+    behind = (3 * 3600 + 25 * 60 + 7) * 10**9 + 123
+    for counter in (last - behind, last):
+        handle(v, protocol.build_packet(k.server, k.seeds["alice"], counter, b"open 22",
+                                        dst.packed), ipaddress.IPv4Address("198.18.3.1"), dst)
+    far, same = sent
+    assert far["GNOCCHI_EVENT"] == same["GNOCCHI_EVENT"] == "replay"
+    assert ("counter not above the last accepted but 3h 25min 7s below it: likely the client "
+            "lost its counter state and its clock is now 3h 25min 7s or more behind") in \
+        far["MESSAGE"]
+    assert "3h 25min 7s below it" in audit.format_entry(far)
+    assert same["MESSAGE"].endswith("counter not above the last accepted")
+
+
 def test_the_verifier_does_not_load_openssl():
     # hashlib loads OpenSSL, about 3.5 MB of the verifier's resident memory
     # (its target is 20 MB: bench/README.md); its one hash, the counter store's checksum,
