@@ -403,7 +403,7 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
                                    "file": "/etc/gnocchi/gnocchi.toml"}
     assert {"address": b.net.client.ip, "proto": "tcp", "port": 22} in [
         {k: v for k, v in p.items() if k != "seconds_left"} for p in facts["pending"]]
-    assert facts["elements"]["knocked4"] >= 1 and facts["report"] == lines
+    assert facts["elements"]["knocked4"] >= 1 and facts["report"][0] == lines[0]
     assert b.connect() == "hello"
 
 
