@@ -39,6 +39,8 @@ COMMANDS = {
                "check everything a server needs; each failure with its fix"),
     "status": ("gnocchi.admin.status",
                "ARMED or NOT ARMED (from the kernel), port, clients, pending"),
+    "metrics": ("gnocchi.admin.metrics",
+                "Prometheus metrics for node_exporter (what gnocchi-metrics.timer runs)"),
 }
 
 

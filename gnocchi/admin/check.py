@@ -240,6 +240,14 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                "a port a client may open (`gnocchi protect PORT[/udp]`)")
 
 
+def client_line(client: server_config.Client) -> str:
+    """What a client may open, and the file it is configured in (the config, a drop-in
+    in clients.d, or, when the files are broken, the last good copy)."""
+    allowed = ", ".join(f"{o.port}/{o.proto}" for o in client.allow) or "nothing"
+    actions = f"; actions {', '.join(client.actions)}" if client.actions else ""
+    return f"{client.name}: {allowed}{actions} (from {client.file})"
+
+
 def unprotected(port: int, proto: str) -> str:
     """Why an allowed port that is not protected matters, and the one command that fixes it."""
     return (f"{port}/{proto} is allowed but not protected: it is open to everyone without a "
@@ -396,4 +404,6 @@ def main(argv=None) -> int:
         return 1
     if not args.quiet:
         print(f"gnocchi check: ok: {report.summary(args.config)}")
+        for client in report.cfg.clients if report.cfg else ():
+            print(f"  {client_line(client)}")
     return 0

@@ -116,6 +116,10 @@ class Table:
         return Table(tuple({"set": filled(o["set"])} if o.get("set", {}).get("name") in by_set
                            else o for o in self.objects))
 
+    def element_counts(self) -> dict[str, int]:
+        """How many elements each set holds now (knocks pending, flood sources...)."""
+        return {name: len(body.get("elem", [])) for name, body in self.sets().items()}
+
     def pending(self) -> list[Pending]:
         found = []
         for name in KNOCKED.values():

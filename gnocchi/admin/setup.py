@@ -3,7 +3,11 @@
 Trusts the admin's config file and the server key it names (read through
 gnocchi.server.config and gnocchi.shared.keys, which check format and permissions).
 Guarantees: it writes the drop-in
-/etc/systemd/system/gnocchi.socket.d/port.conf, atomically (a crash leaves
+/etc/systemd/system/gnocchi.socket.d/port.conf, and server-key.conf for the
+units whose entries must name the server key (KEYED_UNITS: journald adds
+GNOCCHI_SERVER_KEY, the key's fingerprint, to every entry of theirs, so a
+central collector can tell which key a decision was made with),
+atomically (a crash leaves
 the old drop-in or the new one, never half of one), creates the verifier's
 counter store if there is none (never touching an existing one), and prints
 what it wrote and what to run next. It changes nothing else: no unit is started, reloaded
@@ -36,6 +40,39 @@ def drop_in_text(port: int, key_file: str) -> str:
             f"ListenDatagram={port}\n")
 
 
+# The units whose every journal entry names the server key, through journald
+# (LogExtraFields=): the verifier, the helper (which never sees the key) and the
+# actions. Arming's entries name it themselves (gnocchi/admin/table.py).
+KEYED_UNITS = ("gnocchi.service", "gnocchi-helper.service", "gnocchi-action@.service")
+KEY_DROP_IN = "server-key.conf"
+KEY_FIELD = "GNOCCHI_SERVER_KEY"
+
+
+def key_drop_in_text(fingerprint: str, key_file: str) -> str:
+    return (f"# Written by `gnocchi setup`: every journal entry of this unit names the server\n"
+            f"# key ({key_file}) by its fingerprint. Run `gnocchi setup` again after\n"
+            "# changing the server key.\n"
+            "[Service]\n"
+            f"LogExtraFields={KEY_FIELD}={fingerprint}\n")
+
+
+def key_drop_ins(unit_dir: str) -> list[str]:
+    return [os.path.join(unit_dir, f"{unit}.d", KEY_DROP_IN) for unit in KEYED_UNITS]
+
+
+def write_if_changed(path: str, text: str) -> bool:
+    """Durably replace path with text (0644) unless it holds text already; True if written."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    durable.replace_file(path, text.encode("utf-8"), 0o644)
+    return True
+
+
 def create_store(state_dir: str) -> str:
     """The verifier's state directory and an empty counter store, owned by user
     gnocchi (where it exists): a verifier refuses to start without a store."""
@@ -54,20 +91,19 @@ def create_store(state_dir: str) -> str:
 def setup(config_path: str, unit_dir: str) -> str:
     """Write the drop-in; returns what to tell the admin."""
     cfg = server_config.load(config_path)
-    port = knock_port(keys.load_server_key(cfg.server_key_file))
+    key = keys.load_server_key(cfg.server_key_file)
+    port = knock_port(key)
     created = create_store(cfg.state_dir)
+    keyed = [p for p in key_drop_ins(unit_dir)
+             if write_if_changed(p, key_drop_in_text(keys.fingerprint(key), cfg.server_key_file))]
+    if keyed:
+        created += (f"wrote {', '.join(keyed)}: their journal entries name the server key "
+                    f"{keys.fingerprint(key)} ({KEY_FIELD}; `systemctl daemon-reload` makes "
+                    "it count)\n")
     path = os.path.join(unit_dir, DROP_IN)
-    text = drop_in_text(port, cfg.server_key_file)
-    try:
-        with open(path, encoding="utf-8") as f:
-            unchanged = f.read() == text
-    except FileNotFoundError:
-        unchanged = False
-    if unchanged:
+    if not write_if_changed(path, drop_in_text(port, cfg.server_key_file)):
         return (f"{created}{path} already sets UDP port {port} (the knock port of "
                 f"{cfg.server_key_file})\n" + ready(config_path, unit_dir).rstrip("\n"))
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    durable.replace_file(path, text.encode("utf-8"), 0o644)
     return (f"{created}wrote {path}: gnocchi.socket listens on UDP port {port}, "
             f"the knock port of {cfg.server_key_file}\n" + ready(config_path, unit_dir) +
             "(if gnocchi.socket is already running: "

@@ -33,6 +33,7 @@ journal is the whole audit trail.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import select
@@ -63,6 +64,21 @@ SOCKET_UNIT = "gnocchi.socket"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+CONFIG = [DEFAULT_CONFIG]  # the config whose server key arming's entries name (table_main's)
+
+
+@functools.cache
+def server_key(config_path: str) -> str | None:
+    """The fingerprint of the server key gnocchi runs with, which every one of arming's
+    entries names (GNOCCHI_SERVER_KEY, as journald adds it to the verifier's and the
+    helper's: gnocchi setup's server-key.conf), or None when it cannot be read."""
+    from gnocchi.server import config as server_config
+    from gnocchi.shared import keys
+    try:
+        return keys.fingerprint(keys.load_server_key(
+            server_config.load_running(config_path).server_key_file))
+    except (server_config.ConfigError, keys.KeyFileError):
+        return None
 
 
 def log(event: str, message: str, priority: int | None = None, cli: bool = False,
@@ -75,6 +91,7 @@ def log(event: str, message: str, priority: int | None = None, cli: bool = False
             print(f"gnocchi: {message}", file=sys.stderr, flush=True)
         return
     from systemd import journal
+    fields.setdefault("server_key", server_key(CONFIG[0]))
     extra = {f"GNOCCHI_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
     journal.send(message, MESSAGE_ID=MESSAGE_IDS[event], SYSLOG_IDENTIFIER=IDENTIFIER,
                  PRIORITY=str(PRIORITY[event] if priority is None else priority),
@@ -248,7 +265,7 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     if proc.returncode != 0:
         log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}) and could not "
             f"be loaded again: {proc.stderr.strip()}; the protected ports are OPEN", by=by,
-            reason="; ".join(problems))
+            reason="; ".join(problems), how="not-loaded")
         return False
     try:
         still = judge(nft_table.live(), None)
@@ -263,7 +280,8 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     done = (f"re-armed from {table_path}" if not still else
             f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}")
     log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
-        f"ports were open; {done}{limited}", by=by, knock_port=port, reason="; ".join(problems))
+        f"ports were open; {done}{limited}", by=by, knock_port=port, reason="; ".join(problems),
+        how="not-whole" if still else "rearmed")
     return not still
 
 
@@ -441,6 +459,7 @@ def table_main(argv: list[str]) -> int:
                    help="load: refuse a config that does not load (ExecReload=), rather "
                         "than arm with its last good copy (ExecStart=)")
     args = p.parse_args(argv[1:])
+    CONFIG[0] = args.config
     if args.action == "load":
         return load(args.config, args.table, args.reload)
     if args.action == "record":

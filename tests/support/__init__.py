@@ -1,6 +1,6 @@
 """What the tests share, in one place: import any of it from `support`.
 
-    netns      Net, Host, inside        hosts in network namespaces of our own (198.18.0.0/15)
+    netns      Net, Lan, Host, inside   hosts in network namespaces of our own (198.18.0.0/15)
     sockets    tcp_connect, echoes,     traffic between them; datagrams from the client
                udp_socket, EchoServices,
                send_datagrams
@@ -21,7 +21,7 @@ here touches the root namespace's network or firewall.
 """
 from support.helper import (ENTRY, HEADER, STATUS, FakeNftables, Helper, HelperRecorder,
                             helper_main, request, requested_ports)
-from support.netns import Host, Net, inside
+from support.netns import Host, Lan, Net, inside
 from support.processes import PYTHON, REPO, events, gnocchi_cli, root_only, stop
 from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, send_paced,
                              tcp_connect, udp_socket)
@@ -29,7 +29,7 @@ from support.table import TABLE_FILE, elements, load_table, ruleset
 from support.verifier import Daemon, Keys, knock, write_config
 
 __all__ = ["ENTRY", "HEADER", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
-           "request", "requested_ports", "Host", "Net", "inside", "PYTHON", "REPO", "events",
+           "request", "requested_ports", "Host", "Lan", "Net", "inside", "PYTHON", "REPO", "events",
            "gnocchi_cli", "root_only", "stop",
            "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "send_paced", "tcp_connect",
            "udp_socket",

@@ -1,7 +1,8 @@
 """Test hosts in network namespaces of our own (never the root namespace).
 
 A Net is a pair of hosts, client and server, joined by a veth pair and
-addressed from 198.18.0.0/15. Everything is removed on exit, even when the
+addressed from 198.18.0.0/15; a Lan is a control host and several hosts on
+one bridged link. Everything is removed on exit, even when the
 test fails. Commands run inside with `net.server.run([...])`; `inside(host)`
 makes sockets there from this process.
 """
@@ -92,6 +93,47 @@ class Net:
     def __exit__(self, *exc) -> None:
         for host in (self.client, self.server):
             # Killing what still runs inside lets the namespace go away for real.
+            pids = sh("ip", "netns", "pids", host.name, check=False).stdout.split()
+            for pid in pids:
+                sh("kill", "-9", pid, check=False)
+            sh("ip", "netns", "del", host.name, check=False)
+
+
+class Lan:
+    """A control host and `count` hosts on one /24, each in a namespace of its own, joined
+    by a bridge in the control host's namespace: every host reaches every other."""
+
+    def __init__(self, tag: str, count: int):
+        n = (os.getpid() * 7 + next(_serial)) % 250 + 1
+        self.prefix = f"gn{tag}{os.getpid()}x{n}"
+        self.control = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
+        self.hosts = [Host(f"{self.prefix}h{i}", f"198.18.{n}.{i + 2}",
+                           f"fd00:198:18:{n:x}::{i + 2:x}") for i in range(count)]
+
+    def __enter__(self) -> Lan:
+        try:
+            for host in (self.control, *self.hosts):
+                sh("ip", "netns", "add", host.name)
+                host.run(["ip", "link", "set", "lo", "up"])
+            self.control.run(["ip", "link", "add", "gbr0", "type", "bridge"])
+            self.control.run(["ip", "addr", "add", f"{self.control.ip}/24", "dev", "gbr0"])
+            self.control.run(["ip", "-6", "addr", "add", f"{self.control.ip6}/64", "dev", "gbr0",
+                              "nodad"])
+            self.control.run(["ip", "link", "set", "gbr0", "up"])
+            for i, host in enumerate(self.hosts):
+                sh("ip", "link", "add", f"gport{i}", "netns", self.control.name, "type", "veth",
+                   "peer", "name", "gveth1", "netns", host.name)
+                self.control.run(["ip", "link", "set", f"gport{i}", "master", "gbr0", "up"])
+                host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", "gveth1"])
+                host.run(["ip", "-6", "addr", "add", f"{host.ip6}/64", "dev", "gveth1", "nodad"])
+                host.run(["ip", "link", "set", "gveth1", "up"])
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for host in (self.control, *self.hosts):
             pids = sh("ip", "netns", "pids", host.name, check=False).stdout.split()
             for pid in pids:
                 sh("kill", "-9", pid, check=False)
