@@ -37,7 +37,7 @@ def main():
          lambda i: protocol.open_packet(garbage[i % 1000], key, lambda k: 0, [SERVER_IP]))
     # As the verifier's serve loop checks them: where they lie in receive
     # buffers (nonce, then the box after BOXZERO_LEN zero bytes).
-    nonces = [protocol.ffi.new("unsigned char[]", g[:protocol.NONCE_LEN]) for g in garbage]
+    nonces = [g[:protocol.NONCE_LEN] for g in garbage]
     boxes = [protocol.ffi.new("unsigned char[]",
                               bytes(protocol.BOXZERO_LEN) + g[protocol.NONCE_LEN:])
              for g in garbage]

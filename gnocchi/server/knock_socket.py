@@ -28,7 +28,7 @@ from gnocchi.shared import protocol
 
 IP_PKTINFO = 8  # Linux (struct in_pktinfo: ifindex, spec_dst, addr); Python 3.11's socket lacks it
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
-RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
+RECV_BUFFER = protocol.MAX_PACKET2 + 1  # one byte more, so an oversize datagram is seen as such
 BATCH = 64  # datagrams per recvmmsg call
 # IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
 # 4380, 6052): a knock that came over IPv6 from one of them is refused, never
@@ -145,12 +145,12 @@ class Datagrams:
     """The datagrams of one recvmmsg(2) call on a socket, BATCH at most.
 
     The kernel scatters datagram i over two buffers: its first NONCE_LEN
-    bytes into nonces[i], the rest into boxes[i] after BOXZERO_LEN zero
-    bytes, which is the layout libsodium's secretbox open reads, so
-    protocol.unseal checks a datagram's MAC where it lies (nonces and boxes
-    are cffi views of the buffers, opened its plaintext's). A datagram
-    longer than MAX_PACKET is cut at RECV_BUFFER bytes, so it is seen as
-    oversize.
+    bytes (v1's nonce, v2's MAGIC2 and MAC1) into one, head(i), the rest into
+    boxes[i] after BOXZERO_LEN zero bytes, which is the layout libsodium's
+    secretbox open reads (and v2's sealed box lies whole after the zeros), so
+    protocol.unseal checks a datagram's MAC where it lies (boxes are cffi
+    views of the buffers, opened is where it opens them). A datagram longer
+    than MAX_PACKET2 is cut at RECV_BUFFER bytes, so it is seen as oversize.
     """
 
     def __init__(self, sock: socket.socket):
@@ -174,7 +174,6 @@ class Datagrams:
             h.msg_control, h.msg_controllen = ctypes.addressof(self._controls[i]), ANCILLARY
         # recvmmsg writes lengths into the headers: each call starts from this copy.
         self._fresh = bytes(self._headers)
-        self.nonces = [ffi.from_buffer(b) for b in self._nonces]
         self.boxes = [ffi.from_buffer(b) for b in self._boxes]
         self.opened = ffi.new("unsigned char[]", len(self._boxes[0]))
 
@@ -198,17 +197,16 @@ class Datagrams:
         tail = self._boxes[i].raw[protocol.BOXZERO_LEN:]
         return (self._nonces[i].raw + tail)[:self.length(i)]
 
+    def head(self, i: int) -> bytes:
+        """Datagram i's first NONCE_LEN bytes (fewer of them its own, if it is shorter)."""
+        return self._nonces[i].raw
+
     def tag(self, i: int) -> bytes:
-        """Datagram i's NONCE and MAC: what tells one packet from another."""
+        """Datagram i's first 40 bytes (v1: NONCE and MAC; v2: MAGIC2, MAC1 and
+        half of EPK): what tells one packet from another."""
         mac = ctypes.string_at(ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN,
                                protocol.MAC_LEN)
         return self._nonces[i].raw + mac
-
-    def plaintext(self, i: int) -> bytes:
-        """What protocol.unseal last opened into `opened`: datagram i's, right after it."""
-        start = 2 * protocol.BOXZERO_LEN
-        return ffi.buffer(self.opened, start + self.length(i) - protocol.NONCE_LEN
-                          - protocol.MAC_LEN)[start:]
 
     def sender(self, i: int) -> tuple:
         """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""

@@ -49,8 +49,8 @@ class Verifier:
     def server_ips(self, dest) -> tuple[bytes, ...]:
         return self.fixed_ips or ((dest.packed,) if dest is not None and dest.version == 4 else ())
 
-    def handle(self, tag: bytes, plaintext: bytes, source, dest) -> None:
-        # A datagram past steps 1-2: tag is its NONCE and MAC, plaintext what they sealed.
+    def handle(self, tag: bytes, unsealed: protocol.Unsealed, source, dest) -> None:
+        # A datagram past its seal: tag is its first 40 bytes, unsealed what it sealed.
         if tag in self.recent:
             # The very bytes of a packet already decided (a captured knock sent
             # again and again): dropped without a second signature check.
@@ -60,8 +60,7 @@ class Verifier:
         if len(self.recent) > RECENT:
             del self.recent[next(iter(self.recent))]
         server_ips = self.server_ips(dest)
-        result = protocol.open_plaintext(tag[:protocol.NONCE_LEN], plaintext, self.key,
-                                         self.last_counter, server_ips)
+        result = protocol.open_plaintext(unsealed, self.last_counter, server_ips)
         if isinstance(result, protocol.Rejected):
             self.rejected(result, source, server_ips)
             return
@@ -205,11 +204,12 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
             for i in range(datagrams.read()):
                 # Steps 1 and 2 where the datagram lies: until its MAC holds, its bytes
                 # are anyone's, and nothing is made of them, not even its addresses.
-                if reason := protocol.unseal(datagrams.length(i), datagrams.nonces[i],
-                                             datagrams.boxes[i], datagrams.opened, verifier.key):
-                    log.drop(reason)
+                unsealed = protocol.unseal(datagrams.length(i), datagrams.head(i),
+                                           datagrams.boxes[i], datagrams.opened, verifier.key)
+                if isinstance(unsealed, str):
+                    log.drop(unsealed)
                     continue
-                verifier.handle(datagrams.tag(i), datagrams.plaintext(i),
+                verifier.handle(datagrams.tag(i), unsealed,
                                 *knock_socket.addresses(*datagrams.sender(i)))
 
 

@@ -25,16 +25,16 @@ SHOW_ACTION = Path(__file__).with_name("show_action.py")
 
 
 def handle(verifier, packet: bytes, source, dest) -> None:
-    """One datagram's bytes through the verifier as serve() takes it: steps 1-2
+    """One datagram's bytes through the verifier as serve() takes it: up to the seal
     (protocol.unseal, a drop counted on failure), then Verifier.handle."""
-    nonce = packet[:protocol.NONCE_LEN]
-    box = bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:]
+    box = ffi.from_buffer(bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:])
     opened = ffi.new("unsigned char[]", len(box))
-    if reason := protocol.unseal(len(packet), nonce, box, opened, verifier.key):
-        verifier.log.drop(reason)
+    unsealed = protocol.unseal(len(packet), packet[:protocol.NONCE_LEN], box, opened,
+                               verifier.key)
+    if isinstance(unsealed, str):
+        verifier.log.drop(unsealed)
         return
-    plaintext = ffi.buffer(opened)[2 * protocol.BOXZERO_LEN:]
-    verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], plaintext, source, dest)
+    verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], unsealed, source, dest)
 
 
 class Keys:
