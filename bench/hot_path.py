@@ -49,7 +49,7 @@ def server(checkout: str, port_out) -> None:
     sys.path.insert(0, checkout)
     import socket
 
-    from gnocchi.server import config, counters, events, knock_socket, verifier
+    from gnocchi.server import config, counters, events, keyring, knock_socket, verifier
     from gnocchi.shared import protocol
 
     work = tempfile.mkdtemp()
@@ -61,7 +61,7 @@ def server(checkout: str, port_out) -> None:
     counters.create(work)
     sent: list[dict] = []
     log = events.EventLog(send=sent.append, interval=3600)
-    v = verifier.Verifier(cfg, key, counters.Store(work).load(), log)
+    v = verifier.Verifier(cfg, keyring.Keyring(key, ()), counters.Store(work).load(), log)
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024 // 2)  # the kernel doubles it
@@ -75,10 +75,10 @@ def server(checkout: str, port_out) -> None:
         import cProfile
         import pstats
         profile = cProfile.Profile()
-        profile.runcall(verifier.serve, sock, v, log, stop)
+        profile.runcall(verifier.serve, [sock], v, log, stop)
         pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(14)
     else:
-        verifier.serve(sock, v, log, stop)
+        verifier.serve([sock], v, log, stop)
     after = resource.getrusage(resource.RUSAGE_SELF)
     log.flush()
     decided = sum(int(e.get("GNOCCHI_DROPPED", 0)) for e in sent)

@@ -18,10 +18,9 @@ import sys
 from dataclasses import dataclass, field
 
 from gnocchi.server import config as server_config
-from gnocchi.server import counters
+from gnocchi.server import counters, keyring
 from gnocchi.shared import keys
 from gnocchi.admin import nft_table
-from gnocchi.shared.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
 DROP_IN = "gnocchi.socket.d/port.conf"
@@ -32,7 +31,8 @@ SOCKET = "gnocchi.socket"
 class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    port: int | None = None             # the server key's knock port
+    port: int | None = None             # the server key's knock port (the first of ports)
+    ports: list[int] = field(default_factory=list)  # the knock ports of all the server's keys
     clients: int = 0
     protected: dict | None = None        # from the table file
     flood_limit: bool = True             # the table file has set knock_port
@@ -44,7 +44,8 @@ class Report:
     def summary(self, config_path: str) -> str:
         ports = nft_table.show_ports(self.protected) if self.protected else "?"
         return (f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
-                f"knock port {self.port}/udp (gnocchi.socket); protects {ports}")
+                f"knock port {', '.join(f'{p}/udp' for p in self.ports) or None} "
+                f"(gnocchi.socket); protects {ports}")
 
 
 def loose_mode(path: str) -> str | None:
@@ -100,32 +101,59 @@ def drop_in_ports(unit_dir: str) -> list[int] | None:
     return ports
 
 
-def check_socket(report: Report, port: int | None, unit_dir: str | None) -> None:
-    """gnocchi.socket listens on the key's port (port None: the key is unusable,
-    so only a missing port is reported)."""
+def key_ports(want: list[int]) -> str:
+    """"the server key's knock port is P", or the same of several keys' ports."""
+    if len(want) == 1:
+        return f"the server key's knock port is {want[0]}"
+    return f"the knock ports of the server's keys are {', '.join(map(str, want))}"
+
+
+def check_socket(report: Report, want: list[int], unit_dir: str | None) -> None:
+    """gnocchi.socket listens on the keys' ports, each once (want empty: no key is
+    usable, so only a missing port is reported)."""
     setup = "run `gnocchi setup`"
     if unit_dir is None and systemd_running():
         state, ports = listen_ports_loaded()
         on_disk = drop_in_ports(UNIT_DIR)
         if state != "loaded" or not ports:
             fix = (f"run `systemctl daemon-reload` ({UNIT_DIR}/{DROP_IN} sets it)"
-                   if on_disk == [port] else setup)
+                   if on_disk == want else setup)
             report.problems.append(f"{SOCKET} has no knock port (LoadState={state or '?'}), so "
                                    f"nothing would receive knocks; fix: {fix}")
-        elif port is not None and ports != [port]:
+        elif want and sorted(ports) != sorted(want):
             fix = ("run `systemctl daemon-reload`, then `systemctl restart gnocchi.socket`"
-                   if on_disk == [port] else f"{setup}, then `systemctl restart gnocchi.socket`")
+                   if on_disk == want else f"{setup}, then `systemctl restart gnocchi.socket`")
             shown = ", ".join(map(str, ports))
-            report.problems.append(f"{SOCKET} listens on UDP {shown}, but the server key's "
-                                   f"knock port is {port}; fix: {fix}")
+            report.problems.append(f"{SOCKET} listens on UDP {shown}, but {key_ports(want)}; "
+                                   f"fix: {fix}")
         return
     ports = drop_in_ports(unit_dir or UNIT_DIR)
     path = os.path.join(unit_dir or UNIT_DIR, DROP_IN)
     if ports is None:
         report.problems.append(f"{path} is missing, so {SOCKET} has no knock port; fix: {setup}")
-    elif port is not None and ports != [port]:
+    elif want and sorted(ports) != sorted(want):
         report.problems.append(f"{path} sets UDP {', '.join(map(str, ports)) or 'nothing'}, "
-                               f"but the server key's knock port is {port}; fix: {setup}")
+                               f"but {key_ports(want)}; fix: {setup}")
+
+
+def check_credentials(report: Report, cfg: server_config.Config, unit_dir: str | None) -> None:
+    """gnocchi.service hands the verifier each key file the config uses: its own
+    LoadCredential= covers only the v1 key; `gnocchi setup` writes the drop-in for
+    a v2 key (and for a server without a v1 key)."""
+    from gnocchi.admin import setup  # noqa: PLC0415 (setup imports check)
+    path = os.path.join(unit_dir or UNIT_DIR, setup.SERVICE_DROP_IN)
+    try:
+        with open(path, encoding="utf-8") as f:
+            current = f.read()
+    except OSError:
+        current = None
+    if current is None and list(keyring.paths(cfg)) == ["server_key_file"]:
+        return
+    if current != setup.service_drop_in_text(cfg):
+        report.problems.append(f"{path} does not hand gnocchi.service the key files "
+                               f"{', '.join(keyring.paths(cfg).values())} (the verifier could "
+                               "not read them); fix: run `gnocchi setup`, then "
+                               "`systemctl daemon-reload`")
 
 
 def check_flood_limit(report: Report, table_path: str) -> None:
@@ -145,18 +173,18 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
         live = nft_table.live()
     except nft_table.TableError:
         return  # not root, or no nft: `gnocchi status` says more
-    if live is None or report.port is None:
+    if live is None or not report.ports:
         return
     ports = live.knock_ports()
     fix = "fix: systemctl reload gnocchi-arm (it loads the table with the key's port)"
     if ports is None and report.flood_limit:
         report.warnings.append(f"the loaded table inet gnocchi has no flood limit on the knock "
                                f"port, but {table_path} has one; {fix}")
-    elif ports is not None and ports != [report.port]:
+    elif ports is not None and sorted(ports) != sorted(report.ports):
         shown = ", ".join(map(str, ports)) or "no port"
         report.warnings.append(f"the loaded table inet gnocchi limits floods on UDP {shown}, "
-                               f"but the server key's knock port is {report.port} (the key "
-                               f"changed since arming?), so floods to it are not limited; {fix}")
+                               f"but {key_ports(report.ports)} (a key changed since arming?), "
+                               f"so floods to it are not limited; {fix}")
 
 
 def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> None:
@@ -220,11 +248,13 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_tab
         report.problems.append(f"{e} (the verifier would refuse to start)")
         return report
     try:
-        report.port = knock_port(keys.load_server_key(cfg.server_key_file))
+        report.ports = keyring.ports(keyring.load(cfg))
+        report.port = report.ports[0]
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
     check_clients(report, cfg)
-    check_socket(report, report.port, unit_dir)
+    check_socket(report, report.ports, unit_dir)
+    check_credentials(report, cfg, unit_dir)
     check_syncookies(report)
     if live:
         check_live_knock_port(report, table_path)

@@ -42,6 +42,7 @@ class Doctor:
         self.cfg = None
         self.port: int | None = None
         self.server_key: bytes | None = None
+        self.ports: list[int] = []
         self.live: nft_table.Table | None = None
 
     def add(self, ok: bool, what: str, bad: str = "", fix: str = "", good: str = "",
@@ -65,11 +66,12 @@ class Doctor:
             self.add(False, "the config loads", str(e), f"edit {self.config_path}")
             return
         try:
-            self.server_key = keys.load_server_key(self.cfg.server_key_file)
-            from gnocchi.shared.protocol import knock_port
-            self.port = knock_port(self.server_key)
-            self.add(True, "the server key", good=f"{self.cfg.server_key_file}: 0600, knock "
-                     f"port {self.port}/udp")
+            from gnocchi.server import keyring  # v1's key, v2's, or both (PROTOCOL.md)
+            ring = keyring.load(self.cfg)
+            self.server_key, self.ports = ring.v1, keyring.ports(ring)
+            self.port = self.ports[0]
+            self.add(True, "the server key", good=f"{', '.join(keyring.paths(self.cfg).values())}"
+                     f": 0600, knock port {', '.join(f'{p}/udp' for p in self.ports)}")
         except keys.KeyFileError as e:
             self.add(False, "the server key", e.problem, e.fix or "see docs/install.md, step 3")
         try:
@@ -113,7 +115,7 @@ class Doctor:
 
     def knock_socket(self) -> None:
         report = check.Report()
-        check.check_socket(report, self.port, None)
+        check.check_socket(report, self.ports, None)
         if report.problems:
             for problem in report.problems:
                 self.add(False, "gnocchi.socket's port is the key's", *_split(problem))

@@ -76,11 +76,13 @@ class Table:
         found = self.sets().get(KNOCK_PORT)
         return None if found is None else [_port_or_range(e) for e in found.get("elem", [])]
 
-    def with_knock_port(self, port: int | None) -> "Table":
-        """This table as it is once load() has filled set knock_port with port."""
-        if port is None or self.knock_ports() is None:
+    def with_knock_port(self, port: int | list[int] | None) -> "Table":
+        """This table as it is once load() has filled set knock_port with port (or
+        ports: a rotation's two keys have one each)."""
+        if not port or self.knock_ports() is None:
             return self
-        return Table(tuple({"set": dict(o["set"], elem=[port])}
+        ports = [port] if isinstance(port, int) else sorted(port)
+        return Table(tuple({"set": dict(o["set"], elem=ports)}
                            if o.get("set", {}).get("name") == KNOCK_PORT else o
                            for o in self.objects))
 
@@ -277,7 +279,7 @@ def knock_port_script(new: Table) -> str:
     return f"flush set {ref}\nadd element {ref} {{ {', '.join(map(str, ports))} }}\n"
 
 
-def load(path: str = DEFAULT_FILE, knock_port: int | None = None) -> Loaded:
+def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None) -> Loaded:
     """Load path as the live table, keeping pending knocks (see the module docstring),
     with knock_port in set knock_port (None: as the file has it)."""
     new = test_load(path).with_knock_port(knock_port)
@@ -313,11 +315,12 @@ def load(path: str = DEFAULT_FILE, knock_port: int | None = None) -> Loaded:
                      f"during {RETRIES} attempts; try again")
 
 
-def set_knock_port(port: int) -> bool:
-    """Fill the live table's set knock_port with port alone (one transaction); False
-    when the table or the set is not there."""
+def set_knock_port(port: int | list[int]) -> bool:
+    """Fill the live table's set knock_port with port (or ports) alone (one
+    transaction); False when the table or the set is not there."""
     ref = f"{FAMILY} {NAME} {KNOCK_PORT}"
-    proc = nft(f"flush set {ref}; add element {ref} {{ {port} }}")
+    ports = [port] if isinstance(port, int) else port
+    proc = nft(f"flush set {ref}; add element {ref} {{ {', '.join(map(str, ports))} }}")
     return proc.returncode == 0
 
 

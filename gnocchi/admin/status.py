@@ -84,23 +84,25 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     return found[::-1]
 
 
-def knock_port(config_path: str) -> tuple[int | None, str, list[str], list[str]]:
-    """(port, server key fingerprint, client lines, problems) from the config and the key."""
+def knock_port(config_path: str) -> tuple[list[int], list[tuple[int, str]], list[str],
+                                         list[str]]:
+    """(knock ports, (port, key fingerprint) of each key, client lines, problems) from the
+    config and the keys."""
     from gnocchi.server import config as server_config
+    from gnocchi.server import keyring
     from gnocchi.shared import keys
-    from gnocchi.shared.protocol import knock_port as port_of
     try:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
-        return None, "", [], [f"config: {e}"]
+        return [], [], [], [f"config: {e}"]
     clients = [f"{c.name}: " + (", ".join(f"{o.port}/{o.proto}" for o in c.allow) or "nothing")
                + (f"; actions {', '.join(c.actions)}" if c.actions else "")
                for c in cfg.clients]
     try:
-        key = keys.load_server_key(cfg.server_key_file)
+        ring = keyring.load(cfg)
     except keys.KeyFileError as e:
-        return None, "", clients, [f"server key: {e}"]
-    return port_of(key), keys.fingerprint(key), clients, []
+        return [], [], clients, [f"server key: {e}"]
+    return keyring.ports(ring), keyring.described(ring), clients, []
 
 
 def report(config_path: str) -> tuple[int, list[str]]:
@@ -111,8 +113,8 @@ def report(config_path: str) -> tuple[int, list[str]]:
         return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = arm == "active" or sock == "active"
-    port, fingerprint, clients, problems = knock_port(config_path)
-    listening = port is not None and udp_bound(port)
+    ports, fingerprints, clients, problems = knock_port(config_path)
+    listening = bool(ports) and all(udp_bound(p) for p in ports)
     if live is None and meant:
         status = 1
         lines.append("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi is "
@@ -135,12 +137,12 @@ def report(config_path: str) -> tuple[int, list[str]]:
             lines.append("gnocchi: NOBODY CAN KNOCK IN: nothing listens on the knock port, so "
                          "no knock can open a protected port; see systemctl status gnocchi.socket")
     lines += [f"gnocchi: {p}" for p in problems]
-    if port is not None:
-        lines.append(f"knock port: {port}/udp, " + ("listening" if listening else
+    for port, key in fingerprints:
+        lines.append(f"knock port: {port}/udp, " + ("listening" if udp_bound(port) else
                                                      "NOT listening") + f" (gnocchi.socket {sock})"
-                     + f"; server key fingerprint {fingerprint}")
-    if live is not None and port is not None:
-        lines.append(flood_line(live.knock_ports(), port))
+                     + f"; {key}")
+    if live is not None and ports:
+        lines.append(flood_line(live.knock_ports(), ports))
     lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
                                                  else "not listening")
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
@@ -157,13 +159,15 @@ def report(config_path: str) -> tuple[int, list[str]]:
     return status, lines
 
 
-def flood_line(limited: list | None, port: int) -> str:
-    """What the table's per-source flood limit guards, against the key's knock port."""
-    if limited == [port]:
-        return f"flood limit: on {port}/udp, per source address (IPv6: per /64)"
+def flood_line(limited: list | None, ports: int | list[int]) -> str:
+    """What the table's per-source flood limit guards, against the keys' knock ports."""
+    ports = [ports] if isinstance(ports, int) else ports
+    wanted = ", ".join(f"{p}/udp" for p in ports)
+    if limited is not None and sorted(limited) == sorted(ports):
+        return f"flood limit: on {wanted}, per source address (IPv6: per /64)"
     shown = ", ".join(map(str, limited or [])) or "no port"
     what = ("NONE: the loaded table has no set knock_port" if limited is None else
-            f"on UDP {shown}, NOT on the knock port {port}")
+            f"on UDP {shown}, NOT on the knock port{'s' * (len(ports) > 1)} {wanted}")
     return (f"flood limit: {what}, so a flood from one address reaches the verifier whole; "
             "fix: systemctl reload gnocchi-arm")
 

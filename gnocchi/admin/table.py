@@ -85,12 +85,13 @@ def load(config_path: str, table_path: str) -> int:
     if not report.ok:
         return refuse(report.problems)
     try:
-        loaded = nft_table.load(table_path, knock_port=report.port)
+        loaded = nft_table.load(table_path, knock_port=report.ports)
     except nft_table.TableError as e:
         return refuse([str(e)])
     log("armed", loaded.describe(table_path) + flood_limit(loaded.table.knock_ports()),
         how=loaded.how, pending=loaded.kept,
-        protected=nft_table.show_ports(loaded.table.protected()), knock_port=report.port)
+        protected=nft_table.show_ports(loaded.table.protected()),
+        knock_port=",".join(map(str, report.ports)))
     return 0
 
 
@@ -98,17 +99,17 @@ def flood_limit(ports: list | None) -> str:
     if not ports:
         return ("; NO per-source flood limit: the table file has no set knock_port "
                 "(docs/firewall.md, \"Floods\")")
-    return f"; floods from one source to the knock port {ports[0]}/udp are limited"
+    shown = ", ".join(f"{p}/udp" for p in ports)
+    return f"; floods from one source to the knock port{'s' * (len(ports) > 1)} {shown} are limited"
 
 
-def configured_knock_port(config_path: str) -> tuple[int | None, str]:
-    """(the knock port of the server key the config names, which `gnocchi setup` gave
+def configured_knock_port(config_path: str) -> tuple[list[int] | None, str]:
+    """(the knock ports of the server keys the config names, which `gnocchi setup` gave
     gnocchi.socket, or None; why not)."""
-    from gnocchi.server import config
+    from gnocchi.server import config, keyring
     from gnocchi.shared import keys  # loads nacl: called after the table is back
-    from gnocchi.shared.protocol import knock_port
     try:
-        return knock_port(keys.load_server_key(config.load(config_path).server_key_file)), ""
+        return keyring.ports(keyring.load(config.load(config_path))), ""
     except (config.ConfigError, keys.KeyFileError) as e:
         return None, str(e)
 
@@ -161,11 +162,11 @@ def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False
         return 1
     # The flood limit's port comes second: it guards the verifier, not the ports.
     port, why = configured_knock_port(config_path)
-    limited = (flood_limit([port] if nft_table.set_knock_port(port) else None) if port else
+    limited = (flood_limit(port if nft_table.set_knock_port(port) else None) if port else
                f"; NO per-source flood limit: cannot tell the knock port: {why}")
     log("table-missing", f"table inet gnocchi was MISSING while gnocchi is armed (removed by "
         f"{by}): the protected ports were open; re-armed from {table_path}{limited}", by=by,
-        knock_port=port)
+        knock_port=",".join(map(str, port or [])) or None)
     return 0
 
 

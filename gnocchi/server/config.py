@@ -82,12 +82,14 @@ class Client:
 class Config:
     path: str
     server_key_file: str
-    server_addresses: tuple[ipaddress.IPv4Address, ...]  # empty: each knock's destination
+    server_addresses: tuple  # ip_addresses, IPv4 and IPv6; empty: each knock's destination
     state_dir: str
     helper_socket: str
     clients: tuple[Client, ...]
     actions: tuple[Action, ...]
     action_socket: str = DEFAULTS["action_socket"]
+    v1: bool = True                           # accept v1 knocks (server_key_file)
+    private_key_file: Optional[str] = None    # v2's server private key; None: no v2
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -117,16 +119,16 @@ def load(path: str = DEFAULT_PATH) -> Config:
 
 def parse(doc: dict, where: _Where) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "action_socket", "clients", "actions"})
+                          "action_socket", "clients", "actions", *KEY_SETTINGS})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
                                                "server_addresses")):
         try:
-            addresses.append(ipaddress.IPv4Address(text))
+            addresses.append(ipaddress.ip_address(text))
         except ValueError:
-            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IPv4 address "
-                              "(knocks sign the IPv4 address they were sent to)") from None
+            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IP address "
+                              "(knocks sign the address they were sent to)") from None
     actions = tuple(_action(where, name, value)
                     for name, value in where.entries(doc.get("actions", {}), "actions"))
     action_names = {a.name for a in actions}
@@ -140,7 +142,25 @@ def parse(doc: dict, where: _Where) -> Config:
         seen_keys[client.public_key] = name
         clients.append(client)
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
-                  paths["helper_socket"], tuple(clients), actions, paths["action_socket"])
+                  paths["helper_socket"], tuple(clients), actions, paths["action_socket"],
+                  **_key_settings(where, doc))
+
+
+KEY_SETTINGS = ("v1", "private_key_file")
+
+
+def _key_settings(where: _Where, doc: dict) -> dict:
+    """Which knock versions the server takes, and v2's key (docs/PROTOCOL.md)."""
+    v1 = doc.get("v1", True)
+    if not isinstance(v1, bool):
+        raise where.error("v1", f"must be true or false, not {checked_toml.kind(v1)}")
+    private = doc.get("private_key_file")
+    if private is not None:
+        private = where.path_string(private, "private_key_file")
+    if not v1 and private is None:
+        raise where.error("v1", "is false, but there is no private_key_file: no knock could "
+                          "get in; make a v2 key (gnocchi keygen --private FILE) first")
+    return {"v1": v1, "private_key_file": private}
 
 
 def _action(where: _Where, name: str, value) -> Action:

@@ -1,10 +1,10 @@
 """The verifier's knock socket: taking it, and where each datagram came from.
 
 Trusts systemd's LISTEN_FDS/LISTEN_PID and NOTIFY_SOCKET, and the kernel's
-IP_PKTINFO, but not the unit file: a passed descriptor must be exactly one
-UDP socket on the knock port derived from the server key, or the verifier
-refuses to start with the ListenDatagram= line the unit needs (--listen
-binds one itself, on that port only). listen_fds() also removes LISTEN_*
+IP_PKTINFO, but not the unit file: the passed descriptors must be UDP
+sockets, exactly one on each knock port of the server's keys, or the verifier
+refuses to start with the ListenDatagram= lines the unit needs (--listen
+binds them itself, on those ports only). listen_fds() also removes LISTEN_*
 from the environment, so nothing the verifier starts inherits them.
 Datagrams reads them in batches with recvmmsg(2), which Python's socket
 module lacks, through ctypes, into buffers made once. addresses() reports a
@@ -43,41 +43,51 @@ class StartupError(Exception):
     """The verifier cannot start; str() says why and what to change."""
 
 
-def unit_hint(knock_port: int) -> str:
-    return (f"gnocchi.socket needs exactly one ListenDatagram={knock_port} "
-            f"(the knock port of the server key; `gnocchi setup` writes that drop-in)")
+def unit_hint(ports: list[int]) -> str:
+    lines = " ".join(f"ListenDatagram={p}" for p in ports)
+    return (f"gnocchi.socket needs exactly {lines} (the knock port{'s' if len(ports) > 1 else ''} "
+            f"of the server's keys; `gnocchi setup` writes that drop-in)")
 
 
-def take(listen_text: str | None, knock_port: int) -> socket.socket:
-    """The socket systemd passed, else one bound to --listen; IP_PKTINFO on."""
-    sock = inherited_socket(knock_port)
-    if sock is None and not listen_text:
+def take(listen_texts: list[str], ports: list[int]) -> list[socket.socket]:
+    """The sockets systemd passed, else ones bound to --listen; IP_PKTINFO on."""
+    socks = inherited_sockets(ports)
+    if not socks and not listen_texts:
         raise StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
-                           f"IP:{knock_port} ({knock_port} is this server key's knock port)")
-    if sock is None:
-        sock = listen(listen_text, knock_port)
-    enable_pktinfo(sock)
-    return sock
+                           f"IP:{ports[0]} (the knock port{'s' if len(ports) > 1 else ''} of "
+                           f"the server's keys: {', '.join(map(str, ports))})")
+    socks = socks or [listen(text, ports) for text in listen_texts]
+    for sock in socks:
+        enable_pktinfo(sock)
+    return socks
 
 
-def inherited_socket(knock_port: int) -> socket.socket | None:
-    """The UDP socket systemd passed, checked; None when started without socket activation."""
+def inherited_sockets(ports: list[int]) -> list[socket.socket]:
+    """The UDP sockets systemd passed, one on each knock port, checked; [] when
+    started without socket activation."""
     fds = daemon.listen_fds()
-    if not fds:
-        return None
-    if len(fds) != 1:
-        raise StartupError(f"systemd passed {len(fds)} sockets, not one; {unit_hint(knock_port)}")
-    fd = fds[0]
-    if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
-        raise StartupError(f"the socket systemd passed (fd {fd}) is not a UDP socket; "
-                           f"{unit_hint(knock_port)}")
-    sock = socket.socket(fileno=fd)
-    port = sock.getsockname()[1]
-    if port != knock_port:
-        sock.close()
-        raise StartupError(f"the socket systemd passed is on UDP port {port}, but this server "
-                           f"key's knock port is {knock_port}; {unit_hint(knock_port)}")
-    return sock
+    socks: list[socket.socket] = []
+    try:
+        for fd in fds:
+            if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
+                raise StartupError(f"a socket systemd passed (fd {fd}) is not a UDP socket; "
+                                   f"{unit_hint(ports)}")
+            socks.append(socket.socket(fileno=fd))
+            port = socks[-1].getsockname()[1]
+            if port not in ports:
+                raise StartupError(f"a socket systemd passed is on UDP port {port}, but the "
+                                   f"knock port{'s' if len(ports) > 1 else ''} of the server's "
+                                   f"keys {'are' if len(ports) > 1 else 'is'} "
+                                   f"{', '.join(map(str, ports))}; {unit_hint(ports)}")
+        if fds and sorted(s.getsockname()[1] for s in socks) != sorted(ports):
+            raise StartupError(f"systemd passed {len(fds)} socket{'s' if len(fds) > 1 else ''} "
+                               f"for {len(ports)} knock port{'s' if len(ports) > 1 else ''}; "
+                               f"{unit_hint(ports)}")
+    except StartupError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
@@ -93,11 +103,11 @@ def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
     return address, int(port)
 
 
-def listen(text: str, knock_port: int) -> socket.socket:
+def listen(text: str, ports: list[int]) -> socket.socket:
     address, port = parse_listen(text)
-    if port != knock_port:
-        raise StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
-                           f"port {knock_port}; clients knock on {knock_port}")
+    if port not in ports:
+        raise StartupError(f"--listen {text!r}: port {port} is not a knock port of the "
+                           f"server's keys ({', '.join(map(str, ports))}); clients knock there")
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:

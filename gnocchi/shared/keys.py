@@ -15,7 +15,8 @@ import re
 import stat
 
 from gnocchi.shared import durable
-from gnocchi.shared.protocol import KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, signing_keys
+from gnocchi.shared.protocol import (KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, public_key,
+                                      signing_keys)
 
 HEX_LEN = 2 * KEY_LEN
 _HEX = re.compile(rb"[0-9a-fA-F]{64}\n?")
@@ -97,6 +98,32 @@ def load_server_key(path) -> bytes:
                            "gnocchi refuses such keys",
                            "make a new one: gnocchi keygen --server FILE")
     return key
+
+
+def load_private_key(path) -> tuple[bytes, bytes]:
+    """(public, private) of the v2 server private key in path (0600, not a link),
+    refusing one whose knock port is 1024 or lower (PROTOCOL.md, R10)."""
+    private = load_secret(path)
+    public = public_key(private)
+    port = knock_port(public)
+    if port < LOWEST_KNOCK_PORT:
+        raise KeyFileError(path, f"this private key's knock port {port} is 1024 or lower; "
+                           "gnocchi refuses such keys",
+                           "make a new one: gnocchi keygen --private FILE")
+    return public, private
+
+
+def new_private_key(port: int | None = None) -> bytes:
+    """A random v2 server private key whose knock port is above 1024, or is port:
+    about 65,536 draws (a few seconds) for a chosen port (PROTOCOL.md, "Keys")."""
+    if port is not None and not LOWEST_KNOCK_PORT <= port <= 65535:
+        raise ValueError(f"a knock port is {LOWEST_KNOCK_PORT}..65535, not {port}")
+    for _ in range(5_000_000):  # a chosen port fails a draw with p = 65535/65536
+        private = os.urandom(KEY_LEN)
+        found = knock_port(public_key(private))
+        if found == port or (port is None and found >= LOWEST_KNOCK_PORT):
+            return private
+    raise RuntimeError("no usable private key in 5,000,000 draws: is os.urandom broken?")
 
 
 def parse_public_hex(text, what: str) -> bytes:

@@ -21,18 +21,13 @@ SECRET_KEY_LEN = 64  # libsodium's Ed25519 secret key: the seed, then the public
 NONCE_LEN = 24
 MAC_LEN = 16
 MAGIC = bytes.fromhex("42f9708e2f1369d9")
-SIGNPUB_LEN = 32
 SIG_LEN = 64
 COUNTER_LEN = 14
-DATA_LEN_LEN = 2
-# Where each field starts in a v1 plaintext: MAGIC, SIGNPUB, SIG, COUNTER,
-# DATA_LEN, then DATA and padding. The signature covers COUNTER_AT onwards.
-# A v2 plaintext is the same without MAGIC.
-SIGNPUB_AT = len(MAGIC)                   # 8
-SIG_AT = SIGNPUB_AT + SIGNPUB_LEN         # 40
-COUNTER_AT = SIG_AT + SIG_LEN             # 104
-DATA_LEN_AT = COUNTER_AT + COUNTER_LEN    # 118
-HEADER_LEN = DATA_LEN_AT + DATA_LEN_LEN   # 120: DATA starts here
+# Where each field starts in SIGNPUB(32) || SIG || COUNTER || DATA_LEN(2) ||
+# DATA_PLUS_PADDING: all of a v2 plaintext, a v1 one after MAGIC. The
+# signature covers COUNTER_AT onwards (and more: PROTOCOL.md).
+SIG_AT, COUNTER_AT, DATA_LEN_AT, BODY_AT = 32, 32 + SIG_LEN, 96 + COUNTER_LEN, 112
+HEADER_LEN = len(MAGIC) + BODY_AT         # 120: where DATA starts in a v1 plaintext
 MIN_PACKET = NONCE_LEN + MAC_LEN + HEADER_LEN  # 160
 MAX_PACKET = 1024
 MAX_BODY = MAX_PACKET - MIN_PACKET  # 864: DATA_PLUS_PADDING
@@ -44,7 +39,7 @@ MAGIC2 = bytes.fromhex("177fd314bf5dbb67")
 MAC1_LEN = 16
 HEAD_LEN = len(MAGIC2) + MAC1_LEN         # 24 == NONCE_LEN
 SEAL_LEN = KEY_LEN + MAC_LEN              # 48: crypto_box_SEALBYTES
-MIN_PACKET2 = HEAD_LEN + SEAL_LEN + HEADER_LEN - SIGNPUB_AT  # 184
+MIN_PACKET2 = HEAD_LEN + SEAL_LEN + BODY_AT  # 184
 MAX_PACKET2 = MIN_PACKET2 + MAX_BODY      # 1048
 MAC1_PERSON = b"gnocchi-mac1"
 # NaCl's crypto_secretbox_open reads the box (MAC, ciphertext) after this many
@@ -95,7 +90,7 @@ def signing_keys(seed: bytes) -> tuple[bytes, bytes]:
     """(public key, secret key) of the Ed25519 key whose seed is seed."""
     if len(seed) != KEY_LEN:
         raise ValueError(f"a signing seed is {KEY_LEN} bytes")
-    public = ffi.new("unsigned char[]", SIGNPUB_LEN)
+    public = ffi.new("unsigned char[]", KEY_LEN)
     secret = ffi.new("unsigned char[]", SECRET_KEY_LEN)
     lib.crypto_sign_seed_keypair(public, secret, seed)  # cannot fail for 32 bytes
     return ffi.buffer(public)[:], ffi.buffer(secret)[:]
@@ -103,10 +98,9 @@ def signing_keys(seed: bytes) -> tuple[bytes, bytes]:
 
 def public_key(private: bytes) -> bytes:
     """The X25519 public key of a v2 server private key (any 32 bytes; clamped)."""
-    if len(private) != KEY_LEN:
-        raise ValueError(f"a private key is {KEY_LEN} bytes")
     public = ffi.new("unsigned char[]", KEY_LEN)
-    lib.crypto_scalarmult_base(public, private)
+    if len(private) != KEY_LEN or lib.crypto_scalarmult_base(public, private) != 0:
+        raise ValueError(f"a private key is {KEY_LEN} bytes")
     return ffi.buffer(public)[:]
 
 
@@ -155,17 +149,15 @@ def _signed(prefix: bytes, server_key: bytes, signing_seed: bytes, counter: int,
         raise ValueError("counter must fit in 112 bits")
     if len(data) > MAX_BODY:
         raise ValueError(f"request is {len(data)} bytes; at most {MAX_BODY} fit in a knock")
-    if body_len is None:
-        body_len = random_body_length(len(data))
+    body_len = random_body_length(len(data)) if body_len is None else body_len
     if not len(data) <= body_len <= MAX_BODY:
         raise ValueError("body length must be between the data length and 864")
-    if padding is None:
-        padding = os.urandom(body_len - len(data))
+    padding = os.urandom(body_len - len(data)) if padding is None else padding
     if len(padding) < body_len - len(data):
         raise ValueError("padding is shorter than the body length leaves room for")
     signpub, secret = signing_keys(signing_seed)
     counter_and_body = (counter.to_bytes(COUNTER_LEN, "big")
-                        + len(data).to_bytes(DATA_LEN_LEN, "big") + data
+                        + len(data).to_bytes(BODY_AT - DATA_LEN_AT, "big") + data
                         + padding[:body_len - len(data)])
     signed = prefix + signpub + counter_and_body + server_key + server_ip
     # crypto_sign writes the signature, then the message: only the signature is kept.
@@ -178,12 +170,10 @@ def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: byt
                  server_ipv4: bytes, body_len: int | None = None,
                  nonce: bytes | None = None, padding: bytes | None = None) -> bytes:
     """Seal one v1 knock. Defaults: random nonce, random L, random padding bytes."""
-    if len(server_ipv4) != 4:
-        raise ValueError("server key and signing seed are 32 bytes, the server address 4")
-    if nonce is None:
-        nonce = os.urandom(NONCE_LEN)
-    if len(nonce) != NONCE_LEN:  # libsodium reads NONCE_LEN bytes, whatever it is given
-        raise ValueError(f"the nonce is {NONCE_LEN} bytes")
+    nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
+    if len(server_ipv4) != 4 or len(nonce) != NONCE_LEN:  # libsodium reads NONCE_LEN bytes
+        raise ValueError("server key and signing seed are 32 bytes, the server address 4, "
+                         f"the nonce {NONCE_LEN}")
     plaintext = MAGIC + _signed(nonce + MAGIC, server_key, signing_seed, counter, data,
                                 server_ipv4, body_len, padding)
     # unseal()'s layout in reverse: the plaintext after 2 * BOXZERO_LEN zero
@@ -218,13 +208,11 @@ def build_packet2(server_public: bytes, signing_seed: bytes, counter: int, data:
 
 def unseal(length: int, head: bytes, box, opened, server_key: bytes | None,
            keys2: Iterable[tuple[bytes, bytes]] = ()) -> str | Unsealed:
-    """The receiver's steps up to the seal, on a datagram of `length` bytes:
-    head is its first NONCE_LEN bytes; box BOXZERO_LEN zero bytes, then the
-    rest, as crypto_secretbox_open wants it (a cffi pointer into a receive
-    buffer, so the hot path checks a datagram where it lies and makes no
-    Python object of it until a MAC holds); opened a cffi buffer as long as
-    box. server_key: v1's (None: v1 is off); keys2: v2's (public, private)
-    pairs. A reason, or what the seal held."""
+    """The receiver's steps up to the seal on a datagram of `length` bytes: a
+    reason, or what the seal held. head: its first NONCE_LEN bytes; box: a cffi
+    pointer to BOXZERO_LEN zero bytes and the rest, where the datagram lies (no
+    Python object is made of it until a MAC holds); opened: a buffer as long.
+    server_key: v1's (None: v1 off); keys2: v2's (public, private) pairs."""
     if head[:len(MAGIC2)] == MAGIC2:
         if not MIN_PACKET2 <= length <= MAX_PACKET2:
             return SIZE
@@ -259,7 +247,7 @@ def _verify(prefix: bytes, signpub: bytes, sig: bytes, counter_and_body: bytes,
     """True if sig is signpub's over the packet for one of server_ips."""
     # crypto_sign_open (what PyNaCl's VerifyKey.verify calls) takes signature
     # then message in one buffer; NULL: no copy out; a bad signature is its -1.
-    if len(signpub) != SIGNPUB_LEN:  # libsodium reads SIGNPUB_LEN bytes, whatever it is given
+    if len(signpub) != KEY_LEN:  # libsodium reads KEY_LEN bytes, whatever it is given
         return False
     for server_ip in server_ips:
         signed = sig + prefix + signpub + counter_and_body + server_key + server_ip
@@ -287,23 +275,20 @@ def open_plaintext(unsealed: Unsealed, last_counter: Callable[[bytes], int | Non
     as packed bytes (v1 signs only the IPv4 ones)."""
     plaintext = unsealed.plaintext
     if unsealed.version == 1:
-        if plaintext[:SIGNPUB_AT] != MAGIC:
+        if plaintext[:len(MAGIC)] != MAGIC:
             return Rejected(MAGIC_MISMATCH)
-        prefix, plaintext = unsealed.nonce + MAGIC, plaintext[SIGNPUB_AT:]
+        prefix, plaintext = unsealed.nonce + MAGIC, plaintext[len(MAGIC):]
         server_ips = [ip for ip in server_ips if len(ip) == 4]
     else:
         prefix, server_ips = MAGIC2, [address16(ip) for ip in server_ips]
-    # Offsets in SIGNPUB || SIG || COUNTER || DATA_LEN || DATA_PLUS_PADDING.
-    sig_at, counter_at, data_len_at, body_at = (
-        at - SIGNPUB_AT for at in (SIG_AT, COUNTER_AT, DATA_LEN_AT, HEADER_LEN))
-    signpub = plaintext[:sig_at]
+    signpub = plaintext[:SIG_AT]
     last = last_counter(signpub)
-    counter = int.from_bytes(plaintext[counter_at:data_len_at], "big")
+    counter = int.from_bytes(plaintext[COUNTER_AT:DATA_LEN_AT], "big")
     # The signature is checked whatever the client and counter steps decide,
     # and the reasons are still given in receiver order: a packet that claims a
     # key costs the same whether that key is configured and whatever its stored
     # counter, so no one who gets this far learns either from the verifier's time.
-    signed = _verify(prefix, signpub, plaintext[sig_at:counter_at], plaintext[counter_at:],
+    signed = _verify(prefix, signpub, plaintext[SIG_AT:COUNTER_AT], plaintext[COUNTER_AT:],
                      unsealed.server_key, server_ips)
     if last is None:
         return Rejected(UNKNOWN_CLIENT, signpub)
@@ -311,8 +296,8 @@ def open_plaintext(unsealed: Unsealed, last_counter: Callable[[bytes], int | Non
         return Rejected(REPLAY, signpub)
     if not signed:
         return Rejected(SIGNATURE, signpub)
-    data_len = int.from_bytes(plaintext[data_len_at:body_at], "big")
-    body = plaintext[body_at:]
+    data_len = int.from_bytes(plaintext[DATA_LEN_AT:BODY_AT], "big")
+    body = plaintext[BODY_AT:]
     if data_len > len(body):
         return Rejected(DATA_LENGTH, signpub)
     return Accepted(signpub, counter, body[:data_len])

@@ -8,6 +8,7 @@ answers a chosen status byte.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -30,7 +31,7 @@ def handle(verifier, packet: bytes, source, dest) -> None:
     box = ffi.from_buffer(bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:])
     opened = ffi.new("unsigned char[]", len(box))
     unsealed = protocol.unseal(len(packet), packet[:protocol.NONCE_LEN], box, opened,
-                               verifier.key)
+                               verifier.keys.v1, verifier.keys.v2)
     if isinstance(unsealed, str):
         verifier.log.drop(unsealed)
         return
@@ -38,18 +39,35 @@ def handle(verifier, packet: bytes, source, dest) -> None:
 
 
 class Keys:
-    """A fresh server key (in a file) and client seeds for alice, bob and mallory."""
+    """A fresh server key (in a file) and client seeds for alice, bob and mallory;
+    with same_port, the server key and a v2 private key of one knock port (drawn
+    once per test session: that takes seconds), else a v2 key of its own port."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, same_port: bool = False):
         self.dir = directory
-        self.server = keys.new_server_key()
+        if same_port:
+            self.server, self.private = same_port_keys()
+        else:
+            self.server, self.private = keys.new_server_key(), keys.new_private_key()
         self.server_file = directory / "server.key"
         keys.write_secret(self.server_file, self.server)
+        self.private_file = directory / "private.key"
+        keys.write_secret(self.private_file, self.private)
         self.port = protocol.knock_port(self.server)
+        self.public2 = protocol.public_key(self.private)
+        self.port2 = protocol.knock_port(self.public2)
         self.seeds = {name: os.urandom(32) for name in ("alice", "bob", "mallory")}
 
     def public(self, name: str) -> str:
         return keys.public_of(self.seeds[name]).hex()
+
+
+@functools.lru_cache(maxsize=None)
+def same_port_keys() -> tuple[bytes, bytes]:
+    """(v1 server key, v2 private key) of one knock port, as `gnocchi keygen --private
+    --same-port-as` draws them."""
+    server = keys.new_server_key()
+    return server, keys.new_private_key(protocol.knock_port(server))
 
 
 def write_config(tmp_path: Path, k: Keys, helper_socket: str, extra: str = "",
@@ -91,14 +109,25 @@ def knock(k: Keys, client: str, counter: int, data: bytes, server_ip: str,
                                  socket.inet_aton(server_ip))
 
 
-class Daemon:
-    """`systemd-socket-activate -d -l ADDR gnocchi serve ...` in the server namespace."""
+def knock2(k: Keys, client: str, counter: int, data: bytes, server_ip: str,
+           public: bytes | None = None) -> bytes:
+    """A v2 knock to k's v2 key (or public), for server_ip (IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in server_ip else socket.AF_INET
+    return protocol.build_packet2(public or k.public2, k.seeds[client], counter, data,
+                                  socket.inet_pton(family, server_ip))
 
-    def __init__(self, net: Net, config: Path, listen: str, *args: str, stderr: Path,
-                 env: tuple[str, ...] = ()):
+
+class Daemon:
+    """`systemd-socket-activate -d -l ADDR [-l ADDR2] gnocchi serve ...` in the server
+    namespace."""
+
+    def __init__(self, net: Net, config: Path, listen: str | list[str], *args: str,
+                 stderr: Path, env: tuple[str, ...] = ()):
         self.stderr_path = stderr
         self.stderr = open(stderr, "wb")
-        argv = ["systemd-socket-activate", "-d", "-l", listen, "-E", f"PYTHONPATH={REPO}",
+        listens = [listen] if isinstance(listen, str) else listen  # one per knock port
+        argv = ["systemd-socket-activate", "-d", *(a for l in listens for a in ("-l", l)),
+                "-E", f"PYTHONPATH={REPO}",
                 *(f"-E{e}" for e in env),
                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(config), *args]
         self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,

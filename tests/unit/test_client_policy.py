@@ -9,7 +9,7 @@ import pytest
 from support import HelperRecorder, Keys
 from support.verifier import handle
 
-from gnocchi.server import config, counters, events, verifier
+from gnocchi.server import config, counters, events, keyring, verifier
 from gnocchi.shared import protocol
 
 UTC = datetime.timezone.utc
@@ -60,7 +60,7 @@ class Stack:
         counters.create(str(tmp_path))
         self.store = counters.Store(str(tmp_path)).load()
         self.clock = datetime.datetime(2026, 6, 1, tzinfo=UTC)
-        self.v = verifier.Verifier(cfg, self.k.server, self.store,
+        self.v = verifier.Verifier(cfg, keyring.Keyring(self.k.server, ()), self.store,
                                    events.EventLog(send=self.sent.append), now=lambda: self.clock)
         self.dst = ipaddress.IPv4Address("198.18.3.2")
         self.counter = 0

@@ -112,7 +112,7 @@ def test_sequence():
 def opened_body(packet: bytes) -> bytes:
     """DATA_PLUS_PADDING of a v2 knock, opened with PyNaCl's sealed box."""
     plaintext = SealedBox(PrivateKey(PRIVATE)).decrypt(packet[protocol.HEAD_LEN:])
-    return plaintext[protocol.HEADER_LEN - protocol.SIGNPUB_AT:]
+    return plaintext[protocol.BODY_AT:]
 
 
 @pytest.mark.parametrize("vector", [v for v in VECTORS["vectors"] if v["expect"] == "accept"],
