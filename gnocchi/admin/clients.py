@@ -238,6 +238,32 @@ Host {host}
 """
 
 
+def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | None:
+    """The one line the client runs (docs/client.md, "Onboarding in one line"), when
+    this server has a v2 key; None for a v1-only server."""
+    if not cfg.private_key_file:
+        return None
+    from gnocchi.shared import onboarding
+    client = next(c for c in cfg.clients if c.name == name)
+    request = f"open {client.allow[0].port}/{client.allow[0].proto}" if client.allow else ""
+    try:
+        public = keys.load_private_key(cfg.private_key_file)[0]
+    except keys.KeyFileError as e:
+        raise EditError(f"the client is added, but no line can be made: {e}") from None
+    try:
+        line = onboarding.make_line(host, public, request)
+    except ValueError as e:
+        raise EditError(f"the client is added, but --host {e}; run add-client again with "
+                        "another --host after remove-client") from None
+    return f"""\
+# ---- client {name}: run this one line on {name}'s machine (nothing in it is secret) ----
+gnocchi-knock --add '{line}'
+# It writes a knock.toml profile and a ~/.ssh/config block; `ssh {host}` then knocks by
+# itself. The line carries this server's public key and its fingerprint
+# {keys.fingerprint(public)}, which `gnocchi-knock -v` shows with each knock.
+"""
+
+
 def host_name(text: str) -> str:
     """A host name or address as it may appear in the printed files."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}", text):
@@ -277,7 +303,8 @@ def main(argv: list[str]) -> int:
             cfg = add(args.config, args.name, args.public_key, args.allow)
             print(f"gnocchi {command}: added [clients.{args.name}] to {args.config}; "
                   f"{reload_verifier()}", file=sys.stderr)
-            print(client_files(cfg, args.name, host), end="")
+            print(onboarding_line(cfg, args.name, host) or client_files(cfg, args.name, host),
+                  end="")
         else:
             remove(args.config, args.name)
             print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}; "

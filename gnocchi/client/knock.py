@@ -278,6 +278,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keygen", nargs="?", const="", metavar="FILE",
                    help="make a client key instead of knocking (default "
                         "~/.config/gnocchi/client.key) and print its public key")
+    p.add_argument("--add", metavar="LINE",
+                   help="instead of knocking, write the profile and the ~/.ssh/config block "
+                        "of the server's onboarding line ('gnocchi://...', from `gnocchi "
+                        "add-client`)")
+    p.add_argument("--ssh-config", metavar="FILE", default=None,
+                   help="--add: ssh's config to add the Host block to (default ~/.ssh/config;"
+                        " '' for none)")
     return p
 
 
@@ -361,6 +368,17 @@ def main(argv=None) -> int:
             print(keys.create_client_key(path).hex())
             print(f"gnocchi-knock: made {path}; give the public key above to the server's admin "
                   "(gnocchi add-client NAME PUBKEY)", file=sys.stderr)
+            return 0
+        if args.add is not None:  # onboarding: no knock
+            from gnocchi.client import onboard
+            ssh_config = (os.path.join(os.path.expanduser("~"), ".ssh", "config")
+                          if args.ssh_config is None else args.ssh_config)
+            try:
+                done = onboard.add(args.add, args.config or profile.default_config_path(),
+                                   args.client_key_file, ssh_config)
+            except (onboard.AddError, OSError) as e:
+                raise KnockError(str(e)) from None
+            print(f"gnocchi-knock: {done}", file=sys.stderr)
             return 0
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")
