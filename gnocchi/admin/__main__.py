@@ -14,6 +14,7 @@ COMMANDS = {
     "port": ("gnocchi.admin.keygen", "print the knock port of a server key"),
     "add-client": ("gnocchi.admin.clients", "add a client to gnocchi.toml; print its knock.toml and ssh config"),
     "remove-client": ("gnocchi.admin.clients", "remove a client from gnocchi.toml"),
+    "rotate-key": ("gnocchi.admin.rotate", "a next v2 server key beside the current one; --finish; --lines"),
     "setup": ("gnocchi.admin.setup", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.server.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "run-action": ("gnocchi.server.action_runner", "run one action (started by gnocchi-action.socket)"),

@@ -156,7 +156,31 @@ def report(config_path: str) -> tuple[int, list[str]]:
                      + "".join(f"\n  {d}" for d in decisions))
     if trial := trial_line():
         lines.insert(1, trial)
+    if rotation := rotation_line(config_path):
+        lines.insert(1 + bool(trial), rotation)
     return status, lines
+
+
+def rotation_line(config_path: str, now=None) -> str | None:
+    """A key rotation under way (`gnocchi rotate-key`): until when both keys open
+    knocks, or that the overlap is over and the old key is refused."""
+    import datetime
+    from gnocchi.server import config as server_config
+    try:
+        cfg = server_config.load(config_path)
+    except server_config.ConfigError:
+        return None
+    if cfg.rotation_ends is None:
+        return None
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if now < cfg.rotation_ends:
+        left = cfg.rotation_ends - now
+        return (f"gnocchi: ROTATION: the next key ({cfg.next_private_key_file}) and the current "
+                f"one both open knocks until {cfg.rotation_ends.isoformat()} ({left.days} days "
+                f"{left.seconds // 3600} h left); then gnocchi rotate-key --finish")
+    return (f"gnocchi: ROTATION OVERLAP OVER since {cfg.rotation_ends.isoformat()}: knocks with "
+            f"the old key ({cfg.private_key_file}) are refused; finish: gnocchi rotate-key "
+            "--finish")
 
 
 def flood_line(limited: list | None, ports: int | list[int]) -> str:

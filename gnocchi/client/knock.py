@@ -107,28 +107,36 @@ class Knock:
 
     def __init__(self, host: str, server_key_file, client_key_file, state_dir,
                  sign_ip: str | None, request: bytes, server_public: bytes | None = None,
-                 family: int = socket.AF_UNSPEC):
-        # v2 seals to the public key, v1 to the shared key; both name the knock port.
-        self.server_key = server_public or keys.load_server_key(server_key_file)
+                 family: int = socket.AF_UNSPEC, next_public: bytes | None = None):
+        # v2 seals to the public key, v1 to the shared key; each names its knock port.
+        # During a rotation the next key first: the server takes it from the start of
+        # the overlap; the current one is --proxy's fallback (a rotation undone).
         self.v2 = server_public is not None
+        self.server_keys = ([k for k in (next_public, server_public) if k] if self.v2
+                            else [keys.load_server_key(server_key_file)])
         self.seed = keys.load_secret(client_key_file)
-        self.port = protocol.knock_port(self.server_key)
+        self.state_dir = state_dir
+        self.use(self.server_keys[0])
         self.targets = resolve(host, self.port, not self.v2 and sign_ip is None, family)
         self.family, self.address = self.targets[0]
         self.sign_ip = sign_ip
-        self.counter_file = client_counter.counter_path(state_dir, self.server_key,
-                                                        keys.public_of(self.seed))
         self.request = request
+
+    def use(self, server_key: bytes) -> None:
+        self.server_key, self.port = server_key, protocol.knock_port(server_key)
+        self.counter_file = client_counter.counter_path(self.state_dir, server_key,
+                                                        keys.public_of(self.seed))
 
     def describe(self, counter: int) -> str:
         what = "v2, server public key" if self.v2 else "server key"
         return (f"knocked {self.address} port {self.port} ({what} "
                 f"{keys.fingerprint(self.server_key)}, counter {counter}")
 
-    def send(self, target: tuple[int, str] | None = None) -> int:
+    def send(self, target: tuple[int, str] | None = None, server_key: bytes | None = None) -> int:
         """Take a counter, store it, then send to target (default: the first
-        address); returns the counter."""
+        address) with server_key (default: the first); returns the counter."""
         self.family, self.address = target or self.targets[0]
+        self.use(server_key or self.server_keys[0])
         counter = client_counter.take_counter(self.counter_file)
         signed = self.sign_ip or self.address
         if self.v2:
@@ -184,7 +192,8 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
         # As ssh would: its addresses in order, each knocked, then connected to.
-        counter = knock.send(knock.targets[(attempt - 1) % len(knock.targets)])
+        counter = knock.send(knock.targets[(attempt - 1) % len(knock.targets)],
+                             knock.server_keys[(attempt - 1) % len(knock.server_keys)])
         say(f"{knock.describe(counter)}, attempt {attempt}/{attempts})")
         try:
             conn = socket.create_connection((knock.address, port), timeout=timeout)
@@ -332,6 +341,8 @@ def build(args) -> Knock:
     server_public = (profile.parse_public_key(args.server_public_key, "--server-public-key")
                      if args.server_public_key else None if args.server_key_file
                      else prof.server_public_key if prof else None)
+    next_public = (prof.next_server_public_key if prof and server_public
+                   and server_public == prof.server_public_key else None)
     if not host:
         raise KnockError("no server: give HOST, or a profile with host = ... (docs/client.md)")
     if not server_key_file and not server_public:
@@ -351,7 +362,7 @@ def build(args) -> Knock:
         raise
     state_dir = args.state_dir or client_counter.default_state_dir()
     return Knock(host, server_key_file, client_key_file, state_dir,
-                 sign_ip, request, server_public, args.family)
+                 sign_ip, request, server_public, args.family, next_public)
 
 
 def main(argv=None) -> int:

@@ -58,6 +58,9 @@ def profile_text(o: onboarding.Onboarding, client_key_file: str) -> str:
              f"server_public_key = \"{o.public.hex()}\"  # fingerprint "
              f"{keys.fingerprint(o.public)}, knock port {o.port}",
              f"client_key_file = {toml_string(client_key_file)}"]
+    if o.next_public:
+        lines.append(f"next_server_public_key = \"{o.next_public.hex()}\"  # fingerprint "
+                     f"{keys.fingerprint(o.next_public)}: a rotation's next key, knocked with")
     if o.request:
         lines.append(f"request = {toml_string(o.request)}")
     return "\n".join(lines) + "\n"

@@ -32,11 +32,11 @@ class ProfileError(Exception):
 # start several milliseconds. name, host, sign_ip, request: str; the key
 # files: pathlib.Path; each but name None when the profile does not set it.
 Profile = namedtuple("Profile", "name host server_key_file client_key_file sign_ip request "
-                     "server_public_key", defaults=(None,) * 6)
+                     "server_public_key next_server_public_key", defaults=(None,) * 7)
 
 
 _STRING_KEYS = ("host", "server_key_file", "client_key_file", "sign_ip", "request",
-                "server_public_key")
+                "server_public_key", "next_server_public_key")
 
 
 def default_config_path() -> str:
@@ -75,9 +75,12 @@ def _profile(where: checked_toml.Where, name: str, table) -> Profile:
         if k in values:
             # relative to the config file, so a profile works from any directory
             values[k] = Path(where.path).parent / Path(values[k]).expanduser()
-    if "server_public_key" in values:
-        values["server_public_key"] = parse_public_key(
-            values["server_public_key"], f"{where.path}: {key}.server_public_key")
+    for k in ("server_public_key", "next_server_public_key"):
+        if k in values:
+            values[k] = parse_public_key(values[k], f"{where.path}: {key}.{k}")
+    if "next_server_public_key" in values and "server_public_key" not in values:
+        raise where.error(f"{key}.next_server_public_key", "goes with server_public_key "
+                          "(a rotation's next key beside the current one)")
     if "sign_ip" in values:
         values["sign_ip"] = parse_sign_ip(values["sign_ip"], f"{where.path}: {key}.sign_ip",
                                           "server_public_key" in values)

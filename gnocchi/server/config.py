@@ -90,6 +90,8 @@ class Config:
     action_socket: str = DEFAULTS["action_socket"]
     v1: bool = True                           # accept v1 knocks (server_key_file)
     private_key_file: Optional[str] = None    # v2's server private key; None: no v2
+    next_private_key_file: Optional[str] = None  # a rotation's next key (`gnocchi rotate-key`)
+    rotation_ends: Optional[datetime.datetime] = None  # aware; private_key_file refused then
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -146,11 +148,12 @@ def parse(doc: dict, where: _Where) -> Config:
                   **_key_settings(where, doc))
 
 
-KEY_SETTINGS = ("v1", "private_key_file")
+KEY_SETTINGS = ("v1", "private_key_file", "next_private_key_file", "rotation_ends")
 
 
 def _key_settings(where: _Where, doc: dict) -> dict:
-    """Which knock versions the server takes, and v2's key (docs/PROTOCOL.md)."""
+    """Which knock versions the server takes, and v2's keys (docs/PROTOCOL.md): the
+    private key, and during a rotation the next one and when the overlap ends."""
     v1 = doc.get("v1", True)
     if not isinstance(v1, bool):
         raise where.error("v1", f"must be true or false, not {checked_toml.kind(v1)}")
@@ -160,7 +163,17 @@ def _key_settings(where: _Where, doc: dict) -> dict:
     if not v1 and private is None:
         raise where.error("v1", "is false, but there is no private_key_file: no knock could "
                           "get in; make a v2 key (gnocchi keygen --private FILE) first")
-    return {"v1": v1, "private_key_file": private}
+    rotation = {k: doc.get(k) for k in ("next_private_key_file", "rotation_ends")}
+    given = [v is not None for v in rotation.values()]
+    if any(given) and not (all(given) and private is not None):
+        raise where.error("next_private_key_file", "a rotation needs private_key_file, "
+                          "next_private_key_file and rotation_ends together (gnocchi "
+                          "rotate-key writes them)")
+    if rotation["next_private_key_file"] is not None:
+        rotation["next_private_key_file"] = where.path_string(
+            rotation["next_private_key_file"], "next_private_key_file")
+        rotation["rotation_ends"] = _expiry(where, rotation["rotation_ends"], "rotation_ends")
+    return {"v1": v1, "private_key_file": private, **rotation}
 
 
 def _action(where: _Where, name: str, value) -> Action:

@@ -67,7 +67,9 @@ class Verifier:
                 len(ip) == 4 for ip in server_ips))
             return
         client = self.clients[result.client_key]
-        if why := knock_socket.unknockable(source) or client.refusal(source, self.now()):
+        now = self.now()
+        if why := (knock_socket.unknockable(source) or client.refusal(source, now)
+                   or keyring.refusal(self.keys, unsealed.server_key, now)):
             # The source rule and the client's own policy, first: a stolen key used
             # from elsewhere costs no write, spends nothing (not even in memory, so
             # it cannot raise the real client's counter), and its entries share the

@@ -191,3 +191,34 @@ def test_proxy_knocks_and_connects_over_ipv6(setup):
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hi"
     verify2(setup.receive(socket.AF_INET6, timeout=0), setup.public, setup.private, "::1")
+
+
+def test_a_profile_with_a_rotations_next_key_knocks_with_it_then_falls_back(setup):
+    """The next key first (the server takes it from the start of the overlap); when
+    --proxy's connect fails, the next attempt uses the current key (a rotation undone)."""
+    for _ in range(20):
+        next_private = os.urandom(32)
+        next_public = sodium.crypto_scalarmult_base(next_private)
+        if knock_port(next_public) > 1024 and knock_port(next_public) != knock_port(setup.public):
+            catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                catcher.bind((LOOPBACK, knock_port(next_public)))
+                break
+            except OSError:
+                catcher.close()
+    else:
+        pytest.fail("no free port for the next key")
+    config = setup.tmp / "knock.toml"
+    config.write_text(f'[profiles.work]\nhost = "{LOOPBACK}"\nclient_key_file = "client.key"\n'
+                      f'server_public_key = "{setup.public.hex()}"\n'
+                      f'next_server_public_key = "{next_public.hex()}"\n')
+    with catcher, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as refusing:
+        refusing.bind((LOOPBACK, 0))  # bound, not listening: each connect is refused
+        out = setup.knock("--config", config, "--attempts", "2", "--connect-timeout", "1",
+                          "--proxy", LOOPBACK, str(refusing.getsockname()[1]), host=None,
+                          public=False)
+        assert out.returncode == 1 and b"after 2 knocks" in out.stderr
+        assert select.select([catcher], [], [], 5)[0]
+        first = verify2(catcher.recv(2048), next_public, next_private, LOOPBACK)
+    second = verify2(setup.receive(), setup.public, setup.private, LOOPBACK)
+    assert first.client == second.client == setup.client_public
