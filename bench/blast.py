@@ -54,7 +54,8 @@ def write_pool(path, datagrams) -> None:
 
 
 def read_pool(path) -> list[bytes]:
-    data, out, i = open(path, "rb").read(), [], 0
+    with open(path, "rb") as f:
+        data, out, i = f.read(), [], 0
     while i < len(data):
         (n,) = struct.unpack_from("!H", data, i)
         out.append(data[i + 2:i + 2 + n])
@@ -95,7 +96,7 @@ def main() -> int:
     n = len(pool)
     buffers = [ctypes.create_string_buffer(d, len(d)) for d in pool]
     iovs = (iovec * n)(*[iovec(ctypes.cast(b, ctypes.c_void_p), len(d))
-                         for b, d in zip(buffers, pool)])
+                         for b, d in zip(buffers, pool, strict=True)])
     msgs = (mmsghdr * (2 * n))()
     for i in range(2 * n):
         msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i % n])

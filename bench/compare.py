@@ -1,6 +1,7 @@
 """gnocchi beside fwknopd on this machine, side by side: one command.
 
-    /usr/bin/python3 bench/compare.py [--reps N] [--phases LIST] [--client-checkout DIR] [--protocol 2]
+    /usr/bin/python3 bench/compare.py [--reps N] [--phases LIST] [--client-checkout DIR]
+                                      [--protocol 2]
 
 Run as root from a checkout; installs what it needs from Debian (fwknop-server,
 fwknop-client, iptables, ...). Builds two network namespaces (bench/lab.py),
@@ -47,9 +48,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import blast  # noqa: E402
-from lab import (SPOOFED, Lab, Prober, RulesetWatch, Service, cpu_seconds,  # noqa: E402
-                 fs_type, memory_kib, summary)
+import blast
+from lab import (SPOOFED, Lab, Prober, RulesetWatch, Service, cpu_seconds,
+                 fs_type, memory_kib, read, summary)
 
 PACKAGES = ["fwknop-server", "fwknop-client", "iptables", "nftables", "iproute2", "systemd",
             "util-linux", "python3-nacl", "python3-nftables", "python3-systemd"]
@@ -66,7 +67,8 @@ WINDOW = 32              # sustained: knocks outstanding at most (far below a fu
 SUSTAINED_SECONDS = 2.5
 SUSTAINED_FWKNOPD = 400  # fwknopd decides ~150 a second here; its client makes them
 FLOOR = ("import socket, sys, nacl.bindings\n"
-         "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', (sys.argv[1], int(sys.argv[2])))")
+         "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+         ".sendto(b'x', (sys.argv[1], int(sys.argv[2])))")
 
 
 def note(text: str) -> None:
@@ -512,8 +514,8 @@ def knock_row(results: dict, names, judged: bool) -> list:
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), platform.processor())
+    cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor())
     return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}"
 
 
@@ -550,7 +552,7 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.default_int_handler)
     started = time.monotonic()
-    load = " ".join(open("/proc/loadavg").read().split()[:3])  # others' load makes noise
+    load = " ".join(read("/proc/loadavg").split()[:3])  # others' load makes noise
     work = work_directory()
     lab = Lab()
     bench = None

@@ -1,11 +1,13 @@
 """Not a test: a measurement (issue 9, item 1). The leaked-server-key flood:
 packets sealed with the real server key, claiming a configured client, with a
 canonical-S signature that does not verify (each costs the verifier a full
-Ed25519 check), from one source or from many spoofed ones (198.19.0.0/16),
-at a paced rate, against the real verifier, helper and table in namespaces.
-Mid-flood, a client on another address knocks once (KNOCKS times, each a
-fresh knock); a knock "opens on its first try" when a connection from that
-address to port 22 succeeds within 100 ms of sending it.
+Ed25519 check: bench/systems.py's Gnocchi.costly), from one source or from
+many spoofed ones (198.19.0.0/16), at a paced rate, against the real
+verifier, helper and table, run as the units run them (bench/systems.py) in
+the bench's namespaces (bench/lab.py). Mid-flood, the client's own address
+knocks once (KNOCKS times, each a fresh knock); a knock "opens on its first
+try" when a connection from that address to port 22 succeeds within 100 ms
+of sending it.
 
     /usr/bin/python3 bench/flood_measure.py [--no-limit] [CASE ...]
 
@@ -25,14 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # gnocchi and the tests' scaffold
-
-from nacl.secret import SecretBox  # noqa: E402
-
-from gnocchi.shared import protocol  # noqa: E402
-from support import (PYTHON, REPO, Daemon, EchoServices, Helper, Keys, Net, inside, knock,  # noqa: E402
-                     load_table, write_config)
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
+from lab import Lab, Service
+from systems import PY, REPO, Gnocchi
 
 FLOOD_SECONDS, WARMUP, KNOCKS, FIRST_TRY = 6.0, 0.5, 9, 0.100
 CASES = ["1:2000", "1:10000", "1:0", "4096:1000", "4096:2000", "4096:4000", "4096:8000",
@@ -81,45 +78,26 @@ def frame(src: str, dst: str, port: int, payload: bytes) -> bytes:
     return head + udp
 
 
-def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
-    sig = os.urandom(protocol.SIG_LEN - 1) + bytes([os.urandom(1)[0] & 0x0F])
-    body = (protocol.MAGIC + claimed + sig + counter.to_bytes(protocol.COUNTER_LEN, "big")
-            + (7).to_bytes(2, "big") + b"open 22" + os.urandom(9))
-    return bytes(SecretBox(server_key).encrypt(body, os.urandom(protocol.NONCE_LEN)))
-
-
-def opened_within(net: Net, src: str, limit: float) -> float | None:
+def opened_within(lab: Lab, src: str, limit: float) -> float | None:
     """Seconds until a connection from src to port 22 works, trying every 10 ms."""
     start = time.monotonic()
     while time.monotonic() - start < limit:
-        with inside(net.client):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with s:
+        with lab.client.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((src, 0))
             s.settimeout(0.01)
             try:
-                s.connect((net.server.ip, 22))
+                s.connect((lab.server.ip, 22))
                 return time.monotonic() - start
-            except (TimeoutError, socket.timeout, OSError):
+            except OSError:  # TimeoutError too
                 continue
     return None
 
 
-def udp_counters(net: Net) -> tuple[int, int]:
+def udp_counters(lab: Lab) -> tuple[int, int]:
     """The server namespace's (InDatagrams, RcvbufErrors): what reached a socket, and
     what found its buffer full."""
-    lines = [l.split() for l in net.server.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if l.startswith("Udp:")]
-    row = dict(zip(lines[0][1:], map(int, lines[1][1:])))
+    row = lab.server.udp_counters()
     return row["InDatagrams"], row["RcvbufErrors"]
-
-
-def send_knock(net: Net, k: Keys, src: str, counter: int) -> None:
-    with inside(net.client):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with s:
-        s.bind((src, 0))
-        s.sendto(knock(k, "alice", counter, b"open 22", net.server.ip), (net.server.ip, k.port))
 
 
 def write_pool(path: Path, datagrams: list[bytes]) -> None:
@@ -128,53 +106,50 @@ def write_pool(path: Path, datagrams: list[bytes]) -> None:
 
 
 def run_case(sources: int, rate: float, limited: bool, blast: bool = False) -> str:
-    tmp = Path(tempfile.mkdtemp(prefix="gnocchi-flood-"))
-    with Net("fm") as net:
-        k = Keys(tmp)
-        load_table(net.server, tmp, knock_port=k.port if limited else None)
-        # Spoofed sources: the server must not drop them by reverse-path filtering.
-        net.server.run(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
-                        "net.ipv4.conf.gveth1.rp_filter=0"])
-        net.server.run(["ip", "route", "add", "198.19.0.0/16", "dev", "gveth1"])
-        knocker, warm = (net.client.ip.rsplit(".", 1)[0] + f".{i}" for i in (3, 4))
-        for ip in (knocker, warm):
-            net.client.run(["ip", "addr", "add", f"{ip}/24", "dev", "gveth0"])
-        helper = Helper(net.server, peer_user="root")
+    lab, g, service = Lab(), None, None
+    with tempfile.TemporaryDirectory(prefix="gnocchi-flood-") as work:
+        tmp = Path(work)
+        os.chmod(tmp, 0o755)  # the verifier (nobody) reads its config below
         try:
-            with EchoServices(net.server, tcp_ports=(22,)):
-                d = Daemon(net, write_config(tmp, k, str(helper.path)),
-                           f"{net.server.ip}:{k.port}", stderr=tmp / "daemon.err")
-                # One knock before the flood: the helper starts on its first request.
-                send_knock(net, k, warm, 1)
-                assert opened_within(net, warm, 5.0) is not None, d.text()
-                alice = bytes.fromhex(k.public("alice"))
-                addresses = ([net.client.ip] if sources == 1 else
-                             [f"198.19.{i // 256}.{i % 256}" for i in range(sources)])
-                frames = [frame(addresses[i % len(addresses)], net.server.ip, k.port,
-                                probe(k.server, alice, 10**12 + i)) for i in range(8192)]
-                random.shuffle(frames)
-                (tmp / "frames").write_text("\n".join(f.hex() for f in frames))
-                before = udp_counters(net)
-                if blast:  # bench/blast.py: sendmmsg(2), from the client's own address
-                    write_pool(tmp / "pool", [f[28:] for f in frames])
-                    argv = [PYTHON, str(REPO / "bench" / "blast.py"), net.client.ip,
-                            net.server.ip, str(k.port), str(tmp / "pool"), str(rate),
-                            str(FLOOD_SECONDS)]
-                else:
-                    argv = [PYTHON, "-c", SENDER, str(rate), str(FLOOD_SECONDS),
-                            str(tmp / "frames"), net.server.ip]
-                sender = net.client.popen(argv, stdout=subprocess.PIPE, text=True)
-                time.sleep(WARMUP)
-                times = []
-                for i in range(KNOCKS):
-                    send_knock(net, k, knocker, i + 2)
-                    times.append(opened_within(net, knocker, 0.5))
-                sent, seconds = sender.communicate(timeout=60)[0].split()
-                time.sleep(0.5)  # the verifier reads what is queued
-                read, full = (b - a for a, b in zip(before, udp_counters(net)))
-                d.stop()
+            # The lab routes 198.18.0.0/15 (198.19.0.0/16 spoofed sources too)
+            # to the link, so the server takes them whatever its rp_filter.
+            lab.open()
+            g = Gnocchi(lab, tmp)
+            g.arm(flood_limit=limited)
+            service = Service(lab.server)
+            g.start()  # the helper and the verifier, each woken by a first knock
+            g.reset()  # the warm-up knock's opening
+            flood = lab.flood_ip  # the client's own address knocks mid-flood
+            addresses = ([flood] if sources == 1 else
+                         [f"198.19.{i // 256}.{i % 256}" for i in range(sources)])
+            probes = g.costly()
+            frames = [frame(addresses[i % len(addresses)], lab.server.ip, g.port, probe)
+                      for i, probe in enumerate(probes)]
+            random.shuffle(frames)
+            (tmp / "frames").write_text("\n".join(f.hex() for f in frames))
+            before = udp_counters(lab)
+            if blast:  # bench/blast.py: sendmmsg(2), from one address
+                write_pool(tmp / "pool", [f[28:] for f in frames])
+                argv = [PY, str(REPO / "bench" / "blast.py"), flood, lab.server.ip,
+                        str(g.port), str(tmp / "pool"), str(rate), str(FLOOD_SECONDS)]
+            else:
+                argv = [PY, "-c", SENDER, str(rate), str(FLOOD_SECONDS), str(tmp / "frames"),
+                        lab.server.ip]
+            sender = lab.client.popen(argv, stdout=subprocess.PIPE, text=True)
+            time.sleep(WARMUP)
+            times = []
+            for _ in range(KNOCKS):
+                g.send(lab.client.ip, g.fresh_knocks(1)[0])
+                times.append(opened_within(lab, lab.client.ip, 0.5))
+            sent, seconds = sender.communicate(timeout=60)[0].split()
+            time.sleep(0.5)  # the verifier reads what is queued
+            read, full = (b - a for a, b in zip(before, udp_counters(lab), strict=True))
         finally:
-            helper.close()
+            if service is not None:
+                service.close()
+            if g is not None:
+                g.stop()
+            lab.close()
     first = sum(1 for t in times if t is not None and t <= FIRST_TRY)
     shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in times)
     achieved = int(sent) / float(seconds)

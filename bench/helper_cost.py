@@ -1,7 +1,7 @@
 """How much one request costs the root helper: the real helper (helper/, as
-tests/support's Helper starts it) in a network namespace of its own with
-nft/gnocchi.nft loaded (tcp 22 and udp 60001 protected), asked by the
-verifier's own client code.
+gnocchi-helper.service runs it: bench/systems.py's Gnocchi.start_helper) in
+the bench's server namespace (bench/lab.py) with nft/gnocchi.nft loaded (tcp
+22 and udp 60001 protected), asked by the verifier's own client code.
 
     /usr/bin/python3 bench/helper_cost.py [REQUESTS]     (as root; default 1000)
 
@@ -10,7 +10,7 @@ in one request. Each address is knocked twice (a new element, then a re-armed
 one), 200 addresses at a time, the knocked set flushed in between (it holds
 4096). Prints the round trip a verifier waits for (median, 90th percentile)
 and the helper's own CPU time per request (utime + stime from /proc, the
-steadier figure on a shared machine). Nothing runs outside the namespace but
+steadier figure on a shared machine). Nothing runs outside the namespaces but
 this process's connections to the helper's AF_UNIX socket. Then the
 libnftables calls alone, in-process in the namespace (helper/nft.py's Table):
 reading a protected set, one add that re-arms, add-delete-add.
@@ -24,35 +24,33 @@ import time
 from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
-from gnocchi.server import helper_client  # noqa: E402
-from gnocchi.shared.knock_request import Open  # noqa: E402
-from support import Helper, Net, inside, load_table  # noqa: E402
+sys.path[:0] = [HERE, os.path.join(HERE, "..")]
+from lab import Lab, cpu_seconds, read
+from systems import Gnocchi
+
+from gnocchi.server import helper_client
+from gnocchi.shared.knock_request import Open
 
 sys.path.insert(0, os.path.join(HERE, "..", "helper"))
-import nft  # noqa: E402  (helper/nft.py)
-import nftables  # noqa: E402
+import nft  # helper/nft.py
+import nftables
 
 BATCH = 200  # addresses per batch, each knocked twice: 800 elements at most
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def case(net, helper, opens, total: int) -> None:
+def case(g: Gnocchi, opens, total: int) -> None:
     first = int(ipaddress.ip_address("198.18.100.0"))
-    times, statuses, cpu0 = [], {}, cpu_seconds(helper.proc.pid)
+    pid = g.helper.pid
+    times, statuses, cpu0 = [], {}, cpu_seconds(pid)
     for i in range(total):
         if i % (2 * BATCH) == 0:
-            net.server.nft("flush", "set", "inet", "gnocchi", "knocked4")
+            g.reset()  # flush knocked4
         address = ipaddress.ip_address(first + (i // (2 * BATCH)) * BATCH + i % BATCH)
         t = time.perf_counter()
-        status = helper_client.request_open(str(helper.path), address, opens)
+        status = helper_client.request_open(str(g.helper_socket), address, opens)
         times.append(time.perf_counter() - t)
         statuses[status] = statuses.get(status, 0) + 1
-    cpu = cpu_seconds(helper.proc.pid) - cpu0
+    cpu = cpu_seconds(pid) - cpu0
     times.sort()
     print(f"{' + '.join(f'{o.port}/{o.proto}' for o in opens):20} {total} requests {statuses}: "
           f"round trip median {statistics.median(times) * 1e3:.3f} ms, "
@@ -60,9 +58,9 @@ def case(net, helper, opens, total: int) -> None:
           f"helper CPU {cpu / total * 1e3:.3f} ms a request")
 
 
-def calls(net, total: int) -> None:
+def calls(lab: Lab, total: int) -> None:
     """Each libnftables call the helper makes per request, timed in a loop."""
-    with inside(net.server):
+    with lab.server.inside():
         table = nft.Table(nftables.Nftables(), True)
         listing = {"list": {"set": {**nft.TABLE, "name": "protected_tcp"}}}
         cases = {"read protected_tcp": lambda i: table.apply(listing)}
@@ -83,18 +81,27 @@ def calls(net, total: int) -> None:
 
 def main() -> int:
     total = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    with Net("hc") as net, tempfile.TemporaryDirectory(prefix="gnocchi-bench-") as work:
-        load_table(net.server, Path(work), udp_ports=(60001,))
-        helper = Helper(net.server, peer_user="root")
+    lab, g = Lab(), None
+    with tempfile.TemporaryDirectory(prefix="gnocchi-bench-") as work:
         try:
-            assert "helper" in open(f"/proc/{helper.proc.pid}/cmdline").read(), "not the helper"
+            lab.open()
+            g = Gnocchi(lab, Path(work))
+            g.arm()  # protects tcp 22; and udp 60001:
+            lab.server.run("nft", "add", "element", "inet", "gnocchi", "protected_udp",
+                           "{ 60001 }")
+            g.start_helper(peer_user="root")  # this process asks
+            assert "helper" in read(f"/proc/{g.helper.pid}/cmdline"), "not the helper"
             ssh = [Open(22, "tcp")]
-            helper_client.request_open(str(helper.path), ipaddress.ip_address("198.18.99.1"), ssh)
-            case(net, helper, ssh, total)
-            case(net, helper, [*ssh, Open(60001, "udp")], total)
+            helper_client.request_open(str(g.helper_socket), ipaddress.ip_address("198.18.99.1"),
+                                       ssh)
+            case(g, ssh, total)
+            case(g, [*ssh, Open(60001, "udp")], total)
+            g.stop()
+            calls(lab, total)
         finally:
-            helper.close()
-        calls(net, total)
+            if g is not None:
+                g.stop()
+            lab.close()
     return 0
 
 

@@ -41,12 +41,13 @@ INSIDE = "GNOCCHI_HOT_PATH_NETNS"
 
 
 def udp_in() -> int:
-    lines = [line.split() for line in open("/proc/net/snmp") if line.startswith("Udp:")]
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Udp:")]
     return int(lines[1][lines[0].index("InDatagrams")])
 
 
 def memory() -> dict:
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
 
 

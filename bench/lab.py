@@ -36,6 +36,11 @@ SPOOFED = "198.19.0.0/16"      # raw-socket floods' sources (bench/blast.py spoo
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def run(*argv, check=True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
 
@@ -75,18 +80,19 @@ class Host:
         datagrams an application read (udp_recvmsg), RcvbufErrors those the
         full socket buffer dropped."""
         with self.inside():
-            lines = [l.split() for l in open("/proc/thread-self/net/snmp") if l.startswith("Udp:")]
-        return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+            lines = [line.split() for line in read("/proc/thread-self/net/snmp").splitlines()
+                     if line.startswith("Udp:")]
+        return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
 
 
 def remove_stale() -> None:
     """Namespaces left by a bench run that was killed (its pid is gone)."""
     for line in run("ip", "netns", "list").stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(PREFIX) and name[len(PREFIX):-1].isdigit():
-            if not os.path.exists(f"/proc/{name[len(PREFIX):-1]}"):
-                kill_inside(name)
-                run("ip", "netns", "del", name, check=False)
+        pid = name[len(PREFIX):-1]
+        if name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            kill_inside(name)
+            run("ip", "netns", "del", name, check=False)
 
 
 def kill_inside(name: str) -> None:
@@ -106,7 +112,7 @@ class Lab:
         self.sink_ip = f"{SUBNET}.4"
         self.sources = [f"{SOURCES_SUBNET}.{i}" for i in range(1, SOURCES + 1)]
 
-    def open(self) -> "Lab":
+    def open(self) -> Lab:
         remove_stale()
         try:
             for host in (self.client, self.server):
@@ -138,7 +144,7 @@ class Lab:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of pid and of its children it has waited for (fwknopd
     runs iptables as children), in seconds."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
@@ -146,7 +152,7 @@ def cpu_seconds(pid: int) -> float:
 def memory_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in KiB: resident now, and the peak."""
     values = {}
-    for line in open(f"/proc/{pid}/status"):
+    for line in read(f"/proc/{pid}/status").splitlines():
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0])
@@ -156,7 +162,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
 def fs_type(path: str) -> str:
     """The filesystem type holding path (from /proc/self/mountinfo, longest mount point)."""
     path, best, kind = os.path.realpath(path), "", "?"
-    for line in open("/proc/self/mountinfo"):
+    for line in read("/proc/self/mountinfo").splitlines():
         left, _, right = line.partition(" - ")
         mount = left.split()[4]
         if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gnocchi.server import counters
-from gnocchi.shared import durable  # noqa: E402
+from gnocchi.shared import durable
 
 
 def rate(seconds, step):

@@ -39,8 +39,8 @@ from lab import Lab, run
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gnocchi.server import counters, verifier
-from gnocchi.shared import keys, protocol  # noqa: E402  (it seals knocks itself)
-from nacl.secret import SecretBox  # noqa: E402
+from gnocchi.shared import keys, protocol  # it seals knocks itself
+from nacl.secret import SecretBox
 
 PY = "/usr/bin/python3"
 TABLE_FILE = REPO / "nft" / "gnocchi.nft"
@@ -61,7 +61,8 @@ ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
             'LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"')
 # gnocchi-knock as the package installs it (packaging/bin/gnocchi-knock):
 # `python3 -I`, the modules' directory put first on sys.path.
-LAUNCHER = "import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; sys.exit(main())"
+LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; "
+            "sys.exit(main())")
 SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.admin.__main__ import main; "
                   "sys.exit(main())")  # packaging/bin/gnocchi
 assert getattr(verifier, "RECENT", 0) < POOL, "bench: make POOL larger than verifier.RECENT"
@@ -81,7 +82,7 @@ class LogTail:
         self.classify = classify
         self.changed = threading.Condition()
         self.done = threading.Event()
-        self.file = open(path, encoding="utf-8", errors="replace")
+        self.file = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (close())
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
 
@@ -231,7 +232,9 @@ class Gnocchi:
         self.start_verifier()
         self.wake()
 
-    def start_helper(self) -> None:
+    def start_helper(self, peer_user: str = "nobody") -> None:
+        """The helper as gnocchi-helper.service runs it; it serves peer_user
+        (the verifier's user here; root when the bench itself asks)."""
         stop(self.helper, self.helper_log)
         self.helper_socket.unlink(missing_ok=True)
         path = log_file(self.work, "helper")
@@ -239,7 +242,7 @@ class Gnocchi:
             # `python3 -I helper` as gnocchi-helper.service runs it
             self.helper = self.lab.server.popen(
                 ["systemd-socket-activate", "--seqpacket", "-l", str(self.helper_socket),
-                 PY, "-I", str(REPO / "helper"), "--peer-user", "nobody", "--open-seconds", "30"],
+                 PY, "-I", str(REPO / "helper"), "--peer-user", peer_user, "--open-seconds", "30"],
                 stdout=subprocess.DEVNULL, stderr=log)
         self.helper_log = LogTail(path, _helper_event)
         for _ in range(100):
@@ -294,13 +297,13 @@ class Gnocchi:
 
     # -- firewall
 
-    def arm(self) -> None:
+    def arm(self, flood_limit: bool = True) -> None:
         # The file replaces the table whole, so no knock of an earlier run is left.
         # A table with a per-source limit on the knock port names that port in
         # set knock_port, which `gnocchi table load` fills from the server key
-        # in the same transaction: so does this.
+        # in the same transaction: so does this (unless told not to: no limit).
         text = TABLE_FILE.read_text()
-        if KNOCK_PORT_SET.search(text):
+        if flood_limit and KNOCK_PORT_SET.search(text):
             text += f"\nadd element inet gnocchi knock_port {{ {self.port} }}\n"
         self.lab.server.run("nft", "-f", "-", input=text)
 

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gnocchi.server import counters
-from gnocchi.shared import keys, protocol  # noqa: E402
+from gnocchi.shared import keys, protocol
 
 SERVER_IP = bytes([198, 18, 0, 2])
 

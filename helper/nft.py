@@ -14,7 +14,7 @@ def rearms(release: str) -> bool:
     # Linux 6.12 (commit 4201f3938914). Wrong either way, this fails closed: a
     # slower add, or an element that keeps its old, shorter expiry.
     version = re.match(r"(\d+)\.(\d+)", release)
-    return bool(version) and (int(version[1]), int(version[2])) >= (6, 12)
+    return version is not None and (int(version[1]), int(version[2])) >= (6, 12)
 
 
 class Table:
@@ -24,7 +24,7 @@ class Table:
         self.ctx, self.copies, self.rearms = ctx, {}, rearms
 
     def apply(self, *commands) -> tuple[dict, str]:
-        """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, error)."""
+        """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, err)."""
         rc, out, err = self.ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}},
                                                        *commands]})
         return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
@@ -51,7 +51,7 @@ class Table:
         return missing, ""
 
     def add(self, address, opens, timeout: int) -> str:
-        """(address . proto . port) for each of opens, in one transaction; libnftables' error or ""."""
+        """(address . proto . port) for each of opens, one transaction; libnftables' error or ""."""
         elems = [{"val": {"concat": [str(address), proto, port]}} for proto, port in opens]
         if self.rearms:  # one add; "expires" re-arms an element already there
             return self.apply(command("add", address.version, elems, timeout=timeout,

@@ -23,8 +23,8 @@ MAX_SIZE = HEADER.size + MAX_PORTS * ENTRY.size
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
 # IPv6 sources that embed an IPv4 address (mapped, compatible, 6to4, Teredo,
 # NAT64): an element for one would stand for an address that never knocked.
-EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
+EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96",
+    "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 # address: IPv4Address or IPv6Address; opens: ((proto, port), ...), "tcp" or "udp",

@@ -59,8 +59,8 @@ def test_both_sides_give_the_format_the_same_names(name):
 @given(st.one_of(st.ip_addresses(), st.sampled_from([
     "0.1.2.3", "127.0.0.1", "224.0.0.1", "255.255.255.255", "240.0.0.1", "169.254.1.1",
     "198.18.3.1", "::", "::1", "ff02::1", "fe80::1", "fec0::1", "fd00::1", "::ffff:198.18.3.1",
-    "::198.18.3.1", "::ffff:0:c612:301", "2002:c612:301::1", "2001::1", "64:ff9b::1", "64:ff9b:1::1"]).map(
-    ipaddress.ip_address)))
+    "::198.18.3.1", "::ffff:0:c612:301", "2002:c612:301::1", "2001::1", "64:ff9b::1",
+    "64:ff9b:1::1"]).map(ipaddress.ip_address)))
 def test_both_sides_refuse_the_same_sources(address):
     assert (knock_socket.unknockable(address) is None) == \
         (helper_request.unknockable(address) is None)

@@ -86,3 +86,21 @@ def test_the_helper_imports_only_the_stdlib_nftables_and_systemd():
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top in own | {"nftables", "systemd"}, \
                     f"{path.name} imports {name}"
+
+
+def test_the_bench_imports_nothing_from_tests():
+    """bench/ runs the real daemons with its own lab (bench/lab.py, bench/systems.py):
+    the tests can change their scaffold without breaking a measurement."""
+    test_modules = {p.stem for p in (REPO / "tests").rglob("*.py")} | {"support", "conftest"}
+    for path in sorted((REPO / "bench").glob("*.py")):
+        text = path.read_text()
+        assert "tests" not in text, f"bench/{path.name} names tests/"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not {n.split(".")[0] for n in names} & test_modules, \
+                f"bench/{path.name} imports {names}"

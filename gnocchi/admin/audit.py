@@ -13,7 +13,7 @@ import argparse
 import datetime
 import re
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from gnocchi.server import counters
 
@@ -50,7 +50,9 @@ def format_entry(entry: dict) -> str:
     """One line for one journal entry (a dict as systemd.journal.Reader returns it)."""
     when = entry.get("__REALTIME_TIMESTAMP")
     stamp = when.strftime("%Y-%m-%d %H:%M:%S") if isinstance(when, datetime.datetime) else "-"
-    get = lambda key: _text(entry.get(key, ""))  # noqa: E731
+
+    def get(key: str) -> str:
+        return _text(entry.get(key, ""))
     event = get("GNOCCHI_EVENT")
 
     def client(field: str) -> str:  # the config's name, else the start of the key

@@ -21,9 +21,8 @@ from gnocchi.server import config as server_config
 from gnocchi.server import counters, keyring
 from gnocchi.shared import keys
 from gnocchi.admin import nft_table
+from gnocchi.admin.setup import DROP_IN, UNIT_DIR  # what setup writes, check reads
 
-UNIT_DIR = "/etc/systemd/system"
-DROP_IN = "gnocchi.socket.d/port.conf"
 SOCKET = "gnocchi.socket"
 
 
@@ -140,7 +139,7 @@ def check_credentials(report: Report, cfg: server_config.Config, unit_dir: str |
     """gnocchi.service hands the verifier each key file the config uses: its own
     LoadCredential= covers only the v1 key; `gnocchi setup` writes the drop-in for
     a v2 key (and for a server without a v1 key)."""
-    from gnocchi.admin import setup  # noqa: PLC0415 (setup imports check)
+    from gnocchi.admin import setup
     path = os.path.join(unit_dir or UNIT_DIR, setup.SERVICE_DROP_IN)
     try:
         with open(path, encoding="utf-8") as f:
@@ -187,6 +186,24 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
                                f"so floods to it are not limited; {fix}")
 
 
+def check_live_gate(report: Report, table_path: str) -> None:
+    """The loaded table is the gate the file makes (a flushed chain, an edit by hand or
+    a firewall tool would show here); a warning: reloading fixes it."""
+    from gnocchi.admin import gate
+    try:
+        live, reference = nft_table.live(), nft_table.test_load(table_path)
+    except nft_table.TableError:
+        return  # not root, no nft, or the file's own problem is reported
+    if live is None:
+        return
+    found = gate.differences(live.objects, reference.objects)
+    if open_to := gate.unguarded(live.objects):
+        found.append(f"it lets in someone who never knocked: {gate.summary(open_to, 1)}")
+    if found:
+        report.warnings.append(f"the loaded table inet gnocchi is not what {table_path} makes: "
+                               f"{'; '.join(found)}; fix: systemctl reload gnocchi-arm")
+
+
 def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> None:
     """SYN cookies always on let an ACK make a connection, and the gate judges SYNs
     (docs/firewall.md, "SYN cookies"): a knocked client could replay its ACK, and
@@ -227,7 +244,7 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                "everyone out; fix: add one to a client's allow list")
 
 
-def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_table.DEFAULT_FILE,
+def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_table.DEFAULT_FILE,
         unit_dir: str | None = None, live: bool = False) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
     load it)."""
@@ -258,6 +275,7 @@ def run(config_path: str = server_config.DEFAULT_PATH, table_path: str = nft_tab
     check_syncookies(report)
     if live:
         check_live_knock_port(report, table_path)
+        check_live_gate(report, table_path)
     # The counter store: readable only with the verifier's or root's full rights;
     # where it is not (the arming unit has no CAP_DAC_*), the verifier checks it itself.
     if os.access(cfg.state_dir, os.R_OK | os.X_OK):
@@ -273,8 +291,8 @@ def parser() -> argparse.ArgumentParser:
         prog="gnocchi check",
         description="Check the config, the keys, gnocchi.socket's port and the table file; "
                     "exit 0 only when gnocchi would work. Changes nothing.")
-    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
+                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
                    help=f"the table file (default {nft_table.DEFAULT_FILE})")
     p.add_argument("--unit-dir", metavar="DIR",

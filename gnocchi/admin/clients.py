@@ -273,8 +273,8 @@ def host_name(text: str) -> str:
 
 def parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gnocchi {command}")
-    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
-                   help=f"the config to edit (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
+                   help=f"the config to edit (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("name", metavar="NAME", help="the client's name, as the journal shows it")
     if command == "add-client":
         p.description = ("Add a client to gnocchi.toml (a [clients.NAME] table at the end; "

@@ -21,7 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from gnocchi.admin import chains, check, nft_table, status
+from gnocchi.admin import chains, check, gate, nft_table, status
+from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_DIR = "/run/gnocchi"
 
@@ -169,6 +170,13 @@ class Doctor:
         self.findings.pop()  # the line above, said again with what it protects
         self.add(True, "table inet gnocchi is loaded (armed)",
                  good=f"protecting {nft_table.show_ports(protected)}")
+        open_to, differs, refused = status.gate_problems(self.live, self.table_path)
+        fix = "systemctl reload gnocchi-arm (gnocchi-watch does it at once while it runs)"
+        self.add(not open_to, "the live gate drops whoever did not knock",
+                 f"it lets them in: {gate.summary(open_to)}", fix, good="every probe dropped")
+        self.add(not differs and not refused, "the live table is what gnocchi loads",
+                 "; ".join(differs) or f"cannot tell: {refused}", fix,
+                 good=f"rules, chains and sets as {self.table_path} makes them")
         if self.port is not None:
             limited = self.live.knock_ports()
             self.add(limited == [self.port], "the table limits floods on the knock port",
@@ -262,12 +270,12 @@ class Doctor:
                      "gnocchi status says whether it is armed")
             return
         since = time.time()
-        # The real client, as its launcher runs it: a server module imports no
+        # The real client, as its launcher runs it: an admin module imports no
         # client one (gnocchi/__init__.py), and this is what a user's knock does.
         client_run = subprocess.run(
             [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
              "from gnocchi.client.knock import main; sys.exit(main(sys.argv[1:]))",
-             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
              "--server-key-file", self.cfg.server_key_file, "--client-key-file", key_file,
              "--open", f"{port}/tcp", address], capture_output=True, text=True, timeout=30)
         if client_run.returncode != 0:
@@ -357,7 +365,7 @@ def main(argv=None) -> int:
                     "knock port's drop-in, the sockets, the helper's socket, the table, every "
                     "client key, and whether your own firewall lets knocks in. Each failure "
                     "comes with its fix. Exit 0 only when all pass. Changes nothing.")
-    p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
     p.add_argument("--self-knock", metavar="CLIENT_KEY_FILE",
                    help="knock this host's own address with this client key (one kept for "

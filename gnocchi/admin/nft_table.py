@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import subprocess
 from dataclasses import dataclass
 
@@ -36,7 +35,6 @@ KNOCK_PORT = "knock_port"  # the flood limit's port: load() fills it from the se
 KNOCKED_TYPES = {"knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
                  "knocked6": ["ipv6_addr", "inet_proto", "inet_service"]}
 _REFUSED = 3  # test_load's exit status when nft refuses the file
-_COUNTERS = re.compile(r'"counter": \{[^{}]*\}')
 RETRIES = 5  # a carried element used between our read and our write: read again
 
 
@@ -62,6 +60,10 @@ class Table:
     """A table inet gnocchi as nft -j lists it (from the kernel or a scratch load)."""
     objects: tuple  # the JSON objects: table, sets, chains, rules
 
+    def handle(self) -> int | None:
+        """The kernel's handle of the table: a new one each time the table is made anew."""
+        return next((o["table"].get("handle") for o in self.objects if "table" in o), None)
+
     def sets(self) -> dict[str, dict]:
         return {o["set"]["name"]: o["set"] for o in self.objects if "set" in o}
 
@@ -76,7 +78,7 @@ class Table:
         found = self.sets().get(KNOCK_PORT)
         return None if found is None else [_port_or_range(e) for e in found.get("elem", [])]
 
-    def with_knock_port(self, port: int | list[int] | None) -> "Table":
+    def with_knock_port(self, port: int | list[int] | None) -> Table:
         """This table as it is once load() has filled set knock_port with port (or
         ports: a rotation's two keys have one each)."""
         if not port or self.knock_ports() is None:
@@ -94,17 +96,6 @@ class Table:
                 if pending is not None:
                     found.append(pending)
         return found
-
-    def skeleton(self) -> list[str]:
-        """Everything but handles and set elements, comparable across listings."""
-        out = []
-        for obj in self.objects:
-            (kind, body), = obj.items()
-            body = {k: v for k, v in body.items()
-                    if k != "handle" and not (kind == "set" and k == "elem")}
-            # A rule's counter values are state, not definition.
-            out.append(_COUNTERS.sub('"counter": null', json.dumps({kind: body}, sort_keys=True)))
-        return sorted(out)
 
 
 def _port_or_range(elem):
@@ -185,6 +176,13 @@ def test_load(path: str = DEFAULT_FILE) -> Table:
     return Table(objects)
 
 
+def expected(path: str = DEFAULT_FILE) -> Table:
+    """What gnocchi loads from path, as the kernel lists it: the one reference the live
+    table is compared with (gnocchi/admin/gate.py: its rules, chains and set
+    definitions; the elements are filled at loading and not compared)."""
+    return test_load(path)
+
+
 def _validate(objects: tuple, path: str) -> None:
     tables = [(o["table"]["family"], o["table"]["name"]) for o in objects if "table" in o]
     if tables != [(FAMILY, NAME)]:
@@ -209,6 +207,12 @@ def _validate(objects: tuple, path: str) -> None:
     hooks = [o["chain"] for o in objects if "chain" in o and o["chain"].get("hook") == "input"]
     if not hooks:
         raise TableError(f"{path}: no chain hooks input, so nothing would be protected")
+    from gnocchi.admin import gate  # it reads this module's names
+    if open_to := gate.unguarded(objects):
+        raise TableError(f"{path}: the gate is not there: it would let in someone who never "
+                         f"knocked: {gate.summary(open_to)}; gnocchi refuses a table that "
+                         "does not drop them (docs/firewall.md, \"How the gate decides\"); "
+                         "the original: /usr/share/gnocchi/gnocchi.nft")
 
 
 # ---- loading -----------------------------------------------------------------
@@ -237,8 +241,10 @@ class Loaded:
 
 def ports_only(new: Table, old: Table) -> list[dict] | None:
     """The JSON commands that turn old into new when only the elements of the protected
-    sets and of knock_port differ ([] when nothing does), or None when anything else does."""
-    if new.skeleton() != old.skeleton():
+    sets and of knock_port differ ([] when nothing does), or None when anything else does
+    (a rule, its place in its chain, a chain, a set's definition, the table's flags)."""
+    from gnocchi.admin import gate
+    if gate.differences(old.objects, new.objects):
         return None
     commands = []
     new_sets, old_sets = new.sets(), old.sets()

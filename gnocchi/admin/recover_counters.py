@@ -22,8 +22,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="gnocchi recover-counters",
                                 description="Replace a lost or corrupt counter store by one "
                                             "that treats every counter up to now as a replay.")
-    p.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
-                   help=f"server config (default {config.DEFAULT_PATH})")
+    p.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE",
+                   help=f"server config (default {config.DEFAULT_CONFIG})")
     args = p.parse_args(argv[1:])
     try:
         cfg = config.load(args.config)

@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
         description="Rotate the v2 server key without a flag day: make a next key that opens "
                     "knocks beside the current one until the overlap ends (--finish then "
                     "makes it the key); print each client's new onboarding line.")
-    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE")
+    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--finish", action="store_true",
                       help="after the overlap: the next key becomes the key, the old one is "
@@ -188,7 +188,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--unit-dir", metavar="DIR",
                    help="write the units' drop-ins there and leave systemd alone (tests)")
     args = p.parse_args(argv[1:])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     host = args.host or socket.gethostname()
     try:
         if args.lines:

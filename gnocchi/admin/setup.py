@@ -106,7 +106,7 @@ def setup(config_path: str, unit_dir: str) -> str:
 def ready(config_path: str, unit_dir: str) -> str:
     """What to run next, after `gnocchi check`'s problems if it has any (issue 11:
     no silent "arm now" when arming would be refused or lock everyone out)."""
-    from gnocchi.admin import check  # noqa: PLC0415 (setup works without it)
+    from gnocchi.admin import check  # here: setup works without it
     report = check.run(config_path, unit_dir=unit_dir)
     text = "".join(f"warning: {w}\n" for w in report.warnings)
     if not report.ok:
@@ -125,8 +125,8 @@ def parser() -> argparse.ArgumentParser:
         prog="gnocchi setup",
         description="Write gnocchi.socket's drop-in so that it listens on the knock port "
                     "of the server key named in the config.")
-    p.add_argument("--config", default=server_config.DEFAULT_PATH, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_PATH})")
+    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
+                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("--unit-dir", default=UNIT_DIR, metavar="DIR",
                    help=f"where the drop-in goes (default {UNIT_DIR}; for tests and images)")
     return p

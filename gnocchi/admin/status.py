@@ -1,7 +1,10 @@
 """`gnocchi status`: is this server protected right now?
 
 Trusts the kernel, not a unit's state: ARMED means table inet gnocchi is
-loaded (nft -j), listening means a UDP socket is bound to the knock port
+loaded (nft -j) and its gate is whole: its rules are those gnocchi loads from
+the table file (gnocchi/admin/gate.py compares them, and probes the live gate
+with packets from someone who never knocked), never just a table of that
+name over an emptied chain. Listening means a UDP socket is bound to the knock port
 (/proc/net/udp*). systemd's view is only used to say whether gnocchi is
 *meant* to be armed, so that a table that went missing (a `flush ruleset`)
 is called out loudly instead of looking like a deliberate disarm. Reads
@@ -16,7 +19,8 @@ import os
 import subprocess
 import sys
 
-from gnocchi.admin import nft_table
+from gnocchi.admin import gate, nft_table
+from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_SOCKET = "/run/gnocchi/helper.sock"
 DECISIONS = 5
@@ -84,10 +88,10 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     return found[::-1]
 
 
-def knock_port(config_path: str) -> tuple[list[int], list[tuple[int, str]], list[str],
+def configured(config_path: str) -> tuple[list[int], list[tuple[int, str]], list[str],
                                          list[str]]:
     """(knock ports, (port, key fingerprint) of each key, client lines, problems) from the
-    config and the keys."""
+    config and its keys."""
     from gnocchi.server import config as server_config
     from gnocchi.server import keyring
     from gnocchi.shared import keys
@@ -105,7 +109,18 @@ def knock_port(config_path: str) -> tuple[list[int], list[tuple[int, str]], list
     return keyring.ports(ring), keyring.described(ring), clients, []
 
 
-def report(config_path: str) -> tuple[int, list[str]]:
+def gate_problems(live: nft_table.Table, table_path: str) -> tuple[list[str], list[str], str]:
+    """(who the live gate lets in, how it differs from what gnocchi loads, why it could
+    not be compared)."""
+    try:
+        reference, refused = nft_table.expected(table_path), ""
+    except nft_table.TableError as e:
+        reference, refused = None, str(e)
+    differs = gate.differences(live.objects, reference.objects) if reference else []
+    return gate.unguarded(live.objects), differs, refused
+
+
+def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[int, list[str]]:
     lines: list[str] = []
     try:
         live = nft_table.live()
@@ -113,8 +128,8 @@ def report(config_path: str) -> tuple[int, list[str]]:
         return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = arm == "active" or sock == "active"
-    ports, fingerprints, clients, problems = knock_port(config_path)
-    listening = bool(ports) and all(udp_bound(p) for p in ports)
+    knock_ports, fingerprints, clients, problems = configured(config_path)
+    listening = bool(knock_ports) and all(udp_bound(p) for p in knock_ports)
     if live is None and meant:
         status = 1
         lines.append("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi is "
@@ -126,12 +141,25 @@ def report(config_path: str) -> tuple[int, list[str]]:
         lines.append(f"gnocchi: NOT ARMED (disarmed: gnocchi.socket {sock}, "
                      f"{unit('gnocchi.socket', 'is-enabled')}); to arm: "
                      "systemctl enable --now gnocchi.socket")
+    elif (judged := gate_problems(live, table_path))[0]:
+        open_to, differs, _ = judged
+        status = 1
+        lines.append("gnocchi: NOT ARMED: table inet gnocchi is loaded but its gate is EMPTIED "
+                     f"or bypassed ({'; '.join(differs) or 'its rules'}): it lets in someone "
+                     f"who never knocked: {gate.summary(open_to, 2)}. gnocchi-watch puts it "
+                     "back at once while it runs; fix: systemctl reload gnocchi-arm")
     else:
+        _, differs, refused = judged
         status = 0
         ports = nft_table.show_ports(live.protected())
         lines.append(f"gnocchi: ARMED: table inet gnocchi is loaded, protecting {ports}"
                      + ("" if arm == "active" else
                         f" (but gnocchi-arm.service is {arm}: loaded by hand?)"))
+        if differs or refused:
+            status = 1
+            lines.append(f"gnocchi: CHANGED: table inet gnocchi is not what gnocchi loads from "
+                         f"{table_path}: " + ("; ".join(differs) or f"cannot tell: {refused}")
+                         + "; fix: systemctl reload gnocchi-arm")
         if not listening:
             status = 1
             lines.append("gnocchi: NOBODY CAN KNOCK IN: nothing listens on the knock port, so "
@@ -141,8 +169,8 @@ def report(config_path: str) -> tuple[int, list[str]]:
         lines.append(f"knock port: {port}/udp, " + ("listening" if udp_bound(port) else
                                                      "NOT listening") + f" (gnocchi.socket {sock})"
                      + f"; {key}")
-    if live is not None and ports:
-        lines.append(flood_line(live.knock_ports(), ports))
+    if live is not None and knock_ports:
+        lines.append(flood_line(live.knock_ports(), knock_ports))
     lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
                                                  else "not listening")
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
@@ -172,7 +200,7 @@ def rotation_line(config_path: str, now=None) -> str | None:
         return None
     if cfg.rotation_ends is None:
         return None
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     if now < cfg.rotation_ends:
         left = cfg.rotation_ends - now
         return (f"gnocchi: ROTATION: the next key ({cfg.next_private_key_file}) and the current "
@@ -217,13 +245,14 @@ def main(argv=None) -> int:
                     "kernel table, the knock port, the helper, clients, pending openings and "
                     "the last decisions. Exit 0 armed, 1 not protected although meant to be, "
                     "3 disarmed.")
-    p.add_argument("--config", default="/etc/gnocchi/gnocchi.toml", metavar="FILE")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
+    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
     args = p.parse_args(argv[1:])
     if os.geteuid() != 0:
         print("gnocchi status: run as root (it reads the kernel's table and the server key)",
               file=sys.stderr)
         return 4
-    status, lines = report(args.config)
+    status, lines = report(args.config, args.table)
     print("\n".join(lines))
     return status
 

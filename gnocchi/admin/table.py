@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import select
 import subprocess
 import sys
 import time
 
-from gnocchi.admin import nft_table
-from gnocchi.server import events
+from gnocchi.admin import cut, gate, nft_table
+from gnocchi.server import DEFAULT_CONFIG, events
 
 IDENTIFIER = "gnocchi-arm"
 VERIFIER_UNIT = "gnocchi.service"
@@ -41,11 +42,13 @@ MESSAGE_IDS = {
     "arming-refused": "f85d972a5f49413b8f5ba9717fa1b455",
     "disarmed": "fb5d91cca0504cacae22fb89f1ea4e0b",
     "table-missing": "5ff01fba9beb452d9d8c6738974f507e",
+    "table-changed": "13168309e3e849cf9396fb86025f7b37",
+    "connections-cut": "1cfd0893c9534fa1902d888f2d5d1087",
     "trial": "00e03de13dbd4ef0952d56e4149d903f",
 }
-PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2, "trial": 4}
+PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2,
+            "table-changed": 2, "connections-cut": 2, "trial": 4}
 ARM_UNIT = "gnocchi-arm.service"
-DEFAULT_CONFIG = "/etc/gnocchi/gnocchi.toml"  # gnocchi.server.config's, without importing it
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -92,6 +95,15 @@ def load(config_path: str, table_path: str) -> int:
         how=loaded.how, pending=loaded.kept,
         protected=nft_table.show_ports(loaded.table.protected()),
         knock_port=",".join(map(str, report.ports)))
+    # Verified, not assumed: the kernel's table now, against what was loaded.
+    try:
+        problems = judge(nft_table.live(), loaded.table)
+    except nft_table.TableError as e:
+        problems = [str(e)]
+    if problems:
+        log("table-changed", f"table inet gnocchi is not what was just loaded from "
+            f"{table_path}: {'; '.join(problems)} (changed at the same moment?); "
+            "gnocchi-watch puts it back", reason="; ".join(problems))
     return 0
 
 
@@ -142,68 +154,205 @@ def meant_to_be_armed() -> bool:
                           timeout=30).returncode == 0
 
 
+def judge(live: nft_table.Table | None, reference: nft_table.Table | None) -> list[str]:
+    """Why the live table is not the gate gnocchi loads ([] when it is): missing, what
+    differs from the reference (gnocchi/admin/gate.py), and who it would let in."""
+    if live is None:
+        return ["table inet gnocchi is missing"]
+    found = gate.differences(live.objects, reference.objects) if reference is not None else []
+    if open_to := gate.unguarded(live.objects):
+        found.append(f"it lets in someone who never knocked: {gate.summary(open_to, 1)}")
+    return found
+
+
 def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False) -> int:
-    """Load the table again if gnocchi is meant to be armed and it is missing."""
+    """Load the table again if gnocchi is meant to be armed and the live one is missing,
+    or its gate lets a stranger in (a flushed chain or table, a deleted rule). A table
+    that only differs from the file is left to gnocchi-watch, which knows what was
+    armed: the file may have changed since, for a reload to load."""
     if not intent_known and not meant_to_be_armed():
         return 0
     try:
-        if nft_table.live() is not None:
-            return 0
+        live = nft_table.live()
     except nft_table.TableError as e:
-        log("table-missing", f"cannot read table inet gnocchi after {by}: {e}")
+        log("table-missing", f"cannot check table inet gnocchi after {by}: {e}")
         return 1
+    problems = judge(live, None)
+    if not problems:
+        return 0
+    if live is not None:
+        try:
+            problems = judge(live, nft_table.expected(table_path))
+        except nft_table.TableError:
+            pass  # a file nft refuses: the live gate is judged by the probes alone
+    return 0 if restore(config_path, table_path, by, live is None, problems) else 1
+
+
+def restore(config_path: str, table_path: str, by: str, missing: bool,
+            problems: list[str]) -> bool:
+    """Load table_path as the live table, at once (the file replaces a changed table in
+    one transaction), then say so; the knock port second. True if it loaded."""
+    event, what = (("table-missing", "was MISSING") if missing else
+                   ("table-changed", "was CHANGED (" + "; ".join(problems) + ")"))
     # Load first, log after: every millisecond here the protected ports are open.
     # No `gnocchi check`: this restores what was armed a moment ago.
     proc = nft_table.nft("-f", table_path)
     if proc.returncode != 0:
-        log("table-missing", f"table inet gnocchi is MISSING while gnocchi is armed (removed by "
-            f"{by}) and could not be loaded again: {proc.stderr.strip()}; the protected ports "
-            "are OPEN", by=by)
-        return 1
+        log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}) and could not "
+            f"be loaded again: {proc.stderr.strip()}; the protected ports are OPEN", by=by,
+            reason="; ".join(problems))
+        return False
+    try:
+        still = judge(nft_table.live(), None)
+    except nft_table.TableError as e:
+        still = [str(e)]
     # The flood limit's port comes second: it guards the verifier, not the ports.
     port, why = configured_knock_port(config_path)
     limited = (flood_limit(port if nft_table.set_knock_port(port) else None) if port else
                f"; NO per-source flood limit: cannot tell the knock port: {why}")
-    log("table-missing", f"table inet gnocchi was MISSING while gnocchi is armed (removed by "
-        f"{by}): the protected ports were open; re-armed from {table_path}{limited}", by=by,
-        knock_port=",".join(map(str, port or [])) or None)
-    return 0
+    done = (f"re-armed from {table_path}" if not still else
+            f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}")
+    log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
+        f"ports were open; {done}{limited}", by=by,
+        knock_port=",".join(map(str, port or [])) or None, reason="; ".join(problems))
+    return not still
 
 
 WATCH_PERIOD = 30.0  # seconds between checks when nft monitor says nothing
+BY = "something outside gnocchi: `nft flush ruleset`, `nft flush chain`, a firewall tool"
+OURS = re.compile(rf"^\w+ \w+ {nft_table.FAMILY} {nft_table.NAME}( |$)".encode())
 
 
-def watch(config_path: str, table_path: str) -> int:
-    """Follow the kernel's table events; put table inet gnocchi back whenever it goes.
-    Runs only while gnocchi-arm.service is active (gnocchi-watch.service is bound to it
-    and stops before it), so a missing table here always means "meant to be armed"."""
-    monitor = subprocess.Popen([nft_table.NFT, "monitor", "tables"], stdout=subprocess.PIPE)
-    by = "a ruleset flush outside gnocchi: `nft flush ruleset` or a firewall tool"
-    settle_then_rearm(config_path, table_path, by)  # also what happened while it was down
-    fd = monitor.stdout.fileno()
-    while True:
-        # Any table event (they are rare), or the period: look at the kernel itself
-        # rather than parse monitor text. Our own reloads delete and add the table
-        # in one transaction, so after them it is there and nothing happens.
-        if select.select([fd], [], [], WATCH_PERIOD)[0] and not os.read(fd, 65536):
-            log("table-missing", "nft monitor ended; gnocchi-watch stops (systemd restarts "
-                "it)", priority=3)
-            return 1
-        settle_then_rearm(config_path, table_path, by)
+class Watch:
+    """gnocchi-watch's state: the reference (the table file as test-loaded, again when
+    the file changes), and the last look at a whole gate: the table as armed, its
+    handle, and a gnocchi.admin.cut snapshot, against which a re-arm cuts what came
+    in."""
+
+    def __init__(self, config_path: str, table_path: str):
+        self.config_path, self.table_path = config_path, table_path
+        self.file_key, self.reference, self.refused = None, None, ""
+        self.handle, self.snapshot, self.armed = None, None, None
+
+    def load_reference(self) -> nft_table.Table | None:
+        try:
+            st = os.stat(self.table_path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if key != self.file_key or self.reference is None and not self.refused:
+            self.file_key = key
+            try:
+                self.reference, self.refused = nft_table.expected(self.table_path), ""
+            except nft_table.TableError as e:
+                self.reference, self.refused = None, str(e)
+                log("table-changed", f"cannot tell whether table inet gnocchi is the gate "
+                    f"gnocchi loads: {e}; only whether it lets strangers in is checked")
+        return self.reference
+
+    def problems(self, live: nft_table.Table | None, reference) -> list[str]:
+        """judge() against the file, but a table that is what was armed (the last one
+        found whole) is whole: the file may have changed since, for a reload to load."""
+        found = judge(live, reference)
+        if found and live is not None and self.armed is not None and \
+                not judge(live, self.armed):
+            return []
+        if found and live is not None and self.armed is None and \
+                not gate.unguarded(live.objects):
+            # Its first look: a gate that holds but is not the file's, as when an
+            # upgrade's reload is still to come. Kept, and said.
+            log("table-changed", f"table inet gnocchi holds its gate but is not what "
+                f"{self.table_path} makes ({'; '.join(found)}); gnocchi-watch keeps it; "
+                "`systemctl reload gnocchi-arm` loads the file", priority=4)
+            return []
+        return found
+
+    def check(self) -> None:
+        live, reference = nft_table.live(), self.load_reference()
+        problems = self.problems(live, reference)
+        if problems and live is None:
+            live = settle()  # nftables.service puts it back itself
+            problems = self.problems(live, reference)
+        if problems:
+            restore(self.config_path, self.table_path, BY, live is None, problems)
+            live = nft_table.live()
+            if judge(live, reference):
+                return  # said loudly by restore(); the next event or period tries again
+        if self.snapshot is not None and (problems or live.handle() != self.handle):
+            self.cut_strangers(live)
+        elif problems:
+            log("connections-cut", "connections that came in while the gate was gone cannot "
+                "be told from older ones (gnocchi-watch had not seen the gate whole yet): "
+                "none was cut; `ss -tn state established` lists them", priority=3)
+        # The snapshot first, then a second look: a stranger who came in between the
+        # first look and the snapshot must not be taken for an old session.
+        taken = cut.snapshot(live.protected())
+        again = nft_table.live()
+        if again is not None and again.handle() == live.handle() and \
+                not gate.differences(again.objects, live.objects) and \
+                not gate.unguarded(again.objects):
+            self.handle, self.snapshot, self.armed = live.handle(), taken, again
+
+    def cut_strangers(self, live: nft_table.Table) -> None:
+        done, failed = cut.cut(self.snapshot, live.protected())
+        if done or failed:
+            log("connections-cut", f"cut {len(done)} connection{'s' if len(done) != 1 else ''} "
+                "to protected ports that came in without a knock while the gate was gone"
+                + (f": {shown(done)}" if done else "")
+                + (f"; could NOT cut {shown(failed)}" if failed else ""),
+                cut=len(done), connections=", ".join((done + failed)[:CUT_FIELD]))
 
 
-def settle_then_rearm(config_path: str, table_path: str, by: str, patience: float = 3.0) -> None:
-    """Rearm, unless nftables.service is starting, reloading or stopping: its own drop-in
-    then puts the table back (and the journal names it), possibly after more than one
-    flush (a restart flushes twice), so wait until it is done, within reason."""
+CUT_SHOWN, CUT_FIELD = 5, 500  # connections named in the message, in GNOCCHI_CONNECTIONS
+
+
+def shown(items: list[str]) -> str:
+    return ", ".join(items[:CUT_SHOWN]) + (f" and {len(items) - CUT_SHOWN} more"
+                                           if len(items) > CUT_SHOWN else "")
+
+
+def settle(patience: float = 3.0) -> nft_table.Table | None:
+    """The live table once nftables.service is no longer starting, reloading or stopping
+    (its own drop-in then puts the table back, and the journal names it, possibly after
+    more than one flush: a restart flushes twice), within reason."""
     deadline = time.monotonic() + patience
-    while nft_table.live() is None:
+    while (live := nft_table.live()) is None:
         state = systemctl("is-active", "nftables.service").stdout.strip()
         if state not in ("activating", "deactivating", "reloading") or \
                 time.monotonic() > deadline:
-            rearm(config_path, table_path, by, intent_known=True)
-            return
+            break
         time.sleep(0.05)
+    return live
+
+
+def watch(config_path: str, table_path: str) -> int:
+    """Follow the kernel's ruleset events; put table inet gnocchi back whenever it goes or
+    is changed, and cut who came in meanwhile. Runs only while gnocchi-arm.service is
+    active (gnocchi-watch.service is bound to it and stops before it), so a missing or
+    changed table here always means "meant to be armed"."""
+    monitor = subprocess.Popen([nft_table.NFT, "monitor"], stdout=subprocess.PIPE)
+    state = Watch(config_path, table_path)
+    fd, pending = monitor.stdout.fileno(), b""
+    look = True  # at once: also what happened while it was down
+    while True:
+        if look:
+            try:
+                state.check()
+            except (nft_table.TableError, OSError) as e:
+                log("table-changed", f"gnocchi-watch could not check table inet gnocchi: {e}",
+                    priority=3)
+        # An event about table inet gnocchi, or the period: look at the kernel itself.
+        # Our own reloads replace the table in one transaction: after them it is whole.
+        if select.select([fd], [], [], WATCH_PERIOD)[0]:
+            data = os.read(fd, 65536)
+            if not data:
+                log("table-missing", "nft monitor ended; gnocchi-watch stops (systemd "
+                    "restarts it)", priority=3)
+                return 1
+            *lines, pending = (pending + data).split(b"\n")
+            look = any(OURS.match(line) for line in lines)
+        else:
+            look = True
 
 
 def table_main(argv: list[str]) -> int:

@@ -12,12 +12,14 @@ names, an ipaddress object, and the payload's bytes.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from gnocchi.server import actions
+from gnocchi.server import actions, config
 
 REQUEST = struct.Struct("!BBBBH16s")  # version, family, name len, client len, payload len, address
 REPLY = struct.Struct("!BBi")         # version, kind, exit status; then output or why, bounded
@@ -34,7 +36,8 @@ class RunnerUnreachable(Exception):
     """The action socket did not take the request; str() says why."""
 
 
-def encode_request(name: str, client: str, source, payload: bytes) -> bytes:
+def encode_request(name: str, client: str, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                   payload: bytes) -> bytes:
     address = source.packed.ljust(16, b"\0")
     head = REQUEST.pack(VERSION, source.version, len(name), len(client), len(payload), address)
     return head + name.encode("ascii") + client.encode("ascii") + payload
@@ -67,13 +70,14 @@ class Run:
     timeout: float
     conn: socket.socket
     deadline: float
-    context: object  # the caller's, handed back with the outcome
+    context: dict[str, object]  # the caller's, handed back with the outcome
 
 
 class Runs:
     """The action runs in flight, one per client, at most `limit`."""
 
-    def __init__(self, socket_path: str, limit: int = MAX_RUNS, clock=time.monotonic):
+    def __init__(self, socket_path: str, limit: int = MAX_RUNS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = socket_path
         self.limit = limit
         self.clock = clock
@@ -89,7 +93,9 @@ class Runs:
             return f"{self.limit} actions are running, the most at once"
         return None
 
-    def start(self, client: str, action, source, payload: bytes, context) -> None:
+    def start(self, client: str, action: config.Action,
+              source: ipaddress.IPv4Address | ipaddress.IPv6Address, payload: bytes,
+              context: dict[str, object]) -> None:
         """Send the request and return at once; raises RunnerUnreachable."""
         message = encode_request(action.name, client, source, payload)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -98,7 +104,7 @@ class Runs:
             conn.connect(self.path)
             conn.send(message)
             conn.setblocking(False)
-        except socket.timeout:
+        except TimeoutError:
             conn.close()
             raise RunnerUnreachable(f"{self.path} took no request within {SEND_TIMEOUT:g} s") \
                 from None
@@ -111,7 +117,7 @@ class Runs:
     def connections(self) -> list[socket.socket]:
         return [run.conn for run in self.by_client.values()]
 
-    def finish(self, conn: socket.socket) -> tuple[object, actions.Outcome] | None:
+    def finish(self, conn: socket.socket) -> tuple[dict[str, object], actions.Outcome] | None:
         """The outcome on a connection the loop saw readable (or closed); None: not yet."""
         run = next(r for r in self.by_client.values() if r.conn is conn)
         try:
@@ -125,7 +131,7 @@ class Runs:
                                                  f"{e.strerror or e}")
         return self._end(run), outcome
 
-    def overdue(self) -> list[tuple[object, actions.Outcome]]:
+    def overdue(self) -> list[tuple[dict[str, object], actions.Outcome]]:
         """Runs past their deadline, given up (closing makes the runner's report fail)."""
         now = self.clock()
         late = [r for r in self.by_client.values() if now >= r.deadline]
@@ -133,7 +139,7 @@ class Runs:
             None, b"", f"no outcome from the runner within {r.timeout + GRACE:g} s; given up"))
             for r in late]
 
-    def _end(self, run: Run) -> object:
+    def _end(self, run: Run) -> dict[str, object]:
         del self.by_client[run.client]
         run.conn.close()
         return run.context

@@ -23,12 +23,11 @@ import sys
 from dataclasses import dataclass
 
 from gnocchi.server import actions, config, strict
+# The action socket's format, written once: the verifier's side defines it.
+from gnocchi.server.action_client import (EXITED, NOT_STARTED, REFUSED, REPLY, REQUEST, TIMED_OUT,
+                                          VERSION)
 from gnocchi.shared import protocol
 
-REQUEST = struct.Struct("!BBBBH16s")  # version, family, name len, client len, payload len, address
-REPLY = struct.Struct("!BBi")         # version, kind, exit status; then output or why, bounded
-VERSION = 1
-EXITED, TIMED_OUT, NOT_STARTED, REFUSED = range(4)
 NAME_MAX = 64  # config.NAME
 MAX_REQUEST = REQUEST.size + 2 * NAME_MAX + protocol.MAX_BODY
 RECEIVE_TIMEOUT = 5.0  # the verifier sends its request right after connecting
@@ -53,6 +52,7 @@ def parse_request(message: bytes) -> Request | str:
         return "request lengths do not add up to its size"
     if payload_len > protocol.MAX_BODY:
         return f"payload of {payload_len} bytes"
+    source: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == 4 and not any(address[4:]):
         source = ipaddress.IPv4Address(address[:4])
     elif family == 6:
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi run-action",
                                      description="Run one action for the verifier (started by "
                                                  "gnocchi-action.socket, connection on stdin).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE")
+    parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument("--peer-user", metavar="USER",
                         help="refuse a peer that is not this user (the unit: gnocchi)")
     args = parser.parse_args(argv[1:])
@@ -119,6 +119,7 @@ def main(argv: list[str]) -> int:
                 why = action
                 conn.send(refusal(why))
             else:
+                assert isinstance(request, Request)  # an action is found for a Request only
                 outcome = actions.run(action, request.client, str(request.source),
                                       request.payload)
                 conn.send(encode_reply(outcome))
@@ -134,4 +135,4 @@ def main(argv: list[str]) -> int:
 
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return int(struct.unpack("3i", creds)[1])

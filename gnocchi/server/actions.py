@@ -18,8 +18,10 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+
+from gnocchi.server import config
 
 OUTPUT_LIMIT = 2048
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -27,7 +29,7 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 @dataclass(frozen=True)
 class Outcome:
-    returncode: Optional[int]  # None: it did not finish (timeout) or could not start
+    returncode: int | None     # None: it did not finish (timeout) or could not start
     output: bytes              # the first OUTPUT_LIMIT bytes of stdout and stderr
     problem: str = ""          # "" if it exited 0, else what went wrong, in words
     timed_out: bool = False    # killed at its timeout (returncode None without it: not started)
@@ -37,8 +39,8 @@ class Outcome:
         return not self.problem
 
 
-def run(action, client_name: str, source_ip: str, payload: bytes,
-        clock=time.monotonic) -> Outcome:
+def run(action: config.Action, client_name: str, source_ip: str, payload: bytes,
+        clock: Callable[[], float] = time.monotonic) -> Outcome:
     env = dict(ENV, GNOCCHI_CLIENT=client_name, GNOCCHI_SOURCE_IP=source_ip,
                GNOCCHI_ACTION=action.name)
     try:
@@ -48,6 +50,7 @@ def run(action, client_name: str, source_ip: str, payload: bytes,
     except OSError as e:
         return Outcome(None, b"", f"cannot start {action.argv[0]}: {e.strerror or e}")
     deadline = clock() + action.timeout
+    assert proc.stdin is not None and proc.stdout is not None  # both PIPE
     try:
         # The payload is at most 864 bytes, below any pipe's capacity: this cannot block.
         proc.stdin.write(payload)
@@ -70,11 +73,13 @@ def run(action, client_name: str, source_ip: str, payload: bytes,
     return Outcome(0, output)
 
 
-def _read_bounded(proc, deadline: float, clock) -> tuple[bytes, bool]:
+def _read_bounded(proc: subprocess.Popen[bytes], deadline: float,
+                  clock: Callable[[], float]) -> tuple[bytes, bool]:
     """Output until the action's own process exits (True) or the deadline: a
     child it left holding the pipe (a `setsid` daemon) cannot keep it going."""
     kept = bytearray()
     exited_in_time = False
+    assert proc.stdout is not None  # PIPE
     out = proc.stdout.fileno()
     exited = os.pidfd_open(proc.pid)
     try:

@@ -15,13 +15,13 @@ import datetime
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
+from gnocchi.server import DEFAULT_CONFIG
 from gnocchi.shared import checked_toml, knock_request
 from gnocchi.shared.keys import parse_public_hex
 
-DEFAULT_PATH = "/etc/gnocchi/gnocchi.toml"
 DEFAULTS = {
     "server_key_file": "/etc/gnocchi/server.key",
     "state_dir": "/var/lib/gnocchi",
@@ -32,6 +32,14 @@ DEFAULTS = {
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_ACTION_TIMEOUT = 600  # seconds; gnocchi-action@.service's RuntimeMaxSec= is above it
 DEFAULT_ACTION_TIMEOUT = 10
+
+
+# The wall clock that clients' expiry is read against (the verifier's tests set their own).
+Clock = Callable[[], datetime.datetime]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 class ConfigError(Exception):
@@ -50,12 +58,13 @@ class Client:
     name: str
     public_key: bytes
     allow: tuple[knock_request.Open, ...]
-    default: Optional[knock_request.Request]  # what an empty DATA means; None: refused
+    default: knock_request.Request | None  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
-    sources: tuple = ()                             # ip_networks; empty: any source
-    expires: Optional[datetime.datetime] = None     # aware; knocks from then on are refused
+    sources: tuple = ()                       # ip_networks; empty: any source
+    expires: datetime.datetime | None = None  # aware; knocks from then on are refused
 
-    def refusal(self, source, now: datetime.datetime) -> Optional[str]:
+    def refusal(self, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                now: datetime.datetime) -> str | None:
         """Why this client's knock from source at now is refused by its own policy, or None."""
         if self.expires is not None and now >= self.expires:
             return f"the client expired at {self.expires.isoformat()}"
@@ -89,9 +98,9 @@ class Config:
     actions: tuple[Action, ...]
     action_socket: str = DEFAULTS["action_socket"]
     v1: bool = True                           # accept v1 knocks (server_key_file)
-    private_key_file: Optional[str] = None    # v2's server private key; None: no v2
-    next_private_key_file: Optional[str] = None  # a rotation's next key (`gnocchi rotate-key`)
-    rotation_ends: Optional[datetime.datetime] = None  # aware; private_key_file refused then
+    private_key_file: str | None = None       # v2's server private key; None: no v2
+    next_private_key_file: str | None = None  # a rotation's next key (`gnocchi rotate-key`)
+    rotation_ends: datetime.datetime | None = None  # aware; private_key_file refused then
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -113,7 +122,7 @@ class _Where(checked_toml.Where):
         return value
 
 
-def load(path: str = DEFAULT_PATH) -> Config:
+def load(path: str = DEFAULT_CONFIG) -> Config:
     where = _Where(path)
     return parse(where.read(missing="no such file (the package installs a commented example "
                                     "there)"), where)
@@ -176,10 +185,10 @@ def _key_settings(where: _Where, doc: dict) -> dict:
     return {"v1": v1, "private_key_file": private, **rotation}
 
 
-def _action(where: _Where, name: str, value) -> Action:
+def _action(where: _Where, name: str, entry: object) -> Action:
     key = f"actions.{name}"
     where.name(name, key)
-    where.table(value, key, {"argv", "timeout"}, {"argv"})
+    value = where.table(entry, key, {"argv", "timeout"}, {"argv"})
     argv = where.string_list(value["argv"], f"{key}.argv")
     if not argv:
         raise where.error(f"{key}.argv", "must name a program")
@@ -194,11 +203,11 @@ def _action(where: _Where, name: str, value) -> Action:
     return Action(name, tuple(argv), float(timeout))
 
 
-def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
+def _client(where: _Where, name: str, entry: object, action_names: set[str]) -> Client:
     key = f"clients.{name}"
     where.name(name, key)
-    where.table(value, key, {"public_key", "allow", "default", "actions", "sources", "expires"},
-                {"public_key"})
+    value = where.table(entry, key, {"public_key", "allow", "default", "actions", "sources",
+                                     "expires"}, {"public_key"})
     try:
         public_key = parse_public_hex(value["public_key"], f"{where.path}: {key}.public_key")
     except ValueError as e:
@@ -221,24 +230,26 @@ def _client(where: _Where, name: str, value, action_names: set[str]) -> Client:
         try:
             sources.append(ipaddress.ip_network(text))
         except ValueError:
-            raise where.error(f"{key}.sources[{i}]", f"{text!r} is not an address or a network "
-                              "such as 198.51.100.0/24 or 2001:db8::/48 (no host bits set)") from None
+            raise where.error(f"{key}.sources[{i}]", f"{text!r} is not an address or a "
+                              "network such as 198.51.100.0/24 or 2001:db8::/48 (no host bits "
+                              "set)") from None
     expires = _expiry(where, value.get("expires"), f"{key}.expires")
     client = Client(name, public_key, tuple(allow), None, tuple(actions))
     if "default" in value:
         text = where.string(value["default"], f"{key}.default")
-        default = knock_request.parse(text.encode())
-        if isinstance(default, knock_request.Bad):
-            raise where.error(f"{key}.default", f"{text!r}: {default.why}")
-        refusal = client.why_not(default)
+        parsed = knock_request.parse(text.encode())
+        if isinstance(parsed, knock_request.Bad):
+            raise where.error(f"{key}.default", f"{text!r}: {parsed.why}")
+        refusal = client.why_not(parsed)
         if refusal:
             raise where.error(f"{key}.default", f"{text!r}: {refusal}")
+        default: knock_request.Request | None = parsed
     else:
         default = allow[0] if allow else None
     return Client(name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires)
 
 
-def _expiry(where: _Where, value, key: str) -> Optional[datetime.datetime]:
+def _expiry(where: _Where, value: object, key: str) -> datetime.datetime | None:
     """A TOML date (from 00:00 UTC that day) or an offset date-time; None if absent."""
     if value is None:
         return None
@@ -248,6 +259,6 @@ def _expiry(where: _Where, value, key: str) -> Optional[datetime.datetime]:
                               f"{value.isoformat()}Z (UTC) or +HH:MM")
         return value
     if isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC)
     raise where.error(key, f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
                       f"with an offset, not {checked_toml.kind(value)}")

@@ -82,7 +82,7 @@ class Store:
         self._file_id: tuple[int, int, int] = (0, 0, 0)  # of the file read or last written
         self._fd: int | None = None  # opened by the first in-place commit
 
-    def load(self) -> "Store":
+    def load(self) -> Store:
         """Read the store; a missing one is an error, not an empty store."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

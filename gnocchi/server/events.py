@@ -17,12 +17,14 @@ line (development, tests and the demo, even on a host that runs journald).
 """
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import json
 import os
 import sys
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 IDENTIFIER = "gnocchi"
 # One MESSAGE_ID per event kind; gnocchi/gnocchi.catalog explains each.
@@ -87,10 +89,11 @@ class EventLog:
         self._suppressed: Counter[str] = Counter()  # event -> entries over budget
         # Who, for two kinds of drop, so an admin can tell them apart; each
         # holds at most MAX_WHO names an interval (the rest count as "others").
-        self._who: dict[str, Counter[str]] = {"rate-limited": Counter(), "unknown-client": Counter()}
+        self._who: dict[str, Counter[str]] = {"rate-limited": Counter(),
+                                              "unknown-client": Counter()}
         self._spent = 0
 
-    def event(self, event: str, message: str, **fields) -> None:
+    def event(self, event: str, message: str, **fields: object) -> None:
         """One entry; fields are GNOCCHI_* names without the prefix, e.g. client="alice"."""
         entry = {"MESSAGE": message, "MESSAGE_ID": MESSAGE_IDS[event],
                  "PRIORITY": str(PRIORITY[event]), "SYSLOG_IDENTIFIER": IDENTIFIER,
@@ -100,7 +103,7 @@ class EventLog:
                 entry["GNOCCHI_" + key.upper()] = str(value)
         self.send(entry)
 
-    def limited(self, event: str, message: str, **fields) -> None:
+    def limited(self, event: str, message: str, **fields: object) -> None:
         """An entry for a packet whose counter was not committed: within the budget only."""
         self.tick()
         if self._spent >= self.budget:
@@ -118,7 +121,8 @@ class EventLog:
         """A signed knock over its client's or its address's rate: counted by client."""
         self._count_who("rate-limited", client)
 
-    def unknown_key(self, key: bytes, source) -> None:
+    def unknown_key(self, key: bytes,
+                    source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         """A packet sealed with the server key that claims no configured client's key:
         counted by key id (its first 8 bytes, as `gnocchi pubkey` starts) and source,
         which is how an admin spots a client whose public key was pasted wrong."""
@@ -158,3 +162,14 @@ class EventLog:
             names.clear()
         self._spent = 0
         self._start = self.clock()
+
+
+def interval(text: str) -> float:
+    """--summary-interval: seconds between summaries, 1..86400."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= 86400:  # a summary per packet would defeat its purpose
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 1..86400")
+    return seconds

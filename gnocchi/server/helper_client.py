@@ -14,6 +14,9 @@ import ipaddress
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterable
+
+from gnocchi.shared import knock_request
 
 # The format by the names helper/request.py gives it (docs/contracts.md).
 # A header (version, family, count, pad, address, deadline: CLOCK_MONOTONIC, ms),
@@ -33,8 +36,8 @@ class HelperUnreachable(Exception):
     """The helper did not answer; str() says why (no socket, refused, timeout, ...)."""
 
 
-def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, opens,
-           deadline_ms: int) -> bytes:
+def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+           opens: Iterable[knock_request.Open], deadline_ms: int) -> bytes:
     """The request for opens (each with .port and .proto); ValueError for what the
     helper would refuse whole, so the caller keeps to 1..MAX_PORTS distinct ports."""
     number = {name: n for n, name in PROTOCOLS.items()}
@@ -48,8 +51,9 @@ def encode(address: ipaddress.IPv4Address | ipaddress.IPv6Address, opens,
         ENTRY.pack(*entry) for entry in entries)
 
 
-def request_open(socket_path: str, address, opens, deadline: float = DEADLINE,
-                 clock=time.monotonic) -> str:
+def request_open(socket_path: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 opens: Iterable[knock_request.Open], deadline: float = DEADLINE,
+                 clock: Callable[[], float] = time.monotonic) -> str:
     """Ask the helper to open every one of opens (objects with .port, .proto) to
     address, all or none; returns its status name ("OK", ...)."""
     start = clock()
@@ -63,7 +67,7 @@ def request_open(socket_path: str, address, opens, deadline: float = DEADLINE,
             sent = True
             sock.settimeout(max(0.0, start + deadline + GRACE - clock()))
             reply = sock.recv(2)  # one byte expected; two lets a longer reply be seen
-    except (socket.timeout, OSError) as e:
+    except (TimeoutError, OSError) as e:
         why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
         if not sent:
             raise HelperUnreachable(f"not opened: {socket_path}: {why}") from None

@@ -12,6 +12,7 @@ read. Every knock port is a port of one of these keys.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from collections import namedtuple
 
@@ -49,7 +50,7 @@ def load(cfg: Config, directory: str | None = None) -> Keyring:
     return Keyring(v1, v2, (v2[0][0], cfg.rotation_ends) if len(v2) > 1 else None)
 
 
-def refusal(keyring: Keyring, server_key: bytes, now) -> str | None:
+def refusal(keyring: Keyring, server_key: bytes, now: datetime.datetime) -> str | None:
     """Why a proven knock sealed to server_key is refused at now, or None: once a
     rotation's overlap ended, the old key opens nothing (its knocks are still
     opened and checked, so the log can name the client that has not moved)."""
@@ -75,4 +76,4 @@ def described(keyring: Keyring) -> list[tuple[int, str]]:
              if keyring.retiring else [""])
     return shown + [(knock_port(public), f"v2 public key fingerprint {keys.fingerprint(public)}"
                      + (f" ({role})" if role else "")) for (public, _), role in
-                    zip(keyring.v2, roles)]
+                    zip(keyring.v2, roles, strict=False)]

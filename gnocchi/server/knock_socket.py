@@ -26,6 +26,9 @@ from systemd import daemon
 
 from gnocchi.shared import protocol
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+SockAddr = tuple[str, int] | tuple[str, int, int, int]  # (host, port[, flowinfo, scope_id])
+
 IP_PKTINFO = 8  # Linux (struct in_pktinfo: ifindex, spec_dst, addr); Python 3.11's socket lacks it
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
 RECV_BUFFER = protocol.MAX_PACKET2 + 1  # one byte more, so an oversize datagram is seen as such
@@ -196,11 +199,11 @@ class Datagrams:
             if code in (errno.EAGAIN, errno.EINTR):
                 return 0
             raise OSError(code, os.strerror(code))
-        return count
+        return int(count)
 
     def length(self, i: int) -> int:
         """Datagram i's length, at most RECV_BUFFER (so more than MAX_PACKET: cut)."""
-        return self._headers[i].msg_len
+        return int(self._headers[i].msg_len)
 
     def packet(self, i: int) -> bytes:
         """Datagram i's bytes, as recvmsg would give them."""
@@ -224,6 +227,7 @@ class Datagrams:
         name = self._names[i].raw[:h.msg_namelen]
         family = int.from_bytes(name[0:2], sys.byteorder)
         port = int.from_bytes(name[2:4], "big")
+        sockaddr: SockAddr
         if family == socket.AF_INET6:  # sockaddr_in6: family, port, flowinfo, addr, scope_id
             flowinfo = int.from_bytes(name[4:8], "big")
             scope_id = int.from_bytes(name[24:28], sys.byteorder)
@@ -247,25 +251,26 @@ def control_messages(control: bytes) -> list[tuple[int, int, bytes]]:
     return found
 
 
-def addresses(sockaddr, ancdata) -> tuple:
+def addresses(sockaddr: SockAddr,
+              ancdata: list[tuple[int, int, bytes]]) -> tuple[Address, Address | None]:
     """(source, destination) of a datagram as it really arrived. A dual-stack
     socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
     show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
     which the kernel adds to IPv4 datagrams alone, says the source is IPv4."""
-    source = ipaddress.ip_address(sockaddr[0])
+    source: Address = ipaddress.ip_address(sockaddr[0])
     dest = None
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             # in_pktinfo: ifindex, spec_dst, addr
             if source.version == 6:
-                source = source.ipv4_mapped
+                source = source.ipv4_mapped or source  # mapped: always, on a dual-stack socket
             return source, ipaddress.IPv4Address(data[8:12])
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
             dest = ipaddress.IPv6Address(data[:16])  # in6_pktinfo: addr, ifindex
     return source, dest
 
 
-def unknockable(source) -> str | None:
+def unknockable(source: Address) -> str | None:
     """Why no knock is accepted from this source address, or None: the one source
     rule, before anything is stored. The helper refuses the same addresses
     (helper/request.py: unknockable, its twin; tests/test_contract.py pins them)."""

@@ -9,7 +9,7 @@ first to go.
 from __future__ import annotations
 
 import time
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 
 class Limiter:

@@ -11,7 +11,6 @@ keeps bounded state, and stops when its store fails.
 from __future__ import annotations
 
 import argparse
-import datetime
 import select
 import signal
 import socket
@@ -34,9 +33,9 @@ class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
     def __init__(self, cfg: config.Config, keys: keyring.Keyring, store: counters.Store,
-                 log: events.EventLog, now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+                 log: events.EventLog, now: config.Clock = config.utc_now):
         self.now = now  # wall clock, for clients' expiry
-        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC check, oldest first
+        self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
         self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
         self.cfg, self.keys, self.store, self.log = cfg, keys, store, log
@@ -47,10 +46,11 @@ class Verifier:
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
 
-    def server_ips(self, dest) -> tuple[bytes, ...]:
+    def server_ips(self, dest: knock_socket.Address | None) -> tuple[bytes, ...]:
         return self.fixed_ips or ((dest.packed,) if dest is not None else ())
 
-    def handle(self, tag: bytes, unsealed: protocol.Unsealed, source, dest) -> None:
+    def handle(self, tag: bytes, unsealed: protocol.Unsealed, source: knock_socket.Address,
+               dest: knock_socket.Address | None) -> None:
         # A datagram past its seal: tag is its first 40 bytes, unsealed what it sealed.
         if tag in self.recent:
             # The very bytes of a packet already decided (a captured knock sent
@@ -89,6 +89,7 @@ class Verifier:
         self.store.commit(result.client_key, result.counter)
         common = dict(client=client.name, client_key=result.client_key.hex(),
                       source_ip=source, counter=result.counter, protocol=unsealed.version)
+        request: knock_request.Request | knock_request.Bad | None
         if result.data:
             request = knock_request.parse(result.data)
             shown = knock_request.show(result.data)
@@ -105,7 +106,8 @@ class Verifier:
         else:
             self.open(client, common, request, source)
 
-    def rejected(self, result: protocol.Rejected, source, no_ipv4: bool) -> None:
+    def rejected(self, result: protocol.Rejected, source: knock_socket.Address,
+                 no_ipv4: bool) -> None:
         if result.reason == protocol.UNKNOWN_CLIENT:  # counted by key id and source only
             self.log.unknown_key(result.claimed_key, source)
             return
@@ -133,15 +135,17 @@ class Verifier:
             self.log.limited("signature", f"knock claiming client {name} from {source} has a "
                              "bad signature (other client key or server address)", **claimed)
 
-    def refuse(self, client, common: dict, shown: str, why: str, said: str = "") -> None:
+    def refuse(self, client: config.Client, common: dict, shown: str, why: str,
+               said: str = "") -> None:
         # A client's own bytes (shown, escaped) go to GNOCCHI_REQUEST only: MESSAGE
         # quotes a request only in the canonical form this code printed itself.
         said = said or f"'{shown}'"
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client, common: dict, request: knock_request.Open | knock_request.OpenPorts,
-             source) -> None:
+    def open(self, client: config.Client, common: dict,
+             request: knock_request.Open | knock_request.OpenPorts,
+             source: knock_socket.Address) -> None:
         """One helper request (every port or none), one entry naming them all."""
         try:
             status = helper_client.request_open(self.cfg.helper_socket, source, request.opens)
@@ -158,7 +162,8 @@ class Verifier:
         self.log.event("accepted", f"client {client.name} from {source}: {request}",
                        request=str(request), helper_status=status, **common)
 
-    def run(self, client, common: dict, request: knock_request.Run, source) -> None:
+    def run(self, client: config.Client, common: dict, request: knock_request.Run,
+            source: knock_socket.Address) -> None:
         if why := self.runs.refusal(client.name):
             self.refuse(client, common, str(request), why)
             return
@@ -219,29 +224,19 @@ def serve(socks: list[socket.socket], verifier: Verifier, log: events.EventLog, 
                                 *knock_socket.addresses(*datagrams.sender(i)))
 
 
-def interval(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 1 <= seconds <= 86400:  # a summary per packet would defeat its purpose
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 1..86400")
-    return seconds
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gnocchi serve",
                                      description="Run the verifier (normally gnocchi.socket "
                                                  "starts it through gnocchi.service).")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="FILE",
-                        help=f"default {config.DEFAULT_PATH}")
+    parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE",
+                        help=f"default {config.DEFAULT_CONFIG}")
     parser.add_argument("--listen", metavar="ADDR", action="append", default=[],
                         help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket "
                              "(again for each knock port)")
     parser.add_argument("--keys-from", metavar="DIR",
                         help="read the key files from DIR (server.key, private.key: systemd's "
                              "credentials); default: the files the config names")
-    parser.add_argument("--summary-interval", type=interval, default=events.INTERVAL,
+    parser.add_argument("--summary-interval", type=events.interval, default=events.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
     log = events.EventLog(interval=args.summary_interval)

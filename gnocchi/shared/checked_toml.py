@@ -11,12 +11,13 @@ raises its own exception class (ConfigError, ProfileError) with that text.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 
 class Where:
     """Reads one file and builds errors that name it and a key path."""
 
-    def __init__(self, path, error: type[Exception]):
+    def __init__(self, path: str | os.PathLike[str], error: type[Exception]) -> None:
         self.path = str(path)
         self.exception = error
 
@@ -24,7 +25,7 @@ class Where:
         return self.exception(f"{self.path}: {key}: {problem}" if key
                               else f"{self.path}: {problem}")
 
-    def read(self, missing: str = "no such file") -> dict:
+    def read(self, missing: str = "no such file") -> dict[str, object]:
         """The file as a TOML document, or the error saying why not (one line)."""
         import tomllib  # only where there is a file to read: a client with flags alone skips it
         try:
@@ -39,7 +40,8 @@ class Where:
         except UnicodeDecodeError:
             raise self.error("", "not valid UTF-8") from None
 
-    def table(self, value, key: str, allowed, required=frozenset()) -> dict:
+    def table(self, value: object, key: str, allowed: Collection[str],
+              required: Collection[str] = frozenset()) -> dict[str, object]:
         if not isinstance(value, dict):
             raise self.error(key, f"must be a table, not {kind(value)}")
         for k in value:
@@ -51,25 +53,25 @@ class Where:
                 raise self.error(join(key, k), "missing (required)")
         return value
 
-    def entries(self, value, key: str) -> list:
+    def entries(self, value: object, key: str) -> list[tuple[str, object]]:
         """The (name, table) pairs of a table of named tables, such as [clients.NAME]."""
         if not isinstance(value, dict):
             raise self.error(key, f"must be a table of named tables, not {kind(value)}")
         return list(value.items())
 
-    def string(self, value, key: str) -> str:
+    def string(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not value:
             raise self.error(key, "must be a non-empty string, not "
                              + (kind(value) if value != "" else "an empty one"))
         return value
 
-    def path_string(self, value, key: str) -> str:
+    def path_string(self, value: object, key: str) -> str:
         text = self.string(value, key)
         if not os.path.isabs(text):
             raise self.error(key, f"{text!r} is not an absolute path")
         return text
 
-    def string_list(self, value, key: str) -> list[str]:
+    def string_list(self, value: object, key: str) -> list[str]:
         if not isinstance(value, list):
             raise self.error(key, f"must be a list of strings, not {kind(value)}")
         for i, item in enumerate(value):
@@ -78,7 +80,7 @@ class Where:
         return value
 
 
-def kind(value) -> str:
+def kind(value: object) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
 

@@ -7,11 +7,12 @@ Also the one file lock (lock_exclusive). Portable POSIX: the client runs on
 macOS and the BSDs too, so nothing Linux-only is required.
 """
 import os
+from collections.abc import Callable
 
 try:
     import fcntl
 except ImportError:  # not every platform has it; os.lockf is the POSIX fallback
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 # O_DIRECTORY only makes the open refuse a non-directory; where it is missing,
 # the fsync below still works on the directory we name.
@@ -27,7 +28,7 @@ def lock_exclusive(fd: int) -> None:
         os.lockf(fd, os.F_LOCK, 0)  # 0: the whole file, however long
 
 
-def fsync_dir(directory) -> None:
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Make a directory entry just created or renamed survive power loss."""
     fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -36,7 +37,9 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
-def replace_file(path, data: bytes, mode: int, owner=None, check=None) -> None:
+def replace_file(path: str | os.PathLike[str], data: bytes, mode: int,
+                 owner: tuple[int, int] | None = None,
+                 check: Callable[[str], object] | None = None) -> None:
     """Durably make path hold data, with mode (and owner, a (uid, gid), if given);
     OSError if any step fails. check(temporary path), if given, runs on the
     complete new file before it replaces the old one; what it raises leaves

@@ -28,7 +28,7 @@ _READ_LIMIT = HEX_LEN + 2
 class KeyFileError(Exception):
     """A key file that cannot be used; str() names the file, the problem and the fix."""
 
-    def __init__(self, path, problem: str, fix: str = ""):
+    def __init__(self, path: str | os.PathLike[str], problem: str, fix: str = "") -> None:
         self.path = os.fspath(path)
         self.problem = problem
         self.fix = fix
@@ -50,7 +50,7 @@ def _describe(raw: bytes) -> str:
             f"(only one trailing newline is allowed)")
 
 
-def load_secret(path) -> bytes:
+def load_secret(path: str | os.PathLike[str]) -> bytes:
     """The 32-byte server key or client seed in path (0600, not a link)."""
     try:  # O_NONBLOCK: a FIFO must not hang us
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -89,7 +89,7 @@ def load_secret(path) -> bytes:
     return bytes.fromhex(raw[:HEX_LEN].decode("ascii"))
 
 
-def load_server_key(path) -> bytes:
+def load_server_key(path: str | os.PathLike[str]) -> bytes:
     """load_secret(), also refusing a key whose knock port is 1024 or lower (PROTOCOL.md)."""
     key = load_secret(path)
     port = knock_port(key)
@@ -100,7 +100,7 @@ def load_server_key(path) -> bytes:
     return key
 
 
-def load_private_key(path) -> tuple[bytes, bytes]:
+def load_private_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """(public, private) of the v2 server private key in path (0600, not a link),
     refusing one whose knock port is 1024 or lower (PROTOCOL.md, R10)."""
     private = load_secret(path)
@@ -126,7 +126,7 @@ def new_private_key(port: int | None = None) -> bytes:
     raise RuntimeError("no usable private key in 5,000,000 draws: is os.urandom broken?")
 
 
-def parse_public_hex(text, what: str) -> bytes:
+def parse_public_hex(text: object, what: str) -> bytes:
     """A public key written as text (e.g. in TOML); ValueError naming `what` if it is not one."""
     if not isinstance(text, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         shown = repr(text) if len(repr(text)) <= 80 else repr(text)[:77] + "..."
@@ -135,7 +135,7 @@ def parse_public_hex(text, what: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def write_secret(path, key: bytes) -> None:
+def write_secret(path: str | os.PathLike[str], key: bytes) -> None:
     """Create path 0600 holding key as hex and a newline; never replaces a file; fsynced."""
     if len(key) != KEY_LEN:
         raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
@@ -163,7 +163,7 @@ def write_secret(path, key: bytes) -> None:
     durable.fsync_dir(os.path.dirname(os.path.abspath(path)))  # the new entry survives a crash
 
 
-def make_private_dirs(directory) -> None:
+def make_private_dirs(directory: str | os.PathLike[str]) -> None:
     """Create directory and any missing parents, each 0700 (whatever the umask);
     directories that already exist are left as they are."""
     missing = []
@@ -183,7 +183,7 @@ def make_private_dirs(directory) -> None:
             raise KeyFileError(path, f"cannot create the directory: {e.strerror}") from None
 
 
-def create_client_key(path) -> bytes:
+def create_client_key(path: str | os.PathLike[str]) -> bytes:
     """A new client key file at path (0600, never over an existing file; missing
     directories made 0700); returns its public key."""
     make_private_dirs(os.path.dirname(os.path.abspath(path)))

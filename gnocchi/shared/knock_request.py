@@ -64,7 +64,7 @@ class Bad(namedtuple("Bad", "why")):
 Request = Open | OpenPorts | Run
 
 
-def parse_port(item) -> Open | None:
+def parse_port(item: object) -> Open | None:
     """One port: 22, "22", "22/tcp" or "22/udp" (a config allow entry, a
     request's port); None if it is none of them."""
     if isinstance(item, int) and not isinstance(item, bool):

@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterable
 # Only functions PyNaCl 1.5 (Debian's) and PyPI's current one both declare.
 from nacl._sodium import ffi, lib
 
+MYPY = False  # the type checker reads what follows; Python skips it (and typing's import)
+if MYPY:
+    from nacl._sodium import CData
+
 KEY_LEN = 32
 SECRET_KEY_LEN = 64  # libsodium's Ed25519 secret key: the seed, then the public key
 NONCE_LEN = 24
@@ -210,7 +214,7 @@ def build_packet2(server_public: bytes, signing_seed: bytes, counter: int, data:
     return MAGIC2 + blake2b(sealed, MAC1_LEN, MAC1_PERSON, key=server_public) + sealed
 
 
-def unseal(length: int, head: bytes, box, opened, server_key: bytes | None,
+def unseal(length: int, head: bytes, box: CData, opened: CData, server_key: bytes | None,
            keys2: Iterable[tuple[bytes, bytes]] = ()) -> str | Unsealed:
     """The receiver's steps up to the seal on a datagram of `length` bytes: a
     reason, or what the seal held. head: its first NONCE_LEN bytes; box: a cffi

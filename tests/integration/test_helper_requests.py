@@ -6,6 +6,7 @@ transaction, with the helper's own timeout. The helper serves uid `nobody` here 
 nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -126,10 +127,11 @@ def test_valid_requests_add_exactly_their_element(server):
     host, helper = server
     before = ruleset(host)
     assert helper.send(VALID, request("fd00::7", 60001, 17)) == [S["OK"], S["OK"]]
+    about_30 = pytest.approx(30, abs=2)
     assert elements(host, "knocked4") == [
-        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": pytest.approx(30, abs=2)}]
+        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30, "expires": about_30}]
     assert elements(host, "knocked6") == [
-        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": pytest.approx(30, abs=2)}]
+        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30, "expires": about_30}]
     for name in ("knocked4", "knocked6"):
         host.nft("flush", "set", "inet", "gnocchi", name)
     assert ruleset(host) == before  # nothing else changed
@@ -239,7 +241,8 @@ def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
 
 
 def test_helper_refuses_bad_options():
-    for args, text in ((["--open-seconds", "0"], "1..3600"), (["--open-seconds", "3601"], "1..3600"),
+    for args, text in ((["--open-seconds", "0"], "1..3600"),
+                       (["--open-seconds", "3601"], "1..3600"),
                        (["--peer-user", "no-such-user-x"], "no such user"),
                        (["--peer-user", "nobody"], "expected 1 socket")):
         r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
@@ -312,3 +315,28 @@ def test_add_delete_add_re_arms_and_one_add_does_where_the_kernel_says_it_does(t
         assert left["198.18.5.2"] >= 29  # add, delete, add: re-armed
         assert (left["198.18.5.1"] >= 29) is nft.rearms(os.uname().release)
         assert left["198.18.5.3"] <= 28  # a plain add keeps the old expiry
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    with Net("rh") as net:  # its own: it leaves an element behind
+        load_table(net.server, tmp_path)
+        yield net.server
+
+
+def test_a_standing_element_without_a_timeout_does_not_stop_the_helper(own_server):
+    # An element the admin added by hand without a timeout (a standing pass for
+    # one address) is listed by nft -j as a bare {"concat": [...]}, not as
+    # {"elem": {...}}: a helper that reads knocked4 must not die on it.
+    server = own_server
+    server.nft("add", "element", "inet", "gnocchi", "knocked4", "{ 198.18.7.7 . tcp . 22 }")
+    helper = Helper(server)
+    try:
+        assert helper.send(request("198.18.1.1", 22)) == [STATUS["OK"]], helper.log.read_text()
+        assert helper.send(request("198.18.1.1", 22)) == [STATUS["OK"]], helper.log.read_text()
+    finally:
+        helper.close()
+    listed = json.loads(server.nft("-j", "list", "set", "inet", "gnocchi", "knocked4").stdout)
+    elems = [e for item in listed["nftables"] for e in item.get("set", {}).get("elem", [])]
+    assert {"concat": ["198.18.7.7", "tcp", 22]} in elems  # the admin's, untouched
+    assert [e["elem"]["val"]["concat"] for e in elems if "elem" in e] == [["198.18.1.1", "tcp", 22]]

@@ -1,4 +1,4 @@
-"""Issue 4's "Done when": the whole stack, every part real.
+"""The whole stack, every part real.
 
     client ns 198.18.n.1                         server ns 198.18.n.2
     python3 -m gnocchi.client.knock  --UDP knock-->     python3 -m gnocchi.admin serve (user nobody)
@@ -56,7 +56,8 @@ class Stack:
             'allow = ["22/tcp", "60001/udp"]\n')
         # The verifier runs as nobody, who may not be able to read the checkout
         # (a clone under /root): it gets its own copy of the package.
-        shutil.copytree(REPO / "gnocchi", d / "gnocchi", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / "gnocchi", d / "gnocchi",
+                        ignore=shutil.ignore_patterns("__pycache__"))
         self.verifier_log = d / "verifier.log"
         with open(self.verifier_log, "w") as log:
             self.verifier = net.server.popen(
@@ -79,7 +80,8 @@ class Stack:
              "--request", req, self.net.server.ip]), cwd=REPO, check=True, timeout=30)
         want = {"val": {"concat": [self.net.client.ip, proto, port]}, "timeout": OPEN_SECONDS}
         for _ in range(30):  # up to 3 s: UDP, then the verifier, then the helper
-            found = [{k: e[k] for k in ("val", "timeout")} for e in elements(self.net.server, "knocked4")]
+            found = [{k: e[k] for k in ("val", "timeout")}
+                     for e in elements(self.net.server, "knocked4")]
             if want in found:
                 return
             time.sleep(0.1)

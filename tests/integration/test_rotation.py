@@ -58,7 +58,8 @@ def knock(home: Path, *args, net: Net | None = None, stdin=b""):
 
 
 def line_of(printed: str) -> list[str]:
-    return shlex.split(next(l for l in printed.splitlines() if l.startswith("gnocchi-knock")))
+    return shlex.split(next(line for line in printed.splitlines()
+                            if line.startswith("gnocchi-knock")))
 
 
 def test_old_and_new_key_clients_both_get_in_during_the_overlap_and_only_new_after(d):
@@ -117,10 +118,10 @@ def test_old_and_new_key_clients_both_get_in_during_the_overlap_and_only_new_aft
                 accepted = [e for e in events(log.read_text())
                             if e.get("GNOCCHI_EVENT") == "accepted"]
                 assert [e["GNOCCHI_CLIENT"] for e in accepted] == ["alice", "bob"]
-                assert datetime.datetime.now(datetime.timezone.utc) < cfg.rotation_ends, \
+                assert datetime.datetime.now(datetime.UTC) < cfg.rotation_ends, \
                     "the machine was too slow for the overlap"
 
-                wait = (cfg.rotation_ends - datetime.datetime.now(datetime.timezone.utc))
+                wait = (cfg.rotation_ends - datetime.datetime.now(datetime.UTC))
                 time.sleep(max(0.0, wait.total_seconds()) + 1)
                 assert not gets_in(alice_home)
                 refused = [e for e in events(log.read_text()) if e.get("GNOCCHI_EVENT") ==

@@ -1,4 +1,4 @@
-"""Issue 9, item 1: a knock gets through a flood from elsewhere. The table cuts
+"""A knock gets through a flood from elsewhere. The table cuts
 one flooding source to the knock port in the kernel (set knock_port, filled by
 the loader from the server key; one rate limit per source in knock_sources4/6),
 before it reaches the verifier's socket; the knock port in the table follows
@@ -13,15 +13,18 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import pytest
 from nacl.secret import SecretBox
+from scapy.all import UDP, IPv6, Raw
 
 from gnocchi.admin import check, nft_table, table
 from gnocchi.shared import keys, protocol
 from support import (PYTHON, REPO, TABLE_FILE, Daemon, EchoServices, Helper, Keys, Net, inside,
                      knock, load_table, send_datagrams, write_config)
+from test_gate_attacks import send_raw
 
 RATE, BURST = 20, 100  # nft/gnocchi.nft: limit rate over 20/second burst 100 packets
 FLOOD_SECONDS = 3
@@ -94,7 +97,7 @@ class Counting:
             try:
                 _, (ip, *_) = self.sock.recvfrom(2048)
                 self.by_source[ip] += 1
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
 
     def settle(self) -> Counter:
@@ -216,6 +219,37 @@ def test_an_ipv6_source_is_limited_per_64(net, tmp_path):
     assert got[same] <= RATE, got
     assert got[other] == BURST, got
 
+
+
+SITE_PORT = 40077
+PREFIXES = 64  # /64s of one /48 used here (a /56 has 256)
+SITE_RATE, SITE_BURST = 100, 500  # nft/gnocchi.nft, set knock_sites6: per /48
+
+
+def test_one_holder_of_many_64s_gets_no_more_through_than_a_few_sources(net, tmp_path):
+    """A home line is routed a /56 (256 /64s), a server a /48 (65,536): with a
+    limit per /64 alone, one such holder would reach the verifier with its
+    prefix's count of bursts, without forging anything, and a /48 would fill
+    knock_sources6 by itself. The table's second limit, per /48 (set
+    knock_sites6), makes the holder one source again."""
+    load_table(net.server, tmp_path, knock_port=SITE_PORT)
+    site = net.client.ip6.split(":")[:3]  # fd00:198:18, the client's /48
+    sources = [":".join(site + [f"{0x100 + i:x}", "", "1"]) for i in range(PREFIXES)]
+    counting = Counting(net, SITE_PORT, ip=net.server.ip6)
+    try:
+        started = time.monotonic()
+        send_raw(net.client, [IPv6(src=src, dst=net.server.ip6) / UDP(sport=5000, dport=SITE_PORT)
+                              / Raw(b"x") for src in sources for _ in range(BURST + 50)])
+        got = counting.settle()
+        seconds = time.monotonic() - started
+    finally:
+        counting.close()
+    through = sum(got[s] for s in sources)
+    assert through >= BURST, got  # the datagrams came (and the first /64 got its burst)
+    # The /48's own budget, whatever the number of /64s: at most its burst and
+    # its rate for as long as the flood lasted (PREFIXES * BURST without it).
+    assert through <= SITE_BURST + SITE_RATE * seconds + 5, (
+        f"{through} datagrams from one /48 reached the knock socket in {seconds:.1f} s")
 
 # ---- the whole stack: a MAC-valid flood (the server key leaked) from one address ---
 

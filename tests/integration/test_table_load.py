@@ -1,5 +1,5 @@
 """gnocchi/admin/nft_table.py in a real kernel: loading and reloading table inet gnocchi
-never opens a window and never forgets, or revives, a pending knock (issue 14).
+never opens a window and never forgets, or revives, a pending knock.
 
 Runs nft_table.load()/unload() inside the server namespace of a tests/netns.py Net
 (subprocesses such as nft inherit that namespace); knocks are elements added
@@ -20,9 +20,8 @@ KNOCK_SECONDS = 30
 def net():
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare")
-    with Net("tl") as net:
-        with EchoServices(net.server, tcp_ports=(22, 2222)):
-            yield net
+    with Net("tl") as net, EchoServices(net.server, tcp_ports=(22, 2222)):
+        yield net
 
 
 def write(tmp_path, name: str, text: str):
@@ -118,7 +117,7 @@ def test_a_knock_used_while_the_table_is_replaced_is_not_revived(net, tmp_path, 
     def live_first_stale():
         reads.append(1)
         return stale if len(reads) == 1 else real_live()
-    monkeypatch.setattr(table, "live", live_first_stale)
+    monkeypatch.setattr(nft_table, "live", live_first_stale)
     changed = write(tmp_path, "rules.nft", TABLE_FILE.read_text().replace(
         "\t\tdrop\n", "\t\tcounter drop\n"))
     loaded = load(net, changed)
@@ -137,7 +136,8 @@ def test_a_broken_file_is_refused_and_the_live_table_stays(net, tmp_path):
     with pytest.raises(nft_table.TableError, match="nft refuses it"):
         load(net, broken)
     after = net.server.nft("list", "table", "inet", "gnocchi").stdout
-    strip = lambda text: [l for l in text.splitlines() if "expires" not in l]  # noqa: E731
+    def strip(text):
+        return [line for line in text.splitlines() if "expires" not in line]
     assert strip(after) == strip(before) and len(pending(net)) == 1
 
 
@@ -154,9 +154,9 @@ def test_the_replacement_script_guards_each_carried_knock():
     old = nft_table.Table(())
     new = nft_table.Table((
         {"set": {"name": "knocked4", "type": ["ipv4_addr", "inet_proto", "inet_service"]}},))
-    p4 = table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
+    p4 = nft_table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
                                   "timeout": 30, "expires": 29}})
-    p6 = table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
+    p6 = nft_table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
                                   "timeout": 30, "expires": 0}})
     script, dropped = nft_table.replacement("FILE", new, [p4, p6])
     assert script.splitlines() == [
@@ -168,8 +168,8 @@ def test_the_replacement_script_guards_each_carried_knock():
     assert dropped == 1  # the new table has no knocked6 of that type
     assert old.pending() == []
     # Not what the helper makes: ignored, never carried.
-    assert table._pending({"elem": {"val": {"concat": ["x", "tcp", 22]}}}) is None
-    assert table._pending({"elem": {"val": {"concat": ["198.18.0.1", "sctp", 22]}}}) is None
+    assert nft_table._pending({"elem": {"val": {"concat": ["x", "tcp", 22]}}}) is None
+    assert nft_table._pending({"elem": {"val": {"concat": ["198.18.0.1", "sctp", 22]}}}) is None
 
 
 def test_the_test_load_needs_no_firewall_of_ours():

@@ -3,7 +3,8 @@ IPv4 and IPv6, everything else untouched. Knocks come from the real helper.
 
     client ns  198.18.n.1 / fd00:198:18:n::1  --veth--  server ns  .2 / ::2
                                                           table inet gnocchi
-                                                          echo tcp 22, 60001, 8080 (8080 unprotected)
+                                                          echo tcp 22, 60001, 8080
+                                                            (8080 unprotected)
                                                           echo udp 60001, 60002 (60002 unprotected)
                                                           sink udp 60003 (never answers)
 """
@@ -51,7 +52,8 @@ def test_unprotected_ports_are_untouched(stack):
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_tcp_knock_lets_exactly_one_connection_through(stack, v6):
     net, helper = stack
-    client_ip, server_ip = (net.client.ip6, net.server.ip6) if v6 else (net.client.ip, net.server.ip)
+    client_ip, server_ip = ((net.client.ip6, net.server.ip6) if v6
+                            else (net.client.ip, net.server.ip))
     assert helper.send(request(client_ip, 22)) == [OK]
     first = tcp_connect(net.client, server_ip, 22)
     assert first is not None and echoes(first)

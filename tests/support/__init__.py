@@ -7,7 +7,8 @@
     table      load_table, ruleset,     nft/gnocchi.nft in a namespace, and what the kernel holds
                elements
     processes  REPO, PYTHON, stop,      the checkout's CLI, stopping a process, the JSON
-               gnocchi_cli, events      events a verifier writes outside systemd
+               gnocchi_cli, events,     events a verifier writes outside systemd, and a
+               root_only                skip (with its reason) for a test only root can run
     helper     request, STATUS, Helper, the helper's request format, the real root helper,
                HelperRecorder,          a recording stand-in for the verifier's tests, and
                helper_main,             for the helper's unprivileged unit tests only: its
@@ -21,7 +22,7 @@ here touches the root namespace's network or firewall.
 from support.helper import (ENTRY, HEADER, STATUS, FakeNftables, Helper, HelperRecorder,
                             helper_main, request, requested_ports)
 from support.netns import Host, Net, inside
-from support.processes import PYTHON, REPO, events, gnocchi_cli, stop
+from support.processes import PYTHON, REPO, events, gnocchi_cli, root_only, stop
 from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, send_paced,
                              tcp_connect, udp_socket)
 from support.table import TABLE_FILE, elements, load_table, ruleset
@@ -29,7 +30,8 @@ from support.verifier import Daemon, Keys, knock, knock2, write_config
 
 __all__ = ["ENTRY", "HEADER", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
            "request", "requested_ports", "Host", "Net", "inside", "PYTHON", "REPO", "events",
-           "gnocchi_cli", "stop",
-           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "tcp_connect", "udp_socket",
+           "gnocchi_cli", "root_only", "stop",
+           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "send_paced", "tcp_connect",
+           "udp_socket",
            "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock", "knock2",
            "write_config"]

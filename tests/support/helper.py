@@ -94,7 +94,8 @@ class Helper:
         return [None if v == "None" else int(v) for v in out.split()]
 
     def log_lines(self) -> list[str]:
-        return [l for l in self.log.read_text().splitlines() if l.startswith("gnocchi-helper:")]
+        return [line for line in self.log.read_text().splitlines()
+                if line.startswith("gnocchi-helper:")]
 
     def close(self):
         stop(self.proc)
@@ -125,7 +126,7 @@ class HelperRecorder:
         while not self._stop:
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with conn:
                 conn.settimeout(2)
@@ -158,8 +159,9 @@ def helper_main():
 class FakeNftables:
     """Stands in for nftables.Nftables() in the helper's unprivileged unit
     tests only (tests/unit/test_helper_*.py): json_cmd answers as libnftables
-    does for a table whose protected sets hold `protected`, or fails where told, and records every command. Everywhere else the tests use
-    the real library and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
+    does for a table whose protected sets hold `protected`, or fails where
+    told, and records every command. Everywhere else the tests use the real
+    library and kernel, in a namespace (tests/integration/test_helper_requests.py)."""
 
     def __init__(self, protected=(22,), fail_list: str = "", fail_add: str = ""):
         self.protected = list(protected)

@@ -63,6 +63,27 @@ class Host:
         (directory / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
             f"{ip} {name}\n" for name, ips in names.items() for ip in ips))
 
+    # What was delivered, for a test that floods: on a busy machine a datagram
+    # may be dropped on the way, so a test counts what arrived, not what it sent.
+
+    def udp(self) -> dict[str, int]:
+        """This namespace's Udp counters (/proc/net/snmp): InDatagrams counts the
+        datagrams applications read, RcvbufErrors those a full socket buffer dropped."""
+        lines = [line.split() for line in self.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                 if line.startswith("Udp:")]
+        return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+
+    def udp_queued(self, port: int) -> int:
+        """Bytes waiting, not yet read, in this namespace's UDP sockets bound to port."""
+        text = self.run(["cat", "/proc/net/udp", "/proc/net/udp6"]).stdout
+        rows = [line.split() for line in text.splitlines() if not line.lstrip().startswith("sl")]
+        return sum(int(row[4].split(":")[1], 16) for row in rows
+                   if int(row[1].rsplit(":", 1)[1], 16) == port)
+
+    def tx_dropped(self, dev: str) -> int:
+        """What dev dropped sending: for a veth, the datagrams its peer could not take."""
+        return int(self.run(["cat", f"/sys/class/net/{dev}/statistics/tx_dropped"]).stdout)
+
 
 class Net:
     """Two namespaces, `client` and `server`, joined by one veth link."""
@@ -74,7 +95,7 @@ class Net:
         self.client = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
         self.server = Host(f"{self.prefix}s", f"198.18.{n}.2", f"fd00:198:18:{n:x}::2")
 
-    def __enter__(self) -> "Net":
+    def __enter__(self) -> Net:
         try:
             for host in (self.client, self.server):
                 sh("ip", "netns", "add", host.name)

@@ -1,13 +1,22 @@
 """Processes the tests start: the checkout's CLI, stopping, and the JSON
-events a verifier writes on stderr outside systemd (gnocchi/server/events.py)."""
+events a verifier writes on stderr outside systemd (gnocchi/server/events.py);
+and root_only, for a test that only root can set up."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"  # the distribution's interpreter and its nacl/nftables/systemd
+
+
+def root_only(why: str) -> pytest.MarkDecorator:
+    """Skip the test, saying why, unless it runs as root (the fast loop runs as anyone)."""
+    return pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root: {why}")
 
 
 def gnocchi_cli(*args, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:

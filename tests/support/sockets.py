@@ -29,7 +29,7 @@ def tcp_connect(host: Host, ip: str, port: int, source: str | None = None) -> so
     s.settimeout(CONNECT_TIMEOUT)
     try:
         s.connect((ip, port))
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         s.close()
         return None
     return s
@@ -41,7 +41,7 @@ def echoes(sock: socket.socket, data: bytes = b"hello") -> bool:
     try:
         sock.send(data)
         return sock.recv(100) == data
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
 
 
@@ -111,7 +111,7 @@ class EchoServices:
         while not self.stop.is_set():
             try:
                 conn, _ = listener.accept()
-            except (TimeoutError, socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self._serve(self._echo_stream, conn)
 
@@ -119,7 +119,7 @@ class EchoServices:
         while not self.stop.is_set():
             try:
                 data = conn.recv(100)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -132,7 +132,7 @@ class EchoServices:
         while not self.stop.is_set():
             try:
                 data, peer = s.recvfrom(100)
-            except (TimeoutError, socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             s.sendto(data, peer)
 

@@ -29,7 +29,7 @@ while time.monotonic() < deadline:
     try:
         sock.recv(4096)
         replies += 1
-    except socket.timeout:
+    except TimeoutError:
         pass
     except ConnectionRefusedError:
         replies += 1

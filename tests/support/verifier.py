@@ -62,7 +62,7 @@ class Keys:
         return keys.public_of(self.seeds[name]).hex()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def same_port_keys() -> tuple[bytes, bytes]:
     """(v1 server key, v2 private key) of one knock port, as `gnocchi keygen --private
     --same-port-as` draws them."""
@@ -124,14 +124,13 @@ class Daemon:
     def __init__(self, net: Net, config: Path, listen: str | list[str], *args: str,
                  stderr: Path, env: tuple[str, ...] = ()):
         self.stderr_path = stderr
-        self.stderr = open(stderr, "wb")
         listens = [listen] if isinstance(listen, str) else listen  # one per knock port
-        argv = ["systemd-socket-activate", "-d", *(a for l in listens for a in ("-l", l)),
+        argv = ["systemd-socket-activate", "-d", *(a for one in listens for a in ("-l", one)),
                 "-E", f"PYTHONPATH={REPO}",
                 *(f"-E{e}" for e in env),
                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(config), *args]
-        self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr)
+        with open(stderr, "wb") as err:  # the daemon keeps its own copy
+            self.proc = net.server.popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         self.wait_for(lambda text: "Listening on" in text, what="the activated socket")
 
     def text(self) -> str:
@@ -161,6 +160,4 @@ class Daemon:
         return self.of(event)
 
     def stop(self) -> int:
-        status = stop(self.proc)
-        self.stderr.close()
-        return status
+        return stop(self.proc)

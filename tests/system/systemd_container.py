@@ -69,17 +69,16 @@ class Container:
 
     def boot(self, timeout: float = 90) -> None:
         self.boots += 1
-        log = open(self.dir / f"boot{self.boots}.log", "wb")
         # CAP_NET_ADMIN: nspawn keeps it only with a private network of its
         # own making; the container's netns here is ours, so grant it.
-        self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
-             "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
-             f"--network-namespace-path=/run/netns/{self.netns}",
-             "--boot", "systemd.firstboot=off"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        log.close()
+        with open(self.dir / f"boot{self.boots}.log", "wb") as log:
+            self.nspawn = subprocess.Popen(
+                ["systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
+                 "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
+                 f"--network-namespace-path=/run/netns/{self.netns}",
+                 "--boot", "systemd.firstboot=off"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
         deadline = time.monotonic() + timeout
         self.pid = 0
         while time.monotonic() < deadline and self.nspawn.poll() is None:

@@ -1,4 +1,4 @@
-"""Actions on a booted systemd: each run its own unit, user and cgroup (issue 10, item 2).
+"""Actions on a booted systemd: each run its own unit, user and cgroup.
 
 The package is installed in a booted container as in test_system.py, with
 two clients: alice may run actions, bob may open port 22. With the real

@@ -1,4 +1,4 @@
-"""Never locked out, never silently open (issue 11), on a booted systemd.
+"""Never locked out, never silently open, on a booted systemd.
 
 The package is installed in a container (tests/system/systemd_container.py)
 in the server namespace of a tests/netns.py Net. The tests share it and run
@@ -10,13 +10,14 @@ trial arming.
 from __future__ import annotations
 
 import json
-import subprocess
+import socket
 import sys
 import time
 
 import pytest
 
-from support import Net
+from gnocchi.admin import gate, nft_table, table
+from support import Net, inside, tcp_connect
 from systemd_container import Container, installed
 from test_system import need
 
@@ -120,7 +121,7 @@ def b(deb):
         yield b
 
 
-# ---- arming refused (issue 11, item 1) --------------------------------------
+# ---- arming refused ---------------------------------------------------------
 
 def test_without_a_knock_port_nothing_arms(b):
     proc = b.run("systemctl", "enable", "--now", "gnocchi.socket", check=False)
@@ -212,7 +213,7 @@ def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
     assert b.connect() == "timeout"
 
 
-# ---- status, and a table that stays armed (issue 11, item 2) -----------------
+# ---- status, and a table that stays armed -----------------------------------
 
 def status(b: Box, env: tuple = ()) -> tuple[int, str]:
     proc = b.run("env", *env, "gnocchi", "status", check=False)
@@ -230,10 +231,10 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
     assert (f"knock port: {port}/udp, listening (gnocchi.socket active); "
             f"server key fingerprint {fingerprint}") in lines
     assert "  alice: 22/tcp" in lines
-    assert any(l.startswith(f"  {b.net.client.ip} tcp/22, ") and l.endswith(" s left")
-               for l in lines), out
+    assert any(line.startswith(f"  {b.net.client.ip} tcp/22, ") and line.endswith(" s left")
+               for line in lines), out
     assert "last entries (journalctl -u gnocchi):" in lines
-    assert any(" accepted " in l and "alice" in l for l in lines), out
+    assert any(" accepted " in line and "alice" in line for line in lines), out
     assert b.connect() == "hello"
 
 
@@ -262,6 +263,92 @@ def test_a_flush_by_hand_is_rearmed_at_once_and_said_loudly(b):
     assert entry["_SYSTEMD_UNIT"] == "gnocchi-watch.service"
 
 
+def gate_whole(b: Box) -> bool:
+    with inside(b.net.server):
+        live = nft_table.live()
+    return live is not None and not gate.unguarded(live.objects) and not gate.differences(
+        live.objects, nft_table.test_load(str(b.file(TABLE))).objects)
+
+
+def test_a_flushed_chain_is_put_back_at_once_and_logged_critical(b):
+    since = time.time()
+    b.net.server.nft("flush", "chain", "inet", "gnocchi", "input")
+    b.wait(lambda: gate_whole(b), "the gate is whole again", timeout=5)
+    entry = b.wait(lambda: b.events("table-changed", since), "a table-changed entry")[-1]
+    assert entry["PRIORITY"] == "2" and entry["_SYSTEMD_UNIT"] == "gnocchi-watch.service"
+    assert entry["MESSAGE_ID"] == table.MESSAGE_IDS["table-changed"]
+    assert "chain input: 3 of its 3 rules missing" in entry["MESSAGE"]
+    assert f"re-armed from {TABLE}" in entry["MESSAGE"], entry["MESSAGE"]
+    explained = b.run("journalctl", "--no-pager", "-x", "-u", "gnocchi").stdout
+    assert "gnocchi's gate was changed while armed" in explained
+    assert b.connect() == "timeout"
+
+
+def test_status_never_says_armed_over_an_emptied_gate(b):
+    b.run("systemctl", "kill", "--kill-who=main", "--signal=STOP", "gnocchi-watch.service")
+    try:
+        b.net.server.nft("flush", "table", "inet", "gnocchi")
+        rc, out = status(b)
+        assert rc == 1 and out.startswith("gnocchi: NOT ARMED: table inet gnocchi is loaded but "
+                                          "its gate is EMPTIED"), out
+        assert "fix: systemctl reload gnocchi-arm" in out
+        assert b.connect() == "hello", "the emptied gate is open: status must not say ARMED"
+    finally:
+        b.run("systemctl", "kill", "--kill-who=main", "--signal=CONT", "gnocchi-watch.service")
+    b.wait(lambda: gate_whole(b), "put back by the watch")
+    assert status(b)[0] == 0
+
+
+ECHO = ("import socket, threading\n"
+        "s = socket.create_server(('', 22), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+        "def echo(c):\n"
+        "    while (d := c.recv(100)):\n"
+        "        c.sendall(d)\n"
+        "while True:\n"
+        "    c, _ = s.accept()\n"
+        "    threading.Thread(target=echo, args=(c,), daemon=True).start()\n")
+
+
+def talks(sock: socket.socket) -> bool:
+    sock.settimeout(3)
+    try:
+        sock.send(b"ping")
+        return sock.recv(10) == b"ping"
+    except OSError:
+        return False
+
+
+def test_a_stranger_who_came_in_during_a_flush_is_cut_and_a_knocked_session_stays(b):
+    b.run("systemctl", "stop", "protected-service")
+    b.run("systemd-run", "--unit=echo-service", "--quiet", "/usr/bin/python3", "-c", ECHO)
+    try:
+        b.knock_and_wait()
+        knocked = tcp_connect(b.net.client, b.net.server.ip, 22)
+        assert knocked is not None and talks(knocked)
+        since = time.time()
+        b.run("systemctl", "kill", "--kill-who=main", "--signal=STOP", "gnocchi-watch.service")
+        try:
+            b.net.server.nft("flush", "ruleset")
+            stranger = tcp_connect(b.net.client, b.net.server.ip, 22)
+            assert stranger is not None and talks(stranger), "the window was not open"
+        finally:
+            b.run("systemctl", "kill", "--kill-who=main", "--signal=CONT",
+                  "gnocchi-watch.service")
+        entry = b.wait(lambda: b.events("connections-cut", since), "a connections-cut entry")[-1]
+        assert entry["PRIORITY"] == "2" and entry["GNOCCHI_CUT"] == "1", entry["MESSAGE"]
+        assert f"{b.net.client.ip} port {stranger.getsockname()[1]} -> 22/tcp" in \
+            entry["MESSAGE"]
+        assert not talks(stranger), "the stranger is still inside after the re-arm"
+        assert talks(knocked), "the knocked session was cut"
+    finally:
+        b.run("systemctl", "stop", "echo-service", check=False)
+        b.run("systemctl", "reset-failed", "protected-service", check=False)
+        b.wait(lambda: b.run("systemctl", "show", "-P", "LoadState", "protected-service",
+                             check=False).stdout.strip() == "not-found", "the old unit is gone")
+        b.box.run(["systemd-run", "--unit=protected-service", "--quiet", "/usr/bin/python3",
+                   "-c", LISTENER])
+
+
 def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
     # Freeze the watch, so that nothing puts the table back. (Stopping it does not
     # work: gnocchi-arm.service upholds it, and systemd starts it again at once.)
@@ -279,7 +366,7 @@ def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
     assert status(b)[0] == 0
 
 
-# ---- trial arming (issue 11, item 4) ------------------------------------------
+# ---- trial arming ------------------------------------------------------------
 
 def test_disarm_is_the_console_switch_off(b):
     out = b.run("gnocchi", "disarm").stdout
@@ -359,7 +446,7 @@ def test_a_verifier_that_keeps_failing_never_disarms(b):
     assert status(b)[0] == 0
 
 
-# ---- gnocchi doctor (issue 11, item 3) ----------------------------------------
+# ---- gnocchi doctor ----------------------------------------------------------
 
 def doctor(b: Box) -> tuple[int, str]:
     proc = b.run("gnocchi", "doctor", check=False)
@@ -448,7 +535,7 @@ def test_doctor_names_a_default_drop_chain_that_hides_the_knock_port_and_its_fix
                         f"fix: nft insert rule inet filter input udp dport {port} accept",
                         f"iptables -I INPUT -p udp --dport {port} -j ACCEPT",
                         f"ufw allow {port}/udp")
-        fix = next(l for l in out.splitlines() if "fix: nft insert rule" in l)
+        fix = next(line for line in out.splitlines() if "fix: nft insert rule" in line)
         b.net.server.run(fix.split("fix: ", 1)[1].split(" (")[0].split())  # as given
         healthy(b)
         b.net.server.nft("add", "rule", "inet", "filter", "input", "meta", "l4proto", "udp",

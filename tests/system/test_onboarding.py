@@ -39,7 +39,7 @@ def need(*tools):
 def blocks(out: str) -> dict[str, str]:
     """add-client's output split at its '# ---- client NAME: WHAT ----' lines."""
     parts = re.split(r"^# ---- client \S+: (.*) ----\n", out, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 @pytest.fixture(scope="module")

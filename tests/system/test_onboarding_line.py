@@ -94,7 +94,8 @@ def test_a_fresh_account_onboarded_with_two_commands_logs_in_with_plain_ssh(setu
     public = as_carol(box, net, "gnocchi-knock", "--keygen").stdout.strip()
     # The admin, on the server: add her; the output is one line for her to run.
     added = box.run(["gnocchi", "add-client", "carol", public, "--host", net.server.ip])
-    commands = [l for l in added.stdout.splitlines() if l and not l.startswith("#")]
+    commands = [line for line in added.stdout.splitlines()
+                if line and not line.startswith("#")]
     assert len(commands) == 1, added.stdout
     private = (box.root / "etc/gnocchi/private.key").read_text().strip()
     assert private not in added.stdout + added.stderr, "nothing secret leaves the server"

@@ -5,7 +5,7 @@ an overlay of this machine's root, inside the server namespace of a
 tests/support/netns.py Net; the client namespace is the client host. The steps are
 docs/install.md's, run as an admin runs them: install the .deb, make the
 server key, add a client to the config, `gnocchi setup`, and
-`systemctl enable --now gnocchi.socket`: nothing else (issue 14).
+`systemctl enable --now gnocchi.socket`: nothing else.
 A python listener started by systemd-run stands for sshd on the protected
 port 22 (the table's default).
 
@@ -263,7 +263,7 @@ def test_a_knock_while_the_verifier_restarts_is_not_lost(server):
 
 
 def test_restarts_of_the_verifier_the_helper_and_their_sockets_leave_the_table_alone(server):
-    """Issue 14: restarting any of them never disarms and never drops a pending knock;
+    """Restarting any of them never disarms and never drops a pending knock;
     nor does restarting the arming unit itself (its stop half keeps the table)."""
     box, net = server.box, server.net
     before = len(server.accepted())
@@ -342,7 +342,7 @@ class Prober:
         self.stop = server.box.dir / "probe.stop"
         self.tries = self.opened = 0
 
-    def __enter__(self) -> "Prober":
+    def __enter__(self) -> Prober:
         self.stop.unlink(missing_ok=True)
         self.proc = self.server.net.client.popen(
             [sys.executable, "-c", self.CODE, self.source, self.server.net.server.ip,
@@ -358,7 +358,7 @@ class Prober:
 
 def test_an_upgrade_keeps_a_pending_knock_and_the_port_closed_to_others(server, deb):
     """Upgrade = the package's postinst: try-restart the verifier and the helper, then
-    reload the table, keeping pending knocks (issue 14)."""
+    reload the table, keeping pending knocks."""
     box = server.box
 
     def pid():

@@ -1,6 +1,6 @@
 """The units' hardening, as `systemd-analyze security --offline=true` scores it.
 
-Issue 5 asks for gnocchi.service <= 1.0 and gnocchi-helper.service <= 2.0
+gnocchi.service must score <= 1.0 and gnocchi-helper.service <= 2.0
 (Debian's fwknop-server scores 9.6). test_system.py checks the installed
 units again, with `systemd-analyze verify`, on a booted systemd.
 """
@@ -12,7 +12,7 @@ import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "units"
 LIMITS = {"gnocchi.service": 1.0, "gnocchi-helper.service": 2.0,
-          "gnocchi-action@.service": 1.0}  # issue 10: each action runs there
+          "gnocchi-action@.service": 1.0}  # each action runs there
 
 
 def exposure(unit_file: Path) -> float:

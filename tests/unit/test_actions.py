@@ -1,4 +1,5 @@
-"""gnocchi.server.actions: the payload on stdin, a fixed environment, bounded output, a timeout that kills the group."""
+"""gnocchi.server.actions: the payload on stdin, a fixed environment, bounded
+output, a timeout that kills the group."""
 import os
 import subprocess
 import time

@@ -1,4 +1,5 @@
-"""gnocchi.admin.audit: `gnocchi audit` reads the journal back: one line per entry, and the counter store rebuilt."""
+"""gnocchi.admin.audit: `gnocchi audit` reads the journal back: one line per
+entry, and the counter store rebuilt."""
 import datetime
 
 import pytest

@@ -87,7 +87,8 @@ def test_the_client_knocks_without_the_fcntl_module(tmp_path):
             assert plain[8:40] == public
             counters.append(int.from_bytes(plain[104:118], "big"))
         assert counters[1] > counters[0]
-        hides = NO_FCNTL.replace("from gnocchi.client.knock", "import fcntl\nfrom gnocchi.client.knock")
+        hides = NO_FCNTL.replace("from gnocchi.client.knock",
+                                 "import fcntl\nfrom gnocchi.client.knock")
         proof = knock_cli("--keygen", tmp_path / "k2", env=env_for(tmp_path), code=hides)
         assert "ImportError" in proof.stderr or "ModuleNotFoundError" in proof.stderr, \
             "the stand-in really hides fcntl"

@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 from gnocchi.server import config
 from gnocchi.shared import keys
 from gnocchi.client import profile
-from support import gnocchi_cli
+from support import gnocchi_cli, root_only
 
 ADMIN_TEXT = """\
 # my server; keep these comments
@@ -61,7 +61,7 @@ def remove(path, name):
 def blocks(out: str) -> dict[str, str]:
     """The printed output split at its '# ---- client NAME: ... ----' lines."""
     parts = re.split(r"^# ---- client \S+: (.*) ----\n", out, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_add_appends_one_table_and_prints_a_profile_gnocchi_knock_reads(server, tmp_path):
@@ -170,6 +170,7 @@ def test_a_client_written_another_way_is_left_to_the_admin(server):
     assert path.read_text() == text
 
 
+@root_only("the config is given to root and another group first")
 def test_the_new_file_keeps_owner_and_mode(server):
     path, _ = server
     os.chown(path, 0, 4242)
@@ -182,3 +183,22 @@ def test_the_new_file_keeps_owner_and_mode(server):
 def test_the_command_is_listed():
     usage = gnocchi_cli("--help").stdout
     assert "add-client" in usage and "remove-client" in usage
+
+
+def test_a_client_name_with_a_dot_is_added_and_removed(tmp_path):
+    # A name the config allows (letters, digits, _ . -) may hold a dot, which a
+    # bare TOML key would read as a table inside a table ([clients.web.01] is
+    # "01" in "web"): the edit must quote it, and removing it must too.
+    keys.write_secret(tmp_path / "server.key", keys.new_server_key())
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(f'server_key_file = "{tmp_path / "server.key"}"\n')
+    before = path.read_bytes()
+    public = bytes(SigningKey.generate().verify_key).hex()
+    added = gnocchi_cli("add-client", "--config", path, "--host", "h", "web.01", public)
+    assert added.returncode == 0, added.stderr
+    assert [c.name for c in config.load(str(path)).clients] == ["web.01"]
+    profile = added.stdout.split("# ---- client web.01: append to ~/.ssh/config ----")[0]
+    assert tomllib.loads(profile)["profiles"]["h"]["host"] == "h"
+    removed = gnocchi_cli("remove-client", "--config", path, "web.01")
+    assert removed.returncode == 0, removed.stderr
+    assert path.read_bytes() == before

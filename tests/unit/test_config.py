@@ -1,4 +1,8 @@
-"""gnocchi.server.config: the contract's example loads, defaults, and every error names the file and the key."""
+"""gnocchi.server.config: the contract's example loads, defaults, and every error
+names the file and the key."""
+import datetime
+import ipaddress
+
 import pytest
 
 from gnocchi.server import config
@@ -144,3 +148,36 @@ def test_a_file_that_is_not_toml_is_one_error_naming_it(tmp_path, content, probl
     with pytest.raises(config.ConfigError) as e:
         config.load(str(path))
     assert str(e.value).startswith(f"{path}: {problem}")
+
+
+def load_policy(tmp_path, client_lines: str) -> config.Config:
+    """A config whose one client, alice, has client_lines added (sources, expires)."""
+    return load_text(tmp_path, f'[clients.alice]\npublic_key = "{"ab" * 32}"\nallow = ["22"]\n'
+                               f'{client_lines}')
+
+
+def test_sources_and_expires_parse(tmp_path):
+    [alice] = load_policy(tmp_path, 'sources = ["198.51.100.0/24", "2001:db8::/48", '
+                                    '"203.0.113.7"]\nexpires = 2026-12-31\n').clients
+    assert alice.sources == (ipaddress.ip_network("198.51.100.0/24"),
+                             ipaddress.ip_network("2001:db8::/48"),
+                             ipaddress.ip_network("203.0.113.7/32"))
+    assert alice.expires == datetime.datetime(2026, 12, 31, tzinfo=datetime.UTC)
+    [bob] = load_policy(tmp_path, "expires = 2026-12-31T18:00:00+01:00\n").clients
+    assert bob.expires == datetime.datetime(2026, 12, 31, 17, tzinfo=datetime.UTC)
+    [carol] = load_policy(tmp_path, "").clients
+    assert carol.sources == () and carol.expires is None
+
+
+@pytest.mark.parametrize("line, key, problem", [
+    ('sources = ["198.51.100.1/24"]', "clients.alice.sources[0]", "no host bits set"),
+    ('sources = ["here"]', "clients.alice.sources[0]", "is not an address or a network"),
+    ('sources = "198.51.100.0/24"', "clients.alice.sources", "must be a list"),
+    ('expires = "2026-12-31"', "clients.alice.expires", "no quotes"),
+    ("expires = 2026-12-31T18:00:00", "clients.alice.expires", "has no offset"),
+])
+def test_a_bad_policy_names_the_file_and_the_key(tmp_path, line, key, problem):
+    with pytest.raises(config.ConfigError) as e:
+        load_policy(tmp_path, line + "\n")
+    assert str(e.value).startswith(f"{tmp_path / 'gnocchi.toml'}: {key}: ")
+    assert problem in str(e.value)

@@ -66,7 +66,7 @@ def test_a_write_cut_at_every_byte_loads_the_old_state_or_the_new(tmp_path, monk
     for cut in range(length + 1):
         path.write_bytes(old_bytes)
         cut_commit(monkeypatch, counters.Store(str(tmp_path)).load(), A, 7,
-                   lambda fd, data, offset: REAL_PWRITE(fd, data[:cut], offset))
+                   lambda fd, data, offset, cut=cut: REAL_PWRITE(fd, data[:cut], offset))
         got = state(tmp_path)
         assert got in (old, new), cut
         landed_new.append(got == new)
@@ -86,7 +86,7 @@ def test_any_set_of_sectors_landing_loads_the_old_state_or_the_new(tmp_path, mon
     for landed in range(2 ** sectors):
         path.write_bytes(old_bytes)
 
-        def land(fd, data, offset):
+        def land(fd, data, offset, landed=landed):
             for s in range(sectors):
                 if landed >> s & 1:
                     REAL_PWRITE(fd, data[s * 512:(s + 1) * 512], offset + s * 512)
@@ -105,8 +105,9 @@ def test_crash_after_crash_never_loses_a_commit_that_returned(tmp_path, monkeypa
             store.commit(A, counter)
             returned = counter
         else:  # cut short at a different byte each time
+            cut = counter * 37 % 200
             cut_commit(monkeypatch, store, A, counter,
-                       lambda fd, data, offset: REAL_PWRITE(fd, data[:counter * 37 % 200], offset))
+                       lambda fd, data, offset, cut=cut: REAL_PWRITE(fd, data[:cut], offset))
     assert returned == 59 and state(tmp_path)[1][A] == 59
 
 
@@ -299,7 +300,8 @@ def test_a_slot_that_is_not_whole_is_told_once_and_a_blank_one_never(tmp_path, m
     store.commit(A, 2)
     assert not counters.Store(str(tmp_path)).load().fell_back  # two whole slots
     store = counters.Store(str(tmp_path)).load()
-    cut_commit(monkeypatch, store, A, 3, lambda fd, data, offset: REAL_PWRITE(fd, data[:99], offset))
+    cut_commit(monkeypatch, store, A, 3,
+               lambda fd, data, offset: REAL_PWRITE(fd, data[:99], offset))
     store = counters.Store(str(tmp_path)).load()
     assert store.fell_back and store.last(A) == 2
     store.commit(A, 4)  # over the slot that was not whole

@@ -1,4 +1,5 @@
-"""gnocchi.server.counters: the durable store round-trips, and a corrupt one names the file and the way back."""
+"""gnocchi.server.counters: the durable store round-trips, and a corrupt one
+names the file and the way back."""
 import os
 
 import pytest
@@ -69,3 +70,72 @@ def test_an_empty_store_file_is_valid_and_a_directory_is_not(tmp_path):
     (tmp_path / "counters").mkdir()
     with pytest.raises(counters.StoreError, match="cannot read"):
         counters.Store(str(tmp_path)).load()
+
+
+# ---- a store replaced while the verifier runs (a restore, `gnocchi recover-counters`) ----
+# docs/server.md: the verifier's next commit stops it, and its next start loads
+# the new file; the admin's store is never overwritten with the old state, whether
+# the verifier loaded text (as setup, recover-counters, audit --counters and
+# backups leave it) or slots (test_counter_crash.py has more of those).
+
+def state(directory):
+    s = counters.Store(str(directory)).load()
+    return s.floor, s.counters
+
+
+def test_a_text_store_recovered_while_the_verifier_runs_is_not_overwritten(tmp_path):
+    counters.create(str(tmp_path))                      # gnocchi setup
+    running = counters.Store(str(tmp_path)).load()      # the verifier starts: text, no slots
+    counters.recover(str(tmp_path), 5000)               # the admin, while it runs
+    with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
+        running.commit(A, 10)                           # a knock with a counter below the floor
+    assert state(tmp_path) == (5000, {})                # the floor the admin wrote stands
+
+
+def test_a_store_outgrowing_its_slots_after_a_replacement_is_not_overwritten(tmp_path):
+    counters.create(str(tmp_path))
+    running = counters.Store(str(tmp_path)).load()
+    running.commit(A, 1)                                # now slots of 4096 bytes
+    counters.recover(str(tmp_path), 5000)               # replaced while it runs
+    many = {bytes([i]) * 32: 6000 + i for i in range(100)}
+    running.counters.update(many)                       # a state that no longer fits its slot
+    with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
+        running.commit(A, 7000)
+    assert state(tmp_path) == (5000, {})
+
+
+def test_recovery_with_a_clock_behind_never_lowers_the_floor(tmp_path):
+    # A first recovery at 9000 (render keeps only counters above the floor, so
+    # a client that last knocked before it is held by the floor alone); then
+    # another with a clock that is behind (no NTP yet at boot, a bad RTC).
+    counters.create(str(tmp_path))
+    counters.recover(str(tmp_path), 9000)
+    counters.recover(str(tmp_path), 5000)
+    store = counters.Store(str(tmp_path)).load()
+    assert store.last(A) >= 9000  # a knock captured with counter 8000 stays a replay
+
+
+@pytest.mark.parametrize("start", ["text", "slots"])
+def test_a_store_replaced_twice_is_seen_even_when_its_inode_number_comes_back(tmp_path, start):
+    # Each replacement makes its temporary file while the old one still exists,
+    # so the first gets a new inode number, but the second may get the number
+    # the verifier read (ext4 hands freed numbers out again): (device, inode)
+    # alone does not tell the files apart.
+    counters.create(str(tmp_path))
+    if start == "slots":
+        first = counters.Store(str(tmp_path)).load()
+        first.commit(A, 1)
+        first.commit(A, 2)
+        os.close(first._fd)                             # that verifier has exited
+    running = counters.Store(str(tmp_path)).load()      # has not written yet
+    path = tmp_path / "counters"
+    inode = path.stat().st_ino
+    for floor in range(5000, 5064):                     # enough tries to meet the number again
+        counters.recover(str(tmp_path), floor)
+        if path.stat().st_ino == inode:
+            break
+    else:
+        pytest.skip("this file system gave no inode number back")
+    with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
+        running.commit(A, 10)
+    assert state(tmp_path)[0] == floor

@@ -1,4 +1,5 @@
-"""gnocchi.server.events: bounded journal events under any flood, one MESSAGE_ID per kind, each in the catalog."""
+"""gnocchi.server.events: bounded journal events under any flood, one MESSAGE_ID
+per kind, each in the catalog."""
 from gnocchi.server import events
 from support import REPO
 

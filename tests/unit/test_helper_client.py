@@ -1,4 +1,5 @@
-"""gnocchi.server.helper_client: the request bytes of docs/contracts.md, and every way the helper answers or does not."""
+"""gnocchi.server.helper_client: the request bytes of docs/contracts.md, and
+every way the helper answers or does not."""
 import ipaddress
 import socket
 

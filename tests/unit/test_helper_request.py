@@ -80,3 +80,21 @@ def test_the_count_the_length_and_each_entry_are_checked(msg, status):
 def test_a_version_2_request_is_a_bad_version_whatever_its_length():
     v2 = bytes.fromhex("02040600" "0016" "c6120101" + "00" * 12 + "00000000075bcd15")  # 30 bytes
     assert rq.parse(v2) == rq.BAD_VERSION
+
+
+@pytest.mark.parametrize("family", [0, 2, 5, 10, 255])
+@pytest.mark.parametrize("address", ["198.18.1.1", "2001:db8:4::1"])
+def test_an_address_family_other_than_4_or_6_is_a_bad_address(family, address):
+    # 2 and 10 are Linux's AF_INET and AF_INET6: the request says 4 or 6.
+    assert rq.parse(request(address, 22)) != rq.BAD_ADDRESS
+    assert rq.parse(request(address, 22, family=family)) == rq.BAD_ADDRESS
+
+
+@pytest.mark.parametrize("at", range(4, 16))
+def test_an_ipv4_address_with_any_byte_set_after_it_is_a_bad_address(at):
+    # An IPv4 address is 4 bytes, then 12 zero bytes: anything else there would be
+    # a second reading of the same request.
+    good = request("198.18.1.1", 22)
+    address_at = 4  # the header's version, family, count and pad come first
+    msg = good[:address_at + at] + b"\x01" + good[address_at + at + 1:]
+    assert rq.parse(good) != rq.BAD_ADDRESS and rq.parse(msg) == rq.BAD_ADDRESS

@@ -8,6 +8,7 @@ import pytest
 
 from gnocchi.shared import keys
 from gnocchi.shared.protocol import knock_port
+from support import root_only
 
 HEX = "0123456789abcdef" * 4
 
@@ -113,6 +114,7 @@ def test_a_fifo_is_refused_without_hanging(tmp_path):
         keys.load_secret(tmp_path / "fifo")
 
 
+@root_only("the key is read as another user (setpriv)")
 def test_unreadable_file_for_another_user(tmp_path):
     path = put(tmp_path / "k", HEX.encode(), 0o600)
     result = subprocess.run(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 from support.client import LOOPBACK, knock_catcher, knock_port, write_key
 
@@ -164,7 +165,8 @@ def test_counters_are_kept_apart_per_server_key(setup, tmp_path):
 
 def test_concurrent_knocks_never_reuse_a_counter(setup):
     n = 20
-    argv = [sys.executable, "-m", "gnocchi.client.knock", "--server-key-file", setup.server_key_file,
+    argv = [sys.executable, "-m", "gnocchi.client.knock",
+            "--server-key-file", setup.server_key_file,
             "--client-key-file", setup.client_key_file, "--state-dir", setup.state_dir, LOOPBACK]
     procs = [subprocess.Popen(argv, cwd=REPO, env=setup.env, stderr=subprocess.PIPE)
              for _ in range(n)]
@@ -195,7 +197,7 @@ def test_sign_ip_is_the_address_signed(setup):
     assert setup.knock("--sign-ip", "198.18.0.7").returncode == 0
     packet = setup.receive()
     assert verify(packet, setup.server_key, "198.18.0.7").client == setup.client_public
-    with pytest.raises(Exception):
+    with pytest.raises(BadSignatureError):
         verify(packet, setup.server_key, LOOPBACK)
 
 
@@ -216,8 +218,8 @@ def test_with_sign_ip_an_ipv6_host_is_knocked_over_ipv6(setup):
     (("--open", "60001/udp"), None, b"open 60001/udp"),
     (("--open", "443/tcp"), None, b"open 443/tcp"),
     (("--run", "motd"), None, b"run motd"),
-    (("--run", "motd", "--payload", "-"), "Back at 5\nGone fishing".encode(),
-     "run motd\nBack at 5\nGone fishing".encode()),
+    (("--run", "motd", "--payload", "-"), b"Back at 5\nGone fishing",
+     b"run motd\nBack at 5\nGone fishing"),
     (("--run", "motd", "--payload", "-"), b"", b"run motd"),
     (("--request", "open 22 60001/udp"), None, b"open 22 60001/udp"),
     (("--open", "22", "--open", "60001/udp"), None, b"open 22 60001/udp"),
@@ -288,7 +290,8 @@ def test_error_cases(setup, tmp_path):
 def test_no_keys_given(setup):
     result = setup.knock(keyfiles=False)
     assert result.returncode == 1
-    assert b"no server key: give --server-public-key HEX (v2), --server-key-file FILE (v1), or a profile" in result.stderr
+    assert (b"no server key: give --server-public-key HEX (v2), --server-key-file FILE (v1), "
+            b"or a profile") in result.stderr
 
 
 # ---- profiles ------------------------------------------------------------------------
@@ -412,7 +415,8 @@ def echo_server(listener: socket.socket, log: list):
 
 
 def proxy_argv(setup, port, *extra):
-    return [sys.executable, "-m", "gnocchi.client.knock", "--server-key-file", setup.server_key_file,
+    return [sys.executable, "-m", "gnocchi.client.knock",
+            "--server-key-file", setup.server_key_file,
             "--client-key-file", setup.client_key_file, "--state-dir", setup.state_dir,
             *extra, "--proxy", LOOPBACK, str(port)]
 

@@ -1,4 +1,5 @@
-"""gnocchi.shared.knock_request: only the canonical forms of a knock's DATA parse, and show() makes any DATA safe to log."""
+"""gnocchi.shared.knock_request: only the canonical forms of a knock's DATA
+parse, and show() makes any DATA safe to log."""
 import pytest
 
 from gnocchi.shared import knock_request

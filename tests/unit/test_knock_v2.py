@@ -166,7 +166,7 @@ def test_a_profile_with_a_server_public_key_knocks_v2_and_a_v1_flag_overrides_it
 
 
 def test_a_bad_server_public_key_is_refused_naming_where_it_came_from(setup):
-    bad = setup.knock(public=False, *("--server-public-key", "abc"))
+    bad = setup.knock("--server-public-key", "abc", public=False)
     assert bad.returncode == 1 and b"--server-public-key: expected a public key" in bad.stderr
     config = setup.tmp / "knock.toml"
     config.write_text('[profiles.work]\nserver_public_key = "zz"\n')

@@ -106,7 +106,7 @@ def onboard(server, home: Path, host="srv.example.org", allow="22"):
     public = knock(home, "--keygen").stdout.strip()
     out = gnocchi("add-client", "bob", public, "--config", server, "--host", host,
                   "--allow", allow)
-    line = shlex.split(next(l for l in out.stdout.splitlines() if l.startswith("gnocchi-knock")))
+    line = shlex.split(next(c for c in out.stdout.splitlines() if c.startswith("gnocchi-knock")))
     return line[2], knock(home, *line[1:])
 
 

@@ -93,8 +93,9 @@ def test_build_then_open_round_trip_with_random_padding():
         packet = protocol.build_packet(SERVER_KEY, SEED_A, counter, b"open 22", SERVER_IP)
         lengths.add(len(packet))
         assert (len(packet) - protocol.MIN_PACKET) % 16 == 0
-        assert protocol.open_packet(packet, SERVER_KEY, lambda k: counter - 1, [SERVER_IP]) == \
-            protocol.Accepted(CLIENTS["a"], counter, b"open 22")
+        opened = protocol.open_packet(packet, SERVER_KEY, lambda k, counter=counter: counter - 1,
+                                      [SERVER_IP])
+        assert opened == protocol.Accepted(CLIENTS["a"], counter, b"open 22")
     assert len(lengths) > 1, "padding length never varied in 20 packets"
 
 

@@ -38,11 +38,12 @@ def test_a_rotation_adds_a_next_key_beside_the_current_one(s):
     cfg = config.load(str(s.config))
     nxt = keys.load_private_key(cfg.next_private_key_file)[0]
     assert stat.S_IMODE(os.stat(cfg.next_private_key_file).st_mode) == 0o600
-    left = cfg.rotation_ends - datetime.datetime.now(datetime.timezone.utc)
+    left = cfg.rotation_ends - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(days=6, hours=23) < left <= datetime.timedelta(days=7)
     # Only the rotation's two lines were added, before the first table.
-    added = [l for l in s.config.read_text().splitlines() if l not in before.splitlines()]
-    assert [l.split(" =")[0] for l in added] == ["next_private_key_file", "rotation_ends"]
+    added = [line for line in s.config.read_text().splitlines()
+             if line not in before.splitlines()]
+    assert [line.split(" =")[0] for line in added] == ["next_private_key_file", "rotation_ends"]
     ports = [s.port, protocol.knock_port(current), protocol.knock_port(nxt)]
     assert (s.units / "gnocchi.socket.d" / "port.conf").read_text().endswith(
         "ListenDatagram=\n" + "".join(f"ListenDatagram={p}\n" for p in ports))
@@ -110,7 +111,8 @@ def test_the_config_edit_puts_top_level_keys_before_the_first_table():
     text = 'a = 1\n[clients.x]\nb = 2\n'
     assert rotate.edited(text, {"rotation_ends": "2030-01-01T00:00:00+00:00"}) == \
         'a = 1\nrotation_ends = 2030-01-01T00:00:00+00:00\n[clients.x]\nb = 2\n'
-    assert rotate.edited("a = 1", {"private_key_file": '"/k"'}) == 'a = 1\nprivate_key_file = "/k"\n'
+    assert rotate.edited("a = 1", {"private_key_file": '"/k"'}) == \
+        'a = 1\nprivate_key_file = "/k"\n'
     assert rotate.edited('private_key_file = "/old"\n[t]\nprivate_key_file = "x"\n',
                          {"private_key_file": '"/new"', "rotation_ends": None}) == \
         'private_key_file = "/new"\n[t]\nprivate_key_file = "x"\n'

@@ -4,8 +4,9 @@ import pwd
 import pytest
 
 from gnocchi.server import strict
+from support import root_only
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+needs_root = root_only("chown to another user")
 
 
 def test_a_file_only_root_can_change_passes(tmp_path):

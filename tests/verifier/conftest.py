@@ -1,8 +1,9 @@
 """Fixtures for the verifier's tests: keys, a recording helper socket, a Net,
-and daemons that are stopped after each test (tests/support/verifier.py)."""
+the real helper on the real table in its server namespace, and daemons that
+are stopped after each test (tests/support/verifier.py)."""
 import pytest
 
-from support import Daemon, HelperRecorder, Keys, Net
+from support import Daemon, Helper, HelperRecorder, Keys, Net, load_table
 
 
 @pytest.fixture
@@ -21,6 +22,15 @@ def helper(tmp_path):
 def net():
     with Net("v") as n:
         yield n
+
+
+@pytest.fixture
+def real_helper(net, tmp_path):
+    """The real root helper's socket path; it serves root here (the verifier's user)."""
+    load_table(net.server, tmp_path)  # protects tcp 22
+    helper = Helper(net.server, peer_user="root")
+    yield helper.path
+    helper.close()
 
 
 @pytest.fixture

@@ -35,12 +35,12 @@ class Runner:
 
     def __init__(self, net, tmp_path: Path, config: Path):
         self.path = tmp_path / "action.sock"
-        self.err = open(tmp_path / "runner.err", "wb")
-        self.proc = net.server.popen(
-            ["systemd-socket-activate", "--seqpacket", "--accept", "--inetd", "-l",
-             str(self.path), "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "run-action",
-             "--config", str(config), "--peer-user", "root"],
-            stdout=subprocess.DEVNULL, stderr=self.err)
+        with open(tmp_path / "runner.err", "wb") as err:  # the runner keeps its own copy
+            self.proc = net.server.popen(
+                ["systemd-socket-activate", "--seqpacket", "--accept", "--inetd", "-l",
+                 str(self.path), "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin",
+                 "run-action", "--config", str(config), "--peer-user", "root"],
+                stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 10
         while not self.path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -49,7 +49,6 @@ class Runner:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=10)
-        self.err.close()
 
 
 def config(tmp_path, k) -> Path:
@@ -143,7 +142,8 @@ def test_one_run_at_a_time_per_client_and_a_bounded_number_in_all(stack, net, k,
     assert not (tmp_path / "action.out").exists(), "the second run never started"
     # Three more clients fill the verifier's MAX_RUNS; a fourth is refused.
     assert action_client.MAX_RUNS == 4
-    send_datagrams(net, k.port, [knock(k, name, 1, b"run hang", net.server.ip) for name in EXTRA_CLIENTS])
+    send_datagrams(net, k.port,
+                   [knock(k, name, 1, b"run hang", net.server.ip) for name in EXTRA_CLIENTS])
     refused = d.wait_events("refused", 2)[1]
     assert refused["GNOCCHI_CLIENT"] == "frank"
     assert refused["GNOCCHI_REASON"] == "4 actions are running, the most at once"

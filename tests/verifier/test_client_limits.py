@@ -1,4 +1,4 @@
-"""Issue 10: no client can hurt another. A client (a stolen key) floods the
+"""No client can hurt another. A client (a stolen key) floods the
 real verifier, which talks to the real helper and the real table, armed as
 `gnocchi table load` arms it (the knock port's per-source limit on); another
 client's knock still opens on its first try, and what of the flood the table
@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_real_helper import real_helper  # noqa: F401  (fixture)
 from support import PYTHON, knock, send_paced, write_config
 
 from gnocchi.server import verifier
@@ -44,7 +43,7 @@ allow = ["22"]
     bob_ip = net.client.ip.rsplit(".", 1)[0] + ".3"
     net.client.run(["ip", "addr", "add", f"{bob_ip}/24", "dev", "gveth0"])
     started = time.monotonic()
-    # The issue's flood: 2,000 knocks a second.
+    # A flood of 2,000 knocks a second.
     sender = send_paced(net.client, net.server.ip, k.port, flood, wait=False)
     time.sleep(0.3)
     # Bob, from another address, while alice floods over her limit: opens at once.

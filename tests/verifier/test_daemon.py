@@ -129,7 +129,8 @@ def test_dual_stack_socket_unmaps_ipv4_addresses(daemons, net, k, tmp_path, help
     # `-l PORT` makes what systemd makes for ListenDatagram=PORT: one AF_INET6 socket on
     # [::] that also takes IPv4 (v4-mapped source and destination addresses).
     d = start(daemons, net, k, tmp_path, helper, listen=str(k.port))
-    assert send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], wait=0.3) == 0
+    alice = knock(k, "alice", 1, b"open 22", net.server.ip)
+    assert send_datagrams(net, k.port, [alice], wait=0.3) == 0
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip  # not ::ffff:198.18...
     assert helper.messages == [request(net.client.ip, 22)]
@@ -140,7 +141,8 @@ def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, help
     # v1 signs an IPv4 address, so a knock over IPv6 verifies against server_addresses.
     d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}",
               extra=f'server_addresses = ["{net.server.ip}"]')
-    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
+    alice = knock(k, "alice", 1, b"open 22", net.server.ip)
+    send_datagrams(net, k.port, [alice], to=net.server.ip6)
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_SOURCE_IP"] == net.client.ip6
     assert helper.messages == [request(net.client.ip6, 22)]
@@ -148,7 +150,8 @@ def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, help
 
 def test_ipv6_knock_without_server_addresses_says_what_to_set(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}")
-    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)], to=net.server.ip6)
+    alice = knock(k, "alice", 1, b"open 22", net.server.ip)
+    send_datagrams(net, k.port, [alice], to=net.server.ip6)
     entry = d.wait_events("signature", 1)[0]
     assert "server_addresses" in entry["MESSAGE"] and entry["GNOCCHI_CLAIMED_CLIENT"] == "alice"
     assert helper.messages == []

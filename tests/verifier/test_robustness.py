@@ -26,6 +26,8 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
     unknown = [knock(k, "mallory", i, b"open 22", net.server.ip) for i in range(1, 101)]
     valid = knock(k, "alice", 1, b"open 22", net.server.ip)
     replays = [valid] * 300
+    flood = garbage + wrong_magic + unknown + replays
+    sent = {"MAGIC": 100, "UNKNOWN_CLIENT": 100, "SIZE+MAC": 1500, "REPEATED": 300}
     capture = tmp_path / "client.pcap"
     dump = net.client.popen(["tcpdump", "-i", "gveth0", "-n", "-U", "-w", str(capture),
                              f"ip src host {net.server.ip}"],
@@ -34,16 +36,27 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
         dump.stderr.readline()  # "listening on gveth0 ...": capturing from here on
         send_datagrams(net, k.port, [valid])
         d.wait_events("accepted", 1)  # started: from here the flood is read as fast as it comes
-        replies = send_datagrams(net, k.port, garbage + wrong_magic + unknown + replays, wait=1.0)
-        summaries = d.wait_events("dropped-summary", 1, timeout=20)
-        # The 300 copies of the accepted knock: each the very same bytes, so
-        # each is counted as repeated without a signature check.
-        d.wait_for(lambda _: sum(int(s["GNOCCHI_DROPPED"]) for s in d.of("dropped-summary"))
-                   == 2000, what="every packet counted", timeout=20)
+        before, dropped = net.server.udp(), net.client.tx_dropped("gveth0")
+        replies = send_datagrams(net, k.port, flood, wait=1.0)
+        d.wait_events("dropped-summary", 1, timeout=20)
+
+        # What reached the verifier's socket is what it must count. On a busy
+        # machine a full socket buffer (or the veth) may drop a few of the flood.
+        def delivered() -> int:
+            return net.server.udp()["InDatagrams"] - before["InDatagrams"]
+
+        def counted() -> int:
+            return sum(int(s["GNOCCHI_DROPPED"]) for s in d.of("dropped-summary"))
+        d.wait_for(lambda _: net.server.udp_queued(k.port) == 0 and counted() == delivered(),
+                   what="every packet read counted", timeout=20)
+        after = net.server.udp()
+        lost = (after["RcvbufErrors"] - before["RcvbufErrors"]
+                + net.client.tx_dropped("gveth0") - dropped)
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
     assert replies == 0
+    assert delivered() + lost == len(flood), (delivered(), lost)
     seen = subprocess.run(["tcpdump", "-n", "-r", str(capture)], capture_output=True, text=True)
     assert seen.returncode == 0 and seen.stdout == ""  # the server sent nothing at all
     summaries = d.of("dropped-summary")
@@ -52,8 +65,16 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
         for key, value in s.items():
             if key.startswith("GNOCCHI_DROPPED_"):
                 totals[key[16:]] = totals.get(key[16:], 0) + int(value)
-    assert totals["MAGIC"] == 100 and totals["UNKNOWN_CLIENT"] == 100
-    assert totals["SIZE"] + totals["MAC"] == 1500 and totals["REPEATED"] == 300
+    got = {"MAGIC": totals.get("MAGIC", 0), "UNKNOWN_CLIENT": totals.get("UNKNOWN_CLIENT", 0),
+           "SIZE+MAC": totals.get("SIZE", 0) + totals.get("MAC", 0),
+           # The 300 copies of the accepted knock: each the very same bytes, so
+           # each is counted as repeated without a signature check.
+           "REPEATED": totals.get("REPEATED", 0)}
+    assert set(totals) <= {"MAGIC", "UNKNOWN_CLIENT", "SIZE", "MAC", "REPEATED"}, totals
+    assert sum(got.values()) == delivered()
+    # Each kind counted as what it is: all of it when nothing was lost, and
+    # never more than was sent of it (what was lost is missing somewhere).
+    assert got == sent if lost == 0 else all(got[kind] <= sent[kind] for kind in sent), got
     events = d.events()
     assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
     # 2001 packets: started + accepted + one summary per second
@@ -89,7 +110,6 @@ allow = [{ports}]
         time.sleep(rng.uniform(0.0, 0.4))  # the daemon starts, then dies at a random moment
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(timeout=10)
-        d.stderr.close()
         assert "corrupt" not in d.text() and "Traceback" not in d.text()
     opened = [requested_ports(m)[0][0] - 2000 for m in helper.messages]
     assert len(opened) == len(set(opened)), f"a counter was accepted twice: {sorted(opened)}"
@@ -101,7 +121,8 @@ allow = [{ports}]
     d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "final.err")
     try:
         used = sent[max(0, stored - 3):stored]  # sent[i] has counter i + 1
-        send_datagrams(net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
+        send_datagrams(net, k.port,
+                       used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
         d.wait_events("accepted", 1)
         d.wait_events("replay", len(used))
         assert [e["GNOCCHI_COUNTER"] for e in d.of("accepted")] == [str(counter + 1)]
@@ -147,7 +168,8 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
     wrong = k.port + 1 if k.port < 65535 else k.port - 1
     fill = dict(ip=net.server.ip, port=k.port, wrong=wrong, port2=f"[{net.server.ip6}]:{k.port}")
     argv = ["systemd-socket-activate", *[a.format(**fill) for a in listen_args],
-            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(cfg)]
+            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve",
+            "--config", str(cfg)]
     proc = net.server.popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         err = ""
@@ -172,7 +194,7 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
 
 def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_knock(
         daemons, net, k, tmp_path, helper):
-    # Issue 10: deleting the store used to make every captured knock valid again.
+    # Without the store every captured knock would be valid again.
     cfg = write_config(tmp_path, k, helper.path)
     listen = f"{net.server.ip}:{k.port}"
     base = time.time_ns()  # counters as a client makes them: max(last + 1, clock)

@@ -1,4 +1,4 @@
-"""Issue 12: several ports in one knock, against the real verifier, the real
+"""Several ports in one knock, against the real verifier, the real
 root helper and the real table in network namespaces, with echo services
 behind the ports.
 

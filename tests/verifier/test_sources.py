@@ -1,4 +1,4 @@
-"""Issue 8: sources are what they are. A knock that arrived over IPv6 is an
+"""Sources are what they are. A knock that arrived over IPv6 is an
 IPv6 knock: from an address that embeds an IPv4 one (mapped, compatible,
 6to4, Teredo, NAT64) it is refused and logged with that very address, never
 turned into the IPv4 address inside it. The packets are real IPv6 datagrams
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.netns
 SEND_RAW = """
 import socket, sys
 from scapy.layers.inet6 import IPv6, UDP
-src, dst, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.stdin.read())
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = bytes.fromhex(sys.stdin.read())
 raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
 raw.sendto(bytes(IPv6(src=src, dst=dst) / UDP(sport=40000, dport=port) / payload), (dst, 0))
 """
@@ -37,7 +38,7 @@ def test_a_knock_from_an_ipv6_source_that_embeds_ipv4_is_refused_as_it_came(
     d = start(daemons, net, k, tmp_path, helper, listen=str(k.port),
               extra=f'server_addresses = ["{net.server.ip}"]')
     send_from(net, source, k.port, knock(k, "alice", 1, b"open 22", net.server.ip))
-    # This kernel delivers every one of them (checked: the issue's case).
+    # This kernel delivers every one of them (checked).
     [refused] = d.wait_events("refused", 1)
     shown = refused["GNOCCHI_SOURCE_IP"]
     assert ipaddress.ip_address(shown) == ipaddress.ip_address(source)
