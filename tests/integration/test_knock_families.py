@@ -151,7 +151,7 @@ def test_ssh_like_proxy_knock_gets_in_over_the_family_ssh_uses(stack):
 def test_a_plain_knock_opens_the_family_ssh_tries_first(stack):
     """One knock, to the address ssh tries first; not one per family: two knocks can
     arrive out of order (a first IPv6 datagram waits for neighbour discovery), and the
-    later counter would make the earlier knock a replay. Found by this test."""
+    later counter would make the earlier knock a replay."""
     s, net = stack, stack.net
     first = s.ssh_order()[0]
     out = s.knock("work")
