@@ -44,6 +44,7 @@ class Doctor:
         self.port: int | None = None
         self.server_key: bytes | None = None
         self.ports: list[int] = []
+        self.knock_key: list[str] = []
         self.live: nft_table.Table | None = None
 
     def add(self, ok: bool, what: str, bad: str = "", fix: str = "", good: str = "",
@@ -70,6 +71,9 @@ class Doctor:
             from gnocchi.server import keyring  # v1's key, v2's, or both (PROTOCOL.md)
             ring = keyring.load(self.cfg)
             self.server_key, self.ports = ring.v1, keyring.ports(ring)
+            # The self-knock's key: v2's public key if the server has one, else v1's.
+            self.knock_key = (["--server-public-key", ring.v2[-1][0].hex()] if ring.v2 else
+                              ["--server-key-file", self.cfg.server_key_file])
             self.port = self.ports[0]
             self.add(True, "the server key", good=f"{', '.join(keyring.paths(self.cfg).values())}"
                      f": 0600, knock port {', '.join(f'{p}/udp' for p in self.ports)}")
@@ -242,7 +246,7 @@ class Doctor:
             self.add(False, what, "skipped: no --self-knock CLIENT_KEY_FILE (docs/install.md, "
                      "\"gnocchi doctor\")", warn=True)
             return
-        if self.cfg is None or self.server_key is None or self.live is None:
+        if self.cfg is None or not self.ports or self.live is None:
             self.add(False, what, "skipped: fix the failures above first", warn=True)
             return
         from gnocchi.shared import keys, knock_request
@@ -276,7 +280,7 @@ class Doctor:
             [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
              "from gnocchi.client.knock import main; sys.exit(main(sys.argv[1:]))",
              os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-             "--server-key-file", self.cfg.server_key_file, "--client-key-file", key_file,
+             *self.knock_key, "--client-key-file", key_file,
              "--open", f"{port}/tcp", address], capture_output=True, text=True, timeout=30)
         if client_run.returncode != 0:
             self.add(False, what, f"gnocchi-knock failed: {client_run.stderr.strip()}")

@@ -114,3 +114,11 @@ def test_a_fresh_account_onboarded_with_two_commands_logs_in_with_plain_ssh(setu
                                                   "-o", "ProxyCommand=none", net.server.ip,
                                                   "true"], check=False, timeout=120)
     assert stranger.returncode != 0 and "timed out" in stranger.stderr, stranger.stderr
+
+
+def test_doctor_self_knocks_a_v2_only_server_with_its_public_key(setup):
+    net, box = setup
+    proc = box.run(["gnocchi", "doctor", "--self-knock", "/root/admin/client.key"], check=False)
+    assert (f"ok   a self-knock opens the port once, then it is closed again: admin knocked "
+            f"{net.server.ip}; 22/tcp let one connection in, then dropped the next"
+            in proc.stdout), proc.stdout
