@@ -178,7 +178,8 @@ def disarm() -> int:
     if proc.returncode != 0:
         print(f"gnocchi disarm: {proc.stderr.strip()}", file=sys.stderr)
         return 1
-    # gnocchi-arm.service was started first, so it stops just after the socket.
+    # The table is gone already (gnocchi.socket's own stop removes it); wait for
+    # gnocchi-arm.service too, which was started first and so stops just after.
     for _ in range(100):
         if nft_table.live() is None and systemctl("is-active", "--quiet",
                                               ARM_UNIT).returncode != 0:

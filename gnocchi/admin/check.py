@@ -1,12 +1,14 @@
 """`gnocchi check`: would gnocchi work as configured? (like `sshd -t`, `nginx -t`)
 
 Trusts nothing it reads and changes nothing: it loads the config, the server
-key, the table file (into a throwaway namespace, see gnocchi/admin/nft_table.py) and
+key, the rules file (into a throwaway namespace, see gnocchi/admin/nft_table.py) and
 asks systemd which port gnocchi.socket would listen on. Guarantees: exit 0
 only when the verifier could run and a configured client could open a
 protected port; otherwise every problem is named, each with its fix. The
 arming unit runs the same checks before it loads or reloads the table
-(gnocchi/admin/table.py), so a server is never armed when nobody could knock in.
+(gnocchi/admin/table.py), so a server is never armed when nobody could knock in;
+`gnocchi reload` runs them before it applies a config. A config that does not
+load is named with what gnocchi runs instead (its last good copy, if any).
 """
 from __future__ import annotations
 
@@ -30,11 +32,14 @@ SOCKET = "gnocchi.socket"
 class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    port: int | None = None             # the server key's knock port (the first of ports)
-    ports: list[int] = field(default_factory=list)  # the knock ports of all the server's keys
+    port: int | None = None             # the server key's knock port (the first of knock_ports)
+    knock_ports: list[int] = field(default_factory=list)  # those of all the server's keys
     clients: int = 0
-    protected: dict | None = None        # from the table file
-    flood_limit: bool = True             # the table file has set knock_port
+    protected: dict | None = None        # from the config (nft_table.protected_ports)
+    flood_limit: bool = True             # the rules file has set knock_port
+    config_error: str | None = None      # the config does not load: why
+    cfg: server_config.Config | None = None  # what was checked: the file, or its last good copy
+    ports: nft_table.Ports | None = None     # the protected ports and where they come from
 
     @property
     def ok(self) -> bool:
@@ -43,7 +48,7 @@ class Report:
     def summary(self, config_path: str) -> str:
         ports = nft_table.show_ports(self.protected) if self.protected else "?"
         return (f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
-                f"knock port {', '.join(f'{p}/udp' for p in self.ports) or None} "
+                f"knock port {', '.join(f'{p}/udp' for p in self.knock_ports) or None} "
                 f"(gnocchi.socket); protects {ports}")
 
 
@@ -172,18 +177,18 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
         live = nft_table.live()
     except nft_table.TableError:
         return  # not root, or no nft: `gnocchi status` says more
-    if live is None or not report.ports:
+    if live is None or not report.knock_ports:
         return
     ports = live.knock_ports()
     fix = "fix: systemctl reload gnocchi-arm (it loads the table with the key's port)"
     if ports is None and report.flood_limit:
         report.warnings.append(f"the loaded table inet gnocchi has no flood limit on the knock "
                                f"port, but {table_path} has one; {fix}")
-    elif ports is not None and sorted(ports) != sorted(report.ports):
+    elif ports is not None and sorted(ports) != sorted(report.knock_ports):
         shown = ", ".join(map(str, ports)) or "no port"
         report.warnings.append(f"the loaded table inet gnocchi limits floods on UDP {shown}, "
-                               f"but {key_ports(report.ports)} (a key changed since arming?), "
-                               f"so floods to it are not limited; {fix}")
+                               f"but {key_ports(report.knock_ports)} (a key changed since "
+                               f"arming?), so floods to it are not limited; {fix}")
 
 
 def check_live_gate(report: Report, table_path: str) -> None:
@@ -228,7 +233,7 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                "fix: add a client (docs/install.md, step 5)")
         return
     if report.protected is None:
-        return  # the table file's own problem is reported
+        return  # where the ports come from has its own problem
     usable = []
     for client in cfg.clients:
         for allowed in client.allow:
@@ -236,25 +241,70 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                 usable.append(client.name)
             else:
                 report.warnings.append(f"{cfg.path}: clients.{client.name}.allow: "
-                                       f"{allowed.port}/{allowed.proto} is "
-                                       "not a protected port; the helper will refuse to open it")
+                                       + unprotected(allowed.port, allowed.proto))
     if not usable:
         report.problems.append(f"{cfg.path}: no client may open a protected port "
                                f"({nft_table.show_ports(report.protected)}), so arming would shut "
-                               "everyone out; fix: add one to a client's allow list")
+                               "everyone out; fix: add one to a client's allow list, or protect "
+                               "a port a client may open (`gnocchi protect PORT[/udp]`)")
+
+
+def unprotected(port: int, proto: str) -> str:
+    """Why an allowed port that is not protected matters, and the one command that fixes it."""
+    return (f"{port}/{proto} is allowed but not protected: it is open to everyone without a "
+            f"knock, and the helper refuses to open it (a knock asking for it opens nothing); "
+            f"fix: gnocchi protect {port}/{proto}")
+
+
+def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> None:
+    """Where the protected ports come from ([protect], or 0.3's table file), and that
+    the knock port is not among them (knocks would then need a knock)."""
+    try:
+        ports = nft_table.protected_ports(cfg, config_path)
+    except nft_table.TableError as e:
+        report.problems.append(str(e))
+        return
+    report.protected, report.ports = ports.protected, ports
+    legacy = nft_table.legacy_file(config_path)
+    if cfg.protect is None and os.path.exists(legacy):
+        listed = " ".join(f"{p}/{proto}" for proto, found in ports.protected.items()
+                          for p in found)
+        report.warnings.append(f"the protected ports ({nft_table.show_ports(ports.protected)}) "
+                               f"come from {ports.source}; fix: " + (
+                                   f"gnocchi protect {listed}" if listed else
+                                   f"add [protect] to {cfg.path} (docs/server.md)"))
+    elif os.path.exists(legacy):
+        report.warnings.append(f"{legacy} (the table file of gnocchi 0.3 and before) is not "
+                               f"read any more: the ports are in [protect] in {cfg.path}; "
+                               f"fix: rm {legacy}")
+    for port in report.knock_ports:
+        if port in ports.protected.get("udp", []):
+            report.problems.append(f"{cfg.path}: protect.udp: {port} is the knock port, so "
+                                   "every knock would need a knock first; fix: gnocchi "
+                                   f"unprotect {port}/udp")
+
+
+def broken(error: server_config.ConfigError, config_path: str) -> str:
+    """A config that does not load, and what gnocchi does about it."""
+    good = server_config.last_good_path(config_path)
+    if os.path.exists(good):
+        return (f"{error} (gnocchi goes on with the last good config, {good}: this file is "
+                "not applied until it loads)")
+    return f"{error} (the verifier would refuse to start)"
 
 
 def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_table.DEFAULT_FILE,
-        unit_dir: str | None = None, live: bool = False) -> Report:
+        unit_dir: str | None = None, live: bool = False, last_good: bool = False) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
-    load it)."""
+    load it). last_good: a config file that does not load is no problem when it has a
+    last good copy: that copy is checked instead, as gnocchi would run it (report.cfg
+    says which; report.config_error why the file was not)."""
     report = Report()
     for path in (config_path, table_path):
         if problem := loose_mode(path):
             report.problems.append(problem)
     try:
         loaded = nft_table.test_load(table_path)
-        report.protected = loaded.protected()
         report.flood_limit = loaded.knock_ports() is not None
         check_flood_limit(report, table_path)
     except nft_table.TableError as e:
@@ -262,15 +312,23 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     try:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
-        report.problems.append(f"{e} (the verifier would refuse to start)")
-        return report
+        report.config_error = str(e)
+        try:
+            if not last_good:
+                raise e
+            cfg = server_config.load_running(config_path)  # its last good copy, or e
+        except server_config.ConfigError:
+            report.problems.append(broken(e, config_path))
+            return report
+    report.cfg = cfg
     try:
-        report.ports = keyring.ports(keyring.load(cfg))
-        report.port = report.ports[0]
+        report.knock_ports = keyring.ports(keyring.load(cfg))
+        report.port = report.knock_ports[0]
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
+    check_ports(report, cfg, config_path)
     check_clients(report, cfg)
-    check_socket(report, report.ports, unit_dir)
+    check_socket(report, report.knock_ports, unit_dir)
     check_credentials(report, cfg, unit_dir)
     check_syncookies(report)
     if live:
@@ -289,12 +347,12 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gnocchi check",
-        description="Check the config, the keys, gnocchi.socket's port and the table file; "
+        description="Check the config, the keys, gnocchi.socket's port and the rules file; "
                     "exit 0 only when gnocchi would work. Changes nothing.")
     p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
                    help=f"server config (default {server_config.DEFAULT_CONFIG})")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
-                   help=f"the table file (default {nft_table.DEFAULT_FILE})")
+                   help=f"the rules file (default {nft_table.DEFAULT_FILE})")
     p.add_argument("--unit-dir", metavar="DIR",
                    help="read gnocchi.socket's drop-in from DIR instead of asking systemd "
                         "(for tests and images)")

@@ -6,12 +6,16 @@ edit is made on the text, so every other byte (comments, order, spacing)
 stays as the admin wrote it, and the whole new file must load with
 gnocchi.server.config's own loader, holding exactly the old clients plus (or
 minus) this one, before it durably replaces the old file with the same
-owner and mode. A running verifier is then reloaded (`systemctl reload
-gnocchi.service`: `gnocchi check`, then a restart that keeps the knocks
-queued in its socket), and the command returns once the old verifier has
-exited, so a removed client is out when it says so. add-client prints what the client needs: a
-knock.toml profile and a ~/.ssh/config block, with the server key's
-fingerprint; never the server key itself.
+owner and mode. The new config is then applied as `gnocchi reload` applies
+one (gnocchi/admin/reload.py: kept as the last good config, so that a broken
+edit later never brings a removed client back; the table reloaded if armed;
+a running verifier restarted, keeping the knocks queued in its socket), and
+the command returns once the old verifier has exited, so a removed client is
+out when it says so. add-client says which of the client's ports are not
+protected (open to everyone, and refused to the client), with the command
+that protects them, and prints what the client needs: a knock.toml profile
+whose request opens every port it was allowed, and a ~/.ssh/config block,
+with the server key's fingerprint; never the server key itself.
 """
 from __future__ import annotations
 
@@ -23,13 +27,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 from gnocchi.server import config as server_config
 from gnocchi.shared import durable, keys, knock_request
 
-SERVICE = "gnocchi.service"
-RELOAD_WAIT = 15  # seconds for the old verifier to exit (at once on SIGTERM; bounds a stuck one)
 DEFAULT_ALLOW = "22/tcp"
 
 
@@ -85,17 +86,18 @@ def load_checked(path: str, shown: str) -> server_config.Config:
         raise EditError(str(e).replace(path, shown, 1)) from None
 
 
-def _same(a: server_config.Config, b: server_config.Config) -> bool:
-    """Everything but the clients (and the path it was read from) is the same."""
+def _same(a: server_config.Config, b: server_config.Config, field: str = "clients") -> bool:
+    """Everything but field (and the path it was read from) is the same."""
     def rest(c):
-        return dataclasses.replace(c, path="", clients=())
+        return dataclasses.replace(c, path="", **{field: None})
     return rest(a) == rest(b)
 
 
-def edit(path: str, change, expect) -> server_config.Config:
+def edit(path: str, change, expect, field: str = "clients") -> server_config.Config:
     """Replace the config at path with change(old text), durably, same owner and mode,
-    if the result loads and expect(old config, new config) holds; returns the new config.
-    Holds a lock on the config's directory, so two edits never lose one another."""
+    if the result loads, differs from the old config in field alone, and expect(old
+    config, new config) holds; returns the new config. Holds a lock on the config's
+    directory, so two edits never lose one another."""
     path = os.path.realpath(path)
     directory = os.path.dirname(path)
     lock = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
@@ -114,10 +116,11 @@ def edit(path: str, change, expect) -> server_config.Config:
 
         def check(tmp: str) -> None:
             new = load_checked(tmp, f"{path} (as it would be after the change)")
-            if not (_same(old, new) and expect(old, new)):
-                raise EditError(f"{path}: the edit would change more than that client "
+            if not (_same(old, new, field) and expect(old, new)):
+                what = "that client" if field == "clients" else f"[{field}]"
+                raise EditError(f"{path}: the edit would change more than {what} "
                                 "(the file is written in a way this tool does not follow); "
-                                "edit it by hand, then `systemctl reload gnocchi`")
+                                "edit it by hand, then `gnocchi reload`")
             result["config"] = new
 
         durable.replace_file(path, new_text.encode("utf-8"), stat.S_IMODE(st.st_mode),
@@ -177,35 +180,25 @@ def remove(path: str, name: str) -> server_config.Config:
     return edit(path, change, expect)
 
 
-def reload_verifier() -> str:
-    """Reload a running verifier (it re-reads the config); what happened, in words."""
+def applied(path: str) -> str:
+    """Apply the edited config as `gnocchi reload` does; what happened, in words."""
+    from gnocchi.admin import reload
     try:
-        active = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE],
-                                stderr=subprocess.DEVNULL, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return "no systemctl here: restart the verifier yourself to apply it"
-    if not active:
-        return f"{SERVICE} is not running; it reads the new config when it starts"
-    old_pid = main_pid()
-    proc = subprocess.run(["systemctl", "reload", SERVICE], capture_output=True, text=True,
-                          timeout=120)
-    if proc.returncode != 0:
-        raise EditError(f"the config is written, but `systemctl reload {SERVICE}` failed: "
-                        f"{proc.stderr.strip()}; see `gnocchi check`")
-    # The reload only signals the old verifier, which still decides the knocks
-    # it reads until it exits (within a second): a removed client is out only then.
-    deadline = time.monotonic() + RELOAD_WAIT
-    while main_pid() == old_pid:
-        if time.monotonic() > deadline:
-            raise EditError(f"the config is written and {SERVICE} reloaded, but its old "
-                            f"verifier (pid {old_pid}) still runs after {RELOAD_WAIT} s")
-        time.sleep(0.1)
-    return f"{SERVICE} reloaded"
+        return "; ".join(reload.apply(path))
+    except reload.ApplyError as e:
+        raise EditError(f"the config is written, but: {e}") from None
 
 
-def main_pid() -> str:
-    return subprocess.run(["systemctl", "show", "-P", "MainPID", SERVICE], capture_output=True,
-                          text=True, timeout=30).stdout.strip()
+def unprotected(cfg: server_config.Config, path: str, name: str) -> list[str]:
+    """Warnings for each port client name may open that is not protected."""
+    from gnocchi.admin import check, nft_table
+    try:
+        protected = nft_table.protected_ports(cfg, path).protected
+    except nft_table.TableError as e:
+        return [f"cannot tell which ports are protected: {e}"]
+    client = next(c for c in cfg.clients if c.name == name)
+    return [f"clients.{name}.allow: " + check.unprotected(o.port, o.proto)
+            for o in client.allow if not nft_table.covers(protected.get(o.proto, []), o.port)]
 
 
 def client_files(cfg: server_config.Config, name: str, host: str) -> str:
@@ -218,8 +211,10 @@ def client_files(cfg: server_config.Config, name: str, host: str) -> str:
     except keys.KeyFileError as e:
         fingerprint = f"unknown ({e})"
     server_key = f"{host}.server.key"
-    request = f"\nrequest = \"open {client.allow[0].port}/{client.allow[0].proto}\"" \
-        if client.allow else ""
+    opens = [f"{o.port}/{o.proto}" for o in client.allow]
+    request = (f"\nrequest = \"{client_request(client)}\""
+               + (f"  # also allowed: {' '.join(opens[knock_request.MAX_PORTS:])}"
+                  if opens[knock_request.MAX_PORTS:] else "")) if opens else ""
     sign_ip = (f"\nsign_ip = \"{cfg.server_addresses[0]}\"  # the address the server accepts"
                if cfg.server_addresses else "")
     return f"""\
@@ -238,6 +233,13 @@ Host {host}
 """
 
 
+def client_request(client: server_config.Client) -> str:
+    """The request a client's profile knocks with: one knock opens every port the admin
+    allowed (as many as a request holds); "" for none."""
+    opens = [f"{o.port}/{o.proto}" for o in client.allow][:knock_request.MAX_PORTS]
+    return f"open {' '.join(opens)}" if opens else ""
+
+
 def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | None:
     """The one line the client runs (docs/client.md, "Onboarding in one line"), when
     this server has a v2 key; None for a v1-only server."""
@@ -245,7 +247,7 @@ def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | No
         return None
     from gnocchi.shared import onboarding
     client = next(c for c in cfg.clients if c.name == name)
-    request = f"open {client.allow[0].port}/{client.allow[0].proto}" if client.allow else ""
+    request = client_request(client)
     try:
         public = keys.load_private_key(cfg.private_key_file)[0]
     except keys.KeyFileError as e:
@@ -302,13 +304,15 @@ def main(argv: list[str]) -> int:
             host = args.host or socket.gethostname()
             cfg = add(args.config, args.name, args.public_key, args.allow)
             print(f"gnocchi {command}: added [clients.{args.name}] to {args.config}; "
-                  f"{reload_verifier()}", file=sys.stderr)
+                  f"{applied(args.config)}", file=sys.stderr)
+            for warning in unprotected(cfg, args.config, args.name):
+                print(f"gnocchi {command}: warning: {warning}", file=sys.stderr)
             print(onboarding_line(cfg, args.name, host) or client_files(cfg, args.name, host),
                   end="")
         else:
             remove(args.config, args.name)
             print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}; "
-                  f"{reload_verifier()}", file=sys.stderr)
+                  f"{applied(args.config)}", file=sys.stderr)
     except (EditError, OSError, subprocess.SubprocessError) as e:
         print(f"gnocchi {command}: {e}", file=sys.stderr)
         return 1

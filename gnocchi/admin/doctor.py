@@ -65,8 +65,13 @@ class Doctor:
             self.cfg = server_config.load(self.config_path)
             self.add(True, "the config loads", good=self.config_path)
         except server_config.ConfigError as e:
-            self.add(False, "the config loads", str(e), f"edit {self.config_path}")
-            return
+            try:  # the rest is about the config gnocchi runs: its last good copy
+                self.cfg = server_config.load_running(self.config_path)
+            except server_config.ConfigError:
+                self.add(False, "the config loads", str(e), f"edit {self.config_path}")
+                return
+            self.add(False, "the config loads", server_config.fell_back(e, self.cfg.path)
+                     .split("; fix: ")[0], f"correct {self.config_path}, then `gnocchi reload`")
         try:
             from gnocchi.server import keyring  # v1's key, v2's, or both (PROTOCOL.md)
             ring = keyring.load(self.cfg)
@@ -84,7 +89,7 @@ class Doctor:
             self.add(True, "the table file loads", good=self.table_path)
         except nft_table.TableError as e:
             self.add(False, "the table file loads", str(e),
-                     f"fix {self.table_path} (the original: /usr/share/gnocchi/gnocchi.nft)")
+                     "apt install --reinstall gnocchi-server (the rules are the package's)")
         from gnocchi.server import counters
         if os.access(self.cfg.state_dir, os.R_OK | os.X_OK):
             try:
@@ -191,14 +196,20 @@ class Doctor:
                      "the table)", good=f"{self.port}/udp, per source address", warn=True)
         if self.cfg is None:
             return
+        try:
+            configured = nft_table.protected_ports(self.cfg, self.config_path).protected
+        except nft_table.TableError:
+            configured = {}
         for c in self.cfg.clients:
             for o in c.allow:
+                fix = ("gnocchi reload (the config protects it; the loaded table is older)"
+                       if nft_table.covers(configured.get(o.proto, []), o.port) else
+                       f"gnocchi protect {o.port}/{o.proto}; or remove it from "
+                       f"clients.{c.name}.allow")
                 self.add(nft_table.covers(protected.get(o.proto, []), o.port),
                          f"clients.{c.name} may open {o.port}/{o.proto}: it is protected",
-                         "not in the live table's protected set: the helper refuses it",
-                         f"add {o.port} to set protected_{o.proto} in {self.table_path}, then "
-                         f"systemctl reload gnocchi-arm; or remove it from clients.{c.name}"
-                         ".allow")
+                         "not in the live table's protected set: it is open to everyone "
+                         "without a knock, and the helper refuses it", fix)
 
     def own_ruleset(self) -> None:
         if self.port is None:

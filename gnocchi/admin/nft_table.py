@@ -1,8 +1,12 @@
 """table inet gnocchi seen from the admin's side: test-load, load, unload, read.
 
-Trusts the admin's table file (/etc/gnocchi/gnocchi.nft) and nft(8). Reads
-the live table only through `nft -j` (JSON, parsed into typed values), and
-writes only what the file says plus elements rebuilt from typed values.
+Trusts the package's rules file (/usr/share/gnocchi/gnocchi.nft, never edited:
+it changes with the package), the admin's config for the ports, and nft(8).
+Reads the live table only through `nft -j` (JSON, parsed into typed values),
+and writes only what the rules file says plus elements rebuilt from typed
+values. What gnocchi loads is one thing, wanted(): the rules file, with sets
+protected_tcp/protected_udp filled from the config gnocchi runs ([protect];
+see protected_ports) and set knock_port from its server key.
 Guarantees:
 - every change to the live table is one nft transaction: a packet meets the
   old table or the new one, never none (no unprotected window);
@@ -15,18 +19,25 @@ Guarantees:
   load is retried) rather than come back to life;
 - the file is first loaded into a throwaway user+network namespace, so a
   broken or foreign file is refused before the live table is touched;
-- set knock_port (the flood limit's port) holds the knock port the caller
-  gives, written in the same transaction as the file (docs/firewall.md,
-  "Floods"); a file without that set loads as it is.
+- the protected ports and set knock_port (the flood limit's port) are written
+  in the same transaction as the file (docs/firewall.md, "Floods"): the table
+  never protects other ports than the config's, not even for a moment; a file
+  without set knock_port loads as it is.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 
-DEFAULT_FILE = "/etc/gnocchi/gnocchi.nft"
+# The rules, as the package ships them (nft/gnocchi.nft in the checkout).
+DEFAULT_FILE = "/usr/share/gnocchi/gnocchi.nft"
+# gnocchi 0.3's table file, the admin's copy beside the config: read for its
+# protected ports alone while the config has no [protect] (protected_ports).
+LEGACY_NAME = "gnocchi.nft"
+DEFAULT_PROTECTED = {"tcp": [22], "udp": []}  # the config's without [protect] (and 0.3's)
 NFT = "nft"  # found on PATH: /usr/sbin in units and root's shell
 FAMILY, NAME = "inet", "gnocchi"
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
@@ -87,6 +98,18 @@ class Table:
         return Table(tuple({"set": dict(o["set"], elem=ports)}
                            if o.get("set", {}).get("name") == KNOCK_PORT else o
                            for o in self.objects))
+
+    def with_protected(self, protected: dict | None) -> Table:
+        """This table as it is once load() has filled the protected sets with protected."""
+        if protected is None:
+            return self
+        by_set = {PROTECTED[proto]: sorted(ports) for proto, ports in protected.items()}
+
+        def filled(body: dict) -> dict:
+            body = {k: v for k, v in body.items() if k != "elem"}
+            return dict(body, elem=by_set[body["name"]]) if by_set[body["name"]] else body
+        return Table(tuple({"set": filled(o["set"])} if o.get("set", {}).get("name") in by_set
+                           else o for o in self.objects))
 
     def pending(self) -> list[Pending]:
         found = []
@@ -157,6 +180,13 @@ def live() -> Table | None:
 def test_load(path: str = DEFAULT_FILE) -> Table:
     """Load path into an empty scratch user+network namespace and list what it made.
     Refuses a file that nft rejects or that makes anything but a usable gnocchi table."""
+    objects = _scratch_load(path)
+    _validate(objects, path)
+    return Table(objects)
+
+
+def _scratch_load(path: str) -> tuple:
+    """What nft makes of path in an empty scratch namespace (TableError if it refuses)."""
     # No uid map (mapping uid 0 needs CAP_SETFCAP since Linux 5.12, which the
     # arming unit lacks): --keep-caps keeps the new namespace's capabilities.
     try:
@@ -171,9 +201,7 @@ def test_load(path: str = DEFAULT_FILE) -> Table:
     if proc.returncode != 0:
         raise TableError(f"cannot test-load {path} in a scratch namespace: "
                          f"{proc.stderr.strip()}")
-    objects = _objects(proc.stdout)
-    _validate(objects, path)
-    return Table(objects)
+    return _objects(proc.stdout)
 
 
 def expected(path: str = DEFAULT_FILE) -> Table:
@@ -215,6 +243,104 @@ def _validate(objects: tuple, path: str) -> None:
                          "the original: /usr/share/gnocchi/gnocchi.nft")
 
 
+# ---- what gnocchi loads -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports a config protects, and where they came from (for the admin)."""
+    protected: dict[str, list]  # {"tcp": [22], "udp": []}
+    source: str
+
+
+def legacy_file(config_path: str) -> str:
+    """gnocchi 0.3's table file for the config at config_path: /etc/gnocchi/gnocchi.nft."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), LEGACY_NAME)
+
+
+def protected_ports(cfg, config_path: str) -> Ports:
+    """The ports cfg (a gnocchi.server.config.Config, which config_path names or is the
+    last good copy of) protects: its [protect] table; without one, the protected sets
+    of 0.3's table file beside config_path (an admin's edit that an upgrade keeps
+    honouring until `gnocchi protect` writes [protect]); without that, tcp 22."""
+    if cfg.protect is not None:
+        return Ports({proto: list(ports) for proto, ports in cfg.protect.items()},
+                     f"[protect] in {cfg.path}")
+    legacy = legacy_file(config_path)
+    if not os.path.exists(legacy):
+        return Ports({k: list(v) for k, v in DEFAULT_PROTECTED.items()},
+                     f"the default: {cfg.path} has no [protect]")
+    ports = Table(_scratch_load(legacy)).protected()
+    for proto, found in ports.items():
+        if any(not isinstance(p, int) for p in found):
+            raise TableError(f"{legacy}: set {PROTECTED[proto]} holds a range; gnocchi now "
+                             f"protects the single ports listed in [protect] in {config_path}: "
+                             "list them there (`gnocchi protect PORT...`)")
+    return Ports(ports, f"{legacy} (the table file of gnocchi 0.3 and before, read while "
+                        f"{config_path} has no [protect]; `gnocchi protect` moves them there)")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What gnocchi loads as table inet gnocchi: the rules file, the protected ports of
+    the config gnocchi runs, and the knock ports of its server keys (None: unknown)."""
+    rules: str
+    config: str      # the config the ports come from: the file, or its last good copy
+    ports: Ports
+    knock_port: list[int] | None
+
+    @property
+    def protected(self) -> dict[str, list]:
+        return self.ports.protected
+
+    def table(self) -> Table:
+        """The table as the kernel should list it once loaded (test-loads the rules)."""
+        return test_load(self.rules).with_protected(self.protected).with_knock_port(
+            self.knock_port)
+
+    def script(self, knock_port: bool = True) -> str:
+        """The rules file and the sets filled (knock_port=False: set knock_port left
+        empty, for a rules file that may lack it): one nft transaction."""
+        try:
+            with open(self.rules, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TableError(f"{self.rules}: cannot read: {e}") from None
+        return text.rstrip("\n") + "\n" + fill_script(
+            self.protected, self.knock_port if knock_port else None)
+
+
+def fill_script(protected: dict | None, knock_port: int | list[int] | None) -> str:
+    """nft commands that make the protected sets hold protected (None: as they are) and
+    set knock_port hold knock_port (None: as it is); run after the rules, in the same
+    transaction."""
+    fills = {PROTECTED[proto]: sorted(ports) for proto, ports in (protected or {}).items()}
+    if knock_port is not None:
+        fills[KNOCK_PORT] = [knock_port] if isinstance(knock_port, int) else sorted(knock_port)
+    out = []
+    for name, elements in fills.items():
+        ref = f"{FAMILY} {NAME} {name}"
+        out.append(f"flush set {ref}\n")
+        if elements:
+            out.append(f"add element {ref} {{ {', '.join(map(str, elements))} }}\n")
+    return "".join(out)
+
+
+def wanted(config_path: str, rules: str = DEFAULT_FILE, cfg=None, log=None) -> Wanted:
+    """What gnocchi loads for the config at config_path: the ports and server key of
+    the config gnocchi runs (cfg, or config.load_running(config_path, log): a broken
+    file's last good copy). ConfigError when no config loads; TableError for a 0.3
+    table file that cannot be read."""
+    from gnocchi.server import config as server_config
+    from gnocchi.server import keyring
+    from gnocchi.shared import keys
+    cfg = cfg or server_config.load_running(config_path, log)
+    try:
+        port: list[int] | None = keyring.ports(keyring.load(cfg))
+    except keys.KeyFileError:
+        port = None
+    return Wanted(rules, cfg.path, protected_ports(cfg, config_path), port)
+
+
 # ---- loading -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -230,7 +356,7 @@ class Loaded:
             "armed": f"armed: loaded table {FAMILY} {NAME} from {path}, protecting {ports}",
             "unchanged": f"armed: table {FAMILY} {NAME} already matches {path} "
                          f"(protecting {ports}; {self.kept} pending knocks untouched)",
-            "ports": f"armed: protected ports now {ports} from {path}; the rules and "
+            "ports": f"armed: protected ports now {ports}; the rules ({path}) and "
                      f"{self.kept} pending knocks were not touched",
             "replaced": f"armed: table {FAMILY} {NAME} replaced from {path} in one "
                         f"transaction, protecting {ports}; {self.kept} pending knocks "
@@ -250,8 +376,9 @@ def ports_only(new: Table, old: Table) -> list[dict] | None:
     new_sets, old_sets = new.sets(), old.sets()
     for name in [*PROTECTED.values(), *([KNOCK_PORT] if KNOCK_PORT in new_sets else [])]:
         want = new_sets[name].get("elem", [])
-        if want == old_sets[name].get("elem", []):
-            continue
+        if sorted(map(json.dumps, want)) == sorted(map(json.dumps, old_sets[name].get("elem",
+                                                                                      []))):
+            continue  # the kernel lists elements in an order of its own
         ref = {"family": FAMILY, "table": NAME, "name": name}
         commands.append({"flush": {"set": ref}})
         if want:
@@ -285,13 +412,16 @@ def knock_port_script(new: Table) -> str:
     return f"flush set {ref}\nadd element {ref} {{ {', '.join(map(str, ports))} }}\n"
 
 
-def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None) -> Loaded:
+def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
+         protected: dict | None = None) -> Loaded:
     """Load path as the live table, keeping pending knocks (see the module docstring),
-    with knock_port in set knock_port (None: as the file has it)."""
-    new = test_load(path).with_knock_port(knock_port)
+    with knock_port in set knock_port and protected ({"tcp": [22], "udp": []}) in the
+    protected sets (None: as the file has them)."""
+    new = test_load(path).with_protected(protected).with_knock_port(knock_port)
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read().rstrip("\n") + "\n" + knock_port_script(new)
+            text = (f.read().rstrip("\n") + "\n" + fill_script(protected, None)
+                    + knock_port_script(new))
     except (OSError, UnicodeDecodeError) as e:
         raise TableError(f"{path}: cannot read: {e}") from None
     for _ in range(RETRIES):
@@ -319,6 +449,11 @@ def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None) ->
         # A carried knock was used or expired after we read it: read again.
     raise TableError(f"could not replace table {FAMILY} {NAME}: pending knocks kept changing "
                      f"during {RETRIES} attempts; try again")
+
+
+def load_wanted(want: Wanted) -> Loaded:
+    """Load what gnocchi loads (wanted()), keeping pending knocks."""
+    return load(want.rules, want.knock_port, want.protected)
 
 
 def set_knock_port(port: int | list[int]) -> bool:

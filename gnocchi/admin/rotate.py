@@ -112,9 +112,8 @@ def lines(cfg: server_config.Config, host: str) -> str:
     current, nxt = ring.v2[0][0], (ring.v2[1][0] if len(ring.v2) > 1 else None)
     out = []
     for c in cfg.clients:
-        request = f"open {c.allow[0].port}/{c.allow[0].proto}" if c.allow else ""
         out.append(f"# {c.name}\ngnocchi-knock --add "
-                   f"'{onboarding.make_line(host, current, request, nxt)}'")
+                   f"'{onboarding.make_line(host, current, clients.client_request(c), nxt)}'")
     return "\n".join(out) + ("\n" if out else "")
 
 

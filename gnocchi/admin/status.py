@@ -7,10 +7,13 @@ with packets from someone who never knocked), never just a table of that
 name over an emptied chain. Listening means a UDP socket is bound to the knock port
 (/proc/net/udp*). systemd's view is only used to say whether gnocchi is
 *meant* to be armed, so that a table that went missing (a `flush ruleset`)
-is called out loudly instead of looking like a deliberate disarm. Reads
-only; needs root (nft, the server key). Exit status: 0 armed and listening,
-1 not protected although meant to be (or armed with nothing listening: a
-lockout), 3 disarmed.
+is called out loudly instead of looking like a deliberate disarm (a stop of
+gnocchi.socket or gnocchi-arm.service under way is a disarm). It says which
+config runs: the file, or its last good copy when the file does not load
+(gnocchi/admin/last_good.py). Reads only; needs root (nft, the server key).
+Exit status: 0 armed and listening, 1 not protected although meant to be (or
+armed with nothing listening: a lockout; or the config file is broken, so
+gnocchi runs its last good copy), 3 disarmed.
 """
 from __future__ import annotations
 
@@ -91,12 +94,12 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
 def configured(config_path: str) -> tuple[list[int], list[tuple[int, str]], list[str],
                                          list[str]]:
     """(knock ports, (port, key fingerprint) of each key, client lines, problems) from the
-    config and its keys."""
+    config gnocchi runs (a broken file's last good copy) and its keys."""
     from gnocchi.server import config as server_config
     from gnocchi.server import keyring
     from gnocchi.shared import keys
     try:
-        cfg = server_config.load(config_path)
+        cfg = server_config.load_running(config_path)
     except server_config.ConfigError as e:
         return [], [], [], [f"config: {e}"]
     clients = [f"{c.name}: " + (", ".join(f"{o.port}/{o.proto}" for o in c.allow) or "nothing")
@@ -127,7 +130,7 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
     except nft_table.TableError as e:
         return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
-    meant = arm == "active" or sock == "active"
+    meant = (arm == "active" or sock == "active") and not disarming()
     knock_ports, fingerprints, clients, problems = configured(config_path)
     listening = bool(knock_ports) and all(udp_bound(p) for p in knock_ports)
     if live is None and meant:
@@ -164,7 +167,13 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
             status = 1
             lines.append("gnocchi: NOBODY CAN KNOCK IN: nothing listens on the knock port, so "
                          "no knock can open a protected port; see systemctl status gnocchi.socket")
-    lines += [f"gnocchi: {p}" for p in problems]
+    broken, running = config_line(config_path)
+    if broken:
+        status = 1 if status == 0 else status  # loud, though safe; disarmed stays 3
+        lines.append(f"gnocchi: {broken}")
+    elif running:
+        lines.append(running)
+    lines += [f"gnocchi: {p}" for p in problems if not broken]
     for port, key in fingerprints:
         lines.append(f"knock port: {port}/udp, " + ("listening" if udp_bound(port) else
                                                      "NOT listening") + f" (gnocchi.socket {sock})"
@@ -189,13 +198,32 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
     return status, lines
 
 
+def config_line(config_path: str) -> tuple[str | None, str]:
+    """(what is wrong with a config file that does not load, or None; which runs)."""
+    from gnocchi.admin import last_good
+    return last_good.describe(config_path)
+
+
+def disarming() -> bool:
+    """A stop of gnocchi.socket or gnocchi-arm.service is queued or running: the
+    admin is disarming (`systemctl disable --now gnocchi.socket` returns before
+    gnocchi-arm.service, started first, has stopped)."""
+    try:
+        jobs = subprocess.run(["systemctl", "list-jobs", "--no-legend", "gnocchi.socket",
+                               "gnocchi-arm.service"], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(line.split()[2:3] == ["stop"] for line in jobs.splitlines())
+
+
 def rotation_line(config_path: str, now=None) -> str | None:
     """A key rotation under way (`gnocchi rotate-key`): until when both keys open
     knocks, or that the overlap is over and the old key is refused."""
     import datetime
     from gnocchi.server import config as server_config
     try:
-        cfg = server_config.load(config_path)
+        cfg = server_config.load_running(config_path)
     except server_config.ConfigError:
         return None
     if cfg.rotation_ends is None:

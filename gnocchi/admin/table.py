@@ -3,12 +3,21 @@ arming's journal entries.
 
 `gnocchi table load` (ExecStart=, ExecReload=) runs `gnocchi check` first
 and refuses to arm, loudly, when the verifier could not run or nobody could
-knock in; otherwise it loads /etc/gnocchi/gnocchi.nft keeping pending knocks
-(gnocchi/admin/nft_table.py), with the knock port of the server key named in
-the config (the port `gnocchi check` has just found gnocchi.socket listening
-on) in the table's per-source flood limit, in the same transaction. `gnocchi
-table unload` removes the table; `gnocchi table stop` (ExecStopPost=) does
-unless this is the stop half of a restart. `gnocchi table rearm`
+knock in; otherwise it loads what gnocchi loads (nft_table.wanted: the rules
+file /usr/share/gnocchi/gnocchi.nft with the config's protected ports, and the
+knock port of the server key named in the config, the port `gnocchi check` has
+just found gnocchi.socket listening on, in the table's per-source flood limit),
+in one transaction that keeps pending knocks (gnocchi/admin/nft_table.py), and
+keeps the config as the last good one (gnocchi/admin/last_good.py). A config
+that does not load never changes what is enforced: a reload refuses it, and a
+start (boot, a restart) arms with its last good copy, loudly (arming-fell-back);
+only a first config, with no good copy yet, is refused. `gnocchi table record`
+(gnocchi.service's ExecStartPre=) keeps the config the verifier is about to
+start with as the last good one. `gnocchi table unload` removes the table;
+`gnocchi table stop` (ExecStopPost=) does unless this is the stop half of a
+restart, and `gnocchi table socket-stop` (gnocchi.socket's ExecStopPost=) does
+when gnocchi.socket is being stopped, so that `systemctl disable --now
+gnocchi.socket` returns with the table gone. `gnocchi table rearm`
 (nftables.service's drop-in, after its "flush ruleset") loads it again when
 gnocchi is meant to be armed (gnocchi-arm.service active) and it is missing,
 then fills in the knock port. `gnocchi table watch` (gnocchi-watch.service,
@@ -45,10 +54,12 @@ MESSAGE_IDS = {
     "table-changed": "13168309e3e849cf9396fb86025f7b37",
     "connections-cut": "1cfd0893c9534fa1902d888f2d5d1087",
     "trial": "00e03de13dbd4ef0952d56e4149d903f",
+    "arming-fell-back": "443efdca79d74a0189c3a7f186c582e0",
 }
 PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2,
-            "table-changed": 2, "connections-cut": 2, "trial": 4}
+            "table-changed": 2, "connections-cut": 2, "trial": 4, "arming-fell-back": 3}
 ARM_UNIT = "gnocchi-arm.service"
+SOCKET_UNIT = "gnocchi.socket"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -80,21 +91,34 @@ def refuse(problems: list[str]) -> int:
     return 1
 
 
-def load(config_path: str, table_path: str) -> int:
-    from gnocchi.admin import check  # not on rearm's path: it loads nacl, and time is open ports
-    report = check.run(config_path, table_path)
+def load(config_path: str, table_path: str, reload: bool = False) -> int:
+    """Check, then load what gnocchi loads. A config file that does not load: a reload
+    (reload=True) refuses it and changes nothing; a start arms with its last good copy
+    (refusing then would leave the protected ports open), loudly."""
+    from gnocchi.admin import check, last_good  # not on rearm's path: time is open ports
+    from gnocchi.server import config as server_config
+    report = check.run(config_path, table_path, last_good=not reload)
     for warning in report.warnings:
         log("armed", f"warning: {warning}", priority=4)
     if not report.ok:
         return refuse(report.problems)
     try:
-        loaded = nft_table.load(table_path, knock_port=report.ports)
+        want = nft_table.wanted(config_path, table_path, cfg=report.cfg)
+        loaded = nft_table.load_wanted(want)
     except nft_table.TableError as e:
         return refuse([str(e)])
-    log("armed", loaded.describe(table_path) + flood_limit(loaded.table.knock_ports()),
-        how=loaded.how, pending=loaded.kept,
+    if report.config_error:
+        good = report.cfg.path
+        log("arming-fell-back", server_config.fell_back(report.config_error, good),
+            config=config_path, last_good=good, reason=report.config_error)
+    else:
+        recorded, said = last_good.record(config_path)
+        if not recorded:
+            log("armed", f"warning: {said}", priority=4)
+    log("armed", loaded.describe(table_path) + f" (the ports from {want.ports.source})"
+        + flood_limit(loaded.table.knock_ports()), how=loaded.how, pending=loaded.kept,
         protected=nft_table.show_ports(loaded.table.protected()),
-        knock_port=",".join(map(str, report.ports)))
+        knock_port=",".join(map(str, want.knock_port or [])), config=want.config)
     # Verified, not assumed: the kernel's table now, against what was loaded.
     try:
         problems = judge(nft_table.live(), loaded.table)
@@ -105,6 +129,30 @@ def load(config_path: str, table_path: str) -> int:
             f"{table_path}: {'; '.join(problems)} (changed at the same moment?); "
             "gnocchi-watch puts it back", reason="; ".join(problems))
     return 0
+
+
+def record(config_path: str) -> int:
+    """gnocchi.service's ExecStartPre= (as root): keep the config the verifier is about
+    to start with as the last good one, if it loads (when it does not, the verifier
+    runs the last good copy and says so itself). Never fails the start."""
+    from gnocchi.admin import last_good
+    recorded, said = last_good.record(config_path)
+    if not said.endswith(" is the same"):
+        print(f"gnocchi: {said}", file=sys.stderr)
+    return 0
+
+
+def socket_stop() -> int:
+    """gnocchi.socket's ExecStopPost=: when gnocchi.socket is being stopped (`systemctl
+    disable --now`, stop, a shutdown, removing the package), remove the table now,
+    before that stop returns: gnocchi-arm.service, started first, would stop only
+    after it. A restart keeps the table (its start half loads it again), and so does
+    the socket's failure, which comes with no job (a verifier that keeps crashing:
+    gnocchi fails closed)."""
+    jobs = systemctl("list-jobs", "--no-legend", SOCKET_UNIT).stdout.split()
+    if "stop" not in jobs:
+        return 0
+    return unload()
 
 
 def flood_limit(ports: list | None) -> str:
@@ -206,16 +254,32 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
         still = judge(nft_table.live(), None)
     except nft_table.TableError as e:
         still = [str(e)]
-    # The flood limit's port comes second: it guards the verifier, not the ports.
+    # The config's ports and the flood limit's port come second: parsing the config
+    # takes longer than loading the rules, which protect the usual port (22) at once.
     port, why = configured_knock_port(config_path)
+    ported = fill_config_ports(config_path, table_path)
     limited = (flood_limit(port if nft_table.set_knock_port(port) else None) if port else
-               f"; NO per-source flood limit: cannot tell the knock port: {why}")
+               f"; NO per-source flood limit: cannot tell the knock port: {why}") + ported
     done = (f"re-armed from {table_path}" if not still else
             f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}")
     log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
         f"ports were open; {done}{limited}", by=by,
         knock_port=",".join(map(str, port or [])) or None, reason="; ".join(problems))
     return not still
+
+
+def fill_config_ports(config_path: str, table_path: str) -> str:
+    """After a bare load of the rules: the protected ports of the config gnocchi runs,
+    in one transaction; what to add to the journal entry."""
+    from gnocchi.server import config as server_config
+    try:
+        want = nft_table.wanted(config_path, table_path)
+    except (server_config.ConfigError, nft_table.TableError) as e:
+        return f"; the protected ports as the rules file has them: {e}"
+    proc = nft_table.nft("-f", "-", input=nft_table.fill_script(want.protected, None))
+    if proc.returncode != 0:
+        return f"; the protected ports as the rules file has them: {proc.stderr.strip()}"
+    return f"; protecting {nft_table.show_ports(want.protected)}"
 
 
 WATCH_PERIOD = 30.0  # seconds between checks when nft monitor says nothing
@@ -360,19 +424,30 @@ def table_main(argv: list[str]) -> int:
         prog="gnocchi table",
         description="Load or unload table inet gnocchi (what gnocchi-arm.service runs; "
                     "to arm and disarm use systemctl on gnocchi.socket).")
-    p.add_argument("action", choices=("load", "unload", "stop", "rearm", "watch"),
+    p.add_argument("action", choices=("load", "unload", "stop", "socket-stop", "rearm",
+                                      "watch", "record"),
                    help="load: check, then load the table keeping pending knocks; "
                         "unload: remove it; stop: unload unless gnocchi-arm.service is "
-                        "restarting; rearm: load it if gnocchi-arm.service is "
+                        "restarting; socket-stop: unload if gnocchi.socket is being "
+                        "stopped; rearm: load it if gnocchi-arm.service is "
                         "active and the table is missing; watch: rearm whenever the "
-                        "table goes (gnocchi-watch.service)")
+                        "table goes (gnocchi-watch.service); record: keep the config as "
+                        "the last good one if it loads")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
-    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
+                   help=f"the rules file (default {nft_table.DEFAULT_FILE})")
     p.add_argument("--by", default="a ruleset flush", metavar="WHAT",
                    help="rearm: what removed the table, for the journal")
+    p.add_argument("--reload", action="store_true",
+                   help="load: refuse a config that does not load (ExecReload=), rather "
+                        "than arm with its last good copy (ExecStart=)")
     args = p.parse_args(argv[1:])
     if args.action == "load":
-        return load(args.config, args.table)
+        return load(args.config, args.table, args.reload)
+    if args.action == "record":
+        return record(args.config)
+    if args.action == "socket-stop":
+        return socket_stop()
     if args.action == "rearm":
         return rearm(args.config, args.table, args.by)
     if args.action == "watch":

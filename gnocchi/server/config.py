@@ -8,6 +8,12 @@ PORT/tcp or PORT/udp" (gnocchi.shared.checked_toml, shared with the client's
 profiles). A Config that loads is consistent: every client's actions exist,
 its default request (one port or several) is one it is allowed, and no public
 key belongs to two clients.
+
+A broken file never changes what runs: load_running() falls back to the last
+good copy of the file (last_good_path), which only root writes, and only with
+a file that loaded (gnocchi/admin/last_good.py). The verifier cannot write it:
+it sits outside the verifier's StateDirectory, and it passes StrictModes before
+it is trusted, like the file itself.
 """
 from __future__ import annotations
 
@@ -18,10 +24,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gnocchi.server import DEFAULT_CONFIG
+from gnocchi.server import DEFAULT_CONFIG, strict
 from gnocchi.shared import checked_toml, knock_request
 from gnocchi.shared.keys import parse_public_hex
 
+# The last good copy of DEFAULT_CONFIG: root's, outside the verifier's StateDirectory.
+LAST_GOOD = "/var/lib/gnocchi-config/last-good.toml"
+PROTOCOLS = ("tcp", "udp")
 DEFAULTS = {
     "server_key_file": "/etc/gnocchi/server.key",
     "state_dir": "/var/lib/gnocchi",
@@ -97,6 +106,9 @@ class Config:
     clients: tuple[Client, ...]
     actions: tuple[Action, ...]
     action_socket: str = DEFAULTS["action_socket"]
+    # [protect]: {"tcp": (22,), "udp": ()}; None without the table (then the ports of a
+    # 0.3 table file beside the config, or tcp 22: gnocchi.admin.nft_table.protected_ports)
+    protect: dict[str, tuple[int, ...]] | None = None
     v1: bool = True                           # accept v1 knocks (server_key_file)
     private_key_file: str | None = None       # v2's server private key; None: no v2
     next_private_key_file: str | None = None  # a rotation's next key (`gnocchi rotate-key`)
@@ -130,7 +142,7 @@ def load(path: str = DEFAULT_CONFIG) -> Config:
 
 def parse(doc: dict, where: _Where) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "action_socket", "clients", "actions", *KEY_SETTINGS})
+                          "action_socket", "clients", "actions", "protect", *KEY_SETTINGS})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
@@ -152,9 +164,10 @@ def parse(doc: dict, where: _Where) -> Config:
                               f"is also clients.{seen_keys[client.public_key]}'s key")
         seen_keys[client.public_key] = name
         clients.append(client)
+    protect = _protect(where, doc["protect"]) if "protect" in doc else None
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
                   paths["helper_socket"], tuple(clients), actions, paths["action_socket"],
-                  **_key_settings(where, doc))
+                  protect, **_key_settings(where, doc))
 
 
 KEY_SETTINGS = ("v1", "private_key_file", "next_private_key_file", "rotation_ends")
@@ -262,3 +275,59 @@ def _expiry(where: _Where, value: object, key: str) -> datetime.datetime | None:
         return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC)
     raise where.error(key, f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
                       f"with an offset, not {checked_toml.kind(value)}")
+
+
+def _protect(where: _Where, entry: object) -> dict[str, tuple[int, ...]]:
+    """[protect]: tcp = [22], udp = [] (a missing key: no port of that protocol)."""
+    value = where.table(entry, "protect", set(PROTOCOLS))
+    protect = {}
+    for proto in PROTOCOLS:
+        key = f"protect.{proto}"
+        ports = value.get(proto, [])
+        if not isinstance(ports, list):
+            raise where.error(key, "must be a list of port numbers, not "
+                              + checked_toml.kind(ports))
+        for i, port in enumerate(ports):
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise where.error(f"{key}[{i}]", f"{port!r} is not a port number (1 to 65535)")
+            if port in ports[:i]:
+                raise where.error(f"{key}[{i}]", f"{port} is listed twice")
+        protect[proto] = tuple(ports)
+    return protect
+
+
+def last_good_path(path: str) -> str:
+    """Where root keeps the last good copy of the config at path: LAST_GOOD for the
+    default config; beside any other (tests, a second instance) as NAME.last-good.toml."""
+    if os.path.abspath(path) == DEFAULT_CONFIG:
+        return LAST_GOOD
+    stem = os.path.basename(path).removesuffix(".toml")
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f"{stem}.last-good.toml")
+
+
+def load_running(path: str = DEFAULT_CONFIG, log: Callable[..., None] | None = None) -> Config:
+    """The config gnocchi runs: the file at path, or, when it does not load, its last
+    good copy (a Config whose .path is the copy's), after the file's error is told to
+    log (an EventLog.event: one config-fell-back entry). No good copy, or one that
+    does not load: the file's own error is raised, as by load()."""
+    try:
+        return load(path)
+    except ConfigError as broken:
+        good = last_good_path(path)
+        try:
+            strict.check(good)
+            cfg = load(good)
+        except (ConfigError, strict.StrictModeError):
+            raise broken from None
+        if log is not None:
+            log("config-fell-back", fell_back(broken, good), config=path, last_good=good,
+                reason=broken)
+        return cfg
+
+
+def fell_back(broken: ConfigError, good: str) -> str:
+    """What to tell the admin when gnocchi runs the last good copy good instead of a
+    broken file: the file, the key, what gnocchi does instead, and the fix."""
+    return (f"CONFIG BROKEN: {broken}; gnocchi runs the last good config instead ({good}), "
+            "so nothing changed; fix: correct the file, then `gnocchi reload` (it checks "
+            "first)")

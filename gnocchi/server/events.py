@@ -40,10 +40,11 @@ MESSAGE_IDS = {
     "dropped-summary": "3fb748818ed54d70a0d922ad1bf56e7b",
     "store-failed": "cadf2ab9d2f24224b2418259324a69fb",
     "store-fell-back": "f7e0f03c057d495abde9a9e1bb7583e5",
+    "config-fell-back": "ae32aab35e454c32ac8896aba4e0e643",
 }
 PRIORITY = {"started": 6, "accepted": 5, "refused": 4, "replay": 4, "signature": 4,
             "helper-failed": 3, "action-run": 5, "action-failed": 3, "dropped-summary": 4,
-            "store-failed": 2, "store-fell-back": 4}
+            "store-failed": 2, "store-fell-back": 4, "config-fell-back": 3}
 INTERVAL = 60.0  # seconds between summaries
 BUDGET = 20      # entries per interval for packets whose counter was not committed
 MAX_WHO = 100    # names kept per kind of drop and interval: memory bounded under a flood

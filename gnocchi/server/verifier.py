@@ -241,11 +241,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:])
     log = events.EventLog(interval=args.summary_interval)
     try:
-        cfg = config.load(args.config)
+        cfg = config.load_running(args.config, log.event)  # a broken file: its last good copy
         keys_ = keyring.load(cfg, args.keys_from)
-        for path in (args.config, *keyring.paths(cfg, args.keys_from).values()):
+        for path in (cfg.path, *keyring.paths(cfg, args.keys_from).values()):
             strict.check(path)  # StrictModes: others must not write them
-            strict.check(path)
         socks = knock_socket.take(args.listen, keyring.ports(keys_))
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
@@ -266,7 +265,7 @@ def main(argv: list[str]) -> int:
         where = ", ".join(f"{s.getsockname()[0]} port {s.getsockname()[1]}" for s in socks)
         versions = " and ".join(v for v, on in (("v1", keys_.v1), ("v2", keys_.v2)) if on)
         log.event("started", f"verifier listening on UDP {where} for {len(cfg.clients)} "
-                  f"clients, knock protocol {versions}", clients=len(cfg.clients))
+                  f"clients of {cfg.path}, knock protocol {versions}", clients=len(cfg.clients))
         knock_socket.notify("READY=1")
         serve(socks, Verifier(cfg, keys_, store, log), log, stop, woken)
     except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError,

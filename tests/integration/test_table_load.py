@@ -179,3 +179,53 @@ def test_the_test_load_needs_no_firewall_of_ours():
                                   "knock_port", "knock_sources4", "knock_sources6", "knock_sites6"}
     assert loaded.knock_ports() == [], "the file leaves the knock port to the loader"
     assert subprocess.run(["unshare", "--user", "--net", "--keep-caps", "true"]).returncode == 0
+
+
+def config_file(tmp_path, protect: str = "") -> str:
+    """A config (and its server key) in tmp_path; protect: its [protect] table, if any."""
+    from gnocchi.shared import keys
+    keys.write_secret(tmp_path / "server.key", keys.new_server_key())
+    return write(tmp_path, "gnocchi.toml", f'server_key_file = "{tmp_path / "server.key"}"\n'
+                 + protect)
+
+
+def test_the_protected_ports_are_the_configs_loaded_with_the_rules(net, tmp_path):
+    """[protect] in the config decides the ports, not the rules file (whose own default
+    is 22): they are filled in the transaction that loads the rules, and a change of
+    them alone touches neither the rules nor a pending knock."""
+    config = config_file(tmp_path, "[protect]\ntcp = [2222]\nudp = [60001]\n")
+    want = nft_table.wanted(config, str(TABLE_FILE))
+    with inside(net.server):
+        loaded = nft_table.load_wanted(want)
+    assert loaded.how == "armed"
+    with inside(net.server):
+        assert nft_table.live().protected() == {"tcp": [2222], "udp": [60001]}
+        assert nft_table.live().knock_ports() == [want.knock_port]
+    assert tcp_connect(net.client, net.server.ip, 22) is not None, "22 is not protected"
+    assert tcp_connect(net.client, net.server.ip, 2222) is None
+    knock(net, port=2222)
+    before = handles(net)
+    (tmp_path / "gnocchi.toml").write_text((tmp_path / "gnocchi.toml").read_text().replace(
+        "tcp = [2222]", "tcp = [22, 2222]"))
+    with inside(net.server):
+        again = nft_table.load_wanted(nft_table.wanted(config, str(TABLE_FILE)))
+    assert (again.how, again.kept) == ("ports", 1) and handles(net) == before
+    assert tcp_connect(net.client, net.server.ip, 22) is None, "22 is protected now"
+    assert tcp_connect(net.client, net.server.ip, 2222) is not None, "the knock kept"
+
+
+def test_a_03_table_file_beside_a_config_without_protect_still_gives_the_ports(net, tmp_path):
+    """An upgrade from 0.3 keeps an admin's /etc/gnocchi/gnocchi.nft (its protected sets
+    edited) until `gnocchi protect` writes [protect]: its ports are still protected."""
+    config = config_file(tmp_path)
+    write(tmp_path, "gnocchi.nft", TABLE_FILE.read_text().replace(
+        "elements = { 22 }", "elements = { 22, 2222 }"))
+    want = nft_table.wanted(config, str(TABLE_FILE))
+    assert want.protected == {"tcp": [22, 2222], "udp": []}
+    assert "the table file of gnocchi 0.3 and before" in want.ports.source
+    with inside(net.server):
+        nft_table.load_wanted(want)
+    assert tcp_connect(net.client, net.server.ip, 2222) is None
+    # Without that file, and without [protect]: tcp 22, as 0.3 shipped it.
+    (tmp_path / "gnocchi.nft").unlink()
+    assert nft_table.wanted(config, str(TABLE_FILE)).protected == {"tcp": [22], "udp": []}

@@ -3,9 +3,11 @@
 The package is installed in a container (tests/system/systemd_container.py)
 in the server namespace of a tests/netns.py Net. The tests share it and run
 in order, as an admin's mistakes would come: arming before `gnocchi setup`,
-with no client, with a broken config; then a good setup; reloads that check
-first; ruleset flushes by nftables.service and by hand; `gnocchi status`;
-trial arming.
+with no client, with a first config that is broken; then a good setup;
+reloads that check first; a typo in the config at a reload, a restart, a
+socket activation and a reboot (gnocchi runs the last good config, loudly);
+an allowed port that is not protected; ruleset flushes by nftables.service
+and by hand; `gnocchi status`; disarming; trial arming.
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from test_system import need
 pytestmark = pytest.mark.system
 
 CONFIG = "/etc/gnocchi/gnocchi.toml"
-TABLE = "/etc/gnocchi/gnocchi.nft"
+RULES = "/usr/share/gnocchi/gnocchi.nft"  # the package's; the ports are [protect] in CONFIG
+LAST_GOOD = "/var/lib/gnocchi-config/last-good.toml"
 CLIENT_DIR = "/root/alice"
 CONNECT = ("import socket, sys\n"
+           "source = (sys.argv[2], 0) if sys.argv[2:] else None\n"
            "try:\n"
-           "    c = socket.create_connection((sys.argv[1], 22), timeout=1.5)\n"
+           "    c = socket.create_connection((sys.argv[1], 22), 1.5, source)\n"
            "    print(c.recv(100).decode().strip())\n"
            "except socket.timeout:\n"
            "    print('timeout')\n"
@@ -90,6 +94,16 @@ class Box:
     def connect(self) -> str:
         return self.net.client.run([sys.executable, "-c", CONNECT, self.net.server.ip],
                                    timeout=30).stdout.strip()
+
+    def stranger_connects(self) -> str:
+        """A connection from another host on the client's link, which never knocked."""
+        stranger = self.net.client.ip.rsplit(".", 1)[0] + ".66"
+        self.net.client.run(["ip", "addr", "replace", f"{stranger}/24", "dev", "gveth0"])
+        return self.net.client.run([sys.executable, "-c", CONNECT, self.net.server.ip,
+                                    stranger], timeout=30).stdout.strip()
+
+    def pid(self) -> str:
+        return self.run("systemctl", "show", "-P", "MainPID", "gnocchi.service").stdout.strip()
 
     def wait(self, probe, what: str, timeout: float = 20):
         deadline = time.monotonic() + timeout
@@ -158,12 +172,15 @@ def test_with_no_client_nothing_arms(b):
                for e in b.events("arming-refused", since))
 
 
-def test_with_a_broken_config_nothing_arms(b):
+def test_with_a_broken_first_config_nothing_arms(b):
+    """No config has been good yet, so there is no last good one to arm with."""
+    assert not b.file(LAST_GOOD).exists()
     b.write_config(b.alice() + 'alow = ["22"]\n')
     since = time.time()
     assert b.run("systemctl", "start", "gnocchi.socket", check=False).returncode != 0
     b.nothing_armed_or_listening()
     assert any(f"{CONFIG}: clients.alice.alow: unknown key" in e["MESSAGE"]
+               and "the verifier would refuse to start" in e["MESSAGE"]
                for e in b.events("arming-refused", since))
     # The verifier was never started: no restart loop, no start limit hit.
     assert b.state("gnocchi.service") == "inactive"
@@ -198,19 +215,132 @@ def test_reloading_a_broken_config_keeps_the_running_verifier(b):
     assert b.state("gnocchi.socket") == "active" and b.armed()
 
 
-def test_reloading_a_broken_table_keeps_the_loaded_one_and_its_knocks(b):
+def test_reloading_broken_rules_keeps_the_loaded_table_and_its_knocks(b):
     b.knock_and_wait()
     before = b.net.server.nft("list", "chain", "inet", "gnocchi", "input").stdout
-    good = b.file(TABLE).read_text()
-    b.file(TABLE).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
+    good = b.file(RULES).read_text()
+    b.file(RULES).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
     since = time.time()
     assert b.run("systemctl", "reload", "gnocchi-arm", check=False).returncode != 0
     assert any("nft refuses it" in e["MESSAGE"] for e in b.events("arming-refused", since))
     assert b.net.server.nft("list", "chain", "inet", "gnocchi", "input").stdout == before
     assert b.state("gnocchi-arm.service") == "active", "still armed"
-    b.file(TABLE).write_text(good)
+    b.file(RULES).write_text(good)
     assert b.connect() == "hello", "the pending knock survived the refused reload"
     assert b.connect() == "timeout"
+
+
+# ---- a broken config never changes what is enforced ------------------------------
+
+def typo(b: Box) -> str:
+    """The admin's typo under [clients.alice] (`sorces =` for `sources =`); returns the
+    good text."""
+    good = b.file(CONFIG).read_text()
+    b.file(CONFIG).write_text(good + 'sorces = ["198.51.100.0/24"]\n')
+    return good
+
+
+BROKEN = f"CONFIG BROKEN: {CONFIG}: clients.alice.sorces: unknown key"
+
+
+def test_the_after_editing_command_refuses_a_typo_whether_or_not_the_verifier_runs(b):
+    b.knock_and_wait()  # the verifier runs
+    pid = b.pid()
+    good = typo(b)
+    for running in (True, False):
+        proc = b.run("gnocchi", "reload", check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"{CONFIG}: clients.alice.sorces: unknown key" in proc.stderr
+        assert "REFUSED" in proc.stderr and "nothing was changed" in proc.stderr
+        assert b.pid() == (pid if running else "0"), "the verifier is left as it was"
+        b.run("systemctl", "stop", "gnocchi.service")  # idle, as between knocks
+    assert b.connect() == "hello", "the knock made before still opens"
+    b.file(CONFIG).write_text(good)
+    out = b.run("gnocchi", "reload").stdout
+    assert out.startswith("gnocchi reload: ok: ") and "gnocchi-arm.service" in out, out
+    assert b.file(LAST_GOOD).read_text() == good
+
+
+def test_a_typo_at_a_restart_and_a_socket_activation_runs_the_last_good_config(b):
+    good = typo(b)
+    since = time.time()
+    b.run("systemctl", "restart", "gnocchi.service")
+    assert b.state("gnocchi.service") == "active", "no crash loop"
+    b.knock_and_wait()
+    assert b.connect() == "hello", "alice's knock opens"
+    assert b.stranger_connects() == "timeout", "a stranger stays out"
+    # Loud: the catalogued journal event, status (exit 1) and doctor name file, key, fix.
+    entry = b.wait(lambda: b.events("config-fell-back", since), "a config-fell-back entry")[0]
+    assert entry["MESSAGE_ID"] == "ae32aab35e454c32ac8896aba4e0e643"
+    assert entry["MESSAGE"].startswith(BROKEN) and entry["GNOCCHI_LAST_GOOD"] == LAST_GOOD
+    assert "fix: correct the file, then `gnocchi reload`" in entry["MESSAGE"]
+    explained = b.run("journalctl", "--no-pager", "-x", "-u", "gnocchi").stdout
+    assert "the verifier runs the last good one" in explained
+    rc, out = status(b)
+    assert rc == 1 and out.startswith("gnocchi: ARMED"), out
+    assert f"gnocchi: {BROKEN}" in out and "gnocchi runs the last good config instead" in out
+    assert "fix: correct the file, then `gnocchi reload`" in out
+    rc, out = doctor(b)
+    assert rc == 1 and f"FAIL the config loads: {BROKEN}" in out, out
+    # Socket activation: the verifier is stopped, and the next knock starts it.
+    b.run("systemctl", "stop", "gnocchi.service")
+    b.knock_and_wait()
+    assert b.connect() == "hello"
+    b.file(CONFIG).write_text(good)
+    b.run("gnocchi", "reload")
+    assert status(b)[0] == 0
+
+
+def test_a_reboot_with_a_typo_arms_with_the_last_good_config(b):
+    good = typo(b)
+    b.box.reboot()
+    b.box.run(["systemd-run", "--unit=protected-service", "--quiet", "/usr/bin/python3", "-c",
+               LISTENER])
+    assert b.armed(), "armed at boot, not left open"
+    assert b.stranger_connects() == "timeout"
+    rc, out = status(b)
+    assert rc == 1 and out.startswith("gnocchi: ARMED") and f"gnocchi: {BROKEN}" in out, out
+    fell_back = [e for e in b.journal("-b", "-u", "gnocchi")
+                 if e.get("GNOCCHI_EVENT") == "arming-fell-back"]
+    assert fell_back and fell_back[0]["MESSAGE"].startswith(BROKEN)
+    b.knock_and_wait()
+    assert b.connect() == "hello", "alice's knock opens"
+    b.file(CONFIG).write_text(good)
+    b.run("gnocchi", "reload")
+    assert status(b)[0] == 0
+
+
+# ---- allow and protect agree ------------------------------------------------------
+
+def test_an_allowed_port_that_is_not_protected_is_named_and_protected_in_one_command(b):
+    b.run("mkdir", "-p", "-m", "0700", "/root/bob")
+    bob = b.run("gnocchi", "keygen", "--client", "/root/bob/client.key").stdout.strip()
+    added = b.run("gnocchi", "add-client", "bob", bob, "--allow", "22", "60001/udp",
+                  "--host", b.net.server.ip)
+    assert ("warning: clients.bob.allow: 60001/udp is allowed but not protected: it is open "
+            "to everyone without a knock") in added.stderr
+    assert "fix: gnocchi protect 60001/udp" in added.stderr
+    assert 'request = "open 22/tcp 60001/udp"' in added.stdout, "what --allow said"
+    assert "fix: gnocchi protect 60001/udp" in b.run("gnocchi", "check").stderr
+    protected = b.run("gnocchi", "protect", "60001/udp")
+    assert "now protects 22/tcp, 60001/udp" in protected.stderr
+    assert "table inet gnocchi reloaded" in protected.stderr
+    assert "60001" in b.net.server.nft("list", "set", "inet", "gnocchi", "protected_udp").stdout
+    assert status(b)[1].startswith("gnocchi: ARMED: table inet gnocchi is loaded, protecting "
+                                   "22/tcp, 60001/udp")
+    assert b.run("gnocchi", "check").stderr == ""
+    # bob's knock for both ports now opens both (all or none: before, it opened nothing).
+    before = len(b.events("accepted"))
+    b.box.run_in_netns(b.net.client.name, [
+        "gnocchi-knock", "--server-key-file", f"{CLIENT_DIR}/server.key",
+        "--client-key-file", "/root/bob/client.key", "--state-dir", "/root/bob/state",
+        "--request", "open 22/tcp 60001/udp", b.net.server.ip])
+    b.wait(lambda: len(b.events("accepted")) > before, "bob's knock is accepted")
+    assert b.events("accepted")[-1]["GNOCCHI_REQUEST"] == "open 22/tcp 60001/udp"
+    b.run("gnocchi", "remove-client", "bob")
+    b.run("gnocchi", "unprotect", "60001/udp")
+    assert "60001" not in b.net.server.nft("list", "set", "inet", "gnocchi",
+                                           "protected_udp").stdout
 
 
 # ---- status, and a table that stays armed -----------------------------------
@@ -267,7 +397,7 @@ def gate_whole(b: Box) -> bool:
     with inside(b.net.server):
         live = nft_table.live()
     return live is not None and not gate.unguarded(live.objects) and not gate.differences(
-        live.objects, nft_table.test_load(str(b.file(TABLE))).objects)
+        live.objects, nft_table.test_load(str(b.file(RULES))).objects)
 
 
 def test_a_flushed_chain_is_put_back_at_once_and_logged_critical(b):
@@ -278,7 +408,7 @@ def test_a_flushed_chain_is_put_back_at_once_and_logged_critical(b):
     assert entry["PRIORITY"] == "2" and entry["_SYSTEMD_UNIT"] == "gnocchi-watch.service"
     assert entry["MESSAGE_ID"] == table.MESSAGE_IDS["table-changed"]
     assert "chain input: 3 of its 3 rules missing" in entry["MESSAGE"]
-    assert f"re-armed from {TABLE}" in entry["MESSAGE"], entry["MESSAGE"]
+    assert f"re-armed from {RULES}" in entry["MESSAGE"], entry["MESSAGE"]
     explained = b.run("journalctl", "--no-pager", "-x", "-u", "gnocchi").stdout
     assert "gnocchi's gate was changed while armed" in explained
     assert b.connect() == "timeout"
@@ -368,6 +498,18 @@ def test_status_says_not_armed_loudly_when_the_table_is_missing(b):
 
 # ---- trial arming ------------------------------------------------------------
 
+def test_disable_now_returns_with_the_table_gone_and_status_not_armed(b):
+    since = time.time()
+    for _ in range(3):
+        b.run("systemctl", "disable", "--now", "gnocchi.socket")
+        assert not b.armed(), "gone when the command returns"  # nft at once, from outside
+        rc, out = status(b)
+        assert rc == 3 and out.startswith("gnocchi: NOT ARMED (disarmed"), out
+        b.run("systemctl", "enable", "--now", "gnocchi.socket")
+        assert b.armed()
+    assert b.events("table-missing", since) == [], "the watch put nothing back"
+
+
 def test_disarm_is_the_console_switch_off(b):
     out = b.run("gnocchi", "disarm").stdout
     assert out.startswith("gnocchi: NOT ARMED: disarmed")
@@ -429,9 +571,11 @@ def test_a_confirmed_arm_survives_a_reboot(b):
 def test_a_verifier_that_keeps_failing_never_disarms(b):
     """gnocchi fails closed: the verifier hitting its start limit fails gnocchi.socket,
     and the table stays (a remote crash must not switch the firewall off); status says
-    that nobody can knock in."""
-    good = b.file(CONFIG).read_text()
-    b.file(CONFIG).write_text(good + "typo = 1\n")
+    that nobody can knock in. (A broken config no longer makes it fail: the last good
+    one runs. A corrupt counter store does: the verifier fails closed.)"""
+    store = b.file("/var/lib/gnocchi/counters")
+    good = store.read_bytes()
+    store.write_bytes(b"not a counter store\n")
     for _ in range(25):
         b.run("systemctl", "restart", "gnocchi.service", check=False)
         if b.state("gnocchi.socket") == "failed":
@@ -440,7 +584,7 @@ def test_a_verifier_that_keeps_failing_never_disarms(b):
     assert b.armed() and b.state("gnocchi-arm.service") == "active"
     rc, out = status(b)
     assert rc == 1 and "NOBODY CAN KNOCK IN" in out, out
-    b.file(CONFIG).write_text(good)
+    store.write_bytes(good)
     b.run("systemctl", "reset-failed", "gnocchi.service", "gnocchi.socket")
     b.run("systemctl", "start", "gnocchi.socket")
     assert status(b)[0] == 0
@@ -561,17 +705,17 @@ def test_doctor_names_a_client_port_the_table_does_not_protect(b):
     good = b.file(CONFIG).read_text()
     b.file(CONFIG).write_text(good.replace('allow = ["22/tcp"]', 'allow = ["22/tcp", "2222"]'))
     diagnosis(b, "FAIL clients.alice may open 2222/tcp: it is protected: not in the live "
-                 "table's protected set", "fix: add 2222 to set protected_tcp in "
-                 "/etc/gnocchi/gnocchi.nft, then systemctl reload gnocchi-arm")
+                 "table's protected set", "fix: gnocchi protect 2222/tcp")
     b.file(CONFIG).write_text(good)
     healthy(b)
 
 
 def test_doctor_names_a_broken_table_file(b):
-    good = b.file(TABLE).read_text()
-    b.file(TABLE).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
-    diagnosis(b, "FAIL the table file loads: /etc/gnocchi/gnocchi.nft: nft refuses it")
-    b.file(TABLE).write_text(good)
+    good = b.file(RULES).read_text()
+    b.file(RULES).write_text(good.replace("elements = { 22 }", "elements = { 22 x }"))
+    diagnosis(b, f"FAIL the table file loads: {RULES}: nft refuses it",
+              "fix: apt install --reinstall gnocchi-server")
+    b.file(RULES).write_text(good)
     healthy(b)
 
 

@@ -90,7 +90,10 @@ def test_the_client_needs_no_server_dependency_and_the_server_carries_the_config
     conffiles = subprocess.run(f"dpkg-deb --ctrl-tarfile {debs['gnocchi-server']} "
                                "| tar -xO ./conffiles", shell=True, check=True,
                                capture_output=True, text=True).stdout
-    assert conffiles.split() == ["/etc/gnocchi/gnocchi.nft", "/etc/gnocchi/gnocchi.toml"]
+    # The rules are the package's own (/usr/share/gnocchi/gnocchi.nft), not a conffile:
+    # they change with the package; the admin's ports are [protect] in gnocchi.toml.
+    assert conffiles.split() == ["/etc/gnocchi/gnocchi.toml"]
+    assert "/usr/share/gnocchi/gnocchi.nft" in files(debs["gnocchi-server"])
 
 
 # ---- the upgrade from 0.2's single package, on a booted systemd ---------------
@@ -121,9 +124,11 @@ def sha(path: Path) -> str:
 
 @pytest.mark.system
 def test_apt_upgrade_from_the_single_package_keeps_the_server_armed(debs, old_deb):
-    """An armed 0.2 server, its config edited by the admin, a knock pending: `apt upgrade`
-    (from a local repository holding the 0.3 packages) brings in gnocchi-server and
-    gnocchi-client; units stay enabled and armed, config and keys are kept, knocks work."""
+    """An armed 0.2 server, its config edited by the admin, a second port protected in its
+    table file, a knock pending: `apt upgrade` (from a local repository holding the new
+    packages) brings in gnocchi-server and gnocchi-client; units stay enabled and armed,
+    config and keys are kept, the admin's ports stay protected, knocks work; then
+    `gnocchi protect`, as `gnocchi check` says, moves the ports into gnocchi.toml."""
     for tool in ("systemd-nspawn", "nsenter", "nft", "dpkg-scanpackages"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
@@ -164,6 +169,16 @@ def test_apt_upgrade_from_the_single_package_keeps_the_server_armed(debs, old_de
                 return net.client.run([sys.executable, "-c", CONNECT, net.server.ip],
                                       timeout=30).stdout.strip()
 
+            # The admin protects a second port, as 0.2 said: in its table file.
+            table = box.root / "etc/gnocchi/gnocchi.nft"
+            table.write_text(table.read_text().replace("elements = { 22 }",
+                                                       "elements = { 22, 2222 }"))
+            box.run(["systemctl", "reload", "gnocchi-arm.service"])
+
+            def protected_tcp() -> str:
+                return net.server.nft("list", "set", "inet", "gnocchi", "protected_tcp").stdout
+
+            assert "elements = { 22, 2222 }" in protected_tcp()
             assert knock_and_connect() == "hello"
             kept = {p: sha(box.root / p) for p in ("etc/gnocchi/gnocchi.toml",
                                                    "etc/gnocchi/server.key",
@@ -187,6 +202,7 @@ def test_apt_upgrade_from_the_single_package_keeps_the_server_armed(debs, old_de
                                "-y", "-q", "--with-new-pkgs", "-o",
                                "Dpkg::Options::=--force-confold", *only_ours], timeout=300)
             assert "taking over from gnocchi-knock 0.2.0" in upgrade.stdout, upgrade.stdout
+            assert "/etc/gnocchi/gnocchi.nft is yours" in upgrade.stdout, upgrade.stdout
 
             for package in PACKAGES:
                 status = box.run(["dpkg-query", "-W", "-f", "${Status} ${Version}", package])
@@ -212,7 +228,22 @@ def test_apt_upgrade_from_the_single_package_keeps_the_server_armed(debs, old_de
             assert after != verifier, "the verifier was restarted to run the new code"
             assert knock_and_connect() == "hello", "a knock still opens the port"
             assert net.client.run([sys.executable, "-c", CONNECT, net.server.ip],
-                                               timeout=30).stdout.strip() == "timeout", "once"
+                                  timeout=30).stdout.strip() == "timeout", "once"
+            # The admin's second port is still protected, read from 0.2's table file
+            # while gnocchi.toml has no [protect]; check names the command that moves it.
+            assert "elements = { 22, 2222 }" in protected_tcp()
+            check = box.run(["gnocchi", "check"])
+            assert ("come from /etc/gnocchi/gnocchi.nft (the table file of gnocchi 0.3 and "
+                    "before" in check.stderr), check.stderr
+            assert "fix: gnocchi protect 22/tcp 2222/tcp" in check.stderr, check.stderr
+            moved = box.run(["gnocchi", "protect", "22/tcp", "2222/tcp"])
+            assert "that file is no longer read: delete it" in moved.stderr, moved.stderr
+            assert "[protect]\ntcp = [22, 2222]\nudp = []\n" in (
+                box.root / "etc/gnocchi/gnocchi.toml").read_text()
+            table.unlink()
+            box.run(["gnocchi", "reload"])
+            assert "elements = { 22, 2222 }" in protected_tcp()
+            assert box.run(["gnocchi", "check"]).stderr == ""
             # Marking gnocchi-server as the admin's lets the transitional package go.
             box.run(["apt-mark", "manual", "gnocchi-server"])
             box.run(["apt-get", "remove", "-y", "-q", "gnocchi-knock"], timeout=180)

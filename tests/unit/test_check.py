@@ -37,7 +37,8 @@ class Server:
         self.port = int(gnocchi("keygen", "--server", self.key).stdout)
         self.client = gnocchi("keygen", "--client", tmp / "client.key").stdout.strip()
         self.config = tmp / "gnocchi.toml"
-        self.table = tmp / "gnocchi.nft"
+        self.table = tmp / "rules.nft"  # the package's rules (gnocchi.nft beside the
+        # config would be 0.3's table file, read for its ports)
         shutil.copy(TABLE, self.table)
         os.chmod(self.table, 0o644)
         self.units = tmp / "units"
@@ -114,17 +115,26 @@ def test_no_client(s):
 def test_no_client_may_open_a_protected_port(s):
     s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["2222/tcp"]\n')
     err = refused(s, "no client may open a protected port (22/tcp)")
-    assert "warning: " in err and "2222/tcp is not a protected port" in err
+    assert "warning: " in err and "2222/tcp is allowed but not protected" in err
+    assert "fix: gnocchi protect 2222/tcp" in err
 
 
 @ROOTS_FILES
-def test_an_unprotected_allow_entry_is_only_a_warning(s):
+def test_an_unprotected_allow_entry_is_a_warning_naming_the_one_command_that_fixes_it(s):
     s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\n'
                            'allow = ["22/tcp", "60001/udp"]\n')
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
-    assert ("warning: " + f"{s.config}: clients.alice.allow: 60001/udp is not a protected port; "
-            "the helper will refuse to open it") in proc.stderr
+    assert ("warning: " + f"{s.config}: clients.alice.allow: 60001/udp is allowed but not "
+            "protected: it is open to everyone without a knock, and the helper refuses to open "
+            "it (a knock asking for it opens nothing); fix: gnocchi protect 60001/udp"
+            ) in proc.stderr
+    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\n'
+                           'allow = ["22/tcp", "60001/udp"]\n',
+                   extra="[protect]\ntcp = [22]\nudp = [60001]\n")
+    proc = s.check()
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.endswith("protects 22/tcp, 60001/udp\n")
 
 
 def test_a_loose_server_key_is_refused_with_the_fix(s):
@@ -197,3 +207,34 @@ def test_a_knock_port_set_of_another_type_is_refused(s):
         "set knock_port {\n\t\ttype inet_service", "set knock_port {\n\t\ttype ipv4_addr")
         .replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", ""))
     refused(s, f"{s.table}: set knock_port must be of type inet_service")
+
+
+def test_a_03_table_file_beside_a_config_without_protect_gives_the_ports_and_the_fix(s):
+    (s.tmp / "gnocchi.nft").write_text(TABLE.read_text().replace("elements = { 22 }",
+                                                                 "elements = { 22, 2222 }"))
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("protects 22/tcp, 2222/tcp\n")
+    assert (f"warning: the protected ports (22/tcp, 2222/tcp) come from {s.tmp / 'gnocchi.nft'} "
+            "(the table file of gnocchi 0.3 and before") in proc.stderr
+    assert "fix: gnocchi protect 22/tcp 2222/tcp" in proc.stderr
+    # Once the config has [protect], the old file is not read: remove it.
+    s.write_config(extra="[protect]\ntcp = [22]\n")
+    proc = s.check()
+    assert proc.returncode == 0 and proc.stdout.endswith("protects 22/tcp\n")
+    assert f"is not read any more: the ports are in [protect] in {s.config}; fix: rm " \
+        in proc.stderr
+
+
+def test_the_knock_port_is_never_protected(s):
+    s.write_config(extra=f"[protect]\ntcp = [22]\nudp = [{s.port}]\n")
+    refused(s, f"{s.config}: protect.udp: {s.port} is the knock port, so every knock would "
+               f"need a knock first; fix: gnocchi unprotect {s.port}/udp")
+
+
+def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):
+    from gnocchi.admin import last_good
+    assert last_good.record(str(s.config))[0]
+    s.write_config(extra='alow = ["22"]\n')
+    refused(s, f"{s.config}: alow: unknown key", "gnocchi goes on with the last good config, "
+               f"{s.tmp / 'gnocchi.last-good.toml'}: this file is not applied until it loads")

@@ -75,6 +75,11 @@ def test_add_appends_one_table_and_prints_a_profile_gnocchi_knock_reads(server, 
     cfg = config.load(str(path))
     assert [c.name for c in cfg.clients] == ["alice", "bob", "carol"]
     assert "added [clients.carol]" in result.stderr
+    # The config protects the default (22/tcp) alone: 60001/udp stays open to anyone.
+    assert ("warning: clients.carol.allow: 60001/udp is allowed but not protected: it is open "
+            "to everyone without a knock, and the helper refuses to open it (a knock asking for "
+            "it opens nothing); fix: gnocchi protect 60001/udp") in result.stderr
+    assert "22/tcp is allowed but not protected" not in result.stderr
 
     printed = blocks(result.stdout)
     fingerprint = keys.fingerprint(server_key)
@@ -83,7 +88,8 @@ def test_add_appends_one_table_and_prints_a_profile_gnocchi_knock_reads(server, 
     (home / "knock.toml").write_text(printed["append to ~/.config/gnocchi/knock.toml"])
     profiles, _ = profile.load(home / "knock.toml")
     chosen = profile.select(profiles, None, home / "knock.toml", None, "srv.example.org")
-    assert chosen.host == "srv.example.org" and chosen.request == "open 22/tcp"
+    # One knock opens every port the admin allowed, as --allow listed them.
+    assert chosen.host == "srv.example.org" and chosen.request == "open 22/tcp 60001/udp"
     assert chosen.server_key_file == home / "srv.example.org.server.key"
     assert chosen.client_key_file == home / "client.key"  # where gnocchi-knock --keygen puts it
     assert fingerprint in printed["append to ~/.config/gnocchi/knock.toml"]

@@ -108,6 +108,14 @@ BAD_CONFIGS = [
     ('[actions.m]\nargv = ["/bin/true"]\ntimeout = 601\n', "actions.m.timeout: 601 is not"),
     ('[actions.m]\nargv = ["/bin/true"]\nshell = true\n', "actions.m.shell: unknown key"),
     ('state_dir = "/x"\nstate_dir = "/y"\n', "not valid TOML"),
+    ('[protect]\ntcp = [22]\nsctp = [9]\n', "protect.sctp: unknown key (known here: tcp, udp)"),
+    ('[protect]\ntcp = 22\n', "protect.tcp: must be a list of port numbers, not an integer"),
+    ('[protect]\ntcp = ["22"]\n', "protect.tcp[0]: '22' is not a port number (1 to 65535)"),
+    ('[protect]\nudp = [0]\n', "protect.udp[0]: 0 is not a port number"),
+    ('[protect]\nudp = [65536]\n', "protect.udp[0]: 65536 is not a port number"),
+    ('[protect]\ntcp = [true]\n', "protect.tcp[0]: True is not a port number"),
+    ('[protect]\ntcp = [22, 2222, 22]\n', "protect.tcp[2]: 22 is listed twice"),
+    ('protect = [22]\n', "protect: must be a table"),
 ]
 
 
@@ -181,3 +189,56 @@ def test_a_bad_policy_names_the_file_and_the_key(tmp_path, line, key, problem):
         load_policy(tmp_path, line + "\n")
     assert str(e.value).startswith(f"{tmp_path / 'gnocchi.toml'}: {key}: ")
     assert problem in str(e.value)
+
+
+def test_protect_lists_the_ports_and_a_missing_protocol_protects_none_of_it(tmp_path):
+    cfg = load_text(tmp_path, "[protect]\ntcp = [22, 2222]\nudp = [60001]\n")
+    assert cfg.protect == {"tcp": (22, 2222), "udp": (60001,)}
+    assert load_text(tmp_path, "[protect]\nudp = [53]\n").protect == {"tcp": (), "udp": (53,)}
+    # Without the table: None (the ports then come from gnocchi.admin.nft_table's fallback).
+    assert load_text(tmp_path, "").protect is None
+    assert config.load(str(REPO / "packaging" / "gnocchi.toml")).protect == {"tcp": (22,),
+                                                                             "udp": ()}
+
+
+def test_the_last_good_copy_of_the_default_config_is_roots_outside_the_verifiers_state():
+    assert config.last_good_path("/etc/gnocchi/gnocchi.toml") == \
+        "/var/lib/gnocchi-config/last-good.toml"
+    assert not config.LAST_GOOD.startswith(config.DEFAULTS["state_dir"] + "/")
+    assert config.last_good_path("/srv/x/other.toml") == "/srv/x/other.last-good.toml"
+
+
+def test_a_broken_file_runs_its_last_good_copy_and_says_why(tmp_path):
+    good = f'[clients.alice]\npublic_key = "{KEY_A}"\nallow = ["22"]\n'
+    path = tmp_path / "gnocchi.toml"
+    (tmp_path / "gnocchi.last-good.toml").write_text(good)
+    path.write_text(good + 'sorces = ["198.51.100.0/24"]\n')
+    told = []
+    cfg = config.load_running(str(path), lambda event, message, **fields: told.append(
+        (event, message, fields)))
+    assert cfg.path == str(tmp_path / "gnocchi.last-good.toml")
+    assert [c.name for c in cfg.clients] == ["alice"]
+    [(event, message, fields)] = told
+    assert event == "config-fell-back"
+    assert message.startswith(f"CONFIG BROKEN: {path}: clients.alice.sorces: unknown key")
+    assert "runs the last good config instead" in message and "`gnocchi reload`" in message
+    assert fields["config"] == str(path) and fields["last_good"] == cfg.path
+    # A file that loads is what runs, whatever the copy says.
+    path.write_text(good.replace('"22"', '"2222"'))
+    assert config.load_running(str(path)).path == str(path)
+
+
+def test_without_a_good_copy_a_broken_file_is_refused_as_before(tmp_path):
+    path = tmp_path / "gnocchi.toml"
+    path.write_text("alow = 1\n")
+    with pytest.raises(config.ConfigError, match="alow: unknown key"):
+        config.load_running(str(path))
+    # A copy that does not load, or that others may write, is no good copy either.
+    copy = tmp_path / "gnocchi.last-good.toml"
+    copy.write_text("also broken\n")
+    with pytest.raises(config.ConfigError, match="alow: unknown key"):
+        config.load_running(str(path))
+    copy.write_text("")
+    copy.chmod(0o666)
+    with pytest.raises(config.ConfigError, match="alow: unknown key"):
+        config.load_running(str(path))

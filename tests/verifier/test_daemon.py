@@ -205,3 +205,26 @@ def test_a_damaged_newest_store_slot_is_told_at_start_and_the_older_one_used(
     [told] = d.wait_events("store-fell-back", 1)
     assert "gnocchi audit --counters" in told["MESSAGE"]
     d.wait_events("accepted", 1)  # counter 6 once more: the one commit the damage cost
+
+
+def test_a_broken_config_runs_its_last_good_copy_and_says_so(daemons, net, k, tmp_path, helper):
+    """A typo in the config never changes what the verifier enforces: it starts with the
+    last good copy root kept (gnocchi/admin/last_good.py), and says so once, loudly."""
+    from gnocchi.admin import last_good
+    cfg = write_config(tmp_path, k, helper.path)
+    assert last_good.record(str(cfg))[0]
+    cfg.write_text(cfg.read_text().replace('allow = ["443"]', 'alow = ["443"]'))  # bob's typo
+    d = start_with(daemons, net, k, cfg)
+    assert send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),
+                                        knock(k, "bob", 2, b"", net.server.ip)], wait=0.5) == 0
+    accepted = d.wait_events("accepted", 2)
+    assert [e["GNOCCHI_REQUEST"] for e in accepted] == ["open 22/tcp", "open 443/tcp"]
+    [fell_back] = d.of("config-fell-back")
+    assert fell_back["GNOCCHI_CONFIG"] == str(cfg)
+    assert fell_back["MESSAGE"].startswith(f"CONFIG BROKEN: {cfg}: clients.bob.alow: unknown key")
+    assert fell_back["PRIORITY"] == "3"
+    assert d.of("started")[0]["MESSAGE"].endswith(f"clients of {tmp_path}/gnocchi.last-good.toml")
+
+
+def start_with(daemons, net, k, cfg):
+    return daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=cfg.parent / "daemon.err")
