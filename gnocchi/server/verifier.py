@@ -264,8 +264,8 @@ def main(argv: list[str]) -> int:
             signal.signal(signum, lambda *_: stop.append(True))
         where = ", ".join(f"{s.getsockname()[0]} port {s.getsockname()[1]}" for s in socks)
         versions = " and ".join(v for v, on in (("v1", keys_.v1), ("v2", keys_.v2)) if on)
-        log.event("started", f"verifier listening on UDP {where} for {len(cfg.clients)} "
-                  f"clients of {cfg.path}, knock protocol {versions}", clients=len(cfg.clients))
+        log.event("started", f"verifier listening on UDP {where} (knock protocol {versions}) "
+                  f"for {len(cfg.clients)} clients of {cfg.path}", clients=len(cfg.clients))
         knock_socket.notify("READY=1")
         serve(socks, Verifier(cfg, keys_, store, log), log, stop, woken)
     except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError,
