@@ -286,7 +286,7 @@ class Wanted:
     rules: str
     config: str      # the config the ports come from: the file, or its last good copy
     ports: Ports
-    knock_port: list[int] | None
+    knock_ports: list[int] | None
 
     @property
     def protected(self) -> dict[str, list]:
@@ -295,7 +295,7 @@ class Wanted:
     def table(self) -> Table:
         """The table as the kernel should list it once loaded (test-loads the rules)."""
         return test_load(self.rules).with_protected(self.protected).with_knock_port(
-            self.knock_port)
+            self.knock_ports)
 
     def script(self, knock_port: bool = True) -> str:
         """The rules file and the sets filled (knock_port=False: set knock_port left
@@ -306,7 +306,7 @@ class Wanted:
         except (OSError, UnicodeDecodeError) as e:
             raise TableError(f"{self.rules}: cannot read: {e}") from None
         return text.rstrip("\n") + "\n" + fill_script(
-            self.protected, self.knock_port if knock_port else None)
+            self.protected, self.knock_ports if knock_port else None)
 
 
 def fill_script(protected: dict | None, knock_port: int | list[int] | None) -> str:
@@ -453,7 +453,7 @@ def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
 
 def load_wanted(want: Wanted) -> Loaded:
     """Load what gnocchi loads (wanted()), keeping pending knocks."""
-    return load(want.rules, want.knock_port, want.protected)
+    return load(want.rules, want.knock_ports, want.protected)
 
 
 def set_knock_port(port: int | list[int]) -> bool:

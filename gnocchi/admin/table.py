@@ -118,7 +118,7 @@ def load(config_path: str, table_path: str, reload: bool = False) -> int:
     log("armed", loaded.describe(table_path) + f" (the ports from {want.ports.source})"
         + flood_limit(loaded.table.knock_ports()), how=loaded.how, pending=loaded.kept,
         protected=nft_table.show_ports(loaded.table.protected()),
-        knock_port=",".join(map(str, want.knock_port or [])), config=want.config)
+        knock_port=",".join(map(str, want.knock_ports or [])), config=want.config)
     # Verified, not assumed: the kernel's table now, against what was loaded.
     try:
         problems = judge(nft_table.live(), loaded.table)
