@@ -22,6 +22,8 @@ COMMANDS = {
     "unprotect": ("gnocchi.admin.protect", "stop protecting ports and reload the table"),
     "reload": ("gnocchi.admin.reload",
                "after editing gnocchi.toml: check it, then apply it (or refuse it)"),
+    "rotate-key": ("gnocchi.admin.rotate",
+                   "a next v2 server key beside the current one; --finish; --lines"),
     "setup": ("gnocchi.admin.setup", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.server.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "run-action": ("gnocchi.server.action_runner",

@@ -33,6 +33,7 @@ import sys
 
 from gnocchi.admin import nft_table
 from gnocchi.server import config as server_config
+from gnocchi.server import keyring
 from gnocchi.shared import durable, keys, knock_request
 
 DEFAULT_ALLOW = "22/tcp"
@@ -167,11 +168,11 @@ def checked_client(path: str, name: str, public_hex: str,
             raise EditError(f"{where}: this key is already client {client.name}'s")
     # Never write a secret into the config (world-readable): the key's kind first.
     try:
-        server_key = keys.load_secret(current.server_key_file)
+        server_keys = keyring.secrets(keyring.load(current))
     except keys.KeyFileError:
-        server_key = None  # unreadable here: `gnocchi check` names that
+        server_keys = ()  # unreadable here: `gnocchi check` names that
     known = {c.public_key: c.name for c in current.clients}
-    if problem := keys.public_key_problem(public, server_key, known):
+    if problem := keys.public_key_problem(public, server_keys, known):
         raise EditError(f"PUBKEY: {problem}; nothing was written; "
                         f"fix: {keys.public_key_fix(name)}")
     return public, ports
@@ -320,9 +321,8 @@ def client_files(cfg: server_config.Config, name: str, host: str) -> str:
     except keys.KeyFileError as e:
         fingerprint = f"unknown ({e})"
     server_key = f"{host}.server.key"
-    # One knock opens every port the admin allowed (as many as a request holds).
     opens = [f"{o.port}/{o.proto}" for o in client.allow]
-    request = (f"\nrequest = \"open {' '.join(opens[:knock_request.MAX_PORTS])}\""
+    request = (f"\nrequest = \"{client_request(client)}\""
                + (f"  # also allowed: {' '.join(opens[knock_request.MAX_PORTS:])}"
                   if opens[knock_request.MAX_PORTS:] else "")) if opens else ""
     sign_ip = (f"\nsign_ip = \"{cfg.server_addresses[0]}\"  # the address the server accepts"
@@ -340,6 +340,39 @@ Host {host}
 # Copy {cfg.server_key_file} from this server to ~/.config/gnocchi/{server_key}
 # (mode 0600) over a channel you trust: it is a secret every client shares.
 # `gnocchi-knock -v` must then show the fingerprint {fingerprint}.
+"""
+
+
+def client_request(client: server_config.Client) -> str:
+    """The request a client's profile knocks with: one knock opens every port the admin
+    allowed (as many as a request holds); "" for none."""
+    opens = [f"{o.port}/{o.proto}" for o in client.allow][:knock_request.MAX_PORTS]
+    return f"open {' '.join(opens)}" if opens else ""
+
+
+def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | None:
+    """The one line the client runs (docs/client.md, "Onboarding in one line"), when
+    this server has a v2 key; None for a v1-only server."""
+    if not cfg.private_key_file:
+        return None
+    from gnocchi.shared import onboarding
+    client = next(c for c in cfg.clients if c.name == name)
+    request = client_request(client)
+    try:
+        public = keys.load_private_key(cfg.private_key_file)[0]
+    except keys.KeyFileError as e:
+        raise EditError(f"the client is added, but no line can be made: {e}") from None
+    try:
+        line = onboarding.make_line(host, public, request)
+    except ValueError as e:
+        raise EditError(f"the client is added, but --host {e}; run add-client again with "
+                        "another --host after remove-client") from None
+    return f"""\
+# ---- client {name}: run this one line on {name}'s machine (nothing in it is secret) ----
+gnocchi-knock --add '{line}'
+# It writes a knock.toml profile and a ~/.ssh/config block; `ssh {host}` then knocks by
+# itself. The line carries this server's public key and its fingerprint
+# {keys.fingerprint(public)}, which `gnocchi-knock -v` shows with each knock.
 """
 
 
@@ -396,7 +429,8 @@ def main(argv: list[str]) -> int:
                   f"{applied(args.config)}", file=sys.stderr)
             for warning in unprotected(cfg, args.config, args.name):
                 print(f"gnocchi {command}: warning: {warning}", file=sys.stderr)
-            print(client_files(cfg, args.name, host), end="")
+            print(onboarding_line(cfg, args.name, host) or client_files(cfg, args.name, host),
+                  end="")
         else:
             _, where = remove(args.config, args.name, args.drop_in)
             what = (f"removed {where}" if where != os.path.realpath(args.config) else

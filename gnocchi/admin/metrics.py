@@ -178,7 +178,7 @@ def render(facts: dict, state: dict, now: float, version: str) -> str:
     family("gnocchi_table_elements", "gauge", "Elements in each set of table inet gnocchi.",
            [(n, {"set": name}) for name, n in sorted(facts.get("elements", {}).items())])
     family("gnocchi_info", "gauge", "The server key's fingerprint and gnocchi's version.",
-           [(1, {"server_key": facts.get("server_key") or "", "version": version})])
+           [(1, {"server_key": ",".join(facts.get("server_keys") or []), "version": version})])
     return "\n".join(out) + "\n"
 
 

@@ -92,22 +92,21 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     return found[::-1]
 
 
-def configured(config_path: str) -> tuple[int | None, str, list, list[str]]:
-    """(knock port, server key fingerprint, clients, problems) from the config
-    gnocchi runs (a broken file's last good copy) and its key."""
+def configured(config_path: str) -> tuple[object, list, list[str]]:
+    """(its keys: a gnocchi.server.keyring.Keyring, or None; clients; problems) from the
+    config gnocchi runs (a broken file's last good copy)."""
     from gnocchi.server import config as server_config
+    from gnocchi.server import keyring
     from gnocchi.shared import keys
-    from gnocchi.shared.protocol import knock_port
     try:
         cfg = server_config.load_running(config_path)
     except server_config.ConfigError as e:
-        return None, "", [], [f"config: {e}"]
+        return None, [], [f"config: {e}"]
     clients = list(cfg.clients)
     try:
-        key = keys.load_server_key(cfg.server_key_file)
+        return keyring.load(cfg), clients, []
     except keys.KeyFileError as e:
-        return None, "", clients, [f"server key: {e}"]
-    return knock_port(key), keys.fingerprint(key), clients, []
+        return None, clients, [f"server key: {e}"]
 
 
 def gate_problems(live: nft_table.Table,
@@ -142,8 +141,11 @@ def survey(config_path: str, table_path: str = nft_table.DEFAULT_FILE,
                                                                             report=[str(e)])
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = (arm == "active" or sock == "active") and not disarming()
-    port, fingerprint, clients, problems = configured(config_path)
-    listening = port is not None and udp_bound(port)
+    from gnocchi.server import keyring
+    ring, clients, problems = configured(config_path)
+    knock_ports = keyring.ports(ring) if ring else []
+    fingerprints = keyring.described(ring) if ring else []
+    listening = bool(knock_ports) and all(udp_bound(p) for p in knock_ports)
     facts.update(meant_armed=meant, units={"gnocchi-arm.service": arm, "gnocchi.socket": sock})
     if live is None and meant:
         facts["state"] = "missing"
@@ -190,12 +192,12 @@ def survey(config_path: str, table_path: str = nft_table.DEFAULT_FILE,
     elif running:
         lines.append(running)
     lines += [f"gnocchi: {p}" for p in problems if not broken]
-    if port is not None:
-        lines.append(f"knock port: {port}/udp, " + ("listening" if listening else
+    for port, key in fingerprints:
+        lines.append(f"knock port: {port}/udp, " + ("listening" if udp_bound(port) else
                                                      "NOT listening") + f" (gnocchi.socket {sock})"
-                     + f"; server key fingerprint {fingerprint}")
-    if live is not None and port is not None:
-        lines.append(flood_line(live.knock_ports(), port))
+                     + f"; {key}")
+    if live is not None and knock_ports:
+        lines.append(flood_line(live.knock_ports(), knock_ports))
     lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
                                                  else "not listening")
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
@@ -210,13 +212,18 @@ def survey(config_path: str, table_path: str = nft_table.DEFAULT_FILE,
                      + "".join(f"\n  {d}" for d in decisions))
     if trial := trial_line():
         lines.insert(1, trial)
+    if rotation := rotation_line(config_path):
+        lines.insert(1 + bool(trial), rotation)
     helper = unix_listening(HELPER_SOCKET)
     facts.update(
         status=status, config={"file": config_path, "broken": broken, "running": running},
-        knock_port=port, listening=listening, server_key=fingerprint or None,
-        flood_limit=live is not None and port is not None and live.knock_ports() == [port],
+        knock_ports=knock_ports, listening=listening,
+        server_keys=keyring.fingerprints(ring) if ring else [],
+        flood_limit=live is not None and bool(knock_ports)
+        and sorted(live.knock_ports() or []) == sorted(knock_ports),
         protected=live.protected() if live is not None else None,
         helper_listening=helper, trial_seconds_left=trial_seconds_left(),
+        rotation=rotation or None,
         clients=[{"name": c.name, "allow": [f"{o.port}/{o.proto}" for o in c.allow],
                   "actions": list(c.actions), "file": c.file} for c in clients],
         pending=[{"address": str(p.address), "proto": p.proto, "port": p.port,
@@ -245,13 +252,37 @@ def disarming() -> bool:
     return any(line.split()[2:3] == ["stop"] for line in jobs.splitlines())
 
 
-def flood_line(limited: list | None, port: int) -> str:
-    """What the table's per-source flood limit guards, against the key's knock port."""
-    if limited == [port]:
-        return f"flood limit: on {port}/udp, per source address (IPv6: per /64)"
+def rotation_line(config_path: str, now=None) -> str | None:
+    """A key rotation under way (`gnocchi rotate-key`): until when both keys open
+    knocks, or that the overlap is over and the old key is refused."""
+    import datetime
+    from gnocchi.server import config as server_config
+    try:
+        cfg = server_config.load_running(config_path)
+    except server_config.ConfigError:
+        return None
+    if cfg.rotation_ends is None:
+        return None
+    now = now or datetime.datetime.now(datetime.UTC)
+    if now < cfg.rotation_ends:
+        left = cfg.rotation_ends - now
+        return (f"gnocchi: ROTATION: the next key ({cfg.next_private_key_file}) and the current "
+                f"one both open knocks until {cfg.rotation_ends.isoformat()} ({left.days} days "
+                f"{left.seconds // 3600} h left); then gnocchi rotate-key --finish")
+    return (f"gnocchi: ROTATION OVERLAP OVER since {cfg.rotation_ends.isoformat()}: knocks with "
+            f"the old key ({cfg.private_key_file}) are refused; finish: gnocchi rotate-key "
+            "--finish")
+
+
+def flood_line(limited: list | None, ports: int | list[int]) -> str:
+    """What the table's per-source flood limit guards, against the keys' knock ports."""
+    ports = [ports] if isinstance(ports, int) else ports
+    wanted = ", ".join(f"{p}/udp" for p in ports)
+    if limited is not None and sorted(limited) == sorted(ports):
+        return f"flood limit: on {wanted}, per source address (IPv6: per /64)"
     shown = ", ".join(map(str, limited or [])) or "no port"
     what = ("NONE: the loaded table has no set knock_port" if limited is None else
-            f"on UDP {shown}, NOT on the knock port {port}")
+            f"on UDP {shown}, NOT on the knock port{'s' * (len(ports) > 1)} {wanted}")
     return (f"flood limit: {what}, so a flood from one address reaches the verifier whole; "
             "fix: systemctl reload gnocchi-arm")
 

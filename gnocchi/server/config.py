@@ -112,7 +112,7 @@ class Client:
 class Config:
     path: str
     server_key_file: str
-    server_addresses: tuple[ipaddress.IPv4Address, ...]  # empty: each knock's destination
+    server_addresses: tuple  # ip_addresses, IPv4 and IPv6; empty: each knock's destination
     state_dir: str
     helper_socket: str
     clients: tuple[Client, ...]
@@ -121,6 +121,10 @@ class Config:
     # [protect]: {"tcp": (22,), "udp": ()}; None without the table (then the ports of a
     # 0.3 table file beside the config, or tcp 22: gnocchi.admin.nft_table.protected_ports)
     protect: dict[str, tuple[int, ...]] | None = None
+    v1: bool = True                           # accept v1 knocks (server_key_file)
+    private_key_file: str | None = None       # v2's server private key; None: no v2
+    next_private_key_file: str | None = None  # a rotation's next key (`gnocchi rotate-key`)
+    rotation_ends: datetime.datetime | None = None  # aware; private_key_file refused then
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -245,16 +249,16 @@ def _drop_in(where: _Where, data: bytes) -> tuple[str, object]:
 def parse(doc: dict, where: _Where,
           drop_ins: Sequence[tuple[_Where, tuple[str, object]]] = ()) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "action_socket", "clients", "actions", "protect"})
+                          "action_socket", "clients", "actions", "protect", *KEY_SETTINGS})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
                                                "server_addresses")):
         try:
-            addresses.append(ipaddress.IPv4Address(text))
+            addresses.append(ipaddress.ip_address(text))
         except ValueError:
-            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IPv4 address "
-                              "(knocks sign the IPv4 address they were sent to)") from None
+            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IP address "
+                              "(knocks sign the address they were sent to)") from None
     actions = tuple(_action(where, name, value)
                     for name, value in where.entries(doc.get("actions", {}), "actions"))
     action_names = {a.name for a in actions}
@@ -276,7 +280,35 @@ def parse(doc: dict, where: _Where,
     protect = _protect(where, doc["protect"]) if "protect" in doc else None
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
                   paths["helper_socket"], tuple(clients), actions, paths["action_socket"],
-                  protect)
+                  protect, **_key_settings(where, doc))
+
+
+KEY_SETTINGS = ("v1", "private_key_file", "next_private_key_file", "rotation_ends")
+
+
+def _key_settings(where: _Where, doc: dict) -> dict:
+    """Which knock versions the server takes, and v2's keys (docs/PROTOCOL.md): the
+    private key, and during a rotation the next one and when the overlap ends."""
+    v1 = doc.get("v1", True)
+    if not isinstance(v1, bool):
+        raise where.error("v1", f"must be true or false, not {checked_toml.kind(v1)}")
+    private = doc.get("private_key_file")
+    if private is not None:
+        private = where.path_string(private, "private_key_file")
+    if not v1 and private is None:
+        raise where.error("v1", "is false, but there is no private_key_file: no knock could "
+                          "get in; make a v2 key (gnocchi keygen --private FILE) first")
+    rotation = {k: doc.get(k) for k in ("next_private_key_file", "rotation_ends")}
+    given = [v is not None for v in rotation.values()]
+    if any(given) and not (all(given) and private is not None):
+        raise where.error("next_private_key_file", "a rotation needs private_key_file, "
+                          "next_private_key_file and rotation_ends together (gnocchi "
+                          "rotate-key writes them)")
+    if rotation["next_private_key_file"] is not None:
+        rotation["next_private_key_file"] = where.path_string(
+            rotation["next_private_key_file"], "next_private_key_file")
+        rotation["rotation_ends"] = _expiry(where, rotation["rotation_ends"], "rotation_ends")
+    return {"v1": v1, "private_key_file": private, **rotation}
 
 
 def _action(where: _Where, name: str, entry: object) -> Action:

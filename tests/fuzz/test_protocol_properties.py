@@ -135,13 +135,14 @@ def unseal_in_place(datagram: bytes):
     """protocol.unseal as the verifier's serve loop calls it: on the datagram
     laid out as recvmmsg leaves it (knock_socket.Datagrams), cut at
     MAX_PACKET + 1 bytes as its receive buffers cut it."""
-    datagram = datagram[:protocol.MAX_PACKET + 1]
+    datagram = datagram[:protocol.MAX_PACKET2 + 1]
     ffi = protocol.ffi
-    nonce = ffi.new("unsigned char[]", datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN))
+    head = datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN)
     box = ffi.new("unsigned char[]", bytes(protocol.BOXZERO_LEN)
-                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET + 1))
-    opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET)
-    return protocol.unseal(len(datagram), nonce, box, opened, SERVER_KEY)
+                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET2 + 1))
+    opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET2)
+    result = protocol.unseal(len(datagram), head, box, opened, SERVER_KEY)
+    return result if isinstance(result, str) else None
 
 
 @moderate

@@ -1,19 +1,25 @@
 """Test hosts in network namespaces of our own (never the root namespace).
 
 A Net is a pair of hosts, client and server, joined by a veth pair and
-addressed from 198.18.0.0/15; a Lan is a control host and several hosts on
-one bridged link. Everything is removed on exit, even when the
-test fails. Commands run inside with `net.server.run([...])`; `inside(host)`
-makes sockets there from this process.
+addressed from 198.18.0.0/15 and fd00:198:18::/48 (ipv4=False: IPv6 only); a
+Lan is a control host and several hosts on one bridged link. Everything is
+removed on exit, even when the test fails. Commands run inside with
+`net.server.run([...])`; `inside(host)` makes sockets there from this
+process. `net.client.add_address(ip)` gives a host a second address (a
+stranger beside it); `net.client.name_hosts({...})` gives names to the
+commands run in it (/etc/netns/NAME/hosts, which `ip netns exec` puts over
+/etc/hosts for them, removed with the Net).
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
 import os
+import shutil
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 _serial = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -43,6 +49,21 @@ class Host:
     def nft(self, *args: str, check=True) -> subprocess.CompletedProcess:
         return self.run(["nft", *args], check=check)
 
+    def add_address(self, ip: str) -> str:
+        """A second address, never the kernel's own choice of source (IPv4: secondary;
+        IPv6: deprecated); a socket bound to it sends from it."""
+        dev = "gveth0" if self.name.endswith("c") else "gveth1"
+        extra = ["nodad", "preferred_lft", "0"] if ":" in ip else []
+        self.run(["ip", "addr", "add", f"{ip}/{64 if ':' in ip else 24}", "dev", dev, *extra])
+        return ip
+
+    def name_hosts(self, names: dict[str, list[str]]) -> None:
+        """Commands run in this host resolve each name to its addresses, in order."""
+        directory = Path("/etc/netns") / self.name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
+            f"{ip} {name}\n" for name, ips in names.items() for ip in ips))
+
     # What was delivered, for a test that floods: on a busy machine a datagram
     # may be dropped on the way, so a test counts what arrived, not what it sent.
 
@@ -68,7 +89,8 @@ class Host:
 class Net:
     """Two namespaces, `client` and `server`, joined by one veth link."""
 
-    def __init__(self, tag: str = "t"):
+    def __init__(self, tag: str = "t", ipv4: bool = True):
+        self.ipv4 = ipv4
         n = (os.getpid() * 7 + next(_serial)) % 250 + 1
         self.prefix = f"gn{tag}{os.getpid()}x{n}"
         self.client = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
@@ -82,7 +104,8 @@ class Net:
             sh("ip", "link", "add", "gveth0", "netns", self.client.name, "type", "veth",
                "peer", "name", "gveth1", "netns", self.server.name)
             for host, dev in ((self.client, "gveth0"), (self.server, "gveth1")):
-                host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", dev])
+                if self.ipv4:
+                    host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", dev])
                 host.run(["ip", "-6", "addr", "add", f"{host.ip6}/64", "dev", dev, "nodad"])
                 host.run(["ip", "link", "set", dev, "up"])
         except BaseException:
@@ -97,6 +120,11 @@ class Net:
             for pid in pids:
                 sh("kill", "-9", pid, check=False)
             sh("ip", "netns", "del", host.name, check=False)
+            shutil.rmtree(Path("/etc/netns") / host.name, ignore_errors=True)
+        try:
+            os.rmdir("/etc/netns")  # if name_hosts made it and nothing else is in it
+        except OSError:
+            pass
 
 
 class Lan:

@@ -398,7 +398,7 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
     facts = json.loads(proc.stdout)
     assert (facts["status"], facts["state"], facts["armed"], facts["listening"]) == (
         0, "armed", True, True)
-    assert facts["knock_port"] == int(port) and facts["server_key"] == fingerprint
+    assert facts["knock_ports"] == [int(port)] and facts["server_keys"] == [fingerprint]
     assert facts["clients"][0] == {"name": "alice", "allow": ["22/tcp"], "actions": [],
                                    "file": "/etc/gnocchi/gnocchi.toml"}
     assert {"address": b.net.client.ip, "proto": "tcp", "port": 22} in [

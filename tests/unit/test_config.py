@@ -54,12 +54,27 @@ def test_defaults(tmp_path):
     assert cfg.clients[0].default is None and cfg.clients[0].allow == ()
 
 
+def test_server_addresses_of_both_families_and_the_knock_versions(tmp_path):
+    path = tmp_path / "gnocchi.toml"
+    path.write_text('server_addresses = ["203.0.113.7", "2001:db8::7"]\n')
+    cfg = config.load(str(path))
+    assert [str(a) for a in cfg.server_addresses] == ["203.0.113.7", "2001:db8::7"]
+    assert (cfg.v1, cfg.private_key_file) == (True, None)
+    path.write_text('v1 = false\nprivate_key_file = "/etc/gnocchi/private.key"\n')
+    cfg = config.load(str(path))
+    assert (cfg.v1, cfg.private_key_file) == (False, "/etc/gnocchi/private.key")
+
+
 CLIENT = f'[clients.alice]\npublic_key = "{KEY_A}"\n'
 BAD_CONFIGS = [
     ('server_kee_file = "/x"\n', "server_kee_file: unknown key"),
     ('state_dir = "relative"\n', "state_dir: 'relative' is not an absolute path"),
     ('helper_socket = 3\n', "helper_socket: must be a non-empty string, not an integer"),
-    ('server_addresses = ["::1"]\n', "server_addresses[0]: '::1' is not an IPv4 address"),
+    ('server_addresses = ["2001:db8::7", "203.0.113"]\n',
+     "server_addresses[1]: '203.0.113' is not an IP address"),
+    ('v1 = "no"\n', "v1: must be true or false, not a string"),
+    ('v1 = false\n', "v1: is false, but there is no private_key_file: no knock could get in"),
+    ('private_key_file = "private.key"\n', "private_key_file: 'private.key' is not an absolute"),
     ('server_addresses = "1.2.3.4"\n', "server_addresses: must be a list of strings"),
     ("clients = 3\n", "clients: must be a table of named tables"),
     ('[clients.alice]\nallow = ["22"]\n', "clients.alice.public_key: missing (required)"),

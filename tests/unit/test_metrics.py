@@ -37,7 +37,7 @@ ENTRIES = [
     entry(12, "dropped-summary", dropped_mac=b"\xff"),  # not a number: counts nothing
 ]
 FACTS = {"armed": True, "meant_armed": True, "listening": True, "flood_limit": True,
-         "config": {"broken": None}, "trial_seconds_left": None, "server_key": "3f2a-9c1b",
+         "config": {"broken": None}, "trial_seconds_left": None, "server_keys": ["3f2a-9c1b"],
          "clients": [{"name": "alice"}, {"name": "bob"}], "pending": [{"port": 22}],
          "elements": {"knocked4": 1, "knocked6": 0, "protected_tcp": 1}}
 
@@ -91,7 +91,7 @@ def test_counts_carry_over_from_run_to_run_and_old_sources_are_forgotten():
 
 
 def test_a_server_that_is_not_armed_says_so_and_label_values_are_escaped():
-    facts = dict(FACTS, armed=False, server_key='a"b\\c')
+    facts = dict(FACTS, armed=False, server_keys=['a"b\\c'])
     got = families(metrics.render(facts, metrics.fresh_state(), T0.timestamp(), "0.4.0"))
     assert got["gnocchi_armed"][("gnocchi_armed", ())] == 0
     assert got["gnocchi_info"][("gnocchi_info", (("server_key", 'a"b\\c'),
