@@ -39,7 +39,7 @@ from lab import Lab, run
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gnocchi.server import counters, verifier
-from gnocchi.shared import keys, protocol  # it seals knocks itself
+from gnocchi.shared import keys, protocol, seal  # it seals knocks itself
 from nacl.secret import SecretBox
 
 PY = "/usr/bin/python3"
@@ -323,7 +323,7 @@ class Gnocchi:
             s.sendto(packet, (self.lab.server.ip, self.port))
 
     def build(self, seed: bytes, counter: int, server_ip: bytes) -> bytes:
-        build = protocol.build_packet2 if self.v2 else protocol.build_packet
+        build = seal.build_packet2 if self.v2 else seal.build_packet
         return build(self.key, seed, counter, b"open %d" % PORT, server_ip)
 
     def fresh_knocks(self, n: int) -> list[bytes]:
@@ -388,7 +388,7 @@ class Gnocchi:
             counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
                 protocol.COUNTER_LEN, "big")
             data = b"open %d" % PORT
-            body_len = protocol.random_body_length(len(data))
+            body_len = seal.random_body_length(len(data))
             plaintext = (protocol.MAGIC + self.public + r + s + counter
                          + len(data).to_bytes(2, "big") + data
                          + os.urandom(body_len - len(data)))
@@ -407,7 +407,7 @@ class Gnocchi:
             counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
                 protocol.COUNTER_LEN, "big")
             data = b"open %d" % PORT
-            body_len = protocol.random_body_length(len(data))
+            body_len = seal.random_body_length(len(data))
             sealed = box.encrypt(self.public + r + s + counter + len(data).to_bytes(2, "big")
                                  + data + os.urandom(body_len - len(data)))
             out.append(protocol.MAGIC2 + protocol.blake2b(

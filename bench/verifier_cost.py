@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gnocchi.server import counters
-from gnocchi.shared import keys, protocol
+from gnocchi.shared import keys, protocol, seal
 
 SERVER_IP = bytes([198, 18, 0, 2])
 
@@ -51,13 +51,13 @@ def main():
     rate("garbage in place (protocol.unseal)", seconds,
          lambda i: protocol.unseal(len(garbage[i % 1000]), nonces[i % 1000], boxes[i % 1000],
                                    opened, key))
-    replay = protocol.build_packet(key, seed, 1, b"open 22", SERVER_IP)
+    replay = seal.build_packet(key, seed, 1, b"open 22", SERVER_IP)
     rate("replayed knock (MAC, signature, counter)", seconds,
          lambda i: protocol.open_packet(replay, key, lambda k: 5, [SERVER_IP]))
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(__file__))) as d:
         counters.create(d)
         store = counters.Store(d).load()
-        knocks = [protocol.build_packet(key, seed, c, b"open 22", SERVER_IP)
+        knocks = [seal.build_packet(key, seed, c, b"open 22", SERVER_IP)
                   for c in range(1, 20001)]
 
         def valid(i):
@@ -92,13 +92,13 @@ def v2(seconds, seed, pub, garbage):
     in_place(knowing, "v2: garbage with MAC1 right (X25519, seal)")
     in_place(garbage, "v2 only: random garbage in place (MAGIC2)")
     in_place(aimed, "v1+v2: garbage aimed at v2, in place (MAC1)", os.urandom(32))
-    replay = protocol.build_packet2(public, seed, 1, b"open 22", SERVER_IP)
+    replay = seal.build_packet2(public, seed, 1, b"open 22", SERVER_IP)
     rate("v2: replayed knock (X25519, signature)", seconds,
          lambda i: protocol.open_packet(replay, None, lambda k: 5, [SERVER_IP], keys2))
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(__file__))) as d:
         counters.create(d)
         store = counters.Store(d).load()
-        knocks = [protocol.build_packet2(public, seed, c, b"open 22", SERVER_IP)
+        knocks = [seal.build_packet2(public, seed, c, b"open 22", SERVER_IP)
                   for c in range(1, 10001)]
 
         def valid(i):

@@ -24,7 +24,7 @@ import time
 from gnocchi import __version__
 from gnocchi.client import counter as client_counter
 from gnocchi.client import profile
-from gnocchi.shared import keys, knock_request, protocol
+from gnocchi.shared import keys, knock_request, protocol, seal
 
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
@@ -150,11 +150,11 @@ class Knock:
         counter = client_counter.take_counter(self.counter_file)
         signed = self.sign_ip or self.address
         if self.v2:
-            packet = protocol.build_packet2(
+            packet = seal.build_packet2(
                 self.server_key, self.seed, counter, self.request, socket.inet_pton(
                     socket.AF_INET6 if ":" in signed else socket.AF_INET, signed))
         else:
-            packet = protocol.build_packet(self.server_key, self.seed, counter, self.request,
+            packet = seal.build_packet(self.server_key, self.seed, counter, self.request,
                                            socket.inet_aton(signed))
         try:
             with socket.socket(self.family, socket.SOCK_DGRAM) as s:

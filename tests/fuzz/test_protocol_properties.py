@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 from nacl.secret import SecretBox
 
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
 SERVER_KEY = bytes.fromhex(VECTORS["server_key"])
@@ -36,8 +36,8 @@ def knock(counter, data, seed=SEED_A, server_key=SERVER_KEY, server_ip=SERVER_IP
           extra_blocks=None):
     """A valid knock; random padding length unless extra_blocks fixes it (then the
     packet length is a function of the drawn data, as hypothesis needs for st.data())."""
-    body_len = None if extra_blocks is None else protocol.body_length(len(data), extra_blocks)
-    return protocol.build_packet(server_key, seed, counter, data, server_ip, body_len=body_len)
+    body_len = None if extra_blocks is None else seal.body_length(len(data), extra_blocks)
+    return seal.build_packet(server_key, seed, counter, data, server_ip, body_len=body_len)
 
 
 @moderate

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v2.json").read_text())
 PRIVATE = bytes.fromhex(VECTORS["server_private_key"])
@@ -35,8 +35,8 @@ def receive(packet, keys2=KEYS2, server_ips=(V4, V6), v1_key=None):
 
 
 def knock(counter, data, address=V4, seed=SEED_A, public=PUBLIC, extra_blocks=None):
-    body_len = None if extra_blocks is None else protocol.body_length(len(data), extra_blocks)
-    return protocol.build_packet2(public, seed, counter, data, address, body_len=body_len)
+    body_len = None if extra_blocks is None else seal.body_length(len(data), extra_blocks)
+    return seal.build_packet2(public, seed, counter, data, address, body_len=body_len)
 
 
 def remac(packet: bytes, public=PUBLIC) -> bytes:

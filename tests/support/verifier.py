@@ -18,7 +18,7 @@ from pathlib import Path
 from nacl._sodium import ffi
 
 from gnocchi.server import counters
-from gnocchi.shared import keys, protocol
+from gnocchi.shared import keys, protocol, seal
 from support.netns import Net
 from support.processes import PYTHON, REPO, events, stop
 
@@ -105,7 +105,7 @@ helper_socket = "{helper_socket}"
 
 def knock(k: Keys, client: str, counter: int, data: bytes, server_ip: str,
           server_key: bytes | None = None) -> bytes:
-    return protocol.build_packet(server_key or k.server, k.seeds[client], counter, data,
+    return seal.build_packet(server_key or k.server, k.seeds[client], counter, data,
                                  socket.inet_aton(server_ip))
 
 
@@ -113,7 +113,7 @@ def knock2(k: Keys, client: str, counter: int, data: bytes, server_ip: str,
            public: bytes | None = None) -> bytes:
     """A v2 knock to k's v2 key (or public), for server_ip (IPv4 or IPv6)."""
     family = socket.AF_INET6 if ":" in server_ip else socket.AF_INET
-    return protocol.build_packet2(public or k.public2, k.seeds[client], counter, data,
+    return seal.build_packet2(public or k.public2, k.seeds[client], counter, data,
                                   socket.inet_pton(family, server_ip))
 
 

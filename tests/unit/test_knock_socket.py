@@ -13,7 +13,7 @@ from nacl.public import PrivateKey, SealedBox
 from nacl.secret import SecretBox
 
 from gnocchi.server import knock_socket
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 
@@ -163,7 +163,7 @@ def test_an_oversize_datagram_is_cut_and_seen_as_oversize():
 
 def test_unseal_checks_a_knock_where_it_lies_in_the_receive_buffer():
     key, seed = os.urandom(protocol.KEY_LEN), os.urandom(protocol.KEY_LEN)
-    knock = protocol.build_packet(key, seed, 7, b"open 22", bytes([127, 0, 0, 1]))
+    knock = seal.build_packet(key, seed, 7, b"open 22", bytes([127, 0, 0, 1]))
     flipped = knock[:-1] + bytes([knock[-1] ^ 1])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
@@ -182,7 +182,7 @@ def test_unseal_checks_a_knock_where_it_lies_in_the_receive_buffer():
 def test_unseal_opens_a_v2_knock_of_any_size_where_it_lies_in_the_receive_buffer():
     private, seed = os.urandom(protocol.KEY_LEN), os.urandom(protocol.KEY_LEN)
     keys2 = [(protocol.public_key(private), private)]
-    knocks = [protocol.build_packet2(keys2[0][0], seed, 7, b"open 22", bytes([127, 0, 0, 1]),
+    knocks = [seal.build_packet2(keys2[0][0], seed, 7, b"open 22", bytes([127, 0, 0, 1]),
                                      body_len=n) for n in (16, protocol.MAX_BODY)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey, SealedBox
 
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 HERE = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((HERE / "vectors" / "knock-v2.json").read_text())
@@ -121,7 +121,7 @@ def test_the_sender_rebuilds_each_accepted_vector(vector):
     packet = bytes.fromhex(vector["packet"])
     data, body = bytes.fromhex(vector["data"]), opened_body(packet)
     import ipaddress
-    rebuilt = protocol.build_packet2(
+    rebuilt = seal.build_packet2(
         PUBLIC, SEEDS[vector["client"]], vector["counter"], data,
         ipaddress.ip_address(vector["address"]).packed, body_len=len(body),
         ephemeral=bytes.fromhex(vector["ephemeral_private"]), padding=body[len(data):])
@@ -131,7 +131,7 @@ def test_the_sender_rebuilds_each_accepted_vector(vector):
 def test_a_knock_opens_with_libsodiums_sealed_box_and_pads_like_v1():
     lengths = set()
     for counter in range(1, 21):
-        packet = protocol.build_packet2(PUBLIC, SEEDS["a"], counter, b"open 22", ADDRESSES[1])
+        packet = seal.build_packet2(PUBLIC, SEEDS["a"], counter, b"open 22", ADDRESSES[1])
         lengths.add(len(packet))
         assert packet.startswith(protocol.MAGIC2)
         assert (len(packet) - protocol.MIN_PACKET2) % 16 == 0
@@ -144,14 +144,14 @@ def test_a_knock_opens_with_libsodiums_sealed_box_and_pads_like_v1():
 def test_an_ipv4_address_is_signed_mapped_whichever_way_it_is_given():
     four = ADDRESSES[0]
     for given in (four, protocol.address16(four)):
-        packet = protocol.build_packet2(PUBLIC, SEEDS["a"], 1, b"", given)
+        packet = seal.build_packet2(PUBLIC, SEEDS["a"], 1, b"", given)
         for server_ips in ([four], [protocol.address16(four)]):
             result = protocol.open_packet(packet, None, {CLIENTS["a"]: 0}.get, server_ips, KEYS2)
             assert result == protocol.Accepted(CLIENTS["a"], 1, b"")
 
 
 def test_a_v1_only_server_drops_every_v2_knock_at_mac1():
-    packet = protocol.build_packet2(PUBLIC, SEEDS["a"], 1, b"", ADDRESSES[0])
+    packet = seal.build_packet2(PUBLIC, SEEDS["a"], 1, b"", ADDRESSES[0])
     assert protocol.open_packet(packet, V1_KEY, {CLIENTS["a"]: 0}.get, ADDRESSES) == \
         protocol.Rejected(protocol.MAC1)
 
@@ -160,7 +160,7 @@ def test_either_key_of_a_rotation_opens_its_own_knocks():
     nxt = PrivateKey.generate()
     keys2 = [(PUBLIC, PRIVATE), (bytes(nxt.public_key), bytes(nxt))]
     for public, _ in keys2:
-        packet = protocol.build_packet2(public, SEEDS["a"], 1, b"", ADDRESSES[0])
+        packet = seal.build_packet2(public, SEEDS["a"], 1, b"", ADDRESSES[0])
         assert protocol.open_packet(packet, None, {CLIENTS["a"]: 0}.get, ADDRESSES, keys2) == \
             protocol.Accepted(CLIENTS["a"], 1, b"")
         assert protocol.open_packet(packet, None, {CLIENTS["a"]: 0}.get, ADDRESSES,
@@ -171,7 +171,7 @@ def test_a_byte_flipped_anywhere_is_rejected_by_the_step_that_owns_it():
     """Each offset of a knock, each of its bits: MAGIC2's bytes fail R1; MAC1's
     and the sealed box's fail R3; and with MAC1 made right again (anyone with
     the server public key can), every flip in the box fails R4."""
-    packet = protocol.build_packet2(PUBLIC, SEEDS["a"], 1, b"open 22", ADDRESSES[0])
+    packet = seal.build_packet2(PUBLIC, SEEDS["a"], 1, b"open 22", ADDRESSES[0])
     for offset in range(len(packet)):
         for bit in range(8):
             tampered = bytearray(packet)
@@ -203,4 +203,4 @@ def test_build_refuses_what_cannot_be_sent(kwargs, words):
                 server_address=ADDRESSES[0])
     args.update(kwargs)
     with pytest.raises(ValueError, match=words):
-        protocol.build_packet2(**args)
+        seal.build_packet2(**args)

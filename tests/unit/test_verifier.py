@@ -17,7 +17,7 @@ from nacl.secret import SecretBox
 
 from gnocchi.admin import audit
 from gnocchi.server import config, counters, events, keyring, verifier
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 from support import REPO, HelperRecorder, Keys, gnocchi_cli, requested_ports
 from support.verifier import handle
 
@@ -79,14 +79,14 @@ def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
     v.client_limit.clock = v.address_limit.clock = lambda: next(minutes)
     src, dst = ipaddress.IPv4Address("198.18.3.1"), ipaddress.IPv4Address("198.18.3.2")
     counter = itertools.count(1)
-    valid = protocol.build_packet(k.server, k.seeds["alice"], 10**9, b"open 22", dst.packed)
+    valid = seal.build_packet(k.server, k.seeds["alice"], 10**9, b"open 22", dst.packed)
     opening = {b"", b"open 22", b"open 22/tcp"}
     expected = []
 
     def signed(data: bytes) -> bytes:
         if data in opening:
             expected.append(data)
-        return protocol.build_packet(k.server, k.seeds["alice"], next(counter), data, dst.packed)
+        return seal.build_packet(k.server, k.seeds["alice"], next(counter), data, dst.packed)
 
     sealed_garbage = st.binary(min_size=0, max_size=800).map(
         lambda body: bytes(SecretBox(k.server).encrypt(
@@ -160,7 +160,7 @@ def test_a_replay_far_below_the_last_counter_says_how_far_and_what_it_likely_is(
     dst = ipaddress.IPv4Address("198.18.3.2")
     behind = (3 * 3600 + 25 * 60 + 7) * 10**9 + 123
     for counter in (last - behind, last):
-        handle(v, protocol.build_packet(k.server, k.seeds["alice"], counter, b"open 22",
+        handle(v, seal.build_packet(k.server, k.seeds["alice"], counter, b"open 22",
                                         dst.packed), ipaddress.IPv4Address("198.18.3.1"), dst)
     far, same = sent
     assert far["GNOCCHI_EVENT"] == same["GNOCCHI_EVENT"] == "replay"
@@ -205,7 +205,7 @@ class Stack:
 
     def knock(self, source: str, data: bytes = b"open 22"):
         self.counter += 1
-        packet = protocol.build_packet(self.k.server, self.k.seeds["alice"], self.counter,
+        packet = seal.build_packet(self.k.server, self.k.seeds["alice"], self.counter,
                                        data, self.dst.packed)
         handle(self.v, packet, ipaddress.ip_address(source), self.dst)
         return self.sent[-1]
