@@ -32,9 +32,11 @@ RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refuse
 # --proxy's connects, in seconds after the knock. The server opens a few milliseconds
 # after the knock arrives, and drops a SYN that comes before (its kernel sends it
 # again only a second later): while none has connected, a new connect from a new
-# port follows, at doubling intervals. The first that connects is kept, the others
-# are reset. No second knock is spent: the gate spends a knock on the one
-# connection it lets in (docs/firewall.md).
+# port follows, at doubling intervals, and the one before it is reset. One at a
+# time: the gate lets every SYN of a knocked address in while the knock waits and
+# admits the first handshake that completes (docs/firewall.md), so two connects in
+# flight could both complete here while the server took only one of them. No
+# second knock is spent.
 SYN_AT = (0.005, 0.015, 0.035, 0.075, 0.155, 0.315, 0.635)
 
 
@@ -200,30 +202,37 @@ def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
 def connect(family: int, address: str, port: int, timeout: float, sent: float,
             clock=time.monotonic) -> socket.socket:
     """A TCP connection to (address, port), tried at SYN_AT after `sent` (the knock's
-    clock()) until one connects, within timeout of it; OSError if none does."""
+    clock()), one at a time, until one connects within timeout of it; OSError if none."""
     starts, deadline, tries = [sent + at for at in SYN_AT], sent + timeout, []
     try:
         while (now := clock()) < deadline:
             if starts and now >= starts[0]:
                 starts.pop(0)
+                reset(tries)  # before the next SYN: never two handshakes in flight
                 tries.append(socket.socket(family, socket.SOCK_STREAM))
                 tries[-1].setblocking(False)
                 if (err := tries[-1].connect_ex((address, port))) not in (0, errno.EINPROGRESS):
                     raise OSError(err, os.strerror(err))
                 continue
             wake = min(starts[0], deadline) if starts else deadline
-            _, done, _ = select.select([], tries, [], max(0.0, wake - now))
-            for conn in sorted(done, key=tries.index):  # the oldest: its handshake came first
-                tries.remove(conn)
+            if select.select([], tries, [], max(0.0, wake - now))[1]:
+                conn = tries.pop()
                 if err := conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     conn.close()
                     raise OSError(err, os.strerror(err))  # refused: the port answered
                 return conn
         raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
     finally:
-        for conn in tries:  # reset: the server forgets a half-open one at once
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
+        reset(tries)
+
+
+def reset(tries: list) -> None:
+    """Close each unfinished connect with a reset: the server forgets a half-open one
+    at once, and a SYN-ACK that comes later meets no socket here (another reset)."""
+    while tries:
+        conn = tries.pop()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
 
 
 def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
