@@ -685,17 +685,17 @@ table inet norst {
 """
 
 
-def handshakes(net, src: str, dst: str, port: int, sports, complete=True) -> dict:
-    """Crafted SYNs from each of sports, then (complete) the right ACK for each
-    SYN-ACK: the handshakes a client makes when it sends its SYNs before any
-    completes. The client's kernel must not reset them meanwhile (NO_RST).
+def handshakes(net, src: str, dst: str, port: int, sports, complete=True, options=()) -> dict:
+    """Crafted SYNs (with TCP options) from each of sports, then (complete) the right
+    ACK for each SYN-ACK: the handshakes a client makes when it sends its SYNs before
+    any completes. The client's kernel must not reset them meanwhile (NO_RST).
     {sport: the server's sequence number} for the SYN-ACKs seen."""
     with inside(net.client):
         rx = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_RAW,
                            socket.IPPROTO_TCP)
     rx.settimeout(0.3)
-    send_raw(net.client, [ip_layer(src, dst) / TCP(sport=p, dport=port, flags="S", seq=1000)
-                          for p in sports])
+    send_raw(net.client, [ip_layer(src, dst) / TCP(sport=p, dport=port, flags="S", seq=1000,
+                                                   options=list(options)) for p in sports])
     seqs = {}
     try:
         while True:
@@ -727,6 +727,45 @@ def test_a_client_sending_many_syns_before_any_handshake_completes_gets_one_conn
         assert helper.send(request(src, ABORT_PORT)) == [OK]
         sports = list(range(39100 + 100 * v6, 39120 + 100 * v6))
         assert len(handshakes(net, src, dst, ABORT_PORT, sports)) == 20  # all SYNs let in
+        time.sleep(0.5)
+        assert service.accepted == 1
+        assert elements(net.server, "knocked6" if v6 else "knocked4") == []
+    finally:
+        helper.close()
+        service.close()
+        net.client.nft("delete", "table", "inet", "norst")
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_final_ack_conntrack_calls_invalid_completes_no_handshake(net, table, v6):
+    # A client that holds a key (a stolen one, say) completes each of 5 handshakes
+    # with the right ACK, carrying a SACK block beyond anything the server sent.
+    # The server's TCP ignores the block and takes the ACK; conntrack calls the
+    # segment invalid ("ACK is over the upper bound") and leaves it without a flow,
+    # so it is not seen as the knocked flow's (label 121). Such a segment must be
+    # dropped, not let through as a stray one: it would connect without spending
+    # the knock, once per handshake.
+    src, dst = addresses(net, v6)
+    load_text(net.client, NO_RST)
+    service = TcpService(net.server, ("::", ABORT_PORT), lambda conn: conn.close())
+    helper = Helper(net.server)
+    try:
+        assert helper.send(request(src, ABORT_PORT)) == [OK]
+        sports = list(range(39300 + 100 * v6, 39305 + 100 * v6))
+        seqs = handshakes(net, src, dst, ABORT_PORT, sports, complete=False,
+                          options=[("MSS", 1400), ("SAckOK", b"")])
+        assert len(seqs) == 5  # the knock let every SYN in
+        send_raw(net.client, [ip_layer(src, dst) / TCP(
+            sport=p, dport=ABORT_PORT, flags="A", seq=1001, ack=(seq + 1) % 2**32,
+            options=[("SAck", ((seq + 100001) % 2**32, (seq + 100101) % 2**32))])
+            for p, seq in seqs.items()])
+        time.sleep(0.5)
+        assert service.accepted == 0
+        assert len(elements(net.server, "knocked6" if v6 else "knocked4")) == 1  # unspent
+        # The knock still gives its one connection: the plain final ACK of a handshake.
+        sport, seq = next(iter(seqs.items()))
+        send_raw(net.client, [ip_layer(src, dst) / TCP(sport=sport, dport=ABORT_PORT, flags="A",
+                                                       seq=1001, ack=(seq + 1) % 2**32)])
         time.sleep(0.5)
         assert service.accepted == 1
         assert elements(net.server, "knocked6" if v6 else "knocked4") == []
