@@ -314,6 +314,76 @@ def test_a_stranger_connecting_flat_out_through_a_real_flush_keeps_nothing(watch
     assert alive(admin)
 
 
+SERVER_FIRST = """
+table inet mute {
+    chain in { type filter hook input priority 0; policy accept; tcp sport PORT drop; }
+}
+"""
+
+
+def first_seen_leaving_the_server(net, sock: socket.socket, port: int) -> None:
+    """Make the first packet of sock's connection that conntrack sees after a re-arm
+    the server's: the client sends one segment now, then drops what the server sends
+    (the server then sends it again, and again) and sends nothing more."""
+    net.client.run(["nft", "-f", "-"], input=SERVER_FIRST.replace("PORT", str(port)))
+    sock.send(b"ping")  # the server's answer is dropped: it resends it
+
+
+def server_first_flows(net, port: int) -> list[str]:
+    """conntrack's TCP entries whose original direction leaves the server's port."""
+    listed = net.server.run(["conntrack", "-L", "-p", "tcp"], check=False).stdout
+    return [line for line in listed.splitlines()
+            if f"src={net.server.ip} " in line and f"sport={port} " in line.split("src=")[1]]
+
+
+def test_a_stranger_whose_flow_conntrack_first_saw_leave_the_server_is_cut(net, tmp_path):
+    # During a flush nothing tracks connections (no rule uses conntrack). A stranger
+    # who gets in then, and lets the server's packet be the first conntrack sees after
+    # the re-arm, looks to conntrack like a connection the server started. It is not
+    # one: a service listens on that port, and connect() never takes a port a listener
+    # holds. A connection the server did start from a protected port, with no
+    # listener there, is kept.
+    path = load_table(net.server, tmp_path, tcp_ports=(22, 2222), udp_ports=(51820,),
+                      knock_port=KNOCK_PORT)
+    with inside(net.client):
+        peer = socket.create_server((net.client.ip, 39500))
+    peer.settimeout(2)
+    try:
+        with inside(net.server):
+            protected = nft_table.live().protected()
+            before = cut.snapshot(protected)
+        net.server.run(["nft", "flush ruleset"])
+        stranger = tcp_connect(net.client, net.server.ip, 22)
+        assert stranger is not None and alive(stranger)
+        with inside(net.server):
+            out = socket.socket()
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        out.bind((net.server.ip, 2222))  # protected (load_table), nothing listens there
+        out.connect((net.client.ip, 39500))
+        started, _ = peer.accept()
+        first_seen_leaving_the_server(net, stranger, 22)
+        time.sleep(0.3)
+        net.server.nft("-f", str(path))  # the re-arm
+        out.send(b"ping")  # the server's own connection: its packet comes first too
+        for _ in range(50):  # the server resends after 200 ms, 400 ms, ...
+            if len(server_first_flows(net, 22)) == 1 and server_first_flows(net, 2222):
+                break
+            time.sleep(0.1)
+        assert len(server_first_flows(net, 22)) == 1, "conntrack saw the stranger's packet"
+        net.client.nft("delete", "table", "inet", "mute")
+        with inside(net.server):
+            done, failed = cut.cut(before, protected)
+        assert failed == [] and len(done) == 1, done
+        assert not alive(stranger), "the stranger is still inside"
+        assert started.recv(10) == b"ping", "the connection the server started was cut"
+        started.close()
+        out.close()
+    finally:
+        peer.close()
+        if "mute" in net.client.nft("list", "tables").stdout:
+            net.client.nft("delete", "table", "inet", "mute")
+
+
 def test_conntrack_deletion_alone_does_not_cut_a_tcp_stranger(net, tmp_path):
     """Why the cut destroys the socket: with nf_conntrack_tcp_loose=1 the next
     segment makes a new entry, and the gate does not judge it."""
