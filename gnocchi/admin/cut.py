@@ -15,9 +15,12 @@ re-arm cut() ends what is new since, on a port protected then and now:
   segment makes a new one, and the gate does not judge it. Sockets are
   matched by their cookie, which the kernel never reuses, so a session that
   was open before (also one conntrack was not tracking) stays;
-- a UDP flow to a protected port that the snapshot did not have, unless it
+- a UDP flow on a protected port that the snapshot did not have, unless it
   was admitted by a knock, loses its conntrack entry: its next datagram is a
   new flow, which the gate judges (an outgoing one is simply tracked anew).
+  Either direction counts: a stranger's datagram from the gap that the
+  service answers only after the re-arm leaves a flow whose first packet
+  conntrack saw leave the protected port.
   UDP sockets are never destroyed: a server's one socket serves everyone.
 
 Trusts the kernel's answers over netlink (sock_diag, ctnetlink) in this
@@ -226,7 +229,8 @@ def udp_flows(ports) -> list[Flow]:
     if not ports:
         return []
     flows = (parse_flow(p) for p in request(NETLINK_NETFILTER, CT_GET, F_DUMP, nfgen(0)))
-    return [f for f in flows if f and f.proto == socket.IPPROTO_UDP and f.dport in ports]
+    return [f for f in flows if f and f.proto == socket.IPPROTO_UDP
+            and (f.dport in ports or f.sport in ports)]
 
 
 def delete(flow: Flow) -> None:
