@@ -8,15 +8,19 @@ re-arm cut() ends what is new since, on a port protected then and now:
 
 - a TCP socket of this host on a protected port that the snapshot did not
   have, unless its flow was admitted by a knock (conntrack label 120, set by
-  the gate's admit chain) or this host started it, is destroyed (SOCK_DESTROY,
+  the gate's admit chain) or this host started it (conntrack's first packet
+  left from a port nothing listens on), is destroyed (SOCK_DESTROY,
   as `ss -K`: the server's socket is closed and the peer gets a RST). Deleting
   the conntrack entry would not do: with nf_conntrack_tcp_loose=1 the next
   segment makes a new one, and the gate does not judge it. Sockets are
   matched by their cookie, which the kernel never reuses, so a session that
   was open before (also one conntrack was not tracking) stays;
-- a UDP flow to a protected port that the snapshot did not have, unless it
+- a UDP flow on a protected port that the snapshot did not have, unless it
   was admitted by a knock, loses its conntrack entry: its next datagram is a
   new flow, which the gate judges (an outgoing one is simply tracked anew).
+  Either direction counts: a stranger's datagram from the gap that the
+  service answers only after the re-arm leaves a flow whose first packet
+  conntrack saw leave the protected port.
   UDP sockets are never destroyed: a server's one socket serves everyone.
 
 Trusts the kernel's answers over netlink (sock_diag, ctnetlink) in this
@@ -48,6 +52,7 @@ KNOCKED_LABEL = 120  # set by the gate's admit chain on a flow a knock let in
 # TCP states to look at: not LISTEN (the service itself), not TIME_WAIT or CLOSE
 # (nothing flows), not SYN_SENT (this host's own connection being made).
 STATES = sum(1 << s for s in (1, 3, 4, 5, 8, 9, 11, 12))
+LISTENING = 1 << 10
 PASSES, PASS_GAP = 3, 0.1  # a handshake a SYN from the window began may finish meanwhile
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -192,11 +197,11 @@ def request(protocol: int, kind: int, flags: int, body: bytes) -> list[bytes]:
                 return found
 
 
-def tcp_sockets(ports) -> list[Sock]:
+def tcp_sockets(ports, states: int = STATES) -> list[Sock]:
     found = []
     for family in (socket.AF_INET, socket.AF_INET6):
         for payload in request(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, F_DUMP,
-                               sock_request(family, STATES)):
+                               sock_request(family, states)):
             sock = parse_sock(payload)
             if sock.lport in ports:
                 found.append(sock)
@@ -224,7 +229,8 @@ def udp_flows(ports) -> list[Flow]:
     if not ports:
         return []
     flows = (parse_flow(p) for p in request(NETLINK_NETFILTER, CT_GET, F_DUMP, nfgen(0)))
-    return [f for f in flows if f and f.proto == socket.IPPROTO_UDP and f.dport in ports]
+    return [f for f in flows if f and f.proto == socket.IPPROTO_UDP
+            and (f.dport in ports or f.sport in ports)]
 
 
 def delete(flow: Flow) -> None:
@@ -259,12 +265,16 @@ def strangers(before: Snapshot, protected: dict) -> tuple[list[Sock], list[Flow]
     now, that no knock let in."""
     tcp, udp = ports(protected)
     socks = []
+    # Conntrack's original direction says who sent the first packet it saw, which for a
+    # connection made while nothing tracked (a flushed ruleset) may be the server's. A
+    # port a service listens on is never one a connection this host starts takes.
+    served = {s.lport for s in tcp_sockets(before.tcp & tcp, LISTENING)}
     for sock in tcp_sockets(before.tcp & tcp):
         if sock.cookie in before.cookies:
             continue
         flow = flow_of(sock)
-        if flow is not None and (flow.knocked or (flow.src, flow.sport) == (sock.local,
-                                                                             sock.lport)):
+        if flow is not None and (flow.knocked or sock.lport not in served and (
+                flow.src, flow.sport) == (sock.local, sock.lport)):
             continue  # a knock let it in, or this host started it
         socks.append(sock)
     flows = [f for f in udp_flows(before.udp & udp) if f.id not in before.flows and not f.knocked]

@@ -48,7 +48,7 @@ def fresh_state() -> dict:
 
 def _number(value: object) -> int:
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-    return int(text) if text.isdigit() else 0
+    return int(text) if text.isascii() and text.isdigit() else 0  # "²" is a digit to isdigit
 
 
 def _text(value: object) -> str:

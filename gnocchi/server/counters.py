@@ -238,8 +238,9 @@ def create(state_dir: str, uid: int = -1, gid: int = -1) -> bool:
     path = os.path.join(state_dir, FILE_NAME)
     if os.path.lexists(path):
         return False
-    durable.replace_file(path, HEADER.encode("ascii"), 0o600)
-    os.chown(path, uid, gid)
+    # Owned through the new file's descriptor, never by name: the directory is the
+    # verifier's, which may put a symlink at any name in it (root would follow it).
+    durable.replace_file(path, HEADER.encode("ascii"), 0o600, owner=(uid, gid))
     return True
 
 
@@ -253,8 +254,7 @@ def recover(state_dir: str, now: int, uid: int = -1, gid: int = -1) -> str:
         was = "kept the counters above it"
     except StoreError:
         was = "the old store was missing or unreadable"
-    durable.replace_file(path, render(kept, now).encode("ascii"), 0o600)
-    os.chown(path, uid, gid)
+    durable.replace_file(path, render(kept, now).encode("ascii"), 0o600, owner=(uid, gid))
     return f"{path}: every counter up to {now} is now a replay ({was})"
 
 

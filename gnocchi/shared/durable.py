@@ -2,7 +2,8 @@
 or the new, never a mix and never nothing: write a temporary file, fsync,
 rename it over the old one, fsync the directory. The one copy of that rule,
 used by the verifier's counter store, the client's counter and `gnocchi setup`.
-Trusts its caller for the path; does not follow a symlink at the temporary name.
+Trusts its caller for the path; the temporary file is always a new one (never a
+symlink or a file already at its name), and the owner is set through its descriptor.
 Also the one file lock (lock_exclusive). Portable POSIX: the client runs on
 macOS and the BSDs too, so nothing Linux-only is required.
 """
@@ -46,7 +47,12 @@ def replace_file(path: str | os.PathLike[str], data: bytes, mode: int,
     the old file as it was."""
     path = os.fspath(path)
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.unlink(tmp)  # a crash's leftover, or what another user of the directory put there
+    except FileNotFoundError:
+        pass
+    # A new file, or an error: never one already there (a hard link to another file).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
             if owner is not None:

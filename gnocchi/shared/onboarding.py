@@ -32,9 +32,12 @@ Onboarding = namedtuple("Onboarding", "host port public request next_public")
 
 
 def check_host(host: str) -> str:
-    """host if it is a plain host name or an IP address, else ValueError."""
+    """host if it is a plain host name or an IP address, else ValueError. Not an IPv6
+    address with a zone (fe80::1%eth0): a zone may hold any byte but a newline, `*`
+    and spaces too, which would make the ssh block's Host line match other hosts."""
     try:
-        return str(ipaddress.ip_address(host))
+        if "%" not in host:
+            return str(ipaddress.ip_address(host))
     except ValueError:
         pass
     if not HOST_NAME.fullmatch(host) or ".." in host:

@@ -1,14 +1,19 @@
 """gnocchi.server.counters: the durable store round-trips, and a corrupt one
 names the file and the way back."""
+import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 
 from gnocchi.server import counters
+from support import root_only
 
 KEY_A = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"
 KEY_B = "1" * 64
 A, B = bytes.fromhex(KEY_A), bytes.fromhex(KEY_B)
+NOBODY = 65534
 
 
 def test_store_round_trip(tmp_path):
@@ -139,3 +144,64 @@ def test_a_store_replaced_twice_is_seen_even_when_its_inode_number_comes_back(tm
     with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
         running.commit(A, 10)
     assert state(tmp_path)[0] == floor
+
+
+# ---- root writing in the verifier's state directory -------------------------------------
+
+# The verifier's user (uid gnocchi, here nobody) owns the state directory, so it may put
+# a symlink at any name in it at any moment. This one waits (inotify) for root to create
+# counters.tmp and renames a symlink to TARGET over it at once, again and again.
+SWAPPER = r"""
+import ctypes, os, struct, sys
+os.fchdir(int(sys.argv[1]))
+libc = ctypes.CDLL(None, use_errno=True)
+watch = libc.inotify_init()
+assert libc.inotify_add_watch(watch, b".", 0x100) >= 0  # IN_CREATE
+os.symlink(sys.argv[2], "link")
+print("ready", flush=True)
+while True:
+    data, i = os.read(watch, 4096), 0
+    while i < len(data):
+        length = struct.unpack_from("iIII", data, i)[3]
+        name, i = data[i + 16:i + 16 + length].rstrip(b"\0"), i + 16 + length
+        if name == b"counters.tmp":
+            try:
+                os.rename("link", "counters.tmp")
+                os.symlink(sys.argv[2], "link")
+            except OSError:
+                pass
+"""
+
+
+@root_only("it chowns files and runs a process as another user")
+@pytest.mark.parametrize("command", ["recover-counters", "setup"])
+def test_root_writing_the_store_never_hands_another_file_to_the_verifiers_user(tmp_path,
+                                                                              command):
+    # `gnocchi recover-counters` and `gnocchi setup` (as root) write the store in the
+    # verifier's directory and give it to the verifier's user. A symlink the verifier
+    # put in their way must not make root give it a file of root's (/etc/shadow, say).
+    state, target = tmp_path / "state", tmp_path / "shadow"
+    target.write_text("root's\n")
+    os.chmod(target, 0o600)
+    state.mkdir(mode=0o700)
+    os.chown(state, NOBODY, NOBODY)
+    dir_fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(dir_fd), str(target)],
+                               pass_fds=(dir_fd,), user=NOBODY, group=NOBODY,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert swapper.stdout.readline() == "ready\n"
+        for attempt in range(20):
+            for name in ("counters", "counters.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(state / name)
+            with contextlib.suppress(OSError):
+                if command == "setup":
+                    counters.create(str(state), NOBODY, NOBODY)
+                else:
+                    counters.recover(str(state), 5000 + attempt, NOBODY, NOBODY)
+            assert os.stat(target).st_uid == 0, f"root gave {target} away on try {attempt + 1}"
+    finally:
+        swapper.kill()
+        swapper.wait()
+        os.close(dir_fd)

@@ -90,6 +90,17 @@ def test_counts_carry_over_from_run_to_run_and_old_sources_are_forgotten():
     assert "gnocchi_knocks_total{verdict=\"signature\"} 5" in text
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "1\u00b2", "-1", " 7", "1e3"])
+def test_a_number_field_that_is_not_ascii_digits_counts_nothing_and_stops_no_run(value):
+    # The verifier writes these entries: a compromised one could write any text (the
+    # journal hands it back decoded). One the parser cannot take would stop every run
+    # from then on (the cursor is kept only when a run ends), blinding the alerts.
+    state = metrics.count([entry(1, "dropped-summary", dropped_mac=value),
+                           entry(2, "connections-cut", cut=value),
+                           entry(3, "dropped-summary", dropped_mac="3")], metrics.fresh_state())
+    assert (state["dropped"], state["cut"], state["cursor"]) == ({"mac": 3}, 0, "c3")
+
+
 def test_a_server_that_is_not_armed_says_so_and_label_values_are_escaped():
     facts = dict(FACTS, armed=False, server_keys=['a"b\\c'])
     got = families(metrics.render(facts, metrics.fresh_state(), T0.timestamp(), "0.4.0"))

@@ -166,6 +166,23 @@ def test_nothing_is_written_without_a_client_key_or_with_a_broken_profile_file(s
     assert config.read_text() == "[profiles.work\n" and not (home / ".ssh").exists()
 
 
+@pytest.mark.parametrize("host", ["fe80::1%x *", "fe80::1%x !a", 'fe80::1%"x'])
+def test_a_hostile_lines_host_never_becomes_an_ssh_pattern_for_other_hosts(tmp_path, host):
+    # An IPv6 zone (RFC 6874) may hold any byte but a newline, spaces and `*` too:
+    # `Host fe80::1%x *` would send every ssh connection of the user's through
+    # gnocchi-knock, which then finds no profile and fails. The line is refused
+    # whole, and nothing is written.
+    home = tmp_path / "home"
+    knock(home, "--keygen")
+    line = GOOD.replace("h.example", f"[{host}]")
+    added = knock(home, "--add", line)
+    assert added.returncode == 1 and "is not a host name or address" in added.stderr
+    assert not (home / ".ssh").exists()
+    assert not (home / ".config" / "gnocchi" / "knock.toml").exists()
+    with pytest.raises(ValueError, match="is not a host name or address"):
+        onboarding.make_line(host, PUBLIC)
+
+
 def test_a_v1_only_server_prints_the_v1_blocks_as_before(tmp_path):
     assert gnocchi("keygen", "--server", tmp_path / "server.key").returncode == 0
     path = tmp_path / "gnocchi.toml"
