@@ -120,11 +120,12 @@ class Banner(EchoServices):
         super().__init__(host, tcp_ports, udp_ports)
 
     def _echo_stream(self, conn):
-        try:
-            conn.sendall(self.name + b"\n")
-        except OSError:
-            return
-        super()._echo_stream(conn)
+        with conn:  # closed when the peer is done, as sshd does: a proxy then ends
+            try:
+                conn.sendall(self.name + b"\n")
+            except OSError:
+                return
+            super()._echo_stream(conn)
 
     def _udp(self, s):
         while not self.stop.is_set():
@@ -179,6 +180,12 @@ class Lab(Net):
             for host in (box, vm):
                 sh("ip", "netns", "add", host.name)
                 host.run(["ip", "link", "set", "lo", "up"])
+            # No duplicate address detection on the new links, for link-local addresses
+            # too: until it ends (a second) the server cannot resolve the hosts behind it
+            # over IPv6, and holds the first packets it forwards to them.
+            for host in (srv, box, vm):
+                host.run(["sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0",
+                          "net.ipv6.conf.all.accept_dad=0"])
             srv.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                      "net.ipv6.conf.all.forwarding=1"])
             srv.run(["ip", "link", "add", "br0", "type", "bridge"])
@@ -200,9 +207,10 @@ class Lab(Net):
                 host.run(["ip", "link", "set", "eth0", "up"])
                 host.run(["ip", "route", "add", "default", "via", gateway[0]])
                 host.run(["ip", "-6", "route", "add", "default", "via", gateway[1]])
+            # Deprecated, and IPv4's second: the client's own connections keep its address.
             self.client.run(["ip", "addr", "add", f"{self.stranger[0]}/24", "dev", "gveth0"])
             self.client.run(["ip", "-6", "addr", "add", f"{self.stranger[1]}/64", "dev",
-                             "gveth0", "nodad"])
+                             "gveth0", "nodad", "preferred_lft", "0"])
         except BaseException:
             self.__exit__(None, None, None)
             raise
