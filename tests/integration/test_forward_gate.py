@@ -437,3 +437,14 @@ def test_a_stranger_who_came_in_while_the_forward_chain_was_flushed_is_cut(lab):
         assert alive(mine), "the knocked client's connection was cut"
     finally:
         watch.stop()
+
+
+def test_status_names_the_forwards_the_live_table_holds(lab):
+    from gnocchi.admin import status
+    with inside(lab.server):
+        _, lines = status.report(str(lab.config), str(TABLE_FILE))
+    shown = [line for line in lines if line.startswith("forwards: ")]
+    assert shown == [f"forwards: {FORWARD_TCP}/tcp to {lab.vm.ip}:22, {FORWARD_TCP}/tcp to "
+                     f"[{lab.vm.ip6}]:22, 2223/tcp to {lab.vm.ip}:23, 2223/tcp to "
+                     f"[{lab.vm.ip6}]:23, {FORWARD_UDP}/udp to {lab.vm.ip}:60001 (for a knocked "
+                     "source only)"], lines

@@ -231,6 +231,21 @@ def test_the_knock_port_is_never_protected(s):
                f"need a knock first; fix: gnocchi unprotect {s.port}/udp")
 
 
+def test_a_forward_never_listens_on_the_knock_port(s):
+    s.write_config(extra=f'[forwards.vm]\nlisten = "{s.port}/udp"\nto = "198.51.100.5:53"\n')
+    refused(s, f"{s.config}: forwards.vm.listen: {s.port}/udp is the knock port, so knocks "
+               "would be forwarded; fix: give the forward another listen port")
+
+
+@ROOTS_FILES
+def test_a_forwards_listen_port_is_protected_and_a_client_may_name_it(s):
+    s.write_config(extra='[forwards.vm]\nlisten = "2222"\nto = "198.51.100.5:22"\n',
+                   clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["vm"]\n')
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("protects 22/tcp, 2222/tcp\n"), proc.stdout
+
+
 def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):
     from gnocchi.admin import last_good
     assert last_good.record(str(s.config))[0]
