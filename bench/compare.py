@@ -1,6 +1,7 @@
 """gnocchi beside fwknopd on this machine, side by side: one command.
 
     /usr/bin/python3 bench/compare.py [--reps N] [--phases LIST] [--client-checkout DIR]
+                                      [--protocol 2]
 
 Run as root from a checkout; installs what it needs from Debian (fwknop-server,
 fwknop-client, iptables, ...). Builds two network namespaces (bench/lab.py),
@@ -22,6 +23,11 @@ Phases (--phases, comma-separated; default all):
              datagrams read per CPU-second, share read and lost, and knocks sent
              mid-flood from another address (opened on the first try, tries, latency)
   cold       gnocchi's first knock through socket activation (verifier not running)
+With --protocol 2, gnocchi runs knock protocol v2 only (docs/PROTOCOL.md): its
+knocks are sealed to the server public key, its garbage starts with MAGIC2 (so
+MAC1 drops it), and its costly flood is sealed to the public key, which needs
+no secret (an X25519 and an Ed25519 check each): run it once with and once
+without to put v2 beside v1.
 Resident memory is read after the floods (or at the end). Bounded: about 5
 minutes on 2 cores; every loop has a count and a deadline. Everything is
 removed afterwards, also on Ctrl-C or failure (namespaces, processes in them,
@@ -97,11 +103,12 @@ def work_directory() -> Path:
 
 
 class Bench:
-    def __init__(self, lab: Lab, work: Path, reps: int, client_checkouts: list[Path]):
+    def __init__(self, lab: Lab, work: Path, reps: int, client_checkouts: list[Path],
+                 protocol: int = 1):
         from systems import Fwknopd, Gnocchi  # imports gnocchi from this checkout
         self.lab, self.work, self.reps = lab, work, reps
         self.client_checkouts = client_checkouts
-        self.g = Gnocchi(lab, work)
+        self.g = Gnocchi(lab, work, v2=protocol == 2)
         self.f = Fwknopd(lab, work)
         self.f0 = Fwknopd(lab, work, rules_check_threshold=0)
         self.fwknopd = None  # the one running: they share port and chain
@@ -545,7 +552,8 @@ def machine() -> str:
 def render(bench: Bench, seconds: float, work_fs: str, load: str) -> str:
     head = ["figure", "gnocchi", "fwknopd", "fwknopd RCT0", "g/f", "g/f RCT0", "target", "met?"]
     lines = [f"machine: {machine()}; counter store on {work_fs}; {bench.reps} repetitions "
-             f"in {seconds:.0f} s; load average before: {load}", "",
+             f"in {seconds:.0f} s; load average before: {load}; gnocchi: knock protocol "
+             f"v{2 if bench.g.v2 else 1}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows(bench)]
     return "\n".join(lines)
@@ -556,6 +564,8 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3, help="repetitions of each phase (default 3)")
     p.add_argument("--phases", default=",".join(PHASES),
                    help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--protocol", type=int, choices=(1, 2), default=1,
+                   help="gnocchi's knock protocol (2: v2 only, sealed to a public key)")
     p.add_argument("--client-checkout", type=Path, metavar="DIR", action="append", default=[],
                    help="also time DIR's gnocchi-knock in the client phase, in turn with this "
                         "checkout's (before/after); may be repeated")
@@ -578,7 +588,7 @@ def main() -> int:
     bench = None
     try:
         lab.open()
-        bench = Bench(lab, work, args.reps, args.client_checkout)
+        bench = Bench(lab, work, args.reps, args.client_checkout, args.protocol)
         for phase in PHASES:
             if phase in phases:
                 print(f"[{time.monotonic() - started:5.0f} s] {phase}", file=sys.stderr, flush=True)

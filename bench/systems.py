@@ -39,7 +39,7 @@ from lab import Lab, run
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gnocchi.server import counters, verifier
-from gnocchi.shared import keys, protocol  # it seals knocks itself
+from gnocchi.shared import keys, protocol, seal  # it seals knocks itself
 from nacl.secret import SecretBox
 
 PY = "/usr/bin/python3"
@@ -167,13 +167,20 @@ def _helper_event(line: str):
 class Gnocchi:
     name = "gnocchi"
 
-    def __init__(self, lab: Lab, work: Path):
-        self.lab, self.work = lab, work / "gnocchi"
+    def __init__(self, lab: Lab, work: Path, v2: bool = False):
+        """v2: knock protocol v2 only (docs/PROTOCOL.md): a server private key, `v1 =
+        false`, knocks sealed to its public key, the knock port the public key's."""
+        self.lab, self.work, self.v2 = lab, work / "gnocchi", v2
         self.work.mkdir()
         os.chmod(self.work, 0o755)  # the verifier (nobody) reads its config here
         self.key = keys.new_server_key()
         self.port = protocol.knock_port(self.key)
         keys.write_secret(self.work / "server.key", self.key)
+        if v2:
+            private = keys.new_private_key()
+            keys.write_secret(self.work / "private.key", private)
+            self.key = protocol.public_key(private)  # what knocks are sealed to
+            self.port = protocol.knock_port(self.key)
         # Two clients: the bench's own sealed packets and the real client
         # each keep their own counter.
         self.seed = keys.new_client_seed()
@@ -185,12 +192,13 @@ class Gnocchi:
         state = self.work / "state"
         state.mkdir()
         counters.create(str(state), nobody.pw_uid, nobody.pw_gid)  # as `gnocchi setup` makes it
-        for path in (state, self.work / "server.key"):
+        for path in (state, self.work / "server.key", *([self.work / "private.key"] * v2)):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         self.helper_socket = self.work / "helper.sock"
         (self.work / "home").mkdir()
         config = (f'server_key_file = "{self.work}/server.key"\n'
-                  f'state_dir = "{state}"\n'
+                  + (f'v1 = false\nprivate_key_file = "{self.work}/private.key"\n' if v2 else "")
+                  + f'state_dir = "{state}"\n'
                   f'helper_socket = "{self.helper_socket}"\n'
                   f'[clients.bench]\npublic_key = "{self.public.hex()}"\nallow = ["{PORT}/tcp"]\n'
                   f'[clients.user]\npublic_key = "{self.client_public.hex()}"\n'
@@ -314,13 +322,16 @@ class Gnocchi:
             s.bind((source, 0))
             s.sendto(packet, (self.lab.server.ip, self.port))
 
+    def build(self, seed: bytes, counter: int, server_ip: bytes) -> bytes:
+        build = seal.build_packet2 if self.v2 else seal.build_packet
+        return build(self.key, seed, counter, b"open %d" % PORT, server_ip)
+
     def fresh_knocks(self, n: int) -> list[bytes]:
         server_ip = socket.inet_aton(self.lab.server.ip)
         out = []
         for _ in range(n):
             self.counter += 1
-            out.append(protocol.build_packet(self.key, self.seed, self.counter,
-                                             b"open %d" % PORT, server_ip))
+            out.append(self.build(self.seed, self.counter, server_ip))
         return out
 
     def many_knocks(self, n: int) -> list[bytes]:
@@ -332,8 +343,7 @@ class Gnocchi:
         out = []
         for i in range(n):
             self.counter += 1
-            out.append(protocol.build_packet(self.key, self.many[i % MANY_CLIENTS],
-                                             self.counter, b"open %d" % PORT, server_ip))
+            out.append(self.build(self.many[i % MANY_CLIENTS], self.counter, server_ip))
         return out
 
     def env(self) -> dict:
@@ -342,8 +352,9 @@ class Gnocchi:
         return dict(env, HOME=str(self.work / "home"))
 
     def client_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
-        return [PY, "-I", "-c", LAUNCHER.format(str(checkout)),
-                "--server-key-file", str(self.work / "server.key"),
+        server = (["--server-public-key", self.key.hex()] if self.v2
+                  else ["--server-key-file", str(self.work / "server.key")])
+        return [PY, "-I", "-c", LAUNCHER.format(str(checkout)), *server,
                 "--client-key-file", str(self.work / "client.key"),
                 "--state-dir", str(self.work / "client-state"),
                 "--sign-ip", self.lab.server.ip, "--request", f"open {PORT}", dest]
@@ -358,6 +369,9 @@ class Gnocchi:
                 "-v", "--proxy", dest, str(PORT)]
 
     def garbage(self) -> list[bytes]:
+        if self.v2:  # aimed at v2: MAGIC2, then random bytes, which MAC1 drops
+            return [protocol.MAGIC2 + g[len(protocol.MAGIC2):] + os.urandom(24)
+                    for g in random_garbage()]
         return random_garbage()
 
     def costly(self) -> list[bytes]:
@@ -365,6 +379,8 @@ class Gnocchi:
         a configured client with a fresh counter, carrying a well-formed
         signature with a canonical S that does not verify: each costs the
         verifier the MAC check and a full Ed25519 verification."""
+        if self.v2:
+            return self.costly2()
         box, out = SecretBox(self.key), []
         for _ in range(POOL):
             r = os.urandom(32)
@@ -372,11 +388,30 @@ class Gnocchi:
             counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
                 protocol.COUNTER_LEN, "big")
             data = b"open %d" % PORT
-            body_len = protocol.random_body_length(len(data))
+            body_len = seal.random_body_length(len(data))
             plaintext = (protocol.MAGIC + self.public + r + s + counter
                          + len(data).to_bytes(2, "big") + data
                          + os.urandom(body_len - len(data)))
             out.append(bytes(box.encrypt(plaintext, os.urandom(protocol.NONCE_LEN))))
+        return out
+
+    def costly2(self) -> list[bytes]:
+        """v2's costliest: sealed to the server public key (no secret needed: every
+        client has it), MAC1 right, claiming a configured client with a fresh
+        counter and a signature that does not verify: X25519 and Ed25519 each."""
+        from nacl.public import PublicKey, SealedBox
+        box, out = SealedBox(PublicKey(self.key)), []
+        for _ in range(POOL):
+            r = os.urandom(32)
+            s = (secrets.randbelow(ED25519_L)).to_bytes(32, "little")
+            counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
+                protocol.COUNTER_LEN, "big")
+            data = b"open %d" % PORT
+            body_len = seal.random_body_length(len(data))
+            sealed = box.encrypt(self.public + r + s + counter + len(data).to_bytes(2, "big")
+                                 + data + os.urandom(body_len - len(data)))
+            out.append(protocol.MAGIC2 + protocol.blake2b(
+                sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON, key=self.key) + sealed)
         return out
 
     def decided(self) -> int:

@@ -22,6 +22,8 @@ COMMANDS = {
     "unprotect": ("gnocchi.admin.protect", "stop protecting ports and reload the table"),
     "reload": ("gnocchi.admin.reload",
                "after editing gnocchi.toml: check it, then apply it (or refuse it)"),
+    "rotate-key": ("gnocchi.admin.rotate",
+                   "a next v2 server key beside the current one; --finish; --lines"),
     "setup": ("gnocchi.admin.setup", "write gnocchi.socket's drop-in for the server key's port"),
     "serve": ("gnocchi.server.verifier", "run the verifier (normally started by gnocchi.socket)"),
     "run-action": ("gnocchi.server.action_runner",
@@ -39,6 +41,8 @@ COMMANDS = {
                "check everything a server needs; each failure with its fix"),
     "status": ("gnocchi.admin.status",
                "ARMED or NOT ARMED (from the kernel), port, clients, pending"),
+    "metrics": ("gnocchi.admin.metrics",
+                "Prometheus metrics for node_exporter (what gnocchi-metrics.timer runs)"),
 }
 
 

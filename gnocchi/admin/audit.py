@@ -61,10 +61,13 @@ def _text(value) -> str:
     return str(value)
 
 
-def format_entry(entry: dict) -> str:
-    """One line for one journal entry (a dict as systemd.journal.Reader returns it)."""
+def format_entry(entry: dict, host: bool = False) -> str:
+    """One line for one journal entry (a dict as systemd.journal.Reader returns it);
+    host: after the time, the host that wrote it (_HOSTNAME, which journald sets)."""
     when = entry.get("__REALTIME_TIMESTAMP")
     stamp = when.strftime("%Y-%m-%d %H:%M:%S") if isinstance(when, datetime.datetime) else "-"
+    if host:
+        stamp += f"  {_text(entry.get('_HOSTNAME', '-')):<16}"
 
     def get(key: str) -> str:
         return _text(entry.get(key, ""))
@@ -120,10 +123,9 @@ ARMING = {"_UID": "0", "OBJECT_SYSTEMD_UNIT": "gnocchi.service",
           "SYSLOG_IDENTIFIER": "gnocchi-arm"}
 
 
-def read_journal(since: float | None, directory: str | None = None, arming: bool = True):
-    """since: seconds since the epoch, or None for all."""
-    from systemd import journal
-    reader = journal.Reader(path=directory) if directory else journal.Reader()
+def match_gnocchi(reader, arming: bool = True) -> None:
+    """Make reader (a systemd.journal.Reader) yield gnocchi's entries only: the
+    verifier's and the helper's by their unit, and (arming) arming's."""
     for i, unit in enumerate(UNITS):
         if i:
             reader.add_disjunction()
@@ -131,6 +133,21 @@ def read_journal(since: float | None, directory: str | None = None, arming: bool
     if arming:
         reader.add_disjunction()
         reader.add_match(**ARMING)
+
+
+def read_journal(since: float | None, directory: str | None = None,
+                 files: list[str] | None = None, host: str | None = None,
+                 arming: bool = True):
+    """gnocchi's entries of this machine's journal, of the journal files in directory
+    (such as a collector's /var/log/journal/remote) or of files; since: seconds since
+    the epoch, or None for all; host: only those _HOSTNAME says that host wrote."""
+    from systemd import journal
+    reader = (journal.Reader(path=directory) if directory else
+              journal.Reader(files=files) if files else journal.Reader())
+    match_gnocchi(reader, arming)
+    if host:
+        reader.add_conjunction()
+        reader.add_match(_HOSTNAME=host)
     if since is not None:
         reader.seek_realtime(since)
     yield from reader
@@ -144,9 +161,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--since", metavar="WHEN",
                         help="what journalctl --since takes: '5 min ago', -5m, today, "
                              "yesterday, '2026-11-27 08:00' (systemd.time(7))")
-    parser.add_argument("--directory", metavar="DIR", help="read journal files from DIR")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--directory", metavar="DIR",
+                       help="read the journal files in DIR, such as a collector's "
+                            "/var/log/journal/remote (each line then names its host)")
+    where.add_argument("--file", metavar="FILE", action="append",
+                       help="read this journal file (repeat it for several)")
+    parser.add_argument("--host", metavar="NAME",
+                        help="only the entries host NAME wrote (_HOSTNAME)")
     parser.add_argument("--counters", action="store_true",
-                        help="print a counter store rebuilt from the journal (docs/server.md)")
+                        help="print a counter store rebuilt from the journal (docs/server.md); "
+                             "from a collector's journal, give --host")
     args = parser.parse_args(since_argument(argv[1:]))
     try:
         since = parse_since(args.since) if args.since else None
@@ -154,10 +179,17 @@ def main(argv: list[str]) -> int:
         print(f"gnocchi audit: {e}", file=sys.stderr)
         return 2
     if args.counters:
-        entries = read_journal(since, args.directory, arming=False)
+        entries = list(read_journal(since, args.directory, args.file, args.host, arming=False))
+        hosts = sorted({_text(e.get("_HOSTNAME", "")) for e in entries})
+        if len(hosts) > 1:  # counters are per server: never one store from several
+            print(f"gnocchi audit: --counters: these entries come from {len(hosts)} hosts "
+                  f"({', '.join(hosts)}); give --host NAME", file=sys.stderr)
+            return 2
         sys.stdout.write(counters.render(counters_from(entries)))
         return 0
-    print(f"{'TIME':<19}  {'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT")
-    for entry in read_journal(since, args.directory):
-        print(format_entry(entry))
+    collected = bool(args.directory or args.file)
+    print(f"{'TIME':<19}  " + (f"{'HOST':<16}  " if collected else "")
+          + f"{'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT")
+    for entry in read_journal(since, args.directory, args.file, args.host):
+        print(format_entry(entry, host=collected))
     return 0

@@ -20,11 +20,10 @@ import sys
 from dataclasses import dataclass, field
 
 from gnocchi.server import config as server_config
-from gnocchi.server import counters
+from gnocchi.server import counters, keyring
 from gnocchi.shared import keys
 from gnocchi.admin import nft_table
 from gnocchi.admin.setup import DROP_IN, UNIT_DIR  # what setup writes, check reads
-from gnocchi.shared.protocol import knock_port
 
 SHARE = 32  # openings the helper lets one client hold pending (helper/nft.py SHARE)
 SOCKET = "gnocchi.socket"
@@ -34,7 +33,8 @@ SOCKET = "gnocchi.socket"
 class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    port: int | None = None             # the server key's knock port
+    port: int | None = None             # the server key's knock port (the first of knock_ports)
+    knock_ports: list[int] = field(default_factory=list)  # those of all the server's keys
     clients: int = 0
     protected: dict | None = None        # from the config (nft_table.protected_ports)
     flood_limit: bool = True             # the rules file has set knock_port
@@ -50,7 +50,8 @@ class Report:
     def summary(self, config_path: str) -> str:
         ports = nft_table.show_ports(self.protected) if self.protected else "?"
         return (f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
-                f"knock port {self.port}/udp (gnocchi.socket); protects {ports}")
+                f"knock port {', '.join(f'{p}/udp' for p in self.knock_ports) or None} "
+                f"(gnocchi.socket); protects {ports}")
 
 
 def loose_mode(path: str) -> str | None:
@@ -106,32 +107,59 @@ def drop_in_ports(unit_dir: str) -> list[int] | None:
     return ports
 
 
-def check_socket(report: Report, port: int | None, unit_dir: str | None) -> None:
-    """gnocchi.socket listens on the key's port (port None: the key is unusable,
-    so only a missing port is reported)."""
+def key_ports(want: list[int]) -> str:
+    """"the server key's knock port is P", or the same of several keys' ports."""
+    if len(want) == 1:
+        return f"the server key's knock port is {want[0]}"
+    return f"the knock ports of the server's keys are {', '.join(map(str, want))}"
+
+
+def check_socket(report: Report, want: list[int], unit_dir: str | None) -> None:
+    """gnocchi.socket listens on the keys' ports, each once (want empty: no key is
+    usable, so only a missing port is reported)."""
     setup = "run `gnocchi setup`"
     if unit_dir is None and systemd_running():
         state, ports = listen_ports_loaded()
         on_disk = drop_in_ports(UNIT_DIR)
         if state != "loaded" or not ports:
             fix = (f"run `systemctl daemon-reload` ({UNIT_DIR}/{DROP_IN} sets it)"
-                   if on_disk == [port] else setup)
+                   if on_disk == want else setup)
             report.problems.append(f"{SOCKET} has no knock port (LoadState={state or '?'}), so "
                                    f"nothing would receive knocks; fix: {fix}")
-        elif port is not None and ports != [port]:
+        elif want and sorted(ports) != sorted(want):
             fix = ("run `systemctl daemon-reload`, then `systemctl restart gnocchi.socket`"
-                   if on_disk == [port] else f"{setup}, then `systemctl restart gnocchi.socket`")
+                   if on_disk == want else f"{setup}, then `systemctl restart gnocchi.socket`")
             shown = ", ".join(map(str, ports))
-            report.problems.append(f"{SOCKET} listens on UDP {shown}, but the server key's "
-                                   f"knock port is {port}; fix: {fix}")
+            report.problems.append(f"{SOCKET} listens on UDP {shown}, but {key_ports(want)}; "
+                                   f"fix: {fix}")
         return
     ports = drop_in_ports(unit_dir or UNIT_DIR)
     path = os.path.join(unit_dir or UNIT_DIR, DROP_IN)
     if ports is None:
         report.problems.append(f"{path} is missing, so {SOCKET} has no knock port; fix: {setup}")
-    elif port is not None and ports != [port]:
+    elif want and sorted(ports) != sorted(want):
         report.problems.append(f"{path} sets UDP {', '.join(map(str, ports)) or 'nothing'}, "
-                               f"but the server key's knock port is {port}; fix: {setup}")
+                               f"but {key_ports(want)}; fix: {setup}")
+
+
+def check_credentials(report: Report, cfg: server_config.Config, unit_dir: str | None) -> None:
+    """gnocchi.service hands the verifier each key file the config uses: its own
+    LoadCredential= covers only the v1 key; `gnocchi setup` writes the drop-in for
+    a v2 key (and for a server without a v1 key)."""
+    from gnocchi.admin import setup
+    path = os.path.join(unit_dir or UNIT_DIR, setup.SERVICE_DROP_IN)
+    try:
+        with open(path, encoding="utf-8") as f:
+            current = f.read()
+    except OSError:
+        current = None
+    if current is None and list(keyring.paths(cfg)) == ["server_key_file"]:
+        return
+    if current != setup.service_drop_in_text(cfg):
+        report.problems.append(f"{path} does not hand gnocchi.service the key files "
+                               f"{', '.join(keyring.paths(cfg).values())} (the verifier could "
+                               "not read them); fix: run `gnocchi setup`, then "
+                               "`systemctl daemon-reload`")
 
 
 def check_flood_limit(report: Report, table_path: str) -> None:
@@ -151,18 +179,18 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
         live = nft_table.live()
     except nft_table.TableError:
         return  # not root, or no nft: `gnocchi status` says more
-    if live is None or report.port is None:
+    if live is None or not report.knock_ports:
         return
     ports = live.knock_ports()
     fix = "fix: systemctl reload gnocchi-arm (it loads the table with the key's port)"
     if ports is None and report.flood_limit:
         report.warnings.append(f"the loaded table inet gnocchi has no flood limit on the knock "
                                f"port, but {table_path} has one; {fix}")
-    elif ports is not None and ports != [report.port]:
+    elif ports is not None and sorted(ports) != sorted(report.knock_ports):
         shown = ", ".join(map(str, ports)) or "no port"
         report.warnings.append(f"the loaded table inet gnocchi limits floods on UDP {shown}, "
-                               f"but the server key's knock port is {report.port} (the key "
-                               f"changed since arming?), so floods to it are not limited; {fix}")
+                               f"but {key_ports(report.knock_ports)} (a key changed since "
+                               f"arming?), so floods to it are not limited; {fix}")
 
 
 def check_live_gate(report: Report, table_path: str) -> None:
@@ -257,6 +285,14 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
                                "a port a client may open (`gnocchi protect PORT[/udp]`)")
 
 
+def client_line(client: server_config.Client) -> str:
+    """What a client may open, and the file it is configured in (the config, a drop-in
+    in clients.d, or, when the files are broken, the last good copy)."""
+    allowed = ", ".join(f"{o.port}/{o.proto}" for o in client.allow) or "nothing"
+    actions = f"; actions {', '.join(client.actions)}" if client.actions else ""
+    return f"{client.name}: {allowed}{actions} (from {client.file})"
+
+
 def unprotected(port: int, proto: str) -> str:
     """Why an allowed port that is not protected matters, and the one command that fixes it."""
     return (f"{port}/{proto} is allowed but not protected: it is open to everyone without a "
@@ -285,17 +321,17 @@ def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> 
         report.warnings.append(f"{legacy} (the table file of gnocchi 0.3 and before) is not "
                                f"read any more: the ports are in [protect] in {cfg.path}; "
                                f"fix: rm {legacy}")
-    forwarded = [f for f in cfg.forwards if (f.listen.proto, f.listen.port) == ("udp",
-                                                                                report.port)]
-    for f in forwarded:
-        report.problems.append(f"{cfg.path}: forwards.{f.name}.listen: {report.port}/udp is "
-                               "the knock port, so knocks would be forwarded; fix: give the "
-                               "forward another listen port")
-    if report.port is not None and report.port in ports.protected.get("udp", []) and \
-            not forwarded:
-        report.problems.append(f"{cfg.path}: protect.udp: {report.port} is the knock port, so "
-                               "every knock would need a knock first; fix: gnocchi unprotect "
-                               f"{report.port}/udp")
+    for port in report.knock_ports:
+        forwarded = [f for f in cfg.forwards if (f.listen.proto, f.listen.port) == ("udp",
+                                                                                    port)]
+        for f in forwarded:
+            report.problems.append(f"{cfg.path}: forwards.{f.name}.listen: {port}/udp is the "
+                                   "knock port, so knocks would be forwarded; fix: give the "
+                                   "forward another listen port")
+        if port in ports.protected.get("udp", []) and not forwarded:
+            report.problems.append(f"{cfg.path}: protect.udp: {port} is the knock port, so "
+                                   "every knock would need a knock first; fix: gnocchi "
+                                   f"unprotect {port}/udp")
 
 
 def broken(error: server_config.ConfigError, config_path: str) -> str:
@@ -307,8 +343,8 @@ def broken(error: server_config.ConfigError, config_path: str) -> str:
     return f"{error} (the verifier would refuse to start)"
 
 
-def check_client_keys(report: Report, cfg: server_config.Config, server_key: bytes | None,
-                      starting: bool = False) -> None:
+def check_client_keys(report: Report, cfg: server_config.Config,
+                      server_keys: tuple[bytes, ...], starting: bool = False) -> None:
     """Each clients.NAME.public_key may be a public key: not a secret pasted in its place
     (gnocchi.shared.keys.public_key_problem, the rule add-client and doctor apply).
     starting (arming at a start): only a warning. Such a key lets nobody in, while a
@@ -316,7 +352,7 @@ def check_client_keys(report: Report, cfg: server_config.Config, server_key: byt
     reload` and doctor still fail on it."""
     known = {c.public_key: c.name for c in cfg.clients}
     for client in cfg.clients:
-        if problem := keys.public_key_problem(client.public_key, server_key, known):
+        if problem := keys.public_key_problem(client.public_key, server_keys, known):
             text = (f"{cfg.path}: clients.{client.name}.public_key: {problem}; "
                     f"fix: {keys.public_key_fix(client.name)}")
             if starting:
@@ -356,16 +392,18 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
             report.problems.append(broken(e, config_path))
             return report
     report.cfg = cfg
-    server_key = None
+    server_keys: tuple[bytes, ...] = ()
     try:
-        server_key = keys.load_server_key(cfg.server_key_file)
-        report.port = knock_port(server_key)
+        ring = keyring.load(cfg)
+        report.knock_ports = keyring.ports(ring)
+        report.port = report.knock_ports[0]
+        server_keys = keyring.secrets(ring)
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
     check_ports(report, cfg, config_path)
     check_forwarding(report, cfg)
     check_clients(report, cfg)
-    check_client_keys(report, cfg, server_key, starting=last_good)
+    check_client_keys(report, cfg, server_keys, starting=last_good)
     if report.knocked_size and len(cfg.clients) * SHARE > report.knocked_size:
         # Each client may hold SHARE openings pending: with more clients than the
         # sets hold shares for, clients who knock at once (stolen keys) can fill them.
@@ -374,7 +412,8 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
             f"the shares of {report.knocked_size // SHARE} clients, and {cfg.path} has "
             f"{len(cfg.clients)}; fix: spread the clients over more servers (docs/firewall.md, "
             "\"When a set is full\")")
-    check_socket(report, report.port, unit_dir)
+    check_socket(report, report.knock_ports, unit_dir)
+    check_credentials(report, cfg, unit_dir)
     check_syncookies(report)
     check_liberal(report)
     if live:
@@ -421,4 +460,6 @@ def main(argv=None) -> int:
         return 1
     if not args.quiet:
         print(f"gnocchi check: ok: {report.summary(args.config)}")
+        for client in report.cfg.clients if report.cfg else ():
+            print(f"  {client_line(client)}")
     return 0

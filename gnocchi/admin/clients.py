@@ -22,6 +22,7 @@ with the server key's fingerprint; never the server key itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -32,6 +33,7 @@ import sys
 
 from gnocchi.admin import nft_table
 from gnocchi.server import config as server_config
+from gnocchi.server import keyring
 from gnocchi.shared import durable, keys, knock_request
 
 DEFAULT_ALLOW = "22/tcp"
@@ -96,16 +98,24 @@ def _same(a: server_config.Config, b: server_config.Config, field: str = "client
     return rest(a) == rest(b)
 
 
+@contextlib.contextmanager
+def locked(path: str):
+    """A lock on the config's directory, so two edits never lose one another."""
+    lock = os.open(os.path.dirname(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        durable.lock_exclusive(lock)
+        yield
+    finally:
+        os.close(lock)
+
+
 def edit(path: str, change, expect, field: str = "clients") -> server_config.Config:
     """Replace the config at path with change(old text), durably, same owner and mode,
     if the result loads, differs from the old config in field alone, and expect(old
     config, new config) holds; returns the new config. Holds a lock on the config's
     directory, so two edits never lose one another."""
     path = os.path.realpath(path)
-    directory = os.path.dirname(path)
-    lock = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        durable.lock_exclusive(lock)
+    with locked(path):
         old = load_checked(path, path)  # a broken config is the admin's to fix first
         with open(path, "rb") as f:
             raw = f.read()
@@ -129,11 +139,12 @@ def edit(path: str, change, expect, field: str = "clients") -> server_config.Con
         durable.replace_file(path, new_text.encode("utf-8"), stat.S_IMODE(st.st_mode),
                              owner=(st.st_uid, st.st_gid), check=check)
         return result["config"]
-    finally:
-        os.close(lock)
 
 
-def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_config.Config:
+def checked_client(path: str, name: str, public_hex: str,
+                   allow: list[str]) -> tuple[bytes, list[str]]:
+    """(public key, ports as PORT/PROTO) of a client that may be added to the config at
+    path, or EditError saying why not."""
     if not server_config.NAME.fullmatch(name):
         raise EditError(f"client name {name!r}: use letters, digits, _ . - "
                         "(at most 64, starting with a letter or digit)")
@@ -151,35 +162,104 @@ def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_confi
                 f" nor a forward ({', '.join(sorted(forwards))})" if forwards else ""))
         ports.append(item if port is None else f"{port.port}/{port.proto}")
     for client in current.clients:
+        where = path if client.file == current.path else client.file  # a drop-in, or the file
         if client.name == name:
-            raise EditError(f"{path}: there is already a client {name}; "
+            raise EditError(f"{where}: there is already a client {name}; "
                             f"gnocchi remove-client {name} first to replace it")
         if client.public_key == public:
-            raise EditError(f"{path}: this key is already client {client.name}'s")
+            raise EditError(f"{where}: this key is already client {client.name}'s")
     # Never write a secret into the config (world-readable): the key's kind first.
     try:
-        server_key = keys.load_secret(current.server_key_file)
+        server_keys = keyring.secrets(keyring.load(current))
     except keys.KeyFileError:
-        server_key = None  # unreadable here: `gnocchi check` names that
+        server_keys = ()  # unreadable here: `gnocchi check` names that
     known = {c.public_key: c.name for c in current.clients}
-    if problem := keys.public_key_problem(public, server_key, known):
+    if problem := keys.public_key_problem(public, server_keys, known):
         raise EditError(f"PUBKEY: {problem}; nothing was written; "
                         f"fix: {keys.public_key_fix(name)}")
+    return public, ports
 
+
+def added(name: str, public: bytes):
+    """expect() of an edit that adds client name with key public."""
     def expect(old, new):
         before = {c.name: c for c in old.clients}
         after = {c.name: c for c in new.clients}
         return (set(after) == set(before) | {name} and after[name].public_key == public
                 and all(after[n] == before[n] for n in before))
+    return expect
 
-    return edit(path, lambda text: added_text(text, name, public.hex(), ports), expect)
+
+def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_config.Config:
+    public, ports = checked_client(path, name, public_hex, allow)
+    return edit(path, lambda text: added_text(text, name, public.hex(), ports),
+                added(name, public))
 
 
-def remove(path: str, name: str) -> server_config.Config:
+def add_drop_in(path: str, name: str, public_hex: str,
+                allow: list[str]) -> tuple[server_config.Config, str]:
+    """Add the client as its own file, clients.d/NAME.toml beside the config (as a
+    config-management tool would), owned as the config is, mode 0644; the config is not
+    touched. (the new config, the drop-in's path)."""
+    public, ports = checked_client(path, name, public_hex, allow)
+    path = os.path.realpath(path)
+    directory = server_config.drop_in_dir(path)
+    target = os.path.join(directory, f"{name}.toml")
+    text = added_text("", name, public.hex(), ports).lstrip("\n")
+    with locked(path):
+        old = load_checked(path, path)
+        if os.path.lexists(target):
+            raise EditError(f"{target} is there already; remove it first")
+        st = os.stat(path)
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o755)
+            os.chown(directory, st.st_uid, st.st_gid)
+            os.chmod(directory, 0o755)  # the umask may have taken bits
+        durable.replace_file(target, text.encode("utf-8"), 0o644, owner=(st.st_uid, st.st_gid))
+        try:
+            new = load_checked(path, path)
+            if not added(name, public)(old, new):
+                raise EditError(f"{target}: the config it makes is not the old one plus "
+                                f"client {name}")
+        except EditError:
+            os.unlink(target)  # leave the config as it was
+            durable.fsync_dir(directory)
+            raise
+    return new, target
+
+
+def remove(path: str, name: str, drop_in: bool = False) -> tuple[server_config.Config, str]:
+    """Remove client name from the file it is configured in: its table from the config,
+    or its drop-in (drop_in: only a drop-in). (the new config, the file changed)."""
     current = load_checked(os.path.realpath(path), path)
     if name not in {c.name for c in current.clients}:
         known = ", ".join(c.name for c in current.clients) or "none"
         raise EditError(f"{path}: no client {name} (clients: {known})")
+    client = next(c for c in current.clients if c.name == name)
+    if client.file != current.path:
+        return remove_drop_in(path, name), client.file
+    if drop_in:
+        raise EditError(f"client {name} is in {path}, not in a drop-in; "
+                        f"gnocchi remove-client {name} (without --drop-in) removes it")
+    return remove_table(path, name), path
+
+
+def remove_drop_in(path: str, name: str) -> server_config.Config:
+    """Delete client name's drop-in; the config must then hold every other client as before."""
+    path = os.path.realpath(path)
+    with locked(path):
+        old = load_checked(path, path)
+        client = next(c for c in old.clients if c.name == name)
+        os.unlink(client.file)
+        durable.fsync_dir(os.path.dirname(client.file))
+        new = load_checked(path, path)
+    if {c.name: c for c in new.clients} != {c.name: c for c in old.clients if c.name != name}:
+        raise EditError(f"{client.file} is removed, but the config changed more than that "
+                        "meanwhile: `gnocchi check` shows it")
+    return new
+
+
+def remove_table(path: str, name: str) -> server_config.Config:
 
     def change(text):
         try:
@@ -243,9 +323,8 @@ def client_files(cfg: server_config.Config, name: str, host: str) -> str:
     except keys.KeyFileError as e:
         fingerprint = f"unknown ({e})"
     server_key = f"{host}.server.key"
-    # One knock opens every port the admin allowed (as many as a request holds).
     opens = [f"{o.port}/{o.proto}" for o in client.allow]
-    request = (f"\nrequest = \"open {' '.join(opens[:knock_request.MAX_PORTS])}\""
+    request = (f"\nrequest = \"{client_request(client)}\""
                + (f"  # also allowed: {' '.join(opens[knock_request.MAX_PORTS:])}"
                   if opens[knock_request.MAX_PORTS:] else "")) if opens else ""
     sign_ip = (f"\nsign_ip = \"{cfg.server_addresses[0]}\"  # the address the server accepts"
@@ -266,6 +345,39 @@ Host {host}
 """
 
 
+def client_request(client: server_config.Client) -> str:
+    """The request a client's profile knocks with: one knock opens every port the admin
+    allowed (as many as a request holds); "" for none."""
+    opens = [f"{o.port}/{o.proto}" for o in client.allow][:knock_request.MAX_PORTS]
+    return f"open {' '.join(opens)}" if opens else ""
+
+
+def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | None:
+    """The one line the client runs (docs/client.md, "Onboarding in one line"), when
+    this server has a v2 key; None for a v1-only server."""
+    if not cfg.private_key_file:
+        return None
+    from gnocchi.shared import onboarding
+    client = next(c for c in cfg.clients if c.name == name)
+    request = client_request(client)
+    try:
+        public = keys.load_private_key(cfg.private_key_file)[0]
+    except keys.KeyFileError as e:
+        raise EditError(f"the client is added, but no line can be made: {e}") from None
+    try:
+        line = onboarding.make_line(host, public, request)
+    except ValueError as e:
+        raise EditError(f"the client is added, but --host {e}; run add-client again with "
+                        "another --host after remove-client") from None
+    return f"""\
+# ---- client {name}: run this one line on {name}'s machine (nothing in it is secret) ----
+gnocchi-knock --add '{line}'
+# It writes a knock.toml profile and a ~/.ssh/config block; `ssh {host}` then knocks by
+# itself. The line carries this server's public key and its fingerprint
+# {keys.fingerprint(public)}, which `gnocchi-knock -v` shows with each knock.
+"""
+
+
 def host_name(text: str) -> str:
     """A host name or address as it may appear in the printed files."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}", text):
@@ -280,8 +392,12 @@ def parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the client's name, as the journal shows it")
     if command == "add-client":
         p.description = ("Add a client to gnocchi.toml (a [clients.NAME] table at the end; "
-                         "the rest of the file is kept as it is), reload a running verifier, "
+                         "the rest of the file is kept as it is) or, with --drop-in, as its "
+                         "own file clients.d/NAME.toml; reload a running verifier, "
                          "and print the client's knock.toml profile and ~/.ssh/config block.")
+        p.add_argument("--drop-in", action="store_true",
+                       help="write the client to its own file, clients.d/NAME.toml beside the "
+                            "config, rather than into the config")
         p.add_argument("public_key", metavar="PUBKEY",
                        help=f"the client's public key (`{keys.PRINT_PUBKEY}` prints it on the "
                             "client)")
@@ -292,8 +408,12 @@ def parser(command: str) -> argparse.ArgumentParser:
                        help="this server's name or address as the client reaches it "
                             "(default: this host's name, as hostname prints it)")
     else:
-        p.description = ("Remove a client's [clients.NAME] table from gnocchi.toml (nothing "
-                         "else changes) and reload a running verifier.")
+        p.description = ("Remove a client: its [clients.NAME] table from gnocchi.toml (nothing "
+                         "else changes), or its drop-in clients.d/NAME.toml; then reload a "
+                         "running verifier.")
+        p.add_argument("--drop-in", action="store_true",
+                       help="only a client of a drop-in (clients.d/NAME.toml): refuse one "
+                            "written in the config itself")
     return p
 
 
@@ -304,20 +424,27 @@ def main(argv: list[str]) -> int:
     try:
         if command == "add-client":
             host = args.host or socket.gethostname()
-            cfg = add(args.config, args.name, args.public_key, args.allow)
-            print(f"gnocchi {command}: added [clients.{args.name}] to {args.config}; "
+            if args.drop_in:
+                cfg, where = add_drop_in(args.config, args.name, args.public_key, args.allow)
+            else:
+                cfg, where = add(args.config, args.name, args.public_key, args.allow), args.config
+            print(f"gnocchi {command}: added [clients.{args.name}] to {where}; "
                   f"{applied(args.config)}", file=sys.stderr)
             for warning in unprotected(cfg, args.config, args.name):
                 print(f"gnocchi {command}: warning: {warning}", file=sys.stderr)
-            print(client_files(cfg, args.name, host), end="")
+            print(onboarding_line(cfg, args.name, host) or client_files(cfg, args.name, host),
+                  end="")
         else:
-            remove(args.config, args.name)
-            print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}; "
-                  f"{applied(args.config)}; {withdraw(args.name)}", file=sys.stderr)
-    except nft_table.TableError as e:
-        print(f"gnocchi {command}: removed [clients.{args.name}] from {args.config}, but its "
-              f"pending openings could not be withdrawn: {e}", file=sys.stderr)
-        return 1
+            _, where = remove(args.config, args.name, args.drop_in)
+            what = (f"removed {where}" if where != os.path.realpath(args.config) else
+                    f"removed [clients.{args.name}] from {args.config}")
+            try:
+                print(f"gnocchi {command}: {what}; {applied(args.config)}; "
+                      f"{withdraw(args.name)}", file=sys.stderr)
+            except nft_table.TableError as e:
+                print(f"gnocchi {command}: {what}, but its pending openings could not be "
+                      f"withdrawn: {e}", file=sys.stderr)
+                return 1
     except (EditError, OSError, subprocess.SubprocessError) as e:
         print(f"gnocchi {command}: {e}", file=sys.stderr)
         return 1

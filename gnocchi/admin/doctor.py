@@ -48,6 +48,9 @@ class Doctor:
         self.cfg = None
         self.port: int | None = None
         self.server_key: bytes | None = None
+        self.server_keys: tuple[bytes, ...] = ()
+        self.ports: list[int] = []
+        self.knock_key: list[str] = []
         self.live: nft_table.Table | None = None
 
     def add(self, ok: bool, what: str, bad: str = "", fix: str = "", good: str = "",
@@ -76,11 +79,16 @@ class Doctor:
             self.add(False, "the config loads", server_config.fell_back(e, self.cfg.path)
                      .split("; fix: ")[0], f"correct {self.config_path}, then `gnocchi reload`")
         try:
-            self.server_key = keys.load_server_key(self.cfg.server_key_file)
-            from gnocchi.shared.protocol import knock_port
-            self.port = knock_port(self.server_key)
-            self.add(True, "the server key", good=f"{self.cfg.server_key_file}: 0600, knock "
-                     f"port {self.port}/udp")
+            from gnocchi.server import keyring  # v1's key, v2's, or both (PROTOCOL.md)
+            ring = keyring.load(self.cfg)
+            self.server_key, self.ports = ring.v1, keyring.ports(ring)
+            self.server_keys = keyring.secrets(ring)
+            # The self-knock's key: v2's public key if the server has one, else v1's.
+            self.knock_key = (["--server-public-key", ring.v2[-1][0].hex()] if ring.v2 else
+                              ["--server-key-file", self.cfg.server_key_file])
+            self.port = self.ports[0]
+            self.add(True, "the server key", good=f"{', '.join(keyring.paths(self.cfg).values())}"
+                     f": 0600, knock port {', '.join(f'{p}/udp' for p in self.ports)}")
         except keys.KeyFileError as e:
             self.add(False, "the server key", e.problem, e.fix or "see docs/install.md, step 3")
         try:
@@ -107,7 +115,7 @@ class Doctor:
             return
         known = {c.public_key: c.name for c in self.cfg.clients}
         for c in self.cfg.clients:
-            problem = keys.public_key_problem(c.public_key, self.server_key, known)
+            problem = keys.public_key_problem(c.public_key, self.server_keys, known)
             # A private key passes as a point 1 time in 16: the good text says what was seen.
             self.add(problem is None, f"clients.{c.name}.public_key is a client's public key",
                      problem or "", keys.public_key_fix(c.name),
@@ -116,7 +124,7 @@ class Doctor:
 
     def knock_socket(self) -> None:
         report = check.Report()
-        check.check_socket(report, self.port, None)
+        check.check_socket(report, self.ports, None)
         if report.problems:
             for problem in report.problems:
                 self.add(False, "gnocchi.socket's port is the key's", *_split(problem))
@@ -350,7 +358,7 @@ class Doctor:
             self.add(False, what, "skipped: no --self-knock CLIENT_KEY_FILE (docs/install.md, "
                      "\"gnocchi doctor\")", warn=True)
             return
-        if self.cfg is None or self.server_key is None or self.live is None:
+        if self.cfg is None or not self.ports or self.live is None:
             self.add(False, what, "skipped: fix the failures above first", warn=True)
             return
         from gnocchi.shared import keys, knock_request
@@ -385,7 +393,7 @@ class Doctor:
             [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
              "from gnocchi.client.knock import main; sys.exit(main(sys.argv[1:]))",
              os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-             "--server-key-file", self.cfg.server_key_file, "--client-key-file", key_file,
+             *self.knock_key, "--client-key-file", key_file,
              "--open", f"{port}/tcp", address], capture_output=True, text=True, timeout=30)
         if client_run.returncode != 0:
             self.add(False, what, f"gnocchi-knock failed: {client_run.stderr.strip()}")

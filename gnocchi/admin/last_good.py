@@ -8,9 +8,15 @@ the only writer, and only root runs it: at every start of the verifier
 reload`, add-client, remove-client, protect, unprotect). So the copy is the
 config gnocchi last started or applied, as long as it loaded.
 
-Trusts the config file only as far as the verifier does: it records exactly
-the bytes that it has just loaded with the verifier's own loader, from a file
-that passes StrictModes (root's, not writable by others). Guarantees: the copy
+The config is the file and its drop-ins (clients.d/NAME.toml, one client
+each): the copy is one file, config.bundle() of them (the config with each
+drop-in appended), so it is replaced in one rename and never holds half of
+an edit spread over several files, and it loads alone as a gnocchi.toml.
+
+Trusts the config files only as far as the verifier does: it records exactly
+the bytes that it has just loaded with the verifier's own loader, from files
+that pass StrictModes (root's, not writable by others), and only when the
+copy, loaded alone, means what the files mean. Guarantees: the copy
 is replaced durably (write, fsync, rename), mode 0644 (the action runner reads
 it as user gnocchi-action; a config holds no secret), in a directory root
 owns (config.LAST_GOOD's), where the verifier, user gnocchi, cannot write: a
@@ -18,6 +24,7 @@ compromised verifier cannot plant a config that a later start trusts.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -32,9 +39,8 @@ def record(config_path: str) -> tuple[bool, str]:
     good = server_config.last_good_path(config_path)
     try:
         strict.check(config_path)
-        with open(config_path, "rb") as f:
-            data = f.read()
-    except (OSError, strict.StrictModeError) as e:
+        data = server_config.read_bundle(config_path)
+    except (OSError, strict.StrictModeError, server_config.ConfigError) as e:
         return False, f"not kept as the last good config: {e}"
     try:
         with open(good, "rb") as f:
@@ -44,7 +50,10 @@ def record(config_path: str) -> tuple[bool, str]:
         pass
 
     def loads(tmp: str) -> None:
-        server_config.load(tmp)
+        copy = server_config.load(tmp, drop_ins=False)
+        files = server_config.load(config_path)
+        if dataclasses.replace(copy, path="") != dataclasses.replace(files, path=""):
+            raise server_config.ConfigError(f"{config_path}: changed meanwhile")
 
     try:
         os.makedirs(os.path.dirname(good), mode=0o755, exist_ok=True)
@@ -70,20 +79,22 @@ def describe(config_path: str) -> tuple[str | None, str]:
     except OSError:
         kept, when = None, ""
     try:
-        server_config.load(config_path)
+        cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
         if kept is None:
             return (f"CONFIG BROKEN: {e}; and there is no last good copy ({good}), so the "
                     "verifier cannot start; fix: correct the file, then `gnocchi reload`"), ""
         return server_config.fell_back(e, good), f"config: the last good copy {good} (kept {when})"
     try:
-        with open(config_path, "rb") as f:
-            same = f.read() == kept
-    except OSError:
+        same = server_config.read_bundle(config_path) == kept
+    except server_config.ConfigError:
         same = False
+    drop_ins = len({c.file for c in cfg.clients} - {cfg.path})
+    files = config_path + (f" and {drop_ins} drop-in{'s' * (drop_ins != 1)} in "
+                           f"{server_config.drop_in_dir(config_path)}" if drop_ins else "")
     if kept is None:
-        return None, f"config: {config_path} (no last good copy kept yet)"
+        return None, f"config: {files} (no last good copy kept yet)"
     if same:
-        return None, f"config: {config_path} (= the last good copy, kept {when})"
-    return None, (f"config: {config_path}, edited since gnocchi last applied it (the last good "
+        return None, f"config: {files} (= the last good copy, kept {when})"
+    return None, (f"config: {files}, edited since gnocchi last applied it (the last good "
                   f"copy {good} is from {when}); `gnocchi reload` checks and applies it")

@@ -128,11 +128,13 @@ class Table:
         found = self.sets().get(KNOCK_PORT)
         return None if found is None else [_port_or_range(e) for e in found.get("elem", [])]
 
-    def with_knock_port(self, port: int | None) -> Table:
-        """This table as it is once load() has filled set knock_port with port."""
-        if port is None or self.knock_ports() is None:
+    def with_knock_port(self, port: int | list[int] | None) -> Table:
+        """This table as it is once load() has filled set knock_port with port (or
+        ports: a rotation's two keys have one each)."""
+        if not port or self.knock_ports() is None:
             return self
-        return Table(tuple({"set": dict(o["set"], elem=[port])}
+        ports = [port] if isinstance(port, int) else sorted(port)
+        return Table(tuple({"set": dict(o["set"], elem=ports)}
                            if o.get("set", {}).get("name") == KNOCK_PORT else o
                            for o in self.objects))
 
@@ -147,6 +149,10 @@ class Table:
             return dict(body, elem=by_set[body["name"]]) if by_set[body["name"]] else body
         return Table(tuple({"set": filled(o["set"])} if o.get("set", {}).get("name") in by_set
                            else o for o in self.objects))
+
+    def element_counts(self) -> dict[str, int]:
+        """How many elements each set holds now (knocks pending, flood sources...)."""
+        return {name: len(body.get("elem", [])) for name, body in self.sets().items()}
 
     def pending(self) -> list[Pending]:
         found = []
@@ -358,11 +364,11 @@ def _protected_ports(cfg, config_path: str) -> Ports:
 @dataclass(frozen=True)
 class Wanted:
     """What gnocchi loads as table inet gnocchi: the rules file, the protected ports of
-    the config gnocchi runs, and the knock port of its server key (None: unknown)."""
+    the config gnocchi runs, and the knock ports of its server keys (None: unknown)."""
     rules: str
     config: str      # the config the ports come from: the file, or its last good copy
     ports: Ports
-    knock_port: int | None
+    knock_ports: list[int] | None
     forwards: tuple = ()  # the config's [forwards] (config.Forward)
 
     @property
@@ -372,7 +378,7 @@ class Wanted:
     def table(self) -> Table:
         """The table as the kernel should list it once loaded (test-loads the rules)."""
         return test_load(self.rules).with_protected(self.protected).with_knock_port(
-            self.knock_port).with_forwards(self.forwards)
+            self.knock_ports).with_forwards(self.forwards)
 
     def script(self, knock_port: bool = True) -> str:
         """The rules file and the sets filled (knock_port=False: set knock_port left
@@ -383,17 +389,18 @@ class Wanted:
         except (OSError, UnicodeDecodeError) as e:
             raise TableError(f"{self.rules}: cannot read: {e}") from None
         return text.rstrip("\n") + "\n" + fill_script(
-            self.protected, self.knock_port if knock_port else None, self.forwards)
+            self.protected, self.knock_ports if knock_port else None, self.forwards)
 
 
-def fill_script(protected: dict | None, knock_port: int | None, forwards=None) -> str:
+def fill_script(protected: dict | None, knock_port: int | list[int] | None,
+                forwards=None) -> str:
     """nft commands that make the protected sets hold protected (None: as they are),
     set knock_port hold knock_port (None: as it is) and the forwards maps hold forwards
     (config.Forward objects; None: as they are); run after the rules, in the same
     transaction."""
     fills = {PROTECTED[proto]: sorted(ports) for proto, ports in (protected or {}).items()}
     if knock_port is not None:
-        fills[KNOCK_PORT] = [knock_port]
+        fills[KNOCK_PORT] = [knock_port] if isinstance(knock_port, int) else sorted(knock_port)
     out = []
     for name, elements in fills.items():
         ref = f"{FAMILY} {NAME} {name}"
@@ -416,11 +423,11 @@ def wanted(config_path: str, rules: str = DEFAULT_FILE, cfg=None, log=None) -> W
     file's last good copy). ConfigError when no config loads; TableError for a 0.3
     table file that cannot be read."""
     from gnocchi.server import config as server_config
+    from gnocchi.server import keyring
     from gnocchi.shared import keys
-    from gnocchi.shared.protocol import knock_port
     cfg = cfg or server_config.load_running(config_path, log)
     try:
-        port = knock_port(keys.load_server_key(cfg.server_key_file))
+        port: list[int] | None = keyring.ports(keyring.load(cfg))
     except keys.KeyFileError:
         port = None
     return Wanted(rules, cfg.path, protected_ports(cfg, config_path), port,
@@ -502,7 +509,7 @@ def knock_port_script(new: Table) -> str:
     return f"flush set {ref}\nadd element {ref} {{ {', '.join(map(str, ports))} }}\n"
 
 
-def load(path: str = DEFAULT_FILE, knock_port: int | None = None,
+def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
          protected: dict | None = None, forwards=None) -> Loaded:
     """Load path as the live table, keeping pending knocks (see the module docstring),
     with knock_port in set knock_port, protected ({"tcp": [22], "udp": []}) in the
@@ -545,14 +552,15 @@ def load(path: str = DEFAULT_FILE, knock_port: int | None = None,
 
 def load_wanted(want: Wanted) -> Loaded:
     """Load what gnocchi loads (wanted()), keeping pending knocks."""
-    return load(want.rules, want.knock_port, want.protected, want.forwards)
+    return load(want.rules, want.knock_ports, want.protected, want.forwards)
 
 
-def set_knock_port(port: int) -> bool:
-    """Fill the live table's set knock_port with port alone (one transaction); False
-    when the table or the set is not there."""
+def set_knock_port(port: int | list[int]) -> bool:
+    """Fill the live table's set knock_port with port (or ports) alone (one
+    transaction); False when the table or the set is not there."""
     ref = f"{FAMILY} {NAME} {KNOCK_PORT}"
-    proc = nft(f"flush set {ref}; add element {ref} {{ {port} }}")
+    ports = [port] if isinstance(port, int) else port
+    proc = nft(f"flush set {ref}; add element {ref} {{ {', '.join(map(str, ports))} }}")
     return proc.returncode == 0
 
 

@@ -28,8 +28,8 @@ import sys
 from gnocchi.admin import clients, nft_table
 from gnocchi.admin.clients import EditError
 from gnocchi.server import config as server_config
+from gnocchi.server import keyring
 from gnocchi.shared import keys, knock_request
-from gnocchi.shared.protocol import knock_port
 
 _HEADER = re.compile(r"^[ \t]*\[[ \t]*protect[ \t]*\][ \t]*(?:#.*)?$")
 _ANY_HEADER = re.compile(r"^[ \t]*\[")
@@ -107,13 +107,14 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
     if current.protect is not None and wanted == {p: list(v) for p, v in current.protect.items()}:
         return None, []
     if protect:
-        try:
-            port = knock_port(keys.load_server_key(current.server_key_file))
+        try:  # every key's knock port (docs/PROTOCOL.md: v1, v2, a rotation's next)
+            knock_ports = keyring.ports(keyring.load(current))
         except keys.KeyFileError:
-            port = None
-        if port is not None and port in wanted["udp"]:
-            raise EditError(f"{port}/udp is the knock port: protected, every knock would need "
-                            "a knock first")
+            knock_ports = []
+        for port in knock_ports:
+            if port in wanted["udp"]:
+                raise EditError(f"{port}/udp is the knock port: protected, every knock would "
+                                "need a knock first")
     usable = [c.name for c in current.clients for o in c.allow if o.port in wanted[o.proto]]
     if current.clients and not usable:
         raise EditError(f"no client could open a protected port then "

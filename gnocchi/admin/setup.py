@@ -2,8 +2,13 @@
 
 Trusts the admin's config file and the server key it names (read through
 gnocchi.server.config and gnocchi.shared.keys, which check format and permissions).
-Guarantees: it writes the drop-in
-/etc/systemd/system/gnocchi.socket.d/port.conf, atomically (a crash leaves
+Guarantees: it writes the drop-ins
+/etc/systemd/system/gnocchi.socket.d/port.conf (a knock port for each of the
+server's keys), gnocchi.service.d/keys.conf (those key files as
+credentials), and server-key.conf for the units whose entries must name the
+server's keys (KEYED_UNITS: journald adds GNOCCHI_SERVER_KEY, the keys'
+fingerprints, to every entry of theirs, so a central collector can tell which
+keys a decision was made with), atomically (a crash leaves
 the old drop-in or the new one, never half of one), creates the verifier's
 counter store if there is none (never touching an existing one), and prints
 what it wrote and what to run next. It changes nothing else: no unit is started, reloaded
@@ -17,23 +22,74 @@ import pwd
 import sys
 
 from gnocchi.server import config as server_config
-from gnocchi.server import counters
+from gnocchi.server import counters, keyring
 from gnocchi.shared import durable, keys
-from gnocchi.shared.protocol import knock_port
 
 UNIT_DIR = "/etc/systemd/system"
 DROP_IN = "gnocchi.socket.d/port.conf"
 VERIFIER_USER = "gnocchi"
 
 
-def drop_in_text(port: int, key_file: str) -> str:
+def drop_in_text(port: int | list[int], key_file: str) -> str:
     # The empty ListenDatagram= clears any earlier value, so the drop-in is
     # the one place the port is set (docs/install.md).
-    return (f"# Written by `gnocchi setup`: the knock port of {key_file}.\n"
+    ports = [port] if isinstance(port, int) else port
+    return (f"# Written by `gnocchi setup`: the knock port{'s' * (len(ports) > 1)} of "
+            f"{key_file}.\n"
             "# Run `gnocchi setup` again after changing the server key.\n"
             "[Socket]\n"
             "ListenDatagram=\n"
-            f"ListenDatagram={port}\n")
+            + "".join(f"ListenDatagram={p}\n" for p in ports))
+
+
+SERVICE_DROP_IN = "gnocchi.service.d/keys.conf"
+
+
+def service_drop_in_text(cfg: server_config.Config) -> str:
+    """gnocchi.service's credentials: a copy of each key file the config uses, that only
+    the verifier reads (`gnocchi serve --keys-from %d` finds them by these names). The
+    empty LoadCredential= drops the unit's own, so a server without a v1 key starts."""
+    return ("# Written by `gnocchi setup`: the key files of the config, as credentials.\n"
+            "# Run `gnocchi setup` again after changing them.\n"
+            "[Service]\n"
+            "LoadCredential=\n"
+            + "".join(f"LoadCredential={keyring.CREDENTIALS[k]}:{path}\n"
+                      for k, path in keyring.paths(cfg).items()))
+
+
+def write_if_changed(path: str, text: str) -> bool:
+    """Durably replace path with text (0644) unless it holds text already; True if written."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    durable.replace_file(path, text.encode("utf-8"), 0o644)
+    return True
+
+
+# The units whose every journal entry names the server key, through journald
+# (LogExtraFields=): the verifier, the helper (which never sees the key) and the
+# actions. Arming's entries name it themselves (gnocchi/admin/table.py).
+KEYED_UNITS = ("gnocchi.service", "gnocchi-helper.service", "gnocchi-action@.service")
+KEY_DROP_IN = "server-key.conf"
+KEY_FIELD = "GNOCCHI_SERVER_KEY"
+
+
+def key_drop_in_text(fingerprints: str, key_files: str) -> str:
+    return (f"# Written by `gnocchi setup`: every journal entry of this unit names the server\n"
+            f"# keys ({key_files}) by their fingerprints. Run `gnocchi setup` again after\n"
+            "# changing a server key.\n"
+            "[Service]\n"
+            f"LogExtraFields={KEY_FIELD}={fingerprints}\n")
+
+
+def key_drop_ins(unit_dir: str) -> list[str]:
+    return [os.path.join(unit_dir, f"{unit}.d", KEY_DROP_IN) for unit in KEYED_UNITS]
+
+
 
 
 def create_store(state_dir: str) -> str:
@@ -54,22 +110,28 @@ def create_store(state_dir: str) -> str:
 def setup(config_path: str, unit_dir: str) -> str:
     """Write the drop-in; returns what to tell the admin."""
     cfg = server_config.load(config_path)
-    port = knock_port(keys.load_server_key(cfg.server_key_file))
+    ring = keyring.load(cfg)
+    ports = keyring.ports(ring)
+    key_files = " and ".join(keyring.paths(cfg).values())
+    port = ", ".join(map(str, ports))
+    fingerprints = ",".join(keyring.fingerprints(ring))
     created = create_store(cfg.state_dir)
+    keyed = [p for p in key_drop_ins(unit_dir)
+             if write_if_changed(p, key_drop_in_text(fingerprints, key_files))]
+    if keyed:
+        created += (f"wrote {', '.join(keyed)}: their journal entries name the server keys "
+                    f"{fingerprints} ({KEY_FIELD}; `systemctl daemon-reload` makes "
+                    "it count)\n")
     path = os.path.join(unit_dir, DROP_IN)
-    text = drop_in_text(port, cfg.server_key_file)
-    try:
-        with open(path, encoding="utf-8") as f:
-            unchanged = f.read() == text
-    except FileNotFoundError:
-        unchanged = False
-    if unchanged:
+    service = os.path.join(unit_dir, SERVICE_DROP_IN)
+    if write_if_changed(service, service_drop_in_text(cfg)):
+        created += (f"wrote {service}: gnocchi.service reads {key_files} (`systemctl "
+                    "daemon-reload` makes it count)\n")
+    if not write_if_changed(path, drop_in_text(ports, key_files)):
         return (f"{created}{path} already sets UDP port {port} (the knock port of "
-                f"{cfg.server_key_file})\n" + ready(config_path, unit_dir).rstrip("\n"))
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    durable.replace_file(path, text.encode("utf-8"), 0o644)
+                f"{key_files})\n" + ready(config_path, unit_dir).rstrip("\n"))
     return (f"{created}wrote {path}: gnocchi.socket listens on UDP port {port}, "
-            f"the knock port of {cfg.server_key_file}\n" + ready(config_path, unit_dir) +
+            f"the knock port of {key_files}\n" + ready(config_path, unit_dir) +
             "(if gnocchi.socket is already running: "
             "systemctl daemon-reload && systemctl restart gnocchi.socket)")
 

@@ -18,6 +18,7 @@ gnocchi runs its last good copy), 3 disarmed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -91,31 +92,29 @@ def last_decisions(count: int = DECISIONS) -> list[str]:
     return found[::-1]
 
 
-def configured(config_path: str) -> tuple[int | None, str, list[str], list[str]]:
-    """(knock port, server key fingerprint, client lines, problems) from the config
-    gnocchi runs (a broken file's last good copy) and its key."""
+def configured(config_path: str) -> tuple[object, list, list[str]]:
+    """(its keys: a gnocchi.server.keyring.Keyring, or None; clients; problems) from the
+    config gnocchi runs (a broken file's last good copy)."""
     from gnocchi.server import config as server_config
+    from gnocchi.server import keyring
     from gnocchi.shared import keys
-    from gnocchi.shared.protocol import knock_port
     try:
         cfg = server_config.load_running(config_path)
     except server_config.ConfigError as e:
-        return None, "", [], [f"config: {e}"]
-    clients = [f"{c.name}: " + (", ".join(f"{o.port}/{o.proto}" for o in c.allow) or "nothing")
-               + (f"; actions {', '.join(c.actions)}" if c.actions else "")
-               for c in cfg.clients]
+        return None, [], [f"config: {e}"]
+    clients = list(cfg.clients)
     try:
-        key = keys.load_server_key(cfg.server_key_file)
+        return keyring.load(cfg), clients, []
     except keys.KeyFileError as e:
-        return None, "", clients, [f"server key: {e}"]
-    return knock_port(key), keys.fingerprint(key), clients, []
+        return None, clients, [f"server key: {e}"]
 
 
-def gate_problems(live: nft_table.Table, table_path: str) -> tuple[list[str], list[str], str]:
+def gate_problems(live: nft_table.Table,
+                  table_path: str | None) -> tuple[list[str], list[str], str]:
     """(who the live gate lets in, how it differs from what gnocchi loads, why it could
-    not be compared)."""
+    not be compared); table_path None: not compared."""
     try:
-        reference, refused = nft_table.expected(table_path), ""
+        reference, refused = (nft_table.expected(table_path), "") if table_path else (None, "")
     except nft_table.TableError as e:
         reference, refused = None, str(e)
     differs = gate.differences(live.objects, reference.objects) if reference else []
@@ -123,16 +122,33 @@ def gate_problems(live: nft_table.Table, table_path: str) -> tuple[list[str], li
 
 
 def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[int, list[str]]:
+    status, lines, _ = survey(config_path, table_path)
+    return status, lines
+
+
+def survey(config_path: str, table_path: str = nft_table.DEFAULT_FILE,
+           compare: bool = True) -> tuple[int, list[str], dict]:
+    """(exit status, the report's lines, the same as facts for --json and the metrics).
+    compare: also compare the live table with what gnocchi loads from table_path (a
+    scratch load in a throwaway namespace); without it, the gate is judged by its
+    probes alone (gnocchi/admin/gate.py)."""
     lines: list[str] = []
+    facts: dict = {"state": "unknown", "armed": False, "changed": []}
     try:
         live = nft_table.live()
     except nft_table.TableError as e:
-        return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"]
+        return 1, [f"gnocchi: UNKNOWN: cannot read the table: {e}"], dict(facts, status=1,
+                                                                            report=[str(e)])
     arm, sock = unit("gnocchi-arm.service"), unit("gnocchi.socket")
     meant = (arm == "active" or sock == "active") and not disarming()
-    port, fingerprint, clients, problems = configured(config_path)
-    listening = port is not None and udp_bound(port)
+    from gnocchi.server import keyring
+    ring, clients, problems = configured(config_path)
+    knock_ports = keyring.ports(ring) if ring else []
+    fingerprints = keyring.described(ring) if ring else []
+    listening = bool(knock_ports) and all(udp_bound(p) for p in knock_ports)
+    facts.update(meant_armed=meant, units={"gnocchi-arm.service": arm, "gnocchi.socket": sock})
     if live is None and meant:
+        facts["state"] = "missing"
         status = 1
         lines.append("gnocchi: NOT ARMED: table inet gnocchi is MISSING although gnocchi is "
                      f"meant to be armed (gnocchi-arm.service {arm}, gnocchi.socket {sock}): "
@@ -140,12 +156,14 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
                      "flushed the ruleset; fix: systemctl reload gnocchi-arm")
     elif live is None:
         status = 3
+        facts["state"] = "disarmed"
         lines.append(f"gnocchi: NOT ARMED (disarmed: gnocchi.socket {sock}, "
                      f"{unit('gnocchi.socket', 'is-enabled')}); to arm: "
                      "systemctl enable --now gnocchi.socket")
-    elif (judged := gate_problems(live, table_path))[0]:
+    elif (judged := gate_problems(live, table_path if compare else None))[0]:
         open_to, differs, _ = judged
         status = 1
+        facts["state"] = "bypassed"
         lines.append("gnocchi: NOT ARMED: table inet gnocchi is loaded but its gate is EMPTIED "
                      f"or bypassed ({'; '.join(differs) or 'its rules'}): it lets in someone "
                      f"who never knocked: {gate.summary(open_to, 2)}. gnocchi-watch puts it "
@@ -153,6 +171,7 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
     else:
         _, differs, refused = judged
         status = 0
+        facts.update(state="armed", armed=True, changed=differs)
         ports = nft_table.show_ports(live.protected())
         lines.append(f"gnocchi: ARMED: table inet gnocchi is loaded, protecting {ports}"
                      + ("" if arm == "active" else
@@ -173,16 +192,17 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
     elif running:
         lines.append(running)
     lines += [f"gnocchi: {p}" for p in problems if not broken]
-    if port is not None:
-        lines.append(f"knock port: {port}/udp, " + ("listening" if listening else
+    for port, key in fingerprints:
+        lines.append(f"knock port: {port}/udp, " + ("listening" if udp_bound(port) else
                                                      "NOT listening") + f" (gnocchi.socket {sock})"
-                     + f"; server key fingerprint {fingerprint}")
-    if live is not None and port is not None:
-        lines.append(flood_line(live.knock_ports(), port))
+                     + f"; {key}")
+    if live is not None and knock_ports:
+        lines.append(flood_line(live.knock_ports(), knock_ports))
     lines.append(f"helper: {HELPER_SOCKET} " + ("listening" if unix_listening(HELPER_SOCKET)
                                                  else "not listening")
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
-    lines.append(f"clients: {len(clients)}" + "".join(f"\n  {c}" for c in clients))
+    from gnocchi.admin.check import client_line
+    lines.append(f"clients: {len(clients)}" + "".join(f"\n  {client_line(c)}" for c in clients))
     if live is not None and (forwards := live.forwards()):
         lines.append(f"forwards: {nft_table.show_forwards(forwards)} (for a knocked source "
                      "only)")
@@ -195,7 +215,25 @@ def report(config_path: str, table_path: str = nft_table.DEFAULT_FILE) -> tuple[
                      + "".join(f"\n  {d}" for d in decisions))
     if trial := trial_line():
         lines.insert(1, trial)
-    return status, lines
+    if rotation := rotation_line(config_path):
+        lines.insert(1 + bool(trial), rotation)
+    helper = unix_listening(HELPER_SOCKET)
+    facts.update(
+        status=status, config={"file": config_path, "broken": broken, "running": running},
+        knock_ports=knock_ports, listening=listening,
+        server_keys=keyring.fingerprints(ring) if ring else [],
+        flood_limit=live is not None and bool(knock_ports)
+        and sorted(live.knock_ports() or []) == sorted(knock_ports),
+        protected=live.protected() if live is not None else None,
+        helper_listening=helper, trial_seconds_left=trial_seconds_left(),
+        rotation=rotation or None,
+        clients=[{"name": c.name, "allow": [f"{o.port}/{o.proto}" for o in c.allow],
+                  "actions": list(c.actions), "file": c.file} for c in clients],
+        pending=[{"address": str(p.address), "proto": p.proto, "port": p.port,
+                  "seconds_left": p.expires} for p in pending],
+        elements=live.element_counts() if live is not None else {},
+        problems=problems, report=lines)
+    return status, lines, facts
 
 
 def config_line(config_path: str) -> tuple[str | None, str]:
@@ -217,24 +255,52 @@ def disarming() -> bool:
     return any(line.split()[2:3] == ["stop"] for line in jobs.splitlines())
 
 
-def flood_line(limited: list | None, port: int) -> str:
-    """What the table's per-source flood limit guards, against the key's knock port."""
-    if limited == [port]:
-        return f"flood limit: on {port}/udp, per source address (IPv6: per /64)"
+def rotation_line(config_path: str, now=None) -> str | None:
+    """A key rotation under way (`gnocchi rotate-key`): until when both keys open
+    knocks, or that the overlap is over and the old key is refused."""
+    import datetime
+    from gnocchi.server import config as server_config
+    try:
+        cfg = server_config.load_running(config_path)
+    except server_config.ConfigError:
+        return None
+    if cfg.rotation_ends is None:
+        return None
+    now = now or datetime.datetime.now(datetime.UTC)
+    if now < cfg.rotation_ends:
+        left = cfg.rotation_ends - now
+        return (f"gnocchi: ROTATION: the next key ({cfg.next_private_key_file}) and the current "
+                f"one both open knocks until {cfg.rotation_ends.isoformat()} ({left.days} days "
+                f"{left.seconds // 3600} h left); then gnocchi rotate-key --finish")
+    return (f"gnocchi: ROTATION OVERLAP OVER since {cfg.rotation_ends.isoformat()}: knocks with "
+            f"the old key ({cfg.private_key_file}) are refused; finish: gnocchi rotate-key "
+            "--finish")
+
+
+def flood_line(limited: list | None, ports: int | list[int]) -> str:
+    """What the table's per-source flood limit guards, against the keys' knock ports."""
+    ports = [ports] if isinstance(ports, int) else ports
+    wanted = ", ".join(f"{p}/udp" for p in ports)
+    if limited is not None and sorted(limited) == sorted(ports):
+        return f"flood limit: on {wanted}, per source address (IPv6: per /64)"
     shown = ", ".join(map(str, limited or [])) or "no port"
     what = ("NONE: the loaded table has no set knock_port" if limited is None else
-            f"on UDP {shown}, NOT on the knock port {port}")
+            f"on UDP {shown}, NOT on the knock port{'s' * (len(ports) > 1)} {wanted}")
     return (f"flood limit: {what}, so a flood from one address reaches the verifier whole; "
             "fix: systemctl reload gnocchi-arm")
 
 
-def trial_line() -> str | None:
-    """A pending automatic disarm (`gnocchi arm --trial`), if one is scheduled."""
+def trial_seconds_left() -> int | None:
     try:
         from gnocchi.admin import arm
     except ImportError:
         return None
-    left = arm.trial_seconds_left()
+    return arm.trial_seconds_left()
+
+
+def trial_line() -> str | None:
+    """A pending automatic disarm (`gnocchi arm --trial`), if one is scheduled."""
+    left = trial_seconds_left()
     if left is None:
         return None
     return (f"gnocchi: TRIAL: disarms by itself in {left} s unless `gnocchi arm --confirm` "
@@ -251,13 +317,16 @@ def main(argv=None) -> int:
                     "3 disarmed.")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the same facts, for scripts and monitoring "
+                        "(docs/fleet.md); the exit status is the same")
     args = p.parse_args(argv[1:])
     if os.geteuid() != 0:
         print("gnocchi status: run as root (it reads the kernel's table and the server key)",
               file=sys.stderr)
         return 4
-    status, lines = report(args.config, args.table)
-    print("\n".join(lines))
+    status, lines, facts = survey(args.config, args.table)
+    print(json.dumps(facts, sort_keys=True) if args.json else "\n".join(lines))
     return status
 
 

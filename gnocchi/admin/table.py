@@ -33,6 +33,7 @@ journal is the whole audit trail.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import select
@@ -63,6 +64,21 @@ SOCKET_UNIT = "gnocchi.socket"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+CONFIG = [DEFAULT_CONFIG]  # the config whose server key arming's entries name (table_main's)
+
+
+@functools.cache
+def server_key(config_path: str) -> str | None:
+    """The fingerprint of the server key gnocchi runs with, which every one of arming's
+    entries names (GNOCCHI_SERVER_KEY, as journald adds it to the verifier's and the
+    helper's: gnocchi setup's server-key.conf), or None when it cannot be read."""
+    from gnocchi.server import config as server_config
+    from gnocchi.shared import keys
+    try:
+        return keys.fingerprint(keys.load_server_key(
+            server_config.load_running(config_path).server_key_file))
+    except (server_config.ConfigError, keys.KeyFileError):
+        return None
 
 
 def log(event: str, message: str, priority: int | None = None, cli: bool = False,
@@ -75,6 +91,7 @@ def log(event: str, message: str, priority: int | None = None, cli: bool = False
             print(f"gnocchi: {message}", file=sys.stderr, flush=True)
         return
     from systemd import journal
+    fields.setdefault("server_key", server_key(CONFIG[0]))
     extra = {f"GNOCCHI_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
     journal.send(message, MESSAGE_ID=MESSAGE_IDS[event], SYSLOG_IDENTIFIER=IDENTIFIER,
                  PRIORITY=str(PRIORITY[event] if priority is None else priority),
@@ -117,8 +134,8 @@ def load(config_path: str, table_path: str, reload: bool = False) -> int:
             log("armed", f"warning: {said}", priority=4)
     log("armed", loaded.describe(table_path) + f" (the ports from {want.ports.source})"
         + flood_limit(loaded.table.knock_ports()), how=loaded.how, pending=loaded.kept,
-        protected=nft_table.show_ports(loaded.table.protected()), knock_port=report.port,
-        config=want.config)
+        protected=nft_table.show_ports(loaded.table.protected()),
+        knock_port=",".join(map(str, want.knock_ports or [])), config=want.config)
     # Verified, not assumed: the kernel's table now, against what was loaded.
     try:
         problems = judge(nft_table.live(), loaded.table)
@@ -159,17 +176,17 @@ def flood_limit(ports: list | None) -> str:
     if not ports:
         return ("; NO per-source flood limit: the table file has no set knock_port "
                 "(docs/firewall.md, \"Floods\")")
-    return f"; floods from one source to the knock port {ports[0]}/udp are limited"
+    shown = ", ".join(f"{p}/udp" for p in ports)
+    return f"; floods from one source to the knock port{'s' * (len(ports) > 1)} {shown} are limited"
 
 
-def configured_knock_port(config_path: str) -> tuple[int | None, str]:
-    """(the knock port of the server key the config names, which `gnocchi setup` gave
+def configured_knock_port(config_path: str) -> tuple[list[int] | None, str]:
+    """(the knock ports of the server keys the config names, which `gnocchi setup` gave
     gnocchi.socket, or None; why not)."""
-    from gnocchi.server import config
+    from gnocchi.server import config, keyring
     from gnocchi.shared import keys  # loads nacl: called after the table is back
-    from gnocchi.shared.protocol import knock_port
     try:
-        return knock_port(keys.load_server_key(config.load(config_path).server_key_file)), ""
+        return keyring.ports(keyring.load(config.load(config_path))), ""
     except (config.ConfigError, keys.KeyFileError) as e:
         return None, str(e)
 
@@ -248,7 +265,7 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     if proc.returncode != 0:
         log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}) and could not "
             f"be loaded again: {proc.stderr.strip()}; the protected ports are OPEN", by=by,
-            reason="; ".join(problems))
+            reason="; ".join(problems), how="not-loaded")
         return False
     try:
         still = judge(nft_table.live(), None)
@@ -258,12 +275,14 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     # takes longer than loading the rules, which protect the usual port (22) at once.
     port, why = configured_knock_port(config_path)
     ported = fill_config_ports(config_path, table_path)
-    limited = (flood_limit([port] if nft_table.set_knock_port(port) else None) if port else
+    limited = (flood_limit(port if nft_table.set_knock_port(port) else None) if port else
                f"; NO per-source flood limit: cannot tell the knock port: {why}") + ported
     done = (f"re-armed from {table_path}" if not still else
             f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}")
     log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
-        f"ports were open; {done}{limited}", by=by, knock_port=port, reason="; ".join(problems))
+        f"ports were open; {done}{limited}", by=by,
+        knock_port=",".join(map(str, port or [])) or None, reason="; ".join(problems),
+        how="not-whole" if still else "rearmed")
     return not still
 
 
@@ -442,6 +461,7 @@ def table_main(argv: list[str]) -> int:
                    help="load: refuse a config that does not load (ExecReload=), rather "
                         "than arm with its last good copy (ExecStart=)")
     args = p.parse_args(argv[1:])
+    CONFIG[0] = args.config
     if args.action == "load":
         return load(args.config, args.table, args.reload)
     if args.action == "record":

@@ -1,4 +1,5 @@
-"""gnocchi-knock: send one knock (PROTOCOL.md v1), optionally then relay ssh's connection.
+"""gnocchi-knock: send one knock (PROTOCOL.md v1, or v2 given the server's public key),
+optionally then relay ssh's connection.
 
 Runs as the user, with the user's own keys and config; trusts its command
 line, profile file and key files only as far as their checked formats (keys
@@ -23,7 +24,7 @@ import time
 from gnocchi import __version__
 from gnocchi.client import counter as client_counter
 from gnocchi.client import profile
-from gnocchi.shared import keys, knock_request, protocol
+from gnocchi.shared import keys, knock_request, protocol, seal
 
 CONNECT_TIMEOUT = 3.0  # seconds; covers the first SYN retransmit (1 s)
 ATTEMPTS = 3
@@ -31,9 +32,11 @@ RETRY_PAUSE = 1.0  # seconds from one knock to the next when a connect is refuse
 # --proxy's connects, in seconds after the knock. The server opens a few milliseconds
 # after the knock arrives, and drops a SYN that comes before (its kernel sends it
 # again only a second later): while none has connected, a new connect from a new
-# port follows, at doubling intervals. The first that connects is kept, the others
-# are reset. No second knock is spent: the gate spends a knock on the one
-# connection it lets in (docs/firewall.md).
+# port follows, at doubling intervals, and the one before it is reset. One at a
+# time: the gate lets every SYN of a knocked address in while the knock waits and
+# admits the first handshake that completes (docs/firewall.md), so two connects in
+# flight could both complete here while the server took only one of them. No
+# second knock is spent.
 SYN_AT = (0.005, 0.015, 0.035, 0.075, 0.155, 0.315, 0.635)
 
 
@@ -78,49 +81,83 @@ def check_proxy_port(data: bytes, port: int) -> None:
                          f"'{request}' does not open it: add {port} to the request")
 
 
-def resolve(host: str, port: int, need_ipv4: bool) -> tuple[int, str]:
-    """(family, address) to send to: the first IPv4 address, else IPv6 if allowed."""
+def resolve(host: str, port: int, need_ipv4: bool,
+            family: int = socket.AF_UNSPEC) -> list[tuple[int, str]]:
+    """(family, address) of each address of host, in the order ssh tries them
+    (getaddrinfo's, RFC 6724), IPv4 only when need_ipv4 (a v1 knock signing the
+    address it is sent to); family: -4 or -6."""
     # An address needs no lookup, and getaddrinfo would load the IDNA codec
     # (~1 ms) to encode it; inet_ntop gives it as getaddrinfo would.
-    for family in (socket.AF_INET, socket.AF_INET6):
+    found = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
         try:
-            literal = socket.inet_ntop(family, socket.inet_pton(family, host))
+            found = [(fam, socket.inet_ntop(fam, socket.inet_pton(fam, host)))]
         except (OSError, ValueError):  # not an address of this family (ValueError: a NUL)
             continue
-        if family == socket.AF_INET or not need_ipv4:
-            return family, literal
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise KnockError(f"{host} does not resolve: {e.strerror}") from None
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for fam, _, _, _, sockaddr in infos:
-            if fam == family and (family == socket.AF_INET or not need_ipv4):
-                return fam, sockaddr[0]
-    raise KnockError(f"{host} has no IPv4 address; knock protocol v1 signs the server's IPv4 "
-                     "address: give an IPv4 name or address, or --sign-ip with the server's "
-                     "IPv4 address")
+    if not found:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise KnockError(f"{host} does not resolve: {e.strerror}") from None
+        found = list(dict.fromkeys((fam, sockaddr[0]) for fam, _, _, _, sockaddr in infos
+                                   if fam in (socket.AF_INET, socket.AF_INET6)))
+    wanted = socket.AF_INET if need_ipv4 else family
+    usable = [f for f in found if wanted in (socket.AF_UNSPEC, f[0])]
+    if usable:
+        return usable
+    if need_ipv4:
+        raise KnockError(f"{host} has no IPv4 address; knock protocol v1 signs the server's "
+                         "IPv4 address: give an IPv4 name or address, --sign-ip with the "
+                         "server's IPv4 address, or knock with protocol v2 (the server's "
+                         "public key), which signs IPv6 addresses too")
+    raise KnockError(f"{host} has no IPv{4 if family == socket.AF_INET else 6} address")
 
 
 class Knock:
-    """Everything one knock needs, checked: keys loaded, request parsed."""
+    """Everything one knock needs, checked: keys loaded, request parsed, addresses
+    resolved. v2 (PROTOCOL.md) when given the server's public key, else v1."""
 
     def __init__(self, host: str, server_key_file, client_key_file, state_dir,
-                 sign_ip: str | None, request: bytes):
-        self.server_key = keys.load_server_key(server_key_file)
+                 sign_ip: str | None, request: bytes, server_public: bytes | None = None,
+                 family: int = socket.AF_UNSPEC, next_public: bytes | None = None):
+        # v2 seals to the public key, v1 to the shared key; each names its knock port.
+        # During a rotation the next key first: the server takes it from the start of
+        # the overlap; the current one is --proxy's fallback (a rotation undone).
+        self.v2 = server_public is not None
+        self.server_keys = ([k for k in (next_public, server_public) if k] if self.v2
+                            else [keys.load_server_key(server_key_file)])
         self.seed = keys.load_secret(client_key_file)
-        self.port = protocol.knock_port(self.server_key)
-        self.family, self.address = resolve(host, self.port, need_ipv4=sign_ip is None)
-        self.sign_ip = socket.inet_aton(sign_ip or self.address)
-        self.counter_file = client_counter.counter_path(state_dir, self.server_key,
-                                                        keys.public_of(self.seed))
+        self.state_dir = state_dir
+        self.use(self.server_keys[0])
+        self.targets = resolve(host, self.port, not self.v2 and sign_ip is None, family)
+        self.family, self.address = self.targets[0]
+        self.sign_ip = sign_ip
         self.request = request
 
-    def send(self) -> int:
-        """Take a counter, store it, then send; returns the counter."""
+    def use(self, server_key: bytes) -> None:
+        self.server_key, self.port = server_key, protocol.knock_port(server_key)
+        self.counter_file = client_counter.counter_path(self.state_dir, server_key,
+                                                        keys.public_of(self.seed))
+
+    def describe(self, counter: int) -> str:
+        what = "v2, server public key" if self.v2 else "server key"
+        return (f"knocked {self.address} port {self.port} ({what} "
+                f"{keys.fingerprint(self.server_key)}, counter {counter}")
+
+    def send(self, target: tuple[int, str] | None = None, server_key: bytes | None = None) -> int:
+        """Take a counter, store it, then send to target (default: the first
+        address) with server_key (default: the first); returns the counter."""
+        self.family, self.address = target or self.targets[0]
+        self.use(server_key or self.server_keys[0])
         counter = client_counter.take_counter(self.counter_file)
-        packet = protocol.build_packet(self.server_key, self.seed, counter, self.request,
-                                       self.sign_ip)
+        signed = self.sign_ip or self.address
+        if self.v2:
+            packet = seal.build_packet2(
+                self.server_key, self.seed, counter, self.request, socket.inet_pton(
+                    socket.AF_INET6 if ":" in signed else socket.AF_INET, signed))
+        else:
+            packet = seal.build_packet(self.server_key, self.seed, counter, self.request,
+                                           socket.inet_aton(signed))
         try:
             with socket.socket(self.family, socket.SOCK_DGRAM) as s:
                 s.sendto(packet, (self.address, self.port))
@@ -128,6 +165,7 @@ class Knock:
             raise KnockError(f"cannot send to {self.address} port {self.port}: "
                              f"{e.strerror}") from None
         return counter
+
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -164,40 +202,47 @@ def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
 def connect(family: int, address: str, port: int, timeout: float, sent: float,
             clock=time.monotonic) -> socket.socket:
     """A TCP connection to (address, port), tried at SYN_AT after `sent` (the knock's
-    clock()) until one connects, within timeout of it; OSError if none does."""
+    clock()), one at a time, until one connects within timeout of it; OSError if none."""
     starts, deadline, tries = [sent + at for at in SYN_AT], sent + timeout, []
     try:
         while (now := clock()) < deadline:
             if starts and now >= starts[0]:
                 starts.pop(0)
+                reset(tries)  # before the next SYN: never two handshakes in flight
                 tries.append(socket.socket(family, socket.SOCK_STREAM))
                 tries[-1].setblocking(False)
                 if (err := tries[-1].connect_ex((address, port))) not in (0, errno.EINPROGRESS):
                     raise OSError(err, os.strerror(err))
                 continue
             wake = min(starts[0], deadline) if starts else deadline
-            _, done, _ = select.select([], tries, [], max(0.0, wake - now))
-            for conn in sorted(done, key=tries.index):  # the oldest: its handshake came first
-                tries.remove(conn)
+            if select.select([], tries, [], max(0.0, wake - now))[1]:
+                conn = tries.pop()
                 if err := conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     conn.close()
                     raise OSError(err, os.strerror(err))  # refused: the port answered
                 return conn
         raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
     finally:
-        for conn in tries:  # reset: the server forgets a half-open one at once
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
+        reset(tries)
+
+
+def reset(tries: list) -> None:
+    """Close each unfinished connect with a reset: the server forgets a half-open one
+    at once, and a SYN-ACK that comes later meets no socket here (another reset)."""
+    while tries:
+        conn = tries.pop()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
 
 
 def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
     """Knock, connect to the knocked address, relay; knock again (new counter) if connect fails."""
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
-        counter = knock.send()
-        say(f"knocked {knock.address} port {knock.port} (server key "
-            f"{keys.fingerprint(knock.server_key)}, counter {counter}, "
-            f"attempt {attempt}/{attempts})")
+        # As ssh would: its addresses in order, each knocked, then connected to.
+        counter = knock.send(knock.targets[(attempt - 1) % len(knock.targets)],
+                             knock.server_keys[(attempt - 1) % len(knock.server_keys)])
+        say(f"{knock.describe(counter)}, attempt {attempt}/{attempts})")
         try:
             conn = connect(knock.family, knock.address, port, timeout, started)
         except OSError as e:
@@ -215,8 +260,10 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
                                  f"{e.strerror or e}") from None
         return
     raise KnockError(
-        f"no connection to {knock.address} port {port} after {attempts} knocks on UDP port "
-        f"{knock.port} (server key {keys.fingerprint(knock.server_key)}). Likely: the knocks "
+        f"no connection to {' or '.join(dict.fromkeys(a for _, a in knock.targets[:attempts]))} "
+        f"port {port} after {attempts} knocks on UDP port {knock.port} "
+        f"({'v2, server public' if knock.v2 else 'server'} key "
+        f"{keys.fingerprint(knock.server_key)}). Likely: the knocks "
         f"do not arrive (a firewall on the way, or the server's own rules, drop UDP "
         f"{knock.port}: `gnocchi doctor` on the server checks), the server has another server "
         f"key (compare the fingerprint with `gnocchi status`), the server does not know your "
@@ -254,13 +301,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=path_argument, metavar="FILE",
                    help="profile file (default ~/.config/gnocchi/knock.toml)")
     p.add_argument("--profile", metavar="NAME", help="use this profile from the config")
-    p.add_argument("--server-key-file", type=path_argument, metavar="FILE")
+    p.add_argument("--server-key-file", type=path_argument, metavar="FILE",
+                   help="the server key (knock protocol v1)")
+    p.add_argument("--server-public-key", metavar="HEX",
+                   help="the server's public key: knock with protocol v2")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="family", action="store_const", const=socket.AF_INET,
+                     default=socket.AF_UNSPEC, help="IPv4 addresses only (as ssh -4)")
+    fam.add_argument("-6", dest="family", action="store_const", const=socket.AF_INET6,
+                     help="IPv6 addresses only (as ssh -6)")
     p.add_argument("--client-key-file", type=path_argument, metavar="FILE")
     p.add_argument("--state-dir", type=path_argument, metavar="DIR",
                    help="counter state (default ~/.local/state/gnocchi)")
-    p.add_argument("--sign-ip", metavar="A.B.C.D",
-                   help="the server's IPv4 address to sign (server behind NAT); "
-                        "default: the address HOST resolves to")
+    p.add_argument("--sign-ip", metavar="ADDRESS",
+                   help="the server's address to sign (server behind NAT; IPv4, or with v2 "
+                        "IPv6 too); default: the address the knock is sent to")
     req = p.add_mutually_exclusive_group()
     req.add_argument("--request", metavar="TEXT",
                      help='"open PORT[/tcp|/udp] ..." (up to 8 ports) or "run NAME"; default: '
@@ -287,6 +342,13 @@ def parser() -> argparse.ArgumentParser:
                      help="print the public key of a client key instead of knocking (default "
                           "~/.config/gnocchi/client.key), for the server's admin")
     p.add_argument("--version", action="version", version=f"gnocchi-knock {__version__}")
+    p.add_argument("--add", metavar="LINE",
+                   help="instead of knocking, write the profile and the ~/.ssh/config block "
+                        "of the server's onboarding line ('gnocchi://...', from `gnocchi "
+                        "add-client`)")
+    p.add_argument("--ssh-config", metavar="FILE", default=None,
+                   help="--add: ssh's config to add the Host block to (default ~/.ssh/config;"
+                        " '' for none)")
     return p
 
 
@@ -333,16 +395,23 @@ def build(args) -> Knock:
         host = prof.host
     server_key_file = args.server_key_file or (prof.server_key_file if prof else None)
     client_key_file = args.client_key_file or (prof.client_key_file if prof else None)
+    if args.server_public_key and args.server_key_file:
+        raise KnockError("give either --server-public-key (v2) or --server-key-file (v1)")
+    server_public = (profile.parse_public_key(args.server_public_key, "--server-public-key")
+                     if args.server_public_key else None if args.server_key_file
+                     else prof.server_public_key if prof else None)
+    next_public = (prof.next_server_public_key if prof and server_public
+                   and server_public == prof.server_public_key else None)
     if not host:
         raise KnockError("no server: give HOST, or a profile with host = ... (docs/client.md)")
-    if not server_key_file:
-        raise KnockError("no server key: give --server-key-file FILE or a profile "
-                         "with server_key_file")
+    if not server_key_file and not server_public:
+        raise KnockError("no server key: give --server-public-key HEX (v2), "
+                         "--server-key-file FILE (v1), or a profile with either")
     if not client_key_file:
         raise KnockError("no client key: give --client-key-file FILE or a profile "
                          "with client_key_file")
-    sign_ip = (profile.parse_sign_ip(args.sign_ip, "--sign-ip") if args.sign_ip
-               else prof.sign_ip if prof else None)
+    sign_ip = (profile.parse_sign_ip(args.sign_ip, "--sign-ip", server_public is not None)
+               if args.sign_ip else prof.sign_ip if prof else None)
     text = _request_text(args, prof)
     try:
         request = check_request(text)
@@ -352,7 +421,7 @@ def build(args) -> Knock:
         raise
     state_dir = args.state_dir or client_counter.default_state_dir()
     return Knock(host, server_key_file, client_key_file, state_dir,
-                 sign_ip, request)
+                 sign_ip, request, server_public, args.family, next_public)
 
 
 def main(argv=None) -> int:
@@ -372,6 +441,17 @@ def main(argv=None) -> int:
         if args.pubkey is not None:  # the public key again, whenever the admin asks
             print(keys.public_of(keys.load_secret(args.pubkey or default_client_key())).hex())
             return 0
+        if args.add is not None:  # onboarding: no knock
+            from gnocchi.client import onboard
+            ssh_config = (os.path.join(os.path.expanduser("~"), ".ssh", "config")
+                          if args.ssh_config is None else args.ssh_config)
+            try:
+                done = onboard.add(args.add, args.config or profile.default_config_path(),
+                                   args.client_key_file, ssh_config)
+            except (onboard.AddError, OSError) as e:
+                raise KnockError(str(e)) from None
+            print(f"gnocchi-knock: {done}", file=sys.stderr)
+            return 0
         if args.proxy and args.host:
             raise KnockError("give either HOST or --proxy HOST PORT, not both")
         port = proxy_port(args.proxy[1]) if args.proxy else None
@@ -387,9 +467,12 @@ def main(argv=None) -> int:
             check_proxy_port(knock.request, port)  # before any counter is spent
             proxy(knock, port, args.attempts, args.connect_timeout, say)
         else:
+            # One knock, to the address ssh tries first (the same resolver, the same
+            # order). Not one per family: a knock opens only the address it came
+            # from, and two knocks may arrive out of order, the later counter first,
+            # so the other would be a replay (docs/client.md, "IPv6").
             counter = knock.send()
-            say(f"knocked {knock.address} port {knock.port} (server key "
-                f"{keys.fingerprint(knock.server_key)}, counter {counter})")
+            say(f"{knock.describe(counter)})")
     except (KnockError, client_counter.CounterError, keys.KeyFileError,
             profile.ProfileError) as e:
         print(f"gnocchi-knock: {e}", file=sys.stderr)

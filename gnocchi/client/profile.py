@@ -11,9 +11,9 @@ relative to the config file's directory. Example (see docs/client.md):
 
     [profiles.work]
     host = "server.example.org"
-    server_key_file = "work-server.key"
+    server_public_key = "d5d9..."     # knock protocol v2 (else server_key_file: v1)
     client_key_file = "client.key"
-    sign_ip = "203.0.113.7"          # optional: the server's public IPv4 (NAT)
+    sign_ip = "203.0.113.7"          # optional: the server's public address (NAT)
     request = "open 22 60001/udp"     # optional: default request (one port or several)
 """
 from __future__ import annotations
@@ -31,11 +31,12 @@ class ProfileError(Exception):
 # A named tuple, not a dataclass: importing dataclasses costs the client's
 # start several milliseconds. name, host, sign_ip, request: str; the key
 # files: pathlib.Path; each but name None when the profile does not set it.
-Profile = namedtuple("Profile", "name host server_key_file client_key_file sign_ip request",
-                     defaults=(None,) * 5)
+Profile = namedtuple("Profile", "name host server_key_file client_key_file sign_ip request "
+                     "server_public_key next_server_public_key", defaults=(None,) * 7)
 
 
-_STRING_KEYS = ("host", "server_key_file", "client_key_file", "sign_ip", "request")
+_STRING_KEYS = ("host", "server_key_file", "client_key_file", "sign_ip", "request",
+                "server_public_key", "next_server_public_key")
 
 
 def default_config_path() -> str:
@@ -43,14 +44,26 @@ def default_config_path() -> str:
     return os.path.join(base, "gnocchi", "knock.toml")
 
 
-def parse_sign_ip(text: str, what: str) -> str:
-    """A dotted IPv4 address, canonical; ProfileError naming `what` if not one."""
+def parse_sign_ip(text: str, what: str, v2: bool = False) -> str:
+    """An IPv4 address (or with v2, an IPv6 one too), canonical; ProfileError naming
+    `what` if not one."""
     import ipaddress  # only for --sign-ip / sign_ip: a plain knock does not pay for it
     try:
-        return str(ipaddress.IPv4Address(text))
+        return str(ipaddress.ip_address(text) if v2 else ipaddress.IPv4Address(text))
     except ValueError:
-        raise ProfileError(f"{what}: {text!r} is not an IPv4 address "
-                           "(knock protocol v1 signs an IPv4 address)") from None
+        raise ProfileError(f"{what}: {text!r} is not an {'IP' if v2 else 'IPv4'} address"
+                           + ("" if v2 else " (knock protocol v1 signs an IPv4 address; v2, "
+                              "with a server_public_key, signs either)")) from None
+
+
+def parse_public_key(text: str, what: str) -> bytes:
+    """A server public key, 64 hex characters; ProfileError naming `what` if not one."""
+    from gnocchi.shared.keys import parse_public_hex
+    try:
+        return parse_public_hex(text, what)
+    except ValueError as e:
+        raise ProfileError(str(e).replace("`gnocchi pubkey`", "the server's onboarding "
+                                          "line")) from None
 
 
 def _profile(where: checked_toml.Where, name: str, table) -> Profile:
@@ -62,8 +75,15 @@ def _profile(where: checked_toml.Where, name: str, table) -> Profile:
         if k in values:
             # relative to the config file, so a profile works from any directory
             values[k] = Path(where.path).parent / Path(values[k]).expanduser()
+    for k in ("server_public_key", "next_server_public_key"):
+        if k in values:
+            values[k] = parse_public_key(values[k], f"{where.path}: {key}.{k}")
+    if "next_server_public_key" in values and "server_public_key" not in values:
+        raise where.error(f"{key}.next_server_public_key", "goes with server_public_key "
+                          "(a rotation's next key beside the current one)")
     if "sign_ip" in values:
-        values["sign_ip"] = parse_sign_ip(values["sign_ip"], f"{where.path}: {key}.sign_ip")
+        values["sign_ip"] = parse_sign_ip(values["sign_ip"], f"{where.path}: {key}.sign_ip",
+                                          "server_public_key" in values)
     if "request" in values:
         # The verifier's own grammar: a request the server would refuse as
         # malformed never costs a counter.

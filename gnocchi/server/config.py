@@ -9,9 +9,18 @@ profiles). A Config that loads is consistent: every client's actions exist,
 its default request (one port or several) is one it is allowed, and no public
 key belongs to two clients.
 
+Clients may also come one per file from the drop-in directory clients.d
+beside the config (/etc/gnocchi/clients.d/NAME.toml holding [clients.NAME]),
+so a config-management tool can own one file per client. A drop-in is read
+with the same grammar and validator, must pass StrictModes itself (a drop-in
+others may write is an error, not a client), and a name or key found in two
+files is an error naming both. What runs is one document: the config file
+with each drop-in appended (bundle()), checked to mean exactly what the
+files mean one by one; that is also what the last good copy holds.
+
 A broken file never changes what runs: load_running() falls back to the last
-good copy of the file (last_good_path), which only root writes, and only with
-a file that loaded (gnocchi/admin/last_good.py). The verifier cannot write it:
+good copy of the files (last_good_path), which only root writes, and only with
+files that loaded (gnocchi/admin/last_good.py). The verifier cannot write it:
 it sits outside the verifier's StateDirectory, and it passes StrictModes before
 it is trusted, like the file itself.
 """
@@ -21,8 +30,8 @@ import datetime
 import ipaddress
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from gnocchi.server import DEFAULT_CONFIG, strict
 from gnocchi.shared import checked_toml, knock_request
@@ -30,6 +39,7 @@ from gnocchi.shared.keys import parse_public_hex
 
 # The last good copy of DEFAULT_CONFIG: root's, outside the verifier's StateDirectory.
 LAST_GOOD = "/var/lib/gnocchi-config/last-good.toml"
+DROP_INS = "clients.d"  # beside the config: one client per NAME.toml
 PROTOCOLS = ("tcp", "udp")
 DEFAULTS = {
     "server_key_file": "/etc/gnocchi/server.key",
@@ -71,6 +81,8 @@ class Client:
     actions: tuple[str, ...]
     sources: tuple = ()                       # ip_networks; empty: any source
     expires: datetime.datetime | None = None  # aware; knocks from then on are refused
+    # Where it is configured (the config or a drop-in); not what the client may do.
+    file: str = field(default="", compare=False)
 
     def refusal(self, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
                 now: datetime.datetime) -> str | None:
@@ -121,7 +133,7 @@ class Forward:
 class Config:
     path: str
     server_key_file: str
-    server_addresses: tuple[ipaddress.IPv4Address, ...]  # empty: each knock's destination
+    server_addresses: tuple  # ip_addresses, IPv4 and IPv6; empty: each knock's destination
     state_dir: str
     helper_socket: str
     clients: tuple[Client, ...]
@@ -130,6 +142,10 @@ class Config:
     # [protect]: {"tcp": (22,), "udp": ()}; None without the table (then the ports of a
     # 0.3 table file beside the config, or tcp 22: gnocchi.admin.nft_table.protected_ports)
     protect: dict[str, tuple[int, ...]] | None = None
+    v1: bool = True                           # accept v1 knocks (server_key_file)
+    private_key_file: str | None = None       # v2's server private key; None: no v2
+    next_private_key_file: str | None = None  # a rotation's next key (`gnocchi rotate-key`)
+    rotation_ends: datetime.datetime | None = None  # aware; private_key_file refused then
     forwards: tuple[Forward, ...] = ()
 
     def unreachable(self, request: knock_request.Request,
@@ -164,24 +180,120 @@ class _Where(checked_toml.Where):
         return value
 
 
-def load(path: str = DEFAULT_CONFIG) -> Config:
+def load(path: str = DEFAULT_CONFIG, drop_ins: bool = True) -> Config:
+    """The config at path, with the clients of its drop-in directory (drop_ins=False: the
+    file alone, as for the last good copy, which holds them already)."""
     where = _Where(path)
-    return parse(where.read(missing="no such file (the package installs a commented example "
-                                    "there)"), where)
+    data = where.read_bytes(missing="no such file (the package installs a commented example "
+                                    "there)")
+    doc = where.parse(data)
+    if not drop_ins:
+        return parse(doc, where)
+    extra = [(_Where(file), raw) for file, raw in read_drop_ins(path)]
+    cfg = parse(doc, where, [(w, _drop_in(w, raw)) for w, raw in extra])
+    if extra and not _same_as_bundle(where, data, doc, extra):
+        raise where.error("clients", f"the drop-ins of {drop_in_dir(path)}, appended to this "
+                          "file, do not read as they do alone; write each client, here and "
+                          "there, as a [clients.NAME] table")
+    return cfg
 
 
-def parse(doc: dict, where: _Where) -> Config:
+def drop_in_dir(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), DROP_INS)
+
+
+def drop_in_files(path: str) -> list[str]:
+    """The drop-ins of the config at path, in the order they load: NAME.toml in
+    drop_in_dir(path), by name; hidden files (an editor's or a deploy tool's
+    temporary copy) and other names are not drop-ins."""
+    directory = drop_in_dir(path)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot read: {e.strerror}") from None
+    return [os.path.join(directory, n) for n in sorted(names)
+            if n.endswith(".toml") and not n.startswith(".")]
+
+
+def read_drop_ins(path: str) -> list[tuple[str, bytes]]:
+    """(file, bytes) of each drop-in, each file and its directory passing StrictModes:
+    a drop-in others may write is refused, never read (so it is a broken config, and
+    the last good one runs)."""
+    found = []
+    for file in drop_in_files(path):
+        try:
+            strict.check(file)
+        except strict.StrictModeError as e:
+            raise ConfigError(f"{file}: {e}") from None
+        found.append((file, _Where(file).read_bytes()))
+    return found
+
+
+def bundle(config: bytes, drop_ins: list[bytes]) -> bytes:
+    """The one document that runs: the config's bytes, then each drop-in's, each
+    ending in a newline (the bytes alone when there is no drop-in). The last good
+    copy holds exactly this, so it is one file, replaced in one rename."""
+    if not drop_ins:
+        return config
+    return b"".join(d if d.endswith(b"\n") or not d else d + b"\n" for d in [config, *drop_ins])
+
+
+def read_bundle(path: str) -> bytes:
+    """bundle() of the config at path and its drop-ins, as load() reads them."""
+    where = _Where(path)
+    return bundle(where.read_bytes(), [raw for _, raw in read_drop_ins(path)])
+
+
+def _same_as_bundle(where: _Where, data: bytes, doc: dict,
+                    extra: list[tuple[_Where, bytes]]) -> bool:
+    """The bundle (what the last good copy holds) reads as the files do one by one."""
+    clients = dict(doc.get("clients", {}))
+    for w, raw in extra:
+        clients.update(w.parse(raw)["clients"])  # type: ignore[call-overload]
+    try:
+        return where.parse(bundle(data, [raw for _, raw in extra])) == {**doc, "clients": clients}
+    except ConfigError:
+        return False
+
+
+# Parsed after "[_]": any key before the drop-in's own header would land in table _,
+# as it would land in the table before it once appended to the config.
+_PROBE = b"[_]\n"
+
+
+def _drop_in(where: _Where, data: bytes) -> tuple[str, object]:
+    """(NAME, its table) of a drop-in NAME.toml: [clients.NAME] alone, header first."""
+    name = os.path.basename(where.path).removesuffix(".toml")
+    doc = where.parse(data)
+    where.name(name, f"the file name {name}.toml")
+    shape = f"a drop-in holds one [clients.{name}] table (its header first), named as the file"
+    if set(doc) != {"clients"} or not isinstance(doc["clients"], dict):
+        raise where.error("", f"{shape}; found {', '.join(sorted(doc)) or 'nothing'}")
+    if list(doc["clients"]) != [name]:
+        found = ", ".join(f"[clients.{n}]" for n in doc["clients"])
+        raise where.error("clients", f"{shape}; found {found}")
+    if where.parse(_PROBE + data).get("_"):
+        raise where.error(f"clients.{name}", f"{shape}: its keys go below the "
+                          f"[clients.{name}] line (the drop-in is appended to the config)")
+    return name, doc["clients"][name]
+
+
+def parse(doc: dict, where: _Where,
+          drop_ins: Sequence[tuple[_Where, tuple[str, object]]] = ()) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "action_socket", "clients", "actions", "protect", "forwards"})
+                          "action_socket", "clients", "actions", "protect", "forwards",
+                          *KEY_SETTINGS})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
                                                "server_addresses")):
         try:
-            addresses.append(ipaddress.IPv4Address(text))
+            addresses.append(ipaddress.ip_address(text))
         except ValueError:
-            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IPv4 address "
-                              "(knocks sign the IPv4 address they were sent to)") from None
+            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IP address "
+                              "(knocks sign the address they were sent to)") from None
     actions = tuple(_action(where, name, value)
                     for name, value in where.entries(doc.get("actions", {}), "actions"))
     action_names = {a.name for a in actions}
@@ -193,19 +305,53 @@ def parse(doc: dict, where: _Where) -> Config:
                               f"{forward.listen.proto} is also forwards.{twin.name}'s: a port "
                               "forwards to one place")
         forwards.append(forward)
-    clients = []
-    seen_keys: dict[bytes, str] = {}
-    for name, value in where.entries(doc.get("clients", {}), "clients"):
-        client = _client(where, name, value, action_names, forwards)
-        if client.public_key in seen_keys:
-            raise where.error(f"clients.{name}.public_key",
-                              f"is also clients.{seen_keys[client.public_key]}'s key")
-        seen_keys[client.public_key] = name
+    clients: list[Client] = []
+    entries = [(where, name, value)
+               for name, value in where.entries(doc.get("clients", {}), "clients")]
+    for client_where, name, value in entries + [(w, *entry) for w, entry in drop_ins]:
+        client = _client(client_where, name, value, action_names, forwards)
+        for other in clients:
+            # Two files: name both (the file in the error, the other in the text).
+            elsewhere = f" ({other.file})" if other.file != client.file else ""
+            if other.name == name:
+                raise client_where.error(f"clients.{name}", f"is also configured in "
+                                         f"{other.file}; a client is in one file only")
+            if other.public_key == client.public_key:
+                raise client_where.error(f"clients.{name}.public_key",
+                                         f"is also clients.{other.name}'s key{elsewhere}")
         clients.append(client)
     protect = _protect(where, doc["protect"]) if "protect" in doc else None
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
                   paths["helper_socket"], tuple(clients), actions, paths["action_socket"],
-                  protect, tuple(forwards))
+                  protect, **_key_settings(where, doc), forwards=tuple(forwards))
+
+
+KEY_SETTINGS = ("v1", "private_key_file", "next_private_key_file", "rotation_ends")
+
+
+def _key_settings(where: _Where, doc: dict) -> dict:
+    """Which knock versions the server takes, and v2's keys (docs/PROTOCOL.md): the
+    private key, and during a rotation the next one and when the overlap ends."""
+    v1 = doc.get("v1", True)
+    if not isinstance(v1, bool):
+        raise where.error("v1", f"must be true or false, not {checked_toml.kind(v1)}")
+    private = doc.get("private_key_file")
+    if private is not None:
+        private = where.path_string(private, "private_key_file")
+    if not v1 and private is None:
+        raise where.error("v1", "is false, but there is no private_key_file: no knock could "
+                          "get in; make a v2 key (gnocchi keygen --private FILE) first")
+    rotation = {k: doc.get(k) for k in ("next_private_key_file", "rotation_ends")}
+    given = [v is not None for v in rotation.values()]
+    if any(given) and not (all(given) and private is not None):
+        raise where.error("next_private_key_file", "a rotation needs private_key_file, "
+                          "next_private_key_file and rotation_ends together (gnocchi "
+                          "rotate-key writes them)")
+    if rotation["next_private_key_file"] is not None:
+        rotation["next_private_key_file"] = where.path_string(
+            rotation["next_private_key_file"], "next_private_key_file")
+        rotation["rotation_ends"] = _expiry(where, rotation["rotation_ends"], "rotation_ends")
+    return {"v1": v1, "private_key_file": private, **rotation}
 
 
 def _action(where: _Where, name: str, entry: object) -> Action:
@@ -323,7 +469,8 @@ def _client(where: _Where, name: str, entry: object, action_names: set[str],
         default: knock_request.Request | None = parsed
     else:
         default = allow[0] if allow else None
-    return Client(name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires)
+    return Client(name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires,
+                  where.path)
 
 
 def _expiry(where: _Where, value: object, key: str) -> datetime.datetime | None:
@@ -380,7 +527,7 @@ def load_running(path: str = DEFAULT_CONFIG, log: Callable[..., None] | None = N
         good = last_good_path(path)
         try:
             strict.check(good)
-            cfg = load(good)
+            cfg = load(good, drop_ins=False)  # the copy holds the drop-ins it ran with
         except (ConfigError, strict.StrictModeError):
             raise broken from None
         if log is not None:

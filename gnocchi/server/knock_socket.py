@@ -1,10 +1,10 @@
 """The verifier's knock socket: taking it, and where each datagram came from.
 
 Trusts systemd's LISTEN_FDS/LISTEN_PID and NOTIFY_SOCKET, and the kernel's
-IP_PKTINFO, but not the unit file: a passed descriptor must be exactly one
-UDP socket on the knock port derived from the server key, or the verifier
-refuses to start with the ListenDatagram= line the unit needs (--listen
-binds one itself, on that port only). listen_fds() also removes LISTEN_*
+IP_PKTINFO, but not the unit file: the passed descriptors must be UDP
+sockets, exactly one on each knock port of the server's keys, or the verifier
+refuses to start with the ListenDatagram= lines the unit needs (--listen
+binds them itself, on those ports only). listen_fds() also removes LISTEN_*
 from the environment, so nothing the verifier starts inherits them.
 Datagrams reads them in batches with recvmmsg(2), which Python's socket
 module lacks, through ctypes, into buffers made once. addresses() reports a
@@ -31,7 +31,7 @@ SockAddr = tuple[str, int] | tuple[str, int, int, int]  # (host, port[, flowinfo
 
 IP_PKTINFO = 8  # Linux (struct in_pktinfo: ifindex, spec_dst, addr); Python 3.11's socket lacks it
 ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)  # in6_pktinfo, in_pktinfo
-RECV_BUFFER = protocol.MAX_PACKET + 1  # one byte more, so an oversize datagram is seen as such
+RECV_BUFFER = protocol.MAX_PACKET2 + 1  # one byte more, so an oversize datagram is seen as such
 BATCH = 64  # datagrams per recvmmsg call
 # IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
 # 4380, 6052): a knock that came over IPv6 from one of them is refused, never
@@ -46,41 +46,51 @@ class StartupError(Exception):
     """The verifier cannot start; str() says why and what to change."""
 
 
-def unit_hint(knock_port: int) -> str:
-    return (f"gnocchi.socket needs exactly one ListenDatagram={knock_port} "
-            f"(the knock port of the server key; `gnocchi setup` writes that drop-in)")
+def unit_hint(ports: list[int]) -> str:
+    lines = " ".join(f"ListenDatagram={p}" for p in ports)
+    return (f"gnocchi.socket needs exactly {lines} (the knock port{'s' if len(ports) > 1 else ''} "
+            f"of the server's keys; `gnocchi setup` writes that drop-in)")
 
 
-def take(listen_text: str | None, knock_port: int) -> socket.socket:
-    """The socket systemd passed, else one bound to --listen; IP_PKTINFO on."""
-    sock = inherited_socket(knock_port)
-    if sock is None and not listen_text:
+def take(listen_texts: list[str], ports: list[int]) -> list[socket.socket]:
+    """The sockets systemd passed, else ones bound to --listen; IP_PKTINFO on."""
+    socks = inherited_sockets(ports)
+    if not socks and not listen_texts:
         raise StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
-                           f"IP:{knock_port} ({knock_port} is this server key's knock port)")
-    if sock is None:
-        sock = listen(str(listen_text), knock_port)
-    enable_pktinfo(sock)
-    return sock
+                           f"IP:{ports[0]} (the knock port{'s' if len(ports) > 1 else ''} of "
+                           f"the server's keys: {', '.join(map(str, ports))})")
+    socks = socks or [listen(text, ports) for text in listen_texts]
+    for sock in socks:
+        enable_pktinfo(sock)
+    return socks
 
 
-def inherited_socket(knock_port: int) -> socket.socket | None:
-    """The UDP socket systemd passed, checked; None when started without socket activation."""
+def inherited_sockets(ports: list[int]) -> list[socket.socket]:
+    """The UDP sockets systemd passed, one on each knock port, checked; [] when
+    started without socket activation."""
     fds = daemon.listen_fds()
-    if not fds:
-        return None
-    if len(fds) != 1:
-        raise StartupError(f"systemd passed {len(fds)} sockets, not one; {unit_hint(knock_port)}")
-    fd = fds[0]
-    if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
-        raise StartupError(f"the socket systemd passed (fd {fd}) is not a UDP socket; "
-                           f"{unit_hint(knock_port)}")
-    sock = socket.socket(fileno=fd)
-    port = sock.getsockname()[1]
-    if port != knock_port:
-        sock.close()
-        raise StartupError(f"the socket systemd passed is on UDP port {port}, but this server "
-                           f"key's knock port is {knock_port}; {unit_hint(knock_port)}")
-    return sock
+    socks: list[socket.socket] = []
+    try:
+        for fd in fds:
+            if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
+                raise StartupError(f"a socket systemd passed (fd {fd}) is not a UDP socket; "
+                                   f"{unit_hint(ports)}")
+            socks.append(socket.socket(fileno=fd))
+            port = socks[-1].getsockname()[1]
+            if port not in ports:
+                raise StartupError(f"a socket systemd passed is on UDP port {port}, but the "
+                                   f"knock port{'s' if len(ports) > 1 else ''} of the server's "
+                                   f"keys {'are' if len(ports) > 1 else 'is'} "
+                                   f"{', '.join(map(str, ports))}; {unit_hint(ports)}")
+        if fds and sorted(s.getsockname()[1] for s in socks) != sorted(ports):
+            raise StartupError(f"systemd passed {len(fds)} socket{'s' if len(fds) > 1 else ''} "
+                               f"for {len(ports)} knock port{'s' if len(ports) > 1 else ''}; "
+                               f"{unit_hint(ports)}")
+    except StartupError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
@@ -96,11 +106,11 @@ def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
     return address, int(port)
 
 
-def listen(text: str, knock_port: int) -> socket.socket:
+def listen(text: str, ports: list[int]) -> socket.socket:
     address, port = parse_listen(text)
-    if port != knock_port:
-        raise StartupError(f"--listen {text!r}: port {port} is not this server key's knock "
-                           f"port {knock_port}; clients knock on {knock_port}")
+    if port not in ports:
+        raise StartupError(f"--listen {text!r}: port {port} is not a knock port of the "
+                           f"server's keys ({', '.join(map(str, ports))}); clients knock there")
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -148,12 +158,12 @@ class Datagrams:
     """The datagrams of one recvmmsg(2) call on a socket, BATCH at most.
 
     The kernel scatters datagram i over two buffers: its first NONCE_LEN
-    bytes into nonces[i], the rest into boxes[i] after BOXZERO_LEN zero
-    bytes, which is the layout libsodium's secretbox open reads, so
-    protocol.unseal checks a datagram's MAC where it lies (nonces and boxes
-    are cffi views of the buffers, opened its plaintext's). A datagram
-    longer than MAX_PACKET is cut at RECV_BUFFER bytes, so it is seen as
-    oversize.
+    bytes (v1's nonce, v2's MAGIC2 and MAC1) into one, head(i), the rest into
+    boxes[i] after BOXZERO_LEN zero bytes, which is the layout libsodium's
+    secretbox open reads (and v2's sealed box lies whole after the zeros), so
+    protocol.unseal checks a datagram's MAC where it lies (boxes are cffi
+    views of the buffers, opened is where it opens them). A datagram longer
+    than MAX_PACKET2 is cut at RECV_BUFFER bytes, so it is seen as oversize.
     """
 
     def __init__(self, sock: socket.socket):
@@ -177,7 +187,6 @@ class Datagrams:
             h.msg_control, h.msg_controllen = ctypes.addressof(self._controls[i]), ANCILLARY
         # recvmmsg writes lengths into the headers: each call starts from this copy.
         self._fresh = bytes(self._headers)
-        self.nonces = [ffi.from_buffer(b) for b in self._nonces]
         self.boxes = [ffi.from_buffer(b) for b in self._boxes]
         self.opened = ffi.new("unsigned char[]", len(self._boxes[0]))
 
@@ -201,19 +210,18 @@ class Datagrams:
         tail = self._boxes[i].raw[protocol.BOXZERO_LEN:]
         return (self._nonces[i].raw + tail)[:self.length(i)]
 
+    def head(self, i: int) -> bytes:
+        """Datagram i's first NONCE_LEN bytes (fewer of them its own, if it is shorter)."""
+        return self._nonces[i].raw
+
     def tag(self, i: int) -> bytes:
-        """Datagram i's NONCE and MAC: what tells one packet from another."""
+        """Datagram i's first 40 bytes (v1: NONCE and MAC; v2: MAGIC2, MAC1 and
+        half of EPK): what tells one packet from another."""
         mac = ctypes.string_at(ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN,
                                protocol.MAC_LEN)
         return self._nonces[i].raw + mac
 
-    def plaintext(self, i: int) -> bytes:
-        """What protocol.unseal last opened into `opened`: datagram i's, right after it."""
-        start = 2 * protocol.BOXZERO_LEN
-        return ffi.buffer(self.opened, start + self.length(i) - protocol.NONCE_LEN
-                          - protocol.MAC_LEN)[start:]
-
-    def sender(self, i: int) -> tuple[SockAddr, list[tuple[int, int, bytes]]]:
+    def sender(self, i: int) -> tuple:
         """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""
         h = self._headers[i].msg_hdr
         name = self._names[i].raw[:h.msg_namelen]

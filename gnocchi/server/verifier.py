@@ -1,11 +1,12 @@
 """`gnocchi serve`: the verifier daemon behind gnocchi.service.
 
-Trusts its config, server key and counter store; nothing in a packet. Each
-datagram: steps 1-2 where it lies (protocol.unseal, once), steps 3-7, the
-source and client policy, the counter stored durably (step 8), the request,
-then the helper (`open`) or the action socket (`run`, never waited for). It
-never sends a datagram, catches no exception it does not expect (systemd
-restarts it), keeps bounded state, and stops when its store fails.
+Trusts its config, server keys and counter store; nothing in a packet. Each
+datagram, v1 or v2 (PROTOCOL.md), on any of its knock sockets: up to the seal
+where it lies (protocol.unseal, once), the steps after it, the source and
+client policy, the counter stored durably, the request, then the helper
+(`open`) or the action socket (`run`, never waited for). It never sends a
+datagram, catches no exception it does not expect (systemd restarts it),
+keeps bounded state, and stops when its store fails.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import socket
 import sys
 
 from gnocchi.server import (action_client, actions, config, counters, events, helper_client,
-                            knock_socket, ratelimit, strict)
+                            keyring, knock_socket, ratelimit, strict)
 from gnocchi.shared import keys, knock_request, protocol
 
 WAKE = 1.0  # seconds: how often the loop looks at its clock (summaries, overdue actions)
@@ -31,13 +32,13 @@ ADDRESS_BURST, ADDRESS_REFILL = 40, 0.5   # per source address (clients behind o
 class Verifier:
     """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
 
-    def __init__(self, cfg: config.Config, server_key: bytes, store: counters.Store,
+    def __init__(self, cfg: config.Config, keys: keyring.Keyring, store: counters.Store,
                  log: events.EventLog, now: config.Clock = config.utc_now):
         self.now = now  # wall clock, for clients' expiry
         self.recent: dict[bytes, None] = {}  # NONCE||MAC of packets past the MAC, oldest first
         self.client_limit = ratelimit.Limiter(CLIENT_BURST, CLIENT_REFILL)
         self.address_limit = ratelimit.Limiter(ADDRESS_BURST, ADDRESS_REFILL)
-        self.cfg, self.key, self.store, self.log = cfg, server_key, store, log
+        self.cfg, self.keys, self.store, self.log = cfg, keys, store, log
         self.clients = cfg.client_by_key()
         self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
         self.runs = action_client.Runs(cfg.action_socket)
@@ -46,11 +47,11 @@ class Verifier:
         return self.store.last(client_key) if client_key in self.clients else None
 
     def server_ips(self, dest: knock_socket.Address | None) -> tuple[bytes, ...]:
-        return self.fixed_ips or ((dest.packed,) if dest is not None and dest.version == 4 else ())
+        return self.fixed_ips or ((dest.packed,) if dest is not None else ())
 
-    def handle(self, tag: bytes, plaintext: bytes, source: knock_socket.Address,
+    def handle(self, tag: bytes, unsealed: protocol.Unsealed, source: knock_socket.Address,
                dest: knock_socket.Address | None) -> None:
-        # A datagram past steps 1-2: tag is its NONCE and MAC, plaintext what they sealed.
+        # A datagram past its seal: tag is its first 40 bytes, unsealed what it sealed.
         if tag in self.recent:
             # The very bytes of a packet already decided (a captured knock sent
             # again and again): dropped without a second signature check.
@@ -60,13 +61,15 @@ class Verifier:
         if len(self.recent) > RECENT:
             del self.recent[next(iter(self.recent))]
         server_ips = self.server_ips(dest)
-        result = protocol.open_plaintext(tag[:protocol.NONCE_LEN], plaintext, self.key,
-                                         self.last_counter, server_ips)
+        result = protocol.open_plaintext(unsealed, self.last_counter, server_ips)
         if isinstance(result, protocol.Rejected):
-            self.rejected(result, source, server_ips)
+            self.rejected(result, source, unsealed.version == 1 and not any(
+                len(ip) == 4 for ip in server_ips))
             return
         client = self.clients[result.client_key]
-        if why := knock_socket.unknockable(source) or client.refusal(source, self.now()):
+        now = self.now()
+        if why := (knock_socket.unknockable(source) or client.refusal(source, now)
+                   or keyring.refusal(self.keys, unsealed.server_key, now)):
             # The source rule and the client's own policy, first: a stolen key used
             # from elsewhere costs no write, spends nothing (not even in memory, so
             # it cannot raise the real client's counter), and its entries share the
@@ -85,7 +88,7 @@ class Verifier:
         # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
         self.store.commit(result.client_key, result.counter)
         common = dict(client=client.name, client_key=result.client_key.hex(),
-                      source_ip=source, counter=result.counter)
+                      source_ip=source, counter=result.counter, protocol=unsealed.version)
         request: knock_request.Request | knock_request.Bad | None
         if result.data:
             request = knock_request.parse(result.data)
@@ -104,7 +107,7 @@ class Verifier:
             self.open(client, common, request, source)
 
     def rejected(self, result: protocol.Rejected, source: knock_socket.Address,
-                 server_ips: tuple[bytes, ...]) -> None:
+                 no_ipv4: bool) -> None:
         if result.reason == protocol.UNKNOWN_CLIENT:  # counted by key id and source only
             self.log.unknown_key(result.claimed_key, source)
             return
@@ -124,7 +127,7 @@ class Verifier:
         if result.reason == protocol.REPLAY:  # by how far: counters are clock nanoseconds
             self.log.limited("replay", events.replayed(name, source, self.store.last(
                 result.claimed_key) - result.counter), **claimed)
-        elif not server_ips:
+        elif no_ipv4:
             self.log.limited("signature", f"knock claiming client {name} from {source} came "
                              "over IPv6, but a v1 knock signs an IPv4 address: set "
                              "server_addresses in the config to accept it", **claimed)
@@ -184,17 +187,18 @@ class Verifier:
                            reason=outcome.problem, action_output=output, **fields)
 
 
-def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: list,
+def serve(socks: list[socket.socket], verifier: Verifier, log: events.EventLog, stop: list,
           woken: socket.socket | None = None) -> None:
     """Knocks and action outcomes, as they come, until stop (woken: at once)."""
-    sock.setblocking(False)
-    runs = verifier.runs
-    datagrams = knock_socket.Datagrams(sock)
+    runs, v1_key, keys2 = verifier.runs, verifier.keys.v1, verifier.keys.v2
+    readers = {sock: knock_socket.Datagrams(sock) for sock in socks}
+    for sock in socks:
+        sock.setblocking(False)
     while not stop:
         log.tick()
         for fields, outcome in runs.overdue():
             verifier.ran(fields, outcome)
-        ready, _, _ = select.select([sock, *runs.connections(), *([woken] if woken else [])],
+        ready, _, _ = select.select([*socks, *runs.connections(), *([woken] if woken else [])],
                                     [], [], WAKE)
         for conn in ready:
             if stop:
@@ -203,19 +207,21 @@ def serve(sock: socket.socket, verifier: Verifier, log: events.EventLog, stop: l
                 break
             if conn is woken:
                 continue
-            if conn is not sock:
+            if conn not in readers:
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
                 continue
+            datagrams = readers[conn]
             # Up to BATCH; none when the datagram select saw had a bad checksum.
             for i in range(datagrams.read()):
-                # Steps 1 and 2 where the datagram lies: until its MAC holds, its bytes
+                # Up to the seal where the datagram lies: until a MAC holds, its bytes
                 # are anyone's, and nothing is made of them, not even its addresses.
-                if reason := protocol.unseal(datagrams.length(i), datagrams.nonces[i],
-                                             datagrams.boxes[i], datagrams.opened, verifier.key):
-                    log.drop(reason)
+                unsealed = protocol.unseal(datagrams.length(i), datagrams.head(i),
+                                           datagrams.boxes[i], datagrams.opened, v1_key, keys2)
+                if isinstance(unsealed, str):
+                    log.drop(unsealed)
                     continue
-                verifier.handle(datagrams.tag(i), datagrams.plaintext(i),
+                verifier.handle(datagrams.tag(i), unsealed,
                                 *knock_socket.addresses(*datagrams.sender(i)))
 
 
@@ -225,21 +231,22 @@ def main(argv: list[str]) -> int:
                                                  "starts it through gnocchi.service).")
     parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE",
                         help=f"default {config.DEFAULT_CONFIG}")
-    parser.add_argument("--listen", metavar="ADDR",
-                        help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket")
-    parser.add_argument("--server-key-file", metavar="FILE",
-                        help="default: server_key_file from the config")
+    parser.add_argument("--listen", metavar="ADDR", action="append", default=[],
+                        help="IP:PORT or [IPv6]:PORT to bind when systemd passes no socket "
+                             "(again for each knock port)")
+    parser.add_argument("--keys-from", metavar="DIR",
+                        help="read the key files from DIR (server.key, private.key: systemd's "
+                             "credentials); default: the files the config names")
     parser.add_argument("--summary-interval", type=events.interval, default=events.INTERVAL,
                         metavar="SECONDS", help="seconds between dropped-packet summaries")
     args = parser.parse_args(argv[1:])
     log = events.EventLog(interval=args.summary_interval)
     try:
         cfg = config.load_running(args.config, log.event)  # a broken file: its last good copy
-        key_file = args.server_key_file or cfg.server_key_file
-        server_key = keys.load_server_key(key_file)
-        for path in (cfg.path, key_file):  # StrictModes: others must not write them
-            strict.check(path)
-        sock = knock_socket.take(args.listen, protocol.knock_port(server_key))
+        keys_ = keyring.load(cfg, args.keys_from)
+        for path in (cfg.path, *keyring.paths(cfg, args.keys_from).values()):
+            strict.check(path)  # StrictModes: others must not write them
+        socks = knock_socket.take(args.listen, keyring.ports(keys_))
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
         if store.fell_back:  # once: the next commit writes over the slot that was not whole
@@ -256,11 +263,12 @@ def main(argv: list[str]) -> int:
         signal.set_wakeup_fd(wake.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.append(True))
-        where = sock.getsockname()
-        log.event("started", f"verifier listening on UDP {where[0]} port {where[1]} for "
-                  f"{len(cfg.clients)} clients of {cfg.path}", clients=len(cfg.clients))
+        where = ", ".join(f"{s.getsockname()[0]} port {s.getsockname()[1]}" for s in socks)
+        versions = " and ".join(v for v, on in (("v1", keys_.v1), ("v2", keys_.v2)) if on)
+        log.event("started", f"verifier listening on UDP {where} (knock protocol {versions}) "
+                  f"for {len(cfg.clients)} clients of {cfg.path}", clients=len(cfg.clients))
         knock_socket.notify("READY=1")
-        serve(sock, Verifier(cfg, server_key, store, log), log, stop, woken)
+        serve(socks, Verifier(cfg, keys_, store, log), log, stop, woken)
     except (config.ConfigError, keys.KeyFileError, knock_socket.StartupError,
             strict.StrictModeError) as e:
         print(f"gnocchi serve: {e}", file=sys.stderr)

@@ -27,14 +27,23 @@ class Where:
 
     def read(self, missing: str = "no such file") -> dict[str, object]:
         """The file as a TOML document, or the error saying why not (one line)."""
-        import tomllib  # only where there is a file to read: a client with flags alone skips it
+        return self.parse(self.read_bytes(missing))
+
+    def read_bytes(self, missing: str = "no such file") -> bytes:
+        """The file's bytes, or the error saying why not."""
         try:
             with open(self.path, "rb") as f:
-                return tomllib.load(f)
+                return f.read()
         except FileNotFoundError:
             raise self.error("", missing) from None
         except OSError as e:
             raise self.error("", f"cannot read: {e.strerror}") from None
+
+    def parse(self, data: bytes) -> dict[str, object]:
+        """data, this file's bytes, as a TOML document, or the error saying why not."""
+        import tomllib  # only where there is a file to read: a client with flags alone skips it
+        try:
+            return tomllib.loads(data.decode("utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise self.error("", f"not valid TOML: {e}") from None
         except UnicodeDecodeError:

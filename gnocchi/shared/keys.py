@@ -21,7 +21,8 @@ import stat
 from nacl._sodium import lib  # loaded by protocol already: no cost to a knock
 
 from gnocchi.shared import durable
-from gnocchi.shared.protocol import KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, signing_keys
+from gnocchi.shared.protocol import (KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, public_key,
+                                      signing_keys)
 
 HEX_LEN = 2 * KEY_LEN
 _HEX = re.compile(rb"[0-9a-fA-F]{64}\n?")
@@ -111,6 +112,32 @@ def load_server_key(path: str | os.PathLike[str]) -> bytes:
 PRINT_PUBKEY = "gnocchi-knock --pubkey"
 
 
+def load_private_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """(public, private) of the v2 server private key in path (0600, not a link),
+    refusing one whose knock port is 1024 or lower (PROTOCOL.md, R10)."""
+    private = load_secret(path)
+    public = public_key(private)
+    port = knock_port(public)
+    if port < LOWEST_KNOCK_PORT:
+        raise KeyFileError(path, f"this private key's knock port {port} is 1024 or lower; "
+                           "gnocchi refuses such keys",
+                           "make a new one: gnocchi keygen --private FILE")
+    return public, private
+
+
+def new_private_key(port: int | None = None) -> bytes:
+    """A random v2 server private key whose knock port is above 1024, or is port:
+    about 65,536 draws (a few seconds) for a chosen port (PROTOCOL.md, "Keys")."""
+    if port is not None and not LOWEST_KNOCK_PORT <= port <= 65535:
+        raise ValueError(f"a knock port is {LOWEST_KNOCK_PORT}..65535, not {port}")
+    for _ in range(5_000_000):  # a chosen port fails a draw with p = 65535/65536
+        private = os.urandom(KEY_LEN)
+        found = knock_port(public_key(private))
+        if found == port or (port is None and found >= LOWEST_KNOCK_PORT):
+            return private
+    raise RuntimeError("no usable private key in 5,000,000 draws: is os.urandom broken?")
+
+
 def parse_public_hex(text: object, what: str) -> bytes:
     """A public key written as text (e.g. in TOML); ValueError naming `what` if it is not one."""
     if not isinstance(text, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
@@ -120,11 +147,11 @@ def parse_public_hex(text: object, what: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def public_key_problem(public: bytes, server_key: bytes | None = None,
+def public_key_problem(public: bytes, server_keys: tuple[bytes, ...] = (),
                        clients: dict[bytes, str] | None = None) -> str | None:
     """Why public, given as a client's public key, is not one, naming what it most
-    likely is; None if it may be one. server_key: this server's key; clients: the
-    configured public keys and their names.
+    likely is; None if it may be one. server_keys: this server's secret keys (v1's
+    server key, v2's private keys); clients: the configured public keys and their names.
 
     Certain: the server key, and the private key of a configured client (its public
     key is that client's). Otherwise only the curve can tell: every public key is a
@@ -132,8 +159,9 @@ def public_key_problem(public: bytes, server_key: bytes | None = None,
     private key, a server key) are not, so the other 1 in 16 pass unnoticed; a
     mistyped public key fails as often, and only the client can say which it was.
     """
-    if server_key is not None and public == server_key:
-        return "it is this server's own secret key (server_key_file), not a client's public key"
+    if public in server_keys:
+        return ("it is this server's own secret key (server_key_file or private_key_file), "
+                "not a client's public key")
     own = public_of(public)  # its public key, were it a private key
     if clients and own in clients:
         return f"it is a PRIVATE key: the one whose public key is client {clients[own]}'s"

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 from nacl.secret import SecretBox
 
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
 SERVER_KEY = bytes.fromhex(VECTORS["server_key"])
@@ -36,8 +36,8 @@ def knock(counter, data, seed=SEED_A, server_key=SERVER_KEY, server_ip=SERVER_IP
           extra_blocks=None):
     """A valid knock; random padding length unless extra_blocks fixes it (then the
     packet length is a function of the drawn data, as hypothesis needs for st.data())."""
-    body_len = None if extra_blocks is None else protocol.body_length(len(data), extra_blocks)
-    return protocol.build_packet(server_key, seed, counter, data, server_ip, body_len=body_len)
+    body_len = None if extra_blocks is None else seal.body_length(len(data), extra_blocks)
+    return seal.build_packet(server_key, seed, counter, data, server_ip, body_len=body_len)
 
 
 @moderate
@@ -135,13 +135,14 @@ def unseal_in_place(datagram: bytes):
     """protocol.unseal as the verifier's serve loop calls it: on the datagram
     laid out as recvmmsg leaves it (knock_socket.Datagrams), cut at
     MAX_PACKET + 1 bytes as its receive buffers cut it."""
-    datagram = datagram[:protocol.MAX_PACKET + 1]
+    datagram = datagram[:protocol.MAX_PACKET2 + 1]
     ffi = protocol.ffi
-    nonce = ffi.new("unsigned char[]", datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN))
+    head = datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN)
     box = ffi.new("unsigned char[]", bytes(protocol.BOXZERO_LEN)
-                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET + 1))
-    opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET)
-    return protocol.unseal(len(datagram), nonce, box, opened, SERVER_KEY)
+                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET2 + 1))
+    opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET2)
+    result = protocol.unseal(len(datagram), head, box, opened, SERVER_KEY)
+    return result if isinstance(result, str) else None
 
 
 @moderate

@@ -14,8 +14,8 @@ something.
 from __future__ import annotations
 
 import os
-import re
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -25,6 +25,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
+from gnocchi.client import knock as client
 from gnocchi.shared import keys
 from support import (PYTHON, REPO, Daemon, EchoServices, Helper, Keys, Net, echoes, elements,
                      inside, knock, load_table, request, write_config)
@@ -198,6 +199,35 @@ def test_the_proxy_connects_on_its_knock_without_waiting_for_a_syn_retransmit(ne
         assert len(stack.verifier.of("accepted")) == 3
     finally:
         stack.close()
+
+
+def test_the_proxy_never_has_two_handshakes_in_flight(net):
+    # The gate lets every SYN of a knocked address in while the knock waits, and
+    # admits the first handshake to complete: with two connects in flight, both
+    # could complete here while the server admitted only one, and --proxy could
+    # relay the other, dead one (seen under load: ssh timed out in the banner
+    # exchange). Here every SYN-ACK is lost, so each connect waits for ever: its
+    # successor must reset it first.
+    net.server.run(["nft", "-f", "-"], input="table inet lose {\n chain out { type filter hook "
+                   "output priority 0; tcp flags & (syn | ack) == syn | ack drop; }\n}\n")
+    with inside(net.server):
+        listener = socket.create_server(("0.0.0.0", 22))
+    in_flight, done = [], threading.Event()
+
+    def try_to_connect():
+        with inside(net.client):
+            try:
+                client.connect(socket.AF_INET, net.server.ip, 22, 1.0, time.monotonic())
+            except OSError:
+                pass
+        done.set()
+
+    threading.Thread(target=try_to_connect, daemon=True).start()
+    with listener:
+        while not done.wait(0.003):
+            in_flight.append(len(net.client.run(["ss", "-Htn", "state", "syn-sent"])
+                                 .stdout.splitlines()))
+    assert max(in_flight) == 1 and len(in_flight) > 20, in_flight
 
 
 # ---- a forger who knows the client's address -----------------------------------------

@@ -201,7 +201,7 @@ def test_the_protected_ports_are_the_configs_loaded_with_the_rules(net, tmp_path
     assert loaded.how == "armed"
     with inside(net.server):
         assert nft_table.live().protected() == {"tcp": [2222], "udp": [60001]}
-        assert nft_table.live().knock_ports() == [want.knock_port]
+        assert nft_table.live().knock_ports() == want.knock_ports
     assert tcp_connect(net.client, net.server.ip, 22) is not None, "22 is not protected"
     assert tcp_connect(net.client, net.server.ip, 2222) is None
     knock(net, port=2222)

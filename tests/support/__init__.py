@@ -1,6 +1,6 @@
 """What the tests share, in one place: import any of it from `support`.
 
-    netns      Net, Host, inside        hosts in network namespaces of our own (198.18.0.0/15)
+    netns      Net, Lan, Host, inside   hosts in network namespaces of our own (198.18.0.0/15)
     sockets    tcp_connect, echoes,     traffic between them; datagrams from the client
                udp_socket, EchoServices,
                send_datagrams
@@ -13,25 +13,25 @@
                HelperRecorder,          a recording stand-in for the verifier's tests, and
                helper_main,             for the helper's unprivileged unit tests only: its
                FakeNftables             __main__ module and a libnftables stand-in
-    verifier   Keys, write_config,      keys, a config, knocks, the real verifier daemon
-               knock, Daemon
+    verifier   Keys, write_config,      keys, a config, knocks (v1, v2), the real verifier
+               knock, knock2, Daemon    daemon
 
 tests/conftest.py puts the checkout, helper/ and tests/ on sys.path, once. Nothing
 here touches the root namespace's network or firewall.
 """
 from support.helper import (ENTRY, HEADER, STATUS, FakeNftables, Helper, HelperRecorder,
                             helper_main, request, requested_ports)
-from support.netns import Host, Net, inside
+from support.netns import Host, Lan, Net, inside
 from support.processes import PYTHON, REPO, events, gnocchi_cli, root_only, stop
 from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, send_paced,
                              tcp_connect, udp_socket)
 from support.table import TABLE_FILE, elements, load_table, ruleset
-from support.verifier import Daemon, Keys, knock, write_config
+from support.verifier import Daemon, Keys, knock, knock2, write_config
 
 __all__ = ["ENTRY", "HEADER", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
-           "request", "requested_ports", "Host", "Net", "inside", "PYTHON", "REPO", "events",
+           "request", "requested_ports", "Host", "Lan", "Net", "inside", "PYTHON", "REPO", "events",
            "gnocchi_cli", "root_only", "stop",
            "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "send_paced", "tcp_connect",
            "udp_socket",
-           "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock",
+           "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock", "knock2",
            "write_config"]

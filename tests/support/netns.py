@@ -1,18 +1,25 @@
 """Test hosts in network namespaces of our own (never the root namespace).
 
 A Net is a pair of hosts, client and server, joined by a veth pair and
-addressed from 198.18.0.0/15. Everything is removed on exit, even when the
-test fails. Commands run inside with `net.server.run([...])`; `inside(host)`
-makes sockets there from this process.
+addressed from 198.18.0.0/15 and fd00:198:18::/48 (ipv4=False: IPv6 only); a
+Lan is a control host and several hosts on one bridged link. Everything is
+removed on exit, even when the test fails. Commands run inside with
+`net.server.run([...])`; `inside(host)` makes sockets there from this
+process. `net.client.add_address(ip)` gives a host a second address (a
+stranger beside it); `net.client.name_hosts({...})` gives names to the
+commands run in it (/etc/netns/NAME/hosts, which `ip netns exec` puts over
+/etc/hosts for them, removed with the Net).
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
 import os
+import shutil
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 _serial = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -42,6 +49,21 @@ class Host:
     def nft(self, *args: str, check=True) -> subprocess.CompletedProcess:
         return self.run(["nft", *args], check=check)
 
+    def add_address(self, ip: str) -> str:
+        """A second address, never the kernel's own choice of source (IPv4: secondary;
+        IPv6: deprecated); a socket bound to it sends from it."""
+        dev = "gveth0" if self.name.endswith("c") else "gveth1"
+        extra = ["nodad", "preferred_lft", "0"] if ":" in ip else []
+        self.run(["ip", "addr", "add", f"{ip}/{64 if ':' in ip else 24}", "dev", dev, *extra])
+        return ip
+
+    def name_hosts(self, names: dict[str, list[str]]) -> None:
+        """Commands run in this host resolve each name to its addresses, in order."""
+        directory = Path("/etc/netns") / self.name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
+            f"{ip} {name}\n" for name, ips in names.items() for ip in ips))
+
     # What was delivered, for a test that floods: on a busy machine a datagram
     # may be dropped on the way, so a test counts what arrived, not what it sent.
 
@@ -67,7 +89,8 @@ class Host:
 class Net:
     """Two namespaces, `client` and `server`, joined by one veth link."""
 
-    def __init__(self, tag: str = "t"):
+    def __init__(self, tag: str = "t", ipv4: bool = True):
+        self.ipv4 = ipv4
         n = (os.getpid() * 7 + next(_serial)) % 250 + 1
         self.prefix = f"gn{tag}{os.getpid()}x{n}"
         self.client = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
@@ -81,7 +104,8 @@ class Net:
             sh("ip", "link", "add", "gveth0", "netns", self.client.name, "type", "veth",
                "peer", "name", "gveth1", "netns", self.server.name)
             for host, dev in ((self.client, "gveth0"), (self.server, "gveth1")):
-                host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", dev])
+                if self.ipv4:
+                    host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", dev])
                 host.run(["ip", "-6", "addr", "add", f"{host.ip6}/64", "dev", dev, "nodad"])
                 host.run(["ip", "link", "set", dev, "up"])
         except BaseException:
@@ -92,6 +116,52 @@ class Net:
     def __exit__(self, *exc) -> None:
         for host in (self.client, self.server):
             # Killing what still runs inside lets the namespace go away for real.
+            pids = sh("ip", "netns", "pids", host.name, check=False).stdout.split()
+            for pid in pids:
+                sh("kill", "-9", pid, check=False)
+            sh("ip", "netns", "del", host.name, check=False)
+            shutil.rmtree(Path("/etc/netns") / host.name, ignore_errors=True)
+        try:
+            os.rmdir("/etc/netns")  # if name_hosts made it and nothing else is in it
+        except OSError:
+            pass
+
+
+class Lan:
+    """A control host and `count` hosts on one /24, each in a namespace of its own, joined
+    by a bridge in the control host's namespace: every host reaches every other."""
+
+    def __init__(self, tag: str, count: int):
+        n = (os.getpid() * 7 + next(_serial)) % 250 + 1
+        self.prefix = f"gn{tag}{os.getpid()}x{n}"
+        self.control = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
+        self.hosts = [Host(f"{self.prefix}h{i}", f"198.18.{n}.{i + 2}",
+                           f"fd00:198:18:{n:x}::{i + 2:x}") for i in range(count)]
+
+    def __enter__(self) -> Lan:
+        try:
+            for host in (self.control, *self.hosts):
+                sh("ip", "netns", "add", host.name)
+                host.run(["ip", "link", "set", "lo", "up"])
+            self.control.run(["ip", "link", "add", "gbr0", "type", "bridge"])
+            self.control.run(["ip", "addr", "add", f"{self.control.ip}/24", "dev", "gbr0"])
+            self.control.run(["ip", "-6", "addr", "add", f"{self.control.ip6}/64", "dev", "gbr0",
+                              "nodad"])
+            self.control.run(["ip", "link", "set", "gbr0", "up"])
+            for i, host in enumerate(self.hosts):
+                sh("ip", "link", "add", f"gport{i}", "netns", self.control.name, "type", "veth",
+                   "peer", "name", "gveth1", "netns", host.name)
+                self.control.run(["ip", "link", "set", f"gport{i}", "master", "gbr0", "up"])
+                host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", "gveth1"])
+                host.run(["ip", "-6", "addr", "add", f"{host.ip6}/64", "dev", "gveth1", "nodad"])
+                host.run(["ip", "link", "set", "gveth1", "up"])
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for host in (self.control, *self.hosts):
             pids = sh("ip", "netns", "pids", host.name, check=False).stdout.split()
             for pid in pids:
                 sh("kill", "-9", pid, check=False)

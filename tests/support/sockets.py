@@ -19,10 +19,13 @@ def family_of(ip: str) -> int:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
-def tcp_connect(host: Host, ip: str, port: int) -> socket.socket | None:
-    """A connected socket from host, or None if the SYN went unanswered."""
+def tcp_connect(host: Host, ip: str, port: int, source: str | None = None) -> socket.socket | None:
+    """A connected socket from host (from its address source), or None if the SYN went
+    unanswered."""
     with inside(host):
         s = socket.socket(family_of(ip), socket.SOCK_STREAM)
+    if source:
+        s.bind((source, 0))
     s.settimeout(CONNECT_TIMEOUT)
     try:
         s.connect((ip, port))
@@ -120,7 +123,8 @@ class EchoServices:
                 continue
             except OSError:
                 return
-            if not data:
+            if not data:  # the peer is done: so are we (as ssh's server would be)
+                conn.shutdown(socket.SHUT_WR)
                 return
             conn.sendall(data)
 

@@ -8,6 +8,7 @@ answers a chosen status byte.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from nacl._sodium import ffi
 
 from gnocchi.server import counters
-from gnocchi.shared import keys, protocol
+from gnocchi.shared import keys, protocol, seal
 from support.netns import Net
 from support.processes import PYTHON, REPO, events, stop
 
@@ -25,31 +26,48 @@ SHOW_ACTION = Path(__file__).with_name("show_action.py")
 
 
 def handle(verifier, packet: bytes, source, dest) -> None:
-    """One datagram's bytes through the verifier as serve() takes it: steps 1-2
+    """One datagram's bytes through the verifier as serve() takes it: up to the seal
     (protocol.unseal, a drop counted on failure), then Verifier.handle."""
-    nonce = packet[:protocol.NONCE_LEN]
-    box = bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:]
+    box = ffi.from_buffer(bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:])
     opened = ffi.new("unsigned char[]", len(box))
-    if reason := protocol.unseal(len(packet), nonce, box, opened, verifier.key):
-        verifier.log.drop(reason)
+    unsealed = protocol.unseal(len(packet), packet[:protocol.NONCE_LEN], box, opened,
+                               verifier.keys.v1, verifier.keys.v2)
+    if isinstance(unsealed, str):
+        verifier.log.drop(unsealed)
         return
-    plaintext = ffi.buffer(opened)[2 * protocol.BOXZERO_LEN:]
-    verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], plaintext, source, dest)
+    verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], unsealed, source, dest)
 
 
 class Keys:
-    """A fresh server key (in a file) and client seeds for alice, bob and mallory."""
+    """A fresh server key (in a file) and client seeds for alice, bob and mallory;
+    with same_port, the server key and a v2 private key of one knock port (drawn
+    once per test session: that takes seconds), else a v2 key of its own port."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, same_port: bool = False):
         self.dir = directory
-        self.server = keys.new_server_key()
+        if same_port:
+            self.server, self.private = same_port_keys()
+        else:
+            self.server, self.private = keys.new_server_key(), keys.new_private_key()
         self.server_file = directory / "server.key"
         keys.write_secret(self.server_file, self.server)
+        self.private_file = directory / "private.key"
+        keys.write_secret(self.private_file, self.private)
         self.port = protocol.knock_port(self.server)
+        self.public2 = protocol.public_key(self.private)
+        self.port2 = protocol.knock_port(self.public2)
         self.seeds = {name: os.urandom(32) for name in ("alice", "bob", "mallory")}
 
     def public(self, name: str) -> str:
         return keys.public_of(self.seeds[name]).hex()
+
+
+@functools.cache
+def same_port_keys() -> tuple[bytes, bytes]:
+    """(v1 server key, v2 private key) of one knock port, as `gnocchi keygen --private
+    --same-port-as` draws them."""
+    server = keys.new_server_key()
+    return server, keys.new_private_key(protocol.knock_port(server))
 
 
 def write_config(tmp_path: Path, k: Keys, helper_socket: str, extra: str = "",
@@ -87,17 +105,28 @@ helper_socket = "{helper_socket}"
 
 def knock(k: Keys, client: str, counter: int, data: bytes, server_ip: str,
           server_key: bytes | None = None) -> bytes:
-    return protocol.build_packet(server_key or k.server, k.seeds[client], counter, data,
+    return seal.build_packet(server_key or k.server, k.seeds[client], counter, data,
                                  socket.inet_aton(server_ip))
 
 
-class Daemon:
-    """`systemd-socket-activate -d -l ADDR gnocchi serve ...` in the server namespace."""
+def knock2(k: Keys, client: str, counter: int, data: bytes, server_ip: str,
+           public: bytes | None = None) -> bytes:
+    """A v2 knock to k's v2 key (or public), for server_ip (IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in server_ip else socket.AF_INET
+    return seal.build_packet2(public or k.public2, k.seeds[client], counter, data,
+                                  socket.inet_pton(family, server_ip))
 
-    def __init__(self, net: Net, config: Path, listen: str, *args: str, stderr: Path,
-                 env: tuple[str, ...] = ()):
+
+class Daemon:
+    """`systemd-socket-activate -d -l ADDR [-l ADDR2] gnocchi serve ...` in the server
+    namespace."""
+
+    def __init__(self, net: Net, config: Path, listen: str | list[str], *args: str,
+                 stderr: Path, env: tuple[str, ...] = ()):
         self.stderr_path = stderr
-        argv = ["systemd-socket-activate", "-d", "-l", listen, "-E", f"PYTHONPATH={REPO}",
+        listens = [listen] if isinstance(listen, str) else listen  # one per knock port
+        argv = ["systemd-socket-activate", "-d", *(a for one in listens for a in ("-l", one)),
+                "-E", f"PYTHONPATH={REPO}",
                 *(f"-E{e}" for e in env),
                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(config), *args]
         with open(stderr, "wb") as err:  # the daemon keeps its own copy

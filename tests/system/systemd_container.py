@@ -26,14 +26,19 @@ MASK = ("postgresql.service", "apt-daily.timer", "apt-daily-upgrade.timer",
         "dpkg-db-backup.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
         "man-db.timer", "systemd-timesyncd.service", "getty@tty1.service")
 ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root"]
+# The cgroup hierarchies systemd manages: v1's name=systemd and v2's (hybrid, as here),
+# or v2's alone (unified).
+CGROUP_TOPS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
 class Container:
-    def __init__(self, netns: str):
+    def __init__(self, netns: str, name: str | None = None):
         self.netns = netns
-        self.name = f"gnocchi-test-{os.getpid()}"  # nspawn's name for it
+        # nspawn's name for it, and its host name (several at once need one each)
+        self.name = name or f"gnocchi-test-{os.getpid()}"
         self.dir = Path(tempfile.mkdtemp(prefix="gnocchi-system-"))
         self.root = self.dir / "root"
+        self.named = name is not None
         self.nspawn: subprocess.Popen | None = None
         self.pid = 0  # the container's init, as the host sees it
         self.boots = 0
@@ -58,6 +63,8 @@ class Container:
         policy = self.root / "usr/sbin/policy-rc.d"
         if policy.exists():
             policy.unlink()
+        if self.named:  # its own host name (journald's _HOSTNAME), not this machine's
+            (self.root / "etc/hostname").write_text(f"{self.name}\n")
         units = self.root / "etc/systemd/system"
         for unit in MASK:
             link = units / unit
@@ -67,13 +74,25 @@ class Container:
 
     # ---- lifecycle -------------------------------------------------------
 
+    def cgroups(self) -> list[Path]:
+        """A cgroup of its own in each hierarchy systemd uses: with --keep-unit and no
+        systemd on the host, nspawn builds the container's tree under its own cgroup,
+        and two containers under the same one (the root, here) would manage the same
+        cgroups (system.slice/gnocchi-arm.service) and fail each other's units."""
+        return [Path(top) / f"gnocchi-{self.name}" for top in CGROUP_TOPS
+                if os.path.exists(os.path.join(top, "cgroup.procs"))]
+
     def boot(self, timeout: float = 90) -> None:
         self.boots += 1
+        for cgroup in self.cgroups():
+            cgroup.mkdir(exist_ok=True)
+        enter = "".join(f"echo $$ > {c}/cgroup.procs && " for c in self.cgroups())
         # CAP_NET_ADMIN: nspawn keeps it only with a private network of its
         # own making; the container's netns here is ours, so grant it.
         with open(self.dir / f"boot{self.boots}.log", "wb") as log:
             self.nspawn = subprocess.Popen(
-                ["systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
+                ["sh", "-c", f'{enter}exec "$@"', "sh",
+                 "systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
                  "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
                  f"--network-namespace-path=/run/netns/{self.netns}",
                  "--boot", "systemd.firstboot=off"],
@@ -93,7 +112,7 @@ class Container:
                              f"(log: {self.log_tail()})")
 
     def _find_init(self) -> int:
-        """The process whose PID in its own namespace is 1, below nspawn."""
+        """The process whose PID in its own namespace is 1, below nspawn (exec'd by sh)."""
         todo = [self.nspawn.pid]
         while todo:
             pid = todo.pop()
@@ -153,6 +172,12 @@ class Container:
         if os.path.ismount(self.root):  # never delete through a mounted overlay
             raise AssertionError(f"{self.root} is still mounted; not deleting {self.dir}")
         shutil.rmtree(self.dir)
+        for cgroup in self.cgroups():  # what the container's systemd left, deepest first
+            for below, _, _ in sorted(os.walk(cgroup), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(below)
+                except OSError:
+                    pass
         # nspawn leaves this behind when /run is not a tmpfs, as on these VMs.
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
 

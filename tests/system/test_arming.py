@@ -78,17 +78,17 @@ class Box:
     def alice(self, allow='["22/tcp"]') -> str:
         return f'[clients.alice]\npublic_key = "{self.public}"\nallow = {allow}\n'
 
-    def knock(self) -> None:
+    def knock(self, client_key: str = f"{CLIENT_DIR}/client.key") -> None:
         self.box.run_in_netns(self.net.client.name, [
             "gnocchi-knock", "--server-key-file", f"{CLIENT_DIR}/server.key",
-            "--client-key-file", f"{CLIENT_DIR}/client.key", "--state-dir",
+            "--client-key-file", client_key, "--state-dir",
             f"{CLIENT_DIR}/state", self.net.server.ip])
 
-    def knock_and_wait(self) -> None:
+    def knock_and_wait(self, client_key: str = f"{CLIENT_DIR}/client.key") -> None:
         """Knock, and wait for the verifier's accepted entry for this very knock (an
         element of an earlier knock may still be pending: waiting for one proves nothing)."""
         before = len(self.events("accepted"))
-        self.knock()
+        self.knock(client_key)
         self.wait(lambda: len(self.events("accepted")) > before, "the knock is accepted")
 
     def connect(self) -> str:
@@ -310,6 +310,34 @@ def test_a_reboot_with_a_typo_arms_with_the_last_good_config(b):
     assert status(b)[0] == 0
 
 
+def test_a_broken_drop_in_never_changes_what_runs_and_is_named(b):
+    carol = b.run("gnocchi", "keygen", "--client", f"{CLIENT_DIR}/carol.key").stdout.strip()
+    added = b.run("gnocchi", "add-client", "--drop-in", "carol", carol, "--allow", "22")
+    drop_in = "/etc/gnocchi/clients.d/carol.toml"
+    assert f"added [clients.carol] to {drop_in}" in added.stderr
+    b.knock_and_wait(f"{CLIENT_DIR}/carol.key")
+    assert b.connect() == "hello", "a client of a drop-in knocks in"
+    good = b.file(drop_in).read_text()
+    b.file(drop_in).write_text(good + "alow = [2222]\n")
+    proc = b.run("gnocchi", "reload", check=False)
+    assert proc.returncode == 1 and f"{drop_in}: clients.carol.alow: unknown key" in proc.stderr
+    since = time.time()
+    b.run("systemctl", "restart", "gnocchi.service")
+    b.knock_and_wait(f"{CLIENT_DIR}/carol.key")
+    assert b.connect() == "hello", "the last good config, carol included, runs"
+    assert b.stranger_connects() == "timeout"
+    entry = b.wait(lambda: b.events("config-fell-back", since), "a config-fell-back entry")[0]
+    assert f"{drop_in}: clients.carol.alow: unknown key" in entry["MESSAGE"]
+    rc, out = status(b)
+    assert rc == 1 and f"CONFIG BROKEN: {drop_in}: clients.carol.alow" in out, out
+    b.file(drop_in).write_text(good)
+    removed = b.run("gnocchi", "remove-client", "carol")
+    assert f"removed {drop_in}" in removed.stderr and not b.file(drop_in).exists()
+    b.knock(f"{CLIENT_DIR}/carol.key")
+    assert b.connect() == "timeout", "carol is out"
+    assert status(b)[0] == 0
+
+
 # ---- allow and protect agree ------------------------------------------------------
 
 def test_an_allowed_port_that_is_not_protected_is_named_and_protected_in_one_command(b):
@@ -360,11 +388,22 @@ def test_status_says_armed_with_port_clients_pending_and_decisions(b):
     assert lines[0] == "gnocchi: ARMED: table inet gnocchi is loaded, protecting 22/tcp"
     assert (f"knock port: {port}/udp, listening (gnocchi.socket active); "
             f"server key fingerprint {fingerprint}") in lines
-    assert "  alice: 22/tcp" in lines
+    assert "  alice: 22/tcp (from /etc/gnocchi/gnocchi.toml)" in lines
     assert any(line.startswith(f"  {b.net.client.ip} tcp/22, ") and line.endswith(" s left")
                for line in lines), out
     assert "last entries (journalctl -u gnocchi):" in lines
     assert any(" accepted " in line and "alice" in line for line in lines), out
+    # The same facts for scripts: one JSON object, the same exit status.
+    proc = b.run("gnocchi", "status", "--json")
+    facts = json.loads(proc.stdout)
+    assert (facts["status"], facts["state"], facts["armed"], facts["listening"]) == (
+        0, "armed", True, True)
+    assert facts["knock_ports"] == [int(port)] and facts["server_keys"] == [fingerprint]
+    assert facts["clients"][0] == {"name": "alice", "allow": ["22/tcp"], "actions": [],
+                                   "file": "/etc/gnocchi/gnocchi.toml"}
+    assert {"address": b.net.client.ip, "proto": "tcp", "port": 22} in [
+        {k: v for k, v in p.items() if k != "seconds_left"} for p in facts["pending"]]
+    assert facts["elements"]["knocked4"] >= 1 and facts["report"][0] == lines[0]
     assert b.connect() == "hello"
 
 

@@ -63,6 +63,18 @@ def test_second_run_changes_nothing_and_a_new_key_moves_the_port(server):
     assert "restart gnocchi.socket" in out
 
 
+def test_the_verifier_helper_and_actions_name_the_server_key_in_every_journal_entry(server):
+    key, port, config, units = server
+    fingerprint = gnocchi("port", str(key)).stderr.split()[-1]
+    out = gnocchi("setup", "--config", str(config), "--unit-dir", str(units)).stdout
+    for unit in ("gnocchi.service", "gnocchi-helper.service", "gnocchi-action@.service"):
+        path = units / f"{unit}.d" / "server-key.conf"
+        assert f"[Service]\nLogExtraFields=GNOCCHI_SERVER_KEY={fingerprint}\n" in path.read_text()
+        assert str(path) in out
+    again = gnocchi("setup", "--config", str(config), "--unit-dir", str(units)).stdout
+    assert "server-key.conf" not in again
+
+
 def test_creates_the_counter_store_once_and_never_touches_it_again(server, tmp_path):
     key, port, config, units = server
     out = gnocchi("setup", "--config", str(config), "--unit-dir", str(units)).stdout

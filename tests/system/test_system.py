@@ -300,7 +300,7 @@ def test_the_installed_commands_say_their_version_and_complete_in_bash(server):
                 'COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); $f; echo "${COMPREPLY[@]}"')
     offered = box.run(["bash", "-c", complete, "_", "gnocchi", "_gnocchi", "gnocchi",
                        "add-client", "--"]).stdout.split()
-    assert offered == ["--help", "--config", "--allow", "--host"]
+    assert offered == ["--help", "--config", "--drop-in", "--allow", "--host"]
     offered = box.run(["bash", "-c", complete, "_", "gnocchi-knock", "_gnocchi_knock",
                        "gnocchi-knock", "--pu"]).stdout.split()
     assert offered == ["--pubkey"]

@@ -77,3 +77,14 @@ def test_audit_command_runs_against_the_real_journal(tmp_path):
     assert bad.returncode == 2 and "--since 'soon'" in bad.stderr
     rebuilt = gnocchi_cli("audit", "--counters", "--directory", tmp_path)
     assert rebuilt.returncode == 0 and rebuilt.stdout == counters.HEADER
+
+
+def test_entries_of_a_collected_journal_name_their_host():
+    entry = {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 27, 8, 0, 1),
+             "_HOSTNAME": "web1", "GNOCCHI_EVENT": "accepted", "GNOCCHI_CLIENT": "alice",
+             "GNOCCHI_SOURCE_IP": "198.18.3.1", "GNOCCHI_REQUEST": "open 22/tcp",
+             "GNOCCHI_COUNTER": "17"}
+    line = audit.format_entry(entry, host=True)
+    assert line.startswith("2026-11-27 08:00:01  web1              accepted        alice ")
+    assert line.endswith("opened open 22/tcp (counter 17)")
+    assert audit.format_entry(entry) == line.replace("web1              ", "")

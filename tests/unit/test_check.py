@@ -83,7 +83,8 @@ def test_a_good_setup_passes_and_says_what_it_found(s):
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (f"gnocchi check: ok: {s.config}: 1 client; knock port {s.port}/udp "
-                           "(gnocchi.socket); protects 22/tcp\n")
+                           "(gnocchi.socket); protects 22/tcp\n"
+                           f"  alice: 22/tcp (from {s.config})\n")
     assert proc.stderr == ""
     quiet = gnocchi("check", "--quiet", "--config", s.config, "--table", s.table,
                     "--unit-dir", s.units)
@@ -134,7 +135,7 @@ def test_an_unprotected_allow_entry_is_a_warning_naming_the_one_command_that_fix
                    extra="[protect]\ntcp = [22]\nudp = [60001]\n")
     proc = s.check()
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert proc.stdout.endswith("protects 22/tcp, 60001/udp\n")
+    assert proc.stdout.splitlines()[0].endswith("protects 22/tcp, 60001/udp")
 
 
 def test_a_loose_server_key_is_refused_with_the_fix(s):
@@ -213,14 +214,14 @@ def test_a_03_table_file_beside_a_config_without_protect_gives_the_ports_and_the
                                                                  "elements = { 22, 2222 }"))
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.endswith("protects 22/tcp, 2222/tcp\n")
+    assert proc.stdout.splitlines()[0].endswith("protects 22/tcp, 2222/tcp")
     assert (f"warning: the protected ports (22/tcp, 2222/tcp) come from {s.tmp / 'gnocchi.nft'} "
             "(the table file of gnocchi 0.3 and before") in proc.stderr
     assert "fix: gnocchi protect 22/tcp 2222/tcp" in proc.stderr
     # Once the config has [protect], the old file is not read: remove it.
     s.write_config(extra="[protect]\ntcp = [22]\n")
     proc = s.check()
-    assert proc.returncode == 0 and proc.stdout.endswith("protects 22/tcp\n")
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0].endswith("protects 22/tcp")
     assert f"is not read any more: the ports are in [protect] in {s.config}; fix: rm " \
         in proc.stderr
 
@@ -243,7 +244,8 @@ def test_a_forwards_listen_port_is_protected_and_a_client_may_name_it(s):
                    clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["vm"]\n')
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.endswith("protects 22/tcp, 2222/tcp\n"), proc.stdout
+    assert "protects 22/tcp, 2222/tcp\n" in proc.stdout, proc.stdout
+    assert "alice: 2222/tcp" in proc.stdout
 
 
 def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):
@@ -252,6 +254,23 @@ def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):
     s.write_config(extra='alow = ["22"]\n')
     refused(s, f"{s.config}: alow: unknown key", "gnocchi goes on with the last good config, "
                f"{s.tmp / 'gnocchi.last-good.toml'}: this file is not applied until it loads")
+
+
+@ROOTS_FILES
+def test_check_lists_each_client_with_the_file_it_comes_from(s):
+    bob = gnocchi("keygen", "--client", s.tmp / "bob.key").stdout.strip()
+    drop_ins = s.tmp / "clients.d"
+    drop_ins.mkdir(mode=0o755)
+    (drop_ins / "bob.toml").write_text(f'[clients.bob]\npublic_key = "{bob}"\nallow = ["22"]\n')
+    os.chmod(drop_ins / "bob.toml", 0o644)
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1:] == [f"  alice: 22/tcp (from {s.config})",
+                                            f"  bob: 22/tcp (from {drop_ins / 'bob.toml'})"]
+    assert "2 clients" in proc.stdout.splitlines()[0]
+    # A broken drop-in is the config's problem, named with its own file and key.
+    (drop_ins / "bob.toml").write_text(f'[clients.bob]\npublic_key = "{bob}"\nallow = [22.5]\n')
+    refused(s, f"{drop_ins / 'bob.toml'}: clients.bob.allow[0]: 22.5 is not PORT")
 
 
 def test_a_secret_in_place_of_a_clients_public_key_is_refused_and_named(s):

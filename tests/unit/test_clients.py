@@ -210,6 +210,64 @@ def test_a_client_name_with_a_dot_is_added_and_removed(tmp_path):
     assert path.read_bytes() == before
 
 
+# ---- --drop-in: one file per client, clients.d/NAME.toml --------------------------
+
+def test_add_drop_in_writes_one_file_and_remove_deletes_it_leaving_the_config_alone(server):
+    path, _ = server
+    before = path.read_bytes()
+    carol = public()
+    result = add(path, "carol", carol, "--drop-in", "--allow", "22", "--host", "h")
+    assert result.returncode == 0, result.stderr
+    drop_in = path.parent / "clients.d" / "carol.toml"
+    assert f"added [clients.carol] to {drop_in}" in result.stderr
+    assert drop_in.read_text() == f'[clients.carol]\npublic_key = "{carol}"\nallow = ["22/tcp"]\n'
+    assert stat.S_IMODE(drop_in.stat().st_mode) == 0o644
+    assert stat.S_IMODE(drop_in.parent.stat().st_mode) == 0o755
+    assert path.read_bytes() == before
+    cfg = config.load(str(path))
+    assert [(c.name, c.file) for c in cfg.clients][-1] == ("carol", str(drop_in))
+    assert "append to ~/.config/gnocchi/knock.toml" in blocks(result.stdout)
+    # Adding a second one and removing both: remove-client finds the file by itself.
+    assert add(path, "web.01", public(), "--drop-in", "--host", "h").returncode == 0
+    assert [c.name for c in config.load(str(path)).clients][-2:] == ["carol", "web.01"]
+    for name in ("carol", "web.01"):
+        result = remove(path, name)
+        assert result.returncode == 0, result.stderr
+        assert f"removed {path.parent / 'clients.d' / name}.toml" in result.stderr
+    assert list((path.parent / "clients.d").iterdir()) == []
+    assert path.read_bytes() == before
+
+
+def test_a_drop_in_name_or_key_is_refused_naming_the_drop_in(server):
+    path, _ = server
+    carol = public()
+    assert add(path, "carol", carol, "--drop-in", "--host", "h").returncode == 0
+    drop_in = path.parent / "clients.d" / "carol.toml"
+    for args, words in ((["carol", public()], f"{drop_in}: there is already a client carol"),
+                        (["dave", carol], f"{drop_in}: this key is already client carol's")):
+        for where in ([], ["--drop-in"]):
+            result = add(path, *args, *where, "--host", "h")
+            assert result.returncode == 1 and words in result.stderr, result.stderr
+    assert sorted(p.name for p in drop_in.parent.iterdir()) == ["carol.toml"]
+    # A client of the config itself is not a drop-in's to remove.
+    before = path.read_bytes()
+    result = gnocchi_cli("remove-client", "--config", path, "--drop-in", "alice")
+    assert result.returncode == 1
+    assert (f"client alice is in {path}, not in a drop-in; gnocchi remove-client alice "
+            "(without --drop-in) removes it") in result.stderr
+    assert path.read_bytes() == before
+
+
+def test_add_drop_in_leaves_nothing_when_the_drop_ins_are_not_trusted(server):
+    path, _ = server
+    (path.parent / "clients.d").mkdir(mode=0o777)
+    (path.parent / "clients.d").chmod(0o777)
+    result = add(path, "carol", public(), "--drop-in", "--host", "h")
+    assert result.returncode == 1
+    assert "is writable by group or others" in result.stderr
+    assert list((path.parent / "clients.d").iterdir()) == []
+
+
 def not_a_point() -> bytes:
     """32 random bytes that are no Ed25519 public key: what 15 in 16 private keys are."""
     from nacl.bindings import crypto_core_ed25519_is_valid_point

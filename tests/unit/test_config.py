@@ -54,12 +54,27 @@ def test_defaults(tmp_path):
     assert cfg.clients[0].default is None and cfg.clients[0].allow == ()
 
 
+def test_server_addresses_of_both_families_and_the_knock_versions(tmp_path):
+    path = tmp_path / "gnocchi.toml"
+    path.write_text('server_addresses = ["203.0.113.7", "2001:db8::7"]\n')
+    cfg = config.load(str(path))
+    assert [str(a) for a in cfg.server_addresses] == ["203.0.113.7", "2001:db8::7"]
+    assert (cfg.v1, cfg.private_key_file) == (True, None)
+    path.write_text('v1 = false\nprivate_key_file = "/etc/gnocchi/private.key"\n')
+    cfg = config.load(str(path))
+    assert (cfg.v1, cfg.private_key_file) == (False, "/etc/gnocchi/private.key")
+
+
 CLIENT = f'[clients.alice]\npublic_key = "{KEY_A}"\n'
 BAD_CONFIGS = [
     ('server_kee_file = "/x"\n', "server_kee_file: unknown key"),
     ('state_dir = "relative"\n', "state_dir: 'relative' is not an absolute path"),
     ('helper_socket = 3\n', "helper_socket: must be a non-empty string, not an integer"),
-    ('server_addresses = ["::1"]\n', "server_addresses[0]: '::1' is not an IPv4 address"),
+    ('server_addresses = ["2001:db8::7", "203.0.113"]\n',
+     "server_addresses[1]: '203.0.113' is not an IP address"),
+    ('v1 = "no"\n', "v1: must be true or false, not a string"),
+    ('v1 = false\n', "v1: is false, but there is no private_key_file: no knock could get in"),
+    ('private_key_file = "private.key"\n', "private_key_file: 'private.key' is not an absolute"),
     ('server_addresses = "1.2.3.4"\n', "server_addresses: must be a list of strings"),
     ("clients = 3\n", "clients: must be a table of named tables"),
     ('[clients.alice]\nallow = ["22"]\n', "clients.alice.public_key: missing (required)"),
@@ -227,3 +242,134 @@ def test_without_a_good_copy_a_broken_file_is_refused_as_before(tmp_path):
     copy.chmod(0o666)
     with pytest.raises(config.ConfigError, match="alow: unknown key"):
         config.load_running(str(path))
+
+
+# ---- drop-in clients: clients.d/NAME.toml beside the config -------------------------
+
+KEY_B = "1bcd" * 16
+KEY_C = "2cde" * 16
+
+
+def drop_in(tmp_path, name: str, text: str, mode: int = 0o644):
+    directory = tmp_path / "clients.d"
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_drop_ins_add_clients_in_name_order_each_knowing_its_file(tmp_path):
+    bob = drop_in(tmp_path, "bob", f'[clients.bob]\npublic_key = "{KEY_B}"\nallow = ["2222"]\n')
+    carol = drop_in(tmp_path, "carol", f'# carol\'s laptop\n[clients.carol]\n'
+                                       f'public_key = "{KEY_C}"\nactions = ["motd"]\n')
+    # Not drop-ins: a deploy tool's hidden temporary copy, a backup, another suffix.
+    drop_in(tmp_path, ".ansible_tmpx1dave", "garbage =")
+    (tmp_path / "clients.d" / "erin.toml~").write_text("garbage =")
+    (tmp_path / "clients.d" / "frank.toml.tmp").write_text("garbage =")
+    cfg = load_text(tmp_path, CLIENT + 'allow = ["22"]\n[actions.motd]\nargv = ["/bin/true"]\n')
+    assert [(c.name, c.file) for c in cfg.clients] == [
+        ("alice", str(tmp_path / "gnocchi.toml")), ("bob", str(bob)), ("carol", str(carol))]
+    assert cfg.clients[1].allow == (knock_request.Open(2222, "tcp"),)
+    assert cfg.clients[2].actions == ("motd",)
+    # The same client in the config itself is the same client, wherever it is written.
+    moved = load_text(tmp_path / "clients.d", f'[clients.bob]\npublic_key = "{KEY_B}"\n'
+                                              'allow = ["2222"]\n')
+    assert moved.clients[0] == cfg.clients[1]
+    # The config file alone (drop_ins=False: how the last good copy is read).
+    assert [c.name for c in config.load(str(tmp_path / "gnocchi.toml"), drop_ins=False)
+            .clients] == ["alice"]
+
+
+def test_drop_ins_alone_hold_every_client(tmp_path):
+    drop_in(tmp_path, "bob", f'[clients.bob]\npublic_key = "{KEY_B}"\n')
+    assert [c.name for c in load_text(tmp_path, "").clients] == ["bob"]
+
+
+@pytest.mark.parametrize("name, text, key, problem", [
+    ("bob", f'[clients.bob]\npublic_key = "{KEY_B}"\nalow = ["22"]\n',
+     "clients.bob.alow", "unknown key"),
+    ("bob", f'[clients.bob]\npublic_key = "{KEY_B}"\nallow = ["22/sctp"]\n',
+     "clients.bob.allow[0]", "'22/sctp' is not PORT, PORT/tcp or PORT/udp"),
+    ("bob", f'[clients.bob]\npublic_key = "{KEY_B}"\nactions = ["reboot"]\n',
+     "clients.bob.actions[0]", "'reboot' is not an [actions] entry"),
+    ("bob", f'[clients.carol]\npublic_key = "{KEY_B}"\n',
+     "clients", "a drop-in holds one [clients.bob] table (its header first), named as the "
+                "file; found [clients.carol]"),
+    ("bob", f'[clients.bob]\npublic_key = "{KEY_B}"\n[clients.carol]\npublic_key = "{KEY_C}"\n',
+     "clients", "found [clients.bob], [clients.carol]"),
+    ("bob", f'[clients.bob]\npublic_key = "{KEY_B}"\n[actions.x]\nargv = ["/bin/true"]\n',
+     "", "a drop-in holds one [clients.bob] table"),
+    ("bob", f'state_dir = "/tmp"\n[clients.bob]\npublic_key = "{KEY_B}"\n',
+     "", "found clients, state_dir"),
+    ("bob", f'clients.bob.public_key = "{KEY_B}"\n',
+     "clients.bob", "its keys go below the [clients.bob] line (the drop-in is appended"),
+    ("bob", "", "", "found nothing"),
+    ("bob", "[clients.bob\n", "", "not valid TOML"),
+    ("a b", f'[clients."a b"]\npublic_key = "{KEY_B}"\n',
+     "the file name a b.toml", "'a b' is not a name"),
+])
+def test_a_bad_drop_in_is_an_error_naming_the_drop_in_and_the_key(tmp_path, name, text, key,
+                                                                   problem):
+    path = drop_in(tmp_path, name, text)
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, CLIENT + 'allow = ["22"]\n')
+    assert str(e.value).startswith(f"{path}: {key}: " if key else f"{path}: "), str(e.value)
+    assert problem in str(e.value)
+
+
+def test_a_name_or_key_in_two_files_is_an_error_naming_both(tmp_path):
+    main = tmp_path / "gnocchi.toml"
+    path = drop_in(tmp_path, "alice", f'[clients.alice]\npublic_key = "{KEY_B}"\n')
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, CLIENT)
+    assert str(e.value) == (f"{path}: clients.alice: is also configured in {main}; a client "
+                            "is in one file only")
+    path.unlink()
+    carol = drop_in(tmp_path, "carol", f'[clients.carol]\npublic_key = "{KEY_A}"\n')
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, CLIENT)
+    assert str(e.value) == (f"{carol}: clients.carol.public_key: is also clients.alice's key "
+                            f"({main})")
+    carol.unlink()
+    bob = drop_in(tmp_path, "bob", f'[clients.bob]\npublic_key = "{KEY_B}"\n')
+    dave = drop_in(tmp_path, "dave", f'[clients.dave]\npublic_key = "{KEY_B}"\n')
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, CLIENT)
+    assert str(e.value) == f"{dave}: clients.dave.public_key: is also clients.bob's key ({bob})"
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o666])
+def test_a_drop_in_others_may_write_is_refused_with_the_fix(tmp_path, mode):
+    path = drop_in(tmp_path, "bob", f'[clients.bob]\npublic_key = "{KEY_B}"\n', mode)
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, CLIENT)
+    assert str(e.value).startswith(f"{path}: {path} is writable by group or others")
+    assert f"fix: chmod go-w {path}" in str(e.value)
+    path.chmod(0o644)
+    (tmp_path / "clients.d").chmod(0o777)
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, CLIENT)
+    assert f"fix: chmod go-w {tmp_path / 'clients.d'}" in str(e.value)
+
+
+def test_clients_written_as_an_inline_table_cannot_take_drop_ins(tmp_path):
+    drop_in(tmp_path, "bob", f'[clients.bob]\npublic_key = "{KEY_B}"\n')
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, f'clients = {{ alice = {{ public_key = "{KEY_A}" }} }}\n')
+    assert str(e.value).startswith(f"{tmp_path / 'gnocchi.toml'}: clients: the drop-ins of "
+                                   f"{tmp_path / 'clients.d'}, appended to this file, do not "
+                                   "read as they do alone")
+
+
+def test_the_bundle_is_the_config_and_each_drop_in_each_ending_in_a_newline(tmp_path):
+    assert config.bundle(b"a = 1", []) == b"a = 1"
+    assert config.bundle(b"a = 1", [b"[clients.b]\n", b"[clients.c]"]) == (
+        b"a = 1\n[clients.b]\n[clients.c]\n")
+    path = tmp_path / "gnocchi.toml"
+    path.write_text(CLIENT)
+    drop_in(tmp_path, "bob", f'[clients.bob]\npublic_key = "{KEY_B}"')  # no final newline
+    copy = tmp_path / "copy.toml"
+    copy.write_bytes(config.read_bundle(str(path)))
+    alone = config.load(str(copy), drop_ins=False)
+    assert alone.clients == config.load(str(path)).clients

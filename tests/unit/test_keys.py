@@ -167,13 +167,13 @@ def test_public_key_problem_names_what_a_pasted_key_most_likely_is():
     server, alice_seed = keys.new_server_key(), os.urandom(32)
     alice = keys.public_of(alice_seed)
     known = {alice: "alice"}
-    assert keys.public_key_problem(alice, server, known) is None
-    assert "this server's own secret key" in keys.public_key_problem(server, server, known)
-    assert keys.public_key_problem(alice_seed, server, known) == (
+    assert keys.public_key_problem(alice, (server,), known) is None
+    assert "this server's own secret key" in keys.public_key_problem(server, (server,), known)
+    assert keys.public_key_problem(alice_seed, (server,), known) == (
         "it is a PRIVATE key: the one whose public key is client alice's")
     not_a_point = next(k for k in iter(lambda: os.urandom(32), None)
                        if keys.public_key_problem(k) is not None)
-    assert "not an Ed25519 public key" in keys.public_key_problem(not_a_point, server, known)
+    assert "not an Ed25519 public key" in keys.public_key_problem(not_a_point, (server,), known)
 
 
 def test_a_random_secret_passes_as_a_public_key_about_one_time_in_sixteen():

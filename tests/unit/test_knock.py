@@ -290,7 +290,8 @@ def test_error_cases(setup, tmp_path):
 def test_no_keys_given(setup):
     result = setup.knock(keyfiles=False)
     assert result.returncode == 1
-    assert b"no server key: give --server-key-file FILE or a profile" in result.stderr
+    assert (b"no server key: give --server-public-key HEX (v2), --server-key-file FILE (v1), "
+            b"or a profile") in result.stderr
 
 
 # ---- profiles ------------------------------------------------------------------------

@@ -9,10 +9,11 @@ import socket
 import struct
 
 import pytest
+from nacl.public import PrivateKey, SealedBox
 from nacl.secret import SecretBox
 
 from gnocchi.server import knock_socket
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 
@@ -154,15 +155,15 @@ def test_an_oversize_datagram_is_cut_and_seen_as_oversize():
         (cut, cut_len, _, _), (whole, whole_len, _, _) = read_all(datagrams, server, 2)
         assert (cut, cut_len) == (big[:knock_socket.RECV_BUFFER], knock_socket.RECV_BUFFER)
         assert (whole, whole_len) == (big[:protocol.MAX_PACKET], protocol.MAX_PACKET)
-        assert protocol.unseal(cut_len, datagrams.nonces[0], datagrams.boxes[0],
+        assert protocol.unseal(cut_len, datagrams.head(0), datagrams.boxes[0],
                                datagrams.opened, key) == protocol.SIZE
-        assert protocol.unseal(whole_len, datagrams.nonces[1], datagrams.boxes[1],
+        assert protocol.unseal(whole_len, datagrams.head(1), datagrams.boxes[1],
                                datagrams.opened, key) == protocol.MAC
 
 
 def test_unseal_checks_a_knock_where_it_lies_in_the_receive_buffer():
     key, seed = os.urandom(protocol.KEY_LEN), os.urandom(protocol.KEY_LEN)
-    knock = protocol.build_packet(key, seed, 7, b"open 22", bytes([127, 0, 0, 1]))
+    knock = seal.build_packet(key, seed, 7, b"open 22", bytes([127, 0, 0, 1]))
     flipped = knock[:-1] + bytes([knock[-1] ^ 1])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
@@ -171,13 +172,30 @@ def test_unseal_checks_a_knock_where_it_lies_in_the_receive_buffer():
                 client.sendto(d, server.getsockname())
         datagrams = knock_socket.Datagrams(server)
         assert [r[0] for r in read_all(datagrams, server, 2)] == [knock, flipped]
-        assert protocol.unseal(datagrams.length(1), datagrams.nonces[1], datagrams.boxes[1],
+        assert protocol.unseal(datagrams.length(1), datagrams.head(1), datagrams.boxes[1],
                                datagrams.opened, key) == protocol.MAC
-        assert protocol.unseal(datagrams.length(0), datagrams.nonces[0], datagrams.boxes[0],
-                               datagrams.opened, key) is None
-        plaintext = bytes(datagrams.opened[2 * protocol.BOXZERO_LEN:
-                                           protocol.BOXZERO_LEN + len(knock) - protocol.NONCE_LEN])
-        assert plaintext == SecretBox(key).decrypt(knock)
+        unsealed = protocol.unseal(datagrams.length(0), datagrams.head(0), datagrams.boxes[0],
+                                   datagrams.opened, key)
+        assert unsealed.plaintext == SecretBox(key).decrypt(knock)
+
+
+def test_unseal_opens_a_v2_knock_of_any_size_where_it_lies_in_the_receive_buffer():
+    private, seed = os.urandom(protocol.KEY_LEN), os.urandom(protocol.KEY_LEN)
+    keys2 = [(protocol.public_key(private), private)]
+    knocks = [seal.build_packet2(keys2[0][0], seed, 7, b"open 22", bytes([127, 0, 0, 1]),
+                                     body_len=n) for n in (16, protocol.MAX_BODY)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        with sender(socket.AF_INET, "127.0.0.1") as client:
+            for d in knocks:
+                client.sendto(d, server.getsockname())
+        datagrams = knock_socket.Datagrams(server)
+        assert [r[0] for r in read_all(datagrams, server, 2)] == knocks
+        assert len(knocks[1]) == protocol.MAX_PACKET2
+        for i, knock in enumerate(knocks):
+            unsealed = protocol.unseal(datagrams.length(i), datagrams.head(i),
+                                       datagrams.boxes[i], datagrams.opened, None, keys2)
+            assert unsealed.plaintext == SealedBox(PrivateKey(private)).decrypt(knock[24:])
 
 
 def test_a_full_receive_queue_is_read_in_batches():

@@ -65,6 +65,67 @@ def test_describe_says_which_config_runs(path):
     assert line.startswith(f"config: the last good copy {path.parent / 'gnocchi.last-good.toml'}")
 
 
+# ---- drop-ins: the copy is one file, the config with each drop-in appended -------------
+
+def add_drop_in(path, name: str, mode: int = 0o644) -> str:
+    """A client NAME in clients.d beside path; its public key."""
+    key = bytes(SigningKey.generate().verify_key).hex()
+    directory = path.parent / "clients.d"
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.toml").write_text(f'[clients.{name}]\npublic_key = "{key}"\n'
+                                            'allow = ["22"]\n')
+    (directory / f"{name}.toml").chmod(mode)
+    return key
+
+
+def test_the_copy_of_a_config_with_drop_ins_is_one_file_that_runs_the_same_clients(path):
+    add_drop_in(path, "bob")
+    add_drop_in(path, "carol")
+    recorded, _ = last_good.record(str(path))
+    copy = path.parent / "gnocchi.last-good.toml"
+    assert recorded
+    assert copy.read_bytes() == path.read_bytes() + b"".join(
+        (path.parent / "clients.d" / f"{n}.toml").read_bytes() for n in ("bob", "carol"))
+    alone = config.load(str(copy), drop_ins=False)
+    assert [c.name for c in alone.clients] == ["alice", "bob", "carol"]
+    assert alone.clients == config.load(str(path)).clients
+    assert last_good.record(str(path)) == (True, f"{copy} is the same")
+    broken, line = last_good.describe(str(path))
+    assert broken is None and line.startswith(
+        f"config: {path} and 2 drop-ins in {path.parent / 'clients.d'} (= the last good copy")
+    # A changed drop-in is a changed config.
+    add_drop_in(path, "dave")
+    assert "edited since gnocchi last applied it" in last_good.describe(str(path))[1]
+
+
+@pytest.mark.parametrize("breakage", ["typo", "loose mode", "duplicate key"])
+def test_a_broken_drop_in_is_never_kept_and_never_changes_what_runs(path, breakage):
+    add_drop_in(path, "bob")
+    assert last_good.record(str(path))[0]
+    copy = path.parent / "gnocchi.last-good.toml"
+    kept = copy.read_bytes()
+    carol = path.parent / "clients.d" / "carol.toml"
+    if breakage == "typo":
+        add_drop_in(path, "carol")
+        carol.write_text(carol.read_text() + "alow = [2222]\n")
+        expected = f"{carol}: clients.carol.alow: unknown key"
+    elif breakage == "loose mode":
+        add_drop_in(path, "carol", mode=0o666)
+        expected = f"{carol}: {carol} is writable by group or others"
+    else:  # carol holds bob's key: a pasted wrong key must not become a second bob
+        bob = (path.parent / "clients.d" / "bob.toml").read_text()
+        carol.write_text(bob.replace("[clients.bob]", "[clients.carol]"))
+        carol.chmod(0o644)
+        expected = f"{carol}: clients.carol.public_key: is also clients.bob's key"
+    recorded, said = last_good.record(str(path))
+    assert not recorded and expected in said, said
+    assert copy.read_bytes() == kept
+    told = []
+    running = config.load_running(str(path), lambda *a, **f: told.append(f))
+    assert running.path == str(copy) and [c.name for c in running.clients] == ["alice", "bob"]
+    assert told[0]["reason"].args[0].startswith(expected)
+
+
 # ---- gnocchi reload ------------------------------------------------------------------
 
 def reload(path):

@@ -35,7 +35,8 @@ def test_a_profile_may_open_several_ports(tmp_path):
     ("[profiles.work]\nhost = ['a']\n", "profiles.work.host",
      "must be a non-empty string, not a list"),
     ("[profiles.work]\nrequests = 'open 22'\n", "profiles.work.requests",
-     "unknown key (known here: client_key_file, host, request, server_key_file, sign_ip)"),
+     "unknown key (known here: client_key_file, host, next_server_public_key, request, "
+     "server_key_file, server_public_key, sign_ip)"),
     ("[profiles]\nwork = 3\n", "profiles.work", "must be a table, not an integer"),
     ("profile = 'work'\n", "profile", "unknown key (known here: default, profiles)"),
     ("default = 'home'\n", "default", "'home' names no [profiles.NAME] table"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
 SERVER_KEY = bytes.fromhex(VECTORS["server_key"])
@@ -90,7 +90,7 @@ SEED_A = bytes.fromhex(VECTORS["clients"]["a"]["seed"])
 def test_build_then_open_round_trip_with_random_padding():
     lengths = set()
     for counter in range(1, 21):
-        packet = protocol.build_packet(SERVER_KEY, SEED_A, counter, b"open 22", SERVER_IP)
+        packet = seal.build_packet(SERVER_KEY, SEED_A, counter, b"open 22", SERVER_IP)
         lengths.add(len(packet))
         assert (len(packet) - protocol.MIN_PACKET) % 16 == 0
         opened = protocol.open_packet(packet, SERVER_KEY, lambda k, counter=counter: counter - 1,
@@ -107,7 +107,7 @@ def test_build_matches_vector_when_made_deterministic():
     plain = SecretBox(SERVER_KEY).decrypt(packet)
     data = bytes.fromhex(vector["data"])
     body = plain[protocol.HEADER_LEN:]
-    rebuilt = protocol.build_packet(SERVER_KEY, SEED_A, vector["counter"], data, SERVER_IP,
+    rebuilt = seal.build_packet(SERVER_KEY, SEED_A, vector["counter"], data, SERVER_IP,
                                     body_len=len(body), nonce=packet[:24],
                                     padding=body[len(data):])
     assert rebuilt == packet
@@ -125,17 +125,17 @@ def test_build_refuses_what_cannot_be_sent(kwargs, words):
                 server_ipv4=SERVER_IP)
     args.update(kwargs)
     with pytest.raises(ValueError, match=words):
-        protocol.build_packet(**args)
+        seal.build_packet(**args)
 
 
 def test_body_length_rounds_to_blocks_and_caps():
-    assert protocol.body_length(0) == 0
-    assert protocol.body_length(1) == 16
-    assert protocol.body_length(16) == 16
-    assert protocol.body_length(17, 2) == 64
-    assert protocol.body_length(860, 5) == protocol.MAX_BODY
+    assert seal.body_length(0) == 0
+    assert seal.body_length(1) == 16
+    assert seal.body_length(16) == 16
+    assert seal.body_length(17, 2) == 64
+    assert seal.body_length(860, 5) == protocol.MAX_BODY
     for n in (0, 7, 100, 864):
-        length = protocol.random_body_length(n)
+        length = seal.random_body_length(n)
         assert n <= length <= protocol.MAX_BODY and length % 16 == 0
 
 

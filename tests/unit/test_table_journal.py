@@ -17,3 +17,25 @@ def test_every_arming_event_has_its_own_message_id_and_a_catalog_entry():
     for event, message_id in table.MESSAGE_IDS.items():
         assert f"-- {message_id}\n" in catalog, event
         assert event in table.PRIORITY
+
+
+def test_every_arming_entry_names_the_server_key_by_its_fingerprint(tmp_path, monkeypatch):
+    from systemd import journal
+
+    from gnocchi.shared import keys
+    key = keys.new_server_key()
+    keys.write_secret(tmp_path / "server.key", key)
+    config = tmp_path / "gnocchi.toml"
+    config.write_text(f'server_key_file = "{tmp_path / "server.key"}"\n')
+    sent = []
+    monkeypatch.setattr(journal, "send", lambda message, **fields: sent.append(fields))
+    monkeypatch.setattr(events, "stderr_is_journal", lambda: True)  # as under a unit
+    monkeypatch.setattr(table, "CONFIG", [str(config)])
+    table.log("armed", "armed", how="armed")
+    table.log("disarmed", "disarmed")
+    assert [f["GNOCCHI_SERVER_KEY"] for f in sent] == [keys.fingerprint(key)] * 2
+    assert sent[0]["GNOCCHI_HOW"] == "armed" and sent[0]["GNOCCHI_EVENT"] == "armed"
+    # No key to read (a config that names none that loads): the entry is written without it.
+    monkeypatch.setattr(table, "CONFIG", [str(tmp_path / "missing.toml")])
+    table.log("disarmed", "disarmed")
+    assert "GNOCCHI_SERVER_KEY" not in sent[-1]

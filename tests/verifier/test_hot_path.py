@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import socket
 
-from gnocchi.shared import protocol
+from gnocchi.shared import protocol, seal
 from support import knock, request, send_paced, write_config
 
 
 def longest_knock(k, counter: int, server_ip: str) -> bytes:
     """A valid knock of exactly MAX_PACKET bytes."""
-    return protocol.build_packet(k.server, k.seeds["alice"], counter, b"open 22",
+    return seal.build_packet(k.server, k.seeds["alice"], counter, b"open 22",
                                  socket.inet_aton(server_ip), body_len=protocol.MAX_BODY)
 
 

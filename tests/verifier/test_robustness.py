@@ -157,15 +157,16 @@ def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k,
 
 
 @pytest.mark.parametrize("listen_args, problem", [
-    (["-d", "-l", "{ip}:{wrong}"], "is on UDP port {wrong}, but this server key's knock port is"),
-    (["-d", "-l", "{ip}:{port}", "-l", "{ip}:{wrong}"], "systemd passed 2 sockets"),
+    (["-d", "-l", "{ip}:{wrong}"], "is on UDP port {wrong}, but the knock port of the server's "
+     "keys is {port}"),
+    (["-d", "-l", "{ip}:{port}", "-l", "{port2}"], "systemd passed 2 sockets for 1 knock port"),
     (["-l", "{ip}:{port}"], "is not a UDP socket"),
 ])
 def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, helper,
                                                              listen_args, problem):
     cfg = write_config(tmp_path, k, helper.path)
     wrong = k.port + 1 if k.port < 65535 else k.port - 1
-    fill = dict(ip=net.server.ip, port=k.port, wrong=wrong)
+    fill = dict(ip=net.server.ip, port=k.port, wrong=wrong, port2=f"[{net.server.ip6}]:{k.port}")
     argv = ["systemd-socket-activate", *[a.format(**fill) for a in listen_args],
             "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve",
             "--config", str(cfg)]

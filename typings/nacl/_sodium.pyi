@@ -6,6 +6,7 @@
 class CData:
     """A cffi pointer or array (what ffi.new and ffi.from_buffer return)."""
     def __len__(self) -> int: ...  # an array's length
+    def __add__(self, offset: int) -> CData: ...  # a pointer that many elements on
 
 class Buffer:
     """ffi.buffer(): the bytes behind a CData; slicing copies them out."""
@@ -32,6 +33,12 @@ class Lib:
     def crypto_secretbox_open(self, m: object, c: object, clen: int, n: object,
                               k: object) -> int: ...
     def crypto_core_ed25519_is_valid_point(self, p: object) -> int: ...
+    def crypto_scalarmult_base(self, q: object, n: object) -> int: ...
+    def crypto_box(self, c: object, m: object, mlen: int, n: object, pk: object,
+                   sk: object) -> int: ...
+    def crypto_box_seal_open(self, m: object, c: object, clen: int, pk: object,
+                             sk: object) -> int: ...
+    def sodium_memcmp(self, b1: object, b2: object, len: int) -> int: ...
 
 ffi: FFI
 lib: Lib
