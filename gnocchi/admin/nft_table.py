@@ -327,15 +327,16 @@ def legacy_file(config_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(config_path)), LEGACY_NAME)
 
 
-def protected_ports(cfg, config_path: str) -> Ports:
+def protected_ports(cfg, config_path: str, forwards: bool = True) -> Ports:
     """The ports cfg (a gnocchi.server.config.Config, which config_path names or is the
     last good copy of) protects: its [protect] table; without one, the protected sets
     of 0.3's table file beside config_path (an admin's edit that an upgrade keeps
     honouring until `gnocchi protect` writes [protect]); without that, tcp 22. And in
-    every case the listen port of each of its [forwards]: a forward is a protected port
-    that a knock maps elsewhere."""
+    every case (forwards=False: but for `gnocchi protect`, which edits [protect]) the
+    listen port of each of its [forwards]: a forward is a protected port that a knock
+    maps elsewhere."""
     ports = _protected_ports(cfg, config_path)
-    listens = [f.listen for f in getattr(cfg, "forwards", ())]
+    listens = [f.listen for f in getattr(cfg, "forwards", ())] if forwards else []
     if not listens:
         return ports
     protected = {proto: sorted(set(found) | {o.port for o in listens if o.proto == proto})

@@ -123,9 +123,9 @@ class Banner(EchoServices):
         with conn:  # closed when the peer is done, as sshd does: a proxy then ends
             try:
                 conn.sendall(self.name + b"\n")
-            except OSError:
+                super()._echo_stream(conn)
+            except OSError:  # the peer reset (a forger's RST, a test's abort)
                 return
-            super()._echo_stream(conn)
 
     def _udp(self, s):
         while not self.stop.is_set():
