@@ -244,6 +244,23 @@ def check_liberal(report: Report,
                                "net.netfilter.nf_conntrack_tcp_be_liberal=0")
 
 
+def check_forwarding(report: Report, cfg: server_config.Config, proc: str = "/proc/sys") -> None:
+    """A forward needs the kernel to forward its family: otherwise a knock for it is
+    translated, then dropped (a warning: the admin may turn it on after arming)."""
+    keys = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
+    for version in sorted({t.address.version for f in cfg.forwards for t in f.to}):
+        try:
+            with open(f"{proc}/{keys[version]}") as f:
+                on = f.read().strip() != "0"
+        except OSError:
+            continue
+        if not on:
+            key = keys[version].replace("/", ".")
+            report.warnings.append(f"{key} is 0: the kernel forwards no IPv{version}, so "
+                                   f"{cfg.path}'s forwards to IPv{version} addresses reach "
+                                   f"nothing; fix: sysctl -w {key}=1 (and in /etc/sysctl.d/)")
+
+
 def check_clients(report: Report, cfg: server_config.Config) -> None:
     report.clients = len(cfg.clients)
     if not cfg.clients:
@@ -305,7 +322,13 @@ def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> 
                                f"read any more: the ports are in [protect] in {cfg.path}; "
                                f"fix: rm {legacy}")
     for port in report.knock_ports:
-        if port in ports.protected.get("udp", []):
+        forwarded = [f for f in cfg.forwards if (f.listen.proto, f.listen.port) == ("udp",
+                                                                                    port)]
+        for f in forwarded:
+            report.problems.append(f"{cfg.path}: forwards.{f.name}.listen: {port}/udp is the "
+                                   "knock port, so knocks would be forwarded; fix: give the "
+                                   "forward another listen port")
+        if port in ports.protected.get("udp", []) and not forwarded:
             report.problems.append(f"{cfg.path}: protect.udp: {port} is the knock port, so "
                                    "every knock would need a knock first; fix: gnocchi "
                                    f"unprotect {port}/udp")
@@ -378,6 +401,7 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     except keys.KeyFileError as e:
         report.problems.append(f"{e} (the verifier would refuse to start)")
     check_ports(report, cfg, config_path)
+    check_forwarding(report, cfg)
     check_clients(report, cfg)
     check_client_keys(report, cfg, server_keys, starting=last_good)
     if report.knocked_size and len(cfg.clients) * SHARE > report.knocked_size:

@@ -152,13 +152,15 @@ def checked_client(path: str, name: str, public_hex: str,
         public = keys.parse_public_hex(public_hex, "PUBKEY")
     except ValueError as e:
         raise EditError(f"{e}; a new client makes its key with gnocchi-knock --keygen") from None
+    current = load_checked(os.path.realpath(path), path)
+    forwards = {f.name for f in current.forwards}
     ports = []
     for item in allow or [DEFAULT_ALLOW]:
         port = knock_request.parse_port(item)
-        if port is None:
-            raise EditError(f"--allow {item!r} is not PORT, PORT/tcp or PORT/udp")
-        ports.append(f"{port.port}/{port.proto}")
-    current = load_checked(os.path.realpath(path), path)
+        if port is None and item not in forwards:
+            raise EditError(f"--allow {item!r} is not PORT, PORT/tcp or PORT/udp" + (
+                f" nor a forward ({', '.join(sorted(forwards))})" if forwards else ""))
+        ports.append(item if port is None else f"{port.port}/{port.proto}")
     for client in current.clients:
         where = path if client.file == current.path else client.file  # a drop-in, or the file
         if client.name == name:
@@ -400,7 +402,8 @@ def parser(command: str) -> argparse.ArgumentParser:
                        help=f"the client's public key (`{keys.PRINT_PUBKEY}` prints it on the "
                             "client)")
         p.add_argument("--allow", action="extend", nargs="+", metavar="PORT[/tcp|/udp]",
-                       help=f"what the client may open (default {DEFAULT_ALLOW})")
+                       help=f"what the client may open (default {DEFAULT_ALLOW}); or a "
+                            "[forwards.NAME] by its name")
         p.add_argument("--host", type=host_name, default=None,
                        help="this server's name or address as the client reaches it "
                             "(default: this host's name, as hostname prints it)")

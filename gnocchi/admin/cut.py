@@ -21,7 +21,13 @@ re-arm cut() ends what is new since, on a port protected then and now:
   Either direction counts: a stranger's datagram from the gap that the
   service answers only after the re-arm leaves a flow whose first packet
   conntrack saw leave the protected port.
-  UDP sockets are never destroyed: a server's one socket serves everyone.
+  UDP sockets are never destroyed: a server's one socket serves everyone;
+- a TCP flow translated by a DNAT (to a container, a VM: forwarded, so no
+  socket of this host holds it) to a port protected as the client sent it,
+  that the snapshot did not have, unless it was admitted by a knock, loses its
+  conntrack entry: the gate's chain translated drops the segment that would
+  pick it up again (a translated flow always has its entry), so the stranger's
+  connection stalls and both ends give it up.
 
 Trusts the kernel's answers over netlink (sock_diag, ctnetlink) in this
 network namespace; needs CAP_NET_ADMIN and a kernel with
@@ -44,7 +50,8 @@ CT_NEW, CT_GET, CT_DELETE = 0x100, 0x101, 0x102  # NFNL_SUBSYS_CTNETLINK << 8 | 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 F_REQUEST, F_ACK, F_DUMP = 0x1, 0x4, 0x300
 NESTED = 0x8000
-CTA_TUPLE_ORIG, CTA_ID, CTA_LABELS = 1, 12, 22
+CTA_TUPLE_ORIG, CTA_STATUS, CTA_ID, CTA_LABELS = 1, 3, 12, 22
+IPS_DST_NAT = 1 << 5  # the flow's destination was translated (a DNAT, a redirect)
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP = {4: (1, 2), 6: (3, 4)}  # (src, dst) attribute types
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -79,10 +86,15 @@ class Flow:
     dport: int
     id: int
     labels: bytes
+    status: int = 0
 
     @property
     def knocked(self) -> bool:
         return has_label(self.labels, KNOCKED_LABEL)
+
+    @property
+    def translated(self) -> bool:
+        return bool(self.status & IPS_DST_NAT)
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ class Snapshot:
     tcp: frozenset    # protected TCP ports
     udp: frozenset    # protected UDP ports
     cookies: frozenset
-    flows: frozenset  # conntrack ids of UDP flows to protected ports
+    flows: frozenset  # conntrack ids of UDP flows to protected ports, and translated TCP flows
 
 
 # ---- netlink, pure ---------------------------------------------------------------
@@ -166,7 +178,8 @@ def parse_flow(payload: bytes) -> Flow | None:
                     struct.unpack("!H", ports[CTA_PROTO_SRC_PORT])[0],
                     ipaddress.ip_address(ip[kinds[1]]),
                     struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0],
-                    struct.unpack("!I", top[CTA_ID])[0], top.get(CTA_LABELS, b""))
+                    struct.unpack("!I", top[CTA_ID])[0], top.get(CTA_LABELS, b""),
+                    struct.unpack("!I", top.get(CTA_STATUS, bytes(4)))[0])
     except (KeyError, IndexError, ValueError, struct.error):
         return None
 
@@ -225,12 +238,15 @@ def flow_of(sock: Sock) -> Flow | None:
     return parse_flow(answers[0]) if answers else None
 
 
-def udp_flows(ports) -> list[Flow]:
-    if not ports:
+def flows(tcp, udp) -> list[Flow]:
+    """UDP flows on a port of udp (to it, or first seen leaving it), and translated TCP
+    flows to a port of tcp (as the client sent them: the original direction)."""
+    if not tcp and not udp:
         return []
-    flows = (parse_flow(p) for p in request(NETLINK_NETFILTER, CT_GET, F_DUMP, nfgen(0)))
-    return [f for f in flows if f and f.proto == socket.IPPROTO_UDP
-            and (f.dport in ports or f.sport in ports)]
+    found = (parse_flow(p) for p in request(NETLINK_NETFILTER, CT_GET, F_DUMP, nfgen(0)))
+    return [f for f in found if f and (
+        f.proto == socket.IPPROTO_UDP and (f.dport in udp or f.sport in udp)
+        or f.proto == socket.IPPROTO_TCP and f.translated and f.dport in tcp)]
 
 
 def delete(flow: Flow) -> None:
@@ -257,12 +273,12 @@ def ports(protected: dict) -> tuple[frozenset, frozenset]:
 def snapshot(protected: dict) -> Snapshot:
     tcp, udp = ports(protected)
     return Snapshot(tcp, udp, frozenset(s.cookie for s in tcp_sockets(tcp)),
-                    frozenset(f.id for f in udp_flows(udp)))
+                    frozenset(f.id for f in flows(tcp, udp)))
 
 
 def strangers(before: Snapshot, protected: dict) -> tuple[list[Sock], list[Flow]]:
-    """The TCP sockets and UDP flows new since the snapshot, on ports protected then and
-    now, that no knock let in."""
+    """The TCP sockets, and the UDP and translated TCP flows, new since the snapshot, on
+    ports protected then and now, that no knock let in."""
     tcp, udp = ports(protected)
     socks = []
     # Conntrack's original direction says who sent the first packet it saw, which for a
@@ -277,15 +293,16 @@ def strangers(before: Snapshot, protected: dict) -> tuple[list[Sock], list[Flow]
                 flow.src, flow.sport) == (sock.local, sock.lport)):
             continue  # a knock let it in, or this host started it
         socks.append(sock)
-    flows = [f for f in udp_flows(before.udp & udp) if f.id not in before.flows and not f.knocked]
-    return socks, flows
+    new = [f for f in flows(before.tcp & tcp, before.udp & udp)
+           if f.id not in before.flows and not f.knocked]
+    return socks, new
 
 
 def cut(before: Snapshot, protected: dict) -> tuple[list[str], list[str]]:
     """Cut the strangers (see the module docstring); (what was cut, what could not be)."""
     done, failed = [], []
     for _ in range(PASSES):
-        socks, flows = strangers(before, protected)
+        socks, gone = strangers(before, protected)
         for sock in socks:
             what = f"{sock.remote} port {sock.rport} -> {sock.lport}/tcp"
             try:
@@ -295,10 +312,11 @@ def cut(before: Snapshot, protected: dict) -> tuple[list[str], list[str]]:
                 pass  # it closed meanwhile
             except OSError as e:
                 failed.append(f"{what}: {e.strerror or e}")
-        for flow in flows:
+        for flow in gone:
             delete(flow)
-            done.append(f"{flow.src} port {flow.sport} -> {flow.dport}/udp")
-        if not socks and not flows or failed:
+            done.append(f"{flow.src} port {flow.sport} -> {flow.dport}/"
+                        + ("tcp (translated)" if flow.proto == socket.IPPROTO_TCP else "udp"))
+        if not socks and not gone or failed:
             break
         time.sleep(PASS_GAP)
     return done, failed

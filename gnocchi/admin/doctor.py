@@ -1,9 +1,12 @@
 """`gnocchi doctor`: everything a working server needs, each failure with its fix.
 
 Trusts nothing it reads and changes nothing: files, systemd's view of the
-units, /proc for sockets, and the live ruleset (`nft -j list ruleset`),
-which it reads to see whether the admin's own chains let knocks reach the
-knock port. Guarantees: exit 0 only when every check passes; every failed
+units, /proc for sockets and sysctls, and the live ruleset (`nft -j list
+ruleset`), which it reads to see whether the admin's own chains let knocks
+reach the knock port, and, for the forward path, whether their chains let
+gnocchi's forwards through, which ports their rules publish (Docker's,
+Podman's) unguarded, and whose chains the kernel runs before gnocchi's.
+Guarantees: exit 0 only when every check passes; every failed
 check prints the exact command or edit that fixes it. `gnocchi check` is the
 subset that needs nothing running (what arming runs first).
 """
@@ -25,6 +28,8 @@ from gnocchi.admin import chains, check, gate, nft_table, status
 from gnocchi.server import DEFAULT_CONFIG
 
 HELPER_DIR = "/run/gnocchi"
+FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+LEGACY_TABLES = ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
 
 
 @dataclass
@@ -205,14 +210,19 @@ class Doctor:
                          "not in the live table's protected set: it is open to everyone "
                          "without a knock, and the helper refuses it", fix)
 
-    def own_ruleset(self) -> None:
-        if self.port is None:
-            return
+    def ruleset(self) -> list[dict] | None:
         proc = nft_table.nft("-j", "list", "ruleset")
         if proc.returncode != 0:
             self.add(False, "the ruleset can be read", proc.stderr.strip(), "run as root")
+            return None
+        return [o for o in json.loads(proc.stdout)["nftables"] if "metainfo" not in o]
+
+    def own_ruleset(self) -> None:
+        if self.port is None:
             return
-        objects = [o for o in json.loads(proc.stdout)["nftables"] if "metainfo" not in o]
+        objects = self.ruleset()
+        if objects is None:
+            return
         verdicts = chains.reach(objects, self.port)
         if not verdicts:
             self.add(True, "your own rules let knocks reach the knock port",
@@ -236,6 +246,103 @@ class Doctor:
                 self.add(False, f"{where} lets knocks to {self.port}/udp through",
                          f"cannot tell ({note})", f"make sure {where} accepts udp dport "
                          f"{self.port} from anywhere", warn=True)
+
+    def forward_path(self) -> None:
+        """What doctor can see of the forward path: the kernel forwards what gnocchi's
+        forwards need, their chains let it through, the ports their rules publish are
+        guarded, and whose chains run before gnocchi's (docs/firewall.md, "Forwarded
+        services")."""
+        if self.live is None:
+            return
+        objects = self.ruleset()
+        if objects is None:
+            return
+        forwards = self.cfg.forwards if self.cfg is not None else ()
+        for version in sorted({t.address.version for f in forwards for t in f.to}):
+            key = FORWARDING[version]
+            names = ", ".join(f"forwards.{f.name}" for f in forwards
+                              if any(t.address.version == version for t in f.to))
+            self.add(sysctl(key) == "1", f"the kernel forwards IPv{version} ({names})",
+                     f"{key} is {sysctl(key) or 'unreadable'}: a knocked client's connection "
+                     "to a forward is translated, then dropped by the kernel",
+                     f"sysctl -w {key}=1, and `{key} = 1` in /etc/sysctl.d/90-forward.conf",
+                     good=f"{key} = 1")
+        for f in forwards:
+            for to in f.to:
+                self.their_forward_chains(objects, f, to)
+        self.published_ports(objects, self.live.protected(), forwards)
+        for where, hook, prio, kind, ours in chains.before(objects):
+            listens = [f for f in forwards if any(
+                f.listen.proto in p.protos and (p.ports is None or nft_table.covers(
+                    [list(x) if isinstance(x, tuple) else x for x in p.ports], f.listen.port))
+                for p in chains.published(objects) if p.where.startswith(where + " "))]
+            if kind == "nat":
+                self.add(not listens, f"{where} (nat, {hook}, priority {prio}) runs before "
+                         f"gnocchi's (priority {ours})",
+                         f"it may translate {', '.join(f'forwards.{f.name}' for f in listens)}'s"
+                         " port first, and a connection keeps its first translation: that "
+                         "forward then never reaches its target (gnocchi's gate still judges "
+                         "the connection)", "give the forward another listen port",
+                         good="it translates none of gnocchi's forwards' ports")
+            else:
+                self.add(True, f"{where} ({kind}, {hook}, priority {prio}) runs before "
+                         f"gnocchi's (priority {ours})", good="its accepts do not skip "
+                         "gnocchi's chain (an accept ends only its own chain); a drop there "
+                         "is final, as anywhere")
+        legacy = [name for path in LEGACY_TABLES for name in _read(path).split()]
+        if legacy:
+            self.add(False, "every rule can be read with nft", f"iptables-legacy tables are "
+                     f"loaded ({', '.join(sorted(set(legacy)))}): doctor cannot see their "
+                     "rules (gnocchi's chains still see every packet; a drop there still "
+                     "wins, their accepts do not skip gnocchi)", "use iptables-nft "
+                     "(update-alternatives --set iptables /usr/sbin/iptables-nft), then "
+                     "restart what loads those rules", warn=True)
+
+    def their_forward_chains(self, objects: list[dict], forward, to) -> None:
+        """Their forward base chains must let a new connection to the target through."""
+        proto, ip = forward.listen.proto, "ip" if to.address.version == 4 else "ip6"
+        what = f"{proto} to {to}"
+        fix = (f"accept it there, e.g. nft insert rule TABLE CHAIN {ip} daddr {to.address} "
+               f"{proto} dport {to.port} accept; Docker: iptables -I DOCKER-USER -d "
+               f"{to.address} -p {proto} --dport {to.port} -j ACCEPT (and its replies: -s "
+               f"{to.address} -p {proto} --sport {to.port})")
+        for (family, table, chain), (verdict, note) in chains.reach(
+                objects, to.port, forward.listen.proto, "forward", to.address).items():
+            where = f"{family} {table} {chain}"
+            self.add(verdict == "accept", f"{where} lets forwards.{forward.name} through "
+                     f"({what})", (f"it drops it ({note})" if verdict in ("drop", "reject")
+                                   else f"cannot tell ({note})"), fix.replace(
+                                       "TABLE CHAIN", f"{family} {table} {chain}"),
+                     good=note, warn=verdict not in ("accept", "drop", "reject"))
+
+    def published_ports(self, objects: list[dict], protected: dict, forwards) -> None:
+        """Each port their rules publish (translate) is guarded by gnocchi, or said not to be."""
+        listens = {(f.listen.proto, f.listen.port) for f in forwards}
+        ports: dict[tuple, list] = {}  # (proto, port or (low, high)) -> [(where, to)]
+        for p in chains.published(objects):
+            if p.ports is None:
+                self.add(False, f"{p.where} publishes {'/'.join(p.protos)} ports",
+                         "cannot tell which ports: those gnocchi does not protect are open to "
+                         "everyone", "check them with `nft list ruleset`; gnocchi protect "
+                         "PORT[/udp] guards one by a knock", warn=True)
+                continue
+            for proto in p.protos:
+                for port in p.ports:
+                    if (proto, port) not in listens:  # gnocchi's own forwards: said above
+                        ports.setdefault((proto, port), []).append(p)
+        for (proto, port), rules in ports.items():
+            low, high = (port, port) if isinstance(port, int) else port
+            ranges = [list(x) if isinstance(x, tuple) else x for x in protected.get(proto, [])]
+            guarded = high - low <= 4096 and all(nft_table.covers(ranges, n)
+                                                 for n in range(low, high + 1))
+            shown = f"{low}/{proto}" if low == high else f"{low}-{high}/{proto}"
+            to = ", ".join(sorted({p.to for p in rules if p.to}))
+            where = ", ".join(sorted({p.where.split(" (rule")[0] for p in rules}))
+            self.add(guarded, f"{shown} (published{' to ' + to if to else ''} by {where}) is "
+                     "guarded", "it is open to everyone, without a knock (if it should be, "
+                     "nothing to do)", f"gnocchi protect {shown}" if low == high else
+                     "gnocchi protect each of its ports", good="a knock opens it, once",
+                     warn=True)
 
     def units(self) -> None:
         for unit_name in ("gnocchi-arm.service", "gnocchi-watch.service", "gnocchi.socket"):
@@ -313,6 +420,7 @@ class Doctor:
         self.helper_socket()
         self.armed()
         self.own_ruleset()
+        self.forward_path()
         self.units()
         self.self_knock(key_file, address)
         return self.findings
@@ -341,6 +449,19 @@ def own_address() -> str | None:
             if not (address.is_loopback or address.is_link_local):
                 return text
     return None
+
+
+def sysctl(key: str) -> str:
+    """A sysctl's value as /proc/sys has it, or "" when it cannot be read."""
+    return _read("/proc/sys/" + key.replace(".", "/")).strip()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def latest_refusal(since: float) -> str:

@@ -12,12 +12,16 @@ test-load of the table file, or the kernel's live table):
   packet from someone who never knocked, to a port of protected_tcp or
   protected_udp: a TCP SYN (alone, with ECN, PSH or URG; on a new flow, on one
   conntrack calls established, on a related one) or a UDP datagram (new or
-  related), over IPv4 and IPv6. It is run through the table's prerouting and
-  input base chains symbolically, so the answer follows whatever the file
-  says: what cannot be known (an interface, a mark, a rate, a set other than
-  the protected and knocked ones) is followed both ways, and what is not
-  understood at all counts as letting the packet in. A probe is stopped only
-  when every path drops or rejects it.
+  related), over IPv4 and IPv6; sent to this host (hook input), translated to
+  this host by a redirect (input), or translated to another host by a DNAT and
+  forwarded (hook forward: a port Docker publishes, a port forward). A
+  translated probe's port is the protected one only as the client sent it (ct
+  original proto-dst): the port it reaches is any. It is run through the
+  table's prerouting base chains and those of its hook symbolically, so the
+  answer follows whatever the file says: what cannot be known (an interface, a
+  mark, a rate, a set other than the protected and knocked ones) is followed
+  both ways, and what is not understood at all counts as letting the packet
+  in. A probe is stopped only when every path drops or rejects it.
 
 Trusts nothing it reads: the listing is only read, never run. No I/O, no
 root: unit-tested on committed listings (tests/unit/tables/).
@@ -32,7 +36,7 @@ from gnocchi.admin.nft_table import FAMILY, KNOCKED, NAME, PROTECTED
 ABSENT = "absent"  # the packet has no such header: a match on it fails, whatever its op
 UNKNOWN = None
 MAX_DEPTH = 16     # nft's own limit on nested jumps
-HOOKS = ("prerouting", "input")
+HOOKS = ("prerouting", "input", "forward")
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20,
              "ecn": 0x40, "cwr": 0x80}
 L4 = {"tcp": 6, "udp": 17}
@@ -114,6 +118,13 @@ class Probe(NamedTuple):
     ct_state: str        # "new" | "established" | "related" | "untracked"
     ct_status: frozenset
     labels: frozenset    # conntrack labels set so far
+    hook: str = "input"  # "input" (to this host) | "forward" (translated to another host)
+
+    @property
+    def translated(self) -> bool:
+        """A DNAT (a redirect, on input) changed its destination: the port it reaches
+        is any, the protected one is where the client sent it."""
+        return "dnat" in self.ct_status
 
     def describe(self) -> str:
         if self.l4 == "tcp":
@@ -121,23 +132,27 @@ class Probe(NamedTuple):
             what = f"a TCP {names} to a protected port"
         else:
             what = "a UDP datagram to a protected port"
-        return f"{what} ({self.family[-2:].replace('v', 'IPv')}, conntrack {self.ct_state})"
+        where = ("" if not self.translated else ", forwarded to another host after a DNAT"
+                 if self.hook == "forward" else ", redirected to another port of this host")
+        return f"{what} ({self.family[-2:].replace('v', 'IPv')}, conntrack {self.ct_state}{where})"
 
 
 def probes() -> list[Probe]:
     syn = TCP_FLAGS["syn"]
     found = []
     for family in ("ipv4", "ipv6"):
-        for flags in (syn, syn | TCP_FLAGS["ecn"] | TCP_FLAGS["cwr"], syn | TCP_FLAGS["psh"],
-                      syn | TCP_FLAGS["urg"]):
-            found.append(Probe(family, "tcp", flags, "new", frozenset(), frozenset()))
-            # A SYN on a flow picked up from a crafted ACK, and one related to an
-            # expectation (docs/firewall.md, "How the gate decides").
-            found.append(Probe(family, "tcp", flags, "established",
-                               frozenset({"confirmed", "seen-reply", "assured"}), frozenset()))
-            found.append(Probe(family, "tcp", flags, "related", frozenset(), frozenset()))
-        for state in ("new", "related"):
-            found.append(Probe(family, "udp", 0, state, frozenset(), frozenset()))
+        for hook, nat in (("input", frozenset()), ("input", frozenset({"dnat"})),
+                          ("forward", frozenset({"dnat"}))):
+            for flags in (syn, syn | TCP_FLAGS["ecn"] | TCP_FLAGS["cwr"], syn | TCP_FLAGS["psh"],
+                          syn | TCP_FLAGS["urg"]):
+                found.append(Probe(family, "tcp", flags, "new", nat, frozenset(), hook))
+                # A SYN on a flow picked up from a crafted ACK, and one related to an
+                # expectation (docs/firewall.md, "How the gate decides").
+                found.append(Probe(family, "tcp", flags, "established", nat | frozenset(
+                    {"confirmed", "seen-reply", "assured"}), frozenset(), hook))
+                found.append(Probe(family, "tcp", flags, "related", nat, frozenset(), hook))
+            for state in ("new", "related"):
+                found.append(Probe(family, "udp", 0, state, nat, frozenset(), hook))
     return found
 
 
@@ -156,10 +171,10 @@ def _value(left, p: Probe):
             if proto != p.l4:
                 return ABSENT
             if field == "dport":
-                return Port(PROTECTED[p.l4])
+                return UNKNOWN if p.translated else Port(PROTECTED[p.l4])
             return p.flags if field == "flags" and proto == "tcp" else UNKNOWN
         if proto == "th":
-            return Port(PROTECTED[p.l4]) if field == "dport" else UNKNOWN
+            return Port(PROTECTED[p.l4]) if field == "dport" and not p.translated else UNKNOWN
         if proto in ("ip", "ip6"):
             if (proto == "ip") != (p.family == "ipv4"):
                 return ABSENT
@@ -169,6 +184,11 @@ def _value(left, p: Probe):
         key = left["meta"].get("key")
         return {"l4proto": p.l4, "nfproto": p.family,
                 "protocol": "ip" if p.family == "ipv4" else "ip6"}.get(key, UNKNOWN)
+    if "ct" in left and left["ct"].get("dir") == "original":
+        # The port the client sent it to: the protected one, whatever a DNAT made of it.
+        tracked = p.ct_state != "untracked"
+        return Port(PROTECTED[p.l4]) if left["ct"].get("key") == "proto-dst" and tracked \
+            else (UNKNOWN if tracked else ABSENT)
     if "ct" in left and "dir" not in left["ct"]:
         key = left["ct"].get("key")
         return {"state": p.ct_state, "status": p.ct_status, "direction": "original",
@@ -339,6 +359,9 @@ def _chain(name: str, states: set, rules: dict, depth: int) -> tuple[set, set]:
 
 def _fate(p: Probe, bases: list, rules: dict) -> str | None:
     """None when every path drops p; else how it gets through."""
+    if not any(c["hook"] == p.hook for c in bases):
+        return f"no chain of table inet gnocchi hooks {p.hook}"
+    bases = [c for c in bases if c["hook"] in ("prerouting", p.hook)]
     states, how = {p}, set()
     for chain in bases:
         passed = set()
@@ -355,8 +378,6 @@ def _fate(p: Probe, bases: list, rules: dict) -> str | None:
         states = passed
         if not states:
             return None
-    if not bases:
-        return "no chain of table inet gnocchi hooks input"
     return ", ".join(sorted(how))
 
 

@@ -5,8 +5,9 @@ it changes with the package), the admin's config for the ports, and nft(8).
 Reads the live table only through `nft -j` (JSON, parsed into typed values),
 and writes only what the rules file says plus elements rebuilt from typed
 values. What gnocchi loads is one thing, wanted(): the rules file, with sets
-protected_tcp/protected_udp filled from the config gnocchi runs ([protect];
-see protected_ports) and set knock_port from its server key.
+protected_tcp/protected_udp filled from the config gnocchi runs ([protect] and
+the listen ports of [forwards]; see protected_ports), maps forwards4/forwards6
+from its [forwards], and set knock_port from its server key.
 Guarantees:
 - every change to the live table is one nft transaction: a packet meets the
   old table or the new one, never none (no unprotected window);
@@ -19,10 +20,10 @@ Guarantees:
   load is retried) rather than come back to life;
 - the file is first loaded into a throwaway user+network namespace, so a
   broken or foreign file is refused before the live table is touched;
-- the protected ports and set knock_port (the flood limit's port) are written
-  in the same transaction as the file (docs/firewall.md, "Floods"): the table
-  never protects other ports than the config's, not even for a moment; a file
-  without set knock_port loads as it is.
+- the protected ports, the forwards and set knock_port (the flood limit's port)
+  are written in the same transaction as the file (docs/firewall.md, "Floods"):
+  the table never protects other ports, nor forwards to other places, than the
+  config's, not even for a moment; a file without set knock_port loads as it is.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ FAMILY, NAME = "inet", "gnocchi"
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
 KNOCK_PORT = "knock_port"  # the flood limit's port: load() fills it from the server key
+# listen (proto . port) : target (address . port), filled from [forwards] (chain reach)
+FORWARDS = {4: "forwards4", 6: "forwards6"}
+FORWARD_TYPES = {"forwards4": "ipv4_addr . inet_service", "forwards6": "ipv6_addr . inet_service"}
 KNOCKED_TYPES = {"knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
                  "knocked6": ["ipv6_addr", "inet_proto", "inet_service"]}
 _REFUSED = 3  # test_load's exit status when nft refuses the file
@@ -84,6 +88,34 @@ class Table:
 
     def sets(self) -> dict[str, dict]:
         return {o["set"]["name"]: o["set"] for o in self.objects if "set" in o}
+
+    def maps(self) -> dict[str, dict]:
+        return {o["map"]["name"]: o["map"] for o in self.objects if "map" in o}
+
+    def forwards(self) -> list[tuple[str, int, str, int]]:
+        """(proto, listen port, target address, target port) of each forward in the maps."""
+        found = []
+        for name in FORWARDS.values():
+            for elem in self.maps().get(name, {}).get("elem", []):
+                try:
+                    (proto, port), (address, to) = (e["concat"] for e in elem)
+                    found.append((proto, port, address, to))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        return sorted(found)
+
+    def with_forwards(self, forwards) -> Table:
+        """This table as it is once load() has filled the forwards maps with forwards
+        (config.Forward objects; None: as they are)."""
+        if forwards is None:
+            return self
+        elems = forward_elements(forwards)
+
+        def filled(body: dict) -> dict:
+            body = {k: v for k, v in body.items() if k != "elem"}
+            return dict(body, elem=elems[body["name"]]) if elems[body["name"]] else body
+        return Table(tuple({"map": filled(o["map"])} if o.get("map", {}).get("name") in elems
+                           else o for o in self.objects))
 
     def protected(self) -> dict[str, list]:
         """{"tcp": [22, [8000, 8100]], "udp": []}: ports, and ranges as [low, high]."""
@@ -132,6 +164,17 @@ class Table:
         return found
 
 
+def forward_elements(forwards) -> dict[str, list]:
+    """{"forwards4": [elements as nft -j lists them], "forwards6": [...]} for forwards."""
+    elems: dict[str, list] = {name: [] for name in FORWARDS.values()}
+    for f in forwards:
+        for to in f.to:
+            elems[FORWARDS[to.address.version]].append(
+                [{"concat": [f.listen.proto, f.listen.port]}, {"concat": [str(to.address),
+                                                                         to.port]}])
+    return elems
+
+
 def _port_or_range(elem):
     if isinstance(elem, dict) and "elem" in elem:
         elem = elem["elem"]["val"]
@@ -164,6 +207,12 @@ def show_ports(protected: dict[str, list]) -> str:
     parts = [f"{p if isinstance(p, int) else f'{p[0]}-{p[1]}'}/{proto}"
              for proto, ports in protected.items() for p in ports]
     return ", ".join(parts) or "no ports"
+
+
+def show_forwards(forwards: list[tuple[str, int, str, int]]) -> str:
+    """"2222/tcp to 10.0.0.5:22, ..." for Table.forwards()."""
+    return ", ".join(f"{port}/{proto} to " + (f"[{a}]" if ":" in a else a) + f":{to}"
+                     for proto, port, a, to in forwards)
 
 
 # ---- nft ---------------------------------------------------------------------
@@ -242,12 +291,20 @@ def _validate(objects: tuple, path: str) -> None:
         if sets[name].get("type") != kind or "timeout" not in sets[name].get("flags", []):
             raise TableError(f"{path}: set {name} must be `type {' . '.join(kind)}` "
                              "with `flags timeout`")
+    maps = Table(objects).maps()
+    for name, data in FORWARD_TYPES.items():
+        if maps.get(name, {}).get("type") != ["inet_proto", "inet_service"] or \
+                maps[name].get("map") != data:
+            raise TableError(f"{path}: map {name} must be `type inet_proto . inet_service : "
+                             f"{data}` (gnocchi puts the config's forwards in it)")
     if KNOCK_PORT in sets and sets[KNOCK_PORT].get("type") != "inet_service":
         raise TableError(f"{path}: set {KNOCK_PORT} must be of type inet_service (gnocchi "
                          "puts the knock port in it)")
-    hooks = [o["chain"] for o in objects if "chain" in o and o["chain"].get("hook") == "input"]
-    if not hooks:
-        raise TableError(f"{path}: no chain hooks input, so nothing would be protected")
+    hooks = {o["chain"].get("hook") for o in objects if "chain" in o}
+    for hook in ("input", "forward"):
+        if hook not in hooks:
+            raise TableError(f"{path}: no chain hooks {hook}, so nothing would be protected "
+                             f"there")
     from gnocchi.admin import gate  # it reads this module's names
     if open_to := gate.unguarded(objects):
         raise TableError(f"{path}: the gate is not there: it would let in someone who never "
@@ -270,11 +327,24 @@ def legacy_file(config_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(config_path)), LEGACY_NAME)
 
 
-def protected_ports(cfg, config_path: str) -> Ports:
+def protected_ports(cfg, config_path: str, forwards: bool = True) -> Ports:
     """The ports cfg (a gnocchi.server.config.Config, which config_path names or is the
     last good copy of) protects: its [protect] table; without one, the protected sets
     of 0.3's table file beside config_path (an admin's edit that an upgrade keeps
-    honouring until `gnocchi protect` writes [protect]); without that, tcp 22."""
+    honouring until `gnocchi protect` writes [protect]); without that, tcp 22. And in
+    every case (forwards=False: but for `gnocchi protect`, which edits [protect]) the
+    listen port of each of its [forwards]: a forward is a protected port that a knock
+    maps elsewhere."""
+    ports = _protected_ports(cfg, config_path)
+    listens = [f.listen for f in getattr(cfg, "forwards", ())] if forwards else []
+    if not listens:
+        return ports
+    protected = {proto: sorted(set(found) | {o.port for o in listens if o.proto == proto})
+                 for proto, found in ports.protected.items()}
+    return Ports(protected, ports.source + " and the listen ports of [forwards]")
+
+
+def _protected_ports(cfg, config_path: str) -> Ports:
     if cfg.protect is not None:
         return Ports({proto: list(ports) for proto, ports in cfg.protect.items()},
                      f"[protect] in {cfg.path}")
@@ -300,6 +370,7 @@ class Wanted:
     config: str      # the config the ports come from: the file, or its last good copy
     ports: Ports
     knock_ports: list[int] | None
+    forwards: tuple = ()  # the config's [forwards] (config.Forward)
 
     @property
     def protected(self) -> dict[str, list]:
@@ -308,7 +379,7 @@ class Wanted:
     def table(self) -> Table:
         """The table as the kernel should list it once loaded (test-loads the rules)."""
         return test_load(self.rules).with_protected(self.protected).with_knock_port(
-            self.knock_ports)
+            self.knock_ports).with_forwards(self.forwards)
 
     def script(self, knock_port: bool = True) -> str:
         """The rules file and the sets filled (knock_port=False: set knock_port left
@@ -319,12 +390,14 @@ class Wanted:
         except (OSError, UnicodeDecodeError) as e:
             raise TableError(f"{self.rules}: cannot read: {e}") from None
         return text.rstrip("\n") + "\n" + fill_script(
-            self.protected, self.knock_ports if knock_port else None)
+            self.protected, self.knock_ports if knock_port else None, self.forwards)
 
 
-def fill_script(protected: dict | None, knock_port: int | list[int] | None) -> str:
-    """nft commands that make the protected sets hold protected (None: as they are) and
-    set knock_port hold knock_port (None: as it is); run after the rules, in the same
+def fill_script(protected: dict | None, knock_port: int | list[int] | None,
+                forwards=None) -> str:
+    """nft commands that make the protected sets hold protected (None: as they are),
+    set knock_port hold knock_port (None: as it is) and the forwards maps hold forwards
+    (config.Forward objects; None: as they are); run after the rules, in the same
     transaction."""
     fills = {PROTECTED[proto]: sorted(ports) for proto, ports in (protected or {}).items()}
     if knock_port is not None:
@@ -335,6 +408,13 @@ def fill_script(protected: dict | None, knock_port: int | list[int] | None) -> s
         out.append(f"flush set {ref}\n")
         if elements:
             out.append(f"add element {ref} {{ {', '.join(map(str, elements))} }}\n")
+    for version, name in FORWARDS.items() if forwards is not None else ():
+        ref = f"{FAMILY} {NAME} {name}"
+        # Typed values only (config.Forward: a checked proto, ints, an ipaddress).
+        mine = [f"{f.listen.proto} . {f.listen.port} : {to.address} . {to.port}"
+                for f in forwards for to in f.to if to.address.version == version]
+        out.append(f"flush map {ref}\n" + (f"add element {ref} {{ {', '.join(mine)} }}\n"
+                                            if mine else ""))
     return "".join(out)
 
 
@@ -351,7 +431,8 @@ def wanted(config_path: str, rules: str = DEFAULT_FILE, cfg=None, log=None) -> W
         port: list[int] | None = keyring.ports(keyring.load(cfg))
     except keys.KeyFileError:
         port = None
-    return Wanted(rules, cfg.path, protected_ports(cfg, config_path), port)
+    return Wanted(rules, cfg.path, protected_ports(cfg, config_path), port,
+                  tuple(getattr(cfg, "forwards", ())))
 
 
 # ---- loading -----------------------------------------------------------------
@@ -364,7 +445,9 @@ class Loaded:
     dropped: int = 0  # pending knocks the new table has no set for
 
     def describe(self, path: str) -> str:
-        ports = show_ports(self.table.protected())
+        forwards = show_forwards(self.table.forwards())
+        ports = show_ports(self.table.protected()) + (f" (forwarding {forwards})"
+                                                     if forwards else "")
         return {
             "armed": f"armed: loaded table {FAMILY} {NAME} from {path}, protecting {ports}",
             "unchanged": f"armed: table {FAMILY} {NAME} already matches {path} "
@@ -386,14 +469,15 @@ def ports_only(new: Table, old: Table) -> list[dict] | None:
     if gate.differences(old.objects, new.objects):
         return None
     commands = []
-    new_sets, old_sets = new.sets(), old.sets()
-    for name in [*PROTECTED.values(), *([KNOCK_PORT] if KNOCK_PORT in new_sets else [])]:
+    new_sets, old_sets = {**new.sets(), **new.maps()}, {**old.sets(), **old.maps()}
+    for name in [*PROTECTED.values(), *([KNOCK_PORT] if KNOCK_PORT in new_sets else []),
+                 *FORWARDS.values()]:
         want = new_sets[name].get("elem", [])
         if sorted(map(json.dumps, want)) == sorted(map(json.dumps, old_sets[name].get("elem",
                                                                                       []))):
             continue  # the kernel lists elements in an order of its own
         ref = {"family": FAMILY, "table": NAME, "name": name}
-        commands.append({"flush": {"set": ref}})
+        commands.append({"flush": {"map" if name in FORWARDS.values() else "set": ref}})
         if want:
             commands.append({"add": {"element": dict(ref, elem=want)}})
     return commands
@@ -427,14 +511,16 @@ def knock_port_script(new: Table) -> str:
 
 
 def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
-         protected: dict | None = None) -> Loaded:
+         protected: dict | None = None, forwards=None) -> Loaded:
     """Load path as the live table, keeping pending knocks (see the module docstring),
-    with knock_port in set knock_port and protected ({"tcp": [22], "udp": []}) in the
-    protected sets (None: as the file has them)."""
-    new = test_load(path).with_protected(protected).with_knock_port(knock_port)
+    with knock_port in set knock_port, protected ({"tcp": [22], "udp": []}) in the
+    protected sets and forwards (config.Forward objects) in the forwards maps (None:
+    as the file has them)."""
+    new = test_load(path).with_protected(protected).with_knock_port(knock_port) \
+        .with_forwards(forwards)
     try:
         with open(path, encoding="utf-8") as f:
-            text = (f.read().rstrip("\n") + "\n" + fill_script(protected, None)
+            text = (f.read().rstrip("\n") + "\n" + fill_script(protected, None, forwards)
                     + knock_port_script(new))
     except (OSError, UnicodeDecodeError) as e:
         raise TableError(f"{path}: cannot read: {e}") from None
@@ -467,7 +553,7 @@ def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
 
 def load_wanted(want: Wanted) -> Loaded:
     """Load what gnocchi loads (wanted()), keeping pending knocks."""
-    return load(want.rules, want.knock_ports, want.protected)
+    return load(want.rules, want.knock_ports, want.protected, want.forwards)
 
 
 def set_knock_port(port: int | list[int]) -> bool:

@@ -97,15 +97,18 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
     """Protect (or unprotect) ports in the config at path; (the new config, or None
     when [protect] already says so; warnings)."""
     current = clients.load_checked(os.path.realpath(path), path)
-    found = nft_table.protected_ports(current, path)
+    found = nft_table.protected_ports(current, path, forwards=False)  # [protect] alone
+    listens = {f.listen: f.name for f in current.forwards}
     wanted = {proto: list(found.protected.get(proto, [])) for proto in server_config.PROTOCOLS}
     for o in ports:
         if protect and o.port not in wanted[o.proto]:
             wanted[o.proto].append(o.port)
         elif not protect and o.port in wanted[o.proto]:
             wanted[o.proto].remove(o.port)
+    kept = [f"{o.port}/{o.proto} is forwards.{listens[o]}'s listen port: it stays protected "
+            "while that forward is in the config" for o in ports if not protect and o in listens]
     if current.protect is not None and wanted == {p: list(v) for p, v in current.protect.items()}:
-        return None, []
+        return None, kept
     if protect:
         try:  # every key's knock port (docs/PROTOCOL.md: v1, v2, a rotation's next)
             knock_ports = keyring.ports(keyring.load(current))
@@ -115,7 +118,8 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
             if port in wanted["udp"]:
                 raise EditError(f"{port}/udp is the knock port: protected, every knock would "
                                 "need a knock first")
-    usable = [c.name for c in current.clients for o in c.allow if o.port in wanted[o.proto]]
+    usable = [c.name for c in current.clients for o in c.allow
+              if o.port in wanted[o.proto] or o in listens]
     if current.clients and not usable:
         raise EditError(f"no client could open a protected port then "
                         f"({nft_table.show_ports(wanted)}), so nobody could knock in; let a "
@@ -132,7 +136,7 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
                 from None
 
     cfg = clients.edit(path, edited, expect, field="protect")
-    warnings = []
+    warnings = kept
     if current.protect is None and os.path.exists(nft_table.legacy_file(path)):
         warnings.append(f"the ports of {nft_table.legacy_file(path)} (the table file of "
                         f"gnocchi 0.3 and before) are in [protect] in {path} now; that file is "
@@ -142,7 +146,7 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
         if protect and not allowed:
             warnings.append(f"no client may open {o.port}/{o.proto}: it is closed to everyone "
                             "now; add it to a client's allow list to let one knock for it")
-        elif not protect and allowed:
+        elif not protect and allowed and o not in listens:
             warnings.append(f"{o.port}/{o.proto} is open to everyone now, as your own rules "
                             f"make it, and {', '.join(allowed)} may no longer knock for it "
                             "(remove it from their allow lists)")

@@ -203,6 +203,9 @@ def survey(config_path: str, table_path: str = nft_table.DEFAULT_FILE,
                  + f" (gnocchi-helper.socket {unit('gnocchi-helper.socket')})")
     from gnocchi.admin.check import client_line
     lines.append(f"clients: {len(clients)}" + "".join(f"\n  {client_line(c)}" for c in clients))
+    if live is not None and (forwards := live.forwards()):
+        lines.append(f"forwards: {nft_table.show_forwards(forwards)} (for a knocked source "
+                     "only)")
     pending = live.pending() if live is not None else []
     lines.append(f"pending openings: {len(pending)}" + "".join(
         f"\n  {p.address} {p.proto}/{p.port}, {p.expires} s left" for p in pending))

@@ -294,7 +294,8 @@ def fill_config_ports(config_path: str, table_path: str) -> str:
         want = nft_table.wanted(config_path, table_path)
     except (server_config.ConfigError, nft_table.TableError) as e:
         return f"; the protected ports as the rules file has them: {e}"
-    proc = nft_table.nft("-f", "-", input=nft_table.fill_script(want.protected, None))
+    proc = nft_table.nft("-f", "-", input=nft_table.fill_script(want.protected, None,
+                                                                want.forwards))
     if proc.returncode != 0:
         return f"; the protected ports as the rules file has them: {proc.stderr.strip()}"
     return f"; protecting {nft_table.show_ports(want.protected)}"

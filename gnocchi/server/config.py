@@ -109,6 +109,27 @@ class Client:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a forward goes: a port of another host."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}" if self.address.version == 4 else \
+            f"[{self.address}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """[forwards.NAME]: a port of this host (listen) that a knock maps, for that knock's
+    source only, to a port of another host, one per family (docs/firewall.md,
+    "Forwards")."""
+    name: str
+    listen: knock_request.Open
+    to: tuple[Target, ...]  # one or two, of different families
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     server_key_file: str
@@ -125,6 +146,19 @@ class Config:
     private_key_file: str | None = None       # v2's server private key; None: no v2
     next_private_key_file: str | None = None  # a rotation's next key (`gnocchi rotate-key`)
     rotation_ends: datetime.datetime | None = None  # aware; private_key_file refused then
+    forwards: tuple[Forward, ...] = ()
+
+    def unreachable(self, request: knock_request.Request,
+                    source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+        """Why a knock from source cannot reach a forward that request opens, or None:
+        the kernel translates within one family, and the forward may have no target of
+        the source's."""
+        opens = getattr(request, "opens", ())
+        for f in self.forwards:
+            if f.listen in opens and all(t.address.version != source.version for t in f.to):
+                return (f"forward {f.name} ({f.listen.port}/{f.listen.proto}) reaches only "
+                        f"{', '.join(map(str, f.to))}: knock over IPv{f.to[0].address.version}")
+        return None
 
     def client_by_key(self) -> dict[bytes, Client]:
         return {c.public_key: c for c in self.clients}
@@ -249,7 +283,8 @@ def _drop_in(where: _Where, data: bytes) -> tuple[str, object]:
 def parse(doc: dict, where: _Where,
           drop_ins: Sequence[tuple[_Where, tuple[str, object]]] = ()) -> Config:
     where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "action_socket", "clients", "actions", "protect", *KEY_SETTINGS})
+                          "action_socket", "clients", "actions", "protect", "forwards",
+                          *KEY_SETTINGS})
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
     for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
@@ -262,11 +297,19 @@ def parse(doc: dict, where: _Where,
     actions = tuple(_action(where, name, value)
                     for name, value in where.entries(doc.get("actions", {}), "actions"))
     action_names = {a.name for a in actions}
+    forwards: list[Forward] = []
+    for name, value in where.entries(doc.get("forwards", {}), "forwards"):
+        forward = _forward(where, name, value)
+        if twin := next((f for f in forwards if f.listen == forward.listen), None):
+            raise where.error(f"forwards.{name}.listen", f"{forward.listen.port}/"
+                              f"{forward.listen.proto} is also forwards.{twin.name}'s: a port "
+                              "forwards to one place")
+        forwards.append(forward)
     clients: list[Client] = []
     entries = [(where, name, value)
                for name, value in where.entries(doc.get("clients", {}), "clients")]
     for client_where, name, value in entries + [(w, *entry) for w, entry in drop_ins]:
-        client = _client(client_where, name, value, action_names)
+        client = _client(client_where, name, value, action_names, forwards)
         for other in clients:
             # Two files: name both (the file in the error, the other in the text).
             elsewhere = f" ({other.file})" if other.file != client.file else ""
@@ -280,7 +323,7 @@ def parse(doc: dict, where: _Where,
     protect = _protect(where, doc["protect"]) if "protect" in doc else None
     return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
                   paths["helper_socket"], tuple(clients), actions, paths["action_socket"],
-                  protect, **_key_settings(where, doc))
+                  protect, **_key_settings(where, doc), forwards=tuple(forwards))
 
 
 KEY_SETTINGS = ("v1", "private_key_file", "next_private_key_file", "rotation_ends")
@@ -329,7 +372,58 @@ def _action(where: _Where, name: str, entry: object) -> Action:
     return Action(name, tuple(argv), float(timeout))
 
 
-def _client(where: _Where, name: str, entry: object, action_names: set[str]) -> Client:
+def _forward(where: _Where, name: str, entry: object) -> Forward:
+    """[forwards.NAME]: listen = "2222/tcp", to = "10.0.0.5:22" (or "[fd00::5]:22", or a
+    list of one of each)."""
+    key = f"forwards.{name}"
+    where.name(name, key)
+    if knock_request.parse_port(name) is not None:
+        raise where.error(key, f"{name!r} reads as a port: an allow list names a forward by "
+                          "its name, so the name must have a letter")
+    value = where.table(entry, key, {"listen", "to"}, {"listen", "to"})
+    listen = value["listen"]
+    listen = knock_request.parse_port(listen) if isinstance(listen, (str, int)) else None
+    if listen is None:
+        raise where.error(f"{key}.listen", f"{value['listen']!r} is not PORT, PORT/tcp or "
+                          "PORT/udp (the port of this host that clients connect to)")
+    texts = value["to"] if isinstance(value["to"], list) else [value["to"]]
+    if not 1 <= len(texts) <= 2:
+        raise where.error(f"{key}.to", "must be one ADDRESS:PORT, or a list of one IPv4 and "
+                          "one IPv6 ADDRESS:PORT")
+    to: list[Target] = []
+    for i, text in enumerate(texts):
+        where_to = f"{key}.to" + (f"[{i}]" if isinstance(value["to"], list) else "")
+        target = _target(where, where.string(text, where_to), where_to)
+        if any(t.address.version == target.address.version for t in to):
+            raise where.error(where_to, f"a second IPv{target.address.version} target: a "
+                              "forward goes to one place per family")
+        to.append(target)
+    return Forward(name, listen, tuple(to))
+
+
+def _target(where: _Where, text: str, key: str) -> Target:
+    """ADDRESS:PORT: 10.0.0.5:22 or [fd00::5]:22, of a host behind this one."""
+    host, _, port = text.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and
+                                       host.endswith("]") else host)
+        if address.version == 6 and not host.startswith("["):
+            raise ValueError
+        number = int(port)
+    except ValueError:
+        address, number = None, 0
+    if address is None or not port.isdigit() or not 0 < number < 65536 or port != str(number):
+        raise where.error(key, f"{text!r} is not ADDRESS:PORT, such as 10.0.0.5:22 or "
+                          "[fd00::5]:22")
+    if address.is_loopback or address.is_multicast or address.is_unspecified or \
+            address.is_link_local or getattr(address, "ipv4_mapped", None):
+        raise where.error(key, f"{address} is not an address to forward to (a host behind "
+                          "this one: a container, a VM, a LAN host)")
+    return Target(address, number)
+
+
+def _client(where: _Where, name: str, entry: object, action_names: set[str],
+            forwards: list[Forward] | tuple[Forward, ...] = ()) -> Client:
     key = f"clients.{name}"
     where.name(name, key)
     value = where.table(entry, key, {"public_key", "allow", "default", "actions", "sources",
@@ -342,10 +436,13 @@ def _client(where: _Where, name: str, entry: object, action_names: set[str]) -> 
     raw_allow = value.get("allow", [])
     if not isinstance(raw_allow, list):
         raise where.error(f"{key}.allow", f"must be a list, not {checked_toml.kind(raw_allow)}")
+    by_name = {f.name: f.listen for f in forwards}
     for i, item in enumerate(raw_allow):
         port = knock_request.parse_port(item) if isinstance(item, (str, int)) else None
+        port = by_name.get(item) if port is None and isinstance(item, str) else port
         if port is None:
-            raise where.error(f"{key}.allow[{i}]", f"{item!r} is not PORT, PORT/tcp or PORT/udp")
+            raise where.error(f"{key}.allow[{i}]", f"{item!r} is not PORT, PORT/tcp or PORT/udp"
+                              + (f" nor a forward ({', '.join(by_name)})" if by_name else ""))
         allow.append(port)
     actions = where.string_list(value.get("actions", []), f"{key}.actions")
     for i, action in enumerate(actions):

@@ -99,7 +99,7 @@ class Verifier:
             self.refuse(client, common, shown, "this client has no default request")
         elif isinstance(request, knock_request.Bad):
             self.refuse(client, common, shown, request.why, said="a malformed request")
-        elif why := client.why_not(request):
+        elif why := client.why_not(request) or self.cfg.unreachable(request, source):
             self.refuse(client, common, str(request), why)
         elif isinstance(request, knock_request.Run):
             self.run(client, common, request, source)

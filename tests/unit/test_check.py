@@ -154,10 +154,9 @@ def test_a_table_file_nft_refuses(s):
 
 
 def test_a_table_file_without_the_knocked_sets(s):
-    text = TABLE.read_text()
-    rule = "\t\tct state new,established,related ip6 saddr"
-    s.table.write_text(text.replace(rule, "\t\t#ip6 saddr").replace(
-        "set knocked6 {", "set knocked6_old {"))
+    text = "".join(line for line in TABLE.read_text().splitlines(keepends=True)
+                   if "@knocked6" not in line)  # every rule that names the set
+    s.table.write_text(text.replace("set knocked6 {", "set knocked6_old {"))
     refused(s, f"{s.table}: set knocked6 is missing (the helper adds knocks to it)")
 
 
@@ -231,6 +230,22 @@ def test_the_knock_port_is_never_protected(s):
     s.write_config(extra=f"[protect]\ntcp = [22]\nudp = [{s.port}]\n")
     refused(s, f"{s.config}: protect.udp: {s.port} is the knock port, so every knock would "
                f"need a knock first; fix: gnocchi unprotect {s.port}/udp")
+
+
+def test_a_forward_never_listens_on_the_knock_port(s):
+    s.write_config(extra=f'[forwards.vm]\nlisten = "{s.port}/udp"\nto = "198.51.100.5:53"\n')
+    refused(s, f"{s.config}: forwards.vm.listen: {s.port}/udp is the knock port, so knocks "
+               "would be forwarded; fix: give the forward another listen port")
+
+
+@ROOTS_FILES
+def test_a_forwards_listen_port_is_protected_and_a_client_may_name_it(s):
+    s.write_config(extra='[forwards.vm]\nlisten = "2222"\nto = "198.51.100.5:22"\n',
+                   clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["vm"]\n')
+    proc = s.check()
+    assert proc.returncode == 0, proc.stderr
+    assert "protects 22/tcp, 2222/tcp\n" in proc.stdout, proc.stdout
+    assert "alice: 2222/tcp" in proc.stdout
 
 
 def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):

@@ -296,3 +296,18 @@ def test_a_secret_given_as_the_public_key_is_refused_and_never_written(server, p
     assert "fix: on dave's machine run `gnocchi-knock --pubkey`" in result.stderr
     assert path.read_bytes() == before
     assert secret.hex() not in path.read_text().lower()
+
+
+def test_add_client_may_allow_a_forward_by_its_name(tmp_path):
+    from gnocchi.admin import clients
+    from gnocchi.server import config as server_config
+    path = tmp_path / "gnocchi.toml"
+    path.write_text('[forwards.vm-ssh]\nlisten = "2222"\nto = "198.51.100.5:22"\n')
+    with pytest.raises(clients.EditError, match=r"--allow 'vm' is not PORT, PORT/tcp or "
+                                               r"PORT/udp nor a forward \(vm-ssh\)"):
+        clients.add(str(path), "alice", "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab"
+                    "010828ac14f27f", ["22", "vm"])
+    text = clients.added_text(path.read_text(), "alice", "00" * 32, ["22/tcp", "vm-ssh"])
+    path.write_text(text)
+    alice, = server_config.load(str(path)).clients
+    assert [(o.port, o.proto) for o in alice.allow] == [(22, "tcp"), (2222, "tcp")]

@@ -116,6 +116,23 @@ BAD_CONFIGS = [
     ('[protect]\ntcp = [true]\n', "protect.tcp[0]: True is not a port number"),
     ('[protect]\ntcp = [22, 2222, 22]\n', "protect.tcp[2]: 22 is listed twice"),
     ('protect = [22]\n', "protect: must be a table"),
+    ('[forwards.vm]\nlisten = "2222"\n', "forwards.vm.to: missing (required)"),
+    ('[forwards.vm]\nlisten = "22/sctp"\nto = "198.51.100.5:22"\n',
+     "forwards.vm.listen: '22/sctp' is not PORT, PORT/tcp or PORT/udp"),
+    ('[forwards.vm]\nlisten = 2222\nto = "198.51.100.5"\n',
+     "forwards.vm.to: '198.51.100.5' is not ADDRESS:PORT, such as 10.0.0.5:22"),
+    ('[forwards.vm]\nlisten = 2222\nto = "fd00::5:22"\n',
+     "forwards.vm.to: 'fd00::5:22' is not ADDRESS:PORT"),
+    ('[forwards.vm]\nlisten = 2222\nto = "127.0.0.1:22"\n',
+     "forwards.vm.to: 127.0.0.1 is not an address to forward to"),
+    ('[forwards.vm]\nlisten = 2222\nto = ["198.51.100.5:22", "198.51.100.6:22"]\n',
+     "forwards.vm.to[1]: a second IPv4 target: a forward goes to one place per family"),
+    ('[forwards.2222]\nlisten = 2222\nto = "198.51.100.5:22"\n',
+     "forwards.2222: '2222' reads as a port"),
+    ('[forwards.a]\nlisten = 2222\nto = "198.51.100.5:22"\n[forwards.b]\nlisten = "2222/tcp"\n'
+     'to = "198.51.100.6:22"\n', "forwards.b.listen: 2222/tcp is also forwards.a's"),
+    ('[forwards.vm]\nlisten = 2222\nto = "198.51.100.5:22"\n' + CLIENT + 'allow = ["vn"]\n',
+     "clients.alice.allow[0]: 'vn' is not PORT, PORT/tcp or PORT/udp nor a forward (vm)"),
 ]
 
 
@@ -373,3 +390,30 @@ def test_the_bundle_is_the_config_and_each_drop_in_each_ending_in_a_newline(tmp_
     copy.write_bytes(config.read_bundle(str(path)))
     alone = config.load(str(copy), drop_ins=False)
     assert alone.clients == config.load(str(path)).clients
+
+
+def test_a_forward_by_its_name_in_an_allow_list_and_the_family_it_reaches(tmp_path):
+    cfg = load_text(tmp_path, f"""
+[forwards.vm-ssh]
+listen = "2222"
+to = ["198.51.100.5:22", "[2001:db8::5]:22"]
+
+[forwards.vm-dns]
+listen = "5353/udp"
+to = "198.51.100.5:53"
+
+[clients.alice]
+public_key = "{KEY_A}"
+allow = ["22", "vm-ssh", "vm-dns"]
+""")
+    ssh, dns = cfg.forwards
+    assert (ssh.listen, [str(t) for t in ssh.to]) == (knock_request.Open(2222, "tcp"),
+                                                      ["198.51.100.5:22", "[2001:db8::5]:22"])
+    assert cfg.clients[0].allow == (knock_request.Open(22, "tcp"), ssh.listen, dns.listen)
+    v4, v6 = ipaddress.ip_address("203.0.113.9"), ipaddress.ip_address("2001:db8:1::9")
+    request = knock_request.parse(b"open 2222 5353/udp")
+    assert cfg.unreachable(request, v4) is None
+    assert cfg.unreachable(request, v6) == ("forward vm-dns (5353/udp) reaches only "
+                                            "198.51.100.5:53: knock over IPv4")
+    assert cfg.unreachable(knock_request.parse(b"open 2222"), v6) is None
+    assert cfg.unreachable(knock_request.parse(b"run motd"), v6) is None

@@ -127,3 +127,17 @@ def test_the_text_edit(text, wanted, expected):
 def test_two_protect_tables_are_left_to_the_admin():
     with pytest.raises(EditError, match=r"\[protect\] appears 2 times"):
         protect.edited_text("[protect]\n[protect]\n", {"tcp": [], "udp": []})
+
+
+def test_protect_writes_no_forwards_listen_port_into_protect_and_unprotect_says_why(tmp_path):
+    from gnocchi.admin import protect
+    from gnocchi.server import config as server_config
+    path = tmp_path / "gnocchi.toml"
+    path.write_text('[protect]\ntcp = [22]\n\n[forwards.vm]\nlisten = "2222"\n'
+                    'to = "198.51.100.5:22"\n\n[clients.alice]\npublic_key = "' + "00" * 32
+                    + '"\nallow = ["vm"]\n')
+    _, warnings = protect.change(str(path), protect.parse_ports(["2222"]), protect=False)
+    assert warnings == ["2222/tcp is forwards.vm's listen port: it stays protected while that "
+                        "forward is in the config"]
+    cfg, _ = protect.change(str(path), protect.parse_ports(["443"]), protect=True)
+    assert server_config.load(str(path)).protect == {"tcp": (22, 443), "udp": ()}

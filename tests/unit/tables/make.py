@@ -30,6 +30,11 @@ VARIANTS = {
     "set-deleted": (None, f"flush chain {GNOCCHI} knock\ndelete set {GNOCCHI} knock_sites6"),
     "accept-inserted": (None, f"insert rule {GNOCCHI} input ip saddr 203.0.113.7 accept"),
     "dormant": (None, f"add table {GNOCCHI} {{ flags dormant; }}"),
+    # The forward path: emptied, bypassed, gone.
+    "forward-flushed": (None, f"flush chain {GNOCCHI} forward"),
+    "translated-accept-inserted": (None, f"insert rule {GNOCCHI} translated ip saddr 203.0.113.7 "
+                                         "accept"),
+    "no-forward-chain": (None, f"delete chain {GNOCCHI} forward"),
     # A table file that lost the TCP gate's rule in an edit.
     "no-tcp-gate": (("tcp dport @protected_tcp tcp flags & syn == syn jump tcp_syn", ""), ""),
     # Harmless edits: a counter and a log line before the drop.
