@@ -1,8 +1,7 @@
 """gnocchi's root helper: a good request's knocked-set elements, all or none; nothing else.
 
 Socket-activated; README.md here is the contract: what it trusts (systemd's
-socket, SO_PEERCRED, the live table; nothing a peer sends) and guarantees.
-"""
+socket, SO_PEERCRED, the live table; nothing a peer sends) and guarantees."""
 import argparse
 import contextlib
 import os
@@ -41,13 +40,12 @@ def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: i
     """(status, text, log fields) for one connection; the table (and its clock) passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
-    try:
+    msg = b""  # if it times out or resets
+    with contextlib.suppress(OSError):
         # Read even a stranger's message: closing on unread data resets the
         # connection before the peer reads its status. One byte more shows a longer
         # message and bounds the hex we log.
         msg = conn.recv(rq.MAX_SIZE + 1)
-    except OSError:  # timed out or reset: an empty message
-        msg = b""
     req = rq.parse(msg) if uid == peer_uid else rq.BAD_PEER
     if isinstance(req, int):
         why = f"uid {uid} is not the verifier's" if uid != peer_uid else f"refused {len(msg)} bytes"
@@ -55,15 +53,14 @@ def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: i
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
     what = f"{req.address} {ports} for client {req.client}"
     fields.update(ADDRESS=req.address, PORTS=ports, CLIENT=req.client)
-    now = table.clock()
-    if err := table.refresh(req.opens, now):
+    if err := table.look(req.opens, table.clock()):
         return rq.NFT_FAILED, f"{what}: a set could not be read", dict(fields, NFT_ERROR=err)
     if missing := table.unprotected(req.opens):  # one is enough to refuse them all
         unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
         return rq.NOT_PROTECTED, f"{what}: not protected: {unprotected}", fields
     # The bounds that keep one client (a stolen key), or one source, from filling a
     # knocked set: openings pending, whatever the open time (README.md here).
-    if crowded := table.crowded(req):
+    if crowded := table.crowded(req, table.clock()):
         return rq.TOO_MANY, f"{what}: {crowded} has {nft.SHARE} openings pending", fields
     if table.clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields

@@ -1,8 +1,9 @@
 """helper/__main__.py's decide(), every branch, without root: peer, length,
 version, count, name, protocol, duplicate, address, not protected, too many
 openings pending, past the deadline, nft failure, and OK; and what nft.Table
-keeps between requests: its copies of the protected sets and of the openings
-pending, read again at most once a second.
+keeps between requests: its copy of the protected sets, read again at most
+once a second, and its count of the openings pending, read from the kernel at
+the first request and again only when a share would refuse one.
 
 The connection is a real AF_UNIX SOCK_SEQPACKET socketpair, so SO_PEERCRED
 is the kernel's answer (this process); the clock is a number the test moves.
@@ -83,12 +84,15 @@ def test_a_peer_that_is_not_the_verifier_is_refused_even_with_a_valid_request():
 
 
 def test_an_unprotected_port_is_refused_after_reading_the_live_set():
-    ctx = FakeNftables(protected=(22, {"range": [8000, 8100]}))
+    # gnocchi's protected sets hold single ports (no interval flag): a range, which
+    # only a hand-made table could hold, protects nothing here (refused, not a crash).
+    ctx = FakeNftables(protected=(22, 8050, {"range": [8000, 8100]}))
     code, text, fields = decide(request("198.18.1.1", 23), nft_ctx=ctx)
     assert code == rq.NOT_PROTECTED and "not protected: tcp/23" in text
     assert (str(fields["ADDRESS"]), fields["PORTS"]) == ("198.18.1.1", "tcp/23")
     assert {verb for call in ctx.commands() for verb in call} == {"list"}  # no add
     assert decide(request("198.18.1.1", 8050), nft_ctx=ctx)[0] == rq.OK
+    assert decide(request("198.18.1.1", 8051), nft_ctx=ctx)[0] == rq.NOT_PROTECTED
     assert decide(request("198.18.1.1", 0), nft_ctx=ctx)[0] == rq.NOT_PROTECTED  # never a port
 
 
@@ -144,10 +148,26 @@ def test_a_copy_of_a_protected_set_answers_for_a_second():
     ctx = FakeNftables(protected=(22,))
     t = table(ctx)
     assert [decide(VALID, on=t, now=n)[0] for n in (1000.0, 1000.5, 1000.99)] == [rq.OK] * 3
-    reads = [["list"]] * 4
-    assert ctx.commands() == reads + [["add", "delete", "add"]] * 3
+    assert ctx.listed() == ["protected_tcp", "protected_udp", "knocked4", "knocked6"]
+    assert ctx.commands() == [["list"]] * 4 + [["add", "delete", "add"]] * 3
     assert decide(VALID, on=t, now=1001.0)[0] == rq.OK
-    assert ctx.commands()[-5:] == reads + [["add", "delete", "add"]]  # a second old: read again
+    # A second old: the protected sets are read again; never the knocked sets.
+    assert ctx.commands()[-3:] == [["list"], ["list"], ["add", "delete", "add"]]
+    assert ctx.listed()[-2:] == ["protected_tcp", "protected_udp"]
+
+
+def test_knocks_a_second_apart_never_read_the_openings_pending_again():
+    # A lone knock costs one read of the two small protected sets, whatever the
+    # knocked sets hold: those are read at the first request, and then only when a
+    # share would refuse a knock (their listing grows with every opening pending).
+    ctx = FakeNftables(protected=(22,), pending=[pending(f"198.18.9.{i}", 22, f"c{i}")
+                                                 for i in range(200)])
+    t = table(ctx)
+    for second in range(10):
+        assert decide(request(f"198.18.1.{second + 1}", 22), on=t, now=1000.0 + 2 * second)[0] \
+            == rq.OK
+    assert ctx.listed().count("knocked4") == 1
+    assert ctx.listed().count("protected_tcp") == 10
 
 
 def test_a_port_the_admin_adds_works_on_its_next_knock():
@@ -156,7 +176,7 @@ def test_a_port_the_admin_adds_works_on_its_next_knock():
     assert decide(VALID, on=t, now=1000.0)[0] == rq.OK
     ctx.protected.append(2222)
     assert decide(request("198.18.1.1", 2222), on=t, now=1000.1)[0] == rq.OK
-    assert ctx.commands()[-5:] == [["list"]] * 4 + [["add", "delete", "add"]]  # read at once
+    assert ctx.commands()[-3:] == [["list"], ["list"], ["add", "delete", "add"]]  # read at once
 
 
 def test_a_port_the_admin_removes_is_refused_within_a_second():
