@@ -112,20 +112,24 @@ class Store:
 
     def note(self, client_key: bytes, counter: int) -> None:
         """Treat counter as used by this process without writing it: the next
-        commit stores it too. For knocks dropped unopened (over a rate limit)."""
+        commit stores it too. For knocks dropped unopened (over a rate limit), and
+        for those of a batch, before the batch's one commit."""
         if counter > self.last(client_key):
             self.counters[client_key] = counter
 
-    def commit(self, client_key: bytes, counter: int) -> None:
-        """Store counter as client_key's highest, durably, before the caller acts."""
-        if not 0 <= counter <= MAX_COUNTER:
-            raise ValueError("counter out of range")
+    def commit(self, client_key: bytes | None = None, counter: int = 0) -> None:
+        """Store every counter noted since the last commit (and counter as client_key's
+        highest), durably, in one write, before the caller acts on any of them: the
+        verifier's group commit, one per batch of datagrams read."""
         new = dict(self.counters)
-        new[client_key] = counter
+        if client_key is not None:
+            if not 0 <= counter <= MAX_COUNTER:
+                raise ValueError("counter out of range")
+            new[client_key] = counter
         text = render(new, self.floor).encode("ascii")
         if len(text) > MAX_TEXT:
             raise StoreError(f"{self.path}: cannot write: more than {MAX_TEXT} bytes of "
-                             f"counters; nothing was opened for this knock")
+                             f"counters; nothing was opened for these knocks")
         slot = pack_slot(self.sequence + 1, text)
         try:
             if len(slot) <= self.capacity:
@@ -134,7 +138,7 @@ class Store:
                 self._replace(slot)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot write: {e.strerror or e}; nothing was opened "
-                             f"for this knock; fix the state directory {self.dir} "
+                             f"for these knocks; fix the state directory {self.dir} "
                              f"(space, permissions) and restart gnocchi") from None
         self.counters = new
         self.sequence += 1
@@ -171,7 +175,7 @@ class Store:
 
     def _replaced(self) -> StoreError:
         return StoreError(f"{self.path}: was replaced while gnocchi ran (a restore, or "
-                          f"`gnocchi recover-counters`); nothing was opened for this knock; "
+                          f"`gnocchi recover-counters`); nothing was opened for these knocks; "
                           f"restart gnocchi, which loads the new store")
 
 
