@@ -53,14 +53,14 @@ def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: i
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
     what = f"{req.address} {ports} for client {req.client}"
     fields.update(ADDRESS=req.address, PORTS=ports, CLIENT=req.client)
-    if err := table.look(req.opens, table.clock()):
+    if err := table.look(req, table.clock()):
         return rq.NFT_FAILED, f"{what}: a set could not be read", dict(fields, NFT_ERROR=err)
     if missing := table.unprotected(req.opens):  # one is enough to refuse them all
         unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
         return rq.NOT_PROTECTED, f"{what}: not protected: {unprotected}", fields
     # The bounds that keep one client (a stolen key), or one source, from filling a
     # knocked set: openings pending, whatever the open time (README.md here).
-    if crowded := table.crowded(req, table.clock()):
+    if crowded := table.crowded(req):
         return rq.TOO_MANY, f"{what}: {crowded} has {nft.SHARE} openings pending", fields
     if table.clock() * 1000 > req.deadline_ms:  # last, just before acting: the verifier gave up
         return rq.EXPIRED, f"{what}: past its deadline, the verifier no longer waits", fields

@@ -9,19 +9,19 @@ from typing import Any  # a libnftables context (or a stand-in); a request.Reque
 TABLE = {"family": "inet", "table": "gnocchi"}
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
-FRESH = 1.0  # seconds a copy of the sets answers for (the knocked sets: see crowded())
+FRESH = 1.0  # seconds at least between two reads of the sets (look())
 SHARE = 32   # openings pending at most per client, and per source (IPv4 address, IPv6 /64)
+
+
 class Table:
     """A libnftables context, its copies of the protected sets and of the openings pending."""
 
     def __init__(self, ctx: Any) -> None:
-        # protected: proto -> {22, ...}, as its set had them at `checked`; pending: (address,
-        # proto, port) -> client, as the kernel listed them at `read` and added since; held:
-        # openings pending per client and per source.
-        self.ctx, self.clock, self.checked, self.protected = ctx, time.monotonic, -FRESH, dict[
-            str, set]()
-        self.pending, self.held = dict[tuple, str](), collections.Counter[Any]()
-        self.read: float | None = None
+        # protected: proto -> {22, ...}, and pending: (address, proto, port) -> client, as
+        # the kernel listed them at `read`, and added since; held: openings pending per
+        # client and per source.
+        self.ctx, self.clock, self.protected = ctx, time.monotonic, dict[str, set]()
+        self.pending, self.held, self.read = dict[tuple, str](), collections.Counter[Any](), -FRESH
 
     def apply(self, *commands: dict) -> tuple[dict, str]:
         """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, err)."""
@@ -29,54 +29,43 @@ class Table:
                                                        *commands]})
         return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
 
-    def elements(self, names: Any) -> tuple[dict, str]:
-        """{name: [{"val": ..., ...}, ...]} of the sets named; or ({}, libnftables' error)."""
-        sets = {}
-        for name in names:  # one call each: libnftables 1.0.6 lists one set a call
-            out, err = self.apply({"list": {"set": {**TABLE, "name": name}}})
-            if err:
-                return {}, err
-            # An element is a value, or {"elem": {"val": value, "timeout": ..., ...}}.
-            sets[name] = [e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e} for item
-                          in out["nftables"] for e in item.get("set", {}).get("elem", ())]
-        return sets, ""
+    def elements(self, name: str) -> tuple[list, str]:
+        """The elements of set name, each as {"val": ..., ...}; or ([], libnftables' error)."""
+        out, err = self.apply({"list": {"set": {**TABLE, "name": name}}})  # one set a call
+        # An element is a value, or {"elem": {"val": value, "timeout": ..., ...}}.
+        return [e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e} for item in
+                out.get("nftables", ()) for e in item.get("set", {}).get("elem", ())], err
 
-    def look(self, opens: tuple, now: float) -> str:
-        """Read the protected sets if the copies are old or lack a port of opens; error or ""."""
-        # Read again when FRESH seconds old, or when a copy lacks a port (one the admin adds
-        # works on its next knock). A port removed less than FRESH ago still passes: its
-        # element is inert, the gate consults the knocked sets only for protected ports.
-        if now - self.checked < FRESH and not self.unprotected(opens):
+    def look(self, req: Any, now: float) -> str:
+        """Read the sets again if the copies would refuse req; libnftables' error or ""."""
+        # At most every FRESH seconds, and only when a copy lacks a port of req (the first
+        # request, after a restart: the copies are empty; a port the admin adds works on
+        # its next knock) or would give req more than a share (it still counts openings
+        # used or expired since it was read). So a knock costs no read at all, whatever
+        # the knocked sets hold. A port the admin removes still passes until the next
+        # read: its element is inert, the gate consults the knocked sets only for
+        # protected ports (and a reload of the table, which removes it, empties them).
+        if now - self.read < FRESH or not (self.unprotected(req.opens) or self.crowded(req)):
             return ""
-        sets, err = self.elements(PROTECTED.values())
-        self.protected = {proto: {e["val"] for e in sets.get(n, ()) if isinstance(e["val"], int)}
+        listed = {name: self.elements(name) for name in (*PROTECTED.values(), *KNOCKED.values())}
+        if err := next((err for _, err in listed.values() if err), ""):
+            return err
+        self.protected = {proto: {e["val"] for e in listed[n][0] if isinstance(e["val"], int)}
                           for proto, n in PROTECTED.items()}
-        self.checked = now  # after an error the copies are empty: read at the next request
-        return err
-
-    def read_pending(self, now: float) -> str:
-        """The copy of the openings pending, made anew from the kernel's; its error or ""."""
-        sets, err = self.elements(KNOCKED.values())
-        if not err:
-            self.pending, self.held, self.read = {}, collections.Counter(), now
-            for e in sets["knocked4"] + sets["knocked6"]:
-                address, *opening = e["val"]["concat"]
-                self.note((ipaddress.ip_address(address), *opening), e.get("comment", ""))
-        return err
+        self.pending, self.held, self.read = {}, collections.Counter(), now
+        for e in listed["knocked4"][0] + listed["knocked6"][0]:
+            address, *opening = e["val"]["concat"]
+            self.note((ipaddress.ip_address(address), *opening), e.get("comment", ""))
+        return ""
 
     def unprotected(self, opens: tuple) -> list:
         """The (proto, port) of opens that the copies of the protected sets lack."""
         return [(p, port) for p, port in opens if port not in self.protected.get(p, ())]
 
-    def crowded(self, req: Any, now: float) -> str:
+    def crowded(self, req: Any) -> str:
         """Who would pass its share with req's new openings: "client NAME", "source NET", or ""."""
-        # The kernel's are read at the first request (those held from before a restart). Then
-        # the copy still counts openings used or expired since: when they would refuse req,
-        # the kernel's are read again (at most every FRESH seconds).
         new = sum((req.address, *o) not in self.pending for o in req.opens)
         over = [who for who in (req.client, source(req.address)) if self.held[who] + new > SHARE]
-        if (self.read is None or over and now - self.read >= FRESH) and not self.read_pending(now):
-            return self.crowded(req, now)
         return "" if not over else f"client {req.client}" if over[0] == req.client else \
             f"source {ipaddress.ip_network((req.address, len(over[0]) * 8), strict=False)}"
 

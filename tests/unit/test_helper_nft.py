@@ -27,7 +27,7 @@ def req(address: str, opens, client="alice") -> rq.Request:
 ])
 def test_every_element_form_of_a_protected_set_is_read(elems, port, protected):
     table = nft.Table(FakeNftables(protected=elems))
-    assert table.look([("tcp", port)], 0.0) == ""
+    assert table.look(req("198.18.1.1", [("tcp", port)]), 0.0) == ""
     assert table.unprotected([("tcp", port)]) == ([] if protected else [("tcp", port)])
 
 
@@ -58,7 +58,7 @@ def test_the_knocked_sets_are_read_with_their_clients_in_every_element_form():
         {"elem": {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30}},
         {"concat": ["198.18.1.2", "tcp", 22]}])
     table = nft.Table(ctx)
-    assert table.read_pending(0.0) == ""
+    assert table.look(req("198.18.1.9", [("tcp", 22)]), 0.0) == ""
     assert table.pending == {
         (ipaddress.ip_address("198.18.1.1"), "tcp", 22): "alice",
         (ipaddress.ip_address("fd00::7"), "udp", 60001): "",
@@ -89,7 +89,7 @@ def test_apply_is_one_transaction_with_metainfo_first_and_checks_rc():
     assert table.apply() == ({"nftables": []}, "")  # rc 0, no output
     failing = nft.Table(FakeNftables(fail_list="Error: No such file or directory"))
     assert failing.apply(listing) == ({}, "Error: No such file or directory")
-    assert failing.look([("tcp", 22)], 0.0) == "Error: No such file or directory"
+    assert failing.look(req("198.18.1.1", [("tcp", 22)]), 0.0) == "Error: No such file or directory"
 
 
 def test_a_failure_without_error_text_still_reads_as_a_failure():
