@@ -136,6 +136,11 @@ class EventLog:
         self._dropped[reason] += 1
         self.tick()
 
+    def drops(self, reasons: list[str]) -> None:
+        """drop() for each of reasons (a batch's garbage), at the cost of one."""
+        self._dropped.update(reasons)
+        self.tick()
+
     def over_limit(self, client: str) -> None:
         """A signed knock over its client's or its address's rate: counted by client."""
         self._count_who("rate-limited", client)

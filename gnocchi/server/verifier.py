@@ -203,7 +203,7 @@ class Verifier:
 def serve(socks: list[socket.socket], verifier: Verifier, log: events.EventLog, stop: list,
           woken: socket.socket | None = None) -> None:
     """Knocks and action outcomes, as they come, until stop (woken: at once)."""
-    runs, v1_key, keys2 = verifier.runs, verifier.keys.v1, verifier.keys.v2
+    runs, v1_key, keys2, HEAD = verifier.runs, verifier.keys.v1, verifier.keys.v2, protocol.NONCE_LEN
     readers = {sock: knock_socket.Datagrams(sock) for sock in socks}
     for sock in socks:
         sock.setblocking(False)
@@ -224,18 +224,18 @@ def serve(socks: list[socket.socket], verifier: Verifier, log: events.EventLog, 
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
                 continue
-            datagrams = readers[conn]
+            d, dropped = readers[conn], []
             # Up to BATCH; none when the datagram select saw had a bad checksum.
-            for i in range(datagrams.read()):
+            for i in range(d.read()):
                 # Up to the seal where the datagram lies: until a MAC holds, its bytes
                 # are anyone's, and nothing is made of them, not even its addresses.
-                unsealed = protocol.unseal(datagrams.length(i), datagrams.head(i),
-                                           datagrams.boxes[i], datagrams.opened, v1_key, keys2)
+                unsealed = protocol.unseal(d.lengths[i], d.heads[i * HEAD:i * HEAD + HEAD],
+                                           d.boxes[i], d.opened, v1_key, keys2)
                 if isinstance(unsealed, str):
-                    log.drop(unsealed)
+                    dropped.append(unsealed)
                     continue
-                verifier.handle(datagrams.tag(i), unsealed,
-                                *knock_socket.addresses(*datagrams.sender(i)))
+                verifier.handle(d.tag(i), unsealed, *knock_socket.addresses(*d.sender(i)))
+            log.drops(dropped)
             verifier.settle()  # the batch's one durable write, then its knocks acted on
 
 
