@@ -107,6 +107,15 @@ class Store:
         self.floor, self.counters = parse(text, self.path)
         return self
 
+    def fallen_back(self) -> str:
+        """What the verifier tells at start when a slot was not whole at load, or ""."""
+        return "" if not self.fell_back else (
+            f"{self.path}: one of its two slots is not whole, so the other (sequence "
+            f"{self.sequence}) was loaded. After a crash during a commit nothing is lost; "
+            "otherwise the disk damaged the newest slot, and the last knock committed before "
+            "could be replayed once: compare with `gnocchi audit --counters` (docs/server.md, "
+            "\"Counter store\")")
+
     def last(self, client_key: bytes) -> int:
         return self.counters.get(client_key, self.floor)
 

@@ -80,34 +80,28 @@ class Verifier:
                              f"refused: {why}; counter not stored", client=client.name,
                              client_key=result.client_key.hex(), source_ip=source, reason=why)
             return
+        # PROTOCOL.md step 8: the counter is spent now (in memory, so the packet cannot be
+        # replayed while this verifier runs), and stored by settle() before anything is
+        # done for this knock.
+        self.store.note(result.client_key, result.counter)
         if not (self.client_limit.allow(result.client_key) and self.address_limit.allow(source)):
             # Over its limit: dropped before the disk or the helper, counted in the
-            # interval's summary; the counter is spent in memory, so the packet
-            # cannot be replayed while this verifier runs.
-            self.store.note(result.client_key, result.counter)
+            # interval's summary (its counter is stored with the next commit).
             self.log.over_limit(client.name)
             return
-        # PROTOCOL.md step 8: the counter is spent now, stored by settle() before anything
-        # is done for this knock.
-        self.store.note(result.client_key, result.counter)
         self.due.append((client, result, source, unsealed.version))
 
     def settle(self) -> None:
         """The batch's knocks: their counters stored in one durable write, then each acted on."""
-        if not self.due:
-            return
-        due, self.due = self.due, []
-        self.store.commit()  # PROTOCOL.md step 8: nothing happens for these unless this returns
-        opens = []
+        due, self.due, opens = self.due, [], []
+        if due:
+            self.store.commit()  # PROTOCOL.md step 8: nothing happens for these unless it returns
         for client, result, source, version in due:
             common = dict(client=client.name, client_key=result.client_key.hex(),
                           source_ip=source, counter=result.counter, protocol=version)
-            request: knock_request.Request | knock_request.Bad | None
-            if result.data:
-                request = knock_request.parse(result.data)
-                shown = knock_request.show(result.data)
-            else:
-                request, shown = client.default, "(empty: the client's default)"
+            request = knock_request.parse(result.data) if result.data else client.default
+            shown = knock_request.show(result.data) if result.data else \
+                "(empty: the client's default)"
             if request is None:
                 self.refuse(client, common, shown, "this client has no default request")
             elif isinstance(request, knock_request.Bad):
@@ -118,8 +112,7 @@ class Verifier:
                 self.run(client, common, request, source)
             else:
                 opens.append((client, common, request, source))
-        if opens:
-            self.open(opens)
+        self.open(opens)
 
     def rejected(self, result: protocol.Rejected, source: knock_socket.Address,
                  no_ipv4: bool) -> None:
@@ -263,12 +256,8 @@ def main(argv: list[str]) -> int:
         socks = knock_socket.take(args.listen, keyring.ports(keys_))
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
-        if store.fell_back:  # once: the next commit writes over the slot that was not whole
-            log.event("store-fell-back", f"{store.path}: one of its two slots is not whole, so "
-                      f"the other (sequence {store.sequence}) was loaded. After a crash during "
-                      "a commit nothing is lost; otherwise the disk damaged the newest slot, and "
-                      "the last knock committed before could be replayed once: compare with "
-                      "`gnocchi audit --counters` (docs/server.md, \"Counter store\")")
+        if fallen := store.fallen_back():  # once: the next commit writes over that slot
+            log.event("store-fell-back", fallen)
         stop: list = []
         # A reload (SIGTERM) must not leave this config deciding knocks for up to
         # WAKE seconds: the signal also writes a byte that wakes select.
