@@ -22,7 +22,6 @@ import struct
 import sys
 
 from nacl._sodium import ffi
-from systemd import daemon
 
 from gnocchi.shared import protocol
 
@@ -68,14 +67,21 @@ def take(listen_texts: list[str], ports: list[int]) -> list[socket.socket]:
 def inherited_sockets(ports: list[int]) -> list[socket.socket]:
     """The UDP sockets systemd passed, one on each knock port, checked; [] when
     started without socket activation."""
-    fds = daemon.listen_fds()
+    fds = listen_fds()
     socks: list[socket.socket] = []
     try:
         for fd in fds:
-            if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # not a socket at all
+                sock = None
+            if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+                    sock.type != socket.SOCK_DGRAM:
+                if sock is not None:
+                    sock.detach()  # not ours to close: systemd's descriptor, checked only
                 raise StartupError(f"a socket systemd passed (fd {fd}) is not a UDP socket; "
                                    f"{unit_hint(ports)}")
-            socks.append(socket.socket(fileno=fd))
+            socks.append(sock)
             port = socks[-1].getsockname()[1]
             if port not in ports:
                 raise StartupError(f"a socket systemd passed is on UDP port {port}, but the "
@@ -294,7 +300,24 @@ def unknockable(source: Address) -> str | None:
     return None
 
 
+# sd_listen_fds(3) and sd_notify(3), written out: python3-systemd's module for them
+# would cost the verifier about 1 MB of memory (libsystemd and what it loads).
+LISTEN_FDS_START = 3
+
+
+def listen_fds() -> list[int]:
+    """The descriptors systemd passed (LISTEN_FDS from fd 3 on, if LISTEN_PID is this
+    process), with LISTEN_* removed from the environment: nothing started inherits them."""
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count.isdigit():
+        return []
+    return list(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)))
+
+
 def notify(state: str) -> None:
     """sd_notify(state) when systemd asked for it (Type=notify); otherwise nothing."""
-    if os.environ.get("NOTIFY_SOCKET"):
-        daemon.notify(state)
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if path:  # a path, or an abstract socket's name after "@"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), "\0" + path[1:] if path.startswith("@") else path)

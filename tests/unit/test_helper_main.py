@@ -286,3 +286,26 @@ def test_a_request_past_its_deadline_is_not_carried_out():
     assert decide(late, on=t, now=1000.0)[0] == rq.EXPIRED
     assert t.pending == {}                                      # the refusal left no trace
     assert decide(in_time, on=t, now=1000.0)[0] == rq.OK
+
+
+def test_under_systemd_each_decision_is_one_journal_entry_with_its_fields(tmp_path, monkeypatch):
+    # The journal's native protocol, as journald reads it (name, newline, 64-bit
+    # little-endian length, bytes, newline): libnftables' error text keeps its newlines.
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    monkeypatch.setattr(main, "JOURNAL", str(tmp_path / "journal"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
+        journald.bind(main.JOURNAL)
+        main.log(rq.NFT_FAILED, "198.18.1.1 tcp/22 for client alice: libnftables refused the add",
+                 {"PEER_UID": 0, "NFT_ERROR": "Error: one\nError: two"})
+        data, fields = journald.recv(4096), {}
+    while data:
+        name, _, data = data.partition(b"\n")
+        length = int.from_bytes(data[:8], "little")
+        fields[name.decode()], data = data[8:8 + length].decode(), data[8 + length + 1:]
+    assert fields == {
+        "MESSAGE": "NFT_FAILED: 198.18.1.1 tcp/22 for client alice: libnftables refused the add",
+        "MESSAGE_ID": "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013", "PRIORITY": "3",
+        "SYSLOG_IDENTIFIER": "gnocchi-helper", "OBJECT_SYSTEMD_UNIT": "gnocchi.service",
+        "GNOCCHI_HELPER_PEER_UID": "0", "GNOCCHI_HELPER_NFT_ERROR": "Error: one\nError: two",
+        "GNOCCHI_HELPER_STATUS": "NFT_FAILED"}
