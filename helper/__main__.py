@@ -1,8 +1,7 @@
 """gnocchi's root helper: a good request's knocked-set elements, all or none; nothing else.
 
 Socket-activated; README.md here is the contract: what it trusts (systemd's
-socket, SO_PEERCRED, the live table; nothing a peer sends) and guarantees.
-"""
+socket, SO_PEERCRED, the live table; nothing a peer sends) and guarantees."""
 import argparse
 import contextlib
 import os
@@ -12,26 +11,32 @@ import struct
 import sys
 
 import nftables
-from systemd import daemon, journal
 
 import nft
 import request as rq
 
-MESSAGE_ID = "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013"
+# Every journal entry's own fields. OBJECT_SYSTEMD_UNIT: `journalctl -u gnocchi` shows it too.
+ENTRY = {"MESSAGE_ID": "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013", "SYSLOG_IDENTIFIER": "gnocchi-helper",
+         "OBJECT_SYSTEMD_UNIT": "gnocchi.service"}
 # syslog's: 6 info, 4 warning, 3 err; any other status (malformed, BAD_PEER) 2, crit
-PRIORITY = {rq.OK: 6, rq.NOT_PROTECTED: 4, rq.TOO_MANY: 4, rq.EXPIRED: 4, rq.NFT_FAILED: 3}
+PRIORITY = {rq.OK: "6", rq.NOT_PROTECTED: "4", rq.TOO_MANY: "4", rq.EXPIRED: "4",
+            rq.NFT_FAILED: "3"}
+JOURNAL = "/run/systemd/journal/socket"
 
 
 def log(status: int, text: str, fields: dict) -> None:
     """Journald under systemd (else one line on stderr); malformed is LOG_CRIT."""
     name = rq.STATUSES[status]
     fields = {f"GNOCCHI_HELPER_{k}": str(v) for k, v in {**fields, "STATUS": name}.items()}
-    st = os.fstat(2)  # systemd.exec(5): JOURNAL_STREAM is stderr's dev:ino in a unit
-    if os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}":
-        # OBJECT_SYSTEMD_UNIT: `journalctl -u gnocchi` shows it too (a root sender may).
-        journal.send(f"{name}: {text}", MESSAGE_ID=MESSAGE_ID, SYSLOG_IDENTIFIER="gnocchi-helper",
-                     PRIORITY=PRIORITY.get(status, journal.LOG_CRIT),
-                     OBJECT_SYSTEMD_UNIT="gnocchi.service", **fields)
+    # systemd.exec(5): JOURNAL_STREAM is stderr's dev:ino in a unit
+    if os.environ.get("JOURNAL_STREAM") == "{0.st_dev}:{0.st_ino}".format(os.fstat(2)):
+        # The journal's native protocol, written out (python3-systemd's modules cost 3.3 MB):
+        # each field's name, a newline, its length (64 bits, little-endian), its bytes, a
+        # newline (a root sender may give OBJECT_SYSTEMD_UNIT).
+        fields.update(ENTRY, MESSAGE=f"{name}: {text}", PRIORITY=PRIORITY.get(status, "2"))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+            journal.sendto(b"".join(k.encode() + b"\n" + len(v.encode()).to_bytes(8, "little")
+                                    + v.encode() + b"\n" for k, v in fields.items()), JOURNAL)
     else:
         print(f"gnocchi-helper: {name}: {text}", *(f"{k}={v}" for k, v in fields.items()),
               file=sys.stderr, flush=True)
@@ -41,13 +46,12 @@ def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: i
     """(status, text, log fields) for one connection; the table (and its clock) passed in."""
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fields = {"PEER_UID": uid, "PEER_PID": pid}
-    try:
+    msg = b""  # if it times out or resets
+    with contextlib.suppress(OSError):
         # Read even a stranger's message: closing on unread data resets the
         # connection before the peer reads its status. One byte more shows a longer
         # message and bounds the hex we log.
         msg = conn.recv(rq.MAX_SIZE + 1)
-    except OSError:  # timed out or reset: an empty message
-        msg = b""
     req = rq.parse(msg) if uid == peer_uid else rq.BAD_PEER
     if isinstance(req, int):
         why = f"uid {uid} is not the verifier's" if uid != peer_uid else f"refused {len(msg)} bytes"
@@ -55,8 +59,7 @@ def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: i
     ports = " ".join(f"{proto}/{port}" for proto, port in req.opens)
     what = f"{req.address} {ports} for client {req.client}"
     fields.update(ADDRESS=req.address, PORTS=ports, CLIENT=req.client)
-    now = table.clock()
-    if err := table.refresh(req.opens, now):
+    if err := table.look(req, table.clock()):
         return rq.NFT_FAILED, f"{what}: a set could not be read", dict(fields, NFT_ERROR=err)
     if missing := table.unprotected(req.opens):  # one is enough to refuse them all
         unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
@@ -83,11 +86,12 @@ def main() -> int:
     peer_uid = next((u.pw_uid for u in pwd.getpwall() if u.pw_name == args.peer_user), None)
     if peer_uid is None:
         p.error(f"--peer-user {args.peer_user!r}: no such user")
-    fds = daemon.listen_fds()
-    listener = socket.socket(fileno=fds[0]) if len(fds) == 1 else None
+    # sd_listen_fds(3): LISTEN_FDS sockets from fd 3 on, when LISTEN_PID is this process
+    fds = os.environ.get("LISTEN_FDS") if os.environ.get("LISTEN_PID") == str(os.getpid()) else "0"
+    listener = socket.socket(fileno=3) if fds == "1" else None
     if not listener or (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
         p.error(f"expected 1 AF_UNIX SOCK_SEQPACKET socket from systemd (LISTEN_FDS), got "
-                f"{len(fds)}" + (" of another kind" if listener else ""))
+                f"{fds}" + (" of another kind" if listener else ""))
     table = nft.Table(nftables.Nftables())
     while True:
         conn, _ = listener.accept()

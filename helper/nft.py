@@ -1,6 +1,7 @@
 """The helper's only contact with the firewall, table inet gnocchi: libnftables
 JSON built from values request.parse checked (never command text; table, sets
 and timeout never come from a request), through Table.apply alone."""
+import collections
 import ipaddress
 import time
 from typing import Any  # a libnftables context (or a stand-in); a request.Request
@@ -8,18 +9,19 @@ from typing import Any  # a libnftables context (or a stand-in); a request.Reque
 TABLE = {"family": "inet", "table": "gnocchi"}
 PROTECTED = {"tcp": "protected_tcp", "udp": "protected_udp"}
 KNOCKED = {4: "knocked4", 6: "knocked6"}
-FRESH = 1.0  # seconds a copy of the protected sets and of the openings pending answers for
+FRESH = 1.0  # seconds at least between two reads of the sets (look())
 SHARE = 32   # openings pending at most per client, and per source (IPv4 address, IPv6 /64)
 
 
 class Table:
-    """A libnftables context, and its copies of the protected sets and of the openings pending."""
+    """A libnftables context, its copies of the protected sets and of the openings pending."""
 
     def __init__(self, ctx: Any) -> None:
-        # protected: proto -> [22, {"range": [8000, 8100]}, ...], as its set has them; pending:
-        # (address, proto, port) -> client, as the kernel listed them at `read`, and added since.
-        self.ctx, self.protected, self.pending, self.read, self.clock = (
-            ctx, dict[str, list](), dict[tuple, str](), float("-inf"), time.monotonic)
+        # protected: proto -> {22, ...}, and pending: (address, proto, port) -> client, as
+        # the kernel listed them at `read`, and added since; held: openings pending per
+        # client and per source.
+        self.ctx, self.clock, self.protected = ctx, time.monotonic, dict[str, set]()
+        self.pending, self.held, self.read = dict[tuple, str](), collections.Counter[Any](), -FRESH
 
     def apply(self, *commands: dict) -> tuple[dict, str]:
         """Run commands as one transaction: (output, "") if libnftables' rc is 0, else ({}, err)."""
@@ -27,42 +29,50 @@ class Table:
                                                        *commands]})
         return (out or {"nftables": []}, "") if rc == 0 else ({}, err or f"libnftables rc {rc}")
 
-    def refresh(self, opens: tuple, now: float) -> str:
-        """Read the sets if the copies are old or lack a port of opens; libnftables' error or ""."""
-        # Read again when FRESH seconds old, or when a copy lacks a port (one the admin adds
-        # works on its next knock). A port removed less than FRESH ago still passes: its
-        # element is inert, the gate consults the knocked sets only for protected ports. An
-        # opening used or expired since the last read counts against its client and source
-        # until the next: at most FRESH seconds.
-        if now - self.read < FRESH and not self.unprotected(opens):
+    def elements(self, name: str) -> tuple[list, str]:
+        """The elements of set name, each as {"val": ..., ...}; or ([], libnftables' error)."""
+        out, err = self.apply({"list": {"set": {**TABLE, "name": name}}})  # one set a call
+        # An element is a value, or {"elem": {"val": value, "timeout": ..., ...}}.
+        return [e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e} for item in
+                out.get("nftables", ()) for e in item.get("set", {}).get("elem", ())], err
+
+    def look(self, req: Any, now: float) -> str:
+        """Read the sets again if the copies would refuse req; libnftables' error or ""."""
+        # At most every FRESH seconds, and only when a copy lacks a port of req (the first
+        # request, after a restart: the copies are empty; a port the admin adds works on
+        # its next knock) or would give req more than a share (it still counts openings
+        # used or expired since it was read). So a knock costs no read at all, whatever
+        # the knocked sets hold. A port the admin removes still passes until the next
+        # read: its element is inert, the gate consults the knocked sets only for
+        # protected ports (and a reload of the table, which removes it, empties them).
+        if now - self.read < FRESH or not (self.unprotected(req.opens) or self.crowded(req)):
             return ""
-        sets = {}
-        for name in (*PROTECTED.values(), *KNOCKED.values()):
-            out, err = self.apply({"list": {"set": {**TABLE, "name": name}}})
-            if err:
-                return err
-            # An element is a value, or {"elem": {"val": value, "timeout": ..., ...}}.
-            sets[name] = [e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e} for item
-                          in out["nftables"] for e in item.get("set", {}).get("elem", ())]
-        self.protected = {proto: [e["val"] for e in sets[n]] for proto, n in PROTECTED.items()}
-        self.pending = {(ipaddress.ip_address(e["val"]["concat"][0]), *e["val"]["concat"][1:]):
-                        e.get("comment", "") for name in KNOCKED.values() for e in sets[name]}
-        self.read = now
+        listed = {name: self.elements(name) for name in (*PROTECTED.values(), *KNOCKED.values())}
+        if err := next((err for _, err in listed.values() if err), ""):
+            return err
+        self.protected = {proto: {e["val"] for e in listed[n][0] if isinstance(e["val"], int)}
+                          for proto, n in PROTECTED.items()}
+        self.pending, self.held, self.read = {}, collections.Counter(), now
+        for e in listed["knocked4"][0] + listed["knocked6"][0]:
+            address, *opening = e["val"]["concat"]
+            self.note((ipaddress.ip_address(address), *opening), e.get("comment", ""))
         return ""
 
     def unprotected(self, opens: tuple) -> list:
         """The (proto, port) of opens that the copies of the protected sets lack."""
-        return [(p, port) for p, port in opens if not any(
-            v["range"][0] <= port <= v["range"][1] if isinstance(v, dict) else v == port
-            for v in self.protected.get(p, ()))]
+        return [(p, port) for p, port in opens if port not in self.protected.get(p, ())]
 
     def crowded(self, req: Any) -> str:
         """Who would pass its share with req's new openings: "client NAME", "source NET", or ""."""
         new = sum((req.address, *o) not in self.pending for o in req.opens)
-        if list(self.pending.values()).count(req.client) + new > SHARE:
-            return f"client {req.client}"
-        held = [prefix(address) for address, _, _ in self.pending].count(prefix(req.address))
-        return f"source {prefix(req.address)}" if held + new > SHARE else ""
+        over = [who for who in (req.client, source(req.address)) if self.held[who] + new > SHARE]
+        return "" if not over else f"client {req.client}" if over[0] == req.client else \
+            f"source {ipaddress.ip_network((req.address, len(over[0]) * 8), strict=False)}"
+
+    def note(self, key: tuple, client: str) -> None:  # pending for client, in place of any before
+        self.held.subtract((self.pending[key], source(key[0])) if key in self.pending else ())
+        self.pending[key] = client
+        self.held.update((client, source(key[0])))
 
     def add(self, req: Any, timeout: int) -> str:
         """req's openings, in one transaction; libnftables' error or ""."""
@@ -74,9 +84,11 @@ class Table:
             {"elem": {**v, "timeout": timeout, "comment": req.client}} for v in vals]}}}
         delete = {"delete": {"element": {**ref, "elem": [{"elem": v} for v in vals]}}}
         err = self.apply(add, delete, add)[1]
-        self.pending.update({} if err else {(req.address, *o): req.client for o in req.opens})
+        for opening in () if err else req.opens:
+            self.note((req.address, *opening), req.client)
         return err
 
 
-def prefix(address: Any) -> Any:  # a source as the shares count it: IPv4 address, IPv6 /64
-    return ipaddress.ip_network((address, 32 if address.version == 4 else 64), strict=False)
+def source(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    # as the shares count it: an IPv4 address, an IPv6 /64
+    return address.packed[:4 if address.version == 4 else 8]

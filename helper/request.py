@@ -17,9 +17,8 @@ VERSION = 4
 MAX_PORTS = 8
 PROTOCOLS = {6: "tcp", 17: "udp"}  # the proto byte, and its name (as nft writes it)
 NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a client's name, as the config's
-STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
-            "BAD_PROTO", "TOO_MANY", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE",
-            "BAD_NAME")
+STATUSES = tuple("OK BAD_PEER BAD_LENGTH BAD_VERSION BAD_ADDRESS NOT_PROTECTED BAD_PROTO "  # noqa: SIM905
+                 "TOO_MANY NFT_FAILED EXPIRED BAD_COUNT BAD_DUPLICATE BAD_NAME".split())
 (OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS, NOT_PROTECTED, BAD_PROTO, TOO_MANY,
  NFT_FAILED, EXPIRED, BAD_COUNT, BAD_DUPLICATE, BAD_NAME) = range(len(STATUSES))
 MAX_SIZE = HEADER.size + MAX_PORTS * ENTRY.size + 64
@@ -62,10 +61,8 @@ def parse(msg: bytes) -> Request | int:
                    msg[end:].decode())
 
 
-def unknockable(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why no knock may open for a, or None: the verifier's rule (knock_socket.py), twin."""
-    if a.version == 6 and any(a in net for net in EMBEDDING_IPV4):
-        return "an IPv6 address that embeds an IPv4 address"
-    bad = (a.is_unspecified or a.is_multicast or a.is_loopback or a.is_link_local
-           or a.is_reserved or (a.is_site_local if a.version == 6 else a in THIS_NETWORK))
-    return "not a unicast address a client can knock from" if bad else None
+def unknockable(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether no knock may open for a: the verifier's rule (knock_socket.py), twin."""
+    return (a.version == 6 and any(a in net for net in EMBEDDING_IPV4) or a.is_unspecified
+            or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved
+            or (a.is_site_local if a.version == 6 else a in THIS_NETWORK))

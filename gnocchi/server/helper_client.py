@@ -4,7 +4,8 @@ Trusts the helper only to answer one byte. Sends exactly one request (one
 address, 1 to MAX_PORTS ports the helper opens all or none of, and the client's
 name, which the helper writes on each opening and counts them by) per connection
 on the helper's SOCK_SEQPACKET socket, with a deadline past
-which the helper acts on it no more, waits for the status byte until a little
+which the helper acts on it no more (several connections in flight at once for
+the knocks of one batch), waits for the status byte until a little
 after that deadline, and reports either a status name or why there is none,
 saying whether anything can have been opened. Builds the request only from typed values (an
 ipaddress object, objects with an int .port and a .proto of "tcp"/"udp"): never from packet bytes.
@@ -32,6 +33,9 @@ STATUSES = ("OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_P
             "BAD_NAME")
 DEADLINE = 3.0  # seconds: the helper acts on the request only before this
 GRACE = 1.0     # seconds more to wait for its answer: one nft transaction takes milliseconds
+# Requests in flight at once: far below a listening socket's queue (systemd's Backlog=,
+# SOMAXCONN by default; a connect to a full one fails at once), enough to keep the helper busy.
+WINDOW = 8
 
 
 class HelperUnreachable(Exception):
@@ -60,27 +64,59 @@ def request_open(socket_path: str, address: ipaddress.IPv4Address | ipaddress.IP
                  clock: Callable[[], float] = time.monotonic) -> str:
     """Ask the helper to open every one of opens (objects with .port, .proto) to
     address for client, all or none; returns its status name ("OK", ...)."""
+    answer = request_opens(socket_path, [(address, opens, client)], deadline, clock)[0]
+    if isinstance(answer, HelperUnreachable):
+        raise answer
+    return answer
+
+
+def request_opens(socket_path: str, asks: list, deadline: float = DEADLINE,
+                  clock: Callable[[], float] = time.monotonic) -> list[str | HelperUnreachable]:
+    """request_open for each (address, opens, client) of asks, WINDOW of them in flight at
+    once (one connection each, sent before the earlier ones' answers are read: the helper
+    takes them in turn while the others wait in its socket's queue); each one's status
+    name, or the HelperUnreachable that says why it has none. ValueError before anything
+    is sent if one of them is what the helper would refuse whole."""
     start = clock()
-    message = encode(address, opens, client, int((start + deadline) * 1000))
-    sent = False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-            sock.settimeout(deadline)
+    messages = [encode(address, opens, client, int((start + deadline) * 1000))
+                for address, opens, client in asks]
+    answers: list[str | HelperUnreachable] = []
+    flight: list[socket.socket | HelperUnreachable] = []
+    for message in messages:
+        if len(flight) == WINDOW:  # the oldest answered first: the helper's queue stays short
+            answers.append(_answer(flight.pop(0), socket_path, start + deadline, deadline, clock))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.settimeout(max(0.0, start + deadline - clock()))
             sock.connect(socket_path)
             sock.send(message)
-            sent = True
-            sock.settimeout(max(0.0, start + deadline + GRACE - clock()))
+            flight.append(sock)
+        except OSError as e:
+            sock.close()
+            flight.append(HelperUnreachable(f"not opened: {socket_path}: {_why(e)}"))
+    return answers + [_answer(s, socket_path, start + deadline, deadline, clock) for s in flight]
+
+
+def _why(e: OSError) -> str:
+    return "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+
+
+def _answer(sock: socket.socket | HelperUnreachable, socket_path: str, end: float,
+            deadline: float, clock: Callable[[], float]) -> str | HelperUnreachable:
+    """The status name the helper sent on sock, or why there is none."""
+    if isinstance(sock, HelperUnreachable):
+        return sock
+    with sock:
+        try:
+            sock.settimeout(max(0.0, end + GRACE - clock()))
             reply = sock.recv(2)  # one byte expected; two lets a longer reply be seen
-    except (TimeoutError, OSError) as e:
-        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
-        if not sent:
-            raise HelperUnreachable(f"not opened: {socket_path}: {why}") from None
-        # Sent: the helper may have taken it before its deadline. Say what is
-        # known, never "not opened" for what may be an opening.
-        raise HelperUnreachable(f"{socket_path}: {why} within {deadline + GRACE:g} s; the "
-                                f"helper opens nothing past the request's {deadline:g} s "
-                                "deadline: its own entry says whether it acted") from None
+        except OSError as e:
+            # Sent: the helper may have taken it before its deadline. Say what is
+            # known, never "not opened" for what may be an opening.
+            return HelperUnreachable(f"{socket_path}: {_why(e)} within {deadline + GRACE:g} s; "
+                                     f"the helper opens nothing past the request's {deadline:g} s "
+                                     "deadline: its own entry says whether it acted")
     if len(reply) != 1:
-        raise HelperUnreachable(f"{socket_path}: answered {len(reply)} bytes, not one status byte")
-    status = reply[0]
-    return STATUSES[status] if status < len(STATUSES) else f"UNKNOWN_{status}"
+        return HelperUnreachable(f"{socket_path}: answered {len(reply)} bytes, not one status "
+                                 "byte")
+    return STATUSES[reply[0]] if reply[0] < len(STATUSES) else f"UNKNOWN_{reply[0]}"

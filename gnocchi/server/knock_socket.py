@@ -22,7 +22,6 @@ import struct
 import sys
 
 from nacl._sodium import ffi
-from systemd import daemon
 
 from gnocchi.shared import protocol
 
@@ -68,14 +67,21 @@ def take(listen_texts: list[str], ports: list[int]) -> list[socket.socket]:
 def inherited_sockets(ports: list[int]) -> list[socket.socket]:
     """The UDP sockets systemd passed, one on each knock port, checked; [] when
     started without socket activation."""
-    fds = daemon.listen_fds()
+    fds = listen_fds()
     socks: list[socket.socket] = []
     try:
         for fd in fds:
-            if not daemon.is_socket_inet(fd, type=socket.SOCK_DGRAM):
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # not a socket at all
+                sock = None
+            if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+                    sock.type != socket.SOCK_DGRAM:
+                if sock is not None:
+                    sock.detach()  # not ours to close: systemd's descriptor, checked only
                 raise StartupError(f"a socket systemd passed (fd {fd}) is not a UDP socket; "
                                    f"{unit_hint(ports)}")
-            socks.append(socket.socket(fileno=fd))
+            socks.append(sock)
             port = socks[-1].getsockname()[1]
             if port not in ports:
                 raise StartupError(f"a socket systemd passed is on UDP port {port}, but the "
@@ -169,7 +175,7 @@ class Datagrams:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         tail = RECV_BUFFER - protocol.NONCE_LEN
-        self._nonces = [ctypes.create_string_buffer(protocol.NONCE_LEN) for _ in range(BATCH)]
+        self._nonces = ctypes.create_string_buffer(protocol.NONCE_LEN * BATCH)  # one block
         self._boxes = [ctypes.create_string_buffer(protocol.BOXZERO_LEN + tail)
                        for _ in range(BATCH)]
         self._names = [ctypes.create_string_buffer(_SOCKADDR_LEN) for _ in range(BATCH)]
@@ -178,7 +184,8 @@ class Datagrams:
         self._headers = (_mmsghdr * BATCH)()
         for i in range(BATCH):
             nonce, after = self._iovecs[2 * i], self._iovecs[2 * i + 1]
-            nonce.iov_base, nonce.iov_len = ctypes.addressof(self._nonces[i]), protocol.NONCE_LEN
+            nonce.iov_base = ctypes.addressof(self._nonces) + i * protocol.NONCE_LEN
+            nonce.iov_len = protocol.NONCE_LEN
             after.iov_base = ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN
             after.iov_len = tail
             h = self._headers[i].msg_hdr
@@ -187,6 +194,12 @@ class Datagrams:
             h.msg_control, h.msg_controllen = ctypes.addressof(self._controls[i]), ANCILLARY
         # recvmmsg writes lengths into the headers: each call starts from this copy.
         self._fresh = bytes(self._headers)
+        # The headers' msg_len fields, read all at once after each call (a ctypes
+        # attribute read per datagram costs more than the rest of a garbage one's path).
+        self._words = memoryview(self._headers).cast("B").cast("I")
+        self._stride = ctypes.sizeof(_mmsghdr) // 4
+        self.lengths: list[int] = []  # of the datagrams of the last read, in order
+        self.heads = b""  # their first NONCE_LEN bytes each, one after the other
         self.boxes = [ffi.from_buffer(b) for b in self._boxes]
         self.opened = ffi.new("unsigned char[]", len(self._boxes[0]))
 
@@ -199,27 +212,30 @@ class Datagrams:
             if code in (errno.EAGAIN, errno.EINTR):
                 return 0
             raise OSError(code, os.strerror(code))
+        first = _mmsghdr.msg_len.offset // 4
+        self.lengths = self._words[first:first + count * self._stride:self._stride].tolist()
+        self.heads = self._nonces.raw[:count * protocol.NONCE_LEN]
         return int(count)
 
     def length(self, i: int) -> int:
         """Datagram i's length, at most RECV_BUFFER (so more than MAX_PACKET: cut)."""
-        return int(self._headers[i].msg_len)
+        return self.lengths[i]
 
     def packet(self, i: int) -> bytes:
         """Datagram i's bytes, as recvmsg would give them."""
         tail = self._boxes[i].raw[protocol.BOXZERO_LEN:]
-        return (self._nonces[i].raw + tail)[:self.length(i)]
+        return (self.head(i) + tail)[:self.length(i)]
 
     def head(self, i: int) -> bytes:
         """Datagram i's first NONCE_LEN bytes (fewer of them its own, if it is shorter)."""
-        return self._nonces[i].raw
+        return self.heads[i * protocol.NONCE_LEN:(i + 1) * protocol.NONCE_LEN]
 
     def tag(self, i: int) -> bytes:
         """Datagram i's first 40 bytes (v1: NONCE and MAC; v2: MAGIC2, MAC1 and
         half of EPK): what tells one packet from another."""
         mac = ctypes.string_at(ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN,
                                protocol.MAC_LEN)
-        return self._nonces[i].raw + mac
+        return self.head(i) + mac
 
     def sender(self, i: int) -> tuple:
         """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""
@@ -284,7 +300,24 @@ def unknockable(source: Address) -> str | None:
     return None
 
 
+# sd_listen_fds(3) and sd_notify(3), written out: python3-systemd's module for them
+# would cost the verifier about 1 MB of memory (libsystemd and what it loads).
+LISTEN_FDS_START = 3
+
+
+def listen_fds() -> list[int]:
+    """The descriptors systemd passed (LISTEN_FDS from fd 3 on, if LISTEN_PID is this
+    process), with LISTEN_* removed from the environment: nothing started inherits them."""
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count.isdigit():
+        return []
+    return list(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)))
+
+
 def notify(state: str) -> None:
     """sd_notify(state) when systemd asked for it (Type=notify); otherwise nothing."""
-    if os.environ.get("NOTIFY_SOCKET"):
-        daemon.notify(state)
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if path:  # a path, or an abstract socket's name after "@"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), "\0" + path[1:] if path.startswith("@") else path)

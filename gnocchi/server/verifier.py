@@ -3,10 +3,11 @@
 Trusts its config, server keys and counter store; nothing in a packet. Each
 datagram, v1 or v2 (PROTOCOL.md), on any of its knock sockets: up to the seal
 where it lies (protocol.unseal, once), the steps after it, the source and
-client policy, the counter stored durably, the request, then the helper
-(`open`) or the action socket (`run`, never waited for). It never sends a
-datagram, catches no exception it does not expect (systemd restarts it),
-keeps bounded state, and stops when its store fails.
+client policy. Then, for the datagrams of one read (a batch): their counters
+stored durably in one write, and only then each request, to the helper
+(`open`, all in flight at once) or the action socket (`run`, never waited
+for). It never sends a datagram, catches no exception it does not expect
+(systemd restarts it), keeps bounded state, and stops when its store fails.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ ADDRESS_BURST, ADDRESS_REFILL = 40, 0.5   # per source address (clients behind o
 
 
 class Verifier:
-    """Decides one datagram at a time, in PROTOCOL.md's receiver order."""
+    """Decides each datagram in PROTOCOL.md's receiver order; settle() acts on a batch's."""
 
     def __init__(self, cfg: config.Config, keys: keyring.Keyring, store: counters.Store,
                  log: events.EventLog, now: config.Clock = config.utc_now):
@@ -42,6 +43,7 @@ class Verifier:
         self.clients = cfg.client_by_key()
         self.fixed_ips = tuple(a.packed for a in cfg.server_addresses)
         self.runs = action_client.Runs(cfg.action_socket)
+        self.due: list[tuple] = []  # knocks whose counters await the batch's commit
 
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
@@ -78,33 +80,40 @@ class Verifier:
                              f"refused: {why}; counter not stored", client=client.name,
                              client_key=result.client_key.hex(), source_ip=source, reason=why)
             return
+        # PROTOCOL.md step 8: the counter is spent now (in memory, so the packet cannot be
+        # replayed while this verifier runs), and stored by settle() before anything is
+        # done for this knock.
+        self.store.note(result.client_key, result.counter)
         if not (self.client_limit.allow(result.client_key) and self.address_limit.allow(source)):
             # Over its limit: dropped before the disk or the helper, counted in the
-            # interval's summary; the counter is spent in memory, so the packet
-            # cannot be replayed while this verifier runs.
-            self.store.note(result.client_key, result.counter)
+            # interval's summary (its counter is stored with the next commit).
             self.log.over_limit(client.name)
             return
-        # PROTOCOL.md step 8: nothing happens for this knock unless this returns.
-        self.store.commit(result.client_key, result.counter)
-        common = dict(client=client.name, client_key=result.client_key.hex(),
-                      source_ip=source, counter=result.counter, protocol=unsealed.version)
-        request: knock_request.Request | knock_request.Bad | None
-        if result.data:
-            request = knock_request.parse(result.data)
-            shown = knock_request.show(result.data)
-        else:
-            request, shown = client.default, "(empty: the client's default)"
-        if request is None:
-            self.refuse(client, common, shown, "this client has no default request")
-        elif isinstance(request, knock_request.Bad):
-            self.refuse(client, common, shown, request.why, said="a malformed request")
-        elif why := client.why_not(request) or self.cfg.unreachable(request, source):
-            self.refuse(client, common, str(request), why)
-        elif isinstance(request, knock_request.Run):
-            self.run(client, common, request, source)
-        else:
-            self.open(client, common, request, source)
+        self.due.append((client, result, source, unsealed.version))
+
+    def settle(self) -> None:
+        """The batch's knocks: their counters stored in one durable write, then each acted on."""
+        due, self.due, opens = self.due, [], []
+        if due:
+            self.store.commit()  # PROTOCOL.md step 8: nothing happens for these unless it returns
+        for client, result, source, version in due:
+            common = dict(client=client.name, client_key=result.client_key.hex(),
+                          source_ip=source, counter=result.counter, protocol=version)
+            request: knock_request.Request | knock_request.Bad | None = \
+                knock_request.parse(result.data) if result.data else client.default
+            shown = knock_request.show(result.data) if result.data else \
+                "(empty: the client's default)"
+            if request is None:
+                self.refuse(client, common, shown, "this client has no default request")
+            elif isinstance(request, knock_request.Bad):
+                self.refuse(client, common, shown, request.why, said="a malformed request")
+            elif why := client.why_not(request) or self.cfg.unreachable(request, source):
+                self.refuse(client, common, str(request), why)
+            elif isinstance(request, knock_request.Run):
+                self.run(client, common, request, source)
+            else:
+                opens.append((client, common, request, source))
+        self.open(opens)
 
     def rejected(self, result: protocol.Rejected, source: knock_socket.Address,
                  no_ipv4: bool) -> None:
@@ -143,25 +152,23 @@ class Verifier:
         self.log.event("refused", f"refused {said} for client {client.name} from "
                        f"{common['source_ip']}: {why}", request=shown, reason=why, **common)
 
-    def open(self, client: config.Client, common: dict,
-             request: knock_request.Open | knock_request.OpenPorts,
-             source: knock_socket.Address) -> None:
-        """One helper request (every port or none), one entry naming them all."""
-        try:
-            status = helper_client.request_open(self.cfg.helper_socket, source, request.opens,
-                                                client.name)
-        except helper_client.HelperUnreachable as e:
-            self.log.event("helper-failed", f"{request} for client {client.name} from {source}: "
-                           f"helper: {e}", request=str(request),
-                           helper_status="UNREACHABLE", reason=str(e), **common)
-            return
-        if status != "OK":
-            self.log.event("helper-failed", f"{request} for client {client.name} from {source} "
-                           f"not opened: helper answered {status}", request=str(request),
-                           helper_status=status, **common)
-            return
-        self.log.event("accepted", f"client {client.name} from {source}: {request}",
-                       request=str(request), helper_status=status, **common)
+    def open(self, opens: list) -> None:
+        """One helper request per knock (every port or none), all in flight at once; one
+        entry each, naming all its ports."""
+        statuses = helper_client.request_opens(self.cfg.helper_socket, [
+            (source, request.opens, client.name) for client, _, request, source in opens])
+        for (client, common, request, source), status in zip(opens, statuses, strict=True):
+            said, fields = f"{request} for client {client.name} from {source}", dict(
+                request=str(request), **common)
+            if isinstance(status, helper_client.HelperUnreachable):
+                self.log.event("helper-failed", f"{said}: helper: {status}",
+                               helper_status="UNREACHABLE", reason=str(status), **fields)
+            elif status != "OK":
+                self.log.event("helper-failed", f"{said} not opened: helper answered {status}",
+                               helper_status=status, **fields)
+            else:
+                self.log.event("accepted", f"client {client.name} from {source}: {request}",
+                               helper_status=status, **fields)
 
     def run(self, client: config.Client, common: dict, request: knock_request.Run,
             source: knock_socket.Address) -> None:
@@ -191,6 +198,7 @@ def serve(socks: list[socket.socket], verifier: Verifier, log: events.EventLog, 
           woken: socket.socket | None = None) -> None:
     """Knocks and action outcomes, as they come, until stop (woken: at once)."""
     runs, v1_key, keys2 = verifier.runs, verifier.keys.v1, verifier.keys.v2
+    HEAD = protocol.NONCE_LEN
     readers = {sock: knock_socket.Datagrams(sock) for sock in socks}
     for sock in socks:
         sock.setblocking(False)
@@ -211,18 +219,19 @@ def serve(socks: list[socket.socket], verifier: Verifier, log: events.EventLog, 
                 if finished := runs.finish(conn):
                     verifier.ran(*finished)
                 continue
-            datagrams = readers[conn]
+            d, dropped = readers[conn], []
             # Up to BATCH; none when the datagram select saw had a bad checksum.
-            for i in range(datagrams.read()):
+            for i in range(d.read()):
                 # Up to the seal where the datagram lies: until a MAC holds, its bytes
                 # are anyone's, and nothing is made of them, not even its addresses.
-                unsealed = protocol.unseal(datagrams.length(i), datagrams.head(i),
-                                           datagrams.boxes[i], datagrams.opened, v1_key, keys2)
+                unsealed = protocol.unseal(d.lengths[i], d.heads[i * HEAD:i * HEAD + HEAD],
+                                           d.boxes[i], d.opened, v1_key, keys2)
                 if isinstance(unsealed, str):
-                    log.drop(unsealed)
+                    dropped.append(unsealed)
                     continue
-                verifier.handle(datagrams.tag(i), unsealed,
-                                *knock_socket.addresses(*datagrams.sender(i)))
+                verifier.handle(d.tag(i), unsealed, *knock_socket.addresses(*d.sender(i)))
+            log.drops(dropped)
+            verifier.settle()  # the batch's one durable write, then its knocks acted on
 
 
 def main(argv: list[str]) -> int:
@@ -249,12 +258,8 @@ def main(argv: list[str]) -> int:
         socks = knock_socket.take(args.listen, keyring.ports(keys_))
         store = counters.Store(cfg.state_dir).load()
         strict.check(store.path)
-        if store.fell_back:  # once: the next commit writes over the slot that was not whole
-            log.event("store-fell-back", f"{store.path}: one of its two slots is not whole, so "
-                      f"the other (sequence {store.sequence}) was loaded. After a crash during "
-                      "a commit nothing is lost; otherwise the disk damaged the newest slot, and "
-                      "the last knock committed before could be replayed once: compare with "
-                      "`gnocchi audit --counters` (docs/server.md, \"Counter store\")")
+        if fallen := store.fallen_back():  # once: the next commit writes over that slot
+            log.event("store-fell-back", fallen)
         stop: list = []
         # A reload (SIGTERM) must not leave this config deciding knocks for up to
         # WAKE seconds: the signal also writes a byte that wakes select.

@@ -180,19 +180,24 @@ class FakeNftables:
         if commands and "list" in commands[0]:
             if self.fail_list:
                 return -1, "", self.fail_list
-            ref = commands[0]["list"]["set"]
-            if ref["name"].startswith("knocked"):
-                family = 4 if ref["name"] == "knocked4" else 6
-                elem = [e for e in self.pending if ipaddress.ip_address(
-                    e.get("elem", {"val": e})["val"]["concat"][0]).version == family]
-            else:
-                elem = self.protected
-            listed = dict(ref, type="inet_service", handle=1, elem=elem)
-            return 0, {"nftables": [{"metainfo": {"json_schema_version": 1}}, {"set": listed}]}, ""
+            listed = [{"metainfo": {"json_schema_version": 1}}]
+            if len(commands) > 1:  # as libnftables 1.0.6: one set a call
+                return -1, "", "Error: No such file or directory; did you mean set ..."
+            for c in commands:
+                ref = c["list"]["set"]
+                if ref["name"].startswith("knocked"):
+                    family = 4 if ref["name"] == "knocked4" else 6
+                    elem = [e for e in self.pending if ipaddress.ip_address(
+                        e.get("elem", {"val": e})["val"]["concat"][0]).version == family]
+                else:
+                    elem = self.protected
+                listed.append({"set": dict(ref, type="inet_service", handle=1, elem=elem)})
+            return 0, {"nftables": listed}, ""
         return (1, "", self.fail_add) if self.fail_add else (0, "", "")
 
     def commands(self) -> list[list[str]]:
-        """What was sent, each call as its commands' verbs (["add", "delete", "add"], ...)."""
+        """What was sent, each call as its commands' verbs (["add", "delete", "add"], ["list",
+        "list"], ...)."""
         return [[verb for c in call["nftables"][1:] for verb in c] for call in self.sent]
 
     def listed(self) -> list[str]:

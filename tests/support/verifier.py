@@ -27,7 +27,8 @@ SHOW_ACTION = Path(__file__).with_name("show_action.py")
 
 def handle(verifier, packet: bytes, source, dest) -> None:
     """One datagram's bytes through the verifier as serve() takes it: up to the seal
-    (protocol.unseal, a drop counted on failure), then Verifier.handle."""
+    (protocol.unseal, a drop counted on failure), then Verifier.handle, then
+    Verifier.settle (a batch of one)."""
     box = ffi.from_buffer(bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:])
     opened = ffi.new("unsigned char[]", len(box))
     unsealed = protocol.unseal(len(packet), packet[:protocol.NONCE_LEN], box, opened,
@@ -36,6 +37,7 @@ def handle(verifier, packet: bytes, source, dest) -> None:
         verifier.log.drop(unsealed)
         return
     verifier.handle(packet[:protocol.NONCE_LEN + protocol.MAC_LEN], unsealed, source, dest)
+    verifier.settle()
 
 
 class Keys:

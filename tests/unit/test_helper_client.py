@@ -77,3 +77,40 @@ def test_helper_client_maps_status_and_unreachable(tmp_path):
         assert "opens nothing past the request's 0.2 s deadline" in str(e.value)
     finally:
         silent.close()
+
+
+def test_the_knocks_of_a_batch_are_in_flight_before_the_first_answer(tmp_path):
+    # A stand-in helper that answers nothing until it holds WINDOW requests: a
+    # client that waited for each answer before sending the next would stall.
+    path = str(tmp_path / "w.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(64)
+    held = []
+
+    def serve():
+        for _ in range(2):  # two windows' worth
+            conns = [listener.accept()[0] for _ in range(helper_client.WINDOW)]
+            held.extend(c.recv(256) for c in conns)
+            for i, c in enumerate(conns):
+                c.send(bytes([0 if i % 2 else 7]))
+                c.close()
+    import threading
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    asks = [(ipaddress.IPv4Address(f"198.18.3.{i + 1}"), SSH, f"c{i}")
+            for i in range(2 * helper_client.WINDOW)]
+    try:
+        answers = helper_client.request_opens(path, asks, deadline=5.0)
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    assert answers == ["TOO_MANY", "OK"] * helper_client.WINDOW
+    assert [m[4:8] for m in held] == [a.packed for a, _, _ in asks]  # each once, in order
+
+
+def test_a_helper_that_is_not_there_opens_none_of_a_batch(tmp_path):
+    asks = [(ipaddress.IPv4Address("198.18.3.1"), SSH, "alice")] * 3
+    answers = helper_client.request_opens(str(tmp_path / "none.sock"), asks)
+    assert all(isinstance(a, helper_client.HelperUnreachable) and "not opened" in str(a)
+               for a in answers) and len(answers) == 3

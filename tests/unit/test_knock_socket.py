@@ -222,3 +222,27 @@ def test_control_messages_stop_at_a_truncated_one():
     assert knock_socket.control_messages(full + one + data[:5]) == [
         (socket.IPPROTO_IP, knock_socket.IP_PKTINFO, data)]
     assert knock_socket.control_messages(full[:-8]) == []
+
+
+def test_listen_fds_takes_this_process_s_descriptors_and_leaves_none_to_children(monkeypatch):
+    # sd_listen_fds(3), as python3-systemd's daemon.listen_fds() answered it.
+    for pid, count, expected in ((os.getpid(), "2", [3, 4]), (os.getpid() + 1, "2", []),
+                                 (os.getpid(), "x", []), (os.getpid(), "0", [])):
+        monkeypatch.setenv("LISTEN_PID", str(pid))
+        monkeypatch.setenv("LISTEN_FDS", count)
+        monkeypatch.setenv("LISTEN_FDNAMES", "knock")
+        assert knock_socket.listen_fds() == expected
+        assert not {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} & set(os.environ)
+    assert knock_socket.listen_fds() == []  # started by hand
+
+
+def test_notify_reaches_systemd_s_socket_by_path_and_by_abstract_name(tmp_path, monkeypatch):
+    for address, env in ((str(tmp_path / "notify"), str(tmp_path / "notify")),
+                         (f"\0gnocchi-test-{os.getpid()}", f"@gnocchi-test-{os.getpid()}")):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+            systemd.bind(address)
+            monkeypatch.setenv("NOTIFY_SOCKET", env)
+            knock_socket.notify("READY=1")
+            assert systemd.recv(64) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    knock_socket.notify("READY=1")  # not asked for: nothing, no error

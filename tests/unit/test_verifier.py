@@ -2,11 +2,13 @@
 construction, the whole decision under arbitrary input, and each check a knock
 passes after its signature: the source rule, the client's own sources and
 expiry, its rate limit (the counter spent, not stored), its allow list."""
+import ast
 import datetime
 import ipaddress
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -52,12 +54,33 @@ def test_serve_refuses_a_loose_server_key_and_a_missing_socket(tmp_path):
 
 def test_nothing_in_the_verifier_sends_a_datagram():
     # Silence by construction too: no send call on a network socket in the daemon's modules.
-    # (helper_client and action_client send on Unix sockets of their own.)
+    # The only sends are on Unix sockets made in the same function (sd_notify, the
+    # journal); helper_client and action_client send on Unix sockets of their own.
     for name in ("server/verifier", "server/knock_socket", "server/events",
                  "shared/knock_request", "server/counters", "server/config", "server/actions"):
-        text = (REPO / "gnocchi" / f"{name}.py").read_text()
-        assert "sendto" not in text and "sendmsg" not in text and ".send(" not in text.replace(
-            "self.send(", "").replace("journal.send(", ""), name
+        tree = ast.parse((REPO / "gnocchi" / f"{name}.py").read_text())
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            unix = "socket.AF_UNIX" in ast.unparse(function)
+            for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
+                attr = getattr(call.func, "attr", "")
+                if attr in ("send", "sendto", "sendmsg", "sendmmsg"):
+                    assert unix or ast.unparse(call.func) == "self.send", (name, function.name)
+        assert "sendmmsg" not in ast.unparse(tree) and "libc.send" not in ast.unparse(tree)
+
+
+def test_journal_entries_keep_every_field_whole(tmp_path, monkeypatch):
+    # The journal's native protocol, as journald reads it: name, newline, 64-bit
+    # little-endian length, bytes, newline. A value with newlines stays one field.
+    monkeypatch.setattr(events, "JOURNAL", str(tmp_path / "journal"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
+        journald.bind(events.JOURNAL)
+        events.journal_sender({"MESSAGE": "two\nlines", "PRIORITY": 5, "GNOCCHI_CLIENT": "alice"})
+        data, fields = journald.recv(4096), {}
+    while data:
+        name, _, data = data.partition(b"\n")
+        length = int.from_bytes(data[:8], "little")
+        fields[name.decode()], data = data[8:8 + length].decode(), data[8 + length + 1:]
+    assert fields == {"MESSAGE": "two\nlines", "PRIORITY": "5", "GNOCCHI_CLIENT": "alice"}
 
 
 def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
