@@ -19,6 +19,7 @@ conntrack holds one entry per pool datagram, not one per packet.
 
 Run by bench/compare.py inside the client namespace only.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -37,10 +38,15 @@ class iovec(ctypes.Structure):
 
 
 class msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
-                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
 
 
 class mmsghdr(ctypes.Structure):
@@ -58,7 +64,7 @@ def read_pool(path) -> list[bytes]:
         data, out, i = f.read(), [], 0
     while i < len(data):
         (n,) = struct.unpack_from("!H", data, i)
-        out.append(data[i + 2:i + 2 + n])
+        out.append(data[i + 2 : i + 2 + n])
         i += 2 + n
     return out
 
@@ -73,8 +79,19 @@ def spoofed(pool: list[bytes], network: str, dst: str, port: int) -> list[bytes]
     for i, payload in enumerate(pool):
         src = (net[1 + i % hosts]).packed
         udp = struct.pack("!HHHH", 1024 + i % 60000, port, 8 + len(payload), 0)
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64,
-                         socket.IPPROTO_UDP, 0, src, socket.inet_aton(dst))
+        ip = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            28 + len(payload),
+            0,
+            0,
+            64,
+            socket.IPPROTO_UDP,
+            0,
+            src,
+            socket.inet_aton(dst),
+        )
         out.append(ip + udp + payload)
     return out
 
@@ -85,7 +102,7 @@ def main() -> int:
     pool = read_pool(pool_file)
     libc = ctypes.CDLL(None, use_errno=True)
     if src.startswith("spoof:"):
-        pool = spoofed(pool, src[len("spoof:"):], dst, int(port))
+        pool = spoofed(pool, src[len("spoof:") :], dst, int(port))
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL
         s.connect((dst, 0))
     else:
@@ -95,8 +112,12 @@ def main() -> int:
     # The pool twice over, so any window of BATCH messages is contiguous.
     n = len(pool)
     buffers = [ctypes.create_string_buffer(d, len(d)) for d in pool]
-    iovs = (iovec * n)(*[iovec(ctypes.cast(b, ctypes.c_void_p), len(d))
-                         for b, d in zip(buffers, pool, strict=True)])
+    iovs = (iovec * n)(
+        *[
+            iovec(ctypes.cast(b, ctypes.c_void_p), len(d))
+            for b, d in zip(buffers, pool, strict=True)
+        ]
+    )
     msgs = (mmsghdr * (2 * n))()
     for i in range(2 * n):
         msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i % n])

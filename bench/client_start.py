@@ -15,6 +15,7 @@ Prints p50 (min..max) in ms, and the p50 of each run's CPU
 time (user + system: steadier than wall time when other work shares the
 machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 INSIDE = "GNOCCHI_CLIENT_START_NETNS"
-KNOCK = "import sys; sys.path.insert(0, sys.argv.pop(1)); from gnocchi.client.knock import main; " \
-        "sys.exit(main())"
-FLOOR = "import sys, socket, {}; socket.socket(socket.AF_INET, " \
-        "socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', int(sys.argv[1])))"
+KNOCK = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from gnocchi.client.knock import main; "
+    "sys.exit(main())"
+)
+FLOOR = (
+    "import sys, socket, {}; socket.socket(socket.AF_INET, "
+    "socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', int(sys.argv[1])))"
+)
 
 
 def main() -> int:
@@ -43,28 +48,53 @@ def main() -> int:
     args = p.parse_args()
     if not os.environ.get(INSIDE):
         env = dict(os.environ, **{INSIDE: "1"})
-        return subprocess.run(["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"',
-                               "sh", sys.executable, *sys.argv], env=env).returncode
+        return subprocess.run(
+            [
+                "unshare",
+                "--net",
+                "sh",
+                "-c",
+                'ip link set lo up && exec "$@"',
+                "sh",
+                sys.executable,
+                *sys.argv,
+            ],
+            env=env,
+        ).returncode
     sys.path.insert(0, args.checkouts[0])
     from gnocchi.shared import keys, protocol
 
     server_key = keys.new_server_key()  # os.urandom's port is 1024 or lower 1 time in 64
     port = protocol.knock_port(server_key)
-    with tempfile.TemporaryDirectory(dir=HERE) as work, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+    with (
+        tempfile.TemporaryDirectory(dir=HERE) as work,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+    ):
         sink.bind(("127.0.0.1", port))
         for name, key in (("server.key", server_key), ("client.key", os.urandom(32))):
             fd = os.open(f"{work}/{name}", os.O_WRONLY | os.O_CREAT, 0o600)
             os.write(fd, key.hex().encode() + b"\n")
             os.close(fd)
-        knock_args = ["--server-key-file", f"{work}/server.key", "--client-key-file",
-                      f"{work}/client.key", "--state-dir", f"{work}/state", "--request",
-                      "open 22", "127.0.0.1"]
-        commands = {c: [sys.executable, "-I", "-c", KNOCK, c, *knock_args]
-                    for c in args.checkouts}
+        knock_args = [
+            "--server-key-file",
+            f"{work}/server.key",
+            "--client-key-file",
+            f"{work}/client.key",
+            "--state-dir",
+            f"{work}/state",
+            "--request",
+            "open 22",
+            "127.0.0.1",
+        ]
+        commands = {c: [sys.executable, "-I", "-c", KNOCK, c, *knock_args] for c in args.checkouts}
         for module in ("nacl.secret", "nacl._sodium"):
             commands[f"floor: python3 -I, import {module}, send"] = [
-                sys.executable, "-I", "-c", FLOOR.format(module), str(port)]
+                sys.executable,
+                "-I",
+                "-c",
+                FLOOR.format(module),
+                str(port),
+            ]
         env = {"PATH": os.environ["PATH"], "HOME": work}
         times: dict[str, list[float]] = {c: [] for c in commands}
         cpu: dict[str, list[float]] = {c: [] for c in commands}
@@ -81,9 +111,11 @@ def main() -> int:
                     raise SystemExit(f"{label}: exit status {status}")
                 cpu[label].append(usage.ru_utime + usage.ru_stime)
     for label, values in times.items():
-        print(f"{label:50} {1000 * statistics.median(values):6.1f} ms "
-              f"({1000 * min(values):.1f}..{1000 * max(values):.1f}), CPU "
-              f"{1000 * statistics.median(cpu[label]):.1f} ms, {len(values)} runs")
+        print(
+            f"{label:50} {1000 * statistics.median(values):6.1f} ms "
+            f"({1000 * min(values):.1f}..{1000 * max(values):.1f}), CPU "
+            f"{1000 * statistics.median(cpu[label]):.1f} ms, {len(values)} runs"
+        )
     return 0
 
 

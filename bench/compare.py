@@ -33,6 +33,7 @@ minutes on 2 cores; every loop has a count and a deadline. Everything is
 removed afterwards, also on Ctrl-C or failure (namespaces, processes in them,
 the work directory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,26 +51,54 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import blast
-from lab import (SPOOFED, Lab, Prober, RulesetWatch, Service, cpu_seconds,
-                 fs_type, memory_kib, read, summary)
+from lab import (
+    SPOOFED,
+    Lab,
+    Prober,
+    RulesetWatch,
+    Service,
+    cpu_seconds,
+    fs_type,
+    memory_kib,
+    read,
+    summary,
+)
 
-PACKAGES = ["fwknop-server", "fwknop-client", "iptables", "nftables", "iproute2", "systemd",
-            "util-linux", "python3-nacl", "python3-nftables", "python3-systemd"]
+PACKAGES = [
+    "fwknop-server",
+    "fwknop-client",
+    "iptables",
+    "nftables",
+    "iproute2",
+    "systemd",
+    "util-linux",
+    "python3-nacl",
+    "python3-nftables",
+    "python3-systemd",
+]
 PHASES = ("client", "connect", "sustained", "floods", "cold")
 PY = "/usr/bin/python3"
-TRY_SECONDS = 0.5      # a mid-flood knock not open by then is sent again (fresh)
-TRIES = 3              # as many as `gnocchi-knock --proxy` sends by default
+TRY_SECONDS = 0.5  # a mid-flood knock not open by then is sent again (fresh)
+TRIES = 3  # as many as `gnocchi-knock --proxy` sends by default
 FLOOD_SECONDS = 2.5
 MIN_CPU_SECONDS = 0.1  # read per CPU-second only above this (CPU time counts in 10 ms ticks)
 # (kind, datagrams a second or 0 for flat out, from many spoofed sources?)
-FLOODS = (("garbage", 100_000, False), ("garbage", 100_000, True), ("garbage", 0, False),
-          ("garbage", 0, True), ("costly", 0, False), ("costly", 0, True))
-WINDOW = 32              # sustained: knocks outstanding at most (far below a full queue)
+FLOODS = (
+    ("garbage", 100_000, False),
+    ("garbage", 100_000, True),
+    ("garbage", 0, False),
+    ("garbage", 0, True),
+    ("costly", 0, False),
+    ("costly", 0, True),
+)
+WINDOW = 32  # sustained: knocks outstanding at most (far below a full queue)
 SUSTAINED_SECONDS = 2.5
 SUSTAINED_FWKNOPD = 400  # fwknopd decides ~150 a second here; its client makes them
-FLOOR = ("import socket, sys, nacl.bindings\n"
-         "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
-         ".sendto(b'x', (sys.argv[1], int(sys.argv[2])))")
+FLOOR = (
+    "import socket, sys, nacl.bindings\n"
+    "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+    ".sendto(b'x', (sys.argv[1], int(sys.argv[2])))"
+)
 
 
 def note(text: str) -> None:
@@ -79,16 +108,23 @@ def note(text: str) -> None:
 
 def ensure_packages() -> None:
     """apt-get install what is missing (nothing when all is there)."""
-    status = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n",
-                             *PACKAGES], capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n", *PACKAGES],
+        capture_output=True,
+        text=True,
+    ).stdout
     have = {line.split()[-1] for line in status.splitlines() if line.startswith("ii")}
     missing = [p for p in PACKAGES if p not in have]
     if missing:
         print(f"installing {' '.join(missing)}", file=sys.stderr)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 def work_directory() -> Path:
@@ -103,9 +139,11 @@ def work_directory() -> Path:
 
 
 class Bench:
-    def __init__(self, lab: Lab, work: Path, reps: int, client_checkouts: list[Path],
-                 protocol: int = 1):
+    def __init__(
+        self, lab: Lab, work: Path, reps: int, client_checkouts: list[Path], protocol: int = 1
+    ):
         from systems import Fwknopd, Gnocchi  # imports gnocchi from this checkout
+
         self.lab, self.work, self.reps = lab, work, reps
         self.client_checkouts = client_checkouts
         self.g = Gnocchi(lab, work, v2=protocol == 2)
@@ -159,15 +197,20 @@ class Bench:
 
     def order(self, rep: int, systems: list) -> list:
         """ABC, CBA, BCA, ...: each system first, last and between in turn."""
-        rotated = systems[rep % len(systems):] + systems[:rep % len(systems)]
+        rotated = systems[rep % len(systems) :] + systems[: rep % len(systems)]
         return rotated[::-1] if rep % 2 else rotated
 
     def launch(self, argv, env=None) -> subprocess.Popen:
         """A process in the client namespace, forked from a thread that is
         already there: no `ip netns exec` in the measured time."""
         with self.lab.client.inside():
-            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            return subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
 
     def send(self, system, packet: bytes) -> None:
         self.out.sendto(packet, (self.lab.server.ip, system.port))
@@ -181,14 +224,18 @@ class Bench:
         """Launch -> the knock datagram at a sink on the client's own host.
         The clients take turns, sample by sample, so load from elsewhere on
         the machine falls on all of them alike."""
-        clients = [("gnocchi", self.g, self.g.client_argv(self.lab.sink_ip)),
-                   ("fwknopd", self.f, self.f.client_argv(self.lab.sink_ip))]
+        clients = [
+            ("gnocchi", self.g, self.g.client_argv(self.lab.sink_ip)),
+            ("fwknopd", self.f, self.f.client_argv(self.lab.sink_ip)),
+        ]
         for checkout in self.client_checkouts:
-            clients.append((f"gnocchi {checkout}", self.g,
-                            self.g.client_argv(self.lab.sink_ip, checkout)))
+            clients.append(
+                (f"gnocchi {checkout}", self.g, self.g.client_argv(self.lab.sink_ip, checkout))
+            )
         # What any Python client with PyNaCl pays before its own code runs.
-        clients.append(("floor", self.g, [PY, "-I", "-c", FLOOR, self.lab.sink_ip,
-                                          str(self.g.port)]))
+        clients.append(
+            ("floor", self.g, [PY, "-I", "-c", FLOOR, self.lab.sink_ip, str(self.g.port)])
+        )
         sinks = {}
         try:
             for _, system, _ in clients:
@@ -241,10 +288,10 @@ class Bench:
                         system.reset()
                         self.watch.drain()
                         t0 = time.monotonic()
-                        proc = self.launch(system.client_argv(self.lab.server.ip),
-                                           system.env())
-                        self.record("connect_client", system,
-                                    self._ms(self.prober.until_open(t0, 5)))
+                        proc = self.launch(system.client_argv(self.lab.server.ip), system.env())
+                        self.record(
+                            "connect_client", system, self._ms(self.prober.until_open(t0, 5))
+                        )
                         _, err = proc.communicate(timeout=10)
                         if proc.returncode:
                             raise RuntimeError(f"{system.name} client failed: {err.decode()}")
@@ -258,6 +305,7 @@ class Bench:
         client in turn, sample by sample; a login that needed a second knock
         (or none came up) is counted apart."""
         from systems import REPO
+
         clients = [("gnocchi", REPO)] + [(f"gnocchi {c}", c) for c in self.client_checkouts]
         for _ in range(n):
             for name, checkout in clients:
@@ -280,6 +328,7 @@ class Bench:
         the verifier's per-client or per-address limit (a fresh verifier each
         repetition, so its buckets start full)."""
         from systems import MANY_CLIENTS, SPREAD_MAX
+
         try:
             for rep in range(self.reps):
                 for system in self.order(rep, [self.g, self.f, self.f0]):
@@ -314,7 +363,8 @@ class Bench:
         while time.monotonic() - t0 < seconds and sent < len(packets):
             while sent - (system.decided() - d0) < window and sent < len(packets):
                 self.sources[sent % len(self.sources)].sendto(
-                    packets[sent], (self.lab.server.ip, system.port))
+                    packets[sent], (self.lab.server.ip, system.port)
+                )
                 sent += 1
             if not system.log.wait_for("decided", d0 + sent - window + 1, 1.0):
                 break  # nothing decided for a second: the rest were lost (reported)
@@ -337,9 +387,13 @@ class Bench:
                 self.fresh_gnocchi()
                 for system in self.order(rep, [self.g, self.f, self.f0]):
                     with self.armed(system):
-                        self._flood(system, flood_key(kind, pps, spoofed), pps,
-                                    f"spoof:{SPOOFED}" if spoofed else self.lab.flood_ip,
-                                    pools[system.name])
+                        self._flood(
+                            system,
+                            flood_key(kind, pps, spoofed),
+                            pps,
+                            f"spoof:{SPOOFED}" if spoofed else self.lab.flood_ip,
+                            pools[system.name],
+                        )
         self.read_memory()  # after the floods: VmHWM holds their peak
 
     def _flood(self, system, key: str, pps: int, source: str, pool: Path) -> None:
@@ -348,16 +402,30 @@ class Bench:
         pid = pids.get("verifier", pids.get("fwknopd"))
         udp0, cpu0 = self.lab.server.udp_counters(), cpu_seconds(pid)
         flood = subprocess.Popen(
-            self.lab.client.argv([PY, str(Path(blast.__file__).resolve()), source,
-                                  self.lab.server.ip, str(system.port), str(pool), str(pps),
-                                  str(FLOOD_SECONDS + TRIES * 3 * TRY_SECONDS + 2)]),
-            stdout=subprocess.PIPE, text=True)
+            self.lab.client.argv(
+                [
+                    PY,
+                    str(Path(blast.__file__).resolve()),
+                    source,
+                    self.lab.server.ip,
+                    str(system.port),
+                    str(pool),
+                    str(pps),
+                    str(FLOOD_SECONDS + TRIES * 3 * TRY_SECONDS + 2),
+                ]
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         started = time.monotonic()
         try:
             time.sleep(0.5)  # the flood at full strength
             for k in range(3):
-                self.record(f"{key}:knock", system,
-                            self._knock_until_open(system, packets[k * TRIES:(k + 1) * TRIES]))
+                self.record(
+                    f"{key}:knock",
+                    system,
+                    self._knock_until_open(system, packets[k * TRIES : (k + 1) * TRIES]),
+                )
                 time.sleep(0.2)
             time.sleep(max(0.0, started + FLOOD_SECONDS - time.monotonic()))
         finally:
@@ -416,6 +484,7 @@ class Bench:
 
 # ---- the table --------------------------------------------------------------------------
 
+
 def fmt(values, digits=1, scale=1.0, suffix="", missing="never") -> str:
     """median (min..max); values that are None (a connect that never worked,
     too little CPU to divide by) are counted with the word `missing`."""
@@ -437,62 +506,125 @@ def ratio(a, b) -> str:
 
 def rows(bench: Bench):
     from systems import MANY_CLIENTS, POOL
+
     r = bench.results
     G, F, F0 = "gnocchi", "fwknopd", "fwknopd RCT0"
 
-    def row(label, metric, target=None, met=None, digits=1, names=(G, F, F0), suffix="",
-            missing="never"):
-        cells = [fmt(r[metric].get(n, []), digits, suffix=suffix, missing=missing)
-                 for n in names]
+    def row(
+        label, metric, target=None, met=None, digits=1, names=(G, F, F0), suffix="", missing="never"
+    ):
+        cells = [fmt(r[metric].get(n, []), digits, suffix=suffix, missing=missing) for n in names]
         g, f, f0 = (r[metric].get(n, []) for n in names)
         judged = met is not None and summary(g)
         verdict = ("yes" if met(summary(g)[0]) else "no") if judged else "—"
         return [label, *cells, ratio(g, f), ratio(g, f0), target or "—", verdict]
 
     out = [
-        row("client launch → knock on the wire, ms", "client_start", "≤ 35",
-            lambda v: v <= 35, names=(G, F, "-")),
-        *[row(f"  same, {name}", "client_start", "≤ 35", lambda v: v <= 35, names=(name, F, "-"))
-          for name in r["client_start"] if name.startswith("gnocchi ")],
-        row("  floor: python3 -I importing PyNaCl, sending one datagram", "client_start",
-            names=("floor", "-", "-")),
-        row("knock → TCP connect works, raw packet, ms", "connect_raw", "p50 ≤ 1",
-            lambda v: v <= 1, digits=2),
-        row("knock → TCP connect works, real client, ms", "connect_client", "≤ 35",
-            lambda v: v <= 35),
-        *[line for name in r["connect_proxy"] for line in (
-            row(f"`gnocchi-knock --proxy` launch → connected{', ' + name[8:] if name != G else ''}"
-                ", ms", "connect_proxy", "no 1 s SYN retransmit", lambda v: v < 1000,
-                names=(name, "-", "-"), missing="failed"),
-            row("  knocks spent per login", "connect_proxy_knocks", "1", lambda v: v == 1,
-                digits=0, names=(name, "-", "-"), missing="failed"))],
-        row(f"valid knocks decided/s, sustained ({MANY_CLIENTS} clients, {len(bench.sources)} "
-            "addresses)", "sustained", "≥ 1,000", lambda v: v >= 1000, digits=0),
+        row(
+            "client launch → knock on the wire, ms",
+            "client_start",
+            "≤ 35",
+            lambda v: v <= 35,
+            names=(G, F, "-"),
+        ),
+        *[
+            row(f"  same, {name}", "client_start", "≤ 35", lambda v: v <= 35, names=(name, F, "-"))
+            for name in r["client_start"]
+            if name.startswith("gnocchi ")
+        ],
+        row(
+            "  floor: python3 -I importing PyNaCl, sending one datagram",
+            "client_start",
+            names=("floor", "-", "-"),
+        ),
+        row(
+            "knock → TCP connect works, raw packet, ms",
+            "connect_raw",
+            "p50 ≤ 1",
+            lambda v: v <= 1,
+            digits=2,
+        ),
+        row(
+            "knock → TCP connect works, real client, ms",
+            "connect_client",
+            "≤ 35",
+            lambda v: v <= 35,
+        ),
+        *[
+            line
+            for name in r["connect_proxy"]
+            for line in (
+                row(
+                    "`gnocchi-knock --proxy` launch → connected"
+                    f"{', ' + name[8:] if name != G else ''}, ms",
+                    "connect_proxy",
+                    "no 1 s SYN retransmit",
+                    lambda v: v < 1000,
+                    names=(name, "-", "-"),
+                    missing="failed",
+                ),
+                row(
+                    "  knocks spent per login",
+                    "connect_proxy_knocks",
+                    "1",
+                    lambda v: v == 1,
+                    digits=0,
+                    names=(name, "-", "-"),
+                    missing="failed",
+                ),
+            )
+        ],
+        row(
+            f"valid knocks decided/s, sustained ({MANY_CLIENTS} clients, {len(bench.sources)} "
+            "addresses)",
+            "sustained",
+            "≥ 1,000",
+            lambda v: v >= 1000,
+            digits=0,
+        ),
         row("  of which opened, %", "sustained_opened"),
-        row("  CPU per decided knock, ms (gnocchi: verifier + helper)", "sustained_cpu",
-            digits=2),
-        row("  sent but never decided (over a limit, or lost)", "sustained_undecided",
-            "0", lambda v: v == 0, digits=0),
+        row("  CPU per decided knock, ms (gnocchi: verifier + helper)", "sustained_cpu", digits=2),
+        row(
+            "  sent but never decided (over a limit, or lost)",
+            "sustained_undecided",
+            "0",
+            lambda v: v == 0,
+            digits=0,
+        ),
     ]
     for kind, pps, spoofed in FLOODS:
         key = flood_key(kind, pps, spoofed)
-        what = {"garbage": "random garbage",
-                "costly": "MAC-valid, bad signature (fwknopd: bad HMAC)"}[kind]
+        what = {
+            "garbage": "random garbage",
+            "costly": "MAC-valid, bad signature (fwknopd: bad HMAC)",
+        }[kind]
         rate = f"{pps // 1000}k pps" if pps else "flat out"
         source = f"{POOL:,} spoofed sources" if spoofed else "one source"
         out.append(row(f"{what}, {rate}, {source}: sent pps", f"{key}:sent_pps", digits=0))
         out.append(row("  share read, %", f"{key}:share"))
         paced_garbage = kind == "garbage" and pps
-        out.append(row("  lost at the full socket queue, %", f"{key}:lost",
-                       "0 (all that reaches it read)" if paced_garbage else None,
-                       (lambda v: v <= 0.1) if paced_garbage else None))
-        out.append(row("  datagrams read per CPU-second", f"{key}:per_cpu_s",
-                       "≥ 300,000" if kind == "garbage" else None,
-                       (lambda v: v >= 300_000) if kind == "garbage" else None, digits=0,
-                       missing=f"under {MIN_CPU_SECONDS * 1000:.0f} ms of CPU"))
+        out.append(
+            row(
+                "  lost at the full socket queue, %",
+                f"{key}:lost",
+                "0 (all that reaches it read)" if paced_garbage else None,
+                (lambda v: v <= 0.1) if paced_garbage else None,
+            )
+        )
+        out.append(
+            row(
+                "  datagrams read per CPU-second",
+                f"{key}:per_cpu_s",
+                "≥ 300,000" if kind == "garbage" else None,
+                (lambda v: v >= 300_000) if kind == "garbage" else None,
+                digits=0,
+                missing=f"under {MIN_CPU_SECONDS * 1000:.0f} ms of CPU",
+            )
+        )
         out.append(knock_row(r[f"{key}:knock"], (G, F, F0), judged=not pps))
-    out.append(row("cold start: first knock → connect, socket activation, ms", "cold",
-                   names=(G, "-", "-")))
+    out.append(
+        row("cold start: first knock → connect, socket activation, ms", "cold", names=(G, "-", "-"))
+    )
 
     def mb(name):
         if name not in bench.memory:
@@ -501,9 +633,18 @@ def rows(bench: Bench):
         return f"{rss / 1024:.1f} (peak {peak / 1024:.1f})"
 
     rss = bench.memory.get("gnocchi verifier")
-    out.append(["resident memory, MB: verifier / fwknopd", mb("gnocchi verifier"), mb(F), mb(F0),
-                _ratio_mem(bench, "gnocchi verifier", F), _ratio_mem(bench, "gnocchi verifier", F0),
-                "≤ 20", "—" if not rss else ("yes" if rss[0] <= 20 * 1024 else "no")])
+    out.append(
+        [
+            "resident memory, MB: verifier / fwknopd",
+            mb("gnocchi verifier"),
+            mb(F),
+            mb(F0),
+            _ratio_mem(bench, "gnocchi verifier", F),
+            _ratio_mem(bench, "gnocchi verifier", F0),
+            "≤ 20",
+            "—" if not rss else ("yes" if rss[0] <= 20 * 1024 else "no"),
+        ]
+    )
     out.append(["resident memory, MB: helper", mb("gnocchi helper"), *["—"] * 6])
     return out
 
@@ -532,29 +673,46 @@ def knock_row(results: dict, names, judged: bool) -> list:
         opened = [(tries, t) for tries, t in values if tries]
         text = f"{first}/{len(values)} first try ≤ 100 ms; opened {len(opened)}/{len(values)}"
         if opened:
-            text += (f", tries ≤ {max(t for t, _ in opened)}, "
-                     f"{fmt([t for _, t in opened], 0, 1000)} ms")
+            text += (
+                f", tries ≤ {max(t for t, _ in opened)}, {fmt([t for _, t in opened], 0, 1000)} ms"
+            )
         cells.append(text)
         if name == names[0]:
             good = first == len(values)
     if not judged:
         return ["  knocks sent mid-flood from another address", *cells, "—", "—", "—", "—"]
-    return ["  knocks sent mid-flood from another address", *cells, "—", "—",
-            "all first try ≤ 100 ms", "—" if good is None else ("yes" if good else "no")]
+    return [
+        "  knocks sent mid-flood from another address",
+        *cells,
+        "—",
+        "—",
+        "all first try ≤ 100 ms",
+        "—" if good is None else ("yes" if good else "no"),
+    ]
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}"
 
 
 def render(bench: Bench, seconds: float, work_fs: str, load: str) -> str:
     head = ["figure", "gnocchi", "fwknopd", "fwknopd RCT0", "g/f", "g/f RCT0", "target", "met?"]
-    lines = [f"machine: {machine()}; counter store on {work_fs}; {bench.reps} repetitions "
-             f"in {seconds:.0f} s; load average before: {load}; gnocchi: knock protocol "
-             f"v{2 if bench.g.v2 else 1}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"machine: {machine()}; counter store on {work_fs}; {bench.reps} repetitions "
+        f"in {seconds:.0f} s; load average before: {load}; gnocchi: knock protocol "
+        f"v{2 if bench.g.v2 else 1}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows(bench)]
     return "\n".join(lines)
 
@@ -562,13 +720,25 @@ def render(bench: Bench, seconds: float, work_fs: str, load: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=3, help="repetitions of each phase (default 3)")
-    p.add_argument("--phases", default=",".join(PHASES),
-                   help=f"comma-separated subset of {','.join(PHASES)}")
-    p.add_argument("--protocol", type=int, choices=(1, 2), default=1,
-                   help="gnocchi's knock protocol (2: v2 only, sealed to a public key)")
-    p.add_argument("--client-checkout", type=Path, metavar="DIR", action="append", default=[],
-                   help="also time DIR's gnocchi-knock in the client phase, in turn with this "
-                        "checkout's (before/after); may be repeated")
+    p.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    )
+    p.add_argument(
+        "--protocol",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="gnocchi's knock protocol (2: v2 only, sealed to a public key)",
+    )
+    p.add_argument(
+        "--client-checkout",
+        type=Path,
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="also time DIR's gnocchi-knock in the client phase, in turn with this "
+        "checkout's (before/after); may be repeated",
+    )
     args = p.parse_args()
     phases = args.phases.split(",")
     if unknown := set(phases) - set(PHASES):

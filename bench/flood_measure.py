@@ -15,6 +15,7 @@ CASE is SOURCES:RATE (RATE 0: as fast as one Python sender goes), default
 the table in docs/firewall.md. Prints one line per case. As root; only
 namespaces of its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,17 @@ from lab import Lab, Service
 from systems import PY, REPO, Gnocchi
 
 FLOOD_SECONDS, WARMUP, KNOCKS, FIRST_TRY = 6.0, 0.5, 9, 0.100
-CASES = ["1:2000", "1:10000", "1:0", "4096:1000", "4096:2000", "4096:4000", "4096:8000",
-         "4096:16000", "4096:0"]
+CASES = [
+    "1:2000",
+    "1:10000",
+    "1:0",
+    "4096:1000",
+    "4096:2000",
+    "4096:4000",
+    "4096:8000",
+    "4096:16000",
+    "4096:0",
+]
 
 SENDER = r"""
 import socket, struct, sys, time
@@ -62,7 +72,7 @@ print(sent, time.monotonic() - start, flush=True)
 def checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -70,10 +80,23 @@ def checksum(data: bytes) -> int:
 
 def frame(src: str, dst: str, port: int, payload: bytes) -> bytes:
     """An IPv4 header (IP_HDRINCL) and a UDP header without checksum (allowed in IPv4)."""
-    udp = (40000).to_bytes(2, "big") + port.to_bytes(2, "big") + \
-        (8 + len(payload)).to_bytes(2, "big") + b"\0\0" + payload
-    head = bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + os.urandom(2) + \
-        b"\x40\0" + bytes([64, 17]) + b"\0\0" + socket.inet_aton(src) + socket.inet_aton(dst)
+    udp = (
+        (40000).to_bytes(2, "big")
+        + port.to_bytes(2, "big")
+        + (8 + len(payload)).to_bytes(2, "big")
+        + b"\0\0"
+        + payload
+    )
+    head = (
+        bytes([0x45, 0])
+        + (20 + len(udp)).to_bytes(2, "big")
+        + os.urandom(2)
+        + b"\x40\0"
+        + bytes([64, 17])
+        + b"\0\0"
+        + socket.inet_aton(src)
+        + socket.inet_aton(dst)
+    )
     head = head[:10] + checksum(head).to_bytes(2, "big") + head[12:]
     return head + udp
 
@@ -120,21 +143,41 @@ def run_case(sources: int, rate: float, limited: bool, blast: bool = False) -> s
             g.start()  # the helper and the verifier, each woken by a first knock
             g.reset()  # the warm-up knock's opening
             flood = lab.flood_ip  # the client's own address knocks mid-flood
-            addresses = ([flood] if sources == 1 else
-                         [f"198.19.{i // 256}.{i % 256}" for i in range(sources)])
+            addresses = (
+                [flood]
+                if sources == 1
+                else [f"198.19.{i // 256}.{i % 256}" for i in range(sources)]
+            )
             probes = g.costly()
-            frames = [frame(addresses[i % len(addresses)], lab.server.ip, g.port, probe)
-                      for i, probe in enumerate(probes)]
+            frames = [
+                frame(addresses[i % len(addresses)], lab.server.ip, g.port, probe)
+                for i, probe in enumerate(probes)
+            ]
             random.shuffle(frames)
             (tmp / "frames").write_text("\n".join(f.hex() for f in frames))
             before = udp_counters(lab)
             if blast:  # bench/blast.py: sendmmsg(2), from one address
                 write_pool(tmp / "pool", [f[28:] for f in frames])
-                argv = [PY, str(REPO / "bench" / "blast.py"), flood, lab.server.ip,
-                        str(g.port), str(tmp / "pool"), str(rate), str(FLOOD_SECONDS)]
+                argv = [
+                    PY,
+                    str(REPO / "bench" / "blast.py"),
+                    flood,
+                    lab.server.ip,
+                    str(g.port),
+                    str(tmp / "pool"),
+                    str(rate),
+                    str(FLOOD_SECONDS),
+                ]
             else:
-                argv = [PY, "-c", SENDER, str(rate), str(FLOOD_SECONDS), str(tmp / "frames"),
-                        lab.server.ip]
+                argv = [
+                    PY,
+                    "-c",
+                    SENDER,
+                    str(rate),
+                    str(FLOOD_SECONDS),
+                    str(tmp / "frames"),
+                    lab.server.ip,
+                ]
             sender = lab.client.popen(argv, stdout=subprocess.PIPE, text=True)
             time.sleep(WARMUP)
             times = []
@@ -153,19 +196,24 @@ def run_case(sources: int, rate: float, limited: bool, blast: bool = False) -> s
     first = sum(1 for t in times if t is not None and t <= FIRST_TRY)
     shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in times)
     achieved = int(sent) / float(seconds)
-    return (f"{'one source' if sources == 1 else f'{sources} sources':>13}"
-            f"{' (blast.py)' if blast else ''}  "
-            f"asked {('max' if not rate else int(rate)):>6}/s  sent {achieved:7.0f}/s  "
-            f"reached the socket {read / float(seconds):6.0f}/s "
-            f"(buffer full {full / float(seconds):6.0f}/s)  "
-            f"first try <= 100 ms: {first}/{KNOCKS}  (ms to open: {shown})")
+    return (
+        f"{'one source' if sources == 1 else f'{sources} sources':>13}"
+        f"{' (blast.py)' if blast else ''}  "
+        f"asked {('max' if not rate else int(rate)):>6}/s  sent {achieved:7.0f}/s  "
+        f"reached the socket {read / float(seconds):6.0f}/s "
+        f"(buffer full {full / float(seconds):6.0f}/s)  "
+        f"first try <= 100 ms: {first}/{KNOCKS}  (ms to open: {shown})"
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--no-limit", action="store_true", help="leave set knock_port empty")
-    p.add_argument("--blast", action="store_true",
-                   help="one source only: send with bench/blast.py (sendmmsg, faster)")
+    p.add_argument(
+        "--blast",
+        action="store_true",
+        help="one source only: send with bench/blast.py (sendmmsg, faster)",
+    )
     p.add_argument("cases", nargs="*", default=CASES)
     args = p.parse_args()
     print(f"table: {'NO flood limit' if args.no_limit else 'flood limit on the knock port'}")

@@ -17,6 +17,7 @@ libnftables calls alone, in-process in the namespace (helper/nft.py's Table):
 reading a protected set, reading all four sets (what the helper does at most
 once a second), the add (add, delete, add).
 """
+
 import ipaddress
 import os
 import statistics
@@ -55,10 +56,12 @@ def case(g: Gnocchi, opens, total: int) -> None:
         statuses[status] = statuses.get(status, 0) + 1
     cpu = cpu_seconds(pid) - cpu0
     times.sort()
-    print(f"{' + '.join(f'{o.port}/{o.proto}' for o in opens):20} {total} requests {statuses}: "
-          f"round trip median {statistics.median(times) * 1e3:.3f} ms, "
-          f"p90 {times[int(len(times) * 0.9)] * 1e3:.3f} ms; "
-          f"helper CPU {cpu / total * 1e3:.3f} ms a request")
+    print(
+        f"{' + '.join(f'{o.port}/{o.proto}' for o in opens):20} {total} requests {statuses}: "
+        f"round trip median {statistics.median(times) * 1e3:.3f} ms, "
+        f"p90 {times[int(len(times) * 0.9)] * 1e3:.3f} ms; "
+        f"helper CPU {cpu / total * 1e3:.3f} ms a request"
+    )
 
 
 def calls(lab: Lab, total: int) -> None:
@@ -70,9 +73,12 @@ def calls(lab: Lab, total: int) -> None:
         def add(i):
             address = ipaddress.ip_address(f"198.18.{100 + i % 4}.{i // 4 % 250 + 1}")
             return table.add(rq.Request(address, (("tcp", 22),), 0, "alice"), 30)
-        cases = {"read protected_tcp": lambda i: table.apply(listing),
-                 "read the four sets": lambda i: table.refresh([("tcp", 22)], i * nft.FRESH),
-                 "add, delete, add": add}
+
+        cases = {
+            "read protected_tcp": lambda i: table.apply(listing),
+            "read the four sets": lambda i: table.refresh([("tcp", 22)], i * nft.FRESH),
+            "add, delete, add": add,
+        }
         for name, call in cases.items():
             table.apply({"flush": {"set": {**nft.TABLE, "name": "knocked4"}}})
             start = time.perf_counter()
@@ -90,13 +96,13 @@ def main() -> int:
             lab.open()
             g = Gnocchi(lab, Path(work))
             g.arm()  # protects tcp 22; and udp 60001:
-            lab.server.run("nft", "add", "element", "inet", "gnocchi", "protected_udp",
-                           "{ 60001 }")
+            lab.server.run("nft", "add", "element", "inet", "gnocchi", "protected_udp", "{ 60001 }")
             g.start_helper(peer_user="root")  # this process asks
             assert "helper" in read(f"/proc/{g.helper.pid}/cmdline"), "not the helper"
             ssh = [Open(22, "tcp")]
-            helper_client.request_open(str(g.helper_socket), ipaddress.ip_address("198.18.99.1"),
-                                       ssh, "warm")
+            helper_client.request_open(
+                str(g.helper_socket), ipaddress.ip_address("198.18.99.1"), ssh, "warm"
+            )
             case(g, ssh, total)
             case(g, [*ssh, Open(60001, "udp")], total)
             g.stop()

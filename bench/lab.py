@@ -13,6 +13,7 @@ the bench opens is made inside one of these namespaces (setns on one thread),
 and every process runs in one through `ip netns exec`. close() kills what
 still runs inside and deletes both namespaces.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,12 +28,12 @@ from contextlib import contextmanager
 
 CLONE_NEWNET = 0x40000000
 NETLINK_NETFILTER = 12
-NFNLGRP_NFTABLES = 7   # nf_tables ruleset change notifications
+NFNLGRP_NFTABLES = 7  # nf_tables ruleset change notifications
 PREFIX = "gnbench"
 SUBNET = "198.18.242"
 SOURCES_SUBNET = "198.18.243"  # the sustained row's source addresses, .1 up
 SOURCES = 240
-SPOOFED = "198.19.0.0/16"      # raw-socket floods' sources (bench/blast.py spoof:)
+SPOOFED = "198.19.0.0/16"  # raw-socket floods' sources (bench/blast.py spoof:)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -80,8 +81,11 @@ class Host:
         datagrams an application read (udp_recvmsg), RcvbufErrors those the
         full socket buffer dropped."""
         with self.inside():
-            lines = [line.split() for line in read("/proc/thread-self/net/snmp").splitlines()
-                     if line.startswith("Udp:")]
+            lines = [
+                line.split()
+                for line in read("/proc/thread-self/net/snmp").splitlines()
+                if line.startswith("Udp:")
+            ]
         return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
 
 
@@ -89,7 +93,7 @@ def remove_stale() -> None:
     """Namespaces left by a bench run that was killed (its pid is gone)."""
     for line in run("ip", "netns", "list").stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        pid = name[len(PREFIX):-1]
+        pid = name[len(PREFIX) : -1]
         if name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             kill_inside(name)
             run("ip", "netns", "del", name, check=False)
@@ -118,12 +122,29 @@ class Lab:
             for host in (self.client, self.server):
                 run("ip", "netns", "add", host.name)
                 host.run("ip", "link", "set", "lo", "up")
-            run("ip", "link", "add", "gb0", "netns", self.client.name, "type", "veth",
-                "peer", "name", "gb1", "netns", self.server.name)
+            run(
+                "ip",
+                "link",
+                "add",
+                "gb0",
+                "netns",
+                self.client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "gb1",
+                "netns",
+                self.server.name,
+            )
             for ip in (self.client.ip, self.flood_ip, self.sink_ip):
                 self.client.run("ip", "addr", "add", f"{ip}/24", "dev", "gb0")
-            self.client.run("ip", "-batch", "-", input="".join(
-                f"addr add {ip}/32 dev gb0\n" for ip in self.sources))
+            self.client.run(
+                "ip",
+                "-batch",
+                "-",
+                input="".join(f"addr add {ip}/32 dev gb0\n" for ip in self.sources),
+            )
             self.server.run("ip", "addr", "add", f"{self.server.ip}/24", "dev", "gb1")
             for host, dev in ((self.client, "gb0"), (self.server, "gb1")):
                 host.run("ip", "link", "set", dev, "up")
@@ -140,6 +161,7 @@ class Lab:
 
 
 # ---- process figures ----------------------------------------------------------------
+
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of pid and of its children it has waited for (fwknopd
@@ -171,6 +193,7 @@ def fs_type(path: str) -> str:
 
 
 # ---- the firewall opening, seen from both ends ------------------------------------------
+
 
 class RulesetWatch:
     """nf_tables change notifications from the server namespace: a knocked
@@ -247,8 +270,9 @@ class Prober:
         deadline = since + timeout
         while (now := time.monotonic()) < deadline:
             with self._connecting() as s:  # closed before a dropped SYN is retransmitted
-                changed, done, _ = select.select([self.watch.sock], [s], [],
-                                                 min(self.ATTEMPT, deadline - now))
+                changed, done, _ = select.select(
+                    [self.watch.sock], [s], [], min(self.ATTEMPT, deadline - now)
+                )
                 if done and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
                     return time.monotonic() - since
             if changed:
@@ -257,6 +281,7 @@ class Prober:
 
 
 # ---- numbers --------------------------------------------------------------------------
+
 
 def summary(values) -> tuple[float, float, float] | None:
     """(median, min, max), or None without values."""

@@ -12,6 +12,7 @@ file opened with O_DSYNC (what a commit does now), and pwrite followed by
 fdatasync. The cases take turns for R rounds of S seconds each, so a busy
 moment of a shared disk falls on all of them; each prints its median rate.
 """
+
 import argparse
 import os
 import statistics
@@ -34,8 +35,9 @@ def rate(seconds, step):
 
 
 def filesystem(path):
-    return subprocess.run(["stat", "-f", "-c", "%T", path],
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", path], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def main():
@@ -48,8 +50,10 @@ def main():
     fs = filesystem(args.dir)
     if fs == "tmpfs":
         sys.exit(f"{args.dir} is a tmpfs: give --dir on a real disk")
-    print(f"{args.dir} ({fs}), {args.clients} clients, "
-          f"{args.rounds} rounds of {args.seconds:g} s per case, median:")
+    print(
+        f"{args.dir} ({fs}), {args.clients} clients, "
+        f"{args.rounds} rounds of {args.seconds:g} s per case, median:"
+    )
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         counters.create(d)
         store = counters.Store(d).load()
@@ -66,12 +70,15 @@ def main():
         def pwrite_fdatasync(i):
             os.pwrite(plain_fd, text, 4096 * (i % 2))
             os.fdatasync(plain_fd)
+
         cases = {
             "counters.Store.commit": lambda i: store.commit(keys[i % len(keys)], base + 1 + i),
             f"file replaced whole, {len(text)} bytes": lambda i: durable.replace_file(
-                os.path.join(d, "whole"), text, 0o600),
+                os.path.join(d, "whole"), text, 0o600
+            ),
             f"pwrite O_DSYNC, two slots, {len(text)} bytes": lambda i: os.pwrite(
-                dsync_fd, text, 4096 * (i % 2)),
+                dsync_fd, text, 4096 * (i % 2)
+            ),
             f"pwrite + fdatasync, two slots, {len(text)} bytes": pwrite_fdatasync,
         }
         rates = {label: [] for label in cases}
@@ -80,8 +87,10 @@ def main():
                 rates[label].append(rate(args.seconds, step))
         for label, measured in rates.items():
             median = statistics.median(measured)
-            print(f"{label:48} {median:7.0f} /s  {1e6 / median:6.0f} µs each  "
-                  f"(rounds: {' '.join(f'{r:.0f}' for r in measured)})")
+            print(
+                f"{label:48} {median:7.0f} /s  {1e6 / median:6.0f} µs each  "
+                f"(rounds: {' '.join(f'{r:.0f}' for r in measured)})"
+            )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ fwknopd runs as Debian packages it (/etc/fwknop/fwknopd.conf untouched) with
 an override file for what the bench changes: the UDP server instead of pcap,
 its run directory, and optionally RULES_CHECK_THRESHOLD 0.
 """
+
 from __future__ import annotations
 
 import base64
@@ -57,16 +58,20 @@ MANY_CLIENTS = 240
 SPREAD_MAX = 16
 # systemd's socket activation, for a socket the bench made: the descriptor
 # becomes fd 3 and LISTEN_PID names the process that execs the daemon.
-ACTIVATE = ('fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; '
-            'LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"')
+ACTIVATE = (
+    'fd=$1; shift; [ "$fd" = 3 ] || eval "exec 3<&$fd $fd<&-"; LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"'
+)
 # gnocchi-knock as the package installs it (packaging/bin/gnocchi-knock):
 # `python3 -I`, the modules' directory put first on sys.path.
-LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; "
-            "sys.exit(main())")
-SERVE_LAUNCHER = ("import sys; sys.path.insert(0, {!r}); from gnocchi.admin.__main__ import main; "
-                  "sys.exit(main())")  # packaging/bin/gnocchi
+LAUNCHER = (
+    "import sys; sys.path.insert(0, {!r}); from gnocchi.client.knock import main; sys.exit(main())"
+)
+SERVE_LAUNCHER = (
+    "import sys; sys.path.insert(0, {!r}); from gnocchi.admin.__main__ import main; "
+    "sys.exit(main())"
+)  # packaging/bin/gnocchi
 assert getattr(verifier, "RECENT", 0) < POOL, "bench: make POOL larger than verifier.RECENT"
-ED25519_L = 2 ** 252 + 27742317777372353535851937790883648493
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
 
 
 class LogTail:
@@ -140,11 +145,14 @@ def stop(proc: subprocess.Popen | None, log: LogTail | None = None, timeout=5.0)
 
 def random_garbage(count=POOL) -> list[bytes]:
     """Random datagrams of knock sizes (160..1024 bytes): what anyone can send."""
-    return [os.urandom(protocol.MIN_PACKET + secrets.randbelow(protocol.MAX_BODY + 1))
-            for _ in range(count)]
+    return [
+        os.urandom(protocol.MIN_PACKET + secrets.randbelow(protocol.MAX_BODY + 1))
+        for _ in range(count)
+    ]
 
 
 # ---- gnocchi ----------------------------------------------------------------------------
+
 
 def _gnocchi_event(line: str):
     if not line.startswith("{"):
@@ -196,22 +204,30 @@ class Gnocchi:
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         self.helper_socket = self.work / "helper.sock"
         (self.work / "home").mkdir()
-        config = (f'server_key_file = "{self.work}/server.key"\n'
-                  + (f'v1 = false\nprivate_key_file = "{self.work}/private.key"\n' if v2 else "")
-                  + f'state_dir = "{state}"\n'
-                  f'helper_socket = "{self.helper_socket}"\n'
-                  f'[clients.bench]\npublic_key = "{self.public.hex()}"\nallow = ["{PORT}/tcp"]\n'
-                  f'[clients.user]\npublic_key = "{self.client_public.hex()}"\n'
-                  f'allow = ["{PORT}/tcp"]\n')
+        config = (
+            f'server_key_file = "{self.work}/server.key"\n'
+            + (f'v1 = false\nprivate_key_file = "{self.work}/private.key"\n' if v2 else "")
+            + f'state_dir = "{state}"\n'
+            f'helper_socket = "{self.helper_socket}"\n'
+            f'[clients.bench]\npublic_key = "{self.public.hex()}"\nallow = ["{PORT}/tcp"]\n'
+            f'[clients.user]\npublic_key = "{self.client_public.hex()}"\n'
+            f'allow = ["{PORT}/tcp"]\n'
+        )
         (self.work / "gnocchi.toml").write_text(config)
         # The sustained row's config: MANY_CLIENTS more, each knocking a few times.
         self.many = [keys.new_client_seed() for _ in range(MANY_CLIENTS)]
-        (self.work / "gnocchi-many.toml").write_text(config + "".join(
-            f'[clients.s{i}]\npublic_key = "{keys.public_of(seed).hex()}"\n'
-            f'allow = ["{PORT}/tcp"]\n' for i, seed in enumerate(self.many)))
+        (self.work / "gnocchi-many.toml").write_text(
+            config
+            + "".join(
+                f'[clients.s{i}]\npublic_key = "{keys.public_of(seed).hex()}"\n'
+                f'allow = ["{PORT}/tcp"]\n'
+                for i, seed in enumerate(self.many)
+            )
+        )
         # nobody may not read the checkout (a clone under /root): its own copy.
-        shutil.copytree(REPO / "gnocchi", self.work / "gnocchi",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / "gnocchi", self.work / "gnocchi", ignore=shutil.ignore_patterns("__pycache__")
+        )
         self.knock_socket = self._knock_socket()
         self.verifier = self.helper = None
         self.log = self.helper_log = None
@@ -241,9 +257,22 @@ class Gnocchi:
         with open(path, "w") as log:
             # `python3 -I helper` as gnocchi-helper.service runs it
             self.helper = self.lab.server.popen(
-                ["systemd-socket-activate", "--seqpacket", "-l", str(self.helper_socket),
-                 PY, "-I", str(REPO / "helper"), "--peer-user", peer_user, "--open-seconds", "30"],
-                stdout=subprocess.DEVNULL, stderr=log)
+                [
+                    "systemd-socket-activate",
+                    "--seqpacket",
+                    "-l",
+                    str(self.helper_socket),
+                    PY,
+                    "-I",
+                    str(REPO / "helper"),
+                    "--peer-user",
+                    peer_user,
+                    "--open-seconds",
+                    "30",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.helper_log = LogTail(path, _helper_event)
         for _ in range(100):
             if self.helper_socket.exists():
@@ -264,12 +293,33 @@ class Gnocchi:
         path = log_file(self.work, "verifier")
         with open(path, "w") as log:
             self.verifier = self.lab.server.popen(
-                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                 "sh", "-c", ACTIVATE, "sh", str(fd),
-                 "systemd-socket-activate", "--datagram",
-                 PY, "-I", "-c", SERVE_LAUNCHER.format(str(self.work)), "serve",
-                 "--config", str(config), "--summary-interval", "1"],
-                cwd=self.work, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=log)
+                [
+                    "setpriv",
+                    "--reuid=nobody",
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    "sh",
+                    "-c",
+                    ACTIVATE,
+                    "sh",
+                    str(fd),
+                    "systemd-socket-activate",
+                    "--datagram",
+                    PY,
+                    "-I",
+                    "-c",
+                    SERVE_LAUNCHER.format(str(self.work)),
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--summary-interval",
+                    "1",
+                ],
+                cwd=self.work,
+                pass_fds=(fd,),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.log = LogTail(path, _gnocchi_event)
 
     def wake(self) -> None:
@@ -282,10 +332,14 @@ class Gnocchi:
         self.send(self.lab.client.ip, self.fresh_knocks(1)[0])
         # Both ends logged it (the table may be unarmed: the helper then says
         # NFT_FAILED), so no count a trial starts from still moves for it.
-        if not (self.helper_log.wait_for("answered", answered + 1, 15)
-                and self.log.wait_for("decided", decided + 1, 5)):
-            raise RuntimeError(f"the helper did not answer a first knock:\n{self.log.tail()}\n"
-                               f"{self.helper_log.tail()}")
+        if not (
+            self.helper_log.wait_for("answered", answered + 1, 15)
+            and self.log.wait_for("decided", decided + 1, 5)
+        ):
+            raise RuntimeError(
+                f"the helper did not answer a first knock:\n{self.log.tail()}\n"
+                f"{self.helper_log.tail()}"
+            )
 
     def stop(self) -> None:
         stop(self.verifier, self.log)
@@ -352,26 +406,57 @@ class Gnocchi:
         return dict(env, HOME=str(self.work / "home"))
 
     def client_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
-        server = (["--server-public-key", self.key.hex()] if self.v2
-                  else ["--server-key-file", str(self.work / "server.key")])
-        return [PY, "-I", "-c", LAUNCHER.format(str(checkout)), *server,
-                "--client-key-file", str(self.work / "client.key"),
-                "--state-dir", str(self.work / "client-state"),
-                "--sign-ip", self.lab.server.ip, "--request", f"open {PORT}", dest]
+        server = (
+            ["--server-public-key", self.key.hex()]
+            if self.v2
+            else ["--server-key-file", str(self.work / "server.key")]
+        )
+        return [
+            PY,
+            "-I",
+            "-c",
+            LAUNCHER.format(str(checkout)),
+            *server,
+            "--client-key-file",
+            str(self.work / "client.key"),
+            "--state-dir",
+            str(self.work / "client-state"),
+            "--sign-ip",
+            self.lab.server.ip,
+            "--request",
+            f"open {PORT}",
+            dest,
+        ]
 
     def proxy_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
         """`gnocchi-knock --proxy DEST 22`, as ssh's ProxyCommand runs it."""
-        return [PY, "-I", "-c", LAUNCHER.format(str(checkout)),
-                "--server-key-file", str(self.work / "server.key"),
-                "--client-key-file", str(self.work / "client.key"),
-                "--state-dir", str(self.work / "client-state"),
-                "--sign-ip", self.lab.server.ip, "--request", f"open {PORT}",
-                "-v", "--proxy", dest, str(PORT)]
+        return [
+            PY,
+            "-I",
+            "-c",
+            LAUNCHER.format(str(checkout)),
+            "--server-key-file",
+            str(self.work / "server.key"),
+            "--client-key-file",
+            str(self.work / "client.key"),
+            "--state-dir",
+            str(self.work / "client-state"),
+            "--sign-ip",
+            self.lab.server.ip,
+            "--request",
+            f"open {PORT}",
+            "-v",
+            "--proxy",
+            dest,
+            str(PORT),
+        ]
 
     def garbage(self) -> list[bytes]:
         if self.v2:  # aimed at v2: MAGIC2, then random bytes, which MAC1 drops
-            return [protocol.MAGIC2 + g[len(protocol.MAGIC2):] + os.urandom(24)
-                    for g in random_garbage()]
+            return [
+                protocol.MAGIC2 + g[len(protocol.MAGIC2) :] + os.urandom(24)
+                for g in random_garbage()
+            ]
         return random_garbage()
 
     def costly(self) -> list[bytes]:
@@ -386,12 +471,20 @@ class Gnocchi:
             r = os.urandom(32)
             s = (secrets.randbelow(ED25519_L)).to_bytes(32, "little")
             counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
-                protocol.COUNTER_LEN, "big")
+                protocol.COUNTER_LEN, "big"
+            )
             data = b"open %d" % PORT
             body_len = seal.random_body_length(len(data))
-            plaintext = (protocol.MAGIC + self.public + r + s + counter
-                         + len(data).to_bytes(2, "big") + data
-                         + os.urandom(body_len - len(data)))
+            plaintext = (
+                protocol.MAGIC
+                + self.public
+                + r
+                + s
+                + counter
+                + len(data).to_bytes(2, "big")
+                + data
+                + os.urandom(body_len - len(data))
+            )
             out.append(bytes(box.encrypt(plaintext, os.urandom(protocol.NONCE_LEN))))
         return out
 
@@ -400,18 +493,30 @@ class Gnocchi:
         client has it), MAC1 right, claiming a configured client with a fresh
         counter and a signature that does not verify: X25519 and Ed25519 each."""
         from nacl.public import PublicKey, SealedBox
+
         box, out = SealedBox(PublicKey(self.key)), []
         for _ in range(POOL):
             r = os.urandom(32)
             s = (secrets.randbelow(ED25519_L)).to_bytes(32, "little")
             counter = (protocol.MAX_COUNTER - secrets.randbelow(1 << 64)).to_bytes(
-                protocol.COUNTER_LEN, "big")
+                protocol.COUNTER_LEN, "big"
+            )
             data = b"open %d" % PORT
             body_len = seal.random_body_length(len(data))
-            sealed = box.encrypt(self.public + r + s + counter + len(data).to_bytes(2, "big")
-                                 + data + os.urandom(body_len - len(data)))
-            out.append(protocol.MAGIC2 + protocol.blake2b(
-                sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON, key=self.key) + sealed)
+            sealed = box.encrypt(
+                self.public
+                + r
+                + s
+                + counter
+                + len(data).to_bytes(2, "big")
+                + data
+                + os.urandom(body_len - len(data))
+            )
+            out.append(
+                protocol.MAGIC2
+                + protocol.blake2b(sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON, key=self.key)
+                + sealed
+            )
         return out
 
     def decided(self) -> int:
@@ -455,15 +560,19 @@ class Fwknopd:
         out = run("fwknopd", "--key-gen").stdout
         self.key = re.search(r"^KEY_BASE64:\s*(\S+)", out, re.M).group(1)
         self.hmac = re.search(r"^HMAC_KEY_BASE64:\s*(\S+)", out, re.M).group(1)
-        self._write(self.work / "access.conf",
-                    # The bench's range only; the packaged stanza says ANY.
-                    f"SOURCE              198.18.0.0/15\n"
-                    f"OPEN_PORTS          tcp/{PORT}\n"
-                    f"KEY_BASE64          {self.key}\n"
-                    f"HMAC_KEY_BASE64     {self.hmac}\n")
-        override = (f"ENABLE_UDP_SERVER   Y;\n"
-                    f"PCAP_INTF           gb1;\n"
-                    f"FWKNOP_RUN_DIR      {self.work / 'run'};\n")
+        self._write(
+            self.work / "access.conf",
+            # The bench's range only; the packaged stanza says ANY.
+            f"SOURCE              198.18.0.0/15\n"
+            f"OPEN_PORTS          tcp/{PORT}\n"
+            f"KEY_BASE64          {self.key}\n"
+            f"HMAC_KEY_BASE64     {self.hmac}\n",
+        )
+        override = (
+            f"ENABLE_UDP_SERVER   Y;\n"
+            f"PCAP_INTF           gb1;\n"
+            f"FWKNOP_RUN_DIR      {self.work / 'run'};\n"
+        )
         if rules_check_threshold is not None:
             override += f"RULES_CHECK_THRESHOLD {rules_check_threshold};\n"
         self._write(self.work / "override.conf", override)
@@ -483,10 +592,23 @@ class Fwknopd:
         with open(path, "w") as log:
             # -f: in the foreground, its log lines go to stderr instead of syslog
             self.proc = self.lab.server.popen(
-                ["fwknopd", "-f", "-c", "/etc/fwknop/fwknopd.conf",
-                 "-O", str(self.work / "override.conf"), "-a", str(self.work / "access.conf"),
-                 "-d", str(run_dir / "digest.cache"), "-p", str(run_dir / "fwknopd.pid")],
-                stdout=subprocess.DEVNULL, stderr=log)
+                [
+                    "fwknopd",
+                    "-f",
+                    "-c",
+                    "/etc/fwknop/fwknopd.conf",
+                    "-O",
+                    str(self.work / "override.conf"),
+                    "-a",
+                    str(self.work / "access.conf"),
+                    "-d",
+                    str(run_dir / "digest.cache"),
+                    "-p",
+                    str(run_dir / "fwknopd.pid"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.log = LogTail(path, _fwknopd_event)
         if not self.log.wait_for("ready", 1, 15):
             raise RuntimeError(f"fwknopd did not start:\n{self.log.tail()}")
@@ -507,14 +629,24 @@ class Fwknopd:
     def arm(self) -> None:
         srv = self.lab.server
         if not self.gates:
-            srv.run("iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate",
-                    "ESTABLISHED,RELATED", "-j", "ACCEPT")
+            srv.run(
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            )
             self.gates = True
         srv.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "DROP")
 
     def disarm(self) -> None:
-        self.lab.server.run("iptables", "-D", "INPUT", "-p", "tcp", "--dport", str(PORT),
-                            "-j", "DROP", check=False)
+        self.lab.server.run(
+            "iptables", "-D", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "DROP", check=False
+        )
 
     def reset(self) -> None:
         """No opening left from an earlier knock: an fwknopd rule admits
@@ -530,8 +662,20 @@ class Fwknopd:
             s.sendto(packet, (self.lab.server.ip, self.port))
 
     def _client(self, dest: str) -> list[str]:
-        return ["fwknop", "-A", f"tcp/{PORT}", "-a", self.lab.client.ip, "-D", dest,
-                "--use-hmac", "--key-base64-rijndael", self.key, "--key-base64-hmac", self.hmac]
+        return [
+            "fwknop",
+            "-A",
+            f"tcp/{PORT}",
+            "-a",
+            self.lab.client.ip,
+            "-D",
+            dest,
+            "--use-hmac",
+            "--key-base64-rijndael",
+            self.key,
+            "--key-base64-hmac",
+            self.hmac,
+        ]
 
     def fresh_knocks(self, n: int) -> list[bytes]:
         """n SPA packets from the real client (-T: built, not sent), each
@@ -539,8 +683,12 @@ class Fwknopd:
         saved = self.work / "packets"
         saved.unlink(missing_ok=True)
         client = " ".join(map(_quote, self._client(self.lab.server.ip)))
-        self.lab.client.run("sh", "-c", f"for i in $(seq {n}); do {client} -T -B {saved} -b "
-                            ">/dev/null || exit 1; done", env=self.env())
+        self.lab.client.run(
+            "sh",
+            "-c",
+            f"for i in $(seq {n}); do {client} -T -B {saved} -b >/dev/null || exit 1; done",
+            env=self.env(),
+        )
         packets = [line.encode() for line in saved.read_text().split()]
         assert len(packets) == n, (len(packets), n)
         return packets

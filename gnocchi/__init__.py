@@ -13,4 +13,5 @@ server and shared; admin imports admin, server and shared. The root helper
 stands apart: helper/ imports nothing from gnocchi/. tests/test_roles.py holds
 the code to these rules by folder name.
 """
+
 __version__ = "0.3.0"

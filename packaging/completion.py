@@ -16,6 +16,7 @@ What is offered: the commands, each one's options (not those hidden from
 DIR, host names after a HOST, an option's choices, and then the positional
 argument's (choices, FILE or HOST); nothing where only the user can know.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,12 +77,16 @@ def caught_parser(main, argv: list[str]) -> argparse.ArgumentParser:
 def gnocchi_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every `gnocchi` command's parser, in the order `gnocchi --help` lists them."""
     from gnocchi.admin.__main__ import COMMANDS
-    return {command: caught_parser(importlib.import_module(module).main, [command])
-            for command, (module, _) in COMMANDS.items()}
+
+    return {
+        command: caught_parser(importlib.import_module(module).main, [command])
+        for command, (module, _) in COMMANDS.items()
+    }
 
 
 def knock_parser() -> argparse.ArgumentParser:
     from gnocchi.client import knock
+
     return knock.parser()
 
 
@@ -100,7 +105,8 @@ def _complete(kind: str, choices) -> str:
     if kind == "words":
         return f'_gnocchi_words "{" ".join(map(str, choices))}"'
     return {"file": "_gnocchi_files", "dir": "_gnocchi_dirs", "host": "_gnocchi_hosts"}.get(
-        kind, "COMPREPLY=()")
+        kind, "COMPREPLY=()"
+    )
 
 
 def options(parser: argparse.ArgumentParser) -> list[str]:
@@ -114,23 +120,32 @@ def body(parser: argparse.ArgumentParser, indent: str) -> str:
     by_completion: dict[str, list[str]] = {}
     for action in parser._actions:
         if action.option_strings and action.nargs != 0 and action.help != argparse.SUPPRESS:
-            how = _complete(_kind(action.metavar or action.dest.upper(), action.choices),
-                            action.choices)
+            how = _complete(
+                _kind(action.metavar or action.dest.upper(), action.choices), action.choices
+            )
             by_completion.setdefault(how, []).extend(action.option_strings)
     positional = next((a for a in parser._actions if not a.option_strings), None)
-    then = (_complete(_kind(positional.metavar or positional.dest.upper(), positional.choices),
-                      positional.choices) if positional else "COMPREPLY=()")
+    then = (
+        _complete(
+            _kind(positional.metavar or positional.dest.upper(), positional.choices),
+            positional.choices,
+        )
+        if positional
+        else "COMPREPLY=()"
+    )
     lines = []
     if by_completion:
         lines.append(f"{indent}case $prev in")
         for how, strings in by_completion.items():
             lines.append(f"{indent}    {'|'.join(strings)}) {how}; return;;")
         lines.append(f"{indent}esac")
-    lines += [f'{indent}if [[ $cur == -* ]]; then',
-              f'{indent}    _gnocchi_words "{" ".join(options(parser))}"',
-              f"{indent}else",
-              f"{indent}    {then}",
-              f"{indent}fi"]
+    lines += [
+        f"{indent}if [[ $cur == -* ]]; then",
+        f'{indent}    _gnocchi_words "{" ".join(options(parser))}"',
+        f"{indent}else",
+        f"{indent}    {then}",
+        f"{indent}fi",
+    ]
     return "\n".join(lines)
 
 
@@ -140,7 +155,10 @@ def gnocchi_script() -> str:
     for command, parser in parsers.items():
         cases.append(f"        {command})\n{body(parser, ' ' * 12)}\n            ;;")
     commands = " ".join([*parsers, "--help", "--version"])
-    return (HEADER.format(name="gnocchi(8)") + HELPERS + f"""
+    return (
+        HEADER.format(name="gnocchi(8)")
+        + HELPERS
+        + f"""
 _gnocchi() {{
     local cur prev
     _gnocchi_cur_prev
@@ -153,36 +171,51 @@ _gnocchi() {{
     esac
 }}
 complete -F _gnocchi gnocchi
-""")
+"""
+    )
 
 
 def knock_script() -> str:
-    return (HEADER.format(name="gnocchi-knock(1)") + HELPERS + f"""
+    return (
+        HEADER.format(name="gnocchi-knock(1)")
+        + HELPERS
+        + f"""
 _gnocchi_knock() {{
     local cur prev
     _gnocchi_cur_prev
-{body(knock_parser(), ' ' * 4)}
+{body(knock_parser(), " " * 4)}
 }}
 complete -F _gnocchi_knock gnocchi-knock
-""")
+"""
+    )
 
 
 def use_trees(trees: list[str]) -> None:
     """Import gnocchi from these directories' gnocchi/ folders, merged into one package."""
     sys.path[:0] = trees
     import gnocchi
-    gnocchi.__path__[:] = [os.path.join(t, "gnocchi") for t in trees
-                           if os.path.isdir(os.path.join(t, "gnocchi"))]
+
+    gnocchi.__path__[:] = [
+        os.path.join(t, "gnocchi") for t in trees if os.path.isdir(os.path.join(t, "gnocchi"))
+    ]
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="completion.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tree", action="append", metavar="DIR",
-                   help="a directory holding a gnocchi/ folder (repeatable)")
+    p.add_argument(
+        "--tree",
+        action="append",
+        metavar="DIR",
+        help="a directory holding a gnocchi/ folder (repeatable)",
+    )
     p.add_argument("command", choices=("gnocchi", "gnocchi-knock"))
     args = p.parse_args(argv)
-    use_trees([os.path.abspath(t) for t in args.tree or
-               [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]])
+    use_trees(
+        [
+            os.path.abspath(t)
+            for t in args.tree or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+        ]
+    )
     sys.stdout.write(gnocchi_script() if args.command == "gnocchi" else knock_script())
     return 0
 

@@ -7,6 +7,7 @@ marked by directory, not by file name: integration/ and verifier/ create
 network namespaces, so they are `netns` tests, and system/ boots a systemd
 container (`system`); all three need root and skip, saying so, without it.
 """
+
 import os
 import sys
 from pathlib import Path
@@ -19,14 +20,17 @@ for path in (TESTS.parent, TESTS.parent / "helper", TESTS):
         sys.path.insert(0, str(path))
 
 # The folders whose every test needs root, with the marker they get and why.
-ROOT_DIRS = {"integration": ("netns", "network namespaces"),
-             "verifier": ("netns", "network namespaces"),
-             "system": ("system", "a systemd container booted from this machine's root")}
+ROOT_DIRS = {
+    "integration": ("netns", "network namespaces"),
+    "verifier": ("netns", "network namespaces"),
+    "system": ("system", "a systemd container booted from this machine's root"),
+}
 
 if not os.access(TESTS.parent, os.W_OK):
     # A checkout this user may not write (tests/run as an ordinary user): hypothesis
     # keeps no example database rather than warning that it cannot.
     from hypothesis import settings
+
     settings.register_profile("read-only checkout", database=None)
     settings.load_profile("read-only checkout")
 

@@ -2,6 +2,7 @@
 section, packaging/debian/changelog's newest entry (which packaging/build-deb
 also checks) and gnocchi.__version__ name the same release, and work not yet
 released is under one "unreleased" section for a later version, at the top."""
+
 import re
 
 from gnocchi import __version__
@@ -18,7 +19,8 @@ def test_the_debian_changelog_names_the_version():
     first = (REPO / "packaging" / "debian" / "changelog").read_text().splitlines()[0]
     assert first.startswith(f"gnocchi-knock ({__version__}) "), (
         f"packaging/debian/changelog starts {first!r}, gnocchi.__version__ is {__version__}: "
-        f"add an entry (dch -v {__version__})")
+        f"add an entry (dch -v {__version__})"
+    )
 
 
 def test_changelog_md_has_the_version_released_and_unreleased_work_above_it():
@@ -26,9 +28,11 @@ def test_changelog_md_has_the_version_released_and_unreleased_work_above_it():
     released = [v for v, when in sections if when != "unreleased"]
     unreleased = [v for v, when in sections if when == "unreleased"]
     assert released and released[0] == __version__, (
-        f"CHANGELOG.md's newest release is {released[:1]}, gnocchi.__version__ is {__version__}")
+        f"CHANGELOG.md's newest release is {released[:1]}, gnocchi.__version__ is {__version__}"
+    )
     if unreleased:
         assert len(unreleased) == 1 and sections[0][1] == "unreleased", "one, at the top"
     assert all(version(v) > version(__version__) for v in unreleased), unreleased
-    assert [version(v) for v, _ in sections] == sorted((version(v) for v, _ in sections),
-                                                       reverse=True), "newest first"
+    assert [version(v) for v, _ in sections] == sorted(
+        (version(v) for v, _ in sections), reverse=True
+    ), "newest first"

@@ -1,4 +1,5 @@
 """The README's demo command runs the whole flow and shows what it claims."""
+
 import os
 import re
 import subprocess
@@ -12,8 +13,13 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the demo creates netw
 
 
 def test_demo_shows_one_connection_per_knock_and_the_audit_trail():
-    run = subprocess.run(["bash", str(ROOT / "demo" / "run")], capture_output=True, text=True,
-                         timeout=120, stdin=subprocess.DEVNULL)
+    run = subprocess.run(
+        ["bash", str(ROOT / "demo" / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     out = run.stdout
     assert run.returncode == 0, run.stdout + run.stderr
     names = re.search(r"network namespaces (gnocchi-demo-\d+)-client, ", out).group(1)

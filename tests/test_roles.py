@@ -2,6 +2,7 @@
 lives in one of shared/, client/, server/, admin/, and imports only what its
 folder may; helper/ imports nothing from gnocchi/ (stdlib, nftables and
 systemd only)."""
+
 import ast
 import re
 import sys
@@ -11,8 +12,12 @@ import pytest
 from support import REPO
 
 ROLES = ("shared", "client", "server", "admin")
-MAY_IMPORT = {"shared": {"shared"}, "client": {"client", "shared"},
-              "server": {"server", "shared"}, "admin": {"admin", "server", "shared"}}
+MAY_IMPORT = {
+    "shared": {"shared"},
+    "client": {"client", "shared"},
+    "server": {"server", "shared"},
+    "admin": {"admin", "server", "shared"},
+}
 PACKAGE = REPO / "gnocchi"
 
 
@@ -31,29 +36,38 @@ def imported_roles(path) -> dict[str, str]:
             found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             found |= set(re.findall(r"^gnocchi(?:\.\w+)+$", node.value))
-    return {name: name.split(".")[1] for name in found
-            if name.startswith("gnocchi.") and name.count(".") >= 1}
+    return {
+        name: name.split(".")[1]
+        for name in found
+        if name.startswith("gnocchi.") and name.count(".") >= 1
+    }
 
 
 def test_the_check_sees_lazy_imports_too():
     seen = imported_roles(PACKAGE / "admin" / "__main__.py")
-    assert {"gnocchi.admin.keygen", "gnocchi.admin.setup", "gnocchi.server.verifier",
-            "gnocchi.admin.audit"} <= set(seen)
+    assert {
+        "gnocchi.admin.keygen",
+        "gnocchi.admin.setup",
+        "gnocchi.server.verifier",
+        "gnocchi.admin.audit",
+    } <= set(seen)
 
 
 def test_every_module_lives_in_a_role_folder():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert top == ["__init__.py"], f"modules outside the role folders: {top}"
-    folders = sorted(p.name for p in PACKAGE.iterdir()
-                     if p.is_dir() and p.name != "__pycache__")
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__")
     assert folders == sorted(ROLES)
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_modules_import_only_what_their_role_may(role):
     for path in modules(role):
-        bad = {name for name, r in imported_roles(path).items()
-               if r not in MAY_IMPORT[role] and r in ROLES}
+        bad = {
+            name
+            for name, r in imported_roles(path).items()
+            if r not in MAY_IMPORT[role] and r in ROLES
+        }
         assert not bad, f"{role}/{path.name} imports {sorted(bad)}"
 
 
@@ -86,8 +100,9 @@ def test_the_helper_imports_only_the_stdlib_nftables_and_systemd():
                 continue
             for name in names:
                 top = name.split(".")[0]
-                assert top in sys.stdlib_module_names or top in own | {"nftables", "systemd"}, \
+                assert top in sys.stdlib_module_names or top in own | {"nftables", "systemd"}, (
                     f"{path.name} imports {name}"
+                )
 
 
 def test_the_bench_imports_nothing_from_tests():
@@ -104,5 +119,6 @@ def test_the_bench_imports_nothing_from_tests():
                 names = [node.module or ""]
             else:
                 continue
-            assert not {n.split(".")[0] for n in names} & test_modules, \
+            assert not {n.split(".")[0] for n in names} & test_modules, (
                 f"bench/{path.name} imports {names}"
+            )

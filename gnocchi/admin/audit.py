@@ -12,6 +12,7 @@ verifier's and the helper's entries that name a proven client key
 (GNOCCHI_CLIENT_KEY) with a committed counter (GNOCCHI_COUNTER); a key a
 packet only claimed (GNOCCHI_CLAIMED_CLIENT_KEY) never counts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,20 @@ def parse_since(text: str) -> float:
     """WHEN as `journalctl --since` reads it, in seconds since the epoch: systemd's
     parser itself (systemd.time(7): "5 min ago", -5m, today, 2026-11-27 08:00, ...)."""
     try:
-        proc = subprocess.run(["systemd-analyze", "timestamp", "--", text],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["systemd-analyze", "timestamp", "--", text], capture_output=True, text=True, timeout=30
+        )
     except OSError as e:
-        raise ValueError(f"--since {text!r}: cannot run systemd-analyze, which reads it "
-                         f"({e.strerror})") from None
+        raise ValueError(
+            f"--since {text!r}: cannot run systemd-analyze, which reads it ({e.strerror})"
+        ) from None
     m = _UNIX_SECONDS.search(proc.stdout) if proc.returncode == 0 else None
     if m is None:
-        raise ValueError(f"--since {text!r}: not a time journalctl --since takes, such as "
-                         "'5 min ago', -5m, today, yesterday or '2026-11-27 08:00' "
-                         "(systemd.time(7))")
+        raise ValueError(
+            f"--since {text!r}: not a time journalctl --since takes, such as "
+            "'5 min ago', -5m, today, yesterday or '2026-11-27 08:00' "
+            "(systemd.time(7))"
+        )
     return int(m.group(1)) + int((m.group(2) or "0").ljust(6, "0")) / 1e6
 
 
@@ -49,7 +54,7 @@ def since_argument(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
         if arg == "--since":
-            out[i:i + 2] = [f"--since={out[i + 1]}"]
+            out[i : i + 2] = [f"--since={out[i + 1]}"]
             break
     return out
 
@@ -71,11 +76,13 @@ def format_entry(entry: dict, host: bool = False) -> str:
 
     def get(key: str) -> str:
         return _text(entry.get(key, ""))
+
     event = get("GNOCCHI_EVENT")
 
     def client(field: str) -> str:  # the config's name, else the start of the key
         key = get(field + "_KEY")
         return get(field) or (key[:12] + "..." if key else "")
+
     # Replay and signature entries name a client the packet only claimed.
     claimed = client("GNOCCHI_CLAIMED_CLIENT")
     who = client("GNOCCHI_CLIENT") or (f"{claimed} (claimed)" if claimed else "-")
@@ -88,8 +95,8 @@ def format_entry(entry: dict, host: bool = False) -> str:
         "action-failed": f"FAILED {request}: {reason}",
         "refused": f"REFUSED {request}: {reason}",
         # The verifier's own words after "...from SOURCE: " (how far below, and why).
-        "replay": "REFUSED replayed knock: " + (get("MESSAGE").split(": ", 1)[1:] or [
-            "counter not above the last accepted"])[0],
+        "replay": "REFUSED replayed knock: "
+        + (get("MESSAGE").split(": ", 1)[1:] or ["counter not above the last accepted"])[0],
         "signature": "REFUSED bad signature (wrong client key or server address)",
     }.get(event)
     if what is None:
@@ -119,8 +126,7 @@ UNITS = ("gnocchi.service", "gnocchi-helper.service")
 # Arming's entries (gnocchi/admin/table.py) come from its units, the nftables
 # drop-in or an admin's `gnocchi arm`, always root, and attach themselves to
 # gnocchi.service; only root's count (_UID, set by journald), as for journalctl -u.
-ARMING = {"_UID": "0", "OBJECT_SYSTEMD_UNIT": "gnocchi.service",
-          "SYSLOG_IDENTIFIER": "gnocchi-arm"}
+ARMING = {"_UID": "0", "OBJECT_SYSTEMD_UNIT": "gnocchi.service", "SYSLOG_IDENTIFIER": "gnocchi-arm"}
 
 
 def match_gnocchi(reader, arming: bool = True) -> None:
@@ -135,15 +141,25 @@ def match_gnocchi(reader, arming: bool = True) -> None:
         reader.add_match(**ARMING)
 
 
-def read_journal(since: float | None, directory: str | None = None,
-                 files: list[str] | None = None, host: str | None = None,
-                 arming: bool = True):
+def read_journal(
+    since: float | None,
+    directory: str | None = None,
+    files: list[str] | None = None,
+    host: str | None = None,
+    arming: bool = True,
+):
     """gnocchi's entries of this machine's journal, of the journal files in directory
     (such as a collector's /var/log/journal/remote) or of files; since: seconds since
     the epoch, or None for all; host: only those _HOSTNAME says that host wrote."""
     from systemd import journal
-    reader = (journal.Reader(path=directory) if directory else
-              journal.Reader(files=files) if files else journal.Reader())
+
+    reader = (
+        journal.Reader(path=directory)
+        if directory
+        else journal.Reader(files=files)
+        if files
+        else journal.Reader()
+    )
     match_gnocchi(reader, arming)
     if host:
         reader.add_conjunction()
@@ -154,24 +170,40 @@ def read_journal(since: float | None, directory: str | None = None,
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gnocchi audit",
-                                     description="Who knocked, from where, what was opened or "
-                                                 "run, what was refused, and when gnocchi was "
-                                                 "armed or disarmed (from the journal).")
-    parser.add_argument("--since", metavar="WHEN",
-                        help="what journalctl --since takes: '5 min ago', -5m, today, "
-                             "yesterday, '2026-11-27 08:00' (systemd.time(7))")
+    parser = argparse.ArgumentParser(
+        prog="gnocchi audit",
+        description="Who knocked, from where, what was opened or "
+        "run, what was refused, and when gnocchi was "
+        "armed or disarmed (from the journal).",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="what journalctl --since takes: '5 min ago', -5m, today, "
+        "yesterday, '2026-11-27 08:00' (systemd.time(7))",
+    )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--directory", metavar="DIR",
-                       help="read the journal files in DIR, such as a collector's "
-                            "/var/log/journal/remote (each line then names its host)")
-    where.add_argument("--file", metavar="FILE", action="append",
-                       help="read this journal file (repeat it for several)")
-    parser.add_argument("--host", metavar="NAME",
-                        help="only the entries host NAME wrote (_HOSTNAME)")
-    parser.add_argument("--counters", action="store_true",
-                        help="print a counter store rebuilt from the journal (docs/server.md); "
-                             "from a collector's journal, give --host")
+    where.add_argument(
+        "--directory",
+        metavar="DIR",
+        help="read the journal files in DIR, such as a collector's "
+        "/var/log/journal/remote (each line then names its host)",
+    )
+    where.add_argument(
+        "--file",
+        metavar="FILE",
+        action="append",
+        help="read this journal file (repeat it for several)",
+    )
+    parser.add_argument(
+        "--host", metavar="NAME", help="only the entries host NAME wrote (_HOSTNAME)"
+    )
+    parser.add_argument(
+        "--counters",
+        action="store_true",
+        help="print a counter store rebuilt from the journal (docs/server.md); "
+        "from a collector's journal, give --host",
+    )
     args = parser.parse_args(since_argument(argv[1:]))
     try:
         since = parse_since(args.since) if args.since else None
@@ -182,14 +214,20 @@ def main(argv: list[str]) -> int:
         entries = list(read_journal(since, args.directory, args.file, args.host, arming=False))
         hosts = sorted({_text(e.get("_HOSTNAME", "")) for e in entries})
         if len(hosts) > 1:  # counters are per server: never one store from several
-            print(f"gnocchi audit: --counters: these entries come from {len(hosts)} hosts "
-                  f"({', '.join(hosts)}); give --host NAME", file=sys.stderr)
+            print(
+                f"gnocchi audit: --counters: these entries come from {len(hosts)} hosts "
+                f"({', '.join(hosts)}); give --host NAME",
+                file=sys.stderr,
+            )
             return 2
         sys.stdout.write(counters.render(counters_from(entries)))
         return 0
     collected = bool(args.directory or args.file)
-    print(f"{'TIME':<19}  " + (f"{'HOST':<16}  " if collected else "")
-          + f"{'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT")
+    print(
+        f"{'TIME':<19}  "
+        + (f"{'HOST':<16}  " if collected else "")
+        + f"{'EVENT':<15} {'CLIENT':<16} {'SOURCE':<24} WHAT"
+    )
     for entry in read_journal(since, args.directory, args.file, args.host):
         print(format_entry(entry, host=collected))
     return 0

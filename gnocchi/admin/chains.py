@@ -12,6 +12,7 @@ Trusts nothing: the listing is only read, never run; whatever it cannot follow
 (a set it cannot see into, a verdict map, a jump too deep, an interface) is
 "unknown", never "accept". No I/O, no root: unit-tested on committed listings.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -26,13 +27,15 @@ L4 = ("tcp", "udp", "sctp", "dccp", "icmp", "icmpv6", "igmp", "esp", "ah")
 class Packet(NamedTuple):
     """What is known of a packet: its protocol, destination port and, for one that is
     forwarded, its destination address (None: any)."""
+
     proto: str
     port: int
     daddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
-def reach(objects: list[dict], port: int, proto: str = "udp", hook: str = "input",
-          daddr=None) -> dict[tuple, tuple[str, str]]:
+def reach(
+    objects: list[dict], port: int, proto: str = "udp", hook: str = "input", daddr=None
+) -> dict[tuple, tuple[str, str]]:
     """For each base chain on hook outside table inet gnocchi: ("accept" | "drop" |
     "reject" | "unknown", why) for a new packet of proto to port (and daddr, if given)
     from anywhere else; by default a knock: a UDP datagram to this host."""
@@ -48,8 +51,11 @@ def reach(objects: list[dict], port: int, proto: str = "udp", hook: str = "input
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
     found = {}
     for key, c in chains.items():
-        if c.get("hook") != hook or c.get("type", "filter") != "filter" or \
-                (key[0], key[1]) == (FAMILY, NAME):
+        if (
+            c.get("hook") != hook
+            or c.get("type", "filter") != "filter"
+            or (key[0], key[1]) == (FAMILY, NAME)
+        ):
             continue
         if key[0] not in ("ip", "ip6", "inet") or not _family_fits(key[0], daddr):
             continue
@@ -65,8 +71,9 @@ def _family_fits(family: str, daddr) -> bool:
     return daddr is None or family == "inet" or (family == "ip") == (daddr.version == 4)
 
 
-def _walk(key, chains, rules, pkt: Packet, depth, policy: str | None = None
-          ) -> tuple[str | None, str, bool]:
+def _walk(
+    key, chains, rules, pkt: Packet, depth, policy: str | None = None
+) -> tuple[str | None, str, bool]:
     """(verdict or None to fall through, why, certain). A verdict some packets may meet
     before an accept, or before the base chain's policy, is no doubt when it is the same."""
     maybe: list[str] = []
@@ -94,8 +101,11 @@ def _walk(key, chains, rules, pkt: Packet, depth, policy: str | None = None
         if matched is True:
             if kinds - {verdict} and verdict == "accept":
                 return "unknown", "; ".join(maybe + [f"then {handle} accepts"]), False
-            return verdict, f"{handle}" + (f"; {'; '.join(maybe)}" if maybe else ""), \
-                not kinds - {verdict}
+            return (
+                verdict,
+                f"{handle}" + (f"; {'; '.join(maybe)}" if maybe else ""),
+                not kinds - {verdict},
+            )
         maybe.append(f"{handle} may {verdict} it, for some packets")
         kinds.add(verdict)
     if maybe and depth == 0 and kinds - {policy}:
@@ -171,8 +181,9 @@ def _address_match(op: str, right, daddr):
     """ip daddr == / != an address or a prefix."""
     try:
         if isinstance(right, dict) and "prefix" in right:
-            net = ipaddress.ip_network(f"{right['prefix']['addr']}/{right['prefix']['len']}",
-                                       strict=False)
+            net = ipaddress.ip_network(
+                f"{right['prefix']['addr']}/{right['prefix']['len']}", strict=False
+            )
         elif isinstance(right, str):
             net = ipaddress.ip_network(right)
         else:
@@ -210,6 +221,7 @@ class Published(NamedTuple):
     """A rule that translates a destination: where it is, the protocols and ports it
     matches (ports None: any, or not to be told from the rule), and where it sends them
     (None: not shown, as for an iptables-nft target)."""
+
     where: str
     protos: tuple[str, ...]
     ports: tuple | None  # ints, and (low, high) ranges
@@ -224,8 +236,15 @@ def published(objects: list[dict]) -> list[Published]:
         if not rule or (rule.get("family"), rule.get("table")) == (FAMILY, NAME):
             continue
         exprs = rule.get("expr", [])
-        nat = next((e for e in exprs if any(k in e for k in NAT_STATEMENTS) or
-                    e.get("xt", {}).get("name") in ("DNAT", "REDIRECT")), None)
+        nat = next(
+            (
+                e
+                for e in exprs
+                if any(k in e for k in NAT_STATEMENTS)
+                or e.get("xt", {}).get("name") in ("DNAT", "REDIRECT")
+            ),
+            None,
+        )
         if nat is None:
             continue
         protos, ports = set(), None
@@ -239,12 +258,15 @@ def published(objects: list[dict]) -> list[Published]:
                 ports = _ports(m.get("right"))
             elif left.get("meta", {}).get("key") == "l4proto" and m.get("op", "==") == "==":
                 right = m.get("right")
-                protos |= {r for r in (right.get("set", []) if isinstance(right, dict) else
-                                       [right]) if r in ("tcp", "udp")}
-        where = f"{rule['family']} {rule['table']} {rule['chain']} (rule handle " \
-                f"{rule.get('handle')})"
-        found.append(Published(where, tuple(sorted(protos)) or ("tcp", "udp"), ports,
-                               _target(nat)))
+                protos |= {
+                    r
+                    for r in (right.get("set", []) if isinstance(right, dict) else [right])
+                    if r in ("tcp", "udp")
+                }
+        where = (
+            f"{rule['family']} {rule['table']} {rule['chain']} (rule handle {rule.get('handle')})"
+        )
+        found.append(Published(where, tuple(sorted(protos)) or ("tcp", "udp"), ports, _target(nat)))
     return found
 
 
@@ -284,11 +306,16 @@ def before(objects: list[dict]) -> list[tuple[str, str, int, str, int]]:
     for o in objects:
         c = o.get("chain", {})
         key = (c.get("hook"), c.get("type", "filter"))
-        if "hook" not in c or (c.get("family"), c.get("table")) == (FAMILY, NAME) or \
-                key not in ours or c.get("family") not in ("ip", "ip6", "inet"):
+        if (
+            "hook" not in c
+            or (c.get("family"), c.get("table")) == (FAMILY, NAME)
+            or key not in ours
+            or c.get("family") not in ("ip", "ip6", "inet")
+        ):
             continue
         prio = c.get("prio", 0)
         if isinstance(prio, int) and isinstance(ours[key], int) and prio < ours[key]:
-            found.append((f"{c['family']} {c['table']} {c['name']}", key[0], prio, key[1],
-                          ours[key]))
+            found.append(
+                (f"{c['family']} {c['table']} {c['name']}", key[0], prio, key[1], ours[key])
+            )
     return found

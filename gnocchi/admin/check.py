@@ -10,6 +10,7 @@ arming unit runs the same checks before it loads or reloads the table
 `gnocchi reload` runs them before it applies a config. A config that does not
 load is named with what gnocchi runs instead (its last good copy, if any).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,15 @@ SOCKET = "gnocchi.socket"
 class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    port: int | None = None             # the server key's knock port (the first of knock_ports)
+    port: int | None = None  # the server key's knock port (the first of knock_ports)
     knock_ports: list[int] = field(default_factory=list)  # those of all the server's keys
     clients: int = 0
-    protected: dict | None = None        # from the config (nft_table.protected_ports)
-    flood_limit: bool = True             # the rules file has set knock_port
-    config_error: str | None = None      # the config does not load: why
+    protected: dict | None = None  # from the config (nft_table.protected_ports)
+    flood_limit: bool = True  # the rules file has set knock_port
+    config_error: str | None = None  # the config does not load: why
     cfg: server_config.Config | None = None  # what was checked: the file, or its last good copy
-    ports: nft_table.Ports | None = None     # the protected ports and where they come from
-    knocked_size: int | None = None      # the smaller knocked set's size in the rules file
+    ports: nft_table.Ports | None = None  # the protected ports and where they come from
+    knocked_size: int | None = None  # the smaller knocked set's size in the rules file
 
     @property
     def ok(self) -> bool:
@@ -49,9 +50,11 @@ class Report:
 
     def summary(self, config_path: str) -> str:
         ports = nft_table.show_ports(self.protected) if self.protected else "?"
-        return (f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
-                f"knock port {', '.join(f'{p}/udp' for p in self.knock_ports) or None} "
-                f"(gnocchi.socket); protects {ports}")
+        return (
+            f"{config_path}: {self.clients} client{'s' if self.clients != 1 else ''}; "
+            f"knock port {', '.join(f'{p}/udp' for p in self.knock_ports) or None} "
+            f"(gnocchi.socket); protects {ports}"
+        )
 
 
 def loose_mode(path: str) -> str | None:
@@ -62,8 +65,10 @@ def loose_mode(path: str) -> str | None:
         return None  # the loader names a missing file
     if st.st_mode & 0o022 or st.st_uid != 0:
         mode = stat.S_IMODE(st.st_mode)
-        return (f"{path}: may be changed by others than root (owner uid {st.st_uid}, "
-                f"mode {mode:04o}); fix: chown root:root {path} && chmod go-w {path}")
+        return (
+            f"{path}: may be changed by others than root (owner uid {st.st_uid}, "
+            f"mode {mode:04o}); fix: chown root:root {path} && chmod go-w {path}"
+        )
     return None
 
 
@@ -73,8 +78,12 @@ def systemd_running() -> bool:
 
 def listen_ports_loaded() -> tuple[str, list[int]]:
     """(LoadState, datagram ports) of gnocchi.socket as systemd has it loaded."""
-    proc = subprocess.run(["systemctl", "show", "-p", "LoadState", "-p", "Listen", SOCKET],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["systemctl", "show", "-p", "LoadState", "-p", "Listen", SOCKET],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     state, ports = "", []
     for line in proc.stdout.splitlines():
         key, _, value = line.partition("=")
@@ -108,7 +117,7 @@ def drop_in_ports(unit_dir: str) -> list[int] | None:
 
 
 def key_ports(want: list[int]) -> str:
-    """"the server key's knock port is P", or the same of several keys' ports."""
+    """ "the server key's knock port is P", or the same of several keys' ports."""
     if len(want) == 1:
         return f"the server key's knock port is {want[0]}"
     return f"the knock ports of the server's keys are {', '.join(map(str, want))}"
@@ -122,24 +131,35 @@ def check_socket(report: Report, want: list[int], unit_dir: str | None) -> None:
         state, ports = listen_ports_loaded()
         on_disk = drop_in_ports(UNIT_DIR)
         if state != "loaded" or not ports:
-            fix = (f"run `systemctl daemon-reload` ({UNIT_DIR}/{DROP_IN} sets it)"
-                   if on_disk == want else setup)
-            report.problems.append(f"{SOCKET} has no knock port (LoadState={state or '?'}), so "
-                                   f"nothing would receive knocks; fix: {fix}")
+            fix = (
+                f"run `systemctl daemon-reload` ({UNIT_DIR}/{DROP_IN} sets it)"
+                if on_disk == want
+                else setup
+            )
+            report.problems.append(
+                f"{SOCKET} has no knock port (LoadState={state or '?'}), so "
+                f"nothing would receive knocks; fix: {fix}"
+            )
         elif want and sorted(ports) != sorted(want):
-            fix = ("run `systemctl daemon-reload`, then `systemctl restart gnocchi.socket`"
-                   if on_disk == want else f"{setup}, then `systemctl restart gnocchi.socket`")
+            fix = (
+                "run `systemctl daemon-reload`, then `systemctl restart gnocchi.socket`"
+                if on_disk == want
+                else f"{setup}, then `systemctl restart gnocchi.socket`"
+            )
             shown = ", ".join(map(str, ports))
-            report.problems.append(f"{SOCKET} listens on UDP {shown}, but {key_ports(want)}; "
-                                   f"fix: {fix}")
+            report.problems.append(
+                f"{SOCKET} listens on UDP {shown}, but {key_ports(want)}; fix: {fix}"
+            )
         return
     ports = drop_in_ports(unit_dir or UNIT_DIR)
     path = os.path.join(unit_dir or UNIT_DIR, DROP_IN)
     if ports is None:
         report.problems.append(f"{path} is missing, so {SOCKET} has no knock port; fix: {setup}")
     elif want and sorted(ports) != sorted(want):
-        report.problems.append(f"{path} sets UDP {', '.join(map(str, ports)) or 'nothing'}, "
-                               f"but {key_ports(want)}; fix: {setup}")
+        report.problems.append(
+            f"{path} sets UDP {', '.join(map(str, ports)) or 'nothing'}, "
+            f"but {key_ports(want)}; fix: {setup}"
+        )
 
 
 def check_credentials(report: Report, cfg: server_config.Config, unit_dir: str | None) -> None:
@@ -147,6 +167,7 @@ def check_credentials(report: Report, cfg: server_config.Config, unit_dir: str |
     LoadCredential= covers only the v1 key; `gnocchi setup` writes the drop-in for
     a v2 key (and for a server without a v1 key)."""
     from gnocchi.admin import setup
+
     path = os.path.join(unit_dir or UNIT_DIR, setup.SERVICE_DROP_IN)
     try:
         with open(path, encoding="utf-8") as f:
@@ -156,20 +177,24 @@ def check_credentials(report: Report, cfg: server_config.Config, unit_dir: str |
     if current is None and list(keyring.paths(cfg)) == ["server_key_file"]:
         return
     if current != setup.service_drop_in_text(cfg):
-        report.problems.append(f"{path} does not hand gnocchi.service the key files "
-                               f"{', '.join(keyring.paths(cfg).values())} (the verifier could "
-                               "not read them); fix: run `gnocchi setup`, then "
-                               "`systemctl daemon-reload`")
+        report.problems.append(
+            f"{path} does not hand gnocchi.service the key files "
+            f"{', '.join(keyring.paths(cfg).values())} (the verifier could "
+            "not read them); fix: run `gnocchi setup`, then "
+            "`systemctl daemon-reload`"
+        )
 
 
 def check_flood_limit(report: Report, table_path: str) -> None:
     if not report.flood_limit:
-        report.warnings.append(f"{table_path} has no set knock_port, so a flood from one "
-                               "address reaches the verifier whole and can keep knocks out; "
-                               "fix: copy set knock_port, sets knock_sources4/6 and "
-                               "knock_sites6, chain knock (and its jump) from "
-                               "/usr/share/gnocchi/gnocchi.nft, then "
-                               "systemctl reload gnocchi-arm")
+        report.warnings.append(
+            f"{table_path} has no set knock_port, so a flood from one "
+            "address reaches the verifier whole and can keep knocks out; "
+            "fix: copy set knock_port, sets knock_sources4/6 and "
+            "knock_sites6, chain knock (and its jump) from "
+            "/usr/share/gnocchi/gnocchi.nft, then "
+            "systemctl reload gnocchi-arm"
+        )
 
 
 def check_live_knock_port(report: Report, table_path: str) -> None:
@@ -184,19 +209,24 @@ def check_live_knock_port(report: Report, table_path: str) -> None:
     ports = live.knock_ports()
     fix = "fix: systemctl reload gnocchi-arm (it loads the table with the key's port)"
     if ports is None and report.flood_limit:
-        report.warnings.append(f"the loaded table inet gnocchi has no flood limit on the knock "
-                               f"port, but {table_path} has one; {fix}")
+        report.warnings.append(
+            f"the loaded table inet gnocchi has no flood limit on the knock "
+            f"port, but {table_path} has one; {fix}"
+        )
     elif ports is not None and sorted(ports) != sorted(report.knock_ports):
         shown = ", ".join(map(str, ports)) or "no port"
-        report.warnings.append(f"the loaded table inet gnocchi limits floods on UDP {shown}, "
-                               f"but {key_ports(report.knock_ports)} (a key changed since "
-                               f"arming?), so floods to it are not limited; {fix}")
+        report.warnings.append(
+            f"the loaded table inet gnocchi limits floods on UDP {shown}, "
+            f"but {key_ports(report.knock_ports)} (a key changed since "
+            f"arming?), so floods to it are not limited; {fix}"
+        )
 
 
 def check_live_gate(report: Report, table_path: str) -> None:
     """The loaded table is the gate the file makes (a flushed chain, an edit by hand or
     a firewall tool would show here); a warning: reloading fixes it."""
     from gnocchi.admin import gate
+
     try:
         live, reference = nft_table.live(), nft_table.test_load(table_path)
     except nft_table.TableError:
@@ -207,8 +237,10 @@ def check_live_gate(report: Report, table_path: str) -> None:
     if open_to := gate.unguarded(live.objects):
         found.append(f"it lets in someone who never knocked: {gate.summary(open_to, 1)}")
     if found:
-        report.warnings.append(f"the loaded table inet gnocchi is not what {table_path} makes: "
-                               f"{'; '.join(found)}; fix: systemctl reload gnocchi-arm")
+        report.warnings.append(
+            f"the loaded table inet gnocchi is not what {table_path} makes: "
+            f"{'; '.join(found)}; fix: systemctl reload gnocchi-arm"
+        )
 
 
 def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> None:
@@ -221,14 +253,17 @@ def check_syncookies(report: Report, path: str = "/proc/sys/net/ipv4/tcp_syncook
     except OSError:
         return  # no IPv4 sysctls here: nothing to judge
     if value == "2":
-        report.problems.append("net.ipv4.tcp_syncookies is 2 (SYN cookies always): a cookie "
-                               "connection starts with an ACK, which the gate does not judge; "
-                               "fix: sysctl -w net.ipv4.tcp_syncookies=1 (and in "
-                               "/etc/sysctl.d/, if you set 2 there)")
+        report.problems.append(
+            "net.ipv4.tcp_syncookies is 2 (SYN cookies always): a cookie "
+            "connection starts with an ACK, which the gate does not judge; "
+            "fix: sysctl -w net.ipv4.tcp_syncookies=1 (and in "
+            "/etc/sysctl.d/, if you set 2 there)"
+        )
 
 
-def check_liberal(report: Report,
-                  path: str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal") -> None:
+def check_liberal(
+    report: Report, path: str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"
+) -> None:
     """Conntrack that does not check TCP windows lets one forged ACK complete a
     handshake, and so spend a client's knock (docs/firewall.md, "What a forger
     can still do"): a lockout lever, not a way in, so a warning."""
@@ -238,10 +273,12 @@ def check_liberal(report: Report,
     except OSError:
         return  # conntrack not loaded yet: it starts at 0
     if value == "1":
-        report.warnings.append("net.netfilter.nf_conntrack_tcp_be_liberal is 1: conntrack takes "
-                               "any ACK as a completed handshake, so anyone who forges a "
-                               "client's address can spend its knocks; fix: sysctl -w "
-                               "net.netfilter.nf_conntrack_tcp_be_liberal=0")
+        report.warnings.append(
+            "net.netfilter.nf_conntrack_tcp_be_liberal is 1: conntrack takes "
+            "any ACK as a completed handshake, so anyone who forges a "
+            "client's address can spend its knocks; fix: sysctl -w "
+            "net.netfilter.nf_conntrack_tcp_be_liberal=0"
+        )
 
 
 def check_forwarding(report: Report, cfg: server_config.Config, proc: str = "/proc/sys") -> None:
@@ -256,17 +293,21 @@ def check_forwarding(report: Report, cfg: server_config.Config, proc: str = "/pr
             continue
         if not on:
             key = keys[version].replace("/", ".")
-            report.warnings.append(f"{key} is 0: the kernel forwards no IPv{version}, so "
-                                   f"{cfg.path}'s forwards to IPv{version} addresses reach "
-                                   f"nothing; fix: sysctl -w {key}=1 (and in /etc/sysctl.d/)")
+            report.warnings.append(
+                f"{key} is 0: the kernel forwards no IPv{version}, so "
+                f"{cfg.path}'s forwards to IPv{version} addresses reach "
+                f"nothing; fix: sysctl -w {key}=1 (and in /etc/sysctl.d/)"
+            )
 
 
 def check_clients(report: Report, cfg: server_config.Config) -> None:
     report.clients = len(cfg.clients)
     if not cfg.clients:
-        report.problems.append(f"{cfg.path}: no [clients.NAME] configured: nobody could knock, "
-                               "so arming would shut everyone out of the protected ports; "
-                               "fix: add a client (docs/install.md, step 5)")
+        report.problems.append(
+            f"{cfg.path}: no [clients.NAME] configured: nobody could knock, "
+            "so arming would shut everyone out of the protected ports; "
+            "fix: add a client (docs/install.md, step 5)"
+        )
         return
     if report.protected is None:
         return  # where the ports come from has its own problem
@@ -276,13 +317,17 @@ def check_clients(report: Report, cfg: server_config.Config) -> None:
             if nft_table.covers(report.protected.get(allowed.proto, []), allowed.port):
                 usable.append(client.name)
             else:
-                report.warnings.append(f"{cfg.path}: clients.{client.name}.allow: "
-                                       + unprotected(allowed.port, allowed.proto))
+                report.warnings.append(
+                    f"{cfg.path}: clients.{client.name}.allow: "
+                    + unprotected(allowed.port, allowed.proto)
+                )
     if not usable:
-        report.problems.append(f"{cfg.path}: no client may open a protected port "
-                               f"({nft_table.show_ports(report.protected)}), so arming would shut "
-                               "everyone out; fix: add one to a client's allow list, or protect "
-                               "a port a client may open (`gnocchi protect PORT[/udp]`)")
+        report.problems.append(
+            f"{cfg.path}: no client may open a protected port "
+            f"({nft_table.show_ports(report.protected)}), so arming would shut "
+            "everyone out; fix: add one to a client's allow list, or protect "
+            "a port a client may open (`gnocchi protect PORT[/udp]`)"
+        )
 
 
 def client_line(client: server_config.Client) -> str:
@@ -295,9 +340,11 @@ def client_line(client: server_config.Client) -> str:
 
 def unprotected(port: int, proto: str) -> str:
     """Why an allowed port that is not protected matters, and the one command that fixes it."""
-    return (f"{port}/{proto} is allowed but not protected: it is open to everyone without a "
-            f"knock, and the helper refuses to open it (a knock asking for it opens nothing); "
-            f"fix: gnocchi protect {port}/{proto}")
+    return (
+        f"{port}/{proto} is allowed but not protected: it is open to everyone without a "
+        f"knock, and the helper refuses to open it (a knock asking for it opens nothing); "
+        f"fix: gnocchi protect {port}/{proto}"
+    )
 
 
 def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> None:
@@ -311,40 +358,55 @@ def check_ports(report: Report, cfg: server_config.Config, config_path: str) -> 
     report.protected, report.ports = ports.protected, ports
     legacy = nft_table.legacy_file(config_path)
     if cfg.protect is None and os.path.exists(legacy):
-        listed = " ".join(f"{p}/{proto}" for proto, found in ports.protected.items()
-                          for p in found)
-        report.warnings.append(f"the protected ports ({nft_table.show_ports(ports.protected)}) "
-                               f"come from {ports.source}; fix: " + (
-                                   f"gnocchi protect {listed}" if listed else
-                                   f"add [protect] to {cfg.path} (docs/server.md)"))
+        listed = " ".join(f"{p}/{proto}" for proto, found in ports.protected.items() for p in found)
+        report.warnings.append(
+            f"the protected ports ({nft_table.show_ports(ports.protected)}) "
+            f"come from {ports.source}; fix: "
+            + (
+                f"gnocchi protect {listed}"
+                if listed
+                else f"add [protect] to {cfg.path} (docs/server.md)"
+            )
+        )
     elif os.path.exists(legacy):
-        report.warnings.append(f"{legacy} (the table file of gnocchi 0.3 and before) is not "
-                               f"read any more: the ports are in [protect] in {cfg.path}; "
-                               f"fix: rm {legacy}")
+        report.warnings.append(
+            f"{legacy} (the table file of gnocchi 0.3 and before) is not "
+            f"read any more: the ports are in [protect] in {cfg.path}; "
+            f"fix: rm {legacy}"
+        )
     for port in report.knock_ports:
-        forwarded = [f for f in cfg.forwards if (f.listen.proto, f.listen.port) == ("udp",
-                                                                                    port)]
+        forwarded = [f for f in cfg.forwards if (f.listen.proto, f.listen.port) == ("udp", port)]
         for f in forwarded:
-            report.problems.append(f"{cfg.path}: forwards.{f.name}.listen: {port}/udp is the "
-                                   "knock port, so knocks would be forwarded; fix: give the "
-                                   "forward another listen port")
+            report.problems.append(
+                f"{cfg.path}: forwards.{f.name}.listen: {port}/udp is the "
+                "knock port, so knocks would be forwarded; fix: give the "
+                "forward another listen port"
+            )
         if port in ports.protected.get("udp", []) and not forwarded:
-            report.problems.append(f"{cfg.path}: protect.udp: {port} is the knock port, so "
-                                   "every knock would need a knock first; fix: gnocchi "
-                                   f"unprotect {port}/udp")
+            report.problems.append(
+                f"{cfg.path}: protect.udp: {port} is the knock port, so "
+                "every knock would need a knock first; fix: gnocchi "
+                f"unprotect {port}/udp"
+            )
 
 
 def broken(error: server_config.ConfigError, config_path: str) -> str:
     """A config that does not load, and what gnocchi does about it."""
     good = server_config.last_good_path(config_path)
     if os.path.exists(good):
-        return (f"{error} (gnocchi goes on with the last good config, {good}: this file is "
-                "not applied until it loads)")
+        return (
+            f"{error} (gnocchi goes on with the last good config, {good}: this file is "
+            "not applied until it loads)"
+        )
     return f"{error} (the verifier would refuse to start)"
 
 
-def check_client_keys(report: Report, cfg: server_config.Config,
-                      server_keys: tuple[bytes, ...], starting: bool = False) -> None:
+def check_client_keys(
+    report: Report,
+    cfg: server_config.Config,
+    server_keys: tuple[bytes, ...],
+    starting: bool = False,
+) -> None:
     """Each clients.NAME.public_key may be a public key: not a secret pasted in its place
     (gnocchi.shared.keys.public_key_problem, the rule add-client and doctor apply).
     starting (arming at a start): only a warning. Such a key lets nobody in, while a
@@ -353,17 +415,26 @@ def check_client_keys(report: Report, cfg: server_config.Config,
     known = {c.public_key: c.name for c in cfg.clients}
     for client in cfg.clients:
         if problem := keys.public_key_problem(client.public_key, server_keys, known):
-            text = (f"{cfg.path}: clients.{client.name}.public_key: {problem}; "
-                    f"fix: {keys.public_key_fix(client.name)}")
+            text = (
+                f"{cfg.path}: clients.{client.name}.public_key: {problem}; "
+                f"fix: {keys.public_key_fix(client.name)}"
+            )
             if starting:
-                report.warnings.append(text + " (armed all the same: no client holds such a "
-                                       "key, and the others must get in)")
+                report.warnings.append(
+                    text + " (armed all the same: no client holds such a "
+                    "key, and the others must get in)"
+                )
             else:
                 report.problems.append(text)
 
 
-def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_table.DEFAULT_FILE,
-        unit_dir: str | None = None, live: bool = False, last_good: bool = False) -> Report:
+def run(
+    config_path: str = server_config.DEFAULT_CONFIG,
+    table_path: str = nft_table.DEFAULT_FILE,
+    unit_dir: str | None = None,
+    live: bool = False,
+    last_good: bool = False,
+) -> Report:
     """live: also compare with the loaded table (not when arming, which is about to
     load it). last_good: a config file that does not load is no problem when it has a
     last good copy: that copy is checked instead, as gnocchi would run it (report.cfg
@@ -375,8 +446,9 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
     try:
         loaded = nft_table.test_load(table_path)
         report.flood_limit = loaded.knock_ports() is not None
-        report.knocked_size = min((loaded.sets()[n].get("size", 0) or 1 << 32)
-                                  for n in nft_table.KNOCKED.values())
+        report.knocked_size = min(
+            (loaded.sets()[n].get("size", 0) or 1 << 32) for n in nft_table.KNOCKED.values()
+        )
         check_flood_limit(report, table_path)
     except nft_table.TableError as e:
         report.problems.append(str(e))
@@ -411,7 +483,8 @@ def run(config_path: str = server_config.DEFAULT_CONFIG, table_path: str = nft_t
             f"{table_path}: sets knocked4/knocked6 hold {report.knocked_size} openings, "
             f"the shares of {report.knocked_size // SHARE} clients, and {cfg.path} has "
             f"{len(cfg.clients)}; fix: spread the clients over more servers (docs/firewall.md, "
-            "\"When a set is full\")")
+            '"When a set is full")'
+        )
     check_socket(report, report.knock_ports, unit_dir)
     check_credentials(report, cfg, unit_dir)
     check_syncookies(report)
@@ -433,14 +506,26 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gnocchi check",
         description="Check the config, the keys, gnocchi.socket's port and the rules file; "
-                    "exit 0 only when gnocchi would work. Changes nothing.")
-    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
-    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
-                   help=f"the rules file (default {nft_table.DEFAULT_FILE})")
-    p.add_argument("--unit-dir", metavar="DIR",
-                   help="read gnocchi.socket's drop-in from DIR instead of asking systemd "
-                        "(for tests and images)")
+        "exit 0 only when gnocchi would work. Changes nothing.",
+    )
+    p.add_argument(
+        "--config",
+        default=server_config.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"server config (default {server_config.DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--table",
+        default=nft_table.DEFAULT_FILE,
+        metavar="FILE",
+        help=f"the rules file (default {nft_table.DEFAULT_FILE})",
+    )
+    p.add_argument(
+        "--unit-dir",
+        metavar="DIR",
+        help="read gnocchi.socket's drop-in from DIR instead of asking systemd "
+        "(for tests and images)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     return p
 
@@ -454,9 +539,12 @@ def main(argv=None) -> int:
     for problem in report.problems:
         print(f"gnocchi check: {problem}", file=sys.stderr)
     if not report.ok:
-        print(f"gnocchi check: {len(report.problems)} problem"
-              f"{'s' if len(report.problems) != 1 else ''}: gnocchi would not work; "
-              "nothing was changed", file=sys.stderr)
+        print(
+            f"gnocchi check: {len(report.problems)} problem"
+            f"{'s' if len(report.problems) != 1 else ''}: gnocchi would not work; "
+            "nothing was changed",
+            file=sys.stderr,
+        )
         return 1
     if not args.quiet:
         print(f"gnocchi check: ok: {report.summary(args.config)}")

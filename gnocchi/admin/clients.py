@@ -19,6 +19,7 @@ that protects them, and prints what the client needs: a knock.toml profile
 whose request opens every port it was allowed, and a ~/.ssh/config block,
 with the server key's fingerprint; never the server key itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,11 @@ def removed_text(text: str, name: str) -> str:
     lines = text.splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if header(name).match(line)]
     if len(starts) != 1:
-        raise EditError(f"no [clients.{name}] table header in the file"
-                        if not starts else f"[clients.{name}] appears {len(starts)} times")
+        raise EditError(
+            f"no [clients.{name}] table header in the file"
+            if not starts
+            else f"[clients.{name}] appears {len(starts)} times"
+        )
     start = end = starts[0]
     for i in range(start + 1, len(lines)):
         if _ANY_HEADER.match(lines[i]):
@@ -93,8 +97,10 @@ def load_checked(path: str, shown: str) -> server_config.Config:
 
 def _same(a: server_config.Config, b: server_config.Config, field: str = "clients") -> bool:
     """Everything but field (and the path it was read from) is the same."""
+
     def rest(c):
         return dataclasses.replace(c, path="", **{field: None})
+
     return rest(a) == rest(b)
 
 
@@ -131,23 +137,33 @@ def edit(path: str, change, expect, field: str = "clients") -> server_config.Con
             new = load_checked(tmp, f"{path} (as it would be after the change)")
             if not (_same(old, new, field) and expect(old, new)):
                 what = "that client" if field == "clients" else f"[{field}]"
-                raise EditError(f"{path}: the edit would change more than {what} "
-                                "(the file is written in a way this tool does not follow); "
-                                "edit it by hand, then `gnocchi reload`")
+                raise EditError(
+                    f"{path}: the edit would change more than {what} "
+                    "(the file is written in a way this tool does not follow); "
+                    "edit it by hand, then `gnocchi reload`"
+                )
             result["config"] = new
 
-        durable.replace_file(path, new_text.encode("utf-8"), stat.S_IMODE(st.st_mode),
-                             owner=(st.st_uid, st.st_gid), check=check)
+        durable.replace_file(
+            path,
+            new_text.encode("utf-8"),
+            stat.S_IMODE(st.st_mode),
+            owner=(st.st_uid, st.st_gid),
+            check=check,
+        )
         return result["config"]
 
 
-def checked_client(path: str, name: str, public_hex: str,
-                   allow: list[str]) -> tuple[bytes, list[str]]:
+def checked_client(
+    path: str, name: str, public_hex: str, allow: list[str]
+) -> tuple[bytes, list[str]]:
     """(public key, ports as PORT/PROTO) of a client that may be added to the config at
     path, or EditError saying why not."""
     if not server_config.NAME.fullmatch(name):
-        raise EditError(f"client name {name!r}: use letters, digits, _ . - "
-                        "(at most 64, starting with a letter or digit)")
+        raise EditError(
+            f"client name {name!r}: use letters, digits, _ . - "
+            "(at most 64, starting with a letter or digit)"
+        )
     try:
         public = keys.parse_public_hex(public_hex, "PUBKEY")
     except ValueError as e:
@@ -158,14 +174,18 @@ def checked_client(path: str, name: str, public_hex: str,
     for item in allow or [DEFAULT_ALLOW]:
         port = knock_request.parse_port(item)
         if port is None and item not in forwards:
-            raise EditError(f"--allow {item!r} is not PORT, PORT/tcp or PORT/udp" + (
-                f" nor a forward ({', '.join(sorted(forwards))})" if forwards else ""))
+            raise EditError(
+                f"--allow {item!r} is not PORT, PORT/tcp or PORT/udp"
+                + (f" nor a forward ({', '.join(sorted(forwards))})" if forwards else "")
+            )
         ports.append(item if port is None else f"{port.port}/{port.proto}")
     for client in current.clients:
         where = path if client.file == current.path else client.file  # a drop-in, or the file
         if client.name == name:
-            raise EditError(f"{where}: there is already a client {name}; "
-                            f"gnocchi remove-client {name} first to replace it")
+            raise EditError(
+                f"{where}: there is already a client {name}; "
+                f"gnocchi remove-client {name} first to replace it"
+            )
         if client.public_key == public:
             raise EditError(f"{where}: this key is already client {client.name}'s")
     # Never write a secret into the config (world-readable): the key's kind first.
@@ -175,29 +195,33 @@ def checked_client(path: str, name: str, public_hex: str,
         server_keys = ()  # unreadable here: `gnocchi check` names that
     known = {c.public_key: c.name for c in current.clients}
     if problem := keys.public_key_problem(public, server_keys, known):
-        raise EditError(f"PUBKEY: {problem}; nothing was written; "
-                        f"fix: {keys.public_key_fix(name)}")
+        raise EditError(f"PUBKEY: {problem}; nothing was written; fix: {keys.public_key_fix(name)}")
     return public, ports
 
 
 def added(name: str, public: bytes):
     """expect() of an edit that adds client name with key public."""
+
     def expect(old, new):
         before = {c.name: c for c in old.clients}
         after = {c.name: c for c in new.clients}
-        return (set(after) == set(before) | {name} and after[name].public_key == public
-                and all(after[n] == before[n] for n in before))
+        return (
+            set(after) == set(before) | {name}
+            and after[name].public_key == public
+            and all(after[n] == before[n] for n in before)
+        )
+
     return expect
 
 
 def add(path: str, name: str, public_hex: str, allow: list[str]) -> server_config.Config:
     public, ports = checked_client(path, name, public_hex, allow)
-    return edit(path, lambda text: added_text(text, name, public.hex(), ports),
-                added(name, public))
+    return edit(path, lambda text: added_text(text, name, public.hex(), ports), added(name, public))
 
 
-def add_drop_in(path: str, name: str, public_hex: str,
-                allow: list[str]) -> tuple[server_config.Config, str]:
+def add_drop_in(
+    path: str, name: str, public_hex: str, allow: list[str]
+) -> tuple[server_config.Config, str]:
     """Add the client as its own file, clients.d/NAME.toml beside the config (as a
     config-management tool would), owned as the config is, mode 0644; the config is not
     touched. (the new config, the drop-in's path)."""
@@ -219,8 +243,9 @@ def add_drop_in(path: str, name: str, public_hex: str,
         try:
             new = load_checked(path, path)
             if not added(name, public)(old, new):
-                raise EditError(f"{target}: the config it makes is not the old one plus "
-                                f"client {name}")
+                raise EditError(
+                    f"{target}: the config it makes is not the old one plus client {name}"
+                )
         except EditError:
             os.unlink(target)  # leave the config as it was
             durable.fsync_dir(directory)
@@ -239,8 +264,10 @@ def remove(path: str, name: str, drop_in: bool = False) -> tuple[server_config.C
     if client.file != current.path:
         return remove_drop_in(path, name), client.file
     if drop_in:
-        raise EditError(f"client {name} is in {path}, not in a drop-in; "
-                        f"gnocchi remove-client {name} (without --drop-in) removes it")
+        raise EditError(
+            f"client {name} is in {path}, not in a drop-in; "
+            f"gnocchi remove-client {name} (without --drop-in) removes it"
+        )
     return remove_table(path, name), path
 
 
@@ -254,8 +281,10 @@ def remove_drop_in(path: str, name: str) -> server_config.Config:
         durable.fsync_dir(os.path.dirname(client.file))
         new = load_checked(path, path)
     if {c.name: c for c in new.clients} != {c.name: c for c in old.clients if c.name != name}:
-        raise EditError(f"{client.file} is removed, but the config changed more than that "
-                        "meanwhile: `gnocchi check` shows it")
+        raise EditError(
+            f"{client.file} is removed, but the config changed more than that "
+            "meanwhile: `gnocchi check` shows it"
+        )
     return new
 
 
@@ -268,8 +297,9 @@ def remove_table(path: str, name: str) -> server_config.Config:
             raise EditError(f"{path}: {e}; edit it by hand") from None
 
     def expect(old, new):
-        return {c.name: c for c in new.clients} == {c.name: c for c in old.clients
-                                                    if c.name != name}
+        return {c.name: c for c in new.clients} == {
+            c.name: c for c in old.clients if c.name != name
+        }
 
     return edit(path, change, expect)
 
@@ -277,6 +307,7 @@ def remove_table(path: str, name: str) -> server_config.Config:
 def applied(path: str) -> str:
     """Apply the edited config as `gnocchi reload` does; what happened, in words."""
     from gnocchi.admin import reload
+
     try:
         return "; ".join(reload.apply(path))
     except reload.ApplyError as e:
@@ -291,26 +322,34 @@ def withdraw(name: str) -> str:
         mine = [p for p in live.pending() if p.client == name] if live else []
         if not mine:
             return f"no opening pending for {name}" if live else "no table loaded: nothing pending"
-        script = "".join(f"delete element {nft_table.FAMILY} {nft_table.NAME} "
-                         f"{nft_table.KNOCKED[p.address.version]} {{ {p.nft_value()} }}\n"
-                         for p in mine)
+        script = "".join(
+            f"delete element {nft_table.FAMILY} {nft_table.NAME} "
+            f"{nft_table.KNOCKED[p.address.version]} {{ {p.nft_value()} }}\n"
+            for p in mine
+        )
         if nft_table.nft("-f", "-", input=script).returncode == 0:
             return f"withdrew the {len(mine)} opening{'s' * (len(mine) != 1)} pending for {name}"
         # One was used or expired between the read and the delete: read again.
-    raise EditError(f"the config is written, but {name}'s pending openings kept changing during "
-                    f"{nft_table.RETRIES} attempts to withdraw them; run the command again")
+    raise EditError(
+        f"the config is written, but {name}'s pending openings kept changing during "
+        f"{nft_table.RETRIES} attempts to withdraw them; run the command again"
+    )
 
 
 def unprotected(cfg: server_config.Config, path: str, name: str) -> list[str]:
     """Warnings for each port client name may open that is not protected."""
     from gnocchi.admin import check, nft_table
+
     try:
         protected = nft_table.protected_ports(cfg, path).protected
     except nft_table.TableError as e:
         return [f"cannot tell which ports are protected: {e}"]
     client = next(c for c in cfg.clients if c.name == name)
-    return [f"clients.{name}.allow: " + check.unprotected(o.port, o.proto)
-            for o in client.allow if not nft_table.covers(protected.get(o.proto, []), o.port)]
+    return [
+        f"clients.{name}.allow: " + check.unprotected(o.port, o.proto)
+        for o in client.allow
+        if not nft_table.covers(protected.get(o.proto, []), o.port)
+    ]
 
 
 def client_files(cfg: server_config.Config, name: str, host: str) -> str:
@@ -324,11 +363,23 @@ def client_files(cfg: server_config.Config, name: str, host: str) -> str:
         fingerprint = f"unknown ({e})"
     server_key = f"{host}.server.key"
     opens = [f"{o.port}/{o.proto}" for o in client.allow]
-    request = (f"\nrequest = \"{client_request(client)}\""
-               + (f"  # also allowed: {' '.join(opens[knock_request.MAX_PORTS:])}"
-                  if opens[knock_request.MAX_PORTS:] else "")) if opens else ""
-    sign_ip = (f"\nsign_ip = \"{cfg.server_addresses[0]}\"  # the address the server accepts"
-               if cfg.server_addresses else "")
+    request = (
+        (
+            f'\nrequest = "{client_request(client)}"'
+            + (
+                f"  # also allowed: {' '.join(opens[knock_request.MAX_PORTS :])}"
+                if opens[knock_request.MAX_PORTS :]
+                else ""
+            )
+        )
+        if opens
+        else ""
+    )
+    sign_ip = (
+        f'\nsign_ip = "{cfg.server_addresses[0]}"  # the address the server accepts'
+        if cfg.server_addresses
+        else ""
+    )
     return f"""\
 # ---- client {name}: append to ~/.config/gnocchi/knock.toml ----
 [profiles."{host}"]
@@ -348,7 +399,7 @@ Host {host}
 def client_request(client: server_config.Client) -> str:
     """The request a client's profile knocks with: one knock opens every port the admin
     allowed (as many as a request holds); "" for none."""
-    opens = [f"{o.port}/{o.proto}" for o in client.allow][:knock_request.MAX_PORTS]
+    opens = [f"{o.port}/{o.proto}" for o in client.allow][: knock_request.MAX_PORTS]
     return f"open {' '.join(opens)}" if opens else ""
 
 
@@ -358,6 +409,7 @@ def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | No
     if not cfg.private_key_file:
         return None
     from gnocchi.shared import onboarding
+
     client = next(c for c in cfg.clients if c.name == name)
     request = client_request(client)
     try:
@@ -367,8 +419,10 @@ def onboarding_line(cfg: server_config.Config, name: str, host: str) -> str | No
     try:
         line = onboarding.make_line(host, public, request)
     except ValueError as e:
-        raise EditError(f"the client is added, but --host {e}; run add-client again with "
-                        "another --host after remove-client") from None
+        raise EditError(
+            f"the client is added, but --host {e}; run add-client again with "
+            "another --host after remove-client"
+        ) from None
     return f"""\
 # ---- client {name}: run this one line on {name}'s machine (nothing in it is secret) ----
 gnocchi-knock --add '{line}'
@@ -387,33 +441,58 @@ def host_name(text: str) -> str:
 
 def parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gnocchi {command}")
-    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
-                   help=f"the config to edit (default {server_config.DEFAULT_CONFIG})")
+    p.add_argument(
+        "--config",
+        default=server_config.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the config to edit (default {server_config.DEFAULT_CONFIG})",
+    )
     p.add_argument("name", metavar="NAME", help="the client's name, as the journal shows it")
     if command == "add-client":
-        p.description = ("Add a client to gnocchi.toml (a [clients.NAME] table at the end; "
-                         "the rest of the file is kept as it is) or, with --drop-in, as its "
-                         "own file clients.d/NAME.toml; reload a running verifier, "
-                         "and print the client's knock.toml profile and ~/.ssh/config block.")
-        p.add_argument("--drop-in", action="store_true",
-                       help="write the client to its own file, clients.d/NAME.toml beside the "
-                            "config, rather than into the config")
-        p.add_argument("public_key", metavar="PUBKEY",
-                       help=f"the client's public key (`{keys.PRINT_PUBKEY}` prints it on the "
-                            "client)")
-        p.add_argument("--allow", action="extend", nargs="+", metavar="PORT[/tcp|/udp]",
-                       help=f"what the client may open (default {DEFAULT_ALLOW}); or a "
-                            "[forwards.NAME] by its name")
-        p.add_argument("--host", type=host_name, default=None,
-                       help="this server's name or address as the client reaches it "
-                            "(default: this host's name, as hostname prints it)")
+        p.description = (
+            "Add a client to gnocchi.toml (a [clients.NAME] table at the end; "
+            "the rest of the file is kept as it is) or, with --drop-in, as its "
+            "own file clients.d/NAME.toml; reload a running verifier, "
+            "and print the client's knock.toml profile and ~/.ssh/config block."
+        )
+        p.add_argument(
+            "--drop-in",
+            action="store_true",
+            help="write the client to its own file, clients.d/NAME.toml beside the "
+            "config, rather than into the config",
+        )
+        p.add_argument(
+            "public_key",
+            metavar="PUBKEY",
+            help=f"the client's public key (`{keys.PRINT_PUBKEY}` prints it on the client)",
+        )
+        p.add_argument(
+            "--allow",
+            action="extend",
+            nargs="+",
+            metavar="PORT[/tcp|/udp]",
+            help=f"what the client may open (default {DEFAULT_ALLOW}); or a "
+            "[forwards.NAME] by its name",
+        )
+        p.add_argument(
+            "--host",
+            type=host_name,
+            default=None,
+            help="this server's name or address as the client reaches it "
+            "(default: this host's name, as hostname prints it)",
+        )
     else:
-        p.description = ("Remove a client: its [clients.NAME] table from gnocchi.toml (nothing "
-                         "else changes), or its drop-in clients.d/NAME.toml; then reload a "
-                         "running verifier.")
-        p.add_argument("--drop-in", action="store_true",
-                       help="only a client of a drop-in (clients.d/NAME.toml): refuse one "
-                            "written in the config itself")
+        p.description = (
+            "Remove a client: its [clients.NAME] table from gnocchi.toml (nothing "
+            "else changes), or its drop-in clients.d/NAME.toml; then reload a "
+            "running verifier."
+        )
+        p.add_argument(
+            "--drop-in",
+            action="store_true",
+            help="only a client of a drop-in (clients.d/NAME.toml): refuse one "
+            "written in the config itself",
+        )
     return p
 
 
@@ -428,22 +507,34 @@ def main(argv: list[str]) -> int:
                 cfg, where = add_drop_in(args.config, args.name, args.public_key, args.allow)
             else:
                 cfg, where = add(args.config, args.name, args.public_key, args.allow), args.config
-            print(f"gnocchi {command}: added [clients.{args.name}] to {where}; "
-                  f"{applied(args.config)}", file=sys.stderr)
+            print(
+                f"gnocchi {command}: added [clients.{args.name}] to {where}; "
+                f"{applied(args.config)}",
+                file=sys.stderr,
+            )
             for warning in unprotected(cfg, args.config, args.name):
                 print(f"gnocchi {command}: warning: {warning}", file=sys.stderr)
-            print(onboarding_line(cfg, args.name, host) or client_files(cfg, args.name, host),
-                  end="")
+            print(
+                onboarding_line(cfg, args.name, host) or client_files(cfg, args.name, host), end=""
+            )
         else:
             _, where = remove(args.config, args.name, args.drop_in)
-            what = (f"removed {where}" if where != os.path.realpath(args.config) else
-                    f"removed [clients.{args.name}] from {args.config}")
+            what = (
+                f"removed {where}"
+                if where != os.path.realpath(args.config)
+                else f"removed [clients.{args.name}] from {args.config}"
+            )
             try:
-                print(f"gnocchi {command}: {what}; {applied(args.config)}; "
-                      f"{withdraw(args.name)}", file=sys.stderr)
+                print(
+                    f"gnocchi {command}: {what}; {applied(args.config)}; {withdraw(args.name)}",
+                    file=sys.stderr,
+                )
             except nft_table.TableError as e:
-                print(f"gnocchi {command}: {what}, but its pending openings could not be "
-                      f"withdrawn: {e}", file=sys.stderr)
+                print(
+                    f"gnocchi {command}: {what}, but its pending openings could not be "
+                    f"withdrawn: {e}",
+                    file=sys.stderr,
+                )
                 return 1
     except (EditError, OSError, subprocess.SubprocessError) as e:
         print(f"gnocchi {command}: {e}", file=sys.stderr)

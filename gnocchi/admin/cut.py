@@ -34,6 +34,7 @@ network namespace; needs CAP_NET_ADMIN and a kernel with
 CONFIG_INET_DIAG_DESTROY (Debian 12's has it). Messages are built from typed
 values only.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -67,6 +68,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 @dataclass(frozen=True)
 class Sock:
     """One TCP socket of this host, as sock_diag lists it (addresses unmapped)."""
+
     family: int
     local: Address
     lport: int
@@ -79,6 +81,7 @@ class Sock:
 @dataclass(frozen=True)
 class Flow:
     """One conntrack entry: its original direction, and its labels."""
+
     proto: int
     src: Address
     sport: int
@@ -100,13 +103,15 @@ class Flow:
 @dataclass(frozen=True)
 class Snapshot:
     """What was there while the gate was whole."""
-    tcp: frozenset    # protected TCP ports
-    udp: frozenset    # protected UDP ports
+
+    tcp: frozenset  # protected TCP ports
+    udp: frozenset  # protected UDP ports
     cookies: frozenset
     flows: frozenset  # conntrack ids of UDP flows to protected ports, and translated TCP flows
 
 
 # ---- netlink, pure ---------------------------------------------------------------
+
 
 def attr(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
@@ -119,7 +124,7 @@ def attrs(data: bytes) -> dict[int, bytes]:
         length, kind = struct.unpack_from("=HH", data, i)
         if length < 4:
             break
-        found[kind & 0x3fff] = data[i + 4:i + length]
+        found[kind & 0x3FFF] = data[i + 4 : i + length]
         i += (length + 3) & ~3
     return found
 
@@ -127,7 +132,7 @@ def attrs(data: bytes) -> dict[int, bytes]:
 def has_label(labels: bytes, bit: int) -> bool:
     """conntrack labels are the kernel's bitmap of unsigned longs, in host order."""
     size = struct.calcsize("L")
-    word = labels[bit // (8 * size) * size:][:size]
+    word = labels[bit // (8 * size) * size :][:size]
     return len(word) == size and int.from_bytes(word, sys.byteorder) >> bit % (8 * size) & 1 == 1
 
 
@@ -142,8 +147,8 @@ def parse_sock(payload: bytes) -> Sock:
     family = payload[0]
     sport, dport = struct.unpack_from("!HH", payload, 4)
     size = 4 if family == socket.AF_INET else 16
-    local = unmapped(ipaddress.ip_address(payload[8:8 + size]))
-    remote = unmapped(ipaddress.ip_address(payload[24:24 + size]))
+    local = unmapped(ipaddress.ip_address(payload[8 : 8 + size]))
+    remote = unmapped(ipaddress.ip_address(payload[24 : 24 + size]))
     return Sock(family, local, sport, remote, dport, payload[44:52], payload[4:52])
 
 
@@ -155,10 +160,15 @@ def sock_request(family: int, states: int, sockid: bytes = b"\0" * 48) -> bytes:
 def tuple_attr(proto: int, src: Address, sport: int, dst: Address, dport: int) -> bytes:
     kinds = CTA_IP[src.version]
     ip = attr(kinds[0], src.packed) + attr(kinds[1], dst.packed)
-    ports = attr(CTA_PROTO_NUM, bytes([proto])) + attr(CTA_PROTO_SRC_PORT, struct.pack(
-        "!H", sport)) + attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
-    return attr(CTA_TUPLE_ORIG | NESTED, attr(CTA_TUPLE_IP | NESTED, ip)
-                + attr(CTA_TUPLE_PROTO | NESTED, ports))
+    ports = (
+        attr(CTA_PROTO_NUM, bytes([proto]))
+        + attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+        + attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
+    )
+    return attr(
+        CTA_TUPLE_ORIG | NESTED,
+        attr(CTA_TUPLE_IP | NESTED, ip) + attr(CTA_TUPLE_PROTO | NESTED, ports),
+    )
 
 
 def nfgen(version: int) -> bytes:
@@ -173,18 +183,22 @@ def parse_flow(payload: bytes) -> Flow | None:
     ip, ports = attrs(orig.get(CTA_TUPLE_IP, b"")), attrs(orig.get(CTA_TUPLE_PROTO, b""))
     kinds = CTA_IP[4] if CTA_IP[4][0] in ip else CTA_IP[6]
     try:
-        return Flow(ports[CTA_PROTO_NUM][0],
-                    ipaddress.ip_address(ip[kinds[0]]),
-                    struct.unpack("!H", ports[CTA_PROTO_SRC_PORT])[0],
-                    ipaddress.ip_address(ip[kinds[1]]),
-                    struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0],
-                    struct.unpack("!I", top[CTA_ID])[0], top.get(CTA_LABELS, b""),
-                    struct.unpack("!I", top.get(CTA_STATUS, bytes(4)))[0])
+        return Flow(
+            ports[CTA_PROTO_NUM][0],
+            ipaddress.ip_address(ip[kinds[0]]),
+            struct.unpack("!H", ports[CTA_PROTO_SRC_PORT])[0],
+            ipaddress.ip_address(ip[kinds[1]]),
+            struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0],
+            struct.unpack("!I", top[CTA_ID])[0],
+            top.get(CTA_LABELS, b""),
+            struct.unpack("!I", top.get(CTA_STATUS, bytes(4)))[0],
+        )
     except (KeyError, IndexError, ValueError, struct.error):
         return None
 
 
 # ---- netlink, the kernel -----------------------------------------------------------
+
 
 def request(protocol: int, kind: int, flags: int, body: bytes) -> list[bytes]:
     """One request; the payloads answered. OSError(errno) on the kernel's refusal."""
@@ -197,7 +211,7 @@ def request(protocol: int, kind: int, flags: int, body: bytes) -> list[bytes]:
             data, i = s.recv(1 << 20), 0
             while i + 16 <= len(data):
                 length, kind_, _, _, _ = struct.unpack_from("=IHHII", data, i)
-                payload, i = data[i + 16:i + length], i + ((length + 3) & ~3)
+                payload, i = data[i + 16 : i + length], i + ((length + 3) & ~3)
                 if kind_ == NLMSG_DONE:
                     return found
                 if kind_ == NLMSG_ERROR:
@@ -213,8 +227,9 @@ def request(protocol: int, kind: int, flags: int, body: bytes) -> list[bytes]:
 def tcp_sockets(ports, states: int = STATES) -> list[Sock]:
     found = []
     for family in (socket.AF_INET, socket.AF_INET6):
-        for payload in request(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, F_DUMP,
-                               sock_request(family, states)):
+        for payload in request(
+            NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, F_DUMP, sock_request(family, states)
+        ):
             sock = parse_sock(payload)
             if sock.lport in ports:
                 found.append(sock)
@@ -223,14 +238,16 @@ def tcp_sockets(ports, states: int = STATES) -> list[Sock]:
 
 def destroy(sock: Sock) -> None:
     """Close it as `ss -K` does; the cookie makes sure it is this very socket."""
-    request(NETLINK_SOCK_DIAG, SOCK_DESTROY, F_ACK, sock_request(sock.family, 0xffffffff,
-                                                                    sock.raw_id))
+    request(
+        NETLINK_SOCK_DIAG, SOCK_DESTROY, F_ACK, sock_request(sock.family, 0xFFFFFFFF, sock.raw_id)
+    )
 
 
 def flow_of(sock: Sock) -> Flow | None:
     """The conntrack entry of a socket's connection (either direction), if tracked."""
-    body = nfgen(sock.local.version) + tuple_attr(socket.IPPROTO_TCP, sock.remote, sock.rport,
-                                                  sock.local, sock.lport)
+    body = nfgen(sock.local.version) + tuple_attr(
+        socket.IPPROTO_TCP, sock.remote, sock.rport, sock.local, sock.lport
+    )
     try:
         answers = request(NETLINK_NETFILTER, CT_GET, 0, body)
     except FileNotFoundError:
@@ -244,16 +261,27 @@ def flows(tcp, udp) -> list[Flow]:
     if not tcp and not udp:
         return []
     found = (parse_flow(p) for p in request(NETLINK_NETFILTER, CT_GET, F_DUMP, nfgen(0)))
-    return [f for f in found if f and (
-        f.proto == socket.IPPROTO_UDP and (f.dport in udp or f.sport in udp)
-        or f.proto == socket.IPPROTO_TCP and f.translated and f.dport in tcp)]
+    return [
+        f
+        for f in found
+        if f
+        and (
+            f.proto == socket.IPPROTO_UDP
+            and (f.dport in udp or f.sport in udp)
+            or f.proto == socket.IPPROTO_TCP
+            and f.translated
+            and f.dport in tcp
+        )
+    ]
 
 
 def delete(flow: Flow) -> None:
     """Delete this very entry (its id), not a later one with the same addresses."""
-    body = nfgen(flow.src.version) + tuple_attr(flow.proto, flow.src, flow.sport, flow.dst,
-                                                flow.dport) + attr(CTA_ID, struct.pack(
-                                                    "!I", flow.id))
+    body = (
+        nfgen(flow.src.version)
+        + tuple_attr(flow.proto, flow.src, flow.sport, flow.dst, flow.dport)
+        + attr(CTA_ID, struct.pack("!I", flow.id))
+    )
     try:
         request(NETLINK_NETFILTER, CT_DELETE, F_ACK, body)
     except FileNotFoundError:
@@ -262,18 +290,28 @@ def delete(flow: Flow) -> None:
 
 # ---- the snapshot and the cut ---------------------------------------------------------
 
+
 def ports(protected: dict) -> tuple[frozenset, frozenset]:
     """(TCP ports, UDP ports) from nft_table.Table.protected() (ranges spelled out)."""
+
     def spell(items):
-        return frozenset(p for item in items for p in (
-            [item] if isinstance(item, int) else range(item[0], item[1] + 1)))
+        return frozenset(
+            p
+            for item in items
+            for p in ([item] if isinstance(item, int) else range(item[0], item[1] + 1))
+        )
+
     return spell(protected.get("tcp", [])), spell(protected.get("udp", []))
 
 
 def snapshot(protected: dict) -> Snapshot:
     tcp, udp = ports(protected)
-    return Snapshot(tcp, udp, frozenset(s.cookie for s in tcp_sockets(tcp)),
-                    frozenset(f.id for f in flows(tcp, udp)))
+    return Snapshot(
+        tcp,
+        udp,
+        frozenset(s.cookie for s in tcp_sockets(tcp)),
+        frozenset(f.id for f in flows(tcp, udp)),
+    )
 
 
 def strangers(before: Snapshot, protected: dict) -> tuple[list[Sock], list[Flow]]:
@@ -289,12 +327,18 @@ def strangers(before: Snapshot, protected: dict) -> tuple[list[Sock], list[Flow]
         if sock.cookie in before.cookies:
             continue
         flow = flow_of(sock)
-        if flow is not None and (flow.knocked or sock.lport not in served and (
-                flow.src, flow.sport) == (sock.local, sock.lport)):
+        if flow is not None and (
+            flow.knocked
+            or sock.lport not in served
+            and (flow.src, flow.sport) == (sock.local, sock.lport)
+        ):
             continue  # a knock let it in, or this host started it
         socks.append(sock)
-    new = [f for f in flows(before.tcp & tcp, before.udp & udp)
-           if f.id not in before.flows and not f.knocked]
+    new = [
+        f
+        for f in flows(before.tcp & tcp, before.udp & udp)
+        if f.id not in before.flows and not f.knocked
+    ]
     return socks, new
 
 
@@ -314,8 +358,10 @@ def cut(before: Snapshot, protected: dict) -> tuple[list[str], list[str]]:
                 failed.append(f"{what}: {e.strerror or e}")
         for flow in gone:
             delete(flow)
-            done.append(f"{flow.src} port {flow.sport} -> {flow.dport}/"
-                        + ("tcp (translated)" if flow.proto == socket.IPPROTO_TCP else "udp"))
+            done.append(
+                f"{flow.src} port {flow.sport} -> {flow.dport}/"
+                + ("tcp (translated)" if flow.proto == socket.IPPROTO_TCP else "udp")
+            )
         if not socks and not gone or failed:
             break
         time.sleep(PASS_GAP)

@@ -26,6 +26,7 @@ test-load of the table file, or the kernel's live table):
 Trusts nothing it reads: the listing is only read, never run. No I/O, no
 root: unit-tested on committed listings (tests/unit/tables/).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,18 @@ from gnocchi.admin.nft_table import FAMILY, KNOCKED, NAME, PROTECTED
 
 ABSENT = "absent"  # the packet has no such header: a match on it fails, whatever its op
 UNKNOWN = None
-MAX_DEPTH = 16     # nft's own limit on nested jumps
+MAX_DEPTH = 16  # nft's own limit on nested jumps
 HOOKS = ("prerouting", "input", "forward")
-TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20,
-             "ecn": 0x40, "cwr": 0x80}
+TCP_FLAGS = {
+    "fin": 0x01,
+    "syn": 0x02,
+    "rst": 0x04,
+    "psh": 0x08,
+    "ack": 0x10,
+    "urg": 0x20,
+    "ecn": 0x40,
+    "cwr": 0x80,
+}
 L4 = {"tcp": 6, "udp": 17}
 OTHER_L4 = {"sctp", "dccp", "icmp", "icmpv6", "igmp", "esp", "ah", "comp", "udplite"}
 NO_EFFECT = {"counter", "log", "flow", "dup", "fwd"}
@@ -48,11 +57,15 @@ STATE_KEYS = {"packets", "bytes", "used", "used_unit"}
 
 # ---- differences ---------------------------------------------------------------
 
+
 def _canon(value):
     """A rule or object with its state left out (counter values, quota use)."""
     if isinstance(value, dict):
-        return {k: (None if k in ("counter", "last") else _canon(v))
-                for k, v in value.items() if k not in STATE_KEYS}
+        return {
+            k: (None if k in ("counter", "last") else _canon(v))
+            for k, v in value.items()
+            if k not in STATE_KEYS
+        }
     if isinstance(value, list):
         return [_canon(v) for v in value]
     return value
@@ -63,20 +76,20 @@ def definition(objects) -> dict:
     "objects": {"set NAME": def}} of table inet gnocchi, without handles and elements."""
     found = {"table": None, "chains": {}, "rules": {}, "objects": {}}
     for obj in objects:
-        (kind, body), = obj.items()
+        ((kind, body),) = obj.items()
         if (body.get("family"), body.get("table", body.get("name"))) != (FAMILY, NAME):
             continue
         if kind == "table":
             found["table"] = body.get("flags")
         elif kind == "chain":
-            found["chains"][body["name"]] = _canon({k: v for k, v in body.items()
-                                                    if k != "handle"})
+            found["chains"][body["name"]] = _canon({k: v for k, v in body.items() if k != "handle"})
         elif kind == "rule":
             rule = _canon({k: v for k, v in body.items() if k in ("expr", "comment")})
             found["rules"].setdefault(body["chain"], []).append(json.dumps(rule, sort_keys=True))
         else:
             found["objects"][f"{kind} {body.get('name')}"] = _canon(
-                {k: v for k, v in body.items() if k not in ("handle", "elem")})
+                {k: v for k, v in body.items() if k not in ("handle", "elem")}
+            )
     return found
 
 
@@ -86,8 +99,9 @@ def differences(live, expected) -> list[str]:
     have, want = definition(live), definition(expected)
     found = []
     if have["table"] != want["table"]:
-        found.append(f"table flags {have['table'] or 'none'} (gnocchi loads "
-                     f"{want['table'] or 'none'})")
+        found.append(
+            f"table flags {have['table'] or 'none'} (gnocchi loads {want['table'] or 'none'})"
+        )
     for kind in ("chains", "objects"):
         what = "chain " if kind == "chains" else ""
         for name in sorted(want[kind].keys() - have[kind].keys()):
@@ -103,21 +117,23 @@ def differences(live, expected) -> list[str]:
             continue
         missing = sum(max(0, wanted.count(r) - held.count(r)) for r in set(wanted))
         extra = sum(max(0, held.count(r) - wanted.count(r)) for r in set(held))
-        parts = ([f"{missing} of its {len(wanted)} rules missing"] if missing else []) + \
-                ([f"{extra} rule{'s' if extra != 1 else ''} added"] if extra else [])
+        parts = ([f"{missing} of its {len(wanted)} rules missing"] if missing else []) + (
+            [f"{extra} rule{'s' if extra != 1 else ''} added"] if extra else []
+        )
         found.append(f"chain {chain}: " + (", ".join(parts) or "rules in another order"))
     return found
 
 
 # ---- the probes ------------------------------------------------------------------
 
+
 class Probe(NamedTuple):
-    family: str          # "ipv4" | "ipv6"
-    l4: str              # "tcp" | "udp"
-    flags: int           # TCP flags (0 for UDP)
-    ct_state: str        # "new" | "established" | "related" | "untracked"
+    family: str  # "ipv4" | "ipv6"
+    l4: str  # "tcp" | "udp"
+    flags: int  # TCP flags (0 for UDP)
+    ct_state: str  # "new" | "established" | "related" | "untracked"
     ct_status: frozenset
-    labels: frozenset    # conntrack labels set so far
+    labels: frozenset  # conntrack labels set so far
     hook: str = "input"  # "input" (to this host) | "forward" (translated to another host)
 
     @property
@@ -132,8 +148,13 @@ class Probe(NamedTuple):
             what = f"a TCP {names} to a protected port"
         else:
             what = "a UDP datagram to a protected port"
-        where = ("" if not self.translated else ", forwarded to another host after a DNAT"
-                 if self.hook == "forward" else ", redirected to another port of this host")
+        where = (
+            ""
+            if not self.translated
+            else ", forwarded to another host after a DNAT"
+            if self.hook == "forward"
+            else ", redirected to another port of this host"
+        )
         return f"{what} ({self.family[-2:].replace('v', 'IPv')}, conntrack {self.ct_state}{where})"
 
 
@@ -141,15 +162,31 @@ def probes() -> list[Probe]:
     syn = TCP_FLAGS["syn"]
     found = []
     for family in ("ipv4", "ipv6"):
-        for hook, nat in (("input", frozenset()), ("input", frozenset({"dnat"})),
-                          ("forward", frozenset({"dnat"}))):
-            for flags in (syn, syn | TCP_FLAGS["ecn"] | TCP_FLAGS["cwr"], syn | TCP_FLAGS["psh"],
-                          syn | TCP_FLAGS["urg"]):
+        for hook, nat in (
+            ("input", frozenset()),
+            ("input", frozenset({"dnat"})),
+            ("forward", frozenset({"dnat"})),
+        ):
+            for flags in (
+                syn,
+                syn | TCP_FLAGS["ecn"] | TCP_FLAGS["cwr"],
+                syn | TCP_FLAGS["psh"],
+                syn | TCP_FLAGS["urg"],
+            ):
                 found.append(Probe(family, "tcp", flags, "new", nat, frozenset(), hook))
                 # A SYN on a flow picked up from a crafted ACK, and one related to an
                 # expectation (docs/firewall.md, "How the gate decides").
-                found.append(Probe(family, "tcp", flags, "established", nat | frozenset(
-                    {"confirmed", "seen-reply", "assured"}), frozenset(), hook))
+                found.append(
+                    Probe(
+                        family,
+                        "tcp",
+                        flags,
+                        "established",
+                        nat | frozenset({"confirmed", "seen-reply", "assured"}),
+                        frozenset(),
+                        hook,
+                    )
+                )
                 found.append(Probe(family, "tcp", flags, "related", nat, frozenset(), hook))
             for state in ("new", "related"):
                 found.append(Probe(family, "udp", 0, state, nat, frozenset(), hook))
@@ -158,6 +195,7 @@ def probes() -> list[Probe]:
 
 class Port(NamedTuple):
     """The probe's destination port: some port of the named set, which one unknown."""
+
     set_name: str
 
 
@@ -182,17 +220,27 @@ def _value(left, p: Probe):
         return UNKNOWN
     if "meta" in left:
         key = left["meta"].get("key")
-        return {"l4proto": p.l4, "nfproto": p.family,
-                "protocol": "ip" if p.family == "ipv4" else "ip6"}.get(key, UNKNOWN)
+        return {
+            "l4proto": p.l4,
+            "nfproto": p.family,
+            "protocol": "ip" if p.family == "ipv4" else "ip6",
+        }.get(key, UNKNOWN)
     if "ct" in left and left["ct"].get("dir") == "original":
         # The port the client sent it to: the protected one, whatever a DNAT made of it.
         tracked = p.ct_state != "untracked"
-        return Port(PROTECTED[p.l4]) if left["ct"].get("key") == "proto-dst" and tracked \
+        return (
+            Port(PROTECTED[p.l4])
+            if left["ct"].get("key") == "proto-dst" and tracked
             else (UNKNOWN if tracked else ABSENT)
+        )
     if "ct" in left and "dir" not in left["ct"]:
         key = left["ct"].get("key")
-        return {"state": p.ct_state, "status": p.ct_status, "direction": "original",
-                "label": p.labels}.get(key, UNKNOWN)
+        return {
+            "state": p.ct_state,
+            "status": p.ct_status,
+            "direction": "original",
+            "label": p.labels,
+        }.get(key, UNKNOWN)
     if "concat" in left:
         parts = [_value(part, p) for part in left["concat"]]
         return ABSENT if ABSENT in parts else ("concat", tuple(map(str, parts)))
@@ -256,8 +304,7 @@ def _match(m: dict, p: Probe):
     negate = op in ("!=", "!")
     if isinstance(value, frozenset):  # ct status, ct label: bits, any of right's
         wanted = right if isinstance(right, list) else [right]
-        hit = value == frozenset(wanted) if op in ("==", "!=") else \
-            any(w in value for w in wanted)
+        hit = value == frozenset(wanted) if op in ("==", "!=") else any(w in value for w in wanted)
     elif isinstance(value, int) and not isinstance(value, bool):  # tcp flags
         if isinstance(right, dict) and "set" in right:
             hits = [_flags_equal(value, r) for r in right["set"]]
@@ -282,7 +329,7 @@ def _rule(exprs: list, start: Probe) -> list[tuple[str, Probe, str | None]]:
     "return" | "jump" | "goto", probe as it leaves, jump target or why unknown)."""
     out, branches = [], [start]
     for expr in exprs:
-        (key, body), = expr.items()
+        ((key, body),) = expr.items()
         going = []
         for p in branches:
             if key == "match":
@@ -299,8 +346,9 @@ def _rule(exprs: list, start: Probe) -> list[tuple[str, Probe, str | None]]:
                 out.extend(_vmap(body, p))
             elif key == "mangle":
                 target = body.get("key", {})
-                if target.get("ct", {}).get("key") == "label" and isinstance(body.get("value"),
-                                                                              int):
+                if target.get("ct", {}).get("key") == "label" and isinstance(
+                    body.get("value"), int
+                ):
                     p = p._replace(labels=p.labels | {body["value"]})
                 going.append(p)
             elif key == "set" and body.get("op") == "delete" or key in NO_EFFECT:
@@ -386,24 +434,31 @@ def unguarded(objects) -> list[str]:
     [] when the gate drops every stranger it is meant to."""
     bases, rules, flags = [], {}, None
     for obj in objects:
-        (kind, body), = obj.items()
+        ((kind, body),) = obj.items()
         if (body.get("family"), body.get("table", body.get("name"))) != (FAMILY, NAME):
             continue
         if kind == "table":
             flags = body.get("flags")
-        elif kind == "chain" and body.get("hook") in HOOKS and \
-                body.get("type", "filter") == "filter":
+        elif (
+            kind == "chain" and body.get("hook") in HOOKS and body.get("type", "filter") == "filter"
+        ):
             bases.append(body)
         elif kind == "rule":
             rules.setdefault(body["chain"], []).append(body["expr"])
-    bases.sort(key=lambda c: (HOOKS.index(c["hook"]), c.get("prio", 0)
-                              if isinstance(c.get("prio", 0), int) else 0))
+    bases.sort(
+        key=lambda c: (
+            HOOKS.index(c["hook"]),
+            c.get("prio", 0) if isinstance(c.get("prio", 0), int) else 0,
+        )
+    )
     found = []
     for p in probes():
         # A dormant table's chains see no packet; owner and persist change nothing here.
-        how = (f"the table has flags {flags}: a dormant table filters nothing"
-               if set(flags if isinstance(flags, list) else [flags]) - {None, "owner", "persist"}
-               else _fate(p, bases, rules))
+        how = (
+            f"the table has flags {flags}: a dormant table filters nothing"
+            if set(flags if isinstance(flags, list) else [flags]) - {None, "owner", "persist"}
+            else _fate(p, bases, rules)
+        )
         if how is not None:
             found.append(f"{p.describe()}: {how}")
     return found

@@ -6,6 +6,7 @@ stdout on success (a server key's fingerprint goes to stderr, for the admin
 to compare with gnocchi-knock -v, so scripts still read one value); on any
 error one line on stderr naming the file, exit 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,10 @@ def private_keygen(path: str, same_port_as: str | None) -> str:
     """A v2 server private key at path (on the knock port of the v1 key same_port_as)."""
     port = knock_port(keys.load_server_key(same_port_as)) if same_port_as else None
     if port is not None:
-        print(f"gnocchi keygen: drawing a key whose knock port is {port} (a few seconds)",
-              file=sys.stderr)
+        print(
+            f"gnocchi keygen: drawing a key whose knock port is {port} (a few seconds)",
+            file=sys.stderr,
+        )
     private = keys.new_private_key(port)
     keys.write_secret(path, private)
     say_fingerprint(keys.load_private_key(path)[0], "v2 public key")
@@ -61,30 +64,43 @@ def say_fingerprint(key: bytes, what: str = "server key") -> None:
 def parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gnocchi {command}")
     if command == "keygen":
-        p.description = ("Make a new key file (mode 0600; an existing file is never replaced). "
-                         "A server key prints its knock port, a client key its public key "
-                         "(a client key's missing directories are made 0700).")
+        p.description = (
+            "Make a new key file (mode 0600; an existing file is never replaced). "
+            "A server key prints its knock port, a client key its public key "
+            "(a client key's missing directories are made 0700)."
+        )
         which = p.add_mutually_exclusive_group(required=True)
         which.add_argument("--server", metavar="FILE", help="make a server key")
         which.add_argument("--client", metavar="FILE", help="make a client signing key")
-        which.add_argument("--private", metavar="FILE",
-                           help="make a server private key for knock protocol v2 (its knock "
-                                "port is that of its public key)")
-        p.add_argument("--same-port-as", metavar="V1KEY",
-                       help="with --private: draw a key whose knock port is that of the v1 "
-                            "server key V1KEY, so both versions share one port")
+        which.add_argument(
+            "--private",
+            metavar="FILE",
+            help="make a server private key for knock protocol v2 (its knock "
+            "port is that of its public key)",
+        )
+        p.add_argument(
+            "--same-port-as",
+            metavar="V1KEY",
+            help="with --private: draw a key whose knock port is that of the v1 "
+            "server key V1KEY, so both versions share one port",
+        )
         p.set_defaults(run=keygen)
     elif command == "pubkey":
-        p.description = ("Print the public key of a client key, for the server's [clients] "
-                         "table (--private: of a v2 server private key).")
+        p.description = (
+            "Print the public key of a client key, for the server's [clients] "
+            "table (--private: of a v2 server private key)."
+        )
         p.add_argument("file", metavar="FILE", help="client key file")
         p.add_argument("--private", action="store_true", help="FILE is a v2 server private key")
         p.set_defaults(run=pubkey)
     else:
         p.description = "Print the UDP knock port derived from a server key."
         p.add_argument("file", metavar="FILE", help="server key file")
-        p.add_argument("--private", action="store_true",
-                       help="FILE is a v2 server private key (the port of its public key)")
+        p.add_argument(
+            "--private",
+            action="store_true",
+            help="FILE is a v2 server private key (the port of its public key)",
+        )
         p.set_defaults(run=port)
     return p
 
@@ -101,4 +117,3 @@ def main(argv: list[str]) -> int:
         print(f"gnocchi {argv[0]}: {e}", file=sys.stderr)
         return 1
     return 0
-

@@ -22,6 +22,7 @@ it as user gnocchi-action; a config holds no secret), in a directory root
 owns (config.LAST_GOOD's), where the verifier, user gnocchi, cannot write: a
 compromised verifier cannot plant a config that a later start trusts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,19 +83,27 @@ def describe(config_path: str) -> tuple[str | None, str]:
         cfg = server_config.load(config_path)
     except server_config.ConfigError as e:
         if kept is None:
-            return (f"CONFIG BROKEN: {e}; and there is no last good copy ({good}), so the "
-                    "verifier cannot start; fix: correct the file, then `gnocchi reload`"), ""
+            return (
+                f"CONFIG BROKEN: {e}; and there is no last good copy ({good}), so the "
+                "verifier cannot start; fix: correct the file, then `gnocchi reload`"
+            ), ""
         return server_config.fell_back(e, good), f"config: the last good copy {good} (kept {when})"
     try:
         same = server_config.read_bundle(config_path) == kept
     except server_config.ConfigError:
         same = False
     drop_ins = len({c.file for c in cfg.clients} - {cfg.path})
-    files = config_path + (f" and {drop_ins} drop-in{'s' * (drop_ins != 1)} in "
-                           f"{server_config.drop_in_dir(config_path)}" if drop_ins else "")
+    files = config_path + (
+        f" and {drop_ins} drop-in{'s' * (drop_ins != 1)} in "
+        f"{server_config.drop_in_dir(config_path)}"
+        if drop_ins
+        else ""
+    )
     if kept is None:
         return None, f"config: {files} (no last good copy kept yet)"
     if same:
         return None, f"config: {files} (= the last good copy, kept {when})"
-    return None, (f"config: {files}, edited since gnocchi last applied it (the last good "
-                  f"copy {good} is from {when}); `gnocchi reload` checks and applies it")
+    return None, (
+        f"config: {files}, edited since gnocchi last applied it (the last good "
+        f"copy {good} is from {when}); `gnocchi reload` checks and applies it"
+    )

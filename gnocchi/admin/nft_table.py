@@ -25,6 +25,7 @@ Guarantees:
   the table never protects other ports, nor forwards to other places, than the
   config's, not even for a moment; a file without set knock_port loads as it is.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -49,8 +50,10 @@ KNOCK_PORT = "knock_port"  # the flood limit's port: load() fills it from the se
 # listen (proto . port) : target (address . port), filled from [forwards] (chain reach)
 FORWARDS = {4: "forwards4", 6: "forwards6"}
 FORWARD_TYPES = {"forwards4": "ipv4_addr . inet_service", "forwards6": "ipv6_addr . inet_service"}
-KNOCKED_TYPES = {"knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
-                 "knocked6": ["ipv6_addr", "inet_proto", "inet_service"]}
+KNOCKED_TYPES = {
+    "knocked4": ["ipv4_addr", "inet_proto", "inet_service"],
+    "knocked6": ["ipv6_addr", "inet_proto", "inet_service"],
+}
 _REFUSED = 3  # test_load's exit status when nft refuses the file
 RETRIES = 5  # a carried element used between our read and our write: read again
 
@@ -63,11 +66,12 @@ class TableError(Exception):
 class Pending:
     """One knock waiting in a knocked set: (address . proto . port), its seconds left,
     and the client whose knock it is (the element's comment, written by the helper)."""
+
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     proto: str
     port: int
-    expires: int   # whole seconds left, as nft -j shows them (rounded down)
-    timeout: int   # the helper's timeout for it
+    expires: int  # whole seconds left, as nft -j shows them (rounded down)
+    timeout: int  # the helper's timeout for it
     client: str = ""  # a client's name (server_config.NAME), or "" when it has none
 
     def nft_value(self) -> str:
@@ -80,6 +84,7 @@ class Pending:
 @dataclass(frozen=True)
 class Table:
     """A table inet gnocchi as nft -j lists it (from the kernel or a scratch load)."""
+
     objects: tuple  # the JSON objects: table, sets, chains, rules
 
     def handle(self) -> int | None:
@@ -114,14 +119,21 @@ class Table:
         def filled(body: dict) -> dict:
             body = {k: v for k, v in body.items() if k != "elem"}
             return dict(body, elem=elems[body["name"]]) if elems[body["name"]] else body
-        return Table(tuple({"map": filled(o["map"])} if o.get("map", {}).get("name") in elems
-                           else o for o in self.objects))
+
+        return Table(
+            tuple(
+                {"map": filled(o["map"])} if o.get("map", {}).get("name") in elems else o
+                for o in self.objects
+            )
+        )
 
     def protected(self) -> dict[str, list]:
         """{"tcp": [22, [8000, 8100]], "udp": []}: ports, and ranges as [low, high]."""
         sets = self.sets()
-        return {proto: [_port_or_range(e) for e in sets.get(name, {}).get("elem", [])]
-                for proto, name in PROTECTED.items()}
+        return {
+            proto: [_port_or_range(e) for e in sets.get(name, {}).get("elem", [])]
+            for proto, name in PROTECTED.items()
+        }
 
     def knock_ports(self) -> list[int] | None:
         """The ports in set knock_port (the flood limit's), or None without that set."""
@@ -134,9 +146,14 @@ class Table:
         if not port or self.knock_ports() is None:
             return self
         ports = [port] if isinstance(port, int) else sorted(port)
-        return Table(tuple({"set": dict(o["set"], elem=ports)}
-                           if o.get("set", {}).get("name") == KNOCK_PORT else o
-                           for o in self.objects))
+        return Table(
+            tuple(
+                {"set": dict(o["set"], elem=ports)}
+                if o.get("set", {}).get("name") == KNOCK_PORT
+                else o
+                for o in self.objects
+            )
+        )
 
     def with_protected(self, protected: dict | None) -> Table:
         """This table as it is once load() has filled the protected sets with protected."""
@@ -147,8 +164,13 @@ class Table:
         def filled(body: dict) -> dict:
             body = {k: v for k, v in body.items() if k != "elem"}
             return dict(body, elem=by_set[body["name"]]) if by_set[body["name"]] else body
-        return Table(tuple({"set": filled(o["set"])} if o.get("set", {}).get("name") in by_set
-                           else o for o in self.objects))
+
+        return Table(
+            tuple(
+                {"set": filled(o["set"])} if o.get("set", {}).get("name") in by_set else o
+                for o in self.objects
+            )
+        )
 
     def element_counts(self) -> dict[str, int]:
         """How many elements each set holds now (knocks pending, flood sources...)."""
@@ -170,8 +192,11 @@ def forward_elements(forwards) -> dict[str, list]:
     for f in forwards:
         for to in f.to:
             elems[FORWARDS[to.address.version]].append(
-                [{"concat": [f.listen.proto, f.listen.port]}, {"concat": [str(to.address),
-                                                                         to.port]}])
+                [
+                    {"concat": [f.listen.proto, f.listen.port]},
+                    {"concat": [str(to.address), to.port]},
+                ]
+            )
     return elems
 
 
@@ -204,23 +229,28 @@ def covers(ports: list, port: int) -> bool:
 
 
 def show_ports(protected: dict[str, list]) -> str:
-    parts = [f"{p if isinstance(p, int) else f'{p[0]}-{p[1]}'}/{proto}"
-             for proto, ports in protected.items() for p in ports]
+    parts = [
+        f"{p if isinstance(p, int) else f'{p[0]}-{p[1]}'}/{proto}"
+        for proto, ports in protected.items()
+        for p in ports
+    ]
     return ", ".join(parts) or "no ports"
 
 
 def show_forwards(forwards: list[tuple[str, int, str, int]]) -> str:
-    """"2222/tcp to 10.0.0.5:22, ..." for Table.forwards()."""
-    return ", ".join(f"{port}/{proto} to " + (f"[{a}]" if ":" in a else a) + f":{to}"
-                     for proto, port, a, to in forwards)
+    """ "2222/tcp to 10.0.0.5:22, ..." for Table.forwards()."""
+    return ", ".join(
+        f"{port}/{proto} to " + (f"[{a}]" if ":" in a else a) + f":{to}"
+        for proto, port, a, to in forwards
+    )
 
 
 # ---- nft ---------------------------------------------------------------------
 
+
 def nft(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([NFT, *args], input=input, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run([NFT, *args], input=input, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise TableError("nft not found (Debian package nftables)") from None
 
@@ -253,16 +283,28 @@ def _scratch_load(path: str) -> tuple:
     # arming unit lacks): --keep-caps keeps the new namespace's capabilities.
     try:
         proc = subprocess.run(
-            ["unshare", "--user", "--net", "--keep-caps", "--", "sh", "-c",
-             f'{NFT} -f "$1" || exit {_REFUSED}; exec {NFT} -j list ruleset', "sh", path],
-            capture_output=True, text=True, timeout=60)
+            [
+                "unshare",
+                "--user",
+                "--net",
+                "--keep-caps",
+                "--",
+                "sh",
+                "-c",
+                f'{NFT} -f "$1" || exit {_REFUSED}; exec {NFT} -j list ruleset',
+                "sh",
+                path,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except FileNotFoundError:
         raise TableError("unshare not found (Debian package util-linux)") from None
     if proc.returncode == _REFUSED:
         raise TableError(f"{path}: nft refuses it:\n{proc.stderr.strip()}")
     if proc.returncode != 0:
-        raise TableError(f"cannot test-load {path} in a scratch namespace: "
-                         f"{proc.stderr.strip()}")
+        raise TableError(f"cannot test-load {path} in a scratch namespace: {proc.stderr.strip()}")
     return _objects(proc.stdout)
 
 
@@ -281,43 +323,55 @@ def _validate(objects: tuple, path: str) -> None:
     sets = Table(objects).sets()
     for name in PROTECTED.values():
         if name not in sets:
-            raise TableError(f"{path}: set {name} is missing (the helper reads the "
-                             "protected ports from it)")
+            raise TableError(
+                f"{path}: set {name} is missing (the helper reads the protected ports from it)"
+            )
         if sets[name].get("type") != "inet_service":
             raise TableError(f"{path}: set {name} must be of type inet_service")
     for name, kind in KNOCKED_TYPES.items():
         if name not in sets:
             raise TableError(f"{path}: set {name} is missing (the helper adds knocks to it)")
         if sets[name].get("type") != kind or "timeout" not in sets[name].get("flags", []):
-            raise TableError(f"{path}: set {name} must be `type {' . '.join(kind)}` "
-                             "with `flags timeout`")
+            raise TableError(
+                f"{path}: set {name} must be `type {' . '.join(kind)}` with `flags timeout`"
+            )
     maps = Table(objects).maps()
     for name, data in FORWARD_TYPES.items():
-        if maps.get(name, {}).get("type") != ["inet_proto", "inet_service"] or \
-                maps[name].get("map") != data:
-            raise TableError(f"{path}: map {name} must be `type inet_proto . inet_service : "
-                             f"{data}` (gnocchi puts the config's forwards in it)")
+        if (
+            maps.get(name, {}).get("type") != ["inet_proto", "inet_service"]
+            or maps[name].get("map") != data
+        ):
+            raise TableError(
+                f"{path}: map {name} must be `type inet_proto . inet_service : "
+                f"{data}` (gnocchi puts the config's forwards in it)"
+            )
     if KNOCK_PORT in sets and sets[KNOCK_PORT].get("type") != "inet_service":
-        raise TableError(f"{path}: set {KNOCK_PORT} must be of type inet_service (gnocchi "
-                         "puts the knock port in it)")
+        raise TableError(
+            f"{path}: set {KNOCK_PORT} must be of type inet_service (gnocchi "
+            "puts the knock port in it)"
+        )
     hooks = {o["chain"].get("hook") for o in objects if "chain" in o}
     for hook in ("input", "forward"):
         if hook not in hooks:
-            raise TableError(f"{path}: no chain hooks {hook}, so nothing would be protected "
-                             f"there")
+            raise TableError(f"{path}: no chain hooks {hook}, so nothing would be protected there")
     from gnocchi.admin import gate  # it reads this module's names
+
     if open_to := gate.unguarded(objects):
-        raise TableError(f"{path}: the gate is not there: it would let in someone who never "
-                         f"knocked: {gate.summary(open_to)}; gnocchi refuses a table that "
-                         "does not drop them (docs/firewall.md, \"How the gate decides\"); "
-                         "the original: /usr/share/gnocchi/gnocchi.nft")
+        raise TableError(
+            f"{path}: the gate is not there: it would let in someone who never "
+            f"knocked: {gate.summary(open_to)}; gnocchi refuses a table that "
+            'does not drop them (docs/firewall.md, "How the gate decides"); '
+            "the original: /usr/share/gnocchi/gnocchi.nft"
+        )
 
 
 # ---- what gnocchi loads -------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Ports:
     """The ports a config protects, and where they came from (for the admin)."""
+
     protected: dict[str, list]  # {"tcp": [22], "udp": []}
     source: str
 
@@ -339,35 +393,46 @@ def protected_ports(cfg, config_path: str, forwards: bool = True) -> Ports:
     listens = [f.listen for f in getattr(cfg, "forwards", ())] if forwards else []
     if not listens:
         return ports
-    protected = {proto: sorted(set(found) | {o.port for o in listens if o.proto == proto})
-                 for proto, found in ports.protected.items()}
+    protected = {
+        proto: sorted(set(found) | {o.port for o in listens if o.proto == proto})
+        for proto, found in ports.protected.items()
+    }
     return Ports(protected, ports.source + " and the listen ports of [forwards]")
 
 
 def _protected_ports(cfg, config_path: str) -> Ports:
     if cfg.protect is not None:
-        return Ports({proto: list(ports) for proto, ports in cfg.protect.items()},
-                     f"[protect] in {cfg.path}")
+        return Ports(
+            {proto: list(ports) for proto, ports in cfg.protect.items()}, f"[protect] in {cfg.path}"
+        )
     legacy = legacy_file(config_path)
     if not os.path.exists(legacy):
-        return Ports({k: list(v) for k, v in DEFAULT_PROTECTED.items()},
-                     f"the default: {cfg.path} has no [protect]")
+        return Ports(
+            {k: list(v) for k, v in DEFAULT_PROTECTED.items()},
+            f"the default: {cfg.path} has no [protect]",
+        )
     ports = Table(_scratch_load(legacy)).protected()
     for proto, found in ports.items():
         if any(not isinstance(p, int) for p in found):
-            raise TableError(f"{legacy}: set {PROTECTED[proto]} holds a range; gnocchi now "
-                             f"protects the single ports listed in [protect] in {config_path}: "
-                             "list them there (`gnocchi protect PORT...`)")
-    return Ports(ports, f"{legacy} (the table file of gnocchi 0.3 and before, read while "
-                        f"{config_path} has no [protect]; `gnocchi protect` moves them there)")
+            raise TableError(
+                f"{legacy}: set {PROTECTED[proto]} holds a range; gnocchi now "
+                f"protects the single ports listed in [protect] in {config_path}: "
+                "list them there (`gnocchi protect PORT...`)"
+            )
+    return Ports(
+        ports,
+        f"{legacy} (the table file of gnocchi 0.3 and before, read while "
+        f"{config_path} has no [protect]; `gnocchi protect` moves them there)",
+    )
 
 
 @dataclass(frozen=True)
 class Wanted:
     """What gnocchi loads as table inet gnocchi: the rules file, the protected ports of
     the config gnocchi runs, and the knock ports of its server keys (None: unknown)."""
+
     rules: str
-    config: str      # the config the ports come from: the file, or its last good copy
+    config: str  # the config the ports come from: the file, or its last good copy
     ports: Ports
     knock_ports: list[int] | None
     forwards: tuple = ()  # the config's [forwards] (config.Forward)
@@ -378,8 +443,12 @@ class Wanted:
 
     def table(self) -> Table:
         """The table as the kernel should list it once loaded (test-loads the rules)."""
-        return test_load(self.rules).with_protected(self.protected).with_knock_port(
-            self.knock_ports).with_forwards(self.forwards)
+        return (
+            test_load(self.rules)
+            .with_protected(self.protected)
+            .with_knock_port(self.knock_ports)
+            .with_forwards(self.forwards)
+        )
 
     def script(self, knock_port: bool = True) -> str:
         """The rules file and the sets filled (knock_port=False: set knock_port left
@@ -389,12 +458,14 @@ class Wanted:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise TableError(f"{self.rules}: cannot read: {e}") from None
-        return text.rstrip("\n") + "\n" + fill_script(
-            self.protected, self.knock_ports if knock_port else None, self.forwards)
+        return (
+            text.rstrip("\n")
+            + "\n"
+            + fill_script(self.protected, self.knock_ports if knock_port else None, self.forwards)
+        )
 
 
-def fill_script(protected: dict | None, knock_port: int | list[int] | None,
-                forwards=None) -> str:
+def fill_script(protected: dict | None, knock_port: int | list[int] | None, forwards=None) -> str:
     """nft commands that make the protected sets hold protected (None: as they are),
     set knock_port hold knock_port (None: as it is) and the forwards maps hold forwards
     (config.Forward objects; None: as they are); run after the rules, in the same
@@ -411,10 +482,15 @@ def fill_script(protected: dict | None, knock_port: int | list[int] | None,
     for version, name in FORWARDS.items() if forwards is not None else ():
         ref = f"{FAMILY} {NAME} {name}"
         # Typed values only (config.Forward: a checked proto, ints, an ipaddress).
-        mine = [f"{f.listen.proto} . {f.listen.port} : {to.address} . {to.port}"
-                for f in forwards for to in f.to if to.address.version == version]
-        out.append(f"flush map {ref}\n" + (f"add element {ref} {{ {', '.join(mine)} }}\n"
-                                            if mine else ""))
+        mine = [
+            f"{f.listen.proto} . {f.listen.port} : {to.address} . {to.port}"
+            for f in forwards
+            for to in f.to
+            if to.address.version == version
+        ]
+        out.append(
+            f"flush map {ref}\n" + (f"add element {ref} {{ {', '.join(mine)} }}\n" if mine else "")
+        )
     return "".join(out)
 
 
@@ -426,38 +502,50 @@ def wanted(config_path: str, rules: str = DEFAULT_FILE, cfg=None, log=None) -> W
     from gnocchi.server import config as server_config
     from gnocchi.server import keyring
     from gnocchi.shared import keys
+
     cfg = cfg or server_config.load_running(config_path, log)
     try:
         port: list[int] | None = keyring.ports(keyring.load(cfg))
     except keys.KeyFileError:
         port = None
-    return Wanted(rules, cfg.path, protected_ports(cfg, config_path), port,
-                  tuple(getattr(cfg, "forwards", ())))
+    return Wanted(
+        rules,
+        cfg.path,
+        protected_ports(cfg, config_path),
+        port,
+        tuple(getattr(cfg, "forwards", ())),
+    )
 
 
 # ---- loading -----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Loaded:
-    how: str          # "armed" (was not loaded), "unchanged", "ports" or "replaced"
-    table: Table      # what was loaded (from the scratch load)
-    kept: int         # pending knocks kept in place or carried over
+    how: str  # "armed" (was not loaded), "unchanged", "ports" or "replaced"
+    table: Table  # what was loaded (from the scratch load)
+    kept: int  # pending knocks kept in place or carried over
     dropped: int = 0  # pending knocks the new table has no set for
 
     def describe(self, path: str) -> str:
         forwards = show_forwards(self.table.forwards())
-        ports = show_ports(self.table.protected()) + (f" (forwarding {forwards})"
-                                                     if forwards else "")
+        ports = show_ports(self.table.protected()) + (
+            f" (forwarding {forwards})" if forwards else ""
+        )
         return {
             "armed": f"armed: loaded table {FAMILY} {NAME} from {path}, protecting {ports}",
             "unchanged": f"armed: table {FAMILY} {NAME} already matches {path} "
-                         f"(protecting {ports}; {self.kept} pending knocks untouched)",
+            f"(protecting {ports}; {self.kept} pending knocks untouched)",
             "ports": f"armed: protected ports now {ports}; the rules ({path}) and "
-                     f"{self.kept} pending knocks were not touched",
+            f"{self.kept} pending knocks were not touched",
             "replaced": f"armed: table {FAMILY} {NAME} replaced from {path} in one "
-                        f"transaction, protecting {ports}; {self.kept} pending knocks "
-                        f"carried over" + (f", {self.dropped} dropped (no set for them in "
-                                           f"the new table)" if self.dropped else ""),
+            f"transaction, protecting {ports}; {self.kept} pending knocks "
+            f"carried over"
+            + (
+                f", {self.dropped} dropped (no set for them in the new table)"
+                if self.dropped
+                else ""
+            ),
         }[self.how]
 
 
@@ -466,15 +554,18 @@ def ports_only(new: Table, old: Table) -> list[dict] | None:
     sets and of knock_port differ ([] when nothing does), or None when anything else does
     (a rule, its place in its chain, a chain, a set's definition, the table's flags)."""
     from gnocchi.admin import gate
+
     if gate.differences(old.objects, new.objects):
         return None
     commands = []
     new_sets, old_sets = {**new.sets(), **new.maps()}, {**old.sets(), **old.maps()}
-    for name in [*PROTECTED.values(), *([KNOCK_PORT] if KNOCK_PORT in new_sets else []),
-                 *FORWARDS.values()]:
+    for name in [
+        *PROTECTED.values(),
+        *([KNOCK_PORT] if KNOCK_PORT in new_sets else []),
+        *FORWARDS.values(),
+    ]:
         want = new_sets[name].get("elem", [])
-        if sorted(map(json.dumps, want)) == sorted(map(json.dumps, old_sets[name].get("elem",
-                                                                                      []))):
+        if sorted(map(json.dumps, want)) == sorted(map(json.dumps, old_sets[name].get("elem", []))):
             continue  # the kernel lists elements in an order of its own
         ref = {"family": FAMILY, "table": NAME, "name": name}
         commands.append({"flush": {"map" if name in FORWARDS.values() else "set": ref}})
@@ -496,8 +587,10 @@ def replacement(text: str, new: Table, carried: list[Pending]) -> tuple[str, int
             continue
         # nft -j rounds down: +1 s so a knock never loses time, within its own timeout.
         seconds = max(1, min(p.expires + 1, p.timeout or p.expires + 1))
-        add.append(f"add element {FAMILY} {NAME} {name} "
-                   f"{{ {p.nft_value()} timeout {seconds}s{p.nft_comment()} }}")
+        add.append(
+            f"add element {FAMILY} {NAME} {name} "
+            f"{{ {p.nft_value()} timeout {seconds}s{p.nft_comment()} }}"
+        )
     return "\n".join(guard + [text] + add) + "\n", dropped
 
 
@@ -510,18 +603,30 @@ def knock_port_script(new: Table) -> str:
     return f"flush set {ref}\nadd element {ref} {{ {', '.join(map(str, ports))} }}\n"
 
 
-def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
-         protected: dict | None = None, forwards=None) -> Loaded:
+def load(
+    path: str = DEFAULT_FILE,
+    knock_port: int | list[int] | None = None,
+    protected: dict | None = None,
+    forwards=None,
+) -> Loaded:
     """Load path as the live table, keeping pending knocks (see the module docstring),
     with knock_port in set knock_port, protected ({"tcp": [22], "udp": []}) in the
     protected sets and forwards (config.Forward objects) in the forwards maps (None:
     as the file has them)."""
-    new = test_load(path).with_protected(protected).with_knock_port(knock_port) \
+    new = (
+        test_load(path)
+        .with_protected(protected)
+        .with_knock_port(knock_port)
         .with_forwards(forwards)
+    )
     try:
         with open(path, encoding="utf-8") as f:
-            text = (f.read().rstrip("\n") + "\n" + fill_script(protected, None, forwards)
-                    + knock_port_script(new))
+            text = (
+                f.read().rstrip("\n")
+                + "\n"
+                + fill_script(protected, None, forwards)
+                + knock_port_script(new)
+            )
     except (OSError, UnicodeDecodeError) as e:
         raise TableError(f"{path}: cannot read: {e}") from None
     for _ in range(RETRIES):
@@ -547,8 +652,10 @@ def load(path: str = DEFAULT_FILE, knock_port: int | list[int] | None = None,
         if not carried:
             raise TableError(f"nft -f {path}: {proc.stderr.strip()}")
         # A carried knock was used or expired after we read it: read again.
-    raise TableError(f"could not replace table {FAMILY} {NAME}: pending knocks kept changing "
-                     f"during {RETRIES} attempts; try again")
+    raise TableError(
+        f"could not replace table {FAMILY} {NAME}: pending knocks kept changing "
+        f"during {RETRIES} attempts; try again"
+    )
 
 
 def load_wanted(want: Wanted) -> Loaded:

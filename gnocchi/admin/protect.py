@@ -17,6 +17,7 @@ stays, the new file must load with the verifier's loader and differ in
 nothing, to protect the knock port (knocks would need a knock) and to leave
 no client a protected port it may open (nobody could knock in).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def _one_line(proto: str) -> re.Pattern:
     return re.compile(rf"^([ \t]*){proto}[ \t]*=[ \t]*\[[^\]#\n]*\]([ \t]*(?:#.*)?)(\r?\n?)$")
 
 
-def protect_line(proto: str, ports: list[int], indent: str = "", comment: str = "",
-                 end: str = "\n") -> str:
+def protect_line(
+    proto: str, ports: list[int], indent: str = "", comment: str = "", end: str = "\n"
+) -> str:
     return f"{indent}{proto} = [{', '.join(map(str, ports))}]{comment}{end}"
 
 
@@ -58,8 +60,10 @@ def edited_text(text: str, wanted: dict[str, list[int]]) -> str:
     if not starts:
         if text and not text.endswith("\n"):
             text += "\n"
-        return (text + "\n# The ports gnocchi protects (`gnocchi protect`, `gnocchi unprotect`).\n"
-                "[protect]\n" + "".join(protect_line(p, wanted[p]) for p in wanted))
+        return (
+            text + "\n# The ports gnocchi protects (`gnocchi protect`, `gnocchi unprotect`).\n"
+            "[protect]\n" + "".join(protect_line(p, wanted[p]) for p in wanted)
+        )
     if len(starts) > 1:
         raise EditError(f"[protect] appears {len(starts)} times")
     start = starts[0]
@@ -79,7 +83,7 @@ def edited_text(text: str, wanted: dict[str, list[int]]) -> str:
         lines[found[0]] = protect_line(proto, ports, *match.groups())
     if inserted and not lines[last].endswith("\n"):
         lines[last] += "\n"
-    return "".join(lines[:last + 1] + inserted + lines[last + 1:])
+    return "".join(lines[: last + 1] + inserted + lines[last + 1 :])
 
 
 def parse_ports(items: list[str]) -> list[knock_request.Open]:
@@ -92,8 +96,9 @@ def parse_ports(items: list[str]) -> list[knock_request.Open]:
     return ports
 
 
-def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
-        server_config.Config | None, list[str]]:
+def change(
+    path: str, ports: list[knock_request.Open], protect: bool
+) -> tuple[server_config.Config | None, list[str]]:
     """Protect (or unprotect) ports in the config at path; (the new config, or None
     when [protect] already says so; warnings)."""
     current = clients.load_checked(os.path.realpath(path), path)
@@ -105,8 +110,12 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
             wanted[o.proto].append(o.port)
         elif not protect and o.port in wanted[o.proto]:
             wanted[o.proto].remove(o.port)
-    kept = [f"{o.port}/{o.proto} is forwards.{listens[o]}'s listen port: it stays protected "
-            "while that forward is in the config" for o in ports if not protect and o in listens]
+    kept = [
+        f"{o.port}/{o.proto} is forwards.{listens[o]}'s listen port: it stays protected "
+        "while that forward is in the config"
+        for o in ports
+        if not protect and o in listens
+    ]
     if current.protect is not None and wanted == {p: list(v) for p, v in current.protect.items()}:
         return None, kept
     if protect:
@@ -116,14 +125,21 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
             knock_ports = []
         for port in knock_ports:
             if port in wanted["udp"]:
-                raise EditError(f"{port}/udp is the knock port: protected, every knock would "
-                                "need a knock first")
-    usable = [c.name for c in current.clients for o in c.allow
-              if o.port in wanted[o.proto] or o in listens]
+                raise EditError(
+                    f"{port}/udp is the knock port: protected, every knock would need a knock first"
+                )
+    usable = [
+        c.name
+        for c in current.clients
+        for o in c.allow
+        if o.port in wanted[o.proto] or o in listens
+    ]
     if current.clients and not usable:
-        raise EditError(f"no client could open a protected port then "
-                        f"({nft_table.show_ports(wanted)}), so nobody could knock in; let a "
-                        "client open one first (its allow list), or protect one it may open")
+        raise EditError(
+            f"no client could open a protected port then "
+            f"({nft_table.show_ports(wanted)}), so nobody could knock in; let a "
+            "client open one first (its allow list), or protect one it may open"
+        )
 
     def expect(old, new):
         return new.protect == {p: tuple(v) for p, v in wanted.items()}
@@ -132,41 +148,53 @@ def change(path: str, ports: list[knock_request.Open], protect: bool) -> tuple[
         try:
             return edited_text(text, wanted)
         except EditError as e:
-            raise EditError(f"{path}: {e}; edit [protect] by hand, then `gnocchi reload`") \
-                from None
+            raise EditError(f"{path}: {e}; edit [protect] by hand, then `gnocchi reload`") from None
 
     cfg = clients.edit(path, edited, expect, field="protect")
     warnings = kept
     if current.protect is None and os.path.exists(nft_table.legacy_file(path)):
-        warnings.append(f"the ports of {nft_table.legacy_file(path)} (the table file of "
-                        f"gnocchi 0.3 and before) are in [protect] in {path} now; that file is "
-                        "no longer read: delete it")
+        warnings.append(
+            f"the ports of {nft_table.legacy_file(path)} (the table file of "
+            f"gnocchi 0.3 and before) are in [protect] in {path} now; that file is "
+            "no longer read: delete it"
+        )
     for o in ports:
         allowed = [c.name for c in cfg.clients if o in c.allow]
         if protect and not allowed:
-            warnings.append(f"no client may open {o.port}/{o.proto}: it is closed to everyone "
-                            "now; add it to a client's allow list to let one knock for it")
+            warnings.append(
+                f"no client may open {o.port}/{o.proto}: it is closed to everyone "
+                "now; add it to a client's allow list to let one knock for it"
+            )
         elif not protect and allowed and o not in listens:
-            warnings.append(f"{o.port}/{o.proto} is open to everyone now, as your own rules "
-                            f"make it, and {', '.join(allowed)} may no longer knock for it "
-                            "(remove it from their allow lists)")
+            warnings.append(
+                f"{o.port}/{o.proto} is open to everyone now, as your own rules "
+                f"make it, and {', '.join(allowed)} may no longer knock for it "
+                "(remove it from their allow lists)"
+            )
     return cfg, warnings
 
 
 def parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gnocchi {command}")
-    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
-                   help=f"the config to edit (default {server_config.DEFAULT_CONFIG})")
-    p.add_argument("ports", nargs="+", metavar="PORT[/tcp|/udp]",
-                   help="a port (PORT is PORT/tcp)")
+    p.add_argument(
+        "--config",
+        default=server_config.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the config to edit (default {server_config.DEFAULT_CONFIG})",
+    )
+    p.add_argument("ports", nargs="+", metavar="PORT[/tcp|/udp]", help="a port (PORT is PORT/tcp)")
     if command == "protect":
-        p.description = ("Protect ports: add them to [protect] in gnocchi.toml (the rest of "
-                         "the file is kept as it is) and reload the table if armed. A new "
-                         "connection to a protected port then needs a knock.")
+        p.description = (
+            "Protect ports: add them to [protect] in gnocchi.toml (the rest of "
+            "the file is kept as it is) and reload the table if armed. A new "
+            "connection to a protected port then needs a knock."
+        )
     else:
-        p.description = ("Stop protecting ports: remove them from [protect] in gnocchi.toml "
-                         "and reload the table if armed. They are then as open as your own "
-                         "firewall rules make them.")
+        p.description = (
+            "Stop protecting ports: remove them from [protect] in gnocchi.toml "
+            "and reload the table if armed. They are then as open as your own "
+            "firewall rules make them."
+        )
     return p
 
 
@@ -178,12 +206,17 @@ def main(argv: list[str]) -> int:
         ports = parse_ports(args.ports)
         cfg, warnings = change(args.config, ports, command == "protect")
         if cfg is None:
-            print(f"gnocchi {command}: nothing to change: [protect] in {args.config} "
-                  "already says so", file=sys.stderr)
+            print(
+                f"gnocchi {command}: nothing to change: [protect] in {args.config} already says so",
+                file=sys.stderr,
+            )
             return 0
         shown = nft_table.show_ports({p: list(v) for p, v in cfg.protect.items()})
-        print(f"gnocchi {command}: [protect] in {args.config} now protects {shown}; "
-              f"{clients.applied(args.config)}", file=sys.stderr)
+        print(
+            f"gnocchi {command}: [protect] in {args.config} now protects {shown}; "
+            f"{clients.applied(args.config)}",
+            file=sys.stderr,
+        )
         for warning in warnings:
             print(f"gnocchi {command}: warning: {warning}", file=sys.stderr)
     except (EditError, nft_table.TableError, OSError, subprocess.SubprocessError) as e:

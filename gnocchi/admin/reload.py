@@ -15,6 +15,7 @@ what add-client, remove-client, protect and unprotect run after theirs
 - it works whether or not the verifier runs and whether or not gnocchi is
   armed (`systemctl reload gnocchi` alone fails when the verifier is idle).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,20 @@ def active(unit: str) -> bool | None:
     if not os.path.isdir("/run/systemd/system"):
         return None
     try:
-        return subprocess.run(["systemctl", "is-active", "--quiet", unit],
-                              stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                ["systemctl", "is-active", "--quiet", unit], stderr=subprocess.DEVNULL, timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
 def main_pid() -> str:
-    return subprocess.run(["systemctl", "show", "-P", "MainPID", SERVICE], capture_output=True,
-                          text=True, timeout=30).stdout.strip()
+    return subprocess.run(
+        ["systemctl", "show", "-P", "MainPID", SERVICE], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
 
 
 def apply(config_path: str) -> list[str]:
@@ -63,29 +69,39 @@ def apply(config_path: str) -> list[str]:
     if armed is None:
         return done + ["no systemd here: restart the verifier and reload the table yourself"]
     if armed:
-        proc = subprocess.run(["systemctl", "reload", ARM_UNIT], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            ["systemctl", "reload", ARM_UNIT], capture_output=True, text=True, timeout=120
+        )
         if proc.returncode != 0:
-            raise ApplyError(f"the table was not reloaded: {proc.stderr.strip()}; "
-                             "`systemctl status gnocchi-arm` and `gnocchi check` say why")
+            raise ApplyError(
+                f"the table was not reloaded: {proc.stderr.strip()}; "
+                "`systemctl status gnocchi-arm` and `gnocchi check` say why"
+            )
         done.append(f"table inet gnocchi reloaded ({ARM_UNIT})")
     else:
         done.append("not armed: arming will use it")
     if not active(SERVICE):
         return done + [f"{SERVICE} is not running; the next knock starts it with this config"]
     old_pid = main_pid()
-    proc = subprocess.run(["systemctl", "kill", "--kill-who=main", "--signal=TERM", SERVICE],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemctl", "kill", "--kill-who=main", "--signal=TERM", SERVICE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if proc.returncode != 0:
-        raise ApplyError(f"{', '.join(done)}; but the verifier was not restarted: "
-                         f"{proc.stderr.strip()}")
+        raise ApplyError(
+            f"{', '.join(done)}; but the verifier was not restarted: {proc.stderr.strip()}"
+        )
     # The old verifier still decides the knocks it reads until it exits (at once on
     # SIGTERM): a removed client is out only then.
     deadline = time.monotonic() + RELOAD_WAIT
     while main_pid() == old_pid:
         if time.monotonic() > deadline:
-            raise ApplyError(f"{', '.join(done)}; but the old verifier (pid {old_pid}) still "
-                             f"runs after {RELOAD_WAIT} s")
+            raise ApplyError(
+                f"{', '.join(done)}; but the old verifier (pid {old_pid}) still "
+                f"runs after {RELOAD_WAIT} s"
+            )
         time.sleep(0.05)
     return done + [f"{SERVICE} reloaded (the next knock starts it with this config)"]
 
@@ -94,11 +110,16 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gnocchi reload",
         description="After editing gnocchi.toml: check it (as `gnocchi check`) and refuse it "
-                    "if gnocchi would not work; otherwise apply it: keep it as the last good "
-                    "config, reload the table if armed (the protected ports), and restart a "
-                    "running verifier. Works whether or not the verifier runs.")
-    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
+        "if gnocchi would not work; otherwise apply it: keep it as the last good "
+        "config, reload the table if armed (the protected ports), and restart a "
+        "running verifier. Works whether or not the verifier runs.",
+    )
+    p.add_argument(
+        "--config",
+        default=server_config.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"server config (default {server_config.DEFAULT_CONFIG})",
+    )
     p.add_argument("--table", default=nft_table.DEFAULT_FILE, help=argparse.SUPPRESS)
     p.add_argument("--unit-dir", help=argparse.SUPPRESS)
     return p
@@ -108,15 +129,19 @@ def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     args = parser().parse_args(argv[1:])
     from gnocchi.admin import check
+
     report = check.run(args.config, args.table, args.unit_dir)
     for warning in report.warnings:
         print(f"gnocchi reload: warning: {warning}", file=sys.stderr)
     if not report.ok:
         for problem in report.problems:
             print(f"gnocchi reload: {problem}", file=sys.stderr)
-        print(f"gnocchi reload: REFUSED: {len(report.problems)} problem"
-              f"{'s' if len(report.problems) != 1 else ''}; nothing was changed, gnocchi goes "
-              "on as it runs now (`gnocchi status` shows it)", file=sys.stderr)
+        print(
+            f"gnocchi reload: REFUSED: {len(report.problems)} problem"
+            f"{'s' if len(report.problems) != 1 else ''}; nothing was changed, gnocchi goes "
+            "on as it runs now (`gnocchi status` shows it)",
+            file=sys.stderr,
+        )
         return 1
     try:
         done = apply(args.config)

@@ -20,6 +20,7 @@ refuses the old key's knocks by itself (and names the client), so a rotation
 left unfinished fails closed, never open. --finish before the end is refused
 unless --force: it would shut out every client still on the old key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,29 +77,43 @@ def write_config(path: str, old: server_config.Config, **values) -> server_confi
     with open(path, encoding="utf-8") as f:
         text = f.read()
     st = os.stat(path)
-    toml = {k: None if v is None else (f'"{v}"' if isinstance(v, str) else v.isoformat())
-            for k, v in values.items()}
+    toml = {
+        k: None if v is None else (f'"{v}"' if isinstance(v, str) else v.isoformat())
+        for k, v in values.items()
+    }
     want = dataclasses.replace(old, **values)
 
     def check(tmp: str) -> None:
         if dataclasses.replace(server_config.load(tmp), path=old.path) != want:
-            raise RotateError(f"{path}: the edit would change more than the rotation's keys "
-                              "(the file is written in a way this tool does not follow); set "
-                              f"{', '.join(values)} by hand")
+            raise RotateError(
+                f"{path}: the edit would change more than the rotation's keys "
+                "(the file is written in a way this tool does not follow); set "
+                f"{', '.join(values)} by hand"
+            )
 
-    durable.replace_file(path, edited(text, toml).encode("utf-8"), stat.S_IMODE(st.st_mode),
-                         owner=(st.st_uid, st.st_gid), check=check)
+    durable.replace_file(
+        path,
+        edited(text, toml).encode("utf-8"),
+        stat.S_IMODE(st.st_mode),
+        owner=(st.st_uid, st.st_gid),
+        check=check,
+    )
     return want
 
 
 def apply(config_path: str, unit_dir: str | None) -> str:
     """`gnocchi setup`, then (systemd running, the real unit directory) the units:
     gnocchi.socket on the ports and the verifier with the keys, the table's flood limit."""
-    said = "\n".join(line for line in setup.setup(config_path, unit_dir or setup.UNIT_DIR)
-                     .splitlines() if line.startswith(("wrote ", "/")))
+    said = "\n".join(
+        line
+        for line in setup.setup(config_path, unit_dir or setup.UNIT_DIR).splitlines()
+        if line.startswith(("wrote ", "/"))
+    )
     if unit_dir is not None or not os.path.isdir("/run/systemd/system"):
-        return said + "\nthen: systemctl daemon-reload && systemctl restart gnocchi.socket " \
-                      "&& systemctl reload gnocchi-arm"
+        return (
+            said + "\nthen: systemctl daemon-reload && systemctl restart gnocchi.socket "
+            "&& systemctl reload gnocchi-arm"
+        )
     subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=120)
     for unit, verb in (("gnocchi.socket", "restart"), ("gnocchi-arm.service", "reload")):
         if subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=30).returncode == 0:
@@ -112,26 +127,35 @@ def lines(cfg: server_config.Config, host: str) -> str:
     current, nxt = ring.v2[0][0], (ring.v2[1][0] if len(ring.v2) > 1 else None)
     out = []
     for c in cfg.clients:
-        out.append(f"# {c.name}\ngnocchi-knock --add "
-                   f"'{onboarding.make_line(host, current, clients.client_request(c), nxt)}'")
+        out.append(
+            f"# {c.name}\ngnocchi-knock --add "
+            f"'{onboarding.make_line(host, current, clients.client_request(c), nxt)}'"
+        )
     return "\n".join(out) + ("\n" if out else "")
 
 
-def start(config_path: str, overlap: float, same_port: bool, unit_dir: str | None,
-          now: datetime.datetime) -> str:
+def start(
+    config_path: str, overlap: float, same_port: bool, unit_dir: str | None, now: datetime.datetime
+) -> str:
     cfg = server_config.load(config_path)
     if not cfg.private_key_file:
-        raise RotateError(f"{config_path}: no private_key_file, so no v2 key to rotate (make "
-                          "one: gnocchi keygen --private FILE; docs/PROTOCOL.md)")
+        raise RotateError(
+            f"{config_path}: no private_key_file, so no v2 key to rotate (make "
+            "one: gnocchi keygen --private FILE; docs/PROTOCOL.md)"
+        )
     if cfg.next_private_key_file:
-        raise RotateError(f"{config_path}: a rotation is under way already (to "
-                          f"{cfg.next_private_key_file}, overlap until "
-                          f"{cfg.rotation_ends.isoformat()}); `gnocchi rotate-key --finish`")
+        raise RotateError(
+            f"{config_path}: a rotation is under way already (to "
+            f"{cfg.next_private_key_file}, overlap until "
+            f"{cfg.rotation_ends.isoformat()}); `gnocchi rotate-key --finish`"
+        )
     current = keys.load_private_key(cfg.private_key_file)[0]
     private = keys.new_private_key(knock_port(current) if same_port else None)
     public = public_key(private)
-    path = os.path.join(os.path.dirname(cfg.private_key_file),
-                        f"private-{keys.fingerprint(public).replace('-', '')}.key")
+    path = os.path.join(
+        os.path.dirname(cfg.private_key_file),
+        f"private-{keys.fingerprint(public).replace('-', '')}.key",
+    )
     keys.write_secret(path, private)
     ends = (now + datetime.timedelta(days=overlap)).replace(microsecond=0)
     try:
@@ -139,12 +163,15 @@ def start(config_path: str, overlap: float, same_port: bool, unit_dir: str | Non
     except BaseException:
         os.unlink(path)  # the config was left as it was: so is everything else
         raise
-    return (f"gnocchi rotate-key: made {path} (v2 public key fingerprint "
-            f"{keys.fingerprint(public)}, knock port {knock_port(public)}); both keys open "
-            f"knocks until {ends.isoformat()}, the old one nothing after it\n"
-            + apply(config_path, unit_dir) + "\n"
-            "give each client its new line (below; `gnocchi rotate-key --lines` prints them "
-            "again); after the overlap: gnocchi rotate-key --finish")
+    return (
+        f"gnocchi rotate-key: made {path} (v2 public key fingerprint "
+        f"{keys.fingerprint(public)}, knock port {knock_port(public)}); both keys open "
+        f"knocks until {ends.isoformat()}, the old one nothing after it\n"
+        + apply(config_path, unit_dir)
+        + "\n"
+        "give each client its new line (below; `gnocchi rotate-key --lines` prints them "
+        "again); after the overlap: gnocchi rotate-key --finish"
+    )
 
 
 def finish(config_path: str, force: bool, unit_dir: str | None, now: datetime.datetime) -> str:
@@ -152,40 +179,67 @@ def finish(config_path: str, force: bool, unit_dir: str | None, now: datetime.da
     if not cfg.next_private_key_file:
         raise RotateError(f"{config_path}: no rotation under way (gnocchi rotate-key starts one)")
     if now < cfg.rotation_ends and not force:
-        raise RotateError(f"the overlap lasts until {cfg.rotation_ends.isoformat()}: finishing "
-                          "now shuts out every client still on the old key; wait, or --force")
+        raise RotateError(
+            f"the overlap lasts until {cfg.rotation_ends.isoformat()}: finishing "
+            "now shuts out every client still on the old key; wait, or --force"
+        )
     old = cfg.private_key_file
-    write_config(config_path, cfg, private_key_file=cfg.next_private_key_file,
-                 next_private_key_file=None, rotation_ends=None)
+    write_config(
+        config_path,
+        cfg,
+        private_key_file=cfg.next_private_key_file,
+        next_private_key_file=None,
+        rotation_ends=None,
+    )
     said = apply(config_path, unit_dir)
     os.unlink(old)  # it could open every knock ever sealed to it: gone
     durable.fsync_dir(os.path.dirname(os.path.abspath(old)))
-    return (f"gnocchi rotate-key: {cfg.next_private_key_file} is the server's key now; "
-            f"deleted the old key {old}\n{said}")
+    return (
+        f"gnocchi rotate-key: {cfg.next_private_key_file} is the server's key now; "
+        f"deleted the old key {old}\n{said}"
+    )
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="gnocchi rotate-key",
         description="Rotate the v2 server key without a flag day: make a next key that opens "
-                    "knocks beside the current one until the overlap ends (--finish then "
-                    "makes it the key); print each client's new onboarding line.")
+        "knocks beside the current one until the overlap ends (--finish then "
+        "makes it the key); print each client's new onboarding line.",
+    )
     p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--finish", action="store_true",
-                      help="after the overlap: the next key becomes the key, the old one is "
-                           "deleted")
+    what.add_argument(
+        "--finish",
+        action="store_true",
+        help="after the overlap: the next key becomes the key, the old one is deleted",
+    )
     what.add_argument("--lines", action="store_true", help="print each client's line")
     p.add_argument("--force", action="store_true", help="--finish before the overlap ends")
-    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_DAYS, metavar="DAYS",
-                   help=f"how long both keys open knocks (default {DEFAULT_OVERLAP_DAYS} days)")
-    p.add_argument("--same-port", action="store_true",
-                   help="draw the next key on the current key's knock port (a few seconds): "
-                        "no new port for firewalls on the way")
-    p.add_argument("--host", type=clients.host_name, default=None,
-                   help="this server's name or address in the lines (default: hostname)")
-    p.add_argument("--unit-dir", metavar="DIR",
-                   help="write the units' drop-ins there and leave systemd alone (tests)")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=DEFAULT_OVERLAP_DAYS,
+        metavar="DAYS",
+        help=f"how long both keys open knocks (default {DEFAULT_OVERLAP_DAYS} days)",
+    )
+    p.add_argument(
+        "--same-port",
+        action="store_true",
+        help="draw the next key on the current key's knock port (a few seconds): "
+        "no new port for firewalls on the way",
+    )
+    p.add_argument(
+        "--host",
+        type=clients.host_name,
+        default=None,
+        help="this server's name or address in the lines (default: hostname)",
+    )
+    p.add_argument(
+        "--unit-dir",
+        metavar="DIR",
+        help="write the units' drop-ins there and leave systemd alone (tests)",
+    )
     args = p.parse_args(argv[1:])
     now = datetime.datetime.now(datetime.UTC)
     host = args.host or socket.gethostname()
@@ -198,11 +252,19 @@ def main(argv: list[str]) -> int:
         else:
             if not 0 < args.overlap <= 3650:
                 raise RotateError("--overlap is a number of days above 0 and at most 3650")
-            print(start(args.config, args.overlap, args.same_port, args.unit_dir, now),
-                  file=sys.stderr)
+            print(
+                start(args.config, args.overlap, args.same_port, args.unit_dir, now),
+                file=sys.stderr,
+            )
             print(lines(server_config.load(args.config), host), end="")
-    except (RotateError, server_config.ConfigError, keys.KeyFileError, ValueError,
-            OSError, subprocess.SubprocessError) as e:
+    except (
+        RotateError,
+        server_config.ConfigError,
+        keys.KeyFileError,
+        ValueError,
+        OSError,
+        subprocess.SubprocessError,
+    ) as e:
         print(f"gnocchi rotate-key: {e}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,7 @@ counter store if there is none (never touching an existing one), and prints
 what it wrote and what to run next. It changes nothing else: no unit is started, reloaded
 or enabled, and the firewall is not touched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,13 @@ def drop_in_text(port: int | list[int], key_file: str) -> str:
     # The empty ListenDatagram= clears any earlier value, so the drop-in is
     # the one place the port is set (docs/install.md).
     ports = [port] if isinstance(port, int) else port
-    return (f"# Written by `gnocchi setup`: the knock port{'s' * (len(ports) > 1)} of "
-            f"{key_file}.\n"
-            "# Run `gnocchi setup` again after changing the server key.\n"
-            "[Socket]\n"
-            "ListenDatagram=\n"
-            + "".join(f"ListenDatagram={p}\n" for p in ports))
+    return (
+        f"# Written by `gnocchi setup`: the knock port{'s' * (len(ports) > 1)} of "
+        f"{key_file}.\n"
+        "# Run `gnocchi setup` again after changing the server key.\n"
+        "[Socket]\n"
+        "ListenDatagram=\n" + "".join(f"ListenDatagram={p}\n" for p in ports)
+    )
 
 
 SERVICE_DROP_IN = "gnocchi.service.d/keys.conf"
@@ -49,12 +51,16 @@ def service_drop_in_text(cfg: server_config.Config) -> str:
     """gnocchi.service's credentials: a copy of each key file the config uses, that only
     the verifier reads (`gnocchi serve --keys-from %d` finds them by these names). The
     empty LoadCredential= drops the unit's own, so a server without a v1 key starts."""
-    return ("# Written by `gnocchi setup`: the key files of the config, as credentials.\n"
-            "# Run `gnocchi setup` again after changing them.\n"
-            "[Service]\n"
-            "LoadCredential=\n"
-            + "".join(f"LoadCredential={keyring.CREDENTIALS[k]}:{path}\n"
-                      for k, path in keyring.paths(cfg).items()))
+    return (
+        "# Written by `gnocchi setup`: the key files of the config, as credentials.\n"
+        "# Run `gnocchi setup` again after changing them.\n"
+        "[Service]\n"
+        "LoadCredential=\n"
+        + "".join(
+            f"LoadCredential={keyring.CREDENTIALS[k]}:{path}\n"
+            for k, path in keyring.paths(cfg).items()
+        )
+    )
 
 
 def write_if_changed(path: str, text: str) -> bool:
@@ -79,17 +85,17 @@ KEY_FIELD = "GNOCCHI_SERVER_KEY"
 
 
 def key_drop_in_text(fingerprints: str, key_files: str) -> str:
-    return (f"# Written by `gnocchi setup`: every journal entry of this unit names the server\n"
-            f"# keys ({key_files}) by their fingerprints. Run `gnocchi setup` again after\n"
-            "# changing a server key.\n"
-            "[Service]\n"
-            f"LogExtraFields={KEY_FIELD}={fingerprints}\n")
+    return (
+        f"# Written by `gnocchi setup`: every journal entry of this unit names the server\n"
+        f"# keys ({key_files}) by their fingerprints. Run `gnocchi setup` again after\n"
+        "# changing a server key.\n"
+        "[Service]\n"
+        f"LogExtraFields={KEY_FIELD}={fingerprints}\n"
+    )
 
 
 def key_drop_ins(unit_dir: str) -> list[str]:
     return [os.path.join(unit_dir, f"{unit}.d", KEY_DROP_IN) for unit in KEYED_UNITS]
-
-
 
 
 def create_store(state_dir: str) -> str:
@@ -116,52 +122,78 @@ def setup(config_path: str, unit_dir: str) -> str:
     port = ", ".join(map(str, ports))
     fingerprints = ",".join(keyring.fingerprints(ring))
     created = create_store(cfg.state_dir)
-    keyed = [p for p in key_drop_ins(unit_dir)
-             if write_if_changed(p, key_drop_in_text(fingerprints, key_files))]
+    keyed = [
+        p
+        for p in key_drop_ins(unit_dir)
+        if write_if_changed(p, key_drop_in_text(fingerprints, key_files))
+    ]
     if keyed:
-        created += (f"wrote {', '.join(keyed)}: their journal entries name the server keys "
-                    f"{fingerprints} ({KEY_FIELD}; `systemctl daemon-reload` makes "
-                    "it count)\n")
+        created += (
+            f"wrote {', '.join(keyed)}: their journal entries name the server keys "
+            f"{fingerprints} ({KEY_FIELD}; `systemctl daemon-reload` makes "
+            "it count)\n"
+        )
     path = os.path.join(unit_dir, DROP_IN)
     service = os.path.join(unit_dir, SERVICE_DROP_IN)
     if write_if_changed(service, service_drop_in_text(cfg)):
-        created += (f"wrote {service}: gnocchi.service reads {key_files} (`systemctl "
-                    "daemon-reload` makes it count)\n")
+        created += (
+            f"wrote {service}: gnocchi.service reads {key_files} (`systemctl "
+            "daemon-reload` makes it count)\n"
+        )
     if not write_if_changed(path, drop_in_text(ports, key_files)):
-        return (f"{created}{path} already sets UDP port {port} (the knock port of "
-                f"{key_files})\n" + ready(config_path, unit_dir).rstrip("\n"))
-    return (f"{created}wrote {path}: gnocchi.socket listens on UDP port {port}, "
-            f"the knock port of {key_files}\n" + ready(config_path, unit_dir) +
-            "(if gnocchi.socket is already running: "
-            "systemctl daemon-reload && systemctl restart gnocchi.socket)")
+        return (
+            f"{created}{path} already sets UDP port {port} (the knock port of "
+            f"{key_files})\n" + ready(config_path, unit_dir).rstrip("\n")
+        )
+    return (
+        f"{created}wrote {path}: gnocchi.socket listens on UDP port {port}, "
+        f"the knock port of {key_files}\n"
+        + ready(config_path, unit_dir)
+        + "(if gnocchi.socket is already running: "
+        "systemctl daemon-reload && systemctl restart gnocchi.socket)"
+    )
 
 
 def ready(config_path: str, unit_dir: str) -> str:
     """What to run next, after `gnocchi check`'s problems if it has any (issue 11:
     no silent "arm now" when arming would be refused or lock everyone out)."""
     from gnocchi.admin import check  # here: setup works without it
+
     report = check.run(config_path, unit_dir=unit_dir)
     text = "".join(f"warning: {w}\n" for w in report.warnings)
     if not report.ok:
-        text += ("not ready to arm yet; `gnocchi check` says:\n"
-                 + "".join(f"  - {p}\n" for p in report.problems)
-                 + "once `gnocchi check` passes, ")
+        text += (
+            "not ready to arm yet; `gnocchi check` says:\n"
+            + "".join(f"  - {p}\n" for p in report.problems)
+            + "once `gnocchi check` passes, "
+        )
     else:
         text += "next, "
-    return text + ("to arm the firewall and listen: over ssh, `gnocchi arm --trial 300` (it "
-                   "disarms by itself unless you confirm), or at once: "
-                   "systemctl enable --now gnocchi.socket\n")
+    return text + (
+        "to arm the firewall and listen: over ssh, `gnocchi arm --trial 300` (it "
+        "disarms by itself unless you confirm), or at once: "
+        "systemctl enable --now gnocchi.socket\n"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gnocchi setup",
         description="Write gnocchi.socket's drop-in so that it listens on the knock port "
-                    "of the server key named in the config.")
-    p.add_argument("--config", default=server_config.DEFAULT_CONFIG, metavar="FILE",
-                   help=f"server config (default {server_config.DEFAULT_CONFIG})")
-    p.add_argument("--unit-dir", default=UNIT_DIR, metavar="DIR",
-                   help=f"where the drop-in goes (default {UNIT_DIR}; for tests and images)")
+        "of the server key named in the config.",
+    )
+    p.add_argument(
+        "--config",
+        default=server_config.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"server config (default {server_config.DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--unit-dir",
+        default=UNIT_DIR,
+        metavar="DIR",
+        help=f"where the drop-in goes (default {UNIT_DIR}; for tests and images)",
+    )
     return p
 
 
@@ -173,7 +205,9 @@ def main(argv: list[str]) -> int:
         print(f"gnocchi setup: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"gnocchi setup: cannot write {e.filename or args.unit_dir}: "
-              f"{e.strerror or e}", file=sys.stderr)
+        print(
+            f"gnocchi setup: cannot write {e.filename or args.unit_dir}: {e.strerror or e}",
+            file=sys.stderr,
+        )
         return 1
     return 0

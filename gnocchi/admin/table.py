@@ -30,6 +30,7 @@ Guarantees: a refusal changes nothing; every outcome is one journal entry that
 root process may attach its entries to another unit), so the verifier's
 journal is the whole audit trail.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,16 @@ MESSAGE_IDS = {
     "trial": "00e03de13dbd4ef0952d56e4149d903f",
     "arming-fell-back": "443efdca79d74a0189c3a7f186c582e0",
 }
-PRIORITY = {"armed": 5, "arming-refused": 2, "disarmed": 4, "table-missing": 2,
-            "table-changed": 2, "connections-cut": 2, "trial": 4, "arming-fell-back": 3}
+PRIORITY = {
+    "armed": 5,
+    "arming-refused": 2,
+    "disarmed": 4,
+    "table-missing": 2,
+    "table-changed": 2,
+    "connections-cut": 2,
+    "trial": 4,
+    "arming-fell-back": 3,
+}
 ARM_UNIT = "gnocchi-arm.service"
 SOCKET_UNIT = "gnocchi.socket"
 
@@ -74,15 +83,16 @@ def server_key(config_path: str) -> str | None:
     helper's: gnocchi setup's server-key.conf), or None when it cannot be read."""
     from gnocchi.server import config as server_config
     from gnocchi.shared import keys
+
     try:
-        return keys.fingerprint(keys.load_server_key(
-            server_config.load_running(config_path).server_key_file))
+        return keys.fingerprint(
+            keys.load_server_key(server_config.load_running(config_path).server_key_file)
+        )
     except (server_config.ConfigError, keys.KeyFileError):
         return None
 
 
-def log(event: str, message: str, priority: int | None = None, cli: bool = False,
-        **fields) -> None:
+def log(event: str, message: str, priority: int | None = None, cli: bool = False, **fields) -> None:
     """One entry: to the journal when run by a unit, else one line on stderr. A
     command the admin runs (cli=True) prints its own text, and writes the entry to
     the journal whenever there is one: arming by hand belongs in the audit trail."""
@@ -91,20 +101,30 @@ def log(event: str, message: str, priority: int | None = None, cli: bool = False
             print(f"gnocchi: {message}", file=sys.stderr, flush=True)
         return
     from systemd import journal
+
     fields.setdefault("server_key", server_key(CONFIG[0]))
     extra = {f"GNOCCHI_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
-    journal.send(message, MESSAGE_ID=MESSAGE_IDS[event], SYSLOG_IDENTIFIER=IDENTIFIER,
-                 PRIORITY=str(PRIORITY[event] if priority is None else priority),
-                 OBJECT_SYSTEMD_UNIT=VERIFIER_UNIT, GNOCCHI_EVENT=event, **extra)
+    journal.send(
+        message,
+        MESSAGE_ID=MESSAGE_IDS[event],
+        SYSLOG_IDENTIFIER=IDENTIFIER,
+        PRIORITY=str(PRIORITY[event] if priority is None else priority),
+        OBJECT_SYSTEMD_UNIT=VERIFIER_UNIT,
+        GNOCCHI_EVENT=event,
+        **extra,
+    )
 
 
 def refuse(problems: list[str]) -> int:
     for problem in problems:
         log("arming-refused", f"arming refused: {problem}", priority=3, reason=problem)
-    log("arming-refused", f"NOT ARMED: refused to load table inet gnocchi: "
+    log(
+        "arming-refused",
+        f"NOT ARMED: refused to load table inet gnocchi: "
         f"{len(problems)} problem{'s' if len(problems) != 1 else ''} (above; "
         "`gnocchi check` shows them); the table was left as it was",
-        reason="; ".join(problems))
+        reason="; ".join(problems),
+    )
     return 1
 
 
@@ -114,6 +134,7 @@ def load(config_path: str, table_path: str, reload: bool = False) -> int:
     (refusing then would leave the protected ports open), loudly."""
     from gnocchi.admin import check, last_good  # not on rearm's path: time is open ports
     from gnocchi.server import config as server_config
+
     report = check.run(config_path, table_path, last_good=not reload)
     for warning in report.warnings:
         log("armed", f"warning: {warning}", priority=4)
@@ -126,25 +147,41 @@ def load(config_path: str, table_path: str, reload: bool = False) -> int:
         return refuse([str(e)])
     if report.config_error:
         good = report.cfg.path
-        log("arming-fell-back", server_config.fell_back(report.config_error, good),
-            config=config_path, last_good=good, reason=report.config_error)
+        log(
+            "arming-fell-back",
+            server_config.fell_back(report.config_error, good),
+            config=config_path,
+            last_good=good,
+            reason=report.config_error,
+        )
     else:
         recorded, said = last_good.record(config_path)
         if not recorded:
             log("armed", f"warning: {said}", priority=4)
-    log("armed", loaded.describe(table_path) + f" (the ports from {want.ports.source})"
-        + flood_limit(loaded.table.knock_ports()), how=loaded.how, pending=loaded.kept,
+    log(
+        "armed",
+        loaded.describe(table_path)
+        + f" (the ports from {want.ports.source})"
+        + flood_limit(loaded.table.knock_ports()),
+        how=loaded.how,
+        pending=loaded.kept,
         protected=nft_table.show_ports(loaded.table.protected()),
-        knock_port=",".join(map(str, want.knock_ports or [])), config=want.config)
+        knock_port=",".join(map(str, want.knock_ports or [])),
+        config=want.config,
+    )
     # Verified, not assumed: the kernel's table now, against what was loaded.
     try:
         problems = judge(nft_table.live(), loaded.table)
     except nft_table.TableError as e:
         problems = [str(e)]
     if problems:
-        log("table-changed", f"table inet gnocchi is not what was just loaded from "
+        log(
+            "table-changed",
+            f"table inet gnocchi is not what was just loaded from "
             f"{table_path}: {'; '.join(problems)} (changed at the same moment?); "
-            "gnocchi-watch puts it back", reason="; ".join(problems))
+            "gnocchi-watch puts it back",
+            reason="; ".join(problems),
+        )
     return 0
 
 
@@ -153,6 +190,7 @@ def record(config_path: str) -> int:
     to start with as the last good one, if it loads (when it does not, the verifier
     runs the last good copy and says so itself). Never fails the start."""
     from gnocchi.admin import last_good
+
     recorded, said = last_good.record(config_path)
     if not said.endswith(" is the same"):
         print(f"gnocchi: {said}", file=sys.stderr)
@@ -174,8 +212,10 @@ def socket_stop() -> int:
 
 def flood_limit(ports: list | None) -> str:
     if not ports:
-        return ("; NO per-source flood limit: the table file has no set knock_port "
-                "(docs/firewall.md, \"Floods\")")
+        return (
+            "; NO per-source flood limit: the table file has no set knock_port "
+            '(docs/firewall.md, "Floods")'
+        )
     shown = ", ".join(f"{p}/udp" for p in ports)
     return f"; floods from one source to the knock port{'s' * (len(ports) > 1)} {shown} are limited"
 
@@ -185,6 +225,7 @@ def configured_knock_port(config_path: str) -> tuple[list[int] | None, str]:
     gnocchi.socket, or None; why not)."""
     from gnocchi.server import config, keyring
     from gnocchi.shared import keys  # loads nacl: called after the table is back
+
     try:
         return keyring.ports(keyring.load(config.load(config_path))), ""
     except (config.ConfigError, keys.KeyFileError) as e:
@@ -198,8 +239,11 @@ def unload() -> int:
         log("disarmed", f"disarming failed: {e}", priority=2)
         return 1
     if was:  # after a refused first arming there was nothing to remove, nothing to say
-        log("disarmed", "disarmed: table inet gnocchi removed; the protected ports are as "
-            "open as your own rules make them")
+        log(
+            "disarmed",
+            "disarmed: table inet gnocchi removed; the protected ports are as "
+            "open as your own rules make them",
+        )
     return 0
 
 
@@ -215,8 +259,9 @@ def stop() -> int:
 
 def meant_to_be_armed() -> bool:
     """gnocchi-arm.service is active: gnocchi is armed by intent, whatever the kernel has."""
-    return subprocess.run(["systemctl", "is-active", "--quiet", ARM_UNIT],
-                          timeout=30).returncode == 0
+    return (
+        subprocess.run(["systemctl", "is-active", "--quiet", ARM_UNIT], timeout=30).returncode == 0
+    )
 
 
 def judge(live: nft_table.Table | None, reference: nft_table.Table | None) -> list[str]:
@@ -253,19 +298,26 @@ def rearm(config_path: str, table_path: str, by: str, intent_known: bool = False
     return 0 if restore(config_path, table_path, by, live is None, problems) else 1
 
 
-def restore(config_path: str, table_path: str, by: str, missing: bool,
-            problems: list[str]) -> bool:
+def restore(config_path: str, table_path: str, by: str, missing: bool, problems: list[str]) -> bool:
     """Load table_path as the live table, at once (the file replaces a changed table in
     one transaction), then say so; the knock port second. True if it loaded."""
-    event, what = (("table-missing", "was MISSING") if missing else
-                   ("table-changed", "was CHANGED (" + "; ".join(problems) + ")"))
+    event, what = (
+        ("table-missing", "was MISSING")
+        if missing
+        else ("table-changed", "was CHANGED (" + "; ".join(problems) + ")")
+    )
     # Load first, log after: every millisecond here the protected ports are open.
     # No `gnocchi check`: this restores what was armed a moment ago.
     proc = nft_table.nft("-f", table_path)
     if proc.returncode != 0:
-        log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}) and could not "
-            f"be loaded again: {proc.stderr.strip()}; the protected ports are OPEN", by=by,
-            reason="; ".join(problems), how="not-loaded")
+        log(
+            event,
+            f"table inet gnocchi {what} while gnocchi is armed (by {by}) and could not "
+            f"be loaded again: {proc.stderr.strip()}; the protected ports are OPEN",
+            by=by,
+            reason="; ".join(problems),
+            how="not-loaded",
+        )
         return False
     try:
         still = judge(nft_table.live(), None)
@@ -275,14 +327,25 @@ def restore(config_path: str, table_path: str, by: str, missing: bool,
     # takes longer than loading the rules, which protect the usual port (22) at once.
     port, why = configured_knock_port(config_path)
     ported = fill_config_ports(config_path, table_path)
-    limited = (flood_limit(port if nft_table.set_knock_port(port) else None) if port else
-               f"; NO per-source flood limit: cannot tell the knock port: {why}") + ported
-    done = (f"re-armed from {table_path}" if not still else
-            f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}")
-    log(event, f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
-        f"ports were open; {done}{limited}", by=by,
-        knock_port=",".join(map(str, port or [])) or None, reason="; ".join(problems),
-        how="not-whole" if still else "rearmed")
+    limited = (
+        flood_limit(port if nft_table.set_knock_port(port) else None)
+        if port
+        else f"; NO per-source flood limit: cannot tell the knock port: {why}"
+    ) + ported
+    done = (
+        f"re-armed from {table_path}"
+        if not still
+        else f"loaded {table_path} again, but its gate is NOT whole: {'; '.join(still)}"
+    )
+    log(
+        event,
+        f"table inet gnocchi {what} while gnocchi is armed (by {by}): the protected "
+        f"ports were open; {done}{limited}",
+        by=by,
+        knock_port=",".join(map(str, port or [])) or None,
+        reason="; ".join(problems),
+        how="not-whole" if still else "rearmed",
+    )
     return not still
 
 
@@ -290,12 +353,14 @@ def fill_config_ports(config_path: str, table_path: str) -> str:
     """After a bare load of the rules: the protected ports of the config gnocchi runs,
     in one transaction; what to add to the journal entry."""
     from gnocchi.server import config as server_config
+
     try:
         want = nft_table.wanted(config_path, table_path)
     except (server_config.ConfigError, nft_table.TableError) as e:
         return f"; the protected ports as the rules file has them: {e}"
-    proc = nft_table.nft("-f", "-", input=nft_table.fill_script(want.protected, None,
-                                                                want.forwards))
+    proc = nft_table.nft(
+        "-f", "-", input=nft_table.fill_script(want.protected, None, want.forwards)
+    )
     if proc.returncode != 0:
         return f"; the protected ports as the rules file has them: {proc.stderr.strip()}"
     return f"; protecting {nft_table.show_ports(want.protected)}"
@@ -329,24 +394,29 @@ class Watch:
                 self.reference, self.refused = nft_table.expected(self.table_path), ""
             except nft_table.TableError as e:
                 self.reference, self.refused = None, str(e)
-                log("table-changed", f"cannot tell whether table inet gnocchi is the gate "
-                    f"gnocchi loads: {e}; only whether it lets strangers in is checked")
+                log(
+                    "table-changed",
+                    f"cannot tell whether table inet gnocchi is the gate "
+                    f"gnocchi loads: {e}; only whether it lets strangers in is checked",
+                )
         return self.reference
 
     def problems(self, live: nft_table.Table | None, reference) -> list[str]:
         """judge() against the file, but a table that is what was armed (the last one
         found whole) is whole: the file may have changed since, for a reload to load."""
         found = judge(live, reference)
-        if found and live is not None and self.armed is not None and \
-                not judge(live, self.armed):
+        if found and live is not None and self.armed is not None and not judge(live, self.armed):
             return []
-        if found and live is not None and self.armed is None and \
-                not gate.unguarded(live.objects):
+        if found and live is not None and self.armed is None and not gate.unguarded(live.objects):
             # Its first look: a gate that holds but is not the file's, as when an
             # upgrade's reload is still to come. Kept, and said.
-            log("table-changed", f"table inet gnocchi holds its gate but is not what "
+            log(
+                "table-changed",
+                f"table inet gnocchi holds its gate but is not what "
                 f"{self.table_path} makes ({'; '.join(found)}); gnocchi-watch keeps it; "
-                "`systemctl reload gnocchi-arm` loads the file", priority=4)
+                "`systemctl reload gnocchi-arm` loads the file",
+                priority=4,
+            )
             return []
         return found
 
@@ -364,34 +434,46 @@ class Watch:
         if self.snapshot is not None and (problems or live.handle() != self.handle):
             self.cut_strangers(live)
         elif problems:
-            log("connections-cut", "connections that came in while the gate was gone cannot "
+            log(
+                "connections-cut",
+                "connections that came in while the gate was gone cannot "
                 "be told from older ones (gnocchi-watch had not seen the gate whole yet): "
-                "none was cut; `ss -tn state established` lists them", priority=3)
+                "none was cut; `ss -tn state established` lists them",
+                priority=3,
+            )
         # The snapshot first, then a second look: a stranger who came in between the
         # first look and the snapshot must not be taken for an old session.
         taken = cut.snapshot(live.protected())
         again = nft_table.live()
-        if again is not None and again.handle() == live.handle() and \
-                not gate.differences(again.objects, live.objects) and \
-                not gate.unguarded(again.objects):
+        if (
+            again is not None
+            and again.handle() == live.handle()
+            and not gate.differences(again.objects, live.objects)
+            and not gate.unguarded(again.objects)
+        ):
             self.handle, self.snapshot, self.armed = live.handle(), taken, again
 
     def cut_strangers(self, live: nft_table.Table) -> None:
         done, failed = cut.cut(self.snapshot, live.protected())
         if done or failed:
-            log("connections-cut", f"cut {len(done)} connection{'s' if len(done) != 1 else ''} "
+            log(
+                "connections-cut",
+                f"cut {len(done)} connection{'s' if len(done) != 1 else ''} "
                 "to protected ports that came in without a knock while the gate was gone"
                 + (f": {shown(done)}" if done else "")
                 + (f"; could NOT cut {shown(failed)}" if failed else ""),
-                cut=len(done), connections=", ".join((done + failed)[:CUT_FIELD]))
+                cut=len(done),
+                connections=", ".join((done + failed)[:CUT_FIELD]),
+            )
 
 
 CUT_SHOWN, CUT_FIELD = 5, 500  # connections named in the message, in GNOCCHI_CONNECTIONS
 
 
 def shown(items: list[str]) -> str:
-    return ", ".join(items[:CUT_SHOWN]) + (f" and {len(items) - CUT_SHOWN} more"
-                                           if len(items) > CUT_SHOWN else "")
+    return ", ".join(items[:CUT_SHOWN]) + (
+        f" and {len(items) - CUT_SHOWN} more" if len(items) > CUT_SHOWN else ""
+    )
 
 
 def settle(patience: float = 3.0) -> nft_table.Table | None:
@@ -401,8 +483,7 @@ def settle(patience: float = 3.0) -> nft_table.Table | None:
     deadline = time.monotonic() + patience
     while (live := nft_table.live()) is None:
         state = systemctl("is-active", "nftables.service").stdout.strip()
-        if state not in ("activating", "deactivating", "reloading") or \
-                time.monotonic() > deadline:
+        if state not in ("activating", "deactivating", "reloading") or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     return live
@@ -422,15 +503,21 @@ def watch(config_path: str, table_path: str) -> int:
             try:
                 state.check()
             except (nft_table.TableError, OSError) as e:
-                log("table-changed", f"gnocchi-watch could not check table inet gnocchi: {e}",
-                    priority=3)
+                log(
+                    "table-changed",
+                    f"gnocchi-watch could not check table inet gnocchi: {e}",
+                    priority=3,
+                )
         # An event about table inet gnocchi, or the period: look at the kernel itself.
         # Our own reloads replace the table in one transaction: after them it is whole.
         if select.select([fd], [], [], WATCH_PERIOD)[0]:
             data = os.read(fd, 65536)
             if not data:
-                log("table-missing", "nft monitor ended; gnocchi-watch stops (systemd "
-                    "restarts it)", priority=3)
+                log(
+                    "table-missing",
+                    "nft monitor ended; gnocchi-watch stops (systemd restarts it)",
+                    priority=3,
+                )
                 return 1
             *lines, pending = (pending + data).split(b"\n")
             look = any(OURS.match(line) for line in lines)
@@ -442,24 +529,38 @@ def table_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="gnocchi table",
         description="Load or unload table inet gnocchi (what gnocchi-arm.service runs; "
-                    "to arm and disarm use systemctl on gnocchi.socket).")
-    p.add_argument("action", choices=("load", "unload", "stop", "socket-stop", "rearm",
-                                      "watch", "record"),
-                   help="load: check, then load the table keeping pending knocks; "
-                        "unload: remove it; stop: unload unless gnocchi-arm.service is "
-                        "restarting; socket-stop: unload if gnocchi.socket is being "
-                        "stopped; rearm: load it if gnocchi-arm.service is "
-                        "active and the table is missing; watch: rearm whenever the "
-                        "table goes (gnocchi-watch.service); record: keep the config as "
-                        "the last good one if it loads")
+        "to arm and disarm use systemctl on gnocchi.socket).",
+    )
+    p.add_argument(
+        "action",
+        choices=("load", "unload", "stop", "socket-stop", "rearm", "watch", "record"),
+        help="load: check, then load the table keeping pending knocks; "
+        "unload: remove it; stop: unload unless gnocchi-arm.service is "
+        "restarting; socket-stop: unload if gnocchi.socket is being "
+        "stopped; rearm: load it if gnocchi-arm.service is "
+        "active and the table is missing; watch: rearm whenever the "
+        "table goes (gnocchi-watch.service); record: keep the config as "
+        "the last good one if it loads",
+    )
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
-    p.add_argument("--table", default=nft_table.DEFAULT_FILE, metavar="FILE",
-                   help=f"the rules file (default {nft_table.DEFAULT_FILE})")
-    p.add_argument("--by", default="a ruleset flush", metavar="WHAT",
-                   help="rearm: what removed the table, for the journal")
-    p.add_argument("--reload", action="store_true",
-                   help="load: refuse a config that does not load (ExecReload=), rather "
-                        "than arm with its last good copy (ExecStart=)")
+    p.add_argument(
+        "--table",
+        default=nft_table.DEFAULT_FILE,
+        metavar="FILE",
+        help=f"the rules file (default {nft_table.DEFAULT_FILE})",
+    )
+    p.add_argument(
+        "--by",
+        default="a ruleset flush",
+        metavar="WHAT",
+        help="rearm: what removed the table, for the journal",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="load: refuse a config that does not load (ExecReload=), rather "
+        "than arm with its last good copy (ExecStart=)",
+    )
     args = p.parse_args(argv[1:])
     CONFIG[0] = args.config
     if args.action == "load":
@@ -475,6 +576,7 @@ def table_main(argv: list[str]) -> int:
     if args.action == "stop":
         return stop()
     return unload()
+
 
 def systemctl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=120)

@@ -7,6 +7,7 @@ written, fsynced and renamed into place (shared/durable.py) before
 take_counter returns it, and a file that is not a counter is refused, never
 guessed at.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ class CounterError(Exception):
 # Paths are str and os.path, not pathlib: importing pathlib (with urllib.parse
 # and ipaddress) costs the client's start ~3 ms.
 def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(base, "gnocchi")
 
 
@@ -55,8 +57,9 @@ def take_counter(path: str) -> int:
     state_dir = os.path.dirname(path)
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)  # the mode is the last one's only
-        lock_fd = os.open(os.path.splitext(path)[0] + ".lock",
-                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_fd = os.open(
+            os.path.splitext(path)[0] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
     except OSError as e:
         raise CounterError(f"counter state {state_dir}: {e.strerror}") from None
     try:
@@ -71,8 +74,10 @@ def take_counter(path: str) -> int:
         elif _COUNTER_TEXT.fullmatch(raw):
             counter = max(int(raw) + 1, clock_floor())
         else:
-            raise CounterError(f"{path}: corrupt counter file; fix: remove it, the next knock "
-                             "then takes its counter from the clock (see docs/client.md)")
+            raise CounterError(
+                f"{path}: corrupt counter file; fix: remove it, the next knock "
+                "then takes its counter from the clock (see docs/client.md)"
+            )
         if counter > protocol.MAX_COUNTER:
             raise CounterError(f"{path}: counter exhausted; fix: make a new client key")
         durable.replace_file(path, b"%d\n" % counter, 0o600)

@@ -10,6 +10,7 @@ answers, so the only input from the network is the TCP stream relayed in
 Guarantees: a counter is used at most once per (server key, client key) on
 this machine (client/counter.py stores it durably before the packet is sent).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,9 @@ def check_request(text: str) -> bytes:
     except UnicodeEncodeError:
         raise KnockError("the request is not UTF-8 text") from None
     if len(data) > protocol.MAX_BODY:
-        raise KnockError(f"request is {len(data)} bytes; at most {protocol.MAX_BODY} fit "
-                         "in a knock")
+        raise KnockError(
+            f"request is {len(data)} bytes; at most {protocol.MAX_BODY} fit in a knock"
+        )
     return data
 
 
@@ -75,14 +77,19 @@ def check_proxy_port(data: bytes, port: int) -> None:
     must open that one, or every knock would be spent on a connect that cannot
     come up. An empty request is the server's default, which only it knows."""
     request = knock_request.parse(data) if data else None
-    if (isinstance(request, (knock_request.Open, knock_request.OpenPorts))
-            and knock_request.Open(port, "tcp") not in request.opens):
-        raise KnockError(f"--proxy connects to TCP port {port}, but the request "
-                         f"'{request}' does not open it: add {port} to the request")
+    if (
+        isinstance(request, (knock_request.Open, knock_request.OpenPorts))
+        and knock_request.Open(port, "tcp") not in request.opens
+    ):
+        raise KnockError(
+            f"--proxy connects to TCP port {port}, but the request "
+            f"'{request}' does not open it: add {port} to the request"
+        )
 
 
-def resolve(host: str, port: int, need_ipv4: bool,
-            family: int = socket.AF_UNSPEC) -> list[tuple[int, str]]:
+def resolve(
+    host: str, port: int, need_ipv4: bool, family: int = socket.AF_UNSPEC
+) -> list[tuple[int, str]]:
     """(family, address) of each address of host, in the order ssh tries them
     (getaddrinfo's, RFC 6724), IPv4 only when need_ipv4 (a v1 knock signing the
     address it is sent to); family: -4 or -6."""
@@ -99,17 +106,24 @@ def resolve(host: str, port: int, need_ipv4: bool,
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
             raise KnockError(f"{host} does not resolve: {e.strerror}") from None
-        found = list(dict.fromkeys((fam, sockaddr[0]) for fam, _, _, _, sockaddr in infos
-                                   if fam in (socket.AF_INET, socket.AF_INET6)))
+        found = list(
+            dict.fromkeys(
+                (fam, sockaddr[0])
+                for fam, _, _, _, sockaddr in infos
+                if fam in (socket.AF_INET, socket.AF_INET6)
+            )
+        )
     wanted = socket.AF_INET if need_ipv4 else family
     usable = [f for f in found if wanted in (socket.AF_UNSPEC, f[0])]
     if usable:
         return usable
     if need_ipv4:
-        raise KnockError(f"{host} has no IPv4 address; knock protocol v1 signs the server's "
-                         "IPv4 address: give an IPv4 name or address, --sign-ip with the "
-                         "server's IPv4 address, or knock with protocol v2 (the server's "
-                         "public key), which signs IPv6 addresses too")
+        raise KnockError(
+            f"{host} has no IPv4 address; knock protocol v1 signs the server's "
+            "IPv4 address: give an IPv4 name or address, --sign-ip with the "
+            "server's IPv4 address, or knock with protocol v2 (the server's "
+            "public key), which signs IPv6 addresses too"
+        )
     raise KnockError(f"{host} has no IPv{4 if family == socket.AF_INET else 6} address")
 
 
@@ -117,15 +131,27 @@ class Knock:
     """Everything one knock needs, checked: keys loaded, request parsed, addresses
     resolved. v2 (PROTOCOL.md) when given the server's public key, else v1."""
 
-    def __init__(self, host: str, server_key_file, client_key_file, state_dir,
-                 sign_ip: str | None, request: bytes, server_public: bytes | None = None,
-                 family: int = socket.AF_UNSPEC, next_public: bytes | None = None):
+    def __init__(
+        self,
+        host: str,
+        server_key_file,
+        client_key_file,
+        state_dir,
+        sign_ip: str | None,
+        request: bytes,
+        server_public: bytes | None = None,
+        family: int = socket.AF_UNSPEC,
+        next_public: bytes | None = None,
+    ):
         # v2 seals to the public key, v1 to the shared key; each names its knock port.
         # During a rotation the next key first: the server takes it from the start of
         # the overlap; the current one is --proxy's fallback (a rotation undone).
         self.v2 = server_public is not None
-        self.server_keys = ([k for k in (next_public, server_public) if k] if self.v2
-                            else [keys.load_server_key(server_key_file)])
+        self.server_keys = (
+            [k for k in (next_public, server_public) if k]
+            if self.v2
+            else [keys.load_server_key(server_key_file)]
+        )
         self.seed = keys.load_secret(client_key_file)
         self.state_dir = state_dir
         self.use(self.server_keys[0])
@@ -136,13 +162,16 @@ class Knock:
 
     def use(self, server_key: bytes) -> None:
         self.server_key, self.port = server_key, protocol.knock_port(server_key)
-        self.counter_file = client_counter.counter_path(self.state_dir, server_key,
-                                                        keys.public_of(self.seed))
+        self.counter_file = client_counter.counter_path(
+            self.state_dir, server_key, keys.public_of(self.seed)
+        )
 
     def describe(self, counter: int) -> str:
         what = "v2, server public key" if self.v2 else "server key"
-        return (f"knocked {self.address} port {self.port} ({what} "
-                f"{keys.fingerprint(self.server_key)}, counter {counter}")
+        return (
+            f"knocked {self.address} port {self.port} ({what} "
+            f"{keys.fingerprint(self.server_key)}, counter {counter}"
+        )
 
     def send(self, target: tuple[int, str] | None = None, server_key: bytes | None = None) -> int:
         """Take a counter, store it, then send to target (default: the first
@@ -153,25 +182,30 @@ class Knock:
         signed = self.sign_ip or self.address
         if self.v2:
             packet = seal.build_packet2(
-                self.server_key, self.seed, counter, self.request, socket.inet_pton(
-                    socket.AF_INET6 if ":" in signed else socket.AF_INET, signed))
+                self.server_key,
+                self.seed,
+                counter,
+                self.request,
+                socket.inet_pton(socket.AF_INET6 if ":" in signed else socket.AF_INET, signed),
+            )
         else:
-            packet = seal.build_packet(self.server_key, self.seed, counter, self.request,
-                                           socket.inet_aton(signed))
+            packet = seal.build_packet(
+                self.server_key, self.seed, counter, self.request, socket.inet_aton(signed)
+            )
         try:
             with socket.socket(self.family, socket.SOCK_DGRAM) as s:
                 s.sendto(packet, (self.address, self.port))
         except OSError as e:
-            raise KnockError(f"cannot send to {self.address} port {self.port}: "
-                             f"{e.strerror}") from None
+            raise KnockError(
+                f"cannot send to {self.address} port {self.port}: {e.strerror}"
+            ) from None
         return counter
-
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
@@ -199,8 +233,9 @@ def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
             _write_all(fd_out, data)
 
 
-def connect(family: int, address: str, port: int, timeout: float, sent: float,
-            clock=time.monotonic) -> socket.socket:
+def connect(
+    family: int, address: str, port: int, timeout: float, sent: float, clock=time.monotonic
+) -> socket.socket:
     """A TCP connection to (address, port), tried at SYN_AT after `sent` (the knock's
     clock()), one at a time, until one connects within timeout of it; OSError if none."""
     starts, deadline, tries = [sent + at for at in SYN_AT], sent + timeout, []
@@ -240,8 +275,10 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
         # As ssh would: its addresses in order, each knocked, then connected to.
-        counter = knock.send(knock.targets[(attempt - 1) % len(knock.targets)],
-                             knock.server_keys[(attempt - 1) % len(knock.server_keys)])
+        counter = knock.send(
+            knock.targets[(attempt - 1) % len(knock.targets)],
+            knock.server_keys[(attempt - 1) % len(knock.server_keys)],
+        )
         say(f"{knock.describe(counter)}, attempt {attempt}/{attempts})")
         try:
             conn = connect(knock.family, knock.address, port, timeout, started)
@@ -250,14 +287,17 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
             if attempt < attempts:  # give the server time before spending another counter
                 time.sleep(max(0.0, RETRY_PAUSE - (time.monotonic() - started)))
             continue
-        say(f"connected to {knock.address} port {port} "
-            f"{(time.monotonic() - started) * 1000:.0f} ms after the knock")
+        say(
+            f"connected to {knock.address} port {port} "
+            f"{(time.monotonic() - started) * 1000:.0f} ms after the knock"
+        )
         with conn:
             try:
                 relay(conn)
             except OSError as e:
-                raise KnockError(f"connection to {knock.address} port {port} ended: "
-                                 f"{e.strerror or e}") from None
+                raise KnockError(
+                    f"connection to {knock.address} port {port} ended: {e.strerror or e}"
+                ) from None
         return
     raise KnockError(
         f"no connection to {' or '.join(dict.fromkeys(a for _, a in knock.targets[:attempts]))} "
@@ -268,7 +308,8 @@ def proxy(knock: Knock, port: int, attempts: int, timeout: float, say) -> None:
         f"{knock.port}: `gnocchi doctor` on the server checks), the server has another server "
         f"key (compare the fingerprint with `gnocchi status`), the server does not know your "
         f"key or lets it open something else (`journalctl -u gnocchi` there says), or port "
-        f"{port} is not protected and closed. -v shows each try")
+        f"{port} is not protected and closed. -v shows each try"
+    )
 
 
 def path_argument(text: str) -> str:
@@ -294,61 +335,133 @@ def help_formatter(prog: str) -> argparse.HelpFormatter:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gnocchi-knock", formatter_class=help_formatter,
-        description="Send one gnocchi knock to HOST (or to a profile's host); see docs/client.md.")
-    p.add_argument("host", nargs="?", metavar="HOST",
-                   help="server name or address; also selects the profile of that name or host")
-    p.add_argument("--config", type=path_argument, metavar="FILE",
-                   help="profile file (default ~/.config/gnocchi/knock.toml)")
+        prog="gnocchi-knock",
+        formatter_class=help_formatter,
+        description="Send one gnocchi knock to HOST (or to a profile's host); see docs/client.md.",
+    )
+    p.add_argument(
+        "host",
+        nargs="?",
+        metavar="HOST",
+        help="server name or address; also selects the profile of that name or host",
+    )
+    p.add_argument(
+        "--config",
+        type=path_argument,
+        metavar="FILE",
+        help="profile file (default ~/.config/gnocchi/knock.toml)",
+    )
     p.add_argument("--profile", metavar="NAME", help="use this profile from the config")
-    p.add_argument("--server-key-file", type=path_argument, metavar="FILE",
-                   help="the server key (knock protocol v1)")
-    p.add_argument("--server-public-key", metavar="HEX",
-                   help="the server's public key: knock with protocol v2")
+    p.add_argument(
+        "--server-key-file",
+        type=path_argument,
+        metavar="FILE",
+        help="the server key (knock protocol v1)",
+    )
+    p.add_argument(
+        "--server-public-key", metavar="HEX", help="the server's public key: knock with protocol v2"
+    )
     fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="family", action="store_const", const=socket.AF_INET,
-                     default=socket.AF_UNSPEC, help="IPv4 addresses only (as ssh -4)")
-    fam.add_argument("-6", dest="family", action="store_const", const=socket.AF_INET6,
-                     help="IPv6 addresses only (as ssh -6)")
+    fam.add_argument(
+        "-4",
+        dest="family",
+        action="store_const",
+        const=socket.AF_INET,
+        default=socket.AF_UNSPEC,
+        help="IPv4 addresses only (as ssh -4)",
+    )
+    fam.add_argument(
+        "-6",
+        dest="family",
+        action="store_const",
+        const=socket.AF_INET6,
+        help="IPv6 addresses only (as ssh -6)",
+    )
     p.add_argument("--client-key-file", type=path_argument, metavar="FILE")
-    p.add_argument("--state-dir", type=path_argument, metavar="DIR",
-                   help="counter state (default ~/.local/state/gnocchi)")
-    p.add_argument("--sign-ip", metavar="ADDRESS",
-                   help="the server's address to sign (server behind NAT; IPv4, or with v2 "
-                        "IPv6 too); default: the address the knock is sent to")
+    p.add_argument(
+        "--state-dir",
+        type=path_argument,
+        metavar="DIR",
+        help="counter state (default ~/.local/state/gnocchi)",
+    )
+    p.add_argument(
+        "--sign-ip",
+        metavar="ADDRESS",
+        help="the server's address to sign (server behind NAT; IPv4, or with v2 "
+        "IPv6 too); default: the address the knock is sent to",
+    )
     req = p.add_mutually_exclusive_group()
-    req.add_argument("--request", metavar="TEXT",
-                     help='"open PORT[/tcp|/udp] ..." (up to 8 ports) or "run NAME"; default: '
-                          "the profile's, else empty (the server's default for this client)")
-    req.add_argument("--open", metavar="PORT[/PROTO]", action="append",
-                     help='shorthand for --request "open PORT"; repeated, one knock opens '
-                          'them all (--open 22 --open 60001/udp)')
+    req.add_argument(
+        "--request",
+        metavar="TEXT",
+        help='"open PORT[/tcp|/udp] ..." (up to 8 ports) or "run NAME"; default: '
+        "the profile's, else empty (the server's default for this client)",
+    )
+    req.add_argument(
+        "--open",
+        metavar="PORT[/PROTO]",
+        action="append",
+        help='shorthand for --request "open PORT"; repeated, one knock opens '
+        "them all (--open 22 --open 60001/udp)",
+    )
     req.add_argument("--run", metavar="NAME", help='shorthand for --request "run NAME"')
-    p.add_argument("--payload", metavar="FILE",
-                   help="with --run: send FILE's contents (- for standard input) as the payload")
-    p.add_argument("--proxy", nargs=2, metavar=("HOST", "PORT"),
-                   help="for ssh's ProxyCommand: knock HOST, connect to TCP PORT, relay "
-                        "stdin/stdout; a request that opens ports must open PORT/tcp among them")
-    p.add_argument("--attempts", type=int, default=ATTEMPTS,
-                   help=f"--proxy: knocks before giving up (default {ATTEMPTS})")
-    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
-                   help=f"--proxy: wait per connect (default {CONNECT_TIMEOUT:g})")
+    p.add_argument(
+        "--payload",
+        metavar="FILE",
+        help="with --run: send FILE's contents (- for standard input) as the payload",
+    )
+    p.add_argument(
+        "--proxy",
+        nargs=2,
+        metavar=("HOST", "PORT"),
+        help="for ssh's ProxyCommand: knock HOST, connect to TCP PORT, relay "
+        "stdin/stdout; a request that opens ports must open PORT/tcp among them",
+    )
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=ATTEMPTS,
+        help=f"--proxy: knocks before giving up (default {ATTEMPTS})",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"--proxy: wait per connect (default {CONNECT_TIMEOUT:g})",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="say what was sent, on stderr")
     key = p.add_mutually_exclusive_group()
-    key.add_argument("--keygen", nargs="?", const="", metavar="FILE",
-                     help="make a client key instead of knocking (default "
-                          "~/.config/gnocchi/client.key) and print its public key")
-    key.add_argument("--pubkey", nargs="?", const="", metavar="FILE",
-                     help="print the public key of a client key instead of knocking (default "
-                          "~/.config/gnocchi/client.key), for the server's admin")
+    key.add_argument(
+        "--keygen",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="make a client key instead of knocking (default "
+        "~/.config/gnocchi/client.key) and print its public key",
+    )
+    key.add_argument(
+        "--pubkey",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="print the public key of a client key instead of knocking (default "
+        "~/.config/gnocchi/client.key), for the server's admin",
+    )
     p.add_argument("--version", action="version", version=f"gnocchi-knock {__version__}")
-    p.add_argument("--add", metavar="LINE",
-                   help="instead of knocking, write the profile and the ~/.ssh/config block "
-                        "of the server's onboarding line ('gnocchi://...', from `gnocchi "
-                        "add-client`)")
-    p.add_argument("--ssh-config", metavar="FILE", default=None,
-                   help="--add: ssh's config to add the Host block to (default ~/.ssh/config;"
-                        " '' for none)")
+    p.add_argument(
+        "--add",
+        metavar="LINE",
+        help="instead of knocking, write the profile and the ~/.ssh/config block "
+        "of the server's onboarding line ('gnocchi://...', from `gnocchi "
+        "add-client`)",
+    )
+    p.add_argument(
+        "--ssh-config",
+        metavar="FILE",
+        default=None,
+        help="--add: ssh's config to add the Host block to (default ~/.ssh/config; '' for none)",
+    )
     return p
 
 
@@ -397,21 +510,38 @@ def build(args) -> Knock:
     client_key_file = args.client_key_file or (prof.client_key_file if prof else None)
     if args.server_public_key and args.server_key_file:
         raise KnockError("give either --server-public-key (v2) or --server-key-file (v1)")
-    server_public = (profile.parse_public_key(args.server_public_key, "--server-public-key")
-                     if args.server_public_key else None if args.server_key_file
-                     else prof.server_public_key if prof else None)
-    next_public = (prof.next_server_public_key if prof and server_public
-                   and server_public == prof.server_public_key else None)
+    server_public = (
+        profile.parse_public_key(args.server_public_key, "--server-public-key")
+        if args.server_public_key
+        else None
+        if args.server_key_file
+        else prof.server_public_key
+        if prof
+        else None
+    )
+    next_public = (
+        prof.next_server_public_key
+        if prof and server_public and server_public == prof.server_public_key
+        else None
+    )
     if not host:
         raise KnockError("no server: give HOST, or a profile with host = ... (docs/client.md)")
     if not server_key_file and not server_public:
-        raise KnockError("no server key: give --server-public-key HEX (v2), "
-                         "--server-key-file FILE (v1), or a profile with either")
+        raise KnockError(
+            "no server key: give --server-public-key HEX (v2), "
+            "--server-key-file FILE (v1), or a profile with either"
+        )
     if not client_key_file:
-        raise KnockError("no client key: give --client-key-file FILE or a profile "
-                         "with client_key_file")
-    sign_ip = (profile.parse_sign_ip(args.sign_ip, "--sign-ip", server_public is not None)
-               if args.sign_ip else prof.sign_ip if prof else None)
+        raise KnockError(
+            "no client key: give --client-key-file FILE or a profile with client_key_file"
+        )
+    sign_ip = (
+        profile.parse_sign_ip(args.sign_ip, "--sign-ip", server_public is not None)
+        if args.sign_ip
+        else prof.sign_ip
+        if prof
+        else None
+    )
     text = _request_text(args, prof)
     try:
         request = check_request(text)
@@ -420,8 +550,17 @@ def build(args) -> Knock:
             raise KnockError(f"{config}: profiles.{prof.name}.request: {e}") from None
         raise
     state_dir = args.state_dir or client_counter.default_state_dir()
-    return Knock(host, server_key_file, client_key_file, state_dir,
-                 sign_ip, request, server_public, args.family, next_public)
+    return Knock(
+        host,
+        server_key_file,
+        client_key_file,
+        state_dir,
+        sign_ip,
+        request,
+        server_public,
+        args.family,
+        next_public,
+    )
 
 
 def main(argv=None) -> int:
@@ -435,19 +574,30 @@ def main(argv=None) -> int:
         if args.keygen is not None:  # the client's own keygen: no server package needed
             path = args.keygen or default_client_key()
             print(keys.create_client_key(path).hex())
-            print(f"gnocchi-knock: made {path}; give the public key above to the server's admin "
-                  "(gnocchi add-client NAME PUBKEY)", file=sys.stderr)
+            print(
+                f"gnocchi-knock: made {path}; give the public key above to the server's admin "
+                "(gnocchi add-client NAME PUBKEY)",
+                file=sys.stderr,
+            )
             return 0
         if args.pubkey is not None:  # the public key again, whenever the admin asks
             print(keys.public_of(keys.load_secret(args.pubkey or default_client_key())).hex())
             return 0
         if args.add is not None:  # onboarding: no knock
             from gnocchi.client import onboard
-            ssh_config = (os.path.join(os.path.expanduser("~"), ".ssh", "config")
-                          if args.ssh_config is None else args.ssh_config)
+
+            ssh_config = (
+                os.path.join(os.path.expanduser("~"), ".ssh", "config")
+                if args.ssh_config is None
+                else args.ssh_config
+            )
             try:
-                done = onboard.add(args.add, args.config or profile.default_config_path(),
-                                   args.client_key_file, ssh_config)
+                done = onboard.add(
+                    args.add,
+                    args.config or profile.default_config_path(),
+                    args.client_key_file,
+                    ssh_config,
+                )
             except (onboard.AddError, OSError) as e:
                 raise KnockError(str(e)) from None
             print(f"gnocchi-knock: {done}", file=sys.stderr)
@@ -460,8 +610,9 @@ def main(argv=None) -> int:
         if not 0 < args.connect_timeout <= 60:
             raise KnockError("--connect-timeout must be above 0 and at most 60 seconds")
         if args.proxy and args.payload == "-":
-            raise KnockError("--payload - reads standard input, which --proxy relays: "
-                             "give the payload in a file")
+            raise KnockError(
+                "--payload - reads standard input, which --proxy relays: give the payload in a file"
+            )
         knock = build(args)
         if port is not None:
             check_proxy_port(knock.request, port)  # before any counter is spent
@@ -473,8 +624,7 @@ def main(argv=None) -> int:
             # so the other would be a replay (docs/client.md, "IPv6").
             counter = knock.send()
             say(f"{knock.describe(counter)})")
-    except (KnockError, client_counter.CounterError, keys.KeyFileError,
-            profile.ProfileError) as e:
+    except (KnockError, client_counter.CounterError, keys.KeyFileError, profile.ProfileError) as e:
         print(f"gnocchi-knock: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ this very program's absolute path (a venv or pipx install works as it is),
 is appended to ~/.ssh/config unless a `Host` line for the host is already
 there. Nothing secret is read from the line or written anywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,20 +48,26 @@ def without_profile(text: str, name: str) -> str:
         raise AddError(f"[profiles.{name}] appears {len(starts)} times; edit the file by hand")
     if not starts:
         return text
-    end = next((i for i in range(starts[0] + 1, len(lines))
-                if re.match(r"^[ \t]*\[", lines[i])), len(lines))
-    return "".join(lines[:starts[0]] + lines[end:])
+    end = next(
+        (i for i in range(starts[0] + 1, len(lines)) if re.match(r"^[ \t]*\[", lines[i])),
+        len(lines),
+    )
+    return "".join(lines[: starts[0]] + lines[end:])
 
 
 def profile_text(o: onboarding.Onboarding, client_key_file: str) -> str:
-    lines = [f"[profiles.{toml_string(o.host)}]",
-             f"host = {toml_string(o.host)}",
-             f"server_public_key = \"{o.public.hex()}\"  # fingerprint "
-             f"{keys.fingerprint(o.public)}, knock port {o.port}",
-             f"client_key_file = {toml_string(client_key_file)}"]
+    lines = [
+        f"[profiles.{toml_string(o.host)}]",
+        f"host = {toml_string(o.host)}",
+        f'server_public_key = "{o.public.hex()}"  # fingerprint '
+        f"{keys.fingerprint(o.public)}, knock port {o.port}",
+        f"client_key_file = {toml_string(client_key_file)}",
+    ]
     if o.next_public:
-        lines.append(f"next_server_public_key = \"{o.next_public.hex()}\"  # fingerprint "
-                     f"{keys.fingerprint(o.next_public)}: a rotation's next key, knocked with")
+        lines.append(
+            f'next_server_public_key = "{o.next_public.hex()}"  # fingerprint '
+            f"{keys.fingerprint(o.next_public)}: a rotation's next key, knocked with"
+        )
     if o.request:
         lines.append(f"request = {toml_string(o.request)}")
     return "\n".join(lines) + "\n"
@@ -81,11 +88,17 @@ def write_profile(path: str, o: onboarding.Onboarding, client_key_file: str) -> 
     def check(tmp: str) -> None:
         new = profile.load(tmp)[0]
         mine = new.get(o.host)
-        if (mine is None or mine.server_public_key != o.public or mine.host != o.host
-                or {n: p for n, p in new.items() if n != o.host}
-                != {n: p for n, p in old.items() if n != o.host}):
-            raise AddError(f"{path}: the edit would change more than profile {o.host} (the file "
-                           "is written in a way this tool does not follow); add it by hand")
+        if (
+            mine is None
+            or mine.server_public_key != o.public
+            or mine.host != o.host
+            or {n: p for n, p in new.items() if n != o.host}
+            != {n: p for n, p in old.items() if n != o.host}
+        ):
+            raise AddError(
+                f"{path}: the edit would change more than profile {o.host} (the file "
+                "is written in a way this tool does not follow); add it by hand"
+            )
 
     durable.replace_file(path, new_text.encode("utf-8"), mode, check=check)
 
@@ -99,9 +112,12 @@ def own_command() -> str:
         command = shlex.quote(argv0)
     else:
         import gnocchi
+
         root = os.path.dirname(os.path.dirname(os.path.abspath(gnocchi.__file__)))
-        command = (f"env PYTHONPATH={shlex.quote(root)} {shlex.quote(sys.executable)} "
-                   "-m gnocchi.client.knock")
+        command = (
+            f"env PYTHONPATH={shlex.quote(root)} {shlex.quote(sys.executable)} "
+            "-m gnocchi.client.knock"
+        )
     return command.replace("%", "%%")  # ssh expands %-tokens in ProxyCommand
 
 
@@ -114,15 +130,24 @@ def add_ssh_block(path: str, host: str) -> str:
         text = ""
         keys.make_private_dirs(os.path.dirname(os.path.abspath(path)))
     proxy = f"ProxyCommand {own_command()} --proxy %h %p"
-    if any(line.split()[1:] == [host] and line.split()[0].lower() == "host"
-           for line in text.splitlines() if line.split()):
+    if any(
+        line.split()[1:] == [host] and line.split()[0].lower() == "host"
+        for line in text.splitlines()
+        if line.split()
+    ):
         if proxy in text:
             return f"{path} has `Host {host}` already: `ssh {host}` knocks by itself"
-        return (f"{path} already has a `Host {host}` block, left as it is (for ssh to knock "
-                f"by itself, it needs: {proxy})")
+        return (
+            f"{path} already has a `Host {host}` block, left as it is (for ssh to knock "
+            f"by itself, it needs: {proxy})"
+        )
     block = f"Host {host}\n    {proxy}\n"
-    new_text = text + ("\n" if text and not text.endswith("\n") else "") + \
-        ("\n" if text.strip() else "") + block
+    new_text = (
+        text
+        + ("\n" if text and not text.endswith("\n") else "")
+        + ("\n" if text.strip() else "")
+        + block
+    )
     mode = stat.S_IMODE(os.stat(path).st_mode) if text else 0o600
     durable.replace_file(path, new_text.encode("utf-8"), mode)
     return f"added `Host {host}` to {path}: `ssh {host}` knocks by itself"
@@ -139,11 +164,18 @@ def add(line: str, config_path: str, client_key_file: str | None, ssh_config: st
     try:
         keys.load_secret(key_file)
     except keys.KeyFileError as e:
-        raise AddError(f"{e}; make your key first: gnocchi-knock --keygen "
-                       "(then give its public key to the server's admin)") from None
-    shown_key = (os.path.relpath(key_file, config_dir)
-                 if os.path.dirname(key_file) == config_dir else key_file)
+        raise AddError(
+            f"{e}; make your key first: gnocchi-knock --keygen "
+            "(then give its public key to the server's admin)"
+        ) from None
+    shown_key = (
+        os.path.relpath(key_file, config_dir)
+        if os.path.dirname(key_file) == config_dir
+        else key_file
+    )
     write_profile(config_path, o, shown_key)
     done = ssh_config and add_ssh_block(ssh_config, o.host)
-    return (f"wrote profile {o.host} to {config_path} (server public key fingerprint "
-            f"{keys.fingerprint(o.public)}, knock port {o.port})" + (f"; {done}" if done else ""))
+    return (
+        f"wrote profile {o.host} to {config_path} (server public key fingerprint "
+        f"{keys.fingerprint(o.public)}, knock port {o.port})" + (f"; {done}" if done else "")
+    )

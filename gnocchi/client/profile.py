@@ -16,6 +16,7 @@ relative to the config file's directory. Example (see docs/client.md):
     sign_ip = "203.0.113.7"          # optional: the server's public address (NAT)
     request = "open 22 60001/udp"     # optional: default request (one port or several)
 """
+
 from __future__ import annotations
 
 import os
@@ -31,12 +32,23 @@ class ProfileError(Exception):
 # A named tuple, not a dataclass: importing dataclasses costs the client's
 # start several milliseconds. name, host, sign_ip, request: str; the key
 # files: pathlib.Path; each but name None when the profile does not set it.
-Profile = namedtuple("Profile", "name host server_key_file client_key_file sign_ip request "
-                     "server_public_key next_server_public_key", defaults=(None,) * 7)
+Profile = namedtuple(
+    "Profile",
+    "name host server_key_file client_key_file sign_ip request "
+    "server_public_key next_server_public_key",
+    defaults=(None,) * 7,
+)
 
 
-_STRING_KEYS = ("host", "server_key_file", "client_key_file", "sign_ip", "request",
-                "server_public_key", "next_server_public_key")
+_STRING_KEYS = (
+    "host",
+    "server_key_file",
+    "client_key_file",
+    "sign_ip",
+    "request",
+    "server_public_key",
+    "next_server_public_key",
+)
 
 
 def default_config_path() -> str:
@@ -48,22 +60,31 @@ def parse_sign_ip(text: str, what: str, v2: bool = False) -> str:
     """An IPv4 address (or with v2, an IPv6 one too), canonical; ProfileError naming
     `what` if not one."""
     import ipaddress  # only for --sign-ip / sign_ip: a plain knock does not pay for it
+
     try:
         return str(ipaddress.ip_address(text) if v2 else ipaddress.IPv4Address(text))
     except ValueError:
-        raise ProfileError(f"{what}: {text!r} is not an {'IP' if v2 else 'IPv4'} address"
-                           + ("" if v2 else " (knock protocol v1 signs an IPv4 address; v2, "
-                              "with a server_public_key, signs either)")) from None
+        raise ProfileError(
+            f"{what}: {text!r} is not an {'IP' if v2 else 'IPv4'} address"
+            + (
+                ""
+                if v2
+                else " (knock protocol v1 signs an IPv4 address; v2, "
+                "with a server_public_key, signs either)"
+            )
+        ) from None
 
 
 def parse_public_key(text: str, what: str) -> bytes:
     """A server public key, 64 hex characters; ProfileError naming `what` if not one."""
     from gnocchi.shared.keys import parse_public_hex
+
     try:
         return parse_public_hex(text, what)
     except ValueError as e:
-        raise ProfileError(str(e).replace("`gnocchi pubkey`", "the server's onboarding "
-                                          "line")) from None
+        raise ProfileError(
+            str(e).replace("`gnocchi pubkey`", "the server's onboarding line")
+        ) from None
 
 
 def _profile(where: checked_toml.Where, name: str, table) -> Profile:
@@ -71,6 +92,7 @@ def _profile(where: checked_toml.Where, name: str, table) -> Profile:
     where.table(table, key, set(_STRING_KEYS))
     values = {k: where.string(v, f"{key}.{k}") for k, v in table.items()}
     from pathlib import Path  # only with a profile file: a knock with flags alone skips it
+
     for k in ("server_key_file", "client_key_file"):
         if k in values:
             # relative to the config file, so a profile works from any directory
@@ -79,11 +101,14 @@ def _profile(where: checked_toml.Where, name: str, table) -> Profile:
         if k in values:
             values[k] = parse_public_key(values[k], f"{where.path}: {key}.{k}")
     if "next_server_public_key" in values and "server_public_key" not in values:
-        raise where.error(f"{key}.next_server_public_key", "goes with server_public_key "
-                          "(a rotation's next key beside the current one)")
+        raise where.error(
+            f"{key}.next_server_public_key",
+            "goes with server_public_key (a rotation's next key beside the current one)",
+        )
     if "sign_ip" in values:
-        values["sign_ip"] = parse_sign_ip(values["sign_ip"], f"{where.path}: {key}.sign_ip",
-                                          "server_public_key" in values)
+        values["sign_ip"] = parse_sign_ip(
+            values["sign_ip"], f"{where.path}: {key}.sign_ip", "server_public_key" in values
+        )
     if "request" in values:
         # The verifier's own grammar: a request the server would refuse as
         # malformed never costs a counter.
@@ -97,16 +122,19 @@ def load(path) -> tuple[dict[str, Profile], str | None]:
     """Profiles by name, and the name of the default profile (or None)."""
     where = checked_toml.Where(path, ProfileError)
     doc = where.table(where.read(), "", {"default", "profiles"})
-    profiles = {name: _profile(where, name, table)
-                for name, table in where.entries(doc.get("profiles", {}), "profiles")}
+    profiles = {
+        name: _profile(where, name, table)
+        for name, table in where.entries(doc.get("profiles", {}), "profiles")
+    }
     default = doc.get("default")
     if default is not None and default not in profiles:
         raise where.error("default", f"{default!r} names no [profiles.NAME] table")
     return profiles, default
 
 
-def select(profiles: dict[str, Profile], default: str | None, path,
-           wanted: str | None, host: str | None) -> Profile | None:
+def select(
+    profiles: dict[str, Profile], default: str | None, path, wanted: str | None, host: str | None
+) -> Profile | None:
     """The profile for this knock: --profile NAME, else one named HOST or with host = HOST,
     else the default profile when no HOST is given; None means flags only."""
     if wanted is not None:

@@ -12,6 +12,7 @@ verifier's (the unit hides the server key, the counter store and
 timeout after the request: systemd then kills whatever the action left in
 the unit's cgroup, even in a new session.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,17 @@ import sys
 from dataclasses import dataclass
 
 from gnocchi.server import actions, config, strict
+
 # The action socket's format, written once: the verifier's side defines it.
-from gnocchi.server.action_client import (EXITED, NOT_STARTED, REFUSED, REPLY, REQUEST, TIMED_OUT,
-                                          VERSION)
+from gnocchi.server.action_client import (
+    EXITED,
+    NOT_STARTED,
+    REFUSED,
+    REPLY,
+    REQUEST,
+    TIMED_OUT,
+    VERSION,
+)
 from gnocchi.shared import protocol
 
 NAME_MAX = 64  # config.NAME
@@ -59,23 +68,23 @@ def parse_request(message: bytes) -> Request | str:
         source = ipaddress.IPv6Address(address)
     else:
         return f"address family {family}"
-    names = message[REQUEST.size:REQUEST.size + name_len + client_len]
+    names = message[REQUEST.size : REQUEST.size + name_len + client_len]
     name, client = names[:name_len].decode("latin-1"), names[name_len:].decode("latin-1")
     if not (config.NAME.fullmatch(name) and config.NAME.fullmatch(client)):
         return "action or client is not a name"
-    return Request(name, client, source, message[REQUEST.size + name_len + client_len:])
+    return Request(name, client, source, message[REQUEST.size + name_len + client_len :])
 
 
 def encode_reply(outcome: actions.Outcome) -> bytes:
     if outcome.timed_out:
-        return REPLY.pack(VERSION, TIMED_OUT, 0) + outcome.output[:actions.OUTPUT_LIMIT]
+        return REPLY.pack(VERSION, TIMED_OUT, 0) + outcome.output[: actions.OUTPUT_LIMIT]
     if outcome.returncode is None:
         return refusal(outcome.problem, NOT_STARTED)
-    return REPLY.pack(VERSION, EXITED, outcome.returncode) + outcome.output[:actions.OUTPUT_LIMIT]
+    return REPLY.pack(VERSION, EXITED, outcome.returncode) + outcome.output[: actions.OUTPUT_LIMIT]
 
 
 def refusal(why: str, kind: int = REFUSED) -> bytes:
-    return REPLY.pack(VERSION, kind, 0) + why.encode("ascii", "replace")[:actions.OUTPUT_LIMIT]
+    return REPLY.pack(VERSION, kind, 0) + why.encode("ascii", "replace")[: actions.OUTPUT_LIMIT]
 
 
 def configured(path: str, request: Request) -> config.Action | str:
@@ -92,20 +101,28 @@ def configured(path: str, request: Request) -> config.Action | str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gnocchi run-action",
-                                     description="Run one action for the verifier (started by "
-                                                 "gnocchi-action.socket, connection on stdin).")
+    parser = argparse.ArgumentParser(
+        prog="gnocchi run-action",
+        description="Run one action for the verifier (started by "
+        "gnocchi-action.socket, connection on stdin).",
+    )
     parser.add_argument("--config", default=config.DEFAULT_CONFIG, metavar="FILE")
-    parser.add_argument("--peer-user", metavar="USER",
-                        help="refuse a peer that is not this user (the unit: gnocchi)")
+    parser.add_argument(
+        "--peer-user",
+        metavar="USER",
+        help="refuse a peer that is not this user (the unit: gnocchi)",
+    )
     args = parser.parse_args(argv[1:])
     try:
         conn = socket.socket(fileno=0)
     except OSError:
         conn = None
     if conn is None or conn.family != socket.AF_UNIX or conn.type != socket.SOCK_SEQPACKET:
-        print("gnocchi run-action: stdin is not a Unix seqpacket connection (start me from "
-              "gnocchi-action.socket)", file=sys.stderr)
+        print(
+            "gnocchi run-action: stdin is not a Unix seqpacket connection (start me from "
+            "gnocchi-action.socket)",
+            file=sys.stderr,
+        )
         return 1
     try:
         conn.settimeout(RECEIVE_TIMEOUT)
@@ -120,11 +137,13 @@ def main(argv: list[str]) -> int:
                 conn.send(refusal(why))
             else:
                 assert isinstance(request, Request)  # an action is found for a Request only
-                outcome = actions.run(action, request.client, str(request.source),
-                                      request.payload)
+                outcome = actions.run(action, request.client, str(request.source), request.payload)
                 conn.send(encode_reply(outcome))
-                print(f"action {action.name} for client {request.client} from {request.source}: "
-                      f"{outcome.problem or 'exited with status 0'}", file=sys.stderr)
+                print(
+                    f"action {action.name} for client {request.client} from {request.source}: "
+                    f"{outcome.problem or 'exited with status 0'}",
+                    file=sys.stderr,
+                )
                 return 0
     except (OSError, KeyError) as e:  # KeyError: no such --peer-user
         print(f"gnocchi run-action: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ whatever it leaves running then (even in a new session) is killed with the
 unit's cgroup when the runner exits. Output is read up to OUTPUT_LIMIT
 bytes and the rest discarded, so the runner's memory is bounded.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,24 +30,37 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 @dataclass(frozen=True)
 class Outcome:
-    returncode: int | None     # None: it did not finish (timeout) or could not start
-    output: bytes              # the first OUTPUT_LIMIT bytes of stdout and stderr
-    problem: str = ""          # "" if it exited 0, else what went wrong, in words
-    timed_out: bool = False    # killed at its timeout (returncode None without it: not started)
+    returncode: int | None  # None: it did not finish (timeout) or could not start
+    output: bytes  # the first OUTPUT_LIMIT bytes of stdout and stderr
+    problem: str = ""  # "" if it exited 0, else what went wrong, in words
+    timed_out: bool = False  # killed at its timeout (returncode None without it: not started)
 
     @property
     def ok(self) -> bool:
         return not self.problem
 
 
-def run(action: config.Action, client_name: str, source_ip: str, payload: bytes,
-        clock: Callable[[], float] = time.monotonic) -> Outcome:
-    env = dict(ENV, GNOCCHI_CLIENT=client_name, GNOCCHI_SOURCE_IP=source_ip,
-               GNOCCHI_ACTION=action.name)
+def run(
+    action: config.Action,
+    client_name: str,
+    source_ip: str,
+    payload: bytes,
+    clock: Callable[[], float] = time.monotonic,
+) -> Outcome:
+    env = dict(
+        ENV, GNOCCHI_CLIENT=client_name, GNOCCHI_SOURCE_IP=source_ip, GNOCCHI_ACTION=action.name
+    )
     try:
-        proc = subprocess.Popen(list(action.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env, cwd="/", close_fds=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(action.argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,
+        )
     except OSError as e:
         return Outcome(None, b"", f"cannot start {action.argv[0]}: {e.strerror or e}")
     deadline = clock() + action.timeout
@@ -73,8 +87,9 @@ def run(action: config.Action, client_name: str, source_ip: str, payload: bytes,
     return Outcome(0, output)
 
 
-def _read_bounded(proc: subprocess.Popen[bytes], deadline: float,
-                  clock: Callable[[], float]) -> tuple[bytes, bool]:
+def _read_bounded(
+    proc: subprocess.Popen[bytes], deadline: float, clock: Callable[[], float]
+) -> tuple[bytes, bool]:
     """Output until the action's own process exits (True) or the deadline: a
     child it left holding the pipe (a `setsid` daemon) cannot keep it going."""
     kept = bytearray()
@@ -90,12 +105,12 @@ def _read_bounded(proc: subprocess.Popen[bytes], deadline: float,
                 ready = {key.fd for key, _ in sel.select(timeout=max(0.0, deadline - clock()))}
                 if out in ready:
                     chunk = os.read(out, 65536)
-                    kept += chunk[:OUTPUT_LIMIT - len(kept)]
+                    kept += chunk[: OUTPUT_LIMIT - len(kept)]
                     if not chunk:
                         sel.unregister(out)  # EOF; wait for the exit alone
                 if exited in ready:
                     proc.wait()
-                    kept += _drain(out)[:OUTPUT_LIMIT - len(kept)]
+                    kept += _drain(out)[: OUTPUT_LIMIT - len(kept)]
                     exited_in_time = True
                     break
     finally:
@@ -117,4 +132,3 @@ def _drain(fd: int) -> bytes:
             break
         data += chunk
     return bytes(data)
-

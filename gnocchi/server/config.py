@@ -24,6 +24,7 @@ files that loaded (gnocchi/admin/last_good.py). The verifier cannot write it:
 it sits outside the verifier's StateDirectory, and it passes StrictModes before
 it is trusted, like the file itself.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -79,13 +80,14 @@ class Client:
     allow: tuple[knock_request.Open, ...]
     default: knock_request.Request | None  # what an empty DATA means; None: refused
     actions: tuple[str, ...]
-    sources: tuple = ()                       # ip_networks; empty: any source
+    sources: tuple = ()  # ip_networks; empty: any source
     expires: datetime.datetime | None = None  # aware; knocks from then on are refused
     # Where it is configured (the config or a drop-in); not what the client may do.
     file: str = field(default="", compare=False)
 
-    def refusal(self, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                now: datetime.datetime) -> str | None:
+    def refusal(
+        self, source: ipaddress.IPv4Address | ipaddress.IPv6Address, now: datetime.datetime
+    ) -> str | None:
         """Why this client's knock from source at now is refused by its own policy, or None."""
         if self.expires is not None and now >= self.expires:
             return f"the client expired at {self.expires.isoformat()}"
@@ -100,8 +102,10 @@ class Client:
             refused = [f"{o.port}/{o.proto}" for o in request.opens if o not in self.allow]
             if refused:
                 allowed = ", ".join(f"{o.port}/{o.proto}" for o in self.allow) or "none"
-                return (f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not in "
-                        f"this client's allow list ({allowed})")
+                return (
+                    f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not in "
+                    f"this client's allow list ({allowed})"
+                )
         if isinstance(request, knock_request.Run) and request.name not in self.actions:
             allowed = ", ".join(self.actions) or "none"
             return f"action {request.name!r} is not in this client's actions ({allowed})"
@@ -111,12 +115,16 @@ class Client:
 @dataclass(frozen=True)
 class Target:
     """Where a forward goes: a port of another host."""
+
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
 
     def __str__(self) -> str:
-        return f"{self.address}:{self.port}" if self.address.version == 4 else \
-            f"[{self.address}]:{self.port}"
+        return (
+            f"{self.address}:{self.port}"
+            if self.address.version == 4
+            else f"[{self.address}]:{self.port}"
+        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class Forward:
     """[forwards.NAME]: a port of this host (listen) that a knock maps, for that knock's
     source only, to a port of another host, one per family (docs/firewall.md,
     "Forwards")."""
+
     name: str
     listen: knock_request.Open
     to: tuple[Target, ...]  # one or two, of different families
@@ -142,22 +151,25 @@ class Config:
     # [protect]: {"tcp": (22,), "udp": ()}; None without the table (then the ports of a
     # 0.3 table file beside the config, or tcp 22: gnocchi.admin.nft_table.protected_ports)
     protect: dict[str, tuple[int, ...]] | None = None
-    v1: bool = True                           # accept v1 knocks (server_key_file)
-    private_key_file: str | None = None       # v2's server private key; None: no v2
+    v1: bool = True  # accept v1 knocks (server_key_file)
+    private_key_file: str | None = None  # v2's server private key; None: no v2
     next_private_key_file: str | None = None  # a rotation's next key (`gnocchi rotate-key`)
     rotation_ends: datetime.datetime | None = None  # aware; private_key_file refused then
     forwards: tuple[Forward, ...] = ()
 
-    def unreachable(self, request: knock_request.Request,
-                    source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    def unreachable(
+        self, request: knock_request.Request, source: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> str | None:
         """Why a knock from source cannot reach a forward that request opens, or None:
         the kernel translates within one family, and the forward may have no target of
         the source's."""
         opens = getattr(request, "opens", ())
         for f in self.forwards:
             if f.listen in opens and all(t.address.version != source.version for t in f.to):
-                return (f"forward {f.name} ({f.listen.port}/{f.listen.proto}) reaches only "
-                        f"{', '.join(map(str, f.to))}: knock over IPv{f.to[0].address.version}")
+                return (
+                    f"forward {f.name} ({f.listen.port}/{f.listen.proto}) reaches only "
+                    f"{', '.join(map(str, f.to))}: knock over IPv{f.to[0].address.version}"
+                )
         return None
 
     def client_by_key(self) -> dict[bytes, Client]:
@@ -175,8 +187,11 @@ class _Where(checked_toml.Where):
 
     def name(self, value: str, key: str) -> str:
         if not NAME.fullmatch(value):
-            raise self.error(key, f"{value!r} is not a name (letters, digits, _ . -; "
-                                  f"at most 64; starts with a letter or digit)")
+            raise self.error(
+                key,
+                f"{value!r} is not a name (letters, digits, _ . -; "
+                f"at most 64; starts with a letter or digit)",
+            )
         return value
 
 
@@ -184,17 +199,19 @@ def load(path: str = DEFAULT_CONFIG, drop_ins: bool = True) -> Config:
     """The config at path, with the clients of its drop-in directory (drop_ins=False: the
     file alone, as for the last good copy, which holds them already)."""
     where = _Where(path)
-    data = where.read_bytes(missing="no such file (the package installs a commented example "
-                                    "there)")
+    data = where.read_bytes(missing="no such file (the package installs a commented example there)")
     doc = where.parse(data)
     if not drop_ins:
         return parse(doc, where)
     extra = [(_Where(file), raw) for file, raw in read_drop_ins(path)]
     cfg = parse(doc, where, [(w, _drop_in(w, raw)) for w, raw in extra])
     if extra and not _same_as_bundle(where, data, doc, extra):
-        raise where.error("clients", f"the drop-ins of {drop_in_dir(path)}, appended to this "
-                          "file, do not read as they do alone; write each client, here and "
-                          "there, as a [clients.NAME] table")
+        raise where.error(
+            "clients",
+            f"the drop-ins of {drop_in_dir(path)}, appended to this "
+            "file, do not read as they do alone; write each client, here and "
+            "there, as a [clients.NAME] table",
+        )
     return cfg
 
 
@@ -213,8 +230,11 @@ def drop_in_files(path: str) -> list[str]:
         return []
     except OSError as e:
         raise ConfigError(f"{directory}: cannot read: {e.strerror}") from None
-    return [os.path.join(directory, n) for n in sorted(names)
-            if n.endswith(".toml") and not n.startswith(".")]
+    return [
+        os.path.join(directory, n)
+        for n in sorted(names)
+        if n.endswith(".toml") and not n.startswith(".")
+    ]
 
 
 def read_drop_ins(path: str) -> list[tuple[str, bytes]]:
@@ -246,8 +266,9 @@ def read_bundle(path: str) -> bytes:
     return bundle(where.read_bytes(), [raw for _, raw in read_drop_ins(path)])
 
 
-def _same_as_bundle(where: _Where, data: bytes, doc: dict,
-                    extra: list[tuple[_Where, bytes]]) -> bool:
+def _same_as_bundle(
+    where: _Where, data: bytes, doc: dict, extra: list[tuple[_Where, bytes]]
+) -> bool:
     """The bundle (what the last good copy holds) reads as the files do one by one."""
     clients = dict(doc.get("clients", {}))
     for w, raw in extra:
@@ -275,55 +296,94 @@ def _drop_in(where: _Where, data: bytes) -> tuple[str, object]:
         found = ", ".join(f"[clients.{n}]" for n in doc["clients"])
         raise where.error("clients", f"{shape}; found {found}")
     if where.parse(_PROBE + data).get("_"):
-        raise where.error(f"clients.{name}", f"{shape}: its keys go below the "
-                          f"[clients.{name}] line (the drop-in is appended to the config)")
+        raise where.error(
+            f"clients.{name}",
+            f"{shape}: its keys go below the "
+            f"[clients.{name}] line (the drop-in is appended to the config)",
+        )
     return name, doc["clients"][name]
 
 
-def parse(doc: dict, where: _Where,
-          drop_ins: Sequence[tuple[_Where, tuple[str, object]]] = ()) -> Config:
-    where.table(doc, "", {"server_key_file", "server_addresses", "state_dir", "helper_socket",
-                          "action_socket", "clients", "actions", "protect", "forwards",
-                          *KEY_SETTINGS})
+def parse(
+    doc: dict, where: _Where, drop_ins: Sequence[tuple[_Where, tuple[str, object]]] = ()
+) -> Config:
+    where.table(
+        doc,
+        "",
+        {
+            "server_key_file",
+            "server_addresses",
+            "state_dir",
+            "helper_socket",
+            "action_socket",
+            "clients",
+            "actions",
+            "protect",
+            "forwards",
+            *KEY_SETTINGS,
+        },
+    )
     paths = {k: where.path_string(doc.get(k, v), k) for k, v in DEFAULTS.items()}
     addresses = []
-    for i, text in enumerate(where.string_list(doc.get("server_addresses", []),
-                                               "server_addresses")):
+    for i, text in enumerate(
+        where.string_list(doc.get("server_addresses", []), "server_addresses")
+    ):
         try:
             addresses.append(ipaddress.ip_address(text))
         except ValueError:
-            raise where.error(f"server_addresses[{i}]", f"{text!r} is not an IP address "
-                              "(knocks sign the address they were sent to)") from None
-    actions = tuple(_action(where, name, value)
-                    for name, value in where.entries(doc.get("actions", {}), "actions"))
+            raise where.error(
+                f"server_addresses[{i}]",
+                f"{text!r} is not an IP address (knocks sign the address they were sent to)",
+            ) from None
+    actions = tuple(
+        _action(where, name, value)
+        for name, value in where.entries(doc.get("actions", {}), "actions")
+    )
     action_names = {a.name for a in actions}
     forwards: list[Forward] = []
     for name, value in where.entries(doc.get("forwards", {}), "forwards"):
         forward = _forward(where, name, value)
         if twin := next((f for f in forwards if f.listen == forward.listen), None):
-            raise where.error(f"forwards.{name}.listen", f"{forward.listen.port}/"
-                              f"{forward.listen.proto} is also forwards.{twin.name}'s: a port "
-                              "forwards to one place")
+            raise where.error(
+                f"forwards.{name}.listen",
+                f"{forward.listen.port}/"
+                f"{forward.listen.proto} is also forwards.{twin.name}'s: a port "
+                "forwards to one place",
+            )
         forwards.append(forward)
     clients: list[Client] = []
-    entries = [(where, name, value)
-               for name, value in where.entries(doc.get("clients", {}), "clients")]
+    entries = [
+        (where, name, value) for name, value in where.entries(doc.get("clients", {}), "clients")
+    ]
     for client_where, name, value in entries + [(w, *entry) for w, entry in drop_ins]:
         client = _client(client_where, name, value, action_names, forwards)
         for other in clients:
             # Two files: name both (the file in the error, the other in the text).
             elsewhere = f" ({other.file})" if other.file != client.file else ""
             if other.name == name:
-                raise client_where.error(f"clients.{name}", f"is also configured in "
-                                         f"{other.file}; a client is in one file only")
+                raise client_where.error(
+                    f"clients.{name}",
+                    f"is also configured in {other.file}; a client is in one file only",
+                )
             if other.public_key == client.public_key:
-                raise client_where.error(f"clients.{name}.public_key",
-                                         f"is also clients.{other.name}'s key{elsewhere}")
+                raise client_where.error(
+                    f"clients.{name}.public_key", f"is also clients.{other.name}'s key{elsewhere}"
+                )
         clients.append(client)
     protect = _protect(where, doc["protect"]) if "protect" in doc else None
-    return Config(where.path, paths["server_key_file"], tuple(addresses), paths["state_dir"],
-                  paths["helper_socket"], tuple(clients), actions, paths["action_socket"],
-                  protect, **_key_settings(where, doc), forwards=tuple(forwards))
+    return Config(
+        where.path,
+        paths["server_key_file"],
+        tuple(addresses),
+        paths["state_dir"],
+        paths["helper_socket"],
+        tuple(clients),
+        actions,
+        paths["action_socket"],
+        protect,
+        **_key_settings(where, doc),
+        forwards=tuple(forwards),
+    )
 
 
 KEY_SETTINGS = ("v1", "private_key_file", "next_private_key_file", "rotation_ends")
@@ -339,17 +399,24 @@ def _key_settings(where: _Where, doc: dict) -> dict:
     if private is not None:
         private = where.path_string(private, "private_key_file")
     if not v1 and private is None:
-        raise where.error("v1", "is false, but there is no private_key_file: no knock could "
-                          "get in; make a v2 key (gnocchi keygen --private FILE) first")
+        raise where.error(
+            "v1",
+            "is false, but there is no private_key_file: no knock could "
+            "get in; make a v2 key (gnocchi keygen --private FILE) first",
+        )
     rotation = {k: doc.get(k) for k in ("next_private_key_file", "rotation_ends")}
     given = [v is not None for v in rotation.values()]
     if any(given) and not (all(given) and private is not None):
-        raise where.error("next_private_key_file", "a rotation needs private_key_file, "
-                          "next_private_key_file and rotation_ends together (gnocchi "
-                          "rotate-key writes them)")
+        raise where.error(
+            "next_private_key_file",
+            "a rotation needs private_key_file, "
+            "next_private_key_file and rotation_ends together (gnocchi "
+            "rotate-key writes them)",
+        )
     if rotation["next_private_key_file"] is not None:
         rotation["next_private_key_file"] = where.path_string(
-            rotation["next_private_key_file"], "next_private_key_file")
+            rotation["next_private_key_file"], "next_private_key_file"
+        )
         rotation["rotation_ends"] = _expiry(where, rotation["rotation_ends"], "rotation_ends")
     return {"v1": v1, "private_key_file": private, **rotation}
 
@@ -362,13 +429,20 @@ def _action(where: _Where, name: str, entry: object) -> Action:
     if not argv:
         raise where.error(f"{key}.argv", "must name a program")
     if not os.path.isabs(argv[0]):
-        raise where.error(f"{key}.argv[0]", f"{argv[0]!r} is not an absolute path "
-                          "(actions run without a shell or PATH search)")
+        raise where.error(
+            f"{key}.argv[0]",
+            f"{argv[0]!r} is not an absolute path (actions run without a shell or PATH search)",
+        )
     timeout = value.get("timeout", DEFAULT_ACTION_TIMEOUT)
-    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-            or not 0 < timeout <= MAX_ACTION_TIMEOUT):
-        raise where.error(f"{key}.timeout", f"{timeout!r} is not a number of seconds "
-                          f"above 0 and at most {MAX_ACTION_TIMEOUT}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout <= MAX_ACTION_TIMEOUT
+    ):
+        raise where.error(
+            f"{key}.timeout",
+            f"{timeout!r} is not a number of seconds above 0 and at most {MAX_ACTION_TIMEOUT}",
+        )
     return Action(name, tuple(argv), float(timeout))
 
 
@@ -378,25 +452,35 @@ def _forward(where: _Where, name: str, entry: object) -> Forward:
     key = f"forwards.{name}"
     where.name(name, key)
     if knock_request.parse_port(name) is not None:
-        raise where.error(key, f"{name!r} reads as a port: an allow list names a forward by "
-                          "its name, so the name must have a letter")
+        raise where.error(
+            key,
+            f"{name!r} reads as a port: an allow list names a forward by "
+            "its name, so the name must have a letter",
+        )
     value = where.table(entry, key, {"listen", "to"}, {"listen", "to"})
     listen = value["listen"]
     listen = knock_request.parse_port(listen) if isinstance(listen, (str, int)) else None
     if listen is None:
-        raise where.error(f"{key}.listen", f"{value['listen']!r} is not PORT, PORT/tcp or "
-                          "PORT/udp (the port of this host that clients connect to)")
+        raise where.error(
+            f"{key}.listen",
+            f"{value['listen']!r} is not PORT, PORT/tcp or "
+            "PORT/udp (the port of this host that clients connect to)",
+        )
     texts = value["to"] if isinstance(value["to"], list) else [value["to"]]
     if not 1 <= len(texts) <= 2:
-        raise where.error(f"{key}.to", "must be one ADDRESS:PORT, or a list of one IPv4 and "
-                          "one IPv6 ADDRESS:PORT")
+        raise where.error(
+            f"{key}.to", "must be one ADDRESS:PORT, or a list of one IPv4 and one IPv6 ADDRESS:PORT"
+        )
     to: list[Target] = []
     for i, text in enumerate(texts):
         where_to = f"{key}.to" + (f"[{i}]" if isinstance(value["to"], list) else "")
         target = _target(where, where.string(text, where_to), where_to)
         if any(t.address.version == target.address.version for t in to):
-            raise where.error(where_to, f"a second IPv{target.address.version} target: a "
-                              "forward goes to one place per family")
+            raise where.error(
+                where_to,
+                f"a second IPv{target.address.version} target: a "
+                "forward goes to one place per family",
+            )
         to.append(target)
     return Forward(name, listen, tuple(to))
 
@@ -405,29 +489,46 @@ def _target(where: _Where, text: str, key: str) -> Target:
     """ADDRESS:PORT: 10.0.0.5:22 or [fd00::5]:22, of a host behind this one."""
     host, _, port = text.rpartition(":")
     try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and
-                                       host.endswith("]") else host)
+        address = ipaddress.ip_address(
+            host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        )
         if address.version == 6 and not host.startswith("["):
             raise ValueError
         number = int(port)
     except ValueError:
         address, number = None, 0
     if address is None or not port.isdigit() or not 0 < number < 65536 or port != str(number):
-        raise where.error(key, f"{text!r} is not ADDRESS:PORT, such as 10.0.0.5:22 or "
-                          "[fd00::5]:22")
-    if address.is_loopback or address.is_multicast or address.is_unspecified or \
-            address.is_link_local or getattr(address, "ipv4_mapped", None):
-        raise where.error(key, f"{address} is not an address to forward to (a host behind "
-                          "this one: a container, a VM, a LAN host)")
+        raise where.error(key, f"{text!r} is not ADDRESS:PORT, such as 10.0.0.5:22 or [fd00::5]:22")
+    if (
+        address.is_loopback
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_link_local
+        or getattr(address, "ipv4_mapped", None)
+    ):
+        raise where.error(
+            key,
+            f"{address} is not an address to forward to (a host behind "
+            "this one: a container, a VM, a LAN host)",
+        )
     return Target(address, number)
 
 
-def _client(where: _Where, name: str, entry: object, action_names: set[str],
-            forwards: list[Forward] | tuple[Forward, ...] = ()) -> Client:
+def _client(
+    where: _Where,
+    name: str,
+    entry: object,
+    action_names: set[str],
+    forwards: list[Forward] | tuple[Forward, ...] = (),
+) -> Client:
     key = f"clients.{name}"
     where.name(name, key)
-    value = where.table(entry, key, {"public_key", "allow", "default", "actions", "sources",
-                                     "expires"}, {"public_key"})
+    value = where.table(
+        entry,
+        key,
+        {"public_key", "allow", "default", "actions", "sources", "expires"},
+        {"public_key"},
+    )
     try:
         public_key = parse_public_hex(value["public_key"], f"{where.path}: {key}.public_key")
     except ValueError as e:
@@ -441,8 +542,11 @@ def _client(where: _Where, name: str, entry: object, action_names: set[str],
         port = knock_request.parse_port(item) if isinstance(item, (str, int)) else None
         port = by_name.get(item) if port is None and isinstance(item, str) else port
         if port is None:
-            raise where.error(f"{key}.allow[{i}]", f"{item!r} is not PORT, PORT/tcp or PORT/udp"
-                              + (f" nor a forward ({', '.join(by_name)})" if by_name else ""))
+            raise where.error(
+                f"{key}.allow[{i}]",
+                f"{item!r} is not PORT, PORT/tcp or PORT/udp"
+                + (f" nor a forward ({', '.join(by_name)})" if by_name else ""),
+            )
         allow.append(port)
     actions = where.string_list(value.get("actions", []), f"{key}.actions")
     for i, action in enumerate(actions):
@@ -453,9 +557,12 @@ def _client(where: _Where, name: str, entry: object, action_names: set[str],
         try:
             sources.append(ipaddress.ip_network(text))
         except ValueError:
-            raise where.error(f"{key}.sources[{i}]", f"{text!r} is not an address or a "
-                              "network such as 198.51.100.0/24 or 2001:db8::/48 (no host bits "
-                              "set)") from None
+            raise where.error(
+                f"{key}.sources[{i}]",
+                f"{text!r} is not an address or a "
+                "network such as 198.51.100.0/24 or 2001:db8::/48 (no host bits "
+                "set)",
+            ) from None
     expires = _expiry(where, value.get("expires"), f"{key}.expires")
     client = Client(name, public_key, tuple(allow), None, tuple(actions))
     if "default" in value:
@@ -469,8 +576,9 @@ def _client(where: _Where, name: str, entry: object, action_names: set[str],
         default: knock_request.Request | None = parsed
     else:
         default = allow[0] if allow else None
-    return Client(name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires,
-                  where.path)
+    return Client(
+        name, public_key, tuple(allow), default, tuple(actions), tuple(sources), expires, where.path
+    )
 
 
 def _expiry(where: _Where, value: object, key: str) -> datetime.datetime | None:
@@ -479,13 +587,18 @@ def _expiry(where: _Where, value: object, key: str) -> datetime.datetime | None:
         return None
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
-            raise where.error(key, f"{value.isoformat()} has no offset: write "
-                              f"{value.isoformat()}Z (UTC) or +HH:MM")
+            raise where.error(
+                key,
+                f"{value.isoformat()} has no offset: write {value.isoformat()}Z (UTC) or +HH:MM",
+            )
         return value
     if isinstance(value, datetime.date):
         return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC)
-    raise where.error(key, f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
-                      f"with an offset, not {checked_toml.kind(value)}")
+    raise where.error(
+        key,
+        f"must be a TOML date such as 2026-12-31 (no quotes) or a date-time "
+        f"with an offset, not {checked_toml.kind(value)}",
+    )
 
 
 def _protect(where: _Where, entry: object) -> dict[str, tuple[int, ...]]:
@@ -496,8 +609,9 @@ def _protect(where: _Where, entry: object) -> dict[str, tuple[int, ...]]:
         key = f"protect.{proto}"
         ports = value.get(proto, [])
         if not isinstance(ports, list):
-            raise where.error(key, "must be a list of port numbers, not "
-                              + checked_toml.kind(ports))
+            raise where.error(
+                key, "must be a list of port numbers, not " + checked_toml.kind(ports)
+            )
         for i, port in enumerate(ports):
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise where.error(f"{key}[{i}]", f"{port!r} is not a port number (1 to 65535)")
@@ -531,14 +645,21 @@ def load_running(path: str = DEFAULT_CONFIG, log: Callable[..., None] | None = N
         except (ConfigError, strict.StrictModeError):
             raise broken from None
         if log is not None:
-            log("config-fell-back", fell_back(broken, good), config=path, last_good=good,
-                reason=broken)
+            log(
+                "config-fell-back",
+                fell_back(broken, good),
+                config=path,
+                last_good=good,
+                reason=broken,
+            )
         return cfg
 
 
 def fell_back(broken: ConfigError, good: str) -> str:
     """What to tell the admin when gnocchi runs the last good copy good instead of a
     broken file: the file, the key, what gnocchi does instead, and the fix."""
-    return (f"CONFIG BROKEN: {broken}; gnocchi runs the last good config instead ({good}), "
-            "so nothing changed; fix: correct the file, then `gnocchi reload` (it checks "
-            "first)")
+    return (
+        f"CONFIG BROKEN: {broken}; gnocchi runs the last good config instead ({good}), "
+        "so nothing changed; fix: correct the file, then `gnocchi reload` (it checks "
+        "first)"
+    )

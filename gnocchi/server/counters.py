@@ -32,6 +32,7 @@ of highest sequence. A text file, or a state too big for its slot, is
 replaced whole instead (temporary file, fsync, rename, fsync the directory)
 by a file of two slots: the new state in slot 0, slot 1 blank.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,11 +60,13 @@ class StoreError(Exception):
 
 
 def recovery_hint(path: str) -> str:
-    return (f"to recover: restore {path} from a backup, or rebuild it from the journal with "
-            f"`gnocchi audit --counters > {path}.new && mv {path}.new {path}` (owner gnocchi, "
-            f"mode 0600), or run `gnocchi recover-counters`, which makes every counter up to "
-            f"now a replay (clients of gnocchi 0.2 or later keep working); then restart "
-            f"gnocchi; see 'Counter store' in docs/server.md")
+    return (
+        f"to recover: restore {path} from a backup, or rebuild it from the journal with "
+        f"`gnocchi audit --counters > {path}.new && mv {path}.new {path}` (owner gnocchi, "
+        f"mode 0600), or run `gnocchi recover-counters`, which makes every counter up to "
+        f"now a replay (clients of gnocchi 0.2 or later keep working); then restart "
+        f"gnocchi; see 'Counter store' in docs/server.md"
+    )
 
 
 class Store:
@@ -73,7 +76,7 @@ class Store:
         self.counters: dict[bytes, int] = {}
         self.floor = 0
         self.sequence = 0  # of the newest slot; a text file counts as sequence 0
-        self.newest = 0    # the slot holding it
+        self.newest = 0  # the slot holding it
         self.capacity = 0  # bytes per slot; 0 for a text file, which the first commit replaces
         self.fell_back = False  # a slot was not whole (a commit cut short, or damage)
         self._file_id: tuple[int, int, int] = (0, 0, 0)  # of the file read or last written
@@ -84,19 +87,23 @@ class Store:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise StoreError(f"{self.path}: the counter store is missing (`gnocchi setup` "
-                             f"creates it); without it every captured knock could be "
-                             f"replayed; {recovery_hint(self.path)}") from None
+            raise StoreError(
+                f"{self.path}: the counter store is missing (`gnocchi setup` "
+                f"creates it); without it every captured knock could be "
+                f"replayed; {recovery_hint(self.path)}"
+            ) from None
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot open: {e.strerror}; "
-                             f"{recovery_hint(self.path)}") from None
+            raise StoreError(
+                f"{self.path}: cannot open: {e.strerror}; {recovery_hint(self.path)}"
+            ) from None
         try:
             with os.fdopen(fd, "rb") as f:
                 self._file_id = _file_id(os.fstat(f.fileno()))
                 raw = f.read(2 * MAX_CAPACITY + 1)
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot read: {e.strerror}; "
-                             f"{recovery_hint(self.path)}") from None
+            raise StoreError(
+                f"{self.path}: cannot read: {e.strerror}; {recovery_hint(self.path)}"
+            ) from None
         text = raw
         if not raw.startswith(HEADER.encode("ascii")):
             self.sequence, self.newest, self.capacity, text = newest_slot(raw, self.path)
@@ -106,12 +113,17 @@ class Store:
 
     def fallen_back(self) -> str:
         """What the verifier tells at start when a slot was not whole at load, or ""."""
-        return "" if not self.fell_back else (
-            f"{self.path}: one of its two slots is not whole, so the other (sequence "
-            f"{self.sequence}) was loaded. After a crash during a commit nothing is lost; "
-            "otherwise the disk damaged the newest slot, and the last knock committed before "
-            "could be replayed once: compare with `gnocchi audit --counters` (docs/server.md, "
-            "\"Counter store\")")
+        return (
+            ""
+            if not self.fell_back
+            else (
+                f"{self.path}: one of its two slots is not whole, so the other (sequence "
+                f"{self.sequence}) was loaded. After a crash during a commit nothing is lost; "
+                "otherwise the disk damaged the newest slot, and the last knock committed before "
+                "could be replayed once: compare with `gnocchi audit --counters` (docs/server.md, "
+                '"Counter store")'
+            )
+        )
 
     def last(self, client_key: bytes) -> int:
         return self.counters.get(client_key, self.floor)
@@ -134,8 +146,10 @@ class Store:
             new[client_key] = counter
         text = render(new, self.floor).encode("ascii")
         if len(text) > MAX_TEXT:
-            raise StoreError(f"{self.path}: cannot write: more than {MAX_TEXT} bytes of "
-                             f"counters; nothing was opened for these knocks")
+            raise StoreError(
+                f"{self.path}: cannot write: more than {MAX_TEXT} bytes of "
+                f"counters; nothing was opened for these knocks"
+            )
         slot = pack_slot(self.sequence + 1, text)
         try:
             if len(slot) <= self.capacity:
@@ -143,9 +157,11 @@ class Store:
             else:
                 self._replace(slot)
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot write: {e.strerror or e}; nothing was opened "
-                             f"for these knocks; fix the state directory {self.dir} "
-                             f"(space, permissions) and restart gnocchi") from None
+            raise StoreError(
+                f"{self.path}: cannot write: {e.strerror or e}; nothing was opened "
+                f"for these knocks; fix the state directory {self.dir} "
+                f"(space, permissions) and restart gnocchi"
+            ) from None
         self.counters = new
         self.sequence += 1
 
@@ -180,9 +196,11 @@ class Store:
         self.newest, self.capacity = 0, capacity
 
     def _replaced(self) -> StoreError:
-        return StoreError(f"{self.path}: was replaced while gnocchi ran (a restore, or "
-                          f"`gnocchi recover-counters`); nothing was opened for these knocks; "
-                          f"restart gnocchi, which loads the new store")
+        return StoreError(
+            f"{self.path}: was replaced while gnocchi ran (a restore, or "
+            f"`gnocchi recover-counters`); nothing was opened for these knocks; "
+            f"restart gnocchi, which loads the new store"
+        )
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int, int]:
@@ -208,9 +226,9 @@ def unpack_slot(slot: bytes) -> tuple[int, bytes] | None:
     if len(slot) < SLOT_HEAD:
         return None
     magic, sequence, length = _SLOT_HEAD.unpack_from(slot)
-    text = slot[SLOT_HEAD:SLOT_HEAD + length]
-    expected = checksum(slot[:_SLOT_HEAD.size] + text)
-    if magic != SLOT_MAGIC or len(text) != length or slot[_SLOT_HEAD.size:SLOT_HEAD] != expected:
+    text = slot[SLOT_HEAD : SLOT_HEAD + length]
+    expected = checksum(slot[: _SLOT_HEAD.size] + text)
+    if magic != SLOT_MAGIC or len(text) != length or slot[_SLOT_HEAD.size : SLOT_HEAD] != expected:
         return None
     return sequence, text
 
@@ -219,10 +237,16 @@ def newest_slot(raw: bytes, path: str) -> tuple[int, int, int, bytes]:
     """(sequence, slot index, capacity, text) of the newest whole slot of a store's bytes."""
     capacity = len(raw) // 2
     if len(raw) % (2 * BLOCK) or not 0 < capacity <= MAX_CAPACITY:
-        raise _corrupt(path, f"first line is not {HEADER.strip()!r}, and {len(raw)} bytes "
-                             f"are not two slots of a multiple of {BLOCK}")
-    whole = [(slot[0], index, slot[1]) for index in (0, 1)
-             if (slot := unpack_slot(raw[index * capacity:(index + 1) * capacity]))]
+        raise _corrupt(
+            path,
+            f"first line is not {HEADER.strip()!r}, and {len(raw)} bytes "
+            f"are not two slots of a multiple of {BLOCK}",
+        )
+    whole = [
+        (slot[0], index, slot[1])
+        for index in (0, 1)
+        if (slot := unpack_slot(raw[index * capacity : (index + 1) * capacity]))
+    ]
     if not whole:
         raise _corrupt(path, "neither of its two slots is whole")
     if len(whole) == 2 and whole[0][0] == whole[1][0]:
@@ -234,14 +258,20 @@ def newest_slot(raw: bytes, path: str) -> tuple[int, int, int, bytes]:
 def damaged_slot(raw: bytes, capacity: int) -> bool:
     """Whether a slot holds bytes but not a whole slot: a commit cut short, or
     damage. A blank one (never written yet) is not."""
-    return any(not unpack_slot(slot) and slot.strip(b"\0")
-               for slot in (raw[:capacity], raw[capacity:2 * capacity]))
+    return any(
+        not unpack_slot(slot) and slot.strip(b"\0")
+        for slot in (raw[:capacity], raw[capacity : 2 * capacity])
+    )
 
 
 def render(counters: dict[bytes, int], floor: int = 0) -> str:
-    return (HEADER + (f"floor {floor}\n" if floor else "")
-            + "".join(f"{key.hex()} {value}\n" for key, value in sorted(counters.items())
-                      if value > floor))
+    return (
+        HEADER
+        + (f"floor {floor}\n" if floor else "")
+        + "".join(
+            f"{key.hex()} {value}\n" for key, value in sorted(counters.items()) if value > floor
+        )
+    )
 
 
 def create(state_dir: str, uid: int = -1, gid: int = -1) -> bool:
@@ -270,13 +300,16 @@ def recover(state_dir: str, now: int, uid: int = -1, gid: int = -1) -> str:
 
 
 def _corrupt(path: str, why: str) -> StoreError:
-    return StoreError(f"{path}: corrupt counter store ({why}); gnocchi will not start "
-                      f"without it, because forgotten counters make old knocks replayable; "
-                      f"{recovery_hint(path)}")
+    return StoreError(
+        f"{path}: corrupt counter store ({why}); gnocchi will not start "
+        f"without it, because forgotten counters make old knocks replayable; "
+        f"{recovery_hint(path)}"
+    )
 
 
 def parse(raw: bytes, path: str) -> tuple[int, dict[bytes, int]]:
     """(floor, counters) from v1 text."""
+
     def corrupt(why: str) -> StoreError:
         return _corrupt(path, why)
 
@@ -291,7 +324,7 @@ def parse(raw: bytes, path: str) -> tuple[int, dict[bytes, int]]:
     if not text.endswith("\n"):
         raise corrupt("truncated: no newline at the end")
     counters: dict[bytes, int] = {}
-    lines = text[len(HEADER):-1].split("\n") if text != HEADER else []
+    lines = text[len(HEADER) : -1].split("\n") if text != HEADER else []
     floor = 0
     if lines and (m := _FLOOR.fullmatch(lines[0])):
         floor = int(m.group(1))

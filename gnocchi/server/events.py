@@ -15,6 +15,7 @@ Events go to journald when systemd connected stderr to the journal (it then
 sets JOURNAL_STREAM, as for every unit), else to stderr as one JSON object per
 line (development, tests and the demo, even on a host that runs journald).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,26 @@ MESSAGE_IDS = {
     "store-fell-back": "f7e0f03c057d495abde9a9e1bb7583e5",
     "config-fell-back": "ae32aab35e454c32ac8896aba4e0e643",
 }
-PRIORITY = {"started": 6, "accepted": 5, "refused": 4, "replay": 4, "signature": 4,
-            "helper-failed": 3, "action-run": 5, "action-failed": 3, "dropped-summary": 4,
-            "store-failed": 2, "store-fell-back": 4, "config-fell-back": 3}
+PRIORITY = {
+    "started": 6,
+    "accepted": 5,
+    "refused": 4,
+    "replay": 4,
+    "signature": 4,
+    "helper-failed": 3,
+    "action-run": 5,
+    "action-failed": 3,
+    "dropped-summary": 4,
+    "store-failed": 2,
+    "store-fell-back": 4,
+    "config-fell-back": 3,
+}
 INTERVAL = 60.0  # seconds between summaries
-BUDGET = 20      # entries per interval for packets whose counter was not committed
-MAX_WHO = 100    # names kept per kind of drop and interval: memory bounded under a flood
+BUDGET = 20  # entries per interval for packets whose counter was not committed
+MAX_WHO = 100  # names kept per kind of drop and interval: memory bounded under a flood
 
 
-def replayed(name: str, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
-             behind: int) -> str:
+def replayed(name: str, source: ipaddress.IPv4Address | ipaddress.IPv6Address, behind: int) -> str:
     """The replay entry's message; behind: the last accepted counter minus the packet's
     (claimed, unsigned). Counters are clock nanoseconds (gnocchi/client/counter.py): a
     client that lost its counter state knocks with its clock, so a counter seconds or
@@ -62,11 +73,21 @@ def replayed(name: str, source: ipaddress.IPv4Address | ipaddress.IPv6Address,
     if behind < 10**9:
         return text + "accepted"
     s = behind // 10**9
-    gap = " ".join(f"{n}{unit}" for n, unit in (
-        (s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "min"), (s % 60, "s")) if n)
-    return (text + f"accepted but {gap} below it: likely the client lost its counter state "
-            f"and its clock is now {gap} or more behind the one it knocked with before (it is "
-            "refused until that clock catches up; docs/client.md), or an old knock sent again")
+    gap = " ".join(
+        f"{n}{unit}"
+        for n, unit in (
+            (s // 86400, "d"),
+            (s // 3600 % 24, "h"),
+            (s // 60 % 60, "min"),
+            (s % 60, "s"),
+        )
+        if n
+    )
+    return (
+        text + f"accepted but {gap} below it: likely the client lost its counter state "
+        f"and its clock is now {gap} or more behind the one it knocked with before (it is "
+        "refused until that clock catches up; docs/client.md), or an old knock sent again"
+    )
 
 
 JOURNAL = "/run/systemd/journal/socket"
@@ -76,8 +97,10 @@ def journal_sender(fields: dict) -> None:
     """One entry by the journal's native protocol (systemd's, written out: python3-systemd's
     journal module would cost the verifier about 1.2 MB of memory): each field as its name,
     a newline, its length (64 bits, little-endian), its bytes and a newline."""
-    entry = b"".join(name.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
-                     for name, data in ((k, str(v).encode()) for k, v in fields.items()))
+    entry = b"".join(
+        name.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        for name, data in ((k, str(v).encode()) for k, v in fields.items())
+    )
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.sendto(entry, JOURNAL)
 
@@ -104,27 +127,37 @@ def default_sender() -> Callable[[dict], None]:
 class EventLog:
     """Writes events; counts drops and over-budget entries into one summary per interval."""
 
-    def __init__(self, send: Callable[[dict], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 interval: float = INTERVAL, budget: int = BUDGET):
+    def __init__(
+        self,
+        send: Callable[[dict], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = INTERVAL,
+        budget: int = BUDGET,
+    ):
         self.send = send or default_sender()
         self.clock = clock
         self.interval = interval
         self.budget = budget
         self._start = clock()
-        self._dropped: Counter[str] = Counter()     # reason -> packets, no entry
+        self._dropped: Counter[str] = Counter()  # reason -> packets, no entry
         self._suppressed: Counter[str] = Counter()  # event -> entries over budget
         # Who, for two kinds of drop, so an admin can tell them apart; each
         # holds at most MAX_WHO names an interval (the rest count as "others").
-        self._who: dict[str, Counter[str]] = {"rate-limited": Counter(),
-                                              "unknown-client": Counter()}
+        self._who: dict[str, Counter[str]] = {
+            "rate-limited": Counter(),
+            "unknown-client": Counter(),
+        }
         self._spent = 0
 
     def event(self, event: str, message: str, **fields: object) -> None:
         """One entry; fields are GNOCCHI_* names without the prefix, e.g. client="alice"."""
-        entry = {"MESSAGE": message, "MESSAGE_ID": MESSAGE_IDS[event],
-                 "PRIORITY": str(PRIORITY[event]), "SYSLOG_IDENTIFIER": IDENTIFIER,
-                 "GNOCCHI_EVENT": event}
+        entry = {
+            "MESSAGE": message,
+            "MESSAGE_ID": MESSAGE_IDS[event],
+            "PRIORITY": str(PRIORITY[event]),
+            "SYSLOG_IDENTIFIER": IDENTIFIER,
+            "GNOCCHI_EVENT": event,
+        }
         for key, value in fields.items():
             if value is not None:
                 entry["GNOCCHI_" + key.upper()] = str(value)
@@ -153,8 +186,9 @@ class EventLog:
         """A signed knock over its client's or its address's rate: counted by client."""
         self._count_who("rate-limited", client)
 
-    def unknown_key(self, key: bytes,
-                    source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    def unknown_key(
+        self, key: bytes, source: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> None:
         """A packet sealed with the server key that claims no configured client's key:
         counted by key id (its first 8 bytes, as `gnocchi-knock --pubkey` starts) and source,
         which is how an admin spots a client whose public key was pasted wrong."""
@@ -178,16 +212,22 @@ class EventLog:
         """Write the summary of this interval, if anything happened, and start the next."""
         dropped, suppressed = sum(self._dropped.values()), sum(self._suppressed.values())
         if dropped or suppressed:
-            parts = [f"{n} {reason}" + self._whose(reason)
-                     for reason, n in sorted(self._dropped.items())]
-            parts += [f"{n} {event} entries suppressed" for event, n in
-                      sorted(self._suppressed.items())]
+            parts = [
+                f"{n} {reason}" + self._whose(reason) for reason, n in sorted(self._dropped.items())
+            ]
+            parts += [
+                f"{n} {event} entries suppressed" for event, n in sorted(self._suppressed.items())
+            ]
             seconds = self.clock() - self._start
             fields = {f"dropped_{r.replace('-', '_')}": n for r, n in self._dropped.items()}
             fields |= {f"suppressed_{e.replace('-', '_')}": n for e, n in self._suppressed.items()}
-            self.event("dropped-summary", f"dropped {dropped} packets in the last "
-                       f"{seconds:.0f} s: " + ", ".join(parts),
-                       dropped=dropped, suppressed=suppressed, **fields)
+            self.event(
+                "dropped-summary",
+                f"dropped {dropped} packets in the last {seconds:.0f} s: " + ", ".join(parts),
+                dropped=dropped,
+                suppressed=suppressed,
+                **fields,
+            )
         self._dropped.clear()
         self._suppressed.clear()
         for names in self._who.values():

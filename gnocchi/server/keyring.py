@@ -10,6 +10,7 @@ credentials directory instead (`--keys-from DIR`: DIR/server.key,
 DIR/private.key, DIR/next.key), where gnocchi.service has copies only it can
 read. Every knock port is a port of one of these keys.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -26,8 +27,11 @@ from gnocchi.shared.protocol import knock_port
 Keyring = namedtuple("Keyring", "v1 v2 retiring", defaults=(None,))
 # The credential name of each key file the config may name (gnocchi.service's
 # LoadCredential=, which `gnocchi setup` writes).
-CREDENTIALS = {"server_key_file": "server.key", "private_key_file": "private.key",
-               "next_private_key_file": "next.key"}
+CREDENTIALS = {
+    "server_key_file": "server.key",
+    "private_key_file": "private.key",
+    "next_private_key_file": "next.key",
+}
 
 
 def paths(cfg: Config, directory: str | None = None) -> dict[str, str]:
@@ -37,16 +41,21 @@ def paths(cfg: Config, directory: str | None = None) -> dict[str, str]:
     for key in ("private_key_file", "next_private_key_file"):
         if getattr(cfg, key):
             found[key] = getattr(cfg, key)
-    return {k: os.path.join(directory, CREDENTIALS[k]) if directory else path
-            for k, path in found.items()}
+    return {
+        k: os.path.join(directory, CREDENTIALS[k]) if directory else path
+        for k, path in found.items()
+    }
 
 
 def load(cfg: Config, directory: str | None = None) -> Keyring:
     """The keys, from their files (or from directory by credential name); KeyFileError."""
     found = paths(cfg, directory)
     v1 = keys.load_server_key(found["server_key_file"]) if cfg.v1 else None
-    v2 = tuple(keys.load_private_key(found[k])
-               for k in ("private_key_file", "next_private_key_file") if k in found)
+    v2 = tuple(
+        keys.load_private_key(found[k])
+        for k in ("private_key_file", "next_private_key_file")
+        if k in found
+    )
     return Keyring(v1, v2, (v2[0][0], cfg.rotation_ends) if len(v2) > 1 else None)
 
 
@@ -55,9 +64,11 @@ def refusal(keyring: Keyring, server_key: bytes, now: datetime.datetime) -> str 
     rotation's overlap ended, the old key opens nothing (its knocks are still
     opened and checked, so the log can name the client that has not moved)."""
     if keyring.retiring and server_key == keyring.retiring[0] and now >= keyring.retiring[1]:
-        return (f"it is sealed to the old server key {keys.fingerprint(server_key)}, retired "
-                f"when the rotation's overlap ended at {keyring.retiring[1].isoformat()}: "
-                "give the client the new line (`gnocchi rotate-key --lines`)")
+        return (
+            f"it is sealed to the old server key {keys.fingerprint(server_key)}, retired "
+            f"when the rotation's overlap ended at {keyring.retiring[1].isoformat()}: "
+            "give the client the new line (`gnocchi rotate-key --lines`)"
+        )
     return None
 
 
@@ -76,16 +87,28 @@ def fingerprints(keyring: Keyring) -> list[str]:
     """The fingerprint of each key (v2: of its public key), v1's first, as journal
     entries name them (GNOCCHI_SERVER_KEY, comma-separated)."""
     return ([keys.fingerprint(keyring.v1)] if keyring.v1 else []) + [
-        keys.fingerprint(public) for public, _ in keyring.v2]
+        keys.fingerprint(public) for public, _ in keyring.v2
+    ]
 
 
 def described(keyring: Keyring) -> list[tuple[int, str]]:
     """(knock port, "server key fingerprint F" or "v2 public key fingerprint F") of each
     key, as `gnocchi status` and `gnocchi check` show them."""
-    shown = ([(knock_port(keyring.v1), f"server key fingerprint {keys.fingerprint(keyring.v1)}")]
-             if keyring.v1 else [])
-    roles = (["the current key, until " + keyring.retiring[1].isoformat(), "the next key"]
-             if keyring.retiring else [""])
-    return shown + [(knock_port(public), f"v2 public key fingerprint {keys.fingerprint(public)}"
-                     + (f" ({role})" if role else "")) for (public, _), role in
-                    zip(keyring.v2, roles, strict=False)]
+    shown = (
+        [(knock_port(keyring.v1), f"server key fingerprint {keys.fingerprint(keyring.v1)}")]
+        if keyring.v1
+        else []
+    )
+    roles = (
+        ["the current key, until " + keyring.retiring[1].isoformat(), "the next key"]
+        if keyring.retiring
+        else [""]
+    )
+    return shown + [
+        (
+            knock_port(public),
+            f"v2 public key fingerprint {keys.fingerprint(public)}"
+            + (f" ({role})" if role else ""),
+        )
+        for (public, _), role in zip(keyring.v2, roles, strict=False)
+    ]

@@ -11,6 +11,7 @@ module lacks, through ctypes, into buffers made once. addresses() reports a
 datagram's source as it really arrived: an IPv6 source is never turned into
 an IPv4 one.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -35,9 +36,18 @@ BATCH = 64  # datagrams per recvmmsg call
 # IPv6 sources that stand for, or embed, an IPv4 address (RFC 4291, 3056,
 # 4380, 6052): a knock that came over IPv6 from one of them is refused, never
 # translated, or it would open IPv4 for an address that sent nothing.
-EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96",
-    "64:ff9b:1::/48"))
+EMBEDDING_IPV4 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::ffff:0:0/96",
+        "::ffff:0:0:0/96",
+        "::/96",
+        "2002::/16",
+        "2001::/32",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+    )
+)
 THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 
@@ -47,17 +57,21 @@ class StartupError(Exception):
 
 def unit_hint(ports: list[int]) -> str:
     lines = " ".join(f"ListenDatagram={p}" for p in ports)
-    return (f"gnocchi.socket needs exactly {lines} (the knock port{'s' if len(ports) > 1 else ''} "
-            f"of the server's keys; `gnocchi setup` writes that drop-in)")
+    return (
+        f"gnocchi.socket needs exactly {lines} (the knock port{'s' if len(ports) > 1 else ''} "
+        f"of the server's keys; `gnocchi setup` writes that drop-in)"
+    )
 
 
 def take(listen_texts: list[str], ports: list[int]) -> list[socket.socket]:
     """The sockets systemd passed, else ones bound to --listen; IP_PKTINFO on."""
     socks = inherited_sockets(ports)
     if not socks and not listen_texts:
-        raise StartupError(f"no socket: start me from gnocchi.socket, or give --listen "
-                           f"IP:{ports[0]} (the knock port{'s' if len(ports) > 1 else ''} of "
-                           f"the server's keys: {', '.join(map(str, ports))})")
+        raise StartupError(
+            f"no socket: start me from gnocchi.socket, or give --listen "
+            f"IP:{ports[0]} (the knock port{'s' if len(ports) > 1 else ''} of "
+            f"the server's keys: {', '.join(map(str, ports))})"
+        )
     socks = socks or [listen(text, ports) for text in listen_texts]
     for sock in socks:
         enable_pktinfo(sock)
@@ -75,23 +89,31 @@ def inherited_sockets(ports: list[int]) -> list[socket.socket]:
                 sock = socket.socket(fileno=fd)
             except OSError:  # not a socket at all
                 sock = None
-            if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or \
-                    sock.type != socket.SOCK_DGRAM:
+            if (
+                sock is None
+                or sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_DGRAM
+            ):
                 if sock is not None:
                     sock.detach()  # not ours to close: systemd's descriptor, checked only
-                raise StartupError(f"a socket systemd passed (fd {fd}) is not a UDP socket; "
-                                   f"{unit_hint(ports)}")
+                raise StartupError(
+                    f"a socket systemd passed (fd {fd}) is not a UDP socket; {unit_hint(ports)}"
+                )
             socks.append(sock)
             port = socks[-1].getsockname()[1]
             if port not in ports:
-                raise StartupError(f"a socket systemd passed is on UDP port {port}, but the "
-                                   f"knock port{'s' if len(ports) > 1 else ''} of the server's "
-                                   f"keys {'are' if len(ports) > 1 else 'is'} "
-                                   f"{', '.join(map(str, ports))}; {unit_hint(ports)}")
+                raise StartupError(
+                    f"a socket systemd passed is on UDP port {port}, but the "
+                    f"knock port{'s' if len(ports) > 1 else ''} of the server's "
+                    f"keys {'are' if len(ports) > 1 else 'is'} "
+                    f"{', '.join(map(str, ports))}; {unit_hint(ports)}"
+                )
         if fds and sorted(s.getsockname()[1] for s in socks) != sorted(ports):
-            raise StartupError(f"systemd passed {len(fds)} socket{'s' if len(fds) > 1 else ''} "
-                               f"for {len(ports)} knock port{'s' if len(ports) > 1 else ''}; "
-                               f"{unit_hint(ports)}")
+            raise StartupError(
+                f"systemd passed {len(fds)} socket{'s' if len(fds) > 1 else ''} "
+                f"for {len(ports)} knock port{'s' if len(ports) > 1 else ''}; "
+                f"{unit_hint(ports)}"
+            )
     except StartupError:
         for sock in socks:
             sock.close()
@@ -115,8 +137,10 @@ def parse_listen(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
 def listen(text: str, ports: list[int]) -> socket.socket:
     address, port = parse_listen(text)
     if port not in ports:
-        raise StartupError(f"--listen {text!r}: port {port} is not a knock port of the "
-                           f"server's keys ({', '.join(map(str, ports))}); clients knock there")
+        raise StartupError(
+            f"--listen {text!r}: port {port} is not a knock port of the "
+            f"server's keys ({', '.join(map(str, ports))}); clients knock there"
+        )
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -143,10 +167,15 @@ class _iovec(ctypes.Structure):
 
 
 class _msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
-                ("msg_iov", ctypes.POINTER(_iovec)), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
 
 
 class _mmsghdr(ctypes.Structure):
@@ -154,8 +183,13 @@ class _mmsghdr(ctypes.Structure):
 
 
 _recvmmsg = ctypes.CDLL(None, use_errno=True).recvmmsg
-_recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_mmsghdr), ctypes.c_uint, ctypes.c_int,
-                      ctypes.c_void_p]
+_recvmmsg.argtypes = [
+    ctypes.c_int,
+    ctypes.POINTER(_mmsghdr),
+    ctypes.c_uint,
+    ctypes.c_int,
+    ctypes.c_void_p,
+]
 _recvmmsg.restype = ctypes.c_int
 _SOCKADDR_LEN = 28  # struct sockaddr_in6, the larger of the two
 
@@ -176,8 +210,9 @@ class Datagrams:
         self.sock = sock
         tail = RECV_BUFFER - protocol.NONCE_LEN
         self._nonces = ctypes.create_string_buffer(protocol.NONCE_LEN * BATCH)  # one block
-        self._boxes = [ctypes.create_string_buffer(protocol.BOXZERO_LEN + tail)
-                       for _ in range(BATCH)]
+        self._boxes = [
+            ctypes.create_string_buffer(protocol.BOXZERO_LEN + tail) for _ in range(BATCH)
+        ]
         self._names = [ctypes.create_string_buffer(_SOCKADDR_LEN) for _ in range(BATCH)]
         self._controls = [ctypes.create_string_buffer(ANCILLARY) for _ in range(BATCH)]
         self._iovecs = (_iovec * (2 * BATCH))()
@@ -213,8 +248,8 @@ class Datagrams:
                 return 0
             raise OSError(code, os.strerror(code))
         first = _mmsghdr.msg_len.offset // 4
-        self.lengths = self._words[first:first + count * self._stride:self._stride].tolist()
-        self.heads = self._nonces.raw[:count * protocol.NONCE_LEN]
+        self.lengths = self._words[first : first + count * self._stride : self._stride].tolist()
+        self.heads = self._nonces.raw[: count * protocol.NONCE_LEN]
         return int(count)
 
     def length(self, i: int) -> int:
@@ -223,24 +258,25 @@ class Datagrams:
 
     def packet(self, i: int) -> bytes:
         """Datagram i's bytes, as recvmsg would give them."""
-        tail = self._boxes[i].raw[protocol.BOXZERO_LEN:]
-        return (self.head(i) + tail)[:self.length(i)]
+        tail = self._boxes[i].raw[protocol.BOXZERO_LEN :]
+        return (self.head(i) + tail)[: self.length(i)]
 
     def head(self, i: int) -> bytes:
         """Datagram i's first NONCE_LEN bytes (fewer of them its own, if it is shorter)."""
-        return self.heads[i * protocol.NONCE_LEN:(i + 1) * protocol.NONCE_LEN]
+        return self.heads[i * protocol.NONCE_LEN : (i + 1) * protocol.NONCE_LEN]
 
     def tag(self, i: int) -> bytes:
         """Datagram i's first 40 bytes (v1: NONCE and MAC; v2: MAGIC2, MAC1 and
         half of EPK): what tells one packet from another."""
-        mac = ctypes.string_at(ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN,
-                               protocol.MAC_LEN)
+        mac = ctypes.string_at(
+            ctypes.addressof(self._boxes[i]) + protocol.BOXZERO_LEN, protocol.MAC_LEN
+        )
         return self.head(i) + mac
 
     def sender(self, i: int) -> tuple:
         """(sockaddr, ancdata) of datagram i, as socket.recvmsg gives them."""
         h = self._headers[i].msg_hdr
-        name = self._names[i].raw[:h.msg_namelen]
+        name = self._names[i].raw[: h.msg_namelen]
         family = int.from_bytes(name[0:2], sys.byteorder)
         port = int.from_bytes(name[2:4], "big")
         sockaddr: SockAddr
@@ -250,7 +286,7 @@ class Datagrams:
             sockaddr = (socket.inet_ntop(family, name[8:24]), port, flowinfo, scope_id)
         else:  # sockaddr_in: family, port, addr
             sockaddr = (socket.inet_ntop(family, name[4:8]), port)
-        return sockaddr, control_messages(self._controls[i].raw[:h.msg_controllen])
+        return sockaddr, control_messages(self._controls[i].raw[: h.msg_controllen])
 
 
 def control_messages(control: bytes) -> list[tuple[int, int, bytes]]:
@@ -262,13 +298,14 @@ def control_messages(control: bytes) -> list[tuple[int, int, bytes]]:
         length, level, kind = struct.unpack_from("@Nii", control, at)
         if not header <= length <= len(control) - at:
             break
-        found.append((level, kind, control[at + header:at + length]))
+        found.append((level, kind, control[at + header : at + length]))
         at += socket.CMSG_SPACE(length - header)
     return found
 
 
-def addresses(sockaddr: SockAddr,
-              ancdata: list[tuple[int, int, bytes]]) -> tuple[Address, Address | None]:
+def addresses(
+    sockaddr: SockAddr, ancdata: list[tuple[int, int, bytes]]
+) -> tuple[Address, Address | None]:
     """(source, destination) of a datagram as it really arrived. A dual-stack
     socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
     show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
@@ -291,11 +328,18 @@ def unknockable(source: Address) -> str | None:
     rule, before anything is stored. The helper refuses the same addresses
     (helper/request.py: unknockable, its twin; tests/test_contract.py pins them)."""
     if source.version == 6 and any(source in net for net in EMBEDDING_IPV4):
-        return ("the source is an IPv6 address that embeds an IPv4 address (mapped, "
-                "compatible, 6to4, Teredo or NAT64)")
-    if (source.is_unspecified or source.is_multicast or source.is_loopback
-            or source.is_link_local or source.is_reserved
-            or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)):
+        return (
+            "the source is an IPv6 address that embeds an IPv4 address (mapped, "
+            "compatible, 6to4, Teredo or NAT64)"
+        )
+    if (
+        source.is_unspecified
+        or source.is_multicast
+        or source.is_loopback
+        or source.is_link_local
+        or source.is_reserved
+        or (source.is_site_local if source.version == 6 else source in THIS_NETWORK)
+    ):
         return "the source is not a unicast address a client can knock from"
     return None
 

@@ -6,6 +6,7 @@ Pure, clock injected. Each key may spend `burst` at once, then one more every
 bucket that has refilled completely is the same as no bucket, so it is the
 first to go.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,13 @@ from collections.abc import Callable, Hashable
 
 
 class Limiter:
-    def __init__(self, burst: int, refill: float, max_keys: int = 4096,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        burst: int,
+        refill: float,
+        max_keys: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.burst, self.refill, self.max_keys, self.clock = burst, refill, max_keys, clock
         self.buckets: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, at)
 
@@ -34,7 +40,8 @@ class Limiter:
     def _forget(self, now: float) -> None:
         # Full buckets first; if none, the oldest: a flood of new keys cannot
         # grow memory, and at worst gives an old key a fresh burst.
-        full = [k for k, (t, at) in self.buckets.items()
-                if t + (now - at) / self.refill >= self.burst]
+        full = [
+            k for k, (t, at) in self.buckets.items() if t + (now - at) / self.refill >= self.burst
+        ]
         for key in full or [min(self.buckets, key=lambda k: self.buckets[k][1])]:
             del self.buckets[key]

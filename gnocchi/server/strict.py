@@ -8,6 +8,7 @@ root-owned sticky directory (/tmp) passes too, since nobody can rename what
 it holds away from its owner. Anyone who could write the config could add a
 client; anyone who could write the state could reset counters.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,17 @@ def check(path: str) -> None:
         except OSError as e:
             raise StrictModeError(f"{current}: {e.strerror}") from None
         if st.st_uid not in allowed:
-            raise StrictModeError(f"{current} is owned by uid {st.st_uid}, which may change what "
-                                  f"gnocchi trusts; fix: chown {_owner(os.geteuid())} {current}")
+            raise StrictModeError(
+                f"{current} is owned by uid {st.st_uid}, which may change what "
+                f"gnocchi trusts; fix: chown {_owner(os.geteuid())} {current}"
+            )
         sticky_root_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0
         if st.st_mode & 0o022 and not sticky_root_dir:
-            raise StrictModeError(f"{current} is writable by group or others (mode "
-                                  f"{stat.S_IMODE(st.st_mode):04o}), who could change what "
-                                  f"gnocchi trusts; fix: chmod go-w {current}")
+            raise StrictModeError(
+                f"{current} is writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), who could change what "
+                f"gnocchi trusts; fix: chmod go-w {current}"
+            )
         if current == "/":
             return
         current = os.path.dirname(current)

@@ -8,6 +8,7 @@ checked by the caller through Where, which refuses unknown keys (a typo must
 not silently drop a setting) and wrong types, naming the key path. Each side
 raises its own exception class (ConfigError, ProfileError) with that text.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ class Where:
         self.exception = error
 
     def error(self, key: str, problem: str) -> Exception:
-        return self.exception(f"{self.path}: {key}: {problem}" if key
-                              else f"{self.path}: {problem}")
+        return self.exception(
+            f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}"
+        )
 
     def read(self, missing: str = "no such file") -> dict[str, object]:
         """The file as a TOML document, or the error saying why not (one line)."""
@@ -42,6 +44,7 @@ class Where:
     def parse(self, data: bytes) -> dict[str, object]:
         """data, this file's bytes, as a TOML document, or the error saying why not."""
         import tomllib  # only where there is a file to read: a client with flags alone skips it
+
         try:
             return tomllib.loads(data.decode("utf-8"))
         except tomllib.TOMLDecodeError as e:
@@ -49,8 +52,13 @@ class Where:
         except UnicodeDecodeError:
             raise self.error("", "not valid UTF-8") from None
 
-    def table(self, value: object, key: str, allowed: Collection[str],
-              required: Collection[str] = frozenset()) -> dict[str, object]:
+    def table(
+        self,
+        value: object,
+        key: str,
+        allowed: Collection[str],
+        required: Collection[str] = frozenset(),
+    ) -> dict[str, object]:
         if not isinstance(value, dict):
             raise self.error(key, f"must be a table, not {kind(value)}")
         for k in value:
@@ -70,8 +78,11 @@ class Where:
 
     def string(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not value:
-            raise self.error(key, "must be a non-empty string, not "
-                             + (kind(value) if value != "" else "an empty one"))
+            raise self.error(
+                key,
+                "must be a non-empty string, not "
+                + (kind(value) if value != "" else "an empty one"),
+            )
         return value
 
     def path_string(self, value: object, key: str) -> str:
@@ -90,8 +101,14 @@ class Where:
 
 
 def kind(value: object) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def join(key: str, sub: str) -> str:

@@ -7,6 +7,7 @@ symlink or a file already at its name), and the owner is set through its descrip
 Also the one file lock (lock_exclusive). Portable POSIX: the client runs on
 macOS and the BSDs too, so nothing Linux-only is required.
 """
+
 import os
 from collections.abc import Callable
 
@@ -38,9 +39,13 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def replace_file(path: str | os.PathLike[str], data: bytes, mode: int,
-                 owner: tuple[int, int] | None = None,
-                 check: Callable[[str], object] | None = None) -> None:
+def replace_file(
+    path: str | os.PathLike[str],
+    data: bytes,
+    mode: int,
+    owner: tuple[int, int] | None = None,
+    check: Callable[[str], object] | None = None,
+) -> None:
     """Durably make path hold data, with mode (and owner, a (uid, gid), if given);
     OSError if any step fails. check(temporary path), if given, runs on the
     complete new file before it replaces the old one; what it raises leaves
@@ -60,7 +65,7 @@ def replace_file(path: str | os.PathLike[str], data: bytes, mode: int,
             os.fchmod(fd, mode)  # the creation mode went through the umask
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -12,6 +12,7 @@ public_key_problem() is the one rule for 32 bytes given as a client's public
 key (add-client, check, doctor): what they most likely are when they are not
 one, said no more surely than 32 bytes allow.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ import stat
 from nacl._sodium import lib  # loaded by protocol already: no cost to a knock
 
 from gnocchi.shared import durable
-from gnocchi.shared.protocol import (KEY_LEN, LOWEST_KNOCK_PORT, blake2b, knock_port, public_key,
-                                      signing_keys)
+from gnocchi.shared.protocol import (
+    KEY_LEN,
+    LOWEST_KNOCK_PORT,
+    blake2b,
+    knock_port,
+    public_key,
+    signing_keys,
+)
 
 HEX_LEN = 2 * KEY_LEN
 _HEX = re.compile(rb"[0-9a-fA-F]{64}\n?")
@@ -48,12 +55,16 @@ def _describe(raw: bytes) -> str:
     bad = re.search(rb"[^0-9a-fA-F]", body[:HEX_LEN])
     if bad:
         char = bad.group().decode("latin-1")
-        return (f"character {bad.start() + 1} is {char!r}, not a hex digit "
-                f"(a key is {HEX_LEN} hex characters and a newline)")
+        return (
+            f"character {bad.start() + 1} is {char!r}, not a hex digit "
+            f"(a key is {HEX_LEN} hex characters and a newline)"
+        )
     if len(body) < HEX_LEN:
         return f"holds {len(body)} hex characters, a key has {HEX_LEN}"
-    return (f"has more after the {HEX_LEN} hex characters of a key "
-            f"(only one trailing newline is allowed)")
+    return (
+        f"has more after the {HEX_LEN} hex characters of a key "
+        f"(only one trailing newline is allowed)"
+    )
 
 
 def load_secret(path: str | os.PathLike[str]) -> bytes:
@@ -61,16 +72,23 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     try:  # O_NONBLOCK: a FIFO must not hang us
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise KeyFileError(path, "no such secret key file",
-                           "check the path; a client makes its key with `gnocchi-knock "
-                           "--keygen`, a server with `gnocchi keygen --server`") from None
+        raise KeyFileError(
+            path,
+            "no such secret key file",
+            "check the path; a client makes its key with `gnocchi-knock "
+            "--keygen`, a server with `gnocchi keygen --server`",
+        ) from None
     except PermissionError:
-        raise KeyFileError(path, "permission denied",
-                           "run as the key's owner, or check the file's owner and mode") from None
+        raise KeyFileError(
+            path, "permission denied", "run as the key's owner, or check the file's owner and mode"
+        ) from None
     except OSError as e:
         if os.path.islink(path):
-            raise KeyFileError(path, "is a symbolic link; secret keys are not read through links",
-                               "give the path of the file itself") from None
+            raise KeyFileError(
+                path,
+                "is a symbolic link; secret keys are not read through links",
+                "give the path of the file itself",
+            ) from None
         raise KeyFileError(path, f"cannot open: {e.strerror}") from None
     try:
         st = os.fstat(fd)
@@ -78,8 +96,11 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
             raise KeyFileError(path, "is not a regular file", "give the path of a key file")
         if st.st_mode & 0o077:
             mode = stat.S_IMODE(st.st_mode)
-            raise KeyFileError(path, f"secret key is open to group or others (mode {mode:04o})",
-                               f"chmod 600 {path}")
+            raise KeyFileError(
+                path,
+                f"secret key is open to group or others (mode {mode:04o})",
+                f"chmod 600 {path}",
+            )
         raw = b""
         while len(raw) < _READ_LIMIT:
             chunk = os.read(fd, _READ_LIMIT - len(raw))
@@ -91,8 +112,11 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     finally:
         os.close(fd)
     if not _HEX.fullmatch(raw):
-        raise KeyFileError(path, _describe(raw),
-                           f"the file must hold exactly {HEX_LEN} hex characters and a newline")
+        raise KeyFileError(
+            path,
+            _describe(raw),
+            f"the file must hold exactly {HEX_LEN} hex characters and a newline",
+        )
     return bytes.fromhex(raw[:HEX_LEN].decode("ascii"))
 
 
@@ -101,9 +125,11 @@ def load_server_key(path: str | os.PathLike[str]) -> bytes:
     key = load_secret(path)
     port = knock_port(key)
     if port < LOWEST_KNOCK_PORT:
-        raise KeyFileError(path, f"this server key's knock port {port} is 1024 or lower; "
-                           "gnocchi refuses such keys",
-                           "make a new one: gnocchi keygen --server FILE")
+        raise KeyFileError(
+            path,
+            f"this server key's knock port {port} is 1024 or lower; gnocchi refuses such keys",
+            "make a new one: gnocchi keygen --server FILE",
+        )
     return key
 
 
@@ -119,9 +145,11 @@ def load_private_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     public = public_key(private)
     port = knock_port(public)
     if port < LOWEST_KNOCK_PORT:
-        raise KeyFileError(path, f"this private key's knock port {port} is 1024 or lower; "
-                           "gnocchi refuses such keys",
-                           "make a new one: gnocchi keygen --private FILE")
+        raise KeyFileError(
+            path,
+            f"this private key's knock port {port} is 1024 or lower; gnocchi refuses such keys",
+            "make a new one: gnocchi keygen --private FILE",
+        )
     return public, private
 
 
@@ -142,13 +170,16 @@ def parse_public_hex(text: object, what: str) -> bytes:
     """A public key written as text (e.g. in TOML); ValueError naming `what` if it is not one."""
     if not isinstance(text, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         shown = repr(text) if len(repr(text)) <= 80 else repr(text)[:77] + "..."
-        raise ValueError(f"{what}: expected a public key of {HEX_LEN} hex characters "
-                         f"(as `{PRINT_PUBKEY}` prints it on the client), got {shown}")
+        raise ValueError(
+            f"{what}: expected a public key of {HEX_LEN} hex characters "
+            f"(as `{PRINT_PUBKEY}` prints it on the client), got {shown}"
+        )
     return bytes.fromhex(text)
 
 
-def public_key_problem(public: bytes, server_keys: tuple[bytes, ...] = (),
-                       clients: dict[bytes, str] | None = None) -> str | None:
+def public_key_problem(
+    public: bytes, server_keys: tuple[bytes, ...] = (), clients: dict[bytes, str] | None = None
+) -> str | None:
     """Why public, given as a client's public key, is not one, naming what it most
     likely is; None if it may be one. server_keys: this server's secret keys (v1's
     server key, v2's private keys); clients: the configured public keys and their names.
@@ -160,23 +191,29 @@ def public_key_problem(public: bytes, server_keys: tuple[bytes, ...] = (),
     mistyped public key fails as often, and only the client can say which it was.
     """
     if public in server_keys:
-        return ("it is this server's own secret key (server_key_file or private_key_file), "
-                "not a client's public key")
+        return (
+            "it is this server's own secret key (server_key_file or private_key_file), "
+            "not a client's public key"
+        )
     own = public_of(public)  # its public key, were it a private key
     if clients and own in clients:
         return f"it is a PRIVATE key: the one whose public key is client {clients[own]}'s"
     if not lib.crypto_core_ed25519_is_valid_point(public):
-        return ("it is not an Ed25519 public key (not a point of the curve's group, which "
-                "every public key is): most likely a secret pasted by mistake (a client's "
-                "private key, or a server key), or a public key mistyped")
+        return (
+            "it is not an Ed25519 public key (not a point of the curve's group, which "
+            "every public key is): most likely a secret pasted by mistake (a client's "
+            "private key, or a server key), or a public key mistyped"
+        )
     return None
 
 
 def public_key_fix(name: str) -> str:
     """What to do about a public_key_problem() of client name."""
-    return (f"on {name}'s machine run `{PRINT_PUBKEY}` (or `{PRINT_PUBKEY} KEY_FILE`) and use "
-            "what it prints; a private key that went where others could read it is spent: "
-            "make a new one there (`gnocchi-knock --keygen NEW_FILE`)")
+    return (
+        f"on {name}'s machine run `{PRINT_PUBKEY}` (or `{PRINT_PUBKEY} KEY_FILE`) and use "
+        "what it prints; a private key that went where others could read it is spent: "
+        "make a new one there (`gnocchi-knock --keygen NEW_FILE`)"
+    )
 
 
 def write_secret(path: str | os.PathLike[str], key: bytes) -> None:
@@ -184,15 +221,20 @@ def write_secret(path: str | os.PathLike[str], key: bytes) -> None:
     if len(key) != KEY_LEN:
         raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
     except FileExistsError:
-        raise KeyFileError(path, "already exists; gnocchi never overwrites a key",
-                           "remove the old key first if you really mean to replace it, "
-                           "or choose another file name") from None
+        raise KeyFileError(
+            path,
+            "already exists; gnocchi never overwrites a key",
+            "remove the old key first if you really mean to replace it, "
+            "or choose another file name",
+        ) from None
     except OSError as e:
-        raise KeyFileError(path, f"cannot create: {e.strerror}",
-                           "check that the directory exists and is writable") from None
+        raise KeyFileError(
+            path, f"cannot create: {e.strerror}", "check that the directory exists and is writable"
+        ) from None
     try:
         os.fchmod(fd, 0o600)  # the creation mode went through the umask
         data = (key.hex() + "\n").encode("ascii")
@@ -221,8 +263,9 @@ def make_private_dirs(directory: str | os.PathLike[str]) -> None:
             os.chmod(path, 0o700)  # the creation mode went through the umask
         except FileExistsError:
             if not os.path.isdir(path):
-                raise KeyFileError(path, "exists and is not a directory",
-                                   "choose another key path") from None
+                raise KeyFileError(
+                    path, "exists and is not a directory", "choose another key path"
+                ) from None
         except OSError as e:
             raise KeyFileError(path, f"cannot create the directory: {e.strerror}") from None
 
@@ -242,7 +285,7 @@ def fingerprint(server_key: bytes) -> str:
     the same key. A hash of its own (personalised BLAKE2b): it tells nothing
     of the key, and is not the knock port's hash."""
     h = blake2b(server_key, 8, person=b"gnocchi-fprint").hex()
-    return "-".join(h[i:i + 4] for i in range(0, 16, 4))
+    return "-".join(h[i : i + 4] for i in range(0, 16, 4))
 
 
 def public_of(seed: bytes) -> bytes:

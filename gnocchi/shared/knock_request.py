@@ -10,6 +10,7 @@ quotes DATA. PAYLOAD is opaque bytes, handed only to an action's stdin.
 Whether a client may make a request is the server's policy (config.Client).
 show() makes any DATA safe and short for a log field.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ SHOW_LIMIT = 80  # characters of attacker-chosen text a log field carries
 
 class Open(namedtuple("Open", "port proto")):
     """One port: the request "open PORT/PROTO", and one entry of a client's allow list."""
+
     __slots__ = ()
     # port: int; proto: "tcp" or "udp"
 
@@ -40,7 +42,8 @@ class Open(namedtuple("Open", "port proto")):
 
 
 class OpenPorts(namedtuple("OpenPorts", "opens")):
-    """"open PORT/PROTO PORT/PROTO ...": 2 to MAX_PORTS ports, each once, all or none."""
+    """ "open PORT/PROTO PORT/PROTO ...": 2 to MAX_PORTS ports, each once, all or none."""
+
     __slots__ = ()
     # opens: tuple[Open, ...]
 
@@ -84,8 +87,10 @@ def parse_open(ports: str) -> Open | OpenPorts | Bad:
     for item in items:
         port = parse_port(item)
         if port is None:
-            return Bad(f"not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to {MAX_PORTS} ports, "
-                       "one space apart)")
+            return Bad(
+                f"not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to {MAX_PORTS} ports, "
+                "one space apart)"
+            )
         if port in opens:
             return Bad(f"{port.port}/{port.proto} named twice")
         opens.append(port)
@@ -103,8 +108,9 @@ def parse(data: bytes) -> Open | OpenPorts | Run | Bad:
     if verb == "open" and space and not newline:
         return parse_open(arg)
     if verb == "open":
-        return Bad(f"not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to {MAX_PORTS} ports, "
-                   "one space apart)")
+        return Bad(
+            f"not open PORT[/tcp|/udp] ... (PORT 1..65535; 1 to {MAX_PORTS} ports, one space apart)"
+        )
     if verb == "run" and space and _NAME.fullmatch(arg):
         return Run(arg, payload)
     if verb == "run":

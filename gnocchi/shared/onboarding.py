@@ -14,6 +14,7 @@ use (the knock port is the key's, the fingerprint is the key's, the request
 is the verifier's grammar, the host is a plain name or an address) and
 raises ValueError saying what is wrong. One rule, written once.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -45,8 +46,7 @@ def check_host(host: str) -> str:
     return host
 
 
-def make_line(host: str, public: bytes, request: str = "",
-              next_public: bytes | None = None) -> str:
+def make_line(host: str, public: bytes, request: str = "", next_public: bytes | None = None) -> str:
     """The line for a client of the server whose v2 public key is public."""
     host = check_host(host)
     shown = f"[{host}]" if ":" in host else host
@@ -70,17 +70,21 @@ def parse(line: str) -> Onboarding:
         raise ValueError("not a gnocchi:// line (it starts gnocchi://HOST:PORT/KEY?fp=...)")
     host = check_host(parts.hostname)
     public = _key(parts.path.lstrip("/"), "the server public key")
-    fields = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query),
-                      max_num_fields=8)
+    fields = parse_qs(
+        parts.query, keep_blank_values=True, strict_parsing=bool(parts.query), max_num_fields=8
+    )
     unknown = set(fields) - {"fp", "request", "next"}
     if unknown or any(len(v) != 1 for v in fields.values()):
         raise ValueError(f"unknown or repeated parts: {', '.join(sorted(fields))}")
     if fields.get("fp", [""])[0] != keys.fingerprint(public):
-        raise ValueError("the fingerprint is not the key's: the line was damaged on the way "
-                         "(copy it again)")
+        raise ValueError(
+            "the fingerprint is not the key's: the line was damaged on the way (copy it again)"
+        )
     if port != knock_port(public):
-        raise ValueError(f"knock port {port} is not the key's ({knock_port(public)}): the line "
-                         "was damaged on the way (copy it again)")
+        raise ValueError(
+            f"knock port {port} is not the key's ({knock_port(public)}): the line "
+            "was damaged on the way (copy it again)"
+        )
     request = fields.get("request", [""])[0]
     if request and isinstance(bad := knock_request.parse(request.encode()), knock_request.Bad):
         raise ValueError(f"the request {request[:60]!r}: {bad.why}")

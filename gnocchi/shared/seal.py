@@ -5,16 +5,33 @@ halves use, is protocol.py; the verifier never imports this module
 code must read stays protocol.py alone. Raises ValueError on arguments no
 knock can carry; no I/O but os.urandom.
 """
+
 from __future__ import annotations
 
 import os
 
 from nacl._sodium import ffi, lib
 
-from gnocchi.shared.protocol import (BODY_AT, BOXZERO_LEN, COUNTER_LEN, DATA_LEN_AT, KEY_LEN,
-                                     MAC1_LEN, MAC1_PERSON, MAGIC, MAGIC2, MAX_BODY, MAX_COUNTER,
-                                     NONCE_LEN, PAD_BLOCK, SIG_LEN, address16, blake2b,
-                                     public_key, signing_keys)
+from gnocchi.shared.protocol import (
+    BODY_AT,
+    BOXZERO_LEN,
+    COUNTER_LEN,
+    DATA_LEN_AT,
+    KEY_LEN,
+    MAC1_LEN,
+    MAC1_PERSON,
+    MAGIC,
+    MAGIC2,
+    MAX_BODY,
+    MAX_COUNTER,
+    NONCE_LEN,
+    PAD_BLOCK,
+    SIG_LEN,
+    address16,
+    blake2b,
+    public_key,
+    signing_keys,
+)
 
 
 def body_length(data_len: int, extra_blocks: int = 0) -> int:
@@ -40,8 +57,16 @@ def _uniform_below(n: int) -> int:
     return byte % n
 
 
-def _signed(prefix: bytes, server_key: bytes, signing_seed: bytes, counter: int, data: bytes,
-            server_ip: bytes, body_len: int | None, padding: bytes | None) -> bytes:
+def _signed(
+    prefix: bytes,
+    server_key: bytes,
+    signing_seed: bytes,
+    counter: int,
+    data: bytes,
+    server_ip: bytes,
+    body_len: int | None,
+    padding: bytes | None,
+) -> bytes:
     """SIGNPUB || SIG || COUNTER || DATA_LEN || DATA_PLUS_PADDING, SIG over prefix,
     SIGNPUB, what follows SIG, server_key and server_ip (the two versions' one rule)."""
     if len(server_key) != KEY_LEN or len(signing_seed) != KEY_LEN:
@@ -57,9 +82,12 @@ def _signed(prefix: bytes, server_key: bytes, signing_seed: bytes, counter: int,
     if len(padding) < body_len - len(data):
         raise ValueError("padding is shorter than the body length leaves room for")
     signpub, secret = signing_keys(signing_seed)
-    counter_and_body = (counter.to_bytes(COUNTER_LEN, "big")
-                        + len(data).to_bytes(BODY_AT - DATA_LEN_AT, "big") + data
-                        + padding[:body_len - len(data)])
+    counter_and_body = (
+        counter.to_bytes(COUNTER_LEN, "big")
+        + len(data).to_bytes(BODY_AT - DATA_LEN_AT, "big")
+        + data
+        + padding[: body_len - len(data)]
+    )
     signed = prefix + signpub + counter_and_body + server_key + server_ip
     # crypto_sign writes the signature, then the message: only the signature is kept.
     sig_and_signed = ffi.new("unsigned char[]", SIG_LEN + len(signed))
@@ -67,41 +95,70 @@ def _signed(prefix: bytes, server_key: bytes, signing_seed: bytes, counter: int,
     return signpub + ffi.buffer(sig_and_signed, SIG_LEN)[:] + counter_and_body
 
 
-def build_packet(server_key: bytes, signing_seed: bytes, counter: int, data: bytes,
-                 server_ipv4: bytes, body_len: int | None = None,
-                 nonce: bytes | None = None, padding: bytes | None = None) -> bytes:
+def build_packet(
+    server_key: bytes,
+    signing_seed: bytes,
+    counter: int,
+    data: bytes,
+    server_ipv4: bytes,
+    body_len: int | None = None,
+    nonce: bytes | None = None,
+    padding: bytes | None = None,
+) -> bytes:
     """Seal one v1 knock. Defaults: random nonce, random L, random padding bytes."""
     nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
     if len(server_ipv4) != 4 or len(nonce) != NONCE_LEN:  # libsodium reads NONCE_LEN bytes
-        raise ValueError("server key and signing seed are 32 bytes, the server address 4, "
-                         f"the nonce {NONCE_LEN}")
-    plaintext = MAGIC + _signed(nonce + MAGIC, server_key, signing_seed, counter, data,
-                                server_ipv4, body_len, padding)
+        raise ValueError(
+            f"server key and signing seed are 32 bytes, the server address 4, the nonce {NONCE_LEN}"
+        )
+    plaintext = MAGIC + _signed(
+        nonce + MAGIC, server_key, signing_seed, counter, data, server_ipv4, body_len, padding
+    )
     # unseal()'s layout in reverse: the plaintext after 2 * BOXZERO_LEN zero
     # bytes in, the box (MAC, ciphertext) after BOXZERO_LEN zero bytes out.
     sealed = ffi.new("unsigned char[]", 2 * BOXZERO_LEN + len(plaintext))
-    lib.crypto_secretbox(sealed, bytes(2 * BOXZERO_LEN) + plaintext, len(sealed), nonce,
-                         server_key)  # fails only for a message shorter than its zero bytes
+    lib.crypto_secretbox(
+        sealed, bytes(2 * BOXZERO_LEN) + plaintext, len(sealed), nonce, server_key
+    )  # fails only for a message shorter than its zero bytes
     return nonce + ffi.buffer(sealed)[BOXZERO_LEN:]
 
 
-def build_packet2(server_public: bytes, signing_seed: bytes, counter: int, data: bytes,
-                  server_address: bytes, body_len: int | None = None,
-                  ephemeral: bytes | None = None, padding: bytes | None = None) -> bytes:
+def build_packet2(
+    server_public: bytes,
+    signing_seed: bytes,
+    counter: int,
+    data: bytes,
+    server_address: bytes,
+    body_len: int | None = None,
+    ephemeral: bytes | None = None,
+    padding: bytes | None = None,
+) -> bytes:
     """Seal one v2 knock to server_public, for server_address (4 or 16 bytes).
     Defaults: random ephemeral key, random L, random padding bytes."""
     if len(server_address) not in (4, 16):
         raise ValueError("the server address is 4 bytes (IPv4) or 16 (IPv6)")
-    plaintext = _signed(MAGIC2, server_public, signing_seed, counter, data,
-                        address16(server_address), body_len, padding)
+    plaintext = _signed(
+        MAGIC2,
+        server_public,
+        signing_seed,
+        counter,
+        data,
+        address16(server_address),
+        body_len,
+        padding,
+    )
     # crypto_box_seal, with its ephemeral key in the open: EPK || crypto_box
     # (MAC, ciphertext) under the nonce BLAKE2b-192(EPK || server_public).
     ephemeral = os.urandom(KEY_LEN) if ephemeral is None else ephemeral
     epk = public_key(ephemeral)
     nonce = blake2b(epk + server_public, NONCE_LEN)
     box = ffi.new("unsigned char[]", 2 * BOXZERO_LEN + len(plaintext))
-    if lib.crypto_box(box, bytes(2 * BOXZERO_LEN) + plaintext, len(box), nonce, server_public,
-                      ephemeral) != 0:  # a low-order server public key: no shared secret
+    if (
+        lib.crypto_box(
+            box, bytes(2 * BOXZERO_LEN) + plaintext, len(box), nonce, server_public, ephemeral
+        )
+        != 0
+    ):  # a low-order server public key: no shared secret
         raise ValueError("the server public key is not a usable X25519 key")
     sealed = epk + ffi.buffer(box)[BOXZERO_LEN:]
     return MAGIC2 + blake2b(sealed, MAC1_LEN, MAC1_PERSON, key=server_public) + sealed

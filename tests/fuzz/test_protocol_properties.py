@@ -3,6 +3,7 @@ rejected, and nothing fed to open_packet raises.
 
 Keys come from the shared vectors so a failure can be replayed by hand.
 """
+
 import json
 from pathlib import Path
 
@@ -32,8 +33,9 @@ def receive(packet, server_key=SERVER_KEY, server_ips=(SERVER_IP,)):
     return protocol.open_packet(packet, server_key, KNOWN.get, list(server_ips))
 
 
-def knock(counter, data, seed=SEED_A, server_key=SERVER_KEY, server_ip=SERVER_IP,
-          extra_blocks=None):
+def knock(
+    counter, data, seed=SEED_A, server_key=SERVER_KEY, server_ip=SERVER_IP, extra_blocks=None
+):
     """A valid knock; random padding length unless extra_blocks fixes it (then the
     packet length is a function of the drawn data, as hypothesis needs for st.data())."""
     body_len = None if extra_blocks is None else seal.body_length(len(data), extra_blocks)
@@ -84,8 +86,11 @@ def test_another_server_key_is_rejected(counter, data, other_key):
 
 
 @moderate
-@given(counters, requests, st.binary(min_size=32, max_size=32).filter(lambda s: s not in
-                                                                      (SEED_A, SEED_B)))
+@given(
+    counters,
+    requests,
+    st.binary(min_size=32, max_size=32).filter(lambda s: s not in (SEED_A, SEED_B)),
+)
 def test_an_unknown_client_key_is_rejected(counter, data, other_seed):
     assert receive(knock(counter, data, seed=other_seed)).reason == protocol.UNKNOWN_CLIENT
 
@@ -117,9 +122,11 @@ def test_arbitrary_bytes_never_raise(packet):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.binary(min_size=24, max_size=24),
-       st.binary(min_size=protocol.HEADER_LEN - 8, max_size=protocol.MAX_PACKET - 40 - 8),
-       st.booleans())
+@given(
+    st.binary(min_size=24, max_size=24),
+    st.binary(min_size=protocol.HEADER_LEN - 8, max_size=protocol.MAX_PACKET - 40 - 8),
+    st.booleans(),
+)
 def test_arbitrary_plaintext_under_the_right_key_never_raises(nonce, rest, with_magic):
     """Gets past the MAC, so the later steps see arbitrary bytes: odd SIGNPUBs that are no
     Ed25519 point, any DATA_LEN, any counter. Every client key counts as known here."""
@@ -135,28 +142,40 @@ def unseal_in_place(datagram: bytes):
     """protocol.unseal as the verifier's serve loop calls it: on the datagram
     laid out as recvmmsg leaves it (knock_socket.Datagrams), cut at
     MAX_PACKET + 1 bytes as its receive buffers cut it."""
-    datagram = datagram[:protocol.MAX_PACKET2 + 1]
+    datagram = datagram[: protocol.MAX_PACKET2 + 1]
     ffi = protocol.ffi
-    head = datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN)
-    box = ffi.new("unsigned char[]", bytes(protocol.BOXZERO_LEN)
-                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET2 + 1))
+    head = datagram[: protocol.NONCE_LEN].ljust(protocol.NONCE_LEN)
+    box = ffi.new(
+        "unsigned char[]",
+        bytes(protocol.BOXZERO_LEN)
+        + datagram[protocol.NONCE_LEN :].ljust(protocol.MAX_PACKET2 + 1),
+    )
     opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET2)
     result = protocol.unseal(len(datagram), head, box, opened, SERVER_KEY)
     return result if isinstance(result, str) else None
 
 
 @moderate
-@given(st.one_of(
-    st.binary(max_size=1200),
-    st.builds(knock, counters, requests),
-    st.tuples(st.builds(knock, counters, requests), st.integers(0, 1023), st.integers(1, 255))
-    .map(lambda t: t[0][:t[1]] + bytes([t[0][t[1] % len(t[0])] ^ t[2]]) + t[0][t[1] + 1:]),
-    st.tuples(st.builds(knock, counters, requests, extra_blocks=st.just(54)), st.binary(
-        min_size=1, max_size=200)).map(lambda t: t[0] + t[1])))
+@given(
+    st.one_of(
+        st.binary(max_size=1200),
+        st.builds(knock, counters, requests),
+        st.tuples(
+            st.builds(knock, counters, requests), st.integers(0, 1023), st.integers(1, 255)
+        ).map(lambda t: t[0][: t[1]] + bytes([t[0][t[1] % len(t[0])] ^ t[2]]) + t[0][t[1] + 1 :]),
+        st.tuples(
+            st.builds(knock, counters, requests, extra_blocks=st.just(54)),
+            st.binary(min_size=1, max_size=200),
+        ).map(lambda t: t[0] + t[1]),
+    )
+)
 def test_the_serve_loop_pre_check_drops_exactly_what_open_packet_drops_at_steps_1_and_2(packet):
     # The verifier drops a datagram on unseal's word before open_packet sees
     # it: the two must agree, or a knock would be lost (or garbage let on).
     result = receive(packet)
-    early = result.reason if isinstance(result, protocol.Rejected) and result.reason in (
-        protocol.SIZE, protocol.MAC) else None
+    early = (
+        result.reason
+        if isinstance(result, protocol.Rejected) and result.reason in (protocol.SIZE, protocol.MAC)
+        else None
+    )
     assert unseal_in_place(packet) == early

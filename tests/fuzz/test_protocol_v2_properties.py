@@ -4,6 +4,7 @@ in-place check drops exactly what the whole receiver drops before the seal.
 
 Keys come from tests/vectors/knock-v2.json so a failure can be replayed by hand.
 """
+
 import json
 from pathlib import Path
 
@@ -15,8 +16,11 @@ VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v2.json"
 PRIVATE = bytes.fromhex(VECTORS["server_private_key"])
 PUBLIC = bytes.fromhex(VECTORS["server_public_key"])
 KEYS2 = [(PUBLIC, PRIVATE)]
-V1_KEY = bytes.fromhex(json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json")
-                                  .read_text())["server_key"])
+V1_KEY = bytes.fromhex(
+    json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())[
+        "server_key"
+    ]
+)
 SEED_A = bytes.fromhex(VECTORS["clients"]["a"]["seed"])
 SEED_B = bytes.fromhex(VECTORS["clients"]["b"]["seed"])
 PUB_A = bytes.fromhex(VECTORS["clients"]["a"]["public_key"])
@@ -41,9 +45,12 @@ def knock(counter, data, address=V4, seed=SEED_A, public=PUBLIC, extra_blocks=No
 
 def remac(packet: bytes, public=PUBLIC) -> bytes:
     """packet with MAC1 made right for its (changed) sealed box: anyone with SPK can."""
-    sealed = packet[protocol.HEAD_LEN:]
-    return (protocol.MAGIC2 + protocol.blake2b(sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON,
-                                               key=public) + sealed)
+    sealed = packet[protocol.HEAD_LEN :]
+    return (
+        protocol.MAGIC2
+        + protocol.blake2b(sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON, key=public)
+        + sealed
+    )
 
 
 @moderate
@@ -95,8 +102,11 @@ def test_a_knock_for_another_server_key_never_opens(counter, data, other_private
 
 
 @moderate
-@given(counters, requests, st.binary(min_size=32, max_size=32).filter(
-    lambda s: s not in (SEED_A, SEED_B)))
+@given(
+    counters,
+    requests,
+    st.binary(min_size=32, max_size=32).filter(lambda s: s not in (SEED_A, SEED_B)),
+)
 def test_an_unknown_client_key_is_rejected(counter, data, other_seed):
     assert receive(knock(counter, data, seed=other_seed)).reason == protocol.UNKNOWN_CLIENT
 
@@ -110,25 +120,34 @@ def test_an_old_counter_is_a_replay(counter, data):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.one_of(st.binary(max_size=1100),
-                 st.binary(max_size=1100).map(lambda b: protocol.MAGIC2 + b),
-                 st.binary(min_size=protocol.MIN_PACKET2 - 24, max_size=protocol.MAX_PACKET2
-                           ).map(lambda b: remac(protocol.MAGIC2 + bytes(16) + b))),
-       st.booleans())
+@given(
+    st.one_of(
+        st.binary(max_size=1100),
+        st.binary(max_size=1100).map(lambda b: protocol.MAGIC2 + b),
+        st.binary(min_size=protocol.MIN_PACKET2 - 24, max_size=protocol.MAX_PACKET2).map(
+            lambda b: remac(protocol.MAGIC2 + bytes(16) + b)
+        ),
+    ),
+    st.booleans(),
+)
 def test_arbitrary_bytes_never_raise(packet, with_v1):
     assert isinstance(receive(packet, v1_key=V1_KEY if with_v1 else None), protocol.Rejected)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.binary(min_size=protocol.HEADER_LEN - 8, max_size=protocol.MAX_PACKET2 - 72),
-       st.binary(min_size=32, max_size=32))
+@given(
+    st.binary(min_size=protocol.HEADER_LEN - 8, max_size=protocol.MAX_PACKET2 - 72),
+    st.binary(min_size=32, max_size=32),
+)
 def test_arbitrary_plaintext_sealed_to_the_server_never_raises(plaintext, ephemeral):
     """Gets past the seal (anyone can seal to SPK), so the later steps see arbitrary
     bytes: odd SIGNPUBs that are no Ed25519 point, any DATA_LEN, any counter."""
     from nacl.public import PublicKey, SealedBox
+
     sealed = SealedBox(PublicKey(PUBLIC)).encrypt(plaintext)
-    result = protocol.open_packet(remac(protocol.MAGIC2 + bytes(16) + sealed), None,
-                                  lambda k: 0, [V4], KEYS2)
+    result = protocol.open_packet(
+        remac(protocol.MAGIC2 + bytes(16) + sealed), None, lambda k: 0, [V4], KEYS2
+    )
     assert isinstance(result, protocol.Rejected)
     assert result.reason in (protocol.SIGNATURE, protocol.REPLAY)
 
@@ -136,30 +155,46 @@ def test_arbitrary_plaintext_sealed_to_the_server_never_raises(plaintext, epheme
 def unseal_in_place(datagram: bytes, v1_key=None):
     """protocol.unseal as the verifier's serve loop calls it: on the datagram laid
     out as recvmmsg leaves it (knock_socket.Datagrams), cut at MAX_PACKET2 + 1."""
-    datagram = datagram[:protocol.MAX_PACKET2 + 1]
+    datagram = datagram[: protocol.MAX_PACKET2 + 1]
     ffi = protocol.ffi
-    head = datagram[:protocol.NONCE_LEN].ljust(protocol.NONCE_LEN)
-    box = ffi.new("unsigned char[]", bytes(protocol.BOXZERO_LEN)
-                  + datagram[protocol.NONCE_LEN:].ljust(protocol.MAX_PACKET2 + 1))
+    head = datagram[: protocol.NONCE_LEN].ljust(protocol.NONCE_LEN)
+    box = ffi.new(
+        "unsigned char[]",
+        bytes(protocol.BOXZERO_LEN)
+        + datagram[protocol.NONCE_LEN :].ljust(protocol.MAX_PACKET2 + 1),
+    )
     opened = ffi.new("unsigned char[]", protocol.BOXZERO_LEN + protocol.MAX_PACKET2)
     result = protocol.unseal(len(datagram), head, box, opened, v1_key, KEYS2)
     return result if isinstance(result, str) else None
 
 
 @moderate
-@given(st.one_of(
-    st.binary(max_size=1200),
-    st.binary(max_size=1200).map(lambda b: protocol.MAGIC2 + b),
-    st.builds(knock, counters, requests, addresses),
-    st.tuples(st.builds(knock, counters, requests), st.integers(0, 1047), st.integers(1, 255))
-    .map(lambda t: t[0][:t[1]] + bytes([t[0][t[1] % len(t[0])] ^ t[2]]) + t[0][t[1] + 1:]),
-    st.tuples(st.builds(knock, counters, requests, extra_blocks=st.just(54)), st.binary(
-        min_size=1, max_size=200)).map(lambda t: t[0] + t[1])), st.booleans())
+@given(
+    st.one_of(
+        st.binary(max_size=1200),
+        st.binary(max_size=1200).map(lambda b: protocol.MAGIC2 + b),
+        st.builds(knock, counters, requests, addresses),
+        st.tuples(
+            st.builds(knock, counters, requests), st.integers(0, 1047), st.integers(1, 255)
+        ).map(lambda t: t[0][: t[1]] + bytes([t[0][t[1] % len(t[0])] ^ t[2]]) + t[0][t[1] + 1 :]),
+        st.tuples(
+            st.builds(knock, counters, requests, extra_blocks=st.just(54)),
+            st.binary(min_size=1, max_size=200),
+        ).map(lambda t: t[0] + t[1]),
+    ),
+    st.booleans(),
+)
 def test_the_serve_loop_pre_check_drops_exactly_what_the_receiver_drops_before_the_seal(
-        packet, with_v1):
+    packet, with_v1
+):
     v1_key = V1_KEY if with_v1 else None
     result = receive(packet, v1_key=v1_key)
-    early = result.reason if isinstance(result, protocol.Rejected) and result.reason in (
-        protocol.SIZE, protocol.MAC, protocol.MAGIC_MISMATCH, protocol.MAC1, protocol.SEAL) \
-        and (result.reason != protocol.MAGIC_MISMATCH or not with_v1) else None
+    early = (
+        result.reason
+        if isinstance(result, protocol.Rejected)
+        and result.reason
+        in (protocol.SIZE, protocol.MAC, protocol.MAGIC_MISMATCH, protocol.MAC1, protocol.SEAL)
+        and (result.reason != protocol.MAGIC_MISMATCH or not with_v1)
+        else None
+    )
     assert unseal_in_place(packet, v1_key) == early

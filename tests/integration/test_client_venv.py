@@ -9,6 +9,7 @@ PyNaCl's wheel, and the build backend pyproject.toml names (setuptools), are
 downloaded once into .venv/wheels (beside the test tools tests/run installs)
 and installed from there, so the suite stays fast.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from support import (PYTHON, REPO, Daemon, EchoServices, Helper, Keys, Net, echoes,
-                     load_table, tcp_connect, write_config)
+from support import (
+    PYTHON,
+    REPO,
+    Daemon,
+    EchoServices,
+    Helper,
+    Keys,
+    Net,
+    echoes,
+    load_table,
+    tcp_connect,
+    write_config,
+)
 
 WHEELS = REPO / ".venv" / "wheels"
 
@@ -36,21 +48,35 @@ def venv(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("client-venv")
     if not (list(WHEELS.glob("[Pp]y[Nn]a[Cc]l-*.whl")) and list(WHEELS.glob("setuptools-*"))):
         WHEELS.mkdir(parents=True, exist_ok=True)
-        run([PYTHON, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
-             WHEELS, "PyNaCl>=1.5", "setuptools>=70.1"])  # 70.1: bdist_wheel without wheel
+        run(
+            [
+                PYTHON,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--only-binary=:all:",
+                "--dest",
+                WHEELS,
+                "PyNaCl>=1.5",
+                "setuptools>=70.1",
+            ]
+        )  # 70.1: bdist_wheel without wheel
     # The checkout's files an sdist holds, copied so the build leaves no
     # build/ or *.egg-info in the checkout.
     src = d / "src"
     src.mkdir()
     shutil.copy(REPO / "pyproject.toml", src)
     shutil.copy(REPO / "README.md", src)
-    shutil.copytree(REPO / "gnocchi", src / "gnocchi",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "gnocchi", src / "gnocchi", ignore=shutil.ignore_patterns("__pycache__"))
     # An sdist of them, as a release would ship it: what pip builds from it must be
     # complete (pipx install of the checkout builds the same way, without the tarball).
     code = "from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
-    sdist = d / "dist" / run([PYTHON, "-c", f"import sys; {code}", d / "dist"],
-                             cwd=src).stdout.split()[-1]
+    sdist = (
+        d
+        / "dist"
+        / run([PYTHON, "-c", f"import sys; {code}", d / "dist"], cwd=src).stdout.split()[-1]
+    )
     run([PYTHON, "-m", "venv", d / "venv"])
     run([d / "venv/bin/pip", "install", "--quiet", "--no-index", "--find-links", WHEELS, sdist])
     return d / "venv"
@@ -60,10 +86,12 @@ def test_the_venv_holds_the_client_and_pynacl_only(venv):
     installed = run([venv / "bin/python", "-m", "pip", "list", "--format=freeze"]).stdout
     names = {line.split("==")[0].lower() for line in installed.split()}
     assert names - {"pip", "setuptools"} == {"gnocchi-knock", "pynacl", "cffi", "pycparser"}
-    code = ("import gnocchi.client.knock, importlib.util as u, os, sys\n"
-            "print(gnocchi.client.knock.__file__)\n"
-            "print([m for m in ('nftables', 'systemd') if u.find_spec(m)])\n"
-            "print(sorted(os.listdir(os.path.dirname(gnocchi.__file__))))\n")
+    code = (
+        "import gnocchi.client.knock, importlib.util as u, os, sys\n"
+        "print(gnocchi.client.knock.__file__)\n"
+        "print([m for m in ('nftables', 'systemd') if u.find_spec(m)])\n"
+        "print(sorted(os.listdir(os.path.dirname(gnocchi.__file__))))\n"
+    )
     out = run([venv / "bin/python", "-c", code], cwd="/").stdout.split("\n")
     assert out[0].startswith(str(venv)) and out[1] == "[]", out
     # The wheel is the client: the shared and client folders, no server or admin code.
@@ -86,14 +114,30 @@ def test_the_venvs_gnocchi_knock_knocks_a_real_verifier(venv, tmp_path):
         services = EchoServices(net.server, tcp_ports=(22,))
         daemon = None
         try:
-            config = write_config(tmp_path, k, str(helper.path), clients=(
-                f'[clients.laptop]\npublic_key = "{public}"\nallow = ["22/tcp"]\n'))
-            daemon = Daemon(net, config, f"{net.server.ip}:{k.port}",
-                            stderr=tmp_path / "daemon.err")
+            config = write_config(
+                tmp_path,
+                k,
+                str(helper.path),
+                clients=(f'[clients.laptop]\npublic_key = "{public}"\nallow = ["22/tcp"]\n'),
+            )
+            daemon = Daemon(
+                net, config, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err"
+            )
             assert tcp_connect(net.client, net.server.ip, 22) is None, "closed before the knock"
-            run(net.client.argv([knock_cmd, "--server-key-file", k.server_file,
-                                 "--client-key-file", client_key, net.server.ip]),
-                env=env, cwd=home)
+            run(
+                net.client.argv(
+                    [
+                        knock_cmd,
+                        "--server-key-file",
+                        k.server_file,
+                        "--client-key-file",
+                        client_key,
+                        net.server.ip,
+                    ]
+                ),
+                env=env,
+                cwd=home,
+            )
             accepted = daemon.wait_events("accepted", 1)[0]
             assert accepted["GNOCCHI_CLIENT"] == "laptop"
             conn = tcp_connect(net.client, net.server.ip, 22)

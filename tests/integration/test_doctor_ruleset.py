@@ -9,6 +9,7 @@ A new case: a fixture file with "what", "rules", "expected" and "port"; then
     GNOCCHI_WRITE_FIXTURES=1 bash tests/run tests/integration/test_doctor_ruleset.py
 fills in its "listing" from the kernel (CONTRIBUTING.md, "Test vectors").
 """
+
 import json
 import os
 from pathlib import Path
@@ -66,7 +67,8 @@ def test_the_fixture_is_what_the_kernel_lists(host, path):
         path.write_text(json.dumps(fixture, indent=1) + "\n")
     assert without_handles(now) == without_handles(fixture["listing"]), (
         f"{path.name} is not what the kernel lists for its rules: if the rules or nft "
-        "changed, GNOCCHI_WRITE_FIXTURES=1 rewrites it")
+        "changed, GNOCCHI_WRITE_FIXTURES=1 rewrites it"
+    )
 
 
 def test_no_chain_but_gnocchis_means_nothing_to_judge(host):

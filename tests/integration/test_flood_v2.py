@@ -5,6 +5,7 @@ first try while one address floods the verifier with what costs it most: datagra
 that pass MAC1 (anyone with the server public key can make them) and each cost an
 X25519 before the seal fails. The flood helpers are tests/integration/test_table_flood.py's.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,27 @@ import pytest
 
 from gnocchi.admin import table
 from gnocchi.shared import protocol
-from integration.test_table_flood import (BURST, FLOOD_SECONDS, RATE, Counting, flood,
-                                          flood_sent, other_address, send_from)
-from support import (TABLE_FILE, Daemon, EchoServices, Helper, Keys, Net, inside, knock2,
-                     write_config)
+from integration.test_table_flood import (
+    BURST,
+    FLOOD_SECONDS,
+    RATE,
+    Counting,
+    flood,
+    flood_sent,
+    other_address,
+    send_from,
+)
+from support import (
+    TABLE_FILE,
+    Daemon,
+    EchoServices,
+    Helper,
+    Keys,
+    Net,
+    inside,
+    knock2,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -30,27 +48,32 @@ def past_mac1(public: bytes) -> bytes:
     """Garbage sealed to nobody, with MAC1 right for public: each costs the verifier
     the seal's X25519 (crypto_box_seal_open) before it is dropped."""
     sealed = os.urandom(protocol.MIN_PACKET2 - protocol.HEAD_LEN + 16)
-    return (protocol.MAGIC2 + protocol.blake2b(sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON,
-                                               key=public) + sealed)
+    return (
+        protocol.MAGIC2
+        + protocol.blake2b(sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON, key=public)
+        + sealed
+    )
 
 
 def test_arming_limits_floods_on_every_knock_port_of_the_keys(net, tmp_path):
     k = Keys(tmp_path)
     assert k.port != k.port2
-    config = write_config(tmp_path, k, str(tmp_path / "helper.sock"),
-                          extra=f'private_key_file = "{k.private_file}"\n')
+    config = write_config(
+        tmp_path, k, str(tmp_path / "helper.sock"), extra=f'private_key_file = "{k.private_file}"\n'
+    )
     table_path = tmp_path / "gnocchi.nft"
     table_path.write_text(TABLE_FILE.read_text())
     with inside(net.server):
         from gnocchi.admin import nft_table
-        loaded = nft_table.load(str(table_path), knock_port=table.configured_knock_port(
-            str(config))[0])
+
+        loaded = nft_table.load(
+            str(table_path), knock_port=table.configured_knock_port(str(config))[0]
+        )
     assert sorted(loaded.table.knock_ports()) == sorted([k.port, k.port2])
     knocker = other_address(net, 3)
     counting = Counting(net, k.port2)
     try:
-        sender = flood(net, [past_mac1(k.public2) for _ in range(1000)], tmp_path / "pool",
-                       k.port2)
+        sender = flood(net, [past_mac1(k.public2) for _ in range(1000)], tmp_path / "pool", k.port2)
         send_from(net, knocker, k.port2, [b"one knock"])
         sent = flood_sent(sender)
         got = counting.settle()
@@ -67,20 +90,28 @@ def test_a_v2_knock_opens_on_its_first_try_during_a_flood_past_mac1(net, tmp_pat
     table_path.write_text(TABLE_FILE.read_text())
     with inside(net.server):
         from gnocchi.admin import nft_table
+
         nft_table.load(str(table_path), knock_port=[k.port2])
     helper = Helper(net.server, peer_user="root")
-    config = write_config(tmp_path, k, str(helper.path),
-                          extra=f'v1 = false\nprivate_key_file = "{k.private_file}"\n')
+    config = write_config(
+        tmp_path, k, str(helper.path), extra=f'v1 = false\nprivate_key_file = "{k.private_file}"\n'
+    )
     knocker = other_address(net, 3)
     try:
         with EchoServices(net.server, tcp_ports=(22,)):
-            d = Daemon(net, config, f"{net.server.ip}:{k.port2}", "--summary-interval", "1",
-                       stderr=tmp_path / "daemon.err")
+            d = Daemon(
+                net,
+                config,
+                f"{net.server.ip}:{k.port2}",
+                "--summary-interval",
+                "1",
+                stderr=tmp_path / "daemon.err",
+            )
             try:
-                sender = flood(net, [past_mac1(k.public2) for _ in range(6000)],
-                               tmp_path / "pool", k.port2)
-                send_from(net, knocker, k.port2,
-                          [knock2(k, "alice", 1, b"open 22", net.server.ip)])
+                sender = flood(
+                    net, [past_mac1(k.public2) for _ in range(6000)], tmp_path / "pool", k.port2
+                )
+                send_from(net, knocker, k.port2, [knock2(k, "alice", 1, b"open 22", net.server.ip)])
                 accepted = d.wait_events("accepted", 1, timeout=FLOOD_SECONDS)[0]
                 sent = flood_sent(sender)
                 with inside(net.client):
@@ -89,8 +120,10 @@ def test_a_v2_knock_opens_on_its_first_try_during_a_flood_past_mac1(net, tmp_pat
                     s.bind((knocker, 0))
                     s.settimeout(2)
                     s.connect((net.server.ip, 22))
-                d.wait_for(lambda _: any("GNOCCHI_DROPPED_SEAL" in e
-                                         for e in d.of("dropped-summary")), what="a summary")
+                d.wait_for(
+                    lambda _: any("GNOCCHI_DROPPED_SEAL" in e for e in d.of("dropped-summary")),
+                    what="a summary",
+                )
             finally:
                 d.stop()
     finally:

@@ -16,6 +16,7 @@ programs its rules anew. Skipped where docker.io (or busybox-static, whose binar
 the container's image) is not installed: tests/run installs them only where
 installing cannot start a daemon on the machine itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ from pathlib import Path
 import pytest
 
 from gnocchi.admin import nft_table
-from support import (STATUS, TABLE_FILE, Helper, Keys, Net, inside, request, stop,
-                     write_config)
+from support import STATUS, TABLE_FILE, Helper, Keys, Net, inside, request, stop, write_config
 
 OK = STATUS["OK"]
 BUSYBOX = "/bin/busybox"
@@ -40,7 +40,8 @@ PUBLISHED, OPEN = 8080, 8081
 pytestmark = pytest.mark.skipif(
     shutil.which("dockerd") is None or not os.path.exists(BUSYBOX),
     reason="needs Debian's docker.io and busybox-static (apt install docker.io busybox-static; "
-           "the test runs its own dockerd in a namespace, never the machine's)")
+    "the test runs its own dockerd in a namespace, never the machine's)",
+)
 
 
 class Docker:
@@ -55,14 +56,29 @@ class Docker:
         self.start()
 
     def start(self):
-        script = ('mount --make-rprivate / && exec dockerd --data-root "$1/data" '
-                  '--exec-root "$1/exec" --pidfile "$1/dockerd.pid" -H "unix://$1/docker.sock" '
-                  '--containerd-namespace gnocchi-test --storage-driver vfs --bip "$2" '
-                  '--ip6tables=false --log-level warn')
+        script = (
+            'mount --make-rprivate / && exec dockerd --data-root "$1/data" '
+            '--exec-root "$1/exec" --pidfile "$1/dockerd.pid" -H "unix://$1/docker.sock" '
+            '--containerd-namespace gnocchi-test --storage-driver vfs --bip "$2" '
+            "--ip6tables=false --log-level warn"
+        )
         with open(self.root / "dockerd.log", "ab") as log:  # the daemon keeps its own copy
             self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.host.name}", "unshare", "-m", "sh", "-c",
-                 script, "sh", str(self.root), self.bridge], stdout=log, stderr=log)
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{self.host.name}",
+                    "unshare",
+                    "-m",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    str(self.root),
+                    self.bridge,
+                ],
+                stdout=log,
+                stderr=log,
+            )
         deadline = time.monotonic() + 30
         while self.docker("info", check=False).returncode != 0:
             assert self.proc.poll() is None, (self.root / "dockerd.log").read_text()
@@ -70,8 +86,15 @@ class Docker:
             time.sleep(0.2)
 
     def docker(self, *args: str, check=True, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", *args], env=self.env, check=check, capture_output=True,
-                              text=True, timeout=120, **kw)
+        return subprocess.run(
+            ["docker", *args],
+            env=self.env,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kw,
+        )
 
     def image(self) -> str:
         """A one-binary image: busybox, its httpd serving an empty directory."""
@@ -81,15 +104,29 @@ class Docker:
         shutil.copy(BUSYBOX, tree / "bin" / "busybox")
         for name in ("sh", "httpd", "sleep"):
             (tree / "bin" / name).symlink_to("busybox")
-        subprocess.run(["tar", "-C", str(tree), "-cf", str(self.root / "image.tar"), "."],
-                       check=True)
+        subprocess.run(
+            ["tar", "-C", str(tree), "-cf", str(self.root / "image.tar"), "."], check=True
+        )
         self.docker("import", str(self.root / "image.tar"), "gnocchi-test/busybox:1")
         return "gnocchi-test/busybox:1"
 
     def run(self, image: str) -> None:
-        self.docker("run", "-d", "--name", "web", "--restart", "always", "-p",
-                    f"{PUBLISHED}:80", "-p", f"{OPEN}:81", image, "/bin/sh", "-c",
-                    "httpd -p 81 -h /www && exec httpd -f -p 80 -h /www")
+        self.docker(
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--restart",
+            "always",
+            "-p",
+            f"{PUBLISHED}:80",
+            "-p",
+            f"{OPEN}:81",
+            image,
+            "/bin/sh",
+            "-c",
+            "httpd -p 81 -h /www && exec httpd -f -p 80 -h /www",
+        )
         self.wait_running()
 
     def wait_running(self) -> None:
@@ -137,10 +174,21 @@ def docker_host(tmp_path_factory):
         n = int(net.client.ip.split(".")[2])
         net.stranger = (f"198.18.{n}.3", f"fd00:198:18:{n:x}::3")
         net.client.run(["ip", "addr", "add", f"{net.stranger[0]}/24", "dev", "gveth0"])
-        net.client.run(["ip", "-6", "addr", "add", f"{net.stranger[1]}/64", "dev", "gveth0",
-                        "nodad", "preferred_lft", "0"])
-        config = write_config(d, Keys(d), "/nonexistent",
-                              extra=f"[protect]\ntcp = [{PUBLISHED}]\n")
+        net.client.run(
+            [
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                f"{net.stranger[1]}/64",
+                "dev",
+                "gveth0",
+                "nodad",
+                "preferred_lft",
+                "0",
+            ]
+        )
+        config = write_config(d, Keys(d), "/nonexistent", extra=f"[protect]\ntcp = [{PUBLISHED}]\n")
         with inside(net.server):
             nft_table.load_wanted(nft_table.wanted(str(config), str(TABLE_FILE)))
         # A short directory of its own: unix socket paths are at most 107 bytes.
@@ -174,8 +222,11 @@ def http(net, src: str, dst: str, port: int) -> bool:
 
 def gnocchi_table(net) -> list:
     out = json.loads(net.server.nft("-j", "list", "table", "inet", "gnocchi").stdout)
-    return [o for o in out["nftables"] if o.get("set", {}).get("name") not in
-            ("knocked4", "knocked6", "knockers6")]
+    return [
+        o
+        for o in out["nftables"]
+        if o.get("set", {}).get("name") not in ("knocked4", "knocked6", "knockers6")
+    ]
 
 
 def closed_open_once_closed(net, v: int) -> None:
@@ -192,13 +243,14 @@ def closed_open_once_closed(net, v: int) -> None:
 
 
 def test_a_port_the_real_docker_publishes_opens_once_per_knock_and_again_after_a_restart(
-        docker_host):
+    docker_host,
+):
     net = docker_host
     before = gnocchi_table(net)
     rules = net.server.nft("list", "table", "ip", "nat").stdout
     assert f"dport {PUBLISHED}" in rules and "dnat to" in rules, rules  # Docker's DNAT
-    closed_open_once_closed(net, 4)   # DNATed: the forward path
-    closed_open_once_closed(net, 6)   # docker-proxy on the server: the input path
+    closed_open_once_closed(net, 4)  # DNATed: the forward path
+    closed_open_once_closed(net, 6)  # docker-proxy on the server: the input path
     net.docker.restart()
     assert f"dport {PUBLISHED}" in net.server.nft("list", "table", "ip", "nat").stdout
     closed_open_once_closed(net, 4)

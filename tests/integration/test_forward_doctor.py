@@ -3,6 +3,7 @@ Docker's rules by iptables-nft, a table shaped like Podman's, the admin's port f
 gnocchi's own [forwards]), on the real kernel: it names what it can see of the forward
 path, each with its fix.
 """
+
 import json
 import os
 from pathlib import Path
@@ -12,10 +13,19 @@ from test_doctor_ruleset import listed, without_handles
 
 from gnocchi.admin import doctor, nft_table
 from support import TABLE_FILE, Keys, Net, inside, write_config
-from support.forward import (DOCKER_OPEN, DOCKER_TCP, DOCKER_UDP, FORWARD_TCP, PODMAN_TCP,
-                             VM_OPEN, VM_TCP, Lab)
+from support.forward import (
+    DOCKER_OPEN,
+    DOCKER_TCP,
+    DOCKER_UDP,
+    FORWARD_TCP,
+    PODMAN_TCP,
+    VM_OPEN,
+    VM_TCP,
+    Lab,
+)
 
-EARLY = """
+EARLY = (
+    """
 table inet early {
     chain pre {
         type nat hook prerouting priority dstnat - 20; policy accept;
@@ -26,7 +36,9 @@ table inet early {
         ct state established,related accept
     }
 }
-""" % FORWARD_TCP
+"""
+    % FORWARD_TCP
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +82,12 @@ def test_doctor_says_when_the_kernel_does_not_forward(lab):
 
 def test_doctor_names_each_published_port_and_whether_gnocchi_guards_it(lab):
     found = findings(lab)
-    for port, proto in ((DOCKER_TCP, "tcp"), (DOCKER_UDP, "udp"), (PODMAN_TCP, "tcp"),
-                        (VM_TCP, "tcp")):
+    for port, proto in (
+        (DOCKER_TCP, "tcp"),
+        (DOCKER_UDP, "udp"),
+        (PODMAN_TCP, "tcp"),
+        (VM_TCP, "tcp"),
+    ):
         assert named(found, f"{port}/{proto} (published").ok
     for port, by in ((DOCKER_OPEN, "by ip nat DOCKER)"), (VM_OPEN, "by inet portfwd pre)")):
         open_ = named(found, f"{port}/tcp (published")
@@ -83,19 +99,20 @@ def test_doctor_names_each_published_port_and_whether_gnocchi_guards_it(lab):
 def test_doctor_names_a_chain_of_theirs_that_drops_a_forward(lab):
     # Docker's FORWARD policy is drop: gnocchi's forwards to the VM need an accept there.
     found = findings(lab)
-    dropped = named(found, "ip filter FORWARD lets forwards.vm-ssh through (tcp to "
-                           f"{lab.vm.ip}:22)")
+    dropped = named(
+        found, f"ip filter FORWARD lets forwards.vm-ssh through (tcp to {lab.vm.ip}:22)"
+    )
     assert not dropped.ok and "iptables -I DOCKER-USER -d " + lab.vm.ip in dropped.fix
-    assert named(found, "inet netavark FORWARD lets forwards.vm-ssh through (tcp to "
-                        f"{lab.vm.ip}:22)").ok  # Podman's accepts: policy accept
+    assert named(
+        found, f"inet netavark FORWARD lets forwards.vm-ssh through (tcp to {lab.vm.ip}:22)"
+    ).ok  # Podman's accepts: policy accept
     for way in ("-i", "-o"):
         lab.server.run(["iptables", "-w", "-I", "DOCKER-USER", way, "veth-vm", "-j", "ACCEPT"])
     try:
         allowed = named(findings(lab), "ip filter FORWARD lets forwards.vm-ssh through (tcp")
     finally:
         for way in ("-i", "-o"):
-            lab.server.run(["iptables", "-w", "-D", "DOCKER-USER", way, "veth-vm", "-j",
-                            "ACCEPT"])
+            lab.server.run(["iptables", "-w", "-D", "DOCKER-USER", way, "veth-vm", "-j", "ACCEPT"])
     assert allowed.ok or allowed.warn  # an interface the evaluator cannot know
 
 

@@ -18,6 +18,7 @@ closed before a knock, open once after, closed again, never to a stranger; and
 the crafted packets of tests/integration/test_gate_attacks.py, sent to a
 forwarded port, get nothing either.
 """
+
 import errno
 import json
 import socket
@@ -28,17 +29,52 @@ import time
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, fragment6
-from test_gate_attacks import (NO_RST, OPTIONS, SynAcks, TcpService, connect_until_reset,
-                               connects_from, crafted_segments, handshakes, ip_layer,
-                               load_text, send_raw)
+from test_gate_attacks import (
+    NO_RST,
+    OPTIONS,
+    SynAcks,
+    TcpService,
+    connect_until_reset,
+    connects_from,
+    crafted_segments,
+    handshakes,
+    ip_layer,
+    load_text,
+    send_raw,
+)
 from test_gate_tampering import Watch
 
 from gnocchi.admin import nft_table
-from support import (PYTHON, REPO, STATUS, TABLE_FILE, Helper, Keys, elements, inside,
-                     request, write_config)
-from support.forward import (ABORT, DOCKER_OPEN, DOCKER_TCP, DOCKER_UDP, FORWARD_ABORT,
-                             FORWARD_TCP, FORWARD_UDP, PODMAN_TCP, VM_OPEN, VM_TCP, Banner,
-                             Lab, answered, docker_rules, podman_table, reached)
+from support import (
+    PYTHON,
+    REPO,
+    STATUS,
+    TABLE_FILE,
+    Helper,
+    Keys,
+    elements,
+    inside,
+    request,
+    write_config,
+)
+from support.forward import (
+    ABORT,
+    DOCKER_OPEN,
+    DOCKER_TCP,
+    DOCKER_UDP,
+    FORWARD_ABORT,
+    FORWARD_TCP,
+    FORWARD_UDP,
+    PODMAN_TCP,
+    VM_OPEN,
+    VM_TCP,
+    Banner,
+    Lab,
+    answered,
+    docker_rules,
+    podman_table,
+    reached,
+)
 
 OK = STATUS["OK"]
 
@@ -78,8 +114,7 @@ def no_pending_knocks(lab):
 def ends(lab, v: int) -> tuple[str, str, str]:
     """(the client's address, a stranger's, the server's) in family v."""
     i = 0 if v == 4 else 1
-    return (lab.client.ip, lab.client.ip6)[i], lab.stranger[i], (lab.server.ip,
-                                                                  lab.server.ip6)[i]
+    return (lab.client.ip, lab.client.ip6)[i], lab.stranger[i], (lab.server.ip, lab.server.ip6)[i]
 
 
 def connect(lab, src: str, dst: str, port: int) -> socket.socket | None:
@@ -126,8 +161,11 @@ def test_a_forwarded_port_is_closed_before_a_knock_open_once_after_and_closed_ag
     first.close()
 
 
-@pytest.mark.parametrize("port, behind", [(DOCKER_UDP, "container"), (FORWARD_UDP, "vm")],
-                         ids=["docker", "gnocchi-forward"])
+@pytest.mark.parametrize(
+    "port, behind",
+    [(DOCKER_UDP, "container"), (FORWARD_UDP, "vm")],
+    ids=["docker", "gnocchi-forward"],
+)
 def test_one_knock_for_a_forwarded_udp_port_admits_one_flow(lab, port, behind):
     name = getattr(lab, behind).name
     client, stranger, server = ends(lab, 4)
@@ -173,9 +211,9 @@ def test_a_knock_for_a_port_that_is_not_a_forward_translates_nothing(lab):
 
 # ---- the crafted packets of test_gate_attacks.py, to a forwarded port ---------------------
 
+
 @pytest.mark.parametrize("path", ["docker", "vm-port-forward-ipv6"])
-def test_no_crafted_segment_to_a_forwarded_port_is_answered_or_lets_a_connection_through(
-        lab, path):
+def test_no_crafted_segment_to_a_forwarded_port_is_answered_or_lets_a_connection_through(lab, path):
     # 256 flag combinations x 6 option sets from a stranger, each from its own port:
     # none with SYN set is answered, and an ordinary connect() from each port after
     # gets nothing. The control, the same SYN to a port the same DNAT publishes
@@ -189,8 +227,9 @@ def test_no_crafted_segment_to_a_forwarded_port_is_answered_or_lets_a_connection
     with SynAcks(lab.client) as answered_ports:
         send_raw(lab.client, segments + [control])
     assert answered_ports.ports == {19999}  # the client ports that got a SYN-ACK
-    assert connects_from(lab.client, stranger, server, port,
-                         [s[TCP].sport for s in segments]) == set()
+    assert (
+        connects_from(lab.client, stranger, server, port, [s[TCP].sport for s in segments]) == set()
+    )
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -200,14 +239,19 @@ def test_fragments_and_extension_headers_do_not_hide_a_forwarded_syn(lab, v6):
 
     def syn(sport):
         return TCP(sport=sport, dport=VM_TCP, flags="S", seq=1000)
+
     if v6:
         base = IPv6(src=src, dst=dst)
-        packets = [base / IPv6ExtHdrDestOpt() / syn(32001),
-                   base / IPv6ExtHdrFragment(id=7) / syn(32003),
-                   *fragment6(base / IPv6ExtHdrFragment(id=9) / syn(32005) / padding, 56)]
+        packets = [
+            base / IPv6ExtHdrDestOpt() / syn(32001),
+            base / IPv6ExtHdrFragment(id=7) / syn(32003),
+            *fragment6(base / IPv6ExtHdrFragment(id=9) / syn(32005) / padding, 56),
+        ]
     else:
-        packets = [*fragment(IP(src=src, dst=dst) / syn(32005) / padding, fragsize=8),
-                   IP(src=src, dst=dst, options=b"\x01\x01\x01\x00") / syn(32007)]
+        packets = [
+            *fragment(IP(src=src, dst=dst) / syn(32005) / padding, fragsize=8),
+            IP(src=src, dst=dst, options=b"\x01\x01\x01\x00") / syn(32007),
+        ]
     sports = sorted({p[TCP].sport for p in packets if TCP in p} | {32005})
     with SynAcks(lab.client) as answered_ports:
         send_raw(lab.client, packets)
@@ -229,12 +273,23 @@ def test_a_forger_who_cannot_see_the_answers_does_not_spend_a_forwarded_knock(la
         seqs = handshakes(lab, src, dst, port, sports, complete=False)
 
         def forged(flags):
-            return [ip_layer(src, dst) / TCP(sport=p, dport=port, flags=flags, seq=1001,
-                                             ack=(seqs.get(p, 0) + 70000 + 7919 * p) % 2**32)
-                    for p in sports]
-        syns = [ip_layer(src, dst) / TCP(sport=40100 + i, dport=port, flags="S", seq=1000,
-                                         options=options)
-                for i, options in enumerate(OPTIONS.values())]
+            return [
+                ip_layer(src, dst)
+                / TCP(
+                    sport=p,
+                    dport=port,
+                    flags=flags,
+                    seq=1001,
+                    ack=(seqs.get(p, 0) + 70000 + 7919 * p) % 2**32,
+                )
+                for p in sports
+            ]
+
+        syns = [
+            ip_layer(src, dst)
+            / TCP(sport=40100 + i, dport=port, flags="S", seq=1000, options=options)
+            for i, options in enumerate(OPTIONS.values())
+        ]
         send_raw(lab.client, forged("A") + forged("PA") + forged("FA") + syns)
         lab.client.nft("delete", "table", "inet", "norst")
         send_raw(lab.client, forged("R"))
@@ -272,6 +327,7 @@ def test_a_host_behind_that_ends_the_connection_gives_no_second_one(lab, how):
         if how == "rst":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
         conn.close()
+
     service = TcpService(lab.vm, ("::", ABORT), end)
     try:
         assert lab.helper.send(request(src, FORWARD_ABORT)) == [OK]
@@ -298,9 +354,13 @@ def test_a_parked_syn_does_not_reach_the_host_behind_after_the_window(lab):
     src, _, dst = ends(lab, 4)
     try:
         assert helper.send(request(src, FORWARD_TCP)) == [OK]
-        send_raw(lab.client, [IP(src=src, dst=dst) / TCP(sport=40300, dport=FORWARD_TCP,
-                                                         flags="S", seq=1000,
-                                                         options=OPTIONS["md5"])])
+        send_raw(
+            lab.client,
+            [
+                IP(src=src, dst=dst)
+                / TCP(sport=40300, dport=FORWARD_TCP, flags="S", seq=1000, options=OPTIONS["md5"])
+            ],
+        )
         time.sleep(1.5)
         assert connects_from(lab.client, src, dst, FORWARD_TCP, [40300]) == set()
     finally:
@@ -311,10 +371,14 @@ def test_a_parked_syn_does_not_reach_the_host_behind_after_the_window(lab):
 def test_crafted_udp_opens_no_forwarded_udp_port(lab, port):
     _, src, dst = ends(lab, 4)
     base = IP(src=src, dst=dst)
-    send_raw(lab.client, [base / UDP(sport=37000, dport=port) / b"hello",
-                          base / UDP(sport=37001, dport=port, chksum=0) / b"hello",
-                          *fragment(base / UDP(sport=37002, dport=port) / (b"hello" * 20),
-                                    fragsize=8)])
+    send_raw(
+        lab.client,
+        [
+            base / UDP(sport=37000, dport=port) / b"hello",
+            base / UDP(sport=37001, dport=port, chksum=0) / b"hello",
+            *fragment(base / UDP(sport=37002, dport=port) / (b"hello" * 20), fragsize=8),
+        ],
+    )
     for sport in (37000, 37001, 37002):
         with inside(lab.client):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -331,17 +395,23 @@ def test_an_ipv6_source_that_connects_through_a_forward_is_noted_as_a_knocker(la
     lab.server.nft("flush", "set", "inet", "gnocchi", "knockers6")
     assert lab.helper.send(request(src, FORWARD_TCP)) == [OK]
     assert reached(lab.vm.name, connect(lab, src, dst, FORWARD_TCP))
-    assert [e["val"] if isinstance(e, dict) else e for e in
-            elements(lab.server, "knockers6")] == [src.rsplit(":", 2)[0] + "::"]
+    assert [e["val"] if isinstance(e, dict) else e for e in elements(lab.server, "knockers6")] == [
+        src.rsplit(":", 2)[0] + "::"
+    ]
 
 
 # ---- Docker and Podman reload their rules; gnocchi's stay ----------------------------------
 
+
 def gnocchi_table(lab) -> str:
     out = json.loads(lab.server.nft("-j", "list", "table", "inet", "gnocchi").stdout)
-    return json.dumps([o for o in out["nftables"]
-                       if o.get("set", {}).get("name") not in ("knocked4", "knocked6",
-                                                               "knockers6")])
+    return json.dumps(
+        [
+            o
+            for o in out["nftables"]
+            if o.get("set", {}).get("name") not in ("knocked4", "knocked6", "knockers6")
+        ]
+    )
 
 
 def test_the_gate_holds_when_docker_and_podman_reload_their_rules(lab):
@@ -357,8 +427,10 @@ def test_the_gate_holds_when_docker_and_podman_reload_their_rules(lab):
     srv.run(["iptables", "-w", "-I", "DOCKER-USER", "-o", "veth-vm", "-j", "ACCEPT"])
     # Podman's: netavark deletes its table and makes it again.
     srv.nft("delete", "table", "inet", "netavark")
-    srv.run(["nft", "-f", "-"], input=podman_table(
-        "br0", f"{lab.container.ip.rsplit('.', 1)[0]}.0/25", lab.container.ip))
+    srv.run(
+        ["nft", "-f", "-"],
+        input=podman_table("br0", f"{lab.container.ip.rsplit('.', 1)[0]}.0/25", lab.container.ip),
+    )
     assert gnocchi_table(lab) == before
     client, stranger, server = ends(lab, 4)
     for port in (DOCKER_TCP, PODMAN_TCP):
@@ -370,6 +442,7 @@ def test_the_gate_holds_when_docker_and_podman_reload_their_rules(lab):
 
 # ---- after a re-arm, the strangers who came in through a forward are cut ---------------------
 
+
 class ForwardWatch(Watch):
     """The checkout's gnocchi-watch in the server namespace, with the lab's config (its
     ports and forwards, which a re-arm fills in again)."""
@@ -377,8 +450,21 @@ class ForwardWatch(Watch):
     def __init__(self, lab):
         self.net = lab
         self.proc = lab.server.popen(
-            [PYTHON, "-m", "gnocchi.admin", "table", "watch", "--config", str(lab.config),
-             "--table", str(TABLE_FILE)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            [
+                PYTHON,
+                "-m",
+                "gnocchi.admin",
+                "table",
+                "watch",
+                "--config",
+                str(lab.config),
+                "--table",
+                str(TABLE_FILE),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -395,12 +481,17 @@ class ForwardWatch(Watch):
 
 def whole_again(lab, reference, timeout=5.0):
     from gnocchi.admin import gate
+
     deadline = time.monotonic() + timeout
     while True:
         with inside(lab.server):
             live = nft_table.live()
-        if live is not None and not gate.differences(live.objects, reference.objects) and \
-                not gate.unguarded(live.objects) and live.forwards():
+        if (
+            live is not None
+            and not gate.differences(live.objects, reference.objects)
+            and not gate.unguarded(live.objects)
+            and live.forwards()
+        ):
             return
         assert time.monotonic() < deadline, "the gate was not put back in time"
         time.sleep(0.01)
@@ -441,10 +532,13 @@ def test_a_stranger_who_came_in_while_the_forward_chain_was_flushed_is_cut(lab):
 
 def test_status_names_the_forwards_the_live_table_holds(lab):
     from gnocchi.admin import status
+
     with inside(lab.server):
         _, lines = status.report(str(lab.config), str(TABLE_FILE))
     shown = [line for line in lines if line.startswith("forwards: ")]
-    assert shown == [f"forwards: {FORWARD_TCP}/tcp to {lab.vm.ip}:22, {FORWARD_TCP}/tcp to "
-                     f"[{lab.vm.ip6}]:22, 2223/tcp to {lab.vm.ip}:23, 2223/tcp to "
-                     f"[{lab.vm.ip6}]:23, {FORWARD_UDP}/udp to {lab.vm.ip}:60001 (for a knocked "
-                     "source only)"], lines
+    assert shown == [
+        f"forwards: {FORWARD_TCP}/tcp to {lab.vm.ip}:22, {FORWARD_TCP}/tcp to "
+        f"[{lab.vm.ip6}]:22, 2223/tcp to {lab.vm.ip}:23, 2223/tcp to "
+        f"[{lab.vm.ip6}]:23, {FORWARD_UDP}/udp to {lab.vm.ip}:60001 (for a knocked "
+        "source only)"
+    ], lines

@@ -8,6 +8,7 @@ attacks of tests/integration/test_knock_lockouts.py, against a forward.
       a forger: SYNs from alice's address          [forwards.vm-udp] 2253/udp -> vm:60001
       neighbours: /64s of alice's /48 (raw)      vm ns 198.19.n.130: a service that names it
 """
+
 from __future__ import annotations
 
 import os
@@ -39,34 +40,55 @@ class Stack:
             keys.write_secret(self.files[name], self.k.seeds[name])
         clients = f"""
 [clients.alice]
-public_key = "{self.k.public('alice')}"
+public_key = "{self.k.public("alice")}"
 allow = ["vm-ssh", "vm-udp"]
 default = "open {FORWARD_TCP}"
 
 [clients.bob]
-public_key = "{self.k.public('bob')}"
+public_key = "{self.k.public("bob")}"
 allow = ["22"]
 """
-        self.config = write_config(d, self.k, str(self.helper.path), clients=clients,
-                                   extra=f'server_addresses = ["{lab.server.ip}"]\n'
-                                         + lab.forwards())
+        self.config = write_config(
+            d,
+            self.k,
+            str(self.helper.path),
+            clients=clients,
+            extra=f'server_addresses = ["{lab.server.ip}"]\n' + lab.forwards(),
+        )
         with inside(lab.server):
             nft_table.load_wanted(nft_table.wanted(str(self.config), str(TABLE_FILE)))
-        self.verifier = Daemon(lab, self.config, f"[::]:{self.k.port}",
-                               stderr=d / "verifier.err")
+        self.verifier = Daemon(lab, self.config, f"[::]:{self.k.port}", stderr=d / "verifier.err")
 
-    def knock(self, name: str, *options: str, v6=False, port: str | None = None
-              ) -> subprocess.CompletedProcess:
+    def knock(
+        self, name: str, *options: str, v6=False, port: str | None = None
+    ) -> subprocess.CompletedProcess:
         """The real gnocchi-knock -v OPTIONS SERVER [PORT], to the server's IPv4 or IPv6
         address (signing the IPv4 one, as protocol v1 does)."""
         server = self.lab.server.ip6 if v6 else self.lab.server.ip
         return self.lab.client.run(
-            [PYTHON, "-m", "gnocchi.client.knock", "-v", "--server-key-file",
-             str(self.k.server_file), "--client-key-file", str(self.files[name]),
-             "--state-dir", str(self.d / f"{name}-state"), "--sign-ip", self.lab.server.ip,
-             *options, server, *([port] if port else [])],
-            check=False, input="hello", cwd=REPO, timeout=30,
-            env=dict(os.environ, PYTHONPATH=str(REPO)))
+            [
+                PYTHON,
+                "-m",
+                "gnocchi.client.knock",
+                "-v",
+                "--server-key-file",
+                str(self.k.server_file),
+                "--client-key-file",
+                str(self.files[name]),
+                "--state-dir",
+                str(self.d / f"{name}-state"),
+                "--sign-ip",
+                self.lab.server.ip,
+                *options,
+                server,
+                *([port] if port else []),
+            ],
+            check=False,
+            input="hello",
+            cwd=REPO,
+            timeout=30,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
 
     def proxy(self, name="alice", v6=False) -> subprocess.CompletedProcess:
         return self.knock(name, "--proxy", v6=v6, port=str(FORWARD_TCP))
@@ -113,18 +135,22 @@ def test_a_knock_from_ipv6_for_a_forward_with_only_an_ipv4_target_is_refused(sta
     assert result.returncode == 0, result.stderr
     refused = stack.verifier.wait_events("refused", before + 1)[-1]
     assert refused["GNOCCHI_CLIENT"] == "alice"
-    assert refused["GNOCCHI_REASON"] == (f"forward vm-udp ({FORWARD_UDP}/udp) reaches only "
-                                         f"{stack.lab.vm.ip}:60001: knock over IPv4")
+    assert refused["GNOCCHI_REASON"] == (
+        f"forward vm-udp ({FORWARD_UDP}/udp) reaches only {stack.lab.vm.ip}:60001: knock over IPv4"
+    )
 
 
 @pytest.mark.parametrize("rate", [200, 2000])
 def test_a_forger_sending_syns_from_the_clients_address_does_not_keep_it_from_a_forward(
-        stack, tmp_path, rate):
+    stack, tmp_path, rate
+):
     lab = stack.lab
     ports = random.Random(rate).sample(range(1024, 65536), 4000)
-    syns = [IP(src=lab.client.ip, dst=lab.server.ip) / TCP(sport=p, dport=FORWARD_TCP,
-                                                          flags="S", seq=p * 7919)
-            for p in ports]
+    syns = [
+        IP(src=lab.client.ip, dst=lab.server.ip)
+        / TCP(sport=p, dport=FORWARD_TCP, flags="S", seq=p * 7919)
+        for p in ports
+    ]
     forger = Paced(lab.client, syns, rate, 2.5, tmp_path / "syns")
     time.sleep(0.5)
     result = stack.proxy()
@@ -143,9 +169,16 @@ def test_a_neighbour_in_the_same_48_cannot_keep_a_client_from_a_forward(stack, t
     first = stack.proxy(v6=True)
     assert first.returncode == 0, first.stderr
     site, flooders = neighbours(lab, 32)
-    flood = Paced(lab.client, [IPv6(src=ip, dst=lab.server.ip6) / UDP(sport=5000,
-                                                                      dport=stack.k.port) / b"x"
-                               for ip in flooders], 32 * 15, 4, tmp_path / "flood")
+    flood = Paced(
+        lab.client,
+        [
+            IPv6(src=ip, dst=lab.server.ip6) / UDP(sport=5000, dport=stack.k.port) / b"x"
+            for ip in flooders
+        ],
+        32 * 15,
+        4,
+        tmp_path / "flood",
+    )
     time.sleep(1.5)  # the /48's burst is gone
     result = stack.proxy(v6=True)
     sent = flood.sent()

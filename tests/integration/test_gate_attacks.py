@@ -19,6 +19,7 @@ CONTROL_SYN_SPENDS, one that spends a knock on the first SYN it lets in,
 below): that proves the crafted packets really reach the kernel's conntrack,
 so a pass against today's table means something.
 """
+
 import contextlib
 import errno
 import json
@@ -31,22 +32,39 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
-from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, fragment6)
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    fragment6,
+)
 
-from support import (STATUS, EchoServices, Helper, Net, echoes, elements, inside, load_table,
-                     request, tcp_connect, udp_socket)
+from support import (
+    STATUS,
+    EchoServices,
+    Helper,
+    Net,
+    echoes,
+    elements,
+    inside,
+    load_table,
+    request,
+    tcp_connect,
+    udp_socket,
+)
 
 OK = STATUS["OK"]
 ABORT_PORT = 2222
 FLAGS = "FSRPAUEC"  # every combination of the eight TCP flags: 256
 OPTIONS = {  # the options a segment may carry that make the server's stack stay silent, or not
     "none": [],
-    "md5": [(19, b"\x00" * 16)],                   # RFC 2385: dropped silently without a key
-    "ao": [(29, b"\x01\x01" + b"\x00" * 12)],      # RFC 5925 TCP-AO
+    "md5": [(19, b"\x00" * 16)],  # RFC 2385: dropped silently without a key
+    "ao": [(29, b"\x01\x01" + b"\x00" * 12)],  # RFC 5925 TCP-AO
     "timestamps": [("Timestamp", (123456, 0))],
     "sack": [("SAckOK", b""), ("SAck", (1000, 2000))],
-    "fastopen": [(34, b"\x11" * 8)],               # RFC 7413 cookie
+    "fastopen": [(34, b"\x11" * 8)],  # RFC 7413 cookie
 }
 
 # A table that trusts conntrack for SYNs (nft/gnocchi.nft at 05ccad8~1), the one the attacks
@@ -251,8 +269,10 @@ def crafted_segments(src, dst, dport, first_sport):
     for options in OPTIONS.values():
         for bits in range(256):
             flags = "".join(f for i, f in enumerate(FLAGS) if bits >> i & 1)
-            segments.append(ip_layer(src, dst) / TCP(sport=sport, dport=dport, flags=flags,
-                                                     seq=1000, ack=5000, options=options))
+            segments.append(
+                ip_layer(src, dst)
+                / TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=5000, options=options)
+            )
             sport += 1
     return segments
 
@@ -263,8 +283,10 @@ class SynAcks:
 
     def __init__(self, host):
         with inside(host):
-            self.socks = [socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP),
-                          socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)]
+            self.socks = [
+                socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP),
+                socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP),
+            ]
         self.ports: set = set()
 
     def __enter__(self):
@@ -279,7 +301,7 @@ class SynAcks:
                     data = sock.recv(4096)
                 except BlockingIOError:
                     break
-                segment = data[(data[0] & 0x0F) * 4:] if skip_ip else data  # v6: no IP header
+                segment = data[(data[0] & 0x0F) * 4 :] if skip_ip else data  # v6: no IP header
                 flags = segment[13]
                 if flags & 0x12 == 0x12:  # SYN and ACK
                     self.ports.add(struct.unpack("!H", segment[2:4])[0])
@@ -322,8 +344,13 @@ def test_an_ecn_client_stays_out_without_a_knock_and_gets_in_with_one(net, servi
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_control_an_md5_signed_ack_opens_the_control_table(net, services, control, v6):
     src, dst = addresses(net, v6)
-    send_raw(net.client, [ip_layer(src, dst) / TCP(sport=31000, dport=22, flags="A", seq=1000,
-                                                   ack=5000, options=OPTIONS["md5"])])
+    send_raw(
+        net.client,
+        [
+            ip_layer(src, dst)
+            / TCP(sport=31000, dport=22, flags="A", seq=1000, ack=5000, options=OPTIONS["md5"])
+        ],
+    )
     assert connects_from(net.client, src, dst, 22, [31000, 31001]) == {31000}
 
 
@@ -342,7 +369,10 @@ def test_fragments_and_extension_headers_do_not_hide_a_syn(net, services, table,
             base / IPv6ExtHdrDestOpt() / syn(src, dst, 32001),
             base / IPv6ExtHdrRouting(segleft=0) / syn(src, dst, 32002),
             base / IPv6ExtHdrFragment(id=7) / syn(src, dst, 32003),  # an atomic fragment
-            base / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(id=8)
+            base
+            / IPv6ExtHdrHopByHop()
+            / IPv6ExtHdrDestOpt()
+            / IPv6ExtHdrFragment(id=8)
             / syn(src, dst, 32004),
             # The TCP flags only in the second fragment.
             *fragment6(base / IPv6ExtHdrFragment(id=9) / syn(src, dst, 32005) / padding, 56),
@@ -363,8 +393,9 @@ class TcpService:
 
     def __init__(self, host, address, handle):
         with inside(host):
-            self.listener = socket.create_server(address, family=socket.AF_INET6,
-                                                 dualstack_ipv6=True)
+            self.listener = socket.create_server(
+                address, family=socket.AF_INET6, dualstack_ipv6=True
+            )
         self.listener.settimeout(0.2)
         self.handle, self.accepted, self.stop = handle, 0, threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
@@ -399,6 +430,7 @@ def ftp_server(host) -> TcpService:
             time.sleep(0.1)
             conn.sendall(line)
             time.sleep(0.5)
+
     return TcpService(host, ("::", 21), greet)
 
 
@@ -412,8 +444,9 @@ table inet admin {
 
 
 @pytest.mark.parametrize("table_kind", ["current", "control"])
-def test_a_conntrack_helper_expectation_does_not_open_a_protected_port(net, services, tmp_path,
-                                                                       table_kind):
+def test_a_conntrack_helper_expectation_does_not_open_a_protected_port(
+    net, services, tmp_path, table_kind
+):
     srv = net.server
     if table_kind == "current":
         load_table(srv, tmp_path, tcp_ports=(22, ABORT_PORT))
@@ -438,10 +471,12 @@ def test_a_conntrack_helper_expectation_does_not_open_a_protected_port(net, serv
 def aborting_service(host, how: str) -> TcpService:
     """TCP ABORT_PORT in the server: accepts, then ends each connection with
     a RST (abort) or a FIN (close); .accepted counts the connections."""
+
     def end(conn):
         if how == "rst":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
+
     return TcpService(host, ("::", ABORT_PORT), end)
 
 
@@ -519,23 +554,24 @@ def test_a_knocked_clients_retransmitted_syn_still_connects(net, table):
         listener = socket.create_server((net.server.ip, ABORT_PORT), backlog=0)
     try:
         assert helper.send(request(net.client.ip, ABORT_PORT)) == [OK]
-        assert connects_from(net.client, net.client.ip, net.server.ip, ABORT_PORT, [36000],
-                             wait=0.5) == {36000}           # fills the queue
+        assert connects_from(
+            net.client, net.client.ip, net.server.ip, ABORT_PORT, [36000], wait=0.5
+        ) == {36000}  # fills the queue
         assert helper.send(request(net.client.ip, ABORT_PORT)) == [OK]
         with inside(net.client):
             late = socket.socket()
         late.bind((net.client.ip, 36001))
         late.setblocking(False)
         assert late.connect_ex((net.server.ip, ABORT_PORT)) == errno.EINPROGRESS
-        time.sleep(0.5)                                      # the first SYN: dropped
-        assert len(elements(net.server, "knocked4")) == 1   # and the knock still waits
-        listener.accept()[0].close()                         # room for one more
+        time.sleep(0.5)  # the first SYN: dropped
+        assert len(elements(net.server, "knocked4")) == 1  # and the knock still waits
+        listener.accept()[0].close()  # room for one more
         late.settimeout(3)
         late.setblocking(True)
         assert late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        late.send(b"x")                                      # connected by the retransmission
+        late.send(b"x")  # connected by the retransmission
         late.close()
-        assert elements(net.server, "knocked4") == []        # which spent the knock
+        assert elements(net.server, "knocked4") == []  # which spent the knock
     finally:
         listener.close()
         helper.close()
@@ -544,14 +580,23 @@ def test_a_knocked_clients_retransmitted_syn_still_connects(net, table):
 def udp_datagrams(src, dst, sport, payload=b"hello"):
     if ":" in dst:
         base = IPv6(src=src, dst=dst)
-        return [base / UDP(sport=sport, dport=60001) / payload,
-                base / IPv6ExtHdrDestOpt() / UDP(sport=sport + 1, dport=60001) / payload,
-                *fragment6(base / IPv6ExtHdrFragment(id=11) / UDP(sport=sport + 2, dport=60001)
-                           / (payload * 20), 56)]
+        return [
+            base / UDP(sport=sport, dport=60001) / payload,
+            base / IPv6ExtHdrDestOpt() / UDP(sport=sport + 1, dport=60001) / payload,
+            *fragment6(
+                base
+                / IPv6ExtHdrFragment(id=11)
+                / UDP(sport=sport + 2, dport=60001)
+                / (payload * 20),
+                56,
+            ),
+        ]
     base = IP(src=src, dst=dst)
-    return [base / UDP(sport=sport, dport=60001) / payload,
-            base / UDP(sport=sport + 1, dport=60001, chksum=0) / payload,
-            *fragment(base / UDP(sport=sport + 2, dport=60001) / (payload * 20), fragsize=8)]
+    return [
+        base / UDP(sport=sport, dport=60001) / payload,
+        base / UDP(sport=sport + 1, dport=60001, chksum=0) / payload,
+        *fragment(base / UDP(sport=sport + 2, dport=60001) / (payload * 20), fragsize=8),
+    ]
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -606,8 +651,13 @@ def test_a_syn_conntrack_cannot_track_spends_no_knock(net, services, table):
     helper = Helper(net.server)
     try:
         assert helper.send(request(net.client.ip, 22)) == [OK]
-        send_raw(net.client, [IP(src=net.client.ip, dst=net.server.ip)
-                              / TCP(sport=38000, dport=22, flags="S", chksum=0x1234)])
+        send_raw(
+            net.client,
+            [
+                IP(src=net.client.ip, dst=net.server.ip)
+                / TCP(sport=38000, dport=22, flags="S", chksum=0x1234)
+            ],
+        )
         assert len(elements(net.server, "knocked4")) == 1
         assert connects_from(net.client, net.client.ip, net.server.ip, 22, [38001]) == {38001}
         assert connects_from(net.client, net.client.ip, net.server.ip, 22, [38002]) == set()
@@ -646,7 +696,7 @@ def test_a_one_way_udp_flow_conntrack_tracked_before_arming_goes_on(net, service
     try:
         flow = udp_socket(net.client, net.server.ip, 60003)
         flow.send(b"before")
-        assert sink.recv(100) == b"before"          # never answered: not "established"
+        assert sink.recv(100) == b"before"  # never answered: not "established"
         load_table(net.server, tmp_path, tcp_ports=(22,), udp_ports=(60003,))
         flow.send(b"after arming")
         assert sink.recv(100) == b"after arming"
@@ -692,16 +742,23 @@ def handshakes(net, src: str, dst: str, port: int, sports, complete=True, option
     any completes. The client's kernel must not reset them meanwhile (NO_RST).
     {sport: the server's sequence number} for the SYN-ACKs seen."""
     with inside(net.client):
-        rx = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_RAW,
-                           socket.IPPROTO_TCP)
+        rx = socket.socket(
+            socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP
+        )
     rx.settimeout(0.3)
-    send_raw(net.client, [ip_layer(src, dst) / TCP(sport=p, dport=port, flags="S", seq=1000,
-                                                   options=list(options)) for p in sports])
+    send_raw(
+        net.client,
+        [
+            ip_layer(src, dst)
+            / TCP(sport=p, dport=port, flags="S", seq=1000, options=list(options))
+            for p in sports
+        ],
+    )
     seqs = {}
     try:
         while True:
             data = rx.recv(4096)
-            segment = data if ":" in dst else data[(data[0] & 0x0F) * 4:]
+            segment = data if ":" in dst else data[(data[0] & 0x0F) * 4 :]
             sport, dport, seq = struct.unpack("!HHI", segment[:8])
             if sport == port and dport in sports and segment[13] & 0x12 == 0x12:
                 seqs[dport] = seq
@@ -710,14 +767,20 @@ def handshakes(net, src: str, dst: str, port: int, sports, complete=True, option
     finally:
         rx.close()
     if complete:
-        send_raw(net.client, [ip_layer(src, dst) / TCP(sport=p, dport=port, flags="A", seq=1001,
-                                                       ack=seq + 1) for p, seq in seqs.items()])
+        send_raw(
+            net.client,
+            [
+                ip_layer(src, dst) / TCP(sport=p, dport=port, flags="A", seq=1001, ack=seq + 1)
+                for p, seq in seqs.items()
+            ],
+        )
     return seqs
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_a_client_sending_many_syns_before_any_handshake_completes_gets_one_connection(
-        net, table, v6):
+    net, table, v6
+):
     # A client that holds a key (a stolen one, say): 20 SYNs from 20 ports, all
     # in before any handshake completes, then every handshake completed.
     src, dst = addresses(net, v6)
@@ -753,20 +816,43 @@ def test_a_final_ack_conntrack_calls_invalid_completes_no_handshake(net, table, 
     try:
         assert helper.send(request(src, ABORT_PORT)) == [OK]
         sports = list(range(39300 + 100 * v6, 39305 + 100 * v6))
-        seqs = handshakes(net, src, dst, ABORT_PORT, sports, complete=False,
-                          options=[("MSS", 1400), ("SAckOK", b"")])
+        seqs = handshakes(
+            net,
+            src,
+            dst,
+            ABORT_PORT,
+            sports,
+            complete=False,
+            options=[("MSS", 1400), ("SAckOK", b"")],
+        )
         assert len(seqs) == 5  # the knock let every SYN in
-        send_raw(net.client, [ip_layer(src, dst) / TCP(
-            sport=p, dport=ABORT_PORT, flags="A", seq=1001, ack=(seq + 1) % 2**32,
-            options=[("SAck", ((seq + 100001) % 2**32, (seq + 100101) % 2**32))])
-            for p, seq in seqs.items()])
+        send_raw(
+            net.client,
+            [
+                ip_layer(src, dst)
+                / TCP(
+                    sport=p,
+                    dport=ABORT_PORT,
+                    flags="A",
+                    seq=1001,
+                    ack=(seq + 1) % 2**32,
+                    options=[("SAck", ((seq + 100001) % 2**32, (seq + 100101) % 2**32))],
+                )
+                for p, seq in seqs.items()
+            ],
+        )
         time.sleep(0.5)
         assert service.accepted == 0
         assert len(elements(net.server, "knocked6" if v6 else "knocked4")) == 1  # unspent
         # The knock still gives its one connection: the plain final ACK of a handshake.
         sport, seq = next(iter(seqs.items()))
-        send_raw(net.client, [ip_layer(src, dst) / TCP(sport=sport, dport=ABORT_PORT, flags="A",
-                                                       seq=1001, ack=(seq + 1) % 2**32)])
+        send_raw(
+            net.client,
+            [
+                ip_layer(src, dst)
+                / TCP(sport=sport, dport=ABORT_PORT, flags="A", seq=1001, ack=(seq + 1) % 2**32)
+            ],
+        )
         time.sleep(0.5)
         assert service.accepted == 1
         assert elements(net.server, "knocked6" if v6 else "knocked4") == []
@@ -776,19 +862,22 @@ def test_a_final_ack_conntrack_calls_invalid_completes_no_handshake(net, table, 
         net.client.nft("delete", "table", "inet", "norst")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SYN cookies: a knocked client fills the service's SYN queue with SYNs from its "
-    "address (the gate lets them all in while the knock waits), so the service answers "
-    "with cookies and keeps no half-open state; after its one connection it aborts it "
-    "and sends its final ACK again: the flow's conntrack entry (closed, label 120) lets "
-    "it through, and the kernel makes a new connection from the cookie, for as long as "
-    "the cookie is valid (about two minutes). docs/firewall.md, 'SYN cookies', says "
-    "so. A fix the lead may choose: bound the SYNs a knocked element lets in below any "
-    "listen backlog (a per-element limit in tcp_syn), or judge non-SYN segments of "
-    "closed or unknown flows (needs a way to tell conntrack's TCP state, or nft's "
-    "socket expression, which nftables 1.0.6 offers only in part)"))
-def test_a_knocked_client_that_pushes_the_service_into_syn_cookies_gets_one_connection(
-        net, table):
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "SYN cookies: a knocked client fills the service's SYN queue with SYNs from its "
+        "address (the gate lets them all in while the knock waits), so the service answers "
+        "with cookies and keeps no half-open state; after its one connection it aborts it "
+        "and sends its final ACK again: the flow's conntrack entry (closed, label 120) lets "
+        "it through, and the kernel makes a new connection from the cookie, for as long as "
+        "the cookie is valid (about two minutes). docs/firewall.md, 'SYN cookies', says "
+        "so. A fix the lead may choose: bound the SYNs a knocked element lets in below any "
+        "listen backlog (a per-element limit in tcp_syn), or judge non-SYN segments of "
+        "closed or unknown flows (needs a way to tell conntrack's TCP state, or nft's "
+        "socket expression, which nftables 1.0.6 offers only in part)"
+    ),
+)
+def test_a_knocked_client_that_pushes_the_service_into_syn_cookies_gets_one_connection(net, table):
     load_text(net.client, NO_RST)
     with inside(net.server):
         listener = socket.create_server((net.server.ip, ABORT_PORT), backlog=1)
@@ -802,6 +891,7 @@ def test_a_knocked_client_that_pushes_the_service_into_syn_cookies_gets_one_conn
                 accepted.append(conn.getpeername())
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
+
     threading.Thread(target=abort_each, daemon=True).start()
     helper = Helper(net.server)
     src, dst = net.client.ip, net.server.ip
@@ -810,8 +900,9 @@ def test_a_knocked_client_that_pushes_the_service_into_syn_cookies_gets_one_conn
         seqs = handshakes(net, src, dst, ABORT_PORT, list(range(39500, 39540)), complete=False)
         assert len(seqs) == 40  # every SYN answered: most of them with a cookie
         sport, seq = max(seqs.items())
-        final = ip_layer(src, dst) / TCP(sport=sport, dport=ABORT_PORT, flags="A", seq=1001,
-                                         ack=(seq + 1) % 2**32)
+        final = ip_layer(src, dst) / TCP(
+            sport=sport, dport=ABORT_PORT, flags="A", seq=1001, ack=(seq + 1) % 2**32
+        )
         for _ in range(4):  # the handshake's ACK, then the same again after each abort
             send_raw(net.client, [final])
             time.sleep(0.3)
@@ -825,8 +916,9 @@ def test_a_knocked_client_that_pushes_the_service_into_syn_cookies_gets_one_conn
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_a_forger_who_cannot_see_the_servers_answers_does_not_spend_a_knock(net, services, gate,
-                                                                             v6):
+def test_a_forger_who_cannot_see_the_servers_answers_does_not_spend_a_knock(
+    net, services, gate, v6
+):
     # The forger knows alice's address, not her packets: SYNs from her address,
     # from many ports and with every option set; then on each flow an ACK of a
     # guessed sequence number (one in 65,536 lands in conntrack's window), a
@@ -838,13 +930,25 @@ def test_a_forger_who_cannot_see_the_servers_answers_does_not_spend_a_knock(net,
         assert helper.send(request(src, 22)) == [OK]
         sports = list(range(40000, 40060))
         seqs = handshakes(net, src, dst, 22, sports, complete=False)
+
         def forged(flags):
-            return [ip_layer(src, dst) / TCP(sport=p, dport=22, flags=flags, seq=1001,
-                                             ack=(seqs.get(p, 0) + 70000 + 7919 * p) % 2**32)
-                    for p in sports]
-        syns = [ip_layer(src, dst) / TCP(sport=40100 + i, dport=22, flags="S", seq=1000,
-                                         options=options)
-                for i, options in enumerate(OPTIONS.values())]
+            return [
+                ip_layer(src, dst)
+                / TCP(
+                    sport=p,
+                    dport=22,
+                    flags=flags,
+                    seq=1001,
+                    ack=(seqs.get(p, 0) + 70000 + 7919 * p) % 2**32,
+                )
+                for p in sports
+            ]
+
+        syns = [
+            ip_layer(src, dst)
+            / TCP(sport=40100 + i, dport=22, flags="S", seq=1000, options=options)
+            for i, options in enumerate(OPTIONS.values())
+        ]
         send_raw(net.client, forged("A") + forged("PA") + forged("FA") + syns)
         net.client.nft("delete", "table", "inet", "norst")  # which dropped RSTs, ours too
         send_raw(net.client, forged("R"))
@@ -870,8 +974,13 @@ def test_a_parked_syn_does_not_connect_after_the_window(net, services, gate):
     src, dst = net.client.ip, net.server.ip
     try:
         assert helper.send(request(src, 22)) == [OK]
-        send_raw(net.client, [IP(src=src, dst=dst) / TCP(sport=40300, dport=22, flags="S",
-                                                         seq=1000, options=OPTIONS["md5"])])
+        send_raw(
+            net.client,
+            [
+                IP(src=src, dst=dst)
+                / TCP(sport=40300, dport=22, flags="S", seq=1000, options=OPTIONS["md5"])
+            ],
+        )
         time.sleep(1.5)  # the window is over
         got = connects_from(net.client, src, dst, 22, [40300])
     finally:

@@ -7,6 +7,7 @@ or removed, and then cuts what came in meanwhile: a stranger's connection dies,
 an admin's session from before and a knocked client's connection go on. Outside
 systemd its journal entries are lines on stderr.
 """
+
 import contextlib
 import os
 import re
@@ -19,8 +20,18 @@ import time
 import pytest
 
 from gnocchi.admin import cut, gate, nft_table, status, table
-from support import (PYTHON, REPO, EchoServices, Net, TABLE_FILE, inside, load_table, stop,
-                     tcp_connect, udp_socket)
+from support import (
+    PYTHON,
+    REPO,
+    EchoServices,
+    Net,
+    TABLE_FILE,
+    inside,
+    load_table,
+    stop,
+    tcp_connect,
+    udp_socket,
+)
 
 BOUND = 5.0  # seconds for the watch to put the gate back (about 0.1 s on a quiet machine)
 KNOCK_PORT = 40000
@@ -42,8 +53,21 @@ class Watch:
     def __init__(self, net, table_path):
         self.net = net
         self.proc = net.server.popen(
-            [PYTHON, "-m", "gnocchi.admin", "table", "watch", "--config", "/nonexistent",
-             "--table", str(table_path)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            [
+                PYTHON,
+                "-m",
+                "gnocchi.admin",
+                "table",
+                "watch",
+                "--config",
+                "/nonexistent",
+                "--table",
+                str(table_path),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -60,8 +84,9 @@ class Watch:
             if len(found := self.entries(pattern)) >= count:
                 return found
             time.sleep(0.02)
-        raise AssertionError(f"no {pattern!r} from the watch in {timeout} s:\n"
-                             + "\n".join(self.lines))
+        raise AssertionError(
+            f"no {pattern!r} from the watch in {timeout} s:\n" + "\n".join(self.lines)
+        )
 
     def ready(self):
         """Once it has seen the gate whole (a snapshot to cut against): flush a chain and
@@ -92,8 +117,11 @@ REFERENCE = None
 def whole(net, reference) -> bool:
     with inside(net.server):
         live = nft_table.live()
-    return live is not None and not gate.differences(live.objects, reference.objects) \
+    return (
+        live is not None
+        and not gate.differences(live.objects, reference.objects)
         and not gate.unguarded(live.objects)
+    )
 
 
 def wait_whole(net, reference, timeout=BOUND) -> float:
@@ -140,23 +168,31 @@ def test_a_changed_gate_is_put_back_at_once_and_said_loudly(watched, what):
     commands = [c.format(admit=admit_handle(net)) for c in TAMPERING[what]]
     net.server.run(["nft", "-f", "-"], input="\n".join(commands) + "\n")
     took = wait_whole(net, REFERENCE)
-    entry = watch.wait_for("was (CHANGED|MISSING)", count=1 + sum(
-        "was CHANGED" in line or "was MISSING" in line for line in watch.lines[:before]))[-1]
+    entry = watch.wait_for(
+        "was (CHANGED|MISSING)",
+        count=1
+        + sum("was CHANGED" in line or "was MISSING" in line for line in watch.lines[:before]),
+    )[-1]
     assert "re-armed from" in entry, entry
     print(f"{what}: whole again after {took * 1000:.0f} ms")
     assert tcp_connect(net.client, net.server.ip, 22) is None, "a stranger got in after it"
 
 
-def test_an_edited_file_waits_for_its_reload_and_the_watch_keeps_what_was_armed(watched,
-                                                                                 tmp_path):
+def test_an_edited_file_waits_for_its_reload_and_the_watch_keeps_what_was_armed(watched, tmp_path):
     """The file changing is not the table changing: the watch does not load a file
     nobody has checked or reloaded yet (and so does not drop pending knocks)."""
     net, watch = watched
     path = tmp_path / "gnocchi.nft"
     path.write_text(path.read_text().replace("\t\tdrop\n", "\t\tcounter drop\n"))
     changes = len(watch.entries("was (CHANGED|MISSING)"))
-    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
-                   f"{{ {net.client.ip} . tcp . 22 timeout 30s }}")  # an event for the watch
+    net.server.nft(
+        "add",
+        "element",
+        "inet",
+        "gnocchi",
+        "knocked4",
+        f"{{ {net.client.ip} . tcp . 22 timeout 30s }}",
+    )  # an event for the watch
     time.sleep(1.0)
     admit = net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
     assert "counter" not in admit, "the watch loaded an edited file nobody reloaded"
@@ -177,8 +213,9 @@ def test_status_never_says_armed_over_an_emptied_gate(net, tmp_path):
     net.server.nft("flush", "chain", "inet", "gnocchi", "input")
     with inside(net.server):
         rc, lines = status.report("/nonexistent", str(path))
-    assert rc == 1 and lines[0].startswith("gnocchi: NOT ARMED: table inet gnocchi is loaded but "
-                                           "its gate is EMPTIED"), lines
+    assert rc == 1 and lines[0].startswith(
+        "gnocchi: NOT ARMED: table inet gnocchi is loaded but its gate is EMPTIED"
+    ), lines
     rules = len(gate.definition(nft_table.test_load(str(path)).objects)["rules"]["input"])
     assert f"chain input: {rules} of its {rules} rules missing" in lines[0]
     assert "fix: systemctl reload gnocchi-arm" in lines[0]
@@ -186,8 +223,10 @@ def test_status_never_says_armed_over_an_emptied_gate(net, tmp_path):
 
 def test_status_says_changed_when_the_gate_holds_but_is_not_what_gnocchi_loads(net, tmp_path):
     path = arm(net, tmp_path)
-    net.server.run(["nft", "-f", "-"], input="flush chain inet gnocchi knock\n"
-                                             "delete set inet gnocchi knock_sites6\n")
+    net.server.run(
+        ["nft", "-f", "-"],
+        input="flush chain inet gnocchi knock\ndelete set inet gnocchi knock_sites6\n",
+    )
     with inside(net.server):
         rc, lines = status.report("/nonexistent", str(path))
     assert rc == 1 and lines[0].startswith("gnocchi: ARMED"), lines
@@ -226,6 +265,7 @@ def test_loading_again_replaces_a_flushed_chain_instead_of_calling_it_unchanged(
 
 # ---- a flush leaves no stranger inside --------------------------------------------------
 
+
 def alive(sock: socket.socket) -> bool:
     """The connection still carries data both ways."""
     sock.settimeout(2)
@@ -238,8 +278,14 @@ def alive(sock: socket.socket) -> bool:
 
 def knocked_connection(net):
     """A connection a knock let in (an element as the helper adds it)."""
-    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
-                   f"{{ {net.client.ip} . tcp . 22 timeout 30s }}")
+    net.server.nft(
+        "add",
+        "element",
+        "inet",
+        "gnocchi",
+        "knocked4",
+        f"{{ {net.client.ip} . tcp . 22 timeout 30s }}",
+    )
     sock = tcp_connect(net.client, net.server.ip, 22)
     assert sock is not None and alive(sock)
     return sock
@@ -291,8 +337,7 @@ def test_a_stranger_who_came_in_during_a_flush_is_cut_and_sessions_stay(net, tmp
         if "chain" in flush:
             assert not alive(stranger_udp), "the stranger's UDP flow still passes"
         assert knocked_udp is None
-        print(f"{flush}: {len(inside_now)} strangers got in, 0 kept; "
-              f"{watch.entries('cut')[-1]}")
+        print(f"{flush}: {len(inside_now)} strangers got in, 0 kept; {watch.entries('cut')[-1]}")
     finally:
         watch.stop()
 
@@ -333,8 +378,11 @@ def first_seen_leaving_the_server(net, sock: socket.socket, port: int) -> None:
 def server_first_flows(net, port: int) -> list[str]:
     """conntrack's TCP entries whose original direction leaves the server's port."""
     listed = net.server.run(["conntrack", "-L", "-p", "tcp"], check=False).stdout
-    return [line for line in listed.splitlines()
-            if f"src={net.server.ip} " in line and f"sport={port} " in line.split("src=")[1]]
+    return [
+        line
+        for line in listed.splitlines()
+        if f"src={net.server.ip} " in line and f"sport={port} " in line.split("src=")[1]
+    ]
 
 
 def test_a_stranger_whose_flow_conntrack_first_saw_leave_the_server_is_cut(net, tmp_path):
@@ -344,8 +392,9 @@ def test_a_stranger_whose_flow_conntrack_first_saw_leave_the_server_is_cut(net, 
     # one: a service listens on that port, and connect() never takes a port a listener
     # holds. A connection the server did start from a protected port, with no
     # listener there, is kept.
-    path = load_table(net.server, tmp_path, tcp_ports=(22, 2222), udp_ports=(51820,),
-                      knock_port=KNOCK_PORT)
+    path = load_table(
+        net.server, tmp_path, tcp_ports=(22, 2222), udp_ports=(51820,), knock_port=KNOCK_PORT
+    )
     with inside(net.client):
         peer = socket.create_server((net.client.ip, 39500))
     peer.settimeout(2)
@@ -455,14 +504,18 @@ def test_a_udp_stranger_whose_flow_conntrack_first_saw_leave_the_server_is_cut(n
     assert heard == [], "the stranger's datagrams still reach the service"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A UDP service that sends to its peers on its own (a game server's updates, a "
-    "stream) keeps sending to a stranger who reached it during a flush; each datagram "
-    "it sends makes the flow anew after the cut deletes it, and `ct status confirmed` "
-    "lets the stranger's replies in. Neither conntrack nor the table can tell that "
-    "peer from one the service chose; closing it needs the table to judge replies to "
-    "flows a protected UDP port started after a re-arm (a label set on output until "
-    "a knock or the snapshot vouches for the peer), a change of design for the lead"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A UDP service that sends to its peers on its own (a game server's updates, a "
+        "stream) keeps sending to a stranger who reached it during a flush; each datagram "
+        "it sends makes the flow anew after the cut deletes it, and `ct status confirmed` "
+        "lets the stranger's replies in. Neither conntrack nor the table can tell that "
+        "peer from one the service chose; closing it needs the table to judge replies to "
+        "flows a protected UDP port started after a re-arm (a label set on output until "
+        "a knock or the snapshot vouches for the peer), a change of design for the lead"
+    ),
+)
 def test_a_udp_stranger_is_cut_even_from_a_service_that_keeps_sending_to_it(net, tmp_path):
     service = UdpService(net, delay=0.5, push=True)
     try:
@@ -481,7 +534,7 @@ def test_conntrack_deletion_alone_does_not_cut_a_tcp_stranger(net, tmp_path):
     assert stranger is not None and alive(stranger)
     net.server.nft("-f", str(path))
     with inside(net.server):
-        sock, = [s for s in cut.tcp_sockets({22}) if s.rport == stranger.getsockname()[1]]
+        (sock,) = [s for s in cut.tcp_sockets({22}) if s.rport == stranger.getsockname()[1]]
         cut.delete(cut.flow_of(sock))
         assert cut.flow_of(sock) is None
     assert alive(stranger), "the kernel no longer picks up a flow mid-stream?"
@@ -493,17 +546,27 @@ def test_an_owned_table_would_refuse_the_helpers_knocks(net):
     """Why gnocchi does not close the window with table ownership (NFT_TABLE_F_OWNER,
     Linux 5.12; with persist, 6.9): a flush by another process passes an owned table
     by, but so does every change by another process, and the helper is one."""
-    owner = net.server.popen([PYTHON, "-c", (
-        "import nftables, sys, time\n"
-        "n = nftables.Nftables()\n"
-        "rc, _, err = n.cmd('add table inet owned { flags owner; }; add set inet owned s "
-        "{ type ipv4_addr; flags timeout; }')\n"
-        "print(rc, flush=True)\n"
-        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    owner = net.server.popen(
+        [
+            PYTHON,
+            "-c",
+            (
+                "import nftables, sys, time\n"
+                "n = nftables.Nftables()\n"
+                "rc, _, err = n.cmd('add table inet owned { flags owner; }; add set inet owned s "
+                "{ type ipv4_addr; flags timeout; }')\n"
+                "print(rc, flush=True)\n"
+                "time.sleep(30)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert owner.stdout.readline().strip() == "0"
-        add = net.server.nft("add", "element", "inet", "owned", "s", "{ 198.18.0.9 timeout 5s }",
-                             check=False)
+        add = net.server.nft(
+            "add", "element", "inet", "owned", "s", "{ 198.18.0.9 timeout 5s }", check=False
+        )
         assert add.returncode != 0 and "Operation not permitted" in add.stderr
         net.server.nft("flush", "ruleset")
         assert net.server.nft("list", "table", "inet", "owned", check=False).returncode == 0

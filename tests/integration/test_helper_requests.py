@@ -5,6 +5,7 @@ byte for byte as it was; a good one adds exactly its elements, all in one
 transaction, with the helper's own timeout. The helper serves uid `nobody` here (--peer-user
 nobody, standing in for gnocchi); `daemon` plays a stranger.
 """
+
 import ipaddress
 import json
 import re
@@ -18,8 +19,19 @@ import nftables
 
 import nft  # helper/nft.py, by the name the helper imports it
 import request as rq
-from support import (PYTHON, REPO, STATUS, TABLE_FILE, Helper, Net, elements, inside, load_table,
-                     request, ruleset)
+from support import (
+    PYTHON,
+    REPO,
+    STATUS,
+    TABLE_FILE,
+    Helper,
+    Net,
+    elements,
+    inside,
+    load_table,
+    request,
+    ruleset,
+)
 
 S = STATUS
 VALID = request("198.18.1.1", 22)
@@ -36,8 +48,11 @@ HOSTILE = [
     ("version 1", request("198.18.1.1", 22, version=1), "BAD_VERSION"),
     ("version 1, 22 bytes", request("198.18.1.1", 22, version=1)[:22], "BAD_LENGTH"),
     ("version 2", request("198.18.1.1", 22, version=2), "BAD_VERSION"),
-    ("a version 2 request", bytes.fromhex("02040600" "0016" "c6120101" + "00" * 12 + "ff" * 8),
-     "BAD_VERSION"),
+    (
+        "a version 2 request",
+        bytes.fromhex("020406000016c6120101" + "00" * 12 + "ff" * 8),
+        "BAD_VERSION",
+    ),
     ("version 3", request("198.18.1.1", 22, version=3), "BAD_VERSION"),
     ("version 5", request("198.18.1.1", 22, version=5), "BAD_VERSION"),
     ("version 255", request("198.18.1.1", 22, version=255), "BAD_VERSION"),
@@ -90,14 +105,23 @@ HOSTILE = [
     ("says 1, carries 2", request("198.18.1.1", 22, more=[(60001, 17)], count=1), "BAD_LENGTH"),
     ("half an entry more", request("198.18.1.1", 22, more=[(60001, 17)])[:-1], "BAD_LENGTH"),
     ("22/tcp twice", request("198.18.1.1", 22, more=[(22, 6)]), "BAD_DUPLICATE"),
-    ("22/tcp twice of three", request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]),
-     "BAD_DUPLICATE"),
+    (
+        "22/tcp twice of three",
+        request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]),
+        "BAD_DUPLICATE",
+    ),
     ("one bad proto", request("198.18.1.1", 22, more=[(60001, 132)]), "BAD_PROTO"),
     ("one port 0", request("198.18.1.1", 22, more=[(0, 17)]), "NOT_PROTECTED"),
-    ("one unprotected of three", request("198.18.1.1", 22, more=[(23, 6), (60001, 17)]),
-     "NOT_PROTECTED"),
-    ("a protected port over the wrong protocol", request("198.18.1.1", 22, more=[(22, 17)]),
-     "NOT_PROTECTED"),
+    (
+        "one unprotected of three",
+        request("198.18.1.1", 22, more=[(23, 6), (60001, 17)]),
+        "NOT_PROTECTED",
+    ),
+    (
+        "a protected port over the wrong protocol",
+        request("198.18.1.1", 22, more=[(22, 17)]),
+        "NOT_PROTECTED",
+    ),
 ]
 
 
@@ -135,11 +159,21 @@ def test_valid_requests_add_exactly_their_element(server):
     before = ruleset(host)
     assert helper.send(VALID, request("fd00::7", 60001, 17)) == [S["OK"], S["OK"]]
     assert elements(host, "knocked4") == [
-        {"val": {"concat": ["198.18.1.1", "tcp", 22]}, "timeout": 30,
-         "expires": pytest.approx(30, abs=2), "comment": "alice"}]
+        {
+            "val": {"concat": ["198.18.1.1", "tcp", 22]},
+            "timeout": 30,
+            "expires": pytest.approx(30, abs=2),
+            "comment": "alice",
+        }
+    ]
     assert elements(host, "knocked6") == [
-        {"val": {"concat": ["fd00::7", "udp", 60001]}, "timeout": 30,
-         "expires": pytest.approx(30, abs=2), "comment": "alice"}]
+        {
+            "val": {"concat": ["fd00::7", "udp", 60001]},
+            "timeout": 30,
+            "expires": pytest.approx(30, abs=2),
+            "comment": "alice",
+        }
+    ]
     for name in ("knocked4", "knocked6"):
         host.nft("flush", "set", "inet", "gnocchi", name)
     assert ruleset(host) == before  # nothing else changed
@@ -150,7 +184,9 @@ def test_a_request_of_two_ports_adds_both_and_logs_once(server):
     before, start = ruleset(host), len(helper.log_lines())
     assert helper.send(request("198.18.1.1", 22, more=[(60001, 17)])) == [S["OK"]]
     assert sorted(e["val"]["concat"][1:] for e in elements(host, "knocked4")) == [
-        ["tcp", 22], ["udp", 60001]]
+        ["tcp", 22],
+        ["udp", 60001],
+    ]
     [line] = helper.log_lines()[start:]
     assert "OK: 198.18.1.1 tcp/22 udp/60001 for client alice may start one connection each" in line
     assert "GNOCCHI_HELPER_PORTS=tcp/22 udp/60001" in line
@@ -221,11 +257,14 @@ def test_a_client_and_a_source_hold_at_most_their_share_of_the_knocked_set(tmp_p
         try:
             stolen = [request(f"198.18.2.{i + 1}", ports[i]) for i in range(share + 1)]
             assert helper.send(*stolen) == [S["OK"]] * share + [S["TOO_MANY"]]
-            assert "TOO_MANY: 198.18.2.33 tcp/1032 for client alice: client alice has 32 " \
-                   "openings pending" in helper.log_lines()[-1]
+            assert (
+                "TOO_MANY: 198.18.2.33 tcp/1032 for client alice: client alice has 32 "
+                "openings pending" in helper.log_lines()[-1]
+            )
             assert helper.send(request("198.18.3.1", 1000, client="bob")) == [S["OK"]]
-            one_64 = [request(f"fd00:5::{i + 1:x}", 1000, client=f"key{i}")
-                      for i in range(share + 1)]
+            one_64 = [
+                request(f"fd00:5::{i + 1:x}", 1000, client=f"key{i}") for i in range(share + 1)
+            ]
             assert helper.send(*one_64) == [S["OK"]] * share + [S["TOO_MANY"]]
             assert "source fd00:5::/64 has 32" in helper.log_lines()[-1]
             assert helper.send(request("fd00:5:0:1::1", 1000, client="carol")) == [S["OK"]]
@@ -254,7 +293,9 @@ def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
             assert helper.send(request("198.18.3.2", 22, more=two)) == [S["NFT_FAILED"]]
             assert "GNOCCHI_HELPER_NFT_ERROR=" in helper.log_lines()[-1]
             assert sorted(e["val"]["concat"][0] for e in elements(net.server, "knocked4")) == [
-                "198.18.3.1", "198.18.3.1"]
+                "198.18.3.1",
+                "198.18.3.1",
+            ]
             assert helper.send(request("198.18.3.2", 22)) == [S["OK"]]  # room for one
             assert len(elements(net.server, "knocked4")) == 3
         finally:
@@ -262,12 +303,19 @@ def test_a_request_is_added_all_or_none_by_the_kernel(tmp_path):
 
 
 def test_helper_refuses_bad_options():
-    for args, text in ((["--open-seconds", "0"], "1..3600"),
-                       (["--open-seconds", "3601"], "1..3600"),
-                       (["--peer-user", "no-such-user-x"], "no such user"),
-                       (["--peer-user", "nobody"], "expected 1 AF_UNIX SOCK_SEQPACKET socket")):
-        r = subprocess.run([PYTHON, str(REPO / "helper"), *args], capture_output=True, text=True,
-                           env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    for args, text in (
+        (["--open-seconds", "0"], "1..3600"),
+        (["--open-seconds", "3601"], "1..3600"),
+        (["--peer-user", "no-such-user-x"], "no such user"),
+        (["--peer-user", "nobody"], "expected 1 AF_UNIX SOCK_SEQPACKET socket"),
+    ):
+        r = subprocess.run(
+            [PYTHON, str(REPO / "helper"), *args],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=30,
+        )
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
 
 
@@ -280,7 +328,8 @@ def test_protected_ports_are_read_live_from_the_kernel(tmp_path):
     # nothing for the helper.
     text = TABLE_FILE.read_text().replace(
         "type inet_service\n\t\telements = { 22 }",
-        'type inet_service\n\t\tflags interval\n\t\telements = { 22 comment "ssh", 8000-8100 }')
+        'type inet_service\n\t\tflags interval\n\t\telements = { 22 comment "ssh", 8000-8100 }',
+    )
     assert "8000-8100" in text
     (tmp_path / "gnocchi.nft").write_text(text)
     with Net("lv") as net:
@@ -323,15 +372,36 @@ def test_a_knock_again_re_arms_its_element_and_names_its_client_on_this_kernel(t
             table = nft.Table(nftables.Nftables())
             for client in ("alice", "bob"):
                 for last in (1, 2):
-                    r = rq.Request(ipaddress.ip_address(f"198.18.5.{last}"), (("tcp", 22),), 0,
-                                   client)
+                    r = rq.Request(
+                        ipaddress.ip_address(f"198.18.5.{last}"), (("tcp", 22),), 0, client
+                    )
                     if client == "alice" or last == 1:
                         assert table.add(r, 30) == ""
                     else:  # a plain add
-                        assert table.apply({"add": {"element": {
-                            **nft.TABLE, "name": "knocked4", "elem": [{"elem": {
-                                "val": {"concat": [str(r.address), "tcp", 22]}, "timeout": 30,
-                                "comment": client}}]}}})[1] == ""
+                        assert (
+                            table.apply(
+                                {
+                                    "add": {
+                                        "element": {
+                                            **nft.TABLE,
+                                            "name": "knocked4",
+                                            "elem": [
+                                                {
+                                                    "elem": {
+                                                        "val": {
+                                                            "concat": [str(r.address), "tcp", 22]
+                                                        },
+                                                        "timeout": 30,
+                                                        "comment": client,
+                                                    }
+                                                }
+                                            ],
+                                        }
+                                    }
+                                }
+                            )[1]
+                            == ""
+                        )
                 if client == "alice":
                     time.sleep(2.2)
         left = {e["val"]["concat"][0]: e for e in elements(net.server, "knocked4")}

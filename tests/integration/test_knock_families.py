@@ -12,6 +12,7 @@ knock (ssh's ProxyCommand) knocks the address it then connects to; a plain knock
 knocks the address ssh tries first; a stranger beside the client stays out on
 both families.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,19 @@ from pathlib import Path
 import pytest
 
 from gnocchi.server import counters
-from support import (PYTHON, REPO, EchoServices, Helper, Net, echoes, events,
-                     gnocchi_cli, load_table, stop, tcp_connect)
+from support import (
+    PYTHON,
+    REPO,
+    EchoServices,
+    Helper,
+    Net,
+    echoes,
+    events,
+    gnocchi_cli,
+    load_table,
+    stop,
+    tcp_connect,
+)
 
 OPEN_SECONDS = 3
 
@@ -53,23 +65,42 @@ class Stack:
         (d / "gnocchi.toml").write_text(
             f'v1 = false\nprivate_key_file = "{d}/private.key"\nstate_dir = "{d}/state"\n'
             f'helper_socket = "{self.helper.path}"\n'
-            f'[clients.alice]\npublic_key = "{client_public}"\nallow = ["22/tcp"]\n')
+            f'[clients.alice]\npublic_key = "{client_public}"\nallow = ["22/tcp"]\n'
+        )
         (d / "knock.toml").write_text(
             f'[profiles.work]\nhost = "server.test"\nserver_public_key = "{self.public}"\n'
-            f'client_key_file = "client.key"\nrequest = "open 22"\n')
-        shutil.copytree(REPO / "gnocchi", d / "gnocchi",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+            f'client_key_file = "client.key"\nrequest = "open 22"\n'
+        )
+        shutil.copytree(
+            REPO / "gnocchi", d / "gnocchi", ignore=shutil.ignore_patterns("__pycache__")
+        )
         names = ([net.server.ip] if net.ipv4 else []) + [net.server.ip6]
         net.client.name_hosts({"server.test": names})
         self.stranger6 = net.client.add_address(net.client.ip6.replace("::1", "::3"))
-        self.stranger4 = (net.client.add_address(net.client.ip.rsplit(".", 1)[0] + ".3")
-                          if net.ipv4 else None)
+        self.stranger4 = (
+            net.client.add_address(net.client.ip.rsplit(".", 1)[0] + ".3") if net.ipv4 else None
+        )
         self.log = d / "verifier.log"
         with open(self.log, "w") as log:
             self.verifier = net.server.popen(
-                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                 PYTHON, "-m", "gnocchi.admin", "serve", "--config", str(d / "gnocchi.toml"),
-                 "--listen", f"[::]:{self.port}"], cwd=d, stdout=log, stderr=log)
+                [
+                    "setpriv",
+                    "--reuid=nobody",
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    PYTHON,
+                    "-m",
+                    "gnocchi.admin",
+                    "serve",
+                    "--config",
+                    str(d / "gnocchi.toml"),
+                    "--listen",
+                    f"[::]:{self.port}",
+                ],
+                cwd=d,
+                stdout=log,
+                stderr=log,
+            )
         for _ in range(100):
             if "started" in self.log.read_text() or self.verifier.poll() is not None:
                 break
@@ -77,22 +108,46 @@ class Stack:
         assert "started" in self.log.read_text(), self.log.read_text()
 
     def knock(self, *args, stdin: bytes = b"") -> subprocess.CompletedProcess:
-        return subprocess.run(self.net.client.argv(
-            [PYTHON, "-m", "gnocchi.client.knock", "--config", str(self.d / "knock.toml"),
-             "--state-dir", str(self.d / "client-state"), "-v", *args]),
-            cwd=REPO, input=stdin, capture_output=True, timeout=60)
+        return subprocess.run(
+            self.net.client.argv(
+                [
+                    PYTHON,
+                    "-m",
+                    "gnocchi.client.knock",
+                    "--config",
+                    str(self.d / "knock.toml"),
+                    "--state-dir",
+                    str(self.d / "client-state"),
+                    "-v",
+                    *args,
+                ]
+            ),
+            cwd=REPO,
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+        )
 
     def ssh_order(self) -> list[str]:
         """The addresses of server.test in the order ssh tries them (getaddrinfo's)."""
-        out = self.net.client.run([PYTHON, "-c", "import socket; print(*dict.fromkeys(a[4][0] "
-                                   "for a in socket.getaddrinfo('server.test', 22, "
-                                   "type=socket.SOCK_STREAM)))"]).stdout
+        out = self.net.client.run(
+            [
+                PYTHON,
+                "-c",
+                "import socket; print(*dict.fromkeys(a[4][0] "
+                "for a in socket.getaddrinfo('server.test', 22, "
+                "type=socket.SOCK_STREAM)))",
+            ]
+        ).stdout
         return out.split()
 
     def accepted_sources(self, count: int) -> list[str]:
         for _ in range(50):
-            found = [e["GNOCCHI_SOURCE_IP"] for e in events(self.log.read_text())
-                     if e.get("GNOCCHI_EVENT") == "accepted"]
+            found = [
+                e["GNOCCHI_SOURCE_IP"]
+                for e in events(self.log.read_text())
+                if e.get("GNOCCHI_EVENT") == "accepted"
+            ]
             if len(found) >= count:
                 return found
             time.sleep(0.1)

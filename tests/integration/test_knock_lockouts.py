@@ -11,6 +11,7 @@ Each attack has its control, where it is known to work: a gate that spends a
 knock on a SYN, or a source the defence does not cover, so a pass here means
 something.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,22 @@ from scapy.layers.inet6 import IPv6
 
 from gnocchi.client import knock as client
 from gnocchi.shared import keys
-from support import (PYTHON, REPO, Daemon, EchoServices, Helper, Keys, Net, echoes, elements,
-                     inside, knock, load_table, request, write_config)
+from support import (
+    PYTHON,
+    REPO,
+    Daemon,
+    EchoServices,
+    Helper,
+    Keys,
+    Net,
+    echoes,
+    elements,
+    inside,
+    knock,
+    load_table,
+    request,
+    write_config,
+)
 from test_gate_attacks import CONTROL_SYN_SPENDS, load_text
 from test_table_flood import Counting
 
@@ -63,9 +78,20 @@ class Paced:
     def __init__(self, host, packets, rate: float, seconds: float, path):
         path.write_text("\n".join(bytes(p).hex() for p in packets))
         v6 = packets[0].version == 6
-        self.proc = host.popen([PYTHON, "-c", PACED, str(socket.AF_INET6 if v6 else socket.AF_INET),
-                                str(rate), str(seconds), str(path), packets[0].dst],
-                               stdout=subprocess.PIPE, text=True)
+        self.proc = host.popen(
+            [
+                PYTHON,
+                "-c",
+                PACED,
+                str(socket.AF_INET6 if v6 else socket.AF_INET),
+                str(rate),
+                str(seconds),
+                str(path),
+                packets[0].dst,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout.readline() == "sending\n"
 
     def sent(self) -> int:
@@ -78,8 +104,9 @@ class Service:
 
     def __init__(self, host):
         with inside(host):
-            self.listener = socket.create_server(("::", 22), family=socket.AF_INET6,
-                                                 dualstack_ipv6=True)
+            self.listener = socket.create_server(
+                ("::", 22), family=socket.AF_INET6, dualstack_ipv6=True
+            )
         self.listener.settimeout(0.2)
         self.stop = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
@@ -112,8 +139,15 @@ class Stack:
     """The whole server (table with its knock port, helper, verifier, service) and
     alice's and bob's key files on the client."""
 
-    def __init__(self, net: Net, d, open_seconds=30, table_text: str | None = None,
-                 clients: str | None = None, extra: str = ""):
+    def __init__(
+        self,
+        net: Net,
+        d,
+        open_seconds=30,
+        table_text: str | None = None,
+        clients: str | None = None,
+        extra: str = "",
+    ):
         self.net, self.d = net, d
         self.k = Keys(d)
         path = load_table(net.server, d, tcp_ports=PORTS, knock_port=self.k.port)
@@ -131,12 +165,12 @@ class Stack:
             allow = ", ".join(f'"{p}"' for p in PORTS)
             clients = f"""
 [clients.alice]
-public_key = "{self.k.public('alice')}"
+public_key = "{self.k.public("alice")}"
 allow = [{allow}]
 default = "open 22"
 
 [clients.bob]
-public_key = "{self.k.public('bob')}"
+public_key = "{self.k.public("bob")}"
 allow = ["22"]
 default = "open 22"
 """
@@ -146,13 +180,33 @@ default = "open 22"
     def proxy(self, name="alice", v6=False, timeout=30) -> subprocess.CompletedProcess:
         """The real `gnocchi-knock -v --proxy SERVER 22`, as ssh's ProxyCommand runs it
         (v6: to the server's IPv6 address, signing its IPv4 one, as protocol v1 does)."""
-        server = ["--sign-ip", self.net.server.ip, "--proxy", self.net.server.ip6] if v6 else [
-            "--proxy", self.net.server.ip]
-        argv = [PYTHON, "-m", "gnocchi.client.knock", "-v", "--server-key-file",
-                str(self.k.server_file), "--client-key-file", str(self.files[name]),
-                "--state-dir", str(self.d / f"{name}-state"), *server, "22"]
-        return self.net.client.run(argv, check=False, input="hello", cwd=REPO, timeout=timeout,
-                                   env=dict(os.environ, PYTHONPATH=str(REPO)))
+        server = (
+            ["--sign-ip", self.net.server.ip, "--proxy", self.net.server.ip6]
+            if v6
+            else ["--proxy", self.net.server.ip]
+        )
+        argv = [
+            PYTHON,
+            "-m",
+            "gnocchi.client.knock",
+            "-v",
+            "--server-key-file",
+            str(self.k.server_file),
+            "--client-key-file",
+            str(self.files[name]),
+            "--state-dir",
+            str(self.d / f"{name}-state"),
+            *server,
+            "22",
+        ]
+        return self.net.client.run(
+            argv,
+            check=False,
+            input="hello",
+            cwd=REPO,
+            timeout=timeout,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
 
     def close(self):
         self.verifier.stop()
@@ -172,12 +226,16 @@ def knocks(result: subprocess.CompletedProcess) -> int:
 
 def syn_retransmits(host) -> int:
     """The namespace's TcpExt TCPSynRetrans counter."""
-    names, values = [line.split() for line in host.run(["cat", "/proc/net/netstat"]).stdout
-                     .splitlines() if line.startswith("TcpExt:")]
+    names, values = [
+        line.split()
+        for line in host.run(["cat", "/proc/net/netstat"]).stdout.splitlines()
+        if line.startswith("TcpExt:")
+    ]
     return int(dict(zip(names, values, strict=True))["TCPSynRetrans"])
 
 
 # ---- the proxy does not race its own knock -------------------------------------------
+
 
 def test_the_proxy_connects_on_its_knock_without_waiting_for_a_syn_retransmit(net, tmp_path):
     # The SYN sent right after the knock reaches the server before the opening
@@ -208,8 +266,11 @@ def test_the_proxy_never_has_two_handshakes_in_flight(net):
     # relay the other, dead one (seen under load: ssh timed out in the banner
     # exchange). Here every SYN-ACK is lost, so each connect waits for ever: its
     # successor must reset it first.
-    net.server.run(["nft", "-f", "-"], input="table inet lose {\n chain out { type filter hook "
-                   "output priority 0; tcp flags & (syn | ack) == syn | ack drop; }\n}\n")
+    net.server.run(
+        ["nft", "-f", "-"],
+        input="table inet lose {\n chain out { type filter hook "
+        "output priority 0; tcp flags & (syn | ack) == syn | ack drop; }\n}\n",
+    )
     with inside(net.server):
         listener = socket.create_server(("0.0.0.0", 22))
     in_flight, done = [], threading.Event()
@@ -225,26 +286,27 @@ def test_the_proxy_never_has_two_handshakes_in_flight(net):
     threading.Thread(target=try_to_connect, daemon=True).start()
     with listener:
         while not done.wait(0.003):
-            in_flight.append(len(net.client.run(["ss", "-Htn", "state", "syn-sent"])
-                                 .stdout.splitlines()))
+            in_flight.append(
+                len(net.client.run(["ss", "-Htn", "state", "syn-sent"]).stdout.splitlines())
+            )
     assert max(in_flight) == 1 and len(in_flight) > 20, in_flight
 
 
 # ---- a forger who knows the client's address -----------------------------------------
 
+
 def forged_syns(src: str, dst: str) -> list:
     ports = random.Random(7).sample(range(1024, 65536), 4000)
-    return [IP(src=src, dst=dst) / TCP(sport=p, dport=22, flags="S", seq=p * 7919)
-            for p in ports]
+    return [IP(src=src, dst=dst) / TCP(sport=p, dport=22, flags="S", seq=p * 7919) for p in ports]
 
 
 @pytest.mark.parametrize("rate", [20, 200, 2000])
-def test_a_forger_sending_syns_from_the_clients_address_does_not_keep_it_out(net, tmp_path,
-                                                                             rate):
+def test_a_forger_sending_syns_from_the_clients_address_does_not_keep_it_out(net, tmp_path, rate):
     stack = Stack(net, tmp_path)
     try:
-        forger = Paced(net.client, forged_syns(net.client.ip, net.server.ip), rate, 2.5,
-                       tmp_path / "syns")
+        forger = Paced(
+            net.client, forged_syns(net.client.ip, net.server.ip), rate, 2.5, tmp_path / "syns"
+        )
         time.sleep(0.5)
         result = stack.proxy()
         sent = forger.sent()
@@ -255,13 +317,16 @@ def test_a_forger_sending_syns_from_the_clients_address_does_not_keep_it_out(net
     assert knocks(result) == 1, "alice got in on her first knock"
 
 
-def test_control_a_forger_at_2000_syns_a_second_spends_every_knock_a_syn_spends(
-        net, tmp_path):
-    stack = Stack(net, tmp_path, table_text=CONTROL_SYN_SPENDS.replace(
-        "elements = { 22, 2222 }", "elements = { 22 }"))
+def test_control_a_forger_at_2000_syns_a_second_spends_every_knock_a_syn_spends(net, tmp_path):
+    stack = Stack(
+        net,
+        tmp_path,
+        table_text=CONTROL_SYN_SPENDS.replace("elements = { 22, 2222 }", "elements = { 22 }"),
+    )
     try:
-        forger = Paced(net.client, forged_syns(net.client.ip, net.server.ip), 2000, 4.5,
-                       tmp_path / "syns")  # past the first knock's 3 s
+        forger = Paced(
+            net.client, forged_syns(net.client.ip, net.server.ip), 2000, 4.5, tmp_path / "syns"
+        )  # past the first knock's 3 s
         time.sleep(0.5)
         result = stack.proxy()
         forger.sent()
@@ -272,6 +337,7 @@ def test_control_a_forger_at_2000_syns_a_second_spends_every_knock_a_syn_spends(
 
 # ---- one client (a stolen key) and the knocked set -------------------------------------
 
+
 def knocked_size(table_text: str, size: int) -> str:
     """The table with sets knocked4 and knocked6 of the given size."""
     small, count = re.subn(r"(set knocked[46] \{[^}]*?size )\d+", rf"\g<1>{size}", table_text)
@@ -279,22 +345,27 @@ def knocked_size(table_text: str, size: int) -> str:
     return small
 
 
-def test_a_stolen_key_knocking_from_many_addresses_does_not_fill_the_set_for_others(
-        net, tmp_path):
+def test_a_stolen_key_knocking_from_many_addresses_does_not_fill_the_set_for_others(net, tmp_path):
     # Alice's key, stolen: knocks for all of her 8 ports from 40 addresses of one
     # /64, at an open time of 10 minutes. The set here holds 128 (the shares of 4
     # clients; 65536 in the shipped table): without shares, her first 16 knocks
     # fill it and bob's knock fails (NFT_FAILED). With them she holds 32.
     text = load_table(net.server, tmp_path, tcp_ports=PORTS).read_text()
     small = knocked_size(text, 128)
-    stack = Stack(net, tmp_path, open_seconds=600, table_text=small,
-                  extra=f'server_addresses = ["{net.server.ip}"]')
+    stack = Stack(
+        net,
+        tmp_path,
+        open_seconds=600,
+        table_text=small,
+        extra=f'server_addresses = ["{net.server.ip}"]',
+    )
     net.server.nft("add", "element", "inet", "gnocchi", "knock_port", f"{{ {stack.k.port} }}")
     prefix = ":".join(net.client.ip6.split(":")[:3]) + ":beef"  # a /64 next to bob's
     sources = [f"{prefix}::{0x100 + i:x}" for i in range(40)]
     for ip in sources:  # deprecated: bob's connect keeps the main address as its source
-        net.client.run(["ip", "-6", "addr", "add", f"{ip}/64", "dev", "gveth0", "nodad",
-                        "preferred_lft", "0"])
+        net.client.run(
+            ["ip", "-6", "addr", "add", f"{ip}/64", "dev", "gveth0", "nodad", "preferred_lft", "0"]
+        )
     try:
         base = time.time_ns()
         request_text = ("open " + " ".join(map(str, PORTS))).encode()
@@ -305,13 +376,19 @@ def test_a_stolen_key_knocking_from_many_addresses_does_not_fill_the_set_for_oth
             with s:
                 s.bind((ip, 0))
                 s.sendto(packet, (net.server.ip6, stack.k.port))
-        stack.verifier.wait_for(lambda _: len(stack.verifier.of("accepted"))
-                                + len(stack.verifier.of("helper-failed")) >= 20,
-                                what="alice's burst decided")
+        stack.verifier.wait_for(
+            lambda _: (
+                len(stack.verifier.of("accepted")) + len(stack.verifier.of("helper-failed")) >= 20
+            ),
+            what="alice's burst decided",
+        )
         result = stack.proxy("bob", v6=True)  # into the same set, knocked6
         held = [e for e in elements(net.server, "knocked6") if e.get("comment") == "alice"]
-        refused = [e for e in stack.verifier.of("helper-failed")
-                   if e.get("GNOCCHI_HELPER_STATUS") == "TOO_MANY"]
+        refused = [
+            e
+            for e in stack.verifier.of("helper-failed")
+            if e.get("GNOCCHI_HELPER_STATUS") == "TOO_MANY"
+        ]
     finally:
         stack.close()
     assert result.returncode == 0 and knocks(result) == 1, result.stderr
@@ -321,17 +398,33 @@ def test_a_stolen_key_knocking_from_many_addresses_does_not_fill_the_set_for_oth
 def test_gnocchi_check_warns_when_the_knocked_sets_cannot_hold_every_clients_share(tmp_path):
     k = Keys(tmp_path)
     port = k.port
-    clients = "".join(f'[clients.c{i}]\npublic_key = "{keys.public_of(os.urandom(32)).hex()}"\n'
-                      f'allow = ["22"]\n' for i in range(5))
+    clients = "".join(
+        f'[clients.c{i}]\npublic_key = "{keys.public_of(os.urandom(32)).hex()}"\nallow = ["22"]\n'
+        for i in range(5)
+    )
     config = write_config(tmp_path, k, "/run/none.sock", clients=clients)
     table = tmp_path / "gnocchi.nft"
     table.write_text(knocked_size((REPO / "nft" / "gnocchi.nft").read_text(), 128))
     units = tmp_path / "units" / "gnocchi.socket.d"
     units.mkdir(parents=True)
     (units / "port.conf").write_text(f"[Socket]\nListenDatagram=\nListenDatagram={port}\n")
-    proc = subprocess.run([PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config),
-                           "--table", str(table), "--unit-dir", str(tmp_path / "units")],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "gnocchi.admin",
+            "check",
+            "--config",
+            str(config),
+            "--table",
+            str(table),
+            "--unit-dir",
+            str(tmp_path / "units"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert "hold 128 openings, the shares of 4 clients" in proc.stderr, proc.stderr
     assert "fix: spread the clients over more servers" in proc.stderr
 
@@ -344,7 +437,7 @@ KNOCK_PORT = 40190
 def neighbours(net, count: int) -> tuple[str, list[str]]:
     """alice's /48, and `count` /64s of it that are not hers (a neighbour's /56)."""
     site = ":".join(net.client.ip6.split(":")[:3])
-    return site, [f"{site}:{0xfe00 + i:x}::1" for i in range(count)]
+    return site, [f"{site}:{0xFE00 + i:x}::1" for i in range(count)]
 
 
 def make_knocker(net, tmp_path):
@@ -359,8 +452,9 @@ def make_knocker(net, tmp_path):
             s.close()
         finally:
             helper.close()
-    assert [e["val"] if isinstance(e, dict) else e for e in elements(net.server, "knockers6")] \
-        == [net.client.ip6.rsplit("::", 1)[0] + "::"]
+    assert [e["val"] if isinstance(e, dict) else e for e in elements(net.server, "knockers6")] == [
+        net.client.ip6.rsplit("::", 1)[0] + "::"
+    ]
 
 
 def test_a_neighbour_in_the_same_48_cannot_keep_a_client_out(net, tmp_path):
@@ -374,9 +468,16 @@ def test_a_neighbour_in_the_same_48_cannot_keep_a_client_out(net, tmp_path):
     stranger = f"{site}:fdff::5"
     counting = Counting(net, KNOCK_PORT, ip=net.server.ip6)
     try:
-        flood = Paced(net.client, [IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000,
-                                                                          dport=KNOCK_PORT) / b"x"
-                                   for ip in flooders], 32 * 15, 4, tmp_path / "flood")
+        flood = Paced(
+            net.client,
+            [
+                IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000, dport=KNOCK_PORT) / b"x"
+                for ip in flooders
+            ],
+            32 * 15,
+            4,
+            tmp_path / "flood",
+        )
         time.sleep(1.5)  # the /48's burst is gone
         for _ in range(10):
             with inside(net.client):
@@ -384,9 +485,14 @@ def test_a_neighbour_in_the_same_48_cannot_keep_a_client_out(net, tmp_path):
                 for ip, data in send_from:
                     raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
                     with raw:
-                        raw.sendto(bytes(IPv6(src=ip, dst=net.server.ip6)
-                                         / UDP(sport=5001, dport=KNOCK_PORT) / data),
-                                   (net.server.ip6, 0))
+                        raw.sendto(
+                            bytes(
+                                IPv6(src=ip, dst=net.server.ip6)
+                                / UDP(sport=5001, dport=KNOCK_PORT)
+                                / data
+                            ),
+                            (net.server.ip6, 0),
+                        )
             time.sleep(0.2)
         sent = flood.sent()
         got = counting.settle()
@@ -408,9 +514,16 @@ def test_the_64s_that_knocked_share_one_budget_per_48(net, tmp_path):
     counting = Counting(net, KNOCK_PORT, ip=net.server.ip6)
     try:
         started = time.monotonic()
-        flood = Paced(net.client, [IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000,
-                                                                          dport=KNOCK_PORT) / b"x"
-                                   for ip in sources], 16 * 19, 3, tmp_path / "flood")
+        flood = Paced(
+            net.client,
+            [
+                IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000, dport=KNOCK_PORT) / b"x"
+                for ip in sources
+            ],
+            16 * 19,
+            3,
+            tmp_path / "flood",
+        )
         flood.sent()
         got = counting.settle()
         seconds = time.monotonic() - started
@@ -422,6 +535,7 @@ def test_the_64s_that_knocked_share_one_budget_per_48(net, tmp_path):
 
 
 # ---- every set an outsider can fill, full --------------------------------------------------
+
 
 def test_full_source_sets_let_a_new_sources_knock_through(net, tmp_path):
     # knock_sources6 and knock_sites6 with room for two, filled by two other /48s:
@@ -446,9 +560,12 @@ def test_full_source_sets_let_a_new_sources_knock_through(net, tmp_path):
             raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
         with raw:
             for ip in fillers + [net.client.ip6]:
-                raw.sendto(bytes(IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000,
-                                                                         dport=KNOCK_PORT)
-                                 / b"x"), (net.server.ip6, 0))
+                raw.sendto(
+                    bytes(
+                        IPv6(src=ip, dst=net.server.ip6) / UDP(sport=5000, dport=KNOCK_PORT) / b"x"
+                    ),
+                    (net.server.ip6, 0),
+                )
         got = counting.settle()
     finally:
         counting.close()

@@ -6,6 +6,7 @@ helper's nft comment), also through a reload that replaces the table.
 
 The command runs in the server namespace, on the table there; no systemd
 runs the verifier here, so it says so and edits only the config."""
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,19 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from gnocchi.admin import nft_table
-from support import (PYTHON, REPO, EchoServices, Helper, Keys, Net, elements, inside, load_table,
-                     request, write_config)
+from support import (
+    PYTHON,
+    REPO,
+    EchoServices,
+    Helper,
+    Keys,
+    Net,
+    elements,
+    inside,
+    load_table,
+    request,
+    write_config,
+)
 from test_gate_attacks import OPTIONS, connects_from, send_raw
 
 OK = 0
@@ -36,14 +48,18 @@ def server(tmp_path):
 
 
 def remove_client(net, config, name):
-    return net.server.run([PYTHON, "-m", "gnocchi.admin", "remove-client", "--config", str(config),
-                           name], check=False, cwd=REPO)
+    return net.server.run(
+        [PYTHON, "-m", "gnocchi.admin", "remove-client", "--config", str(config), name],
+        check=False,
+        cwd=REPO,
+    )
 
 
 def test_remove_client_withdraws_its_pending_openings_and_no_one_elses(server):
     net, helper, bob_ip, config = server
-    assert helper.send(request(net.client.ip, 22, client="alice"),
-                       request(bob_ip, 22, client="bob")) == [OK, OK]
+    assert helper.send(
+        request(net.client.ip, 22, client="alice"), request(bob_ip, 22, client="bob")
+    ) == [OK, OK]
     result = remove_client(net, config, "alice")
     assert result.returncode == 0, result.stderr
     assert "withdrew the 1 opening pending for alice" in result.stderr
@@ -61,8 +77,14 @@ def test_a_syn_a_removed_client_parked_before_does_not_connect(server):
 
     def park(sport):
         assert helper.send(request(src, 22, client="alice")) == [OK]
-        send_raw(net.client, [IP(src=src, dst=dst) / TCP(sport=sport, dport=22, flags="S",
-                                                         seq=1000, options=OPTIONS["md5"])])
+        send_raw(
+            net.client,
+            [
+                IP(src=src, dst=dst)
+                / TCP(sport=sport, dport=22, flags="S", seq=1000, options=OPTIONS["md5"])
+            ],
+        )
+
     park(41100)
     assert connects_from(net.client, src, dst, 22, [41100]) == {41100}  # the control
     park(41101)
@@ -79,8 +101,9 @@ def test_without_a_table_or_an_opening_remove_client_says_so(server):
     assert result.returncode == 0 and "no table loaded: nothing pending" in result.stderr
 
 
-def test_an_opening_keeps_its_clients_name_through_a_reload_that_replaces_the_table(server,
-                                                                                     tmp_path):
+def test_an_opening_keeps_its_clients_name_through_a_reload_that_replaces_the_table(
+    server, tmp_path
+):
     net, helper, _, config = server
     assert helper.send(request(net.client.ip, 22, client="alice")) == [OK]
     changed = tmp_path / "changed.nft"

@@ -7,6 +7,7 @@ the key as gnocchi.socket's does. All on the real kernel, in namespaces.
 The flooder sends as fast as one Python process can, for a bounded time and
 count; the client knocks once from another address of the client namespace.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,21 @@ from scapy.all import UDP, IPv6, Raw
 
 from gnocchi.admin import check, nft_table, table
 from gnocchi.shared import keys, protocol
-from support import (PYTHON, REPO, TABLE_FILE, Daemon, EchoServices, Helper, Keys, Net, inside,
-                     knock, load_table, send_datagrams, write_config)
+from support import (
+    PYTHON,
+    REPO,
+    TABLE_FILE,
+    Daemon,
+    EchoServices,
+    Helper,
+    Keys,
+    Net,
+    inside,
+    knock,
+    load_table,
+    send_datagrams,
+    write_config,
+)
 from test_gate_attacks import send_raw
 
 RATE, BURST = 20, 100  # nft/gnocchi.nft: limit rate over 20/second burst 100 packets
@@ -52,13 +66,26 @@ print(sent, flush=True)
 """
 
 
-def flood(net: Net, pool: list[bytes], pool_file, port: int, seconds=FLOOD_SECONDS,
-          most=2_000_000) -> subprocess.Popen:
+def flood(
+    net: Net, pool: list[bytes], pool_file, port: int, seconds=FLOOD_SECONDS, most=2_000_000
+) -> subprocess.Popen:
     """A flood from the client's own address, started (it has sent its first 1,000)."""
     pool_file.write_text("\n".join(p.hex() for p in pool))
-    sender = net.client.popen([PYTHON, "-c", FLOOD, net.client.ip, net.server.ip, str(port),
-                               str(seconds), str(most), str(pool_file)],
-                              stdout=subprocess.PIPE, text=True)
+    sender = net.client.popen(
+        [
+            PYTHON,
+            "-c",
+            FLOOD,
+            net.client.ip,
+            net.server.ip,
+            str(port),
+            str(seconds),
+            str(most),
+            str(pool_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert sender.stdout.readline() == "flooding\n"
     return sender
 
@@ -83,8 +110,9 @@ class Counting:
     def __init__(self, net: Net, port: int, ip: str | None = None):
         ip = ip or net.server.ip
         with inside(net.server):
-            self.sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                                      socket.SOCK_DGRAM)
+            self.sock = socket.socket(
+                socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM
+            )
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self.sock.bind((ip, port))
         self.sock.settimeout(0.2)
@@ -168,8 +196,9 @@ def test_a_client_knocking_as_clients_do_is_never_limited(net, tmp_path):
     finally:
         counting.close()
     assert got[net.client.ip] == BURST
-    assert net.client.ip in net.server.nft("list", "set", "inet", "gnocchi",
-                                           "knock_sources4").stdout
+    assert (
+        net.client.ip in net.server.nft("list", "set", "inet", "gnocchi", "knock_sources4").stdout
+    )
 
 
 def test_a_full_source_set_lets_new_sources_through_to_the_verifier(net, tmp_path):
@@ -177,8 +206,7 @@ def test_a_full_source_set_lets_new_sources_through_to_the_verifier(net, tmp_pat
     spoofed sources) a new source is not limited here: the verifier decides."""
     port = 40003
     path = load_table(net.server, tmp_path, knock_port=port)
-    small, sized = re.subn(r"(set knock_sources4 \{[^}]*?size )\d+", r"\g<1>2",
-                           path.read_text())
+    small, sized = re.subn(r"(set knock_sources4 \{[^}]*?size )\d+", r"\g<1>2", path.read_text())
     assert sized == 1
     path.write_text(small)
     net.server.nft("-f", str(path))
@@ -190,7 +218,7 @@ def test_a_full_source_set_lets_new_sources_through_to_the_verifier(net, tmp_pat
         send_from(net, first, port, [b"fills"])
         send_from(net, second, port, [b"the set"])
         send_from(net, net.client.ip, port, many)  # a newcomer: the set is full
-        send_from(net, first, port, many)          # a member: still limited
+        send_from(net, first, port, many)  # a member: still limited
         got = counting.settle()
     finally:
         counting.close()
@@ -222,7 +250,6 @@ def test_an_ipv6_source_is_limited_per_64(net, tmp_path):
     assert got[other] == BURST, got
 
 
-
 SITE_PORT = 40077
 PREFIXES = 64  # /64s of one /48 used here (a /56 has 256)
 SITE_RATE, SITE_BURST = 100, 500  # nft/gnocchi.nft, set knock_sites6: per /48
@@ -240,8 +267,14 @@ def test_one_holder_of_many_64s_gets_no_more_through_than_a_few_sources(net, tmp
     counting = Counting(net, SITE_PORT, ip=net.server.ip6)
     try:
         started = time.monotonic()
-        send_raw(net.client, [IPv6(src=src, dst=net.server.ip6) / UDP(sport=5000, dport=SITE_PORT)
-                              / Raw(b"x") for src in sources for _ in range(BURST + 50)])
+        send_raw(
+            net.client,
+            [
+                IPv6(src=src, dst=net.server.ip6) / UDP(sport=5000, dport=SITE_PORT) / Raw(b"x")
+                for src in sources
+                for _ in range(BURST + 50)
+            ],
+        )
         got = counting.settle()
         seconds = time.monotonic() - started
     finally:
@@ -251,17 +284,27 @@ def test_one_holder_of_many_64s_gets_no_more_through_than_a_few_sources(net, tmp
     # The /48's own budget, whatever the number of /64s: at most its burst and
     # its rate for as long as the flood lasted (PREFIXES * BURST without it).
     assert through <= SITE_BURST + SITE_RATE * seconds + 5, (
-        f"{through} datagrams from one /48 reached the knock socket in {seconds:.1f} s")
+        f"{through} datagrams from one /48 reached the knock socket in {seconds:.1f} s"
+    )
+
 
 # ---- the whole stack: a MAC-valid flood (the server key leaked) from one address ---
+
 
 def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
     """Sealed with the server key, claiming a configured client, with a canonical S that
     does not verify: each costs the verifier a full Ed25519 check (as in
     tests/verifier/test_oracle.py)."""
     sig = os.urandom(protocol.SIG_LEN - 1) + bytes([os.urandom(1)[0] & 0x0F])
-    body = (protocol.MAGIC + claimed + sig + counter.to_bytes(protocol.COUNTER_LEN, "big")
-            + (7).to_bytes(2, "big") + b"open 22" + os.urandom(9))
+    body = (
+        protocol.MAGIC
+        + claimed
+        + sig
+        + counter.to_bytes(protocol.COUNTER_LEN, "big")
+        + (7).to_bytes(2, "big")
+        + b"open 22"
+        + os.urandom(9)
+    )
     return bytes(SecretBox(server_key).encrypt(body, os.urandom(protocol.NONCE_LEN)))
 
 
@@ -272,8 +315,12 @@ def test_a_knock_opens_on_its_first_try_during_a_flood_from_another_address(net,
     knocker = other_address(net, 3)
     try:
         with EchoServices(net.server, tcp_ports=(22,)):
-            d = Daemon(net, write_config(tmp_path, k, str(helper.path)),
-                       f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
+            d = Daemon(
+                net,
+                write_config(tmp_path, k, str(helper.path)),
+                f"{net.server.ip}:{k.port}",
+                stderr=tmp_path / "daemon.err",
+            )
             try:
                 alice = bytes.fromhex(k.public("alice"))
                 # More distinct packets than the verifier remembers (it drops exact
@@ -301,8 +348,10 @@ def test_a_knock_opens_on_its_first_try_during_a_flood_from_another_address(net,
 
 # ---- the knock port in the table follows the key, as gnocchi.socket's does ----------
 
-def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, tmp_path,
-                                                                         monkeypatch):
+
+def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(
+    net, tmp_path, monkeypatch
+):
     k = Keys(tmp_path)
     config = write_config(tmp_path, k, str(tmp_path / "helper.sock"))
     units = tmp_path / "units"
@@ -313,8 +362,21 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     monkeypatch.setattr(check, "UNIT_DIR", str(units))
 
     def setup():
-        subprocess.run([PYTHON, "-m", "gnocchi.admin", "setup", "--config", str(config),
-                        "--unit-dir", str(units)], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "gnocchi.admin",
+                "setup",
+                "--config",
+                str(config),
+                "--unit-dir",
+                str(units),
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
 
     def live_knock_ports():
         with inside(net.server):
@@ -324,8 +386,14 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     with inside(net.server):
         assert table.load(str(config), str(table_path)) == 0
     assert live_knock_ports() == [k.port]
-    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
-                   f"{{ {net.client.ip} . tcp . 22 timeout 30s }}")  # a knock pending
+    net.server.nft(
+        "add",
+        "element",
+        "inet",
+        "gnocchi",
+        "knocked4",
+        f"{{ {net.client.ip} . tcp . 22 timeout 30s }}",
+    )  # a knock pending
 
     # A new server key, and `gnocchi setup` for it: the socket's drop-in moves on
     # at once; the loaded table still has the old port until it is loaded again.
@@ -335,33 +403,65 @@ def test_the_tables_knock_port_follows_a_new_key_after_setup_and_rearming(net, t
     os.unlink(k.server_file)
     keys.write_secret(k.server_file, new)
     setup()
-    said = net.server.run([PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config),
-                           "--table", str(table_path), "--unit-dir", str(units)],
-                          cwd=REPO, check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    said = net.server.run(
+        [
+            PYTHON,
+            "-m",
+            "gnocchi.admin",
+            "check",
+            "--config",
+            str(config),
+            "--table",
+            str(table_path),
+            "--unit-dir",
+            str(units),
+        ],
+        cwd=REPO,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert said.returncode == 0, said.stderr
-    assert (f"the loaded table inet gnocchi limits floods on UDP {k.port}, but the server "
-            f"key's knock port is {protocol.knock_port(new)}") in said.stderr
+    assert (
+        f"the loaded table inet gnocchi limits floods on UDP {k.port}, but the server "
+        f"key's knock port is {protocol.knock_port(new)}"
+    ) in said.stderr
 
     with inside(net.server):
         assert table.load(str(config), str(table_path)) == 0  # systemctl reload gnocchi-arm
     assert live_knock_ports() == [protocol.knock_port(new)]
     with inside(net.server):
-        assert [str(p.address) for p in nft_table.live().pending()] == [net.client.ip], \
+        assert [str(p.address) for p in nft_table.live().pending()] == [net.client.ip], (
             "only the knock port changed: the pending knock is kept"
+        )
 
     # A flush, and the re-arm after it (nftables.service's drop-in, gnocchi-watch).
     net.server.nft("flush", "ruleset")
     with inside(net.server):
         assert table.rearm(str(config), str(table_path), "a test's flush", intent_known=True) == 0
     assert live_knock_ports() == [protocol.knock_port(new)]
-    said = net.server.run([PYTHON, "-m", "gnocchi.admin", "check", "--config", str(config),
-                           "--table", str(table_path), "--unit-dir", str(units)],
-                          cwd=REPO, check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    said = net.server.run(
+        [
+            PYTHON,
+            "-m",
+            "gnocchi.admin",
+            "check",
+            "--config",
+            str(config),
+            "--table",
+            str(table_path),
+            "--unit-dir",
+            str(units),
+        ],
+        cwd=REPO,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert said.returncode == 0 and "limits floods" not in said.stderr, said.stderr
 
 
 def test_doctor_and_status_say_when_the_table_limits_another_port(net, tmp_path):
     from gnocchi.admin import doctor, status
+
     load_table(net.server, tmp_path, knock_port=40004)
 
     def finding(port: int):
@@ -379,6 +479,7 @@ def test_doctor_and_status_say_when_the_table_limits_another_port(net, tmp_path)
     with inside(net.server):
         live = nft_table.live()
     assert status.flood_line(live.knock_ports(), 40004).startswith("flood limit: on 40004/udp")
-    assert "on UDP 40004, NOT on the knock port 40005" in status.flood_line(live.knock_ports(),
-                                                                            40005)
+    assert "on UDP 40004, NOT on the knock port 40005" in status.flood_line(
+        live.knock_ports(), 40005
+    )
     assert "NONE" in status.flood_line(None, 40005)

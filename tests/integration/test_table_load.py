@@ -5,6 +5,7 @@ Runs nft_table.load()/unload() inside the server namespace of a tests/netns.py N
 (subprocesses such as nft inherit that namespace); knocks are elements added
 the way the helper adds them, and a client connection proves one still works.
 """
+
 import shutil
 import subprocess
 
@@ -33,8 +34,14 @@ def write(tmp_path, name: str, text: str):
 def knock(net, ip=None, port=22):
     """An element as the helper adds it (helper/nft.py: one add with its timeout)."""
     ip = ip or net.client.ip
-    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
-                   f"{{ {ip} . tcp . {port} timeout {KNOCK_SECONDS}s }}")
+    net.server.nft(
+        "add",
+        "element",
+        "inet",
+        "gnocchi",
+        "knocked4",
+        f"{{ {ip} . tcp . {port} timeout {KNOCK_SECONDS}s }}",
+    )
 
 
 def pending(net) -> list:
@@ -70,8 +77,11 @@ def test_changing_the_protected_ports_touches_nothing_else(net, tmp_path):
     load(net, str(TABLE_FILE))
     knock(net)
     before = handles(net)
-    edited = write(tmp_path, "ports.nft", TABLE_FILE.read_text().replace(
-        "elements = { 22 }", "elements = { 22, 2222 }"))
+    edited = write(
+        tmp_path,
+        "ports.nft",
+        TABLE_FILE.read_text().replace("elements = { 22 }", "elements = { 22, 2222 }"),
+    )
     loaded = load(net, edited)
     assert (loaded.how, loaded.kept) == ("ports", 1)
     assert loaded.table.protected() == {"tcp": [22, 2222], "udp": []}
@@ -86,8 +96,9 @@ def test_new_rules_replace_the_table_and_carry_pending_knocks(net, tmp_path):
     knock(net)
     knock(net, ip="198.18.0.99")
     left = {p.address.exploded: p.expires for p in pending(net)}
-    changed = write(tmp_path, "rules.nft", TABLE_FILE.read_text().replace(
-        "\t\tdrop\n", "\t\tcounter drop\n"))
+    changed = write(
+        tmp_path, "rules.nft", TABLE_FILE.read_text().replace("\t\tdrop\n", "\t\tcounter drop\n")
+    )
     loaded = load(net, changed)
     assert (loaded.how, loaded.kept) == ("replaced", 2)
     assert "counter packets" in net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
@@ -117,9 +128,11 @@ def test_a_knock_used_while_the_table_is_replaced_is_not_revived(net, tmp_path, 
     def live_first_stale():
         reads.append(1)
         return stale if len(reads) == 1 else real_live()
+
     monkeypatch.setattr(nft_table, "live", live_first_stale)
-    changed = write(tmp_path, "rules.nft", TABLE_FILE.read_text().replace(
-        "\t\tdrop\n", "\t\tcounter drop\n"))
+    changed = write(
+        tmp_path, "rules.nft", TABLE_FILE.read_text().replace("\t\tdrop\n", "\t\tcounter drop\n")
+    )
     loaded = load(net, changed)
     assert len(reads) == 2, "the first transaction failed on its guard and was retried"
     assert (loaded.how, loaded.kept) == ("replaced", 0)
@@ -131,13 +144,18 @@ def test_a_broken_file_is_refused_and_the_live_table_stays(net, tmp_path):
     load(net, str(TABLE_FILE))
     knock(net)
     before = net.server.nft("list", "table", "inet", "gnocchi").stdout
-    broken = write(tmp_path, "broken.nft", TABLE_FILE.read_text().replace(
-        "elements = { 22 }", "elements = { 22 x }"))
+    broken = write(
+        tmp_path,
+        "broken.nft",
+        TABLE_FILE.read_text().replace("elements = { 22 }", "elements = { 22 x }"),
+    )
     with pytest.raises(nft_table.TableError, match="nft refuses it"):
         load(net, broken)
     after = net.server.nft("list", "table", "inet", "gnocchi").stdout
+
     def strip(text):
         return [line for line in text.splitlines() if "expires" not in line]
+
     assert strip(after) == strip(before) and len(pending(net)) == 1
 
 
@@ -152,12 +170,15 @@ def test_unload_removes_the_table_and_may_run_twice(net):
 
 def test_the_replacement_script_guards_each_carried_knock():
     old = nft_table.Table(())
-    new = nft_table.Table((
-        {"set": {"name": "knocked4", "type": ["ipv4_addr", "inet_proto", "inet_service"]}},))
-    p4 = nft_table._pending({"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]},
-                                  "timeout": 30, "expires": 29}})
-    p6 = nft_table._pending({"elem": {"val": {"concat": ["fd00::1", "udp", 53]},
-                                  "timeout": 30, "expires": 0}})
+    new = nft_table.Table(
+        ({"set": {"name": "knocked4", "type": ["ipv4_addr", "inet_proto", "inet_service"]}},)
+    )
+    p4 = nft_table._pending(
+        {"elem": {"val": {"concat": ["198.18.0.1", "tcp", 22]}, "timeout": 30, "expires": 29}}
+    )
+    p6 = nft_table._pending(
+        {"elem": {"val": {"concat": ["fd00::1", "udp", 53]}, "timeout": 30, "expires": 0}}
+    )
     script, dropped = nft_table.replacement("FILE", new, [p4, p6])
     assert script.splitlines() == [
         "delete element inet gnocchi knocked4 { 198.18.0.1 . tcp . 22 }",
@@ -175,9 +196,18 @@ def test_the_replacement_script_guards_each_carried_knock():
 def test_the_test_load_needs_no_firewall_of_ours():
     """It runs in a scratch namespace: the caller's ruleset is never touched."""
     loaded = nft_table.test_load(str(TABLE_FILE))
-    assert set(loaded.sets()) == {"protected_tcp", "protected_udp", "knocked4", "knocked6",
-                                  "knock_port", "knock_sources4", "knock_sources6", "knock_sites6",
-                                  "known_sites6", "knockers6"}
+    assert set(loaded.sets()) == {
+        "protected_tcp",
+        "protected_udp",
+        "knocked4",
+        "knocked6",
+        "knock_port",
+        "knock_sources4",
+        "knock_sources6",
+        "knock_sites6",
+        "known_sites6",
+        "knockers6",
+    }
     assert loaded.knock_ports() == [], "the file leaves the knock port to the loader"
     assert subprocess.run(["unshare", "--user", "--net", "--keep-caps", "true"]).returncode == 0
 
@@ -185,9 +215,11 @@ def test_the_test_load_needs_no_firewall_of_ours():
 def config_file(tmp_path, protect: str = "") -> str:
     """A config (and its server key) in tmp_path; protect: its [protect] table, if any."""
     from gnocchi.shared import keys
+
     keys.write_secret(tmp_path / "server.key", keys.new_server_key())
-    return write(tmp_path, "gnocchi.toml", f'server_key_file = "{tmp_path / "server.key"}"\n'
-                 + protect)
+    return write(
+        tmp_path, "gnocchi.toml", f'server_key_file = "{tmp_path / "server.key"}"\n' + protect
+    )
 
 
 def test_the_protected_ports_are_the_configs_loaded_with_the_rules(net, tmp_path):
@@ -206,8 +238,9 @@ def test_the_protected_ports_are_the_configs_loaded_with_the_rules(net, tmp_path
     assert tcp_connect(net.client, net.server.ip, 2222) is None
     knock(net, port=2222)
     before = handles(net)
-    (tmp_path / "gnocchi.toml").write_text((tmp_path / "gnocchi.toml").read_text().replace(
-        "tcp = [2222]", "tcp = [22, 2222]"))
+    (tmp_path / "gnocchi.toml").write_text(
+        (tmp_path / "gnocchi.toml").read_text().replace("tcp = [2222]", "tcp = [22, 2222]")
+    )
     with inside(net.server):
         again = nft_table.load_wanted(nft_table.wanted(config, str(TABLE_FILE)))
     assert (again.how, again.kept) == ("ports", 1) and handles(net) == before
@@ -219,8 +252,11 @@ def test_a_03_table_file_beside_a_config_without_protect_still_gives_the_ports(n
     """An upgrade from 0.3 keeps an admin's /etc/gnocchi/gnocchi.nft (its protected sets
     edited) until `gnocchi protect` writes [protect]: its ports are still protected."""
     config = config_file(tmp_path)
-    write(tmp_path, "gnocchi.nft", TABLE_FILE.read_text().replace(
-        "elements = { 22 }", "elements = { 22, 2222 }"))
+    write(
+        tmp_path,
+        "gnocchi.nft",
+        TABLE_FILE.read_text().replace("elements = { 22 }", "elements = { 22, 2222 }"),
+    )
     want = nft_table.wanted(config, str(TABLE_FILE))
     assert want.protected == {"tcp": [22, 2222], "udp": []}
     assert "the table file of gnocchi 0.3 and before" in want.ports.source

@@ -8,13 +8,25 @@ IPv4 and IPv6, everything else untouched. Knocks come from the real helper.
                                                           echo udp 60001, 60002 (60002 unprotected)
                                                           sink udp 60003 (never answers)
 """
+
 import socket
 import time
 
 import pytest
 
-from support import (STATUS, EchoServices, Helper, Net, echoes, elements, inside, load_table,
-                     request, tcp_connect, udp_socket)
+from support import (
+    STATUS,
+    EchoServices,
+    Helper,
+    Net,
+    echoes,
+    elements,
+    inside,
+    load_table,
+    request,
+    tcp_connect,
+    udp_socket,
+)
 
 OK = STATUS["OK"]
 
@@ -52,14 +64,15 @@ def test_unprotected_ports_are_untouched(stack):
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_tcp_knock_lets_exactly_one_connection_through(stack, v6):
     net, helper = stack
-    client_ip, server_ip = ((net.client.ip6, net.server.ip6) if v6
-                            else (net.client.ip, net.server.ip))
+    client_ip, server_ip = (
+        (net.client.ip6, net.server.ip6) if v6 else (net.client.ip, net.server.ip)
+    )
     assert helper.send(request(client_ip, 22)) == [OK]
     first = tcp_connect(net.client, server_ip, 22)
     assert first is not None and echoes(first)
     assert elements(net.server, "knocked6" if v6 else "knocked4") == []
     assert tcp_connect(net.client, server_ip, 22) is None  # second one: dropped
-    assert echoes(first, b"still here")                     # the first goes on
+    assert echoes(first, b"still here")  # the first goes on
     first.close()
 
 
@@ -96,8 +109,8 @@ def test_knock_is_for_one_protocol_and_one_port(stack):
     net, helper = stack
     assert helper.send(request(net.client.ip, 60001, 17)) == [OK]
     assert tcp_connect(net.client, net.server.ip, 60001) is None  # same port, TCP
-    assert tcp_connect(net.client, net.server.ip, 22) is None     # other port
-    assert echoes(udp_socket(net.client, net.server.ip, 60001))   # the knocked one
+    assert tcp_connect(net.client, net.server.ip, 22) is None  # other port
+    assert echoes(udp_socket(net.client, net.server.ip, 60001))  # the knocked one
 
 
 def test_knock_from_one_address_does_not_open_for_another(stack):
@@ -126,8 +139,14 @@ def test_knock_expires_by_itself(stack):
 
 def test_reknock_rearms_the_full_timeout(stack):
     net, helper = stack
-    net.server.nft("add", "element", "inet", "gnocchi", "knocked4",
-                   "{ %s . tcp . 22 timeout 5s }" % net.client.ip)
+    net.server.nft(
+        "add",
+        "element",
+        "inet",
+        "gnocchi",
+        "knocked4",
+        "{ %s . tcp . 22 timeout 5s }" % net.client.ip,
+    )
     assert helper.send(request(net.client.ip, 22)) == [OK]
     [elem] = elements(net.server, "knocked4")
     assert elem["timeout"] == 30 and elem["expires"] > 25
@@ -138,15 +157,21 @@ def test_reload_replaces_the_table_and_leaves_others_alone(tmp_path):
     with Net("rl") as net:
         srv = net.server
         srv.nft("add", "table", "inet", "admin")
-        srv.nft("add", "chain", "inet", "admin", "input",
-                "{ type filter hook input priority 0; policy accept; }")
+        srv.nft(
+            "add",
+            "chain",
+            "inet",
+            "admin",
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        )
         srv.nft("add", "rule", "inet", "admin", "input", "tcp", "dport", "22", "accept")
         admin = srv.nft("-j", "list", "table", "inet", "admin").stdout
-        load_table(srv, tmp_path)   # the table did not exist
+        load_table(srv, tmp_path)  # the table did not exist
         listing = ("list", "table", "inet", "gnocchi")  # text: no handles, which change
         first = srv.nft(*listing).stdout
         srv.nft("add", "element", "inet", "gnocchi", "knocked4", "{ 198.18.7.7 . tcp . 22 }")
-        load_table(srv, tmp_path)   # again: replaced, pending knocks gone
+        load_table(srv, tmp_path)  # again: replaced, pending knocks gone
         assert srv.nft(*listing).stdout == first
         tables = srv.nft("list", "tables").stdout.split("\n")
         assert tables.count("table inet gnocchi") == 1

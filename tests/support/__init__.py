@@ -19,19 +19,66 @@
 tests/conftest.py puts the checkout, helper/ and tests/ on sys.path, once. Nothing
 here touches the root namespace's network or firewall.
 """
-from support.helper import (ENTRY, HEADER, STATUS, FakeNftables, Helper, HelperRecorder,
-                            helper_main, request, requested_ports)
+
+from support.helper import (
+    ENTRY,
+    HEADER,
+    STATUS,
+    FakeNftables,
+    Helper,
+    HelperRecorder,
+    helper_main,
+    request,
+    requested_ports,
+)
 from support.netns import Host, Lan, Net, inside
 from support.processes import PYTHON, REPO, events, gnocchi_cli, root_only, stop
-from support.sockets import (UDP_CLIENT, EchoServices, echoes, send_datagrams, send_paced,
-                             tcp_connect, udp_socket)
+from support.sockets import (
+    UDP_CLIENT,
+    EchoServices,
+    echoes,
+    send_datagrams,
+    send_paced,
+    tcp_connect,
+    udp_socket,
+)
 from support.table import TABLE_FILE, elements, load_table, ruleset
 from support.verifier import Daemon, Keys, knock, knock2, write_config
 
-__all__ = ["ENTRY", "HEADER", "STATUS", "FakeNftables", "Helper", "HelperRecorder", "helper_main",
-           "request", "requested_ports", "Host", "Lan", "Net", "inside", "PYTHON", "REPO", "events",
-           "gnocchi_cli", "root_only", "stop",
-           "UDP_CLIENT", "EchoServices", "echoes", "send_datagrams", "send_paced", "tcp_connect",
-           "udp_socket",
-           "TABLE_FILE", "elements", "load_table", "ruleset", "Daemon", "Keys", "knock", "knock2",
-           "write_config"]
+__all__ = [
+    "ENTRY",
+    "HEADER",
+    "STATUS",
+    "FakeNftables",
+    "Helper",
+    "HelperRecorder",
+    "helper_main",
+    "request",
+    "requested_ports",
+    "Host",
+    "Lan",
+    "Net",
+    "inside",
+    "PYTHON",
+    "REPO",
+    "events",
+    "gnocchi_cli",
+    "root_only",
+    "stop",
+    "UDP_CLIENT",
+    "EchoServices",
+    "echoes",
+    "send_datagrams",
+    "send_paced",
+    "tcp_connect",
+    "udp_socket",
+    "TABLE_FILE",
+    "elements",
+    "load_table",
+    "ruleset",
+    "Daemon",
+    "Keys",
+    "knock",
+    "knock2",
+    "write_config",
+]

@@ -2,6 +2,7 @@
 and a UDP socket on 127.0.0.1 bound to a fresh server key's knock port, to
 catch what gnocchi-knock sends. Independent of gnocchi/: the port comes from
 PROTOCOL.md's own words, not from gnocchi.shared.protocol."""
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ server's namespace: table ip nat's DOCKER chain, table ip filter's FORWARD with
 policy drop and its DOCKER chain), and the VM by a native nft DNAT rule of the
 admin's own. Everything is removed on exit, as Net does.
 """
+
 from __future__ import annotations
 
 import socket
@@ -19,14 +20,14 @@ from support.netns import Host, Net, sh
 from support.sockets import EchoServices
 
 # Ports the server publishes, and where they go (the services listen on 22 and 60001).
-DOCKER_TCP = 8080    # -> container:22, protected
-DOCKER_UDP = 8053    # -> container:60001, protected
-DOCKER_OPEN = 8081   # -> container:22, not protected: open to everyone, as Docker leaves it
-PODMAN_TCP = 8090    # -> container:22, by a table shaped like netavark's (Podman), protected
-VM_TCP = 2200        # -> vm:22 (the admin's own nft DNAT), protected
-VM_OPEN = 2201       # -> vm:22 (the admin's own nft DNAT), not protected
-FORWARD_TCP = 2222   # gnocchi's own forward -> vm:22 and [vm]:22 ([forwards.vm-ssh])
-FORWARD_UDP = 2253   # gnocchi's own forward -> vm:60001 ([forwards.vm-udp])
+DOCKER_TCP = 8080  # -> container:22, protected
+DOCKER_UDP = 8053  # -> container:60001, protected
+DOCKER_OPEN = 8081  # -> container:22, not protected: open to everyone, as Docker leaves it
+PODMAN_TCP = 8090  # -> container:22, by a table shaped like netavark's (Podman), protected
+VM_TCP = 2200  # -> vm:22 (the admin's own nft DNAT), protected
+VM_OPEN = 2201  # -> vm:22 (the admin's own nft DNAT), not protected
+FORWARD_TCP = 2222  # gnocchi's own forward -> vm:22 and [vm]:22 ([forwards.vm-ssh])
+FORWARD_UDP = 2253  # gnocchi's own forward -> vm:60001 ([forwards.vm-udp])
 FORWARD_ABORT = 2223  # gnocchi's own forward -> vm:23, where a test runs its own service
 SERVICE_TCP, SERVICE_UDP, ABORT = 22, 60001, 23
 PROTECT = {"tcp": [22, DOCKER_TCP, PODMAN_TCP, VM_TCP], "udp": [DOCKER_UDP]}
@@ -40,28 +41,88 @@ def docker_rules(bridge: str, container: str) -> list[list[str]]:
     rules = [
         nat + ["-N", "DOCKER"],
         nat + ["-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
-        nat + ["-A", "POSTROUTING", "-s", f"{container.rsplit('.', 1)[0]}.0/25", "!", "-o",
-               bridge, "-j", "MASQUERADE"],
+        nat
+        + [
+            "-A",
+            "POSTROUTING",
+            "-s",
+            f"{container.rsplit('.', 1)[0]}.0/25",
+            "!",
+            "-o",
+            bridge,
+            "-j",
+            "MASQUERADE",
+        ],
         nat + ["-A", "DOCKER", "-i", bridge, "-j", "RETURN"],
         flt + ["-P", "FORWARD", "DROP"],
         flt + ["-N", "DOCKER-USER"],
         flt + ["-N", "DOCKER"],
         flt + ["-A", "FORWARD", "-j", "DOCKER-USER"],
-        flt + ["-A", "FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate",
-               "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        flt
+        + [
+            "-A",
+            "FORWARD",
+            "-o",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
         flt + ["-A", "FORWARD", "-o", bridge, "-j", "DOCKER"],
         flt + ["-A", "FORWARD", "-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"],
         flt + ["-A", "DOCKER-USER", "-j", "RETURN"],
     ]
-    for public, proto, port in ((DOCKER_TCP, "tcp", SERVICE_TCP), (DOCKER_UDP, "udp", SERVICE_UDP),
-                                (DOCKER_OPEN, "tcp", SERVICE_TCP)):
-        rules.append(nat + ["-A", "DOCKER", "!", "-i", bridge, "-p", proto, "-m", proto,
-                            "--dport", str(public), "-j", "DNAT", "--to-destination",
-                            f"{container}:{port}"])
+    for public, proto, port in (
+        (DOCKER_TCP, "tcp", SERVICE_TCP),
+        (DOCKER_UDP, "udp", SERVICE_UDP),
+        (DOCKER_OPEN, "tcp", SERVICE_TCP),
+    ):
+        rules.append(
+            nat
+            + [
+                "-A",
+                "DOCKER",
+                "!",
+                "-i",
+                bridge,
+                "-p",
+                proto,
+                "-m",
+                proto,
+                "--dport",
+                str(public),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                f"{container}:{port}",
+            ]
+        )
         if public != DOCKER_OPEN:
-            rules.append(flt + ["-A", "DOCKER", "-d", f"{container}/32", "!", "-i", bridge,
-                                "-o", bridge, "-p", proto, "-m", proto, "--dport", str(port),
-                                "-j", "ACCEPT"])
+            rules.append(
+                flt
+                + [
+                    "-A",
+                    "DOCKER",
+                    "-d",
+                    f"{container}/32",
+                    "!",
+                    "-i",
+                    bridge,
+                    "-o",
+                    bridge,
+                    "-p",
+                    proto,
+                    "-m",
+                    proto,
+                    "--dport",
+                    str(port),
+                    "-j",
+                    "ACCEPT",
+                ]
+            )
     return rules
 
 
@@ -184,22 +245,57 @@ class Lab(Net):
             # too: until it ends (a second) the server cannot resolve the hosts behind it
             # over IPv6, and holds the first packets it forwards to them.
             for host in (srv, box, vm):
-                host.run(["sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0",
-                          "net.ipv6.conf.all.accept_dad=0"])
-            srv.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                     "net.ipv6.conf.all.forwarding=1"])
+                host.run(
+                    [
+                        "sysctl",
+                        "-q",
+                        "-w",
+                        "net.ipv6.conf.default.accept_dad=0",
+                        "net.ipv6.conf.all.accept_dad=0",
+                    ]
+                )
+            srv.run(
+                ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+            )
             srv.run(["ip", "link", "add", "br0", "type", "bridge"])
             srv.run(["ip", "addr", "add", f"{self.bridge[0]}/25", "dev", "br0"])
             srv.run(["ip", "-6", "addr", "add", f"{self.bridge[1]}/64", "dev", "br0", "nodad"])
             srv.run(["ip", "link", "set", "br0", "up"])
-            sh("ip", "link", "add", "veth-box", "netns", srv.name, "type", "veth", "peer",
-                "name", "eth0", "netns", box.name)
+            sh(
+                "ip",
+                "link",
+                "add",
+                "veth-box",
+                "netns",
+                srv.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                box.name,
+            )
             srv.run(["ip", "link", "set", "veth-box", "master", "br0", "up"])
-            sh("ip", "link", "add", "veth-vm", "netns", srv.name, "type", "veth", "peer",
-                "name", "eth0", "netns", vm.name)
+            sh(
+                "ip",
+                "link",
+                "add",
+                "veth-vm",
+                "netns",
+                srv.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                vm.name,
+            )
             srv.run(["ip", "addr", "add", f"{self.vm_gateway[0]}/25", "dev", "veth-vm"])
-            srv.run(["ip", "-6", "addr", "add", f"{self.vm_gateway[1]}/64", "dev", "veth-vm",
-                     "nodad"])
+            srv.run(
+                ["ip", "-6", "addr", "add", f"{self.vm_gateway[1]}/64", "dev", "veth-vm", "nodad"]
+            )
             srv.run(["ip", "link", "set", "veth-vm", "up"])
             for host, gateway in ((box, self.bridge), (vm, self.vm_gateway)):
                 host.run(["ip", "addr", "add", f"{host.ip}/25", "dev", "eth0"])
@@ -209,8 +305,20 @@ class Lab(Net):
                 host.run(["ip", "-6", "route", "add", "default", "via", gateway[1]])
             # Deprecated, and IPv4's second: the client's own connections keep its address.
             self.client.run(["ip", "addr", "add", f"{self.stranger[0]}/24", "dev", "gveth0"])
-            self.client.run(["ip", "-6", "addr", "add", f"{self.stranger[1]}/64", "dev",
-                             "gveth0", "nodad", "preferred_lft", "0"])
+            self.client.run(
+                [
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    f"{self.stranger[1]}/64",
+                    "dev",
+                    "gveth0",
+                    "nodad",
+                    "preferred_lft",
+                    "0",
+                ]
+            )
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -229,12 +337,17 @@ class Lab(Net):
         Docker's FORWARD policy (drop) lets the VM's traffic through."""
         for argv in docker_rules("br0", self.container.ip):
             self.server.run(argv)
-        self.server.run(["nft", "-f", "-"], input=podman_table(
-            "br0", f"{self.container.ip.rsplit('.', 1)[0]}.0/25", self.container.ip))
+        self.server.run(
+            ["nft", "-f", "-"],
+            input=podman_table(
+                "br0", f"{self.container.ip.rsplit('.', 1)[0]}.0/25", self.container.ip
+            ),
+        )
         if vm_allowed:
             for way in ("-i", "-o"):
-                self.server.run(["iptables", "-w", "-I", "DOCKER-USER", way, "veth-vm", "-j",
-                                 "ACCEPT"])
+                self.server.run(
+                    ["iptables", "-w", "-I", "DOCKER-USER", way, "veth-vm", "-j", "ACCEPT"]
+                )
         self.server.run(["nft", "-f", "-"], input=vm_forward(self.vm))
 
     def forwards(self) -> str:

@@ -4,6 +4,7 @@ tests/test_contract.py pins to the same bytes), the real helper started as
 systemd starts it, a stand-in that records what a verifier sends, and, for
 the unprivileged tests of the helper's decision only, its __main__ module
 and a libnftables stand-in."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,15 +26,42 @@ from support.processes import PYTHON, REPO, stop
 # deadline in ms), then `count` entries (proto, port), then the client's name
 HEADER = struct.Struct("!BBBB16sQ")
 ENTRY = struct.Struct("!BH")
-STATUS = {name: i for i, name in enumerate((
-    "OK", "BAD_PEER", "BAD_LENGTH", "BAD_VERSION", "BAD_ADDRESS", "NOT_PROTECTED",
-    "BAD_PROTO", "TOO_MANY", "NFT_FAILED", "EXPIRED", "BAD_COUNT", "BAD_DUPLICATE",
-    "BAD_NAME"))}
+STATUS = {
+    name: i
+    for i, name in enumerate(
+        (
+            "OK",
+            "BAD_PEER",
+            "BAD_LENGTH",
+            "BAD_VERSION",
+            "BAD_ADDRESS",
+            "NOT_PROTECTED",
+            "BAD_PROTO",
+            "TOO_MANY",
+            "NFT_FAILED",
+            "EXPIRED",
+            "BAD_COUNT",
+            "BAD_DUPLICATE",
+            "BAD_NAME",
+        )
+    )
+}
 NO_DEADLINE = (1 << 64) - 1  # the tests' requests wait as long as they like
 
 
-def request(ip: str, port: int, proto: int = 6, *, more=(), client="alice", version=4,
-            family=None, count=None, size=None, deadline_ms=NO_DEADLINE) -> bytes:
+def request(
+    ip: str,
+    port: int,
+    proto: int = 6,
+    *,
+    more=(),
+    client="alice",
+    version=4,
+    family=None,
+    count=None,
+    size=None,
+    deadline_ms=NO_DEADLINE,
+) -> bytes:
     """A helper request from typed values, as the verifier would build it: port
     and proto, then the (port, proto) pairs in `more`, for client; the other
     keywords (size: the name length the header says) make the malformed ones."""
@@ -41,16 +69,21 @@ def request(ip: str, port: int, proto: int = 6, *, more=(), client="alice", vers
     entries = [(port, proto), *more]
     name = client.encode() if isinstance(client, str) else client
     packed = a.packed + bytes(16 - len(a.packed))
-    head = HEADER.pack(version, a.version if family is None else family,
-                       len(entries) if count is None else count,
-                       len(name) if size is None else size, packed, deadline_ms)
+    head = HEADER.pack(
+        version,
+        a.version if family is None else family,
+        len(entries) if count is None else count,
+        len(name) if size is None else size,
+        packed,
+        deadline_ms,
+    )
     return head + b"".join(ENTRY.pack(number, p) for p, number in entries) + name
 
 
 def requested_ports(message: bytes) -> list[tuple[int, int]]:
     """The (port, proto) pairs a well-formed request asks for."""
     end = HEADER.size + ENTRY.size * message[2]
-    return [(p, number) for number, p in ENTRY.iter_unpack(message[HEADER.size:end])]
+    return [(p, number) for number, p in ENTRY.iter_unpack(message[HEADER.size : end])]
 
 
 class Helper:
@@ -66,10 +99,21 @@ class Helper:
         self.log = self.dir / "helper.log"
         with open(self.log, "w") as log:
             self.proc = host.popen(
-                ["systemd-socket-activate", "--seqpacket", "-l", str(self.path),
-                 PYTHON, str(REPO / "helper"), "--peer-user", peer_user,
-                 "--open-seconds", str(open_seconds)],
-                stdout=log, stderr=log)
+                [
+                    "systemd-socket-activate",
+                    "--seqpacket",
+                    "-l",
+                    str(self.path),
+                    PYTHON,
+                    str(REPO / "helper"),
+                    "--peer-user",
+                    peer_user,
+                    "--open-seconds",
+                    str(open_seconds),
+                ],
+                stdout=log,
+                stderr=log,
+            )
         for _ in range(100):  # up to 5 s
             if self.path.exists():
                 break
@@ -90,16 +134,31 @@ class Helper:
             "for m in sys.argv[2:]:\n"
             "    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:\n"
             "        s.settimeout(5); s.connect(sys.argv[1]); s.send(bytes.fromhex(m))\n"
-            "        r = s.recv(2); print(r[0] if len(r) == 1 else None)\n")
+            "        r = s.recv(2); print(r[0] if len(r) == 1 else None)\n"
+        )
         out = subprocess.run(
-            ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups",
-             PYTHON, "-c", code, str(self.path), *(m.hex() for m in messages)],
-            check=True, capture_output=True, text=True, timeout=60).stdout
+            [
+                "setpriv",
+                f"--reuid={user}",
+                f"--regid={group}",
+                "--clear-groups",
+                PYTHON,
+                "-c",
+                code,
+                str(self.path),
+                *(m.hex() for m in messages),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         return [None if v == "None" else int(v) for v in out.split()]
 
     def log_lines(self) -> list[str]:
-        return [line for line in self.log.read_text().splitlines()
-                if line.startswith("gnocchi-helper:")]
+        return [
+            line for line in self.log.read_text().splitlines() if line.startswith("gnocchi-helper:")
+        ]
 
     def close(self):
         stop(self.proc)
@@ -187,8 +246,14 @@ class FakeNftables:
                 ref = c["list"]["set"]
                 if ref["name"].startswith("knocked"):
                     family = 4 if ref["name"] == "knocked4" else 6
-                    elem = [e for e in self.pending if ipaddress.ip_address(
-                        e.get("elem", {"val": e})["val"]["concat"][0]).version == family]
+                    elem = [
+                        e
+                        for e in self.pending
+                        if ipaddress.ip_address(
+                            e.get("elem", {"val": e})["val"]["concat"][0]
+                        ).version
+                        == family
+                    ]
                 else:
                     elem = self.protected
                 listed.append({"set": dict(ref, type="inet_service", handle=1, elem=elem)})
@@ -202,5 +267,9 @@ class FakeNftables:
 
     def listed(self) -> list[str]:
         """The sets listed, in order."""
-        return [c["list"]["set"]["name"] for call in self.sent for c in call["nftables"][1:]
-                if "list" in c]
+        return [
+            c["list"]["set"]["name"]
+            for call in self.sent
+            for c in call["nftables"][1:]
+            if "list" in c
+        ]

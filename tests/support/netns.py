@@ -10,6 +10,7 @@ stranger beside it); `net.client.name_hosts({...})` gives names to the
 commands run in it (/etc/netns/NAME/hosts, which `ip netns exec` puts over
 /etc/hosts for them, removed with the Net).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,16 +33,15 @@ def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 @dataclass
 class Host:
-    name: str   # namespace name
-    ip: str     # IPv4 address on the veth
-    ip6: str    # IPv6 address on the veth
+    name: str  # namespace name
+    ip: str  # IPv4 address on the veth
+    ip6: str  # IPv6 address on the veth
 
     def argv(self, argv) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def run(self, argv, check=True, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(argv), check=check, text=True,
-                              capture_output=True, **kw)
+        return subprocess.run(self.argv(argv), check=check, text=True, capture_output=True, **kw)
 
     def popen(self, argv, **kw) -> subprocess.Popen:
         return subprocess.Popen(self.argv(argv), **kw)
@@ -61,8 +61,10 @@ class Host:
         """Commands run in this host resolve each name to its addresses, in order."""
         directory = Path("/etc/netns") / self.name
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
-            f"{ip} {name}\n" for name, ips in names.items() for ip in ips))
+        (directory / "hosts").write_text(
+            "127.0.0.1 localhost\n::1 localhost\n"
+            + "".join(f"{ip} {name}\n" for name, ips in names.items() for ip in ips)
+        )
 
     # What was delivered, for a test that floods: on a busy machine a datagram
     # may be dropped on the way, so a test counts what arrived, not what it sent.
@@ -70,16 +72,22 @@ class Host:
     def udp(self) -> dict[str, int]:
         """This namespace's Udp counters (/proc/net/snmp): InDatagrams counts the
         datagrams applications read, RcvbufErrors those a full socket buffer dropped."""
-        lines = [line.split() for line in self.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-                 if line.startswith("Udp:")]
+        lines = [
+            line.split()
+            for line in self.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+            if line.startswith("Udp:")
+        ]
         return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
 
     def udp_queued(self, port: int) -> int:
         """Bytes waiting, not yet read, in this namespace's UDP sockets bound to port."""
         text = self.run(["cat", "/proc/net/udp", "/proc/net/udp6"]).stdout
         rows = [line.split() for line in text.splitlines() if not line.lstrip().startswith("sl")]
-        return sum(int(row[4].split(":")[1], 16) for row in rows
-                   if int(row[1].rsplit(":", 1)[1], 16) == port)
+        return sum(
+            int(row[4].split(":")[1], 16)
+            for row in rows
+            if int(row[1].rsplit(":", 1)[1], 16) == port
+        )
 
     def tx_dropped(self, dev: str) -> int:
         """What dev dropped sending: for a veth, the datagrams its peer could not take."""
@@ -101,8 +109,21 @@ class Net:
             for host in (self.client, self.server):
                 sh("ip", "netns", "add", host.name)
                 host.run(["ip", "link", "set", "lo", "up"])
-            sh("ip", "link", "add", "gveth0", "netns", self.client.name, "type", "veth",
-               "peer", "name", "gveth1", "netns", self.server.name)
+            sh(
+                "ip",
+                "link",
+                "add",
+                "gveth0",
+                "netns",
+                self.client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "gveth1",
+                "netns",
+                self.server.name,
+            )
             for host, dev in ((self.client, "gveth0"), (self.server, "gveth1")):
                 if self.ipv4:
                     host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", dev])
@@ -135,8 +156,10 @@ class Lan:
         n = (os.getpid() * 7 + next(_serial)) % 250 + 1
         self.prefix = f"gn{tag}{os.getpid()}x{n}"
         self.control = Host(f"{self.prefix}c", f"198.18.{n}.1", f"fd00:198:18:{n:x}::1")
-        self.hosts = [Host(f"{self.prefix}h{i}", f"198.18.{n}.{i + 2}",
-                           f"fd00:198:18:{n:x}::{i + 2:x}") for i in range(count)]
+        self.hosts = [
+            Host(f"{self.prefix}h{i}", f"198.18.{n}.{i + 2}", f"fd00:198:18:{n:x}::{i + 2:x}")
+            for i in range(count)
+        ]
 
     def __enter__(self) -> Lan:
         try:
@@ -145,12 +168,26 @@ class Lan:
                 host.run(["ip", "link", "set", "lo", "up"])
             self.control.run(["ip", "link", "add", "gbr0", "type", "bridge"])
             self.control.run(["ip", "addr", "add", f"{self.control.ip}/24", "dev", "gbr0"])
-            self.control.run(["ip", "-6", "addr", "add", f"{self.control.ip6}/64", "dev", "gbr0",
-                              "nodad"])
+            self.control.run(
+                ["ip", "-6", "addr", "add", f"{self.control.ip6}/64", "dev", "gbr0", "nodad"]
+            )
             self.control.run(["ip", "link", "set", "gbr0", "up"])
             for i, host in enumerate(self.hosts):
-                sh("ip", "link", "add", f"gport{i}", "netns", self.control.name, "type", "veth",
-                   "peer", "name", "gveth1", "netns", host.name)
+                sh(
+                    "ip",
+                    "link",
+                    "add",
+                    f"gport{i}",
+                    "netns",
+                    self.control.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "gveth1",
+                    "netns",
+                    host.name,
+                )
                 self.control.run(["ip", "link", "set", f"gport{i}", "master", "gbr0", "up"])
                 host.run(["ip", "addr", "add", f"{host.ip}/24", "dev", "gveth1"])
                 host.run(["ip", "-6", "addr", "add", f"{host.ip6}/64", "dev", "gveth1", "nodad"])

@@ -1,6 +1,7 @@
 """Processes the tests start: the checkout's CLI, stopping, and the JSON
 events a verifier writes on stderr outside systemd (gnocchi/server/events.py);
 and root_only, for a test that only root can set up."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ def root_only(why: str) -> pytest.MarkDecorator:
 
 def gnocchi_cli(*args, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
     """`python3 -m gnocchi.admin ARGS` from the checkout, as a user runs it."""
-    return subprocess.run([PYTHON, "-m", "gnocchi.admin", *map(str, args)], cwd=REPO, check=check,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, "-m", "gnocchi.admin", *map(str, args)],
+        cwd=REPO,
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def stop(proc: subprocess.Popen) -> int:

@@ -1,5 +1,6 @@
 """Traffic between test namespaces: TCP and UDP probes, echo services, and
 datagrams sent from a client namespace (udp_client.py there)."""
+
 from __future__ import annotations
 
 import socket
@@ -53,12 +54,16 @@ def udp_socket(host: Host, ip: str, port: int) -> socket.socket:
     return s
 
 
-def send_datagrams(net: Net, port: int, packets: list[bytes], to: str | None = None,
-                   wait: float = 0.0) -> int:
+def send_datagrams(
+    net: Net, port: int, packets: list[bytes], to: str | None = None, wait: float = 0.0
+) -> int:
     """Send packets from the client namespace to the server (or `to`); returns
     how many replies (datagrams or ICMP errors) came back within `wait` s."""
-    out = net.client.run([PYTHON, UDP_CLIENT, to or net.server.ip, str(port), str(wait)],
-                         input="\n".join(p.hex() or "-" for p in packets), timeout=60)
+    out = net.client.run(
+        [PYTHON, UDP_CLIENT, to or net.server.ip, str(port), str(wait)],
+        input="\n".join(p.hex() or "-" for p in packets),
+        timeout=60,
+    )
     return int(out.stdout.split()[-1])
 
 
@@ -76,8 +81,9 @@ def send_paced(host: Host, ip: str, port: int, packets: list[bytes], wait: bool 
     """Send packets from host at about 2,000 a second (10 every 5 ms): a flood the
     verifier reads whole, so a test can count what it decided. With wait=False
     the sender runs on (returned: the test waits for it)."""
-    sender = host.popen([PYTHON, "-c", PACED_SENDER, ip, str(port)], stdin=subprocess.PIPE,
-                        text=True)
+    sender = host.popen(
+        [PYTHON, "-c", PACED_SENDER, ip, str(port)], stdin=subprocess.PIPE, text=True
+    )
     sender.stdin.write("\n".join(p.hex() for p in packets))
     sender.stdin.close()
     if wait:

@@ -1,4 +1,5 @@
 """nft/gnocchi.nft loaded into a test namespace, and what the kernel holds."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ from support.processes import REPO
 TABLE_FILE = REPO / "nft" / "gnocchi.nft"
 
 
-def load_table(host: Host, directory: Path, udp_ports=(), tcp_ports=(22,),
-               knock_port: int | None = None) -> Path:
+def load_table(
+    host: Host, directory: Path, udp_ports=(), tcp_ports=(22,), knock_port: int | None = None
+) -> Path:
     """Load nft/gnocchi.nft into host, edited as an admin would edit it:
     the protected ports changed in the one place the file keeps them; with
     knock_port, its flood limit set on that port as `gnocchi table load` does."""

@@ -5,6 +5,7 @@ usage: udp_client.py HOST PORT SECONDS [HEX ...]   (packets also one hex per std
 The socket is connected, so any datagram or ICMP error coming back from the
 server is seen (ICMP as ConnectionRefusedError). Prints "replies N".
 """
+
 import socket
 import sys
 import time

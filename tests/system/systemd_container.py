@@ -8,6 +8,7 @@ test made (tests/support/netns.py), so its firewall and network are that
 namespace's, never the host's. close() stops it, unmounts and deletes
 everything, also after a failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,18 @@ from pathlib import Path
 from support import Net
 
 # Units of the host image that have no business in the test container.
-MASK = ("postgresql.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-        "dpkg-db-backup.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
-        "man-db.timer", "systemd-timesyncd.service", "getty@tty1.service")
+MASK = (
+    "postgresql.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "man-db.timer",
+    "systemd-timesyncd.service",
+    "getty@tty1.service",
+)
 ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root"]
 # The cgroup hierarchies systemd manages: v1's name=systemd and v2's (hybrid, as here),
 # or v2's alone (unified).
@@ -44,9 +54,19 @@ class Container:
         self.boots = 0
         for sub in ("upper", "work", "root"):
             (self.dir / sub).mkdir()
-        mount = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                                f"lowerdir=/,upperdir={self.dir}/upper,workdir={self.dir}/work",
-                                str(self.root)], capture_output=True, text=True)
+        mount = subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir=/,upperdir={self.dir}/upper,workdir={self.dir}/work",
+                str(self.root),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if mount.returncode != 0:
             shutil.rmtree(self.dir)
             raise AssertionError(f"cannot mount the overlay root: {mount.stderr}")
@@ -79,8 +99,11 @@ class Container:
         systemd on the host, nspawn builds the container's tree under its own cgroup,
         and two containers under the same one (the root, here) would manage the same
         cgroups (system.slice/gnocchi-arm.service) and fail each other's units."""
-        return [Path(top) / f"gnocchi-{self.name}" for top in CGROUP_TOPS
-                if os.path.exists(os.path.join(top, "cgroup.procs"))]
+        return [
+            Path(top) / f"gnocchi-{self.name}"
+            for top in CGROUP_TOPS
+            if os.path.exists(os.path.join(top, "cgroup.procs"))
+        ]
 
     def boot(self, timeout: float = 90) -> None:
         self.boots += 1
@@ -91,25 +114,41 @@ class Container:
         # own making; the container's netns here is ours, so grant it.
         with open(self.dir / f"boot{self.boots}.log", "wb") as log:
             self.nspawn = subprocess.Popen(
-                ["sh", "-c", f'{enter}exec "$@"', "sh",
-                 "systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
-                 "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
-                 f"--network-namespace-path=/run/netns/{self.netns}",
-                 "--boot", "systemd.firstboot=off"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    "sh",
+                    "-c",
+                    f'{enter}exec "$@"',
+                    "sh",
+                    "systemd-nspawn",
+                    "-D",
+                    str(self.root),
+                    f"--machine={self.name}",
+                    "--register=no",
+                    "--keep-unit",
+                    "--capability=CAP_NET_ADMIN",
+                    f"--network-namespace-path=/run/netns/{self.netns}",
+                    "--boot",
+                    "systemd.firstboot=off",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         self.pid = 0
         while time.monotonic() < deadline and self.nspawn.poll() is None:
             self.pid = self.pid or self._find_init()
             if self.pid:
-                state = self.run(["systemctl", "is-system-running"], check=False,
-                                 timeout=10).stdout.strip()
+                state = self.run(
+                    ["systemctl", "is-system-running"], check=False, timeout=10
+                ).stdout.strip()
                 if state in ("running", "degraded"):
                     return
             time.sleep(0.3)
-        raise AssertionError(f"the container did not boot within {timeout} s "
-                             f"(log: {self.log_tail()})")
+        raise AssertionError(
+            f"the container did not boot within {timeout} s (log: {self.log_tail()})"
+        )
 
     def _find_init(self) -> int:
         """The process whose PID in its own namespace is 1, below nspawn (exec'd by sh)."""
@@ -121,8 +160,9 @@ class Container:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
-            nspid = next((line.split()[1:] for line in status.splitlines()
-                          if line.startswith("NSpid:")), [])
+            nspid = next(
+                (line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), []
+            )
             if pid != self.nspawn.pid and nspid[-1:] == ["1"] and len(nspid) > 1:
                 return pid
             todo += [int(c) for c in children]
@@ -187,21 +227,47 @@ class Container:
         """Run argv in all of the container's namespaces, with a clean environment."""
         proc = subprocess.run(
             ["nsenter", "-t", str(self.pid), "-a", "env", "-i", "-C", cwd, *ENV, *argv],
-            text=True, capture_output=True, timeout=timeout, **kw)
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            **kw,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"in the container: {' '.join(argv)}: rc {proc.returncode}\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"in the container: {' '.join(argv)}: rc {proc.returncode}\n"
+                f"{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def run_in_netns(self, netns: str, argv, check=True, timeout=60) -> subprocess.CompletedProcess:
         """Run argv with the container's files and processes but another network namespace
         (the client's): the packaged client, used from the client host."""
-        proc = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "-r", "-w",
-                               f"--net=/run/netns/{netns}", "env", "-i", *ENV, *argv],
-                              text=True, capture_output=True, timeout=timeout)
+        proc = subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                str(self.pid),
+                "-m",
+                "-p",
+                "-u",
+                "-i",
+                "-r",
+                "-w",
+                f"--net=/run/netns/{netns}",
+                "env",
+                "-i",
+                *ENV,
+                *argv,
+            ],
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"in the container, netns {netns}: {' '.join(argv)}: "
-                                 f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"in the container, netns {netns}: {' '.join(argv)}: "
+                f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def log_tail(self, lines: int = 30) -> str:
@@ -230,9 +296,17 @@ def installed(deb: Path, tag: str):
             box.boot()
             for path in server_debs(deb):
                 shutil.copy(path, box.root / "root" / path.name)
-            box.run(["apt-get", "install", "-y", "-q",
-                     *(f"./{path.name}" for path in server_debs(deb))], cwd="/root",
-                    timeout=180)
+            box.run(
+                [
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-q",
+                    *(f"./{path.name}" for path in server_debs(deb)),
+                ],
+                cwd="/root",
+                timeout=180,
+            )
             yield net, box
         finally:
             box.close()

@@ -11,6 +11,7 @@ gnocchi-action, an empty cgroup). An action also shows what it can reach:
 it runs as gnocchi-action and cannot read the server key, the counter
 store or the helper's socket.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,14 +66,17 @@ def install(s: Server) -> Server:
     public = {}
     for name in ("alice", "bob"):
         box.run(["mkdir", "-m", "0700", f"/root/{name}"])
-        public[name] = box.run(["gnocchi", "keygen", "--client",
-                                f"/root/{name}/client.key"]).stdout.strip()
+        public[name] = box.run(
+            ["gnocchi", "keygen", "--client", f"/root/{name}/client.key"]
+        ).stdout.strip()
         box.run(["install", "-m", "0600", "/etc/gnocchi/server.key", f"/root/{name}/server.key"])
     config = box.root / CONFIG.lstrip("/")
     text = config.read_text()
-    text += (f'\n[clients.alice]\npublic_key = "{public["alice"]}"\n'
-             f'actions = {json.dumps(list(ACTIONS))}\n'
-             f'\n[clients.bob]\npublic_key = "{public["bob"]}"\nallow = ["{PROTECTED}/tcp"]\n')
+    text += (
+        f'\n[clients.alice]\npublic_key = "{public["alice"]}"\n'
+        f"actions = {json.dumps(list(ACTIONS))}\n"
+        f'\n[clients.bob]\npublic_key = "{public["bob"]}"\nallow = ["{PROTECTED}/tcp"]\n'
+    )
     for name, argv in ACTIONS.items():
         text += f"\n[actions.{name}]\nargv = {json.dumps(argv)}\ntimeout = {ACTION_TIMEOUT}\n"
     config.write_text(text)
@@ -83,10 +87,20 @@ def install(s: Server) -> Server:
 
 
 def knock(s: Server, who: str, *options) -> None:
-    s.box.run_in_netns(s.net.client.name, [
-        "gnocchi-knock", "--server-key-file", f"/root/{who}/server.key",
-        "--client-key-file", f"/root/{who}/client.key", "--state-dir", f"/root/{who}/state",
-        *options, s.net.server.ip])
+    s.box.run_in_netns(
+        s.net.client.name,
+        [
+            "gnocchi-knock",
+            "--server-key-file",
+            f"/root/{who}/server.key",
+            "--client-key-file",
+            f"/root/{who}/client.key",
+            "--state-dir",
+            f"/root/{who}/state",
+            *options,
+            s.net.server.ip,
+        ],
+    )
 
 
 def events(s: Server, event: str) -> list[dict]:
@@ -94,13 +108,25 @@ def events(s: Server, event: str) -> list[dict]:
 
 
 def wait_event(s: Server, event: str, count: int, timeout: float = 30) -> dict:
-    return s.wait(lambda: len(events(s, event)) >= count and events(s, event)[count - 1],
-                  f"{count} {event} entries", timeout)
+    return s.wait(
+        lambda: len(events(s, event)) >= count and events(s, event)[count - 1],
+        f"{count} {event} entries",
+        timeout,
+    )
 
 
 def action_units(s: Server) -> list[str]:
-    out = s.box.run(["systemctl", "list-units", "--no-legend", "--plain", "--all",
-                     "--state=active,activating,deactivating", "gnocchi-action@*"]).stdout
+    out = s.box.run(
+        [
+            "systemctl",
+            "list-units",
+            "--no-legend",
+            "--plain",
+            "--all",
+            "--state=active,activating,deactivating",
+            "gnocchi-action@*",
+        ]
+    ).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -111,15 +137,20 @@ def action_processes(s: Server) -> list[str]:
 
 def cgroup_processes(s: Server) -> list[str]:
     """Every process in any gnocchi-action@ unit's cgroup, by the kernel's account."""
-    slice_ = s.box.run(["systemctl", "show", "-P", "ControlGroup",
-                        "system-gnocchi\\x2daction.slice"]).stdout.strip()
+    slice_ = s.box.run(
+        ["systemctl", "show", "-P", "ControlGroup", "system-gnocchi\\x2daction.slice"]
+    ).stdout.strip()
     if not slice_:
         return []  # the slice is gone, and with it every cgroup below it
     pids = set()
     # cgroup v2, or the hybrid layout of this machine's image (unified + name=systemd)
     for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
-        pids |= set(s.box.run(["find", f"{root}{slice_}", "-name", "cgroup.procs", "-exec",
-                               "cat", "{}", "+"], check=False).stdout.split())
+        pids |= set(
+            s.box.run(
+                ["find", f"{root}{slice_}", "-name", "cgroup.procs", "-exec", "cat", "{}", "+"],
+                check=False,
+            ).stdout.split()
+        )
     return sorted(pids)
 
 
@@ -140,11 +171,14 @@ def bob_gets_in(s: Server) -> float:
 
 def test_the_action_units_verify_clean_and_score(server):
     box = server.box
-    proc = box.run(["systemd-analyze", "verify", "gnocchi-action.socket",
-                    "gnocchi-action@x.service"], check=False)
+    proc = box.run(
+        ["systemd-analyze", "verify", "gnocchi-action.socket", "gnocchi-action@x.service"],
+        check=False,
+    )
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
-    out = box.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
-                   "gnocchi-action@x.service"]).stdout
+    out = box.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", "gnocchi-action@x.service"]
+    ).stdout
     score = float(out.split("Overall exposure level for gnocchi-action@x.service: ")[1].split()[0])
     assert score <= 1.0, score
 
@@ -160,11 +194,14 @@ def test_a_hanging_action_with_a_setsid_child_delays_no_knock_and_dies_at_its_ti
     assert any("sleep 301" in p for p in action_processes(s)), action_processes(s)
 
     latency = bob_gets_in(s)
-    assert action_units(s) == running and not events(s, "action-failed"), \
+    assert action_units(s) == running and not events(s, "action-failed"), (
         "bob got in while alice's action still ran"
-    print(f"bob's knock accepted {latency * 1000:.0f} ms after sending (with no action "
-          f"running: {baseline * 1000:.0f} ms); alice's action hanging "
-          f"in {inside} with {len(cgroup_processes(s))} processes")
+    )
+    print(
+        f"bob's knock accepted {latency * 1000:.0f} ms after sending (with no action "
+        f"running: {baseline * 1000:.0f} ms); alice's action hanging "
+        f"in {inside} with {len(cgroup_processes(s))} processes"
+    )
 
     failed = wait_event(s, "action-failed", 1)
     assert failed["GNOCCHI_CLIENT"] == "alice" and failed["GNOCCHI_REQUEST"] == "run hang"
@@ -185,8 +222,9 @@ def test_a_setsid_child_of_an_action_that_exits_at_once_is_killed_with_its_unit(
     # Reported when the action exited, not when its child let the pipe go, and
     # the child went with the unit's cgroup, well before the action's timeout.
     s.wait(lambda: nothing_left(s), "the setsid child is gone", ACTION_TIMEOUT - 1)
-    assert not any("sleep 303" in line for line in
-                   s.box.run(["ps", "-eo", "args="]).stdout.splitlines())
+    assert not any(
+        "sleep 303" in line for line in s.box.run(["ps", "-eo", "args="]).stdout.splitlines()
+    )
 
 
 def test_an_output_flood_delays_no_knock_and_is_bounded(server):

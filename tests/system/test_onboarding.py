@@ -14,6 +14,7 @@ network (Container.run_in_netns), as the client host. sshd is Debian's
 openssh-server, fetched into the host's apt cache (--download-only, nothing
 installed on the host) and installed in the container only.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,16 +50,31 @@ def setup(deb):
     for attempt in ("cached lists", "fresh lists"):
         if attempt == "fresh lists":  # a machine whose apt lists are missing or stale
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, env=env)
-        fetched = subprocess.run(["apt-get", "install", "-y", "-q", "--download-only",
-                                  "openssh-server"], capture_output=True, text=True,
-                                 timeout=300, env=env)
+        fetched = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--download-only", "openssh-server"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         if fetched.returncode == 0:
             break
     if fetched.returncode != 0:
         pytest.skip(f"cannot fetch openssh-server: {fetched.stderr.strip()[-300:]}")
     with installed(deb, "ob") as (net, box):
-        box.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                 "--no-download", "openssh-server"], timeout=300)
+        box.run(
+            [
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-download",
+                "openssh-server",
+            ],
+            timeout=300,
+        )
         box.run(["systemctl", "is-active", "ssh.service"])
 
         # The admin: server key, the first client (root's own key, "alice"), armed.
@@ -73,31 +89,59 @@ def setup(deb):
 
 def as_bob(box, net, *argv, check=True, timeout=60):
     """A command of bob's on the client host."""
-    return box.run_in_netns(net.client.name, ["runuser", "-u", "bob", "--", "env",
-                                              f"HOME={BOB}", *argv], check=check,
-                            timeout=timeout)
+    return box.run_in_netns(
+        net.client.name,
+        ["runuser", "-u", "bob", "--", "env", f"HOME={BOB}", *argv],
+        check=check,
+        timeout=timeout,
+    )
 
 
 def ssh(box, net, *options, check=True):
-    return as_bob(box, net, "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-                  *options, net.server.ip, "id", "-un",
-                  check=check, timeout=120)
+    return as_bob(
+        box,
+        net,
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        *options,
+        net.server.ip,
+        "id",
+        "-un",
+        check=check,
+        timeout=120,
+    )
 
 
 def alice_knocks(box, net):
-    box.run_in_netns(net.client.name, [
-        "gnocchi-knock", "--server-key-file", "/root/alice/server.key", "--client-key-file",
-        "/root/alice/client.key", "--state-dir", "/root/alice/state", net.server.ip])
+    box.run_in_netns(
+        net.client.name,
+        [
+            "gnocchi-knock",
+            "--server-key-file",
+            "/root/alice/server.key",
+            "--client-key-file",
+            "/root/alice/client.key",
+            "--state-dir",
+            "/root/alice/state",
+            net.server.ip,
+        ],
+    )
 
 
 def alice_connects(box, net) -> str:
     """alice knocks, then connects to port 22: the first bytes of sshd's banner."""
     alice_knocks(box, net)
-    probe = ("import socket, sys\n"
-             "c = socket.create_connection((sys.argv[1], 22), timeout=3)\n"
-             "print(c.recv(3).decode())\n")
-    return net.client.run([sys.executable, "-c", probe, net.server.ip], timeout=30,
-                          check=False).stdout.strip()
+    probe = (
+        "import socket, sys\n"
+        "c = socket.create_connection((sys.argv[1], 22), timeout=3)\n"
+        "print(c.recv(3).decode())\n"
+    )
+    return net.client.run(
+        [sys.executable, "-c", probe, net.server.ip], timeout=30, check=False
+    ).stdout.strip()
 
 
 def test_a_second_client_in_two_commands_logs_in_with_ssh_and_is_removed_again(setup):
@@ -111,8 +155,17 @@ def test_a_second_client_in_two_commands_logs_in_with_ssh_and_is_removed_again(s
     assert mode == ["700", "bob"]
     # bob's own ssh key for his account on the server (ssh's business, not gnocchi's).
     as_bob(box, net, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{BOB}/.ssh/id_ed25519")
-    box.run(["install", "-o", "bob", "-m", "0600", f"{BOB}/.ssh/id_ed25519.pub",
-             f"{BOB}/.ssh/authorized_keys"])
+    box.run(
+        [
+            "install",
+            "-o",
+            "bob",
+            "-m",
+            "0600",
+            f"{BOB}/.ssh/id_ed25519.pub",
+            f"{BOB}/.ssh/authorized_keys",
+        ]
+    )
 
     # Without a knock, port 22 is dark.
     dark = ssh(box, net, "-o", "ProxyCommand=none", "-o", "ConnectTimeout=5", check=False)
@@ -128,19 +181,36 @@ def test_a_second_client_in_two_commands_logs_in_with_ssh_and_is_removed_again(s
     added = box.run(["gnocchi", "add-client", "bob", public, "--host", net.server.ip])
     assert "added [clients.bob]" in added.stderr and "gnocchi.service reloaded" in added.stderr
     # The reload ends the old verifier; the socket starts a new one on the next knock.
-    box.run(["sh", "-c", f"for i in $(seq 50); do [ \"$(systemctl show -P MainPID "
-             f"gnocchi.service)\" != {before.strip()} ] && exit 0; sleep 0.2; done; exit 1"])
+    box.run(
+        [
+            "sh",
+            "-c",
+            f'for i in $(seq 50); do [ "$(systemctl show -P MainPID '
+            f'gnocchi.service)" != {before.strip()} ] && exit 0; sleep 0.2; done; exit 1',
+        ]
+    )
     printed = blocks(added.stdout)
-    files = {"append to ~/.config/gnocchi/knock.toml": f"{BOB}/.config/gnocchi/knock.toml",
-             "append to ~/.ssh/config": f"{BOB}/.ssh/config"}
+    files = {
+        "append to ~/.config/gnocchi/knock.toml": f"{BOB}/.config/gnocchi/knock.toml",
+        "append to ~/.ssh/config": f"{BOB}/.ssh/config",
+    }
     assert set(files) <= set(printed), added.stdout
     for what, path in files.items():  # written as printed
         (box.root / path.lstrip("/")).write_text(printed[what])
         box.run(["chown", "bob:bob", path])
         box.run(["chmod", "0600", path])
     server_key = re.search(r"to ~/\.config/gnocchi/(\S+)", printed["the server key"]).group(1)
-    box.run(["install", "-o", "bob", "-m", "0600", "/etc/gnocchi/server.key",
-             f"{BOB}/.config/gnocchi/{server_key}"])
+    box.run(
+        [
+            "install",
+            "-o",
+            "bob",
+            "-m",
+            "0600",
+            "/etc/gnocchi/server.key",
+            f"{BOB}/.config/gnocchi/{server_key}",
+        ]
+    )
 
     # bob logs in with plain ssh: the printed ProxyCommand knocks for him.
     login = ssh(box, net)
@@ -155,6 +225,9 @@ def test_a_second_client_in_two_commands_logs_in_with_ssh_and_is_removed_again(s
     assert "[clients.bob]" not in config and "[clients.alice]" in config
     shut_out = ssh(box, net, check=False)
     assert shut_out.returncode != 0 and "no connection to" in shut_out.stderr, (
-        shut_out.stderr + box.run(["journalctl", "--no-pager", "-n", "60", "-o", "cat",
-                                   "-u", "gnocchi*"], check=False).stdout)
+        shut_out.stderr
+        + box.run(
+            ["journalctl", "--no-pager", "-n", "60", "-o", "cat", "-u", "gnocchi*"], check=False
+        ).stdout
+    )
     assert alice_connects(box, net) == "SSH"

@@ -12,6 +12,7 @@ carol's commands run with the container's files and the client namespace's
 network (Container.run_in_netns). sshd is Debian's openssh-server, fetched
 into the host's apt cache (--download-only) and installed in the container only.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,9 +41,13 @@ def fetch_sshd() -> None:
     for attempt in ("cached lists", "fresh lists"):
         if attempt == "fresh lists":
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, env=env)
-        fetched = subprocess.run(["apt-get", "install", "-y", "-q", "--download-only",
-                                  "openssh-server"], capture_output=True, text=True,
-                                 timeout=300, env=env)
+        fetched = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--download-only", "openssh-server"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         if fetched.returncode == 0:
             return
     pytest.skip(f"cannot fetch openssh-server: {fetched.stderr.strip()[-300:]}")
@@ -53,14 +58,26 @@ def setup(deb):
     need("systemd-nspawn", "nsenter", "nft", "apt-get")
     fetch_sshd()
     with installed(deb, "ol") as (net, box):
-        box.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                 "--no-download", "openssh-server"], timeout=300)
+        box.run(
+            [
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-download",
+                "openssh-server",
+            ],
+            timeout=300,
+        )
         # The admin: a v2 key, no v1 key; the config says so; the first client
         # (root's own, "admin") so that arming finds someone who may knock.
         box.run(["gnocchi", "keygen", "--private", "/etc/gnocchi/private.key"])
         config = box.root / "etc/gnocchi/gnocchi.toml"
-        config.write_text('v1 = false\nprivate_key_file = "/etc/gnocchi/private.key"\n'
-                          + config.read_text())
+        config.write_text(
+            'v1 = false\nprivate_key_file = "/etc/gnocchi/private.key"\n' + config.read_text()
+        )
         admin = box.run(["gnocchi-knock", "--keygen", "/root/admin/client.key"]).stdout.strip()
         box.run(["gnocchi", "add-client", "admin", admin, "--allow", "22"])
         box.run(["gnocchi", "setup"])
@@ -71,9 +88,12 @@ def setup(deb):
 
 
 def as_carol(box, net, *argv, check=True, timeout=60):
-    return box.run_in_netns(net.client.name, ["runuser", "-u", "carol", "--", "env",
-                                              f"HOME={CAROL}", *argv], check=check,
-                            timeout=timeout)
+    return box.run_in_netns(
+        net.client.name,
+        ["runuser", "-u", "carol", "--", "env", f"HOME={CAROL}", *argv],
+        check=check,
+        timeout=timeout,
+    )
 
 
 def test_a_fresh_account_onboarded_with_two_commands_logs_in_with_plain_ssh(setup):
@@ -81,21 +101,31 @@ def test_a_fresh_account_onboarded_with_two_commands_logs_in_with_plain_ssh(setu
     box.run(["useradd", "--create-home", "--shell", "/bin/sh", "carol"])
     box.run(["usermod", "-p", "*", "carol"])
     # ssh's own business: carol's ssh key for her account on the server.
-    as_carol(box, net, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-             f"{CAROL}/.ssh/id_ed25519")
-    box.run(["install", "-o", "carol", "-m", "0600", f"{CAROL}/.ssh/id_ed25519.pub",
-             f"{CAROL}/.ssh/authorized_keys"])
+    as_carol(
+        box, net, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{CAROL}/.ssh/id_ed25519"
+    )
+    box.run(
+        [
+            "install",
+            "-o",
+            "carol",
+            "-m",
+            "0600",
+            f"{CAROL}/.ssh/id_ed25519.pub",
+            f"{CAROL}/.ssh/authorized_keys",
+        ]
+    )
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
-    dark = as_carol(box, net, *ssh, "-o", "ConnectTimeout=5", net.server.ip, "true",
-                    check=False, timeout=120)
+    dark = as_carol(
+        box, net, *ssh, "-o", "ConnectTimeout=5", net.server.ip, "true", check=False, timeout=120
+    )
     assert dark.returncode != 0 and "timed out" in dark.stderr, dark.stderr
 
     # gnocchi command 1 (carol): her key.
     public = as_carol(box, net, "gnocchi-knock", "--keygen").stdout.strip()
     # The admin, on the server: add her; the output is one line for her to run.
     added = box.run(["gnocchi", "add-client", "carol", public, "--host", net.server.ip])
-    commands = [line for line in added.stdout.splitlines()
-                if line and not line.startswith("#")]
+    commands = [line for line in added.stdout.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 1, added.stdout
     private = (box.root / "etc/gnocchi/private.key").read_text().strip()
     assert private not in added.stdout + added.stderr, "nothing secret leaves the server"
@@ -106,19 +136,33 @@ def test_a_fresh_account_onboarded_with_two_commands_logs_in_with_plain_ssh(setu
 
     login = as_carol(box, net, *ssh, net.server.ip, "id", "-un", timeout=120)
     assert login.stdout.strip() == "carol", login.stderr
-    entries = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", "gnocchi",
-                       "GNOCCHI_EVENT=accepted", "GNOCCHI_CLIENT=carol"]).stdout
+    entries = box.run(
+        [
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            "gnocchi",
+            "GNOCCHI_EVENT=accepted",
+            "GNOCCHI_CLIENT=carol",
+        ]
+    ).stdout
     assert re.search(rf"client carol from {re.escape(net.client.ip)}: open 22/tcp", entries)
     # A stranger (root on the client host, without carol's profile) stays out.
-    stranger = box.run_in_netns(net.client.name, [*ssh, "-o", "ConnectTimeout=5",
-                                                  "-o", "ProxyCommand=none", net.server.ip,
-                                                  "true"], check=False, timeout=120)
+    stranger = box.run_in_netns(
+        net.client.name,
+        [*ssh, "-o", "ConnectTimeout=5", "-o", "ProxyCommand=none", net.server.ip, "true"],
+        check=False,
+        timeout=120,
+    )
     assert stranger.returncode != 0 and "timed out" in stranger.stderr, stranger.stderr
 
 
 def test_doctor_self_knocks_a_v2_only_server_with_its_public_key(setup):
     net, box = setup
     proc = box.run(["gnocchi", "doctor", "--self-knock", "/root/admin/client.key"], check=False)
-    assert (f"ok   a self-knock opens the port once, then it is closed again: admin knocked "
-            f"{net.server.ip}; 22/tcp let one connection in, then dropped the next"
-            in proc.stdout), proc.stdout
+    assert (
+        f"ok   a self-knock opens the port once, then it is closed again: admin knocked "
+        f"{net.server.ip}; 22/tcp let one connection in, then dropped the next" in proc.stdout
+    ), proc.stdout

@@ -4,6 +4,7 @@ Runs the checkout's CLI as a subprocess with --unit-dir in a temporary
 directory; no systemd needed (the booted-systemd test, test_system.py, runs
 the same command on a real one).
 """
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def gnocchi(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "gnocchi.admin", *args], cwd=ROOT,
-                          text=True, capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gnocchi.admin", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"gnocchi {args}: rc {proc.returncode}\n{proc.stderr}")
     return proc
@@ -90,8 +96,9 @@ def test_creates_the_counter_store_once_and_never_touches_it_again(server, tmp_p
 
 def test_missing_config_is_named_and_nothing_is_written(tmp_path):
     units = tmp_path / "units"
-    proc = gnocchi("setup", "--config", str(tmp_path / "nope.toml"), "--unit-dir", str(units),
-                   check=False)
+    proc = gnocchi(
+        "setup", "--config", str(tmp_path / "nope.toml"), "--unit-dir", str(units), check=False
+    )
     assert proc.returncode == 1
     assert str(tmp_path / "nope.toml") in proc.stderr
     assert not units.exists()

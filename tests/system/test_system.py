@@ -14,6 +14,7 @@ the verifier is stopped, an IPv6 knock, a container reboot, an upgrade that
 keeps a pending knock, `systemctl disable --now gnocchi.socket`, and
 removing, purging and reinstalling the package.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,20 +32,24 @@ from systemd_container import Container, installed
 pytestmark = pytest.mark.system
 
 PROTECTED = 22
-LISTENER = ("import socket\n"
-            "s = socket.create_server(('', 22), family=socket.AF_INET6, dualstack_ipv6=True)\n"
-            "while True:\n"
-            "    c, _ = s.accept()\n"
-            "    c.sendall(b'hello from the protected port\\n')\n"
-            "    c.close()\n")
-CONNECT = ("import socket, sys\n"
-           "try:\n"
-           "    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)\n"
-           "    print(c.recv(100).decode().strip())\n"
-           "except socket.timeout:\n"
-           "    print('timeout')\n"
-           "except OSError as e:\n"
-           "    print('error', e)\n")
+LISTENER = (
+    "import socket\n"
+    "s = socket.create_server(('', 22), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    c.sendall(b'hello from the protected port\\n')\n"
+    "    c.close()\n"
+)
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)\n"
+    "    print(c.recv(100).decode().strip())\n"
+    "except socket.timeout:\n"
+    "    print('timeout')\n"
+    "except OSError as e:\n"
+    "    print('error', e)\n"
+)
 CLIENT_DIR = "/root/alice"  # the client's files, used from the client namespace
 CONFIG = "/etc/gnocchi/gnocchi.toml"
 
@@ -64,35 +69,57 @@ class Server:
 
     def connect(self, host=None) -> str:
         """One TCP connection from the client host to the protected port."""
-        return self.net.client.run([sys.executable, "-c", CONNECT, host or self.net.server.ip,
-                                    str(PROTECTED)], timeout=30).stdout.strip()
+        return self.net.client.run(
+            [sys.executable, "-c", CONNECT, host or self.net.server.ip, str(PROTECTED)], timeout=30
+        ).stdout.strip()
 
     def start_listener(self) -> None:
-        self.box.run(["systemd-run", "--unit=protected-service", "--quiet",
-                      "/usr/bin/python3", "-c", LISTENER])
-        self.wait(lambda: self.box.run(["ss", "-Htln", "sport", "= :22"]).stdout.strip(),
-                  "the protected service listens")
+        self.box.run(
+            [
+                "systemd-run",
+                "--unit=protected-service",
+                "--quiet",
+                "/usr/bin/python3",
+                "-c",
+                LISTENER,
+            ]
+        )
+        self.wait(
+            lambda: self.box.run(["ss", "-Htln", "sport", "= :22"]).stdout.strip(),
+            "the protected service listens",
+        )
 
     def knock(self, *options, host=None) -> None:
         """gnocchi-knock, the package's client, from the client namespace."""
-        self.box.run_in_netns(self.net.client.name, [
-            "gnocchi-knock", "--server-key-file", f"{CLIENT_DIR}/server.key",
-            "--client-key-file", f"{CLIENT_DIR}/client.key", "--state-dir", f"{CLIENT_DIR}/state",
-            *options, host or self.net.server.ip])
+        self.box.run_in_netns(
+            self.net.client.name,
+            [
+                "gnocchi-knock",
+                "--server-key-file",
+                f"{CLIENT_DIR}/server.key",
+                "--client-key-file",
+                f"{CLIENT_DIR}/client.key",
+                "--state-dir",
+                f"{CLIENT_DIR}/state",
+                *options,
+                host or self.net.server.ip,
+            ],
+        )
 
     def journal(self, *args) -> list[dict]:
         out = self.box.run(["journalctl", "--no-pager", "-o", "json", *args]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def accepted(self) -> list[dict]:
-        return [e for e in self.journal("-u", "gnocchi")
-                if e.get("GNOCCHI_EVENT") == "accepted"]
+        return [e for e in self.journal("-u", "gnocchi") if e.get("GNOCCHI_EVENT") == "accepted"]
 
     def wait_accepted(self, count: int) -> dict:
         """The count-th accepted-knock entry (the verifier logs it after the helper's OK)."""
+
         def enough():
             entries = self.accepted()
             return entries if len(entries) >= count else None
+
         return self.wait(enough, f"{count} accepted knock(s) in journalctl -u gnocchi")[count - 1]
 
     def table(self, check=True) -> subprocess.CompletedProcess:
@@ -105,9 +132,12 @@ class Server:
             if value:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout} s waiting until: {what}\n"
-                             + self.box.run(["journalctl", "--no-pager", "-n", "40",
-                                             "-u", "gnocchi*"], check=False).stdout)
+        raise AssertionError(
+            f"timed out after {timeout} s waiting until: {what}\n"
+            + self.box.run(
+                ["journalctl", "--no-pager", "-n", "40", "-u", "gnocchi*"], check=False
+            ).stdout
+        )
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +158,10 @@ def install(s: Server) -> Server:
     public = box.run(["gnocchi", "keygen", "--client", f"{CLIENT_DIR}/client.key"]).stdout.strip()
     box.run(["install", "-m", "0600", "/etc/gnocchi/server.key", f"{CLIENT_DIR}/server.key"])
     config = box.root / CONFIG.lstrip("/")
-    config.write_text(config.read_text() + f'\n[clients.alice]\npublic_key = "{public}"\n'
-                      f'allow = ["{PROTECTED}/tcp"]\n')
+    config.write_text(
+        config.read_text() + f'\n[clients.alice]\npublic_key = "{public}"\n'
+        f'allow = ["{PROTECTED}/tcp"]\n'
+    )
 
     out = box.run(["gnocchi", "setup"]).stdout
     assert f"UDP port {s.port}" in out, out
@@ -138,8 +170,14 @@ def install(s: Server) -> Server:
     return s
 
 
-UNITS = ("gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket", "gnocchi-helper.service",
-         "gnocchi-arm.service", "gnocchi-watch.service")
+UNITS = (
+    "gnocchi.socket",
+    "gnocchi.service",
+    "gnocchi-helper.socket",
+    "gnocchi-helper.service",
+    "gnocchi-arm.service",
+    "gnocchi-watch.service",
+)
 
 
 def state(box, unit: str, what: str = "is-active") -> str:
@@ -169,15 +207,20 @@ def listening(s: Server) -> str:
 def test_the_one_switch_armed_everything_in_order(server):
     box = server.box
     server.table()
-    for unit in ("gnocchi-arm.service", "gnocchi-watch.service", "gnocchi-helper.socket",
-                 "gnocchi.socket"):
+    for unit in (
+        "gnocchi-arm.service",
+        "gnocchi-watch.service",
+        "gnocchi-helper.socket",
+        "gnocchi.socket",
+    ):
         assert state(box, unit) == "active", unit
     assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
     assert f":{server.port}" in listening(server) and "helper.sock" in listening(server)
     # The table first, then the helper's socket, then the knock port.
-    start = {u: int(box.run(["systemctl", "show", "-P", "ActiveEnterTimestampMonotonic",
-                             u]).stdout) for u in ("gnocchi-arm.service",
-                                                   "gnocchi-helper.socket", "gnocchi.socket")}
+    start = {
+        u: int(box.run(["systemctl", "show", "-P", "ActiveEnterTimestampMonotonic", u]).stdout)
+        for u in ("gnocchi-arm.service", "gnocchi-helper.socket", "gnocchi.socket")
+    }
     assert start["gnocchi-arm.service"] <= start["gnocchi-helper.socket"] <= start["gnocchi.socket"]
     armed = [e for e in server.journal("-u", "gnocchi") if e.get("GNOCCHI_EVENT") == "armed"]
     assert armed and "protecting 22/tcp" in armed[-1]["MESSAGE"], "journalctl -u gnocchi says so"
@@ -185,11 +228,18 @@ def test_the_one_switch_armed_everything_in_order(server):
 
 def test_installed_units_verify_clean_and_score(server):
     box = server.box
-    units = ["gnocchi.socket", "gnocchi.service", "gnocchi-helper.socket",
-             "gnocchi-helper.service", "gnocchi-arm.service", "gnocchi-watch.service"]
+    units = [
+        "gnocchi.socket",
+        "gnocchi.service",
+        "gnocchi-helper.socket",
+        "gnocchi-helper.service",
+        "gnocchi-arm.service",
+        "gnocchi-watch.service",
+    ]
     proc = box.run(["systemd-analyze", "verify", *units], check=False)
-    assert proc.returncode == 0 and not proc.stderr.strip() and not proc.stdout.strip(), \
+    assert proc.returncode == 0 and not proc.stderr.strip() and not proc.stdout.strip(), (
         f"systemd-analyze verify:\n{proc.stdout}{proc.stderr}"
+    )
     for unit, limit in (("gnocchi.service", 1.0), ("gnocchi-helper.service", 2.0)):
         out = box.run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit]).stdout
         score = float(out.split(f"Overall exposure level for {unit}: ")[1].split()[0])
@@ -215,8 +265,11 @@ def test_knock_opens_one_connection_and_the_journal_names_the_client(server):
     assert f"gnocchi knock accepted: open {PROTECTED}/tcp for alice" in explained
 
     # The helper's decision is in `journalctl -u gnocchi` too: one command is the audit trail.
-    helper = [e for e in server.journal("-u", "gnocchi")
-              if e.get("GNOCCHI_HELPER_STATUS") == "OK" and "GNOCCHI_HELPER_ADDRESS" in e]
+    helper = [
+        e
+        for e in server.journal("-u", "gnocchi")
+        if e.get("GNOCCHI_HELPER_STATUS") == "OK" and "GNOCCHI_HELPER_ADDRESS" in e
+    ]
     assert helper and helper[-1]["GNOCCHI_HELPER_ADDRESS"] == net.client.ip
     assert helper[-1]["_SYSTEMD_UNIT"] == "gnocchi-helper.service"
     assert helper[-1]["GNOCCHI_HELPER_TIMEOUT"] == "30"
@@ -282,11 +335,16 @@ def test_every_path_the_shipped_files_and_man_pages_name_exists(server):
     named = json.loads(server.box.run(["python3", "-c", NAMED_PATHS]).stdout)
     missing = {path: named_in for path, (exists, named_in) in named.items() if not exists}
     assert missing == {}, "paths named but not installed:\n" + "\n".join(
-        f"{path} (named in {', '.join(sorted(set(files)))})" for path, files in missing.items())
-    for known in ("/usr/share/doc/gnocchi-server/server.md", "/etc/gnocchi/gnocchi.toml",
-                  "/usr/share/man/man8/gnocchi.8.gz", "/usr/share/gnocchi/gnocchi.nft",
-                  "/usr/share/bash-completion/completions/gnocchi",
-                  "/usr/share/bash-completion/completions/gnocchi-knock"):
+        f"{path} (named in {', '.join(sorted(set(files)))})" for path, files in missing.items()
+    )
+    for known in (
+        "/usr/share/doc/gnocchi-server/server.md",
+        "/etc/gnocchi/gnocchi.toml",
+        "/usr/share/man/man8/gnocchi.8.gz",
+        "/usr/share/gnocchi/gnocchi.nft",
+        "/usr/share/bash-completion/completions/gnocchi",
+        "/usr/share/bash-completion/completions/gnocchi-knock",
+    ):
         assert known in named, f"{known}: the search missed a path the files name"
 
 
@@ -296,13 +354,17 @@ def test_the_installed_commands_say_their_version_and_complete_in_bash(server):
     assert box.run(["gnocchi", "--version"]).stdout == f"gnocchi {version}\n"
     assert box.run(["gnocchi-knock", "--version"]).stdout == f"gnocchi-knock {version}\n"
     # As bash-completion loads them: by the command's name, from the packages' files.
-    complete = ('source "/usr/share/bash-completion/completions/$1"; f=$2; shift 2; '
-                'COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); $f; echo "${COMPREPLY[@]}"')
-    offered = box.run(["bash", "-c", complete, "_", "gnocchi", "_gnocchi", "gnocchi",
-                       "add-client", "--"]).stdout.split()
+    complete = (
+        'source "/usr/share/bash-completion/completions/$1"; f=$2; shift 2; '
+        'COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); $f; echo "${COMPREPLY[@]}"'
+    )
+    offered = box.run(
+        ["bash", "-c", complete, "_", "gnocchi", "_gnocchi", "gnocchi", "add-client", "--"]
+    ).stdout.split()
     assert offered == ["--help", "--config", "--drop-in", "--allow", "--host"]
-    offered = box.run(["bash", "-c", complete, "_", "gnocchi-knock", "_gnocchi_knock",
-                       "gnocchi-knock", "--pu"]).stdout.split()
+    offered = box.run(
+        ["bash", "-c", complete, "_", "gnocchi-knock", "_gnocchi_knock", "gnocchi-knock", "--pu"]
+    ).stdout.split()
     assert offered == ["--pubkey"]
 
 
@@ -310,8 +372,10 @@ def test_a_knock_while_the_verifier_is_stopped_is_not_lost(server):
     box = server.box
     before = server.accepted()
     box.run(["systemctl", "stop", "gnocchi.service"])
-    assert box.run(["systemctl", "is-active", "gnocchi.service"],
-                   check=False).stdout.strip() == "inactive"
+    assert (
+        box.run(["systemctl", "is-active", "gnocchi.service"], check=False).stdout.strip()
+        == "inactive"
+    )
     assert box.run(["systemctl", "is-active", "gnocchi.socket"]).stdout.strip() == "active"
     server.knock()  # queued in the socket, which starts the verifier again
     entry = server.wait_accepted(len(before) + 1)
@@ -336,8 +400,13 @@ def test_restarts_of_the_verifier_the_helper_and_their_sockets_leave_the_table_a
     server.wait_accepted(before + 1)  # pending in the kernel set now
     monitor = net.server.popen(["nft", "monitor", "tables"], stdout=subprocess.PIPE, text=True)
     try:
-        for unit in ("gnocchi.service", "gnocchi-helper.service", "gnocchi.socket",
-                     "gnocchi-helper.socket", "gnocchi-arm.service"):
+        for unit in (
+            "gnocchi.service",
+            "gnocchi-helper.service",
+            "gnocchi.socket",
+            "gnocchi-helper.socket",
+            "gnocchi-arm.service",
+        ):
             box.run(["systemctl", "restart", unit])
             server.table()
         time.sleep(0.5)
@@ -384,20 +453,22 @@ class Prober:
     """SYNs to the protected port from another host (a second address on the client's
     link) every 10 ms while the block runs; counts those that got a connection."""
 
-    CODE = ("import os, select, socket, sys, time\n"
-            "src, dst, stop = sys.argv[1:4]\n"
-            "tries = opened = 0\n"
-            "pending = []\n"
-            "while not os.path.exists(stop):\n"
-            "    s = socket.socket(); s.setblocking(False); s.bind((src, 0))\n"
-            "    s.connect_ex((dst, 22)); tries += 1\n"
-            "    pending.append((time.monotonic(), s))\n"
-            "    _, ready, _ = select.select([], [p for _, p in pending], [], 0.01)\n"
-            "    for p in ready:\n"
-            "        if p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0: opened += 1\n"
-            "    old = [(t, p) for t, p in pending if p in ready or time.monotonic() - t > 0.5]\n"
-            "    for t, p in old: pending.remove((t, p)); p.close()\n"
-            "print(tries, opened)\n")
+    CODE = (
+        "import os, select, socket, sys, time\n"
+        "src, dst, stop = sys.argv[1:4]\n"
+        "tries = opened = 0\n"
+        "pending = []\n"
+        "while not os.path.exists(stop):\n"
+        "    s = socket.socket(); s.setblocking(False); s.bind((src, 0))\n"
+        "    s.connect_ex((dst, 22)); tries += 1\n"
+        "    pending.append((time.monotonic(), s))\n"
+        "    _, ready, _ = select.select([], [p for _, p in pending], [], 0.01)\n"
+        "    for p in ready:\n"
+        "        if p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0: opened += 1\n"
+        "    old = [(t, p) for t, p in pending if p in ready or time.monotonic() - t > 0.5]\n"
+        "    for t, p in old: pending.remove((t, p)); p.close()\n"
+        "print(tries, opened)\n"
+    )
 
     def __init__(self, server: Server):
         self.server = server
@@ -410,8 +481,17 @@ class Prober:
     def __enter__(self) -> Prober:
         self.stop.unlink(missing_ok=True)
         self.proc = self.server.net.client.popen(
-            [sys.executable, "-c", self.CODE, self.source, self.server.net.server.ip,
-             str(self.stop)], stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                self.CODE,
+                self.source,
+                self.server.net.server.ip,
+                str(self.stop),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(0.5)
         return self
 
@@ -428,25 +508,32 @@ def test_an_upgrade_keeps_a_pending_knock_and_the_port_closed_to_others(server, 
 
     def pid():
         return box.run(["systemctl", "show", "-P", "MainPID", "gnocchi.service"]).stdout.strip()
+
     # Loaded rules that differ from the package's (as an older version's do): the
     # upgrade brings its own rules file back, and its reload must replace the table
     # and carry the pending knock.
     rules = box.root / "usr/share/gnocchi/gnocchi.nft"
     rules.write_text(rules.read_text().replace("\t\tdrop\n", "\t\tcounter drop\n"))
     box.run(["systemctl", "reload", "gnocchi-arm.service"])
-    assert "counter packets" in server.net.server.nft("list", "chain", "inet", "gnocchi",
-                                                      "admit").stdout
+    assert (
+        "counter packets"
+        in server.net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
+    )
     before = pid()
     assert before != "0"
     accepted = len(server.accepted())
     server.knock()
     server.wait_accepted(accepted + 1)  # a knock pending in the kernel set
     with Prober(server) as probe:
-        box.run(["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"],
-                cwd="/root", timeout=180)
+        box.run(
+            ["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"],
+            cwd="/root",
+            timeout=180,
+        )
     print(f"upgrade: {probe.opened} of {probe.tries} SYNs from another host got through")
-    assert probe.tries > 100 and probe.opened == 0, \
+    assert probe.tries > 100 and probe.opened == 0, (
         f"{probe.opened} of {probe.tries} connections from another host got through"
+    )
     assert pid() != before, "the running verifier was restarted with the new code"
     admit = server.net.server.nft("list", "chain", "inet", "gnocchi", "admit").stdout
     assert "counter packets" not in admit, "the package's rules are loaded"
@@ -463,14 +550,17 @@ def test_an_upgrade_from_the_three_unit_install_moves_to_the_one_switch(server, 
     (gnocchi-arm.service upholds it)."""
     box = server.box
     etc = box.root / "etc/systemd/system"
-    old = {"sysinit.target.wants/gnocchi-arm.service": "gnocchi-arm.service",
-           "nftables.service.wants/gnocchi-arm.service": "gnocchi-arm.service",
-           "sockets.target.wants/gnocchi-helper.socket": "gnocchi-helper.socket"}
+    old = {
+        "sysinit.target.wants/gnocchi-arm.service": "gnocchi-arm.service",
+        "nftables.service.wants/gnocchi-arm.service": "gnocchi-arm.service",
+        "sockets.target.wants/gnocchi-helper.socket": "gnocchi-helper.socket",
+    }
     for link, unit in old.items():
         (etc / link).parent.mkdir(exist_ok=True)
         (etc / link).symlink_to(f"/lib/systemd/system/{unit}")
-    box.run(["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"], cwd="/root",
-            timeout=180)
+    box.run(
+        ["apt-get", "install", "-y", "-q", "--reinstall", f"./{deb.name}"], cwd="/root", timeout=180
+    )
     assert not [link for link in old if (etc / link).is_symlink()]
     assert state(box, "gnocchi.socket", "is-enabled") == "enabled"
     assert state(box, "gnocchi-watch.service") == "active"
@@ -513,8 +603,9 @@ def test_remove_purge_and_reinstall_leave_nothing_enabled(server, deb):
     purge = documented("purge")
     box.run([*purge[:2], "-y", "-q", *purge[2:]], timeout=180)
     etc = box.root / "etc"
-    assert not [str(p) for p in (etc / "systemd/system").rglob("*gnocchi*")], \
+    assert not [str(p) for p in (etc / "systemd/system").rglob("*gnocchi*")], (
         "purge leaves no enablement link and no drop-in"
+    )
     # What purge leaves, all named in docs/install.md ("Uninstall"): the server key
     # and the counter store (kept so that old knocks stay replay-proof if you
     # reinstall with that key), and the user gnocchi.

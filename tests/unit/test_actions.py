@@ -1,5 +1,6 @@
 """gnocchi.server.actions: the payload on stdin, a fixed environment, bounded
 output, a timeout that kills the group."""
+
 import os
 import subprocess
 import time
@@ -10,8 +11,10 @@ from support import PYTHON
 
 
 def test_action_gets_payload_and_only_its_environment():
-    script = ("import os, sys; d = sys.stdin.read(); "
-              "print(d, os.environ['GNOCCHI_CLIENT'], len(os.environ))")
+    script = (
+        "import os, sys; d = sys.stdin.read(); "
+        "print(d, os.environ['GNOCCHI_CLIENT'], len(os.environ))"
+    )
     out = actions.run(Action("t", (PYTHON, "-c", script), 10), "alice", "198.18.3.1", b"hi")
     assert out.ok and out.returncode == 0
     assert out.output == f"hi alice {len(actions.ENV) + 3}\n".encode()
@@ -20,8 +23,10 @@ def test_action_gets_payload_and_only_its_environment():
 def test_action_timeout_kills_it_and_its_children():
     # A duration no other process uses, so pgrep below sees only this child.
     marker = f"30.{os.getpid()}{time.monotonic_ns() % 100000}"
-    script = (f"import subprocess, time; subprocess.Popen(['sleep', '{marker}']); "
-              "print('x', flush=True); time.sleep(30)")
+    script = (
+        f"import subprocess, time; subprocess.Popen(['sleep', '{marker}']); "
+        "print('x', flush=True); time.sleep(30)"
+    )
     out = actions.run(Action("t", (PYTHON, "-c", script), 0.5), "a", "198.18.3.1", b"")
     assert out.returncode is None and "killed after its timeout of 0.5 s" in out.problem
     assert out.output == b"x\n"

@@ -1,6 +1,7 @@
 """The gnocchi.knock collection's server role (ansible/): the client drop-in its
 template writes, rendered by Ansible's own templating (the booted-hosts side is
 tests/system/test_fleet.py), loaded by the verifier's own config loader."""
+
 import pytest
 
 from gnocchi.server import config
@@ -9,16 +10,26 @@ from support import REPO
 templar = pytest.importorskip("ansible.template", reason="needs ansible-core")
 dataloader = pytest.importorskip("ansible.parsing.dataloader", reason="needs ansible-core")
 
-TEMPLATE = (REPO / "ansible" / "ansible_collections" / "gnocchi" / "knock" / "roles" / "server"
-            / "templates" / "client.toml.j2")
+TEMPLATE = (
+    REPO
+    / "ansible"
+    / "ansible_collections"
+    / "gnocchi"
+    / "knock"
+    / "roles"
+    / "server"
+    / "templates"
+    / "client.toml.j2"
+)
 KEY = "1bcd" * 16
 CONFIG = 'state_dir = "/var/lib/gnocchi"\n[actions.reboot]\nargv = ["/usr/sbin/reboot"]\n'
 
 
 def rendered(name: str, client: dict) -> str:
     variables = {"item": {"key": name, "value": client}}
-    return templar.Templar(loader=dataloader.DataLoader(),
-                           variables=variables).template(TEMPLATE.read_text())
+    return templar.Templar(loader=dataloader.DataLoader(), variables=variables).template(
+        TEMPLATE.read_text()
+    )
 
 
 def load(tmp_path, name: str, client: dict) -> config.Config:
@@ -29,9 +40,10 @@ def load(tmp_path, name: str, client: dict) -> config.Config:
 
 
 def test_a_client_drop_in_loads_as_its_variables_say(tmp_path):
-    cfg = load(tmp_path, "bob", {"public_key": KEY, "allow": ["2222/tcp"],
-                                 "sources": ["198.51.100.0/24"]})
-    bob, = cfg.clients
+    cfg = load(
+        tmp_path, "bob", {"public_key": KEY, "allow": ["2222/tcp"], "sources": ["198.51.100.0/24"]}
+    )
+    (bob,) = cfg.clients
     assert (bob.name, bob.public_key.hex(), bob.actions) == ("bob", KEY, ())
     assert [f"{o.port}/{o.proto}" for o in bob.allow] == ["2222/tcp"]
 

@@ -5,6 +5,7 @@
 is test-loaded into a throwaway user+network namespace, so this needs no
 systemd, only nft and unshare (and touches no firewall).
 """
+
 import os
 import shutil
 import subprocess
@@ -22,8 +23,13 @@ ROOTS_FILES = root_only("gnocchi check trusts only files root owns, and only roo
 
 
 def gnocchi(*args):
-    return subprocess.run([sys.executable, "-m", "gnocchi.admin", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gnocchi.admin", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 class Server:
@@ -48,19 +54,23 @@ class Server:
     def write_config(self, clients=None, extra=""):
         if clients is None:
             clients = f'[clients.alice]\npublic_key = "{self.client}"\nallow = ["22/tcp"]\n'
-        self.config.write_text(f'server_key_file = "{self.key}"\n'
-                               f'state_dir = "{self.tmp / "state"}"\n{extra}\n{clients}')
+        self.config.write_text(
+            f'server_key_file = "{self.key}"\n'
+            f'state_dir = "{self.tmp / "state"}"\n{extra}\n{clients}'
+        )
         os.chmod(self.config, 0o644)
 
     def write_drop_in(self, *ports):
         (self.units / "gnocchi.socket.d").mkdir(parents=True, exist_ok=True)
         lines = "".join(f"ListenDatagram={p}\n" for p in ports)
         (self.units / "gnocchi.socket.d" / "port.conf").write_text(
-            f"[Socket]\nListenDatagram=\n{lines}")
+            f"[Socket]\nListenDatagram=\n{lines}"
+        )
 
     def check(self):
-        return gnocchi("check", "--config", self.config, "--table", self.table,
-                       "--unit-dir", self.units)
+        return gnocchi(
+            "check", "--config", self.config, "--table", self.table, "--unit-dir", self.units
+        )
 
 
 @pytest.fixture
@@ -82,19 +92,25 @@ def refused(s: Server, *expected: str) -> str:
 def test_a_good_setup_passes_and_says_what_it_found(s):
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (f"gnocchi check: ok: {s.config}: 1 client; knock port {s.port}/udp "
-                           "(gnocchi.socket); protects 22/tcp\n"
-                           f"  alice: 22/tcp (from {s.config})\n")
+    assert proc.stdout == (
+        f"gnocchi check: ok: {s.config}: 1 client; knock port {s.port}/udp "
+        "(gnocchi.socket); protects 22/tcp\n"
+        f"  alice: 22/tcp (from {s.config})\n"
+    )
     assert proc.stderr == ""
-    quiet = gnocchi("check", "--quiet", "--config", s.config, "--table", s.table,
-                    "--unit-dir", s.units)
+    quiet = gnocchi(
+        "check", "--quiet", "--config", s.config, "--table", s.table, "--unit-dir", s.units
+    )
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
 def test_no_drop_in_means_no_knock_port(s):
     shutil.rmtree(s.units)
-    refused(s, f"{s.units}/gnocchi.socket.d/port.conf is missing, so gnocchi.socket has no "
-               "knock port; fix: run `gnocchi setup`")
+    refused(
+        s,
+        f"{s.units}/gnocchi.socket.d/port.conf is missing, so gnocchi.socket has no "
+        "knock port; fix: run `gnocchi setup`",
+    )
 
 
 def test_a_drop_in_for_another_key(s):
@@ -109,8 +125,11 @@ def test_a_config_that_does_not_parse_is_named_with_file_and_key(s):
 
 def test_no_client(s):
     s.write_config(clients="")
-    refused(s, f"{s.config}: no [clients.NAME] configured: nobody could knock, so arming "
-               "would shut everyone out")
+    refused(
+        s,
+        f"{s.config}: no [clients.NAME] configured: nobody could knock, so arming "
+        "would shut everyone out",
+    )
 
 
 def test_no_client_may_open_a_protected_port(s):
@@ -122,17 +141,20 @@ def test_no_client_may_open_a_protected_port(s):
 
 @ROOTS_FILES
 def test_an_unprotected_allow_entry_is_a_warning_naming_the_one_command_that_fixes_it(s):
-    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\n'
-                           'allow = ["22/tcp", "60001/udp"]\n')
+    s.write_config(
+        clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp", "60001/udp"]\n'
+    )
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
-    assert ("warning: " + f"{s.config}: clients.alice.allow: 60001/udp is allowed but not "
-            "protected: it is open to everyone without a knock, and the helper refuses to open "
-            "it (a knock asking for it opens nothing); fix: gnocchi protect 60001/udp"
-            ) in proc.stderr
-    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\n'
-                           'allow = ["22/tcp", "60001/udp"]\n',
-                   extra="[protect]\ntcp = [22]\nudp = [60001]\n")
+    assert (
+        "warning: " + f"{s.config}: clients.alice.allow: 60001/udp is allowed but not "
+        "protected: it is open to everyone without a knock, and the helper refuses to open "
+        "it (a knock asking for it opens nothing); fix: gnocchi protect 60001/udp"
+    ) in proc.stderr
+    s.write_config(
+        clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp", "60001/udp"]\n',
+        extra="[protect]\ntcp = [22]\nudp = [60001]\n",
+    )
     proc = s.check()
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.splitlines()[0].endswith("protects 22/tcp, 60001/udp")
@@ -154,16 +176,20 @@ def test_a_table_file_nft_refuses(s):
 
 
 def test_a_table_file_without_the_knocked_sets(s):
-    text = "".join(line for line in TABLE.read_text().splitlines(keepends=True)
-                   if "@knocked6" not in line)  # every rule that names the set
+    text = "".join(
+        line for line in TABLE.read_text().splitlines(keepends=True) if "@knocked6" not in line
+    )  # every rule that names the set
     s.table.write_text(text.replace("set knocked6 {", "set knocked6_old {"))
     refused(s, f"{s.table}: set knocked6 is missing (the helper adds knocks to it)")
 
 
 def test_a_table_file_that_makes_another_table(s):
     s.table.write_text(TABLE.read_text() + "\ntable ip other {}\n")
-    refused(s, f"{s.table}: must make exactly table inet gnocchi, makes table inet gnocchi, "
-               "table ip other")
+    refused(
+        s,
+        f"{s.table}: must make exactly table inet gnocchi, makes table inet gnocchi, "
+        "table ip other",
+    )
 
 
 def test_a_corrupt_counter_store(s):
@@ -195,53 +221,70 @@ def test_setup_names_what_check_would_refuse(s):
 def test_a_table_file_without_the_flood_limit_is_only_a_warning(s):
     """An old /etc/gnocchi/gnocchi.nft (a conffile the admin edited) still arms."""
     text = TABLE.read_text()
-    s.table.write_text(text.replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", "")
-                       .replace("set knock_port {", "set knock_port_old {"))
+    s.table.write_text(
+        text.replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", "").replace(
+            "set knock_port {", "set knock_port_old {"
+        )
+    )
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
     assert f"warning: {s.table} has no set knock_port, so a flood from one address" in proc.stderr
 
 
 def test_a_knock_port_set_of_another_type_is_refused(s):
-    s.table.write_text(TABLE.read_text().replace(
-        "set knock_port {\n\t\ttype inet_service", "set knock_port {\n\t\ttype ipv4_addr")
-        .replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", ""))
+    s.table.write_text(
+        TABLE.read_text()
+        .replace("set knock_port {\n\t\ttype inet_service", "set knock_port {\n\t\ttype ipv4_addr")
+        .replace("\t\tmeta l4proto udp udp dport @knock_port jump knock\n", "")
+    )
     refused(s, f"{s.table}: set knock_port must be of type inet_service")
 
 
 def test_a_03_table_file_beside_a_config_without_protect_gives_the_ports_and_the_fix(s):
-    (s.tmp / "gnocchi.nft").write_text(TABLE.read_text().replace("elements = { 22 }",
-                                                                 "elements = { 22, 2222 }"))
+    (s.tmp / "gnocchi.nft").write_text(
+        TABLE.read_text().replace("elements = { 22 }", "elements = { 22, 2222 }")
+    )
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].endswith("protects 22/tcp, 2222/tcp")
-    assert (f"warning: the protected ports (22/tcp, 2222/tcp) come from {s.tmp / 'gnocchi.nft'} "
-            "(the table file of gnocchi 0.3 and before") in proc.stderr
+    assert (
+        f"warning: the protected ports (22/tcp, 2222/tcp) come from {s.tmp / 'gnocchi.nft'} "
+        "(the table file of gnocchi 0.3 and before"
+    ) in proc.stderr
     assert "fix: gnocchi protect 22/tcp 2222/tcp" in proc.stderr
     # Once the config has [protect], the old file is not read: remove it.
     s.write_config(extra="[protect]\ntcp = [22]\n")
     proc = s.check()
     assert proc.returncode == 0 and proc.stdout.splitlines()[0].endswith("protects 22/tcp")
-    assert f"is not read any more: the ports are in [protect] in {s.config}; fix: rm " \
-        in proc.stderr
+    assert (
+        f"is not read any more: the ports are in [protect] in {s.config}; fix: rm " in proc.stderr
+    )
 
 
 def test_the_knock_port_is_never_protected(s):
     s.write_config(extra=f"[protect]\ntcp = [22]\nudp = [{s.port}]\n")
-    refused(s, f"{s.config}: protect.udp: {s.port} is the knock port, so every knock would "
-               f"need a knock first; fix: gnocchi unprotect {s.port}/udp")
+    refused(
+        s,
+        f"{s.config}: protect.udp: {s.port} is the knock port, so every knock would "
+        f"need a knock first; fix: gnocchi unprotect {s.port}/udp",
+    )
 
 
 def test_a_forward_never_listens_on_the_knock_port(s):
     s.write_config(extra=f'[forwards.vm]\nlisten = "{s.port}/udp"\nto = "198.51.100.5:53"\n')
-    refused(s, f"{s.config}: forwards.vm.listen: {s.port}/udp is the knock port, so knocks "
-               "would be forwarded; fix: give the forward another listen port")
+    refused(
+        s,
+        f"{s.config}: forwards.vm.listen: {s.port}/udp is the knock port, so knocks "
+        "would be forwarded; fix: give the forward another listen port",
+    )
 
 
 @ROOTS_FILES
 def test_a_forwards_listen_port_is_protected_and_a_client_may_name_it(s):
-    s.write_config(extra='[forwards.vm]\nlisten = "2222"\nto = "198.51.100.5:22"\n',
-                   clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["vm"]\n')
+    s.write_config(
+        extra='[forwards.vm]\nlisten = "2222"\nto = "198.51.100.5:22"\n',
+        clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["vm"]\n',
+    )
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
     assert "protects 22/tcp, 2222/tcp\n" in proc.stdout, proc.stdout
@@ -250,10 +293,15 @@ def test_a_forwards_listen_port_is_protected_and_a_client_may_name_it(s):
 
 def test_a_broken_config_with_a_last_good_copy_says_what_gnocchi_runs(s):
     from gnocchi.admin import last_good
+
     assert last_good.record(str(s.config))[0]
     s.write_config(extra='alow = ["22"]\n')
-    refused(s, f"{s.config}: alow: unknown key", "gnocchi goes on with the last good config, "
-               f"{s.tmp / 'gnocchi.last-good.toml'}: this file is not applied until it loads")
+    refused(
+        s,
+        f"{s.config}: alow: unknown key",
+        "gnocchi goes on with the last good config, "
+        f"{s.tmp / 'gnocchi.last-good.toml'}: this file is not applied until it loads",
+    )
 
 
 @ROOTS_FILES
@@ -265,8 +313,10 @@ def test_check_lists_each_client_with_the_file_it_comes_from(s):
     os.chmod(drop_ins / "bob.toml", 0o644)
     proc = s.check()
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[1:] == [f"  alice: 22/tcp (from {s.config})",
-                                            f"  bob: 22/tcp (from {drop_ins / 'bob.toml'})"]
+    assert proc.stdout.splitlines()[1:] == [
+        f"  alice: 22/tcp (from {s.config})",
+        f"  bob: 22/tcp (from {drop_ins / 'bob.toml'})",
+    ]
     assert "2 clients" in proc.stdout.splitlines()[0]
     # A broken drop-in is the config's problem, named with its own file and key.
     (drop_ins / "bob.toml").write_text(f'[clients.bob]\npublic_key = "{bob}"\nallow = [22.5]\n')
@@ -277,31 +327,52 @@ def test_a_secret_in_place_of_a_clients_public_key_is_refused_and_named(s):
     """The server key, or a client's private key, pasted as a public key (by hand: add-client
     refuses it) is a secret in a world-readable file: check fails, naming which it is."""
     server_key = s.key.read_text().strip()
-    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
-                           f'[clients.bob]\npublic_key = "{server_key}"\nallow = ["22/tcp"]\n')
-    refused(s, f"{s.config}: clients.bob.public_key: it is this server's own secret key",
-            "fix: on bob's machine run `gnocchi-knock --pubkey`")
+    s.write_config(
+        clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
+        f'[clients.bob]\npublic_key = "{server_key}"\nallow = ["22/tcp"]\n'
+    )
+    refused(
+        s,
+        f"{s.config}: clients.bob.public_key: it is this server's own secret key",
+        "fix: on bob's machine run `gnocchi-knock --pubkey`",
+    )
     alice_seed = (s.tmp / "client.key").read_text().strip()
-    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
-                           f'[clients.bob]\npublic_key = "{alice_seed}"\nallow = ["22/tcp"]\n')
-    refused(s, f"{s.config}: clients.bob.public_key: it is a PRIVATE key: the one whose public "
-               "key is client alice's")
+    s.write_config(
+        clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
+        f'[clients.bob]\npublic_key = "{alice_seed}"\nallow = ["22/tcp"]\n'
+    )
+    refused(
+        s,
+        f"{s.config}: clients.bob.public_key: it is a PRIVATE key: the one whose public "
+        "key is client alice's",
+    )
     from nacl.bindings import crypto_core_ed25519_is_valid_point
-    seed = next(k for k in iter(lambda: os.urandom(32), None)
-                if not crypto_core_ed25519_is_valid_point(k))
+
+    seed = next(
+        k for k in iter(lambda: os.urandom(32), None) if not crypto_core_ed25519_is_valid_point(k)
+    )
     s.write_config(clients=f'[clients.alice]\npublic_key = "{seed.hex()}"\nallow = ["22/tcp"]\n')
-    refused(s, f"{s.config}: clients.alice.public_key: it is not an Ed25519 public key",
-            "most likely a secret pasted by mistake")
+    refused(
+        s,
+        f"{s.config}: clients.alice.public_key: it is not an Ed25519 public key",
+        "most likely a secret pasted by mistake",
+    )
 
 
 def test_a_secret_in_place_of_a_public_key_never_stops_a_start_from_arming(s):
     """At a start (boot), refusing to arm would leave the protected ports open to everyone,
     while a key no client holds lets nobody in: arming goes on, and says so."""
     from gnocchi.admin import check
+
     server_key = s.key.read_text().strip()
-    s.write_config(clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
-                           f'[clients.bob]\npublic_key = "{server_key}"\nallow = ["22/tcp"]\n')
+    s.write_config(
+        clients=f'[clients.alice]\npublic_key = "{s.client}"\nallow = ["22/tcp"]\n'
+        f'[clients.bob]\npublic_key = "{server_key}"\nallow = ["22/tcp"]\n'
+    )
     report = check.run(str(s.config), str(s.table), str(s.units), last_good=True)
     assert report.ok, report.problems
-    assert any("clients.bob.public_key: it is this server's own secret key" in w
-               and "armed all the same" in w for w in report.warnings), report.warnings
+    assert any(
+        "clients.bob.public_key: it is this server's own secret key" in w
+        and "armed all the same" in w
+        for w in report.warnings
+    ), report.warnings

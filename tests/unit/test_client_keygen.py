@@ -2,6 +2,7 @@
 the server's `gnocchi` command, and the client's import path works where the
 fcntl module does not exist. Both run gnocchi-knock as a subprocess of the
 checkout, with HOME and XDG_* pointing into tmp_path."""
+
 import os
 import re
 import stat
@@ -17,10 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 # Stands in for a platform without the fcntl module: everything the client
 # imports must work without it (macOS and the BSDs have fcntl, but the client's
 # path is held to POSIX os alone, so no Linux-only module sneaks in).
-NO_FCNTL = ("import sys\n"
-            "sys.modules['fcntl'] = None  # import fcntl now raises ImportError\n"
-            "from gnocchi.client.knock import main\n"
-            "sys.exit(main())\n")
+NO_FCNTL = (
+    "import sys\n"
+    "sys.modules['fcntl'] = None  # import fcntl now raises ImportError\n"
+    "from gnocchi.client.knock import main\n"
+    "sys.exit(main())\n"
+)
 
 
 def env_for(home: Path, **extra) -> dict:
@@ -31,8 +34,9 @@ def env_for(home: Path, **extra) -> dict:
 
 def knock_cli(*args, env, code=None):
     argv = [sys.executable] + (["-c", code] if code else ["-m", "gnocchi.client.knock"])
-    return subprocess.run(argv + [*map(str, args)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        argv + [*map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+    )
 
 
 def test_keygen_on_a_fresh_account_makes_the_directories_and_prints_the_public_key(tmp_path):
@@ -74,9 +78,15 @@ def test_the_client_knocks_without_the_fcntl_module(tmp_path):
     udp, server_key = knock_catcher()
     try:
         seed = os.urandom(32)
-        args = ["--server-key-file", write_key(tmp_path / "server.key", server_key),
-                "--client-key-file", write_key(tmp_path / "client.key", seed),
-                "--state-dir", tmp_path / "state", LOOPBACK]
+        args = [
+            "--server-key-file",
+            write_key(tmp_path / "server.key", server_key),
+            "--client-key-file",
+            write_key(tmp_path / "client.key", seed),
+            "--state-dir",
+            tmp_path / "state",
+            LOOPBACK,
+        ]
         counters = []
         for _ in range(2):
             result = knock_cli(*args, env=env_for(tmp_path), code=NO_FCNTL)
@@ -87,11 +97,13 @@ def test_the_client_knocks_without_the_fcntl_module(tmp_path):
             assert plain[8:40] == public
             counters.append(int.from_bytes(plain[104:118], "big"))
         assert counters[1] > counters[0]
-        hides = NO_FCNTL.replace("from gnocchi.client.knock",
-                                 "import fcntl\nfrom gnocchi.client.knock")
+        hides = NO_FCNTL.replace(
+            "from gnocchi.client.knock", "import fcntl\nfrom gnocchi.client.knock"
+        )
         proof = knock_cli("--keygen", tmp_path / "k2", env=env_for(tmp_path), code=hides)
-        assert "ImportError" in proof.stderr or "ModuleNotFoundError" in proof.stderr, \
+        assert "ImportError" in proof.stderr or "ModuleNotFoundError" in proof.stderr, (
             "the stand-in really hides fcntl"
+        )
     finally:
         udp.close()
 
@@ -109,6 +121,7 @@ def test_pubkey_prints_the_public_key_again_and_names_a_missing_key(tmp_path):
     assert knock_cli("--pubkey", tmp_path / "other.key", env=env_for(home)).stdout == other.stdout
     missing = knock_cli("--pubkey", tmp_path / "nope.key", env=env_for(home))
     assert missing.returncode == 1 and missing.stdout == ""
-    assert (f"{tmp_path / 'nope.key'}: no such secret key file; fix: check the path; a client "
-            "makes its key with `gnocchi-knock --keygen`") in missing.stderr
-
+    assert (
+        f"{tmp_path / 'nope.key'}: no such secret key file; fix: check the path; a client "
+        "makes its key with `gnocchi-knock --keygen`"
+    ) in missing.stderr

@@ -3,6 +3,7 @@ checkout's CLI, as root, on a config in tmp_path; no systemd here, so nothing
 is reloaded): text-level edits that keep every other byte, refusals that
 change nothing, and printed client files that gnocchi-knock's own profile
 loader reads."""
+
 import os
 import re
 import stat
@@ -70,15 +71,18 @@ def test_add_appends_one_table_and_prints_a_profile_gnocchi_knock_reads(server, 
     carol = public()
     result = add(path, "carol", carol, "--allow", "22", "60001/udp", "--host", "srv.example.org")
     assert result.returncode == 0, result.stderr
-    assert path.read_text() == before + (f'\n[clients.carol]\npublic_key = "{carol}"\n'
-                                         'allow = ["22/tcp", "60001/udp"]\n')
+    assert path.read_text() == before + (
+        f'\n[clients.carol]\npublic_key = "{carol}"\nallow = ["22/tcp", "60001/udp"]\n'
+    )
     cfg = config.load(str(path))
     assert [c.name for c in cfg.clients] == ["alice", "bob", "carol"]
     assert "added [clients.carol]" in result.stderr
     # The config protects the default (22/tcp) alone: 60001/udp stays open to anyone.
-    assert ("warning: clients.carol.allow: 60001/udp is allowed but not protected: it is open "
-            "to everyone without a knock, and the helper refuses to open it (a knock asking for "
-            "it opens nothing); fix: gnocchi protect 60001/udp") in result.stderr
+    assert (
+        "warning: clients.carol.allow: 60001/udp is allowed but not protected: it is open "
+        "to everyone without a knock, and the helper refuses to open it (a knock asking for "
+        "it opens nothing); fix: gnocchi protect 60001/udp"
+    ) in result.stderr
     assert "22/tcp is allowed but not protected" not in result.stderr
 
     printed = blocks(result.stdout)
@@ -117,7 +121,7 @@ def test_remove_takes_exactly_that_table_and_keeps_comments_about_the_next(serve
     after = path.read_text()
     start = before.index("[clients.alice]")
     end = before.index("# bob's phone")
-    assert after == before[:start - 1] + before[end - 1:]
+    assert after == before[: start - 1] + before[end - 1 :]
     assert [c.name for c in config.load(str(path)).clients] == ["bob"]
     assert "# bob's phone, added in May\n[clients.bob]" in after
 
@@ -130,13 +134,19 @@ def test_a_file_without_a_final_newline_gets_one_before_the_table(server):
     assert config.load(str(path)).clients[-1].name == "carol"
 
 
-@pytest.mark.parametrize("args, words", [
-    (["bob", "PUB"], "there is already a client bob; gnocchi remove-client bob first"),
-    (["carol", "ALICE"], "this key is already client alice's"),
-    (["carol", "0abb"], "PUBKEY: expected a public key of 64 hex characters"),
-    (["bad/name", "PUB"], "client name 'bad/name': use letters, digits"),
-    (["carol", "PUB", "--allow", "22/sctp"], "--allow '22/sctp' is not PORT, PORT/tcp or PORT/udp"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["bob", "PUB"], "there is already a client bob; gnocchi remove-client bob first"),
+        (["carol", "ALICE"], "this key is already client alice's"),
+        (["carol", "0abb"], "PUBKEY: expected a public key of 64 hex characters"),
+        (["bad/name", "PUB"], "client name 'bad/name': use letters, digits"),
+        (
+            ["carol", "PUB", "--allow", "22/sctp"],
+            "--allow '22/sctp' is not PORT, PORT/tcp or PORT/udp",
+        ),
+    ],
+)
 def test_refusals_name_the_problem_and_change_nothing(server, args, words):
     path, _ = server
     before = path.read_bytes()
@@ -212,6 +222,7 @@ def test_a_client_name_with_a_dot_is_added_and_removed(tmp_path):
 
 # ---- --drop-in: one file per client, clients.d/NAME.toml --------------------------
 
+
 def test_add_drop_in_writes_one_file_and_remove_deletes_it_leaving_the_config_alone(server):
     path, _ = server
     before = path.read_bytes()
@@ -243,8 +254,10 @@ def test_a_drop_in_name_or_key_is_refused_naming_the_drop_in(server):
     carol = public()
     assert add(path, "carol", carol, "--drop-in", "--host", "h").returncode == 0
     drop_in = path.parent / "clients.d" / "carol.toml"
-    for args, words in ((["carol", public()], f"{drop_in}: there is already a client carol"),
-                        (["dave", carol], f"{drop_in}: this key is already client carol's")):
+    for args, words in (
+        (["carol", public()], f"{drop_in}: there is already a client carol"),
+        (["dave", carol], f"{drop_in}: this key is already client carol's"),
+    ):
         for where in ([], ["--drop-in"]):
             result = add(path, *args, *where, "--host", "h")
             assert result.returncode == 1 and words in result.stderr, result.stderr
@@ -253,8 +266,10 @@ def test_a_drop_in_name_or_key_is_refused_naming_the_drop_in(server):
     before = path.read_bytes()
     result = gnocchi_cli("remove-client", "--config", path, "--drop-in", "alice")
     assert result.returncode == 1
-    assert (f"client alice is in {path}, not in a drop-in; gnocchi remove-client alice "
-            "(without --drop-in) removes it") in result.stderr
+    assert (
+        f"client alice is in {path}, not in a drop-in; gnocchi remove-client alice "
+        "(without --drop-in) removes it"
+    ) in result.stderr
     assert path.read_bytes() == before
 
 
@@ -271,25 +286,35 @@ def test_add_drop_in_leaves_nothing_when_the_drop_ins_are_not_trusted(server):
 def not_a_point() -> bytes:
     """32 random bytes that are no Ed25519 public key: what 15 in 16 private keys are."""
     from nacl.bindings import crypto_core_ed25519_is_valid_point
+
     while True:
         candidate = os.urandom(32)
         if not crypto_core_ed25519_is_valid_point(candidate):
             return candidate
 
 
-@pytest.mark.parametrize("pasted, words", [
-    ("SERVER_KEY", "PUBKEY: it is this server's own secret key"),
-    ("CAROLS_PRIVATE_KEY", "PUBKEY: it is a PRIVATE key: the one whose public key is client "
-                           "carol's"),
-    ("NOT_A_POINT", "PUBKEY: it is not an Ed25519 public key (not a point of the curve's group"),
-])
+@pytest.mark.parametrize(
+    "pasted, words",
+    [
+        ("SERVER_KEY", "PUBKEY: it is this server's own secret key"),
+        (
+            "CAROLS_PRIVATE_KEY",
+            "PUBKEY: it is a PRIVATE key: the one whose public key is client carol's",
+        ),
+        (
+            "NOT_A_POINT",
+            "PUBKEY: it is not an Ed25519 public key (not a point of the curve's group",
+        ),
+    ],
+)
 def test_a_secret_given_as_the_public_key_is_refused_and_never_written(server, pasted, words):
     path, server_key = server
     carol = os.urandom(32)
     assert add(path, "carol", keys.public_of(carol).hex(), "--host", "h").returncode == 0
     before = path.read_bytes()
-    secret = {"SERVER_KEY": server_key, "CAROLS_PRIVATE_KEY": carol,
-              "NOT_A_POINT": not_a_point()}[pasted]
+    secret = {"SERVER_KEY": server_key, "CAROLS_PRIVATE_KEY": carol, "NOT_A_POINT": not_a_point()}[
+        pasted
+    ]
     result = add(path, "dave", secret.hex(), "--host", "h")
     assert result.returncode == 1 and result.stdout == ""
     assert words in result.stderr and "nothing was written" in result.stderr
@@ -301,13 +326,21 @@ def test_a_secret_given_as_the_public_key_is_refused_and_never_written(server, p
 def test_add_client_may_allow_a_forward_by_its_name(tmp_path):
     from gnocchi.admin import clients
     from gnocchi.server import config as server_config
+
     path = tmp_path / "gnocchi.toml"
     path.write_text('[forwards.vm-ssh]\nlisten = "2222"\nto = "198.51.100.5:22"\n')
-    with pytest.raises(clients.EditError, match=r"--allow 'vm' is not PORT, PORT/tcp or "
-                                               r"PORT/udp nor a forward \(vm-ssh\)"):
-        clients.add(str(path), "alice", "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab"
-                    "010828ac14f27f", ["22", "vm"])
+    with pytest.raises(
+        clients.EditError,
+        match=r"--allow 'vm' is not PORT, PORT/tcp or "
+        r"PORT/udp nor a forward \(vm-ssh\)",
+    ):
+        clients.add(
+            str(path),
+            "alice",
+            "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f",
+            ["22", "vm"],
+        )
     text = clients.added_text(path.read_text(), "alice", "00" * 32, ["22/tcp", "vm-ssh"])
     path.write_text(text)
-    alice, = server_config.load(str(path)).clients
+    (alice,) = server_config.load(str(path)).clients
     assert [(o.port, o.proto) for o in alice.allow] == [(22, "tcp"), (2222, "tcp")]

@@ -7,6 +7,7 @@ the way bash-completion calls them (COMP_WORDS, COMP_CWORD). The commands
 and options expected are read from the real --help output, not from the
 generator's view of the parsers.
 """
+
 import re
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from support import REPO
 
 
 def run(*argv, **kw):
-    return subprocess.run([*map(str, argv)], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, **kw)
+    return subprocess.run(
+        [*map(str, argv)], cwd=REPO, capture_output=True, text=True, timeout=60, **kw
+    )
 
 
 def gnocchi(*args):
@@ -32,7 +34,9 @@ def knock(*args):
 
 def test_both_commands_say_their_version():
     assert (gnocchi("--version").returncode, gnocchi("--version").stdout) == (
-        0, f"gnocchi {__version__}\n")
+        0,
+        f"gnocchi {__version__}\n",
+    )
     assert "gnocchi --version" in gnocchi("--help").stdout
     result = knock("--version")
     assert (result.returncode, result.stdout) == (0, f"gnocchi-knock {__version__}\n")
@@ -65,9 +69,16 @@ def scripts(tmp_path_factory):
 
 def complete(script, function: str, *words: str) -> list[str]:
     """What bash offers for the last of words, as bash-completion would call function."""
-    proc = run("bash", "-c", 'source "$1"; f=$2; shift 2; COMP_WORDS=("$@"); '
-               'COMP_CWORD=$(( $# - 1 )); $f; printf "%s\\n" "${COMPREPLY[@]}"',
-               "_", script, function, *words)
+    proc = run(
+        "bash",
+        "-c",
+        'source "$1"; f=$2; shift 2; COMP_WORDS=("$@"); '
+        'COMP_CWORD=$(( $# - 1 )); $f; printf "%s\\n" "${COMPREPLY[@]}"',
+        "_",
+        script,
+        function,
+        *words,
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     return proc.stdout.split()
 
@@ -76,8 +87,7 @@ def test_gnocchi_completion_offers_every_command_and_each_ones_options(scripts):
     script = scripts / "gnocchi"
     listed = commands()
     assert len(listed) >= 16 and "add-client" in listed and "audit" in listed
-    assert set(complete(script, "_gnocchi", "gnocchi", "")) == set(listed) | {"--help",
-                                                                            "--version"}
+    assert set(complete(script, "_gnocchi", "gnocchi", "")) == set(listed) | {"--help", "--version"}
     for command in listed:
         expected = help_options(gnocchi(command, "--help").stdout)
         assert "--help" in expected, command
@@ -97,13 +107,17 @@ def test_completion_offers_files_choices_and_nothing_to_guess(scripts, tmp_path)
     (tmp_path / "state").mkdir()
     script = scripts / "gnocchi"
     assert complete(script, "_gnocchi", "gnocchi", "table", "rea") == ["rearm"]
-    assert complete(script, "_gnocchi", "gnocchi", "check", "--config",
-                    f"{tmp_path}/cl") == [f"{tmp_path}/client.key"]
-    assert complete(script, "_gnocchi", "gnocchi", "check", "--config", "=",
-                    f"{tmp_path}/cl") == [f"{tmp_path}/client.key"]
+    assert complete(script, "_gnocchi", "gnocchi", "check", "--config", f"{tmp_path}/cl") == [
+        f"{tmp_path}/client.key"
+    ]
+    assert complete(script, "_gnocchi", "gnocchi", "check", "--config", "=", f"{tmp_path}/cl") == [
+        f"{tmp_path}/client.key"
+    ]
     assert complete(script, "_gnocchi", "gnocchi", "arm", "--trial", "") == []
     knock_script = scripts / "gnocchi-knock"
-    assert complete(knock_script, "_gnocchi_knock", "gnocchi-knock", "--pubkey",
-                    f"{tmp_path}/cl") == [f"{tmp_path}/client.key"]
-    assert complete(knock_script, "_gnocchi_knock", "gnocchi-knock", "--state-dir",
-                    f"{tmp_path}/") == [f"{tmp_path}/state"]
+    assert complete(
+        knock_script, "_gnocchi_knock", "gnocchi-knock", "--pubkey", f"{tmp_path}/cl"
+    ) == [f"{tmp_path}/client.key"]
+    assert complete(
+        knock_script, "_gnocchi_knock", "gnocchi-knock", "--state-dir", f"{tmp_path}/"
+    ) == [f"{tmp_path}/state"]

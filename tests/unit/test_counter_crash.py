@@ -8,6 +8,7 @@ written, as after a crash that cut the write short); and, in this process,
 a write cut at every byte, or landing any set of its 512-byte sectors, as a
 disk losing power mid-write can leave it. Then a fresh Store loads the file.
 """
+
 import fcntl
 import hashlib
 import os
@@ -46,9 +47,11 @@ def slotted_store(directory, commits=3):
 
 def cut_commit(monkeypatch, store, key, counter, land):
     """commit(), with its slot write replaced by land(fd, data, offset) and then a power cut."""
+
     def pwrite(fd, data, offset):
         land(fd, bytes(data), offset)
         raise PowerCut
+
     with monkeypatch.context() as m:
         m.setattr(os, "pwrite", pwrite)
         with pytest.raises(PowerCut):
@@ -65,8 +68,13 @@ def test_a_write_cut_at_every_byte_loads_the_old_state_or_the_new(tmp_path, monk
     landed_new = []
     for cut in range(length + 1):
         path.write_bytes(old_bytes)
-        cut_commit(monkeypatch, counters.Store(str(tmp_path)).load(), A, 7,
-                   lambda fd, data, offset, cut=cut: REAL_PWRITE(fd, data[:cut], offset))
+        cut_commit(
+            monkeypatch,
+            counters.Store(str(tmp_path)).load(),
+            A,
+            7,
+            lambda fd, data, offset, cut=cut: REAL_PWRITE(fd, data[:cut], offset),
+        )
         got = state(tmp_path)
         assert got in (old, new), cut
         landed_new.append(got == new)
@@ -83,15 +91,16 @@ def test_any_set_of_sectors_landing_loads_the_old_state_or_the_new(tmp_path, mon
     new = (old[0], {**old[1], A: 7})
     sectors = -(-len(counters.pack_slot(1, counters.render(new[1]).encode())) // 512)
     assert sectors == 3
-    for landed in range(2 ** sectors):
+    for landed in range(2**sectors):
         path.write_bytes(old_bytes)
 
         def land(fd, data, offset, landed=landed):
             for s in range(sectors):
                 if landed >> s & 1:
-                    REAL_PWRITE(fd, data[s * 512:(s + 1) * 512], offset + s * 512)
+                    REAL_PWRITE(fd, data[s * 512 : (s + 1) * 512], offset + s * 512)
+
         cut_commit(monkeypatch, counters.Store(str(tmp_path)).load(), A, 7, land)
-        assert state(tmp_path) == (new if landed == 2 ** sectors - 1 else old), landed
+        assert state(tmp_path) == (new if landed == 2**sectors - 1 else old), landed
 
 
 def test_crash_after_crash_never_loses_a_commit_that_returned(tmp_path, monkeypatch):
@@ -106,13 +115,19 @@ def test_crash_after_crash_never_loses_a_commit_that_returned(tmp_path, monkeypa
             returned = counter
         else:  # cut short at a different byte each time
             cut = counter * 37 % 200
-            cut_commit(monkeypatch, store, A, counter,
-                       lambda fd, data, offset, cut=cut: REAL_PWRITE(fd, data[:cut], offset))
+            cut_commit(
+                monkeypatch,
+                store,
+                A,
+                counter,
+                lambda fd, data, offset, cut=cut: REAL_PWRITE(fd, data[:cut], offset),
+            )
     assert returned == 59 and state(tmp_path)[1][A] == 59
 
 
 def test_a_flipped_bit_in_the_older_slot_changes_nothing_and_in_the_newest_falls_back_one_commit(
-        tmp_path):
+    tmp_path,
+):
     store = slotted_store(tmp_path)
     store.commit(A, 7)
     raw = (tmp_path / "counters").read_bytes()
@@ -139,7 +154,7 @@ def test_no_whole_slot_is_refused_with_the_way_out(tmp_path, damage):
     elif damage == "zeros":
         raw = bytes(len(raw))
     elif damage == "one slot":
-        raw = raw[:store.capacity]
+        raw = raw[: store.capacity]
     else:
         raw += b"\0"
     path.write_bytes(raw)
@@ -152,7 +167,7 @@ def test_no_whole_slot_is_refused_with_the_way_out(tmp_path, damage):
 def test_two_slots_claiming_one_sequence_are_refused(tmp_path):
     store = slotted_store(tmp_path)
     raw = (tmp_path / "counters").read_bytes()
-    slot = raw[:store.capacity]
+    slot = raw[: store.capacity]
     (tmp_path / "counters").write_bytes(slot + slot)
     with pytest.raises(counters.StoreError, match="both slots claim sequence"):
         counters.Store(str(tmp_path)).load()
@@ -165,12 +180,14 @@ def test_the_layout_is_the_documented_one(tmp_path):
     assert len(raw) == 2 * 4096
     for offset, sequence, counter in ((0, 1, 100), (4096, 2, 101)):
         magic, seq, length = struct.unpack_from(">8sQI", raw, offset)
-        text = raw[offset + 52:offset + 52 + length]
+        text = raw[offset + 52 : offset + 52 + length]
         assert (magic, seq) == (b"gnocchi2", sequence)
-        assert raw[offset + 20:offset + 52] == hashlib.blake2b(raw[offset:offset + 20] + text,
-                                                               digest_size=32).digest()
+        assert (
+            raw[offset + 20 : offset + 52]
+            == hashlib.blake2b(raw[offset : offset + 20] + text, digest_size=32).digest()
+        )
         assert text.decode() == f"# gnocchi counters v1\n{B.hex()} {counter}\n"
-        assert raw[offset + 52 + length:offset + 4096] == bytes(4096 - 52 - length)
+        assert raw[offset + 52 + length : offset + 4096] == bytes(4096 - 52 - length)
     assert store.newest == 1
 
 
@@ -179,8 +196,9 @@ def test_a_commit_in_place_is_one_synchronous_write_and_nothing_else(tmp_path, m
     calls = []
     for name in ("pwrite", "write", "fsync", "fdatasync", "rename", "replace"):
         real = getattr(os, name)
-        monkeypatch.setattr(os, name,
-                            lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        monkeypatch.setattr(
+            os, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
+        )
     store.commit(A, 1)
     store.commit(A, 2)
     assert calls == ["pwrite", "pwrite"]
@@ -256,8 +274,9 @@ print(calls)
 
 # text: as setup, recover, audit --counters and backups leave it; outgrown: the line will not fit
 @pytest.mark.parametrize("start", ["text", "slots", "outgrown"])
-def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_new(tmp_path,
-                                                                                     start):
+def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_new(
+    tmp_path, start
+):
     def fresh():
         d = tmp_path / f"state{len(list(tmp_path.iterdir()))}"
         d.mkdir()
@@ -266,8 +285,11 @@ def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_
             os.chmod(d / "counters", 0o600)
         else:
             store = slotted_store(d)
-            while start == "outgrown" and len(counters.pack_slot(
-                    0, counters.render({**store.counters, A: 77}).encode())) <= store.capacity:
+            while (
+                start == "outgrown"
+                and len(counters.pack_slot(0, counters.render({**store.counters, A: 77}).encode()))
+                <= store.capacity
+            ):
                 store.commit(os.urandom(32), 1)  # until A's line no longer fits
         return d
 
@@ -275,8 +297,12 @@ def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_
     for step in range(1, 10):  # killed at call 1, 2, ... until the commit runs to its end
         d = fresh()
         old, size = state(d), (d / "counters").stat().st_size
-        child = subprocess.run([sys.executable, "-c", CHILD, ROOT, str(d), str(step), A.hex(),
-                                "77"], capture_output=True, text=True, timeout=60)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, ROOT, str(d), str(step), A.hex(), "77"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         got = state(d)
         assert got in (old, (old[0], {**old[1], A: 77})), step
         landed_new.append(got != old)
@@ -286,8 +312,11 @@ def test_a_process_killed_at_every_step_of_a_commit_leaves_the_old_state_or_the_
     # one pwrite; or, replacing the file: write, fsync, rename, fsync of the directory
     assert int(child.stdout) == len(landed_new) - 1 == (1 if start == "slots" else 4)
     assert landed_new == sorted(landed_new) and landed_new[-1]
-    assert (d / "counters").stat().st_size == {"text": 2 * 4096, "slots": size,
-                                               "outgrown": 2 * size}[start]
+    assert (d / "counters").stat().st_size == {
+        "text": 2 * 4096,
+        "slots": size,
+        "outgrown": 2 * size,
+    }[start]
 
 
 def test_a_slot_that_is_not_whole_is_told_once_and_a_blank_one_never(tmp_path, monkeypatch):
@@ -300,8 +329,9 @@ def test_a_slot_that_is_not_whole_is_told_once_and_a_blank_one_never(tmp_path, m
     store.commit(A, 2)
     assert not counters.Store(str(tmp_path)).load().fell_back  # two whole slots
     store = counters.Store(str(tmp_path)).load()
-    cut_commit(monkeypatch, store, A, 3,
-               lambda fd, data, offset: REAL_PWRITE(fd, data[:99], offset))
+    cut_commit(
+        monkeypatch, store, A, 3, lambda fd, data, offset: REAL_PWRITE(fd, data[:99], offset)
+    )
     store = counters.Store(str(tmp_path)).load()
     assert store.fell_back and store.last(A) == 2
     store.commit(A, 4)  # over the slot that was not whole

@@ -1,5 +1,6 @@
 """gnocchi.server.counters: the durable store round-trips, and a corrupt one
 names the file and the way back."""
+
 import contextlib
 import os
 import subprocess
@@ -29,16 +30,19 @@ def test_store_round_trip(tmp_path):
     assert not (tmp_path / "counters.tmp").exists()
 
 
-@pytest.mark.parametrize("text, why", [
-    ("", "first line is not"),
-    ("# gnocchi counters v1\n" + KEY_A + " 5", "truncated"),
-    ("# gnocchi counters v1\n" + KEY_A + " 05\n", "line 2"),
-    ("# gnocchi counters v1\n" + KEY_A.upper() + " 5\n", "line 2"),
-    ("# gnocchi counters v1\n" + KEY_A + " 5\n" + KEY_A + " 6\n", "line 3 repeats"),
-    ("# gnocchi counters v1\n" + KEY_A + f" {2**112}\n", "line 2"),
-    ("# gnocchi counters v1\n\n", "line 2"),
-    ("# gnocchi counters v1\n" + KEY_A + " 5\nfloor 3\n", "line 3"),  # the floor comes first
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("", "first line is not"),
+        ("# gnocchi counters v1\n" + KEY_A + " 5", "truncated"),
+        ("# gnocchi counters v1\n" + KEY_A + " 05\n", "line 2"),
+        ("# gnocchi counters v1\n" + KEY_A.upper() + " 5\n", "line 2"),
+        ("# gnocchi counters v1\n" + KEY_A + " 5\n" + KEY_A + " 6\n", "line 3 repeats"),
+        ("# gnocchi counters v1\n" + KEY_A + f" {2**112}\n", "line 2"),
+        ("# gnocchi counters v1\n\n", "line 2"),
+        ("# gnocchi counters v1\n" + KEY_A + " 5\nfloor 3\n", "line 3"),  # the floor comes first
+    ],
+)
 def test_a_corrupt_store_names_the_file_and_the_way_back(tmp_path, text, why):
     (tmp_path / "counters").write_text(text)
     with pytest.raises(counters.StoreError) as e:
@@ -83,27 +87,28 @@ def test_an_empty_store_file_is_valid_and_a_directory_is_not(tmp_path):
 # the verifier loaded text (as setup, recover-counters, audit --counters and
 # backups leave it) or slots (test_counter_crash.py has more of those).
 
+
 def state(directory):
     s = counters.Store(str(directory)).load()
     return s.floor, s.counters
 
 
 def test_a_text_store_recovered_while_the_verifier_runs_is_not_overwritten(tmp_path):
-    counters.create(str(tmp_path))                      # gnocchi setup
-    running = counters.Store(str(tmp_path)).load()      # the verifier starts: text, no slots
-    counters.recover(str(tmp_path), 5000)               # the admin, while it runs
+    counters.create(str(tmp_path))  # gnocchi setup
+    running = counters.Store(str(tmp_path)).load()  # the verifier starts: text, no slots
+    counters.recover(str(tmp_path), 5000)  # the admin, while it runs
     with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
-        running.commit(A, 10)                           # a knock with a counter below the floor
-    assert state(tmp_path) == (5000, {})                # the floor the admin wrote stands
+        running.commit(A, 10)  # a knock with a counter below the floor
+    assert state(tmp_path) == (5000, {})  # the floor the admin wrote stands
 
 
 def test_a_store_outgrowing_its_slots_after_a_replacement_is_not_overwritten(tmp_path):
     counters.create(str(tmp_path))
     running = counters.Store(str(tmp_path)).load()
-    running.commit(A, 1)                                # now slots of 4096 bytes
-    counters.recover(str(tmp_path), 5000)               # replaced while it runs
+    running.commit(A, 1)  # now slots of 4096 bytes
+    counters.recover(str(tmp_path), 5000)  # replaced while it runs
     many = {bytes([i]) * 32: 6000 + i for i in range(100)}
-    running.counters.update(many)                       # a state that no longer fits its slot
+    running.counters.update(many)  # a state that no longer fits its slot
     with pytest.raises(counters.StoreError, match="was replaced while gnocchi ran"):
         running.commit(A, 7000)
     assert state(tmp_path) == (5000, {})
@@ -131,11 +136,11 @@ def test_a_store_replaced_twice_is_seen_even_when_its_inode_number_comes_back(tm
         first = counters.Store(str(tmp_path)).load()
         first.commit(A, 1)
         first.commit(A, 2)
-        os.close(first._fd)                             # that verifier has exited
-    running = counters.Store(str(tmp_path)).load()      # has not written yet
+        os.close(first._fd)  # that verifier has exited
+    running = counters.Store(str(tmp_path)).load()  # has not written yet
     path = tmp_path / "counters"
     inode = path.stat().st_ino
-    for floor in range(5000, 5064):                     # enough tries to meet the number again
+    for floor in range(5000, 5064):  # enough tries to meet the number again
         counters.recover(str(tmp_path), floor)
         if path.stat().st_ino == inode:
             break
@@ -175,8 +180,7 @@ while True:
 
 @root_only("it chowns files and runs a process as another user")
 @pytest.mark.parametrize("command", ["recover-counters", "setup"])
-def test_root_writing_the_store_never_hands_another_file_to_the_verifiers_user(tmp_path,
-                                                                              command):
+def test_root_writing_the_store_never_hands_another_file_to_the_verifiers_user(tmp_path, command):
     # `gnocchi recover-counters` and `gnocchi setup` (as root) write the store in the
     # verifier's directory and give it to the verifier's user. A symlink the verifier
     # put in their way must not make root give it a file of root's (/etc/shadow, say).
@@ -186,9 +190,14 @@ def test_root_writing_the_store_never_hands_another_file_to_the_verifiers_user(t
     state.mkdir(mode=0o700)
     os.chown(state, NOBODY, NOBODY)
     dir_fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
-    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(dir_fd), str(target)],
-                               pass_fds=(dir_fd,), user=NOBODY, group=NOBODY,
-                               stdout=subprocess.PIPE, text=True)
+    swapper = subprocess.Popen(
+        [sys.executable, "-c", SWAPPER, str(dir_fd), str(target)],
+        pass_fds=(dir_fd,),
+        user=NOBODY,
+        group=NOBODY,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert swapper.stdout.readline() == "ready\n"
         for attempt in range(20):

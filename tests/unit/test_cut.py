@@ -1,6 +1,7 @@
 """gnocchi/admin/cut.py's netlink messages, without root: what it sends is built from
 typed values, what it reads is parsed from the kernel's layouts (the kernel itself:
 tests/integration/test_gate_tampering.py)."""
+
 import ipaddress
 import socket
 import struct
@@ -23,20 +24,30 @@ def test_a_knocked_flow_is_told_by_label_120_in_the_kernels_bitmap():
 
 def test_an_inet_diag_message_gives_the_socket_unmapped_and_its_cookie():
     mapped = ipaddress.ip_address("::ffff:198.18.0.2").packed
-    payload = (struct.pack("=BBBB", socket.AF_INET6, 1, 0, 0) + struct.pack("!HH", 22, 40000)
-               + mapped + ipaddress.ip_address("::ffff:198.18.0.1").packed
-               + struct.pack("=I", 0) + b"COOKIE!!" + b"\0" * 20)
+    payload = (
+        struct.pack("=BBBB", socket.AF_INET6, 1, 0, 0)
+        + struct.pack("!HH", 22, 40000)
+        + mapped
+        + ipaddress.ip_address("::ffff:198.18.0.1").packed
+        + struct.pack("=I", 0)
+        + b"COOKIE!!"
+        + b"\0" * 20
+    )
     sock = cut.parse_sock(payload)
     assert (sock.local, sock.lport, sock.remote, sock.rport) == (B4, 22, A4, 40000)
     assert sock.cookie == b"COOKIE!!" and len(sock.raw_id) == 48
     assert sock.raw_id.endswith(b"COOKIE!!")
-    request = cut.sock_request(sock.family, 0xffffffff, sock.raw_id)
+    request = cut.sock_request(sock.family, 0xFFFFFFFF, sock.raw_id)
     assert len(request) == 56 and request[:2] == bytes([socket.AF_INET6, socket.IPPROTO_TCP])
 
 
 def test_a_conntrack_entry_reads_back_as_it_was_built():
-    body = cut.nfgen(4) + cut.tuple_attr(socket.IPPROTO_UDP, A4, 5353, B4, 51820) + \
-        cut.attr(cut.CTA_ID, struct.pack("!I", 77)) + cut.attr(cut.CTA_LABELS, b"\0" * 16)
+    body = (
+        cut.nfgen(4)
+        + cut.tuple_attr(socket.IPPROTO_UDP, A4, 5353, B4, 51820)
+        + cut.attr(cut.CTA_ID, struct.pack("!I", 77))
+        + cut.attr(cut.CTA_LABELS, b"\0" * 16)
+    )
     flow = cut.parse_flow(body)
     assert flow == cut.Flow(17, A4, 5353, B4, 51820, 77, b"\0" * 16)
     assert not flow.knocked
@@ -45,4 +56,6 @@ def test_a_conntrack_entry_reads_back_as_it_was_built():
 
 def test_protected_ranges_are_spelled_out():
     assert cut.ports({"tcp": [22, [8000, 8002]], "udp": []}) == (
-        frozenset({22, 8000, 8001, 8002}), frozenset())
+        frozenset({22, 8000, 8001, 8002}),
+        frozenset(),
+    )

@@ -1,5 +1,6 @@
 """gnocchi.server.events: bounded journal events under any flood, one MESSAGE_ID
 per kind, each in the catalog."""
+
 from gnocchi.server import events
 from support import REPO
 
@@ -25,9 +26,12 @@ def test_drops_and_over_budget_entries_become_one_summary_per_interval():
     log.tick()
     summary = sent[-1]
     assert summary["GNOCCHI_EVENT"] == "dropped-summary"
-    assert (summary["GNOCCHI_DROPPED"], summary["GNOCCHI_DROPPED_MAC"],
-            summary["GNOCCHI_DROPPED_SIZE"], summary["GNOCCHI_SUPPRESSED_REPLAY"]) == (
-        "10001", "10000", "1", "7")
+    assert (
+        summary["GNOCCHI_DROPPED"],
+        summary["GNOCCHI_DROPPED_MAC"],
+        summary["GNOCCHI_DROPPED_SIZE"],
+        summary["GNOCCHI_SUPPRESSED_REPLAY"],
+    ) == ("10001", "10000", "1", "7")
     assert summary["MESSAGE_ID"] == events.MESSAGE_IDS["dropped-summary"]
     log.limited("replay", "replayed again")  # a new interval has a new budget
     assert sent[-1]["MESSAGE"] == "replayed again"

@@ -1,6 +1,7 @@
 """gnocchi/admin/gate.py on committed `nft -j` listings (tests/unit/tables/, made by
 make.py there): the live table is compared with what gnocchi loads by its rules,
 not its name, and the probes find a gate that no longer drops strangers."""
+
 import json
 import pathlib
 
@@ -23,21 +24,25 @@ def test_what_gnocchi_loads_matches_itself_and_stops_every_stranger():
     assert gate.unguarded(EXPECTED) == []
 
 
-@pytest.mark.parametrize("name, difference", [
-    ("flushed-chain", "chain input: 5 of its 5 rules missing"),
-    ("flushed-table", "chain admit: 4 of its 4 rules missing"),
-    ("rule-deleted", "chain admit: 1 of its 4 rules missing"),
-    ("accept-inserted", "chain input: 1 rule added"),
-    ("dormant", "table flags"),
-    ("no-tcp-gate", "chain input: 1 of its 5 rules missing"),
-    ("forward-flushed", "chain forward: 1 of its 1 rules missing"),
-    ("translated-accept-inserted", "chain translated: 1 rule added"),
-    ("no-forward-chain", "chain forward is missing"),
-])
+@pytest.mark.parametrize(
+    "name, difference",
+    [
+        ("flushed-chain", "chain input: 5 of its 5 rules missing"),
+        ("flushed-table", "chain admit: 4 of its 4 rules missing"),
+        ("rule-deleted", "chain admit: 1 of its 4 rules missing"),
+        ("accept-inserted", "chain input: 1 rule added"),
+        ("dormant", "table flags"),
+        ("no-tcp-gate", "chain input: 1 of its 5 rules missing"),
+        ("forward-flushed", "chain forward: 1 of its 1 rules missing"),
+        ("translated-accept-inserted", "chain translated: 1 rule added"),
+        ("no-forward-chain", "chain forward is missing"),
+    ],
+)
 def test_an_emptied_or_bypassed_gate_differs_and_lets_strangers_in(name, difference):
     live = listing(name)
-    assert any(d.startswith(difference) for d in gate.differences(live, EXPECTED)), \
+    assert any(d.startswith(difference) for d in gate.differences(live, EXPECTED)), (
         gate.differences(live, EXPECTED)
+    )
     assert gate.unguarded(live), f"{name}: the probes found no stranger getting in"
 
 
@@ -70,8 +75,10 @@ def test_rules_in_another_order_differ():
 def test_the_missing_rule_is_named_by_what_gets_through():
     found = gate.unguarded(listing("no-tcp-gate"))
     assert all(line.startswith("a TCP") for line in found), found
-    assert "a TCP SYN to a protected port (IPv4, conntrack new): passes chain input " \
-           "(policy accept)" in found
+    assert (
+        "a TCP SYN to a protected port (IPv4, conntrack new): passes chain input "
+        "(policy accept)" in found
+    )
     assert "a TCP SYN to a protected port (IPv6, conntrack established)" in " ".join(found)
 
 
@@ -94,42 +101,64 @@ def test_a_statement_the_probes_do_not_know_is_not_trusted():
         if obj.get("rule", {}).get("chain") == "admit" and obj["rule"]["expr"] == [{"drop": None}]:
             obj["rule"]["expr"] = [{"queue": {"num": 1}}]
     found = gate.unguarded(live)
-    assert found and all("cannot tell (a queue statement in chain input)" in line or
-                         "cannot tell (a queue statement in chain forward)" in line
-                         for line in found), found
+    assert found and all(
+        "cannot tell (a queue statement in chain input)" in line
+        or "cannot tell (a queue statement in chain forward)" in line
+        for line in found
+    ), found
 
 
 def test_a_table_without_an_input_chain_guards_nothing():
     live = [o for o in EXPECTED if "chain" not in o or o["chain"].get("hook") != "input"]
-    assert all(line.endswith("no chain of table inet gnocchi hooks input")
-               for line in gate.unguarded(live))
+    assert all(
+        line.endswith("no chain of table inet gnocchi hooks input") for line in gate.unguarded(live)
+    )
 
 
 def test_an_emptied_forward_chain_lets_in_only_what_a_dnat_forwards():
     found = gate.unguarded(listing("forward-flushed"))
-    assert found and all("forwarded to another host after a DNAT): passes chain forward "
-                         "(policy accept)" in line for line in found), found
+    assert found and all(
+        "forwarded to another host after a DNAT): passes chain forward (policy accept)" in line
+        for line in found
+    ), found
     assert len(found) == len([p for p in gate.probes() if p.hook == "forward"])
 
 
 def test_a_table_without_a_forward_chain_guards_no_published_port():
     found = gate.unguarded(listing("no-forward-chain"))
-    assert found and all(line.endswith("no chain of table inet gnocchi hooks forward")
-                         for line in found), found
+    assert found and all(
+        line.endswith("no chain of table inet gnocchi hooks forward") for line in found
+    ), found
 
 
 def test_a_redirected_connection_is_judged_by_the_port_the_client_sent_it_to():
     # An accept for one address, inserted where translated connections are judged:
     # probes redirected to this host and forwarded after a DNAT get in, others not.
     found = gate.unguarded(listing("translated-accept-inserted"))
-    assert found and all("IPv4" in line and "accepted in chain translated" in line and
-                         ("redirected" in line or "forwarded" in line) for line in found), found
+    assert found and all(
+        "IPv4" in line
+        and "accepted in chain translated" in line
+        and ("redirected" in line or "forwarded" in line)
+        for line in found
+    ), found
 
 
 def test_other_tables_are_neither_compared_nor_probed():
-    other = [{"table": {"family": "inet", "name": "filter", "handle": 9}},
-             {"chain": {"family": "inet", "table": "filter", "name": "input", "handle": 1,
-                        "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}]
+    other = [
+        {"table": {"family": "inet", "name": "filter", "handle": 9}},
+        {
+            "chain": {
+                "family": "inet",
+                "table": "filter",
+                "name": "input",
+                "handle": 1,
+                "type": "filter",
+                "hook": "input",
+                "prio": 0,
+                "policy": "drop",
+            }
+        },
+    ]
     assert gate.differences(EXPECTED + other, EXPECTED) == []
     assert gate.unguarded(listing("flushed-chain") + other)
 

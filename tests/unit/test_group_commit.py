@@ -8,6 +8,7 @@ short), and the requests a stand-in helper received are held against the store
 on disk: a power cut cannot be caused in a test, and this is the nearest stand-in
 (tests/unit/test_counter_crash.py does the same for one commit).
 """
+
 import ipaddress
 import os
 import signal
@@ -24,8 +25,12 @@ from support.helper import HEADER
 DEST = ipaddress.IPv4Address("198.18.3.2")
 # (client, counter, source): alice twice in one batch, bob once, mallory (not
 # configured) once; each from its own address, so a helper request names its knock.
-BATCH = [("alice", 5000, "198.18.3.11"), ("bob", 7000, "198.18.3.12"),
-         ("alice", 5001, "198.18.3.13"), ("mallory", 9, "198.18.3.14")]
+BATCH = [
+    ("alice", 5000, "198.18.3.11"),
+    ("bob", 7000, "198.18.3.12"),
+    ("alice", 5001, "198.18.3.13"),
+    ("mallory", 9, "198.18.3.14"),
+]
 
 
 def setup(tmp_path):
@@ -34,23 +39,32 @@ def setup(tmp_path):
         f'server_key_file = "{k.server_file}"\nstate_dir = "{tmp_path}"\n'
         f'helper_socket = "{tmp_path}/h.sock"\n'
         f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n'
-        f'[clients.bob]\npublic_key = "{k.public("bob")}"\nallow = ["22"]\n')
+        f'[clients.bob]\npublic_key = "{k.public("bob")}"\nallow = ["22"]\n'
+    )
     counters.create(str(tmp_path))
     store = counters.Store(str(tmp_path)).load()
     store.commit(bytes.fromhex(k.public("alice")), 4000)  # two whole slots, as in service
     store.commit(bytes.fromhex(k.public("bob")), 6000)
-    packets = [seal.build_packet(k.server, k.seeds[name], counter, b"open 22", DEST.packed)
-               for name, counter, _ in BATCH]
+    packets = [
+        seal.build_packet(k.server, k.seeds[name], counter, b"open 22", DEST.packed)
+        for name, counter, _ in BATCH
+    ]
     return k, packets
 
 
 def unsealed(k, packet):
     from nacl._sodium import ffi
-    box = ffi.from_buffer(bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN:])
-    result = protocol.unseal(len(packet), packet[:protocol.NONCE_LEN], box,
-                             ffi.new("unsigned char[]", len(box)), k.server)
+
+    box = ffi.from_buffer(bytes(protocol.BOXZERO_LEN) + packet[protocol.NONCE_LEN :])
+    result = protocol.unseal(
+        len(packet),
+        packet[: protocol.NONCE_LEN],
+        box,
+        ffi.new("unsigned char[]", len(box)),
+        k.server,
+    )
     assert isinstance(result, protocol.Unsealed)
-    return packet[:protocol.NONCE_LEN + protocol.MAC_LEN], result
+    return packet[: protocol.NONCE_LEN + protocol.MAC_LEN], result
 
 
 def durable(tmp_path, k) -> dict:
@@ -60,13 +74,18 @@ def durable(tmp_path, k) -> dict:
 
 
 def test_a_batch_is_one_durable_write_before_any_of_its_knocks_reaches_the_helper(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     k, packets = setup(tmp_path)
     cfg = config.load(str(tmp_path / "gnocchi.toml"))
     recorder = HelperRecorder(tmp_path / "h.sock")
     sent: list[dict] = []
-    v = verifier.Verifier(cfg, keyring.Keyring(k.server, ()),
-                          counters.Store(str(tmp_path)).load(), events.EventLog(send=sent.append))
+    v = verifier.Verifier(
+        cfg,
+        keyring.Keyring(k.server, ()),
+        counters.Store(str(tmp_path)).load(),
+        events.EventLog(send=sent.append),
+    )
     writes, seen_by_helper = [], []
     real_pwrite, real_request = os.pwrite, verifier.helper_client.request_opens
     monkeypatch.setattr(os, "pwrite", lambda *a: writes.append(a[2]) or real_pwrite(*a))
@@ -74,6 +93,7 @@ def test_a_batch_is_one_durable_write_before_any_of_its_knocks_reaches_the_helpe
     def request_opens(path, asks, *args):
         seen_by_helper.append(durable(tmp_path, k))  # the disk, as the helper is asked
         return real_request(path, asks, *args)
+
     monkeypatch.setattr(verifier.helper_client, "request_opens", request_opens)
     try:
         for packet, (_, _, source) in zip(packets, BATCH, strict=True):
@@ -92,8 +112,12 @@ def test_a_batch_is_one_durable_write_before_any_of_its_knocks_reaches_the_helpe
 def test_nothing_knocked_means_no_write(tmp_path, monkeypatch):
     k, packets = setup(tmp_path)
     cfg = config.load(str(tmp_path / "gnocchi.toml"))
-    v = verifier.Verifier(cfg, keyring.Keyring(k.server, ()),
-                          counters.Store(str(tmp_path)).load(), events.EventLog(send=[].append))
+    v = verifier.Verifier(
+        cfg,
+        keyring.Keyring(k.server, ()),
+        counters.Store(str(tmp_path)).load(),
+        events.EventLog(send=[].append),
+    )
     writes = []
     monkeypatch.setattr(os, "pwrite", lambda *a: writes.append(a))
     v.handle(*unsealed(k, packets[3]), ipaddress.ip_address("198.18.3.14"), DEST)  # mallory
@@ -150,8 +174,9 @@ def test_a_verifier_killed_at_every_step_of_a_batch_acts_on_no_knock_not_stored(
     steps = []
     for step in range(1, 20):  # killed at call 1, 2, ... until the batch runs to its end
         if store == "text":
-            text = counters.render({bytes.fromhex(k.public("alice")): 4000,
-                                    bytes.fromhex(k.public("bob")): 6000})
+            text = counters.render(
+                {bytes.fromhex(k.public("alice")): 4000, bytes.fromhex(k.public("bob")): 6000}
+            )
             (tmp_path / "counters").write_text(text)
         else:
             setup_store = counters.Store(str(tmp_path)).load()
@@ -161,15 +186,22 @@ def test_a_verifier_killed_at_every_step_of_a_batch_acts_on_no_knock_not_stored(
         recorder = HelperRecorder(tmp_path / "h.sock")
         try:
             args = [a for p, (_, _, s) in zip(packets, BATCH, strict=True) for a in (p.hex(), s)]
-            child = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(tmp_path),
-                                    str(step), *args], capture_output=True, text=True, timeout=60)
+            child = subprocess.run(
+                [sys.executable, "-c", CHILD, str(REPO), str(tmp_path), str(step), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         finally:
             recorder.close()
         (tmp_path / "h.sock").unlink()
         on_disk = durable(tmp_path, k)
         assert on_disk in ({"alice": 4000, "bob": 6000}, {"alice": 5001, "bob": 7000}), step
-        asked = [by_source[ipaddress.ip_address(m[4:8])] for m in recorder.messages
-                 if len(m) >= HEADER.size]
+        asked = [
+            by_source[ipaddress.ip_address(m[4:8])]
+            for m in recorder.messages
+            if len(m) >= HEADER.size
+        ]
         # Every knock the helper heard of has its counter on disk: none before the write.
         assert all(on_disk[name] >= counter for name, counter in asked), (step, asked, on_disk)
         steps.append((on_disk["alice"] == 5001, len(asked)))

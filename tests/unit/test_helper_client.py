@@ -1,5 +1,6 @@
 """gnocchi.server.helper_client: the request bytes of docs/contracts.md, and
 every way the helper answers or does not."""
+
 import ipaddress
 import socket
 
@@ -14,27 +15,30 @@ SSH = [Open(22, "tcp")]
 
 def test_helper_request_bytes_match_the_contract():
     v4 = helper_client.encode(ipaddress.IPv4Address("198.18.3.1"), SSH, "alice", 5000)
-    assert v4 == bytes.fromhex("04040105" "c6120301" + "00" * 12 + "0000000000001388" "060016"
-                               + b"alice".hex())
+    assert v4 == bytes.fromhex(
+        "04040105c6120301" + "00" * 12 + "0000000000001388060016" + b"alice".hex()
+    )
     assert v4 == request("198.18.3.1", 22, deadline_ms=5000)
-    v6 = helper_client.encode(ipaddress.IPv6Address("fd00::1"), [Open(60001, "udp"), *SSH],
-                              "b", 1)
-    assert v6 == bytes.fromhex("04060201" "fd00" + "00" * 13 + "01" + "00" * 7 + "01"
-                               "11ea61" "060016" "62")
+    v6 = helper_client.encode(ipaddress.IPv6Address("fd00::1"), [Open(60001, "udp"), *SSH], "b", 1)
+    assert v6 == bytes.fromhex("04060201fd00" + "00" * 13 + "01" + "00" * 7 + "0111ea6106001662")
     assert (len(v4), len(v6)) == (36, 35)
 
 
-@pytest.mark.parametrize("opens, why", [
-    ([], "0 ports in one request: the helper takes 1 to 8"),
-    ([Open(p, "tcp") for p in range(1, 10)], "9 ports in one request: the helper takes 1 to 8"),
-    ([Open(22, "tcp"), Open(60001, "udp"), Open(22, "tcp")], "a port twice in one request"),
-])
+@pytest.mark.parametrize(
+    "opens, why",
+    [
+        ([], "0 ports in one request: the helper takes 1 to 8"),
+        ([Open(p, "tcp") for p in range(1, 10)], "9 ports in one request: the helper takes 1 to 8"),
+        ([Open(22, "tcp"), Open(60001, "udp"), Open(22, "tcp")], "a port twice in one request"),
+    ],
+)
 def test_what_the_helper_would_refuse_whole_is_never_sent(tmp_path, opens, why):
     recorder = HelperRecorder(tmp_path / "h.sock", status=0)
     try:
         with pytest.raises(ValueError, match=why):
-            helper_client.request_open(recorder.path, ipaddress.IPv4Address("198.18.3.1"), opens,
-                                       "alice")
+            helper_client.request_open(
+                recorder.path, ipaddress.IPv4Address("198.18.3.1"), opens, "alice"
+            )
     finally:
         recorder.close()
     assert recorder.messages == []
@@ -46,8 +50,9 @@ def test_what_the_helper_would_refuse_whole_is_never_sent(tmp_path, opens, why):
 def test_the_deadline_is_the_monotonic_clock_plus_three_seconds(tmp_path):
     recorder = HelperRecorder(tmp_path / "h.sock", status=0)
     try:
-        helper_client.request_open(recorder.path, ipaddress.IPv4Address("198.18.3.1"), SSH,
-                                   "alice", clock=lambda: 1000.25)
+        helper_client.request_open(
+            recorder.path, ipaddress.IPv4Address("198.18.3.1"), SSH, "alice", clock=lambda: 1000.25
+        )
     finally:
         recorder.close()
     assert recorder.deadlines == [1_003_250]
@@ -95,11 +100,15 @@ def test_the_knocks_of_a_batch_are_in_flight_before_the_first_answer(tmp_path):
             for i, c in enumerate(conns):
                 c.send(bytes([0 if i % 2 else 7]))
                 c.close()
+
     import threading
+
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    asks = [(ipaddress.IPv4Address(f"198.18.3.{i + 1}"), SSH, f"c{i}")
-            for i in range(2 * helper_client.WINDOW)]
+    asks = [
+        (ipaddress.IPv4Address(f"198.18.3.{i + 1}"), SSH, f"c{i}")
+        for i in range(2 * helper_client.WINDOW)
+    ]
     try:
         answers = helper_client.request_opens(path, asks, deadline=5.0)
     finally:
@@ -112,5 +121,10 @@ def test_the_knocks_of_a_batch_are_in_flight_before_the_first_answer(tmp_path):
 def test_a_helper_that_is_not_there_opens_none_of_a_batch(tmp_path):
     asks = [(ipaddress.IPv4Address("198.18.3.1"), SSH, "alice")] * 3
     answers = helper_client.request_opens(str(tmp_path / "none.sock"), asks)
-    assert all(isinstance(a, helper_client.HelperUnreachable) and "not opened" in str(a)
-               for a in answers) and len(answers) == 3
+    assert (
+        all(
+            isinstance(a, helper_client.HelperUnreachable) and "not opened" in str(a)
+            for a in answers
+        )
+        and len(answers) == 3
+    )

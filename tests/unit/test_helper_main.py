@@ -11,6 +11,7 @@ Only libnftables is a stand-in, FakeNftables (tests/support/helper.py), here
 and nowhere else: tests/integration/test_helper_requests.py drives the real
 helper, library and kernel, as root, in a namespace.
 """
+
 import os
 import socket
 
@@ -42,32 +43,34 @@ def decide(message, peer_uid=ME, nft_ctx=None, now=1000.0, silent=False, on=None
         return main.decide(ours, peer_uid, t, 30)
 
 
-@pytest.mark.parametrize("name, message, status", [
-    ("empty", b"", "BAD_LENGTH"),
-    ("short", VALID[:-1], "BAD_LENGTH"),
-    ("long", VALID + b"\0", "BAD_LENGTH"),
-    ("version 1", request("198.18.1.1", 22, version=1), "BAD_VERSION"),
-    ("version 3", request("198.18.1.1", 22, version=3), "BAD_VERSION"),
-    ("no name", request("198.18.1.1", 22, client=""), "BAD_NAME"),
-    ("name of 65", request("198.18.1.1", 22, client="a" * 65), "BAD_NAME"),
-    ("nft text as a name", request("198.18.1.1", 22, client='a" }; flush ruleset'), "BAD_NAME"),
-    ("says 6, carries 5", request("198.18.1.1", 22, client="alice", size=6), "BAD_LENGTH"),
-    ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
-    ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
-    ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
-    ("count 0", request("198.18.1.1", 22, count=0), "BAD_COUNT"),
-    ("count 9", request("198.18.1.1", 1, more=[(p, 6) for p in range(2, 10)]), "BAD_COUNT"),
-    ("says 2, carries 1", request("198.18.1.1", 22, count=2), "BAD_LENGTH"),
-    ("22/tcp twice", request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]), "BAD_DUPLICATE"),
-    ("one bad proto of two", request("198.18.1.1", 22, more=[(22, 1)]), "BAD_PROTO"),
-])
-def test_a_malformed_request_is_refused_with_its_bytes_and_nft_is_not_asked(name, message,
-                                                                            status):
+@pytest.mark.parametrize(
+    "name, message, status",
+    [
+        ("empty", b"", "BAD_LENGTH"),
+        ("short", VALID[:-1], "BAD_LENGTH"),
+        ("long", VALID + b"\0", "BAD_LENGTH"),
+        ("version 1", request("198.18.1.1", 22, version=1), "BAD_VERSION"),
+        ("version 3", request("198.18.1.1", 22, version=3), "BAD_VERSION"),
+        ("no name", request("198.18.1.1", 22, client=""), "BAD_NAME"),
+        ("name of 65", request("198.18.1.1", 22, client="a" * 65), "BAD_NAME"),
+        ("nft text as a name", request("198.18.1.1", 22, client='a" }; flush ruleset'), "BAD_NAME"),
+        ("says 6, carries 5", request("198.18.1.1", 22, client="alice", size=6), "BAD_LENGTH"),
+        ("proto icmp", request("198.18.1.1", 22, 1), "BAD_PROTO"),
+        ("family 5", request("198.18.1.1", 22, family=5), "BAD_ADDRESS"),
+        ("loopback", request("127.0.0.1", 22), "BAD_ADDRESS"),
+        ("count 0", request("198.18.1.1", 22, count=0), "BAD_COUNT"),
+        ("count 9", request("198.18.1.1", 1, more=[(p, 6) for p in range(2, 10)]), "BAD_COUNT"),
+        ("says 2, carries 1", request("198.18.1.1", 22, count=2), "BAD_LENGTH"),
+        ("22/tcp twice", request("198.18.1.1", 22, more=[(60001, 17), (22, 6)]), "BAD_DUPLICATE"),
+        ("one bad proto of two", request("198.18.1.1", 22, more=[(22, 1)]), "BAD_PROTO"),
+    ],
+)
+def test_a_malformed_request_is_refused_with_its_bytes_and_nft_is_not_asked(name, message, status):
     ctx = FakeNftables()
     code, _, fields = decide(message, nft_ctx=ctx)
     assert rq.STATUSES[code] == status
     # what was read, at most one byte past the longest request: the log is bounded
-    assert fields["REQUEST_HEX"] == message[:rq.MAX_SIZE + 1].hex() and fields["PEER_UID"] == ME
+    assert fields["REQUEST_HEX"] == message[: rq.MAX_SIZE + 1].hex() and fields["PEER_UID"] == ME
     assert ctx.sent == []
 
 
@@ -98,8 +101,9 @@ def test_an_unprotected_port_is_refused_after_reading_the_live_set():
 
 def test_one_unprotected_port_refuses_the_whole_request_and_adds_nothing():
     ctx = FakeNftables(protected=(22, 2222))
-    code, text, fields = decide(request("198.18.1.1", 22, more=[(23, 6), (2222, 6), (24, 6)]),
-                                nft_ctx=ctx)
+    code, text, fields = decide(
+        request("198.18.1.1", 22, more=[(23, 6), (2222, 6), (24, 6)]), nft_ctx=ctx
+    )
     assert code == rq.NOT_PROTECTED and text.endswith("not protected: tcp/23 tcp/24")
     assert fields["PORTS"] == "tcp/22 tcp/23 tcp/2222 tcp/24"
     assert {verb for call in ctx.commands() for verb in call} == {"list"}  # no add
@@ -128,20 +132,44 @@ def test_ok_reads_the_sets_then_adds_delete_adds_the_element_with_its_client():
     code, text, fields = decide(request("fd00::7", 60001, 17, client="bob"), nft_ctx=ctx)
     assert code == rq.OK and "may start one connection each within 30 s" in text
     assert (str(fields["ADDRESS"]), fields["PORTS"], fields["CLIENT"], fields["TIMEOUT"]) == (
-        "fd00::7", "udp/60001", "bob", 30)
+        "fd00::7",
+        "udp/60001",
+        "bob",
+        30,
+    )
     *listings, adding = ctx.sent
-    assert [c["nftables"] for c in listings] == [[METAINFO, {"list": {"set": {
-        "family": "inet", "table": "gnocchi", "name": name}}}]
-        for name in ("protected_tcp", "protected_udp", "knocked4", "knocked6")]
+    assert [c["nftables"] for c in listings] == [
+        [METAINFO, {"list": {"set": {"family": "inet", "table": "gnocchi", "name": name}}}]
+        for name in ("protected_tcp", "protected_udp", "knocked4", "knocked6")
+    ]
     # Add, delete, add, on every kernel: a knock again gets the full timeout back
     # (before 6.12 an add keeps the old expiry) and its client's name.
     add, delete, again = adding["nftables"][1:]
     val = {"val": {"concat": ["fd00::7", "udp", 60001]}}
-    assert add == again == {"add": {"element": {
-        "family": "inet", "table": "gnocchi", "name": "knocked6",
-        "elem": [{"elem": {**val, "timeout": 30, "comment": "bob"}}]}}}
-    assert delete == {"delete": {"element": {
-        "family": "inet", "table": "gnocchi", "name": "knocked6", "elem": [{"elem": val}]}}}
+    assert (
+        add
+        == again
+        == {
+            "add": {
+                "element": {
+                    "family": "inet",
+                    "table": "gnocchi",
+                    "name": "knocked6",
+                    "elem": [{"elem": {**val, "timeout": 30, "comment": "bob"}}],
+                }
+            }
+        }
+    )
+    assert delete == {
+        "delete": {
+            "element": {
+                "family": "inet",
+                "table": "gnocchi",
+                "name": "knocked6",
+                "elem": [{"elem": val}],
+            }
+        }
+    }
 
 
 def test_the_sets_are_read_at_the_first_request_and_then_not_while_the_copies_do():
@@ -155,12 +183,14 @@ def test_the_sets_are_read_at_the_first_request_and_then_not_while_the_copies_do
 def test_knocks_apart_cost_no_read_whatever_the_openings_pending():
     # The knocked sets' listing grows with every opening pending (on main it was
     # read once a second: about 11 ms with 300 openings): a lone knock reads nothing.
-    ctx = FakeNftables(protected=(22,), pending=[pending(f"198.18.9.{i}", 22, f"c{i}")
-                                                 for i in range(200)])
+    ctx = FakeNftables(
+        protected=(22,), pending=[pending(f"198.18.9.{i}", 22, f"c{i}") for i in range(200)]
+    )
     t = table(ctx)
     for second in range(10):
-        assert decide(request(f"198.18.1.{second + 1}", 22), on=t, now=1000.0 + 2 * second)[0] \
-            == rq.OK
+        assert (
+            decide(request(f"198.18.1.{second + 1}", 22), on=t, now=1000.0 + 2 * second)[0] == rq.OK
+        )
     assert ctx.listed() == ["protected_tcp", "protected_udp", "knocked4", "knocked6"]
 
 
@@ -191,21 +221,32 @@ def test_a_port_the_admin_removes_is_refused_once_the_sets_are_read_again():
 
 def test_every_port_of_a_request_is_added_in_the_one_transaction():
     ctx = FakeNftables(protected=(22, 60001))  # the stand-in's sets: both protocols alike
-    code, text, fields = decide(request("198.18.1.1", 22, more=[(60001, 17), (60001, 6)]),
-                                nft_ctx=ctx)
+    code, text, fields = decide(
+        request("198.18.1.1", 22, more=[(60001, 17), (60001, 6)]), nft_ctx=ctx
+    )
     assert code == rq.OK and text.startswith(
-        "198.18.1.1 tcp/22 udp/60001 tcp/60001 for client alice may start")
+        "198.18.1.1 tcp/22 udp/60001 tcp/60001 for client alice may start"
+    )
     *listings, adding = ctx.sent
     assert ctx.listed() == ["protected_tcp", "protected_udp", "knocked4", "knocked6"]  # once each
     added = adding["nftables"][1]["add"]["element"]["elem"]
     assert [e["elem"]["val"]["concat"][1:] for e in added] == [
-        ["tcp", 22], ["udp", 60001], ["tcp", 60001]]
+        ["tcp", 22],
+        ["udp", 60001],
+        ["tcp", 60001],
+    ]
 
 
 def pending(address: str, port: int, client: str, proto="tcp") -> dict:
     """A knocked element as nft -j lists it."""
-    return {"elem": {"val": {"concat": [address, proto, port]}, "timeout": 30, "expires": 20,
-                     "comment": client}}
+    return {
+        "elem": {
+            "val": {"concat": [address, proto, port]},
+            "timeout": 30,
+            "expires": 20,
+            "comment": client,
+        }
+    }
 
 
 PORTS = tuple(range(1000, 2001))  # protected, in the tests of the shares
@@ -219,8 +260,10 @@ def test_a_client_holds_at_most_its_share_of_openings_whatever_the_open_time():
     ctx = FakeNftables(protected=PORTS)
     t = table(ctx)
     # Alice (a stolen key, say) knocks for eight ports at a time from addresses of her own.
-    knocks = [request(f"198.18.2.{i}", 1000 + 8 * i, more=eight(1000 + 8 * i))
-              for i in range(nft.SHARE // 8)]
+    knocks = [
+        request(f"198.18.2.{i}", 1000 + 8 * i, more=eight(1000 + 8 * i))
+        for i in range(nft.SHARE // 8)
+    ]
     assert [decide(k, on=t, now=1000.0)[0] for k in knocks] == [rq.OK] * (nft.SHARE // 8)
     code, text, fields = decide(request("198.18.2.99", 1500), on=t, now=1000.5)
     assert code == rq.TOO_MANY and f"client alice has {nft.SHARE} openings pending" in text
@@ -252,8 +295,10 @@ def test_a_source_holds_at_most_its_share_of_openings_whoever_knocks():
 def test_openings_used_since_are_not_counted_once_the_sets_are_read_again():
     ctx = FakeNftables(protected=PORTS)
     t = table(ctx)
-    knocks = [request(f"198.18.2.{i}", 1000 + 8 * i, more=eight(1000 + 8 * i))
-              for i in range(nft.SHARE // 8)]
+    knocks = [
+        request(f"198.18.2.{i}", 1000 + 8 * i, more=eight(1000 + 8 * i))
+        for i in range(nft.SHARE // 8)
+    ]
     assert [decide(k, on=t, now=1000.0)[0] for k in knocks] == [rq.OK] * len(knocks)
     assert decide(request("198.18.2.99", 1500), on=t, now=1000.9)[0] == rq.TOO_MANY
     # The kernel deleted them as they were used (or they expired): a second
@@ -277,14 +322,14 @@ def test_a_request_past_its_deadline_is_not_carried_out():
     # The verifier stops waiting at its deadline: the helper must not open
     # later what the verifier has logged as unanswered.
     ctx = FakeNftables()
-    late = request("198.18.1.1", 22, deadline_ms=999_999)      # now is 1000.0 s
+    late = request("198.18.1.1", 22, deadline_ms=999_999)  # now is 1000.0 s
     code, text, _ = decide(late, nft_ctx=ctx, now=1000.0)
     assert code == rq.EXPIRED and "past its deadline" in text
-    assert ctx.commands() == [["list"]] * 4                     # read, never added
+    assert ctx.commands() == [["list"]] * 4  # read, never added
     in_time = request("198.18.1.1", 22, deadline_ms=1_000_001)
     t = table()
     assert decide(late, on=t, now=1000.0)[0] == rq.EXPIRED
-    assert t.pending == {}                                      # the refusal left no trace
+    assert t.pending == {}  # the refusal left no trace
     assert decide(in_time, on=t, now=1000.0)[0] == rq.OK
 
 
@@ -296,16 +341,23 @@ def test_under_systemd_each_decision_is_one_journal_entry_with_its_fields(tmp_pa
     monkeypatch.setattr(main, "JOURNAL", str(tmp_path / "journal"))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
         journald.bind(main.JOURNAL)
-        main.log(rq.NFT_FAILED, "198.18.1.1 tcp/22 for client alice: libnftables refused the add",
-                 {"PEER_UID": 0, "NFT_ERROR": "Error: one\nError: two"})
+        main.log(
+            rq.NFT_FAILED,
+            "198.18.1.1 tcp/22 for client alice: libnftables refused the add",
+            {"PEER_UID": 0, "NFT_ERROR": "Error: one\nError: two"},
+        )
         data, fields = journald.recv(4096), {}
     while data:
         name, _, data = data.partition(b"\n")
         length = int.from_bytes(data[:8], "little")
-        fields[name.decode()], data = data[8:8 + length].decode(), data[8 + length + 1:]
+        fields[name.decode()], data = data[8 : 8 + length].decode(), data[8 + length + 1 :]
     assert fields == {
         "MESSAGE": "NFT_FAILED: 198.18.1.1 tcp/22 for client alice: libnftables refused the add",
-        "MESSAGE_ID": "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013", "PRIORITY": "3",
-        "SYSLOG_IDENTIFIER": "gnocchi-helper", "OBJECT_SYSTEMD_UNIT": "gnocchi.service",
-        "GNOCCHI_HELPER_PEER_UID": "0", "GNOCCHI_HELPER_NFT_ERROR": "Error: one\nError: two",
-        "GNOCCHI_HELPER_STATUS": "NFT_FAILED"}
+        "MESSAGE_ID": "5b0c5e6a0d3e4c58a4f6f2d1b7c9e013",
+        "PRIORITY": "3",
+        "SYSLOG_IDENTIFIER": "gnocchi-helper",
+        "OBJECT_SYSTEMD_UNIT": "gnocchi.service",
+        "GNOCCHI_HELPER_PEER_UID": "0",
+        "GNOCCHI_HELPER_NFT_ERROR": "Error: one\nError: two",
+        "GNOCCHI_HELPER_STATUS": "NFT_FAILED",
+    }

@@ -1,5 +1,6 @@
 """`python3 -m gnocchi.admin keygen|pubkey|port` as a user runs them: subprocesses,
 asserting exit code, stdout and stderr."""
+
 import os
 import re
 import stat
@@ -81,8 +82,9 @@ def test_keygen_needs_exactly_one_kind(tmp_path):
 
 def test_pubkey_of_a_tr_made_key(tmp_path):
     path = tmp_path / "client.key"
-    subprocess.run(["sh", "-c", f"umask 077; tr </dev/urandom -dc 0-9a-f | head -c 64 > {path}"],
-                   check=True)
+    subprocess.run(
+        ["sh", "-c", f"umask 077; tr </dev/urandom -dc 0-9a-f | head -c 64 > {path}"], check=True
+    )
     result = gnocchi_cli("pubkey", path)
     assert result.returncode == 0, result.stderr
     seed = bytes.fromhex(path.read_text())
@@ -97,8 +99,11 @@ def test_errors_name_the_file_and_exit_1(tmp_path):
     short.write_text("ab" * 31 + "\n")
     short.chmod(0o600)
     cases = [
-        (("pubkey", loose), f"gnocchi pubkey: {loose}: secret key is open to group or others "
-                            f"(mode 0644); fix: chmod 600 {loose}"),
+        (
+            ("pubkey", loose),
+            f"gnocchi pubkey: {loose}: secret key is open to group or others "
+            f"(mode 0644); fix: chmod 600 {loose}",
+        ),
         (("port", short), f"gnocchi port: {short}: holds 62 hex characters"),
         (("port", tmp_path / "none"), f"gnocchi port: {tmp_path / 'none'}: no such"),
     ]

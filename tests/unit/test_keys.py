@@ -1,5 +1,6 @@
 """gnocchi.shared.keys: the key file format of PROTOCOL.md, permissions, and errors that
 name the file and the fix."""
+
 import os
 import stat
 import subprocess
@@ -46,32 +47,38 @@ def test_write_secret_refuses_a_symlink_even_to_nowhere(tmp_path):
     assert not (tmp_path / "target").exists()
 
 
-@pytest.mark.parametrize("content", [HEX.encode(), HEX.encode() + b"\n",
-                                     HEX.upper().encode() + b"\n"])
+@pytest.mark.parametrize(
+    "content", [HEX.encode(), HEX.encode() + b"\n", HEX.upper().encode() + b"\n"]
+)
 def test_accepted_forms(tmp_path, content):
     assert keys.load_secret(put(tmp_path / "k", content)) == bytes.fromhex(HEX)
 
 
 def test_the_tr_head_recipe_makes_a_key_file(tmp_path):
     """PROTOCOL.md: `tr </dev/urandom -dc 0-9a-f | head -c 64` (with or without `; echo`)."""
-    for name, recipe in (("bare", "tr </dev/urandom -dc 0-9a-f | head -c 64"),
-                         ("echo", "tr </dev/urandom -dc 0-9a-f | head -c 64; echo")):
+    for name, recipe in (
+        ("bare", "tr </dev/urandom -dc 0-9a-f | head -c 64"),
+        ("echo", "tr </dev/urandom -dc 0-9a-f | head -c 64; echo"),
+    ):
         path = tmp_path / name
         subprocess.run(["sh", "-c", f"umask 077; ({recipe}) > {path}"], check=True)
         assert len(keys.load_secret(path)) == 32
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", "holds 0 hex characters"),
-    (HEX[:62].encode() + b"\n", "holds 62 hex characters"),
-    (HEX.encode() + b"0\n", "more after the 64 hex"),
-    (HEX.encode() + b"\n\n", "more after the 64 hex"),
-    (HEX.encode() + b" \n", "more after the 64 hex"),
-    (HEX.encode() + b"\r\n", "more after the 64 hex"),
-    (b" " + HEX.encode(), "character 1 is ' '"),
-    (HEX[:10].encode() + b"g" + HEX[11:].encode(), "character 11 is 'g'"),
-    (b"-----BEGIN OPENSSH PRIVATE KEY-----\n" * 4, "not a hex digit"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "holds 0 hex characters"),
+        (HEX[:62].encode() + b"\n", "holds 62 hex characters"),
+        (HEX.encode() + b"0\n", "more after the 64 hex"),
+        (HEX.encode() + b"\n\n", "more after the 64 hex"),
+        (HEX.encode() + b" \n", "more after the 64 hex"),
+        (HEX.encode() + b"\r\n", "more after the 64 hex"),
+        (b" " + HEX.encode(), "character 1 is ' '"),
+        (HEX[:10].encode() + b"g" + HEX[11:].encode(), "character 11 is 'g'"),
+        (b"-----BEGIN OPENSSH PRIVATE KEY-----\n" * 4, "not a hex digit"),
+    ],
+)
 def test_bad_content_names_the_file_and_problem(tmp_path, content, words):
     path = put(tmp_path / "bad.key", content)
     with pytest.raises(keys.KeyFileError) as e:
@@ -118,9 +125,19 @@ def test_a_fifo_is_refused_without_hanging(tmp_path):
 def test_unreadable_file_for_another_user(tmp_path):
     path = put(tmp_path / "k", HEX.encode(), 0o600)
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
-         f"from gnocchi.shared import keys; keys.load_secret({str(path)!r})"],
-        capture_output=True, text=True, cwd=os.path.dirname(keys.__file__) + "/../..")
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            f"from gnocchi.shared import keys; keys.load_secret({str(path)!r})",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(keys.__file__) + "/../..",
+    )
     assert result.returncode != 0
     assert f"{path}: permission denied" in result.stderr
 
@@ -148,6 +165,7 @@ def test_parse_public_hex():
 def test_public_of_matches_the_vectors():
     import json
     from pathlib import Path
+
     vectors = json.loads((Path(__file__).parent.parent / "vectors" / "knock-v1.json").read_text())
     for client in vectors["clients"].values():
         assert keys.public_of(bytes.fromhex(client["seed"])).hex() == client["public_key"]
@@ -170,9 +188,11 @@ def test_public_key_problem_names_what_a_pasted_key_most_likely_is():
     assert keys.public_key_problem(alice, (server,), known) is None
     assert "this server's own secret key" in keys.public_key_problem(server, (server,), known)
     assert keys.public_key_problem(alice_seed, (server,), known) == (
-        "it is a PRIVATE key: the one whose public key is client alice's")
-    not_a_point = next(k for k in iter(lambda: os.urandom(32), None)
-                       if keys.public_key_problem(k) is not None)
+        "it is a PRIVATE key: the one whose public key is client alice's"
+    )
+    not_a_point = next(
+        k for k in iter(lambda: os.urandom(32), None) if keys.public_key_problem(k) is not None
+    )
     assert "not an Ed25519 public key" in keys.public_key_problem(not_a_point, (server,), known)
 
 

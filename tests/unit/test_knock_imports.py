@@ -9,6 +9,7 @@ helper's client, libnftables, systemd), or one of the modules that once made
 the client slow to start, shows up here on any machine, fast or slow: this
 test times nothing.
 """
+
 import os
 import select
 import subprocess
@@ -31,9 +32,22 @@ SERVER_LIBRARIES = ("nftables", "systemd")
 # binding, and nacl.encoding typing (protocol calls libsodium through
 # nacl._sodium); argparse imports shutil for the terminal width unless told
 # it; getaddrinfo encodes a host with the IDNA codec, an IP address too.
-NOT_FOR_A_KNOCK = ("secrets", "hmac", "hashlib", "_hashlib", "dataclasses", "inspect",
-                   "nacl.bindings", "nacl.encoding", "nacl.signing", "nacl.secret",
-                   "nacl.public", "nacl.hash", "shutil", "encodings.idna")
+NOT_FOR_A_KNOCK = (
+    "secrets",
+    "hmac",
+    "hashlib",
+    "_hashlib",
+    "dataclasses",
+    "inspect",
+    "nacl.bindings",
+    "nacl.encoding",
+    "nacl.signing",
+    "nacl.secret",
+    "nacl.public",
+    "nacl.hash",
+    "shutil",
+    "encodings.idna",
+)
 # Only a profile file needs these: tomllib imports typing, and the profile's
 # key files are Path objects (pathlib brings urllib.parse and ipaddress); a
 # knock with flags alone reads no file and its paths are strings.
@@ -45,7 +59,8 @@ PROBE = (
     "from gnocchi.client.knock import main\n"
     "rc = main(sys.argv[1:])\n"
     "print('\\n'.join(sorted(set(sys.modules) - bare)))\n"
-    "sys.exit(rc)\n")
+    "sys.exit(rc)\n"
+)
 
 
 @pytest.fixture
@@ -56,13 +71,23 @@ def knock(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "PYTHON"))}
     env["HOME"] = str(home)
-    keys = ["--server-key-file", str(write_key(tmp_path / "server.key", server_key)),
-            "--client-key-file", str(write_key(tmp_path / "client.key", os.urandom(32))),
-            "--state-dir", str(tmp_path / "state")]
+    keys = [
+        "--server-key-file",
+        str(write_key(tmp_path / "server.key", server_key)),
+        "--client-key-file",
+        str(write_key(tmp_path / "client.key", os.urandom(32))),
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
 
     def run(*args: str) -> set[str]:
-        result = subprocess.run([sys.executable, "-I", "-c", PROBE, str(REPO), *keys, *args],
-                                env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-I", "-c", PROBE, str(REPO), *keys, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert select.select([udp], [], [], 5)[0], "no knock arrived"
         udp.recv(2048)
@@ -75,9 +100,12 @@ def knock(tmp_path):
 
 
 def server_side(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules
-                  if (m.startswith("gnocchi.") and not m.startswith(CLIENT_PACKAGES))
-                  or m.split(".")[0] in SERVER_LIBRARIES)
+    return sorted(
+        m
+        for m in modules
+        if (m.startswith("gnocchi.") and not m.startswith(CLIENT_PACKAGES))
+        or m.split(".")[0] in SERVER_LIBRARIES
+    )
 
 
 def test_a_knock_with_flags_loads_no_server_module_and_no_toml_parser(knock):
@@ -94,7 +122,8 @@ def test_a_knock_through_a_profile_loads_no_server_module(knock):
     config = home / ".config" / "gnocchi"
     config.mkdir(parents=True)
     (config / "knock.toml").write_text(
-        f'[profiles.here]\nhost = "{LOOPBACK}"\nsign_ip = "{LOOPBACK}"\nrequest = "open 22"\n')
+        f'[profiles.here]\nhost = "{LOOPBACK}"\nsign_ip = "{LOOPBACK}"\nrequest = "open 22"\n'
+    )
     modules = run("here")
     assert "tomllib" in modules  # the profile was read
     assert server_side(modules) == []

@@ -1,6 +1,7 @@
 """The last good copy of the config (gnocchi/admin/last_good.py) and `gnocchi reload`, the
 command the docs give after an edit, on a config in tmp_path (no systemd here: nothing is
 reloaded). The booted-systemd side is tests/system/test_arming.py."""
+
 import os
 import shutil
 import stat
@@ -19,9 +20,11 @@ def path(tmp_path):
     keys.write_secret(tmp_path / "server.key", keys.new_server_key())
     alice = bytes(SigningKey.generate().verify_key).hex()
     path = tmp_path / "gnocchi.toml"
-    path.write_text(f'server_key_file = "{tmp_path / "server.key"}"\n'
-                    f'state_dir = "{tmp_path / "state"}"\n\n'
-                    f'[clients.alice]\npublic_key = "{alice}"\nallow = ["22"]\n')
+    path.write_text(
+        f'server_key_file = "{tmp_path / "server.key"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n\n'
+        f'[clients.alice]\npublic_key = "{alice}"\nallow = ["22"]\n'
+    )
     return path
 
 
@@ -67,13 +70,15 @@ def test_describe_says_which_config_runs(path):
 
 # ---- drop-ins: the copy is one file, the config with each drop-in appended -------------
 
+
 def add_drop_in(path, name: str, mode: int = 0o644) -> str:
     """A client NAME in clients.d beside path; its public key."""
     key = bytes(SigningKey.generate().verify_key).hex()
     directory = path.parent / "clients.d"
     directory.mkdir(exist_ok=True)
-    (directory / f"{name}.toml").write_text(f'[clients.{name}]\npublic_key = "{key}"\n'
-                                            'allow = ["22"]\n')
+    (directory / f"{name}.toml").write_text(
+        f'[clients.{name}]\npublic_key = "{key}"\nallow = ["22"]\n'
+    )
     (directory / f"{name}.toml").chmod(mode)
     return key
 
@@ -85,14 +90,16 @@ def test_the_copy_of_a_config_with_drop_ins_is_one_file_that_runs_the_same_clien
     copy = path.parent / "gnocchi.last-good.toml"
     assert recorded
     assert copy.read_bytes() == path.read_bytes() + b"".join(
-        (path.parent / "clients.d" / f"{n}.toml").read_bytes() for n in ("bob", "carol"))
+        (path.parent / "clients.d" / f"{n}.toml").read_bytes() for n in ("bob", "carol")
+    )
     alone = config.load(str(copy), drop_ins=False)
     assert [c.name for c in alone.clients] == ["alice", "bob", "carol"]
     assert alone.clients == config.load(str(path)).clients
     assert last_good.record(str(path)) == (True, f"{copy} is the same")
     broken, line = last_good.describe(str(path))
     assert broken is None and line.startswith(
-        f"config: {path} and 2 drop-ins in {path.parent / 'clients.d'} (= the last good copy")
+        f"config: {path} and 2 drop-ins in {path.parent / 'clients.d'} (= the last good copy"
+    )
     # A changed drop-in is a changed config.
     add_drop_in(path, "dave")
     assert "edited since gnocchi last applied it" in last_good.describe(str(path))[1]
@@ -128,6 +135,7 @@ def test_a_broken_drop_in_is_never_kept_and_never_changes_what_runs(path, breaka
 
 # ---- gnocchi reload ------------------------------------------------------------------
 
+
 def reload(path):
     rules = path.parent / "rules.nft"
     shutil.copy(REPO / "nft" / "gnocchi.nft", rules)
@@ -135,8 +143,9 @@ def reload(path):
     units.mkdir(parents=True, exist_ok=True)
     port = gnocchi_cli("port", path.parent / "server.key").stdout.strip()
     (units / "port.conf").write_text(f"[Socket]\nListenDatagram=\nListenDatagram={port}\n")
-    return gnocchi_cli("reload", "--config", path, "--table", rules, "--unit-dir",
-                       path.parent / "units")
+    return gnocchi_cli(
+        "reload", "--config", path, "--table", rules, "--unit-dir", path.parent / "units"
+    )
 
 
 def test_reload_refuses_a_broken_config_naming_file_and_key_and_changes_nothing(path):

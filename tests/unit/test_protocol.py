@@ -3,6 +3,7 @@
 One case per vector, asserting the exact reason, counter, data and client, as
 age's test kit consumes CCTV; then the sequence against one server state.
 """
+
 import json
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def test_vectors_cover_every_reason():
 def test_vector(vector):
     result = ServerState().receive(bytes.fromhex(vector["packet"]))
     if vector["expect"] == "accept":
-        assert result == protocol.Accepted(CLIENTS[vector["client"]], vector["counter"],
-                                           bytes.fromhex(vector["data"]))
+        assert result == protocol.Accepted(
+            CLIENTS[vector["client"]], vector["counter"], bytes.fromhex(vector["data"])
+        )
     else:
         assert isinstance(result, protocol.Rejected)
         assert result.reason == vector["reason"]
@@ -72,7 +74,7 @@ def test_sequence_forged_counter_does_not_move_state():
         result = state.receive(bytes.fromhex(vector["packet"]))
         if isinstance(result, protocol.Rejected):
             assert state.counters == before
-    assert max(state.counters.values()) < 2 ** 100
+    assert max(state.counters.values()) < 2**100
 
 
 @pytest.mark.parametrize("case", VECTORS["port_vectors"], ids=lambda c: str(c["knock_port"]))
@@ -93,8 +95,9 @@ def test_build_then_open_round_trip_with_random_padding():
         packet = seal.build_packet(SERVER_KEY, SEED_A, counter, b"open 22", SERVER_IP)
         lengths.add(len(packet))
         assert (len(packet) - protocol.MIN_PACKET) % 16 == 0
-        opened = protocol.open_packet(packet, SERVER_KEY, lambda k, counter=counter: counter - 1,
-                                      [SERVER_IP])
+        opened = protocol.open_packet(
+            packet, SERVER_KEY, lambda k, counter=counter: counter - 1, [SERVER_IP]
+        )
         assert opened == protocol.Accepted(CLIENTS["a"], counter, b"open 22")
     assert len(lengths) > 1, "padding length never varied in 20 packets"
 
@@ -104,25 +107,37 @@ def test_build_matches_vector_when_made_deterministic():
     vector = next(v for v in VECTORS["vectors"] if v["name"] == "data-with-padding")
     packet = bytes.fromhex(vector["packet"])
     from nacl.secret import SecretBox
+
     plain = SecretBox(SERVER_KEY).decrypt(packet)
     data = bytes.fromhex(vector["data"])
-    body = plain[protocol.HEADER_LEN:]
-    rebuilt = seal.build_packet(SERVER_KEY, SEED_A, vector["counter"], data, SERVER_IP,
-                                    body_len=len(body), nonce=packet[:24],
-                                    padding=body[len(data):])
+    body = plain[protocol.HEADER_LEN :]
+    rebuilt = seal.build_packet(
+        SERVER_KEY,
+        SEED_A,
+        vector["counter"],
+        data,
+        SERVER_IP,
+        body_len=len(body),
+        nonce=packet[:24],
+        padding=body[len(data) :],
+    )
     assert rebuilt == packet
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(counter=-1), "112 bits"),
-    (dict(counter=protocol.MAX_COUNTER + 1), "112 bits"),
-    (dict(data=b"x" * 865), "at most 864"),
-    (dict(server_ipv4=b"\x01\x02\x03"), "32 bytes"),
-    (dict(body_len=3, data=b"open 22"), "body length"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(counter=-1), "112 bits"),
+        (dict(counter=protocol.MAX_COUNTER + 1), "112 bits"),
+        (dict(data=b"x" * 865), "at most 864"),
+        (dict(server_ipv4=b"\x01\x02\x03"), "32 bytes"),
+        (dict(body_len=3, data=b"open 22"), "body length"),
+    ],
+)
 def test_build_refuses_what_cannot_be_sent(kwargs, words):
-    args = dict(server_key=SERVER_KEY, signing_seed=SEED_A, counter=1, data=b"",
-                server_ipv4=SERVER_IP)
+    args = dict(
+        server_key=SERVER_KEY, signing_seed=SEED_A, counter=1, data=b"", server_ipv4=SERVER_IP
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=words):
         seal.build_packet(**args)

@@ -6,6 +6,7 @@ exact reason, or the client, counter and data), gnocchi's sender rebuilds
 each accepted one byte for byte, every rule of the spec has a vector, and a
 byte flipped anywhere in a knock is rejected at the step that owns that byte.
 """
+
 import json
 import re
 import subprocess
@@ -23,8 +24,10 @@ PRIVATE = bytes.fromhex(VECTORS["server_private_key"])
 PUBLIC = bytes.fromhex(VECTORS["server_public_key"])
 KEYS2 = [(PUBLIC, PRIVATE)]
 V1_KEY = bytes.fromhex(json.loads((HERE / "vectors" / "knock-v1.json").read_text())["server_key"])
-ADDRESSES = [protocol.address16(bytes(int(x) for x in VECTORS["server_addresses"][0].split(".")))
-             [12:], bytes.fromhex("20010db8000000000000000000000007")]
+ADDRESSES = [
+    protocol.address16(bytes(int(x) for x in VECTORS["server_addresses"][0].split(".")))[12:],
+    bytes.fromhex("20010db8000000000000000000000007"),
+]
 CLIENTS = {name: bytes.fromhex(c["public_key"]) for name, c in VECTORS["clients"].items()}
 SEEDS = {name: bytes.fromhex(c["seed"]) for name, c in VECTORS["clients"].items()}
 
@@ -44,8 +47,12 @@ class ServerState:
 
 
 def test_vector_file_is_what_its_script_makes():
-    made = subprocess.run([sys.executable, str(HERE / "vectors" / "make_knock_v2.py")],
-                          capture_output=True, text=True, check=True).stdout
+    made = subprocess.run(
+        [sys.executable, str(HERE / "vectors" / "make_knock_v2.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(made) == VECTORS
 
 
@@ -69,16 +76,17 @@ def test_the_keys_are_a_pair_and_the_port_comes_from_the_public_key():
 @pytest.mark.parametrize("case", VECTORS["address_vectors"], ids=lambda c: c["address"])
 def test_address_vector(case):
     import ipaddress
-    assert protocol.address16(ipaddress.ip_address(case["address"]).packed).hex() == \
-        case["signed"]
+
+    assert protocol.address16(ipaddress.ip_address(case["address"]).packed).hex() == case["signed"]
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=[v["name"] for v in VECTORS["vectors"]])
 def test_vector(vector):
     result = ServerState().receive(bytes.fromhex(vector["packet"]))
     if vector["expect"] == "accept":
-        assert result == protocol.Accepted(CLIENTS[vector["client"]], vector["counter"],
-                                           bytes.fromhex(vector["data"]))
+        assert result == protocol.Accepted(
+            CLIENTS[vector["client"]], vector["counter"], bytes.fromhex(vector["data"])
+        )
     else:
         assert isinstance(result, protocol.Rejected)
         assert result.reason == vector["reason"]
@@ -111,20 +119,28 @@ def test_sequence():
 
 def opened_body(packet: bytes) -> bytes:
     """DATA_PLUS_PADDING of a v2 knock, opened with PyNaCl's sealed box."""
-    plaintext = SealedBox(PrivateKey(PRIVATE)).decrypt(packet[protocol.HEAD_LEN:])
-    return plaintext[protocol.BODY_AT:]
+    plaintext = SealedBox(PrivateKey(PRIVATE)).decrypt(packet[protocol.HEAD_LEN :])
+    return plaintext[protocol.BODY_AT :]
 
 
-@pytest.mark.parametrize("vector", [v for v in VECTORS["vectors"] if v["expect"] == "accept"],
-                         ids=lambda v: v["name"])
+@pytest.mark.parametrize(
+    "vector", [v for v in VECTORS["vectors"] if v["expect"] == "accept"], ids=lambda v: v["name"]
+)
 def test_the_sender_rebuilds_each_accepted_vector(vector):
     packet = bytes.fromhex(vector["packet"])
     data, body = bytes.fromhex(vector["data"]), opened_body(packet)
     import ipaddress
+
     rebuilt = seal.build_packet2(
-        PUBLIC, SEEDS[vector["client"]], vector["counter"], data,
-        ipaddress.ip_address(vector["address"]).packed, body_len=len(body),
-        ephemeral=bytes.fromhex(vector["ephemeral_private"]), padding=body[len(data):])
+        PUBLIC,
+        SEEDS[vector["client"]],
+        vector["counter"],
+        data,
+        ipaddress.ip_address(vector["address"]).packed,
+        body_len=len(body),
+        ephemeral=bytes.fromhex(vector["ephemeral_private"]),
+        padding=body[len(data) :],
+    )
     assert rebuilt == packet
 
 
@@ -136,8 +152,7 @@ def test_a_knock_opens_with_libsodiums_sealed_box_and_pads_like_v1():
         assert packet.startswith(protocol.MAGIC2)
         assert (len(packet) - protocol.MIN_PACKET2) % 16 == 0
         assert opened_body(packet)[:7] == b"open 22"
-        assert ServerState().receive(packet) == protocol.Accepted(CLIENTS["a"], counter,
-                                                                  b"open 22")
+        assert ServerState().receive(packet) == protocol.Accepted(CLIENTS["a"], counter, b"open 22")
     assert len(lengths) > 1, "padding length never varied in 20 packets"
 
 
@@ -152,8 +167,9 @@ def test_an_ipv4_address_is_signed_mapped_whichever_way_it_is_given():
 
 def test_a_v1_only_server_drops_every_v2_knock_at_mac1():
     packet = seal.build_packet2(PUBLIC, SEEDS["a"], 1, b"", ADDRESSES[0])
-    assert protocol.open_packet(packet, V1_KEY, {CLIENTS["a"]: 0}.get, ADDRESSES) == \
-        protocol.Rejected(protocol.MAC1)
+    assert protocol.open_packet(
+        packet, V1_KEY, {CLIENTS["a"]: 0}.get, ADDRESSES
+    ) == protocol.Rejected(protocol.MAC1)
 
 
 def test_either_key_of_a_rotation_opens_its_own_knocks():
@@ -161,10 +177,15 @@ def test_either_key_of_a_rotation_opens_its_own_knocks():
     keys2 = [(PUBLIC, PRIVATE), (bytes(nxt.public_key), bytes(nxt))]
     for public, _ in keys2:
         packet = seal.build_packet2(public, SEEDS["a"], 1, b"", ADDRESSES[0])
-        assert protocol.open_packet(packet, None, {CLIENTS["a"]: 0}.get, ADDRESSES, keys2) == \
-            protocol.Accepted(CLIENTS["a"], 1, b"")
-        assert protocol.open_packet(packet, None, {CLIENTS["a"]: 0}.get, ADDRESSES,
-                                    [k for k in keys2 if k[0] != public]).reason == protocol.MAC1
+        assert protocol.open_packet(
+            packet, None, {CLIENTS["a"]: 0}.get, ADDRESSES, keys2
+        ) == protocol.Accepted(CLIENTS["a"], 1, b"")
+        assert (
+            protocol.open_packet(
+                packet, None, {CLIENTS["a"]: 0}.get, ADDRESSES, [k for k in keys2 if k[0] != public]
+            ).reason
+            == protocol.MAC1
+        )
 
 
 def test_a_byte_flipped_anywhere_is_rejected_by_the_step_that_owns_it():
@@ -177,30 +198,41 @@ def test_a_byte_flipped_anywhere_is_rejected_by_the_step_that_owns_it():
             tampered = bytearray(packet)
             tampered[offset] ^= 1 << bit
             result = ServerState().receive(bytes(tampered))
-            expected = (protocol.MAGIC_MISMATCH if offset < len(protocol.MAGIC2)
-                        else protocol.MAC1)
+            expected = protocol.MAGIC_MISMATCH if offset < len(protocol.MAGIC2) else protocol.MAC1
             assert result == protocol.Rejected(expected), (offset, bit)
             if offset >= protocol.HEAD_LEN:
-                sealed = bytes(tampered[protocol.HEAD_LEN:])
-                remac = (protocol.MAGIC2 + protocol.blake2b(sealed, protocol.MAC1_LEN,
-                                                            protocol.MAC1_PERSON, key=PUBLIC)
-                         + sealed)
-                assert ServerState().receive(remac) == protocol.Rejected(protocol.SEAL), \
-                    (offset, bit)
+                sealed = bytes(tampered[protocol.HEAD_LEN :])
+                remac = (
+                    protocol.MAGIC2
+                    + protocol.blake2b(sealed, protocol.MAC1_LEN, protocol.MAC1_PERSON, key=PUBLIC)
+                    + sealed
+                )
+                assert ServerState().receive(remac) == protocol.Rejected(protocol.SEAL), (
+                    offset,
+                    bit,
+                )
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(counter=-1), "112 bits"),
-    (dict(counter=protocol.MAX_COUNTER + 1), "112 bits"),
-    (dict(data=b"x" * 865), "at most 864"),
-    (dict(server_address=b"\x01\x02\x03"), "4 bytes"),
-    (dict(server_public=PUBLIC[:31]), "32 bytes"),
-    (dict(body_len=3, data=b"open 22"), "body length"),
-    (dict(server_public=bytes(32)), "not a usable X25519 key"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(counter=-1), "112 bits"),
+        (dict(counter=protocol.MAX_COUNTER + 1), "112 bits"),
+        (dict(data=b"x" * 865), "at most 864"),
+        (dict(server_address=b"\x01\x02\x03"), "4 bytes"),
+        (dict(server_public=PUBLIC[:31]), "32 bytes"),
+        (dict(body_len=3, data=b"open 22"), "body length"),
+        (dict(server_public=bytes(32)), "not a usable X25519 key"),
+    ],
+)
 def test_build_refuses_what_cannot_be_sent(kwargs, words):
-    args = dict(server_public=PUBLIC, signing_seed=SEEDS["a"], counter=1, data=b"",
-                server_address=ADDRESSES[0])
+    args = dict(
+        server_public=PUBLIC,
+        signing_seed=SEEDS["a"],
+        counter=1,
+        data=b"",
+        server_address=ADDRESSES[0],
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=words):
         seal.build_packet2(**args)

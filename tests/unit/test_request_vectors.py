@@ -2,6 +2,7 @@
 grammar, several ports in one `open` included, as another implementation of
 PROTOCOL.md ("Request") would check it; and v1 packets that carry such a
 request, opened by gnocchi.shared.protocol unchanged."""
+
 import json
 from pathlib import Path
 
@@ -38,8 +39,12 @@ def test_request_vector(vector):
 def test_packet_vector_is_a_v1_knock(vector):
     server_ip = bytes(int(x) for x in KNOCK["server_ip"].split("."))
     client = bytes.fromhex(KNOCK["clients"][vector["client"]]["public_key"])
-    result = protocol.open_packet(bytes.fromhex(vector["packet"]),
-                                  bytes.fromhex(KNOCK["server_key"]), lambda key: 0, [server_ip])
+    result = protocol.open_packet(
+        bytes.fromhex(vector["packet"]),
+        bytes.fromhex(KNOCK["server_key"]),
+        lambda key: 0,
+        [server_ip],
+    )
     assert result == protocol.Accepted(client, vector["counter"], bytes.fromhex(vector["data"]))
     request = knock_request.parse(result.data)
     assert [f"{o.port}/{o.proto}" for o in request.opens] == BY_NAME[vector["name"]]["opens"]

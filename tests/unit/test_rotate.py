@@ -3,6 +3,7 @@ running systemd): the next key, the config edited only where the rotation's keys
 go, both keys' ports and credentials in the units, the clients' lines, status,
 and --finish. gnocchi-knock with a profile that carries the next key knocks with it.
 """
+
 import datetime
 import os
 import shlex
@@ -26,8 +27,9 @@ def s(tmp_path) -> Server:
 
 
 def rotate_key(s: Server, *args):
-    return gnocchi("rotate-key", "--config", s.config, "--unit-dir", s.units, "--host",
-                   "srv.example", *args)
+    return gnocchi(
+        "rotate-key", "--config", s.config, "--unit-dir", s.units, "--host", "srv.example", *args
+    )
 
 
 def test_a_rotation_adds_a_next_key_beside_the_current_one(s):
@@ -41,14 +43,18 @@ def test_a_rotation_adds_a_next_key_beside_the_current_one(s):
     left = cfg.rotation_ends - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(days=6, hours=23) < left <= datetime.timedelta(days=7)
     # Only the rotation's two lines were added, before the first table.
-    added = [line for line in s.config.read_text().splitlines()
-             if line not in before.splitlines()]
+    added = [line for line in s.config.read_text().splitlines() if line not in before.splitlines()]
     assert [line.split(" =")[0] for line in added] == ["next_private_key_file", "rotation_ends"]
     ports = [s.port, protocol.knock_port(current), protocol.knock_port(nxt)]
-    assert (s.units / "gnocchi.socket.d" / "port.conf").read_text().endswith(
-        "ListenDatagram=\n" + "".join(f"ListenDatagram={p}\n" for p in ports))
-    assert f"LoadCredential=next.key:{cfg.next_private_key_file}\n" in \
-        (s.units / "gnocchi.service.d" / "keys.conf").read_text()
+    assert (
+        (s.units / "gnocchi.socket.d" / "port.conf")
+        .read_text()
+        .endswith("ListenDatagram=\n" + "".join(f"ListenDatagram={p}\n" for p in ports))
+    )
+    assert (
+        f"LoadCredential=next.key:{cfg.next_private_key_file}\n"
+        in (s.units / "gnocchi.service.d" / "keys.conf").read_text()
+    )
     assert s.check().returncode == 0
     line = shlex.split(out.stdout.splitlines()[1])[2]
     parsed = onboarding.parse(line)
@@ -61,8 +67,7 @@ def test_one_rotation_at_a_time_and_no_early_finish_without_force(s):
     again = rotate_key(s)
     assert again.returncode == 1 and "a rotation is under way already" in again.stderr
     early = rotate_key(s, "--finish")
-    assert early.returncode == 1 and "shuts out every client still on the old key" in \
-        early.stderr
+    assert early.returncode == 1 and "shuts out every client still on the old key" in early.stderr
 
 
 def test_finish_makes_the_next_key_the_key_and_deletes_the_old_one(s):
@@ -72,14 +77,16 @@ def test_finish_makes_the_next_key_the_key_and_deletes_the_old_one(s):
     out = rotate_key(s, "--finish", "--force")
     assert out.returncode == 0, out.stderr
     cfg = config.load(str(s.config))
-    assert (cfg.private_key_file, cfg.next_private_key_file, cfg.rotation_ends) == (nxt, None,
-                                                                                    None)
+    assert (cfg.private_key_file, cfg.next_private_key_file, cfg.rotation_ends) == (nxt, None, None)
     assert not (s.tmp / "private.key").exists()
     assert "# a comment" in s.config.read_text()
     assert len(s.config.read_text().splitlines()) == len(before.splitlines()) - 2
     public = keys.load_private_key(nxt)[0]
-    assert (s.units / "gnocchi.socket.d" / "port.conf").read_text().endswith(
-        f"ListenDatagram={s.port}\nListenDatagram={protocol.knock_port(public)}\n")
+    assert (
+        (s.units / "gnocchi.socket.d" / "port.conf")
+        .read_text()
+        .endswith(f"ListenDatagram={s.port}\nListenDatagram={protocol.knock_port(public)}\n")
+    )
     assert onboarding.parse(shlex.split(out.stdout.splitlines()[1])[2]).next_public is None
     assert s.check().returncode == 0
 
@@ -91,8 +98,9 @@ def test_a_server_without_a_v2_key_has_nothing_to_rotate(s):
 
 
 def test_half_a_rotation_in_the_config_is_refused_by_the_loader(s):
-    s.write_config(extra=f'private_key_file = "{s.tmp / "private.key"}"\n'
-                         'rotation_ends = 2030-01-01\n')
+    s.write_config(
+        extra=f'private_key_file = "{s.tmp / "private.key"}"\nrotation_ends = 2030-01-01\n'
+    )
     refused = s.check()
     assert refused.returncode == 1
     assert "next_private_key_file: a rotation needs private_key_file" in refused.stderr
@@ -108,11 +116,18 @@ def test_status_says_until_when_both_keys_open_and_when_the_old_one_is_refused(s
 
 
 def test_the_config_edit_puts_top_level_keys_before_the_first_table():
-    text = 'a = 1\n[clients.x]\nb = 2\n'
-    assert rotate.edited(text, {"rotation_ends": "2030-01-01T00:00:00+00:00"}) == \
-        'a = 1\nrotation_ends = 2030-01-01T00:00:00+00:00\n[clients.x]\nb = 2\n'
-    assert rotate.edited("a = 1", {"private_key_file": '"/k"'}) == \
-        'a = 1\nprivate_key_file = "/k"\n'
-    assert rotate.edited('private_key_file = "/old"\n[t]\nprivate_key_file = "x"\n',
-                         {"private_key_file": '"/new"', "rotation_ends": None}) == \
-        'private_key_file = "/new"\n[t]\nprivate_key_file = "x"\n'
+    text = "a = 1\n[clients.x]\nb = 2\n"
+    assert (
+        rotate.edited(text, {"rotation_ends": "2030-01-01T00:00:00+00:00"})
+        == "a = 1\nrotation_ends = 2030-01-01T00:00:00+00:00\n[clients.x]\nb = 2\n"
+    )
+    assert (
+        rotate.edited("a = 1", {"private_key_file": '"/k"'}) == 'a = 1\nprivate_key_file = "/k"\n'
+    )
+    assert (
+        rotate.edited(
+            'private_key_file = "/old"\n[t]\nprivate_key_file = "x"\n',
+            {"private_key_file": '"/new"', "rotation_ends": None},
+        )
+        == 'private_key_file = "/new"\n[t]\nprivate_key_file = "x"\n'
+    )

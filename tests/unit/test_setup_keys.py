@@ -4,6 +4,7 @@ gnocchi.service is handed every key file as a credential, and check refuses a un
 that would not give the verifier its keys. Subprocesses, as an admin runs them,
 against a drop-in directory (--unit-dir) instead of a running systemd.
 """
+
 from test_check import Server, gnocchi
 
 import pytest
@@ -31,16 +32,26 @@ def test_a_v2_key_on_its_own_port_needs_setup_for_the_socket_and_the_service(s):
     port2 = add_v2(s)
     refused = s.check()
     assert refused.returncode == 1
-    assert (f"sets UDP {s.port}, but the knock ports of the server's keys are {s.port}, "
-            f"{port2}; fix: run `gnocchi setup`") in refused.stderr
+    assert (
+        f"sets UDP {s.port}, but the knock ports of the server's keys are {s.port}, "
+        f"{port2}; fix: run `gnocchi setup`"
+    ) in refused.stderr
     assert "keys.conf does not hand gnocchi.service the key files" in refused.stderr
     said = setup(s)
     assert f"gnocchi.socket listens on UDP port {s.port}, {port2}" in said
-    assert (s.units / "gnocchi.socket.d" / "port.conf").read_text().endswith(
-        f"ListenDatagram=\nListenDatagram={s.port}\nListenDatagram={port2}\n")
-    assert (s.units / "gnocchi.service.d" / "keys.conf").read_text().endswith(
-        f"[Service]\nLoadCredential=\nLoadCredential=server.key:{s.key}\n"
-        f"LoadCredential=private.key:{s.tmp / 'private.key'}\n")
+    assert (
+        (s.units / "gnocchi.socket.d" / "port.conf")
+        .read_text()
+        .endswith(f"ListenDatagram=\nListenDatagram={s.port}\nListenDatagram={port2}\n")
+    )
+    assert (
+        (s.units / "gnocchi.service.d" / "keys.conf")
+        .read_text()
+        .endswith(
+            f"[Service]\nLoadCredential=\nLoadCredential=server.key:{s.key}\n"
+            f"LoadCredential=private.key:{s.tmp / 'private.key'}\n"
+        )
+    )
     passed = s.check()
     assert passed.returncode == 0, passed.stderr
     assert f"knock port {s.port}/udp, {port2}/udp (gnocchi.socket)" in passed.stdout
@@ -60,8 +71,11 @@ def test_with_v1_off_the_v1_key_is_neither_read_nor_handed_over(s):
     s.write_config(extra=f'v1 = false\nprivate_key_file = "{s.tmp / "private.key"}"\n')
     s.key.unlink()
     setup(s)
-    assert (s.units / "gnocchi.socket.d" / "port.conf").read_text().endswith(
-        f"ListenDatagram=\nListenDatagram={port2}\n")
+    assert (
+        (s.units / "gnocchi.socket.d" / "port.conf")
+        .read_text()
+        .endswith(f"ListenDatagram=\nListenDatagram={port2}\n")
+    )
     assert "server.key" not in (s.units / "gnocchi.service.d" / "keys.conf").read_text()
     passed = s.check()
     assert passed.returncode == 0, passed.stderr

@@ -1,4 +1,5 @@
 """gnocchi/server/strict.py: StrictModes for the verifier's config, key and state."""
+
 import os
 import pwd
 import pytest

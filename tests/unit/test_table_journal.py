@@ -1,6 +1,7 @@
 """Arming's journal entries (gnocchi/admin/table.py): each kind has its own MESSAGE_ID,
 explained in the installed catalog, and a priority. tests/system/ shows them in
 `journalctl -u gnocchi` on a booted systemd."""
+
 from pathlib import Path
 
 from gnocchi.admin import table
@@ -23,6 +24,7 @@ def test_every_arming_entry_names_the_server_key_by_its_fingerprint(tmp_path, mo
     from systemd import journal
 
     from gnocchi.shared import keys
+
     key = keys.new_server_key()
     keys.write_secret(tmp_path / "server.key", key)
     config = tmp_path / "gnocchi.toml"

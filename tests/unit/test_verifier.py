@@ -2,6 +2,7 @@
 construction, the whole decision under arbitrary input, and each check a knock
 passes after its signature: the source rule, the client's own sources and
 expiry, its rate limit (the counter spent, not stored), its allow list."""
+
 import ast
 import datetime
 import ipaddress
@@ -23,8 +24,10 @@ from gnocchi.shared import protocol, seal
 from support import REPO, HelperRecorder, Keys, gnocchi_cli, requested_ports
 from support.verifier import handle
 
-CLIENT = ('[clients.alice]\n'
-          'public_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n')
+CLIENT = (
+    "[clients.alice]\n"
+    'public_key = "0abb31e99e8341f0a2195b9db07a819684e80e6cfbfe8626ab010828ac14f27f"\n'
+)
 
 
 def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
@@ -32,8 +35,10 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
     path.write_text(CLIENT + 'allow = ["22", "22/sctp"]\n')
     out = gnocchi_cli("serve", "--config", path)
     assert out.returncode == 1
-    assert out.stderr.strip() == (f"gnocchi serve: {path}: clients.alice.allow[1]: '22/sctp' "
-                                  "is not PORT, PORT/tcp or PORT/udp")
+    assert out.stderr.strip() == (
+        f"gnocchi serve: {path}: clients.alice.allow[1]: '22/sctp' "
+        "is not PORT, PORT/tcp or PORT/udp"
+    )
     missing = gnocchi_cli("serve", "--config", tmp_path / "no")
     assert missing.returncode == 1 and f"{tmp_path / 'no'}: no such file" in missing.stderr
 
@@ -56,8 +61,15 @@ def test_nothing_in_the_verifier_sends_a_datagram():
     # Silence by construction too: no send call on a network socket in the daemon's modules.
     # The only sends are on Unix sockets made in the same function (sd_notify, the
     # journal); helper_client and action_client send on Unix sockets of their own.
-    for name in ("server/verifier", "server/knock_socket", "server/events",
-                 "shared/knock_request", "server/counters", "server/config", "server/actions"):
+    for name in (
+        "server/verifier",
+        "server/knock_socket",
+        "server/events",
+        "shared/knock_request",
+        "server/counters",
+        "server/config",
+        "server/actions",
+    ):
         tree = ast.parse((REPO / "gnocchi" / f"{name}.py").read_text())
         for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
             unix = "socket.AF_UNIX" in ast.unparse(function)
@@ -79,7 +91,7 @@ def test_journal_entries_keep_every_field_whole(tmp_path, monkeypatch):
     while data:
         name, _, data = data.partition(b"\n")
         length = int.from_bytes(data[:8], "little")
-        fields[name.decode()], data = data[8:8 + length].decode(), data[8 + length + 1:]
+        fields[name.decode()], data = data[8 : 8 + length].decode(), data[8 + length + 1 :]
     assert fields == {"MESSAGE": "two\nlines", "PRIORITY": "5", "GNOCCHI_CLIENT": "alice"}
 
 
@@ -87,13 +99,18 @@ def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
     k = Keys(tmp_path)
     (tmp_path / "gnocchi.toml").write_text(
         f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
-        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n')
+        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n'
+    )
     cfg = config.load(str(tmp_path / "gnocchi.toml"))
     recorder = HelperRecorder(tmp_path / "h.sock")
     sent: list[dict] = []
     counters.create(str(tmp_path))
-    v = verifier.Verifier(cfg, keyring.Keyring(k.server, ()), counters.Store(str(tmp_path)).load(),
-                          events.EventLog(send=sent.append))
+    v = verifier.Verifier(
+        cfg,
+        keyring.Keyring(k.server, ()),
+        counters.Store(str(tmp_path)).load(),
+        events.EventLog(send=sent.append),
+    )
     # Hundreds of knocks from one client in a second: the per-client and
     # per-address limits (tests/unit/test_ratelimit.py, test_client_limits.py)
     # would drop some, depending on the machine's speed. Here a clock that
@@ -112,12 +129,19 @@ def test_handle_never_raises_and_opens_only_for_allowed_knocks(tmp_path):
         return seal.build_packet(k.server, k.seeds["alice"], next(counter), data, dst.packed)
 
     sealed_garbage = st.binary(min_size=0, max_size=800).map(
-        lambda body: bytes(SecretBox(k.server).encrypt(
-            protocol.MAGIC + bytes.fromhex(k.public("alice")) + body)))
+        lambda body: bytes(
+            SecretBox(k.server).encrypt(protocol.MAGIC + bytes.fromhex(k.public("alice")) + body)
+        )
+    )
     flipped = st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)).map(
-        lambda f: valid[:f[0]] + bytes([valid[f[0]] ^ f[1]]) + valid[f[0] + 1:])
-    requests_ = st.one_of(st.binary(max_size=120), st.sampled_from(
-        [b"open 22", b"open 22/tcp", b"", b"open 22/udp", b"open 23", b"run x", b"open 22\n"]))
+        lambda f: valid[: f[0]] + bytes([valid[f[0]] ^ f[1]]) + valid[f[0] + 1 :]
+    )
+    requests_ = st.one_of(
+        st.binary(max_size=120),
+        st.sampled_from(
+            [b"open 22", b"open 22/tcp", b"", b"open 22/udp", b"open 23", b"run x", b"open 22\n"]
+        ),
+    )
 
     @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.one_of(st.binary(max_size=1100), flipped, sealed_garbage, requests_.map(signed)))
@@ -140,14 +164,18 @@ def test_a_key_the_packet_only_claims_is_logged_as_claimed(tmp_path):
     public = {name: c["public_key"] for name, c in vectors["clients"].items()}
     (tmp_path / "gnocchi.toml").write_text(
         f'state_dir = "{tmp_path}"\nserver_addresses = ["{vectors["server_ip"]}"]\n'
-        + "".join(f'[clients.{n}]\npublic_key = "{k}"\n' for n, k in public.items()))
+        + "".join(f'[clients.{n}]\npublic_key = "{k}"\n' for n, k in public.items())
+    )
     counters.create(str(tmp_path))
     store = counters.Store(str(tmp_path)).load()
     store.commit(bytes.fromhex(public["a"]), 1)  # minimal-empty-data (a, counter 1) replays
     sent: list[dict] = []
-    v = verifier.Verifier(config.load(str(tmp_path / "gnocchi.toml")),
-                          keyring.Keyring(bytes.fromhex(vectors["server_key"]), ()), store,
-                          events.EventLog(send=sent.append))
+    v = verifier.Verifier(
+        config.load(str(tmp_path / "gnocchi.toml")),
+        keyring.Keyring(bytes.fromhex(vectors["server_key"]), ()),
+        store,
+        events.EventLog(send=sent.append),
+    )
     source = ipaddress.IPv4Address("198.18.3.1")
     for name in ("minimal-empty-data", "signed-for-other-server-ip", "data-len-exceeds-body"):
         handle(v, by_name[name], source, None)
@@ -172,24 +200,34 @@ def test_a_replay_far_below_the_last_counter_says_how_far_and_what_it_likely_is(
     k = Keys(tmp_path)
     (tmp_path / "gnocchi.toml").write_text(
         f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n'
-        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n')
+        f'[clients.alice]\npublic_key = "{k.public("alice")}"\nallow = ["22"]\n'
+    )
     counters.create(str(tmp_path))
     store = counters.Store(str(tmp_path)).load()
     last = 1_790_000_000 * 10**9  # the clock, in nanoseconds, at alice's last knock
     store.commit(bytes.fromhex(k.public("alice")), last)
     sent: list[dict] = []
-    v = verifier.Verifier(config.load(str(tmp_path / "gnocchi.toml")),
-                          keyring.Keyring(k.server, ()), store, events.EventLog(send=sent.append))
+    v = verifier.Verifier(
+        config.load(str(tmp_path / "gnocchi.toml")),
+        keyring.Keyring(k.server, ()),
+        store,
+        events.EventLog(send=sent.append),
+    )
     dst = ipaddress.IPv4Address("198.18.3.2")
     behind = (3 * 3600 + 25 * 60 + 7) * 10**9 + 123
     for counter in (last - behind, last):
-        handle(v, seal.build_packet(k.server, k.seeds["alice"], counter, b"open 22",
-                                        dst.packed), ipaddress.IPv4Address("198.18.3.1"), dst)
+        handle(
+            v,
+            seal.build_packet(k.server, k.seeds["alice"], counter, b"open 22", dst.packed),
+            ipaddress.IPv4Address("198.18.3.1"),
+            dst,
+        )
     far, same = sent
     assert far["GNOCCHI_EVENT"] == same["GNOCCHI_EVENT"] == "replay"
-    assert ("counter not above the last accepted but 3h 25min 7s below it: likely the client "
-            "lost its counter state and its clock is now 3h 25min 7s or more behind") in \
-        far["MESSAGE"]
+    assert (
+        "counter not above the last accepted but 3h 25min 7s below it: likely the client "
+        "lost its counter state and its clock is now 3h 25min 7s or more behind"
+    ) in far["MESSAGE"]
     assert "3h 25min 7s below it" in audit.format_entry(far)
     assert same["MESSAGE"].endswith("counter not above the last accepted")
 
@@ -199,13 +237,16 @@ def test_the_verifier_does_not_load_openssl():
     # (its target is 20 MB: bench/README.md); its one hash, the counter store's checksum,
     # is libsodium's BLAKE2b. What is loaded, not how much: this times nothing.
     probe = "import sys, gnocchi.server.verifier; print(' '.join(sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split()
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert "gnocchi.server.counters" in loaded and not {"hashlib", "_hashlib"} & set(loaded)
+
 
 # ---- the client's own policy (sources, expires) and limits, decided in process ----
 # A refused knock costs no write: its counter is not stored, and its entry
 # shares the budget of entries for packets whose counter was not stored.
+
 
 class Stack:
     """The real Verifier, in process, with a recording helper socket and a set clock."""
@@ -214,22 +255,29 @@ class Stack:
         self.k = Keys(tmp_path)
         (tmp_path / "gnocchi.toml").write_text(
             f'state_dir = "{tmp_path}"\nhelper_socket = "{tmp_path}/h.sock"\n[clients.alice]\n'
-            f'public_key = "{self.k.public("alice")}"\nallow = {allow}\n{policy}')
+            f'public_key = "{self.k.public("alice")}"\nallow = {allow}\n{policy}'
+        )
         cfg = config.load(str(tmp_path / "gnocchi.toml"))
         self.helper = HelperRecorder(tmp_path / "h.sock")
         self.sent: list[dict] = []
         counters.create(str(tmp_path))
         self.store = counters.Store(str(tmp_path)).load()
         self.clock = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
-        self.v = verifier.Verifier(cfg, keyring.Keyring(self.k.server, ()), self.store,
-                                   events.EventLog(send=self.sent.append), now=lambda: self.clock)
+        self.v = verifier.Verifier(
+            cfg,
+            keyring.Keyring(self.k.server, ()),
+            self.store,
+            events.EventLog(send=self.sent.append),
+            now=lambda: self.clock,
+        )
         self.dst = ipaddress.IPv4Address("198.18.3.2")
         self.counter = 0
 
     def knock(self, source: str, data: bytes = b"open 22"):
         self.counter += 1
-        packet = seal.build_packet(self.k.server, self.k.seeds["alice"], self.counter,
-                                       data, self.dst.packed)
+        packet = seal.build_packet(
+            self.k.server, self.k.seeds["alice"], self.counter, data, self.dst.packed
+        )
         handle(self.v, packet, ipaddress.ip_address(source), self.dst)
         return self.sent[-1]
 
@@ -292,13 +340,13 @@ def test_one_clients_flood_costs_it_alone(tmp_path):
     s = Stack(tmp_path, "")
     try:
         alice = bytes.fromhex(s.k.public("alice"))
-        for _ in range(61):                    # 61 knocks at once
+        for _ in range(61):  # 61 knocks at once
             s.knock("198.51.100.20")
         accepted = [e for e in s.sent if e["GNOCCHI_EVENT"] == "accepted"]
         assert len(accepted) == verifier.CLIENT_BURST == len(s.helper.messages)
         on_disk = counters.Store(str(tmp_path)).load()
-        assert on_disk.last(alice) == verifier.CLIENT_BURST   # one write per accepted knock
-        assert s.store.last(alice) == 61       # the dropped ones are spent all the same
+        assert on_disk.last(alice) == verifier.CLIENT_BURST  # one write per accepted knock
+        assert s.store.last(alice) == 61  # the dropped ones are spent all the same
         s.v.log.flush()
         [summary] = [e for e in s.sent if e["GNOCCHI_EVENT"] == "dropped-summary"]
         assert summary["GNOCCHI_DROPPED_RATE_LIMITED"] == str(61 - verifier.CLIENT_BURST)
@@ -316,14 +364,15 @@ def test_several_ports_are_one_decision_and_one_helper_request(tmp_path):
         refused = s.knock("198.51.100.20", b"open 22 60002/udp")
         assert refused["GNOCCHI_EVENT"] == "refused"
         assert refused["GNOCCHI_REQUEST"] == "open 22/tcp 60002/udp"
-        assert refused["GNOCCHI_REASON"] == ("60002/udp is not in this client's allow list "
-                                             "(22/tcp, 60001/udp)")
-        assert s.helper.messages == []                  # not even the allowed port
+        assert refused["GNOCCHI_REASON"] == (
+            "60002/udp is not in this client's allow list (22/tcp, 60001/udp)"
+        )
+        assert s.helper.messages == []  # not even the allowed port
         accepted = s.knock("198.51.100.20", b"open 22 60001/udp")
         assert accepted["GNOCCHI_EVENT"] == "accepted"
         assert accepted["GNOCCHI_REQUEST"] == "open 22/tcp 60001/udp"
         assert "open 22/tcp 60001/udp" in accepted["MESSAGE"]
-        assert len(s.helper.messages) == 1              # one request for both ports
-        assert len(s.sent) == 2                         # one entry per knock
+        assert len(s.helper.messages) == 1  # one request for both ports
+        assert len(s.sent) == 2  # one entry per knock
     finally:
         s.helper.close()

@@ -12,6 +12,7 @@ BLAKE2b of fixed labels), so running it again writes the same file:
 
 Each vector names the rule of PROTOCOL.md it tests ("rule": R1..R10).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -29,8 +30,10 @@ MAGIC1 = bytes.fromhex("42f9708e2f1369d9")
 MIN, MAX, MAX_BODY = 184, 1048, 864
 ADDRESSES = ["198.51.100.7", "2001:db8::7"]
 # The v1 vectors' client seeds, so one client key serves both files.
-SEEDS = {"a": "7ac4765a5ed245d6814996c939902672c013886bd1c16babbc42d4e470026d7f",
-         "b": "d12e6f83ef062855f627e1ae3e397c0c3de3d824f64af7a7ead253d532655f24"}
+SEEDS = {
+    "a": "7ac4765a5ed245d6814996c939902672c013886bd1c16babbc42d4e470026d7f",
+    "b": "d12e6f83ef062855f627e1ae3e397c0c3de3d824f64af7a7ead253d532655f24",
+}
 
 
 def stream(label: str, n: int) -> bytes:
@@ -62,8 +65,7 @@ OTHER_PRIVATE, OTHER_PUBLIC = server_keypair("other server")
 
 def address16(text: str) -> bytes:
     addr = ipaddress.ip_address(text)
-    return (addr.packed if addr.version == 6
-            else ipaddress.IPv6Address(f"::ffff:{addr}").packed)
+    return addr.packed if addr.version == 6 else ipaddress.IPv6Address(f"::ffff:{addr}").packed
 
 
 def mac1(public: bytes, sealed: bytes) -> bytes:
@@ -82,22 +84,44 @@ def signing_key(client: str) -> SigningKey:
     return SigningKey(bytes.fromhex(SEEDS[client]) if client in SEEDS else stream(client, 32))
 
 
-def knock(name: str, client: str, counter: int, data: bytes = b"", *, body_len: int | None = None,
-          address: str = ADDRESSES[0], signed_public: bytes = PUBLIC, seal_to: bytes = PUBLIC,
-          mac1_key: bytes = PUBLIC, signer: str | None = None,
-          data_len: int | None = None, signed_address: bytes | None = None,
-          signed_prefix: bytes = MAGIC2, epk: bytes | None = None,
-          flip: int | None = None, flip_mac1_after: bool = False) -> tuple[bytes, dict]:
+def knock(
+    name: str,
+    client: str,
+    counter: int,
+    data: bytes = b"",
+    *,
+    body_len: int | None = None,
+    address: str = ADDRESSES[0],
+    signed_public: bytes = PUBLIC,
+    seal_to: bytes = PUBLIC,
+    mac1_key: bytes = PUBLIC,
+    signer: str | None = None,
+    data_len: int | None = None,
+    signed_address: bytes | None = None,
+    signed_prefix: bytes = MAGIC2,
+    epk: bytes | None = None,
+    flip: int | None = None,
+    flip_mac1_after: bool = False,
+) -> tuple[bytes, dict]:
     """A v2 knock (PROTOCOL.md "Packet"), with one thing done wrong when asked."""
     if body_len is None:
         body_len = -(-len(data) // 16) * 16
     claimed = bytes(signing_key(client).verify_key)  # SIGNPUB
     key = signing_key(signer or client)
     padding = stream(f"{name}/padding", body_len - len(data))
-    tail = (counter.to_bytes(14, "big") + (len(data) if data_len is None else data_len)
-            .to_bytes(2, "big") + data + padding)
-    signed = (signed_prefix + claimed + tail + signed_public
-              + (address16(address) if signed_address is None else signed_address))
+    tail = (
+        counter.to_bytes(14, "big")
+        + (len(data) if data_len is None else data_len).to_bytes(2, "big")
+        + data
+        + padding
+    )
+    signed = (
+        signed_prefix
+        + claimed
+        + tail
+        + signed_public
+        + (address16(address) if signed_address is None else signed_address)
+    )
     sig = key.sign(signed).signature
     ephemeral = stream(f"{name}/ephemeral", 32)
     sealed = seal(claimed + sig + tail, seal_to, ephemeral, epk)
@@ -114,14 +138,27 @@ def knock(name: str, client: str, counter: int, data: bytes = b"", *, body_len: 
 
 def accept(name, rule, client, counter, data=b"", **kw) -> dict:
     packet, extra = knock(name, client, counter, data, **kw)
-    return {"name": name, "rule": rule, "packet": packet.hex(), "expect": "accept",
-            "client": client, "counter": counter, "data": data.hex(),
-            "address": kw.get("address", ADDRESSES[0]), **extra}
+    return {
+        "name": name,
+        "rule": rule,
+        "packet": packet.hex(),
+        "expect": "accept",
+        "client": client,
+        "counter": counter,
+        "data": data.hex(),
+        "address": kw.get("address", ADDRESSES[0]),
+        **extra,
+    }
 
 
 def reject(name, rule, reason, packet: bytes) -> dict:
-    return {"name": name, "rule": rule, "packet": packet.hex(), "expect": "reject",
-            "reason": reason}
+    return {
+        "name": name,
+        "rule": rule,
+        "packet": packet.hex(),
+        "expect": "reject",
+        "reason": reason,
+    }
 
 
 def v1_packet() -> bytes:
@@ -130,8 +167,9 @@ def v1_packet() -> bytes:
     key = SigningKey(bytes.fromhex(SEEDS["a"]))
     nonce = stream("v1/nonce", 24)
     tail = (1).to_bytes(14, "big") + (0).to_bytes(2, "big")
-    sig = key.sign(nonce + MAGIC1 + bytes(key.verify_key) + tail + server_key
-                   + bytes([198, 51, 100, 7])).signature
+    sig = key.sign(
+        nonce + MAGIC1 + bytes(key.verify_key) + tail + server_key + bytes([198, 51, 100, 7])
+    ).signature
     plaintext = MAGIC1 + bytes(key.verify_key) + sig + tail
     return nonce + b.crypto_secretbox(plaintext, nonce, server_key)
 
@@ -150,40 +188,84 @@ def vectors() -> list[dict]:
         accept("padding-random-length", "R9", "b", 9, b"open 22", body_len=160),
         accept("odd-body-length", "R9", "a", 3, b"open 22", body_len=37),
         accept("data-fills-body-no-padding", "R9", "a", 4, b"0123456789abcdef" * 2),
-        accept("max-size", "R2", "b", 2 ** 64, long_body, body_len=MAX_BODY),
-        accept("max-counter", "R6", "b", 2 ** 112 - 1),
+        accept("max-size", "R2", "b", 2**64, long_body, body_len=MAX_BODY),
+        accept("max-counter", "R6", "b", 2**112 - 1),
         accept("run-with-payload", "R9", "a", 5, b"run motd\nback at 5"),
         reject("v1-packet", "R1", "magic", v1_packet()),
         reject("magic-one-bit-off", "R1", "magic", bytes(wrong_magic)),
         reject("empty", "R1", "magic", b""),
-        reject("too-short-183", "R2", "size", valid[:MIN - 1]),
-        reject("too-long-1049", "R2", "size", k("long", "a", 1, long_body, body_len=MAX_BODY)
-               + b"\0"),
+        reject("too-short-183", "R2", "size", valid[: MIN - 1]),
+        reject(
+            "too-long-1049", "R2", "size", k("long", "a", 1, long_body, body_len=MAX_BODY) + b"\0"
+        ),
         reject("mac1-bit-flip", "R3", "mac1", k("mflip", "a", 1, b"open 22", flip=8)),
         reject("sealed-bit-flip", "R3", "mac1", k("sflip", "a", 1, b"open 22", flip=100)),
-        reject("sealed-to-other-server", "R3", "mac1",
-               k("other", "a", 1, b"open 22", signed_public=OTHER_PUBLIC,
-                 seal_to=OTHER_PUBLIC, mac1_key=OTHER_PUBLIC)),
-        reject("mac1-right-box-sealed-to-other-key", "R4", "seal",
-               k("otherbox", "a", 1, b"open 22", seal_to=OTHER_PUBLIC)),
-        reject("ciphertext-flip-mac1-made-right", "R4", "seal",
-               k("cflip", "a", 1, b"open 22", flip=60, flip_mac1_after=True)),
-        reject("low-order-ephemeral-key", "R4", "seal",
-               k("loworder", "a", 1, b"open 22", epk=low_order)),
+        reject(
+            "sealed-to-other-server",
+            "R3",
+            "mac1",
+            k(
+                "other",
+                "a",
+                1,
+                b"open 22",
+                signed_public=OTHER_PUBLIC,
+                seal_to=OTHER_PUBLIC,
+                mac1_key=OTHER_PUBLIC,
+            ),
+        ),
+        reject(
+            "mac1-right-box-sealed-to-other-key",
+            "R4",
+            "seal",
+            k("otherbox", "a", 1, b"open 22", seal_to=OTHER_PUBLIC),
+        ),
+        reject(
+            "ciphertext-flip-mac1-made-right",
+            "R4",
+            "seal",
+            k("cflip", "a", 1, b"open 22", flip=60, flip_mac1_after=True),
+        ),
+        reject(
+            "low-order-ephemeral-key",
+            "R4",
+            "seal",
+            k("loworder", "a", 1, b"open 22", epk=low_order),
+        ),
         reject("unknown-client-key", "R5", "unknown-client", k("stranger", "stranger", 1)),
-        reject("signed-for-other-address", "R7", "signature",
-               k("otheraddr", "a", 1, b"open 22", address="198.51.100.8")),
-        reject("ipv4-signed-unmapped", "R7", "signature",
-               k("unmapped", "a", 1, b"open 22",
-                 signed_address=bytes([198, 51, 100, 7]) + bytes(12))),
-        reject("signed-for-other-server-key", "R7", "signature",
-               k("otherspk", "a", 1, b"open 22", signed_public=OTHER_PUBLIC)),
-        reject("signature-by-other-client", "R7", "signature",
-               k("byb", "a", 1, b"open 22", signer="b")),
-        reject("signed-with-v1-magic", "R7", "signature",
-               k("asv1", "a", 1, b"open 22", signed_prefix=MAGIC1)),
-        reject("data-len-exceeds-body", "R8", "data-length",
-               k("datalen", "a", 1, b"open 22", body_len=16, data_len=17)),
+        reject(
+            "signed-for-other-address",
+            "R7",
+            "signature",
+            k("otheraddr", "a", 1, b"open 22", address="198.51.100.8"),
+        ),
+        reject(
+            "ipv4-signed-unmapped",
+            "R7",
+            "signature",
+            k("unmapped", "a", 1, b"open 22", signed_address=bytes([198, 51, 100, 7]) + bytes(12)),
+        ),
+        reject(
+            "signed-for-other-server-key",
+            "R7",
+            "signature",
+            k("otherspk", "a", 1, b"open 22", signed_public=OTHER_PUBLIC),
+        ),
+        reject(
+            "signature-by-other-client", "R7", "signature", k("byb", "a", 1, b"open 22", signer="b")
+        ),
+        reject(
+            "signed-with-v1-magic",
+            "R7",
+            "signature",
+            k("asv1", "a", 1, b"open 22", signed_prefix=MAGIC1),
+        ),
+        reject(
+            "data-len-exceeds-body",
+            "R8",
+            "data-length",
+            k("datalen", "a", 1, b"open 22", body_len=16, data_len=17),
+        ),
     ]
 
 
@@ -193,15 +275,18 @@ def sequence() -> list[dict]:
         if expect != "accept":
             entry["reason"] = expect
         return {**entry, **({"note": note} if note else {})}
+
     first = knock("seq1", "a", 10, b"open 22")[0]
     return [
         step(first, "accept"),
         step(first, "replay", "the same packet again"),
         step(knock("seq2", "a", 5, b"open 22")[0], "replay", "a lower counter"),
         step(knock("seq3", "a", 10, b"open 22")[0], "replay", "an equal counter, another packet"),
-        step(knock("seq4", "a", 2 ** 100, signer="b")[0], "signature",
-             "client a's key with counter 2**100 but signed by client b: must not move a's "
-             "counter"),
+        step(
+            knock("seq4", "a", 2**100, signer="b")[0],
+            "signature",
+            "client a's key with counter 2**100 but signed by client b: must not move a's counter",
+        ),
         step(knock("seq5", "a", 11)[0], "accept", "a's counter did not move"),
         step(knock("seq6", "b", 1, address=ADDRESSES[1])[0], "accept"),
         step(knock("seq7", "b", 1, address=ADDRESSES[1])[0], "replay", "b's counter is 1 now"),
@@ -212,32 +297,45 @@ def sequence() -> list[dict]:
 def main() -> int:
     clients = {}
     for name, seed in SEEDS.items():
-        clients[name] = {"seed": seed,
-                         "public_key": bytes(SigningKey(bytes.fromhex(seed)).verify_key).hex()}
+        clients[name] = {
+            "seed": seed,
+            "public_key": bytes(SigningKey(bytes.fromhex(seed)).verify_key).hex(),
+        }
     doc = {
         "about": "Knock packet test vectors for the v2 wire format (docs/PROTOCOL.md, "
-                 "'Version 2'), made by tests/vectors/make_knock_v2.py. Each vector in "
-                 "'vectors' is judged against a fresh server state that holds the server "
-                 "private key, knows clients a and b (last counter 0) and takes both "
-                 "server_addresses as its own; 'sequence' is judged in order against one "
-                 "state. 'rule' names the rule of PROTOCOL.md a vector tests. Accepted "
-                 "vectors give the ephemeral private key, and their padding is deterministic "
-                 "(real clients draw both at random), so a sender can rebuild them byte for "
-                 "byte.",
+        "'Version 2'), made by tests/vectors/make_knock_v2.py. Each vector in "
+        "'vectors' is judged against a fresh server state that holds the server "
+        "private key, knows clients a and b (last counter 0) and takes both "
+        "server_addresses as its own; 'sequence' is judged in order against one "
+        "state. 'rule' names the rule of PROTOCOL.md a vector tests. Accepted "
+        "vectors give the ephemeral private key, and their padding is deterministic "
+        "(real clients draw both at random), so a sender can rebuild them byte for "
+        "byte.",
         "server_private_key": PRIVATE.hex(),
         "server_public_key": PUBLIC.hex(),
         "knock_port": port_of(PUBLIC),
         "server_addresses": ADDRESSES,
         "clients": clients,
-        "reasons": {"magic": "R1", "size": "R2", "mac1": "R3", "seal": "R4",
-                    "unknown-client": "R5", "replay": "R6", "signature": "R7",
-                    "data-length": "R8"},
+        "reasons": {
+            "magic": "R1",
+            "size": "R2",
+            "mac1": "R3",
+            "seal": "R4",
+            "unknown-client": "R5",
+            "replay": "R6",
+            "signature": "R7",
+            "data-length": "R8",
+        },
         "vectors": vectors(),
         "sequence": sequence(),
-        "port_vectors": [{"server_public_key": pub.hex(), "knock_port": port_of(pub)}
-                         for pub in (PUBLIC, OTHER_PUBLIC, bytes(32), b"\xff" * 32)],
-        "address_vectors": [{"address": a, "signed": address16(a).hex()}
-                            for a in ("198.51.100.7", "0.0.0.1", "2001:db8::7", "::1")],
+        "port_vectors": [
+            {"server_public_key": pub.hex(), "knock_port": port_of(pub)}
+            for pub in (PUBLIC, OTHER_PUBLIC, bytes(32), b"\xff" * 32)
+        ],
+        "address_vectors": [
+            {"address": a, "signed": address16(a).hex()}
+            for a in ("198.51.100.7", "0.0.0.1", "2001:db8::7", "::1")
+        ],
     }
     json.dump(doc, sys.stdout, indent=1)
     sys.stdout.write("\n")

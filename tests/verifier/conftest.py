@@ -1,6 +1,7 @@
 """Fixtures for the verifier's tests: keys, a recording helper socket, a Net,
 the real helper on the real table in its server namespace, and daemons that
 are stopped after each test (tests/support/verifier.py)."""
+
 import pytest
 
 from support import Daemon, Helper, HelperRecorder, Keys, Net, load_table

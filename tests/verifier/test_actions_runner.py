@@ -8,6 +8,7 @@ gnocchi-action@.service. No systemd here, so no cgroup: what the unit adds
 (its user, its sandbox, the cgroup kill of a `setsid` child) is shown in
 tests/system/test_action_units.py. The helper is the recording stand-in of tests/support.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -37,10 +38,27 @@ class Runner:
         self.path = tmp_path / "action.sock"
         with open(tmp_path / "runner.err", "wb") as err:  # the runner keeps its own copy
             self.proc = net.server.popen(
-                ["systemd-socket-activate", "--seqpacket", "--accept", "--inetd", "-l",
-                 str(self.path), "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin",
-                 "run-action", "--config", str(config), "--peer-user", "root"],
-                stdout=subprocess.DEVNULL, stderr=err)
+                [
+                    "systemd-socket-activate",
+                    "--seqpacket",
+                    "--accept",
+                    "--inetd",
+                    "-l",
+                    str(self.path),
+                    "-E",
+                    f"PYTHONPATH={REPO}",
+                    PYTHON,
+                    "-m",
+                    "gnocchi.admin",
+                    "run-action",
+                    "--config",
+                    str(config),
+                    "--peer-user",
+                    "root",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         deadline = time.monotonic() + 10
         while not self.path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -54,26 +72,31 @@ class Runner:
 def config(tmp_path, k) -> Path:
     for name in EXTRA_CLIENTS:
         k.seeds[name] = os.urandom(32)
-    extra_clients = "".join(f'[clients.{n}]\npublic_key = "{k.public(n)}"\nactions = ["hang"]\n'
-                            for n in EXTRA_CLIENTS)
-    return write_config(tmp_path, k, str(tmp_path / "helper.sock"),
-                        extra=f'action_socket = "{tmp_path / "action.sock"}"', clients=f"""
+    extra_clients = "".join(
+        f'[clients.{n}]\npublic_key = "{k.public(n)}"\nactions = ["hang"]\n' for n in EXTRA_CLIENTS
+    )
+    return write_config(
+        tmp_path,
+        k,
+        str(tmp_path / "helper.sock"),
+        extra=f'action_socket = "{tmp_path / "action.sock"}"',
+        clients=f"""
 [clients.alice]
-public_key = "{k.public('alice')}"
+public_key = "{k.public("alice")}"
 allow = ["22/tcp"]
 actions = ["show", "hang", "flood", "fail"]
 
 [clients.bob]
-public_key = "{k.public('bob')}"
+public_key = "{k.public("bob")}"
 allow = ["443"]
 
 {extra_clients}
 [actions.show]
-argv = ["{PYTHON}", "{SHOW}", "{tmp_path / 'action.out'}"]
+argv = ["{PYTHON}", "{SHOW}", "{tmp_path / "action.out"}"]
 timeout = 10
 
 [actions.hang]
-argv = ["{PYTHON}", "-c", "{HANG}", "{tmp_path / 'hang.pid'}"]
+argv = ["{PYTHON}", "-c", "{HANG}", "{tmp_path / "hang.pid"}"]
 timeout = 8
 
 [actions.flood]
@@ -82,15 +105,22 @@ timeout = 1
 
 [actions.fail]
 argv = ["/bin/sh", "-c", "echo no; exit 3"]
-""")
+""",
+    )
 
 
 @pytest.fixture
 def stack(daemons, net, k, tmp_path, helper):
     cfg = config(tmp_path, k)
     runner = Runner(net, tmp_path, cfg)
-    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", "--summary-interval", "1",
-                stderr=tmp_path / "daemon.err")
+    d = daemons(
+        net,
+        cfg,
+        f"{net.server.ip}:{k.port}",
+        "--summary-interval",
+        "1",
+        stderr=tmp_path / "daemon.err",
+    )
     yield d
     runner.stop()
 
@@ -142,8 +172,9 @@ def test_one_run_at_a_time_per_client_and_a_bounded_number_in_all(stack, net, k,
     assert not (tmp_path / "action.out").exists(), "the second run never started"
     # Three more clients fill the verifier's MAX_RUNS; a fourth is refused.
     assert action_client.MAX_RUNS == 4
-    send_datagrams(net, k.port,
-                   [knock(k, name, 1, b"run hang", net.server.ip) for name in EXTRA_CLIENTS])
+    send_datagrams(
+        net, k.port, [knock(k, name, 1, b"run hang", net.server.ip) for name in EXTRA_CLIENTS]
+    )
     refused = d.wait_events("refused", 2)[1]
     assert refused["GNOCCHI_CLIENT"] == "frank"
     assert refused["GNOCCHI_REASON"] == "4 actions are running, the most at once"
@@ -164,8 +195,12 @@ def test_payload_on_stdin_and_the_outcome_in_the_audit_trail(stack, net, k, tmp_
     assert seen["env"]["GNOCCHI_CLIENT"] == "alice"
     assert seen["env"]["GNOCCHI_SOURCE_IP"] == net.client.ip
     assert seen["env"]["GNOCCHI_ACTION"] == "show"
-    assert set(seen["env"]) <= set(actions.ENV) | {"GNOCCHI_CLIENT", "GNOCCHI_SOURCE_IP",
-                                                   "GNOCCHI_ACTION", "LC_CTYPE"}
+    assert set(seen["env"]) <= set(actions.ENV) | {
+        "GNOCCHI_CLIENT",
+        "GNOCCHI_SOURCE_IP",
+        "GNOCCHI_ACTION",
+        "LC_CTYPE",
+    }
     assert seen["cwd"] == "/"
     # One run at a time: alice may run again once the first has reported.
     send_datagrams(net, k.port, [knock(k, "alice", 2, b"run fail", net.server.ip)])
@@ -186,12 +221,16 @@ def test_an_output_flood_is_bounded_and_ends_at_the_timeout(stack, net, k, tmp_p
     assert len(output.replace("\\n", "\n")) == actions.OUTPUT_LIMIT
 
 
-def test_a_missing_runner_is_an_action_failure_and_serving_goes_on(daemons, net, k, tmp_path,
-                                                                   helper):
+def test_a_missing_runner_is_an_action_failure_and_serving_goes_on(
+    daemons, net, k, tmp_path, helper
+):
     cfg = config(tmp_path, k)  # no runner behind action.sock
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
-    send_datagrams(net, k.port, [knock(k, "alice", 1, b"run show", net.server.ip),
-                       knock(k, "bob", 1, b"", net.server.ip)])
+    send_datagrams(
+        net,
+        k.port,
+        [knock(k, "alice", 1, b"run show", net.server.ip), knock(k, "bob", 1, b"", net.server.ip)],
+    )
     failed = d.wait_events("action-failed", 1)[0]
     assert failed["GNOCCHI_REASON"].startswith(f"not started: {tmp_path / 'action.sock'}: ")
     d.wait_events("accepted", 1)
@@ -201,14 +240,17 @@ def test_a_missing_runner_is_an_action_failure_and_serving_goes_on(daemons, net,
 
 # ---- the request and the reply, both sides ----------------------------------
 
+
 def test_request_round_trip_and_exact_lengths():
     source = ipaddress.ip_address("198.18.3.1")
     message = action_client.encode_request("motd", "alice", source, b"pay\nload")
     assert action_runner.parse_request(message) == action_runner.Request(
-        "motd", "alice", source, b"pay\nload")
+        "motd", "alice", source, b"pay\nload"
+    )
     six = ipaddress.ip_address("2001:db8::1")
-    assert action_runner.parse_request(
-        action_client.encode_request("m", "b", six, b"")).source == six
+    assert (
+        action_runner.parse_request(action_client.encode_request("m", "b", six, b"")).source == six
+    )
     assert action_runner.REQUEST.format == action_client.REQUEST.format
     bad = {
         message + b"x": "request lengths do not add up",
@@ -228,14 +270,17 @@ def test_request_round_trip_and_exact_lengths():
 def test_reply_round_trip_and_untrusted_replies():
     def through(outcome):
         return action_client.parse_reply(action_runner.encode_reply(outcome), 5)
+
     assert through(actions.Outcome(0, b"ok")) == actions.Outcome(0, b"ok")
-    assert through(actions.Outcome(3, b"x", "exited with status 3")).problem == \
-        "exited with status 3"
+    assert (
+        through(actions.Outcome(3, b"x", "exited with status 3")).problem == "exited with status 3"
+    )
     assert through(actions.Outcome(-9, b"", "killed by signal 9")).problem == "killed by signal 9"
     timed = through(actions.Outcome(None, b"partial", "killed after ...", True))
     assert timed == actions.Outcome(None, b"partial", "killed after its timeout of 5 s")
-    assert through(actions.Outcome(None, b"", "cannot start /x: No such file")) == \
-        actions.Outcome(None, b"cannot start /x: No such file", "the runner could not start it")
+    assert through(actions.Outcome(None, b"", "cannot start /x: No such file")) == actions.Outcome(
+        None, b"cannot start /x: No such file", "the runner could not start it"
+    )
     big = action_runner.REPLY.pack(1, 0, 0) + bytes(actions.OUTPUT_LIMIT + 1)
     assert "malformed" in action_client.parse_reply(big, 5).problem
     assert "malformed" in action_client.parse_reply(b"\x01\x00", 5).problem
@@ -245,8 +290,11 @@ def test_reply_round_trip_and_untrusted_replies():
 
 def test_an_action_is_done_when_its_process_exits_even_if_a_setsid_child_holds_the_pipe():
     from gnocchi.server.config import Action
-    script = ("import subprocess; p = subprocess.Popen(['setsid', 'sleep', '57']); "
-              "print(p.pid, flush=True)")
+
+    script = (
+        "import subprocess; p = subprocess.Popen(['setsid', 'sleep', '57']); "
+        "print(p.pid, flush=True)"
+    )
     out = actions.run(Action("t", (PYTHON, "-c", script), 30), "a", "198.18.3.1", b"")
     child = int(out.output)
     try:

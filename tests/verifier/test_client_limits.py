@@ -3,6 +3,7 @@ real verifier, which talks to the real helper and the real table, armed as
 `gnocchi table load` arms it (the knock port's per-source limit on); another
 client's knock still opens on its first try, and what of the flood the table
 lets through costs a bounded number of journal entries and counter writes."""
+
 from __future__ import annotations
 
 import time
@@ -22,17 +23,28 @@ s.bind((sys.argv[1], 0)); s.sendto(bytes.fromhex(sys.stdin.read()), (sys.argv[2]
 
 
 def test_a_flooding_client_does_not_keep_another_out(daemons, net, k, tmp_path, real_helper):
-    cfg = write_config(tmp_path, k, str(real_helper), clients=f"""
+    cfg = write_config(
+        tmp_path,
+        k,
+        str(real_helper),
+        clients=f"""
 [clients.alice]
-public_key = "{k.public('alice')}"
+public_key = "{k.public("alice")}"
 allow = ["22"]
 
 [clients.bob]
-public_key = "{k.public('bob')}"
+public_key = "{k.public("bob")}"
 allow = ["22"]
-""")
-    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", "--summary-interval", "1",
-                stderr=tmp_path / "daemon.err")
+""",
+    )
+    d = daemons(
+        net,
+        cfg,
+        f"{net.server.ip}:{k.port}",
+        "--summary-interval",
+        "1",
+        stderr=tmp_path / "daemon.err",
+    )
     # As armed for real: without the table's limit, 2,000 signed knocks a second
     # can fill the socket's queue on a busy machine before bob's arrives.
     net.server.nft("add", "element", "inet", "gnocchi", "knock_port", f"{{ {k.port} }}")
@@ -47,11 +59,15 @@ allow = ["22"]
     sender = send_paced(net.client, net.server.ip, k.port, flood, wait=False)
     time.sleep(0.3)
     # Bob, from another address, while alice floods over her limit: opens at once.
-    net.client.run([PYTHON, "-c", SEND_FROM, bob_ip, net.server.ip, str(k.port)],
-                   input=knock(k, "bob", base, b"open 22", net.server.ip).hex())
+    net.client.run(
+        [PYTHON, "-c", SEND_FROM, bob_ip, net.server.ip, str(k.port)],
+        input=knock(k, "bob", base, b"open 22", net.server.ip).hex(),
+    )
     assert sender.wait(timeout=30) == 0
-    d.wait_for(lambda _: any(e.get("GNOCCHI_CLIENT") == "bob" for e in d.of("accepted")),
-               what="bob's knock")
+    d.wait_for(
+        lambda _: any(e.get("GNOCCHI_CLIENT") == "bob" for e in d.of("accepted")),
+        what="bob's knock",
+    )
     [bob] = [e for e in d.of("accepted") if e["GNOCCHI_CLIENT"] == "bob"]
     assert bob["GNOCCHI_HELPER_STATUS"] == "OK" and bob["GNOCCHI_SOURCE_IP"] == bob_ip
     listed = net.server.nft("list", "set", "inet", "gnocchi", "knocked4").stdout
@@ -65,33 +81,55 @@ allow = ["22"]
     assert all(e["GNOCCHI_EVENT"] == "accepted" for e in alice)
     # The table lets 100 at once through (then 20 a second): all but the 20 the
     # verifier lets in are counted as rate-limited.
-    d.wait_for(lambda _: sum(int(s.get("GNOCCHI_DROPPED_RATE_LIMITED", 0))
-                             for s in d.of("dropped-summary")) >= 50,
-               what="alice's excess counted")
-    assert all("alice" in s["MESSAGE"] for s in d.of("dropped-summary")
-               if "GNOCCHI_DROPPED_RATE_LIMITED" in s)
+    d.wait_for(
+        lambda _: (
+            sum(int(s.get("GNOCCHI_DROPPED_RATE_LIMITED", 0)) for s in d.of("dropped-summary"))
+            >= 50
+        ),
+        what="alice's excess counted",
+    )
+    assert all(
+        "alice" in s["MESSAGE"]
+        for s in d.of("dropped-summary")
+        if "GNOCCHI_DROPPED_RATE_LIMITED" in s
+    )
 
 
 def test_one_address_gets_exactly_its_burst_whatever_the_keys_it_knocks_with(
-        daemons, net, k, tmp_path, helper):
+    daemons, net, k, tmp_path, helper
+):
     # Three keys behind one address (clients behind one NAT, or stolen keys),
     # each under its own client limit (19 of 20): the address's limit decides,
     # and lets exactly its burst through (and one more each 2 s it lasts).
-    clients = "".join(f'[clients.{name}]\npublic_key = "{k.public(name)}"\nallow = ["22"]\n'
-                      for name in ("alice", "bob", "mallory"))
-    d = daemons(net, write_config(tmp_path, k, str(helper.path), clients=clients),
-                f"{net.server.ip}:{k.port}", "--summary-interval", "1",
-                stderr=tmp_path / "daemon.err")
+    clients = "".join(
+        f'[clients.{name}]\npublic_key = "{k.public(name)}"\nallow = ["22"]\n'
+        for name in ("alice", "bob", "mallory")
+    )
+    d = daemons(
+        net,
+        write_config(tmp_path, k, str(helper.path), clients=clients),
+        f"{net.server.ip}:{k.port}",
+        "--summary-interval",
+        "1",
+        stderr=tmp_path / "daemon.err",
+    )
     base = time.time_ns()
-    packets = [knock(k, name, base + i, b"open 22", net.server.ip)
-               for i in range(19) for name in ("alice", "bob", "mallory")]
+    packets = [
+        knock(k, name, base + i, b"open 22", net.server.ip)
+        for i in range(19)
+        for name in ("alice", "bob", "mallory")
+    ]
     started = time.monotonic()
     send_paced(net.client, net.server.ip, k.port, packets)
 
     def dropped(_=None) -> int:
         return sum(int(s.get("GNOCCHI_DROPPED_RATE_LIMITED", 0)) for s in d.of("dropped-summary"))
-    d.wait_for(lambda _: len(d.of("accepted")) + dropped() >= len(packets),
-               what="every knock decided or counted", timeout=20)
+
+    d.wait_for(
+        lambda _: len(d.of("accepted")) + dropped() >= len(packets),
+        what="every knock decided or counted",
+        timeout=20,
+    )
     seconds = time.monotonic() - started
     accepted = len(d.of("accepted"))
     assert verifier.ADDRESS_BURST <= accepted <= verifier.ADDRESS_BURST + seconds / 2 + 1

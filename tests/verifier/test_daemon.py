@@ -1,4 +1,5 @@
 """The real verifier, socket-activated in a server namespace, knocked from a client namespace."""
+
 from __future__ import annotations
 
 import socket
@@ -10,8 +11,9 @@ from support import knock, request, send_datagrams, write_config
 def start(daemons, net, k, tmp_path, helper, listen=None, extra="", clients=None, env=()):
     cfg = write_config(tmp_path, k, helper.path, extra=extra, clients=clients)
     listen = listen or f"{net.server.ip}:{k.port}"
-    return daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "daemon.err",
-                   env=env)
+    return daemons(
+        net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "daemon.err", env=env
+    )
 
 
 def stored(tmp_path) -> dict[str, int]:
@@ -22,17 +24,26 @@ def stored(tmp_path) -> dict[str, int]:
 
 def test_valid_knocks_reach_the_helper_and_nothing_comes_back(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper)
-    packets = [knock(k, "alice", 1, b"open 22", net.server.ip),
-               knock(k, "alice", 2, b"open 60001/udp", net.server.ip),
-               knock(k, "bob", 7, b"", net.server.ip)]          # empty: bob's default
+    packets = [
+        knock(k, "alice", 1, b"open 22", net.server.ip),
+        knock(k, "alice", 2, b"open 60001/udp", net.server.ip),
+        knock(k, "bob", 7, b"", net.server.ip),
+    ]  # empty: bob's default
     assert send_datagrams(net, k.port, packets, wait=0.5) == 0
     accepted = d.wait_events("accepted", 3)
     src = net.client.ip
-    assert helper.messages == [request(src, 22, 6), request(src, 60001, 17),
-                               request(src, 443, 6, client="bob")]
-    assert [(e["GNOCCHI_CLIENT"], e["GNOCCHI_REQUEST"], e["GNOCCHI_COUNTER"]) for e in accepted] \
-        == [("alice", "open 22/tcp", "1"), ("alice", "open 60001/udp", "2"),
-            ("bob", "open 443/tcp", "7")]
+    assert helper.messages == [
+        request(src, 22, 6),
+        request(src, 60001, 17),
+        request(src, 443, 6, client="bob"),
+    ]
+    assert [
+        (e["GNOCCHI_CLIENT"], e["GNOCCHI_REQUEST"], e["GNOCCHI_COUNTER"]) for e in accepted
+    ] == [
+        ("alice", "open 22/tcp", "1"),
+        ("alice", "open 60001/udp", "2"),
+        ("bob", "open 443/tcp", "7"),
+    ]
     first = accepted[0]
     assert first["GNOCCHI_SOURCE_IP"] == net.client.ip
     assert first["GNOCCHI_CLIENT_KEY"] == k.public("alice")
@@ -46,18 +57,18 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
     other_key = bytes(range(32))
     good = knock(k, "alice", 5, b"open 22", net.server.ip)
     cases = [
-        good,                                                     # accepted (sets counter 5)
-        good,                     # the very same bytes again: counted as repeated, no check
-        knock(k, "alice", 4, b"open 22", net.server.ip),          # replay: lower counter
-        knock(k, "alice", 9, b"open 22", "198.18.200.200"),       # other server address
+        good,  # accepted (sets counter 5)
+        good,  # the very same bytes again: counted as repeated, no check
+        knock(k, "alice", 4, b"open 22", net.server.ip),  # replay: lower counter
+        knock(k, "alice", 9, b"open 22", "198.18.200.200"),  # other server address
         knock(k, "alice", 10, b"open 22", net.server.ip, server_key=other_key),  # other key
-        knock(k, "mallory", 1, b"open 22", net.server.ip),        # unknown client
-        knock(k, "alice", 11, b"open 23", net.server.ip),         # port not allowed
-        knock(k, "alice", 12, b"open 22/udp", net.server.ip),     # proto not allowed
-        knock(k, "alice", 13, b"run reboot", net.server.ip),      # action not allowed
+        knock(k, "mallory", 1, b"open 22", net.server.ip),  # unknown client
+        knock(k, "alice", 11, b"open 23", net.server.ip),  # port not allowed
+        knock(k, "alice", 12, b"open 22/udp", net.server.ip),  # proto not allowed
+        knock(k, "alice", 13, b"run reboot", net.server.ip),  # action not allowed
         knock(k, "alice", 14, b"\xff\x00open 22\x1b[31m", net.server.ip),  # garbage request
-        b"\x00" * 200,                                            # garbage packet
-        b"\x01" * 100,                                            # too short
+        b"\x00" * 200,  # garbage packet
+        b"\x01" * 100,  # too short
     ]
     assert send_datagrams(net, k.port, cases, wait=0.5) == 0
     d.wait_events("refused", 4)
@@ -76,7 +87,7 @@ def test_refusals_are_logged_and_never_reach_the_helper(daemons, net, k, tmp_pat
     assert stored(tmp_path)[k.public("alice")] == 14
     # the other-server-key packet, the unknown client and the garbage are only counted
     summary = d.wait_events("dropped-summary", 1)[0]
-    assert summary["GNOCCHI_DROPPED_MAC"] == "2"   # other key + zero bytes
+    assert summary["GNOCCHI_DROPPED_MAC"] == "2"  # other key + zero bytes
     assert summary["GNOCCHI_DROPPED_UNKNOWN_CLIENT"] == "1"
     # by key id and source, so an admin sees whose key is missing or pasted wrong
     mallory = k.public("mallory")[:16]
@@ -104,8 +115,14 @@ def test_a_forged_high_counter_does_not_block_a_valid_lower_one(daemons, net, k,
 
 def test_server_addresses_for_a_server_behind_nat(daemons, net, k, tmp_path, helper):
     d = start(daemons, net, k, tmp_path, helper, extra='server_addresses = ["203.0.113.7"]')
-    send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),  # own address: no
-                                 knock(k, "alice", 2, b"open 22", "203.0.113.7")])  # public address
+    send_datagrams(
+        net,
+        k.port,
+        [
+            knock(k, "alice", 1, b"open 22", net.server.ip),  # own address: no
+            knock(k, "alice", 2, b"open 22", "203.0.113.7"),
+        ],
+    )  # public address
     accepted = d.wait_events("accepted", 1)
     assert accepted[0]["GNOCCHI_COUNTER"] == "2"
     assert len(d.of("signature")) == 1
@@ -140,8 +157,15 @@ def test_dual_stack_socket_unmaps_ipv4_addresses(daemons, net, k, tmp_path, help
 
 def test_native_ipv6_knock_with_server_addresses(daemons, net, k, tmp_path, helper):
     # v1 signs an IPv4 address, so a knock over IPv6 verifies against server_addresses.
-    d = start(daemons, net, k, tmp_path, helper, listen=f"[::]:{k.port}",
-              extra=f'server_addresses = ["{net.server.ip}"]')
+    d = start(
+        daemons,
+        net,
+        k,
+        tmp_path,
+        helper,
+        listen=f"[::]:{k.port}",
+        extra=f'server_addresses = ["{net.server.ip}"]',
+    )
     alice = knock(k, "alice", 1, b"open 22", net.server.ip)
     send_datagrams(net, k.port, [alice], to=net.server.ip6)
     accepted = d.wait_events("accepted", 1)
@@ -191,7 +215,8 @@ def test_a_knock_after_sigterm_is_left_for_the_next_verifier(daemons, net, k, tm
 
 
 def test_a_damaged_newest_store_slot_is_told_at_start_and_the_older_one_used(
-        daemons, net, k, tmp_path, helper):
+    daemons, net, k, tmp_path, helper
+):
     d = start(daemons, net, k, tmp_path, helper)
     for count, counter in enumerate((5, 6), start=1):  # apart: two batches, two commits
         send_datagrams(net, k.port, [knock(k, "alice", counter, b"open 22", net.server.ip)])
@@ -213,12 +238,23 @@ def test_a_broken_config_runs_its_last_good_copy_and_says_so(daemons, net, k, tm
     """A typo in the config never changes what the verifier enforces: it starts with the
     last good copy root kept (gnocchi/admin/last_good.py), and says so once, loudly."""
     from gnocchi.admin import last_good
+
     cfg = write_config(tmp_path, k, helper.path)
     assert last_good.record(str(cfg))[0]
     cfg.write_text(cfg.read_text().replace('allow = ["443"]', 'alow = ["443"]'))  # bob's typo
     d = start_with(daemons, net, k, cfg)
-    assert send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip),
-                                        knock(k, "bob", 2, b"", net.server.ip)], wait=0.5) == 0
+    assert (
+        send_datagrams(
+            net,
+            k.port,
+            [
+                knock(k, "alice", 1, b"open 22", net.server.ip),
+                knock(k, "bob", 2, b"", net.server.ip),
+            ],
+            wait=0.5,
+        )
+        == 0
+    )
     accepted = d.wait_events("accepted", 2)
     assert [e["GNOCCHI_REQUEST"] for e in accepted] == ["open 22/tcp", "open 443/tcp"]
     [fell_back] = d.of("config-fell-back")

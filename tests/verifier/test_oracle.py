@@ -7,6 +7,7 @@ configured and how high its counter is. The probe, for real: three batches
 of such packets against the real verifier, and the CPU time it spends on
 each batch (/proc/PID/stat) must be the same within noise.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,15 @@ def probe(server_key: bytes, claimed: bytes, counter: int) -> bytes:
     only after the whole Ed25519 check: its S is canonical (below the group order),
     so the check cannot stop early."""
     sig = os.urandom(protocol.SIG_LEN - 1) + bytes([os.urandom(1)[0] & 0x0F])
-    body = (protocol.MAGIC + claimed + sig
-            + counter.to_bytes(protocol.COUNTER_LEN, "big") + (7).to_bytes(2, "big")
-            + b"open 22" + os.urandom(9))
+    body = (
+        protocol.MAGIC
+        + claimed
+        + sig
+        + counter.to_bytes(protocol.COUNTER_LEN, "big")
+        + (7).to_bytes(2, "big")
+        + b"open 22"
+        + os.urandom(9)
+    )
     return bytes(SecretBox(server_key).encrypt(body, os.urandom(protocol.NONCE_LEN)))
 
 
@@ -38,10 +45,17 @@ def cpu_ticks(pid: int) -> int:
 
 
 def test_claims_cost_the_same_whether_configured_and_whatever_the_counter(
-        daemons, net, k, tmp_path, helper):
+    daemons, net, k, tmp_path, helper
+):
     cfg = write_config(tmp_path, k, helper.path)
-    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", "--summary-interval", "1",
-                stderr=tmp_path / "daemon.err")
+    d = daemons(
+        net,
+        cfg,
+        f"{net.server.ip}:{k.port}",
+        "--summary-interval",
+        "1",
+        stderr=tmp_path / "daemon.err",
+    )
     bob = bytes.fromhex(k.public("bob"))
     mallory = bytes.fromhex(k.public("mallory"))  # a real key, but no client's here
     sync = iter(range(1, 100))
@@ -54,14 +68,20 @@ def test_claims_cost_the_same_whether_configured_and_whatever_the_counter(
         before, seen, read = cpu_ticks(d.proc.pid), len(d.of("accepted")), net.server.udp()
         send_paced(net.client, net.server.ip, k.port, packets)
         for _ in range(3):
-            send_paced(net.client, net.server.ip, k.port,
-                       [knock(k, "alice", next(sync), b"open 22", net.server.ip)])
+            send_paced(
+                net.client,
+                net.server.ip,
+                k.port,
+                [knock(k, "alice", next(sync), b"open 22", net.server.ip)],
+            )
             with contextlib.suppress(AssertionError):  # not decided within 10 s: lost
                 d.wait_events("accepted", seen + 1)
                 break
         assert len(d.of("accepted")) > seen, "three valid knocks in a row lost"
-        return (cpu_ticks(d.proc.pid) - before,
-                net.server.udp()["InDatagrams"] - read["InDatagrams"])
+        return (
+            cpu_ticks(d.proc.pid) - before,
+            net.server.udp()["InDatagrams"] - read["InDatagrams"],
+        )
 
     send_paced(net.client, net.server.ip, k.port, [knock(k, "bob", 1000, b"", net.server.ip)])
     d.wait_events("accepted", 1)  # bob's counter: 1000

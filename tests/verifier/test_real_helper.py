@@ -4,6 +4,7 @@ Both run in the server namespace; the helper is socket-activated on its
 SEQPACKET socket as systemd would, and serves root here (the verifier's
 user in this test) instead of gnocchi.
 """
+
 from __future__ import annotations
 
 import socket
@@ -14,7 +15,8 @@ from support import knock, send_datagrams, write_config
 
 
 def test_a_knock_becomes_a_knocked_element_and_an_unprotected_port_is_refused(
-        daemons, net, k, tmp_path, real_helper):
+    daemons, net, k, tmp_path, real_helper
+):
     cfg = write_config(tmp_path, k, str(real_helper))
     d = daemons(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "daemon.err")
     send_datagrams(net, k.port, [knock(k, "alice", 1, b"open 22", net.server.ip)])
@@ -29,8 +31,9 @@ def test_a_knock_becomes_a_knocked_element_and_an_unprotected_port_is_refused(
     assert d.proc.poll() is None
 
 
-def test_a_request_the_verifier_gave_up_on_is_never_carried_out(daemons, net, k, tmp_path,
-                                                                real_helper):
+def test_a_request_the_verifier_gave_up_on_is_never_carried_out(
+    daemons, net, k, tmp_path, real_helper
+):
     # A slow helper (here: three idle connections from the served user, 2 s
     # each) gets to the request after its deadline (3 s) has passed: it opens
     # nothing, or the port would open after the verifier logged "not opened".
@@ -49,8 +52,10 @@ def test_a_request_the_verifier_gave_up_on_is_never_carried_out(daemons, net, k,
     finally:
         for s in idle:
             s.close()
-    assert f"{net.client.ip} . tcp . 22" not in net.server.nft(
-        "list", "set", "inet", "gnocchi", "knocked4").stdout
+    assert (
+        f"{net.client.ip} . tcp . 22"
+        not in net.server.nft("list", "set", "inet", "gnocchi", "knocked4").stdout
+    )
     helper_log = (real_helper.parent / "helper.log").read_text()
     assert "EXPIRED: 198.18." in helper_log and "past its deadline" in helper_log
     assert not d.of("accepted")

@@ -1,4 +1,5 @@
 """Floods, crashes and bad sockets: the verifier stays silent, bounded and replay-proof."""
+
 from __future__ import annotations
 
 import os
@@ -11,17 +12,32 @@ import pytest
 from nacl.secret import SecretBox
 
 from gnocchi.server import counters
-from support import (PYTHON, REPO, UDP_CLIENT, Daemon, knock, requested_ports, send_datagrams,
-                     write_config)
+from support import (
+    PYTHON,
+    REPO,
+    UDP_CLIENT,
+    Daemon,
+    knock,
+    requested_ports,
+    send_datagrams,
+    write_config,
+)
 
 
 def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path, helper):
     cfg = write_config(tmp_path, k, helper.path)
-    d = daemons(net, cfg, f"{net.server.ip}:{k.port}", "--summary-interval", "1",
-                stderr=tmp_path / "daemon.err")
+    d = daemons(
+        net,
+        cfg,
+        f"{net.server.ip}:{k.port}",
+        "--summary-interval",
+        "1",
+        stderr=tmp_path / "daemon.err",
+    )
     rng = random.Random(1)
-    garbage = [rng.randbytes(rng.choice([0, 1, 159, 160, 500, 1024, 1025, 1400]))
-               for _ in range(1500)]
+    garbage = [
+        rng.randbytes(rng.choice([0, 1, 159, 160, 500, 1024, 1025, 1400])) for _ in range(1500)
+    ]
     wrong_magic = [SecretBox(k.server).encrypt(rng.randbytes(300)) for _ in range(100)]
     unknown = [knock(k, "mallory", i, b"open 22", net.server.ip) for i in range(1, 101)]
     valid = knock(k, "alice", 1, b"open 22", net.server.ip)
@@ -29,9 +45,11 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
     flood = garbage + wrong_magic + unknown + replays
     sent = {"MAGIC": 100, "UNKNOWN_CLIENT": 100, "SIZE+MAC": 1500, "REPEATED": 300}
     capture = tmp_path / "client.pcap"
-    dump = net.client.popen(["tcpdump", "-i", "gveth0", "-n", "-U", "-w", str(capture),
-                             f"ip src host {net.server.ip}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dump = net.client.popen(
+        ["tcpdump", "-i", "gveth0", "-n", "-U", "-w", str(capture), f"ip src host {net.server.ip}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         dump.stderr.readline()  # "listening on gveth0 ...": capturing from here on
         send_datagrams(net, k.port, [valid])
@@ -47,11 +65,19 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
 
         def counted() -> int:
             return sum(int(s["GNOCCHI_DROPPED"]) for s in d.of("dropped-summary"))
-        d.wait_for(lambda _: net.server.udp_queued(k.port) == 0 and counted() == delivered(),
-                   what="every packet read counted", timeout=20)
+
+        d.wait_for(
+            lambda _: net.server.udp_queued(k.port) == 0 and counted() == delivered(),
+            what="every packet read counted",
+            timeout=20,
+        )
         after = net.server.udp()
-        lost = (after["RcvbufErrors"] - before["RcvbufErrors"]
-                + net.client.tx_dropped("gveth0") - dropped)
+        lost = (
+            after["RcvbufErrors"]
+            - before["RcvbufErrors"]
+            + net.client.tx_dropped("gveth0")
+            - dropped
+        )
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
@@ -65,11 +91,14 @@ def test_garbage_flood_gives_bounded_log_and_no_reply(daemons, net, k, tmp_path,
         for key, value in s.items():
             if key.startswith("GNOCCHI_DROPPED_"):
                 totals[key[16:]] = totals.get(key[16:], 0) + int(value)
-    got = {"MAGIC": totals.get("MAGIC", 0), "UNKNOWN_CLIENT": totals.get("UNKNOWN_CLIENT", 0),
-           "SIZE+MAC": totals.get("SIZE", 0) + totals.get("MAC", 0),
-           # The 300 copies of the accepted knock: each the very same bytes, so
-           # each is counted as repeated without a signature check.
-           "REPEATED": totals.get("REPEATED", 0)}
+    got = {
+        "MAGIC": totals.get("MAGIC", 0),
+        "UNKNOWN_CLIENT": totals.get("UNKNOWN_CLIENT", 0),
+        "SIZE+MAC": totals.get("SIZE", 0) + totals.get("MAC", 0),
+        # The 300 copies of the accepted knock: each the very same bytes, so
+        # each is counted as repeated without a signature check.
+        "REPEATED": totals.get("REPEATED", 0),
+    }
     assert set(totals) <= {"MAGIC", "UNKNOWN_CLIENT", "SIZE", "MAC", "REPEATED"}, totals
     assert sum(got.values()) == delivered()
     # Each kind counted as what it is: all of it when nothing was lost, and
@@ -87,7 +116,7 @@ def test_counters_survive_kill_9_and_are_never_accepted_twice(net, k, tmp_path, 
     ports = ", ".join(f'"{2000 + c}"' for c in range(1, 121))
     clients = f"""
 [clients.alice]
-public_key = "{k.public('alice')}"
+public_key = "{k.public("alice")}"
 allow = [{ports}]
 """
     cfg = write_config(tmp_path, k, helper.path, clients=clients)
@@ -98,14 +127,19 @@ allow = [{ports}]
         fresh = []
         for _ in range(rng.randint(3, 8)):
             counter += 1
-            fresh.append(knock(k, "alice", counter, f"open {2000 + counter}".encode(),
-                               net.server.ip))
+            fresh.append(
+                knock(k, "alice", counter, f"open {2000 + counter}".encode(), net.server.ip)
+            )
         batch = fresh + sent  # new knocks, then every old one again (replays)
         rng.shuffle(batch)
         sent += fresh
         d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / f"d{round_}.err")
-        sender = net.client.popen([PYTHON, UDP_CLIENT, net.server.ip, str(k.port), "0"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        sender = net.client.popen(
+            [PYTHON, UDP_CLIENT, net.server.ip, str(k.port), "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
         sender.communicate("\n".join(p.hex() for p in batch), timeout=30)
         time.sleep(rng.uniform(0.0, 0.4))  # the daemon starts, then dies at a random moment
         d.proc.send_signal(signal.SIGKILL)
@@ -120,9 +154,10 @@ allow = [{ports}]
     # and a daemon started on the final store still works and refuses what it stored
     d = Daemon(net, cfg, f"{net.server.ip}:{k.port}", stderr=tmp_path / "final.err")
     try:
-        used = sent[max(0, stored - 3):stored]  # sent[i] has counter i + 1
-        send_datagrams(net, k.port,
-                       used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)])
+        used = sent[max(0, stored - 3) : stored]  # sent[i] has counter i + 1
+        send_datagrams(
+            net, k.port, used + [knock(k, "alice", counter + 1, b"open 2001", net.server.ip)]
+        )
         d.wait_events("accepted", 1)
         d.wait_events("replay", len(used))
         assert [e["GNOCCHI_COUNTER"] for e in d.of("accepted")] == [str(counter + 1)]
@@ -142,8 +177,7 @@ def test_store_that_cannot_be_written_fails_closed(daemons, net, k, tmp_path, he
     assert helper.messages == []
 
 
-def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k, tmp_path,
-                                                                helper):
+def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k, tmp_path, helper):
     cfg = write_config(tmp_path, k, helper.path)
     store = tmp_path / "state" / "counters"
     store.write_text("# gnocchi counters v1\n" + k.public("alice") + " 12x\n")
@@ -156,20 +190,35 @@ def test_corrupt_store_refuses_to_start_and_says_how_to_recover(daemons, net, k,
     assert helper.messages == []
 
 
-@pytest.mark.parametrize("listen_args, problem", [
-    (["-d", "-l", "{ip}:{wrong}"], "is on UDP port {wrong}, but the knock port of the server's "
-     "keys is {port}"),
-    (["-d", "-l", "{ip}:{port}", "-l", "{port2}"], "systemd passed 2 sockets for 1 knock port"),
-    (["-l", "{ip}:{port}"], "is not a UDP socket"),
-])
-def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, helper,
-                                                             listen_args, problem):
+@pytest.mark.parametrize(
+    "listen_args, problem",
+    [
+        (
+            ["-d", "-l", "{ip}:{wrong}"],
+            "is on UDP port {wrong}, but the knock port of the server's keys is {port}",
+        ),
+        (["-d", "-l", "{ip}:{port}", "-l", "{port2}"], "systemd passed 2 sockets for 1 knock port"),
+        (["-l", "{ip}:{port}"], "is not a UDP socket"),
+    ],
+)
+def test_a_wrong_passed_socket_is_refused_with_the_unit_line(
+    net, k, tmp_path, helper, listen_args, problem
+):
     cfg = write_config(tmp_path, k, helper.path)
     wrong = k.port + 1 if k.port < 65535 else k.port - 1
     fill = dict(ip=net.server.ip, port=k.port, wrong=wrong, port2=f"[{net.server.ip6}]:{k.port}")
-    argv = ["systemd-socket-activate", *[a.format(**fill) for a in listen_args],
-            "-E", f"PYTHONPATH={REPO}", PYTHON, "-m", "gnocchi.admin", "serve",
-            "--config", str(cfg)]
+    argv = [
+        "systemd-socket-activate",
+        *[a.format(**fill) for a in listen_args],
+        "-E",
+        f"PYTHONPATH={REPO}",
+        PYTHON,
+        "-m",
+        "gnocchi.admin",
+        "serve",
+        "--config",
+        str(cfg),
+    ]
     proc = net.server.popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         err = ""
@@ -179,8 +228,15 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
         if "-d" in listen_args:
             send_datagrams(net, wrong if "{wrong}" in listen_args[-1] else k.port, [b"x"])
         else:  # a stream socket: activation comes with a connection
-            net.client.run([PYTHON, "-c", "import socket; socket.create_connection("
-                            f"('{net.server.ip}', {k.port}), timeout=3).close()"], check=False)
+            net.client.run(
+                [
+                    PYTHON,
+                    "-c",
+                    "import socket; socket.create_connection("
+                    f"('{net.server.ip}', {k.port}), timeout=3).close()",
+                ],
+                check=False,
+            )
         _, out = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
@@ -193,7 +249,8 @@ def test_a_wrong_passed_socket_is_refused_with_the_unit_line(net, k, tmp_path, h
 
 
 def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_knock(
-        daemons, net, k, tmp_path, helper):
+    daemons, net, k, tmp_path, helper
+):
     # Without the store every captured knock would be valid again.
     cfg = write_config(tmp_path, k, helper.path)
     listen = f"{net.server.ip}:{k.port}"
@@ -210,23 +267,29 @@ def test_a_lost_store_stops_the_verifier_until_recovery_kills_every_captured_kno
     assert d.proc.wait(timeout=10) == 1
     assert "counter store is missing" in d.text() and "gnocchi recover-counters" in d.text()
 
-    out = subprocess.run([PYTHON, "-m", "gnocchi.admin", "recover-counters", "--config", str(cfg)],
-                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [PYTHON, "-m", "gnocchi.admin", "recover-counters", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert "is now a replay" in out.stdout
     helper.messages.clear()
     d = daemons(net, cfg, listen, "--summary-interval", "1", stderr=tmp_path / "d3.err")
-    send_datagrams(net, k.port, captured)                        # every captured knock: a replay
+    send_datagrams(net, k.port, captured)  # every captured knock: a replay
     send_datagrams(net, k.port, [knock(k, "alice", time.time_ns(), b"open 22", net.server.ip)])
-    assert len(d.wait_events("accepted", 1)) == 1      # the client's next knock: accepted
+    assert len(d.wait_events("accepted", 1)) == 1  # the client's next knock: accepted
     time.sleep(0.5)
     assert len(d.of("accepted")) == 1 and len(helper.messages) == 1
     assert d.of("replay"), "the captured knocks were not even seen"
 
 
 @pytest.mark.parametrize("what", ["config", "state"])
-def test_files_others_can_write_stop_the_verifier_with_the_fix(daemons, net, k, tmp_path,
-                                                                helper, what):
+def test_files_others_can_write_stop_the_verifier_with_the_fix(
+    daemons, net, k, tmp_path, helper, what
+):
     cfg = write_config(tmp_path, k, helper.path)
     target = cfg if what == "config" else tmp_path / "state"
     os.chmod(target, 0o666 if what == "config" else 0o777)

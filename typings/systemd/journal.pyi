@@ -9,5 +9,11 @@ LOG_NOTICE: int
 LOG_INFO: int
 LOG_DEBUG: int
 
-def send(MESSAGE: str, MESSAGE_ID: object = None, CODE_FILE: object = None,
-         CODE_LINE: object = None, CODE_FUNC: object = None, **kwargs: object) -> None: ...
+def send(
+    MESSAGE: str,
+    MESSAGE_ID: object = None,
+    CODE_FILE: object = None,
+    CODE_LINE: object = None,
+    CODE_FUNC: object = None,
+    **kwargs: object,
+) -> None: ...

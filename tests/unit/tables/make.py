@@ -10,6 +10,7 @@ They are fixtures of tables, not of "the" table: when nft/gnocchi.nft changes,
 they stay valid tests of the comparison and the probes, and
 tests/integration/test_gate_tampering.py checks the file as it is now.
 """
+
 import json
 import pathlib
 import subprocess
@@ -17,8 +18,10 @@ import subprocess
 HERE = pathlib.Path(__file__).parent
 TABLE = (HERE / "../../../nft/gnocchi.nft").resolve().read_text()
 GNOCCHI = "inet gnocchi"
-ELEMENTS = (f"add element {GNOCCHI} knock_port {{ 40000 }}\n"
-            f"add element {GNOCCHI} knocked4 {{ 198.18.0.7 . tcp . 22 timeout 30s }}\n")
+ELEMENTS = (
+    f"add element {GNOCCHI} knock_port {{ 40000 }}\n"
+    f"add element {GNOCCHI} knocked4 {{ 198.18.0.7 . tcp . 22 timeout 30s }}\n"
+)
 
 VARIANTS = {
     # name: (an edit of the file's text as (old, new), or None; nft commands after loading)
@@ -32,30 +35,48 @@ VARIANTS = {
     "dormant": (None, f"add table {GNOCCHI} {{ flags dormant; }}"),
     # The forward path: emptied, bypassed, gone.
     "forward-flushed": (None, f"flush chain {GNOCCHI} forward"),
-    "translated-accept-inserted": (None, f"insert rule {GNOCCHI} translated ip saddr 203.0.113.7 "
-                                         "accept"),
+    "translated-accept-inserted": (
+        None,
+        f"insert rule {GNOCCHI} translated ip saddr 203.0.113.7 accept",
+    ),
     "no-forward-chain": (None, f"delete chain {GNOCCHI} forward"),
     # A table file that lost the TCP gate's rule in an edit.
     "no-tcp-gate": (("tcp dport @protected_tcp tcp flags & syn == syn jump tcp_syn", ""), ""),
     # Harmless edits: a counter and a log line before the drop.
-    "counted": (("\t\tdrop\n", "\t\tlog prefix \"gnocchi drop \" counter drop\n"), ""),
+    "counted": (("\t\tdrop\n", '\t\tlog prefix "gnocchi drop " counter drop\n'), ""),
     # An exemption the probes cannot judge: a packet's interface is not known.
-    "lo-exempt": (("policy accept;\n", "policy accept;\n\t\tiifname \"lo\" accept\n"), ""),
+    "lo-exempt": (("policy accept;\n", 'policy accept;\n\t\tiifname "lo" accept\n'), ""),
 }
 
 
 def listing(text: str, after: str) -> dict:
-    script = ('nft -f "$1" && nft -f "$2" && '
-              'h=$(nft -a list chain inet gnocchi admit | awk \'$1 == "drop" {print $NF}\') && '
-              'sed "s/HANDLE/$h/" "$3" | nft -f - && nft -j list table inet gnocchi')
+    script = (
+        'nft -f "$1" && nft -f "$2" && '
+        "h=$(nft -a list chain inet gnocchi admit | awk '$1 == \"drop\" {print $NF}') && "
+        'sed "s/HANDLE/$h/" "$3" | nft -f - && nft -j list table inet gnocchi'
+    )
     tmp = HERE / ".tmp"
     tmp.mkdir(exist_ok=True)
     (tmp / "t.nft").write_text(text)
     (tmp / "e.nft").write_text(ELEMENTS)
     (tmp / "a.nft").write_text(after + "\n")
-    proc = subprocess.run(["unshare", "--user", "--net", "--keep-caps", "sh", "-c", script, "sh",
-                          str(tmp / "t.nft"), str(tmp / "e.nft"), str(tmp / "a.nft")],
-                         capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--net",
+            "--keep-caps",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(tmp / "t.nft"),
+            str(tmp / "e.nft"),
+            str(tmp / "a.nft"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for f in tmp.iterdir():
