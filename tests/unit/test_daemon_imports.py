@@ -17,6 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # The verifier never runs an action (the runner does: gnocchi-action@.service).
 NOT_FOR_THE_VERIFIER = ("subprocess", "threading", "shutil")
+# The helper's types need no typing module.
+NOT_FOR_THE_HELPER = ("subprocess", "threading", "typing", "dataclasses")
 LAUNCHER = (
     "import sys; sys.path.insert(0, {!r}); from gnocchi.admin.__main__ import main; "
     "sys.exit(main())"
@@ -42,3 +44,9 @@ def test_the_verifier_loads_no_module_it_never_runs(tmp_path):
     )
     assert "gnocchi.server.knock_socket" in modules and "argparse" in modules
     assert sorted(modules.intersection(NOT_FOR_THE_VERIFIER)) == []
+
+
+def test_the_helper_loads_no_module_it_never_runs():
+    modules = loaded([str(REPO / "helper"), "--peer-user", "root"])
+    assert {"nft", "request", "nftables", "argparse"} <= modules
+    assert sorted(modules.intersection(NOT_FOR_THE_HELPER)) == []
