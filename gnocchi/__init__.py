@@ -14,4 +14,4 @@ stands apart: helper/ imports nothing from gnocchi/. tests/test_roles.py holds
 the code to these rules by folder name.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

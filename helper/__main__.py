@@ -60,8 +60,7 @@ def decide(conn: socket.socket, peer_uid: int, table: nft.Table, open_seconds: i
     if err := table.look(req, table.clock()):
         return rq.NFT_FAILED, f"{what}: a set could not be read", dict(fields, NFT_ERROR=err)
     if missing := table.unprotected(req.opens):  # one is enough to refuse them all
-        unprotected = " ".join(f"{proto}/{port}" for proto, port in missing)
-        return rq.NOT_PROTECTED, f"{what}: not protected: {unprotected}", fields
+        return rq.NOT_PROTECTED, f"{what}: not protected: {' '.join(missing)}", fields
     # The bounds that keep one client (a stolen key), or one source, from filling a
     # knocked set: openings pending, whatever the open time (README.md here).
     if crowded := table.crowded(req):

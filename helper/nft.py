@@ -61,9 +61,9 @@ class Table:
             self.note((ipaddress.ip_address(address), *opening), e.get("comment", ""))
         return ""
 
-    def unprotected(self, opens: tuple) -> list:
-        """The (proto, port) of opens that the copies of the protected sets lack."""
-        return [(p, port) for p, port in opens if port not in self.protected.get(p, ())]
+    def unprotected(self, opens: tuple) -> list[str]:
+        """The "proto/port" of opens that the copies of the protected sets lack."""
+        return [f"{p}/{port}" for p, port in opens if port not in self.protected.get(p, ())]
 
     def crowded(self, req: Request) -> str:
         """Who would pass its share with req's new openings: "client NAME", "source NET", or ""."""

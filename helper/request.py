@@ -22,7 +22,6 @@ STATUSES = tuple("OK BAD_PEER BAD_LENGTH BAD_VERSION BAD_ADDRESS NOT_PROTECTED B
 (OK, BAD_PEER, BAD_LENGTH, BAD_VERSION, BAD_ADDRESS, NOT_PROTECTED, BAD_PROTO, TOO_MANY,
  NFT_FAILED, EXPIRED, BAD_COUNT, BAD_DUPLICATE, BAD_NAME) = range(len(STATUSES))
 MAX_SIZE = HEADER.size + MAX_PORTS * ENTRY.size + 64
-THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # never a source address
 # IPv6 sources that embed an IPv4 address (mapped, compatible, 6to4, Teredo,
 # NAT64): an element for one would stand for an address that never knocked.
 EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96",
@@ -63,6 +62,7 @@ def parse(msg: bytes) -> Request | int:
 
 def unknockable(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether no knock may open for a: the verifier's rule (knock_socket.py), twin."""
+    # 0.0.0.0/8 is "this network": never a source address.
     return (a.version == 6 and any(a in net for net in EMBEDDING_IPV4) or a.is_unspecified
             or a.is_multicast or a.is_loopback or a.is_link_local or a.is_reserved
-            or (a.is_site_local if a.version == 6 else a in THIS_NETWORK))
+            or (a.is_site_local if a.version == 6 else a.packed[0] == 0))

@@ -48,9 +48,6 @@ class Verifier:
     def last_counter(self, client_key: bytes) -> int | None:
         return self.store.last(client_key) if client_key in self.clients else None
 
-    def server_ips(self, dest: knock_socket.Address | None) -> tuple[bytes, ...]:
-        return self.fixed_ips or ((dest.packed,) if dest is not None else ())
-
     def handle(self, tag: bytes, unsealed: protocol.Unsealed, source: knock_socket.Address,
                dest: knock_socket.Address | None) -> None:
         # A datagram past its seal: tag is its first 40 bytes, unsealed what it sealed.
@@ -62,7 +59,8 @@ class Verifier:
         self.recent[tag] = None
         if len(self.recent) > RECENT:
             del self.recent[next(iter(self.recent))]
-        server_ips = self.server_ips(dest)
+        # The addresses a knock may sign: the config's, else the one it was sent to.
+        server_ips = self.fixed_ips or ((dest.packed,) if dest is not None else ())
         result = protocol.open_plaintext(unsealed, self.last_counter, server_ips)
         if isinstance(result, protocol.Rejected):
             self.rejected(result, source, unsealed.version == 1 and not any(

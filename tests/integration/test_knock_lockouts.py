@@ -500,7 +500,10 @@ def test_a_neighbour_in_the_same_48_cannot_keep_a_client_out(net, tmp_path):
         counting.close()
     assert sent >= 32 * 15 * 3
     assert got[net.client.ip6] >= 9, got
-    assert got[stranger] <= 2, f"control: the flood did not drain the /48's budget: {got}"
+    # The flood (480/s) and the stranger share the /48's 100 a second, so each of the
+    # stranger's datagrams passes with a chance of about 1 in 5: without the drain it
+    # would get 10 of 10, with it more than 5 happens about once in 150 runs.
+    assert got[stranger] <= 5, f"control: the flood did not drain the /48's budget: {got}"
 
 
 def test_the_64s_that_knocked_share_one_budget_per_48(net, tmp_path):

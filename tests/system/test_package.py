@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import gnocchi
 from support import REPO, Net
 from systemd_container import Container
 
@@ -294,7 +295,10 @@ def test_apt_upgrade_from_the_single_package_keeps_the_server_armed(debs, old_de
 
             for package in PACKAGES:
                 status = box.run(["dpkg-query", "-W", "-f", "${Status} ${Version}", package])
-                assert status.stdout == "install ok installed 0.3.0", (package, status.stdout)
+                assert status.stdout == f"install ok installed {gnocchi.__version__}", (
+                    package,
+                    status.stdout,
+                )
             owner = box.run(
                 [
                     "dpkg",

@@ -34,7 +34,7 @@ def req(address: str, opens, client="alice") -> rq.Request:
 def test_every_element_form_of_a_protected_set_is_read(elems, port, protected):
     table = nft.Table(FakeNftables(protected=elems))
     assert table.look(req("198.18.1.1", [("tcp", port)]), 0.0) == ""
-    assert table.unprotected([("tcp", port)]) == ([] if protected else [("tcp", port)])
+    assert table.unprotected([("tcp", port)]) == ([] if protected else [f"tcp/{port}"])
 
 
 @pytest.mark.parametrize(
