@@ -21,6 +21,7 @@ forwarded port, get nothing either.
 
 import errno
 import json
+import re
 import select
 import socket
 import struct
@@ -39,6 +40,7 @@ from test_gate_attacks import (
     connect_until_reset,
     connects_from,
     crafted_segments,
+    ftp_server,
     handshakes,
     ip_layer,
     load_text,
@@ -586,6 +588,68 @@ def test_a_client_that_aborts_gets_no_second_forwarded_connection(lab, path):
     assert connects_from(lab.client, src, dst, port, [sport, first_port(path, 43000)]) == set()
     assert knocked(lab, v) == []
     assert accepted_behind(lab, behind) == before + 1
+
+
+def ftp_published(lab) -> str:
+    """The admin's own table for an FTP server in the container, published on port 21
+    with conntrack's ftp helper (and so its NAT half, which rewrites the address in a
+    PASV answer to the one the client connected to)."""
+    return f"""
+table inet admin {{
+    ct helper ftp-standard {{ type "ftp" protocol tcp; }}
+    chain nat {{
+        type nat hook prerouting priority dstnat; policy accept;
+        tcp dport 21 dnat ip to {lab.container.ip}:21
+    }}
+    chain pre {{
+        type filter hook prerouting priority filter; policy accept;
+        tcp dport 21 ct helper set "ftp-standard"
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("table_kind", ["current", "control"])
+def test_a_conntrack_helper_expectation_does_not_open_a_forwarded_port(lab, table_kind):
+    # The FTP server behind names port 22 of its own address in a PASV answer; the ftp
+    # helper's NAT half rewrites it to this server's address and makes an expectation
+    # for it, translated to the container. The connection the client then makes where
+    # the answer says is "related", and DNATed: judged by the port it was sent to (22,
+    # protected), it gets nothing. The control (chain forward flushed, loaded again
+    # after) shows the expectation does lead to the container.
+    client, _, server = ends(lab, 4)
+    banner = lab.banners["container"]
+    accept_ftp = ["DOCKER-USER", "-d", lab.container.ip, "-p", "tcp", "--dport", "21"]
+    load_text(lab.server, ftp_published(lab))
+    lab.server.run(["iptables", "-w", "-I", *accept_ftp, "-j", "ACCEPT"])
+    ftp = ftp_server(lab.container)
+    if table_kind == "control":
+        lab.server.nft("flush", "chain", "inet", "gnocchi", "forward")
+    try:
+        control = connect(lab, client, server, 21)
+        assert control is not None
+        control.settimeout(1)
+        assert control.recv(100).startswith(b"220")
+        pasv = re.search(rb"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", control.recv(100))
+        assert pasv is not None
+        numbers = [int(n) for n in pasv.groups()]
+        address, port = ".".join(map(str, numbers[:4])), numbers[4] * 256 + numbers[5]
+        assert (address, port) == (server, 22), "the PASV answer was not rewritten"
+        before = banner.accepted
+        got = connects_from(lab.client, client, server, port, [33100 + (table_kind == "control")])
+        after = accepted_behind(lab, "container")
+        control.close()
+    finally:
+        ftp.close()
+        lab.server.run(["iptables", "-w", "-D", *accept_ftp, "-j", "ACCEPT"])
+        lab.server.nft("delete", "table", "inet", "admin")
+        if table_kind == "control":
+            with inside(lab.server):
+                nft_table.load_wanted(nft_table.wanted(str(lab.config), str(TABLE_FILE)))
+    if table_kind == "current":
+        assert (got, after) == (set(), before)
+    else:
+        assert (len(got), after) == (1, before + 1)
 
 
 # ---- Docker and Podman reload their rules; gnocchi's stay ----------------------------------
