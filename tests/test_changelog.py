@@ -4,6 +4,9 @@ also checks) and gnocchi.__version__ name the same release, and work not yet
 released is under one "unreleased" section for a later version, at the top."""
 
 import re
+import subprocess
+
+import pytest
 
 from gnocchi import __version__
 from support import REPO
@@ -36,3 +39,20 @@ def test_changelog_md_has_the_version_released_and_unreleased_work_above_it():
     assert [version(v) for v, _ in sections] == sorted(
         (version(v) for v, _ in sections), reverse=True
     ), "newest first"
+
+
+# The commit from which subjects are held to CONTRIBUTING.md's 72 characters
+# (older ones, merges included, ran longer; history is not rewritten).
+SHORT_SUBJECTS_FROM = "698543f"
+
+
+def test_commit_subjects_fit_in_72_characters():
+    log = subprocess.run(
+        ["git", "-C", str(REPO), "log", "--format=%h %s", f"{SHORT_SUBJECTS_FROM}..HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    if log.returncode != 0:
+        pytest.skip(f"needs the git history from {SHORT_SUBJECTS_FROM}: {log.stderr.strip()}")
+    long = [line for line in log.stdout.splitlines() if len(line.split(" ", 1)[1]) > 72]
+    assert long == [], "subjects over 72 characters (the reasons go in the body): " + str(long)
