@@ -21,7 +21,10 @@ forwarded port, get nothing either.
 
 import errno
 import json
+import re
+import select
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -37,6 +40,7 @@ from test_gate_attacks import (
     connect_until_reset,
     connects_from,
     crafted_segments,
+    ftp_server,
     handshakes,
     ip_layer,
     load_text,
@@ -97,7 +101,8 @@ def lab(tmp_path_factory):
         lab.config = write_config(d, Keys(d), "/nonexistent", extra=lab.forwards())
         with inside(lab.server):
             nft_table.load_wanted(nft_table.wanted(str(lab.config), str(TABLE_FILE)))
-        with Banner(lab.container), Banner(lab.vm):
+        with Banner(lab.container) as container, Banner(lab.vm) as vm:
+            lab.banners = {"container": container, "vm": vm}
             lab.helper = Helper(lab.server)
             try:
                 yield lab
@@ -398,6 +403,253 @@ def test_an_ipv6_source_that_connects_through_a_forward_is_noted_as_a_knocker(la
     assert [e["val"] if isinstance(e, dict) else e for e in elements(lab.server, "knockers6")] == [
         src.rsplit(":", 2)[0] + "::"
     ]
+
+
+# ---- a knocked handshake's own packets, to a forwarded port ----------------------------------
+
+# The paths the cases below run on: Docker's DNAT, the admin's port forward (both families),
+# gnocchi's own forward.
+HANDSHAKE_PATHS = ["docker", "vm-port-forward", "vm-port-forward-ipv6", "gnocchi-forward"]
+
+
+def first_port(path: str, base: int) -> int:
+    """Client ports of their own for each path: the hosts behind keep the half-open and
+    aborted connections of one case while the next runs."""
+    return base + 10 * HANDSHAKE_PATHS.index(path)
+
+
+def accepted_behind(lab, behind: str) -> int:
+    time.sleep(0.5)  # the Banner's thread accepts a little later
+    return lab.banners[behind].accepted
+
+
+@pytest.mark.parametrize("path", HANDSHAKE_PATHS)
+def test_a_final_ack_conntrack_calls_invalid_completes_no_forwarded_handshake(lab, path):
+    # A knocked client (a stolen key, say) completes each of 5 handshakes with the right
+    # ACK, carrying a SACK block past anything the host behind sent. conntrack calls it
+    # invalid and gives it no flow, so the kernel does not translate it: it stays on this
+    # host, where nothing may take it (input: ct state invalid drop), and never reaches
+    # the host behind. The knock still gives its one connection, to the plain final ACK.
+    port, behind, v = PATHS[path]
+    src, _, dst = ends(lab, v)
+    before = lab.banners[behind].accepted
+    load_text(lab.client, NO_RST)
+    try:
+        assert lab.helper.send(request(src, port)) == [OK]
+        sports = list(range(first_port(path, 41000), first_port(path, 41005)))
+        seqs = handshakes(
+            lab, src, dst, port, sports, complete=False, options=[("MSS", 1400), ("SAckOK", b"")]
+        )
+        assert len(seqs) == 5  # the knock let every SYN in, and the host behind answered
+
+        def final_ack(sport, seq, options=()):
+            return ip_layer(src, dst) / TCP(
+                sport=sport,
+                dport=port,
+                flags="A",
+                seq=1001,
+                ack=(seq + 1) % 2**32,
+                options=list(options),
+            )
+
+        send_raw(
+            lab.client,
+            [
+                final_ack(p, seq, [("SAck", ((seq + 100001) % 2**32, (seq + 100101) % 2**32))])
+                for p, seq in seqs.items()
+            ],
+        )
+        assert accepted_behind(lab, behind) == before
+        assert len(knocked(lab, v)) == 1, "an invalid final ACK spent the knock"
+        send_raw(lab.client, [final_ack(*next(iter(seqs.items())))])
+        assert accepted_behind(lab, behind) == before + 1
+        assert knocked(lab, v) == []
+    finally:
+        lab.client.nft("delete", "table", "inet", "norst")
+
+
+@pytest.mark.parametrize("path", HANDSHAKE_PATHS)
+def test_an_ecn_client_reaches_a_forwarded_port_with_a_knock_only(lab, path):
+    # With net.ipv4.tcp_ecn=1 (for IPv6 too) the client's SYN carries ECE and CWR.
+    port, behind, v = PATHS[path]
+    name = getattr(lab, behind).name
+    src, stranger, dst = ends(lab, v)
+    lab.client.run(["sysctl", "-q", "-w", "net.ipv4.tcp_ecn=1"])
+    try:
+        with SynAcks(lab.client) as answered_ports:
+            assert not reached(name, connect(lab, src, dst, port))
+        assert answered_ports.ports == set()
+        assert lab.helper.send(request(src, port)) == [OK]
+        assert not reached(name, connect(lab, stranger, dst, port))
+        first = connect(lab, src, dst, port)
+        assert reached(name, first), "the knocked ECN client did not reach the host behind"
+        first.close()
+        assert knocked(lab, v) == []
+        assert not reached(name, connect(lab, src, dst, port)), "a second connection"
+    finally:
+        lab.client.run(["sysctl", "-q", "-w", "net.ipv4.tcp_ecn=2"])
+
+
+@pytest.mark.parametrize("path", HANDSHAKE_PATHS)
+def test_a_forwarded_syn_conntrack_cannot_track_spends_no_knock(lab, path):
+    # A SYN with a bad checksum is invalid to conntrack: it is neither translated nor
+    # let in, and the knock waits for the client's real SYN.
+    port, behind, v = PATHS[path]
+    src, _, dst = ends(lab, v)
+    sport = first_port(path, 42000)
+    before = lab.banners[behind].accepted
+    assert lab.helper.send(request(src, port)) == [OK]
+    send_raw(
+        lab.client, [ip_layer(src, dst) / TCP(sport=sport, dport=port, flags="S", chksum=0x1234)]
+    )
+    assert len(knocked(lab, v)) == 1, "a SYN conntrack cannot track spent the knock"
+    assert connects_from(lab.client, src, dst, port, [sport + 1]) == {sport + 1}
+    assert connects_from(lab.client, src, dst, port, [sport + 2]) == set()
+    assert accepted_behind(lab, behind) == before + 1
+
+
+@pytest.mark.parametrize("path", HANDSHAKE_PATHS)
+def test_a_forwarded_port_conntrack_does_not_track_stays_closed(lab, path):
+    # gnocchi needs conntrack (docs/firewall.md): with a notrack rule of the admin's for
+    # the published port, nothing is translated either (NAT needs a flow), so the SYN
+    # meets this host's own gate: nothing connects, the knock is not spent, and the host
+    # behind accepted nothing.
+    port, behind, v = PATHS[path]
+    src, _, dst = ends(lab, v)
+    sport = first_port(path, 42500)
+    before = lab.banners[behind].accepted
+    load_text(
+        lab.server,
+        "table inet admin { chain raw { type filter hook prerouting priority raw; "
+        f"policy accept; tcp dport {port} notrack; }}\n}}\n",
+    )
+    try:
+        assert lab.helper.send(request(src, port)) == [OK]
+        assert connects_from(lab.client, src, dst, port, [sport]) == set()
+        assert len(knocked(lab, v)) == 1
+        assert accepted_behind(lab, behind) == before
+    finally:
+        lab.server.nft("delete", "table", "inet", "admin")
+
+
+# The host behind drops the first SYN from each client port (its queue full, say).
+FIRST_SYN_DROPPED = """
+table inet firstsyn {
+    set seen { type inet_service; flags dynamic; }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        tcp dport 22 tcp flags & (syn | ack) == syn tcp sport != @seen add @seen { tcp sport } drop
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("path", HANDSHAKE_PATHS)
+def test_a_knocked_clients_retransmitted_syn_reaches_the_host_behind(lab, path):
+    # The gate lets the knocked client's first SYN in; the host behind drops it. The
+    # knock waits for a handshake that completes, so the retransmitted SYN (a second
+    # later, on the same flow) gets through, connects, and spends it.
+    port, behind, v = PATHS[path]
+    host = getattr(lab, behind)
+    src, _, dst = ends(lab, v)
+    load_text(host, FIRST_SYN_DROPPED)
+    with inside(lab.client):
+        late = socket.socket(socket.AF_INET6 if v == 6 else socket.AF_INET)
+    try:
+        assert lab.helper.send(request(src, port)) == [OK]
+        late.bind((src, 0))
+        late.setblocking(False)
+        assert late.connect_ex((dst, port)) == errno.EINPROGRESS
+        time.sleep(0.5)  # the first SYN: dropped behind
+        assert len(knocked(lab, v)) == 1, "the SYN the host behind dropped spent the knock"
+        assert select.select([], [late], [], 3)[1] == [late], "no retransmission connected"
+        assert late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert reached(host.name, late)
+        assert knocked(lab, v) == []
+    finally:
+        late.close()
+        host.nft("delete", "table", "inet", "firstsyn")
+
+
+@pytest.mark.parametrize("path", HANDSHAKE_PATHS)
+def test_a_client_that_aborts_gets_no_second_forwarded_connection(lab, path):
+    # A RST from the client ends its flow; the same port again, or another, gets nothing.
+    port, behind, v = PATHS[path]
+    name = getattr(lab, behind).name
+    src, _, dst = ends(lab, v)
+    before = lab.banners[behind].accepted
+    assert lab.helper.send(request(src, port)) == [OK]
+    first = connect(lab, src, dst, port)
+    assert reached(name, first)
+    sport = first.getsockname()[1]
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    first.close()  # RST from the client
+    time.sleep(0.2)
+    assert connects_from(lab.client, src, dst, port, [sport, first_port(path, 43000)]) == set()
+    assert knocked(lab, v) == []
+    assert accepted_behind(lab, behind) == before + 1
+
+
+def ftp_published(lab) -> str:
+    """The admin's own table for an FTP server in the container, published on port 21
+    with conntrack's ftp helper (and so its NAT half, which rewrites the address in a
+    PASV answer to the one the client connected to)."""
+    return f"""
+table inet admin {{
+    ct helper ftp-standard {{ type "ftp" protocol tcp; }}
+    chain nat {{
+        type nat hook prerouting priority dstnat; policy accept;
+        tcp dport 21 dnat ip to {lab.container.ip}:21
+    }}
+    chain pre {{
+        type filter hook prerouting priority filter; policy accept;
+        tcp dport 21 ct helper set "ftp-standard"
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("table_kind", ["current", "control"])
+def test_a_conntrack_helper_expectation_does_not_open_a_forwarded_port(lab, table_kind):
+    # The FTP server behind names port 22 of its own address in a PASV answer; the ftp
+    # helper's NAT half rewrites it to this server's address and makes an expectation
+    # for it, translated to the container. The connection the client then makes where
+    # the answer says is "related", and DNATed: judged by the port it was sent to (22,
+    # protected), it gets nothing. The control (chain forward flushed, loaded again
+    # after) shows the expectation does lead to the container.
+    client, _, server = ends(lab, 4)
+    banner = lab.banners["container"]
+    accept_ftp = ["DOCKER-USER", "-d", lab.container.ip, "-p", "tcp", "--dport", "21"]
+    load_text(lab.server, ftp_published(lab))
+    lab.server.run(["iptables", "-w", "-I", *accept_ftp, "-j", "ACCEPT"])
+    ftp = ftp_server(lab.container)
+    if table_kind == "control":
+        lab.server.nft("flush", "chain", "inet", "gnocchi", "forward")
+    try:
+        control = connect(lab, client, server, 21)
+        assert control is not None
+        control.settimeout(1)
+        assert control.recv(100).startswith(b"220")
+        pasv = re.search(rb"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", control.recv(100))
+        assert pasv is not None
+        numbers = [int(n) for n in pasv.groups()]
+        address, port = ".".join(map(str, numbers[:4])), numbers[4] * 256 + numbers[5]
+        assert (address, port) == (server, 22), "the PASV answer was not rewritten"
+        before = banner.accepted
+        got = connects_from(lab.client, client, server, port, [33100 + (table_kind == "control")])
+        after = accepted_behind(lab, "container")
+        control.close()
+    finally:
+        ftp.close()
+        lab.server.run(["iptables", "-w", "-D", *accept_ftp, "-j", "ACCEPT"])
+        lab.server.nft("delete", "table", "inet", "admin")
+        if table_kind == "control":
+            with inside(lab.server):
+                nft_table.load_wanted(nft_table.wanted(str(lab.config), str(TABLE_FILE)))
+    if table_kind == "current":
+        assert (got, after) == (set(), before)
+    else:
+        assert (len(got), after) == (1, before + 1)
 
 
 # ---- Docker and Podman reload their rules; gnocchi's stay ----------------------------------

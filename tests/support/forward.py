@@ -174,13 +174,16 @@ table inet netavark {{
 
 class Banner(EchoServices):
     """EchoServices that say which host they are: a TCP connection first gets the host's
-    name and a newline, a UDP datagram is answered with the name, a colon and the datagram."""
+    name and a newline, a UDP datagram is answered with the name, a colon and the datagram.
+    .accepted counts the TCP connections it accepted."""
 
     def __init__(self, host: Host, tcp_ports=(SERVICE_TCP,), udp_ports=(SERVICE_UDP,)):
         self.name = host.name.encode()
+        self.accepted = 0
         super().__init__(host, tcp_ports, udp_ports)
 
     def _echo_stream(self, conn):
+        self.accepted += 1
         with conn:  # closed when the peer is done, as sshd does: a proxy then ends
             try:
                 conn.sendall(self.name + b"\n")
