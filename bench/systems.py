@@ -20,6 +20,7 @@ its run directory, and optionally RULES_CHECK_THRESHOLD 0.
 from __future__ import annotations
 
 import base64
+import compileall
 import json
 import os
 import pwd
@@ -228,6 +229,9 @@ class Gnocchi:
         shutil.copytree(
             REPO / "gnocchi", self.work / "gnocchi", ignore=shutil.ignore_patterns("__pycache__")
         )
+        # Byte-compiled, as the package's postinst does (dh_python3): nobody could not
+        # write the .pyc, and compiling the sources at every start costs 1.5 MB resident.
+        compileall.compile_dir(self.work / "gnocchi", quiet=1)
         self.knock_socket = self._knock_socket()
         self.verifier = self.helper = None
         self.log = self.helper_log = None

@@ -10,8 +10,6 @@ import socket
 import struct
 import sys
 
-import nftables
-
 import nft
 import request as rq
 
@@ -91,7 +89,7 @@ def main() -> int:
     if not listener or (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
         p.error(f"expected 1 AF_UNIX SOCK_SEQPACKET socket from systemd (LISTEN_FDS), got "
                 f"{fds}" + (" of another kind" if listener else ""))
-    table = nft.Table(nftables.Nftables())
+    table = nft.Table(nft.nftables.Nftables())
     while True:
         conn, _ = listener.accept()
         with conn:

@@ -310,7 +310,14 @@ def addresses(
     socket shows an IPv4 datagram's source as ::ffff:a.b.c.d, and so would it
     show an IPv6 packet that really came from ::ffff:a.b.c.d: only IP_PKTINFO,
     which the kernel adds to IPv4 datagrams alone, says the source is IPv4."""
-    source: Address = ipaddress.ip_address(sockaddr[0])
+    # From its bytes: ip_address() parsing the text of an IPv6 (or v4-mapped) source
+    # costs 15 us a knock. Datagrams.sender() writes it with inet_ntop (no %scope).
+    host = sockaddr[0].partition("%")[0]
+    source: Address = (
+        ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, host))
+        if ":" in host
+        else ipaddress.IPv4Address(host)
+    )
     dest = None
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
