@@ -81,12 +81,15 @@ class Table:
         """req's openings, in one transaction; libnftables' error or ""."""
         # Add, delete, add: a knock again re-arms its element with the full timeout
         # (Linux before 6.12 keeps an element's expiry on add) and its client's name.
+        # When the copy holds none of them pending, the add alone does the same, and the
+        # delete costs 0.2 ms more at the median and 2 ms at the 90th percentile.
         ref = {**TABLE, "name": KNOCKED[req.address.version]}
         vals = [{"val": {"concat": [str(req.address), proto, port]}} for proto, port in req.opens]
         add = {"add": {"element": {**ref, "elem": [
             {"elem": {**v, "timeout": timeout, "comment": req.client}} for v in vals]}}}
         delete = {"delete": {"element": {**ref, "elem": [{"elem": v} for v in vals]}}}
-        err = self.apply(add, delete, add)[1]
+        again = any((req.address, *o) in self.pending for o in req.opens)
+        err = self.apply(*(add, delete, add) if again else (add,))[1]
         for opening in () if err else req.opens:
             self.note((req.address, *opening), req.client)
         return err

@@ -127,9 +127,10 @@ def test_a_refused_add_is_nft_failed_and_leaves_nothing_pending():
 METAINFO = {"metainfo": {"json_schema_version": 1}}
 
 
-def test_ok_reads_the_sets_then_adds_delete_adds_the_element_with_its_client():
+def test_ok_reads_the_sets_then_adds_the_element_and_a_knock_again_re_arms_it():
     ctx = FakeNftables(protected=(60001,))
-    code, text, fields = decide(request("fd00::7", 60001, 17, client="bob"), nft_ctx=ctx)
+    t = table(ctx)
+    code, text, fields = decide(request("fd00::7", 60001, 17, client="bob"), on=t)
     assert code == rq.OK and "may start one connection each within 30 s" in text
     assert (str(fields["ADDRESS"]), fields["PORTS"], fields["CLIENT"], fields["TIMEOUT"]) == (
         "fd00::7",
@@ -137,14 +138,17 @@ def test_ok_reads_the_sets_then_adds_delete_adds_the_element_with_its_client():
         "bob",
         30,
     )
-    *listings, adding = ctx.sent
+    *listings, first = ctx.sent
     assert [c["nftables"] for c in listings] == [
         [METAINFO, {"list": {"set": {"family": "inet", "table": "gnocchi", "name": name}}}]
         for name in ("protected_tcp", "protected_udp", "knocked4", "knocked6")
     ]
-    # Add, delete, add, on every kernel: a knock again gets the full timeout back
-    # (before 6.12 an add keeps the old expiry) and its client's name.
-    add, delete, again = adding["nftables"][1:]
+    # A new element: the add alone. Then add, delete, add, on every kernel: a knock
+    # again gets the full timeout back (before 6.12 an add keeps the old expiry) and
+    # its client's name.
+    assert decide(request("fd00::7", 60001, 17, client="bob"), on=t)[0] == rq.OK
+    assert first["nftables"][1:] == ctx.sent[-1]["nftables"][1:2]
+    add, delete, again = ctx.sent[-1]["nftables"][1:]
     val = {"val": {"concat": ["fd00::7", "udp", 60001]}}
     assert (
         add
@@ -177,7 +181,15 @@ def test_the_sets_are_read_at_the_first_request_and_then_not_while_the_copies_do
     t = table(ctx)
     assert [decide(VALID, on=t, now=n)[0] for n in (1000.0, 1000.5, 1003.0, 1100.0)] == [rq.OK] * 4
     assert ctx.listed() == ["protected_tcp", "protected_udp", "knocked4", "knocked6"]
-    assert ctx.commands() == [["list"]] * 4 + [["add", "delete", "add"]] * 4
+    assert ctx.commands() == [["list"]] * 4 + [["add"]] + [["add", "delete", "add"]] * 3
+
+
+def test_an_opening_the_knocked_set_lists_already_is_re_armed_by_the_first_knock():
+    # After a restart the copy is empty; the listing shows the element is there
+    # (an add alone would keep its expiry and name before Linux 6.12).
+    ctx = FakeNftables(protected=(22,), pending=[pending("198.18.1.1", 22, "bob")])
+    assert decide(VALID, nft_ctx=ctx)[0] == rq.OK
+    assert ctx.commands()[-1] == ["add", "delete", "add"]
 
 
 def test_knocks_apart_cost_no_read_whatever_the_openings_pending():
@@ -203,7 +215,7 @@ def test_a_port_the_admin_adds_works_on_its_next_knock_a_second_after_the_last_r
     # ports never protected cannot make the helper read on every request).
     assert decide(request("198.18.1.1", 2222), on=t, now=1000.5)[0] == rq.NOT_PROTECTED
     assert decide(request("198.18.1.1", 2222), on=t, now=1001.0)[0] == rq.OK
-    assert ctx.commands()[-5:] == [["list"]] * 4 + [["add", "delete", "add"]]  # read, then add
+    assert ctx.commands()[-5:] == [["list"]] * 4 + [["add"]]  # read, then add
 
 
 def test_a_port_the_admin_removes_is_refused_once_the_sets_are_read_again():

@@ -50,6 +50,7 @@ def test_add_puts_every_element_in_one_transaction_with_the_timeout_and_client(
     ctx = FakeNftables()
     table = nft.Table(ctx)
     assert table.add(req(address, opens, "bob"), 7) == ""
+    assert table.add(req(address, opens, "bob"), 7) == ""  # again: pending, so re-armed
     vals = [{"val": {"concat": [address, proto, port]}} for proto, port in opens]
 
     def element(**extra):
@@ -63,7 +64,10 @@ def test_add_puts_every_element_in_one_transaction_with_the_timeout_and_client(
         }
 
     add = {"add": element(timeout=7, comment="bob")}
-    assert ctx.sent == [{"nftables": [METAINFO, add, {"delete": element()}, add]}]
+    assert ctx.sent == [
+        {"nftables": [METAINFO, add]},  # none pending: the add alone
+        {"nftables": [METAINFO, add, {"delete": element()}, add]},
+    ]
     assert table.pending == {(ipaddress.ip_address(address), *o): "bob" for o in opens}
     source = ipaddress.ip_address(address).packed[: 4 if "." in address else 8]
     assert table.held == {"bob": len(opens), source: len(opens)}
