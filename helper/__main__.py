@@ -87,8 +87,7 @@ def main() -> int:
     fds = os.environ.get("LISTEN_FDS") if os.environ.get("LISTEN_PID") == str(os.getpid()) else "0"
     listener = socket.socket(fileno=3) if fds == "1" else None
     if not listener or (listener.family, listener.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
-        p.error(f"expected 1 AF_UNIX SOCK_SEQPACKET socket from systemd (LISTEN_FDS), got "
-                f"{fds}" + (" of another kind" if listener else ""))
+        p.error(f"expected 1 AF_UNIX SOCK_SEQPACKET socket from systemd, got LISTEN_FDS={fds}")
     table = nft.Table(nft.nftables.Nftables())
     while True:
         conn, _ = listener.accept()
