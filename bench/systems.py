@@ -409,18 +409,19 @@ class Gnocchi:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
         return dict(env, HOME=str(self.work / "home"))
 
+    def server_args(self) -> list[str]:
+        """The server's key as a client of this protocol holds it."""
+        if self.v2:
+            return ["--server-public-key", self.key.hex()]
+        return ["--server-key-file", str(self.work / "server.key")]
+
     def client_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
-        server = (
-            ["--server-public-key", self.key.hex()]
-            if self.v2
-            else ["--server-key-file", str(self.work / "server.key")]
-        )
         return [
             PY,
             "-I",
             "-c",
             LAUNCHER.format(str(checkout)),
-            *server,
+            *self.server_args(),
             "--client-key-file",
             str(self.work / "client.key"),
             "--state-dir",
@@ -439,8 +440,7 @@ class Gnocchi:
             "-I",
             "-c",
             LAUNCHER.format(str(checkout)),
-            "--server-key-file",
-            str(self.work / "server.key"),
+            *self.server_args(),
             "--client-key-file",
             str(self.work / "client.key"),
             "--state-dir",
