@@ -46,8 +46,8 @@ class Table:
         # its next knock) or would give req more than a share (it still counts openings
         # used or expired since it was read). So a knock costs no read at all, whatever
         # the knocked sets hold. A port the admin removes still passes until the next
-        # read: its element is inert, the gate consults the knocked sets only for
-        # protected ports (and a reload of the table, which removes it, empties them).
+        # read: its element is inert (the gate consults the knocked sets only for
+        # protected ports) and expires within the open time (README.md here).
         if now - self.read < FRESH or not (self.unprotected(req.opens) or self.crowded(req)):
             return ""
         listed = {name: self.elements(name) for name in (*PROTECTED.values(), *KNOCKED.values())}
@@ -67,7 +67,8 @@ class Table:
 
     def crowded(self, req: Request) -> str:
         """Who would pass its share with req's new openings: "client NAME", "source NET", or ""."""
-        new = sum((req.address, *o) not in self.pending for o in req.opens)
+        # New to req.client: an opening pending under another client moves to this one.
+        new = sum(self.pending.get((req.address, *o)) != req.client for o in req.opens)
         over = [who for who in (req.client, source(req.address)) if self.held[who] + new > SHARE]
         return "" if not over else f"client {req.client}" if over[0] == req.client else \
             f"source {ipaddress.ip_network((req.address, len(over[0]) * 8), strict=False)}"

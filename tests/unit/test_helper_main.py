@@ -220,7 +220,7 @@ def test_a_port_the_admin_adds_works_on_its_next_knock_a_second_after_the_last_r
 
 def test_a_port_the_admin_removes_is_refused_once_the_sets_are_read_again():
     # Until then its elements are inert: the gate consults the knocked sets only
-    # for packets to protected ports (and the table's reload empties them).
+    # for packets to protected ports, and they expire within the open time.
     ctx = FakeNftables(protected=(22,))
     t = table(ctx)
     assert decide(VALID, on=t, now=1000.0)[0] == rq.OK
@@ -284,6 +284,20 @@ def test_a_client_holds_at_most_its_share_of_openings_whatever_the_open_time():
     assert decide(request("198.18.2.0", 1000), on=t, now=1000.5)[0] == rq.OK
     # Bob, from another address, is not touched.
     assert decide(request("198.18.3.1", 1000, client="bob"), on=t, now=1000.5)[0] == rq.OK
+
+
+def test_a_client_cannot_pass_its_share_by_taking_over_another_clients_openings():
+    # Two stolen keys: alice's openings, knocked again by bob (who holds his share),
+    # would move to bob one by one; each is new to bob, so he is refused.
+    t = table(FakeNftables(protected=PORTS))
+    for i in range(nft.SHARE // 8):
+        first = 1000 + 8 * i
+        assert decide(request(f"198.18.5.{i}", first, more=eight(first)), on=t)[0] == rq.OK
+        own = request(f"198.18.6.{i}", first, more=eight(first), client="bob")
+        assert decide(own, on=t)[0] == rq.OK
+    taken = request("198.18.5.0", 1000, more=eight(1000), client="bob")
+    code, text, _ = decide(taken, on=t)
+    assert code == rq.TOO_MANY and f"client bob has {nft.SHARE} openings pending" in text
 
 
 def test_a_source_holds_at_most_its_share_of_openings_whoever_knocks():
