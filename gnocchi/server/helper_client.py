@@ -116,7 +116,11 @@ def request_opens(
     for message in messages:
         if len(flight) == WINDOW:  # the oldest answered first: the helper's queue stays short
             answers.append(_answer(flight.pop(0), socket_path, start + deadline, deadline, clock))
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:  # socket() too: out of descriptors, this knock fails, not the batch
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as e:
+            flight.append(HelperUnreachable(f"not opened: {socket_path}: {_why(e)}"))
+            continue
         try:
             sock.settimeout(max(0.0, start + deadline - clock()))
             sock.connect(socket_path)

@@ -128,3 +128,39 @@ def test_a_helper_that_is_not_there_opens_none_of_a_batch(tmp_path):
         )
         and len(answers) == 3
     )
+
+
+OUT_OF_DESCRIPTORS = """
+import ipaddress, resource, socket, sys
+sys.path.insert(0, sys.argv[1])
+from gnocchi.server import helper_client
+from gnocchi.shared.knock_request import Open
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+listener.bind(sys.argv[2])
+listener.listen(8)  # never accepts: a request in flight holds its descriptor
+probe = socket.socket()
+free = probe.fileno()  # the lowest free descriptor: the limit leaves room for it alone
+probe.close()
+resource.setrlimit(resource.RLIMIT_NOFILE, (free + 1, free + 1))
+asks = [(ipaddress.ip_address("198.18.3.1"), [Open(22, "tcp")], "alice")] * 2
+print(helper_client.request_opens(sys.argv[2], asks, deadline=0.3))
+"""
+
+
+def test_a_knock_whose_request_finds_no_descriptor_fails_alone(tmp_path):
+    # A real RLIMIT_NOFILE in a child: the second request of the batch cannot get a socket.
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    child = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS, str(REPO), str(tmp_path / "h.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == 0, child.stderr
+    first, second = child.stdout.strip().strip("[]").split(", ", 1)
+    assert "no answer" in first, child.stdout
+    assert "Too many open files" in second, child.stdout
