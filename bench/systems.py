@@ -415,7 +415,8 @@ class Gnocchi:
             return ["--server-public-key", self.key.hex()]
         return ["--server-key-file", str(self.work / "server.key")]
 
-    def client_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
+    def knock_argv(self, checkout: Path = REPO) -> list[str]:
+        """gnocchi-knock with this server's keys, state and request; the target follows."""
         return [
             PY,
             "-I",
@@ -430,30 +431,14 @@ class Gnocchi:
             self.lab.server.ip,
             "--request",
             f"open {PORT}",
-            dest,
         ]
+
+    def client_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
+        return [*self.knock_argv(checkout), dest]
 
     def proxy_argv(self, dest: str, checkout: Path = REPO) -> list[str]:
         """`gnocchi-knock --proxy DEST 22`, as ssh's ProxyCommand runs it."""
-        return [
-            PY,
-            "-I",
-            "-c",
-            LAUNCHER.format(str(checkout)),
-            *self.server_args(),
-            "--client-key-file",
-            str(self.work / "client.key"),
-            "--state-dir",
-            str(self.work / "client-state"),
-            "--sign-ip",
-            self.lab.server.ip,
-            "--request",
-            f"open {PORT}",
-            "-v",
-            "--proxy",
-            dest,
-            str(PORT),
-        ]
+        return [*self.knock_argv(checkout), "-v", "--proxy", dest, str(PORT)]
 
     def garbage(self) -> list[bytes]:
         if self.v2:  # aimed at v2: MAGIC2, then random bytes, which MAC1 drops
